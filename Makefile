@@ -1,0 +1,58 @@
+# Two commands matter: `make demo` and `make test`. Everything else supports them.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+export SAM_CLI_TELEMETRY := 0
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+CODE := shared functions local tests benchmarks
+
+.PHONY: setup lint unit integration e2e coverage test validate build demo bench dashboard audit clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements-dev.txt shared/requirements.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet pip==25.3
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+lint: setup
+	$(BIN)/flake8 $(CODE)
+	$(BIN)/bandit --quiet -c pyproject.toml -r shared functions local
+
+coverage: setup
+	$(BIN)/pytest --cov --cov-report=term -q
+
+validate: setup
+	$(BIN)/sam validate --lint
+
+build: setup
+	$(BIN)/sam build --cached
+
+test: lint coverage validate build
+
+unit: setup
+	$(BIN)/pytest -q tests/unit
+
+integration: setup
+	$(BIN)/pytest -q tests/integration
+
+e2e: setup
+	$(BIN)/pytest -q tests/e2e
+
+demo: setup
+	$(BIN)/totes demo
+
+bench: setup
+	$(BIN)/python -m benchmarks.run
+
+audit: setup
+	$(BIN)/pip install --quiet pip-audit==2.10.1
+	$(BIN)/pip-audit -r requirements-dev.txt -r shared/requirements.txt
+
+clean:
+	rm -rf $(VENV) .aws-sam .demo .bench .pytest_cache .coverage

@@ -1,0 +1,63 @@
+"""Settings from the environment, the contract between the template and the code.
+
+Read at call time (not import time) so a misconfigured function fails with a
+message naming the variable, and tests can change the environment freely.
+"""
+import os
+from datetime import timedelta
+
+
+class ConfigurationError(RuntimeError):
+    """A required setting is missing or unusable; the message says which and why."""
+
+
+def require_env(name: str) -> str:
+    """Return a required environment variable, or fail naming it."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise ConfigurationError(f"environment variable {name} is required but not set")
+    return value
+
+
+def int_env(name: str, default: int, minimum: int = 1) -> int:
+    """Return an optional positive integer setting, rejecting nonsense early."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def ingest_bucket() -> str:
+    """Name of the landing bucket for raw JSON Lines extracts."""
+    return require_env("INGEST_BUCKET")
+
+
+def processed_bucket() -> str:
+    """Name of the bucket holding the Parquet star schema."""
+    return require_env("PROCESSED_BUCKET")
+
+
+def totesys_secret_id() -> str:
+    """Secrets Manager id of the source database credentials."""
+    return require_env("TOTESYS_SECRET_ID")
+
+
+def warehouse_secret_id() -> str:
+    """Secrets Manager id of the warehouse credentials."""
+    return require_env("WAREHOUSE_SECRET_ID")
+
+
+def overlap_window() -> timedelta:
+    """How far behind the watermark ingest re-reads, to catch late commits."""
+    return timedelta(minutes=int_env("INGEST_OVERLAP_MINUTES", 15, minimum=0))
+
+
+def chunk_rows() -> int:
+    """Rows per fetched chunk and per written object: the bound on memory."""
+    return int_env("CHUNK_ROWS", 50_000)

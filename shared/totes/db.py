@@ -1,0 +1,97 @@
+"""The one way the pipeline reaches PostgreSQL: a Secrets Manager secret in RDS's JSON shape.
+
+The secret holds ``host``, ``port``, ``username``, ``password`` and ``dbname``
+(extra keys ignored). As in libpq, a host starting with ``/`` is a Unix-socket
+directory; over TCP, TLS is on unless ``sslmode`` says ``disable``. Credentials
+are never logged: errors name the secret id and the missing keys, never values.
+"""
+import os
+import ssl
+from typing import Any, Mapping
+
+import pg8000.native
+from aws_lambda_powertools.utilities import parameters
+
+REQUIRED_KEYS = ("host", "username", "dbname")
+SSL_MODES = ("disable", "require", "verify-ca", "verify-full")
+CONNECT_TIMEOUT_SECONDS = 15
+
+
+class SecretFormatError(ValueError):
+    """The secret is not the JSON object the contract describes."""
+
+
+class DatabaseUnavailableError(ConnectionError):
+    """The database could not be reached or refused the credentials."""
+
+
+def fetch_secret(secret_id: str) -> Mapping[str, Any]:
+    """Read and parse a database secret, cached for five minutes across warm invocations."""
+    try:
+        secret = parameters.get_secret(secret_id, transform="json", max_age=300)
+    except parameters.exceptions.TransformParameterError:
+        raise SecretFormatError(f"secret {secret_id} is not valid JSON") from None
+    if not isinstance(secret, Mapping):
+        raise SecretFormatError(f"secret {secret_id} must be a JSON object")
+    return secret
+
+
+def _ssl_context(secret: Mapping[str, Any]) -> ssl.SSLContext | None:
+    mode = str(secret.get("sslmode") or "require")
+    if mode not in SSL_MODES:
+        raise SecretFormatError(f"sslmode must be one of {', '.join(SSL_MODES)}, got {mode!r}")
+    if mode == "disable":
+        return None
+    if mode == "require":
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    context = ssl.create_default_context(cafile=secret.get("sslrootcert"))
+    context.check_hostname = mode == "verify-full"
+    return context
+
+
+def connection_kwargs(secret: Mapping[str, Any]) -> dict[str, Any]:
+    """Translate a secret into pg8000 arguments, following libpq's host and sslmode rules."""
+    missing = [key for key in REQUIRED_KEYS if not secret.get(key)]
+    if missing:
+        raise SecretFormatError(f"database secret lacks {', '.join(missing)}")
+    try:
+        port = int(secret.get("port") or 5432)
+    except (TypeError, ValueError):
+        raise SecretFormatError("database secret has a port that is not a number") from None
+    kwargs: dict[str, Any] = {
+        "user": secret["username"],
+        "password": secret.get("password") or None,
+        "database": secret["dbname"],
+        "timeout": CONNECT_TIMEOUT_SECONDS,
+        "application_name": "totes-pipeline",
+    }
+    host = str(secret["host"])
+    if host.startswith("/"):
+        kwargs["unix_sock"] = os.path.join(host, f".s.PGSQL.{port}")
+    else:
+        kwargs.update(host=host, port=port, ssl_context=_ssl_context(secret))
+    return kwargs
+
+
+def connect(secret_id: str) -> pg8000.native.Connection:
+    """Open a connection with the credentials in ``secret_id``, or fail saying why."""
+    kwargs = connection_kwargs(fetch_secret(secret_id))
+    where = kwargs.get("unix_sock") or f"{kwargs['host']}:{kwargs['port']}"
+    try:
+        return pg8000.native.Connection(**kwargs)
+    except (pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError, OSError) as error:
+        reason = error.args[0] if error.args else type(error).__name__
+        if isinstance(reason, dict):
+            reason = reason.get("M", "refused")
+        raise DatabaseUnavailableError(
+            f"cannot connect to database {kwargs['database']} at {where} "
+            f"(secret {secret_id}): {reason}"
+        ) from None
+
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier that already passed an allow-list, for use in SQL text."""
+    return pg8000.native.identifier(name)

@@ -1,0 +1,65 @@
+"""Object key layout shared by the buckets: browsable by table and date, ordered by time.
+
+Run stamps are compact UTC (``20241115T142009123Z``): no ``:`` or ``+`` for S3
+events to URL-encode, and lexical order is time order, so "the latest" is a
+listing away and never needs a clock comparison.
+"""
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+MANIFEST_PREFIX = "_manifests/"
+_STAMP_FORMAT = "%Y%m%dT%H%M%S"
+_MANIFEST_KEY = re.compile(
+    r"^_manifests/\d{4}/\d{2}/\d{2}/(?P<stamp>\d{8}T\d{9}Z)-(?P<run_id>[0-9a-f]+)\.json$"
+)
+
+
+@dataclass(frozen=True, order=True)
+class RunId:
+    """Identifies one run: when it started (UTC, ms) and a random suffix against collisions."""
+
+    stamp: str
+    suffix: str
+
+    @property
+    def started_at(self) -> datetime:
+        """The run's start as an aware UTC datetime."""
+        return parse_stamp(self.stamp)
+
+    @property
+    def date_path(self) -> str:
+        """``yyyy/mm/dd`` of the run's start, for browsable prefixes."""
+        return f"{self.stamp[0:4]}/{self.stamp[4:6]}/{self.stamp[6:8]}"
+
+    def __str__(self) -> str:
+        """Render as ``<stamp>-<suffix>``, the form used in keys and logs."""
+        return f"{self.stamp}-{self.suffix}"
+
+
+def stamp(moment: datetime) -> str:
+    """Format an aware datetime as a compact UTC stamp with milliseconds."""
+    moment = moment.astimezone(timezone.utc)
+    return f"{moment.strftime(_STAMP_FORMAT)}{moment.microsecond // 1000:03d}Z"
+
+
+def parse_stamp(text: str) -> datetime:
+    """Inverse of :func:`stamp`."""
+    moment = datetime.strptime(text[:15], _STAMP_FORMAT).replace(tzinfo=timezone.utc)
+    return moment.replace(microsecond=int(text[15:18]) * 1000)
+
+
+def data_key(table: str, run: RunId, part: int, extension: str) -> str:
+    """Key of one data object: ``<table>/<yyyy>/<mm>/<dd>/<stamp>-<suffix>-<part>.<ext>``."""
+    return f"{table}/{run.date_path}/{run}-{part:05d}.{extension}"
+
+
+def manifest_key(run: RunId) -> str:
+    """Key of a run's manifest, under its own prefix so S3 events can select it."""
+    return f"{MANIFEST_PREFIX}{run.date_path}/{run}.json"
+
+
+def parse_manifest_key(key: str) -> RunId | None:
+    """Return the run a manifest key names, or None for any other key."""
+    match = _MANIFEST_KEY.match(key)
+    return RunId(match["stamp"], match["run_id"]) if match else None

@@ -1,0 +1,110 @@
+"""The one S3 writer and reader: every object is created once and never overwritten.
+
+Writes are conditional (``IfNoneMatch="*"``), so immutability holds even against
+a retry or a concurrent run, not just by convention. Clients are created plainly
+so the standard ``AWS_ENDPOINT_URL`` points them at a local moto server.
+"""
+import json
+from functools import lru_cache
+from typing import Any, Iterator
+
+import boto3
+from botocore.exceptions import ClientError
+
+from totes.keys import MANIFEST_PREFIX
+
+
+class ObjectAlreadyExistsError(FileExistsError):
+    """A conditional write found the key taken: the object is never replaced."""
+
+
+@lru_cache(maxsize=1)
+def s3_client() -> Any:
+    """Return the process-wide S3 client (created once per Lambda container)."""
+    return boto3.client("s3")
+
+
+def put_new_object(bucket: str, key: str, body: bytes, content_type: str) -> None:
+    """Create ``key`` with ``body``; raise ObjectAlreadyExistsError if it already exists."""
+    try:
+        s3_client().put_object(
+            Bucket=bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*"
+        )
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in (
+            "PreconditionFailed", "ConditionalRequestConflict"
+        ):
+            raise ObjectAlreadyExistsError(f"s3://{bucket}/{key} already exists") from None
+        raise
+
+
+def put_new_json(bucket: str, key: str, document: Any) -> None:
+    """Create a JSON object (such as a manifest) once."""
+    body = json.dumps(document, indent=1, sort_keys=True).encode()
+    put_new_object(bucket, key, body, "application/json")
+
+
+def read_bytes(bucket: str, key: str) -> bytes:
+    """Return an object's whole body (for objects bounded in size by design)."""
+    return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def read_json(bucket: str, key: str) -> Any:
+    """Return a JSON object's parsed content."""
+    return json.loads(read_bytes(bucket, key))
+
+
+def open_stream(bucket: str, key: str) -> Any:
+    """Return a streaming body to read a large object without holding it in memory."""
+    return s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+
+
+def object_exists(bucket: str, key: str) -> bool:
+    """Tell whether ``key`` exists, without reading it."""
+    try:
+        s3_client().head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
+
+
+def list_keys(bucket: str, prefix: str, start_after: str | None = None) -> Iterator[str]:
+    """Yield keys under ``prefix`` in lexical order, optionally after ``start_after``."""
+    kwargs = {"Bucket": bucket, "Prefix": prefix}
+    if start_after:
+        kwargs["StartAfter"] = start_after
+    for page in s3_client().get_paginator("list_objects_v2").paginate(**kwargs):
+        for item in page.get("Contents", ()):
+            yield item["Key"]
+
+
+def _last_child(bucket: str, prefix: str) -> str | None:
+    pages = s3_client().get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix, Delimiter="/"
+    )
+    last = None
+    for page in pages:
+        for common in page.get("CommonPrefixes", ()):
+            last = max(last or "", common["Prefix"])
+        for item in page.get("Contents", ()):
+            last = max(last or "", item["Key"])
+    return last
+
+
+def latest_manifest_key(bucket: str) -> str | None:
+    """Return the newest manifest key, descending year, month and day: four small listings.
+
+    Cost does not grow with the number of manifests, which matters for a
+    pipeline that writes one every five minutes for years.
+    """
+    node = MANIFEST_PREFIX
+    while node is not None and node.endswith("/"):
+        node = _last_child(bucket, node)
+    return node
+
+
+def manifest_keys_after(bucket: str, after: str | None) -> Iterator[str]:
+    """Yield manifest keys strictly newer than ``after`` (all of them when None), oldest first."""
+    return list_keys(bucket, MANIFEST_PREFIX, start_after=after)

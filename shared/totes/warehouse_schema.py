@@ -1,0 +1,207 @@
+"""The warehouse contract, defined once: the transform writes it, the load creates and fills it.
+
+Each table is described by its columns (name, logical type, nullability, the
+dimension it references). From that one description come the Parquet schema
+(:func:`arrow_schema`) and the PostgreSQL DDL (:func:`create_table_sql`), so the
+two can never drift apart. Column names are the contract of DESIGN.md section 7.
+"""
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+#: logical type -> PostgreSQL type
+SQL_TYPES = MappingProxyType({
+    "serial": "serial",
+    "int": "integer",
+    "date": "date",
+    "time": "time(3)",
+    "money": "numeric(10,2)",
+    "numeric": "numeric",
+    "text": "varchar",
+    "bool": "boolean",
+})
+
+
+@dataclass(frozen=True)
+class Column:
+    """One warehouse column; ``references`` names the table its values must exist in."""
+
+    name: str
+    type: str
+    nullable: bool = False
+    references: str | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    """One warehouse table: a dimension keyed by source id, or a fact with one row per version."""
+
+    name: str
+    kind: str
+    primary_key: str
+    columns: tuple[Column, ...]
+    unique_key: tuple[str, ...] = ()
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """All column names in contract order."""
+        return tuple(column.name for column in self.columns)
+
+    @property
+    def data_columns(self) -> tuple[Column, ...]:
+        """Columns present in Parquet: everything but the warehouse-generated surrogate key."""
+        return tuple(column for column in self.columns if column.type != "serial")
+
+    def column(self, name: str) -> Column:
+        """Return the column called ``name``."""
+        return next(column for column in self.columns if column.name == name)
+
+
+def _c(name: str, type_: str = "int", nullable: bool = False, references: str | None = None):
+    return Column(name, type_, nullable, references)
+
+
+def _date(name: str) -> Column:
+    return Column(name, "date", False, "dim_date")
+
+
+def _version_columns() -> tuple[Column, ...]:
+    return (
+        _date("created_date"), _c("created_time", "time"),
+        _date("last_updated_date"), _c("last_updated_time", "time"),
+    )
+
+
+DIMENSIONS = (
+    Table("dim_date", "dimension", "date_id", (
+        _c("date_id", "date"), _c("year"), _c("month"), _c("day"), _c("day_of_week"),
+        _c("day_name", "text"), _c("month_name", "text"), _c("quarter"),
+    )),
+    Table("dim_staff", "dimension", "staff_id", (
+        _c("staff_id"), _c("first_name", "text"), _c("last_name", "text"),
+        _c("department_name", "text"), _c("location", "text", nullable=True),
+        _c("email_address", "text"),
+    )),
+    Table("dim_location", "dimension", "location_id", (
+        _c("location_id"), _c("address_line_1", "text"),
+        _c("address_line_2", "text", nullable=True), _c("district", "text", nullable=True),
+        _c("city", "text"), _c("postal_code", "text"), _c("country", "text"), _c("phone", "text"),
+    )),
+    Table("dim_currency", "dimension", "currency_id", (
+        _c("currency_id"), _c("currency_code", "text"), _c("currency_name", "text"),
+    )),
+    Table("dim_design", "dimension", "design_id", (
+        _c("design_id"), _c("design_name", "text"), _c("file_location", "text"),
+        _c("file_name", "text"),
+    )),
+    Table("dim_counterparty", "dimension", "counterparty_id", (
+        _c("counterparty_id"), _c("counterparty_legal_name", "text"),
+        _c("counterparty_legal_address_line_1", "text"),
+        _c("counterparty_legal_address_line_2", "text", nullable=True),
+        _c("counterparty_legal_district", "text", nullable=True),
+        _c("counterparty_legal_city", "text"), _c("counterparty_legal_postal_code", "text"),
+        _c("counterparty_legal_country", "text"), _c("counterparty_legal_phone_number", "text"),
+    )),
+    Table("dim_payment_type", "dimension", "payment_type_id", (
+        _c("payment_type_id"), _c("payment_type_name", "text"),
+    )),
+    Table("dim_transaction", "dimension", "transaction_id", (
+        _c("transaction_id"), _c("transaction_type", "text"),
+        _c("sales_order_id", nullable=True), _c("purchase_order_id", nullable=True),
+    )),
+)
+
+FACTS = (
+    Table("fact_sales_order", "fact", "sales_record_id", (
+        _c("sales_record_id", "serial"), _c("sales_order_id"), *_version_columns(),
+        _c("sales_staff_id", references="dim_staff"),
+        _c("counterparty_id", references="dim_counterparty"),
+        _c("units_sold"), _c("unit_price", "money"),
+        _c("currency_id", references="dim_currency"), _c("design_id", references="dim_design"),
+        _date("agreed_payment_date"), _date("agreed_delivery_date"),
+        _c("agreed_delivery_location_id", references="dim_location"),
+    ), unique_key=("sales_order_id", "last_updated_date", "last_updated_time")),
+    Table("fact_purchase_orders", "fact", "purchase_record_id", (
+        _c("purchase_record_id", "serial"), _c("purchase_order_id"), *_version_columns(),
+        _c("staff_id", references="dim_staff"),
+        _c("counterparty_id", references="dim_counterparty"),
+        _c("item_code", "text"), _c("item_quantity"), _c("item_unit_price", "numeric"),
+        _c("currency_id", references="dim_currency"),
+        _date("agreed_delivery_date"), _date("agreed_payment_date"),
+        _c("agreed_delivery_location_id", references="dim_location"),
+    ), unique_key=("purchase_order_id", "last_updated_date", "last_updated_time")),
+    Table("fact_payment", "fact", "payment_record_id", (
+        _c("payment_record_id", "serial"), _c("payment_id"), *_version_columns(),
+        _c("transaction_id", references="dim_transaction"),
+        _c("counterparty_id", references="dim_counterparty"),
+        _c("payment_amount", "numeric"), _c("currency_id", references="dim_currency"),
+        _c("payment_type_id", references="dim_payment_type"), _c("paid", "bool"),
+        _date("payment_date"),
+    ), unique_key=("payment_id", "last_updated_date", "last_updated_time")),
+)
+
+#: every warehouse table by name, dimensions first (the order they must load in).
+TABLES = MappingProxyType({table.name: table for table in (*DIMENSIONS, *FACTS)})
+
+#: fact table -> the business id column its ``*_current`` view groups by.
+CURRENT_VIEWS = MappingProxyType({table.name: table.unique_key[0] for table in FACTS})
+
+
+def arrow_type(column: Column) -> Any:
+    """Return the pyarrow type that carries ``column`` exactly (decimals stay decimals)."""
+    import pyarrow as pa
+
+    return {
+        "int": pa.int32(),
+        "date": pa.date32(),
+        "time": pa.time32("ms"),
+        "money": pa.decimal128(10, 2),
+        "numeric": pa.decimal128(10, 2),
+        "text": pa.string(),
+        "bool": pa.bool_(),
+    }[column.type]
+
+
+def arrow_schema(table: Table) -> Any:
+    """Return the Parquet/Arrow schema of ``table``'s data columns."""
+    import pyarrow as pa
+
+    return pa.schema([
+        pa.field(column.name, arrow_type(column), nullable=column.nullable)
+        for column in table.data_columns
+    ])
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def create_table_sql(table: Table) -> str:
+    """Return idempotent DDL for ``table`` (keys, foreign keys and the fact unique key)."""
+    lines = []
+    for column in table.columns:
+        line = f"{_quote(column.name)} {SQL_TYPES[column.type]}"
+        if not column.nullable:
+            line += " NOT NULL"
+        if column.name == table.primary_key:
+            line += " PRIMARY KEY"
+        if column.references:
+            target = TABLES[column.references]
+            line += f" REFERENCES {_quote(target.name)} ({_quote(target.primary_key)})"
+        lines.append(line)
+    if table.unique_key:
+        lines.append(f"UNIQUE ({', '.join(_quote(name) for name in table.unique_key)})")
+    body = ",\n  ".join(lines)
+    return f"CREATE TABLE IF NOT EXISTS {_quote(table.name)} (\n  {body}\n)"
+
+
+def create_view_sql(fact: Table) -> str:
+    """Return DDL for ``<fact>_current``: one row per business id, its latest version."""
+    business_id = _quote(CURRENT_VIEWS[fact.name])
+    columns = ", ".join(_quote(name) for name in fact.column_names)
+    return (
+        f"CREATE OR REPLACE VIEW {_quote(fact.name + '_current')} AS "
+        f"SELECT DISTINCT ON ({business_id}) {columns} FROM {_quote(fact.name)} "
+        f"ORDER BY {business_id}, \"last_updated_date\" DESC, \"last_updated_time\" DESC, "
+        f"{_quote(fact.primary_key)} DESC"
+    )

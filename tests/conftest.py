@@ -1,0 +1,63 @@
+"""Fixtures shared by every test layer: a real PostgreSQL, a moto server, a clean environment."""
+import uuid
+
+import pytest
+from aws_lambda_powertools.utilities import parameters
+
+from totes import storage
+from totes_local import stack
+
+
+@pytest.fixture(autouse=True)
+def fresh_clients():
+    """Drop cached boto3 clients and secrets so each test sees its own AWS and credentials."""
+    storage.s3_client.cache_clear()
+    parameters.clear_caches()
+    yield
+    storage.s3_client.cache_clear()
+    parameters.clear_caches()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """One embedded PostgreSQL server for the whole session (starts in about a second)."""
+    return stack.start_postgres(tmp_path_factory.mktemp("pg"))
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """One moto server for the whole session, as the local stand-in for AWS."""
+    server, endpoint = stack.start_moto()
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def database(postgres):
+    """Return a factory of fresh, empty databases on the session server."""
+    def make(prefix: str) -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        postgres.recreate_database(name)
+        return name
+    return make
+
+
+@pytest.fixture
+def aws(monkeypatch, moto_endpoint):
+    """Point boto3 at the moto server with unique buckets and secret ids for this test.
+
+    Returns the pipeline environment (bucket names and secret ids) as a dict.
+    """
+    suffix = uuid.uuid4().hex[:8]
+    env = {
+        **stack.aws_environment(moto_endpoint),
+        **stack.pipeline_environment(),
+        "INGEST_BUCKET": f"ingest-{suffix}",
+        "PROCESSED_BUCKET": f"processed-{suffix}",
+        "TOTESYS_SECRET_ID": f"totesys-{suffix}",
+        "WAREHOUSE_SECRET_ID": f"warehouse-{suffix}",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    stack.provision({}, buckets=(env["INGEST_BUCKET"], env["PROCESSED_BUCKET"]))
+    return env
