@@ -1,0 +1,1 @@
+"""Benchmarks: speed and peak memory of each stage on generated data (``make bench``)."""
