@@ -1,0 +1,32 @@
+import pytest
+
+from totes import db
+from totes_local import stack
+
+
+def test_connects_through_the_secret_over_a_unix_socket(aws, postgres, database):
+    name = database("dbconnect")
+    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(name)}, buckets=())
+    connection = db.connect(aws["TOTESYS_SECRET_ID"])
+    try:
+        assert connection.run("SELECT current_database()") == [[name]]
+    finally:
+        connection.close()
+
+
+def test_unreachable_database_is_a_clear_error_without_the_password(aws, tmp_path):
+    secret = {"host": str(tmp_path), "port": 5999, "username": "etl",
+              "password": "hunter2-unique", "dbname": "totesys"}
+    stack.provision({aws["TOTESYS_SECRET_ID"]: secret}, buckets=())
+    with pytest.raises(db.DatabaseUnavailableError) as caught:
+        db.connect(aws["TOTESYS_SECRET_ID"])
+    assert "totesys" in str(caught.value) and aws["TOTESYS_SECRET_ID"] in str(caught.value)
+    assert "hunter2-unique" not in str(caught.value)
+
+
+def test_unknown_role_is_reported_as_unavailable(aws, postgres, database):
+    name = database("dbauth")
+    secret = {**postgres.secret(name), "username": "nobody_here", "password": "nope"}
+    stack.provision({aws["TOTESYS_SECRET_ID"]: secret}, buckets=())
+    with pytest.raises(db.DatabaseUnavailableError, match="cannot connect"):
+        db.connect(aws["TOTESYS_SECRET_ID"])

@@ -1,0 +1,47 @@
+from datetime import timedelta
+
+import pytest
+
+from totes import config
+
+
+def test_required_setting_missing_names_the_variable(monkeypatch):
+    monkeypatch.delenv("INGEST_BUCKET", raising=False)
+    with pytest.raises(config.ConfigurationError, match="INGEST_BUCKET"):
+        config.ingest_bucket()
+
+
+def test_blank_required_setting_counts_as_missing(monkeypatch):
+    monkeypatch.setenv("PROCESSED_BUCKET", "   ")
+    with pytest.raises(config.ConfigurationError, match="PROCESSED_BUCKET"):
+        config.processed_bucket()
+
+
+def test_contract_variables_are_read(monkeypatch):
+    monkeypatch.setenv("INGEST_BUCKET", "in")
+    monkeypatch.setenv("PROCESSED_BUCKET", "out")
+    monkeypatch.setenv("TOTESYS_SECRET_ID", "src")
+    monkeypatch.setenv("WAREHOUSE_SECRET_ID", "dw")
+    assert (config.ingest_bucket(), config.processed_bucket()) == ("in", "out")
+    assert (config.totesys_secret_id(), config.warehouse_secret_id()) == ("src", "dw")
+
+
+def test_optional_settings_default_when_unset(monkeypatch):
+    monkeypatch.delenv("INGEST_OVERLAP_MINUTES", raising=False)
+    monkeypatch.delenv("CHUNK_ROWS", raising=False)
+    assert config.overlap_window() == timedelta(minutes=15)
+    assert config.chunk_rows() == 50_000
+
+
+def test_overlap_may_be_zero_but_chunk_rows_may_not(monkeypatch):
+    monkeypatch.setenv("INGEST_OVERLAP_MINUTES", "0")
+    assert config.overlap_window() == timedelta(0)
+    monkeypatch.setenv("CHUNK_ROWS", "0")
+    with pytest.raises(config.ConfigurationError, match="CHUNK_ROWS must be at least 1"):
+        config.chunk_rows()
+
+
+def test_non_integer_setting_is_rejected_with_its_value(monkeypatch):
+    monkeypatch.setenv("CHUNK_ROWS", "lots")
+    with pytest.raises(config.ConfigurationError, match="'lots'"):
+        config.chunk_rows()

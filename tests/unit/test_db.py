@@ -1,0 +1,83 @@
+import json
+import ssl
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from totes import db
+
+SECRET = {"host": "db.example.com", "port": 5433, "username": "etl", "password": "s3cr3t!",
+          "dbname": "totesys", "engine": "postgres"}
+
+
+def test_tcp_secret_uses_tls_without_verification_by_default():
+    kwargs = db.connection_kwargs(SECRET)
+    assert (kwargs["host"], kwargs["port"], kwargs["user"], kwargs["database"]) == (
+        "db.example.com", 5433, "etl", "totesys")
+    context = kwargs["ssl_context"]
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_NONE
+
+
+def test_sslmode_disable_turns_tls_off():
+    assert db.connection_kwargs({**SECRET, "sslmode": "disable"})["ssl_context"] is None
+
+
+def test_sslmode_verify_full_checks_certificate_and_hostname():
+    context = db.connection_kwargs({**SECRET, "sslmode": "verify-full"})["ssl_context"]
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_sslmode_verify_ca_checks_certificate_only():
+    context = db.connection_kwargs({**SECRET, "sslmode": "verify-ca"})["ssl_context"]
+    assert context.verify_mode == ssl.CERT_REQUIRED and not context.check_hostname
+
+
+def test_unknown_sslmode_is_rejected():
+    with pytest.raises(db.SecretFormatError, match="sslmode"):
+        db.connection_kwargs({**SECRET, "sslmode": "sometimes"})
+
+
+def test_host_starting_with_slash_is_a_unix_socket_directory_as_in_libpq():
+    kwargs = db.connection_kwargs({**SECRET, "host": "/run/pg"})
+    assert kwargs["unix_sock"] == "/run/pg/.s.PGSQL.5433"
+    assert "host" not in kwargs and "ssl_context" not in kwargs
+
+
+def test_port_defaults_to_5432_and_empty_password_means_none():
+    kwargs = db.connection_kwargs({**SECRET, "port": None, "password": ""})
+    assert kwargs["port"] == 5432 and kwargs["password"] is None
+
+
+def test_missing_keys_are_named_but_values_never_shown():
+    with pytest.raises(db.SecretFormatError) as caught:
+        db.connection_kwargs({"password": "s3cr3t!", "host": "h"})
+    assert "username" in str(caught.value) and "dbname" in str(caught.value)
+    assert "s3cr3t!" not in str(caught.value)
+
+
+def test_non_numeric_port_is_rejected():
+    with pytest.raises(db.SecretFormatError, match="port"):
+        db.connection_kwargs({**SECRET, "port": "five"})
+
+
+def test_identifiers_are_quoted():
+    assert db.quote_ident("transaction") == '"transaction"'
+    assert db.quote_ident('we"ird') == '"we""ird"'
+
+
+@mock_aws
+def test_secret_is_read_from_secrets_manager(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    boto3.client("secretsmanager").create_secret(Name="src", SecretString=json.dumps(SECRET))
+    assert db.fetch_secret("src") == SECRET
+
+
+@mock_aws
+@pytest.mark.parametrize("value, message", [("not json", "not valid JSON"),
+                                            ("[1, 2]", "JSON object")])
+def test_malformed_secret_is_a_clear_error(monkeypatch, value, message):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    boto3.client("secretsmanager").create_secret(Name="bad", SecretString=value)
+    with pytest.raises(db.SecretFormatError, match=message):
+        db.fetch_secret("bad")

@@ -1,0 +1,48 @@
+from datetime import datetime, timezone
+
+from totes import keys
+
+MOMENT = datetime(2024, 11, 15, 14, 20, 9, 123456, tzinfo=timezone.utc)
+
+
+def test_stamp_is_compact_utc_with_milliseconds():
+    assert keys.stamp(MOMENT) == "20241115T142009123Z"
+
+
+def test_stamp_round_trips_to_the_millisecond():
+    assert keys.parse_stamp(keys.stamp(MOMENT)) == MOMENT.replace(microsecond=123000)
+
+
+def test_stamp_converts_other_zones_to_utc():
+    from datetime import timedelta
+
+    local = MOMENT.astimezone(timezone(timedelta(hours=5)))
+    assert keys.stamp(local) == "20241115T142009123Z"
+
+
+def test_data_key_is_browsable_by_table_and_date():
+    run = keys.RunId("20241115T142009123Z", "3f9a1c2e")
+    assert keys.data_key("sales_order", run, 7, "jsonl") == (
+        "sales_order/2024/11/15/20241115T142009123Z-3f9a1c2e-00007.jsonl"
+    )
+
+
+def test_manifest_key_round_trips():
+    run = keys.RunId("20241115T142009123Z", "3f9a1c2e")
+    key = keys.manifest_key(run)
+    assert key == "_manifests/2024/11/15/20241115T142009123Z-3f9a1c2e.json"
+    assert keys.parse_manifest_key(key) == run
+    assert run.started_at == MOMENT.replace(microsecond=123000)
+    assert str(run) == "20241115T142009123Z-3f9a1c2e"
+
+
+def test_non_manifest_keys_are_not_mistaken_for_manifests():
+    for key in ("sales_order/2024/11/15/20241115T142009123Z-3f9a1c2e-00000.jsonl",
+                "_manifests/2024/11/15/notes.txt", "_manifests/", "other/_manifests/x.json"):
+        assert keys.parse_manifest_key(key) is None
+
+
+def test_key_order_is_time_order():
+    earlier = keys.manifest_key(keys.RunId("20241115T142009123Z", "ffffffff"))
+    later = keys.manifest_key(keys.RunId("20241115T142009124Z", "00000000"))
+    assert earlier < later
