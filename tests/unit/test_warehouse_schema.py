@@ -4,7 +4,8 @@ from totes import warehouse_schema as ws
 
 CONTRACT_COLUMNS = {
     "fact_sales_order": "sales_record_id sales_order_id created_date created_time "
-    "last_updated_date last_updated_time sales_staff_id counterparty_id units_sold unit_price currency_id design_id "
+    "last_updated_date last_updated_time sales_staff_id counterparty_id units_sold unit_price "
+    "currency_id design_id "
     "agreed_payment_date agreed_delivery_date agreed_delivery_location_id",
     "fact_purchase_orders": "purchase_record_id purchase_order_id created_date created_time "
     "last_updated_date last_updated_time staff_id counterparty_id item_code item_quantity "
