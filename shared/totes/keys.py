@@ -5,6 +5,7 @@ events to URL-encode, and lexical order is time order, so "the latest" is a
 listing away and never needs a clock comparison.
 """
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -41,6 +42,15 @@ def stamp(moment: datetime) -> str:
     """Format an aware datetime as a compact UTC stamp with milliseconds."""
     moment = moment.astimezone(timezone.utc)
     return f"{moment.strftime(_STAMP_FORMAT)}{moment.microsecond // 1000:03d}Z"
+
+
+def new_run_id(moment: datetime | None = None) -> RunId:
+    """Return a fresh run id: the start (now unless given) and 8 random hex digits.
+
+    The random suffix keeps keys unique even for two runs started in the same
+    millisecond (a retry racing a scheduled run), so a key is never reused.
+    """
+    return RunId(stamp(moment or datetime.now(timezone.utc)), secrets.token_hex(4))
 
 
 def parse_stamp(text: str) -> datetime:
