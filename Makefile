@@ -48,7 +48,7 @@ demo: setup
 	$(BIN)/totes demo
 
 bench: setup
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(ARGS)
 
 audit: setup
 	$(BIN)/pip install --quiet pip-audit==2.10.1
