@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 MANIFEST_PREFIX = "_manifests/"
+REFERENCE_PREFIX = "_reference/"
 _STAMP_FORMAT = "%Y%m%dT%H%M%S"
 _MANIFEST_KEY = re.compile(
     r"^_manifests/\d{4}/\d{2}/\d{2}/(?P<stamp>\d{8}T\d{9}Z)-(?P<run_id>[0-9a-f]+)\.json$"
@@ -73,3 +74,17 @@ def parse_manifest_key(key: str) -> RunId | None:
     """Return the run a manifest key names, or None for any other key."""
     match = _MANIFEST_KEY.match(key)
     return RunId(match["stamp"], match["run_id"]) if match else None
+
+
+def attempt_data_key(table: str, run: RunId, attempt: str, part: int, extension: str) -> str:
+    """Key of a data object written by one attempt at processing ``run``.
+
+    ``<table>/<yyyy>/<mm>/<dd>/<stamp>-<suffix>-<attempt>-<part>.<ext>``: a retry after
+    a crash uses a new attempt id, so it never collides with the failed attempt's orphans.
+    """
+    return f"{table}/{run.date_path}/{run}-{attempt}-{part:05d}.{extension}"
+
+
+def reference_key(table: str, run: RunId, attempt: str) -> str:
+    """Key of a reference snapshot: ``_reference/<table>/<yyyy>/<mm>/<dd>/<run>-<attempt>``."""
+    return f"{REFERENCE_PREFIX}{table}/{run.date_path}/{run}-{attempt}.parquet"
