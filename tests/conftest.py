@@ -1,10 +1,14 @@
 """Fixtures shared by every test layer: a real PostgreSQL, a moto server, a clean environment."""
+import io
+import json
+import logging
 import uuid
 
 import pytest
+from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.utilities import parameters
 
-from totes import storage
+from totes import observability, storage
 from totes_local import stack
 
 
@@ -61,3 +65,36 @@ def aws(monkeypatch, moto_endpoint):
         monkeypatch.setenv(name, value)
     stack.provision({}, buckets=(env["INGEST_BUCKET"], env["PROCESSED_BUCKET"]))
     return env
+
+
+@pytest.fixture
+def source_db(postgres, database, aws):
+    """An empty totesys schema in a fresh database, its secret in the test's Secrets Manager.
+
+    Yields a direct connection for inserting controlled rows and for assertions.
+    """
+    from totes_local import generator
+
+    name = database("totesys")
+    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(name)}, buckets=())
+    conn = postgres.connect(name)
+    generator.create_schema(conn)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def captured_logs():
+    """Capture the pipeline's Powertools log lines (structured JSON) during a test.
+
+    Powertools binds its stream handler to stdout at import, before pytest can
+    capture it, so this adds a second handler with a Powertools formatter to the
+    service's logger. Returns a function giving the parsed lines so far.
+    """
+    service_logger = logging.getLogger(observability.DEFAULT_SERVICE)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(LambdaPowertoolsFormatter())
+    service_logger.addHandler(handler)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    service_logger.removeHandler(handler)

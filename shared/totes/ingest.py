@@ -1,0 +1,216 @@
+"""One ingest run: what changed in totesys since the last committed run, into the ingestion bucket.
+
+The run reads the newest manifest for its starting state, extracts all eleven
+tables from one database snapshot in bounded chunks (one JSON Lines object per
+chunk), and ends by writing its own manifest. That manifest is the commit
+point: until it exists nothing downstream sees the run's files and the state
+has not moved, so a run that fails anywhere before it is simply repeated by the
+next one. Every object is created once under a fresh key and never replaced.
+"""
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
+
+import pg8000.native
+
+from totes import config, db, extract, jsonl, keys, observability, storage
+from totes.source import SOURCE_TABLES
+from totes.watermark import (MANIFEST_FORMAT, TableWatermark, WatermarkAdvance, format_timestamp,
+                             states_from_manifest)
+
+logger = observability.logger_for("ingest")
+
+CONTENT_TYPE = "application/x-ndjson"
+ROWS_METRIC = "RowsIngested"
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Everything a run needs to know about its environment, read once at its start."""
+
+    bucket: str
+    secret_id: str
+    overlap: timedelta
+    chunk_rows: int
+
+    @classmethod
+    def from_environment(cls) -> "IngestSettings":
+        """Read the settings from the Lambda environment, failing early on a missing one."""
+        return cls(bucket=config.ingest_bucket(), secret_id=config.totesys_secret_id(),
+                   overlap=config.overlap_window(), chunk_rows=config.chunk_rows())
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """One JSON Lines object a run created."""
+
+    key: str
+    rows: int
+    bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the manifest's description of the file."""
+        return {"key": self.key, "rows": self.rows, "bytes": self.bytes}
+
+
+@dataclass(frozen=True)
+class TableExtract:
+    """What a run wrote for one table, and the state the next run continues from."""
+
+    table: str
+    files: tuple[WrittenFile, ...]
+    state: TableWatermark
+    skipped: int
+
+    @property
+    def rows(self) -> int:
+        """Rows written for the table in this run."""
+        return sum(file.rows for file in self.files)
+
+    @property
+    def bytes(self) -> int:
+        """Bytes written for the table in this run."""
+        return sum(file.bytes for file in self.files)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the table's manifest entry: files written plus the incremental state."""
+        return {"rows": self.rows, "files": [file.to_json() for file in self.files],
+                **self.state.to_json()}
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """The outcome of a committed run, for the handler's response and run-level metrics."""
+
+    run_id: str
+    manifest_key: str
+    rows: dict[str, int]
+    duration_ms: float
+
+    @property
+    def total_rows(self) -> int:
+        """Rows written across all tables."""
+        return sum(self.rows.values())
+
+    def summary(self) -> dict[str, Any]:
+        """Return the run id, manifest key and rows per table, JSON-ready: the Lambda response."""
+        return {"run_id": self.run_id, "manifest_key": self.manifest_key,
+                "rows": dict(self.rows), "total_rows": self.total_rows}
+
+
+def utc_text(moment: datetime) -> str:
+    """Render an aware instant as the manifests do: ISO-8601 UTC with milliseconds and ``Z``."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def build_manifest(run: keys.RunId, previous_key: str | None, overlap: timedelta,
+                   extracts: Iterable[TableExtract], finished_at: datetime) -> dict[str, Any]:
+    """Return a run's manifest (format ``totes.ingest/1``, see docs/architecture.md)."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "run_id": str(run),
+        "started_at": utc_text(run.started_at),
+        "finished_at": utc_text(finished_at),
+        "previous_manifest": previous_key,
+        "overlap_minutes": overlap // timedelta(minutes=1),
+        "tables": {table.table: table.to_json() for table in extracts},
+    }
+
+
+def _write_chunk(bucket: str, table: str, run: keys.RunId, part: int,
+                 columns: tuple[str, ...], rows: list[list[Any]]) -> WrittenFile:
+    body = jsonl.encode_rows(columns, rows)
+    key = keys.data_key(table, run, part, "jsonl")
+    storage.put_new_object(bucket, key, body, CONTENT_TYPE)
+    return WrittenFile(key, len(rows), len(body))
+
+
+def extract_table(conn: pg8000.native.Connection, table: str, state: TableWatermark,
+                  run: keys.RunId, settings: IngestSettings) -> TableExtract:
+    """Write one table's new versions as JSON Lines objects, one per fetched chunk.
+
+    Versions inside the overlap window that an earlier run already wrote are
+    skipped, so an unchanged table writes nothing.
+    """
+    key_column = SOURCE_TABLES[table]
+    advance = WatermarkAdvance(state, settings.overlap)
+    files: list[WrittenFile] = []
+    skipped = 0
+    for chunk in extract.stream_rows(conn, table, state.since(settings.overlap),
+                                     settings.chunk_rows):
+        key_at = chunk.columns.index(key_column)
+        version_at = chunk.columns.index(extract.VERSION_COLUMN)
+        fresh = [row for row in chunk.rows if state.is_new(row[key_at], row[version_at])]
+        skipped += len(chunk.rows) - len(fresh)
+        if fresh:
+            files.append(_write_chunk(settings.bucket, table, run, len(files),
+                                      chunk.columns, fresh))
+            advance.add((row[key_at], row[version_at]) for row in fresh)
+    result = TableExtract(table, tuple(files), advance.result(), skipped)
+    logger.info("table extracted", extra={
+        "run_id": str(run), "table": table, "rows": result.rows, "bytes": result.bytes,
+        "files": len(files), "skipped_already_written": skipped,
+        "since": None if state.watermark is None
+        else format_timestamp(state.since(settings.overlap)),
+    })
+    return result
+
+
+def _extract_all(settings: IngestSettings, states: dict[str, TableWatermark],
+                 run: keys.RunId) -> list[TableExtract]:
+    conn = db.connect(settings.secret_id)
+    try:
+        with extract.snapshot(conn):
+            return [extract_table(conn, table, states[table], run, settings)
+                    for table in SOURCE_TABLES]
+    finally:
+        # Closing a connection whose socket already failed can only say so again;
+        # the original error is the one worth raising.
+        with suppress(pg8000.native.InterfaceError, OSError):
+            conn.close()
+
+
+def _commit(settings: IngestSettings, run: keys.RunId, started: float) -> IngestResult:
+    previous_key = storage.latest_manifest_key(settings.bucket)
+    previous = None if previous_key is None else storage.read_json(settings.bucket, previous_key)
+    logger.info("ingest run started", extra={
+        "run_id": str(run), "previous_manifest": previous_key,
+        "overlap_minutes": settings.overlap // timedelta(minutes=1),
+        "chunk_rows": settings.chunk_rows,
+    })
+    extracts = _extract_all(settings, states_from_manifest(previous), run)
+    manifest_key = keys.manifest_key(run)
+    storage.put_new_json(settings.bucket, manifest_key, build_manifest(
+        run, previous_key, settings.overlap, extracts, datetime.now(timezone.utc)))
+    result = IngestResult(str(run), manifest_key, {item.table: item.rows for item in extracts},
+                          round((time.perf_counter() - started) * 1000, 1))
+    for item in extracts:
+        observability.emit_table_metric(ROWS_METRIC, item.table, item.rows)
+    changed = [item.table for item in extracts if item.rows]
+    logger.info("ingest run committed" if changed
+                else "ingest run committed: nothing changed since the previous run", extra={
+                    "run_id": result.run_id, "manifest_key": manifest_key,
+                    "rows": result.total_rows, "bytes": sum(item.bytes for item in extracts),
+                    "files": sum(len(item.files) for item in extracts),
+                    "tables_changed": changed, "duration_ms": result.duration_ms,
+                })
+    return result
+
+
+def run_ingest(settings: IngestSettings | None = None) -> IngestResult:
+    """Run one ingest: extract every change since the last manifest, then commit a new manifest.
+
+    Settings default to the Lambda environment. Any failure (configuration,
+    secret, database, S3) is logged with its cause and re-raised, so Lambda's
+    Errors metric sees it; no manifest means nothing was committed.
+    """
+    started = time.perf_counter()
+    run = keys.new_run_id()
+    try:
+        return _commit(settings or IngestSettings.from_environment(), run, started)
+    except Exception:
+        logger.exception("ingest run failed; nothing committed, the next run reads the same rows",
+                         extra={"run_id": str(run)})
+        raise

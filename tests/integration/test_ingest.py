@@ -1,0 +1,306 @@
+"""Ingest runs against a real PostgreSQL and a moto S3: what lands, when, and exactly how."""
+import json
+import re
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from botocore.exceptions import ClientError
+
+from totes import ingest, jsonl, storage
+from totes.source import SOURCE_TABLES
+
+T0 = datetime(2024, 11, 15, 14, 0, 0, 120000)
+DATA_KEY = re.compile(
+    r"^(?P<table>[a-z_]+)/2\d{3}/\d{2}/\d{2}/\d{8}T\d{9}Z-[0-9a-f]{8}-(?P<part>\d{5})\.jsonl$")
+
+
+def insert(conn, table, **values):
+    """Insert one row with explicit values (test set-up, so a plain bound INSERT)."""
+    names = ", ".join(f'"{name}"' for name in values)
+    marks = ", ".join(f":{name}" for name in values)
+    conn.run(f'INSERT INTO "{table}" ({names}) VALUES ({marks})', **values)
+
+
+def seed_one_of_each(conn, at=T0):
+    """One consistent row in every source table (and a migration row that must never leave)."""
+    stamp = {"created_at": at, "last_updated": at}
+    conn.run("INSERT INTO _prisma_migrations (id, checksum, migration_name) "
+             "VALUES ('m1', 'c', 'init')")
+    insert(conn, "address", address_id=1, address_line_1="1 Road", address_line_2=None,
+           district=None, city="Leeds", postal_code="LS1", country="UK", phone="0113",
+           **stamp)
+    insert(conn, "currency", currency_id=1, currency_code="GBP", **stamp)
+    insert(conn, "department", department_id=1, department_name="Sales", location="Leeds",
+           manager="Ann", **stamp)
+    insert(conn, "design", design_id=1, design_name="Wooden", file_location="/d",
+           file_name="w.json", **stamp)
+    insert(conn, "payment_type", payment_type_id=1, payment_type_name="SALES_RECEIPT", **stamp)
+    insert(conn, "counterparty", counterparty_id=1, counterparty_legal_name="Acme",
+           legal_address_id=1, commercial_contact=None, delivery_contact=None, **stamp)
+    insert(conn, "staff", staff_id=1, first_name="Jo", last_name="Bloggs", department_id=1,
+           email_address="jo@terrifictotes.com", **stamp)
+    sales_order(conn, 1, at)
+    insert(conn, "purchase_order", purchase_order_id=1, staff_id=1, counterparty_id=1,
+           item_code="ABC", item_quantity=3, item_unit_price=Decimal("4.50"), currency_id=1,
+           agreed_delivery_date="2024-11-20", agreed_payment_date="2024-11-21",
+           agreed_delivery_location_id=1, **stamp)
+    insert(conn, "transaction", transaction_id=1, transaction_type="SALE", sales_order_id=1,
+           purchase_order_id=None, **stamp)
+    insert(conn, "payment", payment_id=1, transaction_id=1, counterparty_id=1,
+           payment_amount=Decimal("10.00"), currency_id=1, payment_type_id=1, paid=False,
+           payment_date="2024-11-20", company_ac_number=1, counterparty_ac_number=2, **stamp)
+
+
+def sales_order(conn, order_id, last_updated, unit_price=Decimal("5.00")):
+    """Insert one sales order referencing the seeded reference rows."""
+    insert(conn, "sales_order", sales_order_id=order_id, created_at=last_updated,
+           last_updated=last_updated, design_id=1, staff_id=1, counterparty_id=1, units_sold=2,
+           unit_price=unit_price, currency_id=1, agreed_delivery_date="2024-11-20",
+           agreed_payment_date="2024-11-21", agreed_delivery_location_id=1)
+
+
+def latest_manifest(bucket):
+    """The newest committed manifest."""
+    return storage.read_json(bucket, storage.latest_manifest_key(bucket))
+
+
+def table_rows(bucket, manifest, table):
+    """Every row a manifest lists for ``table``, decoded exactly."""
+    return [row for file in manifest["tables"][table]["files"]
+            for row in jsonl.decode_lines(storage.read_bytes(bucket, file["key"]).splitlines())]
+
+
+def all_keys(bucket):
+    """Every key in the bucket."""
+    return list(storage.list_keys(bucket, ""))
+
+
+def test_first_run_ingests_all_eleven_tables_and_nothing_else(source_db, aws):
+    seed_one_of_each(source_db)
+
+    result = ingest.run_ingest()
+
+    manifest = latest_manifest(aws["INGEST_BUCKET"])
+    assert manifest["format"] == "totes.ingest/1" and manifest["run_id"] == result.run_id
+    assert manifest["previous_manifest"] is None and manifest["overlap_minutes"] == 15
+    assert set(manifest["tables"]) == set(SOURCE_TABLES)
+    assert result.rows == {table: 1 for table in SOURCE_TABLES}
+    data_keys = [key for key in all_keys(aws["INGEST_BUCKET"]) if not key.startswith("_manifests")]
+    assert sorted(DATA_KEY.match(key)["table"] for key in data_keys) == sorted(SOURCE_TABLES)
+    for table in SOURCE_TABLES:
+        entry = manifest["tables"][table]
+        assert entry["watermark"] == "2024-11-15T14:00:00.120"
+        assert entry["recent_versions"] == [[1, "2024-11-15T14:00:00.120"]]
+        columns = [row[0] for row in source_db.run(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = :t "
+            "ORDER BY ordinal_position", t=table)]
+        assert list(table_rows(aws["INGEST_BUCKET"], manifest, table)[0]) == columns
+
+
+def test_run_without_source_changes_writes_no_data_but_records_the_run(
+        source_db, aws, captured_logs):
+    seed_one_of_each(source_db)
+    first = ingest.run_ingest()
+    keys_after_first = set(all_keys(aws["INGEST_BUCKET"]))
+
+    second = ingest.run_ingest()
+
+    new_keys = set(all_keys(aws["INGEST_BUCKET"])) - keys_after_first
+    assert new_keys == {second.manifest_key}
+    manifest = latest_manifest(aws["INGEST_BUCKET"])
+    assert manifest["previous_manifest"] == first.manifest_key
+    assert all(entry["rows"] == 0 and entry["files"] == [] and entry["recent_versions"]
+               for entry in manifest["tables"].values())
+    summary = [line for line in captured_logs() if line.get("run_id") == second.run_id
+               and line["message"].startswith("ingest run committed")]
+    assert summary[0]["message"].endswith("nothing changed since the previous run")
+    assert summary[0]["rows"] == 0 and summary[0]["files"] == 0
+
+
+def test_inserts_and_updates_after_a_run_arrive_in_the_next(source_db, aws):
+    seed_one_of_each(source_db)
+    ingest.run_ingest()
+    later = T0 + timedelta(minutes=30)
+    sales_order(source_db, 2, later)
+    source_db.run("UPDATE payment SET paid = true, last_updated = :at WHERE payment_id = 1",
+                  at=later)
+
+    result = ingest.run_ingest()
+
+    manifest = latest_manifest(aws["INGEST_BUCKET"])
+    assert {table: rows for table, rows in result.rows.items() if rows} == {
+        "sales_order": 1, "payment": 1}
+    assert [row["sales_order_id"] for row in
+            table_rows(aws["INGEST_BUCKET"], manifest, "sales_order")] == [2]
+    [payment] = table_rows(aws["INGEST_BUCKET"], manifest, "payment")
+    assert payment["paid"] is True and payment["last_updated"] == "2024-11-15T14:30:00.120"
+    assert manifest["tables"]["payment"]["watermark"] == "2024-11-15T14:30:00.120"
+
+
+@pytest.mark.parametrize("overlap_minutes, caught", [("15", True), ("0", False)])
+def test_late_commit_older_than_the_watermark_is_caught_by_the_overlap(
+        source_db, aws, monkeypatch, overlap_minutes, caught):
+    monkeypatch.setenv("INGEST_OVERLAP_MINUTES", overlap_minutes)
+    seed_one_of_each(source_db)
+    sales_order(source_db, 2, T0 + timedelta(minutes=10))
+    ingest.run_ingest()
+    # A transaction that started earlier commits now: its row is older than the watermark.
+    sales_order(source_db, 3, T0 + timedelta(minutes=6))
+
+    result = ingest.run_ingest()
+
+    manifest = latest_manifest(aws["INGEST_BUCKET"])
+    ids = [row["sales_order_id"] for row in
+           table_rows(aws["INGEST_BUCKET"], manifest, "sales_order")]
+    assert ids == ([3] if caught else [])
+    assert result.total_rows == len(ids)
+    assert manifest["tables"]["sales_order"]["watermark"] == "2024-11-15T14:10:00.120"
+
+
+def test_versions_leave_the_state_once_they_fall_behind_the_overlap_window(source_db, aws):
+    seed_one_of_each(source_db)
+    ingest.run_ingest()
+    sales_order(source_db, 2, T0 + timedelta(minutes=20))
+
+    ingest.run_ingest()
+
+    state = latest_manifest(aws["INGEST_BUCKET"])["tables"]["sales_order"]
+    assert state["recent_versions"] == [[2, "2024-11-15T14:20:00.120"]]
+
+
+def test_crash_before_the_manifest_loses_nothing(source_db, aws, monkeypatch, captured_logs):
+    seed_one_of_each(source_db)
+    first = ingest.run_ingest()
+    committed = set(all_keys(aws["INGEST_BUCKET"]))
+    sales_order(source_db, 2, T0 + timedelta(minutes=5))
+    source_db.run("UPDATE staff SET last_name = 'Smith', last_updated = :at", at=T0 + timedelta(
+        minutes=5))
+
+    def manifest_write_fails(bucket, key, document):
+        raise ClientError({"Error": {"Code": "InternalError", "Message": "S3 is down"}},
+                          "PutObject")
+
+    with monkeypatch.context() as patch, pytest.raises(ClientError, match="S3 is down"):
+        patch.setattr(storage, "put_new_json", manifest_write_fails)
+        ingest.run_ingest()
+    orphans = set(all_keys(aws["INGEST_BUCKET"])) - committed
+    assert storage.latest_manifest_key(aws["INGEST_BUCKET"]) == first.manifest_key
+    assert sorted(DATA_KEY.match(key)["table"] for key in orphans) == ["sales_order", "staff"]
+
+    recovered = ingest.run_ingest()
+
+    assert {table: rows for table, rows in recovered.rows.items() if rows} == {
+        "sales_order": 1, "staff": 1}
+    manifest = latest_manifest(aws["INGEST_BUCKET"])
+    assert manifest["previous_manifest"] == first.manifest_key
+    listed = {file["key"] for entry in manifest["tables"].values() for file in entry["files"]}
+    assert listed.isdisjoint(orphans)
+    [staff] = table_rows(aws["INGEST_BUCKET"], manifest, "staff")
+    assert staff["last_name"] == "Smith"
+    [failure] = [line for line in captured_logs() if line["level"] == "ERROR"]
+    assert "S3 is down" in failure["exception"] and failure["message"].startswith(
+        "ingest run failed")
+
+
+def test_no_object_is_ever_overwritten(source_db, aws):
+    s3 = storage.s3_client()
+    s3.put_bucket_versioning(Bucket=aws["INGEST_BUCKET"],
+                             VersioningConfiguration={"Status": "Enabled"})
+    conditions = []
+    s3.meta.events.register("provide-client-params.s3.PutObject",
+                            lambda params, **_: conditions.append(params.get("IfNoneMatch")))
+    seed_one_of_each(source_db)
+    for minute in (1, 2):
+        ingest.run_ingest()
+        sales_order(source_db, 1 + minute, T0 + timedelta(minutes=minute))
+    ingest.run_ingest()
+
+    versions = s3.list_object_versions(Bucket=aws["INGEST_BUCKET"])["Versions"]
+    keys = [version["Key"] for version in versions]
+    assert len(keys) == len(set(keys)) == 11 + 3 + 2
+    assert conditions and set(conditions) == {"*"}
+
+
+def test_hostile_text_arrives_byte_for_byte(source_db, aws):
+    seed_one_of_each(source_db)
+    hostile = {
+        "address_line_1": "'); DROP TABLE staff; --",
+        "address_line_2": 'quote " and \\ backslash \' apostrophe',
+        "district": "emoji 👜🧳 and RTL עברית العربية \u200f mark",
+        "city": "line one\nline two\r\n\ttabbed \x01\x1f control",
+        "postal_code": "\u2028\u2029 separators",
+        "country": "Ünïcödé ß ﬁ",
+        "phone": "",
+    }
+    insert(source_db, "address", address_id=2, created_at=T0, last_updated=T0, **hostile)
+
+    ingest.run_ingest()
+
+    rows = table_rows(aws["INGEST_BUCKET"], latest_manifest(aws["INGEST_BUCKET"]), "address")
+    [landed] = [row for row in rows if row["address_id"] == 2]
+    assert {name: landed[name] for name in hostile} == hostile
+    assert source_db.run("SELECT count(*) FROM staff") == [[1]]
+
+
+def test_numbers_timestamps_and_nulls_keep_their_exact_meaning(source_db, aws):
+    seed_one_of_each(source_db)
+    prices = ["2.67", "99999999.99", "0.10", "0.01"]
+    for offset, price in enumerate(prices, start=2):
+        sales_order(source_db, offset, T0 + timedelta(milliseconds=offset), Decimal(price))
+
+    ingest.run_ingest()
+
+    manifest = latest_manifest(aws["INGEST_BUCKET"])
+    raw = b"".join(storage.read_bytes(aws["INGEST_BUCKET"], file["key"])
+                   for file in manifest["tables"]["sales_order"]["files"]).decode()
+    for price in prices:
+        assert f'"unit_price":{price},' in raw
+    rows = table_rows(aws["INGEST_BUCKET"], manifest, "sales_order")
+    assert [row["unit_price"] for row in rows[1:]] == [Decimal(price) for price in prices]
+    assert [row["last_updated"] for row in rows] == [
+        "2024-11-15T14:00:00.120", "2024-11-15T14:00:00.122", "2024-11-15T14:00:00.123",
+        "2024-11-15T14:00:00.124", "2024-11-15T14:00:00.125"]
+    [address] = table_rows(aws["INGEST_BUCKET"], manifest, "address")
+    assert address["address_line_2"] is None and '"address_line_2":null' in json.dumps(
+        address, separators=(",", ":"), default=str)
+
+
+def test_chunk_rows_bounds_every_object(source_db, aws, monkeypatch):
+    monkeypatch.setenv("CHUNK_ROWS", "3")
+    seed_one_of_each(source_db)
+    for design_id in range(2, 11):
+        insert(source_db, "design", design_id=design_id, design_name=f"d{design_id}",
+               file_location="/d", file_name="f", created_at=T0,
+               last_updated=T0 + timedelta(seconds=design_id))
+
+    ingest.run_ingest()
+
+    files = latest_manifest(aws["INGEST_BUCKET"])["tables"]["design"]["files"]
+    assert [file["rows"] for file in files] == [3, 3, 3, 1]
+    assert [DATA_KEY.match(file["key"])["part"] for file in files] == [
+        "00000", "00001", "00002", "00003"]
+    manifest = latest_manifest(aws["INGEST_BUCKET"])
+    assert [row["design_id"] for row in table_rows(aws["INGEST_BUCKET"], manifest, "design")] == (
+        list(range(1, 11)))
+
+
+def test_one_run_reads_every_table_at_the_same_instant(source_db, aws, monkeypatch, postgres):
+    seed_one_of_each(source_db)
+    extract_table = ingest.extract_table
+
+    def commit_an_order_midway(conn, table, *args):
+        extracted = extract_table(conn, table, *args)
+        if table == "address":
+            sales_order(source_db, 2, T0 + timedelta(minutes=1))
+            insert(source_db, "transaction", transaction_id=2, transaction_type="SALE",
+                   sales_order_id=2, created_at=T0, last_updated=T0 + timedelta(minutes=1))
+        return extracted
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ingest, "extract_table", commit_an_order_midway)
+        first = ingest.run_ingest()
+    second = ingest.run_ingest()
+
+    assert (first.rows["sales_order"], first.rows["transaction"]) == (1, 1)
+    assert (second.rows["sales_order"], second.rows["transaction"]) == (1, 1)
