@@ -1,0 +1,440 @@
+"""Pure transforms from totesys rows to the warehouse star schema: frames in, frames out.
+
+No I/O here, so every rule of the star schema is testable with small frames.
+Source frames come from :func:`source_frame`, which parses JSON Lines values
+strictly (exact decimals, millisecond timestamps, ``YYYY-MM-DD`` TEXT dates) and
+fails naming the table, primary key and value. Warehouse frames carry exactly
+the Arrow types of :mod:`totes.warehouse_schema` (as pandas ``ArrowDtype``
+columns), so :func:`to_arrow` is a checked no-op conversion and no money value
+ever passes through a float.
+"""
+import re
+from decimal import Decimal
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+import pyarrow as pa
+import pycountry
+
+from totes.source import primary_key
+from totes.warehouse_schema import TABLES, arrow_schema
+
+#: source table -> the columns the transform reads and how each is parsed.
+SOURCE_COLUMNS = {
+    "address": {
+        "address_id": "int", "address_line_1": "text", "address_line_2": "text",
+        "district": "text", "city": "text", "postal_code": "text", "country": "text",
+        "phone": "text", "last_updated": "timestamp",
+    },
+    "counterparty": {
+        "counterparty_id": "int", "counterparty_legal_name": "text",
+        "legal_address_id": "int", "last_updated": "timestamp",
+    },
+    "currency": {"currency_id": "int", "currency_code": "text", "last_updated": "timestamp"},
+    "department": {
+        "department_id": "int", "department_name": "text", "location": "text",
+        "last_updated": "timestamp",
+    },
+    "design": {
+        "design_id": "int", "design_name": "text", "file_location": "text", "file_name": "text",
+        "last_updated": "timestamp",
+    },
+    "payment_type": {
+        "payment_type_id": "int", "payment_type_name": "text", "last_updated": "timestamp",
+    },
+    "staff": {
+        "staff_id": "int", "first_name": "text", "last_name": "text", "department_id": "int",
+        "email_address": "text", "last_updated": "timestamp",
+    },
+    "sales_order": {
+        "sales_order_id": "int", "created_at": "timestamp", "last_updated": "timestamp",
+        "design_id": "int", "staff_id": "int", "counterparty_id": "int", "units_sold": "int",
+        "unit_price": "money", "currency_id": "int", "agreed_delivery_date": "date",
+        "agreed_payment_date": "date", "agreed_delivery_location_id": "int",
+    },
+    "purchase_order": {
+        "purchase_order_id": "int", "created_at": "timestamp", "last_updated": "timestamp",
+        "staff_id": "int", "counterparty_id": "int", "item_code": "text",
+        "item_quantity": "int", "item_unit_price": "money", "currency_id": "int",
+        "agreed_delivery_date": "date", "agreed_payment_date": "date",
+        "agreed_delivery_location_id": "int",
+    },
+    "transaction": {
+        "transaction_id": "int", "transaction_type": "text", "sales_order_id": "int",
+        "purchase_order_id": "int", "last_updated": "timestamp",
+    },
+    "payment": {
+        "payment_id": "int", "created_at": "timestamp", "last_updated": "timestamp",
+        "transaction_id": "int", "counterparty_id": "int", "payment_amount": "money",
+        "currency_id": "int", "payment_type_id": "int", "paid": "bool", "payment_date": "date",
+    },
+}
+
+#: source fact table -> the warehouse fact it becomes (one row per source version).
+FACT_TABLES = {
+    "sales_order": "fact_sales_order",
+    "purchase_order": "fact_purchase_orders",
+    "payment": "fact_payment",
+}
+
+DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August",
+               "September", "October", "November", "December")
+
+_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
+_TEXT_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_CENT = Decimal("0.01")
+_MONEY_LIMIT = Decimal(10) ** 8
+_PLAIN_TYPES = {"int": pa.int64(), "text": pa.string(), "bool": pa.bool_()}
+
+
+class SourceDataError(ValueError):
+    """A source value the warehouse cannot hold exactly; the message names table, key and value."""
+
+
+def _typed(array: pa.Array, index: pd.Index | None = None) -> pd.Series:
+    return pd.Series(pd.arrays.ArrowExtensionArray(array), index=index, copy=False)
+
+
+def _arrow(series: pd.Series) -> pa.Array:
+    return pa.array(series, from_pandas=True)
+
+
+def _offender(table: str, keys: Sequence[Any], position: int, column: str, value: Any,
+              problem: str) -> SourceDataError:
+    return SourceDataError(
+        f"{table} {primary_key(table)}={keys[position]}: {column} {value!r} {problem}"
+    )
+
+
+def _parse_money(table: str, column: str, values: list, keys: Sequence[Any]) -> pa.Array:
+    for position, value in enumerate(values):
+        if value is None:
+            continue
+        exact = (isinstance(value, (int, Decimal)) and not isinstance(value, bool)
+                 and Decimal(value).is_finite() and abs(value) < _MONEY_LIMIT
+                 and Decimal(value).quantize(_CENT) == value)
+        if not exact:
+            raise _offender(table, keys, position, column, value,
+                            "does not fit numeric(10,2) exactly")
+    return pa.array(values, pa.decimal128(10, 2))
+
+
+def _parse_stamps(table: str, column: str, values: list, keys: Sequence[Any],
+                  kind: str) -> pa.Array:
+    text = pd.Series(values, dtype=object)
+    present = text.notna()
+    if kind == "date":
+        well_formed = text[present].map(lambda value: isinstance(value, str)
+                                        and _TEXT_DATE.fullmatch(value) is not None)
+        text = text.where(~present | well_formed.reindex(text.index, fill_value=True), "")
+        parsed = pd.to_datetime(text, format="%Y-%m-%d", errors="coerce")
+        target = pa.date32()
+    else:
+        text = text.where(~present | text.map(lambda value: isinstance(value, str)), "")
+        parsed = pd.to_datetime(text, format=_TIMESTAMP_FORMAT, errors="coerce")
+        target = pa.timestamp("ms")
+    bad = (present & parsed.isna()).to_numpy().nonzero()[0]
+    if len(bad):
+        expected = "YYYY-MM-DD" if kind == "date" else "YYYY-MM-DDTHH:MM:SS.mmm"
+        raise _offender(table, keys, bad[0], column, values[bad[0]],
+                        f"is not a valid {expected} {kind}")
+    return _arrow(parsed).cast(target)
+
+
+def _parse_column(table: str, column: str, kind: str, values: list,
+                  keys: Sequence[Any]) -> pa.Array:
+    if kind == "money":
+        return _parse_money(table, column, values, keys)
+    if kind in ("date", "timestamp"):
+        return _parse_stamps(table, column, values, keys, kind)
+    try:
+        return pa.array(values, _PLAIN_TYPES[kind])
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as error:
+        raise SourceDataError(f"{table}.{column} holds a value that is not {kind}: {error}") \
+            from None
+
+
+def source_frame(table: str, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Parse decoded JSON Lines rows of ``table`` into a typed frame of the columns we read.
+
+    Every value is checked here, once, so the builders below can trust their input:
+    a missing column, a timestamp or TEXT date that is not strictly ISO, or money
+    that does not fit ``numeric(10,2)`` raises :class:`SourceDataError`.
+    """
+    columns = SOURCE_COLUMNS[table]
+    for position, row in enumerate(rows):
+        missing = [column for column in columns if column not in row]
+        if missing:
+            raise SourceDataError(
+                f"{table} row {position + 1} lacks column(s) {', '.join(missing)}"
+            )
+    keys = [row[primary_key(table)] for row in rows]
+    arrays = [_parse_column(table, column, kind, [row[column] for row in rows], keys)
+              for column, kind in columns.items()]
+    return pa.table(arrays, names=list(columns)).to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def empty_source_frame(table: str) -> pd.DataFrame:
+    """A typed source frame with no rows: the state of a table never seen yet."""
+    return source_frame(table, [])
+
+
+def unique_versions(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    """Drop repeated versions (same primary key and ``last_updated``) within a batch."""
+    return frame.drop_duplicates(subset=[primary_key(table), "last_updated"])
+
+
+def latest_versions(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    """Keep one row per primary key: the version with the greatest ``last_updated``."""
+    ordered = frame.sort_values([primary_key(table), "last_updated"], kind="stable")
+    return ordered.drop_duplicates(subset=[primary_key(table)], keep="last")
+
+
+def version_keys(frame: pd.DataFrame, table: str) -> list[int]:
+    """Return one exact integer per (primary key, ``last_updated`` in ms) pair of ``frame``.
+
+    A single int per version is the smallest exact key Python can hash, which keeps
+    the batch-wide duplicate check cheap for millions of fact rows.
+    """
+    ids = _arrow(frame[primary_key(table)]).to_pylist()
+    stamps = _arrow(frame["last_updated"]).cast(pa.int64()).to_pylist()
+    return [(pk << 48) | (stamp & 0xFFFF_FFFF_FFFF) for pk, stamp in zip(ids, stamps)]
+
+
+def conform(table_name: str, columns: Mapping[str, pd.Series | pa.Array],
+            index: pd.Index | None = None) -> pd.DataFrame:
+    """Build a warehouse frame with the contract's columns, in order, cast to their Arrow types.
+
+    Casts are safe: an integer that overflows ``int32`` or a decimal that loses
+    digits fails rather than being silently changed.
+    """
+    data = {}
+    for field in arrow_schema(TABLES[table_name]):
+        values = columns[field.name]
+        array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else _arrow(values)
+        data[field.name] = _typed(array.cast(field.type), index)
+    return pd.DataFrame(data, index=index)
+
+
+def to_arrow(table_name: str, frame: pd.DataFrame) -> pa.Table:
+    """Return ``frame`` as an Arrow table with exactly the warehouse schema, nulls checked.
+
+    Arrow does not enforce ``nullable=False`` by itself, so a null where the
+    contract forbids one is reported here, before it reaches the warehouse.
+    """
+    schema = arrow_schema(TABLES[table_name])
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    table = table.replace_schema_metadata(None)
+    for field in schema:
+        if not field.nullable and table.column(field.name).null_count:
+            raise SourceDataError(
+                f"{table_name}.{field.name} would hold "
+                f"{table.column(field.name).null_count} null(s) but is NOT NULL"
+            )
+    return table
+
+
+def _version_columns(frame: pd.DataFrame) -> dict[str, pa.Array]:
+    created, updated = _arrow(frame["created_at"]), _arrow(frame["last_updated"])
+    return {
+        "created_date": created.cast(pa.date32()),
+        "created_time": created.cast(pa.time32("ms")),
+        "last_updated_date": updated.cast(pa.date32()),
+        "last_updated_time": updated.cast(pa.time32("ms")),
+    }
+
+
+def _same_columns(frame: pd.DataFrame, names: Iterable[str]) -> dict[str, pd.Series]:
+    return {name: frame[name] for name in names}
+
+
+def fact_sales_order(sales_order: pd.DataFrame) -> pd.DataFrame:
+    """One fact row per sales order version; the order's ``staff_id`` is the sales staff."""
+    return conform("fact_sales_order", {
+        **_same_columns(sales_order, (
+            "sales_order_id", "counterparty_id", "units_sold", "unit_price", "currency_id",
+            "design_id", "agreed_payment_date", "agreed_delivery_date",
+            "agreed_delivery_location_id",
+        )),
+        **_version_columns(sales_order),
+        "sales_staff_id": sales_order["staff_id"],
+    }, sales_order.index)
+
+
+def fact_purchase_orders(purchase_order: pd.DataFrame) -> pd.DataFrame:
+    """One fact row per purchase order version."""
+    return conform("fact_purchase_orders", {
+        **_same_columns(purchase_order, (
+            "purchase_order_id", "staff_id", "counterparty_id", "item_code", "item_quantity",
+            "item_unit_price", "currency_id", "agreed_delivery_date", "agreed_payment_date",
+            "agreed_delivery_location_id",
+        )),
+        **_version_columns(purchase_order),
+    }, purchase_order.index)
+
+
+def fact_payment(payment: pd.DataFrame) -> pd.DataFrame:
+    """One fact row per payment version (a payment flipping to paid is a new version)."""
+    return conform("fact_payment", {
+        **_same_columns(payment, (
+            "payment_id", "transaction_id", "counterparty_id", "payment_amount", "currency_id",
+            "payment_type_id", "paid", "payment_date",
+        )),
+        **_version_columns(payment),
+    }, payment.index)
+
+
+#: source fact table -> the builder of its warehouse fact.
+FACT_BUILDERS = {
+    "sales_order": fact_sales_order,
+    "purchase_order": fact_purchase_orders,
+    "payment": fact_payment,
+}
+
+
+def fact_dates(fact_name: str, fact: pd.DataFrame) -> set:
+    """Return every date a fact frame references (each column that points at ``dim_date``)."""
+    dates = set()
+    for column in TABLES[fact_name].columns:
+        if column.references == "dim_date":
+            dates.update(_arrow(fact[column.name]).unique().to_pylist())
+    dates.discard(None)
+    return dates
+
+
+def dim_date(dates: Iterable) -> pd.DataFrame:
+    """Build ``dim_date`` rows for ``dates``: ISO weekday (Monday 1) and English names.
+
+    Names come from fixed tables, not ``strftime``, so the result never depends
+    on the locale of the machine that runs the transform.
+    """
+    days = sorted(set(dates))
+    return conform("dim_date", {
+        "date_id": pa.array(days, pa.date32()),
+        "year": pa.array([day.year for day in days], pa.int32()),
+        "month": pa.array([day.month for day in days], pa.int32()),
+        "day": pa.array([day.day for day in days], pa.int32()),
+        "day_of_week": pa.array([day.isoweekday() for day in days], pa.int32()),
+        "day_name": pa.array([DAY_NAMES[day.weekday()] for day in days]),
+        "month_name": pa.array([MONTH_NAMES[day.month - 1] for day in days]),
+        "quarter": pa.array([(day.month - 1) // 3 + 1 for day in days], pa.int32()),
+    })
+
+
+def currency_name(code: str) -> str | None:
+    """Return the ISO 4217 English name of ``code`` (pycountry), or None if it is unknown."""
+    currency = pycountry.currencies.get(alpha_3=code.upper())
+    return currency.name if currency else None
+
+
+def dim_currency(currency: pd.DataFrame) -> pd.DataFrame:
+    """Currencies with their ISO 4217 names; an unknown code is its own name (never null).
+
+    The caller logs the unknown codes (see :func:`unknown_currency_codes`).
+    """
+    codes = currency["currency_code"].tolist()
+    return conform("dim_currency", {
+        "currency_id": currency["currency_id"],
+        "currency_code": currency["currency_code"],
+        "currency_name": pa.array([currency_name(code) or code for code in codes]),
+    }, currency.index)
+
+
+def unknown_currency_codes(currency: pd.DataFrame) -> list[str]:
+    """Return the codes ISO 4217 does not know, for a warning."""
+    return sorted({code for code in currency["currency_code"] if currency_name(code) is None})
+
+
+def dim_design(design: pd.DataFrame) -> pd.DataFrame:
+    """Designs straight from the source."""
+    return conform("dim_design", _same_columns(
+        design, ("design_id", "design_name", "file_location", "file_name")), design.index)
+
+
+def dim_payment_type(payment_type: pd.DataFrame) -> pd.DataFrame:
+    """Payment types straight from the source (the enum label is the name)."""
+    return conform("dim_payment_type", _same_columns(
+        payment_type, ("payment_type_id", "payment_type_name")), payment_type.index)
+
+
+def dim_transaction(transaction: pd.DataFrame) -> pd.DataFrame:
+    """Transactions straight from the source; the order ids stay null where they are null."""
+    return conform("dim_transaction", _same_columns(
+        transaction, ("transaction_id", "transaction_type", "sales_order_id",
+                      "purchase_order_id")), transaction.index)
+
+
+def dim_location(address: pd.DataFrame) -> pd.DataFrame:
+    """Locations are addresses: ``location_id`` is the ``address_id``."""
+    return conform("dim_location", {
+        "location_id": address["address_id"],
+        **_same_columns(address, ("address_line_1", "address_line_2", "district", "city",
+                                  "postal_code", "country", "phone")),
+    }, address.index)
+
+
+_LEGAL_ADDRESS = {
+    "counterparty_legal_address_line_1": "address_line_1",
+    "counterparty_legal_address_line_2": "address_line_2",
+    "counterparty_legal_district": "district",
+    "counterparty_legal_city": "city",
+    "counterparty_legal_postal_code": "postal_code",
+    "counterparty_legal_country": "country",
+    "counterparty_legal_phone_number": "phone",
+}
+
+
+def dim_counterparty(counterparty: pd.DataFrame, address: pd.DataFrame) -> pd.DataFrame:
+    """Counterparties with their legal address columns taken from ``address``.
+
+    An inner join: a counterparty whose address is not in ``address`` yields no
+    row (the caller defers it until the address arrives).
+    """
+    joined = counterparty.merge(address, how="inner", left_on="legal_address_id",
+                                right_on="address_id", suffixes=("", "_address"))
+    return conform("dim_counterparty", {
+        "counterparty_id": joined["counterparty_id"],
+        "counterparty_legal_name": joined["counterparty_legal_name"],
+        **{target: joined[source] for target, source in _LEGAL_ADDRESS.items()},
+    }, joined.index)
+
+
+def dim_staff(staff: pd.DataFrame, department: pd.DataFrame) -> pd.DataFrame:
+    """Staff with their department's name and location (inner join, like counterparties)."""
+    joined = staff.merge(department, how="inner", on="department_id",
+                         suffixes=("", "_department"))
+    return conform("dim_staff", {
+        **_same_columns(joined, ("staff_id", "first_name", "last_name", "department_name",
+                                 "location", "email_address")),
+    }, joined.index)
+
+
+#: source table -> builder of the dimension made from that table alone.
+DIMENSION_BUILDERS = {
+    "currency": ("dim_currency", dim_currency),
+    "design": ("dim_design", dim_design),
+    "payment_type": ("dim_payment_type", dim_payment_type),
+    "transaction": ("dim_transaction", dim_transaction),
+}
+
+
+class BatchKeys:
+    """The keys already written in this batch, so a row repeated across files is written once.
+
+    Facts use :func:`version_keys` (a version is written once), dimensions their
+    primary key (the loader's upsert must see each id once per manifest). One int
+    per key is held, never the rows themselves.
+    """
+
+    def __init__(self) -> None:
+        """Start a batch with nothing seen."""
+        self._seen: set[int] = set()
+
+    def first_sightings(self, frame: pd.DataFrame, keys: Sequence[int]) -> pd.DataFrame:
+        """Return the rows of ``frame`` whose key is new to the batch, and remember them."""
+        keep = []
+        for key in keys:
+            keep.append(key not in self._seen)
+            self._seen.add(key)
+        return frame[keep]

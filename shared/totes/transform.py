@@ -1,0 +1,291 @@
+"""Transform ingest runs into the Parquet star schema, one ingest manifest at a time, in order.
+
+S3 events arrive at least once, out of order and concurrently, so an event for a
+manifest first transforms every earlier ingest manifest not yet transformed. The
+processed manifest has the same key as the ingest manifest and is created with
+``IfNoneMatch``: it is the commit point, and its existence means "done". Data and
+reference objects carry a random attempt id, so a retry after a crash never
+collides with the orphans of the failed attempt (which no manifest lists).
+
+Memory stays bounded: fact and large dimension tables are read, transformed and
+written one ingest file (at most ``CHUNK_ROWS`` rows) at a time; only the four
+small reference tables are held whole.
+"""
+import io
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from aws_lambda_powertools.metrics import MetricUnit
+from botocore.exceptions import ClientError
+
+from totes import config, jsonl, keys, reference, star, storage
+from totes.observability import emit_table_metric, logger_for, metrics_for
+from totes.source import SOURCE_TABLES, primary_key
+from totes.warehouse_schema import TABLES
+
+INGEST_FORMAT = "totes.ingest/1"
+PROCESSED_FORMAT = "totes.processed/1"
+PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
+_READ_CHUNK_BYTES = 1 << 20
+
+logger = logger_for("transform")
+metrics = metrics_for()
+
+
+class TransformInputError(ValueError):
+    """An ingest object cannot be transformed; the message names its key and the reason."""
+
+
+@dataclass
+class _Run:
+    """One attempt at transforming one ingest manifest."""
+
+    key: str
+    run: keys.RunId
+    manifest: dict[str, Any]
+    ingest_bucket: str
+    processed_bucket: str
+    attempt: str = field(default_factory=lambda: secrets.token_hex(4))
+    outputs: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {name: {"rows": 0, "files": []} for name in TABLES})
+
+    def files(self, table: str) -> list[dict[str, Any]]:
+        """The ingest files of ``table`` listed by the manifest (none if it is absent)."""
+        return self.manifest["tables"].get(table, {}).get("files", [])
+
+    def write(self, table_name: str, frame: pd.DataFrame) -> None:
+        """Write one warehouse frame as a new Parquet object and record it for the manifest."""
+        if frame.empty:
+            return
+        output = self.outputs[table_name]
+        key = keys.attempt_data_key(table_name, self.run, self.attempt,
+                                    len(output["files"]), "parquet")
+        body = parquet_bytes(star.to_arrow(table_name, frame))
+        storage.put_new_object(self.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
+        output["files"].append({"key": key, "rows": len(frame), "bytes": len(body)})
+        output["rows"] += len(frame)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """Serialise an Arrow table as one Parquet object (snappy, the pyarrow default)."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def read_parquet(bucket: str, key: str) -> pd.DataFrame:
+    """Read a Parquet object back into a frame with Arrow-typed columns."""
+    table = pq.read_table(io.BytesIO(storage.read_bytes(bucket, key)))
+    return table.to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def _decode(bucket: str, key: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    try:
+        lines = storage.open_stream(bucket, key).iter_lines(chunk_size=_READ_CHUNK_BYTES)
+        for row in jsonl.decode_lines(lines):
+            if not isinstance(row, dict):
+                raise ValueError(f"line {len(rows) + 1} is not a JSON object")
+            rows.append(row)
+        return rows
+    except ClientError as error:
+        reason = error.response.get("Error", {}).get("Code", "unreadable")
+        raise TransformInputError(f"s3://{bucket}/{key} cannot be read: {reason}") from None
+    except ValueError as error:
+        raise TransformInputError(
+            f"s3://{bucket}/{key} is not valid JSON Lines after {len(rows)} row(s): {error}"
+        ) from None
+
+
+def read_source(run: _Run, table: str) -> Iterator[pd.DataFrame]:
+    """Yield one typed source frame per ingest file of ``table``, checking each file whole.
+
+    The row count must match the manifest's, so a file truncated at a line
+    boundary is caught as surely as one cut mid-line.
+    """
+    total = 0
+    for entry in run.files(table):
+        key = entry["key"]
+        rows = _decode(run.ingest_bucket, key)
+        if len(rows) != entry.get("rows", len(rows)):
+            raise TransformInputError(
+                f"s3://{run.ingest_bucket}/{key} holds {len(rows)} row(s), "
+                f"the manifest says {entry['rows']}"
+            )
+        try:
+            frame = star.source_frame(table, rows)
+        except star.SourceDataError as error:
+            raise TransformInputError(f"s3://{run.ingest_bucket}/{key}: {error}") from None
+        total += len(frame)
+        yield frame
+    emit_table_metric("RowsIn", table, total)
+
+
+def _read_whole(run: _Run, table: str) -> pd.DataFrame:
+    frames = [frame for frame in read_source(run, table) if len(frame)]
+    if not frames:
+        return star.empty_source_frame(table)
+    return star.latest_versions(pd.concat(frames, ignore_index=True), table)
+
+
+def _reference_dimensions(run: _Run, pointers: dict[str, str | None]) -> dict[str, str | None]:
+    """Merge the batch into the reference state, write the propagated dimensions and new state."""
+    state, changed = {}, {}
+    for table in reference.REFERENCE_TABLES:
+        batch = _read_whole(run, table)
+        previous = (read_parquet(run.processed_bucket, pointers[table])
+                    if pointers.get(table) else star.empty_source_frame(table))
+        state[table] = reference.merge_latest(previous, batch, table)
+        changed[table] = reference.changed_ids(batch, table)
+    propagation = reference.propagate(state, changed)
+    for table_name, frame in propagation.dimensions.items():
+        run.write(table_name, frame)
+    for table_name, ids in propagation.deferred.items():
+        logger.warning("rows deferred until their parent arrives",
+                       extra={"table": table_name, "ids": ids, "manifest": run.key})
+    new_pointers = dict(pointers)
+    for table in reference.REFERENCE_TABLES:
+        if changed[table]:
+            key = keys.reference_key(table, run.run, run.attempt)
+            body = parquet_bytes(pa.Table.from_pandas(state[table], preserve_index=False))
+            storage.put_new_object(run.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
+            new_pointers[table] = key
+    return new_pointers
+
+
+def _plain_dimensions(run: _Run) -> None:
+    """Write the dimensions that need no join, file by file, each id once per batch."""
+    for table, (table_name, build) in star.DIMENSION_BUILDERS.items():
+        seen = star.BatchKeys()
+        for frame in read_source(run, table):
+            latest = star.latest_versions(frame, table)
+            fresh = seen.first_sightings(latest, latest[primary_key(table)].tolist())
+            if table == "currency" and star.unknown_currency_codes(fresh):
+                logger.warning("currency codes unknown to ISO 4217 keep the code as name",
+                               extra={"codes": star.unknown_currency_codes(fresh)})
+            run.write(table_name, build(fresh))
+
+
+def _facts(run: _Run) -> None:
+    """Write every fact version file by file, then the ``dim_date`` rows they reference."""
+    dates: set = set()
+    for table, build in star.FACT_BUILDERS.items():
+        seen = star.BatchKeys()
+        for frame in read_source(run, table):
+            fact = build(seen.first_sightings(frame, star.version_keys(frame, table)))
+            dates |= star.fact_dates(star.FACT_TABLES[table], fact)
+            run.write(star.FACT_TABLES[table], fact)
+    run.write("dim_date", star.dim_date(dates))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _read_ingest_manifest(bucket: str, key: str) -> dict[str, Any]:
+    try:
+        manifest = storage.read_json(bucket, key)
+    except ClientError as error:
+        reason = error.response.get("Error", {}).get("Code", "unreadable")
+        raise TransformInputError(f"s3://{bucket}/{key} cannot be read: {reason}") from None
+    except ValueError as error:
+        raise TransformInputError(f"s3://{bucket}/{key} is not valid JSON: {error}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != INGEST_FORMAT \
+            or not isinstance(manifest.get("tables"), dict):
+        raise TransformInputError(f"s3://{bucket}/{key} is not a {INGEST_FORMAT} manifest")
+    unknown = sorted(set(manifest["tables"]) - set(SOURCE_TABLES))
+    if unknown:
+        raise TransformInputError(
+            f"s3://{bucket}/{key} lists unknown table(s): {', '.join(unknown)}")
+    return manifest
+
+
+def transform_manifest(ingest_key: str, pointers: dict[str, str | None]) -> dict[str, Any]:
+    """Transform one ingest manifest and commit its processed manifest; return that manifest.
+
+    ``pointers`` are the reference snapshots of the previous processed manifest.
+    If another invocation committed this manifest first, its manifest is returned
+    and this attempt's objects stay unlisted orphans.
+    """
+    started = time.monotonic()
+    run = _Run(key=ingest_key, run=keys.parse_manifest_key(ingest_key),
+               manifest=_read_ingest_manifest(config.ingest_bucket(), ingest_key),
+               ingest_bucket=config.ingest_bucket(), processed_bucket=config.processed_bucket())
+    new_pointers = _reference_dimensions(run, pointers)
+    _plain_dimensions(run)
+    _facts(run)
+    document = {
+        "format": PROCESSED_FORMAT,
+        "run_id": str(run.run),
+        "ingest_manifest": ingest_key,
+        "ingest_started_at": run.manifest.get("started_at"),
+        "transformed_at": _now(),
+        "tables": run.outputs,
+        "reference": {table: new_pointers.get(table) for table in reference.REFERENCE_TABLES},
+    }
+    try:
+        storage.put_new_json(run.processed_bucket, ingest_key, document)
+    except storage.ObjectAlreadyExistsError:
+        logger.info("manifest already transformed by another invocation",
+                    extra={"manifest": ingest_key, "attempt": run.attempt})
+        return storage.read_json(run.processed_bucket, ingest_key)
+    for table_name, output in run.outputs.items():
+        emit_table_metric("RowsOut", table_name, output["rows"])
+    metrics.add_metric(name="TransformRunDuration", unit=MetricUnit.Milliseconds,
+                       value=(time.monotonic() - started) * 1000)
+    logger.info("manifest transformed", extra={
+        "manifest": ingest_key, "attempt": run.attempt,
+        "rows": {name: output["rows"] for name, output in run.outputs.items()},
+    })
+    return document
+
+
+def _pending(ingest_bucket: str, latest: str | None, through: str) -> Iterator[str]:
+    for key in storage.manifest_keys_after(ingest_bucket, latest):
+        if key > through:
+            return
+        if keys.parse_manifest_key(key):
+            yield key
+
+
+def transform_through(ingest_key: str) -> list[str]:
+    """Transform every ingest manifest not yet transformed, oldest first, up to ``ingest_key``.
+
+    Returns the manifest keys this call transformed (empty when ``ingest_key`` was
+    already done: a duplicate or late event).
+    """
+    processed_bucket = config.processed_bucket()
+    latest = storage.latest_manifest_key(processed_bucket)
+    if latest is not None and latest >= ingest_key:
+        logger.info("already transformed", extra={"manifest": ingest_key, "latest": latest})
+        return []
+    pointers = (storage.read_json(processed_bucket, latest)["reference"] if latest
+                else dict.fromkeys(reference.REFERENCE_TABLES))
+    done = []
+    for key in _pending(config.ingest_bucket(), latest, ingest_key):
+        try:
+            pointers = transform_manifest(key, pointers)["reference"]
+        except TransformInputError as error:
+            logger.error("ingest input rejected; nothing committed for this manifest",
+                         extra={"manifest": key, "error": str(error)})
+            raise
+        done.append(key)
+    return done
+
+
+def handle_keys(object_keys: Iterable[str]) -> dict[str, list[str]]:
+    """Handle the (decoded) keys of an S3 event: transform manifests, acknowledge the rest."""
+    summary: dict[str, list[str]] = {"transformed": [], "ignored": []}
+    for key in object_keys:
+        if keys.parse_manifest_key(key) is None:
+            logger.info("not an ingest manifest; ignored", extra={"key": key})
+            summary["ignored"].append(key)
+            continue
+        summary["transformed"].extend(transform_through(key))
+    return summary
