@@ -179,7 +179,8 @@ def _require_empty(conn: pg8000.native.Connection) -> None:
         raise GeneratorError(f"totesys schema missing ({', '.join(sorted(missing))}); "
                              "run create_schema first")
     for table in ("address", "sales_order", "_prisma_migrations"):
-        if conn.run(f"SELECT EXISTS (SELECT 1 FROM {pgcopy.quote_ident(table)})")[0][0]:
+        query = f"SELECT EXISTS (SELECT 1 FROM {pgcopy.quote_ident(table)})"  # nosec B608
+        if conn.run(query)[0][0]:
             raise GeneratorError(f"totesys already holds data ({table} is not empty); "
                                  "generate into a fresh database")
 
@@ -194,7 +195,7 @@ def _advance_sequences(conn: pg8000.native.Connection, counts: dict[str, int]) -
 
 def reference_rows(plan: Plan) -> dict[str, list[tuple]]:
     """The small tables, written once at the history's start, in foreign-key order."""
-    rng = random.Random(f"totesys-reference-{plan.seed}")
+    rng = random.Random(f"totesys-reference-{plan.seed}")  # nosec B311
     born = plan.start
     people_born = born + shape.PEOPLE_DELAY
     addresses = [(i, *vocab.address(rng).values(), born, born)
@@ -239,7 +240,7 @@ def _migrations(rng: random.Random, born: datetime) -> list[tuple]:
 def design_rows(plan: Plan) -> list[tuple]:
     """Designs ordered by creation: a few on day one, then new ones on business days."""
     rng = np.random.default_rng([plan.seed, _DESIGN_STREAM])
-    names = random.Random(f"totesys-designs-{plan.seed}")
+    names = random.Random(f"totesys-designs-{plan.seed}")  # nosec B311
     initial = max(1, round(shape.INITIAL_DESIGNS * plan.scale))
     times = [_epoch_ms(plan.start)] * initial
     for day, opens, closes in business_days(plan):
@@ -443,4 +444,3 @@ def _epoch_ms(moment: datetime) -> int:
 
 def _from_epoch_ms(ms: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=ms)
-

@@ -15,7 +15,7 @@ _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 def field(value: object) -> str:
-    """One value in COPY text format: NULL as ``\\N``, special characters escaped."""
+    r"""One value in COPY text format: NULL as ``\\N``, special characters escaped."""
     if value is None:
         return NULL
     return str(value).translate(_ESCAPES)

@@ -70,17 +70,16 @@ DESIGN_MATERIALS = (
     "Bronze", "Concrete", "Cotton", "Fresh", "Frozen", "Granite", "Metal", "Plastic",
     "Rubber", "Soft", "Steel", "Wooden",
 )
-FILE_LOCATIONS = (
-    "/Applications", "/Library", "/Network", "/System", "/Users", "/bin", "/boot",
-    "/boot/defaults", "/dev", "/etc", "/etc/defaults", "/etc/mail", "/etc/namedb",
-    "/etc/periodic", "/etc/ppp", "/home", "/home/user", "/home/user/dir", "/lib",
-    "/lost+found", "/media", "/mnt", "/net", "/opt", "/opt/bin", "/opt/include", "/opt/lib",
-    "/opt/sbin", "/opt/share", "/private", "/private/tmp", "/private/var", "/proc", "/rescue",
-    "/root", "/sbin", "/selinux", "/srv", "/sys", "/tmp", "/usr", "/usr/X11R6", "/usr/bin",
-    "/usr/include", "/usr/lib", "/usr/libdata", "/usr/libexec", "/usr/local/bin",
-    "/usr/local/src", "/usr/obj", "/usr/ports", "/usr/sbin", "/usr/share", "/usr/src",
-    "/var", "/var/log", "/var/mail", "/var/spool", "/var/tmp", "/var/yp",
-)
+#: Directories the design files sit in (Faker's Unix paths), one string to split.
+FILE_LOCATIONS = tuple("""
+    /Applications /Library /Network /System /Users /bin /boot /boot/defaults /dev /etc
+    /etc/defaults /etc/mail /etc/namedb /etc/periodic /etc/ppp /home /home/user
+    /home/user/dir /lib /lost+found /media /mnt /net /opt /opt/bin /opt/include /opt/lib
+    /opt/sbin /opt/share /private /private/tmp /private/var /proc /rescue /root /sbin
+    /selinux /srv /sys /tmp /usr /usr/X11R6 /usr/bin /usr/include /usr/lib /usr/libdata
+    /usr/libexec /usr/local/bin /usr/local/src /usr/obj /usr/ports /usr/sbin /usr/share
+    /usr/src /var /var/log /var/mail /var/spool /var/tmp /var/yp
+""".split())
 #: Department names of Terrific Totes and the two offices they sit in.
 DEPARTMENTS = (
     "Sales", "Purchasing", "Production", "Dispatch", "Finance", "Facilities",

@@ -78,7 +78,16 @@ def connection_kwargs(secret: Mapping[str, Any]) -> dict[str, Any]:
 
 def connect(secret_id: str) -> pg8000.native.Connection:
     """Open a connection with the credentials in ``secret_id``, or fail saying why."""
-    kwargs = connection_kwargs(fetch_secret(secret_id))
+    return connect_with(fetch_secret(secret_id), f"secret {secret_id}")
+
+
+def connect_with(secret: Mapping[str, Any], source: str) -> pg8000.native.Connection:
+    """Open a connection from an RDS-shaped mapping; ``source`` names it in errors.
+
+    Shared by :func:`connect` and local tools that take credentials another way
+    (a DSN on the command line), so every caller gets the same one-line errors.
+    """
+    kwargs = connection_kwargs(secret)
     where = kwargs.get("unix_sock") or f"{kwargs['host']}:{kwargs['port']}"
     try:
         return pg8000.native.Connection(**kwargs)
@@ -88,7 +97,7 @@ def connect(secret_id: str) -> pg8000.native.Connection:
             reason = reason.get("M", "refused")
         raise DatabaseUnavailableError(
             f"cannot connect to database {kwargs['database']} at {where} "
-            f"(secret {secret_id}): {reason}"
+            f"({source}): {reason}"
         ) from None
 
 

@@ -1,0 +1,234 @@
+"""The ``totes`` command: local tooling around the pipeline (seed and simulate the source).
+
+Subcommands live in one registry, :data:`COMMANDS` (name -> :class:`Command`), so a
+new one is a function and one :func:`register` call. Every failure a user can cause
+(bad DSN, unreachable server, nonsense arguments, a database already seeded) is one
+line on stderr and exit status 2, never a traceback.
+"""
+import argparse
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, NoReturn, Sequence
+
+import pg8000.native
+
+from totes import db
+from totes_local import dsn, generator, shape, simulator
+
+#: Where the embedded PostgreSQL keeps its data when no ``--dsn`` is given.
+DEFAULT_DATA_DIR = Path(".demo") / "pg"
+DEFAULT_DATABASE = "totesys"
+#: Exit status for every error the user can fix (as argparse uses for usage errors).
+USAGE_ERROR = 2
+
+
+class CommandError(Exception):
+    """A failure to report as one line and exit status 2."""
+
+
+#: Exceptions that are the user's to fix, reported without a traceback.
+EXPECTED_ERRORS = (CommandError, dsn.DsnError, db.DatabaseUnavailableError, db.SecretFormatError,
+                   generator.GeneratorError, simulator.SimulationError,
+                   pg8000.exceptions.DatabaseError, pg8000.exceptions.InterfaceError)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help line, how it declares its options, and what it runs."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def register(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+             run: Callable[[argparse.Namespace], int]) -> None:
+    """Add a subcommand to ``totes`` (the one place commands are declared)."""
+    COMMANDS[name] = Command(help=help, add_arguments=add_arguments, run=run)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other ``totes`` error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``totes`` parser with every registered subcommand."""
+    parser = _Parser(prog="totes", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_Parser)
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``totes`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except EXPECTED_ERRORS as error:
+        print(f"totes {args.command}: error: {_reason(error)}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+def _reason(error: Exception) -> str:
+    """One line from an exception, including pg8000's dict-shaped server errors."""
+    reason = error.args[0] if error.args else type(error).__name__
+    if isinstance(reason, dict):
+        reason = reason.get("M", str(reason))
+    return " ".join(str(reason).split())
+
+
+# ---------------------------------------------------------------------- target database
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options choosing the database: a URL, or the embedded server (shared by commands)."""
+    group = parser.add_argument_group("target database")
+    group.add_argument("--dsn", help="postgresql://user:password@host:port/dbname "
+                       "(default: the embedded server, database totesys)")
+    group.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                       help=f"embedded server data directory (default {DEFAULT_DATA_DIR})")
+
+
+@contextmanager
+def target_connection(args: argparse.Namespace,
+                      recreate: bool = False) -> Iterator[pg8000.native.Connection]:
+    """Connect to the chosen database, first dropping and creating it if ``recreate``."""
+    if args.dsn:
+        secret = dsn.parse_dsn(args.dsn, DEFAULT_DATABASE)
+        if recreate:
+            _recreate(dsn.connect(args.dsn, dbname="postgres"), secret["dbname"])
+        conn = dsn.connect(args.dsn)
+    else:
+        from totes_local import stack
+
+        postgres = stack.start_postgres(args.data_dir)
+        if recreate:
+            postgres.recreate_database(DEFAULT_DATABASE)
+        conn = postgres.connect(DEFAULT_DATABASE)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _recreate(admin: pg8000.native.Connection, name: str) -> None:
+    try:
+        quoted = db.quote_ident(name)
+        admin.run(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
+        admin.run(f"CREATE DATABASE {quoted}")
+    finally:
+        admin.close()
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _whole(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        return value
+    return parse
+
+
+def _instant(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO-8601 instant such as 2024-11-15T18:00:00Z: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+# --------------------------------------------------------------------------------- seed
+
+def _seed_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scale", type=_positive_float, default=1.0,
+                        help="order volume; 1 is the real database's size (~55k rows)")
+    parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    parser.add_argument("--end", type=_instant, default=shape.DEFAULT_END,
+                        help="instant the history ends, ISO-8601, UTC if no zone "
+                        f"(default {shape.DEFAULT_END:%Y-%m-%dT%H:%M:%SZ})")
+    parser.add_argument("--recreate", action=argparse.BooleanOptionalAction, default=None,
+                        help="drop and create the database first (default: yes for the "
+                        "embedded server, no with --dsn)")
+    add_target_arguments(parser)
+
+
+def run_seed(args: argparse.Namespace) -> int:
+    """Create the totesys schema and generate its history; print rows per table."""
+    recreate = args.recreate if args.recreate is not None else not args.dsn
+    started = time.perf_counter()
+    with target_connection(args, recreate=recreate) as conn:
+        generator.create_schema(conn)
+        counts = generator.generate(conn, scale=args.scale, seed=args.seed, end=args.end)
+    elapsed = time.perf_counter() - started
+    total = sum(counts.values())
+    print(f"seeded totesys ({_where(args)}): scale {args.scale:g}, seed {args.seed}, "
+          f"history ending {args.end:%Y-%m-%dT%H:%M:%SZ}")
+    for table, rows in counts.items():
+        print(f"  {table:<16}{rows:>12,}")
+    print(f"  {'total':<16}{total:>12,} rows in {elapsed:.1f} s "
+          f"({total / max(elapsed, 1e-9):,.0f} rows/s)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- simulate
+
+def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=_whole(0), default=10,
+                        help="business steps to simulate (default 10)")
+    parser.add_argument("--step-minutes", type=_whole(1), default=20,
+                        help="simulated minutes per step (default 20)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_target_arguments(parser)
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    """Advance the business and print what changed, kind by kind, with the ids touched."""
+    started = time.perf_counter()
+    with target_connection(args) as conn:
+        summary = simulator.simulate(conn, steps=args.steps, seed=args.seed,
+                                     step_minutes=args.step_minutes)
+    elapsed = time.perf_counter() - started
+    print(f"simulated {summary['steps']} steps on totesys ({_where(args)}): clock "
+          f"{summary['clock_start']:%Y-%m-%d %H:%M:%S} -> {summary['clock_end']:%Y-%m-%d %H:%M:%S}"
+          f" in {elapsed:.1f} s")
+    for kind, ids in summary["ids"].items():
+        if ids:
+            shown = ", ".join(map(str, ids[:10])) + (", ..." if len(ids) > 10 else "")
+            print(f"  {kind:<24}{len(ids):>6}  ids {shown}")
+    return 0
+
+
+def _where(args: argparse.Namespace) -> str:
+    return dsn.redact(args.dsn) if args.dsn else f"embedded server in {args.data_dir}"
+
+
+register("seed", "create and fill the totesys source database", _seed_arguments, run_seed)
+register("simulate", "advance the totesys business by N steps of simulated time",
+         _simulate_arguments, run_simulate)
