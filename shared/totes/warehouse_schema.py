@@ -176,19 +176,21 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _column_sql(table: Table, column: Column) -> str:
+    line = f"{_quote(column.name)} {SQL_TYPES[column.type]}"
+    if not column.nullable:
+        line += " NOT NULL"
+    if column.name == table.primary_key:
+        line += " PRIMARY KEY"
+    if column.references:
+        target = TABLES[column.references]
+        line += f" REFERENCES {_quote(target.name)} ({_quote(target.primary_key)})"
+    return line
+
+
 def create_table_sql(table: Table) -> str:
     """Return idempotent DDL for ``table`` (keys, foreign keys and the fact unique key)."""
-    lines = []
-    for column in table.columns:
-        line = f"{_quote(column.name)} {SQL_TYPES[column.type]}"
-        if not column.nullable:
-            line += " NOT NULL"
-        if column.name == table.primary_key:
-            line += " PRIMARY KEY"
-        if column.references:
-            target = TABLES[column.references]
-            line += f" REFERENCES {_quote(target.name)} ({_quote(target.primary_key)})"
-        lines.append(line)
+    lines = [_column_sql(table, column) for column in table.columns]
     if table.unique_key:
         lines.append(f"UNIQUE ({', '.join(_quote(name) for name in table.unique_key)})")
     body = ",\n  ".join(lines)
@@ -204,4 +206,51 @@ def create_view_sql(fact: Table) -> str:
         f"SELECT DISTINCT ON ({business_id}) {columns} FROM {_quote(fact.name)} "
         f"ORDER BY {business_id}, \"last_updated_date\" DESC, \"last_updated_time\" DESC, "
         f"{_quote(fact.primary_key)} DESC"
+    )
+
+
+def add_columns_sql(table: Table) -> tuple[str, ...]:
+    """Return one idempotent ``ADD COLUMN IF NOT EXISTS`` per non-key column of ``table``.
+
+    This is the additive migration: a warehouse created by an older contract gains
+    the columns added since, and a current one is left as it is.
+    """
+    return tuple(
+        f"ALTER TABLE {_quote(table.name)} ADD COLUMN IF NOT EXISTS {_column_sql(table, column)}"
+        for column in table.columns if column.name != table.primary_key
+    )
+
+
+#: the schema that holds the loader's own bookkeeping, apart from the analysts' tables.
+ETL_SCHEMA = "etl"
+
+
+def create_bookkeeping_sql() -> tuple[str, ...]:
+    """Return idempotent DDL for schema ``etl``: the manifests loaded and the schema applied.
+
+    ``loaded_manifest`` is written in the same transaction as a manifest's rows, which
+    is what makes each load exactly-once; ``schema_version`` records the fingerprint
+    of the DDL last applied, so an unchanged schema costs one lookup and no locks.
+    """
+    etl = _quote(ETL_SCHEMA)
+    return (
+        f"CREATE SCHEMA IF NOT EXISTS {etl}",
+        f"CREATE TABLE IF NOT EXISTS {etl}.\"loaded_manifest\" (\n"
+        "  \"manifest_key\" text PRIMARY KEY,\n  \"run_id\" text NOT NULL,\n"
+        "  \"ingest_started_at\" timestamptz,\n"
+        "  \"loaded_at\" timestamptz NOT NULL DEFAULT clock_timestamp(),\n"
+        "  \"rows_loaded\" bigint NOT NULL\n)",
+        f"CREATE TABLE IF NOT EXISTS {etl}.\"schema_version\" (\n"
+        "  \"fingerprint\" text PRIMARY KEY,\n"
+        "  \"applied_at\" timestamptz NOT NULL DEFAULT clock_timestamp()\n)",
+    )
+
+
+def schema_sql() -> tuple[str, ...]:
+    """Return every statement that creates or migrates the warehouse, in dependency order."""
+    return (
+        *create_bookkeeping_sql(),
+        *(create_table_sql(table) for table in TABLES.values()),
+        *(statement for table in TABLES.values() for statement in add_columns_sql(table)),
+        *(create_view_sql(fact) for fact in FACTS),
     )
