@@ -3,6 +3,8 @@ import io
 import json
 import logging
 import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import pytest
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
@@ -88,13 +90,46 @@ def captured_logs():
     """Capture the pipeline's Powertools log lines (structured JSON) during a test.
 
     Powertools binds its stream handler to stdout at import, before pytest can
-    capture it, so this adds a second handler with a Powertools formatter to the
-    service's logger. Returns a function giving the parsed lines so far.
+    capture it, so this adds a second handler to the service's logger, sharing
+    the Powertools formatter (and so the Lambda context keys) once a pipeline
+    module has set it up. Returns a function giving the parsed lines so far.
     """
     service_logger = logging.getLogger(observability.DEFAULT_SERVICE)
+    powertools = getattr(service_logger, "powertools_handler", None)
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(LambdaPowertoolsFormatter())
+    handler.setFormatter(powertools.formatter if powertools else LambdaPowertoolsFormatter())
     service_logger.addHandler(handler)
     yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
     service_logger.removeHandler(handler)
+
+
+@dataclass(frozen=True)
+class SourceDatabase:
+    """A generated totesys on the session server: its name, secret and a connection factory."""
+
+    name: str
+    secret: dict
+    counts: dict
+    connect: Callable[[], Any]
+
+
+@pytest.fixture
+def totesys(postgres, database):
+    """A fresh totesys source database with the schema and a small generated history.
+
+    Scale 0.02 (about 700 rows, under a second): every table populated, payments both
+    paid and open. ``connect()`` opens a new pg8000 native connection (close it);
+    ``secret`` is the RDS-style secret for Secrets Manager; ``counts`` rows per table.
+    """
+    from totes_local import generator
+
+    name = database("totesys")
+    conn = postgres.connect(name)
+    try:
+        generator.create_schema(conn)
+        counts = generator.generate(conn, scale=0.02)
+    finally:
+        conn.close()
+    return SourceDatabase(name=name, secret=postgres.secret(name), counts=counts,
+                          connect=lambda: postgres.connect(name))
