@@ -1,0 +1,29 @@
+-- Title: Top designs by revenue
+-- Question: Which designs earn the most?
+-- Reading: The ten designs with the highest revenue in each currency (latest version of each
+--   sales order), with the orders and units behind it. Ties are broken by design id.
+-- Chart: bar x=revenue y=design_name color=currency_code
+WITH sales AS (
+    SELECT s.*, c.currency_code
+    FROM fact_sales_order_current AS s
+    JOIN dim_currency AS c ON c.currency_id = s.currency_id
+    WHERE (CAST(:start_date AS date) IS NULL OR s.created_date >= CAST(:start_date AS date))
+      AND (CAST(:end_date AS date) IS NULL OR s.created_date <= CAST(:end_date AS date))
+      AND (CAST(:currency AS text) IS NULL OR c.currency_code = CAST(:currency AS text))
+),
+by_design AS (
+    SELECT design_id, currency_code,
+           COUNT(*) AS orders, SUM(units_sold) AS units, SUM(units_sold * unit_price) AS revenue
+    FROM sales
+    GROUP BY design_id, currency_code
+),
+ranked AS (
+    SELECT by_design.*,
+           ROW_NUMBER() OVER (PARTITION BY currency_code ORDER BY revenue DESC, design_id) AS rank
+    FROM by_design
+)
+SELECT r.currency_code, r.rank, d.design_name, r.design_id, r.orders, r.units, r.revenue
+FROM ranked AS r
+JOIN dim_design AS d ON d.design_id = r.design_id
+WHERE r.rank <= 10
+ORDER BY r.currency_code, r.rank

@@ -1,0 +1,50 @@
+-- Title: Currency mix
+-- Question: In which currencies do we trade?
+-- Reading: One row per currency: sales and purchase orders (latest version of each) and their
+--   value in that currency, and each currency's share of all orders. Shares are of order
+--   counts, because amounts in different currencies cannot be added up without exchange rates.
+-- Chart: arc theta=orders color=currency_code
+WITH sales AS (
+    SELECT s.*, c.currency_code
+    FROM fact_sales_order_current AS s
+    JOIN dim_currency AS c ON c.currency_id = s.currency_id
+    WHERE (CAST(:start_date AS date) IS NULL OR s.created_date >= CAST(:start_date AS date))
+      AND (CAST(:end_date AS date) IS NULL OR s.created_date <= CAST(:end_date AS date))
+      AND (CAST(:currency AS text) IS NULL OR c.currency_code = CAST(:currency AS text))
+),
+purchases AS (
+    SELECT p.*, c.currency_code
+    FROM fact_purchase_orders_current AS p
+    JOIN dim_currency AS c ON c.currency_id = p.currency_id
+    WHERE (CAST(:start_date AS date) IS NULL OR p.created_date >= CAST(:start_date AS date))
+      AND (CAST(:end_date AS date) IS NULL OR p.created_date <= CAST(:end_date AS date))
+      AND (CAST(:currency AS text) IS NULL OR c.currency_code = CAST(:currency AS text))
+),
+sold AS (
+    SELECT currency_code, COUNT(*) AS sales_orders, SUM(units_sold * unit_price) AS sales_revenue
+    FROM sales
+    GROUP BY currency_code
+),
+bought AS (
+    SELECT currency_code, COUNT(*) AS purchase_orders,
+           SUM(item_quantity * item_unit_price) AS purchase_spend
+    FROM purchases
+    GROUP BY currency_code
+),
+mix AS (
+    SELECT currency_code,
+           COALESCE(sold.sales_orders, 0) AS sales_orders,
+           COALESCE(sold.sales_revenue, 0) AS sales_revenue,
+           COALESCE(bought.purchase_orders, 0) AS purchase_orders,
+           COALESCE(bought.purchase_spend, 0) AS purchase_spend
+    FROM sold
+    FULL JOIN bought USING (currency_code)
+)
+SELECT mix.currency_code, c.currency_name,
+       mix.sales_orders + mix.purchase_orders AS orders,
+       ROUND(100.0 * (mix.sales_orders + mix.purchase_orders)
+             / SUM(mix.sales_orders + mix.purchase_orders) OVER (), 1) AS share_of_orders_pct,
+       mix.sales_orders, mix.sales_revenue, mix.purchase_orders, mix.purchase_spend
+FROM mix
+JOIN dim_currency AS c ON c.currency_code = mix.currency_code
+ORDER BY orders DESC, mix.currency_code

@@ -1,0 +1,34 @@
+-- Title: Outstanding payments by age
+-- Question: How much is still unpaid, and how late is it?
+-- Reading: Payments whose latest version is not paid, banded by days past their agreed payment
+--   date as of today (not yet due, 1-30, 31-60, 61-90, over 90 days overdue), per currency.
+-- Chart: bar x=age_band y=amount color=currency_code
+WITH payments AS (
+    SELECT p.*, c.currency_code
+    FROM fact_payment_current AS p
+    JOIN dim_currency AS c ON c.currency_id = p.currency_id
+    WHERE (CAST(:start_date AS date) IS NULL OR p.created_date >= CAST(:start_date AS date))
+      AND (CAST(:end_date AS date) IS NULL OR p.created_date <= CAST(:end_date AS date))
+      AND (CAST(:currency AS text) IS NULL OR c.currency_code = CAST(:currency AS text))
+),
+aged AS (
+    SELECT payments.*,
+           CASE
+               WHEN payment_date >= CURRENT_DATE THEN 0
+               WHEN CURRENT_DATE - payment_date <= 30 THEN 1
+               WHEN CURRENT_DATE - payment_date <= 60 THEN 2
+               WHEN CURRENT_DATE - payment_date <= 90 THEN 3
+               ELSE 4
+           END AS band
+    FROM payments
+    WHERE NOT paid
+)
+SELECT (ARRAY['not yet due', '1-30 days overdue', '31-60 days overdue', '61-90 days overdue',
+              'over 90 days overdue'])[band + 1] AS age_band,
+       currency_code,
+       COUNT(*) AS payments,
+       SUM(payment_amount) AS amount,
+       MIN(payment_date) AS earliest_agreed_date
+FROM aged
+GROUP BY band, currency_code
+ORDER BY band, currency_code

@@ -1,0 +1,30 @@
+-- Title: Days to payment
+-- Question: How long do payments take to arrive, and are they on time?
+-- Reading: For each payment type (and all together), the payments that have been paid, the
+--   average days from the payment's creation to the first version marked paid, and the average
+--   days after the agreed payment date (negative: early).
+-- Chart: bar x=avg_days_to_payment y=payment_type_name
+WITH payments AS (
+    SELECT p.*, c.currency_code
+    FROM fact_payment_current AS p
+    JOIN dim_currency AS c ON c.currency_id = p.currency_id
+    WHERE (CAST(:start_date AS date) IS NULL OR p.created_date >= CAST(:start_date AS date))
+      AND (CAST(:end_date AS date) IS NULL OR p.created_date <= CAST(:end_date AS date))
+      AND (CAST(:currency AS text) IS NULL OR c.currency_code = CAST(:currency AS text))
+),
+paid_on AS (
+    SELECT h.payment_id, MIN(h.last_updated_date) AS paid_date
+    FROM fact_payment AS h
+    JOIN payments USING (payment_id)
+    WHERE h.paid
+    GROUP BY h.payment_id
+)
+SELECT COALESCE(t.payment_type_name, 'all payment types') AS payment_type_name,
+       COUNT(*) AS paid_payments,
+       ROUND(AVG(paid_on.paid_date - payments.created_date), 1) AS avg_days_to_payment,
+       ROUND(AVG(paid_on.paid_date - payments.payment_date), 1) AS avg_days_after_agreed_date
+FROM payments
+JOIN paid_on USING (payment_id)
+JOIN dim_payment_type AS t ON t.payment_type_id = payments.payment_type_id
+GROUP BY GROUPING SETS ((t.payment_type_name), ())
+ORDER BY GROUPING(t.payment_type_name), t.payment_type_name

@@ -1,0 +1,14 @@
+-- Title: Filter options
+-- Question: Which currencies and which span of dates can the page be filtered by?
+-- Reading: The currency codes in the warehouse and the first and last order or payment dates.
+-- Chart: none
+WITH dates AS (
+    SELECT created_date FROM fact_sales_order
+    UNION ALL
+    SELECT created_date FROM fact_purchase_orders
+    UNION ALL
+    SELECT created_date FROM fact_payment
+)
+SELECT ARRAY(SELECT currency_code FROM dim_currency ORDER BY currency_code) AS currencies,
+       (SELECT MIN(created_date) FROM dates) AS first_date,
+       (SELECT MAX(created_date) FROM dates) AS last_date

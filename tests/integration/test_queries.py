@@ -1,0 +1,317 @@
+"""Every business query against a warehouse of known content, checked against Python arithmetic.
+
+The expected numbers are computed here from the base rows the warehouse holds
+(``dashboard_warehouse.Rows``), so a query that groups, filters or picks versions
+wrongly disagrees with an independent calculation, not with a snapshot of itself.
+"""
+from collections import defaultdict
+from datetime import timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+import pytest
+from dashboard_warehouse import FIRST_DAY, INGEST_STARTED_AT, LOADED_AT, build_warehouse
+
+from totes_local import queries
+
+FILTERS = {
+    "everything": queries.Filters(),
+    "usd_window": queries.Filters(start_date=FIRST_DAY + timedelta(days=40),
+                                  end_date=FIRST_DAY + timedelta(days=150), currency="USD"),
+}
+QUERIES = queries.load_queries()
+
+
+@pytest.fixture(scope="module")
+def warehouse(postgres):
+    """One known warehouse for the module: (connection, rows, the server's current date)."""
+    name = "queries_known"
+    postgres.recreate_database(name)
+    rows = build_warehouse(postgres, name)
+    connection = postgres.connect(name)
+    today = connection.run("SELECT CURRENT_DATE")[0][0]
+    yield connection, rows, today
+    connection.close()
+
+
+def one_decimal(value: Decimal) -> Decimal:
+    """PostgreSQL's ROUND(numeric, 1): half away from zero."""
+    return value.quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+
+
+def month(day):
+    return day.replace(day=1)
+
+
+class Expect:
+    """Independent answers to each question, from the base rows and the filters."""
+
+    def __init__(self, rows, filters, today):
+        self.rows, self.filters, self.today = rows, filters, today
+        self.codes = {key: row["currency_code"]
+                      for key, row in rows.dimension("dim_currency").items()}
+
+    def _keep(self, row):
+        code = self.codes[row["currency_id"]]
+        f = self.filters
+        return ((f.start_date is None or row["created_date"] >= f.start_date)
+                and (f.end_date is None or row["created_date"] <= f.end_date)
+                and (f.currency is None or code == f.currency))
+
+    def current(self, fact):
+        return [{**row, "code": self.codes[row["currency_id"]]}
+                for row in self.rows.current(fact) if self._keep(row)]
+
+    def sales(self):
+        return [{**row, "value": row["units_sold"] * row["unit_price"]}
+                for row in self.current("fact_sales_order")]
+
+    def purchases(self):
+        return [{**row, "value": row["item_quantity"] * row["item_unit_price"]}
+                for row in self.current("fact_purchase_orders")]
+
+    def _sum_sales(self, key):
+        groups = defaultdict(lambda: [0, 0, Decimal(0)])
+        for row in self.sales():
+            group = groups[key(row)]
+            group[0] += 1
+            group[1] += row["units_sold"]
+            group[2] += row["value"]
+        return groups
+
+    @staticmethod
+    def _top_ten(groups, revenue_at):
+        by_currency = defaultdict(list)
+        for (entity, code), values in groups.items():
+            by_currency[code].append((entity, values))
+        for code in sorted(by_currency):
+            ranked = sorted(by_currency[code], key=lambda item: (-revenue_at(item[1]), item[0]))
+            yield from ((code, rank, entity, values)
+                        for rank, (entity, values) in enumerate(ranked[:10], start=1))
+
+    def revenue_by_month(self):
+        groups = self._sum_sales(lambda row: (month(row["created_date"]), row["code"]))
+        return [(*key, *values) for key, values in sorted(groups.items())]
+
+    def top_designs(self):
+        names = self.rows.dimension("dim_design")
+        groups = self._sum_sales(lambda row: (row["design_id"], row["code"]))
+        return [(code, rank, names[design]["design_name"], design, *values)
+                for code, rank, design, values in self._top_ten(groups, lambda v: v[2])]
+
+    def sales_by_delivery_location(self):
+        places = self.rows.dimension("dim_location")
+        groups = self._sum_sales(lambda row: (
+            places[row["agreed_delivery_location_id"]]["country"],
+            places[row["agreed_delivery_location_id"]]["city"], row["code"]))
+        ordered = sorted(groups.items(), key=lambda item: (-item[1][2], item[0]))
+        return [(*key, *values) for key, values in ordered]
+
+    def revenue_by_staff(self):
+        staff = self.rows.dimension("dim_staff")
+        groups = self._sum_sales(lambda row: (row["sales_staff_id"], row["code"]))
+        ordered = sorted(groups.items(), key=lambda item: (-item[1][2], item[0]))
+        return [(staff[person]["department_name"],
+                 f"{staff[person]['first_name']} {staff[person]['last_name']}",
+                 person, code, orders, revenue)
+                for (person, code), (orders, _, revenue) in ordered]
+
+    def top_counterparties(self):
+        parties = self.rows.dimension("dim_counterparty")
+        groups = self._sum_sales(lambda row: (row["counterparty_id"], row["code"]))
+        return [(code, rank, parties[party]["counterparty_legal_name"],
+                 parties[party]["counterparty_legal_country"], party, values[0], values[2])
+                for code, rank, party, values in self._top_ten(groups, lambda v: v[2])]
+
+    def _by_currency(self):
+        mix = defaultdict(lambda: [0, Decimal(0), 0, Decimal(0)])
+        for row in self.sales():
+            mix[row["code"]][0] += 1
+            mix[row["code"]][1] += row["value"]
+        for row in self.purchases():
+            mix[row["code"]][2] += 1
+            mix[row["code"]][3] += row["value"]
+        return mix
+
+    def currency_mix(self):
+        mix = self._by_currency()
+        total = sum(values[0] + values[2] for values in mix.values())
+        names = {row["currency_code"]: row["currency_name"] for row in self.rows["dim_currency"]}
+        ordered = sorted(mix.items(), key=lambda item: (-(item[1][0] + item[1][2]), item[0]))
+        return [(code, names[code], so + po, one_decimal(Decimal(100 * (so + po)) / total),
+                 so, revenue, po, spend)
+                for code, (so, revenue, po, spend) in ordered]
+
+    def purchases_vs_sales_by_month(self):
+        months = defaultdict(lambda: [0, Decimal(0), 0, Decimal(0)])
+        for row in self.sales():
+            key = (month(row["created_date"]), row["code"])
+            months[key][0] += 1
+            months[key][1] += row["value"]
+        for row in self.purchases():
+            key = (month(row["created_date"]), row["code"])
+            months[key][2] += 1
+            months[key][3] += row["value"]
+        return [(*key, so, revenue, po, spend, revenue - spend)
+                for key, (so, revenue, po, spend) in sorted(months.items())]
+
+    def outstanding_payments(self):
+        bands = defaultdict(lambda: [0, Decimal(0), None])
+        labels = ["not yet due", "1-30 days overdue", "31-60 days overdue",
+                  "61-90 days overdue", "over 90 days overdue"]
+        for row in self.current("fact_payment"):
+            if row["paid"]:
+                continue
+            late = (self.today - row["payment_date"]).days
+            band = 0 if late <= 0 else 1 if late <= 30 else 2 if late <= 60 else (
+                3 if late <= 90 else 4)
+            group = bands[(band, row["code"])]
+            group[0] += 1
+            group[1] += row["payment_amount"]
+            group[2] = min(filter(None, [group[2], row["payment_date"]]))
+        return [(labels[band], code, *values) for (band, code), values in sorted(bands.items())]
+
+    def days_to_payment(self):
+        kept = {row["payment_id"]: row for row in self.current("fact_payment")}
+        paid_on = {}
+        for row in self.rows["fact_payment"]:
+            if row["paid"] and row["payment_id"] in kept:
+                paid_on[row["payment_id"]] = min(
+                    filter(None, [paid_on.get(row["payment_id"]), row["last_updated_date"]]))
+        types = self.rows.dimension("dim_payment_type")
+        groups = defaultdict(list)
+        for payment_id, paid in paid_on.items():
+            row = kept[payment_id]
+            days = ((paid - row["created_date"]).days, (paid - row["payment_date"]).days)
+            groups[types[row["payment_type_id"]]["payment_type_name"]].append(days)
+        groups_all = [days for name in sorted(groups) for days in groups[name]]
+
+        def line(name, days):
+            return (name, len(days), one_decimal(Decimal(sum(d[0] for d in days)) / len(days)),
+                    one_decimal(Decimal(sum(d[1] for d in days)) / len(days)))
+        return ([line(name, groups[name]) for name in sorted(groups)]
+                + [line("all payment types", groups_all)])
+
+    def order_amendments(self):
+        lines = []
+        for kind, fact in (("sales order", "fact_sales_order"),
+                           ("purchase order", "fact_purchase_orders")):
+            business_id = queries_business_id(fact)
+            kept = {row[business_id] for row in self.current(fact)}
+            versions = defaultdict(int)
+            for row in self.rows[fact]:
+                if row[business_id] in kept:
+                    versions[row[business_id]] += 1
+            amended = sum(1 for count in versions.values() if count > 1)
+            lines.append((kind, len(versions), amended,
+                          one_decimal(Decimal(100 * amended) / len(versions)),
+                          sum(count - 1 for count in versions.values()), max(versions.values())))
+        return lines
+
+    def headline(self):
+        codes = defaultdict(lambda: [0, Decimal(0), 0, Decimal(0)])
+        for row in self.sales():
+            codes[row["code"]][0] += 1
+            codes[row["code"]][1] += row["value"]
+        for row in self.current("fact_payment"):
+            if not row["paid"]:
+                codes[row["code"]][2] += 1
+                codes[row["code"]][3] += row["payment_amount"]
+        return [(code, *values) for code, values in sorted(codes.items())]
+
+
+def queries_business_id(fact):
+    return {"fact_sales_order": "sales_order_id",
+            "fact_purchase_orders": "purchase_order_id"}[fact]
+
+
+def answer(connection, name, values):
+    result = queries.run_query(connection, QUERIES[name], values)
+    assert result.ok, result.error
+    return [tuple(row) for row in result.frame.astype(object).itertuples(index=False)]
+
+
+FILTERED = [query.name for query in QUERIES.values()
+            if set(queries.FILTER_PARAMETERS) <= query.parameters]
+
+
+@pytest.mark.parametrize("filters", FILTERS.values(), ids=FILTERS.keys())
+@pytest.mark.parametrize("name", FILTERED)
+def test_query_matches_an_independent_calculation(warehouse, name, filters):
+    connection, rows, today = warehouse
+    expected = getattr(Expect(rows, filters, today), name)()
+    assert expected, "the known warehouse must give every question something to answer"
+    assert answer(connection, name, filters.values()) == expected
+
+
+def test_every_question_but_the_single_order_history_takes_the_page_filters():
+    assert set(FILTERED) == {query.name for query in QUERIES.values()} - {
+        "order_history", "freshness", "filter_options"}
+
+
+def test_money_columns_come_back_as_exact_numerics_not_floats(warehouse):
+    connection, _, _ = warehouse
+    result = queries.run_query(connection, QUERIES["revenue_by_month"], {})
+    assert result.numeric_columns == ("revenue",)
+    assert all(isinstance(value, Decimal) for value in result.frame["revenue"])
+
+
+def test_order_history_lists_every_version_and_what_changed(warehouse):
+    connection, rows, _ = warehouse
+    counts = defaultdict(list)
+    for row in rows["fact_sales_order"]:
+        counts[row["sales_order_id"]].append(row)
+    order_id, versions = max(counts.items(), key=lambda item: (len(item[1]), -item[0]))
+    versions.sort(key=lambda row: (row["last_updated_date"], row["last_updated_time"]))
+    result = queries.run_query(connection, QUERIES["order_history"], {"order_id": order_id})
+    frame = result.frame
+    assert list(frame["version"]) == list(range(1, len(versions) + 1)) and len(versions) == 3
+    assert list(frame["units_sold"]) == [row["units_sold"] for row in versions]
+    assert list(frame["order_value"]) == [row["units_sold"] * row["unit_price"]
+                                          for row in versions]
+    assert frame["changed"][0] == "placed"
+    assert all("units sold" in changed for changed in frame["changed"][1:])
+
+
+def test_an_unknown_order_has_an_empty_history(warehouse):
+    connection, _, _ = warehouse
+    result = queries.run_query(connection, QUERIES["order_history"], {"order_id": 10 ** 6})
+    assert result.ok and result.frame.empty and "changed" in result.frame.columns
+
+
+def test_freshness_reports_the_last_load_and_the_data_it_carries(warehouse):
+    connection, rows, _ = warehouse
+    assert answer(connection, "freshness", {}) == [
+        (LOADED_AT, INGEST_STARTED_AT, 1, sum(len(table) for table in rows.tables.values()))]
+
+
+def test_filter_options_list_currencies_and_the_span_of_dates(warehouse):
+    connection, rows, _ = warehouse
+    days = [row["created_date"] for fact in ("fact_sales_order", "fact_purchase_orders",
+                                             "fact_payment") for row in rows[fact]]
+    assert answer(connection, "filter_options", {}) == [
+        (["EUR", "GBP", "USD"], min(days), max(days))]
+
+
+def test_filter_values_are_bound_so_quotes_cannot_change_the_query(warehouse):
+    connection, _, _ = warehouse
+    hostile = {"currency": "GBP' OR '1'='1", "start_date": None, "end_date": None}
+    result = queries.run_query(connection, QUERIES["headline"], hostile)
+    assert result.ok and result.frame.empty
+
+
+def test_a_database_error_becomes_a_result_with_the_server_message(postgres, database):
+    connection = postgres.connect(database("queries_empty"))
+    try:
+        result = queries.run_query(connection, QUERIES["headline"], {})
+    finally:
+        connection.close()
+    assert not result.ok and result.frame is None
+    assert result.error_code == "42P01" and "fact_sales_order_current" in result.error
+
+
+def test_run_queries_answers_each_query_by_name(warehouse):
+    connection, _, _ = warehouse
+    results = queries.run_queries(connection, queries.sections(QUERIES), FILTERS["everything"]
+                                  .values())
+    assert list(results) == [query.name for query in queries.sections(QUERIES)]
+    assert all(result.ok for result in results.values())
