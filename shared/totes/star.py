@@ -85,7 +85,8 @@ _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 _TEXT_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _CENT = Decimal("0.01")
 _MONEY_LIMIT = Decimal(10) ** 8
-_PLAIN_TYPES = {"int": pa.int64(), "text": pa.string(), "bool": pa.bool_()}
+_PLAIN_TYPES = {"int": int, "text": str, "bool": bool}
+_ARROW_TYPES = {"int": pa.int64(), "text": pa.string(), "bool": pa.bool_()}
 
 
 class SourceDataError(ValueError):
@@ -148,11 +149,11 @@ def _parse_column(table: str, column: str, kind: str, values: list,
         return _parse_money(table, column, values, keys)
     if kind in ("date", "timestamp"):
         return _parse_stamps(table, column, values, keys, kind)
-    try:
-        return pa.array(values, _PLAIN_TYPES[kind])
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as error:
-        raise SourceDataError(f"{table}.{column} holds a value that is not {kind}: {error}") \
-            from None
+    python_type = _PLAIN_TYPES[kind]
+    for position, value in enumerate(values):
+        if value is not None and type(value) is not python_type:
+            raise _offender(table, keys, position, column, value, f"is not {kind}")
+    return pa.array(values, _ARROW_TYPES[kind])
 
 
 def source_frame(table: str, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -224,15 +225,13 @@ def to_arrow(table_name: str, frame: pd.DataFrame) -> pa.Table:
     contract forbids one is reported here, before it reaches the warehouse.
     """
     schema = arrow_schema(TABLES[table_name])
-    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-    table = table.replace_schema_metadata(None)
     for field in schema:
-        if not field.nullable and table.column(field.name).null_count:
+        nulls = int(frame[field.name].isna().sum())
+        if nulls and not field.nullable:
             raise SourceDataError(
-                f"{table_name}.{field.name} would hold "
-                f"{table.column(field.name).null_count} null(s) but is NOT NULL"
-            )
-    return table
+                f"{table_name}.{field.name} would hold {nulls} null(s) but is NOT NULL")
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    return table.replace_schema_metadata(None)
 
 
 def _version_columns(frame: pd.DataFrame) -> dict[str, pa.Array]:
