@@ -9,6 +9,7 @@ from botocore.exceptions import ClientError
 
 from totes import ingest, jsonl, storage
 from totes.source import SOURCE_TABLES
+from totes_local import stack
 
 T0 = datetime(2024, 11, 15, 14, 0, 0, 120000)
 DATA_KEY = re.compile(
@@ -304,3 +305,13 @@ def test_one_run_reads_every_table_at_the_same_instant(source_db, aws, monkeypat
 
     assert (first.rows["sales_order"], first.rows["transaction"]) == (1, 1)
     assert (second.rows["sales_order"], second.rows["transaction"]) == (1, 1)
+
+
+def test_a_generated_history_is_ingested_in_full_once(totesys, aws):
+    stack.provision({aws["TOTESYS_SECRET_ID"]: totesys.secret}, buckets=())
+
+    first = ingest.run_ingest()
+    second = ingest.run_ingest()
+
+    assert first.rows == {table: totesys.counts[table] for table in SOURCE_TABLES}
+    assert second.total_rows == 0
