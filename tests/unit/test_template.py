@@ -1,0 +1,505 @@
+"""The deployed shape of the pipeline, checked from template.yaml without an AWS account.
+
+Alarms, least privilege, the 30-minute latency arithmetic, bucket hardening and the
+environment contract are properties a reviewer would otherwise have to re-check by eye
+on every change; these tests make them fail loudly instead. IAM is checked on the
+SAM-translated template so the roles SAM generates (the schedulers') are covered too.
+"""
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import boto3
+import pytest
+from cfnlint.decode import cfn_yaml
+from samtranslator.parser.parser import Parser
+from samtranslator.translator.translator import Translator
+
+from totes import config, observability
+from totes_local import stack
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = json.loads(json.dumps(cfn_yaml.load(str(ROOT / "template.yaml"))))
+RESOURCES = TEMPLATE["Resources"]
+PARAMETERS = TEMPLATE["Parameters"]
+GLOBALS = TEMPLATE["Globals"]["Function"]
+FUNCTIONS = {"ingest": "IngestFunction", "transform": "TransformFunction", "load": "LoadFunction"}
+ROLES = {"IngestFunction": "IngestRole", "TransformFunction": "TransformRole",
+         "LoadFunction": "LoadRole"}
+BUCKETS = ("IngestBucket", "ProcessedBucket")
+LATENCY_PROMISE_SECONDS = 30 * 60
+
+# Actions whose APIs offer no resource-level permissions, so Resource "*" is the only option.
+STAR_RESOURCE_ACTIONS = {
+    "xray:PutTraceSegments", "xray:PutTelemetryRecords",
+    "ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets",
+    "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+}
+
+
+def _translate() -> dict[str, Any]:
+    """Return the plain CloudFormation SAM would deploy (CodeUri faked as S3, as sam validate)."""
+    template = copy.deepcopy(TEMPLATE)
+    for resource in template["Resources"].values():
+        properties = resource.get("Properties", {})
+        for key in ("CodeUri", "ContentUri"):
+            if key in properties:
+                properties[key] = f"s3://bucket/{properties[key]}"
+    translator = Translator({}, Parser(), boto_session=boto3.Session(region_name="eu-west-2"))
+    return translator.translate(template, parameter_values={})
+
+
+TRANSLATED = _translate()["Resources"]
+
+
+def resources_of(kind: str, resources: dict[str, Any] = RESOURCES) -> dict[str, Any]:
+    """Resources of one CloudFormation or SAM type, by logical id."""
+    return {name: body for name, body in resources.items() if body["Type"] == kind}
+
+
+def references(value: Any) -> set[str]:
+    """Logical ids and parameters a template value refers to (Ref, GetAtt, Sub)."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key == "Ref":
+                found.add(inner)
+            elif key == "Fn::GetAtt":
+                found.add(inner[0] if isinstance(inner, list) else inner.split(".")[0])
+            elif key == "Fn::Sub":
+                text = inner if isinstance(inner, str) else inner[0]
+                found.update(name.split(".")[0]
+                             for name in re.findall(r"\$\{([^}!]+)\}", text))
+            else:
+                found |= references(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            found |= references(inner)
+    return found
+
+
+def branches(value: Any) -> Iterator[Any]:
+    """Both branches of a Fn::If (minus AWS::NoValue), or the value itself."""
+    if isinstance(value, dict) and "Fn::If" in value:
+        for branch in value["Fn::If"][1:]:
+            if branch != {"Ref": "AWS::NoValue"}:
+                yield from branches(branch)
+    else:
+        yield value
+
+
+def as_list(value: Any) -> list[Any]:
+    """IAM allows a single string or a list; normalise to a list."""
+    return value if isinstance(value, list) else [value]
+
+
+def policy_documents(resources: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every IAM policy document in the template with the role(s) it applies to."""
+    for name, body in resources.items():
+        properties = body.get("Properties", {})
+        if body["Type"] == "AWS::IAM::Role":
+            for policy in properties.get("Policies", []):
+                yield name, policy["PolicyDocument"]
+        elif body["Type"] in ("AWS::IAM::ManagedPolicy", "AWS::IAM::RolePolicy",
+                              "AWS::IAM::Policy"):
+            owners = references(properties.get("Roles", properties.get("RoleName")))
+            yield ",".join(sorted(owners)) or name, properties["PolicyDocument"]
+
+
+def allow_statements(resources: dict[str, Any] = TRANSLATED) -> list[tuple[str, dict]]:
+    """Every Allow statement, each with the role it belongs to."""
+    found = []
+    for owner, document in policy_documents(resources):
+        for statement in as_list(document["Statement"]):
+            for branch in branches(statement):
+                if branch.get("Effect") == "Allow":
+                    found.append((owner, branch))
+    return found
+
+
+def role_statements(role: str) -> list[dict[str, Any]]:
+    """The Allow statements a function role gets, including attached managed policies."""
+    attached = references(RESOURCES[role]["Properties"].get("ManagedPolicyArns", []))
+    return [statement for owner, statement in allow_statements()
+            if role in owner.split(",") or owner in attached]
+
+
+def granted(role: str, action: str) -> list[Any]:
+    """Resources (as template values) on which ``role`` may perform ``action``."""
+    return [resource for statement in role_statements(role)
+            if action in as_list(statement["Action"])
+            for resource in as_list(statement["Resource"])]
+
+
+def alarms() -> dict[str, dict[str, Any]]:
+    """Alarm properties by logical id."""
+    return {name: body["Properties"]
+            for name, body in resources_of("AWS::CloudWatch::Alarm").items()}
+
+
+def alarms_on(namespace: str, metric: str, dimension_ref: str | None = None) -> list[dict]:
+    """Alarms watching one metric, optionally of one resource (by its dimension's reference)."""
+    return [alarm for alarm in alarms().values()
+            if alarm["Namespace"] == namespace and alarm["MetricName"] == metric
+            and (dimension_ref is None
+                 or dimension_ref in references(alarm.get("Dimensions", [])))]
+
+
+def rate_seconds(expression: str) -> int:
+    """Seconds between runs of an EventBridge ``rate(N minutes)`` schedule."""
+    match = re.fullmatch(r"rate\((\d+) minutes?\)", expression)
+    assert match, f"schedule {expression!r} is not rate(N minutes)"
+    return int(match[1]) * 60
+
+
+def schedule_of(function: str) -> dict[str, Any]:
+    """The ScheduleV2 event properties of a scheduled function."""
+    events = RESOURCES[function]["Properties"]["Events"]
+    (schedule,) = [event["Properties"] for event in events.values()
+                   if event["Type"] == "ScheduleV2"]
+    return schedule
+
+
+def interval_seconds(function: str) -> int:
+    """Default schedule interval of a scheduled function, from its parameter."""
+    parameter = schedule_of(function)["ScheduleExpression"]["Ref"]
+    return rate_seconds(PARAMETERS[parameter]["Default"])
+
+
+def timeout_seconds(function: str) -> int:
+    """A function's timeout."""
+    return RESOURCES[function]["Properties"]["Timeout"]
+
+
+def worst_case_latency_seconds() -> int:
+    """Longest time from a committed source change to the warehouse, with no failures.
+
+    A change committed just after an ingest run read its table waits for the next
+    run to start: one interval, or longer if a run is still going (reserved
+    concurrency 1), then that run's time. The manifest's S3 event starts transform at
+    once. The processed manifest then waits for the next load to start and for it
+    to finish. Each run is bounded by its timeout. docs/deploy.md has the prose.
+    """
+    ingest, transform, load = FUNCTIONS.values()
+    return (max(interval_seconds(ingest), timeout_seconds(ingest)) + timeout_seconds(ingest)
+            + timeout_seconds(transform)
+            + max(interval_seconds(load), timeout_seconds(load)) + timeout_seconds(load))
+
+
+def function_environment(function: str) -> dict[str, Any]:
+    """The environment variables a function sets itself (Globals excluded)."""
+    return RESOURCES[function]["Properties"]["Environment"]["Variables"]
+
+
+# ---------------------------------------------------------------- alarms
+
+
+@pytest.mark.parametrize("function", FUNCTIONS.values())
+@pytest.mark.parametrize("metric", ["Errors", "Throttles"])
+def test_every_function_has_errors_and_throttles_alarms_notifying_the_topic(function, metric):
+    (alarm,) = alarms_on("AWS/Lambda", metric, function)
+    assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert {"Ref": "AlertTopic"} in alarm["AlarmActions"]
+
+
+@pytest.mark.parametrize("function", FUNCTIONS.values())
+def test_duration_alarm_fires_at_80_percent_of_the_timeout(function):
+    (alarm,) = alarms_on("AWS/Lambda", "Duration", function)
+    assert alarm["Statistic"] == "Maximum"
+    assert alarm["Threshold"] == 0.8 * timeout_seconds(function) * 1000
+
+
+def test_every_alarm_has_a_description_and_notifies_the_topic_on_alarm_and_recovery():
+    for name, alarm in alarms().items():
+        assert len(alarm.get("AlarmDescription", "")) > 80, name
+        assert "docs/runbook.md" in alarm["AlarmDescription"], name
+        assert alarm["AlarmActions"] == [{"Ref": "AlertTopic"}], name
+        assert alarm["OKActions"] == [{"Ref": "AlertTopic"}], name
+
+
+def test_every_queue_has_an_alarm_on_visible_messages():
+    for queue in resources_of("AWS::SQS::Queue"):
+        (alarm,) = alarms_on("AWS/SQS", "ApproximateNumberOfMessagesVisible", queue)
+        assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+
+
+@pytest.mark.parametrize("function", FUNCTIONS.values())
+def test_error_log_lines_of_each_function_are_counted_and_alarmed(function):
+    log_group = RESOURCES[function]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+    assert RESOURCES[log_group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    (log_filter,) = [body["Properties"]
+                     for body in resources_of("AWS::Logs::MetricFilter").values()
+                     if body["Properties"]["LogGroupName"] == {"Ref": log_group}]
+    assert '$.level = "ERROR"' in log_filter["FilterPattern"]
+    (metric,) = log_filter["MetricTransformations"]
+    assert alarms_on(metric["MetricNamespace"], metric["MetricName"])
+
+
+def test_freshness_alarm_fires_after_30_minutes_and_when_the_loader_goes_silent():
+    (alarm,) = alarms_on(observability.DEFAULT_NAMESPACE, "FreshnessSeconds")
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": observability.DEFAULT_SERVICE}]
+    assert alarm["Threshold"] == LATENCY_PROMISE_SECONDS
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["TreatMissingData"] == "breaching"
+    # A period shorter than the load interval would see gaps (missing = breaching) every time.
+    assert alarm["Period"] * alarm["EvaluationPeriods"] >= interval_seconds("LoadFunction") + 300
+
+
+def test_metric_names_and_dimensions_match_what_the_code_emits():
+    variables = GLOBALS["Environment"]["Variables"]
+    assert variables["POWERTOOLS_SERVICE_NAME"] == observability.DEFAULT_SERVICE
+    assert variables["POWERTOOLS_METRICS_NAMESPACE"] == observability.DEFAULT_NAMESPACE
+    assert variables["LOG_LEVEL"] == {"Ref": "LogLevel"}
+
+
+def test_alert_email_subscription_is_skipped_when_no_address_is_given():
+    (subscription,) = resources_of("AWS::SNS::Subscription").values()
+    assert subscription["Condition"] == "HasAlertEmail"
+    assert TEMPLATE["Conditions"]["HasAlertEmail"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "AlertEmail"}, ""]}]}
+    assert subscription["Properties"]["Protocol"] == "email"
+
+
+# ---------------------------------------------------------------- dashboard
+
+
+def dashboard() -> tuple[dict[str, Any], set[str]]:
+    """The dashboard body as JSON (substitutions blanked) and the names it substitutes."""
+    (board,) = resources_of("AWS::CloudWatch::Dashboard").values()
+    body = board["Properties"]["DashboardBody"]["Fn::Sub"]
+    names = set(re.findall(r"\$\{([^}!]+)\}", body))
+    return json.loads(re.sub(r"\$\{[^}!]+\}", "x", body)), names
+
+
+def test_dashboard_shows_rows_per_table_for_every_stage_and_freshness():
+    body, _ = dashboard()
+    text = json.dumps(body)
+    for metric in ("RowsIngested", "RowsOut", "RowsLoaded"):
+        assert f'SEARCH(\'{{TotesPipeline,service,table}} MetricName=\\"{metric}\\"' in text
+    assert '"FreshnessSeconds"' in text
+
+
+def test_dashboard_alarm_widget_lists_every_alarm():
+    body, names = dashboard()
+    (widget,) = [widget for widget in body["widgets"] if widget["type"] == "alarm"]
+    assert len(widget["properties"]["alarms"]) == len(alarms())
+    assert {f"{name}.Arn" for name in alarms()} <= names
+
+
+# ---------------------------------------------------------------- IAM
+
+
+def test_no_statement_grants_wildcard_actions():
+    for owner, statement in allow_statements():
+        for action in as_list(statement["Action"]):
+            assert "*" not in action, f"{owner} grants {action}"
+
+
+def test_resource_star_only_for_apis_without_resource_level_permissions():
+    for owner, statement in allow_statements():
+        if "*" in as_list(statement["Resource"]):
+            assert set(as_list(statement["Action"])) <= STAR_RESOURCE_ACTIONS, owner
+
+
+def test_functions_run_under_their_own_roles():
+    for function, role in ROLES.items():
+        assert RESOURCES[function]["Properties"]["Role"] == {"Fn::GetAtt": [role, "Arn"]}
+
+
+@pytest.mark.parametrize("role, secret", [
+    ("IngestRole", "TotesysSecretArn"), ("TransformRole", None), ("LoadRole", "WarehouseSecretArn"),
+])
+def test_each_function_can_read_only_its_own_secret(role, secret):
+    resources = granted(role, "secretsmanager:GetSecretValue")
+    assert resources == ([{"Ref": secret}] if secret else [])
+    actions = {action for statement in role_statements(role)
+               for action in as_list(statement["Action"])}
+    assert {action for action in actions if action.startswith("secretsmanager:")} <= {
+        "secretsmanager:GetSecretValue"}
+
+
+@pytest.mark.parametrize("role, buckets", [
+    ("IngestRole", {"IngestBucket"}), ("TransformRole", {"ProcessedBucket"}), ("LoadRole", set()),
+])
+def test_each_function_writes_only_to_its_own_bucket(role, buckets):
+    assert references(granted(role, "s3:PutObject")) == buckets
+
+
+def test_nothing_may_delete_or_reconfigure_the_buckets():
+    for owner, statement in allow_statements():
+        for action in as_list(statement["Action"]):
+            if action.startswith("s3:"):
+                assert action in {"s3:GetObject", "s3:PutObject", "s3:ListBucket"}, owner
+
+
+@pytest.mark.parametrize("role", ["IngestRole", "LoadRole"])
+def test_ingest_and_load_see_only_the_manifests_of_the_ingestion_bucket(role):
+    reads = [resource for resource in granted(role, "s3:GetObject")
+             if "IngestBucket" in references(resource)]
+    assert reads == [{"Fn::Sub": "${IngestBucket.Arn}/_manifests/*"}]
+    (listing,) = [statement for statement in role_statements(role)
+                  if statement["Action"] == "s3:ListBucket"
+                  and "IngestBucket" in references(statement["Resource"])]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": "_manifests/*"}}
+
+
+def test_transform_reads_the_ingestion_bucket_without_a_dependency_cycle():
+    # The bucket's notification refers to the function; the function or its role referring
+    # back to the bucket would be a cycle, so that grant lives in a separate RolePolicy.
+    for name in ("TransformFunction", "TransformRole"):
+        assert "IngestBucket" not in references(TRANSLATED[name]["Properties"]), name
+    assert references(granted("TransformRole", "s3:GetObject")) == set(BUCKETS)
+
+
+@pytest.mark.parametrize("role, log_group", [
+    ("IngestRole", "IngestLogGroup"), ("TransformRole", "TransformLogGroup"),
+    ("LoadRole", "LoadLogGroup"),
+])
+def test_each_function_writes_logs_only_to_its_own_log_group(role, log_group):
+    assert granted(role, "logs:PutLogEvents") == [{"Fn::GetAtt": [log_group, "Arn"]}]
+
+
+# ---------------------------------------------------------------- triggers and latency
+
+
+def test_defaults_keep_every_change_within_30_minutes_of_the_warehouse():
+    assert worst_case_latency_seconds() <= LATENCY_PROMISE_SECONDS
+
+
+def test_schedules_are_eventbridge_scheduler_with_retries_and_a_dead_letter_queue():
+    for function in ("IngestFunction", "LoadFunction"):
+        schedule = schedule_of(function)
+        assert schedule["RetryPolicy"]["MaximumRetryAttempts"] >= 1
+        queue = references(schedule["DeadLetterConfig"])
+        assert queue and all(RESOURCES[name]["Type"] == "AWS::SQS::Queue" for name in queue)
+
+
+def test_schedule_parameters_accept_only_rate_expressions_the_arithmetic_understands():
+    for parameter in ("IngestSchedule", "LoadSchedule"):
+        pattern = PARAMETERS[parameter]["AllowedPattern"]
+        assert re.fullmatch(pattern, PARAMETERS[parameter]["Default"])
+        assert not re.fullmatch(pattern, "cron(0 * * * ? *)")
+        rate_seconds(PARAMETERS[parameter]["Default"])
+
+
+def test_ingest_and_load_never_run_concurrently_with_themselves():
+    for function in ("IngestFunction", "LoadFunction"):
+        assert RESOURCES[function]["Properties"]["ReservedConcurrentExecutions"] == 1
+
+
+def test_transform_runs_on_each_new_ingest_manifest_with_retries_and_a_failure_queue():
+    properties = RESOURCES["TransformFunction"]["Properties"]
+    (event,) = properties["Events"].values()
+    assert event["Type"] == "S3"
+    assert event["Properties"]["Bucket"] == {"Ref": "IngestBucket"}
+    assert event["Properties"]["Events"] == "s3:ObjectCreated:*"
+    rules = event["Properties"]["Filter"]["S3Key"]["Rules"]
+    assert {rule["Name"]: rule["Value"] for rule in rules} == {
+        "prefix": "_manifests/", "suffix": ".json"}
+    invoke = properties["EventInvokeConfig"]
+    assert invoke["MaximumRetryAttempts"] == 2
+    assert invoke["DestinationConfig"]["OnFailure"] == {
+        "Type": "SQS", "Destination": {"Fn::GetAtt": ["TransformFailureQueue", "Arn"]}}
+    assert granted("TransformRole", "sqs:SendMessage") == [
+        {"Fn::GetAtt": ["TransformFailureQueue", "Arn"]}]
+
+
+# ---------------------------------------------------------------- storage
+
+
+@pytest.mark.parametrize("bucket", BUCKETS)
+def test_buckets_block_public_access_encrypt_and_keep_versions(bucket):
+    properties = RESOURCES[bucket]["Properties"]
+    assert "BucketName" not in properties
+    assert set(properties["PublicAccessBlockConfiguration"].values()) == {True}
+    assert len(properties["PublicAccessBlockConfiguration"]) == 4
+    (rule,) = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    assert properties["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert RESOURCES[bucket]["DeletionPolicy"] == "Retain"
+
+
+@pytest.mark.parametrize("bucket", BUCKETS)
+def test_bucket_policies_deny_requests_without_tls(bucket):
+    (policy,) = [body["Properties"] for body in resources_of("AWS::S3::BucketPolicy").values()
+                 if body["Properties"]["Bucket"] == {"Ref": bucket}]
+    (deny,) = [statement for statement in policy["PolicyDocument"]["Statement"]
+               if statement["Effect"] == "Deny"]
+    assert deny["Principal"] == "*" and deny["Action"] == "s3:*"
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert deny["Resource"] == [{"Fn::GetAtt": [bucket, "Arn"]},
+                                {"Fn::Sub": f"${{{bucket}.Arn}}/*"}]
+
+
+def test_object_lock_on_the_ingestion_bucket_is_optional_governance_mode():
+    properties = RESOURCES["IngestBucket"]["Properties"]
+    condition, enabled, _ = properties["ObjectLockConfiguration"]["Fn::If"]
+    assert condition == "HasObjectLock" and PARAMETERS["ObjectLockRetentionDays"]["Default"] == 0
+    assert enabled["Rule"]["DefaultRetention"] == {
+        "Mode": "GOVERNANCE", "Days": {"Ref": "ObjectLockRetentionDays"}}
+
+
+# ---------------------------------------------------------------- code, layers, environment
+
+
+@pytest.mark.parametrize("name, function", FUNCTIONS.items())
+def test_functions_are_python_311_handlers_in_their_folders(name, function):
+    properties = RESOURCES[function]["Properties"]
+    assert properties["CodeUri"] == f"functions/{name}/"
+    assert (ROOT / "functions" / name / "requirements.txt").is_file()
+    assert GLOBALS["Runtime"] == "python3.11"
+    assert GLOBALS["Handler"] == "app.lambda_handler"
+    assert GLOBALS["Tracing"] == "Active"
+    assert GLOBALS["Layers"] == [{"Ref": "SharedLayer"}]
+
+
+def test_shared_layer_is_built_from_shared_so_the_package_lands_in_python():
+    layer = RESOURCES["SharedLayer"]
+    assert layer["Type"] == "AWS::Serverless::LayerVersion"
+    assert layer["Properties"]["ContentUri"] == "shared/"
+    assert layer["Metadata"]["BuildMethod"] == "python3.11"
+    assert (ROOT / "shared" / "totes" / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize("function, has_pandas", [
+    ("IngestFunction", False), ("TransformFunction", True), ("LoadFunction", True),
+])
+def test_only_transform_and_load_carry_the_pandas_layer(function, has_pandas):
+    layers = RESOURCES[function]["Properties"].get("Layers", [])
+    assert ({"Ref": "PandasLayerArn"} in layers) is has_pandas
+    assert re.fullmatch(r"arn:aws:lambda:eu-west-2:336392948345:layer:AWSSDKPandas-Python311:\d+",
+                        PARAMETERS["PandasLayerArn"]["Default"])
+
+
+@pytest.mark.parametrize("function, expected", [
+    ("IngestFunction", {"INGEST_BUCKET": "IngestBucket", "TOTESYS_SECRET_ID": "TotesysSecretArn"}),
+    # No INGEST_BUCKET: the transform takes the bucket from each S3 event (see the cycle test).
+    ("TransformFunction", {"PROCESSED_BUCKET": "ProcessedBucket"}),
+    ("LoadFunction", {"INGEST_BUCKET": "IngestBucket", "PROCESSED_BUCKET": "ProcessedBucket",
+                      "WAREHOUSE_SECRET_ID": "WarehouseSecretArn"}),
+])
+def test_environment_follows_the_design_contract(function, expected):
+    variables = function_environment(function)
+    assert {name: value["Ref"] for name, value in variables.items()} == expected
+    assert set(variables) <= set(stack.pipeline_environment())
+
+
+@pytest.mark.parametrize("variable, reader", [
+    ("INGEST_BUCKET", config.ingest_bucket), ("PROCESSED_BUCKET", config.processed_bucket),
+    ("TOTESYS_SECRET_ID", config.totesys_secret_id),
+    ("WAREHOUSE_SECRET_ID", config.warehouse_secret_id),
+])
+def test_the_code_reads_the_variables_the_template_sets(monkeypatch, variable, reader):
+    monkeypatch.setenv(variable, "from-the-template")
+    assert reader() == "from-the-template"
+
+
+def test_vpc_is_optional_and_off_by_default():
+    condition, vpc, _ = GLOBALS["VpcConfig"]["Fn::If"]
+    assert condition == "HasVpc"
+    assert vpc == {"SubnetIds": {"Ref": "SubnetIds"},
+                   "SecurityGroupIds": {"Ref": "SecurityGroupIds"}}
+    assert PARAMETERS["SubnetIds"]["Default"] == ""
