@@ -70,9 +70,10 @@ def references(value: Any) -> set[str]:
             elif key == "Fn::GetAtt":
                 found.add(inner[0] if isinstance(inner, list) else inner.split(".")[0])
             elif key == "Fn::Sub":
-                text = inner if isinstance(inner, str) else inner[0]
-                found.update(name.split(".")[0]
-                             for name in re.findall(r"\$\{([^}!]+)\}", text))
+                text, local = (inner, {}) if isinstance(inner, str) else inner
+                found.update(name.split(".")[0] for name in re.findall(r"\$\{([^}!]+)\}", text)
+                             if name not in local)
+                found |= references(list(local.values()))
             else:
                 found |= references(inner)
     elif isinstance(value, list):
@@ -346,12 +347,23 @@ def test_ingest_and_load_see_only_the_manifests_of_the_ingestion_bucket(role):
     assert listing["Condition"] == {"StringLike": {"s3:prefix": "_manifests/*"}}
 
 
-def test_transform_reads_the_ingestion_bucket_without_a_dependency_cycle():
-    # The bucket's notification refers to the function; the function or its role referring
-    # back to the bucket would be a cycle, so that grant lives in a separate RolePolicy.
+def ingest_bucket_name() -> dict[str, Any]:
+    """The ingestion bucket's name expression (derived from the stack id, not chosen by CFN)."""
+    return RESOURCES["IngestBucket"]["Properties"]["BucketName"]
+
+
+def test_transform_names_the_ingestion_bucket_exactly_as_the_bucket_is_named():
+    # The bucket's notification refers to the transform function, so the function and its
+    # role referring back to the bucket resource would be a cycle; they repeat its name instead.
     for name in ("TransformFunction", "TransformRole"):
         assert "IngestBucket" not in references(TRANSLATED[name]["Properties"]), name
-    assert references(granted("TransformRole", "s3:GetObject")) == set(BUCKETS)
+    name_template, variables = ingest_bucket_name()["Fn::Sub"]
+    assert references(variables) == {"AWS::StackId"}
+    arn = f"arn:${{AWS::Partition}}:s3:::{name_template}"
+    assert function_environment("TransformFunction")["INGEST_BUCKET"] == ingest_bucket_name()
+    reads = granted("TransformRole", "s3:GetObject")
+    assert reads == [{"Fn::Sub": "${ProcessedBucket.Arn}/*"}, {"Fn::Sub": [arn + "/*", variables]}]
+    assert {"Fn::Sub": [arn, variables]} in granted("TransformRole", "s3:ListBucket")
 
 
 @pytest.mark.parametrize("role, log_group", [
@@ -413,7 +425,7 @@ def test_transform_runs_on_each_new_ingest_manifest_with_retries_and_a_failure_q
 @pytest.mark.parametrize("bucket", BUCKETS)
 def test_buckets_block_public_access_encrypt_and_keep_versions(bucket):
     properties = RESOURCES[bucket]["Properties"]
-    assert "BucketName" not in properties
+    assert references(properties.get("BucketName")) <= {"AWS::StackId"}, "hard-coded name"
     assert set(properties["PublicAccessBlockConfiguration"].values()) == {True}
     assert len(properties["PublicAccessBlockConfiguration"]) == 4
     (rule,) = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
@@ -476,14 +488,14 @@ def test_only_transform_and_load_carry_the_pandas_layer(function, has_pandas):
 
 @pytest.mark.parametrize("function, expected", [
     ("IngestFunction", {"INGEST_BUCKET": "IngestBucket", "TOTESYS_SECRET_ID": "TotesysSecretArn"}),
-    # No INGEST_BUCKET: the transform takes the bucket from each S3 event (see the cycle test).
-    ("TransformFunction", {"PROCESSED_BUCKET": "ProcessedBucket"}),
+    # The transform's INGEST_BUCKET is the bucket's stack-derived name (see the naming test).
+    ("TransformFunction", {"INGEST_BUCKET": "AWS::StackId", "PROCESSED_BUCKET": "ProcessedBucket"}),
     ("LoadFunction", {"INGEST_BUCKET": "IngestBucket", "PROCESSED_BUCKET": "ProcessedBucket",
                       "WAREHOUSE_SECRET_ID": "WarehouseSecretArn"}),
 ])
 def test_environment_follows_the_design_contract(function, expected):
     variables = function_environment(function)
-    assert {name: value["Ref"] for name, value in variables.items()} == expected
+    assert {name: "".join(references(value)) for name, value in variables.items()} == expected
     assert set(variables) <= set(stack.pipeline_environment())
 
 
