@@ -8,6 +8,8 @@ it with the object key) so Lambda retries and the error alarm fires.
 from typing import Any
 from urllib.parse import unquote_plus
 
+from aws_lambda_powertools.metrics import MetricUnit
+
 from totes import observability
 from totes.transform import handle_keys
 
@@ -24,4 +26,7 @@ def event_keys(event: dict[str, Any]) -> list[str]:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, list[str]]:
     """Transform the manifests the event names (and any earlier ones still pending)."""
-    return handle_keys(event_keys(event))
+    summary = handle_keys(event_keys(event))
+    metrics.add_metric(name="ManifestsTransformed", unit=MetricUnit.Count,
+                       value=len(summary["transformed"]))
+    return summary

@@ -1,0 +1,389 @@
+import importlib.util
+import io
+import json
+from datetime import date, timedelta
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import quote_plus
+
+import boto3
+import pyarrow.parquet as pq
+import pytest
+from ingest_fixtures import T0, encoded, full_batch, row, write_run
+from moto import mock_aws
+
+from totes import storage, transform
+from totes.warehouse_schema import TABLES, arrow_schema
+
+INGEST, PROCESSED = "ingest-test", "processed-test"
+APP = Path(__file__).resolve().parents[2] / "functions" / "transform" / "app.py"
+STAMPS = ("20241115T142009123Z", "20241115T142509001Z", "20241115T143010500Z")
+
+
+def _load_app():
+    spec = importlib.util.spec_from_file_location("transform_app", APP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+app = _load_app()
+
+
+@pytest.fixture(autouse=True)
+def buckets(monkeypatch):
+    for name, value in {"AWS_DEFAULT_REGION": "eu-west-2", "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "INGEST_BUCKET": INGEST,
+                        "PROCESSED_BUCKET": PROCESSED}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        for bucket in (INGEST, PROCESSED):
+            storage.s3_client().create_bucket(
+                Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+        yield
+
+
+def s3_event(*object_keys):
+    return {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                         "s3": {"bucket": {"name": INGEST},
+                                "object": {"key": quote_plus(key)}}} for key in object_keys]}
+
+
+class LambdaContext:
+    function_name = "transform"
+    memory_limit_in_mb = 1769
+    invoked_function_arn = "arn:aws:lambda:eu-west-2:123456789012:function:transform"
+    aws_request_id = "test-request"
+
+
+def handle(*object_keys):
+    return app.lambda_handler(s3_event(*object_keys), LambdaContext())
+
+
+def processed_keys():
+    return sorted(storage.list_keys(PROCESSED, ""))
+
+
+def manifest(ingest_key):
+    return storage.read_json(PROCESSED, ingest_key)
+
+
+def rows_of(document, table_name):
+    rows = []
+    for entry in document["tables"][table_name]["files"]:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(PROCESSED, entry["key"])))
+        assert table.schema.equals(arrow_schema(TABLES[table_name]))
+        assert table.num_rows == entry["rows"]
+        rows.extend(table.to_pylist())
+    return rows
+
+
+def overwrite(bucket, key, body):
+    """What an operator does to repair a bad object (the pipeline itself never overwrites)."""
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body)
+
+
+# --- a whole run -----------------------------------------------------------------------------
+
+def test_whole_run_writes_every_table_as_parquet_with_the_exact_schema():
+    key = write_run(INGEST, full_batch())
+    assert handle(key) == {"transformed": [key], "ignored": []}
+    document = manifest(key)
+    assert set(document["tables"]) == set(TABLES)
+    for table_name in TABLES:
+        assert len(rows_of(document, table_name)) == 1 or table_name == "dim_date"
+    sale = rows_of(document, "fact_sales_order")[0]
+    assert sale["unit_price"] == Decimal("2.68")
+    assert sale["created_time"].isoformat() == "14:20:09.123000"
+    assert rows_of(document, "dim_currency")[0]["currency_name"] == "Pound Sterling"
+    assert rows_of(document, "dim_counterparty")[0]["counterparty_legal_city"] == \
+        "New Patienceburgh"
+    assert rows_of(document, "dim_staff")[0]["department_name"] == "Sales"
+    dates = {r["date_id"] for r in rows_of(document, "dim_date")}
+    assert dates == {date(2024, 11, 15), date(2024, 11, 18), date(2024, 11, 19),
+                     date(2024, 11, 20), date(2024, 11, 21)}
+
+
+def test_processed_manifest_follows_the_documented_format():
+    key = write_run(INGEST, full_batch())
+    handle(key)
+    document = manifest(key)
+    assert document["format"] == "totes.processed/1"
+    assert document["run_id"] == "20241115T142009123Z-3f9a1c2e"
+    assert document["ingest_manifest"] == key
+    assert document["ingest_started_at"] == "2024-11-15T14:20:09.123Z"
+    assert document["transformed_at"].endswith("Z")
+    assert set(document["reference"]) == {"address", "department", "counterparty", "staff"}
+    for table, pointer in document["reference"].items():
+        assert pointer.startswith(f"_reference/{table}/2024/11/15/20241115T142009123Z-3f9a1c2e-")
+        assert storage.object_exists(PROCESSED, pointer)
+    for output in document["tables"].values():
+        assert output["rows"] == sum(entry["rows"] for entry in output["files"])
+        for entry in output["files"]:
+            assert entry["bytes"] == len(storage.read_bytes(PROCESSED, entry["key"]))
+
+
+def test_empty_run_commits_a_manifest_with_no_files():
+    key = write_run(INGEST, {})
+    handle(key)
+    document = manifest(key)
+    assert all(output == {"rows": 0, "files": []} for output in document["tables"].values())
+    assert document["reference"] == dict.fromkeys(document["reference"])
+
+
+def test_metrics_count_rows_in_and_out(capsys):
+    handle(write_run(INGEST, full_batch()))
+    output = capsys.readouterr().out
+    assert '"RowsIn"' in output and '"RowsOut"' in output
+    assert '"TransformRunDuration"' in output and '"ManifestsTransformed"' in output
+
+
+# --- ordering and idempotency ----------------------------------------------------------------
+
+def test_same_event_twice_writes_nothing_the_second_time():
+    key = write_run(INGEST, full_batch())
+    handle(key)
+    before = processed_keys()
+    assert handle(key) == {"transformed": [], "ignored": []}
+    assert processed_keys() == before
+
+
+def test_event_for_a_later_manifest_first_transforms_the_earlier_ones_in_order():
+    first = write_run(INGEST, full_batch(), stamp=STAMPS[0])
+    second = write_run(INGEST, {"payment": [row("payment", paid=True,
+                                                last_updated=T0 + timedelta(minutes=5))]},
+                       stamp=STAMPS[1])
+    assert handle(second)["transformed"] == [first, second]
+    assert handle(first)["transformed"] == []
+    assert rows_of(manifest(second), "fact_payment")[0]["paid"] is True
+    assert manifest(second)["reference"] == manifest(first)["reference"]
+
+
+def test_event_does_not_transform_manifests_newer_than_its_own():
+    first = write_run(INGEST, full_batch(), stamp=STAMPS[0])
+    second = write_run(INGEST, {}, stamp=STAMPS[1])
+    assert handle(first)["transformed"] == [first]
+    assert not storage.object_exists(PROCESSED, second)
+
+
+def test_crash_half_way_then_retry_gives_one_complete_output(monkeypatch):
+    key = write_run(INGEST, full_batch())
+    real_put, calls = storage.put_new_object, []
+
+    def crash_on_fifth_write(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 5:
+            raise ConnectionError("Lambda ran out of time")
+        return real_put(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "put_new_object", crash_on_fifth_write)
+    with pytest.raises(ConnectionError):
+        handle(key)
+    assert not storage.object_exists(PROCESSED, key)
+    orphans = set(processed_keys())
+    monkeypatch.setattr(storage, "put_new_object", real_put)
+
+    assert handle(key)["transformed"] == [key]
+    document = manifest(key)
+    listed = {entry["key"] for output in document["tables"].values()
+              for entry in output["files"]}
+    assert not listed & orphans
+    assert all(len(rows_of(document, name)) == 1 for name in TABLES if name != "dim_date")
+
+
+def test_concurrent_commit_keeps_the_first_manifest():
+    key = write_run(INGEST, full_batch())
+    pointers = dict.fromkeys(("address", "department", "counterparty", "staff"))
+    first = transform.transform_manifest(key, pointers)
+    second = transform.transform_manifest(key, pointers)
+    assert second == first == manifest(key)
+
+
+def test_keys_that_are_not_ingest_manifests_are_acknowledged_and_ignored():
+    data_key = "sales_order/2024/11/15/20241115T142009123Z-3f9a1c2e-00000.jsonl"
+    others = [data_key, "unknown/prefix.json", "_manifests/notes.txt"]
+    assert handle(*others) == {"transformed": [], "ignored": others}
+    assert processed_keys() == []
+
+
+def test_event_keys_are_url_decoded():
+    event = {"Records": [{"s3": {"object": {"key": "a+b/c%3Ad.json"}}}]}
+    assert app.event_keys(event) == ["a b/c:d.json"]
+    assert app.event_keys({}) == []
+
+
+# --- propagation across runs -----------------------------------------------------------------
+
+def test_address_change_in_a_later_run_updates_location_and_its_counterparties():
+    first = write_run(INGEST, full_batch(), stamp=STAMPS[0])
+    moved = row("address", city="Leeds", last_updated=T0 + timedelta(minutes=3))
+    second = write_run(INGEST, {"address": [moved]}, stamp=STAMPS[1])
+    handle(second)
+    document = manifest(second)
+    assert rows_of(document, "dim_location")[0]["city"] == "Leeds"
+    assert rows_of(document, "dim_counterparty")[0]["counterparty_legal_city"] == "Leeds"
+    assert document["reference"]["address"] != manifest(first)["reference"]["address"]
+    assert document["reference"]["counterparty"] == manifest(first)["reference"]["counterparty"]
+
+
+def test_new_staff_and_counterparty_get_parents_that_arrived_in_an_earlier_run():
+    write_run(INGEST, full_batch(), stamp=STAMPS[0])
+    later = T0 + timedelta(minutes=4)
+    second = write_run(INGEST, {
+        "staff": [row("staff", staff_id=2, first_name="New", last_updated=later)],
+        "counterparty": [row("counterparty", counterparty_id=2, last_updated=later)],
+    }, stamp=STAMPS[1])
+    handle(second)
+    document = manifest(second)
+    assert rows_of(document, "dim_staff") == [{
+        "staff_id": 2, "first_name": "New", "last_name": "Franey", "department_name": "Sales",
+        "location": "Manchester", "email_address": "jeremie.franey@terrifictotes.com"}]
+    assert rows_of(document, "dim_counterparty")[0]["counterparty_legal_city"] == \
+        "New Patienceburgh"
+
+
+def test_department_change_rewrites_its_staff_in_the_same_run_as_the_change():
+    write_run(INGEST, full_batch(), stamp=STAMPS[0])
+    renamed = row("department", department_name="Retail", last_updated=T0 + timedelta(hours=1))
+    second = write_run(INGEST, {"department": [renamed]}, stamp=STAMPS[1])
+    handle(second)
+    assert rows_of(manifest(second), "dim_staff")[0]["department_name"] == "Retail"
+
+
+def test_counterparty_without_address_is_deferred_with_a_warning(caplog):
+    batch = full_batch()
+    batch["counterparty"] = [row("counterparty", legal_address_id=404)]
+    key = write_run(INGEST, batch)
+    handle(key)
+    assert rows_of(manifest(key), "dim_counterparty") == []
+    assert "rows deferred until their parent arrives" in caplog.text
+
+
+def test_unknown_currency_is_named_after_its_code_with_a_warning(caplog):
+    key = write_run(INGEST, {"currency": [row("currency", currency_code="XTS"),
+                                          row("currency", currency_id=2, currency_code="QQQ")]})
+    handle(key)
+    currencies = rows_of(manifest(key), "dim_currency")
+    names = {r["currency_code"]: r["currency_name"] for r in currencies}
+    assert names == {"XTS": "Codes specifically reserved for testing purposes", "QQQ": "QQQ"}
+    assert [record.codes for record in caplog.records if hasattr(record, "codes")] == [["QQQ"]]
+
+
+# --- dedupe within the batch -----------------------------------------------------------------
+
+def test_a_version_repeated_across_files_of_a_run_is_written_once():
+    order = row("sales_order")
+    amended = row("sales_order", units_sold=5, last_updated=T0 + timedelta(seconds=1))
+    transaction = row("transaction")
+    key = write_run(INGEST, {"sales_order": [order, order, amended],
+                             "transaction": [transaction, transaction]}, chunk_rows=1)
+    handle(key)
+    document = manifest(key)
+    assert sorted(r["units_sold"] for r in rows_of(document, "fact_sales_order")) == [5, 100]
+    assert len(rows_of(document, "dim_transaction")) == 1
+
+
+def test_large_tables_are_written_one_file_per_ingest_file():
+    orders = [row("sales_order", sales_order_id=n) for n in range(1, 6)]
+    key = write_run(INGEST, {"sales_order": orders}, chunk_rows=2)
+    handle(key)
+    output = manifest(key)["tables"]["fact_sales_order"]
+    assert [entry["rows"] for entry in output["files"]] == [2, 2, 1]
+
+
+# --- bad input: a clear error, nothing committed, and a re-run after the fix ----------------
+
+def _data_key(document_key, table):
+    return storage.read_json(INGEST, document_key)["tables"][table]["files"][0]["key"]
+
+
+def _assert_rejected(key, match, caplog):
+    with pytest.raises(transform.TransformInputError, match=match):
+        handle(key)
+    assert not storage.object_exists(PROCESSED, key)
+    assert "ingest input rejected" in caplog.text
+
+
+def test_truncated_json_lines_is_rejected_then_transformed_after_repair(caplog):
+    key = write_run(INGEST, full_batch())
+    data = _data_key(key, "payment")
+    good = storage.read_bytes(INGEST, data)
+    overwrite(INGEST, data, good[: len(good) // 2])
+    _assert_rejected(key, f"{data} is not valid JSON Lines", caplog)
+    overwrite(INGEST, data, good)
+    assert handle(key)["transformed"] == [key]
+
+
+def test_file_cut_at_a_line_boundary_is_caught_by_the_row_count(caplog):
+    orders = [row("sales_order", sales_order_id=n) for n in (1, 2)]
+    key = write_run(INGEST, {"sales_order": orders})
+    data = _data_key(key, "sales_order")
+    overwrite(INGEST, data, encoded("sales_order", orders[:1]))
+    _assert_rejected(key, f"{data} holds 1 row.*manifest says 2", caplog)
+    overwrite(INGEST, data, encoded("sales_order", orders))
+    assert handle(key)["transformed"] == [key]
+
+
+def test_missing_column_is_rejected_naming_the_object(caplog):
+    key = write_run(INGEST, full_batch())
+    data = _data_key(key, "staff")
+    good = storage.read_bytes(INGEST, data)
+    line = json.loads(good)
+    del line["email_address"]
+    overwrite(INGEST, data, json.dumps(line).encode() + b"\n")
+    _assert_rejected(key, f"{data}: staff row 1 lacks column.*email_address", caplog)
+    overwrite(INGEST, data, good)
+    assert handle(key)["transformed"] == [key]
+
+
+def test_malformed_date_is_rejected_naming_object_table_key_and_value(caplog):
+    batch = full_batch()
+    batch["sales_order"] = [row("sales_order", sales_order_id=77,
+                                agreed_payment_date="2024-13-01")]
+    key = write_run(INGEST, batch)
+    _assert_rejected(key, "sales_order sales_order_id=77: agreed_payment_date '2024-13-01'",
+                     caplog)
+
+
+def test_unknown_table_in_manifest_is_rejected_then_accepted_after_repair(caplog):
+    key = write_run(INGEST, full_batch())
+    good = storage.read_json(INGEST, key)
+    overwrite(INGEST, key, json.dumps({**good, "tables": {**good["tables"], "secrets": {}}}))
+    _assert_rejected(key, "unknown table.*secrets", caplog)
+    overwrite(INGEST, key, json.dumps(good))
+    assert handle(key)["transformed"] == [key]
+
+
+@pytest.mark.parametrize("body", [b"{not json", b'{"format": "other"}'])
+def test_unreadable_manifest_is_rejected(body, caplog):
+    key = write_run(INGEST, {})
+    overwrite(INGEST, key, body)
+    _assert_rejected(key, key, caplog)
+
+
+def test_manifest_listing_a_missing_file_is_rejected_until_the_file_exists(caplog):
+    key = write_run(INGEST, full_batch())
+    data = _data_key(key, "design")
+    good = storage.read_bytes(INGEST, data)
+    boto3.client("s3").delete_object(Bucket=INGEST, Key=data)
+    _assert_rejected(key, f"{data} cannot be read: NoSuchKey", caplog)
+    overwrite(INGEST, data, good)
+    assert handle(key)["transformed"] == [key]
+
+
+def test_bad_manifest_blocks_later_ones_and_leaves_earlier_output_intact(caplog):
+    first = write_run(INGEST, full_batch(), stamp=STAMPS[0])
+    handle(first)
+    committed = manifest(first)
+    second = write_run(INGEST, {"payment": [row("payment", payment_date="tomorrow")]},
+                       stamp=STAMPS[1])
+    third = write_run(INGEST, {}, stamp=STAMPS[2])
+    with pytest.raises(transform.TransformInputError, match="payment_date 'tomorrow'"):
+        handle(third)
+    assert not storage.object_exists(PROCESSED, second)
+    assert not storage.object_exists(PROCESSED, third)
+    assert manifest(first) == committed
+    data = _data_key(second, "payment")
+    overwrite(INGEST, data, encoded("payment", [row("payment")]))
+    assert handle(third)["transformed"] == [second, third]
