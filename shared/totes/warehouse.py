@@ -129,7 +129,10 @@ def ensure_schema(conn: pg8000.native.Connection) -> bool:
 
 
 def _schema_applied(conn: pg8000.native.Connection) -> bool:
-    exists = conn.run("SELECT to_regclass('\"etl\".\"schema_version\"') IS NOT NULL")
+    # pg_tables, not to_regclass(): the catalog cache behind to_regclass() can miss a
+    # table that a concurrent migration committed while this session waited for the lock.
+    exists = conn.run("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables "
+                      "WHERE schemaname = 'etl' AND tablename = 'schema_version')")
     if not exists[0][0]:
         return False
     found = conn.run('SELECT 1 FROM "etl"."schema_version" WHERE "fingerprint" = :f',

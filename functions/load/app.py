@@ -1,0 +1,32 @@
+"""Load Lambda: on its schedule, bring the warehouse up to date with the processed bucket.
+
+Thin on purpose: connect with the warehouse secret, let :mod:`totes.load` do the
+work, return its summary. Metrics are flushed by Powertools when the handler returns
+or raises.
+"""
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from totes import config, db, load
+from totes.observability import logger_for, metrics_for
+
+logger = logger_for("load")
+metrics = metrics_for()
+
+
+@logger.inject_lambda_context(log_event=False)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Load every pending processed manifest; return manifests, rows per table, freshness."""
+    try:
+        conn = db.connect(config.warehouse_secret_id())
+    except db.DatabaseUnavailableError:
+        logger.exception("warehouse unavailable")
+        raise
+    try:
+        report = load.run(
+            conn, metrics, time_left=lambda: context.get_remaining_time_in_millis() / 1000)
+    finally:
+        conn.close()
+    return report.as_dict()

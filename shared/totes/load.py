@@ -1,0 +1,301 @@
+"""One scheduled load: every processed manifest not yet in the warehouse, oldest first.
+
+Order and completeness come from the ingest bucket: the processed manifest of an
+ingest run has the same key, so walking the ingest manifests after the last one
+loaded and stopping at the first that has not been transformed yet means a gap
+is waited for, never skipped. Each manifest loads in one transaction with its
+``etl.loaded_manifest`` row, under an advisory lock, so a crash, a timeout or a
+concurrent run never loads anything twice or half (see ``docs/load.md``).
+"""
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from itertools import chain
+from typing import Any, Callable, Iterator, Mapping
+
+import pg8000.native
+from aws_lambda_powertools import Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+from totes import config, storage, warehouse
+from totes.observability import emit_table_metric, logger_for
+from totes.warehouse_schema import TABLES, Table, arrow_schema
+
+PROCESSED_FORMAT = "totes.processed/1"
+
+#: rows per Arrow batch streamed to COPY: the bound on the load's memory.
+BATCH_ROWS = 65_536
+
+#: a manifest is not started with less time left than this (seconds).
+RESERVE_SECONDS = 60.0
+
+logger = logger_for("load")
+
+
+class LoadError(RuntimeError):
+    """A manifest could not be loaded; names the manifest and, when known, the object."""
+
+    def __init__(self, message: str, manifest_key: str, object_key: str | None = None):
+        """Keep the keys as attributes so logs and callers can report them structurally."""
+        super().__init__(message)
+        self.manifest_key = manifest_key
+        self.object_key = object_key
+
+
+class ParquetFileError(ValueError):
+    """A Parquet object is missing, unreadable, or not the table's contract schema."""
+
+    def __init__(self, message: str, object_key: str):
+        """Name the object in the message and keep its key for the caller."""
+        super().__init__(f"{object_key}: {message}")
+        self.object_key = object_key
+
+
+@dataclass(frozen=True)
+class ProcessedManifest:
+    """The parts of a processed manifest the load needs, checked against the contract."""
+
+    key: str
+    run_id: str
+    ingest_started_at: datetime | None
+    files: Mapping[str, tuple[tuple[str, int], ...]]
+
+
+@dataclass
+class LoadReport:
+    """What one load run did, returned by the handler and published as metrics."""
+
+    last_loaded_manifest: str | None
+    manifests_loaded: list[str] = field(default_factory=list)
+    rows_loaded: Counter = field(default_factory=Counter)
+    inferred_members: Counter = field(default_factory=Counter)
+    freshness_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary, every table listed so a zero is visible."""
+        return {
+            "manifests_loaded": len(self.manifests_loaded),
+            "last_loaded_manifest": self.last_loaded_manifest,
+            "rows_loaded": {name: self.rows_loaded[name] for name in TABLES},
+            "inferred_members": dict(self.inferred_members),
+            "freshness_seconds": self.freshness_seconds,
+        }
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse a manifest timestamp (ISO-8601, ``Z`` or offset) as an aware UTC datetime."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def parse_manifest(key: str, document: Any) -> ProcessedManifest:
+    """Check a processed manifest document and keep what the load needs.
+
+    Unknown tables are refused (table names are an allow-list); a table absent from
+    the manifest has nothing to load.
+    """
+    if not isinstance(document, Mapping) or document.get("format") != PROCESSED_FORMAT:
+        raise ValueError(f"not a {PROCESSED_FORMAT} manifest")
+    tables = document.get("tables") or {}
+    unknown = sorted(set(tables) - set(TABLES))
+    if unknown:
+        raise ValueError(f"unknown warehouse tables {', '.join(unknown)}")
+    try:
+        files = {name: tuple((entry["key"], int(entry["rows"])) for entry in spec["files"])
+                 for name, spec in tables.items()}
+        started = document.get("ingest_started_at")
+        return ProcessedManifest(
+            key=key, run_id=str(document["run_id"]), files=files,
+            ingest_started_at=parse_timestamp(started) if started else None,
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"malformed manifest: {type(error).__name__}: {error}") from None
+
+
+def _same_type(found: Any, expected: Any) -> bool:
+    import pyarrow as pa
+
+    text = pa.types.is_string(found) or pa.types.is_large_string(found)
+    return found == expected or (text and expected == pa.string())
+
+
+def record_batches(bucket: str, key: str, table: Table, expected_rows: int,
+                   batch_rows: int = BATCH_ROWS) -> Iterator[Any]:
+    """Yield the object's rows as record batches with the table's columns in contract order.
+
+    The object is spooled to a temporary file (Parquet needs to seek to its footer)
+    and read one row group batch at a time, so memory stays bounded by ``batch_rows``.
+    The schema and the row count are checked against the contract and the manifest
+    before any row is yielded.
+    """
+    import pyarrow.parquet as pq
+
+    expected = arrow_schema(table)
+    with tempfile.TemporaryFile() as spool:
+        try:
+            shutil.copyfileobj(storage.open_stream(bucket, key), spool, 1 << 20)
+            parquet = pq.ParquetFile(spool)
+        except Exception as error:
+            raise ParquetFileError(f"cannot read Parquet: {error}", key) from error
+        found = parquet.schema_arrow
+        for column in expected:
+            index = found.get_field_index(column.name)
+            if index < 0:
+                raise ParquetFileError(f"column {column.name} is missing", key)
+            if not _same_type(found.field(index).type, column.type):
+                raise ParquetFileError(
+                    f"column {column.name} is {found.field(index).type}, "
+                    f"the contract says {column.type}", key)
+        if parquet.metadata.num_rows != expected_rows:
+            raise ParquetFileError(
+                f"has {parquet.metadata.num_rows} rows, the manifest says {expected_rows}", key)
+        try:
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=expected.names):
+                yield batch.select(expected.names)
+        except Exception as error:
+            raise ParquetFileError(f"cannot decode Parquet: {error}", key) from error
+
+
+def pending_manifests(processed_bucket: str, ingest_bucket: str,
+                      after: str | None) -> Iterator[str]:
+    """Yield processed manifest keys to load, oldest first, stopping at the first gap.
+
+    Each ingest manifest after ``after`` must have its processed twin before it can
+    load, and nothing after it may load before it does.
+    """
+    processed = storage.manifest_keys_after(processed_bucket, after)
+    for ingest_key in storage.manifest_keys_after(ingest_bucket, after):
+        if next(processed, None) != ingest_key:
+            return
+        yield ingest_key
+
+
+def freshness_seconds(ingest_bucket: str, loaded_through: str | None, now: datetime) -> float:
+    """Age of the oldest ingest run not yet visible in the warehouse; 0 when none waits."""
+    for key in storage.manifest_keys_after(ingest_bucket, loaded_through):
+        started = parse_timestamp(storage.read_json(ingest_bucket, key)["started_at"])
+        return max(0.0, (now - started).total_seconds())
+    return 0.0
+
+
+def _table_batches(bucket: str, manifest: ProcessedManifest, table: Table,
+                   batch_rows: int) -> Iterator[Any]:
+    return chain.from_iterable(
+        record_batches(bucket, key, table, rows, batch_rows)
+        for key, rows in manifest.files[table.name]
+    )
+
+
+@dataclass
+class ManifestLoad:
+    """Rows one manifest wrote per table (inferred members included) and the members inferred."""
+
+    rows: Counter = field(default_factory=Counter)
+    inferred: Counter = field(default_factory=Counter)
+
+
+def load_manifest(conn: pg8000.native.Connection, bucket: str, manifest: ProcessedManifest,
+                  batch_rows: int = BATCH_ROWS) -> ManifestLoad | None:
+    """Load one manifest in one transaction with its bookkeeping row; None if already loaded.
+
+    Dimensions load before facts (the order of ``TABLES``). Any failure rolls the
+    whole manifest back and is raised as a :class:`LoadError` naming the table.
+    """
+    result = ManifestLoad()
+    with warehouse.transaction(conn):
+        warehouse.lock(conn)
+        if warehouse.is_loaded(conn, manifest.key):
+            return None
+        for table in TABLES.values():
+            if not manifest.files.get(table.name):
+                continue
+            try:
+                loaded = warehouse.load_table(
+                    conn, table, _table_batches(bucket, manifest, table, batch_rows))
+            except Exception as error:
+                raise LoadError(
+                    f"manifest {manifest.key}: loading {table.name} failed: {error}",
+                    manifest.key, getattr(error, "object_key", None)) from error
+            result.rows[table.name] += loaded.rows
+            result.rows.update(loaded.inferred)
+            result.inferred.update(loaded.inferred)
+        warehouse.record_manifest(conn, manifest.key, manifest.run_id,
+                                  manifest.ingest_started_at, sum(result.rows.values()))
+    return result
+
+
+def _read_manifest(bucket: str, key: str) -> ProcessedManifest:
+    try:
+        return parse_manifest(key, storage.read_json(bucket, key))
+    except Exception as error:
+        raise LoadError(f"manifest {key} cannot be read: {error}", key, key) from error
+
+
+def publish(report: LoadReport, metrics: Metrics, seconds: float) -> None:
+    """Publish the run's metrics: freshness (alarmed at 30 minutes), volume, duration."""
+    metrics.add_metric(name="FreshnessSeconds", unit=MetricUnit.Seconds,
+                       value=report.freshness_seconds)
+    metrics.add_metric(name="ManifestsLoaded", unit=MetricUnit.Count,
+                       value=len(report.manifests_loaded))
+    metrics.add_metric(name="LoadRunDuration", unit=MetricUnit.Seconds, value=seconds)
+    for table in TABLES:
+        emit_table_metric("RowsLoaded", table, report.rows_loaded[table])
+    for table, count in report.inferred_members.items():
+        emit_table_metric("InferredMembers", table, count)
+
+
+def run(conn: pg8000.native.Connection, metrics: Metrics, *,
+        processed_bucket: str | None = None, ingest_bucket: str | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        time_left: Callable[[], float] | None = None,
+        batch_rows: int = BATCH_ROWS) -> LoadReport:
+    """Create or migrate the warehouse, load every pending manifest, publish metrics.
+
+    Stops starting new manifests when ``time_left()`` (seconds) drops under
+    :data:`RESERVE_SECONDS`, so a Lambda timeout never cuts a manifest short. A
+    failure is logged with the manifest and object keys and raised; the metrics
+    (freshness included) are published either way.
+    """
+    processed_bucket = processed_bucket or config.processed_bucket()
+    ingest_bucket = ingest_bucket or config.ingest_bucket()
+    started = time.monotonic()
+    if warehouse.ensure_schema(conn):
+        logger.info("warehouse schema created or migrated")
+    report = LoadReport(last_loaded_manifest=warehouse.last_loaded_key(conn))
+    try:
+        _load_pending(conn, processed_bucket, ingest_bucket, report, time_left, batch_rows)
+    finally:
+        report.freshness_seconds = freshness_seconds(
+            ingest_bucket, report.last_loaded_manifest, now())
+        publish(report, metrics, time.monotonic() - started)
+    return report
+
+
+def _load_pending(conn: pg8000.native.Connection, processed_bucket: str, ingest_bucket: str,
+                  report: LoadReport, time_left: Callable[[], float] | None,
+                  batch_rows: int) -> None:
+    for key in pending_manifests(processed_bucket, ingest_bucket, report.last_loaded_manifest):
+        if time_left is not None and time_left() < RESERVE_SECONDS:
+            logger.warning("stopping early to finish before the timeout", extra={"next": key})
+            return
+        try:
+            loaded = load_manifest(conn, processed_bucket, _read_manifest(processed_bucket, key),
+                                   batch_rows)
+        except Exception as error:
+            logger.exception("load failed", extra={
+                "manifest": key, "object": getattr(error, "object_key", None)})
+            raise
+        report.last_loaded_manifest = key
+        if loaded is None:
+            logger.info("manifest already loaded by another run", extra={"manifest": key})
+            continue
+        report.manifests_loaded.append(key)
+        report.rows_loaded.update(loaded.rows)
+        report.inferred_members.update(loaded.inferred)
+        logger.info("manifest loaded", extra={"manifest": key, "rows": dict(loaded.rows),
+                                              "inferred_members": dict(loaded.inferred)})

@@ -1,0 +1,253 @@
+"""The load run against real PostgreSQL and moto S3: order, exactly-once, failures, freshness."""
+import json
+import threading
+from datetime import timedelta
+from decimal import Decimal
+
+import boto3
+import pytest
+from loadkit import T0, Buckets, dimensions, parquet_bytes, payment, purchase, sale, snapshot
+
+from totes import load, warehouse
+from totes.observability import metrics_for
+from totes_local import stack
+from totes_local.runner import LambdaContext, load_handler, scheduled_event
+
+NOW = T0 + timedelta(hours=1)
+
+
+@pytest.fixture
+def metrics():
+    """The run-level metrics object, emptied after each test."""
+    run_metrics = metrics_for()
+    yield run_metrics
+    run_metrics.clear_metrics()
+
+
+@pytest.fixture
+def warehouse_db(postgres, database):
+    """The name of a fresh, empty warehouse database."""
+    return database("load")
+
+
+@pytest.fixture
+def conn(postgres, warehouse_db):
+    """A connection to the warehouse, as the load function would hold one."""
+    connection = postgres.connect(warehouse_db)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def buckets(aws):
+    """Writes test inputs into this test's ingest and processed buckets."""
+    return Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"])
+
+
+def run(conn, metrics, **kwargs) -> load.LoadReport:
+    """One load run at a fixed clock."""
+    return load.run(conn, metrics, now=lambda: NOW, **kwargs)
+
+
+def count(conn, table: str) -> int:
+    return conn.run(f'SELECT count(*) FROM "{table}"')[0][0]
+
+
+def first_manifest(buckets) -> str:
+    return buckets.publish({**dimensions(), "fact_sales_order": [sale(1), sale(2)],
+                            "fact_payment": [payment(1)], "fact_purchase_orders": [purchase(1)]})
+
+
+def test_a_manifest_loads_dimensions_then_facts_and_is_recorded(conn, metrics, buckets):
+    key = first_manifest(buckets)
+    report = run(conn, metrics)
+    assert report.manifests_loaded == [key] and report.last_loaded_manifest == key
+    assert report.rows_loaded["fact_sales_order"] == 2
+    assert report.rows_loaded["dim_staff"] == 1 and report.rows_loaded["dim_date"] == 3
+    assert report.inferred_members == {"dim_date": 3}
+    assert report.freshness_seconds == 0
+    recorded = conn.run('SELECT "manifest_key", "run_id", "ingest_started_at", "rows_loaded" '
+                        'FROM "etl"."loaded_manifest"')
+    assert recorded == [[key, key.rsplit("/", 1)[1][:-5], T0 + timedelta(minutes=1),
+                         sum(report.rows_loaded.values())]]
+
+
+def test_running_again_loads_nothing(conn, metrics, buckets):
+    first_manifest(buckets)
+    run(conn, metrics)
+    before = snapshot(conn)
+    report = run(conn, metrics)
+    assert report.manifests_loaded == [] and snapshot(conn) == before
+
+
+def test_a_redelivered_fact_version_in_a_later_manifest_adds_nothing(conn, metrics, buckets):
+    first_manifest(buckets)
+    buckets.publish({"fact_sales_order": [sale(1), sale(2)], "fact_payment": [payment(1)]})
+    report = run(conn, metrics)
+    assert len(report.manifests_loaded) == 2
+    assert count(conn, "fact_sales_order") == 2 and count(conn, "fact_payment") == 1
+
+
+def test_later_manifests_win_for_dimensions_and_add_fact_history(conn, metrics, buckets):
+    first_manifest(buckets)
+    buckets.publish({**dimensions(first_name="Grace"),
+                     "fact_sales_order": [sale(1, updated=sale(1)["last_updated_time"].replace(
+                         hour=11), units_sold=99)]})
+    run(conn, metrics)
+    assert conn.run('SELECT "first_name" FROM "dim_staff"') == [["Grace"]]
+    assert count(conn, "fact_sales_order") == 3
+    assert conn.run('SELECT "sales_order_id", "units_sold" FROM "fact_sales_order_current" '
+                    'ORDER BY 1') == [[1, 99], [2, 10]]
+
+
+def test_exact_values_arrive_through_s3_and_parquet(conn, metrics, buckets):
+    buckets.publish({**dimensions(), "fact_purchase_orders": [purchase(1)]})
+    run(conn, metrics)
+    assert conn.run('SELECT "item_unit_price", "last_updated_time"::text '
+                    'FROM "fact_purchase_orders"') == [[Decimal("99999999.99"), "10:00:00.123"]]
+    assert conn.run('SELECT "address_line_2" IS NULL, "district" = \'\' '
+                    'FROM "dim_location"') == [[True, True]]
+
+
+def test_a_manifest_not_yet_transformed_holds_back_every_later_one(conn, metrics, buckets):
+    loaded = first_manifest(buckets)
+    waiting = buckets.ingest_run()
+    buckets.publish({"fact_payment": [payment(2)]})
+    report = run(conn, metrics)
+    assert report.manifests_loaded == [loaded] and count(conn, "fact_payment") == 1
+    assert report.freshness_seconds == (NOW - (T0 + timedelta(minutes=2))).total_seconds()
+    buckets.transform(waiting, {"fact_payment": [payment(3)]})
+    assert len(run(conn, metrics).manifests_loaded) == 2
+    assert count(conn, "fact_payment") == 3
+
+
+def test_freshness_is_zero_when_caught_up_and_the_age_of_the_oldest_pending_run(
+        conn, metrics, buckets):
+    assert run(conn, metrics).freshness_seconds == 0
+    buckets.ingest_run(started_at=NOW - timedelta(minutes=40))
+    buckets.ingest_run(started_at=NOW - timedelta(minutes=5))
+    assert run(conn, metrics).freshness_seconds == 40 * 60
+
+
+def test_a_crash_between_dimensions_and_facts_loads_nothing_and_a_rerun_matches_a_clean_load(
+        metrics, buckets, postgres, warehouse_db, database, monkeypatch):
+    first_manifest(buckets)
+    buckets.publish({**dimensions(first_name="Grace"), "fact_payment": [payment(1, paid=True)]})
+    victim, admin = postgres.connect(warehouse_db), postgres.connect(warehouse_db)
+    real_infer = warehouse.add_inferred_members
+
+    def crash(connection, fact):
+        admin.run("SELECT pg_terminate_backend(:pid)",
+                  pid=connection.run("SELECT pg_backend_pid()")[0][0])
+        return real_infer(connection, fact)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(warehouse, "add_inferred_members", crash)
+        with pytest.raises(load.LoadError, match="loading fact_sales_order failed"):
+            run(victim, metrics)
+    assert admin.run('SELECT count(*) FROM "etl"."loaded_manifest"') == [[0]]
+    assert count(admin, "dim_staff") == 0
+    assert len(run(admin, metrics).manifests_loaded) == 2
+    recovered = snapshot(admin)
+    admin.close()
+    clean = postgres.connect(database("clean"))
+    try:
+        run(clean, metrics)
+        assert snapshot(clean) == recovered
+    finally:
+        clean.close()
+
+
+def test_a_failure_in_the_middle_of_the_facts_rolls_back_the_whole_manifest(
+        conn, metrics, buckets, aws):
+    good = first_manifest(buckets)
+    bad = buckets.publish({**dimensions(first_name="Grace"), "fact_sales_order": [sale(5)],
+                           "fact_payment": b"this is not parquet"})
+    bad_object = buckets.data_key(bad, "fact_payment")
+    with pytest.raises(load.LoadError) as caught:
+        run(conn, metrics)
+    assert caught.value.manifest_key == bad and caught.value.object_key == bad_object
+    assert bad_object in str(caught.value) and "fact_payment" in str(caught.value)
+    assert conn.run('SELECT "manifest_key" FROM "etl"."loaded_manifest"') == [[good]]
+    assert conn.run('SELECT "first_name" FROM "dim_staff"') == [["Ada"]]
+    assert count(conn, "fact_sales_order") == 2
+    s3 = boto3.client("s3")
+    s3.delete_object(Bucket=aws["PROCESSED_BUCKET"], Key=bad_object)
+    s3.put_object(Bucket=aws["PROCESSED_BUCKET"], Key=bad_object,
+                  Body=parquet_bytes("fact_payment", [payment(9)]))
+    assert run(conn, metrics).manifests_loaded == [bad]
+    assert count(conn, "fact_sales_order") == 3 and count(conn, "fact_payment") == 2
+
+
+def test_a_missing_object_is_an_error_naming_it(conn, metrics, buckets, aws):
+    key = buckets.publish({"fact_payment": [payment(1)], **dimensions()})
+    missing = buckets.data_key(key, "dim_staff")
+    boto3.client("s3").delete_object(Bucket=aws["PROCESSED_BUCKET"], Key=missing)
+    with pytest.raises(load.LoadError, match=missing):
+        run(conn, metrics)
+    assert count(conn, "dim_currency") == 0
+
+
+def test_two_racing_loads_load_each_manifest_once(postgres, warehouse_db, metrics, buckets):
+    keys = [first_manifest(buckets)]
+    keys += [buckets.publish({"fact_payment": [payment(n)], "fact_sales_order": [sale(n)]})
+             for n in range(10, 16)]
+    barrier = threading.Barrier(2)
+    reports, errors = [], []
+
+    def racer():
+        connection = postgres.connect(warehouse_db)
+        try:
+            barrier.wait()
+            reports.append(run(connection, metrics))
+        except Exception as error:  # noqa: B902 - surfaced by the assertion below
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=racer) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    loaded = [key for report in reports for key in report.manifests_loaded]
+    assert sorted(loaded) == keys
+    check = postgres.connect(warehouse_db)
+    try:
+        assert check.run('SELECT count(*) FROM "etl"."loaded_manifest"') == [[len(keys)]]
+        assert count(check, "fact_payment") == 7 and count(check, "fact_sales_order") == 8
+    finally:
+        check.close()
+
+
+def test_a_run_short_of_time_starts_no_manifest(conn, metrics, buckets):
+    first_manifest(buckets)
+    report = run(conn, metrics, time_left=lambda: load.RESERVE_SECONDS - 1)
+    assert report.manifests_loaded == [] and report.freshness_seconds > 0
+
+
+def test_handler_connects_through_the_secret_and_reports(
+        aws, postgres, warehouse_db, buckets, capsys):
+    stack.provision({aws["WAREHOUSE_SECRET_ID"]: postgres.secret(warehouse_db)}, buckets=())
+    key = first_manifest(buckets)
+    handler = load_handler("load")
+    summary = handler(scheduled_event("load"), LambdaContext(function_name="totes-load"))
+    assert summary["manifests_loaded"] == 1 and summary["last_loaded_manifest"] == key
+    assert summary["rows_loaded"]["fact_sales_order"] == 2
+    assert summary["freshness_seconds"] == 0
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+               if line.startswith("{") and "_aws" in line]
+    run_metrics = next(doc for doc in emitted if "FreshnessSeconds" in doc)
+    assert run_metrics["FreshnessSeconds"] == [0.0] and run_metrics["ManifestsLoaded"] == [1.0]
+    assert "LoadRunDuration" in run_metrics
+    rows = {doc["table"]: doc["RowsLoaded"] for doc in emitted if "RowsLoaded" in doc}
+    assert rows["fact_sales_order"] == [2.0] and rows["dim_staff"] == [1.0]
+
+
+def test_handler_fails_clearly_when_the_warehouse_is_down(aws, tmp_path):
+    secret = {"host": str(tmp_path), "port": 5999, "username": "etl", "dbname": "warehouse"}
+    stack.provision({aws["WAREHOUSE_SECRET_ID"]: secret}, buckets=())
+    handler = load_handler("load")
+    with pytest.raises(Exception, match="cannot connect to database warehouse"):
+        handler(scheduled_event("load"), LambdaContext(function_name="totes-load"))
