@@ -17,7 +17,7 @@ from typing import Callable, Iterator, NoReturn, Sequence
 import pg8000.native
 
 from totes import db
-from totes_local import dsn, generator, shape, simulator
+from totes_local import demo, dsn, generator, shape, simulator
 
 #: Where the embedded PostgreSQL keeps its data when no ``--dsn`` is given.
 DEFAULT_DATA_DIR = Path(".demo") / "pg"
@@ -232,3 +232,7 @@ def _where(args: argparse.Namespace) -> str:
 register("seed", "create and fill the totesys source database", _seed_arguments, run_seed)
 register("simulate", "advance the totesys business by N steps of simulated time",
          _simulate_arguments, run_simulate)
+register("demo", "run the whole pipeline locally twice and summarise what happened",
+         demo.add_arguments, demo.run)
+register("sql", "open a psql prompt on the demo's warehouse or totesys database",
+         demo.add_sql_arguments, demo.open_sql_prompt)

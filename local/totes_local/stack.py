@@ -5,6 +5,7 @@ so all of them exercise the handlers exactly the way AWS would drive them:
 through environment variables, Secrets Manager and S3, nothing injected.
 """
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,8 @@ import pg8000.native
 REGION = "eu-west-2"
 INGEST_BUCKET = "totes-local-ingestion"
 PROCESSED_BUCKET = "totes-local-processed"
-TOTESYS_SECRET = "totes/local/totesys"
-WAREHOUSE_SECRET = "totes/local/warehouse"
+TOTESYS_SECRET = "totes/local/totesys"  # nosec B105 - a secret id, not a secret
+WAREHOUSE_SECRET = "totes/local/warehouse"  # nosec B105
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Postgres:
     def secret(self, dbname: str) -> dict[str, Any]:
         """The RDS-shaped secret for ``dbname`` on this server."""
         return {"host": self.socket_dir, "port": self.port, "username": self.user,
-                "password": "", "dbname": dbname, "engine": "postgres"}
+                "password": "", "dbname": dbname, "engine": "postgres"}  # nosec B105
 
     def connect(self, dbname: str) -> pg8000.native.Connection:
         """Open a direct connection (for set-up and assertions, not pipeline code)."""
@@ -65,6 +66,7 @@ def start_moto() -> tuple[Any, str]:
     """Start a moto server on a free loopback port; return it and its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -76,8 +78,8 @@ def aws_environment(endpoint: str) -> dict[str, str]:
     return {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",  # nosec B105 - moto's dummy credentials
+        "AWS_SESSION_TOKEN": "testing",  # nosec B105
         "AWS_DEFAULT_REGION": REGION,
         "AWS_REGION": REGION,
     }
@@ -114,3 +116,11 @@ def provision(secrets: Mapping[str, Mapping[str, Any]],
             manager.create_secret(Name=secret_id, SecretString=json.dumps(value))
         except manager.exceptions.ResourceExistsException:
             manager.put_secret_value(SecretId=secret_id, SecretString=json.dumps(value))
+
+
+def psql_argv(postgres: Postgres, dbname: str) -> list[str]:
+    """The command line of the psql bundled with pgserver, connected to ``dbname``."""
+    from pgserver._commands import POSTGRES_BIN_PATH
+
+    return [str(POSTGRES_BIN_PATH / "psql"), "-h", postgres.socket_dir, "-p", str(postgres.port),
+            "-U", postgres.user, dbname]

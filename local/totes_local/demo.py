@@ -1,0 +1,221 @@
+"""``make demo``: the whole pipeline on a laptop, twice, with a summary a person can read.
+
+Starts embedded PostgreSQL (source ``totesys`` and ``warehouse``) and a moto
+server, seeds a realistic ``totesys``, runs ingest -> transform -> load the way
+AWS triggers them, simulates a few hours of business (including an amended
+order and a moved address), runs again, and prints what happened. The handlers'
+structured logs and metrics go to ``.demo/pipeline.log``; both buckets are copied
+to ``.demo/s3/`` so the files can be browsed after the in-memory moto server is gone.
+"""
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterator
+
+import boto3
+
+from totes import db, warehouse_schema
+from totes_local import generator, simulator, stack
+from totes_local.runner import CycleReport, LocalPipeline
+
+DEFAULT_DIR = Path(".demo")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``totes demo``."""
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="size of the generated totesys (1 = the real size, ~55k rows)")
+    parser.add_argument("--seed", type=int, default=42, help="random seed of the generator")
+    parser.add_argument("--steps", type=int, default=9,
+                        help="20-minute business steps simulated between the two cycles")
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
+                        help="where the demo keeps its database, logs and bucket copies")
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def warehouse_counts(postgres: stack.Postgres) -> dict[str, int]:
+    """Rows per warehouse table, in contract order."""
+    conn = postgres.connect("warehouse")
+    try:
+        return {name: conn.run(f"SELECT count(*) FROM {db.quote_ident(name)}")[0][0]  # nosec B608
+                for name in warehouse_schema.TABLES}
+    finally:
+        conn.close()
+
+
+def order_history(postgres: stack.Postgres, order_id: int) -> list[list[Any]]:
+    """Every version of one sales order as the warehouse keeps it, oldest first."""
+    conn = postgres.connect("warehouse")
+    try:
+        return conn.run(
+            "SELECT sales_record_id, last_updated_date, last_updated_time, units_sold, "
+            "unit_price, agreed_delivery_date FROM fact_sales_order "
+            "WHERE sales_order_id = :order_id ORDER BY last_updated_date, last_updated_time",
+            order_id=order_id)
+    finally:
+        conn.close()
+
+
+def _business_changes(postgres: stack.Postgres, steps: int, seed: int) -> dict[str, Any]:
+    """Simulate ``steps`` of business, then make sure an amendment and an address move happen.
+
+    The amended order is one the first cycle already loaded, so its history shows two versions.
+    """
+    conn = postgres.connect("totesys")
+    try:
+        order_id = conn.run("SELECT max(sales_order_id) FROM sales_order")[0][0]
+        summary = simulator.simulate(conn, steps=steps, seed=seed)
+        clock = simulator.latest_change(conn) + timedelta(minutes=1)
+        simulator.amend_sales_order(conn, order_id, clock)
+        address_id = conn.run("SELECT legal_address_id FROM counterparty "
+                              "ORDER BY counterparty_id LIMIT 1")[0][0]
+        simulator.change_address(conn, address_id, clock + timedelta(minutes=1))
+        summary["amended_order"] = order_id
+        summary["moved_address"] = address_id
+        return summary
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def _pipeline_output(log: Path) -> Iterator[None]:
+    """Send the handlers' JSON logs and EMF metrics to ``log``, keeping the terminal readable.
+
+    Powertools binds its handler to the stdout of import time, so its stream is
+    switched explicitly; EMF metrics are printed, so stdout is redirected as well.
+    """
+    service_logger = logging.getLogger(os.environ.get("POWERTOOLS_SERVICE_NAME", "totes"))
+    with log.open("a") as sink, contextlib.redirect_stdout(sink):
+        streams = [handler.setStream(sink) for handler in service_logger.handlers
+                   if isinstance(handler, logging.StreamHandler)]
+        try:
+            yield
+        finally:
+            for handler, stream in zip(service_logger.handlers, streams):
+                handler.setStream(stream)
+
+
+def _mirror_buckets(target: Path, buckets: tuple[str, ...]) -> int:
+    """Copy every object of ``buckets`` under ``target``; return how many were copied."""
+    s3 = boto3.client("s3")
+    copied = 0
+    for bucket in buckets:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for item in page.get("Contents", ()):
+                path = target / bucket / item["Key"]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(bucket, item["Key"], str(path))
+                copied += 1
+    return copied
+
+
+def _print_cycle(title: str, report: CycleReport) -> None:
+    rows = report.ingest.get("rows", {})
+    changed = {table: count for table, count in rows.items() if count}
+    print(f"\n{title}: {report.seconds:.1f} s end to end "
+          f"({len(report.transforms)} manifest(s) transformed, "
+          f"{report.load.get('manifests_loaded', report.load.get('loaded', '?'))} loaded)")
+    print("  ingested rows: " + (", ".join(f"{t} {n}" for t, n in changed.items()) or "none"))
+
+
+def _print_counts(before: dict[str, int], after: dict[str, int]) -> None:
+    print(f"\n  {'warehouse table':<24}{'after cycle 1':>15}{'after cycle 2':>15}{'change':>9}")
+    for table, count in after.items():
+        delta = count - before.get(table, 0)
+        print(f"  {table:<24}{before.get(table, 0):>15,}{count:>15,}{delta:>+9,}")
+
+
+def _print_history(order_id: int, history: list[list[Any]]) -> None:
+    print(f"\n  history of amended sales order {order_id} in fact_sales_order:")
+    print(f"    {'record':>7}  {'last updated':<24}{'units':>7}{'unit price':>12}  delivery")
+    for record, day, clock, units, price, delivery in history:
+        updated = f"{day} {clock.isoformat(timespec='milliseconds')}"
+        print(f"    {record:>7}  {updated:<24}{units:>7}{price:>12}  {delivery}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Seed, cycle, simulate, cycle, summarise (the ``totes demo`` command)."""
+    root: Path = args.dir
+    shutil.rmtree(root / "s3", ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / "pipeline.log"
+    log.write_text("")
+    postgres = stack.start_postgres(root / "pg")
+    for name in ("totesys", "warehouse"):
+        postgres.recreate_database(name)
+    server, endpoint = stack.start_moto()
+    try:
+        with _environment({**stack.aws_environment(endpoint), **stack.pipeline_environment()}):
+            stack.provision({stack.TOTESYS_SECRET: postgres.secret("totesys"),
+                             stack.WAREHOUSE_SECRET: postgres.secret("warehouse")})
+            started = time.perf_counter()
+            conn = postgres.connect("totesys")
+            try:
+                generator.create_schema(conn)
+                seeded = generator.generate(conn, scale=args.scale, seed=args.seed)
+            finally:
+                conn.close()
+            print(f"seeded totesys: {sum(seeded.values()):,} rows in 11 tables "
+                  f"({time.perf_counter() - started:.1f} s)")
+            pipeline = LocalPipeline(stack.INGEST_BUCKET)
+            with _pipeline_output(log):
+                first = pipeline.cycle()
+            _print_cycle("cycle 1 (first run: everything)", first)
+            before = warehouse_counts(postgres)
+            changes = _business_changes(postgres, args.steps, args.seed)
+            print(f"\nsimulated {changes['steps']} steps of business "
+                  f"({changes['clock_start']:%Y-%m-%d %H:%M} -> "
+                  f"{changes['clock_end']:%Y-%m-%d %H:%M}): "
+                  + ", ".join(f"{kind} {n}" for kind, n in changes["counts"].items() if n)
+                  + f"; amended sales order {changes['amended_order']}, "
+                  f"moved address {changes['moved_address']}")
+            with _pipeline_output(log):
+                second = pipeline.cycle()
+            _print_cycle("cycle 2 (incremental)", second)
+            _print_counts(before, warehouse_counts(postgres))
+            _print_history(changes["amended_order"],
+                           order_history(postgres, changes["amended_order"]))
+            copied = _mirror_buckets(root / "s3", (stack.INGEST_BUCKET, stack.PROCESSED_BUCKET))
+    finally:
+        server.stop()
+    print(f"\nwhere to look:\n"
+          f"  SQL prompt on the warehouse:  .venv/bin/totes sql warehouse   (or: totesys)\n"
+          f"  dashboard:                    make dashboard\n"
+          f"  bucket files ({copied}):           {root / 's3'}/\n"
+          f"  structured logs and metrics:  {log}")
+    return 0
+
+
+def add_sql_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``totes sql``."""
+    parser.add_argument("database", nargs="?", default="warehouse",
+                        choices=("warehouse", "totesys"),
+                        help="which demo database to open (default warehouse)")
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
+                        help="the demo's directory (default .demo)")
+
+
+def open_sql_prompt(args: argparse.Namespace) -> int:
+    """Start the demo's embedded PostgreSQL if needed and replace this process with psql."""
+    postgres = stack.start_postgres(args.dir / "pg")
+    argv = stack.psql_argv(postgres, args.database)
+    os.execv(argv[0], argv)  # nosec B606
+    return 0  # pragma: no cover - execv does not return
