@@ -2,7 +2,7 @@
 -- Question: Which designs earn the most?
 -- Reading: The ten designs with the highest revenue in each currency (latest version of each
 --   sales order), with the orders and units behind it. Ties are broken by design id.
--- Chart: bar x=revenue y=design_name color=currency_code
+-- Chart: bar x=revenue y=design_name facet=currency_code
 WITH sales AS (
     SELECT s.*, c.currency_code
     FROM fact_sales_order_current AS s

@@ -2,7 +2,7 @@
 -- Question: Where do our goods go?
 -- Reading: One row per delivery country, city and currency (the agreed delivery location of the
 --   latest version of each sales order), largest revenue first.
--- Chart: bar x=revenue y=country color=currency_code
+-- Chart: bar x=revenue y=country facet=currency_code
 WITH sales AS (
     SELECT s.*, c.currency_code
     FROM fact_sales_order_current AS s

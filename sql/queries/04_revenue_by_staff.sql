@@ -2,7 +2,7 @@
 -- Question: Who sells, and which departments bring the revenue in?
 -- Reading: One row per member of staff and currency, with their department as it is now,
 --   largest revenue first (latest version of each sales order).
--- Chart: bar x=revenue y=staff_name color=currency_code
+-- Chart: bar x=revenue y=staff_name facet=currency_code
 WITH sales AS (
     SELECT s.*, c.currency_code
     FROM fact_sales_order_current AS s

@@ -2,7 +2,7 @@
 -- Question: Which customers buy the most from us?
 -- Reading: The ten counterparties with the highest sales revenue in each currency (latest
 --   version of each sales order), with their legal country. Ties are broken by counterparty id.
--- Chart: bar x=revenue y=counterparty_legal_name color=currency_code
+-- Chart: bar x=revenue y=counterparty_legal_name facet=currency_code
 WITH sales AS (
     SELECT s.*, c.currency_code
     FROM fact_sales_order_current AS s

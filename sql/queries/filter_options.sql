@@ -1,6 +1,7 @@
 -- Title: Filter options
 -- Question: Which currencies and which span of dates can the page be filtered by?
--- Reading: The currency codes in the warehouse and the first and last order or payment dates.
+-- Reading: The currency codes in the warehouse, the first and last order or payment dates, and
+--   the newest sales order id (the order whose history the page shows first).
 -- Chart: none
 WITH dates AS (
     SELECT created_date FROM fact_sales_order
@@ -11,4 +12,5 @@ WITH dates AS (
 )
 SELECT ARRAY(SELECT currency_code FROM dim_currency ORDER BY currency_code) AS currencies,
        (SELECT MIN(created_date) FROM dates) AS first_date,
-       (SELECT MAX(created_date) FROM dates) AS last_date
+       (SELECT MAX(created_date) FROM dates) AS last_date,
+       (SELECT MAX(sales_order_id) FROM fact_sales_order) AS last_sales_order_id

@@ -34,7 +34,7 @@ def warehouse(postgres):
 
 
 def one_decimal(value: Decimal) -> Decimal:
-    """PostgreSQL's ROUND(numeric, 1): half away from zero."""
+    """Round to one decimal as PostgreSQL's ROUND(numeric, 1) does: half away from zero."""
     return value.quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
 
 
@@ -288,8 +288,9 @@ def test_filter_options_list_currencies_and_the_span_of_dates(warehouse):
     connection, rows, _ = warehouse
     days = [row["created_date"] for fact in ("fact_sales_order", "fact_purchase_orders",
                                              "fact_payment") for row in rows[fact]]
+    last_order = max(row["sales_order_id"] for row in rows["fact_sales_order"])
     assert answer(connection, "filter_options", {}) == [
-        (["EUR", "GBP", "USD"], min(days), max(days))]
+        (["EUR", "GBP", "USD"], min(days), max(days), last_order)]
 
 
 def test_filter_values_are_bound_so_quotes_cannot_change_the_query(warehouse):

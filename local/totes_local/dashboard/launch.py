@@ -1,0 +1,65 @@
+"""Start the dashboard: `totes dashboard`, `make dashboard` or `python -m totes_local.dashboard`.
+
+The page runs under ``streamlit run`` in a child process. A ``--dsn`` reaches it
+through the environment (``WAREHOUSE_DSN``), so the password never appears in a
+process listing. Streamlit listens on loopback unless told otherwise: the page
+shows business data and has no login of its own.
+"""
+import argparse
+import os
+# Starts our own page with a fixed argument list and no shell.
+import subprocess  # nosec B404
+import sys
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from totes_local.dashboard import source
+
+APP = Path(__file__).with_name("app.py")
+DEFAULT_PORT = 8501
+DEFAULT_ADDRESS = "127.0.0.1"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The dashboard's options (shared by ``totes dashboard`` and ``python -m``)."""
+    parser.add_argument("--dsn", help="warehouse as postgresql://user:password@host:port/dbname "
+                        f"(default: ${source.DSN_VARIABLE}, then ${source.SECRET_VARIABLE}, "
+                        f"then the demo warehouse in {source.DEFAULT_DEMO_DIR})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port to serve on (default {DEFAULT_PORT})")
+    parser.add_argument("--address", default=DEFAULT_ADDRESS,
+                        help=f"address to listen on (default {DEFAULT_ADDRESS})")
+
+
+def command(port: int, address: str = DEFAULT_ADDRESS) -> list[str]:
+    """The ``streamlit run`` command line: headless, no telemetry, no file watching."""
+    return [sys.executable, "-m", "streamlit", "run", str(APP),
+            "--server.headless", "true", "--server.port", str(port),
+            "--server.address", address, "--server.fileWatcherType", "none",
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+
+
+def environment(dsn: str | None, base: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The page's environment: ``base``, with ``dsn`` (when given) as the warehouse to read."""
+    env = dict(base)
+    if dsn:
+        env[source.DSN_VARIABLE] = dsn
+    return env
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve the page until interrupted; return Streamlit's exit status."""
+    print(f"Dashboard on http://{args.address}:{args.port} (Ctrl-C to stop)", flush=True)
+    try:
+        argv = command(args.port, args.address)
+        return subprocess.run(argv, env=environment(args.dsn), check=False).returncode
+    except KeyboardInterrupt:
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m totes_local.dashboard``."""
+    parser = argparse.ArgumentParser(prog="python -m totes_local.dashboard",
+                                     description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,89 @@
+"""Which warehouse the dashboard reads, and a read-only connection to it.
+
+In order of precedence: a PostgreSQL URL (``WAREHOUSE_DSN``, or ``--dsn`` which the
+launcher passes on in that variable, never on a command line where ``ps`` shows
+it), the pipeline's own warehouse secret (``WAREHOUSE_SECRET_ID``, read through
+:func:`totes.db.connect` as the load function does), or the demo's embedded
+PostgreSQL in ``.demo/pg``, started again if the demo has stopped it.
+"""
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import pg8000.native
+
+from totes import db
+from totes_local import dsn, stack
+
+DSN_VARIABLE = "WAREHOUSE_DSN"
+#: the name of the variable holding the secret's id (bandit mistakes it for a password).
+SECRET_VARIABLE = "WAREHOUSE_SECRET_ID"  # nosec B105
+DEMO_DIR_VARIABLE = "TOTES_DEMO_PG"
+DEFAULT_DEMO_DIR = Path(".demo") / "pg"
+DEMO_DATABASE = "warehouse"
+#: a page is a handful of aggregates; anything slower is a problem to show, not to wait for.
+STATEMENT_TIMEOUT = "60s"
+SESSION_SETTINGS = (
+    "SET default_transaction_read_only = on",
+    f"SET statement_timeout = '{STATEMENT_TIMEOUT}'",
+    "SET application_name = 'totes-dashboard'",
+)
+
+
+class WarehouseNotFoundError(RuntimeError):
+    """No warehouse was named and the demo has not created one yet."""
+
+
+@dataclass(frozen=True)
+class WarehouseSource:
+    """Where the warehouse is: ``kind`` (``dsn``, ``secret`` or ``demo``) and which one."""
+
+    kind: str
+    target: str
+
+    def describe(self) -> str:
+        """A line for the page naming the warehouse, with any password masked."""
+        if self.kind == "dsn":
+            return dsn.redact(self.target)
+        if self.kind == "secret":
+            return f"secret {self.target}"
+        return f"demo warehouse in {self.target}"
+
+
+def resolve(environ: Mapping[str, str] = os.environ) -> WarehouseSource:
+    """Pick the warehouse from the environment, falling back to the demo's."""
+    if environ.get(DSN_VARIABLE, "").strip():
+        return WarehouseSource("dsn", environ[DSN_VARIABLE].strip())
+    if environ.get(SECRET_VARIABLE, "").strip():
+        return WarehouseSource("secret", environ[SECRET_VARIABLE].strip())
+    return WarehouseSource("demo", environ.get(DEMO_DIR_VARIABLE) or str(DEFAULT_DEMO_DIR))
+
+
+@lru_cache(maxsize=None)
+def demo_server(data_dir: str) -> stack.Postgres:
+    """The demo's embedded PostgreSQL, started once per process (it stops when we exit)."""
+    path = Path(data_dir)
+    if not (path / "PG_VERSION").exists():
+        raise WarehouseNotFoundError(
+            f"no demo warehouse in {path}: run `make demo` first, or pass --dsn")
+    return stack.start_postgres(path)
+
+
+def _demo_secret(data_dir: str) -> dict[str, Any]:
+    return demo_server(data_dir).secret(DEMO_DATABASE)
+
+
+def connect(source: WarehouseSource) -> pg8000.native.Connection:
+    """Open a read-only connection to ``source`` (statement timeout set), or fail saying why."""
+    if source.kind == "dsn":
+        connection = db.connect_with(dsn.parse_dsn(source.target, DEMO_DATABASE),
+                                     source.describe())
+    elif source.kind == "secret":
+        connection = db.connect(source.target)
+    else:
+        connection = db.connect_with(_demo_secret(source.target), source.describe())
+    for statement in SESSION_SETTINGS:
+        connection.run(statement)
+    return connection

@@ -1,0 +1,140 @@
+"""The dashboard page, rendered headless with Streamlit's AppTest against real warehouses."""
+from collections import defaultdict
+from decimal import Decimal
+
+import pytest
+import streamlit as st
+from dashboard_warehouse import build_warehouse, create_schema
+from streamlit.testing.v1 import AppTest
+
+from totes_local.dashboard import launch, present, source
+
+
+def dsn_for(postgres, dbname: str) -> str:
+    return f"postgresql://{postgres.user}@/{dbname}?host={postgres.socket_dir}&port={postgres.port}"
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    """Each test sees its own warehouse, not results cached by an earlier one."""
+    st.cache_data.clear()
+    yield
+    st.cache_data.clear()
+
+
+@pytest.fixture(scope="module")
+def known(postgres):
+    """A warehouse of known content: its URL and its rows."""
+    name = "dashboard_known"
+    postgres.recreate_database(name)
+    return dsn_for(postgres, name), build_warehouse(postgres, name)
+
+
+def render(monkeypatch, dsn: str) -> AppTest:
+    monkeypatch.setenv(source.DSN_VARIABLE, dsn)
+    app = AppTest.from_file(str(launch.APP), default_timeout=60)
+    return app.run()
+
+
+def texts(elements) -> list[str]:
+    return [element.value for element in elements]
+
+
+def test_page_renders_every_question_without_exceptions(monkeypatch, known):
+    app = render(monkeypatch, known[0])
+    assert not app.exception and not app.error
+    titles = texts(app.subheader)
+    assert "Revenue and units by month" in titles and "The history of one sales order" in titles
+    assert len(titles) == 11
+
+
+def test_headline_numbers_match_the_rows_in_the_warehouse(monkeypatch, known):
+    dsn, rows = known
+    revenue, unpaid = defaultdict(Decimal), defaultdict(Decimal)
+    codes = {key: row["currency_code"] for key, row in rows.dimension("dim_currency").items()}
+    orders = rows.current("fact_sales_order")
+    for row in orders:
+        revenue[codes[row["currency_id"]]] += row["units_sold"] * row["unit_price"]
+    for row in rows.current("fact_payment"):
+        if not row["paid"]:
+            unpaid[codes[row["currency_id"]]] += row["payment_amount"]
+    app = render(monkeypatch, dsn)
+    shown = {metric.label: metric.value for metric in app.metric}
+    assert shown["Sales orders"] == f"{len(orders):,}"
+    for code in codes.values():
+        assert shown[f"Revenue {code}"] == f"{revenue[code]:,.2f}"
+        assert shown[f"Unpaid {code}"] == f"{unpaid[code]:,.2f}"
+
+
+def test_currency_filter_narrows_the_headline_to_that_currency(monkeypatch, known):
+    app = render(monkeypatch, known[0])
+    app.sidebar.selectbox[0].select("EUR").run()
+    labels = [metric.label for metric in app.metric]
+    assert "Revenue EUR" in labels and "Revenue GBP" not in labels and not app.exception
+
+
+def test_data_freshness_says_when_the_warehouse_last_loaded(monkeypatch, known):
+    app = render(monkeypatch, known[0])
+    notes = texts(app.caption) + texts(app.warning)
+    assert any("Last load 2024-11-15 14:20:15 UTC" in note for note in notes)
+
+
+def test_order_history_follows_the_chosen_order_id(monkeypatch, known):
+    app = render(monkeypatch, known[0])
+    app.number_input[0].set_value(1).run()
+    assert not app.exception and not app.error
+    assert app.dataframe[-1].value["changed"].iloc[0] == "placed"
+
+
+def test_empty_warehouse_says_so_instead_of_failing(monkeypatch, postgres, database):
+    app = render(monkeypatch, dsn_for(postgres, database("dash_empty")))
+    assert not app.exception and not app.error
+    assert "The warehouse is empty" in app.info[0].value
+
+
+def test_schema_without_any_load_counts_as_empty(monkeypatch, postgres, database):
+    name = database("dash_schema")
+    connection = postgres.connect(name)
+    try:
+        create_schema(connection)
+    finally:
+        connection.close()
+    app = render(monkeypatch, dsn_for(postgres, name))
+    assert "The warehouse is empty" in app.info[0].value and not app.exception
+
+
+def test_a_failing_query_is_a_message_in_its_section_and_the_rest_still_renders(
+        monkeypatch, postgres, database):
+    name = database("dash_broken")
+    build_warehouse(postgres, name)
+    connection = postgres.connect(name)
+    try:
+        connection.run("DROP TABLE dim_payment_type CASCADE")
+    finally:
+        connection.close()
+    app = render(monkeypatch, dsn_for(postgres, name))
+    assert not app.exception
+    errors = texts(app.error)
+    assert len(errors) == 1 and "could not be answered" in errors[0]
+    assert "dim_payment_type" in errors[0]
+    assert app.metric, "the headline does not need the broken table and still shows"
+
+
+def test_unreachable_warehouse_is_one_clear_message(monkeypatch, tmp_path):
+    app = render(monkeypatch, f"postgresql://nobody:hunter2@/warehouse?host={tmp_path}")
+    assert not app.exception
+    assert "Cannot reach the warehouse" in app.error[0].value
+    assert "hunter2" not in app.error[0].value
+
+
+def test_missing_demo_warehouse_tells_how_to_make_one(monkeypatch, tmp_path):
+    monkeypatch.delenv(source.DSN_VARIABLE, raising=False)
+    monkeypatch.delenv(source.SECRET_VARIABLE, raising=False)
+    monkeypatch.setenv(source.DEMO_DIR_VARIABLE, str(tmp_path / "pg"))
+    app = AppTest.from_file(str(launch.APP), default_timeout=60).run()
+    assert "make demo" in app.error[0].value and not app.exception
+
+
+def test_money_is_shown_exactly_with_two_decimals():
+    assert present.money(Decimal("1234567.5")) == "1,234,567.50"
+    assert present.money(Decimal("98765432109876543.21")) == "98,765,432,109,876,543.21"
