@@ -1,7 +1,7 @@
 """Streaming extraction of totesys tables: bounded chunks from one consistent snapshot.
 
 Rows come through a server-side cursor (``DECLARE ... NO SCROLL CURSOR``, then
-``FETCH FORWARD n``), so the function holds one chunk at a time however large a
+``FETCH FORWARD n``), so the function holds one batch at a time however large a
 table grows. All tables are read inside one read-only REPEATABLE READ
 transaction: a run's manifest then describes a single point in time, and a
 sales order is never seen without the transaction committed with it.
@@ -23,7 +23,7 @@ VERSION_COLUMN = "last_updated"
 
 
 @dataclass(frozen=True)
-class Chunk:
+class Batch:
     """One fetch of rows, in the column order the database returned them."""
 
     columns: tuple[str, ...]
@@ -57,22 +57,22 @@ def snapshot(conn: pg8000.native.Connection) -> Iterator[None]:
 
 
 def stream_rows(conn: pg8000.native.Connection, table: str, since: datetime | None,
-                chunk_rows: int) -> Iterator[Chunk]:
-    """Yield ``table``'s versions newer than ``since`` (all when None) in chunks, oldest first.
+                batch_rows: int) -> Iterator[Batch]:
+    """Yield ``table``'s versions newer than ``since`` (all when None) in batches, oldest first.
 
     Must run inside :func:`snapshot` (a cursor lives only as long as its
-    transaction). Each chunk holds at most ``chunk_rows`` rows.
+    transaction). Each batch holds at most ``batch_rows`` rows.
     """
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
     cursor = quote_ident(f"extract_{table}")
     params = {} if since is None else {"since": since}
     conn.run(f"DECLARE {cursor} NO SCROLL CURSOR FOR {select_sql(table, since is not None)}",
              **params)
     while True:
-        rows = conn.run(f"FETCH FORWARD {int(chunk_rows)} FROM {cursor}")
+        rows = conn.run(f"FETCH FORWARD {int(batch_rows)} FROM {cursor}")
         if rows:
-            yield Chunk(tuple(column["name"] for column in conn.columns), rows)
-        if len(rows) < chunk_rows:
+            yield Batch(tuple(column["name"] for column in conn.columns), rows)
+        if len(rows) < batch_rows:
             break
     conn.run(f"CLOSE {cursor}")

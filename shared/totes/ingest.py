@@ -1,11 +1,12 @@
 """One ingest run: what changed in totesys since the last committed run, into the ingestion bucket.
 
 The run reads the newest manifest for its starting state, extracts all eleven
-tables from one database snapshot in bounded chunks (one JSON Lines object per
-chunk), and ends by writing its own manifest. That manifest is the commit
-point: until it exists nothing downstream sees the run's files and the state
-has not moved, so a run that fails anywhere before it is simply repeated by the
-next one. Every object is created once under a fresh key and never replaced.
+tables from one database snapshot in bounded batches (packed into JSON Lines
+objects of at most ``CHUNK_ROWS`` rows), and ends by writing its own manifest.
+That manifest is the commit point: until it exists nothing downstream sees the
+run's files and the state has not moved, so a run that fails anywhere before it
+is simply repeated by the next one. Every object is created once under a fresh
+key and never replaced.
 """
 import time
 from contextlib import suppress
@@ -24,6 +25,9 @@ logger = observability.logger_for("ingest")
 
 CONTENT_TYPE = "application/x-ndjson"
 ROWS_METRIC = "RowsIngested"
+#: Rows per FETCH. Decoded rows take about ten times the memory of their JSON, so
+#: fetching in batches smaller than an object keeps the peak near one encoded object.
+FETCH_ROWS = 5_000
 
 
 @dataclass(frozen=True)
@@ -119,39 +123,65 @@ def build_manifest(run: keys.RunId, previous_key: str | None, overlap: timedelta
     }
 
 
-def _write_chunk(bucket: str, table: str, run: keys.RunId, part: int,
-                 columns: tuple[str, ...], rows: list[list[Any]]) -> WrittenFile:
-    body = jsonl.encode_rows(columns, rows)
-    key = keys.data_key(table, run, part, "jsonl")
-    storage.put_new_object(bucket, key, body, CONTENT_TYPE)
-    return WrittenFile(key, len(rows), len(body))
+class ObjectWriter:
+    """Packs one table's encoded rows into objects of at most ``chunk_rows`` rows.
+
+    Only encoded bytes wait for an object to fill, never decoded rows, so the
+    memory held is about one object's size whatever the fetch pattern.
+    """
+
+    def __init__(self, bucket: str, table: str, run: keys.RunId, chunk_rows: int) -> None:
+        """Prepare to write ``table``'s objects for ``run``, numbered from part 00000."""
+        self._bucket, self._table, self._run, self._chunk_rows = bucket, table, run, chunk_rows
+        self._parts: list[bytes] = []
+        self._pending = 0
+        self.files: list[WrittenFile] = []
+
+    def add(self, columns: tuple[str, ...], rows: list[list[Any]]) -> None:
+        """Encode ``rows``, writing an object each time one reaches ``chunk_rows`` rows."""
+        while rows:
+            room = self._chunk_rows - self._pending
+            taken, rows = rows[:room], rows[room:]
+            self._parts.append(jsonl.encode_rows(columns, taken))
+            self._pending += len(taken)
+            if self._pending == self._chunk_rows:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the rows waiting (if any) as the next object, created once under a new key."""
+        if not self._pending:
+            return
+        body = b"".join(self._parts)
+        key = keys.data_key(self._table, self._run, len(self.files), "jsonl")
+        storage.put_new_object(self._bucket, key, body, CONTENT_TYPE)
+        self.files.append(WrittenFile(key, self._pending, len(body)))
+        self._parts, self._pending = [], 0
 
 
 def extract_table(conn: pg8000.native.Connection, table: str, state: TableWatermark,
                   run: keys.RunId, settings: IngestSettings) -> TableExtract:
-    """Write one table's new versions as JSON Lines objects, one per fetched chunk.
+    """Write one table's new versions as JSON Lines objects of at most ``chunk_rows`` rows.
 
     Versions inside the overlap window that an earlier run already wrote are
     skipped, so an unchanged table writes nothing.
     """
     key_column = SOURCE_TABLES[table]
     advance = WatermarkAdvance(state, settings.overlap)
-    files: list[WrittenFile] = []
+    writer = ObjectWriter(settings.bucket, table, run, settings.chunk_rows)
     skipped = 0
-    for chunk in extract.stream_rows(conn, table, state.since(settings.overlap),
-                                     settings.chunk_rows):
-        key_at = chunk.columns.index(key_column)
-        version_at = chunk.columns.index(extract.VERSION_COLUMN)
-        fresh = [row for row in chunk.rows if state.is_new(row[key_at], row[version_at])]
-        skipped += len(chunk.rows) - len(fresh)
-        if fresh:
-            files.append(_write_chunk(settings.bucket, table, run, len(files),
-                                      chunk.columns, fresh))
-            advance.add((row[key_at], row[version_at]) for row in fresh)
-    result = TableExtract(table, tuple(files), advance.result(), skipped)
+    for batch in extract.stream_rows(conn, table, state.since(settings.overlap),
+                                     min(settings.chunk_rows, FETCH_ROWS)):
+        key_at = batch.columns.index(key_column)
+        version_at = batch.columns.index(extract.VERSION_COLUMN)
+        fresh = [row for row in batch.rows if state.is_new(row[key_at], row[version_at])]
+        skipped += len(batch.rows) - len(fresh)
+        writer.add(batch.columns, fresh)
+        advance.add((row[key_at], row[version_at]) for row in fresh)
+    writer.flush()
+    result = TableExtract(table, tuple(writer.files), advance.result(), skipped)
     logger.info("table extracted", extra={
         "run_id": str(run), "table": table, "rows": result.rows, "bytes": result.bytes,
-        "files": len(files), "skipped_already_written": skipped,
+        "files": len(result.files), "skipped_already_written": skipped,
         "since": None if state.watermark is None
         else format_timestamp(state.since(settings.overlap)),
     })

@@ -267,8 +267,14 @@ def test_numbers_timestamps_and_nulls_keep_their_exact_meaning(source_db, aws):
         address, separators=(",", ":"), default=str)
 
 
-def test_chunk_rows_bounds_every_object(source_db, aws, monkeypatch):
-    monkeypatch.setenv("CHUNK_ROWS", "3")
+@pytest.mark.parametrize("chunk_rows, fetch_rows, objects", [
+    (3, 5000, [3, 3, 3, 1]),  # every fetch is one object
+    (4, 3, [4, 4, 2]),        # small fetches packed into objects across batch boundaries
+])
+def test_chunk_rows_bounds_every_object(source_db, aws, monkeypatch, chunk_rows, fetch_rows,
+                                        objects):
+    monkeypatch.setenv("CHUNK_ROWS", str(chunk_rows))
+    monkeypatch.setattr(ingest, "FETCH_ROWS", fetch_rows)
     seed_one_of_each(source_db)
     for design_id in range(2, 11):
         insert(source_db, "design", design_id=design_id, design_name=f"d{design_id}",
@@ -278,9 +284,9 @@ def test_chunk_rows_bounds_every_object(source_db, aws, monkeypatch):
     ingest.run_ingest()
 
     files = latest_manifest(aws["INGEST_BUCKET"])["tables"]["design"]["files"]
-    assert [file["rows"] for file in files] == [3, 3, 3, 1]
-    assert [DATA_KEY.match(file["key"])["part"] for file in files] == [
-        "00000", "00001", "00002", "00003"]
+    assert [file["rows"] for file in files] == objects
+    assert [int(DATA_KEY.match(file["key"])["part"]) for file in files] == list(
+        range(len(objects)))
     manifest = latest_manifest(aws["INGEST_BUCKET"])
     assert [row["design_id"] for row in table_rows(aws["INGEST_BUCKET"], manifest, "design")] == (
         list(range(1, 11)))

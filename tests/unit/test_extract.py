@@ -22,8 +22,8 @@ def test_only_allow_listed_tables_ever_reach_sql(table):
         extract.select_sql(table, incremental=False)
 
 
-def test_a_chunk_size_below_one_is_refused_before_touching_the_database():
-    with pytest.raises(ValueError, match="chunk_rows"):
+def test_a_batch_size_below_one_is_refused_before_touching_the_database():
+    with pytest.raises(ValueError, match="batch_rows"):
         next(extract.stream_rows(None, "staff", None, 0))
 
 
