@@ -253,7 +253,7 @@ def _referencing_columns(fact: Table) -> dict[str, list[Column]]:
     return references
 
 
-def _member_values(dimension: Table) -> dict[str, str]:
+def inferred_member_values(dimension: Table) -> dict[str, str]:
     """SQL expressions (over ``referenced.k``, the key) for an inferred member's columns."""
     if dimension.name == "dim_date":
         return {column.name: DATE_ATTRIBUTES[column.name].format(d="referenced.k")
@@ -279,7 +279,7 @@ def add_inferred_members(conn: pg8000.native.Connection, fact: Table) -> dict[st
     stage = _q(staging_name(fact))
     for dimension_name, columns in _referencing_columns(fact).items():
         dimension = TABLES[dimension_name]
-        values = _member_values(dimension)
+        values = inferred_member_values(dimension)
         referenced = " UNION ".join(
             _sql(_REFERENCED, column=_q(column.name), stage=stage) for column in columns)
         conn.run(_sql(

@@ -8,7 +8,7 @@ import boto3
 import pytest
 from loadkit import T0, Buckets, dimensions, parquet_bytes, payment, purchase, sale, snapshot
 
-from totes import load, warehouse
+from totes import load, storage, warehouse
 from totes.observability import metrics_for
 from totes_local import stack
 from totes_local.runner import LambdaContext, load_handler, scheduled_event
@@ -251,3 +251,11 @@ def test_handler_fails_clearly_when_the_warehouse_is_down(aws, tmp_path):
     handler = load_handler("load")
     with pytest.raises(Exception, match="cannot connect to database warehouse"):
         handler(scheduled_event("load"), LambdaContext(function_name="totes-load"))
+
+
+def test_an_unreadable_processed_manifest_stops_the_load_naming_it(conn, metrics, buckets):
+    key = buckets.ingest_run()
+    storage.put_new_json(buckets.processed, key, {"format": "totes.processed/0"})
+    with pytest.raises(load.LoadError, match=f"manifest {key} cannot be read: not a totes"):
+        run(conn, metrics)
+    assert conn.run('SELECT count(*) FROM "etl"."loaded_manifest"') == [[0]]
