@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import resource
 import socket
-import subprocess  # nosec B404 - starts the local moto server only
+import subprocess  # nosec B404
 import sys
 import time
 import uuid
@@ -128,7 +128,8 @@ def _free_port() -> int:
 
 def _start_moto() -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    server = subprocess.Popen(  # nosec B603 - fixed argv, no shell
+    # A fixed argv and no shell: this only starts the local moto server.
+    server = subprocess.Popen(  # nosec B603
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
