@@ -169,7 +169,7 @@ def generate(conn: pg8000.native.Connection, scale: float = 1.0, seed: int = 42,
     except Exception:
         conn.run("ROLLBACK")
         raise
-    conn.run("ANALYZE")
+    conn.run("ANALYZE " + ", ".join(pgcopy.quote_ident(table) for table in SOURCE_TABLES))
     return {table: counts[table] for table in SOURCE_TABLES}
 
 
