@@ -166,9 +166,10 @@ def _plain_dimensions(run: _Run) -> None:
         for frame in read_source(run, table):
             latest = star.latest_versions(frame, table)
             fresh = seen.first_sightings(latest, latest[primary_key(table)].tolist())
-            if table == "currency" and star.unknown_currency_codes(fresh):
+            unknown = star.unknown_currency_codes(fresh) if table == "currency" else []
+            if unknown:
                 logger.warning("currency codes unknown to ISO 4217 keep the code as name",
-                               extra={"codes": star.unknown_currency_codes(fresh)})
+                               extra={"codes": unknown})
             run.write(table_name, build(fresh))
 
 
@@ -217,9 +218,13 @@ def transform_manifest(ingest_key: str, pointers: dict[str, str | None]) -> dict
     run = _Run(key=ingest_key, run=keys.parse_manifest_key(ingest_key),
                manifest=_read_ingest_manifest(config.ingest_bucket(), ingest_key),
                ingest_bucket=config.ingest_bucket(), processed_bucket=config.processed_bucket())
-    new_pointers = _reference_dimensions(run, pointers)
-    _plain_dimensions(run)
-    _facts(run)
+    try:
+        new_pointers = _reference_dimensions(run, pointers)
+        _plain_dimensions(run)
+        _facts(run)
+    except (star.SourceDataError, pa.ArrowInvalid) as error:
+        raise TransformInputError(
+            f"s3://{run.ingest_bucket}/{ingest_key} (a file it lists): {error}") from None
     document = {
         "format": PROCESSED_FORMAT,
         "run_id": str(run.run),

@@ -355,6 +355,29 @@ def test_unknown_table_in_manifest_is_rejected_then_accepted_after_repair(caplog
     assert handle(key)["transformed"] == [key]
 
 
+def test_line_that_is_not_a_json_object_is_rejected(caplog):
+    key = write_run(INGEST, full_batch())
+    data = _data_key(key, "currency")
+    overwrite(INGEST, data, b"[1, 2]\n")
+    _assert_rejected(key, f"{data} is not valid JSON Lines.*line 1 is not a JSON object", caplog)
+
+
+def test_manifest_that_cannot_be_read_is_rejected():
+    key = "_manifests/2024/11/15/20241115T142009123Z-00000000.json"
+    with pytest.raises(transform.TransformInputError, match=f"{key} cannot be read: NoSuchKey"):
+        transform.transform_manifest(key, {})
+
+
+def test_null_money_is_refused_before_anything_is_committed(caplog):
+    key = write_run(INGEST, {"payment": [row("payment", payment_amount=None)]})
+    _assert_rejected(key, f"{key} .*fact_payment.payment_amount would hold 1 null", caplog)
+
+
+def test_id_beyond_the_warehouse_int_is_rejected(caplog):
+    key = write_run(INGEST, {"design": [row("design", design_id=2 ** 31)]})
+    _assert_rejected(key, f"{key} .*2147483648 not in range", caplog)
+
+
 @pytest.mark.parametrize("body", [b"{not json", b'{"format": "other"}'])
 def test_unreadable_manifest_is_rejected(body, caplog):
     key = write_run(INGEST, {})
