@@ -81,3 +81,8 @@ def test_malformed_secret_is_a_clear_error(monkeypatch, value, message):
     boto3.client("secretsmanager").create_secret(Name="bad", SecretString=value)
     with pytest.raises(db.SecretFormatError, match=message):
         db.fetch_secret("bad")
+
+
+def test_a_caller_can_give_statements_longer_than_the_connect_timeout():
+    assert db.connection_kwargs(SECRET)["timeout"] == db.CONNECT_TIMEOUT_SECONDS
+    assert db.connection_kwargs(SECRET, timeout=None)["timeout"] is None
