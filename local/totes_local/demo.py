@@ -103,14 +103,17 @@ def _pipeline_output(log: Path) -> Iterator[None]:
     switched explicitly; EMF metrics are printed, so stdout is redirected as well.
     """
     service_logger = logging.getLogger(os.environ.get("POWERTOOLS_SERVICE_NAME", "totes"))
+    handlers = [handler for handler in service_logger.handlers
+                if isinstance(handler, logging.StreamHandler)]
     with log.open("a") as sink, contextlib.redirect_stdout(sink):
-        streams = [handler.setStream(sink) for handler in service_logger.handlers
-                   if isinstance(handler, logging.StreamHandler)]
+        streams = [handler.stream for handler in handlers]
+        for handler in handlers:
+            handler.stream = sink
         try:
             yield
         finally:
-            for handler, stream in zip(service_logger.handlers, streams):
-                handler.setStream(stream)
+            for handler, stream in zip(handlers, streams):
+                handler.stream = stream
 
 
 def _mirror_buckets(target: Path, buckets: tuple[str, ...]) -> int:

@@ -7,6 +7,7 @@ through environment variables, Secrets Manager and S3, nothing injected.
 import json
 import logging
 import os
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,7 +18,7 @@ import pg8000.native
 REGION = "eu-west-2"
 INGEST_BUCKET = "totes-local-ingestion"
 PROCESSED_BUCKET = "totes-local-processed"
-TOTESYS_SECRET = "totes/local/totesys"  # nosec B105 - a secret id, not a secret
+TOTESYS_SECRET = "totes/local/totesys"  # nosec B105
 WAREHOUSE_SECRET = "totes/local/warehouse"  # nosec B105
 
 
@@ -63,14 +64,21 @@ def start_postgres(data_dir: Path) -> Postgres:
 
 
 def start_moto() -> tuple[Any, str]:
-    """Start a moto server on a free loopback port; return it and its endpoint URL."""
+    """Start a moto server on a free loopback port; return it and its endpoint URL.
+
+    moto keeps its state per process, so the state is reset: a second server in
+    the same process (a second demo, a test) must not see the first one's buckets.
+    """
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    return server, f"http://127.0.0.1:{port}"
+    endpoint = f"http://127.0.0.1:{port}"
+    reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
+    urllib.request.urlopen(reset, timeout=10).close()  # nosec B310
+    return server, endpoint
 
 
 def aws_environment(endpoint: str) -> dict[str, str]:
@@ -78,7 +86,7 @@ def aws_environment(endpoint: str) -> dict[str, str]:
     return {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",  # nosec B105 - moto's dummy credentials
+        "AWS_SECRET_ACCESS_KEY": "testing",  # nosec B105
         "AWS_SESSION_TOKEN": "testing",  # nosec B105
         "AWS_DEFAULT_REGION": REGION,
         "AWS_REGION": REGION,
