@@ -20,6 +20,9 @@ INGEST_BUCKET = "totes-local-ingestion"
 PROCESSED_BUCKET = "totes-local-processed"
 TOTESYS_SECRET = "totes/local/totesys"  # nosec B105
 WAREHOUSE_SECRET = "totes/local/warehouse"  # nosec B105
+#: the embedded server trusts local connections; moto accepts any credentials
+NO_PASSWORD = ""  # nosec B105
+MOTO_CREDENTIAL = "testing"
 
 
 @dataclass
@@ -34,7 +37,7 @@ class Postgres:
     def secret(self, dbname: str) -> dict[str, Any]:
         """The RDS-shaped secret for ``dbname`` on this server."""
         return {"host": self.socket_dir, "port": self.port, "username": self.user,
-                "password": "", "dbname": dbname, "engine": "postgres"}  # nosec B105
+                "password": NO_PASSWORD, "dbname": dbname, "engine": "postgres"}
 
     def connect(self, dbname: str) -> pg8000.native.Connection:
         """Open a direct connection (for set-up and assertions, not pipeline code)."""
@@ -85,9 +88,9 @@ def aws_environment(endpoint: str) -> dict[str, str]:
     """The environment that points every boto3 client at ``endpoint`` with dummy credentials."""
     return {
         "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",  # nosec B105
-        "AWS_SESSION_TOKEN": "testing",  # nosec B105
+        "AWS_ACCESS_KEY_ID": MOTO_CREDENTIAL,
+        "AWS_SECRET_ACCESS_KEY": MOTO_CREDENTIAL,
+        "AWS_SESSION_TOKEN": MOTO_CREDENTIAL,
         "AWS_DEFAULT_REGION": REGION,
         "AWS_REGION": REGION,
     }
