@@ -94,9 +94,9 @@ def show_headline(result: queries.Result) -> None:
     if result.frame.empty:
         st.info("No orders or payments match these filters.")
         return
-    figures = present.headline_figures(result.frame)
-    for column, figure in zip(st.columns(len(figures)), figures):
-        column.metric(figure.label, figure.value)
+    for row in present.headline_rows(result.frame):
+        for column, figure in zip(st.columns(max(len(row), 3)), row):
+            column.metric(figure.label, figure.value)
 
 
 def show_section(query: queries.Query, result: queries.Result) -> None:
@@ -120,7 +120,7 @@ def show_section(query: queries.Query, result: queries.Result) -> None:
 def show_order_history(where: source.WarehouseSource, query: queries.Query,
                        options: queries.Result) -> None:
     """The versions of one sales order, chosen by id (bound, never formatted into SQL)."""
-    newest = int(options.frame["last_sales_order_id"].iloc[0] or 1) if options.ok else 1
+    newest = int(options.frame["example_sales_order_id"].iloc[0] or 1) if options.ok else 1
     order_id = st.number_input("Sales order id", min_value=1, value=newest, step=1)
     show_section(query, _ask(where, (query.name,), {"order_id": int(order_id)})[query.name])
 

@@ -18,9 +18,9 @@ from totes_local.queries import Chart, Result
 
 #: the warehouse should show every change within this long (DESIGN.md section 1).
 FRESHNESS_TARGET = timedelta(minutes=30)
-ROW_HEIGHT = 22
-MIN_HEIGHT = 120
-PANEL_WIDTH = 260
+ROW_HEIGHT = 20
+PANEL_WIDTH = 300
+LABEL_LIMIT = 160
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,15 @@ def count(value: int) -> str:
     return f"{int(value):,}"
 
 
-def headline_figures(frame: pd.DataFrame) -> list[Figure]:
-    """Orders across currencies, then revenue and unpaid amounts per currency (never summed)."""
-    figures = [Figure("Sales orders", count(frame["orders"].sum())),
-               Figure("Unpaid payments", count(frame["unpaid_payments"].sum()))]
-    for row in frame.itertuples(index=False):
-        figures.append(Figure(f"Revenue {row.currency_code}", money(row.revenue)))
-    for row in frame.itertuples(index=False):
-        figures.append(Figure(f"Unpaid {row.currency_code}", money(row.unpaid_amount)))
-    return figures
+def headline_rows(frame: pd.DataFrame) -> list[list[Figure]]:
+    """Counts across currencies, then revenue, then unpaid amounts per currency (never summed)."""
+    currencies = list(frame.itertuples(index=False))
+    return [
+        [Figure("Sales orders", count(frame["orders"].sum())),
+         Figure("Unpaid payments", count(frame["unpaid_payments"].sum()))],
+        [Figure(f"Revenue {row.currency_code}", money(row.revenue)) for row in currencies],
+        [Figure(f"Unpaid {row.currency_code}", money(row.unpaid_amount)) for row in currencies],
+    ]
 
 
 def _ago(age: timedelta) -> str:
@@ -122,14 +122,15 @@ def _tooltip(result: Result, frame: pd.DataFrame) -> list[alt.Tooltip]:
 
 
 def _bar(frame: pd.DataFrame, spec: Chart, tooltip: list) -> alt.Chart:
-    """Bars along whichever axis is quantitative; ``color`` groups, ``facet`` splits panels."""
+    """Bars along whichever axis is quantitative; ``color`` groups, ``facet`` stacks panels."""
     x, y = spec.column("x"), spec.column("y")
     color, facet = spec.column("color"), spec.column("facet")
     horizontal = _encoding_type(frame, x) == "Q"
+    labels = alt.Axis(labelLimit=LABEL_LIMIT)
     if horizontal:
-        encoding = {"x": alt.X(f"{x}:Q"), "y": alt.Y(f"{y}:N", sort=None, title=None)}
+        encoding = {"x": alt.X(f"{x}:Q"), "y": alt.Y(f"{y}:N", sort=None, title=None, axis=labels)}
     else:
-        encoding = {"x": alt.X(f"{x}:N", sort=None, title=None), "y": alt.Y(f"{y}:Q")}
+        encoding = {"x": alt.X(f"{x}:N", sort=None, title=None, axis=labels), "y": alt.Y(f"{y}:Q")}
     if color:
         encoding["color"] = alt.Color(f"{color}:N")
         offset = alt.YOffset if horizontal else alt.XOffset
@@ -138,12 +139,10 @@ def _bar(frame: pd.DataFrame, spec: Chart, tooltip: list) -> alt.Chart:
         encoding["color"] = alt.Color(f"{facet}:N", legend=None)
     chart = alt.Chart(frame).mark_bar().encode(tooltip=tooltip, **encoding)
     if horizontal:
-        per_panel = frame.groupby(facet)[y].nunique().max() if facet else frame[y].nunique()
-        bars = per_panel * (frame[color].nunique() if color else 1)
-        chart = chart.properties(height=max(MIN_HEIGHT, ROW_HEIGHT * int(bars)))
+        step = ROW_HEIGHT * (frame[color].nunique() if color else 1)
+        chart = chart.properties(height=alt.Step(step))
     if facet:
-        panels = alt.Column(f"{facet}:N", title=None)
-        chart = chart.properties(width=PANEL_WIDTH).facet(column=panels)
+        chart = chart.properties(width=PANEL_WIDTH).facet(row=alt.Row(f"{facet}:N", title=None))
         chart = chart.resolve_scale(x="independent", y="independent")
     return chart
 
@@ -152,7 +151,7 @@ def _line(frame: pd.DataFrame, spec: Chart, tooltip: list) -> alt.Chart:
     x, color = spec.column("x"), spec.column("color")
     measures = spec.channels["y"]
     chart = alt.Chart(frame).mark_line(point=True)
-    encoding = {"x": alt.X(f"{x}:T", title=None)}
+    encoding = {"x": alt.X(f"{x}:T", title=None, axis=alt.Axis(format="%b %Y"))}
     if len(measures) > 1:
         chart = chart.transform_fold(list(measures), as_=["measure", "amount"])
         encoding.update(y=alt.Y("amount:Q"), strokeDash=alt.StrokeDash("measure:N"))
