@@ -33,7 +33,7 @@ validate: setup
 build: setup
 	$(BIN)/sam build --cached
 
-test: lint coverage validate build
+test: lint validate build coverage
 
 unit: setup
 	$(BIN)/pytest -q tests/unit

@@ -1,0 +1,92 @@
+"""The handlers as ``sam build`` packages them: built function folder + built layer, nothing else.
+
+A packaging mistake (a module missing from the layer, a handler importing local
+tooling, a dependency absent from shared/requirements.txt) fails here, in CI,
+instead of in AWS. ``make test`` runs ``sam build`` before the tests.
+"""
+import json
+import os
+import subprocess  # nosec B404
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from totes_local import stack
+
+BUILD = Path(__file__).resolve().parents[2] / ".aws-sam" / "build"
+
+#: Runs in a python started with -S (no site hooks, so the editable install of the repo is
+#: invisible): the built layer and the built function first, then the third-party packages
+#: the Lambda runtime (boto3) and the AWS SDK for pandas layer (pandas, pyarrow) provide.
+DRIVER = r"""
+import importlib.util, json, sys
+layer, functions, site_packages, events = sys.argv[1:5]
+sys.path[:0] = [layer]
+sys.path.append(site_packages)
+
+class Context:
+    memory_limit_in_mb = 512
+    aws_request_id = "built-artifact-test"
+    def __init__(self, name):
+        self.function_name = name
+        self.invoked_function_arn = "arn:aws:lambda:eu-west-2:000000000000:function:" + name
+    def get_remaining_time_in_millis(self):
+        return 60_000
+
+def handler(name):
+    sys.path.insert(0, f"{functions}/{name}")
+    spec = importlib.util.spec_from_file_location(f"built_{name}", f"{functions}/{name}/app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.path.pop(0)
+    return module.lambda_handler
+
+events = json.loads(events)
+results = {"ingest": handler("IngestFunction")(events["ingest"], Context("ingest"))}
+manifest_created = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                                 "s3": {"bucket": {"name": events["bucket"]},
+                                        "object": {"key": results["ingest"]["manifest_key"]}}}]}
+results["transform"] = handler("TransformFunction")(manifest_created, Context("transform"))
+results["load"] = handler("LoadFunction")(events["load"], Context("load"))
+import totes
+results["totes_from"] = totes.__file__
+results["local_tooling_imported"] = any(m.startswith("totes_local") for m in sys.modules)
+print(json.dumps(results, default=str))
+"""
+
+
+@pytest.fixture
+def built():
+    if not (BUILD / "SharedLayer" / "python" / "totes").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("no sam build output: make test runs `sam build` before the tests")
+        pytest.skip("no sam build output (run `make build`)")
+    return BUILD
+
+
+def test_built_handlers_run_the_pipeline_with_only_the_layer_and_their_folder(
+        built, aws, postgres, database, totesys):
+    from totes_local.runner import scheduled_event
+
+    warehouse = database("warehouse")
+    stack.provision({aws["TOTESYS_SECRET_ID"]: totesys.secret,
+                     aws["WAREHOUSE_SECRET_ID"]: postgres.secret(warehouse)}, buckets=())
+    events = {"ingest": scheduled_event("ingest"), "load": scheduled_event("load"),
+              "bucket": aws["INGEST_BUCKET"]}
+    result = subprocess.run(  # nosec B603
+        [sys.executable, "-S", "-c", DRIVER, str(built / "SharedLayer" / "python"), str(built),
+         sysconfig.get_paths()["purelib"], json.dumps(events)],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ), check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["totes_from"].startswith(str(built / "SharedLayer" / "python"))
+    assert not outcome["local_tooling_imported"]
+    assert outcome["ingest"]["rows"]["sales_order"] == totesys.counts["sales_order"]
+    conn = postgres.connect(warehouse)
+    try:
+        loaded = conn.run("SELECT count(*) FROM fact_sales_order")[0][0]
+    finally:
+        conn.close()
+    assert loaded == totesys.counts["sales_order"]
