@@ -47,6 +47,9 @@ e2e: setup
 demo: setup
 	$(BIN)/totes demo
 
+dashboard: setup
+	$(BIN)/python -m totes_local.dashboard $(ARGS)
+
 bench: setup
 	$(BIN)/python -m benchmarks.run $(ARGS)
 
