@@ -1,8 +1,9 @@
 -- Title: Top designs by revenue
 -- Question: Which designs earn the most?
 -- Reading: The ten designs with the highest revenue in each currency (latest version of each
---   sales order), with the orders and units behind it. Ties are broken by design id.
--- Chart: bar x=revenue y=design_name facet=currency_code
+--   sales order), with the orders and units behind it. Designs are named with their id (names
+--   repeat: several designs share a name). Ties are broken by design id.
+-- Chart: bar x=revenue y=design facet=currency_code
 WITH sales AS (
     SELECT s.*, c.currency_code
     FROM fact_sales_order_current AS s
@@ -22,7 +23,8 @@ ranked AS (
            ROW_NUMBER() OVER (PARTITION BY currency_code ORDER BY revenue DESC, design_id) AS rank
     FROM by_design
 )
-SELECT r.currency_code, r.rank, d.design_name, r.design_id, r.orders, r.units, r.revenue
+SELECT r.currency_code, r.rank, d.design_name || ' #' || r.design_id AS design,
+       r.orders, r.units, r.revenue
 FROM ranked AS r
 JOIN dim_design AS d ON d.design_id = r.design_id
 WHERE r.rank <= 10

@@ -1,7 +1,9 @@
 -- Title: Outstanding payments by age
 -- Question: How much is still unpaid, and how late is it?
 -- Reading: Payments whose latest version is not paid, banded by days past their agreed payment
---   date as of today (not yet due, 1-30, 31-60, 61-90, over 90 days overdue), per currency.
+--   date (not yet due, 1-30, 31-60, 61-90, over 90 days overdue), per currency. Age is counted
+--   to the newest payment update in the warehouse: today on a live system, and a replayed or
+--   demo history is aged on its own clock.
 -- Chart: bar x=age_band y=amount color=currency_code
 WITH payments AS (
     SELECT p.*, c.currency_code
@@ -11,16 +13,20 @@ WITH payments AS (
       AND (CAST(:end_date AS date) IS NULL OR p.created_date <= CAST(:end_date AS date))
       AND (CAST(:currency AS text) IS NULL OR c.currency_code = CAST(:currency AS text))
 ),
+as_of AS (
+    SELECT MAX(last_updated_date) AS day FROM fact_payment
+),
 aged AS (
     SELECT payments.*,
            CASE
-               WHEN payment_date >= CURRENT_DATE THEN 0
-               WHEN CURRENT_DATE - payment_date <= 30 THEN 1
-               WHEN CURRENT_DATE - payment_date <= 60 THEN 2
-               WHEN CURRENT_DATE - payment_date <= 90 THEN 3
+               WHEN payment_date >= as_of.day THEN 0
+               WHEN as_of.day - payment_date <= 30 THEN 1
+               WHEN as_of.day - payment_date <= 60 THEN 2
+               WHEN as_of.day - payment_date <= 90 THEN 3
                ELSE 4
            END AS band
     FROM payments
+    CROSS JOIN as_of
     WHERE NOT paid
 )
 SELECT (ARRAY['not yet due', '1-30 days overdue', '31-60 days overdue', '61-90 days overdue',

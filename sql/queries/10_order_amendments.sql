@@ -35,7 +35,7 @@ versions AS (
 SELECT order_kind,
        COUNT(*) AS orders,
        COUNT(*) FILTER (WHERE versions > 1) AS amended_orders,
-       ROUND(100.0 * COUNT(*) FILTER (WHERE versions > 1) / COUNT(*), 1) AS amended_pct,
+       ROUND(100.0 * COUNT(*) FILTER (WHERE versions > 1) / COUNT(*), 2) AS amended_pct,
        SUM(versions - 1) AS amendments,
        MAX(versions) AS max_versions
 FROM versions

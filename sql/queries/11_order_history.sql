@@ -9,10 +9,6 @@ WITH versions AS (
     WHERE sales_order_id = CAST(:order_id AS integer)
 )
 SELECT ROW_NUMBER() OVER w AS version,
-       v.last_updated_date, v.last_updated_time,
-       v.units_sold, v.unit_price, c.currency_code, v.units_sold * v.unit_price AS order_value,
-       d.design_name, l.city AS delivery_city, v.agreed_delivery_date, v.agreed_payment_date,
-       cp.counterparty_legal_name, st.first_name || ' ' || st.last_name AS staff_name,
        CASE WHEN LAG(v.sales_record_id) OVER w IS NULL THEN 'placed'
             ELSE concat_ws(', ',
                 CASE WHEN v.units_sold IS DISTINCT FROM LAG(v.units_sold) OVER w
@@ -34,7 +30,11 @@ SELECT ROW_NUMBER() OVER w AS version,
                      THEN 'counterparty' END,
                 CASE WHEN v.sales_staff_id IS DISTINCT FROM LAG(v.sales_staff_id) OVER w
                      THEN 'staff' END)
-       END AS changed
+       END AS changed,
+       v.last_updated_date, v.last_updated_time,
+       v.units_sold, v.unit_price, c.currency_code, v.units_sold * v.unit_price AS order_value,
+       d.design_name, l.city AS delivery_city, v.agreed_delivery_date, v.agreed_payment_date,
+       cp.counterparty_legal_name, st.first_name || ' ' || st.last_name AS staff_name
 FROM versions AS v
 JOIN dim_currency AS c ON c.currency_id = v.currency_id
 JOIN dim_design AS d ON d.design_id = v.design_id
