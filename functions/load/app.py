@@ -20,7 +20,9 @@ metrics = metrics_for()
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Load every pending processed manifest; return manifests, rows per table, freshness."""
     try:
-        conn = db.connect(config.warehouse_secret_id())
+        # A bulk statement may legitimately run for minutes: no wait outlives the invocation.
+        conn = db.connect(config.warehouse_secret_id(),
+                          timeout=context.get_remaining_time_in_millis() / 1000)
     except db.DatabaseUnavailableError:
         logger.exception("warehouse unavailable")
         raise

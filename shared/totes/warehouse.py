@@ -10,7 +10,7 @@ wraps one manifest in :func:`transaction` so the rows and their record in
 """
 import hashlib
 import io
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Iterator
@@ -94,10 +94,8 @@ def transaction(conn: pg8000.native.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        try:
+        with suppress(Exception):  # the connection is gone, and the transaction with it
             conn.run("ROLLBACK")
-        except (pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError):
-            pass
         raise
     conn.run("COMMIT")
 
