@@ -168,7 +168,7 @@ def _instant(text: str) -> datetime:
 
 def _seed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=_positive_float, default=1.0,
-                        help="order volume; 1 is the real database's size (~55k rows)")
+                        help="order volume; 1 is the real database's size (~48k rows)")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     parser.add_argument("--end", type=_instant, default=shape.DEFAULT_END,
                         help="instant the history ends, ISO-8601, UTC if no zone "

@@ -14,6 +14,7 @@ chunks, which is what lets ``scale=100`` (millions of rows) load in minutes.
 import hashlib
 import math
 import random
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -58,8 +59,9 @@ COLUMNS = {
 }
 ORDER_TABLES = ("sales_order", "purchase_order", "transaction", "payment")
 #: Orders drawn before a chunk is sent: bounds memory at any scale.
-CHUNK_ORDERS = 60_000
+CHUNK_ORDERS = 25_000
 
+_ADD_CONSTRAINT = re.compile(r'ALTER TABLE "(?P<table>\w+)" ADD CONSTRAINT "(?P<name>\w+)"')
 _MS_PER_DAY = 86_400_000
 _EPOCH = datetime(1970, 1, 1)
 _DESIGN_STREAM = 0
@@ -115,18 +117,33 @@ def create_schema(conn: pg8000.native.Connection) -> bool:
         raise GeneratorError(
             f"database has some totesys tables ({', '.join(sorted(present))}) but not all; "
             "use an empty database")
-    ddl = resources.files("totes_local").joinpath("totesys.sql").read_text()
-    statements = [part.strip() for part in ddl.split(";\n")]
     conn.run("START TRANSACTION")
     try:
-        for statement in statements:
-            if statement and not all(line.startswith("--") for line in statement.splitlines()):
-                conn.run(statement)
+        for statement in ddl_statements():
+            conn.run(statement)
         conn.run("COMMIT")
     except Exception:
         conn.run("ROLLBACK")
         raise
     return True
+
+
+def ddl_statements() -> list[str]:
+    """The statements of ``totesys.sql``, comments dropped, in order."""
+    ddl = resources.files("totes_local").joinpath("totesys.sql").read_text()
+    statements = (part.strip() for part in ddl.split(";\n"))
+    return [statement for statement in statements
+            if statement and not all(line.startswith("--") for line in statement.splitlines())]
+
+
+def order_foreign_keys() -> list[tuple[str, str, str]]:
+    """``(table, constraint, ADD statement)`` of the foreign keys held by the order tables."""
+    found = []
+    for statement in ddl_statements():
+        match = _ADD_CONSTRAINT.match(statement)
+        if match and match["table"] in ORDER_TABLES and "FOREIGN KEY" in statement:
+            found.append((match["table"], match["name"], statement))
+    return found
 
 
 def _existing_tables(conn: pg8000.native.Connection) -> set[str]:
@@ -143,6 +160,8 @@ def generate(conn: pg8000.native.Connection, scale: float = 1.0, seed: int = 42,
     """Fill an empty totesys schema (see :func:`create_schema`); return rows per table.
 
     Everything is written in one transaction, so a failure leaves the tables empty.
+    The order tables' foreign keys are dropped for the bulk load and re-added (so
+    validated in one pass each, rather than per row) from ``totesys.sql`` itself.
     Sequences are moved past the generated ids, so later inserts (the simulator, a
     user) get fresh ids, and the tables are analysed for the pipeline's queries.
     """
@@ -159,11 +178,17 @@ def generate(conn: pg8000.native.Connection, scale: float = 1.0, seed: int = 42,
         pgcopy.copy_in(conn, "design", COLUMNS["design"], [pgcopy.rows_block(designs)])
         counts["design"] = len(designs)
         design_times = np.array([_epoch_ms(row[1]) for row in designs], dtype=np.int64)
+        foreign_keys = order_foreign_keys()
+        for table, name, _ in foreign_keys:
+            conn.run(f"ALTER TABLE {pgcopy.quote_ident(table)} "
+                     f"DROP CONSTRAINT {pgcopy.quote_ident(name)}")
         for chunk in order_chunks(plan, design_times):
             for table in ORDER_TABLES:
                 pgcopy.copy_in(conn, table, COLUMNS[table],
                                [pgcopy.columns_block(chunk[table])])
                 counts[table] += len(chunk[table][0])
+        for _, _, statement in foreign_keys:
+            conn.run(statement)
         _advance_sequences(conn, counts)
         conn.run("COMMIT")
     except Exception:

@@ -74,6 +74,21 @@ def test_generated_data_is_consistent(totesys):
         conn.close()
 
 
+def test_foreign_keys_dropped_for_the_bulk_load_are_back(totesys):
+    conn = totesys.connect()
+    try:
+        count = conn.run("SELECT count(*) FROM information_schema.table_constraints "
+                         "WHERE constraint_type = 'FOREIGN KEY'")[0][0]
+        with pytest.raises(Exception, match="violates foreign key constraint"):
+            conn.run("INSERT INTO payment (last_updated, transaction_id, counterparty_id, "
+                     "payment_amount, currency_id, payment_type_id, paid, payment_date, "
+                     "company_ac_number, counterparty_ac_number) "
+                     "VALUES (now(), 999999, 1, 1, 99, 1, false, '2024-01-01', 1, 1)")
+    finally:
+        conn.close()
+    assert count == 17
+
+
 def test_sequences_continue_after_generated_ids(totesys):
     conn = totesys.connect()
     try:
