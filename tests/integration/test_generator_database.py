@@ -134,3 +134,12 @@ def test_a_failed_generation_leaves_the_tables_empty(empty, monkeypatch):
     with pytest.raises(Exception):
         generator.generate(empty, scale=0.01)
     assert empty.run("SELECT count(*) FROM address") == [[0]]
+
+
+def test_a_failing_schema_creation_creates_nothing(empty, monkeypatch):
+    statements = generator.ddl_statements()
+    monkeypatch.setattr(generator, "ddl_statements", lambda: [*statements[:5], "CREATE NONSENSE"])
+    with pytest.raises(Exception, match="syntax error"):
+        generator.create_schema(empty)
+    assert empty.run("SELECT count(*) FROM information_schema.tables "
+                     "WHERE table_schema = 'public'") == [[0]]

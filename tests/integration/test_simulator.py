@@ -207,3 +207,17 @@ def test_nonsense_step_arguments_are_refused(conn):
         simulator.simulate(conn, steps=-1)
     with pytest.raises(ValueError):
         simulator.simulate(conn, steps=1, step_minutes=0)
+
+
+def test_a_failing_step_is_rolled_back_whole(conn, monkeypatch):
+    before = conn.run("SELECT count(*), max(last_updated) FROM sales_order")
+    run_step = simulator._run_step
+
+    def fails_after_writing(*args, **kwargs):
+        run_step(*args, **kwargs)
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(simulator, "_run_step", fails_after_writing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        simulator.simulate(conn, steps=1, seed=1, rates=simulator.Rates(sales_orders=20))
+    assert conn.run("SELECT count(*), max(last_updated) FROM sales_order") == before
