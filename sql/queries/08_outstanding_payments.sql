@@ -13,7 +13,7 @@ WITH payments AS (
       AND (CAST(:end_date AS date) IS NULL OR p.created_date <= CAST(:end_date AS date))
       AND (CAST(:currency AS text) IS NULL OR c.currency_code = CAST(:currency AS text))
 ),
-as_of AS (
+as_of AS MATERIALIZED (
     SELECT MAX(last_updated_date) AS day FROM fact_payment
 ),
 aged AS (

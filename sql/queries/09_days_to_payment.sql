@@ -13,18 +13,18 @@ WITH payments AS (
       AND (CAST(:currency AS text) IS NULL OR c.currency_code = CAST(:currency AS text))
 ),
 paid_on AS (
-    SELECT h.payment_id, MIN(h.last_updated_date) AS paid_date
-    FROM fact_payment AS h
-    JOIN payments USING (payment_id)
-    WHERE h.paid
-    GROUP BY h.payment_id
+    SELECT payments.payment_id, payments.payment_type_id, payments.created_date,
+           payments.payment_date, MIN(h.last_updated_date) AS paid_date
+    FROM payments
+    JOIN fact_payment AS h ON h.payment_id = payments.payment_id AND h.paid
+    GROUP BY payments.payment_id, payments.payment_type_id, payments.created_date,
+             payments.payment_date
 )
 SELECT COALESCE(t.payment_type_name, 'all payment types') AS payment_type_name,
        COUNT(*) AS paid_payments,
-       ROUND(AVG(paid_on.paid_date - payments.created_date), 1) AS avg_days_to_payment,
-       ROUND(AVG(paid_on.paid_date - payments.payment_date), 1) AS avg_days_after_agreed_date
-FROM payments
-JOIN paid_on USING (payment_id)
-JOIN dim_payment_type AS t ON t.payment_type_id = payments.payment_type_id
+       ROUND(AVG(paid_on.paid_date - paid_on.created_date), 1) AS avg_days_to_payment,
+       ROUND(AVG(paid_on.paid_date - paid_on.payment_date), 1) AS avg_days_after_agreed_date
+FROM paid_on
+JOIN dim_payment_type AS t ON t.payment_type_id = paid_on.payment_type_id
 GROUP BY GROUPING SETS ((t.payment_type_name), ())
 ORDER BY GROUPING(t.payment_type_name), t.payment_type_name
