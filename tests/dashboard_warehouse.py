@@ -1,17 +1,28 @@
-"""A warehouse with known content for the business-query and dashboard tests.
+"""Warehouses of known content for the business-query and dashboard tests.
 
-``build_warehouse`` is the one place that decides how the test warehouse is made:
-today, the contract DDL (``totes.warehouse_schema``) plus rows generated here with a
-fixed seed; the tests compute every expected number in Python from ``Rows``, the
-base rows the warehouse holds, never from the queries' own output.
+Two ways to make one, both returning ``Rows`` (the base rows the warehouse holds),
+from which the tests compute every expected number in Python, never from the
+queries' own output:
+
+- :func:`build_warehouse`: the contract DDL plus rows generated here with a fixed
+  seed, shaped to hit every edge the queries care about (amendments that change
+  currency or delivery city, every age band of unpaid payments); fast.
+- :func:`pipeline_warehouse`: the real thing: ``totesys`` seeded by the generator,
+  driven through ingest, transform and load by the local runner, business
+  simulated and an order amended, driven again; the rows are then read back.
 """
+import contextlib
+import os
 import random
+import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
+from typing import Iterator
 
 from totes.warehouse_schema import FACTS, TABLES, create_table_sql, create_view_sql
-from totes_local import pgcopy
+from totes_local import generator, pgcopy, simulator, stack
+from totes_local.runner import LocalPipeline
 
 TODAY = date.today()
 FIRST_DAY = TODAY - timedelta(days=200)
@@ -239,3 +250,60 @@ def build_warehouse(postgres, dbname: str) -> Rows:
     finally:
         connection.close()
     return rows
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def read_rows(postgres, dbname: str) -> Rows:
+    """Every row of every warehouse table, as the warehouse holds it."""
+    connection = postgres.connect(dbname)
+    try:
+        rows = Rows()
+        for table in TABLES.values():
+            names = ", ".join(f'"{name}"' for name in table.column_names)
+            found = connection.run(f'SELECT {names} FROM "{table.name}"')  # nosec B608
+            rows.tables[table.name] = [dict(zip(table.column_names, row)) for row in found]
+        return rows
+    finally:
+        connection.close()
+
+
+def pipeline_warehouse(postgres, dbname: str, moto_endpoint: str, scale: float = 0.02) -> Rows:
+    """Fill ``dbname`` by running the pipeline twice over generated, then changed, business."""
+    source = f"{dbname}_source"
+    for name in (source, dbname):
+        postgres.recreate_database(name)
+    suffix = uuid.uuid4().hex[:8]
+    env = {**stack.aws_environment(moto_endpoint), **stack.pipeline_environment(),
+           "INGEST_BUCKET": f"ingest-{suffix}", "PROCESSED_BUCKET": f"processed-{suffix}",
+           "TOTESYS_SECRET_ID": f"totesys-{suffix}", "WAREHOUSE_SECRET_ID": f"warehouse-{suffix}"}
+    with _environment(env):
+        stack.provision({env["TOTESYS_SECRET_ID"]: postgres.secret(source),
+                         env["WAREHOUSE_SECRET_ID"]: postgres.secret(dbname)},
+                        buckets=(env["INGEST_BUCKET"], env["PROCESSED_BUCKET"]))
+        connection = postgres.connect(source)
+        try:
+            generator.create_schema(connection)
+            generator.generate(connection, scale=scale, seed=7)
+            pipeline = LocalPipeline(env["INGEST_BUCKET"])
+            pipeline.cycle()
+            first_order = connection.run("SELECT min(sales_order_id) FROM sales_order")[0][0]
+            simulator.simulate(connection, steps=6, seed=7)
+            clock = simulator.latest_change(connection) + timedelta(minutes=1)
+            simulator.amend_sales_order(connection, first_order, clock)
+            pipeline.cycle()
+        finally:
+            connection.close()
+    return read_rows(postgres, dbname)
