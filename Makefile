@@ -48,7 +48,7 @@ demo: setup
 	$(BIN)/totes demo
 
 dashboard: setup
-	$(BIN)/python -m totes_local.dashboard $(ARGS)
+	$(BIN)/totes dashboard $(ARGS)
 
 bench: setup
 	$(BIN)/python -m benchmarks.run $(ARGS)

@@ -18,6 +18,7 @@ import pg8000.native
 
 from totes import db
 from totes_local import demo, dsn, generator, shape, simulator
+from totes_local.dashboard import launch as dashboard
 
 #: Where the embedded PostgreSQL keeps its data when no ``--dsn`` is given.
 DEFAULT_DATA_DIR = Path(".demo") / "pg"
@@ -236,3 +237,5 @@ register("demo", "run the whole pipeline locally twice and summarise what happen
          demo.add_arguments, demo.run)
 register("sql", "open a psql prompt on the demo's warehouse or totesys database",
          demo.add_sql_arguments, demo.open_sql_prompt)
+register("dashboard", "serve the dashboard: business questions answered from the warehouse",
+         dashboard.add_arguments, dashboard.run)

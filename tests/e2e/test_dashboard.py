@@ -1,4 +1,5 @@
 """The dashboard page, rendered headless with Streamlit's AppTest against real warehouses."""
+import subprocess
 from collections import defaultdict
 from decimal import Decimal
 
@@ -7,6 +8,7 @@ import streamlit as st
 from dashboard_warehouse import build_warehouse, create_schema
 from streamlit.testing.v1 import AppTest
 
+from totes_local import cli
 from totes_local.dashboard import launch, present, source
 
 
@@ -138,3 +140,30 @@ def test_missing_demo_warehouse_tells_how_to_make_one(monkeypatch, tmp_path):
 def test_money_is_shown_exactly_with_two_decimals():
     assert present.money(Decimal("1234567.5")) == "1,234,567.50"
     assert present.money(Decimal("98765432109876543.21")) == "98,765,432,109,876,543.21"
+
+
+@pytest.mark.parametrize("entry", ["totes", "python -m"])
+def test_launcher_passes_the_dsn_in_the_environment_never_on_the_command_line(
+        monkeypatch, entry):
+    seen = {}
+
+    def run(argv, env, check):
+        seen.update(argv=argv, env=env)
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(launch.subprocess, "run", run)
+    options = ["--dsn", "postgresql://analyst:hunter2@db.example/warehouse", "--port", "8600"]
+    status = cli.main(["dashboard", *options]) if entry == "totes" else launch.main(options)
+    assert status == 0
+    assert "hunter2" not in " ".join(seen["argv"])
+    assert seen["env"][source.DSN_VARIABLE] == "postgresql://analyst:hunter2@db.example/warehouse"
+    assert seen["argv"][seen["argv"].index("--server.port") + 1] == "8600"
+    assert seen["argv"][seen["argv"].index("--server.address") + 1] == "127.0.0.1"
+
+
+def test_stopping_the_launcher_with_ctrl_c_is_a_clean_exit(monkeypatch):
+    def interrupted(argv, env, check):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch.subprocess, "run", interrupted)
+    assert launch.main([]) == 0
