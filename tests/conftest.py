@@ -2,8 +2,11 @@
 import io
 import json
 import logging
+import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -25,9 +28,18 @@ def fresh_clients():
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory):
-    """One embedded PostgreSQL server for the whole session (starts in about a second)."""
-    return stack.start_postgres(tmp_path_factory.mktemp("pg"))
+def postgres():
+    """One embedded PostgreSQL server for the whole session (starts in about a second).
+
+    Its data lives outside pytest's temporary folders, which pytest prunes to the
+    last three runs: a concurrent pytest run must not delete a running server.
+    """
+    data_dir = Path(tempfile.mkdtemp(prefix="totes-test-pg-"))
+    data_dir.chmod(0o755)
+    server = stack.start_postgres(data_dir)
+    yield server
+    server.server.cleanup()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
