@@ -177,10 +177,11 @@ def pending_manifests(processed_bucket: str, ingest_bucket: str,
 
 def freshness_seconds(ingest_bucket: str, loaded_through: str | None, now: datetime) -> float:
     """Age of the oldest ingest run not yet visible in the warehouse; 0 when none waits."""
-    for key in storage.manifest_keys_after(ingest_bucket, loaded_through):
-        started = parse_timestamp(storage.read_json(ingest_bucket, key)["started_at"])
-        return max(0.0, (now - started).total_seconds())
-    return 0.0
+    oldest = next(storage.manifest_keys_after(ingest_bucket, loaded_through), None)
+    if oldest is None:
+        return 0.0
+    started = parse_timestamp(storage.read_json(ingest_bucket, oldest)["started_at"])
+    return max(0.0, (now - started).total_seconds())
 
 
 def _table_batches(bucket: str, manifest: ProcessedManifest, table: Table,
