@@ -197,15 +197,19 @@ def create_table_sql(table: Table) -> str:
     return f"CREATE TABLE IF NOT EXISTS {_quote(table.name)} (\n  {body}\n)"
 
 
+_CURRENT_VIEW = (
+    "CREATE OR REPLACE VIEW {view} AS SELECT DISTINCT ON ({business_id}) {columns} FROM {fact} "
+    "ORDER BY {business_id}, \"last_updated_date\" DESC, \"last_updated_time\" DESC, "
+    "{record_id} DESC"
+)
+
+
 def create_view_sql(fact: Table) -> str:
     """Return DDL for ``<fact>_current``: one row per business id, its latest version."""
-    business_id = _quote(CURRENT_VIEWS[fact.name])
-    columns = ", ".join(_quote(name) for name in fact.column_names)
-    return (
-        f"CREATE OR REPLACE VIEW {_quote(fact.name + '_current')} AS "
-        f"SELECT DISTINCT ON ({business_id}) {columns} FROM {_quote(fact.name)} "
-        f"ORDER BY {business_id}, \"last_updated_date\" DESC, \"last_updated_time\" DESC, "
-        f"{_quote(fact.primary_key)} DESC"
+    return _CURRENT_VIEW.format(
+        view=_quote(fact.name + "_current"), business_id=_quote(CURRENT_VIEWS[fact.name]),
+        columns=", ".join(_quote(name) for name in fact.column_names), fact=_quote(fact.name),
+        record_id=_quote(fact.primary_key),
     )
 
 
