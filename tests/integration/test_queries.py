@@ -358,3 +358,14 @@ def test_run_queries_answers_each_query_by_name(warehouse):
     results = queries.run_queries(connection, queries.sections(QUERIES), {})
     assert list(results) == [query.name for query in queries.sections(QUERIES)]
     assert all(result.ok for result in results.values())
+
+
+def test_concurrent_run_gives_the_same_answers_in_the_same_order(postgres, known):
+    connection, _ = known
+    sections = queries.sections(QUERIES)
+    serial = queries.run_queries(connection, sections, {})
+    concurrent = queries.run_queries_concurrently(
+        lambda: postgres.connect("queries_known"), sections, {}, workers=3)
+    assert list(concurrent) == list(serial)
+    for name, result in serial.items():
+        assert concurrent[name].frame.equals(result.frame), name

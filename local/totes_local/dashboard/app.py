@@ -19,6 +19,8 @@ from totes_local import dsn, queries
 from totes_local.dashboard import present, source
 
 CACHE_SECONDS = 60
+#: connections a page load uses at once (PostgreSQL runs each on its own core).
+WORKERS = 4
 TITLE = "Terrific Totes: sales, purchases and payments"
 ALL_CURRENCIES = "All currencies"
 #: what can go wrong before any query runs, each shown as one line on the page.
@@ -38,13 +40,11 @@ def questions() -> dict[str, queries.Query]:
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner="Asking the warehouse…")
 def fetch(kind: str, target: str, names: tuple[str, ...],
           values: tuple[tuple[str, Any], ...]) -> dict[str, queries.Result]:
-    """Run the named queries on one read-only connection; cached briefly per source and values."""
-    connection = source.connect(source.WarehouseSource(kind, target))
-    try:
-        return queries.run_queries(connection, [questions()[name] for name in names],
-                                   dict(values))
-    finally:
-        connection.close()
+    """Run the named queries over a few read-only connections; cached briefly per source/values."""
+    where = source.WarehouseSource(kind, target)
+    return queries.run_queries_concurrently(lambda: source.connect(where),
+                                            [questions()[name] for name in names], dict(values),
+                                            workers=WORKERS)
 
 
 def _ask(where: source.WarehouseSource, names: tuple[str, ...],
