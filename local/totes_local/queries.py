@@ -33,6 +33,9 @@ PARAMETERS = (*FILTER_PARAMETERS, "order_id")
 #: PostgreSQL type oids that arrive as ``Decimal``: shown with two decimals, never as floats.
 NUMERIC_TYPE_OIDS = frozenset({1700})
 
+#: connections a page load uses at once (PostgreSQL runs each statement on one core).
+DEFAULT_WORKERS = 4
+
 HEADER_FIELDS = ("title", "question", "reading", "chart")
 CHART_KINDS = ("line", "bar", "arc", "table", "none")
 
@@ -197,7 +200,7 @@ def run_queries(connection: pg8000.native.Connection, queries: Iterable[Query],
 
 def run_queries_concurrently(connect: Callable[[], pg8000.native.Connection],
                              queries: Iterable[Query], values: Mapping[str, Any],
-                             workers: int = 4) -> dict[str, Result]:
+                             workers: int = DEFAULT_WORKERS) -> dict[str, Result]:
     """Run the queries over ``workers`` connections at once, answers in the queries' order.
 
     Each query of a page scans the facts on its own; PostgreSQL runs one statement

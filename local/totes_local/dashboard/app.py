@@ -19,8 +19,6 @@ from totes_local import dsn, queries
 from totes_local.dashboard import present, source
 
 CACHE_SECONDS = 60
-#: connections a page load uses at once (PostgreSQL runs each on its own core).
-WORKERS = 4
 TITLE = "Terrific Totes: sales, purchases and payments"
 ALL_CURRENCIES = "All currencies"
 #: what can go wrong before any query runs, each shown as one line on the page.
@@ -43,8 +41,7 @@ def fetch(kind: str, target: str, names: tuple[str, ...],
     """Run the named queries over a few read-only connections; cached briefly per source/values."""
     where = source.WarehouseSource(kind, target)
     return queries.run_queries_concurrently(lambda: source.connect(where),
-                                            [questions()[name] for name in names], dict(values),
-                                            workers=WORKERS)
+                                            [questions()[name] for name in names], dict(values))
 
 
 def _ask(where: source.WarehouseSource, names: tuple[str, ...],
