@@ -1,7 +1,8 @@
 """Ingest Lambda: on every scheduled tick, copy what changed in totesys to the ingestion bucket.
 
 Thin on purpose: the work is :func:`totes.ingest.run_ingest`. The handler adds
-the Lambda context to every log line and publishes the run-level metrics; a
+the Lambda context to every log line and publishes the run-level metrics, among
+them ``IngestBacklog`` (1 while a backfill is still draining over runs); a
 failure propagates (after the library logged it) so Lambda counts an error.
 """
 from typing import Any
@@ -18,10 +19,12 @@ metrics = observability.metrics_for()
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Run one ingest and return its run id, manifest key and rows per table."""
+    """Run one ingest and return its run id, manifest key, rows per table and completeness."""
     result = run_ingest()
     metrics.add_metric(name="IngestRuns", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="IngestRowsTotal", unit=MetricUnit.Count, value=result.total_rows)
     metrics.add_metric(name="IngestRunDuration", unit=MetricUnit.Milliseconds,
                        value=result.duration_ms)
+    metrics.add_metric(name="IngestBacklog", unit=MetricUnit.Count,
+                       value=0 if result.complete else 1)
     return result.summary()

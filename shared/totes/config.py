@@ -61,3 +61,8 @@ def overlap_window() -> timedelta:
 def chunk_rows() -> int:
     """Rows per fetched chunk and per written object: the bound on memory."""
     return int_env("CHUNK_ROWS", 50_000)
+
+
+def max_rows_per_run() -> int:
+    """Rows one ingest run writes at most: a backfill drains over runs that each fit the timeout."""
+    return int_env("INGEST_MAX_ROWS_PER_RUN", 1_000_000)

@@ -34,12 +34,12 @@ def select_sql(table: str, incremental: bool) -> str:
     """Return the query for ``table``'s rows, oldest version first.
 
     With ``incremental`` the query takes the bound parameter ``:since`` and reads
-    only versions newer than it. Ordering by ``last_updated`` and the primary key
+    only versions at or after it. Ordering by ``last_updated`` and the primary key
     is what lets the watermark state keep just the versions inside the overlap window.
     """
     key = quote_ident(primary_key(table))
     version = quote_ident(VERSION_COLUMN)
-    where = f" WHERE {version} > :since" if incremental else ""
+    where = f" WHERE {version} >= :since" if incremental else ""
     # Identifiers come from the allow-list and are quoted; the value is bound.
     return f"SELECT * FROM {quote_ident(table)}{where} ORDER BY {version}, {key}"  # nosec B608
 
@@ -58,10 +58,11 @@ def snapshot(conn: pg8000.native.Connection) -> Iterator[None]:
 
 def stream_rows(conn: pg8000.native.Connection, table: str, since: datetime | None,
                 batch_rows: int) -> Iterator[Batch]:
-    """Yield ``table``'s versions newer than ``since`` (all when None) in batches, oldest first.
+    """Yield ``table``'s versions from ``since`` on (all when None) in batches, oldest first.
 
     Must run inside :func:`snapshot` (a cursor lives only as long as its
-    transaction). Each batch holds at most ``batch_rows`` rows.
+    transaction). Each batch holds at most ``batch_rows`` rows. A caller may stop
+    early: the cursor then closes when the snapshot's transaction ends.
     """
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")

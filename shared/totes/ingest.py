@@ -1,8 +1,11 @@
 """One ingest run: what changed in totesys since the last committed run, into the ingestion bucket.
 
-The run reads the newest manifest for its starting state, extracts all eleven
+The run reads the newest manifest for its starting state, extracts the eleven
 tables from one database snapshot in bounded batches (packed into JSON Lines
 objects of at most ``CHUNK_ROWS`` rows), and ends by writing its own manifest.
+A run writes at most ``INGEST_MAX_ROWS_PER_RUN`` rows: when that budget is spent
+it stops, records where it stopped, and the next run continues from there, so a
+backfill drains over several runs that each fit the function's timeout.
 That manifest is the commit point: until it exists nothing downstream sees the
 run's files and the state has not moved, so a run that fails anywhere before it
 is simply repeated by the next one. Every object is created once under a fresh
@@ -12,7 +15,7 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from typing import Any, Sequence
 
 import pg8000.native
 
@@ -38,12 +41,14 @@ class IngestSettings:
     secret_id: str
     overlap: timedelta
     chunk_rows: int
+    max_rows_per_run: int
 
     @classmethod
     def from_environment(cls) -> "IngestSettings":
         """Read the settings from the Lambda environment, failing early on a missing one."""
         return cls(bucket=config.ingest_bucket(), secret_id=config.totesys_secret_id(),
-                   overlap=config.overlap_window(), chunk_rows=config.chunk_rows())
+                   overlap=config.overlap_window(), chunk_rows=config.chunk_rows(),
+                   max_rows_per_run=config.max_rows_per_run())
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,13 @@ class TableExtract:
     files: tuple[WrittenFile, ...]
     state: TableWatermark
     skipped: int
+    #: the row budget stopped the run before this table's end (or before the table).
+    truncated: bool = False
+
+    @classmethod
+    def not_reached(cls, table: str, state: TableWatermark) -> "TableExtract":
+        """Return the entry of a table a truncated run did not read: its state is unchanged."""
+        return cls(table, (), state, 0, truncated=True)
 
     @property
     def rows(self) -> int:
@@ -81,7 +93,7 @@ class TableExtract:
     def to_json(self) -> dict[str, Any]:
         """Return the table's manifest entry: files written plus the incremental state."""
         return {"rows": self.rows, "files": [file.to_json() for file in self.files],
-                **self.state.to_json()}
+                "truncated": self.truncated, **self.state.to_json()}
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,7 @@ class IngestResult:
     run_id: str
     manifest_key: str
     rows: dict[str, int]
+    complete: bool
     duration_ms: float
 
     @property
@@ -99,9 +112,10 @@ class IngestResult:
         return sum(self.rows.values())
 
     def summary(self) -> dict[str, Any]:
-        """Return the run id, manifest key and rows per table, JSON-ready: the Lambda response."""
+        """Return the run id, manifest key, rows and completeness, JSON-ready: the response."""
         return {"run_id": self.run_id, "manifest_key": self.manifest_key,
-                "rows": dict(self.rows), "total_rows": self.total_rows}
+                "rows": dict(self.rows), "total_rows": self.total_rows,
+                "complete": self.complete}
 
 
 def utc_text(moment: datetime) -> str:
@@ -110,8 +124,11 @@ def utc_text(moment: datetime) -> str:
 
 
 def build_manifest(run: keys.RunId, previous_key: str | None, overlap: timedelta,
-                   extracts: Iterable[TableExtract], finished_at: datetime) -> dict[str, Any]:
-    """Return a run's manifest (format ``totes.ingest/1``, see docs/architecture.md)."""
+                   extracts: Sequence[TableExtract], finished_at: datetime) -> dict[str, Any]:
+    """Return a run's manifest (format ``totes.ingest/1``, see docs/architecture.md).
+
+    ``complete`` is false when the row budget cut the run: more rows are waiting.
+    """
     return {
         "format": MANIFEST_FORMAT,
         "run_id": str(run),
@@ -119,6 +136,7 @@ def build_manifest(run: keys.RunId, previous_key: str | None, overlap: timedelta
         "finished_at": utc_text(finished_at),
         "previous_manifest": previous_key,
         "overlap_minutes": overlap // timedelta(minutes=1),
+        "complete": not any(table.truncated for table in extracts),
         "tables": {table.table: table.to_json() for table in extracts},
     }
 
@@ -159,29 +177,38 @@ class ObjectWriter:
 
 
 def extract_table(conn: pg8000.native.Connection, table: str, state: TableWatermark,
-                  run: keys.RunId, settings: IngestSettings) -> TableExtract:
-    """Write one table's new versions as JSON Lines objects of at most ``chunk_rows`` rows.
+                  run: keys.RunId, settings: IngestSettings, budget: int) -> TableExtract:
+    """Write up to ``budget`` of one table's new versions as JSON Lines objects.
 
     Versions inside the overlap window that an earlier run already wrote are
-    skipped, so an unchanged table writes nothing.
+    skipped, so an unchanged table writes nothing. The cut is exact: once the
+    budget is spent, a further new version marks the table truncated and the
+    read stops. Rows come oldest first, so what was written is a prefix and the
+    new state (the greatest ``last_updated`` written, plus the versions written
+    within the overlap of it) is where the next run continues.
     """
     key_column = SOURCE_TABLES[table]
     advance = WatermarkAdvance(state, settings.overlap)
     writer = ObjectWriter(settings.bucket, table, run, settings.chunk_rows)
-    skipped = 0
+    skipped, truncated = 0, False
     for batch in extract.stream_rows(conn, table, state.since(settings.overlap),
                                      min(settings.chunk_rows, FETCH_ROWS)):
         key_at = batch.columns.index(key_column)
         version_at = batch.columns.index(extract.VERSION_COLUMN)
         fresh = [row for row in batch.rows if state.is_new(row[key_at], row[version_at])]
         skipped += len(batch.rows) - len(fresh)
+        if len(fresh) > budget:
+            fresh, truncated = fresh[:budget], True
+        budget -= len(fresh)
         writer.add(batch.columns, fresh)
         advance.add((row[key_at], row[version_at]) for row in fresh)
+        if truncated:
+            break
     writer.flush()
-    result = TableExtract(table, tuple(writer.files), advance.result(), skipped)
+    result = TableExtract(table, tuple(writer.files), advance.result(), skipped, truncated)
     logger.info("table extracted", extra={
         "run_id": str(run), "table": table, "rows": result.rows, "bytes": result.bytes,
-        "files": len(result.files), "skipped_already_written": skipped,
+        "files": len(result.files), "skipped_already_written": skipped, "truncated": truncated,
         "since": None if state.watermark is None
         else format_timestamp(state.since(settings.overlap)),
     })
@@ -193,13 +220,36 @@ def _extract_all(settings: IngestSettings, states: dict[str, TableWatermark],
     conn = db.connect(settings.secret_id)
     try:
         with extract.snapshot(conn):
-            return [extract_table(conn, table, states[table], run, settings)
-                    for table in SOURCE_TABLES]
+            return _extract_within_budget(conn, settings, states, run)
     finally:
         # Closing a connection whose socket already failed can only say so again;
         # the original error is the one worth raising.
         with suppress(pg8000.native.InterfaceError, OSError):
             conn.close()
+
+
+def _extract_within_budget(conn: pg8000.native.Connection, settings: IngestSettings,
+                           states: dict[str, TableWatermark], run: keys.RunId
+                           ) -> list[TableExtract]:
+    budget = settings.max_rows_per_run
+    extracts: list[TableExtract] = []
+    for table in SOURCE_TABLES:
+        if extracts and extracts[-1].truncated:
+            extracts.append(TableExtract.not_reached(table, states[table]))
+            continue
+        extracts.append(extract_table(conn, table, states[table], run, settings, budget))
+        budget -= extracts[-1].rows
+    return extracts
+
+
+def _log_backlog(run: keys.RunId, settings: IngestSettings, extracts: list[TableExtract]) -> None:
+    cut = next(item for item in extracts if item.truncated)
+    watermark = cut.state.watermark
+    resume = "its first row" if watermark is None else f"last_updated {format_timestamp(watermark)}"
+    logger.info("row budget reached; the next run continues from %s at %s", cut.table, resume,
+                extra={"run_id": str(run), "max_rows_per_run": settings.max_rows_per_run,
+                       "continues_from_table": cut.table,
+                       "tables_waiting": [item.table for item in extracts if item.truncated]})
 
 
 def _commit(settings: IngestSettings, run: keys.RunId, started: float) -> IngestResult:
@@ -208,14 +258,15 @@ def _commit(settings: IngestSettings, run: keys.RunId, started: float) -> Ingest
     logger.info("ingest run started", extra={
         "run_id": str(run), "previous_manifest": previous_key,
         "overlap_minutes": settings.overlap // timedelta(minutes=1),
-        "chunk_rows": settings.chunk_rows,
+        "chunk_rows": settings.chunk_rows, "max_rows_per_run": settings.max_rows_per_run,
     })
     extracts = _extract_all(settings, states_from_manifest(previous), run)
     manifest_key = keys.manifest_key(run)
-    storage.put_new_json(settings.bucket, manifest_key, build_manifest(
-        run, previous_key, settings.overlap, extracts, datetime.now(timezone.utc)))
+    manifest = build_manifest(run, previous_key, settings.overlap, extracts,
+                              datetime.now(timezone.utc))
+    storage.put_new_json(settings.bucket, manifest_key, manifest)
     result = IngestResult(str(run), manifest_key, {item.table: item.rows for item in extracts},
-                          round((time.perf_counter() - started) * 1000, 1))
+                          manifest["complete"], round((time.perf_counter() - started) * 1000, 1))
     for item in extracts:
         observability.emit_table_metric(ROWS_METRIC, item.table, item.rows)
     changed = [item.table for item in extracts if item.rows]
@@ -224,13 +275,19 @@ def _commit(settings: IngestSettings, run: keys.RunId, started: float) -> Ingest
                     "run_id": result.run_id, "manifest_key": manifest_key,
                     "rows": result.total_rows, "bytes": sum(item.bytes for item in extracts),
                     "files": sum(len(item.files) for item in extracts),
-                    "tables_changed": changed, "duration_ms": result.duration_ms,
+                    "tables_changed": changed, "complete": result.complete,
+                    "duration_ms": result.duration_ms,
                 })
+    if not result.complete:
+        _log_backlog(run, settings, extracts)
     return result
 
 
 def run_ingest(settings: IngestSettings | None = None) -> IngestResult:
-    """Run one ingest: extract every change since the last manifest, then commit a new manifest.
+    """Run one ingest: extract the changes since the last manifest, then commit a new manifest.
+
+    At most ``max_rows_per_run`` rows are written; the result's ``complete`` says
+    whether the run caught up or left a backlog for the next run.
 
     Settings default to the Lambda environment. Any failure (configuration,
     secret, database, S3) is logged with its cause and re-raised, so Lambda's

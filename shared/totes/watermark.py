@@ -5,6 +5,9 @@ commits late carries a ``last_updated`` older than rows already extracted. So
 each run re-reads an overlap window behind the watermark (on the data's own
 clock) and skips the versions it already wrote there, which is why the state is
 the watermark *plus* the ``(primary key, last_updated)`` pairs inside the window.
+The window includes both its ends, so a run cut short by its row budget in the
+middle of rows sharing one ``last_updated`` is continued exactly, even with no
+overlap: the next run reads those rows again and skips just the ones written.
 
 The state lives in the newest ingest manifest and nowhere else, so it can only
 advance together with the commit point. Everything here is pure: no I/O.
@@ -37,11 +40,11 @@ class TableWatermark:
 
     #: greatest ``last_updated`` ever extracted; None before any row.
     watermark: datetime | None = None
-    #: versions already written whose ``last_updated`` lies inside the overlap window.
+    #: versions already written with ``last_updated`` in [watermark - overlap, watermark].
     recent_versions: frozenset[Version] = frozenset()
 
     def since(self, overlap: timedelta) -> datetime | None:
-        """Return the exclusive lower bound of the next read, or None to read everything."""
+        """Return the inclusive lower bound of the next read, or None to read everything."""
         return None if self.watermark is None else self.watermark - overlap
 
     def is_new(self, key: int, last_updated: datetime) -> bool:
@@ -111,7 +114,7 @@ class WatermarkAdvance:
             self._window.append(version)
         if self._newest is not None:
             cutoff = self._newest - self._overlap
-            while self._window and self._window[0][1] <= cutoff:
+            while self._window and self._window[0][1] < cutoff:
                 self._window.popleft()
 
     def result(self) -> TableWatermark:
@@ -119,6 +122,6 @@ class WatermarkAdvance:
         if self._newest is None:
             return self._previous
         cutoff = self._newest - self._overlap
-        kept = {version for version in self._previous.recent_versions if version[1] > cutoff}
-        kept.update(version for version in self._window if version[1] > cutoff)
+        kept = {version for version in self._previous.recent_versions if version[1] >= cutoff}
+        kept.update(version for version in self._window if version[1] >= cutoff)
         return TableWatermark(self._newest, frozenset(kept))

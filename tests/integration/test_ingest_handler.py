@@ -46,9 +46,11 @@ def test_handler_returns_the_run_summary_and_publishes_run_metrics(
     assert response["manifest_key"] == storage.latest_manifest_key(aws["INGEST_BUCKET"])
     assert response["rows"] == {table: 1 for table in SOURCE_TABLES}
     assert response["total_rows"] == 11 and response["run_id"] in response["manifest_key"]
+    assert response["complete"] is True
     documents = emf_documents(capsys.readouterr().out)
     [run] = [document for document in documents if "IngestRuns" in document]
-    assert (run["IngestRuns"], run["IngestRowsTotal"]) == ([1.0], [11.0])
+    assert (run["IngestRuns"], run["IngestRowsTotal"], run["IngestBacklog"]) == (
+        [1.0], [11.0], [0.0])
     assert run["IngestRunDuration"][0] > 0 and "table" not in run
     units = {metric["Name"]: metric["Unit"]
              for metric in run["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
@@ -56,6 +58,19 @@ def test_handler_returns_the_run_summary_and_publishes_run_metrics(
     per_table = {document["table"]: document["RowsIngested"]
                  for document in documents if "RowsIngested" in document}
     assert per_table == {table: [1.0] for table in SOURCE_TABLES}
+
+
+def test_a_run_cut_by_its_row_budget_reports_a_backlog(
+        handler, source_db, aws, monkeypatch, capsys):
+    seed_one_of_each(source_db)
+    monkeypatch.setenv("INGEST_MAX_ROWS_PER_RUN", "5")
+
+    response = handler({}, context())
+
+    assert (response["total_rows"], response["complete"]) == (5, False)
+    [run] = [document for document in emf_documents(capsys.readouterr().out)
+             if "IngestRuns" in document]
+    assert run["IngestBacklog"] == [1.0]
 
 
 def test_logs_say_what_each_table_and_the_run_wrote(handler, source_db, aws, captured_logs):

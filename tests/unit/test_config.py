@@ -29,8 +29,19 @@ def test_contract_variables_are_read(monkeypatch):
 def test_optional_settings_default_when_unset(monkeypatch):
     monkeypatch.delenv("INGEST_OVERLAP_MINUTES", raising=False)
     monkeypatch.delenv("CHUNK_ROWS", raising=False)
+    monkeypatch.delenv("INGEST_MAX_ROWS_PER_RUN", raising=False)
     assert config.overlap_window() == timedelta(minutes=15)
     assert config.chunk_rows() == 50_000
+    assert config.max_rows_per_run() == 1_000_000
+
+
+def test_row_budget_is_read_and_must_allow_at_least_one_row(monkeypatch):
+    monkeypatch.setenv("INGEST_MAX_ROWS_PER_RUN", "1")
+    assert config.max_rows_per_run() == 1
+    monkeypatch.setenv("INGEST_MAX_ROWS_PER_RUN", "0")
+    with pytest.raises(config.ConfigurationError,
+                       match="INGEST_MAX_ROWS_PER_RUN must be at least 1"):
+        config.max_rows_per_run()
 
 
 def test_overlap_may_be_zero_but_chunk_rows_may_not(monkeypatch):

@@ -11,7 +11,7 @@ def test_full_read_orders_by_version_then_key_with_quoted_identifiers():
 
 def test_incremental_read_binds_the_lower_bound_instead_of_formatting_it():
     assert extract.select_sql("transaction", incremental=True) == (
-        'SELECT * FROM "transaction" WHERE "last_updated" > :since '
+        'SELECT * FROM "transaction" WHERE "last_updated" >= :since '
         'ORDER BY "last_updated", "transaction_id"')
 
 

@@ -59,9 +59,27 @@ def test_window_memory_is_bounded_by_the_overlap_not_the_rows_written():
     advance = WatermarkAdvance(TableWatermark(), timedelta(seconds=10))
     advance.add((key, T0 + timedelta(seconds=key)) for key in range(100_000))
 
-    assert len(advance._window) == 10
+    assert len(advance._window) == 11
     assert advance.result().recent_versions == {
-        (key, T0 + timedelta(seconds=key)) for key in range(99_990, 100_000)}
+        (key, T0 + timedelta(seconds=key)) for key in range(99_989, 100_000)}
+
+
+def test_the_window_includes_both_ends_so_the_next_read_sees_nothing_unremembered():
+    advance = WatermarkAdvance(TableWatermark(), OVERLAP)
+    advance.add([(1, minutes(0)), (2, minutes(1)), (3, minutes(16))])
+
+    state = advance.result()
+
+    assert state.since(OVERLAP) == minutes(1)
+    assert state.recent_versions == {(2, minutes(1)), (3, minutes(16))}
+
+
+def test_without_overlap_the_versions_at_the_watermark_are_still_remembered():
+    advance = WatermarkAdvance(TableWatermark(), timedelta(0))
+    advance.add([(1, minutes(0)), (2, minutes(5)), (3, minutes(5))])
+
+    assert advance.result() == TableWatermark(minutes(5), frozenset({(2, minutes(5)),
+                                                                     (3, minutes(5))}))
 
 
 def test_a_run_that_writes_nothing_keeps_the_previous_state():
@@ -117,8 +135,23 @@ def test_a_built_manifest_lists_every_table_and_carries_the_state_forward():
     assert set(manifest["tables"]) == set(SOURCE_TABLES)
     assert manifest["tables"]["sales_order"]["rows"] == 2
     assert manifest["tables"]["staff"] == {
-        "rows": 0, "files": [], "watermark": None, "recent_versions": []}
+        "rows": 0, "files": [], "truncated": False, "watermark": None, "recent_versions": []}
+    assert manifest["complete"] is True
     assert states_from_manifest(manifest)["sales_order"] == state
+
+
+def test_a_table_a_truncated_run_did_not_reach_keeps_its_state_and_marks_the_run_incomplete():
+    run = keys.RunId("20241115T142009123Z", "3f9a1c2e")
+    state = TableWatermark(minutes(19), frozenset({(7, minutes(19))}))
+    waiting = TableExtract.not_reached("payment", state)
+
+    manifest = build_manifest(run, None, OVERLAP, [waiting], datetime.now(timezone.utc))
+
+    assert manifest["complete"] is False
+    assert manifest["tables"]["payment"] == {
+        "rows": 0, "files": [], "truncated": True, "watermark": "2024-11-15T14:19:00.120",
+        "recent_versions": [[7, "2024-11-15T14:19:00.120"]]}
+    assert states_from_manifest(manifest)["payment"] == state
 
 
 def test_manifest_times_are_utc_whatever_the_zone_of_the_clock():
