@@ -27,4 +27,5 @@ SELECT COALESCE(t.payment_type_name, 'all payment types') AS payment_type_name,
 FROM paid_on
 JOIN dim_payment_type AS t ON t.payment_type_id = paid_on.payment_type_id
 GROUP BY GROUPING SETS ((t.payment_type_name), ())
+HAVING COUNT(*) > 0
 ORDER BY GROUPING(t.payment_type_name), t.payment_type_name

@@ -1,6 +1,9 @@
 """The dashboard page, rendered headless with Streamlit's AppTest against real warehouses."""
+import runpy
 import subprocess
+import sys
 from collections import defaultdict
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -8,7 +11,7 @@ import streamlit as st
 from dashboard_warehouse import build_warehouse, create_schema
 from streamlit.testing.v1 import AppTest
 
-from totes_local import cli
+from totes_local import cli, stack
 from totes_local.dashboard import launch, present, source
 
 
@@ -167,3 +170,62 @@ def test_stopping_the_launcher_with_ctrl_c_is_a_clean_exit(monkeypatch):
 
     monkeypatch.setattr(launch.subprocess, "run", interrupted)
     assert launch.main([]) == 0
+
+
+def test_reads_the_warehouse_named_by_the_pipeline_secret(monkeypatch, aws, postgres, known):
+    monkeypatch.delenv(source.DSN_VARIABLE, raising=False)
+    stack.provision({aws["WAREHOUSE_SECRET_ID"]: postgres.secret("dashboard_known")}, buckets=())
+    app = AppTest.from_file(str(launch.APP), default_timeout=60).run()
+    assert not app.exception and not app.error
+    assert any(aws["WAREHOUSE_SECRET_ID"] in caption for caption in texts(app.caption))
+    assert app.metric
+
+
+def test_without_any_setting_it_reads_the_demo_warehouse(monkeypatch, postgres):
+    postgres.recreate_database(source.DEMO_DATABASE)
+    build_warehouse(postgres, source.DEMO_DATABASE)
+    monkeypatch.delenv(source.DSN_VARIABLE, raising=False)
+    monkeypatch.delenv(source.SECRET_VARIABLE, raising=False)
+    monkeypatch.setenv(source.DEMO_DIR_VARIABLE, postgres.socket_dir)
+    app = AppTest.from_file(str(launch.APP), default_timeout=60).run()
+    assert not app.exception and not app.error
+    assert any("demo warehouse" in caption for caption in texts(app.caption)) and app.metric
+
+
+def test_filters_that_match_nothing_say_so(monkeypatch, known):
+    dsn, rows = known
+    busy = {row["created_date"] for fact in ("fact_sales_order", "fact_purchase_orders",
+                                             "fact_payment") for row in rows[fact]}
+    quiet = next(min(busy) + timedelta(days=offset) for offset in range(1, 400)
+                 if min(busy) + timedelta(days=offset) not in busy)
+    app = render(monkeypatch, dsn)
+    app.sidebar.date_input[0].set_value((quiet, quiet)).run()
+    assert not app.exception and not app.metric
+    notes = texts(app.info)
+    assert "No orders or payments match these filters." in notes
+    assert notes.count("No rows for these filters.") == 10
+
+
+def test_a_drifted_schema_shows_each_failure_on_the_page(monkeypatch, postgres, database):
+    name = database("dash_drift")
+    build_warehouse(postgres, name)
+    connection = postgres.connect(name)
+    try:
+        connection.run("ALTER TABLE dim_currency RENAME COLUMN currency_code TO code")
+        connection.run("ALTER TABLE etl.loaded_manifest RENAME COLUMN loaded_at TO loaded")
+    finally:
+        connection.close()
+    app = render(monkeypatch, dsn_for(postgres, name))
+    assert not app.exception
+    errors = texts(app.error)
+    assert any(error.startswith("Cannot tell when the warehouse last loaded") for error in errors)
+    assert any(error.startswith("Filter options unavailable") for error in texts(app.sidebar.error))
+    assert any(error.startswith("Headline numbers unavailable") for error in errors)
+    assert sum("could not be answered" in error for error in errors) == 11
+
+
+def test_python_dash_m_serves_the_page(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["python -m totes_local.dashboard", "--help"])
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_module("totes_local.dashboard", run_name="__main__")
+    assert stopped.value.code == 0

@@ -11,7 +11,9 @@ window to the whole page, capture. Used by the browser test and to refresh
 import base64
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess  # nosec B404
 import sys
 import tempfile
@@ -96,11 +98,13 @@ def capture(url: str, output: Path, charts: int = 1, timeout: float = 60.0,
     if browser is None:
         raise BrowserError(f"no browser found (looked for {', '.join(CHROMIUM_NAMES)})")
     deadline = time.monotonic() + timeout
-    with tempfile.TemporaryDirectory(prefix="totes-chromium-") as profile:
+    # Chromium's helper processes may still be writing the profile as it is removed.
+    with tempfile.TemporaryDirectory(prefix="totes-chromium-",
+                                     ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen(  # nosec B603
             [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
              f"--window-size={WIDTH},1000", "--remote-debugging-port=0", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             port = _devtools_port(Path(profile), deadline)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list") as reply:  # nosec
@@ -114,7 +118,7 @@ def capture(url: str, output: Path, charts: int = 1, timeout: float = 60.0,
                 _wait_until_drawn(page, charts, deadline)
                 shot = page.call("Page.captureScreenshot", format="png")
         finally:
-            process.terminate()
+            os.killpg(process.pid, signal.SIGTERM)  # the browser and the helpers it started
             process.wait(timeout=10)
     output.write_bytes(base64.b64decode(shot["data"]))
     return output
