@@ -149,12 +149,16 @@ def parse_query(name: str, text: str) -> Query:
     unknown = sorted(parameters - set(PARAMETERS))
     if unknown:
         raise QueryFileError(f"query {name} uses unknown parameter(s): {', '.join(unknown)}")
+    try:
+        chart = parse_chart(header["chart"])
+    except QueryFileError as error:
+        raise QueryFileError(f"query {name}: {error}") from None
     numbered = _ORDER.fullmatch(name)
     return Query(
         name=numbered.group(2) if numbered else name,
         title=header["title"], question=header["question"], reading=header["reading"],
         sql=body.strip().rstrip(";"), parameters=parameters,
-        chart=parse_chart(header["chart"]),
+        chart=chart,
         position=int(numbered.group(1)) if numbered else None,
     )
 

@@ -3,7 +3,7 @@ import runpy
 import subprocess
 import sys
 from collections import defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -229,3 +229,22 @@ def test_python_dash_m_serves_the_page(monkeypatch):
     with pytest.raises(SystemExit) as stopped:
         runpy.run_module("totes_local.dashboard", run_name="__main__")
     assert stopped.value.code == 0
+
+
+def test_freshness_turns_to_a_warning_past_the_30_minute_target():
+    now = datetime(2024, 11, 15, 15, 0, tzinfo=timezone.utc)
+    row = {"last_loaded_at": now - timedelta(minutes=5), "data_as_of": now - timedelta(minutes=31),
+           "loads": 3, "rows_loaded": 12345}
+    stale = present.freshness(row, now)
+    assert stale.stale and "(5 min ago)" in stale.text and "(31 min ago)" in stale.text
+    assert "3 loads, 12,345 rows" in stale.text
+    assert not present.freshness({**row, "data_as_of": now - timedelta(minutes=29)}, now).stale
+
+
+@pytest.mark.parametrize("age, said", [(timedelta(seconds=20), "just now"),
+                                       (timedelta(hours=3), "3 h ago"),
+                                       (timedelta(days=3), "3 days ago")])
+def test_ages_read_naturally(age, said):
+    now = datetime(2024, 11, 15, 15, 0, tzinfo=timezone.utc)
+    row = {"last_loaded_at": now - age, "data_as_of": now - age, "loads": 1, "rows_loaded": 1}
+    assert f"({said})" in present.freshness(row, now).text

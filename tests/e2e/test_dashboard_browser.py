@@ -71,3 +71,14 @@ def test_browser_draws_every_chart_of_the_page(served, tmp_path):
     assert painted > 0.05, f"page looks blank ({painted:.1%} painted)"
     assert blue > 0.005, f"no chart marks in Streamlit's chart colour ({blue:.2%})"
     assert len(np.unique(pixels, axis=0)) > 200, "too few colours for a page of charts"
+
+
+def test_a_page_that_never_draws_is_an_error_not_a_hang(tmp_path):
+    with pytest.raises(screenshot.BrowserError, match="did not finish drawing"):
+        screenshot.capture("about:blank", tmp_path / "blank.png", charts=1, timeout=3)
+
+
+def test_no_browser_on_the_machine_is_said_plainly(monkeypatch, tmp_path):
+    monkeypatch.setattr(screenshot.shutil, "which", lambda name: None)
+    with pytest.raises(screenshot.BrowserError, match="no browser found"):
+        screenshot.capture("about:blank", tmp_path / "none.png")

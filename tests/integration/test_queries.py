@@ -369,3 +369,11 @@ def test_concurrent_run_gives_the_same_answers_in_the_same_order(postgres, known
     assert list(concurrent) == list(serial)
     for name, result in serial.items():
         assert concurrent[name].frame.equals(result.frame), name
+
+
+def test_every_chart_names_columns_its_query_returns(known):
+    connection, _ = known
+    for query in QUERIES.values():
+        result = queries.run_query(connection, query, {"order_id": 1})
+        named = {column for columns in query.chart.channels.values() for column in columns}
+        assert named <= set(result.frame.columns), query.name

@@ -150,10 +150,7 @@ def main() -> None:
 
 
 def _reason(error: Exception) -> str:
-    reason = error.args[0] if error.args else type(error).__name__
-    if isinstance(reason, dict):
-        reason = reason.get("M", str(reason))
-    return " ".join(str(reason).split())
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 main()
