@@ -21,6 +21,8 @@ from totes_local.dashboard import present, source
 CACHE_SECONDS = 60
 TITLE = "Terrific Totes: sales, purchases and payments"
 ALL_CURRENCIES = "All currencies"
+#: rows a section's table shows before it scrolls.
+TABLE_ROWS = 10
 #: what can go wrong before any query runs, each shown as one line on the page.
 CONNECTION_ERRORS = (source.WarehouseNotFoundError, db.DatabaseUnavailableError,
                      db.SecretFormatError, dsn.DsnError, config.ConfigurationError,
@@ -109,8 +111,8 @@ def show_section(query: queries.Query, result: queries.Result) -> None:
     chart = present.chart(result, query.chart)
     if chart is not None:
         st.altair_chart(chart, width="stretch")
-    st.dataframe(present.table(result), hide_index=True, height=min(400, 36 + 35 * len(
-        result.frame)))
+    visible_rows = min(len(result.frame), TABLE_ROWS)
+    st.dataframe(present.table(result), hide_index=True, height=36 + 35 * visible_rows)
     st.caption(query.reading)
 
 
