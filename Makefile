@@ -51,7 +51,7 @@ dashboard: setup
 	$(BIN)/totes dashboard $(ARGS)
 
 bench: setup
-	$(BIN)/python -m benchmarks.run $(ARGS)
+	$(BIN)/python -m benchmarks.run
 
 audit: setup
 	$(BIN)/pip install --quiet pip-audit==2.10.1
