@@ -66,15 +66,7 @@ def aws(monkeypatch, moto_endpoint):
 
     Returns the pipeline environment (bucket names and secret ids) as a dict.
     """
-    suffix = uuid.uuid4().hex[:8]
-    env = {
-        **stack.aws_environment(moto_endpoint),
-        **stack.pipeline_environment(),
-        "INGEST_BUCKET": f"ingest-{suffix}",
-        "PROCESSED_BUCKET": f"processed-{suffix}",
-        "TOTESYS_SECRET_ID": f"totesys-{suffix}",
-        "WAREHOUSE_SECRET_ID": f"warehouse-{suffix}",
-    }
+    env = stack.isolated_environment(moto_endpoint, uuid.uuid4().hex[:8])
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     stack.provision({}, buckets=(env["INGEST_BUCKET"], env["PROCESSED_BUCKET"]))

@@ -11,14 +11,11 @@ queries' own output:
   driven through ingest, transform and load by the local runner, business
   simulated and an order amended, driven again; the rows are then read back.
 """
-import contextlib
-import os
 import random
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
-from typing import Iterator
 
 from totes.warehouse_schema import FACTS, TABLES, create_table_sql, create_view_sql
 from totes_local import generator, pgcopy, simulator, stack
@@ -252,20 +249,6 @@ def build_warehouse(postgres, dbname: str) -> Rows:
     return rows
 
 
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def read_rows(postgres, dbname: str) -> Rows:
     """Every row of every warehouse table, as the warehouse holds it."""
     connection = postgres.connect(dbname)
@@ -285,11 +268,8 @@ def pipeline_warehouse(postgres, dbname: str, moto_endpoint: str, scale: float =
     source = f"{dbname}_source"
     for name in (source, dbname):
         postgres.recreate_database(name)
-    suffix = uuid.uuid4().hex[:8]
-    env = {**stack.aws_environment(moto_endpoint), **stack.pipeline_environment(),
-           "INGEST_BUCKET": f"ingest-{suffix}", "PROCESSED_BUCKET": f"processed-{suffix}",
-           "TOTESYS_SECRET_ID": f"totesys-{suffix}", "WAREHOUSE_SECRET_ID": f"warehouse-{suffix}"}
-    with _environment(env):
+    env = stack.isolated_environment(moto_endpoint, uuid.uuid4().hex[:8])
+    with stack.environment(env):
         stack.provision({env["TOTESYS_SECRET_ID"]: postgres.secret(source),
                          env["WAREHOUSE_SECRET_ID"]: postgres.secret(dbname)},
                         buckets=(env["INGEST_BUCKET"], env["PROCESSED_BUCKET"]))

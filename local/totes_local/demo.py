@@ -37,20 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the demo keeps its database, logs and bucket copies")
 
 
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def warehouse_counts(postgres: stack.Postgres) -> dict[str, int]:
     """Rows per warehouse table, in contract order."""
     conn = postgres.connect("warehouse")
@@ -166,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
         postgres.recreate_database(name)
     server, endpoint = stack.start_moto()
     try:
-        with _environment({**stack.aws_environment(endpoint), **stack.pipeline_environment()}):
+        with stack.environment({**stack.aws_environment(endpoint),
+                                **stack.pipeline_environment()}):
             stack.provision({stack.TOTESYS_SECRET: postgres.secret("totesys"),
                              stack.WAREHOUSE_SECRET: postgres.secret("warehouse")})
             started = time.perf_counter()

@@ -4,13 +4,14 @@ Used by ``make demo``, the integration and end-to-end tests, and the benchmarks,
 so all of them exercise the handlers exactly the way AWS would drive them:
 through environment variables, Secrets Manager and S3, nothing injected.
 """
+import contextlib
 import json
 import logging
 import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import boto3
 import pg8000.native
@@ -106,6 +107,36 @@ def pipeline_environment() -> dict[str, str]:
         "POWERTOOLS_SERVICE_NAME": "totes",
         "POWERTOOLS_METRICS_NAMESPACE": "TotesPipeline",
     }
+
+
+def isolated_environment(endpoint: str, suffix: str) -> dict[str, str]:
+    """The full function environment with bucket names and secret ids unique to ``suffix``.
+
+    Lets several pipelines (tests, fixtures) share one moto server without sharing state.
+    """
+    return {
+        **aws_environment(endpoint),
+        **pipeline_environment(),
+        "INGEST_BUCKET": f"ingest-{suffix}",
+        "PROCESSED_BUCKET": f"processed-{suffix}",
+        "TOTESYS_SECRET_ID": f"totesys-{suffix}",
+        "WAREHOUSE_SECRET_ID": f"warehouse-{suffix}",
+    }
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a block, then restore the previous ones."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def provision(secrets: Mapping[str, Mapping[str, Any]],
