@@ -12,12 +12,11 @@ from aws_lambda_powertools.metrics import MetricUnit
 from totes import observability
 from totes.ingest import run_ingest
 
-logger = observability.logger_for("ingest")
+logger = observability.service_logger()
 metrics = observability.metrics_for()
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
+@observability.instrument("ingest", logger, metrics)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Run one ingest and return its run id, manifest key, rows per table and completeness."""
     result = run_ingest()

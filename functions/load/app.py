@@ -9,14 +9,13 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from totes import config, db, load
-from totes.observability import logger_for, metrics_for
+from totes.observability import instrument, metrics_for, service_logger
 
-logger = logger_for("load")
+logger = service_logger()
 metrics = metrics_for()
 
 
-@logger.inject_lambda_context(log_event=False)
-@metrics.log_metrics
+@instrument("load", logger, metrics)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Load every pending processed manifest; return manifests, rows per table, freshness."""
     try:

@@ -13,7 +13,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from totes import observability
 from totes.transform import handle_keys
 
-logger = observability.logger_for("transform")
+logger = observability.service_logger()
 metrics = observability.metrics_for()
 
 
@@ -22,8 +22,7 @@ def event_keys(event: dict[str, Any]) -> list[str]:
     return [unquote_plus(record["s3"]["object"]["key"]) for record in event.get("Records", ())]
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
+@observability.instrument("transform", logger, metrics)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, list[str]]:
     """Transform the manifests the event names (and any earlier ones still pending)."""
     summary = handle_keys(event_keys(event))

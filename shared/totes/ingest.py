@@ -24,7 +24,7 @@ from totes.source import SOURCE_TABLES
 from totes.watermark import (MANIFEST_FORMAT, TableWatermark, WatermarkAdvance, format_timestamp,
                              states_from_manifest)
 
-logger = observability.logger_for("ingest")
+logger = observability.service_logger()
 
 CONTENT_TYPE = "application/x-ndjson"
 ROWS_METRIC = "RowsIngested"

@@ -21,7 +21,7 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from totes import config, storage, warehouse
-from totes.observability import emit_table_metric, logger_for
+from totes.observability import emit_table_metric, service_logger
 from totes.warehouse_schema import TABLES, Table, arrow_schema
 
 PROCESSED_FORMAT = "totes.processed/1"
@@ -32,7 +32,7 @@ BATCH_ROWS = 65_536
 #: a manifest is not started with less time left than this (seconds).
 RESERVE_SECONDS = 60.0
 
-logger = logger_for("load")
+logger = service_logger()
 
 
 class LoadError(RuntimeError):

@@ -6,13 +6,17 @@ sets in Globals; the defaults keep local runs and tests working without them.
 Per-table metrics use ``single_metric`` so each carries its own ``table``
 dimension instead of leaking it onto the run-level metrics.
 """
+import functools
 import os
+from typing import Any, Callable
 
 from aws_lambda_powertools import Logger, Metrics, single_metric
 from aws_lambda_powertools.metrics import MetricUnit
 
 DEFAULT_SERVICE = "totes"
 DEFAULT_NAMESPACE = "TotesPipeline"
+
+Handler = Callable[[dict[str, Any], Any], Any]
 
 
 def _service() -> str:
@@ -23,14 +27,34 @@ def _namespace() -> str:
     return os.environ.get("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_NAMESPACE)
 
 
-def logger_for(stage: str) -> Logger:
-    """Return the Powertools logger for a pipeline stage (ingest, transform or load)."""
-    return Logger(service=_service(), stage=stage)
+def service_logger() -> Logger:
+    """Return the service's Powertools logger (one per process, shared by every module)."""
+    return Logger(service=_service())
 
 
 def metrics_for() -> Metrics:
-    """Return the run-level EMF metrics object (flushed by the handler decorator)."""
+    """Return the run-level EMF metrics object (flushed by :func:`instrument`)."""
     return Metrics(namespace=_namespace(), service=_service())
+
+
+def instrument(stage: str, logger: Logger, metrics: Metrics) -> Callable[[Handler], Handler]:
+    """Wrap a Lambda handler the same way in every function.
+
+    Each invocation starts from a clean log state carrying the Lambda context and
+    its ``stage``, and flushes its metrics when it returns or raises. The stage is
+    set per invocation, not per logger: every Powertools logger of a service shares
+    one formatter, so a key fixed at import time would be the first function's
+    wherever functions share a process (the local runner, the tests).
+    """
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def with_stage(event: dict[str, Any], context: Any) -> Any:
+            logger.append_keys(stage=stage)
+            return handler(event, context)
+
+        return logger.inject_lambda_context(clear_state=True)(metrics.log_metrics(with_stage))
+
+    return decorate
 
 
 def emit_table_metric(name: str, table: str, value: float,

@@ -25,7 +25,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import ClientError
 
 from totes import config, jsonl, keys, reference, star, storage
-from totes.observability import emit_table_metric, logger_for, metrics_for
+from totes.observability import emit_table_metric, metrics_for, service_logger
 from totes.source import SOURCE_TABLES, primary_key
 from totes.warehouse_schema import TABLES
 
@@ -34,7 +34,7 @@ PROCESSED_FORMAT = "totes.processed/1"
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 _READ_CHUNK_BYTES = 1 << 20
 
-logger = logger_for("transform")
+logger = service_logger()
 metrics = metrics_for()
 
 
