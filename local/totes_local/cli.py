@@ -8,6 +8,7 @@ line on stderr and exit status 2, never a traceback.
 import argparse
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``totes`` console script; returns the exit status."""
+    # platformdirs (via pgserver) warns when a root shell has no XDG_RUNTIME_DIR: noise, not news.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
