@@ -62,6 +62,7 @@ def start_postgres(data_dir: Path) -> Postgres:
     """Start (or reuse) an embedded PostgreSQL whose data lives in ``data_dir``."""
     import pgserver
 
+    data_dir = data_dir.resolve()  # the secret's host must be absolute to mean a socket directory
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(str(data_dir), cleanup_mode="stop")
     return Postgres(server=server, socket_dir=str(data_dir))

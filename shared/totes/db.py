@@ -102,7 +102,8 @@ def connect_with(secret: Mapping[str, Any], source: str, *,
     where = kwargs.get("unix_sock") or f"{kwargs['host']}:{kwargs['port']}"
     try:
         return pg8000.native.Connection(**kwargs)
-    except (pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError, OSError) as error:
+    except (pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError, OSError,
+            UnicodeError) as error:
         reason = error.args[0] if error.args else type(error).__name__
         if isinstance(reason, dict):
             reason = reason.get("M", "refused")

@@ -25,8 +25,11 @@ def test_demo_runs_two_cycles_and_prints_a_readable_summary(demo_dir, capsys):
     assert "totes sql warehouse" in out
 
 
-def test_demo_keeps_logs_and_bucket_files_for_people_to_browse(demo_dir, capsys):
-    cli.main(["demo", "--dir", str(demo_dir), "--scale", "0.02", "--steps", "1"])
+def test_demo_in_a_relative_folder_keeps_logs_and_bucket_files_to_browse(
+        demo_dir, capsys, monkeypatch):
+    monkeypatch.chdir(demo_dir.parent)
+    relative = demo_dir.name
+    assert cli.main(["demo", "--dir", relative, "--scale", "0.02", "--steps", "1"]) == 0
     capsys.readouterr()
     log_lines = (demo_dir / "pipeline.log").read_text().splitlines()
     messages = {json.loads(line).get("message") for line in log_lines if line.startswith("{")}

@@ -30,3 +30,11 @@ def test_unknown_role_is_reported_as_unavailable(aws, postgres, database):
     stack.provision({aws["TOTESYS_SECRET_ID"]: secret}, buckets=())
     with pytest.raises(db.DatabaseUnavailableError, match="cannot connect"):
         db.connect(aws["TOTESYS_SECRET_ID"])
+
+
+def test_a_host_name_that_cannot_exist_is_a_clear_error(aws):
+    secret = {"host": "a" * 70 + ".invalid", "username": "etl", "password": "pw-unique-9",
+              "dbname": "totesys"}
+    stack.provision({aws["TOTESYS_SECRET_ID"]: secret}, buckets=())
+    with pytest.raises(db.DatabaseUnavailableError, match="cannot connect to database totesys"):
+        db.connect(aws["TOTESYS_SECRET_ID"])
