@@ -186,11 +186,15 @@ def run(args: argparse.Namespace) -> int:
             copied = _mirror_buckets(root / "s3", (stack.INGEST_BUCKET, stack.PROCESSED_BUCKET))
     finally:
         server.stop()
-    print(f"\nwhere to look:\n"
-          f"  SQL prompt on the warehouse:  .venv/bin/totes sql warehouse   (or: totesys)\n"
-          f"  dashboard:                    make dashboard\n"
-          f"  bucket files ({copied}):           {root / 's3'}/\n"
-          f"  structured logs and metrics:  {log}")
+    places = {
+        "SQL prompt on the warehouse": ".venv/bin/totes sql warehouse   (or: totesys)",
+        "dashboard": "make dashboard",
+        f"bucket files ({copied})": f"{root / 's3'}/",
+        "structured logs and metrics": str(log),
+    }
+    print("\nwhere to look:")
+    for what, where in places.items():
+        print(f"  {what + ':':<30}{where}")
     return 0
 
 
