@@ -1,8 +1,10 @@
 """The one S3 writer and reader: every object is created once and never overwritten.
 
 Writes are conditional (``IfNoneMatch="*"``), so immutability holds even against
-a retry or a concurrent run, not just by convention. Clients are created plainly
-so the standard ``AWS_ENDPOINT_URL`` points them at a local moto server.
+a retry or a concurrent run, not just by convention. Each write carries a SHA-256
+checksum, which S3 verifies and which Object Lock (optional on the ingestion bucket)
+requires. Clients are created plainly so the standard ``AWS_ENDPOINT_URL`` points
+them at a local moto server.
 """
 import json
 from functools import lru_cache
@@ -28,7 +30,8 @@ def put_new_object(bucket: str, key: str, body: bytes, content_type: str) -> Non
     """Create ``key`` with ``body``; raise ObjectAlreadyExistsError if it already exists."""
     try:
         s3_client().put_object(
-            Bucket=bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*"
+            Bucket=bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*",
+            ChecksumAlgorithm="SHA256",
         )
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") in (
@@ -57,17 +60,6 @@ def read_json(bucket: str, key: str) -> Any:
 def open_stream(bucket: str, key: str) -> Any:
     """Return a streaming body to read a large object without holding it in memory."""
     return s3_client().get_object(Bucket=bucket, Key=key)["Body"]
-
-
-def object_exists(bucket: str, key: str) -> bool:
-    """Tell whether ``key`` exists, without reading it."""
-    try:
-        s3_client().head_object(Bucket=bucket, Key=key)
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise
-    return True
 
 
 def list_keys(bucket: str, prefix: str, start_after: str | None = None) -> Iterator[str]:

@@ -35,12 +35,6 @@ def test_other_s3_errors_are_not_mistaken_for_existing_objects(bucket):
         storage.put_new_object("no-such-bucket-here", "k", b"x", "text/plain")
 
 
-def test_object_exists_tells_present_from_absent(bucket):
-    storage.put_new_object(bucket, "here", b"x", "text/plain")
-    assert storage.object_exists(bucket, "here")
-    assert not storage.object_exists(bucket, "absent")
-
-
 def test_listing_is_ordered_and_can_start_after_a_key(bucket):
     for key in ("p/3", "p/1", "p/2", "q/1"):
         storage.put_new_object(bucket, key, b"", "text/plain")

@@ -249,7 +249,7 @@ def test_freshness_alarm_fires_after_30_minutes_and_when_the_loader_goes_silent(
     assert alarm["Period"] * alarm["EvaluationPeriods"] >= interval_seconds("LoadFunction") + 300
 
 
-def test_metric_names_and_dimensions_match_what_the_code_emits():
+def test_powertools_service_and_namespace_are_the_ones_the_code_defaults_to():
     variables = GLOBALS["Environment"]["Variables"]
     assert variables["POWERTOOLS_SERVICE_NAME"] == observability.DEFAULT_SERVICE
     assert variables["POWERTOOLS_METRICS_NAMESPACE"] == observability.DEFAULT_NAMESPACE
@@ -515,3 +515,20 @@ def test_vpc_is_optional_and_off_by_default():
     assert vpc == {"SubnetIds": {"Ref": "SubnetIds"},
                    "SecurityGroupIds": {"Ref": "SecurityGroupIds"}}
     assert PARAMETERS["SubnetIds"]["Default"] == ""
+
+
+@pytest.mark.parametrize("parameter, longest_minutes", [("IngestSchedule", 5),
+                                                        ("LoadSchedule", 12)])
+def test_schedule_parameters_refuse_intervals_that_break_the_30_minute_promise(
+        parameter, longest_minutes):
+    pattern = re.compile(PARAMETERS[parameter]["AllowedPattern"])
+    assert pattern.match("rate(1 minute)")
+    allowed = [n for n in range(2, 60) if pattern.match(f"rate({n} minutes)")]
+    assert allowed == list(range(2, longest_minutes + 1))
+
+
+def test_an_alarm_fires_when_ingest_stops_running_even_if_nothing_fails():
+    (alarm,) = alarms_on(observability.DEFAULT_NAMESPACE, "IngestRuns")
+    assert alarm["ComparisonOperator"] == "LessThanThreshold" and alarm["Threshold"] == 1
+    assert alarm["TreatMissingData"] == "breaching"
+    assert alarm["Period"] * alarm["EvaluationPeriods"] >= 3 * interval_seconds("IngestFunction")

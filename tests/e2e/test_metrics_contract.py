@@ -1,0 +1,60 @@
+"""Every metric the template alarms on or charts is one the handlers really emit, as emitted.
+
+A renamed metric or an extra dimension would leave the template valid but the
+dashboard blank and the freshness alarm permanently firing: only running the
+handlers and reading their EMF output shows it.
+"""
+import json
+import re
+from pathlib import Path
+
+from cfnlint.decode import cfn_yaml
+
+from totes import observability
+
+TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "template.yaml"
+SEARCH = re.compile(r"SEARCH\('\{" + observability.DEFAULT_NAMESPACE
+                    + r",([\w,]+)\} MetricName=\\?\"(\w+)\\?\"")
+METRIC_ROW = re.compile(r'\["' + observability.DEFAULT_NAMESPACE + r'", "(\w+)"((?:, "[\w-]+")*)')
+
+
+def watched_metrics() -> set[tuple[str, frozenset]]:
+    """(metric, dimension names) pairs the template's alarms and dashboard read from our code."""
+    text = TEMPLATE_PATH.read_text()
+    resources = cfn_yaml.load(str(TEMPLATE_PATH))["Resources"]
+    from_log_filters = {transformation["MetricName"]
+                        for resource in resources.values()
+                        if resource["Type"] == "AWS::Logs::MetricFilter"
+                        for transformation in resource["Properties"]["MetricTransformations"]}
+    watched = {(props["MetricName"], frozenset(d["Name"] for d in props.get("Dimensions", ())))
+               for props in (r["Properties"] for r in resources.values()
+                             if r["Type"] == "AWS::CloudWatch::Alarm")
+               if props.get("Namespace") == observability.DEFAULT_NAMESPACE}
+    watched |= {(name, frozenset(dimensions.split(",")))
+                for dimensions, name in SEARCH.findall(text)}
+    for name, pairs in METRIC_ROW.findall(text):
+        values = re.findall(r'"([\w-]+)"', pairs)
+        watched.add((name, frozenset(values[0::2])))
+    return {(name, dims) for name, dims in watched if name not in from_log_filters}
+
+
+def emitted_metrics(stdout: str) -> set[tuple[str, frozenset]]:
+    """(metric, dimension names) pairs in the EMF lines the handlers printed."""
+    emitted = set()
+    for line in stdout.splitlines():
+        if not line.startswith('{"_aws"'):
+            continue
+        for directive in json.loads(line)["_aws"]["CloudWatchMetrics"]:
+            assert directive["Namespace"] == observability.DEFAULT_NAMESPACE
+            for dimensions in directive["Dimensions"]:
+                emitted |= {(metric["Name"], frozenset(dimensions))
+                            for metric in directive["Metrics"]}
+    return emitted
+
+
+def test_template_watches_only_metrics_the_handlers_emit(e2e, capsys):
+    capsys.readouterr()
+    e2e.pipeline.cycle()
+    watched = watched_metrics()
+    assert {"FreshnessSeconds", "RowsLoaded", "IngestRuns"} <= {name for name, _ in watched}
+    assert watched <= emitted_metrics(capsys.readouterr().out)
