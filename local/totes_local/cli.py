@@ -18,7 +18,7 @@ from typing import Callable, Iterator, NoReturn, Sequence
 import pg8000.native
 
 from totes import db
-from totes_local import demo, dsn, generator, shape, simulator
+from totes_local import demo, dsn, generator, shape, simulator, stack
 from totes_local.dashboard import launch as dashboard
 
 #: Where the embedded PostgreSQL keeps its data when no ``--dsn`` is given.
@@ -113,11 +113,9 @@ def target_connection(args: argparse.Namespace,
     if args.dsn:
         secret = dsn.parse_dsn(args.dsn, DEFAULT_DATABASE)
         if recreate:
-            _recreate(dsn.connect(args.dsn, dbname="postgres"), secret["dbname"])
+            stack.recreate_database(dsn.connect(args.dsn, dbname="postgres"), secret["dbname"])
         conn = dsn.connect(args.dsn)
     else:
-        from totes_local import stack
-
         postgres = stack.start_postgres(args.data_dir)
         if recreate:
             postgres.recreate_database(DEFAULT_DATABASE)
@@ -126,15 +124,6 @@ def target_connection(args: argparse.Namespace,
         yield conn
     finally:
         conn.close()
-
-
-def _recreate(admin: pg8000.native.Connection, name: str) -> None:
-    try:
-        quoted = db.quote_ident(name)
-        admin.run(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
-        admin.run(f"CREATE DATABASE {quoted}")
-    finally:
-        admin.close()
 
 
 def _positive_float(text: str) -> float:

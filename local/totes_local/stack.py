@@ -16,6 +16,8 @@ from typing import Any, Iterator, Mapping
 import boto3
 import pg8000.native
 
+from totes import db
+
 REGION = "eu-west-2"
 INGEST_BUCKET = "totes-local-ingestion"
 PROCESSED_BUCKET = "totes-local-processed"
@@ -41,21 +43,23 @@ class Postgres:
                 "password": NO_PASSWORD, "dbname": dbname, "engine": "postgres"}
 
     def connect(self, dbname: str) -> pg8000.native.Connection:
-        """Open a direct connection (for set-up and assertions, not pipeline code)."""
-        return pg8000.native.Connection(
-            user=self.user, database=dbname,
-            unix_sock=os.path.join(self.socket_dir, f".s.PGSQL.{self.port}"),
-        )
+        """Open a direct connection (set-up, generation, assertions): no statement timeout."""
+        return db.connect_with(self.secret(dbname), f"embedded server in {self.socket_dir}",
+                               timeout=None)
 
     def recreate_database(self, dbname: str) -> None:
         """Drop and create ``dbname`` so each run starts from nothing."""
-        admin = self.connect("postgres")
-        try:
-            quoted = pg8000.native.identifier(dbname)
-            admin.run(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
-            admin.run(f"CREATE DATABASE {quoted}")
-        finally:
-            admin.close()
+        recreate_database(self.connect("postgres"), dbname)
+
+
+def recreate_database(admin: pg8000.native.Connection, dbname: str) -> None:
+    """Drop and create ``dbname`` through ``admin`` (connected elsewhere), then close ``admin``."""
+    try:
+        quoted = db.quote_ident(dbname)
+        admin.run(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
+        admin.run(f"CREATE DATABASE {quoted}")
+    finally:
+        admin.close()
 
 
 def start_postgres(data_dir: Path) -> Postgres:

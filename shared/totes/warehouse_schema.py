@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from totes.db import quote_ident
+
 #: logical type -> PostgreSQL type
 SQL_TYPES = MappingProxyType({
     "serial": "serial",
@@ -172,19 +174,15 @@ def arrow_schema(table: Table) -> Any:
     ])
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _column_sql(table: Table, column: Column) -> str:
-    line = f"{_quote(column.name)} {SQL_TYPES[column.type]}"
+    line = f"{quote_ident(column.name)} {SQL_TYPES[column.type]}"
     if not column.nullable:
         line += " NOT NULL"
     if column.name == table.primary_key:
         line += " PRIMARY KEY"
     if column.references:
         target = TABLES[column.references]
-        line += f" REFERENCES {_quote(target.name)} ({_quote(target.primary_key)})"
+        line += f" REFERENCES {quote_ident(target.name)} ({quote_ident(target.primary_key)})"
     return line
 
 
@@ -192,9 +190,9 @@ def create_table_sql(table: Table) -> str:
     """Return idempotent DDL for ``table`` (keys, foreign keys and the fact unique key)."""
     lines = [_column_sql(table, column) for column in table.columns]
     if table.unique_key:
-        lines.append(f"UNIQUE ({', '.join(_quote(name) for name in table.unique_key)})")
+        lines.append(f"UNIQUE ({', '.join(quote_ident(name) for name in table.unique_key)})")
     body = ",\n  ".join(lines)
-    return f"CREATE TABLE IF NOT EXISTS {_quote(table.name)} (\n  {body}\n)"
+    return f"CREATE TABLE IF NOT EXISTS {quote_ident(table.name)} (\n  {body}\n)"
 
 
 _CURRENT_VIEW = (
@@ -207,9 +205,11 @@ _CURRENT_VIEW = (
 def create_view_sql(fact: Table) -> str:
     """Return DDL for ``<fact>_current``: one row per business id, its latest version."""
     return _CURRENT_VIEW.format(
-        view=_quote(fact.name + "_current"), business_id=_quote(CURRENT_VIEWS[fact.name]),
-        columns=", ".join(_quote(name) for name in fact.column_names), fact=_quote(fact.name),
-        record_id=_quote(fact.primary_key),
+        view=quote_ident(fact.name + "_current"),
+        business_id=quote_ident(CURRENT_VIEWS[fact.name]),
+        columns=", ".join(quote_ident(name) for name in fact.column_names),
+        fact=quote_ident(fact.name),
+        record_id=quote_ident(fact.primary_key),
     )
 
 
@@ -220,7 +220,8 @@ def add_columns_sql(table: Table) -> tuple[str, ...]:
     the columns added since, and a current one is left as it is.
     """
     return tuple(
-        f"ALTER TABLE {_quote(table.name)} ADD COLUMN IF NOT EXISTS {_column_sql(table, column)}"
+        f"ALTER TABLE {quote_ident(table.name)} "
+        f"ADD COLUMN IF NOT EXISTS {_column_sql(table, column)}"
         for column in table.columns if column.name != table.primary_key
     )
 
@@ -236,7 +237,7 @@ def create_bookkeeping_sql() -> tuple[str, ...]:
     is what makes each load exactly-once; ``schema_version`` records the fingerprint
     of the DDL last applied, so an unchanged schema costs one lookup and no locks.
     """
-    etl = _quote(ETL_SCHEMA)
+    etl = quote_ident(ETL_SCHEMA)
     return (
         f"CREATE SCHEMA IF NOT EXISTS {etl}",
         f"CREATE TABLE IF NOT EXISTS {etl}.\"loaded_manifest\" (\n"
