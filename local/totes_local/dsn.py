@@ -49,17 +49,12 @@ def parse_dsn(dsn: str, default_dbname: str = "totesys") -> dict[str, Any]:
     return secret
 
 
-def connect_kwargs(dsn: str) -> dict[str, Any]:
-    """pg8000 ``Connection`` arguments for a PostgreSQL URL (socket path, TLS context...)."""
-    return db.connection_kwargs(parse_dsn(dsn))
-
-
 def connect(dsn: str, dbname: str | None = None) -> pg8000.native.Connection:
     """Connect to the URL's database (or ``dbname`` on the same server), failing in one line."""
     secret = parse_dsn(dsn)
     if dbname:
         secret["dbname"] = dbname
-    return db.connect_with(secret, "from --dsn")
+    return db.connect_with(secret, "from --dsn", timeout=None)  # bulk loads outlast any bound
 
 
 def redact(dsn: str) -> str:

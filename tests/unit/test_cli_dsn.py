@@ -2,7 +2,13 @@ import getpass
 
 import pytest
 
+from totes import db
 from totes_local import cli, dsn
+
+
+def connection_kwargs(url: str) -> dict:
+    """What the pipeline's one connection helper makes of a URL."""
+    return db.connection_kwargs(dsn.parse_dsn(url))
 
 
 def test_tcp_url_becomes_an_rds_style_secret():
@@ -12,13 +18,13 @@ def test_tcp_url_becomes_an_rds_style_secret():
 
 
 def test_percent_encoded_socket_directory_is_a_unix_socket():
-    kwargs = dsn.connect_kwargs("postgres://postgres@%2Ftmp%2Fpg:5433/src")
+    kwargs = connection_kwargs("postgres://postgres@%2Ftmp%2Fpg:5433/src")
     assert kwargs["unix_sock"] == "/tmp/pg/.s.PGSQL.5433"
     assert kwargs["database"] == "src" and "host" not in kwargs
 
 
 def test_host_query_parameter_names_the_socket_directory():
-    kwargs = dsn.connect_kwargs("postgresql:///totesys?host=/var/run/postgresql&user=me")
+    kwargs = connection_kwargs("postgresql:///totesys?host=/var/run/postgresql&user=me")
     assert kwargs["unix_sock"] == "/var/run/postgresql/.s.PGSQL.5432"
     assert kwargs["user"] == "me"
 
@@ -31,8 +37,8 @@ def test_missing_parts_take_libpq_like_defaults():
 
 
 def test_tcp_defaults_to_tls_as_the_pipeline_does():
-    assert dsn.connect_kwargs("postgresql://u@h/d")["ssl_context"] is not None
-    assert dsn.connect_kwargs("postgresql://u@h/d?sslmode=disable")["ssl_context"] is None
+    assert connection_kwargs("postgresql://u@h/d")["ssl_context"] is not None
+    assert connection_kwargs("postgresql://u@h/d?sslmode=disable")["ssl_context"] is None
 
 
 @pytest.mark.parametrize("text, message", [
