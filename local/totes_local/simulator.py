@@ -133,7 +133,10 @@ def _run_payment_batches(conn: pg8000.native.Connection, after: datetime, until:
 
 def _run_step(conn: pg8000.native.Connection, begin: datetime, end: datetime, rng: Rng,
               rates: Rates, factor: float, ids: dict[str, list[int]]) -> None:
-    """Draw the step's events, give each its own instant in (begin, end], apply in order."""
+    """Draw the step's events, shuffle them, and apply them at increasing instants in (begin, end].
+
+    Times follow the order events happen, so nothing refers to a row stamped later than itself.
+    """
     events: list[Callable[[datetime], None]] = []
 
     def add(count: int, action: Callable[[datetime], None]) -> None:
@@ -157,9 +160,10 @@ def _run_step(conn: pg8000.native.Connection, begin: datetime, end: datetime, rn
     add(rng.poisson(rates.new_counterparties * factor),
         lambda t: _record_counterparty(new_counterparty(conn, t, rng), ids))
     span = max(int((end - begin) / timedelta(milliseconds=1)), 1)
+    order = rng.permutation(len(events))
     offsets = np.sort(rng.integers(1, span + 1, len(events)))
-    for index in rng.permutation(len(events)):
-        events[index](begin + timedelta(milliseconds=int(offsets[index])))
+    for index, offset in zip(order, offsets):
+        events[index](begin + timedelta(milliseconds=int(offset)))
 
 
 def _record_counterparty(created: dict[str, int | None], ids: dict[str, list[int]]) -> None:
