@@ -9,7 +9,9 @@ backfill drains over several runs that each fit the function's timeout.
 That manifest is the commit point: until it exists nothing downstream sees the
 run's files and the state has not moved, so a run that fails anywhere before it
 is simply repeated by the next one. Every object is created once under a fresh
-key and never replaced.
+key and never replaced. Runs must not overlap (the function's concurrency is 1);
+as a guard, a run that finds a newer manifest than the one it started from
+aborts instead of committing a manifest older than it.
 """
 import time
 from contextlib import suppress
@@ -31,6 +33,19 @@ ROWS_METRIC = "RowsIngested"
 #: Rows per FETCH. Decoded rows take about ten times the memory of their JSON, so
 #: fetching in batches smaller than an object keeps the peak near one encoded object.
 FETCH_ROWS = 5_000
+#: Seconds any database wait may take outside Lambda: the longest a Lambda may run.
+DEFAULT_DB_TIMEOUT_SECONDS = 900.0
+
+_NOT_COMMITTED = "ingest run failed; nothing committed, the next run reads the same rows"
+_COMMIT_UNKNOWN = ("ingest run failed writing its manifest; the run is committed if the "
+                   "manifest exists, else nothing is and the next run reads the same rows")
+_COMMITTED_BY_RETRY = ("ingest run failed writing its manifest, which exists: a retried write "
+                       "found the object its first attempt created, so the run is committed")
+_COMMITTED = "ingest run failed after committing its manifest; downstream sees the run"
+
+
+class ConcurrentRunError(RuntimeError):
+    """Another run committed a manifest after this one read its starting state."""
 
 
 @dataclass(frozen=True)
@@ -216,8 +231,8 @@ def extract_table(conn: pg8000.native.Connection, table: str, state: TableWaterm
 
 
 def _extract_all(settings: IngestSettings, states: dict[str, TableWatermark],
-                 run: keys.RunId) -> list[TableExtract]:
-    conn = db.connect(settings.secret_id)
+                 run: keys.RunId, db_timeout: float) -> list[TableExtract]:
+    conn = db.connect(settings.secret_id, timeout=db_timeout)
     try:
         with extract.snapshot(conn):
             return _extract_within_budget(conn, settings, states, run)
@@ -252,7 +267,23 @@ def _log_backlog(run: keys.RunId, settings: IngestSettings, extracts: list[Table
                        "tables_waiting": [item.table for item in extracts if item.truncated]})
 
 
-def _commit(settings: IngestSettings, run: keys.RunId, started: float) -> IngestResult:
+def _check_still_newest(bucket: str, previous_key: str | None) -> None:
+    """Refuse to commit when another run committed since this one read its state.
+
+    Committing anyway would leave a manifest older than the newest one, which
+    transform skips and load waits for forever.
+    """
+    newest = storage.latest_manifest_key(bucket)
+    if newest != previous_key:
+        raise ConcurrentRunError(
+            f"another ingest run committed {newest} after this run started from "
+            f"{previous_key or 'no manifest'}; this run's files are orphans and nothing is lost: "
+            "the next run continues from the newer manifest")
+
+
+def _extract_run(settings: IngestSettings, run: keys.RunId, db_timeout: float
+                 ) -> tuple[dict[str, Any], list[TableExtract]]:
+    """Extract the changes since the newest manifest; return the manifest that commits them."""
     previous_key = storage.latest_manifest_key(settings.bucket)
     previous = None if previous_key is None else storage.read_json(settings.bucket, previous_key)
     logger.info("ingest run started", extra={
@@ -260,13 +291,18 @@ def _commit(settings: IngestSettings, run: keys.RunId, started: float) -> Ingest
         "overlap_minutes": settings.overlap // timedelta(minutes=1),
         "chunk_rows": settings.chunk_rows, "max_rows_per_run": settings.max_rows_per_run,
     })
-    extracts = _extract_all(settings, states_from_manifest(previous), run)
-    manifest_key = keys.manifest_key(run)
+    extracts = _extract_all(settings, states_from_manifest(previous), run, db_timeout)
     manifest = build_manifest(run, previous_key, settings.overlap, extracts,
                               datetime.now(timezone.utc))
-    storage.put_new_json(settings.bucket, manifest_key, manifest)
+    _check_still_newest(settings.bucket, previous_key)
+    return manifest, extracts
+
+
+def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
+            extracts: list[TableExtract], complete: bool, started: float) -> IngestResult:
+    """Publish a committed run's metrics and log lines; return its result."""
     result = IngestResult(str(run), manifest_key, {item.table: item.rows for item in extracts},
-                          manifest["complete"], round((time.perf_counter() - started) * 1000, 1))
+                          complete, round((time.perf_counter() - started) * 1000, 1))
     for item in extracts:
         observability.emit_table_metric(ROWS_METRIC, item.table, item.rows)
     changed = [item.table for item in extracts if item.rows]
@@ -283,21 +319,41 @@ def _commit(settings: IngestSettings, run: keys.RunId, started: float) -> Ingest
     return result
 
 
-def run_ingest(settings: IngestSettings | None = None) -> IngestResult:
+def _failure_message(error: Exception, left_behind: str) -> str:
+    """Say what a failure left behind: ``left_behind`` is what the run's progress implies."""
+    if isinstance(error, ConcurrentRunError):
+        return f"ingest run failed: {error}"
+    if left_behind == _COMMIT_UNKNOWN and isinstance(error, storage.ObjectAlreadyExistsError):
+        return _COMMITTED_BY_RETRY
+    return left_behind
+
+
+def run_ingest(settings: IngestSettings | None = None, *,
+               db_timeout: float = DEFAULT_DB_TIMEOUT_SECONDS) -> IngestResult:
     """Run one ingest: extract the changes since the last manifest, then commit a new manifest.
 
     At most ``max_rows_per_run`` rows are written; the result's ``complete`` says
-    whether the run caught up or left a backlog for the next run.
+    whether the run caught up or left a backlog for the next run. ``db_timeout``
+    bounds every database wait, statements included: the handler passes the
+    invocation's remaining time, as the first FETCH of a backfill sorts every row
+    it will return and may take far longer than a connect.
 
     Settings default to the Lambda environment. Any failure (configuration,
-    secret, database, S3) is logged with its cause and re-raised, so Lambda's
-    Errors metric sees it; no manifest means nothing was committed.
+    secret, database, S3, a concurrent run) is logged once with its cause and with
+    what it left committed, and re-raised, so Lambda's Errors metric sees it.
     """
     started = time.perf_counter()
     run = keys.new_run_id()
+    manifest_key = keys.manifest_key(run)
+    left_behind = _NOT_COMMITTED  # what a failure at this point leaves, as the log says it
     try:
-        return _commit(settings or IngestSettings.from_environment(), run, started)
-    except Exception:
-        logger.exception("ingest run failed; nothing committed, the next run reads the same rows",
-                         extra={"run_id": str(run)})
+        settings = settings or IngestSettings.from_environment()
+        manifest, extracts = _extract_run(settings, run, db_timeout)
+        left_behind = _COMMIT_UNKNOWN
+        storage.put_new_json(settings.bucket, manifest_key, manifest)
+        left_behind = _COMMITTED
+        return _report(settings, run, manifest_key, extracts, manifest["complete"], started)
+    except Exception as error:
+        logger.exception(_failure_message(error, left_behind),
+                         extra={"run_id": str(run), "manifest_key": manifest_key})
         raise

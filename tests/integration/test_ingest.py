@@ -204,6 +204,57 @@ def test_crash_before_the_manifest_loses_nothing(source_db, aws, monkeypatch, ca
         "ingest run failed")
 
 
+def test_a_run_overtaken_by_another_commit_aborts_and_the_next_run_continues(
+        source_db, aws, monkeypatch, captured_logs):
+    seed_one_of_each(source_db)
+    first = ingest.run_ingest()
+    sales_order(source_db, 2, T0 + timedelta(minutes=5))
+    extract_all, overtaking = ingest._extract_all, []
+
+    def another_run_commits_meanwhile(*args):
+        extracts = extract_all(*args)
+        if not overtaking:
+            monkeypatch.setattr(ingest, "_extract_all", extract_all)
+            overtaking.append(ingest.run_ingest())
+        return extracts
+
+    monkeypatch.setattr(ingest, "_extract_all", another_run_commits_meanwhile)
+    with pytest.raises(ingest.ConcurrentRunError):
+        ingest.run_ingest()
+
+    [other] = overtaking
+    assert storage.latest_manifest_key(aws["INGEST_BUCKET"]) == other.manifest_key
+    manifests = [key for key in all_keys(aws["INGEST_BUCKET"]) if key.startswith("_manifests/")]
+    assert len(manifests) == 2
+    [failure] = [line for line in captured_logs() if line["level"] == "ERROR"]
+    assert failure["message"] == (
+        f"ingest run failed: another ingest run committed {other.manifest_key} after this run "
+        f"started from {first.manifest_key}; this run's files are orphans and nothing is lost: "
+        "the next run continues from the newer manifest")
+    sales_order(source_db, 3, T0 + timedelta(minutes=6))
+    assert ingest.run_ingest().rows["sales_order"] == 1
+    assert latest_manifest(aws["INGEST_BUCKET"])["previous_manifest"] == other.manifest_key
+
+
+def test_a_manifest_write_retried_into_its_own_object_is_logged_as_committed(
+        source_db, aws, monkeypatch, captured_logs):
+    seed_one_of_each(source_db)
+    put_new_json = storage.put_new_json
+
+    def response_lost_and_retry_refused(bucket, key, document):
+        put_new_json(bucket, key, document)
+        raise storage.ObjectAlreadyExistsError(f"s3://{bucket}/{key} already exists")
+
+    monkeypatch.setattr(storage, "put_new_json", response_lost_and_retry_refused)
+    with pytest.raises(storage.ObjectAlreadyExistsError):
+        ingest.run_ingest()
+
+    [failure] = [line for line in captured_logs() if line["level"] == "ERROR"]
+    assert storage.latest_manifest_key(aws["INGEST_BUCKET"]) == failure["manifest_key"]
+    assert "the run is committed" in failure["message"]
+    assert "nothing committed" not in failure["message"]
+
+
 def test_no_object_is_ever_overwritten(source_db, aws):
     s3 = storage.s3_client()
     s3.put_bucket_versioning(Bucket=aws["INGEST_BUCKET"],

@@ -10,7 +10,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from totes import config, db, storage
+from totes import config, db, ingest, storage
 from totes.source import SOURCE_TABLES
 from totes_local import runner, stack
 
@@ -58,6 +58,39 @@ def test_handler_returns_the_run_summary_and_publishes_run_metrics(
     per_table = {document["table"]: document["RowsIngested"]
                  for document in documents if "RowsIngested" in document}
     assert per_table == {table: [1.0] for table in SOURCE_TABLES}
+
+
+def socket_timeouts(monkeypatch):
+    """Record the socket timeout of every connection the pipeline opens."""
+    connect, timeouts = db.connect, []
+
+    def recording(*args, **kwargs):
+        conn = connect(*args, **kwargs)
+        timeouts.append(conn._usock.gettimeout())
+        return conn
+
+    monkeypatch.setattr(db, "connect", recording)
+    return timeouts
+
+
+def test_statements_may_run_for_the_invocation_s_remaining_time(
+        handler, source_db, aws, monkeypatch):
+    timeouts = socket_timeouts(monkeypatch)
+    seed_one_of_each(source_db)
+
+    handler({}, runner.LambdaContext(function_name="totes-ingest", timeout_seconds=120))
+
+    [timeout] = timeouts
+    assert 100 < timeout <= 120
+
+
+def test_outside_lambda_statements_may_run_as_long_as_a_lambda_could(
+        source_db, aws, monkeypatch):
+    timeouts = socket_timeouts(monkeypatch)
+
+    ingest.run_ingest()
+
+    assert timeouts == [ingest.DEFAULT_DB_TIMEOUT_SECONDS]
 
 
 def test_a_run_cut_by_its_row_budget_reports_a_backlog(
@@ -168,6 +201,9 @@ class Context:
     memory_limit_in_mb = 512
     invoked_function_arn = "arn:aws:lambda:eu-west-2:000000000000:function:totes-ingest"
     aws_request_id = "subprocess-test"
+
+    def get_remaining_time_in_millis(self):
+        return 180_000
 
 import app, totes
 response = app.lambda_handler({}, Context())
