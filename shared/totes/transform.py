@@ -33,6 +33,8 @@ INGEST_FORMAT = "totes.ingest/1"
 PROCESSED_FORMAT = "totes.processed/1"
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 _READ_CHUNK_BYTES = 1 << 20
+#: S3 error codes meaning the object is not there: bad input, unlike any other S3 error.
+_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 logger = service_logger()
 metrics = metrics_for()
@@ -40,6 +42,18 @@ metrics = metrics_for()
 
 class TransformInputError(ValueError):
     """An ingest object cannot be transformed; the message names its key and the reason."""
+
+
+def _missing_object(bucket: str, key: str, error: ClientError) -> TransformInputError:
+    """Turn "no such object" into bad input; re-raise any other S3 error as it is.
+
+    Access denied, throttling or a 500 says nothing about the input: they are
+    infrastructure errors that a retry or a fix of the permissions heals.
+    """
+    code = error.response.get("Error", {}).get("Code")
+    if code not in _MISSING_CODES:
+        raise error
+    return TransformInputError(f"s3://{bucket}/{key} cannot be read: {code}")
 
 
 @dataclass
@@ -95,8 +109,7 @@ def _decode(bucket: str, key: str) -> list[dict[str, Any]]:
             rows.append(row)
         return rows
     except ClientError as error:
-        reason = error.response.get("Error", {}).get("Code", "unreadable")
-        raise TransformInputError(f"s3://{bucket}/{key} cannot be read: {reason}") from None
+        raise _missing_object(bucket, key, error) from None
     except ValueError as error:
         raise TransformInputError(
             f"s3://{bucket}/{key} is not valid JSON Lines after {len(rows)} row(s): {error}"
@@ -193,8 +206,7 @@ def _read_ingest_manifest(bucket: str, key: str) -> dict[str, Any]:
     try:
         manifest = storage.read_json(bucket, key)
     except ClientError as error:
-        reason = error.response.get("Error", {}).get("Code", "unreadable")
-        raise TransformInputError(f"s3://{bucket}/{key} cannot be read: {reason}") from None
+        raise _missing_object(bucket, key, error) from None
     except ValueError as error:
         raise TransformInputError(f"s3://{bucket}/{key} is not valid JSON: {error}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != INGEST_FORMAT \
@@ -263,25 +275,34 @@ def transform_through(ingest_key: str) -> list[str]:
     """Transform every ingest manifest not yet transformed, oldest first, up to ``ingest_key``.
 
     Returns the manifest keys this call transformed (empty when ``ingest_key`` was
-    already done: a duplicate or late event).
+    already done: a duplicate or late event). Any failure is logged once, naming the
+    manifest it stopped at, and re-raised: bad input as ``ingest input rejected``,
+    anything else (S3, configuration) as ``transform failed``.
     """
-    processed_bucket = config.processed_bucket()
-    latest = storage.latest_manifest_key(processed_bucket)
-    if latest is not None and latest >= ingest_key:
-        logger.info("already transformed", extra={"manifest": ingest_key, "latest": latest})
-        return []
-    pointers = (storage.read_json(processed_bucket, latest)["reference"] if latest
-                else dict.fromkeys(reference.REFERENCE_TABLES))
-    done = []
-    for key in _pending(config.ingest_bucket(), latest, ingest_key):
-        try:
+    done: list[str] = []
+    current = ingest_key
+    try:
+        processed_bucket = config.processed_bucket()
+        latest = storage.latest_manifest_key(processed_bucket)
+        if latest is not None and latest >= ingest_key:
+            logger.info("already transformed", extra={"manifest": ingest_key, "latest": latest})
+            return []
+        pointers = (storage.read_json(processed_bucket, latest)["reference"] if latest
+                    else dict.fromkeys(reference.REFERENCE_TABLES))
+        for key in _pending(config.ingest_bucket(), latest, ingest_key):
+            current = key
             pointers = transform_manifest(key, pointers)["reference"]
-        except TransformInputError as error:
-            logger.error("ingest input rejected; nothing committed for this manifest",
-                         extra={"manifest": key, "error": str(error)})
-            raise
-        done.append(key)
-    return done
+            done.append(key)
+            current = ingest_key  # a failure to list the next one leaves the event's undone
+        return done
+    except TransformInputError as error:
+        logger.exception("ingest input rejected; nothing committed for this manifest",
+                         extra={"manifest": current, "error": str(error)})
+        raise
+    except Exception:
+        logger.exception("transform failed; nothing committed for this manifest",
+                         extra={"manifest": current, "transformed": done})
+        raise
 
 
 def handle_keys(object_keys: Iterable[str]) -> dict[str, list[str]]:

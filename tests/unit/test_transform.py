@@ -10,9 +10,10 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 from ingest_fixtures import T0, encoded, full_batch, row, write_run
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from totes import storage, transform
+from totes import config, storage, transform
 from totes.warehouse_schema import TABLES, arrow_schema
 
 INGEST, PROCESSED = "ingest-test", "processed-test"
@@ -85,7 +86,10 @@ def rows_of(document, table_name):
 
 
 def overwrite(bucket, key, body):
-    """What an operator does to repair a bad object (the pipeline itself never overwrites)."""
+    """Make a bad object acceptable: stands in for deploying a transform that accepts it.
+
+    The buckets are immutable in production (see docs/runbook.md); only tests overwrite.
+    """
     boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body)
 
 
@@ -415,3 +419,102 @@ def test_bad_manifest_blocks_later_ones_and_leaves_earlier_output_intact(caplog)
     data = _data_key(second, "payment")
     overwrite(INGEST, data, encoded("payment", [row("payment")]))
     assert handle(third)["transformed"] == [second, third]
+
+
+# --- infrastructure failures: logged once with the manifest, raised as they are ------------
+
+def s3_error(code):
+    return ClientError({"Error": {"Code": code, "Message": f"S3 says {code}"}}, "GetObject")
+
+
+def failure_logs(caplog):
+    return [record for record in caplog.records if record.levelname == "ERROR"]
+
+
+@pytest.mark.parametrize("code", ["AccessDenied", "SlowDown", "InternalError"])
+def test_an_unreadable_ingest_file_is_an_infrastructure_error_not_bad_input(
+        code, monkeypatch, caplog):
+    key = write_run(INGEST, full_batch())
+    data = _data_key(key, "payment")
+    open_stream = storage.open_stream
+
+    def refused(bucket, object_key):
+        if object_key == data:
+            raise s3_error(code)
+        return open_stream(bucket, object_key)
+
+    monkeypatch.setattr(storage, "open_stream", refused)
+    with pytest.raises(ClientError, match=code):
+        handle(key)
+    [failure] = failure_logs(caplog)
+    assert failure.message == "transform failed; nothing committed for this manifest"
+    assert failure.manifest == key and failure.exc_info
+    assert not exists(PROCESSED, key)
+
+
+@pytest.mark.parametrize("code", ["AccessDenied", "SlowDown", "InternalError"])
+def test_an_unreadable_ingest_manifest_is_an_infrastructure_error_not_bad_input(
+        code, monkeypatch, caplog):
+    key = write_run(INGEST, full_batch())
+    read_json = storage.read_json
+
+    def refused(bucket, object_key):
+        if (bucket, object_key) == (INGEST, key):
+            raise s3_error(code)
+        return read_json(bucket, object_key)
+
+    monkeypatch.setattr(storage, "read_json", refused)
+    with pytest.raises(ClientError, match=code):
+        handle(key)
+    [failure] = failure_logs(caplog)
+    assert failure.message.startswith("transform failed") and failure.manifest == key
+
+
+def test_a_failed_parquet_write_is_logged_with_the_manifest(monkeypatch, caplog):
+    key = write_run(INGEST, full_batch())
+
+    def put_fails(*args):
+        raise ClientError({"Error": {"Code": "InternalError", "Message": "S3 is down"}},
+                          "PutObject")
+
+    monkeypatch.setattr(storage, "put_new_object", put_fails)
+    with pytest.raises(ClientError, match="S3 is down"):
+        handle(key)
+    [failure] = failure_logs(caplog)
+    assert failure.manifest == key and "S3 is down" in caplog.text
+
+
+def test_a_failure_reading_the_previous_processed_manifest_is_logged(monkeypatch, caplog):
+    first = write_run(INGEST, full_batch(), stamp=STAMPS[0])
+    handle(first)
+    second = write_run(INGEST, {}, stamp=STAMPS[1])
+    read_json = storage.read_json
+
+    def refused(bucket, object_key):
+        if bucket == PROCESSED:
+            raise s3_error("SlowDown")
+        return read_json(bucket, object_key)
+
+    monkeypatch.setattr(storage, "read_json", refused)
+    with pytest.raises(ClientError, match="SlowDown"):
+        handle(second)
+    [failure] = failure_logs(caplog)
+    assert failure.manifest == second and failure.message.startswith("transform failed")
+
+
+def test_a_missing_setting_is_logged_with_the_manifest(monkeypatch, caplog):
+    key = write_run(INGEST, {})
+    monkeypatch.delenv("PROCESSED_BUCKET")
+    with pytest.raises(config.ConfigurationError, match="PROCESSED_BUCKET"):
+        handle(key)
+    [failure] = failure_logs(caplog)
+    assert failure.manifest == key and "PROCESSED_BUCKET" in caplog.text
+
+
+def test_rejected_input_is_logged_once_with_the_manifest_and_its_traceback(caplog):
+    key = write_run(INGEST, {"design": [row("design", design_id=2 ** 31)]})
+    with pytest.raises(transform.TransformInputError):
+        handle(key)
+    [failure] = failure_logs(caplog)
+    assert failure.message == "ingest input rejected; nothing committed for this manifest"
+    assert failure.manifest == key and failure.exc_info
