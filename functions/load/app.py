@@ -4,8 +4,10 @@ Thin on purpose: connect with the warehouse secret, let :mod:`totes.load` do the
 work, return its summary. Metrics are flushed by Powertools when the handler returns
 or raises.
 """
+from contextlib import suppress
 from typing import Any
 
+import pg8000.native
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from totes import config, db, load
@@ -22,12 +24,16 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         # A bulk statement may legitimately run for minutes: no wait outlives the invocation.
         conn = db.connect(config.warehouse_secret_id(),
                           timeout=context.get_remaining_time_in_millis() / 1000)
-    except db.DatabaseUnavailableError:
-        logger.exception("warehouse unavailable")
+    except Exception:
+        # Configuration, secret or network: load.run logs every failure after this point.
+        logger.exception("load failed connecting to the warehouse; nothing loaded")
         raise
     try:
         report = load.run(
             conn, metrics, time_left=lambda: context.get_remaining_time_in_millis() / 1000)
     finally:
-        conn.close()
+        # Closing a connection whose socket already failed can only say so again;
+        # the original error is the one worth raising.
+        with suppress(pg8000.native.InterfaceError, OSError):
+            conn.close()
     return report.as_dict()

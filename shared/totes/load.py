@@ -237,10 +237,16 @@ def _read_manifest(bucket: str, key: str) -> ProcessedManifest:
         raise LoadError(f"manifest {key} cannot be read: {error}", key, key) from error
 
 
-def publish(report: LoadReport, metrics: Metrics, seconds: float) -> None:
-    """Publish the run's metrics: freshness (alarmed at 30 minutes), volume, duration."""
-    metrics.add_metric(name="FreshnessSeconds", unit=MetricUnit.Seconds,
-                       value=report.freshness_seconds)
+def publish(report: LoadReport, metrics: Metrics, seconds: float, *,
+            with_freshness: bool = True) -> None:
+    """Publish the run's metrics: freshness (alarmed at 30 minutes), volume, duration.
+
+    ``with_freshness=False`` leaves freshness out when it could not be measured:
+    a missing point, never a made-up one.
+    """
+    if with_freshness:
+        metrics.add_metric(name="FreshnessSeconds", unit=MetricUnit.Seconds,
+                           value=report.freshness_seconds)
     metrics.add_metric(name="ManifestsLoaded", unit=MetricUnit.Count,
                        value=len(report.manifests_loaded))
     metrics.add_metric(name="LoadRunDuration", unit=MetricUnit.Seconds, value=seconds)
@@ -258,23 +264,52 @@ def run(conn: pg8000.native.Connection, metrics: Metrics, *,
     """Create or migrate the warehouse, load every pending manifest, publish metrics.
 
     Stops starting new manifests when ``time_left()`` (seconds) drops under
-    :data:`RESERVE_SECONDS`, so a Lambda timeout never cuts a manifest short. A
-    failure is logged with the manifest and object keys and raised; the metrics
-    (freshness included) are published either way.
+    :data:`RESERVE_SECONDS`, so a Lambda timeout never cuts a manifest short.
+    Every failure is logged once (with the manifest and object keys when there are
+    some) and raised. Once the warehouse is ready, the metrics are published
+    whatever happens; if freshness cannot be measured that is logged on its own and
+    an error from the load itself is the one raised.
     """
     processed_bucket = processed_bucket or config.processed_bucket()
     ingest_bucket = ingest_bucket or config.ingest_bucket()
     started = time.monotonic()
-    if warehouse.ensure_schema(conn):
-        logger.info("warehouse schema created or migrated")
-    report = LoadReport(last_loaded_manifest=warehouse.last_loaded_key(conn))
+    report = _prepare(conn)
     try:
         _load_pending(conn, processed_bucket, ingest_bucket, report, time_left, batch_rows)
     finally:
-        report.freshness_seconds = freshness_seconds(
-            ingest_bucket, report.last_loaded_manifest, now())
-        publish(report, metrics, time.monotonic() - started)
+        freshness_error = _measure_freshness(report, ingest_bucket, now())
+        publish(report, metrics, time.monotonic() - started,
+                with_freshness=freshness_error is None)
+    if freshness_error is not None:
+        raise freshness_error
     return report
+
+
+def _prepare(conn: pg8000.native.Connection) -> LoadReport:
+    """Create or migrate the warehouse and read where the last load stopped."""
+    try:
+        if warehouse.ensure_schema(conn):
+            logger.info("warehouse schema created or migrated")
+        return LoadReport(last_loaded_manifest=warehouse.last_loaded_key(conn))
+    except Exception:
+        logger.exception("load failed preparing the warehouse; nothing loaded")
+        raise
+
+
+def _measure_freshness(report: LoadReport, ingest_bucket: str,
+                       now: datetime) -> Exception | None:
+    """Set the report's freshness; return (after logging) instead of raising an error.
+
+    Called while a load error may be propagating: raising here would replace it.
+    """
+    try:
+        report.freshness_seconds = freshness_seconds(
+            ingest_bucket, report.last_loaded_manifest, now)
+    except Exception as error:
+        logger.exception("freshness could not be measured; FreshnessSeconds not published",
+                         extra={"last_loaded_manifest": report.last_loaded_manifest})
+        return error
+    return None
 
 
 def _load_pending(conn: pg8000.native.Connection, processed_bucket: str, ingest_bucket: str,

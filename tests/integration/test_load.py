@@ -5,10 +5,12 @@ from datetime import timedelta
 from decimal import Decimal
 
 import boto3
+import pg8000.native
 import pytest
+from botocore.exceptions import ClientError
 from loadkit import T0, Buckets, dimensions, parquet_bytes, payment, purchase, sale, snapshot
 
-from totes import load, storage, warehouse
+from totes import db, load, storage, warehouse
 from totes.observability import metrics_for
 from totes_local import stack
 from totes_local.runner import LambdaContext, load_handler, scheduled_event
@@ -259,3 +261,91 @@ def test_an_unreadable_processed_manifest_stops_the_load_naming_it(conn, metrics
     with pytest.raises(load.LoadError, match=f"manifest {key} cannot be read: not a totes"):
         run(conn, metrics)
     assert conn.run('SELECT count(*) FROM "etl"."loaded_manifest"') == [[0]]
+
+
+def ingest_manifests_unreadable(monkeypatch, aws):
+    """Make every read of an ingest manifest fail, as freshness needs one."""
+    read_json = storage.read_json
+
+    def refused(bucket, key):
+        if bucket == aws["INGEST_BUCKET"]:
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "slow down"}},
+                              "GetObject")
+        return read_json(bucket, key)
+
+    monkeypatch.setattr(storage, "read_json", refused)
+
+
+def emitted_metrics(capsys, metrics):
+    metrics.flush_metrics()
+    return {name for line in capsys.readouterr().out.splitlines() if line.startswith("{")
+            for name in json.loads(line)}
+
+
+def test_a_load_error_wins_over_a_freshness_failure_and_metrics_still_go_out(
+        conn, metrics, buckets, aws, monkeypatch, captured_logs, capsys):
+    key = buckets.publish({"fact_payment": [payment(1)], **dimensions()})
+    missing = buckets.data_key(key, "dim_staff")
+    boto3.client("s3").delete_object(Bucket=aws["PROCESSED_BUCKET"], Key=missing)
+    ingest_manifests_unreadable(monkeypatch, aws)
+
+    with pytest.raises(load.LoadError, match=missing):
+        run(conn, metrics)
+
+    errors = [line["message"] for line in captured_logs() if line["level"] == "ERROR"]
+    assert errors == ["load failed",
+                      "freshness could not be measured; FreshnessSeconds not published"]
+    published = emitted_metrics(capsys, metrics)
+    assert "ManifestsLoaded" in published and "FreshnessSeconds" not in published
+
+
+def test_a_freshness_failure_after_a_good_load_is_raised_once_logged(
+        conn, metrics, buckets, aws, monkeypatch, captured_logs, capsys):
+    first_manifest(buckets)
+    buckets.ingest_run()
+    ingest_manifests_unreadable(monkeypatch, aws)
+
+    with pytest.raises(ClientError, match="slow down"):
+        run(conn, metrics)
+
+    [error] = [line for line in captured_logs() if line["level"] == "ERROR"]
+    assert error["message"].startswith("freshness could not be measured")
+    assert count(conn, "fact_sales_order") == 2
+    assert "ManifestsLoaded" in emitted_metrics(capsys, metrics)
+
+
+def test_a_warehouse_that_cannot_be_prepared_is_logged(
+        postgres, warehouse_db, metrics, buckets, captured_logs):
+    closed = postgres.connect(warehouse_db)
+    closed.close()
+    with pytest.raises(pg8000.native.InterfaceError):
+        run(closed, metrics)
+    [error] = [line for line in captured_logs() if line["level"] == "ERROR"]
+    assert error["message"] == "load failed preparing the warehouse; nothing loaded"
+
+
+def test_handler_raises_the_load_error_even_when_the_connection_is_already_broken(
+        aws, postgres, warehouse_db, buckets, monkeypatch):
+    stack.provision({aws["WAREHOUSE_SECRET_ID"]: postgres.secret(warehouse_db)}, buckets=())
+
+    def load_fails_with_the_backend_gone(conn, *args, **kwargs):
+        with pytest.raises(pg8000.native.InterfaceError):
+            conn.run("SELECT pg_terminate_backend(pg_backend_pid())")
+        raise load.LoadError("the load's own error", "a manifest")
+
+    monkeypatch.setattr(load, "run", load_fails_with_the_backend_gone)
+    with pytest.raises(load.LoadError, match="the load's own error"):
+        load_handler("load")(scheduled_event("load"), LambdaContext(function_name="totes-load"))
+
+
+@pytest.mark.parametrize("secret, cause", [
+    ('{"host": "db", "password": ', "is not valid JSON"),
+    ('{"host": "db"}', "lacks username, dbname"),
+], ids=["not-json", "missing-keys"])
+def test_handler_logs_a_bad_secret_with_its_cause(aws, secret, cause, captured_logs):
+    boto3.client("secretsmanager").create_secret(Name=aws["WAREHOUSE_SECRET_ID"],
+                                                 SecretString=secret)
+    with pytest.raises(db.SecretFormatError, match=cause):
+        load_handler("load")(scheduled_event("load"), LambdaContext(function_name="totes-load"))
+    [error] = [line for line in captured_logs() if line["level"] == "ERROR"]
+    assert error["message"].startswith("load failed connecting") and cause in error["exception"]
