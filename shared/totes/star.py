@@ -181,11 +181,6 @@ def empty_source_frame(table: str) -> pd.DataFrame:
     return source_frame(table, [])
 
 
-def unique_versions(frame: pd.DataFrame, table: str) -> pd.DataFrame:
-    """Drop repeated versions (same primary key and ``last_updated``) within a batch."""
-    return frame.drop_duplicates(subset=[primary_key(table), "last_updated"])
-
-
 def latest_versions(frame: pd.DataFrame, table: str) -> pd.DataFrame:
     """Keep one row per primary key: the version with the greatest ``last_updated``."""
     ordered = frame.sort_values([primary_key(table), "last_updated"], kind="stable")

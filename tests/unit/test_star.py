@@ -141,13 +141,6 @@ def test_fact_payment_keeps_paid_flag_and_payment_date():
     assert fact["payment_amount"] == Decimal("1000000.01")
 
 
-def test_unique_versions_drops_versions_read_twice():
-    again = row("sales_order", sales_order_id=1)
-    later = row("sales_order", sales_order_id=1, last_updated=T0 + timedelta(milliseconds=1))
-    kept = star.unique_versions(frame("sales_order", again, again, later), "sales_order")
-    assert len(kept) == 2
-
-
 def test_batch_keys_write_a_version_once_across_files():
     seen = star.BatchKeys()
     first = frame("sales_order", row("sales_order", sales_order_id=1),
