@@ -15,7 +15,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: requirements-dev.txt shared/requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet pip==25.3
+	$(BIN)/python -m pip install --quiet pip==25.3 setuptools==84.2.1
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
@@ -53,9 +53,11 @@ dashboard: setup
 bench: setup
 	$(BIN)/python -m benchmarks.run
 
-audit: setup
-	$(BIN)/pip install --quiet pip-audit==2.10.1
-	$(BIN)/pip-audit -r requirements-dev.txt -r shared/requirements.txt
+audit:
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	test -x .venv-audit/bin/pip-audit || { $(PYTHON) -m venv .venv-audit \
+		&& .venv-audit/bin/pip install --quiet pip-audit==2.10.1; }
+	.venv-audit/bin/pip-audit -r requirements-dev.txt
 
 clean:
-	rm -rf $(VENV) .aws-sam .demo .bench .pytest_cache .coverage
+	rm -rf $(VENV) .venv-audit .aws-sam .demo .bench .pytest_cache .coverage

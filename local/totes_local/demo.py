@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import time
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator
@@ -102,18 +103,26 @@ def _pipeline_output(log: Path) -> Iterator[None]:
                 handler.stream = stream
 
 
-def _mirror_buckets(target: Path, buckets: tuple[str, ...]) -> int:
-    """Copy every object of ``buckets`` under ``target``; return how many were copied."""
+def _mirror_buckets(target: Path, buckets: tuple[str, ...]) -> dict[str, Counter]:
+    """Copy every object of ``buckets`` under ``target``; count the objects per top-level folder."""
     s3 = boto3.client("s3")
-    copied = 0
+    folders: dict[str, Counter] = {}
     for bucket in buckets:
+        folders[bucket] = Counter()
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             for item in page.get("Contents", ()):
                 path = target / bucket / item["Key"]
                 path.parent.mkdir(parents=True, exist_ok=True)
                 s3.download_file(bucket, item["Key"], str(path))
-                copied += 1
-    return copied
+                folders[bucket][item["Key"].split("/", 1)[0]] += 1
+    return folders
+
+
+def _print_files(folders: dict[str, Counter]) -> None:
+    print("\n  files written (objects per folder):")
+    for bucket, counts in folders.items():
+        listed = ", ".join(f"{folder} {n}" for folder, n in sorted(counts.items()))
+        print(f"    {bucket}: {listed}")
 
 
 def _print_cycle(title: str, report: CycleReport) -> None:
@@ -183,13 +192,14 @@ def run(args: argparse.Namespace) -> int:
             _print_counts(before, warehouse_counts(postgres))
             _print_history(changes["amended_order"],
                            order_history(postgres, changes["amended_order"]))
-            copied = _mirror_buckets(root / "s3", (stack.INGEST_BUCKET, stack.PROCESSED_BUCKET))
+            folders = _mirror_buckets(root / "s3", (stack.INGEST_BUCKET, stack.PROCESSED_BUCKET))
+            _print_files(folders)
     finally:
         server.stop()
     places = {
         "SQL prompt on the warehouse": ".venv/bin/totes sql warehouse   (or: totesys)",
         "dashboard": "make dashboard",
-        f"bucket files ({copied})": f"{root / 's3'}/",
+        "copies of the bucket files": f"{root / 's3'}/",
         "structured logs and metrics": str(log),
     }
     print("\nwhere to look:")
