@@ -54,17 +54,10 @@ PURCHASE_PAYMENT = 3
 #: The seed batch wrote counterparties and staff 1.601 s after the other reference tables.
 PEOPLE_DELAY = timedelta(milliseconds=1601)
 
-_CENT = Decimal("0.01")
-
 
 def money(cents: int) -> Decimal:
     """An exact two-place amount from integer cents (never through float)."""
     return Decimal(cents).scaleb(-2)
-
-
-def payment_amount(quantity: int, unit_price: Decimal) -> Decimal:
-    """What a payment is for an order line: quantity times unit price, exactly, to the cent."""
-    return (quantity * unit_price).quantize(_CENT)
 
 
 def cents_text(cents: int) -> str:

@@ -13,12 +13,6 @@ def test_cents_text_is_exact_numeric_text(cents, text):
     assert shape.money(cents) == Decimal(text)
 
 
-def test_payment_amount_is_exact_to_the_cent():
-    assert shape.payment_amount(99999, Decimal("3.99")) == Decimal("398996.01")
-    assert shape.payment_amount(3, Decimal("0.10")) == Decimal("0.30")
-    assert str(shape.payment_amount(7, Decimal("2.5"))) == "17.50"
-
-
 def test_text_date_is_iso_day():
     assert shape.text_date(date(2024, 1, 5)) == "2024-01-05"
 
