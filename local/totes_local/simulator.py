@@ -344,18 +344,28 @@ def pay_due_payments(conn: pg8000.native.Connection, day: date, run_at: datetime
 def change_address(conn: pg8000.native.Connection, address_id: int, clock: datetime,
                    rng: Rng | None = None, **fields: str | None) -> int:
     """Update an address (given ``fields``, or a random move / new phone); return its id."""
-    unknown = set(fields) - set(ADDRESS_FIELDS)
+    _check_fields("address", fields, ADDRESS_FIELDS)
+    return _update_row(conn, "address", address_id, clock,
+                       fields or _address_change(_py_random(rng)))
+
+
+def _check_fields(table: str, fields: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    unknown = set(fields) - set(allowed)
     if unknown:
-        raise ValueError(f"not address fields: {', '.join(sorted(unknown))}")
-    if not fields:
-        fields = _address_change(_py_random(rng))
+        raise ValueError(f"not {table} fields: {', '.join(sorted(unknown))}")
+
+
+def _update_row(conn: pg8000.native.Connection, table: str, row_id: int, clock: datetime,
+                fields: dict[str, Any]) -> int:
+    """Set ``fields`` on one row of a reference table as a new version at ``clock``."""
+    key = quote_ident(SOURCE_TABLES[table])
     assignments = ", ".join(f"{quote_ident(column)} = :{column}" for column in fields)
-    rows = conn.run(f"UPDATE address SET {assignments}, last_updated = :t "  # nosec B608
-                    "WHERE address_id = :id RETURNING address_id",
-                    t=shape.naive_utc(clock), id=address_id, **fields)
+    rows = conn.run(f"UPDATE {quote_ident(table)} SET {assignments}, "  # nosec B608
+                    f"last_updated = :t WHERE {key} = :id RETURNING {key}",
+                    t=shape.naive_utc(clock), id=row_id, **fields)
     if not rows:
-        raise LookupError(f"address {address_id} does not exist")
-    return address_id
+        raise LookupError(f"{table} {row_id} does not exist")
+    return row_id
 
 
 def _address_change(rng: random.Random) -> dict[str, str | None]:
@@ -374,20 +384,12 @@ def _address_change(rng: random.Random) -> dict[str, str | None]:
 def change_department(conn: pg8000.native.Connection, department_id: int, clock: datetime,
                       rng: Rng | None = None, **fields: str | None) -> int:
     """Give a department a new ``manager`` or ``location`` (random if not given); return its id."""
-    unknown = set(fields) - {"manager", "location"}
-    if unknown:
-        raise ValueError(f"not department fields: {', '.join(sorted(unknown))}")
+    _check_fields("department", fields, ("manager", "location"))
     if not fields:
         py = _py_random(rng)
         fields = ({"manager": vocab.person(py)} if py.random() < 0.7
                   else {"location": py.choice(vocab.OFFICES + ("Liverpool", "Sheffield"))})
-    assignments = ", ".join(f"{quote_ident(column)} = :{column}" for column in fields)
-    rows = conn.run(f"UPDATE department SET {assignments}, last_updated = :t "  # nosec B608
-                    "WHERE department_id = :id RETURNING department_id",
-                    t=shape.naive_utc(clock), id=department_id, **fields)
-    if not rows:
-        raise LookupError(f"department {department_id} does not exist")
-    return department_id
+    return _update_row(conn, "department", department_id, clock, fields)
 
 
 def new_design(conn: pg8000.native.Connection, clock: datetime, rng: Rng | None = None) -> int:
