@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 MANIFEST_PREFIX = "_manifests/"
 REFERENCE_PREFIX = "_reference/"
+SWEEP_PREFIX = "_sweeps/"
 _STAMP_FORMAT = "%Y%m%dT%H%M%S"
 _MANIFEST_KEY = re.compile(
     r"^_manifests/\d{4}/\d{2}/\d{2}/(?P<stamp>\d{8}T\d{9}Z)-(?P<run_id>[0-9a-f]+)\.json$"
@@ -88,3 +89,16 @@ def attempt_data_key(table: str, run: RunId, attempt: str, part: int, extension:
 def reference_key(table: str, run: RunId, attempt: str) -> str:
     """Key of a reference snapshot: ``_reference/<table>/<yyyy>/<mm>/<dd>/<run>-<attempt>``."""
     return f"{REFERENCE_PREFIX}{table}/{run.date_path}/{run}-{attempt}.parquet"
+
+
+def deletions_key(table: str, run: RunId, part: int) -> str:
+    """Key of a run's deletion records for ``table``, beside its data objects.
+
+    ``<table>/<yyyy>/<mm>/<dd>/<stamp>-<suffix>-deleted-<part>.jsonl``.
+    """
+    return f"{table}/{run.date_path}/{run}-deleted-{part:05d}.jsonl"
+
+
+def sweep_key(table: str, run: RunId) -> str:
+    """Key of a key sweep's state: ``_sweeps/<table>/<yyyy>/<mm>/<dd>/<run>.keys.gz``."""
+    return f"{SWEEP_PREFIX}{table}/{run.date_path}/{run}.keys.gz"

@@ -16,59 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pycountry
 
-from totes.source import primary_key
+from totes.source import SOURCE_COLUMNS, primary_key
 from totes.warehouse_schema import TABLES, arrow_schema
-
-#: source table -> the columns the transform reads and how each is parsed.
-SOURCE_COLUMNS = {
-    "address": {
-        "address_id": "int", "address_line_1": "text", "address_line_2": "text",
-        "district": "text", "city": "text", "postal_code": "text", "country": "text",
-        "phone": "text", "last_updated": "timestamp",
-    },
-    "counterparty": {
-        "counterparty_id": "int", "counterparty_legal_name": "text",
-        "legal_address_id": "int", "last_updated": "timestamp",
-    },
-    "currency": {"currency_id": "int", "currency_code": "text", "last_updated": "timestamp"},
-    "department": {
-        "department_id": "int", "department_name": "text", "location": "text",
-        "last_updated": "timestamp",
-    },
-    "design": {
-        "design_id": "int", "design_name": "text", "file_location": "text", "file_name": "text",
-        "last_updated": "timestamp",
-    },
-    "payment_type": {
-        "payment_type_id": "int", "payment_type_name": "text", "last_updated": "timestamp",
-    },
-    "staff": {
-        "staff_id": "int", "first_name": "text", "last_name": "text", "department_id": "int",
-        "email_address": "text", "last_updated": "timestamp",
-    },
-    "sales_order": {
-        "sales_order_id": "int", "created_at": "timestamp", "last_updated": "timestamp",
-        "design_id": "int", "staff_id": "int", "counterparty_id": "int", "units_sold": "int",
-        "unit_price": "money", "currency_id": "int", "agreed_delivery_date": "date",
-        "agreed_payment_date": "date", "agreed_delivery_location_id": "int",
-    },
-    "purchase_order": {
-        "purchase_order_id": "int", "created_at": "timestamp", "last_updated": "timestamp",
-        "staff_id": "int", "counterparty_id": "int", "item_code": "text",
-        "item_quantity": "int", "item_unit_price": "money", "currency_id": "int",
-        "agreed_delivery_date": "date", "agreed_payment_date": "date",
-        "agreed_delivery_location_id": "int",
-    },
-    "transaction": {
-        "transaction_id": "int", "transaction_type": "text", "sales_order_id": "int",
-        "purchase_order_id": "int", "last_updated": "timestamp",
-    },
-    "payment": {
-        "payment_id": "int", "created_at": "timestamp", "last_updated": "timestamp",
-        "transaction_id": "int", "counterparty_id": "int", "payment_amount": "money",
-        "currency_id": "int", "payment_type_id": "int", "paid": "bool", "payment_date": "date",
-    },
-}
 
 #: source fact table -> the warehouse fact it becomes (one row per source version).
 FACT_TABLES = {

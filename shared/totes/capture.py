@@ -1,0 +1,155 @@
+"""Change capture by transaction visibility: which rows a run must read, never by their clock.
+
+Each ingest run reads in one REPEATABLE READ snapshot and records it
+(``pg_current_snapshot()``: ``xmin:xmax:xip,...`` as 64-bit ``xid8`` values).
+A row version must be read by the next run when the transaction that wrote it
+(the row's ``xmin``) was not visible in that snapshot. Which rows those are is
+decided from the snapshot's ``xmin``, the oldest transaction still running when
+it was taken, not from its ``xmax`` and ``xip`` list: ``pg_current_snapshot()``
+lists only top-level transactions, so a row written inside a savepoint (a
+subtransaction, with its own xid, invisible in the list) of a transaction open
+at the time would otherwise be missed for good. Every xid at or after the
+``xmin`` is read again; everything before it had committed (or aborted) before
+the snapshot. The price is a few rows read twice while a long transaction stays
+open, which downstream deduplicates; nothing is ever missed, whatever a row's
+``last_updated`` says. So the state of a table is a constant size: a snapshot
+and, while a row budget cuts a pass short, a resume key.
+
+A row's ``xmin`` is a 32-bit xid that wraps around; the snapshot is 64-bit.
+:func:`xmin_window` turns the comparison into modular distance from the current
+snapshot's ``xmax``, exact across epoch boundaries: every visible row was written
+before ``xmax``, within 2^31 transactions of it unless frozen. A frozen row's raw
+xmin may alias to a recent xid (its true age above 2^32): it is then read again,
+never skipped. The special xids 1 and 2 (bootstrap, frozen) are always old.
+
+Everything here is pure: no I/O.
+"""
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Mapping
+
+#: xids wrap at 2^32; xid8 values count the epochs above that.
+XID_MODULUS = 1 << 32
+#: the lowest normal xid: 0 is invalid, 1 bootstrap, 2 frozen.
+FIRST_NORMAL_XID = 3
+
+
+class SnapshotFormatError(ValueError):
+    """A recorded snapshot is not ``xmin:xmax:xip,...`` with ``xmin <= xmax``."""
+
+
+@dataclass(frozen=True, order=True)
+class Snapshot:
+    """A PostgreSQL ``pg_snapshot``: what one run saw, in 64-bit transaction ids."""
+
+    xmin: int
+    xmax: int
+    xip: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "Snapshot":
+        """Parse ``pg_current_snapshot()::text`` (``xmin:xmax:xip1,xip2``)."""
+        try:
+            xmin, xmax, xip = str(text).split(":")
+            snapshot = cls(int(xmin), int(xmax),
+                           tuple(int(xid) for xid in xip.split(",") if xid))
+        except ValueError:
+            raise SnapshotFormatError(f"{text!r} is not a pg_snapshot") from None
+        if not 0 < snapshot.xmin <= snapshot.xmax or any(
+                not snapshot.xmin <= xid < snapshot.xmax for xid in snapshot.xip):
+            raise SnapshotFormatError(f"{text!r} is not a consistent pg_snapshot")
+        return snapshot
+
+    def __str__(self) -> str:
+        """Render as PostgreSQL does, so the manifest holds the server's own notation."""
+        return f"{self.xmin}:{self.xmax}:{','.join(str(xid) for xid in self.xip)}"
+
+
+@dataclass(frozen=True)
+class XminWindow:
+    """The rows of a run: those whose 32-bit ``xmin`` lies within ``width`` xids before ``xmax``.
+
+    In SQL (see :mod:`totes.extract`): ``xmin >= 3 AND
+    (xmax32 - xmin + 2^32) % 2^32 <= width``, where ``xmax32`` is the current
+    snapshot's ``xmax`` modulo 2^32. ``width`` is the distance from the current
+    ``xmax`` back to the floor (the previous snapshot's ``xmin``).
+    """
+
+    xmax32: int
+    width: int
+
+    def contains(self, xid32: int) -> bool:
+        """Tell whether a row written by ``xid32`` is read: the SQL predicate, in Python."""
+        return xid32 >= FIRST_NORMAL_XID and (self.xmax32 - xid32) % XID_MODULUS <= self.width
+
+
+def xmin_window(floor: Snapshot, current: Snapshot) -> XminWindow:
+    """Return the window of xids not visible in ``floor`` as seen from ``current``.
+
+    A floor newer than the current snapshot (a replica restored from an older
+    backup, a manifest from another database) cannot be continued safely: refused.
+    """
+    if floor.xmin > current.xmax:
+        raise SnapshotFormatError(
+            f"the recorded snapshot {floor} is ahead of the database's {current}: is this "
+            "the same database (or a replica restored from an older backup)?")
+    return XminWindow(current.xmax % XID_MODULUS, current.xmax - floor.xmin)
+
+
+def full_xid(xid32: int, current: Snapshot) -> int:
+    """Return the 64-bit xid of a visible row's 32-bit ``xmin`` (for logs and tests)."""
+    return current.xmax - (current.xmax % XID_MODULUS - xid32) % XID_MODULUS
+
+
+@dataclass(frozen=True)
+class TableCursor:
+    """Where one table's capture stands after a committed run: a constant-size state.
+
+    ``since`` is the snapshot whose invisible rows are still to be read (None
+    before the first read: everything). A table carried over from the earlier
+    ``last_updated`` watermark format has ``since_last_updated`` instead, read
+    once by that rule to bridge the upgrade without a gap. While a row budget
+    has cut a pass short, ``resume_after`` is the last key written (the pass goes
+    on above it) and ``resume_since`` the snapshot the cut pass had reached for
+    keys at or below it: when the pass ends, that older snapshot is the new
+    floor, so rows changed meanwhile below the key are read again, not lost.
+    """
+
+    since: Snapshot | None = None
+    since_last_updated: datetime | None = None
+    resume_after: int | None = None
+    resume_since: Snapshot | None = None
+
+    def after_pass(self, current: Snapshot, *, cut_at: int | None) -> "TableCursor":
+        """Return the state after this run read the table (``cut_at``: last key, if cut)."""
+        reached = self.resume_since or current
+        if cut_at is None:
+            return TableCursor(since=reached)
+        return TableCursor(self.since, self.since_last_updated, cut_at, reached)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the manifest fields of the cursor."""
+        return {
+            "since": None if self.since is None else str(self.since),
+            "since_last_updated": (None if self.since_last_updated is None
+                                   else self.since_last_updated.isoformat(timespec="milliseconds")),
+            "resume_after": self.resume_after,
+            "resume_since": None if self.resume_since is None else str(self.resume_since),
+        }
+
+    @classmethod
+    def from_json(cls, fields: Mapping[str, Any]) -> "TableCursor":
+        """Rebuild a cursor from its manifest fields."""
+        def snapshot(name: str) -> Snapshot | None:
+            value = fields.get(name)
+            return None if value is None else Snapshot.parse(value)
+
+        since_last_updated = fields.get("since_last_updated")
+        resume_after = fields.get("resume_after")
+        return cls(
+            since=snapshot("since"),
+            since_last_updated=(None if since_last_updated is None
+                                else datetime.fromisoformat(since_last_updated)),
+            resume_after=None if resume_after is None else int(resume_after),
+            resume_since=snapshot("resume_since"),
+        )

@@ -1,0 +1,221 @@
+"""The manifests the stages hand to each other: one owner, typed records, both directions.
+
+A manifest is a stage's commit point: its files exist only for readers once it
+does. Every format string lives here, and each record parses a manifest document
+(``parse``) and renders one (``to_json``), so no other module reads or builds a
+manifest as a plain dict. Formats carry a version; a reader accepts every
+version still in a bucket (``totes.ingest/1`` manifests, written before capture
+by transaction visibility, are continued from and transformed as they are).
+See docs/architecture.md for examples of each.
+"""
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Mapping
+
+from totes.capture import Snapshot, SnapshotFormatError, TableCursor
+from totes.source import SOURCE_TABLES
+
+#: ingest manifests written before capture by snapshot (a ``last_updated`` watermark).
+INGEST_FORMAT_V1 = "totes.ingest/1"
+#: ingest manifests with a snapshot cursor, deletes and stamps in the future.
+INGEST_FORMAT = "totes.ingest/2"
+
+
+class ManifestError(ValueError):
+    """A manifest is not one of the formats this code reads: bad input, a person must act."""
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One data object a manifest lists: its key, rows and bytes (checked by readers)."""
+
+    key: str
+    rows: int
+    bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the manifest's description of the file."""
+        return {"key": self.key, "rows": self.rows, "bytes": self.bytes}
+
+    @classmethod
+    def from_json(cls, fields: Mapping[str, Any]) -> "DataFile":
+        """Read a file entry; ``bytes`` is optional (older manifests may lack it)."""
+        return cls(str(fields["key"]), int(fields["rows"]), int(fields.get("bytes", 0)))
+
+
+def _files(entries: Any) -> tuple[DataFile, ...]:
+    return tuple(DataFile.from_json(entry) for entry in entries or ())
+
+
+@dataclass(frozen=True)
+class SweepState:
+    """The last key sweep of a table: every primary key present at one snapshot.
+
+    ``key`` is the object holding those keys (sorted, one per line, gzip) in the
+    ingestion bucket; ``swept_at`` the database's clock at that snapshot, which
+    is also the time a deletion it found is stamped with.
+    """
+
+    key: str
+    keys: int
+    run_id: str
+    swept_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the manifest fields of the sweep."""
+        return {"key": self.key, "keys": self.keys, "run_id": self.run_id,
+                "swept_at": self.swept_at.isoformat(timespec="milliseconds")}
+
+    @classmethod
+    def from_json(cls, fields: Mapping[str, Any]) -> "SweepState":
+        """Rebuild the sweep from its manifest fields."""
+        return cls(str(fields["key"]), int(fields["keys"]), str(fields["run_id"]),
+                   datetime.fromisoformat(fields["swept_at"]))
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    """What one run wrote for one table, and the state the next run continues from."""
+
+    files: tuple[DataFile, ...] = ()
+    cursor: TableCursor = field(default_factory=TableCursor)
+    #: the row budget stopped the run before this table's end (or before the table).
+    truncated: bool = False
+    #: rows written whose ``last_updated`` was ahead of the database's clock.
+    stamped_in_future: int = 0
+    #: deletion records (``{<key>: id, "deleted_at": ...}``) found by this run's sweep.
+    deleted: tuple[DataFile, ...] = ()
+    #: the newest sweep of the table (carried forward by runs that do not sweep).
+    sweep: SweepState | None = None
+
+    @property
+    def rows(self) -> int:
+        """Row versions written for the table in this run."""
+        return sum(file.rows for file in self.files)
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of row versions written for the table in this run."""
+        return sum(file.bytes for file in self.files)
+
+    @property
+    def deleted_rows(self) -> int:
+        """Deleted rows the run's sweep found."""
+        return sum(file.rows for file in self.deleted)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the table's manifest entry."""
+        return {
+            "rows": self.rows, "files": [file.to_json() for file in self.files],
+            "truncated": self.truncated, "stamped_in_future": self.stamped_in_future,
+            "deleted_rows": self.deleted_rows,
+            "deleted_files": [file.to_json() for file in self.deleted],
+            "cursor": self.cursor.to_json(),
+            "sweep": None if self.sweep is None else self.sweep.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, fields: Mapping[str, Any]) -> "TableEntry":
+        """Read a ``totes.ingest/2`` table entry."""
+        sweep = fields.get("sweep")
+        return cls(
+            files=_files(fields.get("files")),
+            cursor=TableCursor.from_json(fields.get("cursor") or {}),
+            truncated=bool(fields.get("truncated", False)),
+            stamped_in_future=int(fields.get("stamped_in_future", 0)),
+            deleted=_files(fields.get("deleted_files")),
+            sweep=None if sweep is None else SweepState.from_json(sweep),
+        )
+
+    @classmethod
+    def from_v1(cls, fields: Mapping[str, Any], overlap: timedelta) -> "TableEntry":
+        """Read a ``totes.ingest/1`` entry: its watermark becomes a one-off bridge cursor.
+
+        The next run reads what the watermark rule would have read next
+        (``last_updated >= watermark - overlap``) and records a snapshot, from
+        which every later run captures by visibility.
+        """
+        watermark = fields.get("watermark")
+        since = None if watermark is None else datetime.fromisoformat(watermark) - overlap
+        return cls(files=_files(fields.get("files")),
+                   cursor=TableCursor(since_last_updated=since),
+                   truncated=bool(fields.get("truncated", False)))
+
+
+@dataclass(frozen=True)
+class IngestManifest:
+    """One committed ingest run: its files per table and the capture state it reached."""
+
+    run_id: str
+    started_at: str
+    finished_at: str
+    previous_manifest: str | None
+    tables: Mapping[str, TableEntry]
+    complete: bool = True
+    #: the snapshot the run read in (None in ``totes.ingest/1`` manifests).
+    snapshot: Snapshot | None = None
+    #: the database's clock (UTC) when the snapshot was taken.
+    database_time: str | None = None
+    format: str = INGEST_FORMAT
+
+    def table(self, name: str) -> TableEntry:
+        """Return the entry of ``name`` (an empty one if the manifest does not list it)."""
+        return self.tables.get(name) or TableEntry()
+
+    def with_tables(self, tables: Mapping[str, TableEntry]) -> "IngestManifest":
+        """Return a copy listing ``tables`` instead."""
+        return replace(self, tables=dict(tables))
+
+    def to_json(self) -> dict[str, Any]:
+        """Render the manifest (always in the current format)."""
+        return {
+            "format": INGEST_FORMAT,
+            "run_id": self.run_id,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "previous_manifest": self.previous_manifest,
+            "snapshot": None if self.snapshot is None else str(self.snapshot),
+            "database_time": self.database_time,
+            "complete": self.complete,
+            "tables": {name: entry.to_json() for name, entry in self.tables.items()},
+        }
+
+    @classmethod
+    def parse(cls, document: Any) -> "IngestManifest":
+        """Read an ingest manifest of any supported format, or raise :class:`ManifestError`."""
+        if not isinstance(document, Mapping) or not isinstance(document.get("tables"), Mapping):
+            raise ManifestError("not an ingest manifest (no tables)")
+        kind = document.get("format")
+        if kind not in (INGEST_FORMAT, INGEST_FORMAT_V1):
+            raise ManifestError(f"ingest manifest format {kind!r} is not one this code reads "
+                                f"({INGEST_FORMAT}, {INGEST_FORMAT_V1})")
+        unknown = sorted(set(document["tables"]) - set(SOURCE_TABLES))
+        if unknown:
+            raise ManifestError(f"ingest manifest lists unknown table(s): {', '.join(unknown)}")
+        try:
+            return cls._parse(document, kind)
+        except (KeyError, TypeError, ValueError, SnapshotFormatError) as error:
+            raise ManifestError(
+                f"malformed {kind} manifest: {type(error).__name__}: {error}") from None
+
+    @classmethod
+    def _parse(cls, document: Mapping[str, Any], kind: str) -> "IngestManifest":
+        if kind == INGEST_FORMAT_V1:
+            overlap = timedelta(minutes=int(document.get("overlap_minutes", 0)))
+            tables = {name: TableEntry.from_v1(fields, overlap)
+                      for name, fields in document["tables"].items()}
+        else:
+            tables = {name: TableEntry.from_json(fields)
+                      for name, fields in document["tables"].items()}
+        snapshot = document.get("snapshot")
+        return cls(
+            run_id=str(document["run_id"]),
+            started_at=str(document["started_at"]),
+            finished_at=str(document.get("finished_at", document["started_at"])),
+            previous_manifest=document.get("previous_manifest"),
+            tables=tables,
+            complete=bool(document.get("complete", True)),
+            snapshot=None if snapshot is None else Snapshot.parse(snapshot),
+            database_time=document.get("database_time"),
+            format=kind,
+        )
