@@ -53,9 +53,9 @@ def warehouse_secret_id() -> str:
     return require_env("WAREHOUSE_SECRET_ID")
 
 
-def overlap_window() -> timedelta:
-    """How far behind the watermark ingest re-reads, to catch late commits."""
-    return timedelta(minutes=int_env("INGEST_OVERLAP_MINUTES", 15, minimum=0))
+def delete_sweep_interval() -> timedelta:
+    """Minutes between two key sweeps of a table (deletes found within it); 0 sweeps every run."""
+    return timedelta(minutes=int_env("INGEST_DELETE_SWEEP_MINUTES", 60, minimum=0))
 
 
 def chunk_rows() -> int:

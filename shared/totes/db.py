@@ -7,6 +7,7 @@ are never logged: errors name the secret id and the missing keys, never values.
 """
 import os
 import ssl
+from contextlib import suppress
 from typing import Any, Mapping
 
 import pg8000.native
@@ -116,3 +117,13 @@ def connect_with(secret: Mapping[str, Any], source: str, *,
 def quote_ident(name: str) -> str:
     """Quote an identifier that already passed an allow-list, for use in SQL text."""
     return pg8000.native.identifier(name)
+
+
+def close_quietly(conn: pg8000.native.Connection) -> None:
+    """Close a connection whose socket may already have failed, without raising.
+
+    Closing a broken connection can only report the break again; the error worth
+    raising is the one that broke it, which the caller is propagating.
+    """
+    with suppress(pg8000.native.InterfaceError, OSError):
+        conn.close()

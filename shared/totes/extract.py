@@ -1,79 +1,174 @@
-"""Streaming extraction of totesys tables: bounded chunks from one consistent snapshot.
+"""Reading totesys at COPY speed: rows rendered as JSON by the server, streamed in bounded memory.
 
-Rows come through a server-side cursor (``DECLARE ... NO SCROLL CURSOR``, then
-``FETCH FORWARD n``), so the function holds one batch at a time however large a
-table grows. All tables are read inside one read-only REPEATABLE READ
-transaction: a run's manifest then describes a single point in time, and a
-sales order is never seen without the transaction committed with it.
+Everything one run reads comes from one read-only REPEATABLE READ transaction
+(:func:`snapshot`), so a manifest describes a single instant and records it.
+Rows are rendered by PostgreSQL itself (``row_to_json`` over exactly the
+contract's columns, timestamps as ISO-8601 with milliseconds) and streamed with
+``COPY ... TO STDOUT``: Python never decodes or re-encodes a value, it only
+hands each line on. CSV is the one COPY format that leaves a backslash alone
+(text format doubles it inside JSON); its quote and delimiter are set to
+control characters that JSON text never contains unescaped, so no line is ever
+quoted and each line is exactly one JSON object.
 
-Table and column names come from the allow-list in :mod:`totes.source` and are
-quoted; the only value in the query, the lower bound, is a bound parameter.
+Identifiers come from the allow-list in :mod:`totes.source` and are quoted.
+COPY takes no bind parameters, so the values a query needs (the snapshot window,
+the resume key, the row limit) are bound through ``set_config`` into
+transaction-local settings the query reads back: no value is ever formatted
+into SQL text.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import pg8000.native
 
+from totes.capture import XID_MODULUS, FIRST_NORMAL_XID, Snapshot, TableCursor, xmin_window
 from totes.db import quote_ident
-from totes.source import primary_key
+from totes.source import SOURCE_COLUMNS, SOURCE_TABLES, VERSION_COLUMN, FoundColumn, primary_key
 
-VERSION_COLUMN = "last_updated"
+#: how each kind of column is rendered (``{c}`` is the qualified column): timestamps keep
+#: exactly three fractional digits; every other kind is rendered by ``row_to_json`` as is.
+_RENDER = {"timestamp": "to_char({c}, 'YYYY-MM-DD\"T\"HH24:MI:SS.MS')"}
+#: the first byte of each line says whether the row is stamped after the database's clock.
+FUTURE_MARK = b"F"
+_PRESENT_MARK = " "
+#: COPY ... CSV with these never quotes a JSON line (see the module docstring).
+_COPY_OPTIONS = "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')"
+_SETTING_PREFIX = "totes."
+
+
+class LineSink(Protocol):
+    """Where COPY hands each rendered line, one call per row (pg8000's stream protocol)."""
+
+    def write(self, line: bytes) -> None:
+        """Take one line (bytes, newline-terminated)."""
 
 
 @dataclass(frozen=True)
-class Batch:
-    """One fetch of rows, in the column order the database returned them."""
+class ReadPoint:
+    """The snapshot a run reads in, and the database's own clock at that instant (UTC)."""
 
-    columns: tuple[str, ...]
-    rows: list[list[Any]]
-
-
-def select_sql(table: str, incremental: bool) -> str:
-    """Return the query for ``table``'s rows, oldest version first.
-
-    With ``incremental`` the query takes the bound parameter ``:since`` and reads
-    only versions at or after it. Ordering by ``last_updated`` and the primary key
-    is what lets the watermark state keep just the versions inside the overlap window.
-    """
-    key = quote_ident(primary_key(table))
-    version = quote_ident(VERSION_COLUMN)
-    where = f" WHERE {version} >= :since" if incremental else ""
-    # Identifiers come from the allow-list and are quoted; the value is bound.
-    return f"SELECT * FROM {quote_ident(table)}{where} ORDER BY {version}, {key}"  # nosec B608
+    snapshot: Snapshot
+    database_time: datetime
 
 
 @contextmanager
-def snapshot(conn: pg8000.native.Connection) -> Iterator[None]:
-    """Hold one read-only REPEATABLE READ transaction: every read sees the same instant.
+def snapshot(conn: pg8000.native.Connection) -> Iterator[ReadPoint]:
+    """Hold one read-only REPEATABLE READ transaction and yield the snapshot it reads in.
 
-    On an error the transaction is left for the connection's close to discard;
-    nothing was written, so there is nothing to undo.
+    The first statement of the transaction fixes its snapshot, and that statement
+    is the one that asks for it, so the recorded snapshot is exactly what every
+    later read sees. On an error the transaction is left for the connection's
+    close to discard; nothing was written, so there is nothing to undo.
     """
     conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-    yield
+    row = conn.run("SELECT pg_current_snapshot()::text, "
+                   "(now() AT TIME ZONE 'UTC')::timestamp(3)")[0]
+    yield ReadPoint(Snapshot.parse(row[0]), row[1])
     conn.run("COMMIT")
 
 
-def stream_rows(conn: pg8000.native.Connection, table: str, since: datetime | None,
-                batch_rows: int) -> Iterator[Batch]:
-    """Yield ``table``'s versions from ``since`` on (all when None) in batches, oldest first.
+def source_columns(conn: pg8000.native.Connection) -> list[FoundColumn]:
+    """Return the catalog's description of every column of the allow-listed tables.
 
-    Must run inside :func:`snapshot` (a cursor lives only as long as its
-    transaction). Each batch holds at most ``batch_rows`` rows. A caller may stop
-    early: the cursor then closes when the snapshot's transaction ends.
+    Read from ``pg_catalog`` in the schema the connection reads (its search path),
+    so it needs no privilege beyond the login's own.
     """
-    if batch_rows < 1:
-        raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
-    cursor = quote_ident(f"extract_{table}")
-    params = {} if since is None else {"since": since}
-    conn.run(f"DECLARE {cursor} NO SCROLL CURSOR FOR {select_sql(table, since is not None)}",
-             **params)
-    while True:
-        rows = conn.run(f"FETCH FORWARD {int(batch_rows)} FROM {cursor}")
-        if rows:
-            yield Batch(tuple(column["name"] for column in conn.columns), rows)
-        if len(rows) < batch_rows:
-            break
-    conn.run(f"CLOSE {cursor}")
+    rows = conn.run(
+        "SELECT c.relname, a.attname, t.typname, t.typtype = 'e' "
+        "FROM pg_catalog.pg_attribute a "
+        "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_catalog.pg_type t ON t.oid = a.atttypid "
+        "WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(:tables) "
+        "AND a.attnum > 0 AND NOT a.attisdropped",
+        tables=list(SOURCE_TABLES))
+    return [FoundColumn(table, column, type_name, bool(is_enum))
+            for table, column, type_name, is_enum in rows]
+
+
+def _bind(conn: pg8000.native.Connection, **values: Any) -> None:
+    """Set transaction-local settings the next COPY reads with ``current_setting``."""
+    for name, value in values.items():
+        conn.run("SELECT set_config(:name, :value, true)",
+                 name=_SETTING_PREFIX + name, value=str(value))
+
+
+def _setting(name: str, sql_type: str) -> str:
+    return f"current_setting('{_SETTING_PREFIX}{name}')::{sql_type}"
+
+
+def row_json_sql(table: str) -> str:
+    """Return the select list rendering one row of ``table`` as a marked JSON line.
+
+    Exactly the contract's columns, the primary key first; the leading mark says
+    whether ``last_updated`` is after the database's clock (stamped in the future).
+    """
+    columns = []
+    for name, kind in SOURCE_COLUMNS[table].items():
+        qualified = f"t.{quote_ident(name)}"
+        columns.append(f"{_RENDER[kind].format(c=qualified)} AS {quote_ident(name)}"
+                       if kind in _RENDER else qualified)
+    version = f"t.{quote_ident(VERSION_COLUMN)}"
+    mark = (f"CASE WHEN {version} > (now() AT TIME ZONE 'UTC') THEN "
+            f"'{FUTURE_MARK.decode()}' ELSE '{_PRESENT_MARK}' END")
+    return f"{mark} || row_to_json(r)::text FROM {quote_ident(table)} AS t, " \
+           f"LATERAL (SELECT {', '.join(columns)}) AS r"
+
+
+def changes_sql(table: str, cursor: TableCursor) -> str:
+    """Return the COPY statement reading ``table``'s rows the ``cursor`` has not seen yet.
+
+    Rows come in primary-key order, at most ``limit`` of them, so a run cut by its
+    row budget stops at an exact key the next run continues after. Which rows are
+    new is decided by the writing transaction (see :mod:`totes.capture`), or, once,
+    by ``last_updated`` for a table carried over from the watermark format.
+    """
+    key = f"t.{quote_ident(primary_key(table))}"
+    conditions = []
+    if cursor.since is not None:
+        xmin = "t.xmin::text::bigint"
+        conditions += [f"{xmin} >= {FIRST_NORMAL_XID}",
+                       f"({_setting('xmax32', 'bigint')} - {xmin} + {XID_MODULUS}) "
+                       f"% {XID_MODULUS} <= {_setting('width', 'bigint')}"]
+    elif cursor.since_last_updated is not None:
+        conditions.append(f"t.{quote_ident(VERSION_COLUMN)} >= "
+                          f"{_setting('since_last_updated', 'timestamp')}")
+    if cursor.resume_after is not None:
+        conditions.append(f"{key} > {_setting('after', 'bigint')}")
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    # Identifiers are allow-listed and quoted; values are bound through set_config.
+    query = (f"SELECT {row_json_sql(table)}{where} "  # nosec B608
+             f"ORDER BY {key} LIMIT {_setting('limit', 'bigint')}")
+    return f"COPY ({query}) TO STDOUT {_COPY_OPTIONS}"
+
+
+def copy_changes(conn: pg8000.native.Connection, table: str, cursor: TableCursor,
+                 read_point: ReadPoint, limit: int, sink: LineSink) -> None:
+    """Stream ``table``'s unseen rows (at most ``limit``) into ``sink``, one line per row.
+
+    Must run inside :func:`snapshot`, whose read point decides the xid window.
+    """
+    values: dict[str, Any] = {"limit": limit}
+    if cursor.since is not None:
+        window = xmin_window(cursor.since, read_point.snapshot)
+        values.update(xmax32=window.xmax32, width=window.width)
+    elif cursor.since_last_updated is not None:
+        values["since_last_updated"] = cursor.since_last_updated.isoformat()
+    if cursor.resume_after is not None:
+        values["after"] = cursor.resume_after
+    _bind(conn, **values)
+    conn.run(changes_sql(table, cursor), stream=sink)
+
+
+def keys_sql(table: str) -> str:
+    """Return the COPY statement listing every primary key of ``table``, in order."""
+    key = quote_ident(primary_key(table))
+    # Identifiers are allow-listed and quoted; there is no value.
+    return (f"COPY (SELECT {key} FROM {quote_ident(table)} ORDER BY {key}) "  # nosec B608
+            "TO STDOUT")
+
+
+def copy_keys(conn: pg8000.native.Connection, table: str, sink: LineSink) -> None:
+    """Stream every primary key of ``table`` in ascending order, one line each."""
+    conn.run(keys_sql(table), stream=sink)

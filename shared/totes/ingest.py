@@ -1,38 +1,43 @@
 """One ingest run: what changed in totesys since the last committed run, into the ingestion bucket.
 
-The run reads the newest manifest for its starting state, extracts the eleven
-tables from one database snapshot in bounded batches (packed into JSON Lines
-objects of at most ``CHUNK_ROWS`` rows), and ends by writing its own manifest.
-A run writes at most ``INGEST_MAX_ROWS_PER_RUN`` rows: when that budget is spent
-it stops, records where it stopped, and the next run continues from there, so a
+The run reads the newest manifest for its starting state, then, inside one
+database snapshot: checks that the columns it reads still have the contract's
+types, copies every table's rows not visible to the previous run's snapshot
+(rendered as JSON Lines by the server, packed into objects of at most
+``CHUNK_ROWS`` rows), sweeps the primary keys of the tables whose sweep is due
+to find deletions, and ends by writing its own manifest with the snapshot it read.
+A run writes at most ``INGEST_MAX_ROWS_PER_RUN`` rows: when that budget is
+spent it stops at an exact key, and the next run continues above it, so a
 backfill drains over several runs that each fit the function's timeout.
-That manifest is the commit point: until it exists nothing downstream sees the
+
+The manifest is the commit point: until it exists nothing downstream sees the
 run's files and the state has not moved, so a run that fails anywhere before it
 is simply repeated by the next one. Every object is created once under a fresh
 key and never replaced. Runs must not overlap (the function's concurrency is 1);
 as a guard, a run that finds a newer manifest than the one it started from
 aborts instead of committing a manifest older than it.
 """
+import json
 import time
-from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator
 
 import pg8000.native
 
-from totes import config, db, extract, jsonl, keys, observability, storage
-from totes.source import SOURCE_TABLES
-from totes.watermark import (MANIFEST_FORMAT, TableWatermark, WatermarkAdvance, format_timestamp,
-                             states_from_manifest)
+from totes import config, db, extract, keys, observability, storage, sweep
+from totes.capture import TableCursor
+from totes.manifest import DataFile, IngestManifest, SweepState, TableEntry
+from totes.source import SOURCE_TABLES, check_contract
 
 logger = observability.service_logger()
 
 CONTENT_TYPE = "application/x-ndjson"
 ROWS_METRIC = "RowsIngested"
-#: Rows per FETCH. Decoded rows take about ten times the memory of their JSON, so
-#: fetching in batches smaller than an object keeps the peak near one encoded object.
-FETCH_ROWS = 5_000
+FUTURE_METRIC = "RowsStampedInFuture"
+DELETED_METRIC = "RowsDeleted"
+#: keys of future-stamped rows named in one warning line, per table.
+LOGGED_KEYS = 20
 #: Seconds any database wait may take outside Lambda: the longest a Lambda may run.
 DEFAULT_DB_TIMEOUT_SECONDS = 900.0
 
@@ -54,61 +59,16 @@ class IngestSettings:
 
     bucket: str
     secret_id: str
-    overlap: timedelta
     chunk_rows: int
     max_rows_per_run: int
+    delete_sweep: timedelta
 
     @classmethod
     def from_environment(cls) -> "IngestSettings":
         """Read the settings from the Lambda environment, failing early on a missing one."""
         return cls(bucket=config.ingest_bucket(), secret_id=config.totesys_secret_id(),
-                   overlap=config.overlap_window(), chunk_rows=config.chunk_rows(),
-                   max_rows_per_run=config.max_rows_per_run())
-
-
-@dataclass(frozen=True)
-class WrittenFile:
-    """One JSON Lines object a run created."""
-
-    key: str
-    rows: int
-    bytes: int
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the manifest's description of the file."""
-        return {"key": self.key, "rows": self.rows, "bytes": self.bytes}
-
-
-@dataclass(frozen=True)
-class TableExtract:
-    """What a run wrote for one table, and the state the next run continues from."""
-
-    table: str
-    files: tuple[WrittenFile, ...]
-    state: TableWatermark
-    skipped: int
-    #: the row budget stopped the run before this table's end (or before the table).
-    truncated: bool = False
-
-    @classmethod
-    def not_reached(cls, table: str, state: TableWatermark) -> "TableExtract":
-        """Return the entry of a table a truncated run did not read: its state is unchanged."""
-        return cls(table, (), state, 0, truncated=True)
-
-    @property
-    def rows(self) -> int:
-        """Rows written for the table in this run."""
-        return sum(file.rows for file in self.files)
-
-    @property
-    def bytes(self) -> int:
-        """Bytes written for the table in this run."""
-        return sum(file.bytes for file in self.files)
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the table's manifest entry: files written plus the incremental state."""
-        return {"rows": self.rows, "files": [file.to_json() for file in self.files],
-                "truncated": self.truncated, **self.state.to_json()}
+                   chunk_rows=config.chunk_rows(), max_rows_per_run=config.max_rows_per_run(),
+                   delete_sweep=config.delete_sweep_interval())
 
 
 @dataclass(frozen=True)
@@ -120,6 +80,9 @@ class IngestResult:
     rows: dict[str, int]
     complete: bool
     duration_ms: float
+    stamped_in_future: dict[str, int] = field(default_factory=dict)
+    deleted: dict[str, int] = field(default_factory=dict)
+    swept: tuple[str, ...] = ()
 
     @property
     def total_rows(self) -> int:
@@ -130,7 +93,10 @@ class IngestResult:
         """Return the run id, manifest key, rows and completeness, JSON-ready: the response."""
         return {"run_id": self.run_id, "manifest_key": self.manifest_key,
                 "rows": dict(self.rows), "total_rows": self.total_rows,
-                "complete": self.complete}
+                "complete": self.complete,
+                "stamped_in_future": {t: n for t, n in self.stamped_in_future.items() if n},
+                "deleted": {t: n for t, n in self.deleted.items() if n},
+                "swept": list(self.swept)}
 
 
 def utc_text(moment: datetime) -> str:
@@ -138,133 +104,215 @@ def utc_text(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
-def build_manifest(run: keys.RunId, previous_key: str | None, overlap: timedelta,
-                   extracts: Sequence[TableExtract], finished_at: datetime) -> dict[str, Any]:
-    """Return a run's manifest (format ``totes.ingest/1``, see docs/architecture.md).
-
-    ``complete`` is false when the row budget cut the run: more rows are waiting.
-    """
-    return {
-        "format": MANIFEST_FORMAT,
-        "run_id": str(run),
-        "started_at": utc_text(run.started_at),
-        "finished_at": utc_text(finished_at),
-        "previous_manifest": previous_key,
-        "overlap_minutes": overlap // timedelta(minutes=1),
-        "complete": not any(table.truncated for table in extracts),
-        "tables": {table.table: table.to_json() for table in extracts},
-    }
-
-
 class ObjectWriter:
-    """Packs one table's encoded rows into objects of at most ``chunk_rows`` rows.
+    """Packs JSON lines into objects of at most ``chunk_rows`` lines, each written once.
 
-    Only encoded bytes wait for an object to fill, never decoded rows, so the
-    memory held is about one object's size whatever the fetch pattern.
+    Only encoded bytes wait for an object to fill, so the memory held is about one
+    object's size whatever the table's.
     """
 
-    def __init__(self, bucket: str, table: str, run: keys.RunId, chunk_rows: int) -> None:
-        """Prepare to write ``table``'s objects for ``run``, numbered from part 00000."""
-        self._bucket, self._table, self._run, self._chunk_rows = bucket, table, run, chunk_rows
-        self._parts: list[bytes] = []
-        self._pending = 0
-        self.files: list[WrittenFile] = []
+    def __init__(self, bucket: str, chunk_rows: int, key_for: Callable[[int], str]) -> None:
+        """Prepare to write objects named ``key_for(part)``, numbered from part 0."""
+        self._bucket, self._chunk_rows, self._key_for = bucket, chunk_rows, key_for
+        self._lines: list[bytes] = []
+        self.files: list[DataFile] = []
 
-    def add(self, columns: tuple[str, ...], rows: list[list[Any]]) -> None:
-        """Encode ``rows``, writing an object each time one reaches ``chunk_rows`` rows."""
-        while rows:
-            room = self._chunk_rows - self._pending
-            taken, rows = rows[:room], rows[room:]
-            self._parts.append(jsonl.encode_rows(columns, taken))
-            self._pending += len(taken)
-            if self._pending == self._chunk_rows:
-                self.flush()
+    def add(self, line: bytes) -> None:
+        """Take one line; write an object when ``chunk_rows`` lines are waiting."""
+        self._lines.append(line)
+        if len(self._lines) == self._chunk_rows:
+            self.flush()
 
     def flush(self) -> None:
-        """Write the rows waiting (if any) as the next object, created once under a new key."""
-        if not self._pending:
+        """Write the lines waiting (if any) as the next object, created once under a new key."""
+        if not self._lines:
             return
-        body = b"".join(self._parts)
-        key = keys.data_key(self._table, self._run, len(self.files), "jsonl")
+        body = b"".join(self._lines)
+        key = self._key_for(len(self.files))
         storage.put_new_object(self._bucket, key, body, CONTENT_TYPE)
-        self.files.append(WrittenFile(key, self._pending, len(body)))
-        self._parts, self._pending = [], 0
+        self.files.append(DataFile(key, len(self._lines), len(body)))
+        self._lines = []
 
 
-def extract_table(conn: pg8000.native.Connection, table: str, state: TableWatermark,
-                  run: keys.RunId, settings: IngestSettings, budget: int) -> TableExtract:
-    """Write up to ``budget`` of one table's new versions as JSON Lines objects.
+class ChangeSink:
+    """Takes the marked JSON lines COPY streams for one table; stops counting at the budget.
 
-    Versions inside the overlap window that an earlier run already wrote are
-    skipped, so an unchanged table writes nothing. The cut is exact: once the
-    budget is spent, a further new version marks the table truncated and the
-    read stops. Rows come oldest first, so what was written is a prefix and the
-    new state (the greatest ``last_updated`` written, plus the versions written
-    within the overlap of it) is where the next run continues.
+    The query asks for one row more than the budget: that row is not written, it
+    only proves the table has more, so the cut is exact.
     """
-    key_column = SOURCE_TABLES[table]
-    advance = WatermarkAdvance(state, settings.overlap)
-    writer = ObjectWriter(settings.bucket, table, run, settings.chunk_rows)
-    skipped, truncated = 0, False
-    for batch in extract.stream_rows(conn, table, state.since(settings.overlap),
-                                     min(settings.chunk_rows, FETCH_ROWS)):
-        key_at = batch.columns.index(key_column)
-        version_at = batch.columns.index(extract.VERSION_COLUMN)
-        fresh = [row for row in batch.rows if state.is_new(row[key_at], row[version_at])]
-        skipped += len(batch.rows) - len(fresh)
-        if len(fresh) > budget:
-            fresh, truncated = fresh[:budget], True
-        budget -= len(fresh)
-        writer.add(batch.columns, fresh)
-        advance.add((row[key_at], row[version_at]) for row in fresh)
-        if truncated:
-            break
+
+    def __init__(self, writer: ObjectWriter, budget: int) -> None:
+        """Write at most ``budget`` rows through ``writer``."""
+        self._writer, self._budget = writer, budget
+        self.rows = 0
+        self.overflow = False
+        self.future = 0
+        self.future_lines: list[bytes] = []
+        self.last_line: bytes | None = None
+
+    def write(self, line: bytes) -> None:
+        """Take one marked line from COPY."""
+        if self.rows == self._budget:
+            self.overflow = True
+            return
+        body = line[1:]
+        if line[:1] == extract.FUTURE_MARK:
+            self.future += 1
+            if len(self.future_lines) < LOGGED_KEYS:
+                self.future_lines.append(body)
+        self._writer.add(body)
+        self.rows += 1
+        self.last_line = body
+
+
+def _key_of(line: bytes, table: str) -> int:
+    return int(json.loads(line)[SOURCE_TABLES[table]])
+
+
+def _cursor_text(cursor: TableCursor) -> str:
+    if cursor.since is not None:
+        where = f"rows not visible in snapshot {cursor.since}"
+    elif cursor.since_last_updated is not None:
+        where = f"last_updated >= {cursor.since_last_updated.isoformat(timespec='milliseconds')}"
+        where += " (once, upgrading from the watermark format)"
+    else:
+        where = "every row"
+    if cursor.resume_after is not None:
+        where += f", keys above {cursor.resume_after}"
+    return where
+
+
+def extract_table(conn: pg8000.native.Connection, table: str, previous: TableEntry,
+                  read_point: extract.ReadPoint, run: keys.RunId, settings: IngestSettings,
+                  budget: int) -> TableEntry:
+    """Write up to ``budget`` of ``table``'s unseen rows; return its entry for the manifest."""
+    writer = ObjectWriter(settings.bucket, settings.chunk_rows,
+                          lambda part: keys.data_key(table, run, part, "jsonl"))
+    sink = ChangeSink(writer, budget)
+    extract.copy_changes(conn, table, previous.cursor, read_point, budget + 1, sink)
     writer.flush()
-    result = TableExtract(table, tuple(writer.files), advance.result(), skipped, truncated)
+    cut_at = (_key_of(sink.last_line, table)
+              if sink.overflow and sink.last_line is not None else None)
+    cursor = previous.cursor.after_pass(read_point.snapshot, cut_at=cut_at)
+    entry = TableEntry(files=tuple(writer.files), cursor=cursor, truncated=sink.overflow,
+                       stamped_in_future=sink.future, sweep=previous.sweep)
     logger.info("table extracted", extra={
-        "run_id": str(run), "table": table, "rows": result.rows, "bytes": result.bytes,
-        "files": len(result.files), "skipped_already_written": skipped, "truncated": truncated,
-        "since": None if state.watermark is None
-        else format_timestamp(state.since(settings.overlap)),
-    })
-    return result
-
-
-def _extract_all(settings: IngestSettings, states: dict[str, TableWatermark],
-                 run: keys.RunId, db_timeout: float) -> list[TableExtract]:
-    conn = db.connect(settings.secret_id, timeout=db_timeout)
-    try:
-        with extract.snapshot(conn):
-            return _extract_within_budget(conn, settings, states, run)
-    finally:
-        # Closing a connection whose socket already failed can only say so again;
-        # the original error is the one worth raising.
-        with suppress(pg8000.native.InterfaceError, OSError):
-            conn.close()
+        "run_id": str(run), "table": table, "rows": entry.rows, "bytes": entry.bytes,
+        "files": len(entry.files), "truncated": entry.truncated, "read": _cursor_text(
+            previous.cursor), "stamped_in_future": sink.future})
+    if sink.future:
+        logger.warning(
+            "rows stamped in the future captured: their last_updated is ahead of the "
+            "database's clock (a writer's clock or time zone is wrong, or a manual fix)",
+            extra={"run_id": str(run), "table": table, "rows": sink.future,
+                   "keys": [_key_of(line, table) for line in sink.future_lines],
+                   "database_time": read_point.database_time.isoformat(timespec="milliseconds")})
+    return entry
 
 
 def _extract_within_budget(conn: pg8000.native.Connection, settings: IngestSettings,
-                           states: dict[str, TableWatermark], run: keys.RunId
-                           ) -> list[TableExtract]:
+                           previous: IngestManifest | None, read_point: extract.ReadPoint,
+                           run: keys.RunId) -> dict[str, TableEntry]:
     budget = settings.max_rows_per_run
-    extracts: list[TableExtract] = []
+    entries: dict[str, TableEntry] = {}
     for table in SOURCE_TABLES:
-        if extracts and extracts[-1].truncated:
-            extracts.append(TableExtract.not_reached(table, states[table]))
+        before = previous.table(table) if previous else TableEntry()
+        if budget <= 0:
+            entries[table] = replace(before, files=(), truncated=True, stamped_in_future=0,
+                                     deleted=())
             continue
-        extracts.append(extract_table(conn, table, states[table], run, settings, budget))
-        budget -= extracts[-1].rows
-    return extracts
+        entries[table] = extract_table(conn, table, before, read_point, run, settings, budget)
+        budget -= entries[table].rows
+        if entries[table].truncated:
+            budget = 0
+    return entries
 
 
-def _log_backlog(run: keys.RunId, settings: IngestSettings, extracts: list[TableExtract]) -> None:
-    cut = next(item for item in extracts if item.truncated)
-    watermark = cut.state.watermark
-    resume = "its first row" if watermark is None else f"last_updated {format_timestamp(watermark)}"
-    logger.info("row budget reached; the next run continues from %s at %s", cut.table, resume,
+def _runs_since(bucket: str, sweeps: list[SweepState],
+                previous_key: str | None) -> Iterator[IngestManifest]:
+    """Yield the committed manifests after the oldest of ``sweeps``, oldest first."""
+    if not sweeps or previous_key is None:
+        return
+    oldest = min(sweeps, key=lambda state: state.run_id)
+    start = keys.manifest_key(keys.parse_run_id(oldest.run_id))
+    for key in storage.manifest_keys_after(bucket, start):
+        if key > previous_key:
+            return
+        yield IngestManifest.parse(storage.read_json(bucket, key))
+
+
+def _sweep_tables(conn: pg8000.native.Connection, settings: IngestSettings,
+                  previous_key: str | None,
+                  read_point: extract.ReadPoint, run: keys.RunId,
+                  entries: dict[str, TableEntry]) -> dict[str, TableEntry]:
+    """Sweep every table whose sweep is due; return the entries with deletions and sweeps."""
+    due = [table for table in SOURCE_TABLES
+           if sweep.is_due(entries[table].sweep, read_point.database_time, settings.delete_sweep)]
+    if not due:
+        return entries
+    captured: dict[str, list[tuple[DataFile, ...]]] = {table: [] for table in due}
+    sweeps = {table: entries[table].sweep for table in due}
+    for manifest in _runs_since(settings.bucket, [state for state in sweeps.values() if state],
+                                previous_key):
+        for table, state in sweeps.items():
+            if state is not None and manifest.run_id > state.run_id:
+                captured[table].append(manifest.table(table).files)
+    swept = dict(entries)
+    for table in due:
+        swept[table] = _sweep_table(conn, settings, read_point, run, table, entries[table],
+                                    captured[table])
+    return swept
+
+
+def _sweep_table(conn: pg8000.native.Connection, settings: IngestSettings,
+                 read_point: extract.ReadPoint, run: keys.RunId, table: str,
+                 entry: TableEntry, runs: list[tuple[DataFile, ...]]) -> TableEntry:
+    key_column = SOURCE_TABLES[table]
+    spool = sweep.KeySpool()
+    try:
+        extract.copy_keys(conn, table, spool)
+        spool.finish()
+        writer = ObjectWriter(settings.bucket, settings.chunk_rows,
+                              lambda part: keys.deletions_key(table, run, part))
+        known = sweep.known_streams(settings.bucket, entry.sweep, key_column, runs)
+        for key in sweep.vanished(known, spool.read_keys()):
+            writer.add(sweep.deletion_line(key_column, key, read_point.database_time))
+        writer.flush()
+        state: SweepState = sweep.upload(settings.bucket, table, run, spool,
+                                         read_point.database_time)
+    finally:
+        spool.close()
+    result = replace(entry, deleted=tuple(writer.files), sweep=state)
+    logger.info("table swept for deletes", extra={
+        "run_id": str(run), "table": table, "keys": state.keys, "deleted": result.deleted_rows,
+        "compared_with": "nothing (first sweep)" if entry.sweep is None else entry.sweep.key,
+        "runs_since_previous_sweep": len(runs)})
+    return result
+
+
+def _read_source(settings: IngestSettings, previous: IngestManifest | None,
+                 previous_key: str | None, run: keys.RunId,
+                 db_timeout: float) -> tuple[extract.ReadPoint, dict[str, TableEntry]]:
+    conn = db.connect(settings.secret_id, timeout=db_timeout)
+    try:
+        with extract.snapshot(conn) as read_point:
+            check_contract(extract.source_columns(conn))
+            entries = _extract_within_budget(conn, settings, previous, read_point, run)
+            entries = _sweep_tables(conn, settings, previous_key, read_point, run, entries)
+        return read_point, entries
+    finally:
+        db.close_quietly(conn)
+
+
+def _log_backlog(run: keys.RunId, settings: IngestSettings,
+                 entries: dict[str, TableEntry]) -> None:
+    waiting = [table for table, entry in entries.items() if entry.truncated]
+    cursor = entries[waiting[0]].cursor
+    resume = ("its first row" if cursor.resume_after is None
+              else f"the row after key {cursor.resume_after}")
+    logger.info("row budget reached; the next run continues from %s at %s", waiting[0], resume,
                 extra={"run_id": str(run), "max_rows_per_run": settings.max_rows_per_run,
-                       "continues_from_table": cut.table,
-                       "tables_waiting": [item.table for item in extracts if item.truncated]})
+                       "continues_from_table": waiting[0], "tables_waiting": waiting})
 
 
 def _check_still_newest(bucket: str, previous_key: str | None) -> None:
@@ -281,41 +329,59 @@ def _check_still_newest(bucket: str, previous_key: str | None) -> None:
             "the next run continues from the newer manifest")
 
 
-def _extract_run(settings: IngestSettings, run: keys.RunId, db_timeout: float
-                 ) -> tuple[dict[str, Any], list[TableExtract]]:
+def _extract_run(settings: IngestSettings, run: keys.RunId, db_timeout: float) -> IngestManifest:
     """Extract the changes since the newest manifest; return the manifest that commits them."""
     previous_key = storage.latest_manifest_key(settings.bucket)
-    previous = None if previous_key is None else storage.read_json(settings.bucket, previous_key)
+    previous = (None if previous_key is None
+                else IngestManifest.parse(storage.read_json(settings.bucket, previous_key)))
     logger.info("ingest run started", extra={
         "run_id": str(run), "previous_manifest": previous_key,
-        "overlap_minutes": settings.overlap // timedelta(minutes=1),
+        "previous_snapshot": None if previous is None or previous.snapshot is None
+        else str(previous.snapshot),
         "chunk_rows": settings.chunk_rows, "max_rows_per_run": settings.max_rows_per_run,
+        "delete_sweep_minutes": settings.delete_sweep // timedelta(minutes=1),
     })
-    extracts = _extract_all(settings, states_from_manifest(previous), run, db_timeout)
-    manifest = build_manifest(run, previous_key, settings.overlap, extracts,
-                              datetime.now(timezone.utc))
+    read_point, entries = _read_source(settings, previous, previous_key, run, db_timeout)
+    manifest = IngestManifest(
+        run_id=str(run), started_at=utc_text(run.started_at),
+        finished_at=utc_text(datetime.now(timezone.utc)), previous_manifest=previous_key,
+        tables=entries, complete=not any(entry.truncated for entry in entries.values()),
+        snapshot=read_point.snapshot,
+        database_time=read_point.database_time.isoformat(timespec="milliseconds"))
     _check_still_newest(settings.bucket, previous_key)
-    return manifest, extracts
+    return manifest
 
 
 def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
-            extracts: list[TableExtract], complete: bool, started: float) -> IngestResult:
+            manifest: IngestManifest, started: float) -> IngestResult:
     """Publish a committed run's metrics and log lines; return its result."""
-    result = IngestResult(str(run), manifest_key, {item.table: item.rows for item in extracts},
-                          complete, round((time.perf_counter() - started) * 1000, 1))
-    for item in extracts:
-        observability.emit_table_metric(ROWS_METRIC, item.table, item.rows)
-    changed = [item.table for item in extracts if item.rows]
+    entries = manifest.tables
+    swept = tuple(table for table, entry in entries.items()
+                  if entry.sweep is not None and entry.sweep.run_id == str(run))
+    result = IngestResult(
+        str(run), manifest_key, {table: entry.rows for table, entry in entries.items()},
+        manifest.complete, round((time.perf_counter() - started) * 1000, 1),
+        stamped_in_future={table: entry.stamped_in_future for table, entry in entries.items()},
+        deleted={table: entries[table].deleted_rows for table in swept}, swept=swept)
+    for table, entry in entries.items():
+        observability.emit_table_metric(ROWS_METRIC, table, entry.rows)
+        observability.emit_table_metric(FUTURE_METRIC, table, entry.stamped_in_future)
+    for table in swept:
+        observability.emit_table_metric(DELETED_METRIC, table, entries[table].deleted_rows)
+    changed = [table for table, entry in entries.items() if entry.rows or entry.deleted_rows]
     logger.info("ingest run committed" if changed
                 else "ingest run committed: nothing changed since the previous run", extra={
                     "run_id": result.run_id, "manifest_key": manifest_key,
-                    "rows": result.total_rows, "bytes": sum(item.bytes for item in extracts),
-                    "files": sum(len(item.files) for item in extracts),
+                    "snapshot": str(manifest.snapshot), "rows": result.total_rows,
+                    "bytes": sum(entry.bytes for entry in entries.values()),
+                    "files": sum(len(entry.files) for entry in entries.values()),
                     "tables_changed": changed, "complete": result.complete,
+                    "stamped_in_future": sum(result.stamped_in_future.values()),
+                    "deleted": sum(result.deleted.values()), "swept": list(swept),
                     "duration_ms": result.duration_ms,
                 })
     if not result.complete:
-        _log_backlog(run, settings, extracts)
+        _log_backlog(run, settings, dict(entries))
     return result
 
 
@@ -335,12 +401,12 @@ def run_ingest(settings: IngestSettings | None = None, *,
     At most ``max_rows_per_run`` rows are written; the result's ``complete`` says
     whether the run caught up or left a backlog for the next run. ``db_timeout``
     bounds every database wait, statements included: the handler passes the
-    invocation's remaining time, as the first FETCH of a backfill sorts every row
-    it will return and may take far longer than a connect.
+    invocation's remaining time.
 
     Settings default to the Lambda environment. Any failure (configuration,
-    secret, database, S3, a concurrent run) is logged once with its cause and with
-    what it left committed, and re-raised, so Lambda's Errors metric sees it.
+    secret, database, S3, a changed source column, a concurrent run) is logged
+    once with its cause and with what it left committed, and re-raised, so
+    Lambda's Errors metric sees it.
     """
     started = time.perf_counter()
     run = keys.new_run_id()
@@ -348,11 +414,11 @@ def run_ingest(settings: IngestSettings | None = None, *,
     left_behind = _NOT_COMMITTED  # what a failure at this point leaves, as the log says it
     try:
         settings = settings or IngestSettings.from_environment()
-        manifest, extracts = _extract_run(settings, run, db_timeout)
+        manifest = _extract_run(settings, run, db_timeout)
         left_behind = _COMMIT_UNKNOWN
-        storage.put_new_json(settings.bucket, manifest_key, manifest)
+        storage.put_new_json(settings.bucket, manifest_key, manifest.to_json())
         left_behind = _COMMITTED
-        return _report(settings, run, manifest_key, extracts, manifest["complete"], started)
+        return _report(settings, run, manifest_key, manifest, started)
     except Exception as error:
         logger.exception(_failure_message(error, left_behind),
                          extra={"run_id": str(run), "manifest_key": manifest_key})

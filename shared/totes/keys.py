@@ -77,6 +77,14 @@ def parse_manifest_key(key: str) -> RunId | None:
     return RunId(match["stamp"], match["run_id"]) if match else None
 
 
+def parse_run_id(text: str) -> RunId:
+    """Inverse of ``str(RunId)``: ``<stamp>-<suffix>`` back to the run it names."""
+    stamp_text, _, suffix = text.partition("-")
+    if not re.fullmatch(r"\d{8}T\d{9}Z", stamp_text) or not re.fullmatch(r"[0-9a-f]+", suffix):
+        raise ValueError(f"{text!r} is not a run id")
+    return RunId(stamp_text, suffix)
+
+
 def attempt_data_key(table: str, run: RunId, attempt: str, part: int, extension: str) -> str:
     """Key of a data object written by one attempt at processing ``run``.
 

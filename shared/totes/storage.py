@@ -8,7 +8,7 @@ them at a local moto server.
 """
 import json
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 import boto3
 from botocore.exceptions import ClientError
@@ -26,8 +26,11 @@ def s3_client() -> Any:
     return boto3.client("s3")
 
 
-def put_new_object(bucket: str, key: str, body: bytes, content_type: str) -> None:
-    """Create ``key`` with ``body``; raise ObjectAlreadyExistsError if it already exists."""
+def put_new_object(bucket: str, key: str, body: bytes | IO[bytes], content_type: str) -> None:
+    """Create ``key`` with ``body``; raise ObjectAlreadyExistsError if it already exists.
+
+    ``body`` may be a seekable file, so a large object is streamed, never held whole.
+    """
     try:
         s3_client().put_object(
             Bucket=bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*",

@@ -8,7 +8,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from totes import ingest, jsonl, storage
-from totes.source import SOURCE_TABLES
+from totes.capture import Snapshot
+from totes.source import SOURCE_COLUMNS, SOURCE_TABLES
 from totes_local import stack
 
 T0 = datetime(2024, 11, 15, 14, 0, 0, 120000)
@@ -83,20 +84,22 @@ def test_first_run_ingests_all_eleven_tables_and_nothing_else(source_db, aws):
     result = ingest.run_ingest()
 
     manifest = latest_manifest(aws["INGEST_BUCKET"])
-    assert manifest["format"] == "totes.ingest/1" and manifest["run_id"] == result.run_id
-    assert manifest["previous_manifest"] is None and manifest["overlap_minutes"] == 15
+    assert manifest["format"] == "totes.ingest/2" and manifest["run_id"] == result.run_id
+    assert manifest["previous_manifest"] is None
+    snapshot = Snapshot.parse(manifest["snapshot"])
     assert set(manifest["tables"]) == set(SOURCE_TABLES)
     assert result.rows == {table: 1 for table in SOURCE_TABLES}
-    data_keys = [key for key in all_keys(aws["INGEST_BUCKET"]) if not key.startswith("_manifests")]
+    data_keys = [key for key in all_keys(aws["INGEST_BUCKET"]) if not key.startswith("_")]
     assert sorted(DATA_KEY.match(key)["table"] for key in data_keys) == sorted(SOURCE_TABLES)
     for table in SOURCE_TABLES:
         entry = manifest["tables"][table]
-        assert entry["watermark"] == "2024-11-15T14:00:00.120"
-        assert entry["recent_versions"] == [[1, "2024-11-15T14:00:00.120"]]
-        columns = [row[0] for row in source_db.run(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = :t "
-            "ORDER BY ordinal_position", t=table)]
-        assert list(table_rows(aws["INGEST_BUCKET"], manifest, table)[0]) == columns
+        assert entry["cursor"] == {"since": str(snapshot), "since_last_updated": None,
+                                   "resume_after": None, "resume_since": None}
+        # Exactly the contract's columns, key first: never created_at-only or bank accounts.
+        assert list(table_rows(aws["INGEST_BUCKET"], manifest, table)[0]) == list(
+            SOURCE_COLUMNS[table])
+    payment = table_rows(aws["INGEST_BUCKET"], manifest, "payment")[0]
+    assert "company_ac_number" not in payment and "counterparty_ac_number" not in payment
 
 
 def test_run_without_source_changes_writes_no_data_but_records_the_run(
@@ -111,7 +114,7 @@ def test_run_without_source_changes_writes_no_data_but_records_the_run(
     assert new_keys == {second.manifest_key}
     manifest = latest_manifest(aws["INGEST_BUCKET"])
     assert manifest["previous_manifest"] == first.manifest_key
-    assert all(entry["rows"] == 0 and entry["files"] == [] and entry["recent_versions"]
+    assert all(entry["rows"] == 0 and entry["files"] == [] and entry["cursor"]["since"]
                for entry in manifest["tables"].values())
     summary = [line for line in captured_logs() if line.get("run_id") == second.run_id
                and line["message"].startswith("ingest run committed")]
@@ -136,38 +139,22 @@ def test_inserts_and_updates_after_a_run_arrive_in_the_next(source_db, aws):
             table_rows(aws["INGEST_BUCKET"], manifest, "sales_order")] == [2]
     [payment] = table_rows(aws["INGEST_BUCKET"], manifest, "payment")
     assert payment["paid"] is True and payment["last_updated"] == "2024-11-15T14:30:00.120"
-    assert manifest["tables"]["payment"]["watermark"] == "2024-11-15T14:30:00.120"
+    assert manifest["tables"]["payment"]["cursor"]["since"] == manifest["snapshot"]
 
 
-@pytest.mark.parametrize("overlap_minutes, caught", [("15", True), ("0", False)])
-def test_late_commit_older_than_the_watermark_is_caught_by_the_overlap(
-        source_db, aws, monkeypatch, overlap_minutes, caught):
-    monkeypatch.setenv("INGEST_OVERLAP_MINUTES", overlap_minutes)
+def test_a_row_committed_late_with_an_old_stamp_arrives_in_the_next_run(source_db, aws):
     seed_one_of_each(source_db)
     sales_order(source_db, 2, T0 + timedelta(minutes=10))
     ingest.run_ingest()
-    # A transaction that started earlier commits now: its row is older than the watermark.
-    sales_order(source_db, 3, T0 + timedelta(minutes=6))
+    # Stamped long before the newest row read: only its visibility says it is new.
+    sales_order(source_db, 3, T0 - timedelta(days=30))
 
     result = ingest.run_ingest()
 
     manifest = latest_manifest(aws["INGEST_BUCKET"])
-    ids = [row["sales_order_id"] for row in
-           table_rows(aws["INGEST_BUCKET"], manifest, "sales_order")]
-    assert ids == ([3] if caught else [])
-    assert result.total_rows == len(ids)
-    assert manifest["tables"]["sales_order"]["watermark"] == "2024-11-15T14:10:00.120"
-
-
-def test_versions_leave_the_state_once_they_fall_behind_the_overlap_window(source_db, aws):
-    seed_one_of_each(source_db)
-    ingest.run_ingest()
-    sales_order(source_db, 2, T0 + timedelta(minutes=20))
-
-    ingest.run_ingest()
-
-    state = latest_manifest(aws["INGEST_BUCKET"])["tables"]["sales_order"]
-    assert state["recent_versions"] == [[2, "2024-11-15T14:20:00.120"]]
+    assert [row["sales_order_id"] for row in
+            table_rows(aws["INGEST_BUCKET"], manifest, "sales_order")] == [3]
+    assert result.total_rows == 1
 
 
 def test_crash_before_the_manifest_loses_nothing(source_db, aws, monkeypatch, captured_logs):
@@ -185,7 +172,8 @@ def test_crash_before_the_manifest_loses_nothing(source_db, aws, monkeypatch, ca
     with monkeypatch.context() as patch, pytest.raises(ClientError, match="S3 is down"):
         patch.setattr(storage, "put_new_json", manifest_write_fails)
         ingest.run_ingest()
-    orphans = set(all_keys(aws["INGEST_BUCKET"])) - committed
+    orphans = {key for key in set(all_keys(aws["INGEST_BUCKET"])) - committed
+               if not key.startswith("_")}
     assert storage.latest_manifest_key(aws["INGEST_BUCKET"]) == first.manifest_key
     assert sorted(DATA_KEY.match(key)["table"] for key in orphans) == ["sales_order", "staff"]
 
@@ -209,16 +197,16 @@ def test_a_run_overtaken_by_another_commit_aborts_and_the_next_run_continues(
     seed_one_of_each(source_db)
     first = ingest.run_ingest()
     sales_order(source_db, 2, T0 + timedelta(minutes=5))
-    extract_all, overtaking = ingest._extract_all, []
+    read_source, overtaking = ingest._read_source, []
 
     def another_run_commits_meanwhile(*args):
-        extracts = extract_all(*args)
+        extracts = read_source(*args)
         if not overtaking:
-            monkeypatch.setattr(ingest, "_extract_all", extract_all)
+            monkeypatch.setattr(ingest, "_read_source", read_source)
             overtaking.append(ingest.run_ingest())
         return extracts
 
-    monkeypatch.setattr(ingest, "_extract_all", another_run_commits_meanwhile)
+    monkeypatch.setattr(ingest, "_read_source", another_run_commits_meanwhile)
     with pytest.raises(ingest.ConcurrentRunError):
         ingest.run_ingest()
 
@@ -270,7 +258,8 @@ def test_no_object_is_ever_overwritten(source_db, aws):
 
     versions = s3.list_object_versions(Bucket=aws["INGEST_BUCKET"])["Versions"]
     keys = [version["Key"] for version in versions]
-    assert len(keys) == len(set(keys)) == 11 + 3 + 2
+    # 11 tables, 3 manifests, 2 later orders, and the first run's key sweep of each table.
+    assert len(keys) == len(set(keys)) == 11 + 3 + 2 + 11
     assert conditions and set(conditions) == {"*"}
 
 
@@ -318,14 +307,9 @@ def test_numbers_timestamps_and_nulls_keep_their_exact_meaning(source_db, aws):
         address, separators=(",", ":"), default=str)
 
 
-@pytest.mark.parametrize("chunk_rows, fetch_rows, objects", [
-    (3, 5000, [3, 3, 3, 1]),  # every fetch is one object
-    (4, 3, [4, 4, 2]),        # small fetches packed into objects across batch boundaries
-])
-def test_chunk_rows_bounds_every_object(source_db, aws, monkeypatch, chunk_rows, fetch_rows,
-                                        objects):
+@pytest.mark.parametrize("chunk_rows, objects", [(3, [3, 3, 3, 1]), (4, [4, 4, 2])])
+def test_chunk_rows_bounds_every_object(source_db, aws, monkeypatch, chunk_rows, objects):
     monkeypatch.setenv("CHUNK_ROWS", str(chunk_rows))
-    monkeypatch.setattr(ingest, "FETCH_ROWS", fetch_rows)
     seed_one_of_each(source_db)
     for design_id in range(2, 11):
         insert(source_db, "design", design_id=design_id, design_name=f"d{design_id}",

@@ -27,10 +27,10 @@ def test_contract_variables_are_read(monkeypatch):
 
 
 def test_optional_settings_default_when_unset(monkeypatch):
-    monkeypatch.delenv("INGEST_OVERLAP_MINUTES", raising=False)
+    monkeypatch.delenv("INGEST_DELETE_SWEEP_MINUTES", raising=False)
     monkeypatch.delenv("CHUNK_ROWS", raising=False)
     monkeypatch.delenv("INGEST_MAX_ROWS_PER_RUN", raising=False)
-    assert config.overlap_window() == timedelta(minutes=15)
+    assert config.delete_sweep_interval() == timedelta(minutes=60)
     assert config.chunk_rows() == 50_000
     assert config.max_rows_per_run() == 1_000_000
 
@@ -44,9 +44,9 @@ def test_row_budget_is_read_and_must_allow_at_least_one_row(monkeypatch):
         config.max_rows_per_run()
 
 
-def test_overlap_may_be_zero_but_chunk_rows_may_not(monkeypatch):
-    monkeypatch.setenv("INGEST_OVERLAP_MINUTES", "0")
-    assert config.overlap_window() == timedelta(0)
+def test_delete_sweep_may_be_zero_to_sweep_every_run_but_chunk_rows_may_not(monkeypatch):
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
+    assert config.delete_sweep_interval() == timedelta(0)
     monkeypatch.setenv("CHUNK_ROWS", "0")
     with pytest.raises(config.ConfigurationError, match="CHUNK_ROWS must be at least 1"):
         config.chunk_rows()

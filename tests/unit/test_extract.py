@@ -1,33 +1,74 @@
+"""The SQL ingest sends: allow-listed identifiers, quoted; values only through set_config."""
+from datetime import datetime
+
 import pytest
 
 from totes import extract, keys
-from totes.source import UnknownTableError
+from totes.capture import Snapshot, TableCursor
+from totes.source import SOURCE_COLUMNS, UnknownTableError
 
 
-def test_full_read_orders_by_version_then_key_with_quoted_identifiers():
-    assert extract.select_sql("sales_order", incremental=False) == (
-        'SELECT * FROM "sales_order" ORDER BY "last_updated", "sales_order_id"')
+def test_a_first_read_copies_every_row_in_key_order_with_only_the_contract_columns():
+    sql = extract.changes_sql("currency", TableCursor())
+    assert sql == (
+        "COPY (SELECT CASE WHEN t.\"last_updated\" > (now() AT TIME ZONE 'UTC') THEN 'F' "
+        "ELSE ' ' END || row_to_json(r)::text FROM \"currency\" AS t, LATERAL (SELECT "
+        "t.\"currency_id\", t.\"currency_code\", to_char(t.\"last_updated\", "
+        "'YYYY-MM-DD\"T\"HH24:MI:SS.MS') AS \"last_updated\") AS r "
+        "ORDER BY t.\"currency_id\" LIMIT current_setting('totes.limit')::bigint) "
+        "TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')")
 
 
-def test_incremental_read_binds_the_lower_bound_instead_of_formatting_it():
-    assert extract.select_sql("transaction", incremental=True) == (
-        'SELECT * FROM "transaction" WHERE "last_updated" >= :since '
-        'ORDER BY "last_updated", "transaction_id"')
+def test_an_incremental_read_selects_by_writing_transaction_with_bound_window():
+    sql = extract.changes_sql("staff", TableCursor(since=Snapshot(10, 12, (10,))))
+    assert ("WHERE t.xmin::text::bigint >= 3 AND (current_setting('totes.xmax32')::bigint - "
+            "t.xmin::text::bigint + 4294967296) % 4294967296 <= "
+            "current_setting('totes.width')::bigint ORDER BY") in sql
+    assert "last_updated\" >=" not in sql
+
+
+def test_a_resumed_pass_continues_above_the_bound_key():
+    cursor = TableCursor(since=Snapshot(10, 12), resume_after=7, resume_since=Snapshot(20, 20))
+    assert ("AND t.\"staff_id\" > current_setting('totes.after')::bigint ORDER BY"
+            in extract.changes_sql("staff", cursor))
+
+
+def test_a_table_carried_over_from_the_watermark_format_is_read_once_by_last_updated():
+    sql = extract.changes_sql("staff", TableCursor(since_last_updated=datetime(2024, 11, 15)))
+    assert ("WHERE t.\"last_updated\" >= current_setting('totes.since_last_updated')::timestamp "
+            "ORDER BY") in sql
+    assert "xmin" not in sql
+
+
+def test_timestamps_are_rendered_with_milliseconds_and_other_columns_as_they_are():
+    select = extract.row_json_sql("payment")
+    for column, kind in SOURCE_COLUMNS["payment"].items():
+        if kind == "timestamp":
+            rendered = f"to_char(t.\"{column}\", 'YYYY-MM-DD\"T\"HH24:MI:SS.MS')"
+            assert f"{rendered} AS \"{column}\"" in select
+        else:
+            assert f"t.\"{column}\"" in select
+    assert "company_ac_number" not in select
+
+
+def test_the_key_sweep_lists_keys_in_order():
+    assert extract.keys_sql("transaction") == (
+        'COPY (SELECT "transaction_id" FROM "transaction" ORDER BY "transaction_id") TO STDOUT')
 
 
 @pytest.mark.parametrize("table", [
     "_prisma_migrations", "pg_authid", 'staff"; DROP TABLE staff; --', "Staff"])
 def test_only_allow_listed_tables_ever_reach_sql(table):
+    with pytest.raises((UnknownTableError, KeyError)):
+        extract.changes_sql(table, TableCursor())
     with pytest.raises(UnknownTableError):
-        extract.select_sql(table, incremental=False)
-
-
-def test_a_batch_size_below_one_is_refused_before_touching_the_database():
-    with pytest.raises(ValueError, match="batch_rows"):
-        next(extract.stream_rows(None, "staff", None, 0))
+        extract.keys_sql(table)
 
 
 def test_new_run_ids_are_unique_and_sort_by_start_time():
     first, second = keys.new_run_id(), keys.new_run_id()
     assert first != second and len(first.suffix) == 8
     assert keys.parse_manifest_key(keys.manifest_key(first)) == first
+    assert keys.parse_run_id(str(first)) == first
+    with pytest.raises(ValueError, match="not a run id"):
+        keys.parse_run_id("20241115T142009123Z")

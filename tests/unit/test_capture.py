@@ -1,0 +1,97 @@
+"""Which rows a run reads: 64-bit snapshots against 32-bit row xids, across wraparound."""
+import pytest
+
+from totes.capture import (XID_MODULUS, Snapshot, SnapshotFormatError, TableCursor, full_xid,
+                           xmin_window)
+
+EPOCH = XID_MODULUS
+
+
+def test_a_snapshot_round_trips_in_postgres_notation():
+    assert Snapshot.parse("744:750:744,747") == Snapshot(744, 750, (744, 747))
+    assert str(Snapshot(744, 750, (744, 747))) == "744:750:744,747"
+    assert str(Snapshot.parse("9:9:")) == "9:9:"
+
+
+@pytest.mark.parametrize("text", ["", "1:2", "a:b:", "5:4:", "3:9:10", "0:0:"])
+def test_a_malformed_snapshot_is_refused(text):
+    with pytest.raises(SnapshotFormatError):
+        Snapshot.parse(text)
+
+
+def read(floor: Snapshot, current: Snapshot, xid64: int) -> bool:
+    """Whether a row written by ``xid64`` is read, through its 32-bit xmin as the row has it."""
+    return xmin_window(floor, current).contains(xid64 % XID_MODULUS)
+
+
+def test_rows_written_after_the_previous_snapshot_are_read_and_older_ones_not():
+    floor, current = Snapshot(100, 105, (100, 103)), Snapshot(120, 120)
+    assert [xid for xid in range(90, 120) if read(floor, current, xid)] == list(range(100, 120))
+
+
+def test_a_row_written_in_a_savepoint_of_a_transaction_open_at_the_snapshot_is_read():
+    # Transaction 100 was open; its subtransaction 102 is not in the xip list, yet must be read.
+    floor = Snapshot(100, 105, (100,))
+    assert read(floor, Snapshot(130, 130), 102)
+
+
+def test_the_window_is_exact_across_an_epoch_boundary():
+    floor = Snapshot(EPOCH - 5, EPOCH - 2, (EPOCH - 5,))
+    current = Snapshot(EPOCH + 10, EPOCH + 10)
+    # PostgreSQL never assigns the special 32-bit xids 0, 1 and 2 of a new epoch.
+    assigned = [xid for xid in range(EPOCH - 40, EPOCH + 10) if xid % EPOCH >= 3]
+    read_xids = [xid for xid in assigned if read(floor, current, xid)]
+    assert read_xids == [*range(EPOCH - 5, EPOCH), *range(EPOCH + 3, EPOCH + 10)]
+
+
+def test_the_window_is_exact_in_a_later_epoch():
+    floor, current = Snapshot(7 * EPOCH + 3, 7 * EPOCH + 3), Snapshot(7 * EPOCH + 9, 7 * EPOCH + 9)
+    assert [x for x in range(7 * EPOCH - 5, 7 * EPOCH + 9) if read(floor, current, x)] == list(
+        range(7 * EPOCH + 3, 7 * EPOCH + 9))
+
+
+def test_frozen_and_bootstrap_xids_are_always_old():
+    window = xmin_window(Snapshot(3, 3), Snapshot(EPOCH + 5, EPOCH + 5))
+    assert not window.contains(1) and not window.contains(2)
+    assert window.contains(3)
+
+
+def test_a_frozen_row_whose_raw_xmin_aliases_a_recent_xid_is_read_again_never_skipped():
+    # Written 2^32 + 2 transactions ago: its 32-bit xmin looks like xid current - 2.
+    floor, current = Snapshot(EPOCH + 100, EPOCH + 100), Snapshot(EPOCH + 110, EPOCH + 110)
+    assert read(floor, current, 108)  # xid 108 of epoch 0: same 32 bits as EPOCH + 108
+
+
+def test_a_snapshot_from_the_future_is_refused():
+    with pytest.raises(SnapshotFormatError, match="same database"):
+        xmin_window(Snapshot(500, 500), Snapshot(100, 100))
+
+
+def test_full_xid_rebuilds_the_epoch_of_a_visible_row():
+    current = Snapshot(3 * EPOCH + 10, 3 * EPOCH + 10)
+    assert full_xid(5, current) == 3 * EPOCH + 5
+    assert full_xid(EPOCH - 1, current) == 3 * EPOCH - 1
+
+
+def test_a_complete_pass_moves_the_floor_to_the_snapshot_read():
+    read_at = Snapshot(50, 52)
+    assert TableCursor(since=Snapshot(10, 10)).after_pass(read_at, cut_at=None) == TableCursor(
+        since=read_at)
+
+
+def test_a_cut_pass_keeps_its_floor_and_remembers_where_and_when_it_stopped():
+    floor = Snapshot(10, 10)
+    cut = TableCursor(since=floor).after_pass(Snapshot(50, 52), cut_at=700)
+    assert cut == TableCursor(since=floor, resume_after=700, resume_since=Snapshot(50, 52))
+    again = cut.after_pass(Snapshot(80, 80), cut_at=900)
+    assert again == TableCursor(since=floor, resume_after=900, resume_since=Snapshot(50, 52))
+    # When the pass ends, the OLDER snapshot it had reached below the cut is the new floor.
+    assert again.after_pass(Snapshot(99, 99), cut_at=None) == TableCursor(since=Snapshot(50, 52))
+
+
+def test_a_cursor_round_trips_through_its_manifest_fields():
+    from datetime import datetime
+    cursor = TableCursor(since=None, since_last_updated=datetime(2024, 11, 15, 14, 0, 0, 120000),
+                         resume_after=3, resume_since=Snapshot(5, 9, (6,)))
+    assert TableCursor.from_json(cursor.to_json()) == cursor
+    assert TableCursor.from_json({}) == TableCursor()

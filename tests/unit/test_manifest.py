@@ -1,0 +1,66 @@
+"""Ingest manifests: one owner, both directions, every format still in a bucket."""
+from datetime import datetime
+
+import pytest
+
+from totes.capture import Snapshot, TableCursor
+from totes.manifest import (INGEST_FORMAT, DataFile, IngestManifest, ManifestError, SweepState,
+                            TableEntry)
+
+V1 = {
+    "format": "totes.ingest/1", "run_id": "20241115T142009123Z-3f9a1c2e",
+    "started_at": "2024-11-15T14:20:09.123Z", "finished_at": "2024-11-15T14:20:11.456Z",
+    "previous_manifest": None, "overlap_minutes": 15, "complete": True,
+    "tables": {
+        "sales_order": {"rows": 1, "files": [{"key": "sales_order/a.jsonl", "rows": 1,
+                                              "bytes": 9}],
+                        "truncated": False, "watermark": "2024-11-15T14:19:58.120",
+                        "recent_versions": [[11188, "2024-11-15T14:19:58.120"]]},
+        "staff": {"rows": 0, "files": [], "watermark": None, "recent_versions": []},
+    },
+}
+
+
+def test_a_manifest_round_trips_through_its_document():
+    manifest = IngestManifest(
+        run_id="20261127T080000000Z-aa", started_at="2026-11-27T08:00:00.000Z",
+        finished_at="2026-11-27T08:00:01.000Z", previous_manifest=None,
+        snapshot=Snapshot(740, 745, (741,)), database_time="2026-11-27T08:00:00.001",
+        complete=False,
+        tables={"payment": TableEntry(
+            files=(DataFile("payment/x.jsonl", 3, 300),),
+            cursor=TableCursor(since=Snapshot(700, 700), resume_after=9,
+                               resume_since=Snapshot(740, 745, (741,))),
+            truncated=True, stamped_in_future=1,
+            deleted=(DataFile("payment/x-deleted.jsonl", 2, 90),),
+            sweep=SweepState("_sweeps/payment/k.keys.gz", 40, "20261127T080000000Z-aa",
+                             datetime(2026, 11, 27, 8, 0, 0, 1000)))})
+    document = manifest.to_json()
+    assert document["format"] == INGEST_FORMAT
+    assert document["tables"]["payment"]["rows"] == 3
+    assert document["tables"]["payment"]["deleted_rows"] == 2
+    assert IngestManifest.parse(document) == manifest
+
+
+def test_a_watermark_manifest_becomes_a_one_off_bridge_by_last_updated():
+    manifest = IngestManifest.parse(V1)
+    assert manifest.format == "totes.ingest/1" and manifest.snapshot is None
+    order = manifest.table("sales_order")
+    assert order.files == (DataFile("sales_order/a.jsonl", 1, 9),)
+    assert order.cursor == TableCursor(since_last_updated=datetime(2024, 11, 15, 14, 4, 58, 120000))
+    assert manifest.table("staff").cursor == TableCursor()  # never read: read everything
+    assert manifest.table("payment") == TableEntry()
+
+
+@pytest.mark.parametrize("document, message", [
+    ([], "no tables"),
+    ({"format": "totes.ingest/9", "tables": {}}, "'totes.ingest/9' is not one"),
+    ({**V1, "tables": {"pg_authid": {}}}, "unknown table"),
+    ({**V1, "run_id": None, "started_at": None, "tables": {"staff": {"files": [{}]}}},
+     "malformed totes.ingest/1"),
+    ({**V1, "format": INGEST_FORMAT, "tables": {"staff": {"cursor": {"since": "9:1:"}}}},
+     "malformed totes.ingest/2"),
+])
+def test_anything_else_is_refused_with_a_clear_reason(document, message):
+    with pytest.raises(ManifestError, match=message):
+        IngestManifest.parse(document)

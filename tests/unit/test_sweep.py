@@ -1,0 +1,50 @@
+"""Deletes found by a sorted merge of key streams: exact, once each, in flat memory."""
+from datetime import datetime, timedelta
+
+import pytest
+
+from totes import sweep
+from totes.manifest import SweepState
+
+
+def test_keys_known_before_and_absent_now_are_deleted_once_each_in_order():
+    previous_sweep = [1, 2, 3, 5, 8]
+    captured_since = [[4, 9], [2, 9, 10]]   # each run's keys, in order; 9 captured twice
+    present = [1, 3, 4, 8, 11]
+    assert list(sweep.vanished([previous_sweep, *captured_since], present)) == [2, 5, 9, 10]
+
+
+def test_a_row_created_captured_and_deleted_between_two_sweeps_is_found():
+    assert list(sweep.vanished([[1, 2], [3]], [1, 2])) == [3]
+
+
+def test_nothing_known_means_nothing_deleted():
+    assert list(sweep.vanished([[]], [1, 2, 3])) == []
+    assert list(sweep.vanished([[1, 2]], [1, 2])) == []
+
+
+def test_an_unsorted_stream_is_refused_rather_than_inventing_deletions():
+    with pytest.raises(sweep.SweepOrderError, match="known key stream 0"):
+        list(sweep.vanished([[1, 3, 2]], [1, 2, 3]))
+    with pytest.raises(sweep.SweepOrderError, match="current key list"):
+        list(sweep.vanished([[1, 2, 3]], [2, 1, 3]))
+
+
+def test_the_merge_holds_no_key_set_however_many_keys_stream_through():
+    known = iter(range(0, 2_000_000, 2))
+    present = (key for key in range(0, 2_000_000, 2) if key % 1000)
+    assert sum(1 for _ in sweep.vanished([known], present)) == 2000
+
+
+def test_a_sweep_is_due_first_and_then_once_per_interval():
+    at = datetime(2026, 11, 27, 8, 0)
+    state = SweepState("k", 3, "20261127T080000000Z-aa", at)
+    assert sweep.is_due(None, at, timedelta(minutes=60))
+    assert not sweep.is_due(state, at + timedelta(minutes=59), timedelta(minutes=60))
+    assert sweep.is_due(state, at + timedelta(minutes=60), timedelta(minutes=60))
+    assert sweep.is_due(state, at, timedelta(0))
+
+
+def test_a_deletion_record_names_the_key_and_the_detection_time():
+    line = sweep.deletion_line("payment_id", 7, datetime(2026, 11, 27, 8, 0, 0, 5000))
+    assert line == b'{"payment_id": 7, "deleted_at": "2026-11-27T08:00:00.005"}\n'
