@@ -2,7 +2,8 @@
 
 Thin on purpose: the work is :func:`totes.ingest.run_ingest`. The handler adds
 the Lambda context to every log line and publishes the run-level metrics, among
-them ``IngestBacklog`` (1 while a backfill is still draining over runs); a
+them ``IngestBacklog`` (1 while a backfill is still draining over runs) and
+``IngestRowsStampedInFuture`` (alarmed: rows whose stamp is ahead of the source's clock); a
 failure propagates (after the library logged it) so Lambda counts an error.
 """
 from typing import Any
@@ -19,7 +20,7 @@ metrics = observability.metrics_for()
 @observability.instrument("ingest", logger, metrics)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Run one ingest and return its run id, manifest key, rows per table and completeness."""
-    # A backfill's first FETCH sorts every row it returns: no wait outlives the invocation.
+    # A backfill's first COPY sorts every row it returns: no wait outlives the invocation.
     result = run_ingest(db_timeout=context.get_remaining_time_in_millis() / 1000)
     metrics.add_metric(name="IngestRuns", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="IngestRowsTotal", unit=MetricUnit.Count, value=result.total_rows)
@@ -27,4 +28,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                        value=result.duration_ms)
     metrics.add_metric(name="IngestBacklog", unit=MetricUnit.Count,
                        value=0 if result.complete else 1)
+    metrics.add_metric(name="IngestRowsStampedInFuture", unit=MetricUnit.Count,
+                       value=sum(result.stamped_in_future.values()))
+    metrics.add_metric(name="IngestRowsDeleted", unit=MetricUnit.Count,
+                       value=sum(result.deleted.values()))
     return result.summary()

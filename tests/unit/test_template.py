@@ -239,6 +239,13 @@ def test_error_log_lines_of_each_function_are_counted_and_alarmed(function):
     assert alarms_on(metric["MetricNamespace"], metric["MetricName"])
 
 
+def test_rows_stamped_in_the_future_alarm_on_the_first_one():
+    (alarm,) = alarms_on(observability.DEFAULT_NAMESPACE, "IngestRowsStampedInFuture")
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": observability.DEFAULT_SERVICE}]
+    assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["TreatMissingData"] == "notBreaching"
+
+
 def test_freshness_alarm_fires_after_30_minutes_and_when_the_loader_goes_silent():
     (alarm,) = alarms_on(observability.DEFAULT_NAMESPACE, "FreshnessSeconds")
     assert alarm["Dimensions"] == [{"Name": "service", "Value": observability.DEFAULT_SERVICE}]
@@ -487,7 +494,8 @@ def test_only_transform_and_load_carry_the_pandas_layer(function, has_pandas):
 
 
 @pytest.mark.parametrize("function, expected", [
-    ("IngestFunction", {"INGEST_BUCKET": "IngestBucket", "TOTESYS_SECRET_ID": "TotesysSecretArn"}),
+    ("IngestFunction", {"INGEST_BUCKET": "IngestBucket", "TOTESYS_SECRET_ID": "TotesysSecretArn",
+                        "INGEST_DELETE_SWEEP_MINUTES": "IngestDeleteSweepMinutes"}),
     # The transform's INGEST_BUCKET is the bucket's stack-derived name (see the naming test).
     ("TransformFunction", {"INGEST_BUCKET": "AWS::StackId", "PROCESSED_BUCKET": "ProcessedBucket"}),
     ("LoadFunction", {"INGEST_BUCKET": "IngestBucket", "PROCESSED_BUCKET": "ProcessedBucket",
