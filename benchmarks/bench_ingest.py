@@ -75,19 +75,20 @@ def measure_ingest(env: dict[str, str]) -> dict[str, Any]:
         result = ingest.run_ingest()
     seconds = time.perf_counter() - started
     return {"rows": result.total_rows, "seconds": seconds, "baseline": baseline,
-            "peak": peak_rss(), "complete": result.complete}
+            "peak": peak_rss(), "complete": result.complete, "tables": dict(result.rows),
+            "manifest_key": result.manifest_key}
 
 
 def existing_rows(postgres: Any, name: str) -> int:
     """Return the rows of a totesys left by an earlier run (0 when there is none)."""
     import pg8000.native
 
-    from totes.db import quote_ident
+    from totes.db import DatabaseUnavailableError, quote_ident
     from totes.source import SOURCE_TABLES
 
     try:
         conn = postgres.connect(name)
-    except pg8000.native.DatabaseError:  # no such database yet
+    except DatabaseUnavailableError:  # no such database yet
         return 0
     try:
         return sum(conn.run(f"SELECT count(*) FROM {quote_ident(table)}")[0][0]  # nosec B608
@@ -98,11 +99,16 @@ def existing_rows(postgres: Any, name: str) -> int:
         conn.close()
 
 
-def generate_source(postgres: Any, scale: float, seed: int, reuse: bool) -> tuple[str, int]:
-    """Create and fill a fresh totesys for ``scale`` (or reuse one); return name and rows."""
+def generate_source(postgres: Any, scale: float, seed: int, reuse: bool,
+                    prefix: str = "bench_ingest") -> tuple[str, int]:
+    """Create and fill a fresh totesys for ``scale`` (or reuse one); return name and rows.
+
+    The database is named ``<prefix>_<scale>``: a benchmark that changes its source
+    passes its own prefix, so it never alters the one another benchmark reuses.
+    """
     from totes_local import generator
 
-    name = "bench_ingest_" + f"{scale:g}".replace(".", "_")
+    name = f"{prefix}_" + f"{scale:g}".replace(".", "_")
     if reuse and (rows := existing_rows(postgres, name)):
         return name, rows
     postgres.recreate_database(name)
@@ -115,26 +121,47 @@ def generate_source(postgres: Any, scale: float, seed: int, reuse: bool) -> tupl
     return name, sum(counts.values())
 
 
-def bench_scale(postgres: Any, endpoint: str, scale: float, args: argparse.Namespace
-                ) -> list[dict[str, Any]]:
-    """Generate a source at ``scale`` and measure every run of its first (full) ingest."""
+def ingest_environment(postgres: Any, endpoint: str, name: str, chunk_rows: int,
+                       max_rows_per_run: int | None) -> dict[str, str]:
+    """Provision a fresh bucket and secret for database ``name``; return the ingest's env.
+
+    The bucket is new, so the first ingest against it is a full first run.
+    ``max_rows_per_run`` None leaves ``INGEST_MAX_ROWS_PER_RUN`` at ingest's default.
+    """
     from totes_local import stack
 
-    started = time.perf_counter()
-    name, source_rows = generate_source(postgres, scale, args.seed, args.reuse)
-    generated = time.perf_counter() - started
     suffix = uuid.uuid4().hex[:8]
     bucket, secret_id = f"bench-ingest-{suffix}", f"bench/totesys/{suffix}"
     stack.provision({secret_id: postgres.secret(name)}, buckets=(bucket,))
     env = {**stack.aws_environment(endpoint), "INGEST_BUCKET": bucket,
-           "TOTESYS_SECRET_ID": secret_id, "CHUNK_ROWS": str(args.chunk_rows),
-           "LOG_LEVEL": "WARNING",
-           "INGEST_MAX_ROWS_PER_RUN": str(args.max_rows_per_run or source_rows)}
+           "TOTESYS_SECRET_ID": secret_id, "CHUNK_ROWS": str(chunk_rows),
+           "LOG_LEVEL": "WARNING"}
+    if max_rows_per_run is not None:
+        env["INGEST_MAX_ROWS_PER_RUN"] = str(max_rows_per_run)
+    return env
+
+
+def run_in_fresh_process(function: Any, *args: Any) -> Any:
+    """Call ``function(*args)`` in a freshly spawned interpreter (a cold Lambda) and return it.
+
+    The child's peak RSS is then its own, not this process's (generator, moto).
+    """
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(function, args)
+
+
+def bench_scale(postgres: Any, endpoint: str, scale: float, args: argparse.Namespace
+                ) -> list[dict[str, Any]]:
+    """Generate a source at ``scale`` and measure every run of its first (full) ingest."""
+    started = time.perf_counter()
+    name, source_rows = generate_source(postgres, scale, args.seed, args.reuse)
+    generated = time.perf_counter() - started
+    env = ingest_environment(postgres, endpoint, name, args.chunk_rows,
+                             args.max_rows_per_run or source_rows)
     runs: list[dict[str, Any]] = []
     while not runs or not runs[-1]["complete"]:
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            runs.append({"scale": scale, "run": len(runs) + 1, "generate_seconds": generated,
-                         **pool.apply(measure_ingest, (env,))})
+        runs.append({"scale": scale, "run": len(runs) + 1, "generate_seconds": generated,
+                     **run_in_fresh_process(measure_ingest, env)})
     ingested = sum(run["rows"] for run in runs)
     if ingested != source_rows:
         raise RuntimeError(f"ingested {ingested} rows of {source_rows}")
