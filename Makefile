@@ -50,7 +50,13 @@ demo: setup
 dashboard: setup
 	$(BIN)/totes dashboard $(ARGS)
 
-bench: setup
+# dlt and its dependencies (requirements-bench.txt) are for the benchmarks only: installed on
+# top of requirements-dev.txt, whose pins they keep, never into the Lambda layer.
+$(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt requirements-dev.txt
+	$(BIN)/pip install --quiet -c requirements-dev.txt -r requirements-bench.txt
+	touch $@
+
+bench: setup $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks.run
 
 audit:

@@ -30,6 +30,7 @@ Usage: ``python -m benchmarks.bench_ingest_compare [--scale 1] [--reuse]
 (``make bench`` installs it).
 """
 import argparse
+import importlib.util
 import os
 import shutil
 import sys
@@ -210,6 +211,11 @@ def report(results: dict[str, dict[str, Any]], scale: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Generate one source, read it with all three readers, print their numbers and ratios."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if importlib.util.find_spec("dlt") is None:
+        print("dlt is not installed: `make bench` installs it, or "
+              ".venv/bin/pip install -c requirements-dev.txt -r requirements-bench.txt",
+              file=sys.stderr, flush=True)
+        return 1
     from totes_local import stack
 
     postgres = stack.start_postgres(args.data_dir)
