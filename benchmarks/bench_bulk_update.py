@@ -64,10 +64,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def drain(env: dict[str, str]) -> list[dict[str, Any]]:
-    """Run ingest in fresh processes until a run reports complete; return every run."""
+def drain(env: dict[str, str], max_runs: int = 100) -> list[dict[str, Any]]:
+    """Run ingest in fresh processes until a run reports complete; return every run.
+
+    A backlog still waiting after ``max_runs`` runs is an error, not a reason to run forever.
+    """
     runs = [run_in_fresh_process(measure_ingest, env)]
     while not runs[-1]["complete"]:
+        if len(runs) == max_runs:
+            raise RuntimeError(f"ingest still incomplete after {max_runs} runs")
         runs.append(run_in_fresh_process(measure_ingest, env))
     return runs
 
