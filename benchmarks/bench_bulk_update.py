@@ -15,6 +15,8 @@ bucket on a moto server:
    the rows it writes, plus one past a row budget that cuts the run, so it reads
    none either; the watermark capture it replaced wrote none but re-read every
    restamped row on every run until a newer row arrived.)
+5. an idle ingest that also sweeps every table's keys for deletes: the cost a
+   sweep adds (every ``INGEST_DELETE_SWEEP_MINUTES``, 60 by default).
 
 Every ingest runs in a freshly spawned interpreter (a cold Lambda), so its peak
 RSS (``VmHWM``) is its own. The manifest is reported whole and as its state:
@@ -197,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
               f"({seconds:.1f} s)", flush=True)
         bulk = phase_line("ingest after the bulk update", drain(env), bucket)
         idle = phase_line("idle ingest", drain(env), bucket)
+        phase_line("idle ingest with a key sweep", drain(
+            {**env, "INGEST_DELETE_SWEEP_MINUTES": "0"}), bucket)
     finally:
         server.stop()
     found = problems(updated, bulk, idle, args.max_state_bytes)
