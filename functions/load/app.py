@@ -4,10 +4,8 @@ Thin on purpose: connect with the warehouse secret, let :mod:`totes.load` do the
 work, return its summary. Metrics are flushed by Powertools when the handler returns
 or raises.
 """
-from contextlib import suppress
 from typing import Any
 
-import pg8000.native
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from totes import config, db, load
@@ -32,8 +30,5 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         report = load.run(
             conn, metrics, time_left=lambda: context.get_remaining_time_in_millis() / 1000)
     finally:
-        # Closing a connection whose socket already failed can only say so again;
-        # the original error is the one worth raising.
-        with suppress(pg8000.native.InterfaceError, OSError):
-            conn.close()
+        db.close_quietly(conn)
     return report.as_dict()

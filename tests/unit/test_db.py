@@ -2,6 +2,7 @@ import json
 import ssl
 
 import boto3
+import pg8000.native
 import pytest
 from moto import mock_aws
 
@@ -86,3 +87,18 @@ def test_malformed_secret_is_a_clear_error(monkeypatch, value, message):
 def test_a_caller_can_give_statements_longer_than_the_connect_timeout():
     assert db.connection_kwargs(SECRET)["timeout"] == db.CONNECT_TIMEOUT_SECONDS
     assert db.connection_kwargs(SECRET, timeout=None)["timeout"] is None
+
+
+def test_closing_a_broken_connection_never_hides_the_error_that_broke_it():
+    class Broken:
+        def close(self):
+            raise pg8000.native.InterfaceError("network error")
+
+    db.close_quietly(Broken())
+
+    class Refusing:
+        def close(self):
+            raise ValueError("a bug, not a broken socket")
+
+    with pytest.raises(ValueError):
+        db.close_quietly(Refusing())
