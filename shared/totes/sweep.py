@@ -23,6 +23,8 @@ from totes import keys, storage
 from totes.manifest import DataFile, SweepState
 
 KEYS_CONTENT_TYPE = "application/gzip"
+#: key lines compressed at once by :class:`KeySpool` (about 0.5 MB).
+SPOOL_LINES = 65_536
 
 
 class SweepOrderError(RuntimeError):
@@ -65,21 +67,33 @@ def vanished(known: Iterable[Iterable[int]], present: Iterable[int]) -> Iterator
 
 
 class KeySpool:
-    """A COPY sink spooling the current keys, gzip, to a temporary file: flat memory."""
+    """A COPY sink spooling the current keys, gzip, to a temporary file: flat memory.
+
+    Lines are compressed in blocks of :data:`SPOOL_LINES`: one gzip call per key
+    would cost more than the COPY that produces it.
+    """
 
     def __init__(self) -> None:
         """Open an empty spool."""
         self.file: IO[bytes] = tempfile.TemporaryFile()
         self._gzip = gzip.GzipFile(fileobj=self.file, mode="wb")
+        self._lines: list[bytes] = []
         self.keys = 0
 
     def write(self, line: bytes) -> None:
         """Take one key line from COPY."""
-        self._gzip.write(line)
-        self.keys += 1
+        self._lines.append(line)
+        if len(self._lines) == SPOOL_LINES:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._gzip.write(b"".join(self._lines))
+        self.keys += len(self._lines)
+        self._lines = []
 
     def finish(self) -> None:
         """Close the gzip stream so the spool can be read back and uploaded."""
+        self._flush()
         self._gzip.close()
 
     def read_keys(self) -> Iterator[int]:
