@@ -103,9 +103,10 @@ def aws_environment(endpoint: str) -> dict[str, str]:
 
 
 def pipeline_environment() -> dict[str, str]:
-    """The function environment of DESIGN.md section 3, as the template sets it."""
+    """The functions' environment, with the template's names and defaults."""
     return {
         "INGEST_BUCKET": INGEST_BUCKET,
+        "INGEST_DELETE_SWEEP_MINUTES": "60",
         "PROCESSED_BUCKET": PROCESSED_BUCKET,
         "TOTESYS_SECRET_ID": TOTESYS_SECRET,
         "WAREHOUSE_SECRET_ID": WAREHOUSE_SECRET,
