@@ -2,12 +2,18 @@
 
 The secret holds ``host``, ``port``, ``username``, ``password`` and ``dbname``
 (extra keys ignored). As in libpq, a host starting with ``/`` is a Unix-socket
-directory; over TCP, TLS is on unless ``sslmode`` says ``disable``. Credentials
-are never logged: errors name the secret id and the missing keys, never values.
+directory (no TLS: the socket never leaves the machine). Over TCP the default
+``sslmode`` is ``verify-full``: a man in the middle must not get the password, and
+pg8000 sends it in clear text to any server that asks. The certificate is checked
+against ``sslrootcert`` (a CA file inside the function) when the secret names one,
+otherwise against the system trust store plus the RDS bundle ``make ca-bundle``
+ships in the layer (:data:`LAYER_CA_BUNDLE`). Credentials are never logged: errors
+name the secret id and the missing keys, never values.
 """
 import os
 import ssl
 from contextlib import suppress
+from pathlib import Path
 from typing import Any, Mapping
 
 import pg8000.native
@@ -15,6 +21,10 @@ from aws_lambda_powertools.utilities import parameters
 
 REQUIRED_KEYS = ("host", "username", "dbname")
 SSL_MODES = ("disable", "require", "verify-ca", "verify-full")
+DEFAULT_SSLMODE = "verify-full"
+# Fetched by `make ca-bundle` on the deploying machine (git-ignored, never committed) and
+# shipped in the shared layer: /opt/python/totes/rds-ca-bundle.pem inside Lambda.
+LAYER_CA_BUNDLE = Path(__file__).with_name("rds-ca-bundle.pem")
 CONNECT_TIMEOUT_SECONDS = 15
 
 
@@ -37,20 +47,68 @@ def fetch_secret(secret_id: str) -> Mapping[str, Any]:
     return secret
 
 
-def _ssl_context(secret: Mapping[str, Any]) -> ssl.SSLContext | None:
-    mode = str(secret.get("sslmode") or "require")
+def sslmode(secret: Mapping[str, Any]) -> str:
+    """The secret's ``sslmode``, ``verify-full`` when absent, refused when libpq would refuse it."""
+    mode = str(secret.get("sslmode") or DEFAULT_SSLMODE)
     if mode not in SSL_MODES:
         raise SecretFormatError(f"sslmode must be one of {', '.join(SSL_MODES)}, got {mode!r}")
+    return mode
+
+
+def _ssl_context(secret: Mapping[str, Any]) -> ssl.SSLContext | bool:
+    """The pg8000 ``ssl_context`` for the secret's ``sslmode``.
+
+    ``False`` (not ``None``) for ``disable``: pg8000 reads ``None`` as "TLS if the
+    server offers it", which is libpq's ``prefer``. A context, even an unverified
+    one, makes pg8000 refuse a server that declines TLS instead of continuing in
+    clear text, which is what ``require`` promises.
+    """
+    mode = sslmode(secret)
     if mode == "disable":
-        return None
+        return False
     if mode == "require":
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         return context
-    context = ssl.create_default_context(cafile=secret.get("sslrootcert"))
+    rootcert = secret.get("sslrootcert")
+    try:
+        if rootcert:
+            context = ssl.create_default_context(cafile=str(rootcert))
+        else:
+            context = ssl.create_default_context()
+            if LAYER_CA_BUNDLE.is_file():
+                context.load_verify_locations(cafile=str(LAYER_CA_BUNDLE))
+    except (OSError, ssl.SSLError) as error:
+        where = f"sslrootcert {rootcert}" if rootcert else f"CA bundle {LAYER_CA_BUNDLE}"
+        raise SecretFormatError(
+            f"{where} cannot be read as PEM certificates: {error.strerror or error}") from None
     context.check_hostname = mode == "verify-full"
     return context
+
+
+def _trust_source(secret: Mapping[str, Any]) -> str:
+    """Where the certificates a verified connection trusts come from, for error messages."""
+    if secret.get("sslrootcert"):
+        return f"sslrootcert {secret['sslrootcert']}"
+    if LAYER_CA_BUNDLE.is_file():
+        return f"system trust store and {LAYER_CA_BUNDLE.name}"
+    return "system trust store (no CA bundle in the layer: make ca-bundle)"
+
+
+def _tls_reason(error: BaseException, secret: Mapping[str, Any]) -> str | None:
+    """A one-line reason for a TLS failure, or None when ``error`` is not about TLS."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (f"server certificate rejected ({error.verify_message}; "
+                f"sslmode {sslmode(secret)}, trusting {_trust_source(secret)}); "
+                "the password was not sent")
+    if isinstance(error, ssl.SSLError):
+        return f"TLS handshake failed ({error.reason or error}); the password was not sent"
+    if (isinstance(error, pg8000.exceptions.InterfaceError)
+            and error.args == ("Server refuses SSL",)):
+        return (f"the server does not accept TLS (sslmode {sslmode(secret)}); "
+                "the password was not sent")
+    return None
 
 
 def connection_kwargs(secret: Mapping[str, Any], *,
@@ -77,6 +135,7 @@ def connection_kwargs(secret: Mapping[str, Any], *,
     host = str(secret["host"])
     if host.startswith("/"):
         kwargs["unix_sock"] = os.path.join(host, f".s.PGSQL.{port}")
+        kwargs["ssl_context"] = False
     else:
         kwargs.update(host=host, port=port, ssl_context=_ssl_context(secret))
     return kwargs
@@ -105,7 +164,9 @@ def connect_with(secret: Mapping[str, Any], source: str, *,
         return pg8000.native.Connection(**kwargs)
     except (pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError, OSError,
             UnicodeError) as error:
-        reason = error.args[0] if error.args else type(error).__name__
+        reason = _tls_reason(error, secret)
+        if reason is None:
+            reason = error.args[0] if error.args else type(error).__name__
         if isinstance(reason, dict):
             reason = reason.get("M", "refused")
         raise DatabaseUnavailableError(

@@ -36,9 +36,9 @@ def test_missing_parts_take_libpq_like_defaults():
     assert secret["dbname"] == "totesys" and secret["password"] == ""
 
 
-def test_tcp_defaults_to_tls_as_the_pipeline_does():
-    assert connection_kwargs("postgresql://u@h/d")["ssl_context"] is not None
-    assert connection_kwargs("postgresql://u@h/d?sslmode=disable")["ssl_context"] is None
+def test_tcp_defaults_to_verified_tls_as_the_pipeline_does():
+    assert connection_kwargs("postgresql://u@h/d")["ssl_context"].check_hostname
+    assert connection_kwargs("postgresql://u@h/d?sslmode=disable")["ssl_context"] is False
 
 
 @pytest.mark.parametrize("text, message", [

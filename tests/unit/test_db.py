@@ -1,5 +1,6 @@
 import json
 import ssl
+from pathlib import Path
 
 import boto3
 import pg8000.native
@@ -12,16 +13,23 @@ SECRET = {"host": "db.example.com", "port": 5433, "username": "etl", "password":
           "dbname": "totesys", "engine": "postgres"}
 
 
-def test_tcp_secret_uses_tls_without_verification_by_default():
+def test_tcp_secret_verifies_certificate_and_host_name_by_default():
     kwargs = db.connection_kwargs(SECRET)
     assert (kwargs["host"], kwargs["port"], kwargs["user"], kwargs["database"]) == (
         "db.example.com", 5433, "etl", "totesys")
     context = kwargs["ssl_context"]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_sslmode_require_encrypts_without_verifying():
+    context = db.connection_kwargs({**SECRET, "sslmode": "require"})["ssl_context"]
     assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_NONE
 
 
 def test_sslmode_disable_turns_tls_off():
-    assert db.connection_kwargs({**SECRET, "sslmode": "disable"})["ssl_context"] is None
+    # False, not None: pg8000 takes None as "TLS if the server offers it" (libpq's prefer).
+    assert db.connection_kwargs({**SECRET, "sslmode": "disable"})["ssl_context"] is False
 
 
 def test_sslmode_verify_full_checks_certificate_and_hostname():
@@ -42,7 +50,20 @@ def test_unknown_sslmode_is_rejected():
 def test_host_starting_with_slash_is_a_unix_socket_directory_as_in_libpq():
     kwargs = db.connection_kwargs({**SECRET, "host": "/run/pg"})
     assert kwargs["unix_sock"] == "/run/pg/.s.PGSQL.5433"
-    assert "host" not in kwargs and "ssl_context" not in kwargs
+    assert "host" not in kwargs and kwargs["ssl_context"] is False
+
+
+def test_a_root_certificate_file_that_is_not_pem_is_a_secret_error(tmp_path):
+    bogus = tmp_path / "bundle.pem"
+    bogus.write_text("not a certificate")
+    with pytest.raises(db.SecretFormatError, match="bundle.pem cannot be read as PEM"):
+        db.connection_kwargs({**SECRET, "sslrootcert": str(bogus)})
+
+
+def test_the_layer_bundle_lives_in_the_package_and_is_never_committed():
+    assert db.LAYER_CA_BUNDLE.parent == Path(db.__file__).parent
+    ignored = (Path(__file__).parents[2] / ".gitignore").read_text().splitlines()
+    assert "shared/totes/" + db.LAYER_CA_BUNDLE.name in ignored
 
 
 def test_port_defaults_to_5432_and_empty_password_means_none():
