@@ -8,7 +8,8 @@ export SAM_CLI_TELEMETRY := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 CODE := shared functions local tests benchmarks
 
-.PHONY: setup lint unit integration e2e coverage test validate build demo bench dashboard audit clean
+.PHONY: setup lint unit integration e2e coverage test validate build demo bench dashboard audit clean \
+	ca-bundle deploy-build
 
 setup: $(VENV)/.installed
 
@@ -34,6 +35,24 @@ build: setup
 	$(BIN)/sam build --cached
 
 test: lint validate build coverage
+
+# The CA bundle the functions verify the databases' certificates against (sslmode verify-full),
+# fetched on the deploying machine and shipped in the shared layer; git-ignored, never committed.
+# RDS's global bundle covers every region; set CA_BUNDLE_URL for another one.
+CA_BUNDLE_URL ?= https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
+CA_BUNDLE := shared/totes/rds-ca-bundle.pem
+
+ca-bundle: setup
+	curl --fail --silent --show-error --location --proto '=https' --tlsv1.2 \
+		--output $(CA_BUNDLE).part "$(CA_BUNDLE_URL)"
+	$(BIN)/python -c 'import ssl, sys; \
+		n = ssl.create_default_context(cafile=sys.argv[1]).cert_store_stats()["x509_ca"]; \
+		assert n, "no CA certificate in " + sys.argv[1]; print(n, "CA certificates")' $(CA_BUNDLE).part
+	mv $(CA_BUNDLE).part $(CA_BUNDLE)
+
+# What to deploy: the build with the CA bundle in the layer (`make build` is the offline one).
+deploy-build: ca-bundle
+	$(BIN)/sam build
 
 unit: setup
 	$(BIN)/pytest -q tests/unit
@@ -66,4 +85,4 @@ audit:
 	.venv-audit/bin/pip-audit -r requirements-dev.txt
 
 clean:
-	rm -rf $(VENV) .venv-audit .aws-sam .demo .bench .pytest_cache .coverage
+	rm -rf $(VENV) .venv-audit .aws-sam .demo .bench .pytest_cache .coverage $(CA_BUNDLE)

@@ -123,3 +123,12 @@ def test_closing_a_broken_connection_never_hides_the_error_that_broke_it():
 
     with pytest.raises(ValueError):
         db.close_quietly(Refusing())
+
+
+def test_sam_build_copies_the_layer_bundle_into_the_layer():
+    from fnmatch import fnmatch
+
+    from aws_lambda_builders.workflows.python_pip.workflow import PythonPipWorkflow
+
+    assert not any(fnmatch(db.LAYER_CA_BUNDLE.name, pattern)
+                   for pattern in PythonPipWorkflow.EXCLUDED_FILES)
