@@ -409,15 +409,9 @@ def test_ingest_and_load_never_run_concurrently_with_themselves():
         assert RESOURCES[function]["Properties"]["ReservedConcurrentExecutions"] == 1
 
 
-def test_transform_runs_on_each_new_ingest_manifest_with_retries_and_a_failure_queue():
+def test_transform_retries_and_then_sends_the_event_to_a_failure_queue():
+    # Its trigger (the ingestion bucket's notification): tests/unit/test_template_trigger.py.
     properties = RESOURCES["TransformFunction"]["Properties"]
-    (event,) = properties["Events"].values()
-    assert event["Type"] == "S3"
-    assert event["Properties"]["Bucket"] == {"Ref": "IngestBucket"}
-    assert event["Properties"]["Events"] == "s3:ObjectCreated:*"
-    rules = event["Properties"]["Filter"]["S3Key"]["Rules"]
-    assert {rule["Name"]: rule["Value"] for rule in rules} == {
-        "prefix": "_manifests/", "suffix": ".json"}
     invoke = properties["EventInvokeConfig"]
     assert invoke["MaximumRetryAttempts"] == 2
     assert invoke["DestinationConfig"]["OnFailure"] == {

@@ -60,9 +60,9 @@ def test_transform_sample_is_an_s3_object_created_record_for_an_ingest_manifest(
     assert record["eventName"].startswith("ObjectCreated:")
     key = unquote_plus(record["s3"]["object"]["key"])
     assert keys.parse_manifest_key(key) is not None
-    (trigger,) = RESOURCES["TransformFunction"]["Properties"]["Events"].values()
-    rules = {rule["Name"]: rule["Value"]
-             for rule in trigger["Properties"]["Filter"]["S3Key"]["Rules"]}
+    (trigger,) = (RESOURCES["IngestBucket"]["Properties"]["NotificationConfiguration"]
+                  ["LambdaConfigurations"])
+    rules = {rule["Name"]: rule["Value"] for rule in trigger["Filter"]["S3Key"]["Rules"]}
     assert key.startswith(rules["prefix"]) and key.endswith(rules["suffix"])
     assert record["s3"]["bucket"]["arn"] == f"arn:aws:s3:::{record['s3']['bucket']['name']}"
 
