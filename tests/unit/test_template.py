@@ -30,10 +30,11 @@ ROLES = {"IngestFunction": "IngestRole", "TransformFunction": "TransformRole",
          "LoadFunction": "LoadRole"}
 BUCKETS = ("IngestBucket", "ProcessedBucket")
 LATENCY_PROMISE_SECONDS = 30 * 60
+# The stack's own metrics namespace (tests/unit/test_template_scoping.py checks its use).
+STACK_NAMESPACE = {"Fn::Sub": f"{observability.DEFAULT_NAMESPACE}/${{AWS::StackName}}"}
 
 # Actions whose APIs offer no resource-level permissions, so Resource "*" is the only option.
 STAR_RESOURCE_ACTIONS = {
-    "xray:PutTraceSegments", "xray:PutTelemetryRecords",
     "ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets",
     "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses",
     "ec2:UnassignPrivateIpAddresses",
@@ -247,7 +248,7 @@ def test_rows_stamped_in_the_future_alarm_on_the_first_one():
 
 
 def test_freshness_alarm_fires_after_30_minutes_and_when_the_loader_goes_silent():
-    (alarm,) = alarms_on(observability.DEFAULT_NAMESPACE, "FreshnessSeconds")
+    (alarm,) = alarms_on(STACK_NAMESPACE, "FreshnessSeconds")
     assert alarm["Dimensions"] == [{"Name": "service", "Value": observability.DEFAULT_SERVICE}]
     assert alarm["Threshold"] == LATENCY_PROMISE_SECONDS
     assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
@@ -259,8 +260,8 @@ def test_freshness_alarm_fires_after_30_minutes_and_when_the_loader_goes_silent(
 def test_powertools_service_and_namespace_are_the_ones_the_code_defaults_to():
     variables = GLOBALS["Environment"]["Variables"]
     assert variables["POWERTOOLS_SERVICE_NAME"] == observability.DEFAULT_SERVICE
-    assert variables["POWERTOOLS_METRICS_NAMESPACE"] == observability.DEFAULT_NAMESPACE
-    assert variables["LOG_LEVEL"] == {"Ref": "LogLevel"}
+    assert variables["POWERTOOLS_METRICS_NAMESPACE"] == STACK_NAMESPACE
+    assert variables["POWERTOOLS_LOG_LEVEL"] == {"Ref": "LogLevel"}
 
 
 def test_alert_email_subscription_is_skipped_when_no_address_is_given():
@@ -286,7 +287,8 @@ def test_dashboard_shows_rows_per_table_for_every_stage_and_freshness():
     body, _ = dashboard()
     text = json.dumps(body)
     for metric in ("RowsIngested", "RowsOut", "RowsLoaded"):
-        assert f'SEARCH(\'{{TotesPipeline,service,table}} MetricName=\\"{metric}\\"' in text
+        assert (f'SEARCH(\'{{\\"TotesPipeline/x\\",service,table}} MetricName=\\"{metric}\\"'
+                in text)
     assert '"FreshnessSeconds"' in text
 
 
@@ -465,7 +467,7 @@ def test_functions_are_python_311_handlers_in_their_folders(name, function):
     assert (ROOT / "functions" / name / "requirements.txt").is_file()
     assert GLOBALS["Runtime"] == "python3.11"
     assert GLOBALS["Handler"] == "app.lambda_handler"
-    assert GLOBALS["Tracing"] == "Active"
+    assert "Tracing" not in GLOBALS  # no tracer in the code: see the comment in Globals
     assert GLOBALS["Layers"] == [{"Ref": "SharedLayer"}]
 
 
@@ -530,7 +532,7 @@ def test_schedule_parameters_refuse_intervals_that_break_the_30_minute_promise(
 
 
 def test_an_alarm_fires_when_ingest_stops_running_even_if_nothing_fails():
-    (alarm,) = alarms_on(observability.DEFAULT_NAMESPACE, "IngestRuns")
+    (alarm,) = alarms_on(STACK_NAMESPACE, "IngestRuns")
     assert alarm["ComparisonOperator"] == "LessThanThreshold" and alarm["Threshold"] == 1
     assert alarm["TreatMissingData"] == "breaching"
     assert alarm["Period"] * alarm["EvaluationPeriods"] >= 3 * interval_seconds("IngestFunction")

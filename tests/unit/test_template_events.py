@@ -74,14 +74,51 @@ def test_transform_sample_matches_the_local_runner_record_shape():
     assert set(local["s3"]["object"]) <= set(sample["s3"]["object"])
 
 
-def test_samconfig_deploys_to_london_and_leaves_the_secrets_to_the_guided_prompt():
-    settings = tomllib.loads((ROOT / "samconfig.toml").read_text())["default"]
-    assert settings["global"]["parameters"] == {"stack_name": "totes-pipeline",
-                                                "region": "eu-west-2"}
-    deploy = settings["deploy"]["parameters"]
+def assert_default_environment_is_account_free(settings: dict) -> None:
+    """The [default] environment: London, the project's deploy settings, no user answers."""
+    default = settings["default"]
+    assert default["global"]["parameters"] == {"stack_name": "totes-pipeline",
+                                               "region": "eu-west-2"}
+    deploy = default["deploy"]["parameters"]
     assert "CAPABILITY_IAM" in deploy["capabilities"]
     assert deploy["resolve_s3"] is True and deploy["confirm_changeset"] is True
     assert "parameter_overrides" not in deploy
+
+
+def test_samconfig_deploys_to_london_and_leaves_the_secrets_to_the_guided_prompt():
+    settings = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    assert_default_environment_is_account_free(settings)
     required = {name for name, parameter in TEMPLATE["Parameters"].items()
                 if "Default" not in parameter}
     assert required == {"TotesysSecretArn", "WarehouseSecretArn"}
+
+
+def test_the_user_environment_starts_as_the_default_one_without_answers():
+    settings = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    user, default = settings["user"], settings["default"]
+    assert user["global"] == default["global"]
+    assert user["deploy"] == default["deploy"]
+
+
+def test_saving_guided_answers_in_the_user_environment_leaves_default_untouched(tmp_path):
+    # What `sam deploy --guided --config-env user` does when told to save, through SAM's own
+    # config writer: the answers land in [user], and [default] still passes its checks.
+    from samcli.lib.config.samconfig import SamConfig
+
+    (tmp_path / "samconfig.toml").write_text((ROOT / "samconfig.toml").read_text())
+    config = SamConfig(str(tmp_path))
+    answers = ("TotesysSecretArn=arn:aws:secretsmanager:eu-west-2:123456789012:secret:t-AbCdEf "
+               "AlertEmail=ops@example.com")
+    config.put(["deploy"], "parameters", "parameter_overrides", answers, env="user")
+    config.flush()
+    saved = tomllib.loads((tmp_path / "samconfig.toml").read_text())
+    assert saved["user"]["deploy"]["parameters"]["parameter_overrides"] == answers
+    assert_default_environment_is_account_free(saved)
+    assert saved["default"] == tomllib.loads((ROOT / "samconfig.toml").read_text())["default"]
+
+
+def test_the_docs_deploy_with_the_user_environment():
+    deploy_doc = (ROOT / "docs" / "deploy.md").read_text()
+    assert "sam deploy --guided --config-env user" in deploy_doc
+    assert "sam deploy --config-env user" in deploy_doc
+    assert "sam deploy --guided\n" not in deploy_doc
