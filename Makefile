@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 CODE := shared functions local tests benchmarks
 
 .PHONY: setup lint unit integration e2e coverage test validate build demo bench dashboard audit clean \
-	ca-bundle deploy-build
+	ca-bundle deploy-build scan
 
 setup: $(VENV)/.installed
 
@@ -34,7 +34,23 @@ validate: setup
 build: setup
 	$(BIN)/sam build --cached
 
-test: lint validate build coverage
+test: lint validate scan build coverage
+
+# Security scan of the CloudFormation that SAM deploys (template.yaml translated, so SAM's
+# generated resources are scanned too). Any finding fails; each suppression is a
+# Metadata.checkov.skip entry on its resource in template.yaml, with the reason beside it.
+SCAN_VENV := .venv-scan
+
+$(SCAN_VENV)/.installed: requirements-scan.txt
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	test -x $(SCAN_VENV)/bin/python || $(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/pip install --quiet -r requirements-scan.txt
+	touch $@
+
+scan: setup $(SCAN_VENV)/.installed
+	$(BIN)/python -m totes_local.cfn .aws-sam/scan/template.json
+	$(SCAN_VENV)/bin/checkov --file .aws-sam/scan/template.json --framework cloudformation \
+		--compact --quiet --skip-download
 
 # The CA bundle the functions verify the databases' certificates against (sslmode verify-full),
 # fetched on the deploying machine and shipped in the shared layer; git-ignored, never committed.
@@ -85,4 +101,4 @@ audit:
 	.venv-audit/bin/pip-audit -r requirements-dev.txt
 
 clean:
-	rm -rf $(VENV) .venv-audit .aws-sam .demo .bench .pytest_cache .coverage $(CA_BUNDLE)
+	rm -rf $(VENV) .venv-audit $(SCAN_VENV) .aws-sam .demo .bench .pytest_cache .coverage $(CA_BUNDLE)
