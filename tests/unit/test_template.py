@@ -241,7 +241,7 @@ def test_error_log_lines_of_each_function_are_counted_and_alarmed(function):
 
 
 def test_rows_stamped_in_the_future_alarm_on_the_first_one():
-    (alarm,) = alarms_on(observability.DEFAULT_NAMESPACE, "IngestRowsStampedInFuture")
+    (alarm,) = alarms_on(STACK_NAMESPACE, "IngestRowsStampedInFuture")
     assert alarm["Dimensions"] == [{"Name": "service", "Value": observability.DEFAULT_SERVICE}]
     assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
     assert alarm["TreatMissingData"] == "notBreaching"
