@@ -138,17 +138,21 @@ class ChangeSink:
     """Takes the marked JSON lines COPY streams for one table; stops counting at the budget.
 
     The query asks for one row more than the budget: that row is not written, it
-    only proves the table has more, so the cut is exact.
+    only proves the table has more, so the cut is exact. The key of every row
+    written is read off the start of its line (the primary key comes first) and
+    kept as block lines for the next key sweep: a few bytes per row.
     """
 
-    def __init__(self, writer: ObjectWriter, budget: int) -> None:
+    def __init__(self, writer: ObjectWriter, budget: int, key_column: str) -> None:
         """Write at most ``budget`` rows through ``writer``."""
         self._writer, self._budget = writer, budget
+        self._key_start = len(json.dumps(key_column)) + 2
+        self._keys: list[bytes] = []
+        self.key_lines: list[bytes] = []
         self.rows = 0
         self.overflow = False
         self.future = 0
-        self.future_lines: list[bytes] = []
-        self.last_line: bytes | None = None
+        self.future_keys: list[int] = []
 
     def write(self, line: bytes) -> None:
         """Take one marked line from COPY."""
@@ -156,17 +160,30 @@ class ChangeSink:
             self.overflow = True
             return
         body = line[1:]
+        key = body[self._key_start:body.index(b",", self._key_start)]
         if line[:1] == extract.FUTURE_MARK:
             self.future += 1
-            if len(self.future_lines) < LOGGED_KEYS:
-                self.future_lines.append(body)
+            if len(self.future_keys) < LOGGED_KEYS:
+                self.future_keys.append(int(key))
         self._writer.add(body)
+        self._keys.append(key)
+        if len(self._keys) == sweep.BLOCK_KEYS:
+            self._end_block()
         self.rows += 1
-        self.last_line = body
 
+    def _end_block(self) -> None:
+        if self._keys:
+            self.key_lines.append(sweep.render_block(self._keys))
+            self._keys = []
 
-def _key_of(line: bytes, table: str) -> int:
-    return int(json.loads(line)[SOURCE_TABLES[table]])
+    @property
+    def last_key(self) -> int | None:
+        """The key of the last row written (None before any)."""
+        self._end_block()
+        if not self.key_lines:
+            return None
+        last_line = self.key_lines[-1]
+        return int(last_line[last_line.rfind(b",") + 1:])
 
 
 def _cursor_text(cursor: TableCursor) -> str:
@@ -184,18 +201,25 @@ def _cursor_text(cursor: TableCursor) -> str:
 
 def extract_table(conn: pg8000.native.Connection, table: str, previous: TableEntry,
                   read_point: extract.ReadPoint, run: keys.RunId, settings: IngestSettings,
-                  budget: int) -> TableEntry:
-    """Write up to ``budget`` of ``table``'s unseen rows; return its entry for the manifest."""
+                  budget: int, *, keep_keys: bool) -> TableEntry:
+    """Write up to ``budget`` of ``table``'s unseen rows; return its entry for the manifest.
+
+    With ``keep_keys`` the keys written are stored for the next key sweep (a table
+    swept in this same run needs none: its sweep lists them already).
+    """
     writer = ObjectWriter(settings.bucket, settings.chunk_rows,
                           lambda part: keys.data_key(table, run, part, "jsonl"))
-    sink = ChangeSink(writer, budget)
+    sink = ChangeSink(writer, budget, SOURCE_TABLES[table])
     extract.copy_changes(conn, table, previous.cursor, read_point, budget + 1, sink)
     writer.flush()
-    cut_at = (_key_of(sink.last_line, table)
-              if sink.overflow and sink.last_line is not None else None)
-    cursor = previous.cursor.after_pass(read_point.snapshot, cut_at=cut_at)
+    last_key = sink.last_key
+    cursor = previous.cursor.after_pass(read_point.snapshot,
+                                        cut_at=last_key if sink.overflow else None)
+    captured = (sweep.upload_blocks(settings.bucket, table, run, sink.key_lines)
+                if keep_keys and sink.rows else None)
     entry = TableEntry(files=tuple(writer.files), cursor=cursor, truncated=sink.overflow,
-                       stamped_in_future=sink.future, sweep=previous.sweep)
+                       stamped_in_future=sink.future, sweep=previous.sweep,
+                       captured_keys=captured)
     logger.info("table extracted", extra={
         "run_id": str(run), "table": table, "rows": entry.rows, "bytes": entry.bytes,
         "files": len(entry.files), "truncated": entry.truncated, "read": _cursor_text(
@@ -205,23 +229,35 @@ def extract_table(conn: pg8000.native.Connection, table: str, previous: TableEnt
             "rows stamped in the future captured: their last_updated is ahead of the "
             "database's clock (a writer's clock or time zone is wrong, or a manual fix)",
             extra={"run_id": str(run), "table": table, "rows": sink.future,
-                   "keys": [_key_of(line, table) for line in sink.future_lines],
+                   "keys": sink.future_keys,
                    "database_time": read_point.database_time.isoformat(timespec="milliseconds")})
     return entry
 
 
+def _due_for_sweep(settings: IngestSettings, previous: IngestManifest | None,
+                   read_point: extract.ReadPoint) -> list[str]:
+    """Return the tables whose key sweep is due in this run."""
+    def swept_at(table: str) -> datetime | None:
+        state = previous.table(table).sweep if previous else None
+        return None if state is None else state.swept_at
+
+    return [table for table in SOURCE_TABLES
+            if sweep.is_due(swept_at(table), read_point.database_time, settings.delete_sweep)]
+
+
 def _extract_within_budget(conn: pg8000.native.Connection, settings: IngestSettings,
                            previous: IngestManifest | None, read_point: extract.ReadPoint,
-                           run: keys.RunId) -> dict[str, TableEntry]:
+                           run: keys.RunId, due: list[str]) -> dict[str, TableEntry]:
     budget = settings.max_rows_per_run
     entries: dict[str, TableEntry] = {}
     for table in SOURCE_TABLES:
         before = previous.table(table) if previous else TableEntry()
         if budget <= 0:
             entries[table] = replace(before, files=(), truncated=True, stamped_in_future=0,
-                                     deleted=())
+                                     deleted=(), captured_keys=None)
             continue
-        entries[table] = extract_table(conn, table, before, read_point, run, settings, budget)
+        entries[table] = extract_table(conn, table, before, read_point, run, settings, budget,
+                                       keep_keys=table not in due)
         budget -= entries[table].rows
         if entries[table].truncated:
             budget = 0
@@ -242,21 +278,17 @@ def _runs_since(bucket: str, sweeps: list[SweepState],
 
 
 def _sweep_tables(conn: pg8000.native.Connection, settings: IngestSettings,
-                  previous_key: str | None,
-                  read_point: extract.ReadPoint, run: keys.RunId,
-                  entries: dict[str, TableEntry]) -> dict[str, TableEntry]:
-    """Sweep every table whose sweep is due; return the entries with deletions and sweeps."""
-    due = [table for table in SOURCE_TABLES
-           if sweep.is_due(entries[table].sweep, read_point.database_time, settings.delete_sweep)]
-    if not due:
-        return entries
-    captured: dict[str, list[tuple[DataFile, ...]]] = {table: [] for table in due}
+                  previous_key: str | None, read_point: extract.ReadPoint, run: keys.RunId,
+                  entries: dict[str, TableEntry], due: list[str]) -> dict[str, TableEntry]:
+    """Sweep every table in ``due``; return the entries with their deletions and sweeps."""
+    captured: dict[str, list[str]] = {table: [] for table in due}
     sweeps = {table: entries[table].sweep for table in due}
     for manifest in _runs_since(settings.bucket, [state for state in sweeps.values() if state],
                                 previous_key):
         for table, state in sweeps.items():
-            if state is not None and manifest.run_id > state.run_id:
-                captured[table].append(manifest.table(table).files)
+            listed = manifest.table(table).captured_keys
+            if state is not None and manifest.run_id > state.run_id and listed:
+                captured[table].append(listed)
     swept = dict(entries)
     for table in due:
         swept[table] = _sweep_table(conn, settings, read_point, run, table, entries[table],
@@ -266,27 +298,29 @@ def _sweep_tables(conn: pg8000.native.Connection, settings: IngestSettings,
 
 def _sweep_table(conn: pg8000.native.Connection, settings: IngestSettings,
                  read_point: extract.ReadPoint, run: keys.RunId, table: str,
-                 entry: TableEntry, runs: list[tuple[DataFile, ...]]) -> TableEntry:
+                 entry: TableEntry, captured: list[str]) -> TableEntry:
     key_column = SOURCE_TABLES[table]
     spool = sweep.KeySpool()
     try:
-        extract.copy_keys(conn, table, spool)
+        extract.copy_keys(conn, table, sweep.BLOCK_KEYS, spool)
         spool.finish()
         writer = ObjectWriter(settings.bucket, settings.chunk_rows,
                               lambda part: keys.deletions_key(table, run, part))
-        known = sweep.known_streams(settings.bucket, entry.sweep, key_column, runs)
-        for key in sweep.vanished(known, spool.read_keys()):
+        known = [sweep.stored_blocks(settings.bucket, entry.sweep and entry.sweep.key),
+                 *(sweep.stored_blocks(settings.bucket, key) for key in captured)]
+        for key in sweep.vanished(known, spool.blocks()):
             writer.add(sweep.deletion_line(key_column, key, read_point.database_time))
         writer.flush()
-        state: SweepState = sweep.upload(settings.bucket, table, run, spool,
-                                         read_point.database_time)
+        state = SweepState(key=keys.sweep_key(table, run), keys=spool.keys, run_id=str(run),
+                           swept_at=read_point.database_time)
+        sweep.upload(settings.bucket, state.key, spool)
     finally:
         spool.close()
-    result = replace(entry, deleted=tuple(writer.files), sweep=state)
+    result = replace(entry, deleted=tuple(writer.files), sweep=state, captured_keys=None)
     logger.info("table swept for deletes", extra={
         "run_id": str(run), "table": table, "keys": state.keys, "deleted": result.deleted_rows,
         "compared_with": "nothing (first sweep)" if entry.sweep is None else entry.sweep.key,
-        "runs_since_previous_sweep": len(runs)})
+        "captured_key_lists": len(captured)})
     return result
 
 
@@ -297,8 +331,9 @@ def _read_source(settings: IngestSettings, previous: IngestManifest | None,
     try:
         with extract.snapshot(conn) as read_point:
             check_contract(extract.source_columns(conn))
-            entries = _extract_within_budget(conn, settings, previous, read_point, run)
-            entries = _sweep_tables(conn, settings, previous_key, read_point, run, entries)
+            due = _due_for_sweep(settings, previous, read_point)
+            entries = _extract_within_budget(conn, settings, previous, read_point, run, due)
+            entries = _sweep_tables(conn, settings, previous_key, read_point, run, entries, due)
         return read_point, entries
     finally:
         db.close_quietly(conn)

@@ -110,3 +110,12 @@ def deletions_key(table: str, run: RunId, part: int) -> str:
 def sweep_key(table: str, run: RunId) -> str:
     """Key of a key sweep's state: ``_sweeps/<table>/<yyyy>/<mm>/<dd>/<run>.keys.gz``."""
     return f"{SWEEP_PREFIX}{table}/{run.date_path}/{run}.keys.gz"
+
+
+def captured_keys_key(table: str, run: RunId) -> str:
+    """Key of the keys a run captured: ``_sweeps/<table>/<yyyy>/<mm>/<dd>/<run>-captured.keys.gz``.
+
+    The next key sweep reads them: a row captured and deleted between two sweeps
+    is in neither sweep's list.
+    """
+    return f"{SWEEP_PREFIX}{table}/{run.date_path}/{run}-captured.keys.gz"

@@ -51,7 +51,7 @@ def _files(entries: Any) -> tuple[DataFile, ...]:
 class SweepState:
     """The last key sweep of a table: every primary key present at one snapshot.
 
-    ``key`` is the object holding those keys (sorted, one per line, gzip) in the
+    ``key`` is the object holding those keys (ascending blocks, gzip) in the
     ingestion bucket; ``swept_at`` the database's clock at that snapshot, which
     is also the time a deletion it found is stamped with.
     """
@@ -87,6 +87,9 @@ class TableEntry:
     deleted: tuple[DataFile, ...] = ()
     #: the newest sweep of the table (carried forward by runs that do not sweep).
     sweep: SweepState | None = None
+    #: the object listing the keys this run captured, for the next sweep (None: no rows,
+    #: or the table was swept in this run).
+    captured_keys: str | None = None
 
     @property
     def rows(self) -> int:
@@ -112,6 +115,7 @@ class TableEntry:
             "deleted_files": [file.to_json() for file in self.deleted],
             "cursor": self.cursor.to_json(),
             "sweep": None if self.sweep is None else self.sweep.to_json(),
+            "captured_keys": self.captured_keys,
         }
 
     @classmethod
@@ -125,6 +129,7 @@ class TableEntry:
             stamped_in_future=int(fields.get("stamped_in_future", 0)),
             deleted=_files(fields.get("deleted_files")),
             sweep=None if sweep is None else SweepState.from_json(sweep),
+            captured_keys=fields.get("captured_keys"),
         )
 
     @classmethod

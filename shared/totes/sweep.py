@@ -1,4 +1,4 @@
-"""Finding deleted rows: a key sweep, streamed as a sorted merge in bounded memory.
+"""Finding deleted rows: a key sweep, compared as a merge of sorted key blocks in bounded memory.
 
 A delete leaves no row behind for change capture to read, so every
 ``INGEST_DELETE_SWEEP_MINUTES`` a run lists every primary key of each table, in
@@ -6,153 +6,170 @@ the same snapshot it captures changes in, and compares them with what it knew:
 the keys of the previous sweep *and* the keys captured by every run since then.
 The second part matters: an order created, captured and cancelled between two
 sweeps is in neither sweep, but it is in the warehouse, and its deletion must be.
-Every input is sorted by key (sweeps and each run's files are written in key
-order), so the comparison is a merge of streams that never holds a set of keys:
-memory stays flat at any table size. The sweep's key list is written, gzip,
-to the ingestion bucket under a fresh key like every other object, and the
-manifest points at it.
+
+Keys travel as **blocks**: ascending keys, comma-separated, one block of at most
+:data:`BLOCK_KEYS` per line (the server aggregates them, so COPY hands Python one
+line per block instead of one per key). Every input is sorted, so the comparison
+is a merge that holds at most one block per input: memory stays flat at any
+table size, and the set work happens in C, block by block. Sweep key lists and
+each run's captured keys are written, gzip, to the ingestion bucket under fresh
+keys like every other object, and the manifest points at them.
 """
 import gzip
-import heapq
-import json
 import tempfile
+from bisect import bisect_right
 from datetime import datetime, timedelta
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Iterable, Iterator
 
 from totes import keys, storage
-from totes.manifest import DataFile, SweepState
 
 KEYS_CONTENT_TYPE = "application/gzip"
-#: key lines compressed at once by :class:`KeySpool` (about 0.5 MB).
-SPOOL_LINES = 65_536
+#: keys per block: about 0.5 MB of text, the unit of memory of a sweep.
+BLOCK_KEYS = 65_536
+
+Block = list[int]
 
 
 class SweepOrderError(RuntimeError):
     """A key stream that must be sorted was not: comparing it would invent deletions."""
 
 
-def is_due(previous: SweepState | None, now: datetime, interval: timedelta) -> bool:
+def is_due(previous_swept_at: datetime | None, now: datetime, interval: timedelta) -> bool:
     """Tell whether a table is swept this run: never swept, or its interval has passed."""
-    return previous is None or now - previous.swept_at >= interval
+    return previous_swept_at is None or now - previous_swept_at >= interval
 
 
-def _ascending(stream: Iterable[int], name: str) -> Iterator[int]:
-    last = None
-    for key in stream:
-        if last is not None and key < last:
-            raise SweepOrderError(f"{name} is not in key order ({key} after {last})")
-        last = key
-        yield key
+def parse_block(line: bytes) -> Block:
+    """Return the keys of one block line (``1,2,3``); an empty line is an empty block."""
+    text = line.strip()
+    return [int(key) for key in text.split(b",")] if text else []
 
 
-def vanished(known: Iterable[Iterable[int]], present: Iterable[int]) -> Iterator[int]:
+def render_block(block: Iterable[int | bytes]) -> bytes:
+    """Render keys (ints, or their digits as bytes) as one block line."""
+    return b",".join(key if isinstance(key, bytes) else str(key).encode() for key in block) + b"\n"
+
+
+class _Cursor:
+    """Reads a stream of ascending blocks key range by key range, checking the order."""
+
+    def __init__(self, blocks: Iterable[Block], name: str) -> None:
+        self._blocks = iter(blocks)
+        self._name = name
+        self._block: Block = []
+        self._at = 0
+        self._last: int | None = None
+        self.done = False
+        self._advance()
+
+    def _advance(self) -> None:
+        while self._at >= len(self._block):
+            block = next(self._blocks, None)
+            if block is None:
+                self.done = True
+                return
+            self._check(block)
+            self._block, self._at = block, 0
+
+    def _check(self, block: Block) -> None:
+        previous = self._last
+        for key in block:
+            if previous is not None and key <= previous:
+                raise SweepOrderError(f"{self._name} is not in key order ({key} after {previous})")
+            previous = key
+        self._last = previous
+
+    def horizon(self) -> int:
+        """The greatest key of the block in hand: keys up to it can be taken without reading."""
+        return self._block[-1]
+
+    def take_through(self, highest: int) -> Block:
+        """Take (and return) every remaining key up to ``highest``."""
+        taken: Block = []
+        while not self.done and self._block[self._at] <= highest:
+            end = bisect_right(self._block, highest, self._at)
+            taken += self._block[self._at:end]
+            self._at = end
+            if end < len(self._block):
+                break
+            self._advance()
+        return taken
+
+
+def vanished(known: Iterable[Iterable[Block]], present: Iterable[Block]) -> Iterator[int]:
     """Yield, once each and in order, the keys of any ``known`` stream absent from ``present``.
 
-    Every stream must be ascending (``known`` streams may repeat keys); a stream
-    out of order raises :class:`SweepOrderError` rather than report a live row deleted.
+    Streams are iterables of ascending blocks. Each step takes every stream up to
+    the smallest key any of them is sure of without reading further, so at most one
+    block per stream is held. A stream out of order raises :class:`SweepOrderError`
+    rather than report a live row deleted.
     """
-    remaining = iter(_ascending(present, "the current key list"))
-    current = next(remaining, None)
-    previous = None
-    merged = heapq.merge(*(_ascending(stream, f"known key stream {number}")
-                           for number, stream in enumerate(known)))
-    for key in merged:
-        if key == previous:
-            continue
-        previous = key
-        while current is not None and current < key:
-            current = next(remaining, None)
-        if current != key:
-            yield key
+    streams = [_Cursor(blocks, f"known key stream {number}")
+               for number, blocks in enumerate(known)]
+    current = _Cursor(present, "the current key list")
+    while True:
+        pending = [stream for stream in streams if not stream.done]
+        if not pending:
+            return
+        highest = min(stream.horizon() for stream in pending)
+        if not current.done:
+            highest = min(highest, current.horizon())
+        candidates: set[int] = set()
+        for stream in pending:
+            candidates.update(stream.take_through(highest))
+        yield from sorted(candidates.difference(current.take_through(highest)))
 
 
 class KeySpool:
-    """A COPY sink spooling the current keys, gzip, to a temporary file: flat memory.
-
-    Lines are compressed in blocks of :data:`SPOOL_LINES`: one gzip call per key
-    would cost more than the COPY that produces it.
-    """
+    """A COPY sink spooling key block lines, gzip, to a temporary file: flat memory."""
 
     def __init__(self) -> None:
         """Open an empty spool."""
         self.file: IO[bytes] = tempfile.TemporaryFile()
         self._gzip = gzip.GzipFile(fileobj=self.file, mode="wb")
-        self._lines: list[bytes] = []
         self.keys = 0
 
     def write(self, line: bytes) -> None:
-        """Take one key line from COPY."""
-        self._lines.append(line)
-        if len(self._lines) == SPOOL_LINES:
-            self._flush()
-
-    def _flush(self) -> None:
-        self._gzip.write(b"".join(self._lines))
-        self.keys += len(self._lines)
-        self._lines = []
+        """Take one block line from COPY."""
+        self._gzip.write(line)
+        self.keys += line.count(b",") + 1 if line.strip() else 0
 
     def finish(self) -> None:
         """Close the gzip stream so the spool can be read back and uploaded."""
-        self._flush()
         self._gzip.close()
 
-    def read_keys(self) -> Iterator[int]:
-        """Yield the spooled keys from the start."""
+    def blocks(self) -> Iterator[Block]:
+        """Yield the spooled blocks from the start."""
         self.file.seek(0)
-        return _int_lines(gzip.GzipFile(fileobj=self.file, mode="rb"))
+        return (parse_block(line) for line in gzip.GzipFile(fileobj=self.file, mode="rb"))
 
     def close(self) -> None:
         """Delete the spool."""
         self.file.close()
 
 
-def _int_lines(lines: Iterable[bytes]) -> Iterator[int]:
-    return (int(line) for line in lines if line.strip())
-
-
-def previous_keys(bucket: str, sweep: SweepState | None) -> Iterator[int]:
-    """Stream the keys of an earlier sweep from the bucket (none before the first)."""
-    if sweep is None:
+def stored_blocks(bucket: str, key: str | None) -> Iterator[Block]:
+    """Stream the key blocks of a stored key list (none when there is no object)."""
+    if key is None:
         return iter(())
-    return _int_lines(gzip.GzipFile(fileobj=storage.open_stream(bucket, sweep.key), mode="rb"))
+    body = gzip.GzipFile(fileobj=storage.open_stream(bucket, key), mode="rb")
+    return (parse_block(line) for line in body)
 
 
-def captured_keys(bucket: str, files: Iterable[DataFile], key_column: str) -> Iterator[int]:
-    """Stream the primary keys of one run's JSON Lines files of a table, in file order.
-
-    Ingest renders the primary key first (``{"<key>":123,...``), so it is read
-    from the start of each line; any other shape falls back to a full parse.
-    """
-    prefix = json.dumps(key_column).encode() + b":"
-    for file in files:
-        for line in storage.open_stream(bucket, file.key).iter_lines():
-            if not line:
-                continue
-            if line.startswith(b"{" + prefix):
-                end = line.find(b",", len(prefix) + 1)
-                yield int(line[len(prefix) + 1:end if end > 0 else -1])
-            else:
-                yield int(json.loads(line)[key_column])
-
-
-def upload(bucket: str, table: str, run: keys.RunId, spool: KeySpool,
-           swept_at: datetime) -> SweepState:
-    """Write the spooled key list once under a fresh key; return the state that names it."""
-    key = keys.sweep_key(table, run)
+def upload(bucket: str, key: str, spool: KeySpool) -> None:
+    """Write the spooled key list once under ``key`` (never replaced)."""
     spool.file.seek(0)
     storage.put_new_object(bucket, key, spool.file, KEYS_CONTENT_TYPE)
-    return SweepState(key=key, keys=spool.keys, run_id=str(run), swept_at=swept_at)
+
+
+def upload_blocks(bucket: str, table: str, run: keys.RunId, lines: list[bytes]) -> str:
+    """Write one run's captured keys of ``table`` (block lines, in order) once; return its key."""
+    key = keys.captured_keys_key(table, run)
+    storage.put_new_object(bucket, key, gzip.compress(b"".join(lines)), KEYS_CONTENT_TYPE)
+    return key
 
 
 def deletion_line(key_column: str, key: int, deleted_at: datetime) -> bytes:
     """Render one deletion record as a JSON line (the transform's input contract)."""
-    return (json.dumps({key_column: key,
-                        "deleted_at": deleted_at.isoformat(timespec="milliseconds")})
-            + "\n").encode()
-
-
-def known_streams(bucket: str, previous: SweepState | None, key_column: str,
-                  runs: Iterable[Iterable[DataFile]]) -> list[Iterator[Any]]:
-    """Return the sorted key streams a sweep compares against: last sweep plus each run's keys."""
-    return [previous_keys(bucket, previous),
-            *(captured_keys(bucket, files, key_column) for files in runs)]
+    stamp = deleted_at.isoformat(timespec="milliseconds")
+    return f'{{"{key_column}": {key}, "deleted_at": "{stamp}"}}\n'.encode()

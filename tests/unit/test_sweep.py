@@ -4,45 +4,71 @@ from datetime import datetime, timedelta
 import pytest
 
 from totes import sweep
-from totes.manifest import SweepState
 
 
 def test_keys_known_before_and_absent_now_are_deleted_once_each_in_order():
-    previous_sweep = [1, 2, 3, 5, 8]
-    captured_since = [[4, 9], [2, 9, 10]]   # each run's keys, in order; 9 captured twice
-    present = [1, 3, 4, 8, 11]
+    previous_sweep = [[1, 2, 3], [5, 8]]
+    captured_since = [[[4, 9]], [[2], [9, 10]]]   # each run's key blocks; 9 captured twice
+    present = [[1, 3], [4, 8, 11]]
     assert list(sweep.vanished([previous_sweep, *captured_since], present)) == [2, 5, 9, 10]
 
 
 def test_a_row_created_captured_and_deleted_between_two_sweeps_is_found():
-    assert list(sweep.vanished([[1, 2], [3]], [1, 2])) == [3]
+    assert list(sweep.vanished([[[1, 2]], [[3]]], [[1, 2]])) == [3]
 
 
-def test_nothing_known_means_nothing_deleted():
-    assert list(sweep.vanished([[]], [1, 2, 3])) == []
-    assert list(sweep.vanished([[1, 2]], [1, 2])) == []
+def test_nothing_known_means_nothing_deleted_and_everything_gone_means_all_deleted():
+    assert list(sweep.vanished([[]], [[1, 2, 3]])) == []
+    assert list(sweep.vanished([[[1, 2]]], [[1, 2]])) == []
+    assert list(sweep.vanished([[[1, 2], [7]]], [])) == [1, 2, 7]
 
 
 def test_an_unsorted_stream_is_refused_rather_than_inventing_deletions():
     with pytest.raises(sweep.SweepOrderError, match="known key stream 0"):
-        list(sweep.vanished([[1, 3, 2]], [1, 2, 3]))
+        list(sweep.vanished([[[1, 3, 2]]], [[1, 2, 3]]))
+    with pytest.raises(sweep.SweepOrderError, match="known key stream 1"):
+        list(sweep.vanished([[[1]], [[5], [4]]], [[1, 2, 3]]))
     with pytest.raises(sweep.SweepOrderError, match="current key list"):
-        list(sweep.vanished([[1, 2, 3]], [2, 1, 3]))
+        list(sweep.vanished([[[1, 2, 3]]], [[2, 1, 3]]))
 
 
-def test_the_merge_holds_no_key_set_however_many_keys_stream_through():
-    known = iter(range(0, 2_000_000, 2))
-    present = (key for key in range(0, 2_000_000, 2) if key % 1000)
-    assert sum(1 for _ in sweep.vanished([known], present)) == 2000
+def blocks(keys, size=1000):
+    """Cut an ascending key iterator into blocks of ``size``."""
+    block = []
+    for key in keys:
+        block.append(key)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def test_the_merge_holds_one_block_per_stream_however_many_keys_stream_through():
+    import tracemalloc
+    known = blocks(range(0, 2_000_000, 2))
+    present = blocks(key for key in range(0, 2_000_000, 2) if key % 1000)
+    tracemalloc.start()
+    found = sum(1 for _ in sweep.vanished([known], present))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert found == 2000
+    assert peak < 2_000_000  # a million keys as a set would take over 30 MB
+
+
+def test_block_lines_round_trip():
+    assert sweep.render_block([1, 20, 300]) == b"1,20,300\n"
+    assert sweep.render_block([b"4", b"5"]) == b"4,5\n"
+    assert sweep.parse_block(b"1,20,300\n") == [1, 20, 300]
+    assert sweep.parse_block(b"\n") == []
 
 
 def test_a_sweep_is_due_first_and_then_once_per_interval():
     at = datetime(2026, 11, 27, 8, 0)
-    state = SweepState("k", 3, "20261127T080000000Z-aa", at)
     assert sweep.is_due(None, at, timedelta(minutes=60))
-    assert not sweep.is_due(state, at + timedelta(minutes=59), timedelta(minutes=60))
-    assert sweep.is_due(state, at + timedelta(minutes=60), timedelta(minutes=60))
-    assert sweep.is_due(state, at, timedelta(0))
+    assert not sweep.is_due(at, at + timedelta(minutes=59), timedelta(minutes=60))
+    assert sweep.is_due(at, at + timedelta(minutes=60), timedelta(minutes=60))
+    assert sweep.is_due(at, at, timedelta(0))
 
 
 def test_a_deletion_record_names_the_key_and_the_detection_time():
