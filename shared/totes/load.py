@@ -14,17 +14,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import chain
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator
 
 import pg8000.native
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from totes import config, storage, warehouse
+from totes.manifest import ProcessedManifest, TableOutput
 from totes.observability import emit_table_metric, service_logger
-from totes.warehouse_schema import TABLES, Table, arrow_schema
-
-PROCESSED_FORMAT = "totes.processed/1"
+from totes.warehouse_schema import DELETIONS, FACTS, TABLES, Table, arrow_schema
 
 #: rows per Arrow batch streamed to COPY: the bound on the load's memory.
 BATCH_ROWS = 65_536
@@ -54,16 +53,6 @@ class ParquetFileError(ValueError):
         self.object_key = object_key
 
 
-@dataclass(frozen=True)
-class ProcessedManifest:
-    """The parts of a processed manifest the load needs, checked against the contract."""
-
-    key: str
-    run_id: str
-    ingest_started_at: datetime | None
-    files: Mapping[str, tuple[tuple[str, int], ...]]
-
-
 @dataclass
 class LoadReport:
     """What one load run did, returned by the handler and published as metrics."""
@@ -72,6 +61,10 @@ class LoadReport:
     manifests_loaded: list[str] = field(default_factory=list)
     rows_loaded: Counter = field(default_factory=Counter)
     inferred_members: Counter = field(default_factory=Counter)
+    #: fact versions corrected in place (same ``last_updated``, other values), per fact.
+    versions_corrected: Counter = field(default_factory=Counter)
+    #: deletion versions written, per fact.
+    deletions_loaded: Counter = field(default_factory=Counter)
     freshness_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -81,6 +74,9 @@ class LoadReport:
             "last_loaded_manifest": self.last_loaded_manifest,
             "rows_loaded": {name: self.rows_loaded[name] for name in TABLES},
             "inferred_members": dict(self.inferred_members),
+            "versions_corrected": {fact.name: self.versions_corrected[fact.name]
+                                   for fact in FACTS},
+            "deletions_loaded": {fact.name: self.deletions_loaded[fact.name] for fact in FACTS},
             "freshness_seconds": self.freshness_seconds,
         }
 
@@ -91,30 +87,6 @@ def parse_timestamp(text: str) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc)
-
-
-def parse_manifest(key: str, document: Any) -> ProcessedManifest:
-    """Check a processed manifest document and keep what the load needs.
-
-    Unknown tables are refused (table names are an allow-list); a table absent from
-    the manifest has nothing to load.
-    """
-    if not isinstance(document, Mapping) or document.get("format") != PROCESSED_FORMAT:
-        raise ValueError(f"not a {PROCESSED_FORMAT} manifest")
-    tables = document.get("tables") or {}
-    unknown = sorted(set(tables) - set(TABLES))
-    if unknown:
-        raise ValueError(f"unknown warehouse tables {', '.join(unknown)}")
-    try:
-        files = {name: tuple((entry["key"], int(entry["rows"])) for entry in spec["files"])
-                 for name, spec in tables.items()}
-        started = document.get("ingest_started_at")
-        return ProcessedManifest(
-            key=key, run_id=str(document["run_id"]), files=files,
-            ingest_started_at=parse_timestamp(started) if started else None,
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"malformed manifest: {type(error).__name__}: {error}") from None
 
 
 def _same_type(found: Any, expected: Any) -> bool:
@@ -131,11 +103,16 @@ def record_batches(bucket: str, key: str, table: Table, expected_rows: int,
     The object is spooled to a temporary file (Parquet needs to seek to its footer)
     and read one row group batch at a time, so memory stays bounded by ``batch_rows``.
     The schema and the row count are checked against the contract and the manifest
-    before any row is yielded.
+    before any row is yielded. A column added to the contract with a default (a
+    fact's ``is_deleted``) may be absent from a file written before it existed: it
+    is filled with the default, so old processed data still loads as it was meant.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     expected = arrow_schema(table)
+    defaults = {column.name: column.default for column in table.data_columns
+                if column.default is not None}
     with tempfile.TemporaryFile() as spool:
         try:
             shutil.copyfileobj(storage.open_stream(bucket, key), spool, 1 << 20)
@@ -143,8 +120,12 @@ def record_batches(bucket: str, key: str, table: Table, expected_rows: int,
         except Exception as error:
             raise ParquetFileError(f"cannot read Parquet: {error}", key) from error
         found = parquet.schema_arrow
+        absent = {}
         for column in expected:
             index = found.get_field_index(column.name)
+            if index < 0 and column.name in defaults:
+                absent[column.name] = column
+                continue
             if index < 0:
                 raise ParquetFileError(f"column {column.name} is missing", key)
             if not _same_type(found.field(index).type, column.type):
@@ -154,8 +135,12 @@ def record_batches(bucket: str, key: str, table: Table, expected_rows: int,
         if parquet.metadata.num_rows != expected_rows:
             raise ParquetFileError(
                 f"has {parquet.metadata.num_rows} rows, the manifest says {expected_rows}", key)
+        present = [name for name in expected.names if name not in absent]
         try:
-            for batch in parquet.iter_batches(batch_size=batch_rows, columns=expected.names):
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=present):
+                for name, column in absent.items():
+                    batch = batch.append_column(column, pa.array(
+                        [defaults[name]] * batch.num_rows, column.type))
                 yield batch.select(expected.names)
         except Exception as error:
             raise ParquetFileError(f"cannot decode Parquet: {error}", key) from error
@@ -184,56 +169,80 @@ def freshness_seconds(ingest_bucket: str, loaded_through: str | None, now: datet
     return max(0.0, (now - started).total_seconds())
 
 
-def _table_batches(bucket: str, manifest: ProcessedManifest, table: Table,
+def _table_batches(bucket: str, output: TableOutput, table: Table,
                    batch_rows: int) -> Iterator[Any]:
     return chain.from_iterable(
-        record_batches(bucket, key, table, rows, batch_rows)
-        for key, rows in manifest.files[table.name]
-    )
+        record_batches(bucket, file.key, table, file.rows, batch_rows) for file in output.files)
 
 
 @dataclass
 class ManifestLoad:
-    """Rows one manifest wrote per table (inferred members included) and the members inferred."""
+    """What one manifest wrote, per table: rows, members inferred, versions corrected, deletions.
+
+    ``rows`` includes inferred members and deletion versions.
+    """
 
     rows: Counter = field(default_factory=Counter)
     inferred: Counter = field(default_factory=Counter)
+    corrected: Counter = field(default_factory=Counter)
+    deletions: Counter = field(default_factory=Counter)
+
+    def add(self, table: str, loaded: warehouse.TableLoad) -> None:
+        """Count what loading one table (or a fact's deletions) wrote."""
+        self.rows[table] += loaded.rows
+        self.rows.update(loaded.inferred)
+        self.inferred.update(loaded.inferred)
+        if loaded.corrected:
+            self.corrected[table] += loaded.corrected
 
 
-def load_manifest(conn: pg8000.native.Connection, bucket: str, manifest: ProcessedManifest,
+def _guarded(key: str, what: str, step: Callable[[], warehouse.TableLoad]) -> warehouse.TableLoad:
+    try:
+        return step()
+    except Exception as error:
+        raise LoadError(f"manifest {key}: loading {what} failed: {error}",
+                        key, getattr(error, "object_key", None)) from error
+
+
+def load_manifest(conn: pg8000.native.Connection, bucket: str, key: str,
+                  manifest: ProcessedManifest,
                   batch_rows: int = BATCH_ROWS) -> ManifestLoad | None:
     """Load one manifest in one transaction with its bookkeeping row; None if already loaded.
 
-    Dimensions load before facts (the order of ``TABLES``). Any failure rolls the
-    whole manifest back and is raised as a :class:`LoadError` naming the table.
+    Dimensions load before facts (the order of ``TABLES``), and each fact's
+    deletions after every fact version of the manifest, so a row changed and then
+    deleted ends deleted. The manifest's capture point is recorded with it. Any
+    failure rolls the whole manifest back and is raised as a :class:`LoadError`
+    naming the table.
     """
     result = ManifestLoad()
     with warehouse.transaction(conn):
         warehouse.lock(conn)
-        if warehouse.is_loaded(conn, manifest.key):
+        if warehouse.is_loaded(conn, key):
             return None
         for table in TABLES.values():
-            if not manifest.files.get(table.name):
-                continue
-            try:
-                loaded = warehouse.load_table(
-                    conn, table, _table_batches(bucket, manifest, table, batch_rows))
-            except Exception as error:
-                raise LoadError(
-                    f"manifest {manifest.key}: loading {table.name} failed: {error}",
-                    manifest.key, getattr(error, "object_key", None)) from error
-            result.rows[table.name] += loaded.rows
-            result.rows.update(loaded.inferred)
-            result.inferred.update(loaded.inferred)
-        warehouse.record_manifest(conn, manifest.key, manifest.run_id,
-                                  manifest.ingest_started_at, sum(result.rows.values()))
+            output = manifest.table(table.name)
+            if output.files:
+                result.add(table.name, _guarded(key, table.name, lambda: warehouse.load_table(
+                    conn, table, _table_batches(bucket, output, table, batch_rows))))
+        for fact in FACTS:
+            output = manifest.deleted(fact.name)
+            if output.files:
+                loaded = _guarded(key, f"deletions of {fact.name}", lambda: (
+                    warehouse.load_deletions(conn, fact, _table_batches(
+                        bucket, output, DELETIONS[fact.name], batch_rows))))
+                result.add(fact.name, loaded)
+                result.deletions[fact.name] += loaded.rows
+        warehouse.record_manifest(conn, key, manifest.run_id, manifest.started(),
+                                  sum(result.rows.values()), manifest.capture.snapshot,
+                                  manifest.capture.database_moment())
     return result
 
 
 def _read_manifest(bucket: str, key: str) -> ProcessedManifest:
     try:
-        return parse_manifest(key, storage.read_json(bucket, key))
-    except Exception as error:
+        return ProcessedManifest.parse(storage.read_json(bucket, key))
+    except Exception as error:  # a ManifestError, an S3 or a JSON error: all name the key
         raise LoadError(f"manifest {key} cannot be read: {error}", key, key) from error
 
 
@@ -254,6 +263,9 @@ def publish(report: LoadReport, metrics: Metrics, seconds: float, *,
         emit_table_metric("RowsLoaded", table, report.rows_loaded[table])
     for table, count in report.inferred_members.items():
         emit_table_metric("InferredMembers", table, count)
+    for fact in FACTS:
+        emit_table_metric("VersionsCorrected", fact.name, report.versions_corrected[fact.name])
+        emit_table_metric("DeletionsLoaded", fact.name, report.deletions_loaded[fact.name])
 
 
 def run(conn: pg8000.native.Connection, metrics: Metrics, *,
@@ -320,8 +332,8 @@ def _load_pending(conn: pg8000.native.Connection, processed_bucket: str, ingest_
             logger.warning("stopping early to finish before the timeout", extra={"next": key})
             return
         try:
-            loaded = load_manifest(conn, processed_bucket, _read_manifest(processed_bucket, key),
-                                   batch_rows)
+            loaded = load_manifest(conn, processed_bucket, key,
+                                   _read_manifest(processed_bucket, key), batch_rows)
         except Exception as error:
             logger.exception("load failed", extra={
                 "manifest": key, "object": getattr(error, "object_key", None)})
@@ -333,5 +345,9 @@ def _load_pending(conn: pg8000.native.Connection, processed_bucket: str, ingest_
         report.manifests_loaded.append(key)
         report.rows_loaded.update(loaded.rows)
         report.inferred_members.update(loaded.inferred)
-        logger.info("manifest loaded", extra={"manifest": key, "rows": dict(loaded.rows),
-                                              "inferred_members": dict(loaded.inferred)})
+        report.versions_corrected.update(loaded.corrected)
+        report.deletions_loaded.update(loaded.deletions)
+        logger.info("manifest loaded", extra={
+            "manifest": key, "rows": dict(loaded.rows), "inferred_members": dict(loaded.inferred),
+            "versions_corrected": dict(loaded.corrected),
+            "deletions_loaded": dict(loaded.deletions)})

@@ -9,7 +9,7 @@ by transaction visibility, are continued from and transformed as they are).
 See docs/architecture.md for examples of each.
 """
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
 from totes.capture import Snapshot, SnapshotFormatError, TableCursor
@@ -224,3 +224,182 @@ class IngestManifest:
             database_time=document.get("database_time"),
             format=kind,
         )
+
+
+# --- processed manifests: the transform's commit point, the load's input -------------------
+
+#: processed manifests written before deletions and the capture point were carried.
+PROCESSED_FORMAT_V1 = "totes.processed/1"
+#: processed manifests with ``deletions`` per fact and the ingest run's ``capture`` point.
+PROCESSED_FORMAT = "totes.processed/2"
+
+
+@dataclass(frozen=True)
+class TableOutput:
+    """The Parquet objects a transform wrote for one warehouse table (or its deletions)."""
+
+    files: tuple[DataFile, ...] = ()
+
+    @property
+    def rows(self) -> int:
+        """Rows in all the table's objects."""
+        return sum(file.rows for file in self.files)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the manifest entry: ``{"rows", "files"}``."""
+        return {"rows": self.rows, "files": [file.to_json() for file in self.files]}
+
+    @classmethod
+    def from_json(cls, fields: Mapping[str, Any]) -> "TableOutput":
+        """Read a table entry; its ``rows`` must be the sum of its files' rows."""
+        output = cls(_files(fields["files"]))
+        if "rows" in fields and int(fields["rows"]) != output.rows:
+            raise ValueError(f"rows {fields['rows']} is not the sum of its files' {output.rows}")
+        return output
+
+
+def _utc_naive(text: str) -> datetime:
+    """Parse an ISO-8601 time; one with a zone is converted to UTC and the zone dropped."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment
+
+
+@dataclass(frozen=True)
+class CapturePoint:
+    """Where the ingest run that a processed manifest came from stood in the source.
+
+    ``snapshot`` is the run's ``pg_snapshot`` text and ``database_time`` the
+    database's clock (UTC) when it was taken; both are None for runs written
+    before capture by snapshot (``totes.ingest/1``). The load records them with
+    the manifest, so the warehouse can say which source state it reflects.
+    """
+
+    snapshot: str | None = None
+    database_time: str | None = None
+
+    @classmethod
+    def of(cls, ingest: "IngestManifest") -> "CapturePoint":
+        """Copy the capture point of an ingest manifest, checking the clock reading parses."""
+        point = cls(None if ingest.snapshot is None else str(ingest.snapshot),
+                    ingest.database_time)
+        point.database_moment()
+        return point
+
+    def database_moment(self) -> datetime | None:
+        """``database_time`` as a UTC datetime without zone (a ``timestamp`` value)."""
+        return None if self.database_time is None else _utc_naive(str(self.database_time))
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the manifest's ``capture`` object."""
+        return {"snapshot": self.snapshot, "database_time": self.database_time}
+
+    @classmethod
+    def from_json(cls, fields: Mapping[str, Any] | None) -> "CapturePoint":
+        """Read a ``capture`` object (absent in ``totes.processed/1``), checking both fields."""
+        if not fields:
+            return cls()
+        snapshot, database_time = fields.get("snapshot"), fields.get("database_time")
+        point = cls(None if snapshot is None else str(Snapshot.parse(snapshot)),
+                    None if database_time is None else str(database_time))
+        point.database_moment()
+        return point
+
+
+@dataclass(frozen=True)
+class ProcessedManifest:
+    """One transformed ingest run: the Parquet objects per warehouse table, deletions per fact.
+
+    Its key is the ingest manifest's key. ``reference`` points at the reference
+    snapshots the next transform continues from (None for a table never seen).
+    """
+
+    run_id: str
+    ingest_manifest: str
+    ingest_started_at: str | None
+    transformed_at: str
+    tables: Mapping[str, TableOutput]
+    reference: Mapping[str, str | None] = field(default_factory=dict)
+    #: fact table -> its deletion records (empty in ``totes.processed/1``).
+    deletions: Mapping[str, TableOutput] = field(default_factory=dict)
+    capture: CapturePoint = field(default_factory=CapturePoint)
+    format: str = PROCESSED_FORMAT
+
+    def table(self, name: str) -> TableOutput:
+        """The objects of warehouse table ``name`` (none if the manifest does not list it)."""
+        return self.tables.get(name) or TableOutput()
+
+    def deleted(self, fact: str) -> TableOutput:
+        """The deletion records of fact table ``fact`` (none if the manifest has none)."""
+        return self.deletions.get(fact) or TableOutput()
+
+    def started(self) -> datetime | None:
+        """``ingest_started_at`` as an aware UTC datetime (a stamp without zone is UTC)."""
+        if self.ingest_started_at is None:
+            return None
+        moment = datetime.fromisoformat(self.ingest_started_at)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment.astimezone(timezone.utc)
+
+    def to_json(self) -> dict[str, Any]:
+        """Render the manifest (always in the current format)."""
+        return {
+            "format": PROCESSED_FORMAT,
+            "run_id": self.run_id,
+            "ingest_manifest": self.ingest_manifest,
+            "ingest_started_at": self.ingest_started_at,
+            "transformed_at": self.transformed_at,
+            "capture": self.capture.to_json(),
+            "tables": {name: output.to_json() for name, output in self.tables.items()},
+            "deletions": {name: output.to_json() for name, output in self.deletions.items()},
+            "reference": dict(self.reference),
+        }
+
+    @classmethod
+    def parse(cls, document: Any) -> "ProcessedManifest":
+        """Read a processed manifest of any supported format, or raise :class:`ManifestError`.
+
+        Table names are an allow-list (the warehouse contract); deletions are only
+        ever listed for fact tables.
+        """
+        # Imported here: the warehouse contract is the processed manifest's vocabulary only.
+        from totes.warehouse_schema import DELETIONS, TABLES
+
+        kind = document.get("format") if isinstance(document, Mapping) else None
+        if kind not in (PROCESSED_FORMAT, PROCESSED_FORMAT_V1):
+            raise ManifestError(f"not a {PROCESSED_FORMAT} or {PROCESSED_FORMAT_V1} manifest "
+                                f"(format {kind!r})")
+        tables = document.get("tables") or {}
+        deletions = (document.get("deletions") or {}) if kind == PROCESSED_FORMAT else {}
+        if not isinstance(tables, Mapping) or not isinstance(deletions, Mapping):
+            raise ManifestError(f"malformed {kind} manifest: tables and deletions must be objects")
+        unknown = sorted(set(tables) - set(TABLES)) + sorted(
+            f"deletions of {name}" for name in set(deletions) - set(DELETIONS))
+        if unknown:
+            raise ManifestError(f"unknown warehouse tables {', '.join(unknown)}")
+        try:
+            manifest = cls(
+                run_id=_text(document["run_id"], "run_id"),
+                ingest_manifest=str(document.get("ingest_manifest") or ""),
+                ingest_started_at=document.get("ingest_started_at"),
+                transformed_at=str(document.get("transformed_at") or ""),
+                tables={name: TableOutput.from_json(fields) for name, fields in tables.items()},
+                reference=dict(document.get("reference") or {}),
+                deletions={name: TableOutput.from_json(fields)
+                           for name, fields in deletions.items()},
+                capture=CapturePoint.from_json(document.get("capture")),
+                format=kind,
+            )
+            manifest.started()
+            return manifest
+        except (KeyError, TypeError, ValueError, AttributeError, SnapshotFormatError) as error:
+            raise ManifestError(
+                f"malformed {kind} manifest: {type(error).__name__}: {error}") from None
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, not {value!r}")
+    return value

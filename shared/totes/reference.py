@@ -24,8 +24,10 @@ REFERENCE_TABLES = ("address", "department", "counterparty", "staff")
 def merge_latest(previous: pd.DataFrame, batch: pd.DataFrame, table: str) -> pd.DataFrame:
     """Return the new state of ``table``: the latest version of every id in either frame.
 
-    "Latest" is the greatest ``last_updated``, so an old version re-read by the
-    ingest overlap never replaces a newer one already held.
+    "Latest" is the most recently captured: the batch wins over the previous
+    state, whatever the ``last_updated`` of either says. A row stamped in the
+    future and then corrected must end up corrected, and capture never reads a
+    version older than one it already read (a row read twice is read as it is now).
     """
     frames = [frame for frame in (previous, batch) if len(frame)]
     if not frames:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pycountry
 
 from totes.source import SOURCE_COLUMNS, primary_key
-from totes.warehouse_schema import TABLES, arrow_schema
+from totes.warehouse_schema import DELETIONS, TABLES, Table, arrow_schema
 
 #: source fact table -> the warehouse fact it becomes (one row per source version).
 FACT_TABLES = {
@@ -131,23 +131,23 @@ def empty_source_frame(table: str) -> pd.DataFrame:
 
 
 def latest_versions(frame: pd.DataFrame, table: str) -> pd.DataFrame:
-    """Keep one row per primary key: the version with the greatest ``last_updated``."""
-    ordered = frame.sort_values([primary_key(table), "last_updated"], kind="stable")
+    """Keep one row per primary key: the one captured last (the last in ``frame``'s order).
+
+    Frames are in capture order (files in manifest order, rows in file order, the
+    previous state before a batch), and capture order is the truth: a row first
+    stamped in the future and then corrected with an ordinary ``last_updated``
+    must show the correction, which the greatest ``last_updated`` would not.
+    The result is ordered by primary key.
+    """
+    ordered = frame.sort_values(primary_key(table), kind="stable")
     return ordered.drop_duplicates(subset=[primary_key(table)], keep="last")
 
 
-def version_keys(frame: pd.DataFrame, table: str) -> list[int]:
-    """Return one exact integer per (primary key, ``last_updated`` in ms) pair of ``frame``.
-
-    A single int per version is the smallest exact key Python can hash, which keeps
-    the batch-wide duplicate check cheap for millions of fact rows.
-    """
-    ids = _arrow(frame[primary_key(table)]).to_pylist()
-    stamps = _arrow(frame["last_updated"]).cast(pa.int64()).to_pylist()
-    return [(pk << 48) | (stamp & 0xFFFF_FFFF_FFFF) for pk, stamp in zip(ids, stamps)]
+def _contract(table: str | Table) -> Table:
+    return table if isinstance(table, Table) else TABLES[table]
 
 
-def conform(table_name: str, columns: Mapping[str, pd.Series | pa.Array],
+def conform(table_name: str | Table, columns: Mapping[str, pd.Series | pa.Array],
             index: pd.Index | None = None) -> pd.DataFrame:
     """Build a warehouse frame with the contract's columns, in order, cast to their Arrow types.
 
@@ -155,36 +155,41 @@ def conform(table_name: str, columns: Mapping[str, pd.Series | pa.Array],
     digits fails rather than being silently changed.
     """
     data = {}
-    for field in arrow_schema(TABLES[table_name]):
+    for field in arrow_schema(_contract(table_name)):
         values = columns[field.name]
         array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else _arrow(values)
         data[field.name] = _typed(array.cast(field.type), index)
     return pd.DataFrame(data, index=index)
 
 
-def to_arrow(table_name: str, frame: pd.DataFrame) -> pa.Table:
+def to_arrow(table_name: str | Table, frame: pd.DataFrame) -> pa.Table:
     """Return ``frame`` as an Arrow table with exactly the warehouse schema, nulls checked.
 
     Arrow does not enforce ``nullable=False`` by itself, so a null where the
     contract forbids one is reported here, before it reaches the warehouse.
     """
-    schema = arrow_schema(TABLES[table_name])
+    contract = _contract(table_name)
+    schema = arrow_schema(contract)
     for field in schema:
         nulls = int(frame[field.name].isna().sum())
         if nulls and not field.nullable:
             raise SourceDataError(
-                f"{table_name}.{field.name} would hold {nulls} null(s) but is NOT NULL")
+                f"{contract.name}.{field.name} would hold {nulls} null(s) but is NOT NULL")
     table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
     return table.replace_schema_metadata(None)
 
 
+def _split_stamp(stamps: pa.Array, prefix: str) -> dict[str, pa.Array]:
+    return {f"{prefix}_date": stamps.cast(pa.date32()),
+            f"{prefix}_time": stamps.cast(pa.time32("ms"))}
+
+
 def _version_columns(frame: pd.DataFrame) -> dict[str, pa.Array]:
-    created, updated = _arrow(frame["created_at"]), _arrow(frame["last_updated"])
+    """Split timestamps into date and time, and mark the version as an ordinary one."""
     return {
-        "created_date": created.cast(pa.date32()),
-        "created_time": created.cast(pa.time32("ms")),
-        "last_updated_date": updated.cast(pa.date32()),
-        "last_updated_time": updated.cast(pa.time32("ms")),
+        **_split_stamp(_arrow(frame["created_at"]), "created"),
+        **_split_stamp(_arrow(frame["last_updated"]), "last_updated"),
+        "is_deleted": pa.array([False] * len(frame), pa.bool_()),
     }
 
 
@@ -236,10 +241,37 @@ FACT_BUILDERS = {
 }
 
 
-def fact_dates(fact_name: str, fact: pd.DataFrame) -> set:
-    """Return every date a fact frame references (each column that points at ``dim_date``)."""
+#: the column of a deletion record holding when the deletion was detected (database clock, UTC).
+DELETED_AT = "deleted_at"
+
+
+def deletions(table: str, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Turn decoded deletion records of a fact source table into its fact's deletion frame.
+
+    Each record is ``{<primary key>: id, "deleted_at": "YYYY-MM-DDTHH:MM:SS.mmm"}``;
+    the detection time becomes the ``last_updated`` of the deletion version the
+    load writes. Values are checked as strictly as source rows.
+    """
+    key = primary_key(table)
+    for position, row in enumerate(rows):
+        missing = [column for column in (key, DELETED_AT) if column not in row]
+        if missing:
+            raise SourceDataError(
+                f"{table} deletion record {position + 1} lacks {', '.join(missing)}")
+    ids = [row[key] for row in rows]
+    for position, value in enumerate(ids):
+        if type(value) is not int:
+            raise _offender(table, ids, position, key, value, "is not int")
+    stamps = _parse_stamps(table, DELETED_AT, [row[DELETED_AT] for row in rows], ids,
+                           "timestamp")
+    return conform(DELETIONS[FACT_TABLES[table]], {
+        key: pa.array(ids, pa.int64()), **_split_stamp(stamps, "last_updated")})
+
+
+def fact_dates(fact_name: str | Table, fact: pd.DataFrame) -> set:
+    """Return every date a fact or deletion frame references (each column on ``dim_date``)."""
     dates = set()
-    for column in TABLES[fact_name].columns:
+    for column in _contract(fact_name).columns:
         if column.references == "dim_date":
             dates.update(_arrow(fact[column.name]).unique().to_pylist())
     dates.discard(None)
@@ -360,24 +392,3 @@ DIMENSION_BUILDERS = {
     "payment_type": ("dim_payment_type", dim_payment_type),
     "transaction": ("dim_transaction", dim_transaction),
 }
-
-
-class BatchKeys:
-    """The keys already written in this batch, so a row repeated across files is written once.
-
-    Facts use :func:`version_keys` (a version is written once), dimensions their
-    primary key (the loader's upsert must see each id once per manifest). One int
-    per key is held, never the rows themselves.
-    """
-
-    def __init__(self) -> None:
-        """Start a batch with nothing seen."""
-        self._seen: set[int] = set()
-
-    def first_sightings(self, frame: pd.DataFrame, keys: Sequence[int]) -> pd.DataFrame:
-        """Return the rows of ``frame`` whose key is new to the batch, and remember them."""
-        keep = []
-        for key in keys:
-            keep.append(key not in self._seen)
-            self._seen.add(key)
-        return frame[keep]

@@ -9,7 +9,13 @@ collides with the orphans of the failed attempt (which no manifest lists).
 
 Memory stays bounded: fact and large dimension tables are read, transformed and
 written one ingest file (at most ``CHUNK_ROWS`` rows) at a time; only the four
-small reference tables are held whole.
+small reference tables are held whole. Rows are written in capture order (files
+in manifest order, rows in file order) and never deduplicated here: the latest
+version of anything is the one captured last, which the load applies in order.
+
+Ingest manifests are read only through :class:`totes.manifest.IngestManifest`
+(every format still in the bucket) and the processed manifest is rendered by
+:class:`totes.manifest.ProcessedManifest`.
 """
 import io
 import secrets
@@ -25,12 +31,12 @@ from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import ClientError
 
 from totes import config, jsonl, keys, reference, star, storage
+from totes.manifest import (CapturePoint, DataFile, IngestManifest, ManifestError,
+                            ProcessedManifest, TableOutput)
 from totes.observability import emit_table_metric, metrics_for, service_logger
-from totes.source import SOURCE_TABLES, primary_key
-from totes.warehouse_schema import TABLES
+from totes.source import SOURCE_TABLES
+from totes.warehouse_schema import DELETIONS, TABLES, Table
 
-INGEST_FORMAT = "totes.ingest/1"
-PROCESSED_FORMAT = "totes.processed/1"
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 _READ_CHUNK_BYTES = 1 << 20
 #: S3 error codes meaning the object is not there: bad input, unlike any other S3 error.
@@ -62,28 +68,36 @@ class _Run:
 
     key: str
     run: keys.RunId
-    manifest: dict[str, Any]
+    manifest: IngestManifest
     ingest_bucket: str
     processed_bucket: str
     attempt: str = field(default_factory=lambda: secrets.token_hex(4))
-    outputs: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {name: {"rows": 0, "files": []} for name in TABLES})
+    outputs: dict[str, list[DataFile]] = field(
+        default_factory=lambda: {name: [] for name in TABLES})
+    deletions: dict[str, list[DataFile]] = field(
+        default_factory=lambda: {name: [] for name in DELETIONS})
 
-    def files(self, table: str) -> list[dict[str, Any]]:
+    def files(self, table: str) -> tuple[DataFile, ...]:
         """The ingest files of ``table`` listed by the manifest (none if it is absent)."""
-        return self.manifest["tables"].get(table, {}).get("files", [])
+        return self.manifest.table(table).files
 
     def write(self, table_name: str, frame: pd.DataFrame) -> None:
         """Write one warehouse frame as a new Parquet object and record it for the manifest."""
+        self._write(TABLES[table_name], frame, self.outputs[table_name], table_name, "parquet")
+
+    def write_deletions(self, fact_name: str, frame: pd.DataFrame) -> None:
+        """Write one fact's deletion records as a new Parquet object beside its versions."""
+        self._write(DELETIONS[fact_name], frame, self.deletions[fact_name], fact_name,
+                    "deleted.parquet")
+
+    def _write(self, table: Table, frame: pd.DataFrame, listed: list[DataFile], folder: str,
+               extension: str) -> None:
         if frame.empty:
             return
-        output = self.outputs[table_name]
-        key = keys.attempt_data_key(table_name, self.run, self.attempt,
-                                    len(output["files"]), "parquet")
-        body = parquet_bytes(star.to_arrow(table_name, frame))
+        key = keys.attempt_data_key(folder, self.run, self.attempt, len(listed), extension)
+        body = parquet_bytes(star.to_arrow(table, frame))
         storage.put_new_object(self.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
-        output["files"].append({"key": key, "rows": len(frame), "bytes": len(body)})
-        output["rows"] += len(frame)
+        listed.append(DataFile(key, len(frame), len(body)))
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -100,6 +114,7 @@ def read_parquet(bucket: str, key: str) -> pd.DataFrame:
 
 
 def _decode(bucket: str, key: str) -> list[dict[str, Any]]:
+    """Read one JSON Lines object whole; bad input raises :class:`TransformInputError`."""
     rows: list[dict[str, Any]] = []
     try:
         lines = storage.open_stream(bucket, key).iter_lines(chunk_size=_READ_CHUNK_BYTES)
@@ -123,14 +138,7 @@ def read_source(run: _Run, table: str) -> Iterator[pd.DataFrame]:
     boundary is caught as surely as one cut mid-line.
     """
     total = 0
-    for entry in run.files(table):
-        key = entry["key"]
-        rows = _decode(run.ingest_bucket, key)
-        if len(rows) != entry.get("rows", len(rows)):
-            raise TransformInputError(
-                f"s3://{run.ingest_bucket}/{key} holds {len(rows)} row(s), "
-                f"the manifest says {entry['rows']}"
-            )
+    for rows, key in _checked_files(run, run.files(table)):
         try:
             frame = star.source_frame(table, rows)
         except star.SourceDataError as error:
@@ -138,6 +146,27 @@ def read_source(run: _Run, table: str) -> Iterator[pd.DataFrame]:
         total += len(frame)
         yield frame
     emit_table_metric("RowsIn", table, total)
+
+
+def _checked_files(run: _Run, files: Iterable[DataFile]) -> Iterator[tuple[list[dict], str]]:
+    """Yield each file's decoded rows and key, its row count checked against the manifest's."""
+    for entry in files:
+        rows = _decode(run.ingest_bucket, entry.key)
+        if len(rows) != entry.rows:
+            raise TransformInputError(
+                f"s3://{run.ingest_bucket}/{entry.key} holds {len(rows)} row(s), "
+                f"the manifest says {entry.rows}"
+            )
+        yield rows, entry.key
+
+
+def read_deletions(run: _Run, table: str) -> Iterator[pd.DataFrame]:
+    """Yield the deletion frame of a fact source table, one per deletion file of the manifest."""
+    for rows, key in _checked_files(run, run.manifest.table(table).deleted):
+        try:
+            yield star.deletions(table, rows)
+        except star.SourceDataError as error:
+            raise TransformInputError(f"s3://{run.ingest_bucket}/{key}: {error}") from None
 
 
 def _read_whole(run: _Run, table: str) -> pd.DataFrame:
@@ -173,28 +202,44 @@ def _reference_dimensions(run: _Run, pointers: dict[str, str | None]) -> dict[st
 
 
 def _plain_dimensions(run: _Run) -> None:
-    """Write the dimensions that need no join, file by file, each id once per batch."""
+    """Write the dimensions that need no join, file by file, in capture order.
+
+    An id in several files of the batch is written from each; the load's upsert
+    keeps the last (the one captured last).
+    """
     for table, (table_name, build) in star.DIMENSION_BUILDERS.items():
-        seen = star.BatchKeys()
         for frame in read_source(run, table):
             latest = star.latest_versions(frame, table)
-            fresh = seen.first_sightings(latest, latest[primary_key(table)].tolist())
-            unknown = star.unknown_currency_codes(fresh) if table == "currency" else []
+            unknown = star.unknown_currency_codes(latest) if table == "currency" else []
             if unknown:
                 logger.warning("currency codes unknown to ISO 4217 keep the code as name",
                                extra={"codes": unknown})
-            run.write(table_name, build(fresh))
+            run.write(table_name, build(latest))
 
 
 def _facts(run: _Run) -> None:
-    """Write every fact version file by file, then the ``dim_date`` rows they reference."""
+    """Write every fact version and every fact deletion file by file, then their ``dim_date``.
+
+    Versions are written as captured, repeats included: the load corrects a
+    version whose values changed and ignores an identical re-read. Deletions of
+    the other source tables are counted in the log and not carried: a dimension
+    member whose source row was deleted stays, since facts still point at it.
+    """
     dates: set = set()
     for table, build in star.FACT_BUILDERS.items():
-        seen = star.BatchKeys()
+        fact_name = star.FACT_TABLES[table]
         for frame in read_source(run, table):
-            fact = build(seen.first_sightings(frame, star.version_keys(frame, table)))
-            dates |= star.fact_dates(star.FACT_TABLES[table], fact)
-            run.write(star.FACT_TABLES[table], fact)
+            fact = build(frame)
+            dates |= star.fact_dates(fact_name, fact)
+            run.write(fact_name, fact)
+        for deleted in read_deletions(run, table):
+            dates |= star.fact_dates(DELETIONS[fact_name], deleted)
+            run.write_deletions(fact_name, deleted)
+    ignored = {table: run.manifest.table(table).deleted_rows for table in SOURCE_TABLES
+               if table not in star.FACT_TABLES and run.manifest.table(table).deleted_rows}
+    if ignored:
+        logger.info("deletions of dimension sources not carried; their members stay",
+                    extra={"manifest": run.key, "deleted_rows": ignored})
     run.write("dim_date", star.dim_date(dates))
 
 
@@ -202,24 +247,20 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _read_ingest_manifest(bucket: str, key: str) -> dict[str, Any]:
+def _read_ingest_manifest(bucket: str, key: str) -> IngestManifest:
     try:
-        manifest = storage.read_json(bucket, key)
+        document = storage.read_json(bucket, key)
     except ClientError as error:
         raise _missing_object(bucket, key, error) from None
     except ValueError as error:
         raise TransformInputError(f"s3://{bucket}/{key} is not valid JSON: {error}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != INGEST_FORMAT \
-            or not isinstance(manifest.get("tables"), dict):
-        raise TransformInputError(f"s3://{bucket}/{key} is not a {INGEST_FORMAT} manifest")
-    unknown = sorted(set(manifest["tables"]) - set(SOURCE_TABLES))
-    if unknown:
-        raise TransformInputError(
-            f"s3://{bucket}/{key} lists unknown table(s): {', '.join(unknown)}")
-    return manifest
+    try:
+        return IngestManifest.parse(document)
+    except ManifestError as error:
+        raise TransformInputError(f"s3://{bucket}/{key}: {error}") from None
 
 
-def transform_manifest(ingest_key: str, pointers: dict[str, str | None]) -> dict[str, Any]:
+def transform_manifest(ingest_key: str, pointers: dict[str, str | None]) -> ProcessedManifest:
     """Transform one ingest manifest and commit its processed manifest; return that manifest.
 
     ``pointers`` are the reference snapshots of the previous processed manifest.
@@ -227,9 +268,14 @@ def transform_manifest(ingest_key: str, pointers: dict[str, str | None]) -> dict
     and this attempt's objects stay unlisted orphans.
     """
     started = time.monotonic()
-    run = _Run(key=ingest_key, run=keys.parse_manifest_key(ingest_key),
-               manifest=_read_ingest_manifest(config.ingest_bucket(), ingest_key),
+    ingest = _read_ingest_manifest(config.ingest_bucket(), ingest_key)
+    run = _Run(key=ingest_key, run=keys.parse_manifest_key(ingest_key), manifest=ingest,
                ingest_bucket=config.ingest_bucket(), processed_bucket=config.processed_bucket())
+    try:
+        capture = CapturePoint.of(ingest)
+    except ValueError as error:
+        raise TransformInputError(f"s3://{run.ingest_bucket}/{ingest_key}: database_time "
+                                  f"{ingest.database_time!r} is not a time: {error}") from None
     try:
         new_pointers = _reference_dimensions(run, pointers)
         _plain_dimensions(run)
@@ -237,30 +283,34 @@ def transform_manifest(ingest_key: str, pointers: dict[str, str | None]) -> dict
     except (star.SourceDataError, pa.ArrowInvalid) as error:
         raise TransformInputError(
             f"s3://{run.ingest_bucket}/{ingest_key} (a file it lists): {error}") from None
-    document = {
-        "format": PROCESSED_FORMAT,
-        "run_id": str(run.run),
-        "ingest_manifest": ingest_key,
-        "ingest_started_at": run.manifest.get("started_at"),
-        "transformed_at": _now(),
-        "tables": run.outputs,
-        "reference": {table: new_pointers.get(table) for table in reference.REFERENCE_TABLES},
-    }
+    processed = ProcessedManifest(
+        run_id=str(run.run),
+        ingest_manifest=ingest_key,
+        ingest_started_at=ingest.started_at,
+        transformed_at=_now(),
+        tables={name: TableOutput(tuple(files)) for name, files in run.outputs.items()},
+        reference={table: new_pointers.get(table) for table in reference.REFERENCE_TABLES},
+        deletions={name: TableOutput(tuple(files)) for name, files in run.deletions.items()},
+        capture=capture,
+    )
     try:
-        storage.put_new_json(run.processed_bucket, ingest_key, document)
+        storage.put_new_json(run.processed_bucket, ingest_key, processed.to_json())
     except storage.ObjectAlreadyExistsError:
         logger.info("manifest already transformed by another invocation",
                     extra={"manifest": ingest_key, "attempt": run.attempt})
-        return storage.read_json(run.processed_bucket, ingest_key)
-    for table_name, output in run.outputs.items():
-        emit_table_metric("RowsOut", table_name, output["rows"])
+        return ProcessedManifest.parse(storage.read_json(run.processed_bucket, ingest_key))
+    for table_name, output in processed.tables.items():
+        emit_table_metric("RowsOut", table_name, output.rows)
+    for table_name, output in processed.deletions.items():
+        emit_table_metric("DeletionsOut", table_name, output.rows)
     metrics.add_metric(name="TransformRunDuration", unit=MetricUnit.Milliseconds,
                        value=(time.monotonic() - started) * 1000)
     logger.info("manifest transformed", extra={
         "manifest": ingest_key, "attempt": run.attempt,
-        "rows": {name: output["rows"] for name, output in run.outputs.items()},
+        "rows": {name: output.rows for name, output in processed.tables.items()},
+        "deletions": {name: output.rows for name, output in processed.deletions.items()},
     })
-    return document
+    return processed
 
 
 def _pending(ingest_bucket: str, latest: str | None, through: str) -> Iterator[str]:
@@ -287,11 +337,12 @@ def transform_through(ingest_key: str) -> list[str]:
         if latest is not None and latest >= ingest_key:
             logger.info("already transformed", extra={"manifest": ingest_key, "latest": latest})
             return []
-        pointers = (storage.read_json(processed_bucket, latest)["reference"] if latest
-                    else dict.fromkeys(reference.REFERENCE_TABLES))
+        pointers = (dict(ProcessedManifest.parse(
+            storage.read_json(processed_bucket, latest)).reference) if latest
+            else dict.fromkeys(reference.REFERENCE_TABLES))
         for key in _pending(config.ingest_bucket(), latest, ingest_key):
             current = key
-            pointers = transform_manifest(key, pointers)["reference"]
+            pointers = dict(transform_manifest(key, pointers).reference)
             done.append(key)
             current = ingest_key  # a failure to list the next one leaves the event's undone
         return done

@@ -1,12 +1,14 @@
-"""Warehouse writes: schema, COPY staging, dimension upserts, fact appends and bookkeeping.
+"""Warehouse writes: schema, COPY staging, dimension upserts, fact versions and bookkeeping.
 
 Every statement is built from :mod:`totes.warehouse_schema` (the allow-list of
 tables and columns), identifiers quoted, values bound. Data only moves in bulk:
 Arrow record batches become CSV and stream through ``COPY ... FROM STDIN`` into a
 temporary staging table, and one ``INSERT ... SELECT`` per table moves them into
-place. Nothing here commits on its own except :func:`ensure_schema`; the caller
-wraps one manifest in :func:`transaction` so the rows and their record in
-``etl.loaded_manifest`` commit together or not at all.
+place. Fact record ids are assigned in staging (capture) order, which is what
+makes the highest record id of a business id its latest version. Nothing here
+commits on its own except :func:`ensure_schema`; the caller wraps one manifest in
+:func:`transaction` so the rows and their record in ``etl.loaded_manifest``
+commit together or not at all.
 """
 import hashlib
 import io
@@ -18,7 +20,8 @@ from typing import Any, Iterable, Iterator
 import pg8000.native
 
 from totes.db import quote_ident
-from totes.warehouse_schema import SQL_TYPES, TABLES, Column, Table, schema_sql
+from totes.warehouse_schema import (CURRENT_VIEWS, DELETIONS, SQL_TYPES, TABLES, Column, Table,
+                                    schema_sql)
 
 #: advisory lock key (``'totes'`` in ASCII) serialising loads and migrations.
 LOAD_LOCK_ID = 0x746F746573
@@ -26,7 +29,8 @@ LOAD_LOCK_ID = 0x746F746573
 #: what an inferred member's NOT NULL text attributes say until the real row arrives.
 UNKNOWN = "Unknown"
 
-#: staging column numbering the rows in file order, so the last duplicate of a key wins.
+#: staging column numbering the rows in file (capture) order: the last duplicate of a key
+#: wins, and fact versions are inserted in this order.
 ORDINAL = "_ordinal"
 
 #: how ``dim_date`` attributes derive from the date itself (ISO weekday, English names).
@@ -60,8 +64,32 @@ _INFER = (
     "WHERE NOT EXISTS (SELECT 1 FROM {table} AS d WHERE d.{key} = referenced.k) "
     "ON CONFLICT ({key}) DO NOTHING"
 )
-_APPEND = (
-    "INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage} "
+#: fact versions: the last staged row of each version key, inserted in capture order. A
+#: version already present with other values (the source changed a row without changing
+#: its ``last_updated``) is corrected in place and given a fresh record id, so it ranks as
+#: the latest; an identical re-read changes nothing. Counts (inserted, corrected).
+_FACT_UPSERT = (
+    "WITH written AS ("
+    "INSERT INTO {table} AS t ({columns}) "
+    "SELECT {columns} FROM (SELECT DISTINCT ON ({unique_key}) {columns}, {ordinal} FROM {stage} "
+    "ORDER BY {unique_key}, {ordinal} DESC) AS staged ORDER BY {ordinal} "
+    "ON CONFLICT ({unique_key}) DO UPDATE SET {assignments}, "
+    "{record_id} = nextval(pg_get_serial_sequence(:fact, :record_id)) "
+    "WHERE ({current}) IS DISTINCT FROM ({incoming}) "
+    "RETURNING (t.xmax = 0) AS inserted) "
+    "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written"
+)
+#: deletion versions: for each staged id (the first record of it), a copy of its latest
+#: version (highest record id) with ``is_deleted`` and the detection time as last updated;
+#: an id with no version, or whose latest version already records a deletion, is skipped.
+_DELETE = (
+    "INSERT INTO {table} ({columns}) "
+    "SELECT {kept}, d.\"last_updated_date\", d.\"last_updated_time\", true "
+    "FROM (SELECT DISTINCT ON ({business_id}) {business_id}, \"last_updated_date\", "
+    "\"last_updated_time\", {ordinal} FROM {stage} ORDER BY {business_id}, {ordinal}) AS d "
+    "JOIN LATERAL (SELECT * FROM {table} AS f WHERE f.{business_id} = d.{business_id} "
+    "ORDER BY f.{record_id} DESC LIMIT 1) AS latest ON true "
+    "WHERE NOT latest.\"is_deleted\" ORDER BY d.{ordinal} "
     "ON CONFLICT ({unique_key}) DO NOTHING"
 )
 
@@ -153,25 +181,33 @@ def is_loaded(conn: pg8000.native.Connection, manifest_key: str) -> bool:
 
 
 def record_manifest(conn: pg8000.native.Connection, manifest_key: str, run_id: str,
-                    ingest_started_at: datetime | None, rows_loaded: int) -> None:
-    """Record ``manifest_key`` as loaded, inside the transaction that loaded its rows."""
+                    ingest_started_at: datetime | None, rows_loaded: int,
+                    capture_snapshot: str | None = None,
+                    database_time: datetime | None = None) -> None:
+    """Record ``manifest_key`` as loaded, inside the transaction that loaded its rows.
+
+    With it goes the capture point of its ingest run (the source snapshot and the
+    database's clock then), so the warehouse can say which source state it holds.
+    """
     conn.run(
         'INSERT INTO "etl"."loaded_manifest" ("manifest_key", "run_id", "ingest_started_at", '
-        '"rows_loaded") VALUES (:k, :r, :s, :n)',
+        '"rows_loaded", "capture_snapshot", "database_time") '
+        "VALUES (:k, :r, :s, :n, :snapshot, CAST(:t AS timestamp(3)))",
         k=manifest_key, r=run_id, s=ingest_started_at, n=rows_loaded,
+        snapshot=capture_snapshot,
+        t=None if database_time is None else database_time.isoformat(timespec="milliseconds"),
     )
 
 
 def create_staging(conn: pg8000.native.Connection, table: Table) -> None:
     """Create the empty staging table for ``table``: its data columns, no constraints.
 
-    Dimensions also get an ordinal filled in COPY order, which decides between two
-    rows of the same key in one batch.
+    An ordinal filled in COPY order decides between two rows of the same key in
+    one batch (the last wins) and orders the fact versions as they were captured.
     """
     definitions = [f"{_q(column.name)} {SQL_TYPES[column.type]}"
                    for column in table.data_columns]
-    if table.kind == "dimension":
-        definitions.append(f"{_q(ORDINAL)} bigserial")
+    definitions.append(f"{_q(ORDINAL)} bigserial")
     conn.run(_sql(_STAGE, stage=_q(staging_name(table)), definitions=", ".join(definitions)))
 
 
@@ -289,31 +325,92 @@ def add_inferred_members(conn: pg8000.native.Connection, fact: Table) -> dict[st
     return added
 
 
-def append_fact(conn: pg8000.native.Connection, fact: Table) -> int:
-    """Append staged fact versions; a version already present is skipped. Return rows added."""
+def upsert_fact(conn: pg8000.native.Connection, fact: Table) -> tuple[int, int]:
+    """Write the staged fact versions; return (versions inserted, versions corrected).
+
+    A new version is inserted. A version already present (same business id and
+    ``last_updated``) is corrected in place when its values differ, with a fresh
+    record id so it becomes the latest; an identical re-read is a no-op. Within
+    the batch the last staged row of a version wins.
+    """
+    key = set(fact.unique_key)
+    attributes = [c for c in fact.data_columns if c.name not in key]
+    inserted, corrected = conn.run(_sql(
+        _FACT_UPSERT, table=_q(fact.name), columns=_columns(fact.data_columns),
+        stage=_q(staging_name(fact)), ordinal=_q(ORDINAL),
+        unique_key=", ".join(_q(name) for name in fact.unique_key),
+        assignments=", ".join(f"{_q(c.name)} = EXCLUDED.{_q(c.name)}" for c in attributes),
+        record_id=_q(fact.primary_key),
+        current=_columns(attributes, "t."), incoming=_columns(attributes, "EXCLUDED."),
+    ), fact=_q(fact.name), record_id=fact.primary_key)[0]
+    return inserted, corrected
+
+
+def add_deletion_versions(conn: pg8000.native.Connection, fact: Table) -> int:
+    """Turn staged deletion records into deletion versions of ``fact``; return versions added.
+
+    The staging table is the fact's deletion table (see ``warehouse_schema.DELETIONS``).
+    Each deleted id gets one more version: its latest version's values, ``is_deleted``
+    true, and the detection time as ``last_updated``. Ids never loaded, or already
+    deleted (a re-delivered deletion), get nothing.
+    """
+    stamped = {CURRENT_VIEWS[fact.name], "last_updated_date", "last_updated_time", "is_deleted"}
+    kept = [column for column in fact.data_columns if column.name not in stamped]
+    business_id = _q(CURRENT_VIEWS[fact.name])
+    columns = [fact.column(CURRENT_VIEWS[fact.name]), *kept, fact.column("last_updated_date"),
+               fact.column("last_updated_time"), fact.column("is_deleted")]
     conn.run(_sql(
-        _APPEND, table=_q(fact.name), columns=_columns(fact.data_columns),
-        stage=_q(staging_name(fact)), unique_key=", ".join(_q(name) for name in fact.unique_key),
+        _DELETE, table=_q(fact.name), columns=_columns(columns),
+        kept=", ".join([f"d.{business_id}", *(f"latest.{_q(c.name)}" for c in kept)]),
+        business_id=business_id, stage=_q(staging_name(DELETIONS[fact.name])),
+        ordinal=_q(ORDINAL), record_id=_q(fact.primary_key),
+        unique_key=", ".join(_q(name) for name in fact.unique_key),
     ))
     return conn.row_count
 
 
 @dataclass
 class TableLoad:
-    """What loading one table wrote: its own rows, and inferred members per dimension."""
+    """What loading one table wrote: its rows, corrected versions, inferred members per dimension.
+
+    ``rows`` counts every row written (for a fact: inserted and corrected versions);
+    ``corrected`` the fact versions corrected in place.
+    """
 
     rows: int
     inferred: dict[str, int] = field(default_factory=dict)
+    corrected: int = 0
+
+
+def _stage(conn: pg8000.native.Connection, table: Table, batches: Iterable[Any]) -> None:
+    create_staging(conn, table)
+    copy_into_staging(conn, table, batches)
 
 
 def load_table(conn: pg8000.native.Connection, table: Table, batches: Iterable[Any]) -> TableLoad:
     """Stage ``batches`` (columns in contract order) and move them into ``table``.
 
-    Dimensions are upserted; facts first get their inferred members, then are appended.
+    Dimensions are upserted; facts first get their inferred members, then their
+    versions are inserted or corrected.
     """
-    create_staging(conn, table)
-    copy_into_staging(conn, table, batches)
+    _stage(conn, table, batches)
     if table.kind == "dimension":
         return TableLoad(upsert_dimension(conn, table))
     inferred = add_inferred_members(conn, table)
-    return TableLoad(append_fact(conn, table), {name: n for name, n in inferred.items() if n})
+    inserted, corrected = upsert_fact(conn, table)
+    return TableLoad(inserted + corrected, {name: n for name, n in inferred.items() if n},
+                     corrected)
+
+
+def load_deletions(conn: pg8000.native.Connection, fact: Table,
+                   batches: Iterable[Any]) -> TableLoad:
+    """Stage deletion records of ``fact`` (columns of its deletion table) and add their versions.
+
+    Run after the manifest's fact versions, so a row changed and then deleted in
+    one run ends deleted. The detection dates get their ``dim_date`` rows first.
+    """
+    deletion = DELETIONS[fact.name]
+    _stage(conn, deletion, batches)
+    inferred = add_inferred_members(conn, deletion)
+    return TableLoad(add_deletion_versions(conn, fact),
+                     {name: n for name, n in inferred.items() if n})

@@ -3,7 +3,14 @@
 Each table is described by its columns (name, logical type, nullability, the
 dimension it references). From that one description come the Parquet schema
 (:func:`arrow_schema`) and the PostgreSQL DDL (:func:`create_table_sql`), so the
-two can never drift apart. Column names are the contract of DESIGN.md section 7.
+two can never drift apart. The warehouse table and column names are a contract
+the analysts' queries depend on; ``is_deleted`` on the facts is the one addition.
+
+Facts keep every captured version of a business id. The latest version is the one
+loaded last (the highest record id, which the load assigns in capture order), not
+the one with the greatest ``last_updated``: a source clock can stamp a row in the
+future and a later correction must still win. A deleted source row becomes one
+more version marked ``is_deleted``, and the ``*_current`` views leave its id out.
 """
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -26,12 +33,18 @@ SQL_TYPES = MappingProxyType({
 
 @dataclass(frozen=True)
 class Column:
-    """One warehouse column; ``references`` names the table its values must exist in."""
+    """One warehouse column; ``references`` names the table its values must exist in.
+
+    ``default`` (a Python value) is what rows written before the column existed
+    hold: the additive migration adds the column with it, and the load fills it
+    in for Parquet files written before the column was in the contract.
+    """
 
     name: str
     type: str
     nullable: bool = False
     references: str | None = None
+    default: bool | int | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,10 @@ class Table:
 
 def _c(name: str, type_: str = "int", nullable: bool = False, references: str | None = None):
     return Column(name, type_, nullable, references)
+
+
+#: every fact's last column: true on the version that records the source row's deletion.
+IS_DELETED = Column("is_deleted", "bool", default=False)
 
 
 def _date(name: str) -> Column:
@@ -121,7 +138,7 @@ FACTS = (
         _c("units_sold"), _c("unit_price", "money"),
         _c("currency_id", references="dim_currency"), _c("design_id", references="dim_design"),
         _date("agreed_payment_date"), _date("agreed_delivery_date"),
-        _c("agreed_delivery_location_id", references="dim_location"),
+        _c("agreed_delivery_location_id", references="dim_location"), IS_DELETED,
     ), unique_key=("sales_order_id", "last_updated_date", "last_updated_time")),
     Table("fact_purchase_orders", "fact", "purchase_record_id", (
         _c("purchase_record_id", "serial"), _c("purchase_order_id"), *_version_columns(),
@@ -130,7 +147,7 @@ FACTS = (
         _c("item_code", "text"), _c("item_quantity"), _c("item_unit_price", "numeric"),
         _c("currency_id", references="dim_currency"),
         _date("agreed_delivery_date"), _date("agreed_payment_date"),
-        _c("agreed_delivery_location_id", references="dim_location"),
+        _c("agreed_delivery_location_id", references="dim_location"), IS_DELETED,
     ), unique_key=("purchase_order_id", "last_updated_date", "last_updated_time")),
     Table("fact_payment", "fact", "payment_record_id", (
         _c("payment_record_id", "serial"), _c("payment_id"), *_version_columns(),
@@ -138,7 +155,7 @@ FACTS = (
         _c("counterparty_id", references="dim_counterparty"),
         _c("payment_amount", "numeric"), _c("currency_id", references="dim_currency"),
         _c("payment_type_id", references="dim_payment_type"), _c("paid", "bool"),
-        _date("payment_date"),
+        _date("payment_date"), IS_DELETED,
     ), unique_key=("payment_id", "last_updated_date", "last_updated_time")),
 )
 
@@ -147,6 +164,18 @@ TABLES = MappingProxyType({table.name: table for table in (*DIMENSIONS, *FACTS)}
 
 #: fact table -> the business id column its ``*_current`` view groups by.
 CURRENT_VIEWS = MappingProxyType({table.name: table.unique_key[0] for table in FACTS})
+
+
+def _deletion_table(fact: Table) -> Table:
+    business_id = CURRENT_VIEWS[fact.name]
+    return Table(f"{fact.name}_deletion", "deletion", business_id, tuple(
+        fact.column(name) for name in (business_id, "last_updated_date", "last_updated_time")))
+
+
+#: fact table -> the records of its deleted business ids, as the transform writes them
+#: (Parquet) and the load stages them: the id, and the date and time (UTC, ms) the
+#: deletion was detected, which become the deletion version's ``last_updated``.
+DELETIONS = MappingProxyType({fact.name: _deletion_table(fact) for fact in FACTS})
 
 
 def arrow_type(column: Column) -> Any:
@@ -174,8 +203,18 @@ def arrow_schema(table: Table) -> Any:
     ])
 
 
+def _default_sql(value: bool | int) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    raise ValueError(f"no SQL literal for the default {value!r}")
+
+
 def _column_sql(table: Table, column: Column) -> str:
     line = f"{quote_ident(column.name)} {SQL_TYPES[column.type]}"
+    if column.default is not None:
+        line += f" DEFAULT {_default_sql(column.default)}"
     if not column.nullable:
         line += " NOT NULL"
     if column.name == table.primary_key:
@@ -196,14 +235,20 @@ def create_table_sql(table: Table) -> str:
 
 
 _CURRENT_VIEW = (
-    "CREATE OR REPLACE VIEW {view} AS SELECT DISTINCT ON ({business_id}) {columns} FROM {fact} "
-    "ORDER BY {business_id}, \"last_updated_date\" DESC, \"last_updated_time\" DESC, "
-    "{record_id} DESC"
+    "CREATE OR REPLACE VIEW {view} AS SELECT {columns} FROM ("
+    "SELECT DISTINCT ON ({business_id}) {columns} FROM {fact} "
+    "ORDER BY {business_id}, {record_id} DESC) AS latest "
+    "WHERE NOT latest.\"is_deleted\""
 )
 
 
 def create_view_sql(fact: Table) -> str:
-    """Return DDL for ``<fact>_current``: one row per business id, its latest version."""
+    """Return DDL for ``<fact>_current``: each business id's latest version, unless deleted.
+
+    Latest is the highest record id (the version loaded last, so captured last),
+    whatever its ``last_updated`` says; an id whose latest version records its
+    deletion is left out. :func:`create_index_sql` keeps the view an index scan.
+    """
     return _CURRENT_VIEW.format(
         view=quote_ident(fact.name + "_current"),
         business_id=quote_ident(CURRENT_VIEWS[fact.name]),
@@ -211,6 +256,17 @@ def create_view_sql(fact: Table) -> str:
         fact=quote_ident(fact.name),
         record_id=quote_ident(fact.primary_key),
     )
+
+
+def create_index_sql(fact: Table) -> str:
+    """Return DDL for the index on (business id, record id) that finds each id's latest version.
+
+    Used by the ``*_current`` views (``DISTINCT ON`` in this order) and by the load
+    when it looks up the latest version of a deleted id.
+    """
+    return (f"CREATE INDEX IF NOT EXISTS {quote_ident(fact.name + '_latest')} "
+            f"ON {quote_ident(fact.name)} ({quote_ident(CURRENT_VIEWS[fact.name])}, "
+            f"{quote_ident(fact.primary_key)} DESC)")
 
 
 def add_columns_sql(table: Table) -> tuple[str, ...]:
@@ -230,6 +286,11 @@ def add_columns_sql(table: Table) -> tuple[str, ...]:
 ETL_SCHEMA = "etl"
 
 
+#: the capture point of each loaded manifest (its ingest snapshot and the database's clock),
+#: added after the first release: warehouses created before gain them in place.
+LOADED_MANIFEST_CAPTURE_COLUMNS = ('"capture_snapshot" text', '"database_time" timestamp(3)')
+
+
 def create_bookkeeping_sql() -> tuple[str, ...]:
     """Return idempotent DDL for schema ``etl``: the manifests loaded and the schema applied.
 
@@ -244,7 +305,10 @@ def create_bookkeeping_sql() -> tuple[str, ...]:
         "  \"manifest_key\" text PRIMARY KEY,\n  \"run_id\" text NOT NULL,\n"
         "  \"ingest_started_at\" timestamptz,\n"
         "  \"loaded_at\" timestamptz NOT NULL DEFAULT clock_timestamp(),\n"
-        "  \"rows_loaded\" bigint NOT NULL\n)",
+        "  \"rows_loaded\" bigint NOT NULL,\n"
+        "  \"capture_snapshot\" text,\n  \"database_time\" timestamp(3)\n)",
+        *(f"ALTER TABLE {etl}.\"loaded_manifest\" ADD COLUMN IF NOT EXISTS {column}"
+          for column in LOADED_MANIFEST_CAPTURE_COLUMNS),
         f"CREATE TABLE IF NOT EXISTS {etl}.\"schema_version\" (\n"
         "  \"fingerprint\" text PRIMARY KEY,\n"
         "  \"applied_at\" timestamptz NOT NULL DEFAULT clock_timestamp()\n)",
@@ -257,5 +321,6 @@ def schema_sql() -> tuple[str, ...]:
         *create_bookkeeping_sql(),
         *(create_table_sql(table) for table in TABLES.values()),
         *(statement for table in TABLES.values() for statement in add_columns_sql(table)),
+        *(create_index_sql(fact) for fact in FACTS),
         *(create_view_sql(fact) for fact in FACTS),
     )

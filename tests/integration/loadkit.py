@@ -60,7 +60,7 @@ def dimensions(**names: str) -> dict[str, list[dict]]:
 
 def _version(updated: time, created: time = time(9, 0)) -> dict:
     return {"created_date": DAY, "created_time": created,
-            "last_updated_date": DAY, "last_updated_time": updated}
+            "last_updated_date": DAY, "last_updated_time": updated, "is_deleted": False}
 
 
 def sale(order_id: int, updated: time = time(10, 0, 0, 123000), **values) -> dict:

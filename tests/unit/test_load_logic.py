@@ -1,6 +1,9 @@
-"""Load logic that needs no database: manifests, ordering, freshness, Parquet checks."""
+"""Load logic that needs no database: ordering, freshness, Parquet checks, the report.
+
+The processed manifest itself is tested with its record (test_processed_manifest.py).
+"""
 import io
-from datetime import date, datetime, timezone
+from datetime import date, datetime, time, timezone
 from decimal import Decimal
 
 import pyarrow as pa
@@ -47,25 +50,6 @@ def currencies(rows: int = 3) -> pa.Table:
          for n in range(rows)], schema=arrow_schema(CURRENCY))
 
 
-def test_a_manifest_yields_its_files_run_and_start():
-    parsed = load.parse_manifest(KEY, manifest())
-    assert parsed.files == {"dim_currency": (("a.parquet", 2),), "fact_payment": ()}
-    assert parsed.run_id == "20241115T142009123Z-3f9a1c2e"
-    assert parsed.ingest_started_at == datetime(2024, 11, 15, 14, 20, 9, 123000, timezone.utc)
-
-
-@pytest.mark.parametrize("document, message", [
-    ({"format": "totes.ingest/1"}, "not a totes.processed/1 manifest"),
-    (["not", "an", "object"], "not a totes.processed/1 manifest"),
-    (manifest(tables={"pg_shadow": {"files": []}}), "unknown warehouse tables pg_shadow"),
-    (manifest(tables={"dim_date": {"files": [{"rows": 1}]}}), "malformed manifest: KeyError"),
-    (manifest(run_id=None, ingest_started_at="yesterday"), "malformed manifest: ValueError"),
-])
-def test_a_bad_manifest_is_refused_saying_why(document, message):
-    with pytest.raises(ValueError, match=message):
-        load.parse_manifest(KEY, document)
-
-
 def test_timestamps_without_a_zone_are_utc():
     assert load.parse_timestamp("2024-11-15T14:20:09") == datetime(
         2024, 11, 15, 14, 20, 9, tzinfo=timezone.utc)
@@ -99,6 +83,36 @@ def test_a_file_off_contract_is_refused_naming_the_object(s3, table, rows, messa
     with pytest.raises(load.ParquetFileError, match=message) as caught:
         list(load.record_batches(BUCKET, key, CURRENCY, rows))
     assert caught.value.object_key == key and key in str(caught.value)
+
+
+def _payment_rows(count: int) -> list[dict]:
+    return [{"payment_id": n, "created_date": date(2024, 11, 15), "created_time": time(9),
+             "last_updated_date": date(2024, 11, 15), "last_updated_time": time(9),
+             "transaction_id": n, "counterparty_id": 1, "payment_amount": Decimal("1.00"),
+             "currency_id": 1, "payment_type_id": 1, "paid": False,
+             "payment_date": date(2024, 11, 20), "is_deleted": False} for n in range(count)]
+
+
+def test_a_fact_file_written_before_is_deleted_existed_loads_as_ordinary_versions(s3):
+    fact = TABLES["fact_payment"]
+    before = arrow_schema(fact).remove(arrow_schema(fact).get_field_index("is_deleted"))
+    rows = [{k: v for k, v in row.items() if k != "is_deleted"} for row in _payment_rows(5)]
+    key = put_parquet(pa.Table.from_pylist(rows, schema=before), "fact_payment/old.parquet",
+                      row_group_size=2)
+    batches = list(load.record_batches(BUCKET, key, fact, 5, batch_rows=2))
+    assert [batch.num_rows for batch in batches] == [2, 2, 1]
+    assert all(batch.schema.names == list(arrow_schema(fact).names) for batch in batches)
+    assert all(batch.schema.field("is_deleted").type == pa.bool_() for batch in batches)
+    assert [v for batch in batches for v in batch.column("is_deleted").to_pylist()] == \
+        [False] * 5
+
+
+def test_a_column_without_a_default_is_never_made_up(s3):
+    fact = TABLES["fact_payment"]
+    table = pa.Table.from_pylist(_payment_rows(1), schema=arrow_schema(fact)).drop_columns(
+        ["paid"])
+    with pytest.raises(load.ParquetFileError, match="column paid is missing"):
+        list(load.record_batches(BUCKET, put_parquet(table), fact, 1))
 
 
 def test_money_as_float_is_refused(s3):
@@ -150,9 +164,13 @@ def test_freshness_is_the_age_of_the_oldest_run_not_loaded(s3):
 def test_report_lists_every_table_so_zeros_show():
     report = load.LoadReport(last_loaded_manifest=KEY, manifests_loaded=[KEY])
     report.rows_loaded.update({"fact_payment": 3})
+    report.versions_corrected.update({"fact_payment": 1})
     summary = report.as_dict()
     assert summary["manifests_loaded"] == 1 and summary["rows_loaded"]["fact_payment"] == 3
     assert set(summary["rows_loaded"]) == set(TABLES) and summary["rows_loaded"]["dim_date"] == 0
+    facts = {"fact_sales_order": 0, "fact_purchase_orders": 0, "fact_payment": 0}
+    assert summary["versions_corrected"] == {**facts, "fact_payment": 1}
+    assert summary["deletions_loaded"] == facts
 
 
 def test_csv_keeps_exact_decimals_times_and_null_versus_empty():

@@ -36,11 +36,12 @@ def test_merge_latest_takes_newer_versions_and_new_ids():
     assert dict(zip(merged["address_id"], merged["city"])) == {1: "New", 2: "Kept", 3: "Added"}
 
 
-def test_merge_latest_never_lets_an_overlap_reread_replace_a_newer_version():
-    previous = frame("department", row("department", department_name="Now", last_updated=LATER))
-    reread = frame("department", row("department", department_name="Before"))
-    merged = reference.merge_latest(previous, reread, "department")
-    assert column(merged, "department_name") == ["Now"]
+def test_merge_latest_lets_the_batch_win_whatever_its_last_updated():
+    previous = frame("department", row("department", department_name="Typo",
+                                       last_updated=T0.replace(year=2027)))
+    corrected = frame("department", row("department", department_name="Fixed"))
+    merged = reference.merge_latest(previous, corrected, "department")
+    assert column(merged, "department_name") == ["Fixed"]
 
 
 def test_merge_latest_of_nothing_is_empty():

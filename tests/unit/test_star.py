@@ -6,7 +6,7 @@ import pytest
 from ingest_fixtures import T0, decoded, row
 
 from totes import star
-from totes.warehouse_schema import TABLES, arrow_schema
+from totes.warehouse_schema import DELETIONS, TABLES, arrow_schema
 
 
 def frame(table, *rows):
@@ -141,35 +141,56 @@ def test_fact_payment_keeps_paid_flag_and_payment_date():
     assert fact["payment_amount"] == Decimal("1000000.01")
 
 
-def test_batch_keys_write_a_version_once_across_files():
-    seen = star.BatchKeys()
-    first = frame("sales_order", row("sales_order", sales_order_id=1),
-                  row("sales_order", sales_order_id=2))
-    second = frame("sales_order", row("sales_order", sales_order_id=2),
-                   row("sales_order", sales_order_id=2, last_updated=T0 + timedelta(seconds=1)),
-                   row("sales_order", sales_order_id=3))
-    kept_first = seen.first_sightings(first, star.version_keys(first, "sales_order"))
-    kept_second = seen.first_sightings(second, star.version_keys(second, "sales_order"))
-    assert kept_first["sales_order_id"].tolist() == [1, 2]
-    assert kept_second["sales_order_id"].tolist() == [2, 3]
-    assert len(kept_second) == 2
+def test_every_fact_row_is_an_ordinary_version_not_a_deletion():
+    for table, build in star.FACT_BUILDERS.items():
+        fact = records(build(frame(table, row(table), row(table, last_updated=T0.replace(
+            year=2027)))))
+        assert [value["is_deleted"] for value in fact] == [False, False]
 
 
-def test_version_keys_distinguish_ids_and_milliseconds():
-    orders = frame("sales_order", row("sales_order", sales_order_id=1),
-                   row("sales_order", sales_order_id=2),
-                   row("sales_order", sales_order_id=1,
-                       last_updated=T0 + timedelta(milliseconds=1)),
-                   row("sales_order", sales_order_id=1, last_updated=datetime(1969, 12, 31)))
-    assert len(set(star.version_keys(orders, "sales_order"))) == 4
-
-
-def test_latest_versions_keeps_greatest_last_updated_whatever_the_order():
-    newer = row("design", design_id=1, design_name="New", last_updated=T0 + timedelta(hours=1))
-    older = row("design", design_id=1, design_name="Old")
+def test_latest_versions_keeps_the_row_captured_last_whatever_its_last_updated():
+    future = row("design", design_id=1, design_name="Typo", last_updated=T0.replace(year=2027))
+    corrected = row("design", design_id=1, design_name="Fixed")
     other = row("design", design_id=2, design_name="Other")
-    latest = star.latest_versions(frame("design", newer, older, other), "design")
-    assert dict(zip(latest["design_id"], latest["design_name"])) == {1: "New", 2: "Other"}
+    latest = star.latest_versions(frame("design", other, future, corrected), "design")
+    assert latest["design_id"].tolist() == [1, 2]
+    assert latest["design_name"].tolist() == ["Fixed", "Other"]
+
+
+# --- deletions -------------------------------------------------------------------------------
+
+def test_deletion_records_become_the_fact_deletion_schema_with_the_detection_time():
+    deleted = star.deletions("purchase_order", [
+        {"purchase_order_id": 8, "deleted_at": "2026-11-27T08:18:46.509"},
+        {"purchase_order_id": 9, "deleted_at": "2026-12-31T23:59:59.000", "extra": 1}])
+    table = star.to_arrow(DELETIONS["fact_purchase_orders"], deleted)
+    assert table.schema.equals(arrow_schema(DELETIONS["fact_purchase_orders"]))
+    assert table.to_pylist() == [
+        {"purchase_order_id": 8, "last_updated_date": date(2026, 11, 27),
+         "last_updated_time": time(8, 18, 46, 509000)},
+        {"purchase_order_id": 9, "last_updated_date": date(2026, 12, 31),
+         "last_updated_time": time(23, 59, 59)}]
+    assert star.fact_dates(DELETIONS["fact_purchase_orders"], deleted) == {
+        date(2026, 11, 27), date(2026, 12, 31)}
+
+
+def test_the_deletion_schema_is_the_business_id_and_the_last_updated_split():
+    for fact, deletion in DELETIONS.items():
+        assert deletion.column_names == (TABLES[fact].unique_key[0], "last_updated_date",
+                                         "last_updated_time")
+        assert arrow_schema(deletion).types == [pa.int32(), pa.date32(), pa.time32("ms")]
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"payment_id": 1}, "payment deletion record 1 lacks deleted_at"),
+    ({"deleted_at": "2026-11-27T08:18:46.509"}, "lacks payment_id"),
+    ({"payment_id": 1.5, "deleted_at": "2026-11-27T08:18:46.509"}, "payment_id 1.5 is not int"),
+    ({"payment_id": 4, "deleted_at": "2026-11-27"}, "payment_id=4: deleted_at '2026-11-27'"),
+    ({"payment_id": 2 ** 31, "deleted_at": "2026-11-27T08:18:46.509"}, "not in range"),
+])
+def test_a_bad_deletion_record_is_refused_naming_it(record, message):
+    with pytest.raises((star.SourceDataError, pa.ArrowInvalid), match=message):
+        star.deletions("payment", [record])
 
 
 # --- dim_date --------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 import importlib.util
 import io
 import json
-from datetime import date, timedelta
+from datetime import date, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import quote_plus
@@ -13,8 +13,10 @@ from ingest_fixtures import T0, encoded, full_batch, row, write_run
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from totes import config, storage, transform
-from totes.warehouse_schema import TABLES, arrow_schema
+from totes import config, keys, storage, transform
+from totes.capture import Snapshot
+from totes.manifest import DataFile, IngestManifest, TableEntry
+from totes.warehouse_schema import DELETIONS, TABLES, arrow_schema
 
 INGEST, PROCESSED = "ingest-test", "processed-test"
 APP = Path(__file__).resolve().parents[2] / "functions" / "transform" / "app.py"
@@ -85,6 +87,52 @@ def rows_of(document, table_name):
     return rows
 
 
+def deletion_rows(document, fact):
+    rows = []
+    for entry in document["deletions"][fact]["files"]:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(PROCESSED, entry["key"])))
+        assert table.schema.equals(arrow_schema(DELETIONS[fact]))
+        assert table.num_rows == entry["rows"]
+        rows.extend(table.to_pylist())
+    return rows
+
+
+def _put_jsonl(key, body):
+    storage.put_new_object(INGEST, key, body, "application/x-ndjson")
+    return DataFile(key, body.count(b"\n"), len(body))
+
+
+def write_run_v2(tables, deleted=None, stamp=STAMPS[0], snapshot="1000:1004:1001",
+                 database_time="2024-11-15T14:20:09.500"):
+    """One ``totes.ingest/2`` run: data files, deletion records per table, then the manifest.
+
+    ``deleted`` maps a source table to raw deletion records (dicts written as JSON
+    Lines as they are). The manifest is rendered by the ingest manifest record itself.
+    """
+    run = keys.RunId(stamp, "3f9a1c2e")
+    entries = {}
+    for table in ("address", "currency", "department", "design", "payment_type",
+                  "counterparty", "staff", "sales_order", "purchase_order", "transaction",
+                  "payment"):
+        files, deletions = (), ()
+        if tables.get(table):
+            files = (_put_jsonl(keys.data_key(table, run, 0, "jsonl"),
+                                encoded(table, tables[table])),)
+        if (deleted or {}).get(table):
+            body = "".join(json.dumps(record) + "\n" for record in deleted[table]).encode()
+            deletions = (_put_jsonl(keys.deletions_key(table, run, 0), body),)
+        entries[table] = TableEntry(files=files, deleted=deletions)
+    started = run.started_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    document = IngestManifest(
+        run_id=str(run), started_at=started, finished_at=started, previous_manifest=None,
+        tables=entries, snapshot=Snapshot.parse(snapshot), database_time=database_time,
+    ).to_json()
+    assert document["format"] == "totes.ingest/2"
+    key = keys.manifest_key(run)
+    storage.put_new_json(INGEST, key, document)
+    return key
+
+
 def overwrite(bucket, key, body):
     """Make a bad object acceptable: stands in for deploying a transform that accepts it.
 
@@ -118,7 +166,9 @@ def test_processed_manifest_follows_the_documented_format():
     key = write_run(INGEST, full_batch())
     handle(key)
     document = manifest(key)
-    assert document["format"] == "totes.processed/1"
+    assert document["format"] == "totes.processed/2"
+    assert document["capture"] == {"snapshot": None, "database_time": None}
+    assert document["deletions"] == {fact: {"rows": 0, "files": []} for fact in DELETIONS}
     assert document["run_id"] == "20241115T142009123Z-3f9a1c2e"
     assert document["ingest_manifest"] == key
     assert document["ingest_started_at"] == "2024-11-15T14:20:09.123Z"
@@ -206,7 +256,7 @@ def test_concurrent_commit_keeps_the_first_manifest():
     pointers = dict.fromkeys(("address", "department", "counterparty", "staff"))
     first = transform.transform_manifest(key, pointers)
     second = transform.transform_manifest(key, pointers)
-    assert second == first == manifest(key)
+    assert second == first and first.to_json() == manifest(key)
 
 
 def test_keys_that_are_not_ingest_manifests_are_acknowledged_and_ignored():
@@ -281,16 +331,19 @@ def test_unknown_currency_is_named_after_its_code_with_a_warning(caplog):
 
 # --- dedupe within the batch -----------------------------------------------------------------
 
-def test_a_version_repeated_across_files_of_a_run_is_written_once():
+def test_rows_repeated_across_files_of_a_run_are_written_in_capture_order_for_the_load():
     order = row("sales_order")
+    corrected = row("sales_order", units_sold=7)
     amended = row("sales_order", units_sold=5, last_updated=T0 + timedelta(seconds=1))
     transaction = row("transaction")
-    key = write_run(INGEST, {"sales_order": [order, order, amended],
-                             "transaction": [transaction, transaction]}, chunk_rows=1)
+    renamed = row("transaction", transaction_type="PURCHASE")
+    key = write_run(INGEST, {"sales_order": [order, order, corrected, amended],
+                             "transaction": [transaction, renamed]}, chunk_rows=1)
     handle(key)
     document = manifest(key)
-    assert sorted(r["units_sold"] for r in rows_of(document, "fact_sales_order")) == [5, 100]
-    assert len(rows_of(document, "dim_transaction")) == 1
+    assert [r["units_sold"] for r in rows_of(document, "fact_sales_order")] == [100, 100, 7, 5]
+    assert [r["transaction_type"] for r in rows_of(document, "dim_transaction")] == [
+        "SALE", "PURCHASE"]
 
 
 def test_large_tables_are_written_one_file_per_ingest_file():
@@ -518,3 +571,84 @@ def test_rejected_input_is_logged_once_with_the_manifest_and_its_traceback(caplo
     [failure] = failure_logs(caplog)
     assert failure.message == "ingest input rejected; nothing committed for this manifest"
     assert failure.manifest == key and failure.exc_info
+
+
+# --- totes.ingest/2: deletions, the capture point, capture order -----------------------------
+
+def test_an_ingest_2_run_transforms_with_its_capture_point_and_fact_deletions():
+    key = write_run_v2(full_batch(), deleted={
+        "sales_order": [{"sales_order_id": 1, "deleted_at": "2024-11-16T08:18:46.509"}],
+        "payment": [{"payment_id": 1, "deleted_at": "2024-11-17T23:59:59.999"},
+                    {"payment_id": 2, "deleted_at": "2024-11-17T00:00:00.000"}]})
+    assert handle(key) == {"transformed": [key], "ignored": []}
+    document = manifest(key)
+    assert document["capture"] == {"snapshot": "1000:1004:1001",
+                                   "database_time": "2024-11-15T14:20:09.500"}
+    assert deletion_rows(document, "fact_sales_order") == [
+        {"sales_order_id": 1, "last_updated_date": date(2024, 11, 16),
+         "last_updated_time": time(8, 18, 46, 509000)}]
+    assert [(r["payment_id"], r["last_updated_time"]) for r in
+            deletion_rows(document, "fact_payment")] == [(1, time(23, 59, 59, 999000)),
+                                                         (2, time(0, 0))]
+    assert document["deletions"]["fact_purchase_orders"] == {"rows": 0, "files": []}
+    assert document["deletions"]["fact_payment"]["files"][0]["key"].startswith("fact_payment/")
+    dates = {r["date_id"] for r in rows_of(document, "dim_date")}
+    assert {date(2024, 11, 16), date(2024, 11, 17)} <= dates
+    assert all(r["is_deleted"] is False for r in rows_of(document, "fact_payment"))
+
+
+def test_deletions_of_dimension_sources_are_counted_and_not_carried(caplog):
+    key = write_run_v2({}, deleted={
+        "address": [{"address_id": 1, "deleted_at": "2024-11-16T08:18:46.509"}],
+        "design": [{"design_id": 4, "deleted_at": "2024-11-16T08:18:46.509"},
+                   {"design_id": 5, "deleted_at": "2024-11-16T08:18:46.509"}]})
+    handle(key)
+    document = manifest(key)
+    assert all(not output["files"] for output in document["tables"].values())
+    assert all(not output["files"] for output in document["deletions"].values())
+    [record] = [r for r in caplog.records if hasattr(r, "deleted_rows")]
+    assert record.deleted_rows == {"address": 1, "design": 2}
+
+
+@pytest.mark.parametrize("record, match", [
+    ({"sales_order_id": 1}, "deletion record 1 lacks deleted_at"),
+    ({"sales_order_id": "1", "deleted_at": "2024-11-16T08:18:46.509"},
+     "sales_order_id '1' is not int"),
+    ({"sales_order_id": 3, "deleted_at": "2024-11-16 08:18"}, "sales_order_id=3: deleted_at"),
+])
+def test_a_bad_deletion_record_is_rejected_naming_the_object(record, match, caplog):
+    key = write_run_v2({}, deleted={"sales_order": [record]})
+    _assert_rejected(key, f"-deleted-00000.jsonl: .*{match}", caplog)
+
+
+def test_a_capture_point_with_an_unreadable_clock_is_rejected(caplog):
+    key = write_run_v2({}, database_time="teatime")
+    _assert_rejected(key, f"{key}: database_time 'teatime'", caplog)
+
+
+def test_ingest_1_and_ingest_2_manifests_transform_in_one_sequence():
+    first = write_run(INGEST, full_batch(), stamp=STAMPS[0])
+    second = write_run_v2({"payment": [row("payment", paid=True,
+                                           last_updated=T0 + timedelta(minutes=5))]},
+                          stamp=STAMPS[1])
+    assert handle(second)["transformed"] == [first, second]
+    assert manifest(first)["capture"]["snapshot"] is None
+    assert manifest(second)["capture"]["snapshot"] == "1000:1004:1001"
+    assert rows_of(manifest(second), "fact_payment")[0]["paid"] is True
+
+
+def test_a_row_stamped_in_the_future_then_corrected_shows_the_correction():
+    write_run(INGEST, full_batch(), stamp=STAMPS[0])
+    future = T0.replace(year=2027)
+    second = write_run_v2({"address": [row("address", city="Typo", last_updated=future)]},
+                          stamp=STAMPS[1])
+    third = write_run_v2({"address": [row("address", city="Leeds",
+                                          last_updated=T0 + timedelta(hours=1))]},
+                         stamp=STAMPS[2])
+    handle(third)
+    document = manifest(third)
+    assert rows_of(document, "dim_location")[0]["city"] == "Leeds"
+    assert rows_of(document, "dim_counterparty")[0]["counterparty_legal_city"] == "Leeds"
+    state = transform.read_parquet(PROCESSED, document["reference"]["address"])
+    assert state["city"].tolist() == ["Leeds"]
+    assert manifest(second)["reference"]["address"] != document["reference"]["address"]

@@ -6,14 +6,14 @@ CONTRACT_COLUMNS = {
     "fact_sales_order": "sales_record_id sales_order_id created_date created_time "
     "last_updated_date last_updated_time sales_staff_id counterparty_id units_sold unit_price "
     "currency_id design_id "
-    "agreed_payment_date agreed_delivery_date agreed_delivery_location_id",
+    "agreed_payment_date agreed_delivery_date agreed_delivery_location_id is_deleted",
     "fact_purchase_orders": "purchase_record_id purchase_order_id created_date created_time "
     "last_updated_date last_updated_time staff_id counterparty_id item_code item_quantity "
     "item_unit_price currency_id agreed_delivery_date agreed_payment_date "
-    "agreed_delivery_location_id",
+    "agreed_delivery_location_id is_deleted",
     "fact_payment": "payment_record_id payment_id created_date created_time last_updated_date "
     "last_updated_time transaction_id counterparty_id payment_amount currency_id payment_type_id "
-    "paid payment_date",
+    "paid payment_date is_deleted",
     "dim_date": "date_id year month day day_of_week day_name month_name quarter",
     "dim_staff": "staff_id first_name last_name department_name location email_address",
     "dim_location": "location_id address_line_1 address_line_2 district city postal_code country "
@@ -76,8 +76,39 @@ def test_fact_ddl_has_unique_version_key_and_foreign_keys():
     assert 'REFERENCES "dim_date" ("date_id")' in ddl
 
 
-def test_current_view_keeps_the_latest_version_per_business_id():
+def test_current_view_keeps_the_last_loaded_version_per_business_id_unless_deleted():
     sql = ws.create_view_sql(ws.TABLES["fact_sales_order"])
     assert 'VIEW "fact_sales_order_current"' in sql
     assert 'DISTINCT ON ("sales_order_id")' in sql
-    assert '"last_updated_date" DESC, "last_updated_time" DESC' in sql
+    assert 'ORDER BY "sales_order_id", "sales_record_id" DESC' in sql
+    assert "last_updated_date\" DESC" not in sql
+    assert sql.endswith('WHERE NOT latest."is_deleted"')
+
+
+def test_each_fact_has_an_index_finding_the_latest_version_of_an_id():
+    assert ws.create_index_sql(ws.TABLES["fact_payment"]) == (
+        'CREATE INDEX IF NOT EXISTS "fact_payment_latest" ON "fact_payment" '
+        '("payment_id", "payment_record_id" DESC)')
+    statements = ws.schema_sql()
+    for fact in ws.FACTS:
+        assert statements.index(ws.create_index_sql(fact)) < statements.index(
+            ws.create_view_sql(fact))
+
+
+def test_is_deleted_is_every_fact_s_last_column_false_by_default():
+    for fact in ws.FACTS:
+        column = fact.columns[-1]
+        assert (column.name, column.type, column.nullable, column.default) == (
+            "is_deleted", "bool", False, False)
+        assert ws.add_columns_sql(fact)[-1] == (
+            f'ALTER TABLE "{fact.name}" ADD COLUMN IF NOT EXISTS '
+            '"is_deleted" boolean DEFAULT false NOT NULL')
+        assert ws.arrow_schema(fact).field("is_deleted").type == pa.bool_()
+
+
+def test_the_loaded_manifest_gains_the_capture_point_in_place():
+    statements = ws.create_bookkeeping_sql()
+    assert 'ALTER TABLE "etl"."loaded_manifest" ADD COLUMN IF NOT EXISTS '\
+        '"capture_snapshot" text' in statements
+    assert 'ALTER TABLE "etl"."loaded_manifest" ADD COLUMN IF NOT EXISTS '\
+        '"database_time" timestamp(3)' in statements

@@ -1,0 +1,100 @@
+"""The processed manifest record: what the transform writes is exactly what the load reads.
+
+Both formats still in a processed bucket are read: ``totes.processed/1`` (before
+deletions and the capture point) and ``totes.processed/2``.
+"""
+from datetime import datetime, timezone
+
+import pytest
+
+from totes.manifest import (CapturePoint, DataFile, ManifestError, ProcessedManifest,
+                            TableOutput)
+from totes.warehouse_schema import DELETIONS, TABLES
+
+KEY = "_manifests/2024/11/15/20241115T142009123Z-3f9a1c2e.json"
+
+
+def version_1(**changes) -> dict:
+    """A processed manifest as the transform wrote it before deletions were carried."""
+    return {"format": "totes.processed/1", "run_id": "20241115T142009123Z-3f9a1c2e",
+            "ingest_manifest": KEY, "ingest_started_at": "2024-11-15T14:20:09.123Z",
+            "transformed_at": "2024-11-15T14:20:15.002Z",
+            "tables": {"dim_currency": {"rows": 2, "files": [
+                {"key": "a.parquet", "rows": 2, "bytes": 10}]},
+                "fact_payment": {"rows": 0, "files": []}},
+            "reference": {"address": "_reference/address/x.parquet", "staff": None},
+            **changes}
+
+
+def version_2() -> ProcessedManifest:
+    """A current manifest with a deletion file and a capture point."""
+    return ProcessedManifest(
+        run_id="20241115T142009123Z-3f9a1c2e", ingest_manifest=KEY,
+        ingest_started_at="2024-11-15T14:20:09.123Z", transformed_at="2024-11-15T14:20:15.002Z",
+        tables={name: TableOutput() for name in TABLES} | {
+            "fact_payment": TableOutput((DataFile("p.parquet", 3, 30),))},
+        reference={"address": "_reference/address/x.parquet", "department": None},
+        deletions={name: TableOutput() for name in DELETIONS} | {
+            "fact_payment": TableOutput((DataFile("p.deleted.parquet", 1, 5),))},
+        capture=CapturePoint("1000:1004:1001", "2024-11-15T14:20:09.500"),
+    )
+
+
+def test_a_current_manifest_round_trips_through_its_json():
+    manifest = version_2()
+    document = manifest.to_json()
+    assert document["format"] == "totes.processed/2"
+    assert document["capture"] == {"snapshot": "1000:1004:1001",
+                                   "database_time": "2024-11-15T14:20:09.500"}
+    assert document["deletions"]["fact_payment"] == {
+        "rows": 1, "files": [{"key": "p.deleted.parquet", "rows": 1, "bytes": 5}]}
+    assert ProcessedManifest.parse(document) == manifest
+    assert manifest.deleted("fact_payment").rows == 1 and manifest.table("fact_payment").rows == 3
+
+
+def test_a_version_1_manifest_reads_with_no_deletions_and_no_capture_point():
+    manifest = ProcessedManifest.parse(version_1())
+    assert manifest.format == "totes.processed/1"
+    assert manifest.table("dim_currency").files == (DataFile("a.parquet", 2, 10),)
+    assert manifest.table("dim_date").files == () and manifest.deleted("fact_payment").files == ()
+    assert manifest.capture == CapturePoint(None, None)
+    assert manifest.started() == datetime(2024, 11, 15, 14, 20, 9, 123000, timezone.utc)
+    assert manifest.reference["address"] == "_reference/address/x.parquet"
+    assert manifest.to_json()["format"] == "totes.processed/2"
+
+
+def test_a_start_without_a_zone_is_utc_and_an_offset_is_converted():
+    assert ProcessedManifest.parse(version_1(ingest_started_at="2024-11-15T14:20:09")).started() \
+        == datetime(2024, 11, 15, 14, 20, 9, tzinfo=timezone.utc)
+    assert ProcessedManifest.parse(version_1(
+        ingest_started_at="2024-11-15T15:20:09+01:00")).started().hour == 14
+
+
+def test_the_database_time_is_a_utc_timestamp_without_zone():
+    assert CapturePoint(None, "2024-11-15T14:20:09.500").database_moment() == datetime(
+        2024, 11, 15, 14, 20, 9, 500000)
+    assert CapturePoint(None, "2024-11-15T15:20:09.500+01:00").database_moment() == datetime(
+        2024, 11, 15, 14, 20, 9, 500000)
+    assert CapturePoint().database_moment() is None
+
+
+@pytest.mark.parametrize("document, message", [
+    ({"format": "totes.ingest/1"}, "not a totes.processed/2 or totes.processed/1 manifest"),
+    (["not", "an", "object"], "not a totes.processed/2 or totes.processed/1 manifest"),
+    (version_1(tables={"pg_shadow": {"files": []}}), "unknown warehouse tables pg_shadow"),
+    ({**version_2().to_json(), "deletions": {"dim_staff": {"files": []}}},
+     "unknown warehouse tables deletions of dim_staff"),
+    (version_1(tables={"dim_date": {"files": [{"rows": 1}]}}), "malformed .*: KeyError"),
+    (version_1(run_id=None), "malformed totes.processed/1 manifest: ValueError: run_id"),
+    (version_1(ingest_started_at="yesterday"), "malformed .*: ValueError"),
+    (version_1(tables={"dim_date": {"rows": 5, "files": [{"key": "d", "rows": 1}]}}),
+     "rows 5 is not the sum of its files' 1"),
+    ({**version_2().to_json(), "capture": {"snapshot": "9:3:", "database_time": None}},
+     "malformed totes.processed/2 manifest: SnapshotFormatError"),
+    ({**version_2().to_json(), "capture": {"snapshot": None, "database_time": "noon"}},
+     "malformed totes.processed/2 manifest: ValueError"),
+    (version_1(tables=["dim_date"]), "tables and deletions must be objects"),
+])
+def test_a_bad_manifest_is_refused_saying_why(document, message):
+    with pytest.raises(ManifestError, match=message):
+        ProcessedManifest.parse(document)
