@@ -6,7 +6,8 @@ queries' own output:
 
 - :func:`build_warehouse`: the contract DDL plus rows generated here with a fixed
   seed, shaped to hit every edge the queries care about (amendments that change
-  currency or delivery city, every age band of unpaid payments); fast.
+  currency or delivery city, every age band of unpaid payments, orders and
+  payments deleted at the source); fast.
 - :func:`pipeline_warehouse`: the real thing: ``totesys`` seeded by the generator,
   driven through ingest, transform and load by the local runner, business
   simulated and an order amended, driven again; the rows are then read back.
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 
-from totes.warehouse_schema import FACTS, TABLES, create_table_sql, create_view_sql
+from totes.warehouse_schema import (FACTS, TABLES, create_index_sql, create_table_sql,
+                                    create_view_sql)
 from totes_local import generator, pgcopy, simulator, stack
 from totes_local.runner import LocalPipeline
 
@@ -50,14 +52,14 @@ class Rows:
         return {row[key]: row for row in self[table]}
 
     def current(self, fact: str) -> list[dict]:
-        """The latest version of each business id, as the ``*_current`` views define it."""
+        """The latest version of each business id, as the ``*_current`` views define it.
+
+        Rows are held in record id order (the order they were loaded in), so the
+        latest is the last; an id whose latest version records its deletion is left out.
+        """
         business_id = TABLES[fact].unique_key[0]
-        latest: dict[int, dict] = {}
-        for row in self[fact]:
-            held = latest.get(row[business_id])
-            if held is None or version_key(row) >= version_key(held):
-                latest[row[business_id]] = row
-        return list(latest.values())
+        latest = {row[business_id]: row for row in self[fact]}
+        return [row for row in latest.values() if not row["is_deleted"]]
 
 
 def version_key(row: dict) -> tuple:
@@ -139,7 +141,7 @@ def _sales(rng: random.Random, rows: Rows, count: int) -> None:
             "currency_id": rng.choice([1, 1, 2, 3]), "design_id": rng.randint(1, 15),
             "agreed_payment_date": created + timedelta(days=rng.randint(1, 60)),
             "agreed_delivery_date": created + timedelta(days=rng.randint(1, 60)),
-            "agreed_delivery_location_id": rng.randint(1, 6),
+            "agreed_delivery_location_id": rng.randint(1, 6), "is_deleted": False,
         }
         rows["fact_sales_order"].extend(_versions(rng, base, lambda old: {
             "units_sold": old["units_sold"] + rng.randint(1, 500),
@@ -163,7 +165,7 @@ def _purchases(rng: random.Random, rows: Rows, count: int, first_transaction: in
             "currency_id": rng.choice([1, 2, 3]),
             "agreed_delivery_date": created + timedelta(days=rng.randint(1, 30)),
             "agreed_payment_date": created + timedelta(days=rng.randint(1, 30)),
-            "agreed_delivery_location_id": rng.randint(1, 6),
+            "agreed_delivery_location_id": rng.randint(1, 6), "is_deleted": False,
         }
         rows["fact_purchase_orders"].extend(_versions(rng, base, lambda old: {
             "item_quantity": old["item_quantity"] + rng.randint(1, 50)}))
@@ -191,7 +193,7 @@ def _payments(rng: random.Random, rows: Rows) -> None:
             "counterparty_id": order["counterparty_id"], "payment_amount": amount,
             "currency_id": order["currency_id"],
             "payment_type_id": rng.choice([1, 2]) if kind == "SALE" else rng.choice([3, 4]),
-            "paid": False, "payment_date": max(due, created),
+            "paid": False, "payment_date": max(due, created), "is_deleted": False,
         }
         versions = [base]
         paid_on = base["payment_date"] + timedelta(days=rng.randint(-3, 10))
@@ -202,14 +204,36 @@ def _payments(rng: random.Random, rows: Rows) -> None:
         rows["fact_payment"].extend(versions)
 
 
+def deletion_version(latest: dict, detected: datetime) -> dict:
+    """The version the load adds when a source row is deleted: its last values, marked deleted."""
+    return {**latest, "is_deleted": True, "last_updated_date": detected.date(),
+            "last_updated_time": detected.time()}
+
+
+def _deletions(rng: random.Random, rows: Rows) -> None:
+    """Delete about one in twelve orders and payments at the source, after everything else."""
+    for fact in ("fact_sales_order", "fact_purchase_orders", "fact_payment"):
+        for latest in rows.current(fact):
+            if rng.random() >= 1 / 12:
+                continue
+            day = min(TODAY, latest["last_updated_date"] + timedelta(days=rng.randint(1, 9)))
+            deleted = deletion_version(latest, datetime.combine(day, _clock(rng)))
+            if version_key(deleted) > version_key(latest):
+                rows[fact].append(deleted)
+
+
 def known_rows(seed: int = 20241115, sales: int = 160, purchases: int = 60) -> Rows:
-    """Deterministic warehouse content: dimensions, amended orders, paid and unpaid payments."""
+    """Deterministic warehouse content: dimensions, amended orders, paid and unpaid payments.
+
+    Some orders and payments are then deleted (one more version each, loaded last).
+    """
     rng = random.Random(seed)
     rows = Rows()
     _dimensions(rng, rows)
     _sales(rng, rows, sales)
     _purchases(rng, rows, purchases, first_transaction=sales)
     _payments(rng, rows)
+    _deletions(rng, rows)
     return rows
 
 
@@ -218,6 +242,7 @@ def create_schema(connection) -> None:
     for table in TABLES.values():
         connection.run(create_table_sql(table))
     for fact in FACTS:
+        connection.run(create_index_sql(fact))
         connection.run(create_view_sql(fact))
     for statement in LOADED_MANIFEST_DDL:
         connection.run(statement)
@@ -250,13 +275,14 @@ def build_warehouse(postgres, dbname: str) -> Rows:
 
 
 def read_rows(postgres, dbname: str) -> Rows:
-    """Every row of every warehouse table, as the warehouse holds it."""
+    """Every row of every warehouse table, as the warehouse holds it, in key (record id) order."""
     connection = postgres.connect(dbname)
     try:
         rows = Rows()
         for table in TABLES.values():
             names = ", ".join(f'"{name}"' for name in table.column_names)
-            found = connection.run(f'SELECT {names} FROM "{table.name}"')  # nosec B608
+            found = connection.run(f'SELECT {names} FROM "{table.name}" '  # nosec B608
+                                   f'ORDER BY "{table.primary_key}"')
             rows.tables[table.name] = [dict(zip(table.column_names, row)) for row in found]
         return rows
     finally:

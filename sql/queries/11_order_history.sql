@@ -1,7 +1,9 @@
 -- Title: The history of one sales order
 -- Question: How has this order changed since it was placed?
--- Reading: Every version of the sales order the warehouse has seen, oldest first, with the
---   fields that changed from the version before. Names (design, city, staff) are as they are now.
+-- Reading: Every version of the sales order the warehouse has seen, in the order they were
+--   captured (oldest first), with the fields that changed from the version before, or 'deleted'
+--   for the version recording the order's deletion at the source. Names (design, city, staff)
+--   are as they are now.
 -- Chart: table
 WITH versions AS (
     SELECT *
@@ -9,7 +11,8 @@ WITH versions AS (
     WHERE sales_order_id = CAST(:order_id AS integer)
 )
 SELECT ROW_NUMBER() OVER w AS version,
-       CASE WHEN LAG(v.sales_record_id) OVER w IS NULL THEN 'placed'
+       CASE WHEN v.is_deleted THEN 'deleted'
+            WHEN LAG(v.sales_record_id) OVER w IS NULL THEN 'placed'
             ELSE concat_ws(', ',
                 CASE WHEN v.units_sold IS DISTINCT FROM LAG(v.units_sold) OVER w
                      THEN 'units sold' END,
@@ -41,5 +44,5 @@ JOIN dim_design AS d ON d.design_id = v.design_id
 JOIN dim_location AS l ON l.location_id = v.agreed_delivery_location_id
 JOIN dim_counterparty AS cp ON cp.counterparty_id = v.counterparty_id
 JOIN dim_staff AS st ON st.staff_id = v.sales_staff_id
-WINDOW w AS (ORDER BY v.last_updated_date, v.last_updated_time, v.sales_record_id)
+WINDOW w AS (ORDER BY v.sales_record_id)
 ORDER BY version

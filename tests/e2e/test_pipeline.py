@@ -9,24 +9,25 @@ from totes_local import simulator
 
 HOSTILE = "O'Brien \"Ltd\" '); DROP TABLE staff; --\nsecond line\t\u202eRTL \U0001F45C ß"
 
-#: fact table -> (source table, SQL computing the fact's columns from the source, independently)
+#: fact table -> (source table, SQL computing the fact's columns from the source, independently;
+#: a current version is never a deletion, so ``is_deleted`` is false)
 FACT_FROM_SOURCE = {
     "fact_sales_order": ("sales_order", """
         SELECT sales_order_id, created_at::date, created_at::time(3), last_updated::date,
                last_updated::time(3), staff_id, counterparty_id, units_sold, unit_price,
                currency_id, design_id, agreed_payment_date::date, agreed_delivery_date::date,
-               agreed_delivery_location_id
+               agreed_delivery_location_id, false
         FROM sales_order ORDER BY 1"""),
     "fact_purchase_orders": ("purchase_order", """
         SELECT purchase_order_id, created_at::date, created_at::time(3), last_updated::date,
                last_updated::time(3), staff_id, counterparty_id, item_code, item_quantity,
                item_unit_price, currency_id, agreed_delivery_date::date,
-               agreed_payment_date::date, agreed_delivery_location_id
+               agreed_payment_date::date, agreed_delivery_location_id, false
         FROM purchase_order ORDER BY 1"""),
     "fact_payment": ("payment", """
         SELECT payment_id, created_at::date, created_at::time(3), last_updated::date,
                last_updated::time(3), transaction_id, counterparty_id, payment_amount,
-               currency_id, payment_type_id, paid, payment_date::date
+               currency_id, payment_type_id, paid, payment_date::date, false
         FROM payment ORDER BY 1"""),
 }
 

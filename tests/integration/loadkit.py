@@ -13,22 +13,34 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from totes import keys, storage
-from totes.warehouse_schema import TABLES, arrow_schema
+from totes.warehouse_schema import DELETIONS, TABLES, Table, arrow_schema
 
 DAY = date(2024, 11, 15)
 T0 = datetime(2024, 11, 15, 14, 0, tzinfo=timezone.utc)
 
 
-def arrow_table(table: str, rows: list[dict]) -> pa.Table:
+def arrow_table(table: str | Table, rows: list[dict]) -> pa.Table:
     """The rows as an Arrow table of the contract schema."""
-    return pa.Table.from_pylist(rows, schema=arrow_schema(TABLES[table]))
+    contract = table if isinstance(table, Table) else TABLES[table]
+    return pa.Table.from_pylist(rows, schema=arrow_schema(contract))
 
 
-def parquet_bytes(table: str, rows: list[dict], row_group_size: int | None = None) -> bytes:
-    """The rows as a Parquet file, as the transform would write them."""
+def parquet_bytes(table: str | Table, rows: list[dict], row_group_size: int | None = None,
+                  without: tuple[str, ...] = ()) -> bytes:
+    """The rows as a Parquet file, as the transform would write them.
+
+    ``without`` drops columns, as a transform from before they existed wrote them.
+    """
     buffer = io.BytesIO()
-    pq.write_table(arrow_table(table, rows), buffer, row_group_size=row_group_size)
+    pq.write_table(arrow_table(table, rows).drop_columns(list(without)), buffer,
+                   row_group_size=row_group_size)
     return buffer.getvalue()
+
+
+def gone(fact: str, business_id: int, detected: datetime) -> dict:
+    """A deletion record of ``fact``: the id and when its deletion was detected (UTC)."""
+    return {DELETIONS[fact].column_names[0]: business_id,
+            "last_updated_date": detected.date(), "last_updated_time": detected.time()}
 
 
 def dimensions(**names: str) -> dict[str, list[dict]]:
@@ -114,32 +126,49 @@ class Buckets:
             "overlap_minutes": 15, "tables": {}})
         return key
 
-    def transform(self, ingest_key: str, tables: dict[str, list[dict] | bytes]) -> str:
+    def _put(self, folder: str, run: keys.RunId, body: bytes, rows: int) -> dict:
+        key = f"{folder}/{run.date_path}/{run}-{secrets.token_hex(4)}-00000.parquet"
+        storage.put_new_object(self.processed, key, body, "application/vnd.apache.parquet")
+        return {"rows": rows, "files": [{"key": key, "rows": rows, "bytes": len(body)}]}
+
+    def transform(self, ingest_key: str, tables: dict[str, list[dict] | bytes],
+                  deletions: dict[str, list[dict]] | None = None,
+                  capture: dict | None = None, version: int = 2) -> str:
         """Write the processed twin of ``ingest_key``: one object per table, then the manifest.
 
-        A table given as bytes is written as that (possibly broken) object.
+        A table given as bytes is written as that (possibly broken) object. Version 2
+        (``totes.processed/2``) lists ``deletions`` per fact and the ``capture`` point;
+        version 1 is the manifest and Parquet of the transform before them (facts
+        without ``is_deleted``).
         """
         run = keys.parse_manifest_key(ingest_key)
         document = storage.read_json(self.ingest, ingest_key)
         listed = {}
         for name, rows in tables.items():
-            body = rows if isinstance(rows, bytes) else parquet_bytes(name, rows)
-            key = f"{name}/{run.date_path}/{run}-{secrets.token_hex(4)}-00000.parquet"
-            storage.put_new_object(self.processed, key, body, "application/vnd.apache.parquet")
-            count = 1 if isinstance(rows, bytes) else len(rows)
-            listed[name] = {"rows": count, "files": [{"key": key, "rows": count,
-                                                      "bytes": len(body)}]}
-        storage.put_new_json(self.processed, ingest_key, {
-            "format": "totes.processed/1", "run_id": str(run), "ingest_manifest": ingest_key,
-            "ingest_started_at": document["started_at"], "transformed_at": document["started_at"],
+            if isinstance(rows, bytes):
+                listed[name] = self._put(name, run, rows, 1)
+                continue
+            old = ("is_deleted",) if version == 1 and TABLES[name].kind == "fact" else ()
+            listed[name] = self._put(name, run, parquet_bytes(name, rows, without=old), len(rows))
+        manifest = {
+            "format": f"totes.processed/{version}", "run_id": str(run),
+            "ingest_manifest": ingest_key, "ingest_started_at": document["started_at"],
+            "transformed_at": document["started_at"],
             "tables": {name: listed.get(name, {"rows": 0, "files": []}) for name in TABLES},
-            "reference": {}})
+            "reference": {}}
+        if version == 2:
+            manifest["deletions"] = {
+                fact: self._put(fact, run, parquet_bytes(DELETIONS[fact], rows), len(rows))
+                if rows else {"rows": 0, "files": []}
+                for fact, rows in {name: (deletions or {}).get(name) for name in DELETIONS}.items()}
+            manifest["capture"] = capture or {"snapshot": None, "database_time": None}
+        storage.put_new_json(self.processed, ingest_key, manifest)
         return ingest_key
 
     def publish(self, tables: dict[str, list[dict] | bytes],
-                started_at: datetime | None = None) -> str:
+                started_at: datetime | None = None, **options) -> str:
         """One ingest run and its transform: a manifest ready to load."""
-        return self.transform(self.ingest_run(started_at), tables)
+        return self.transform(self.ingest_run(started_at), tables, **options)
 
     def data_key(self, manifest_key: str, table: str) -> str:
         """The key of ``table``'s object listed in a processed manifest."""

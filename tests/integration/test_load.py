@@ -1,14 +1,15 @@
 """The load run against real PostgreSQL and moto S3: order, exactly-once, failures, freshness."""
 import json
 import threading
-from datetime import timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 
 import boto3
 import pg8000.native
 import pytest
 from botocore.exceptions import ClientError
-from loadkit import T0, Buckets, dimensions, parquet_bytes, payment, purchase, sale, snapshot
+from loadkit import (DAY, T0, Buckets, dimensions, gone, parquet_bytes, payment, purchase, sale,
+                     snapshot)
 
 from totes import db, load, storage, warehouse
 from totes.observability import metrics_for
@@ -349,3 +350,95 @@ def test_handler_logs_a_bad_secret_with_its_cause(aws, secret, cause, captured_l
         load_handler("load")(scheduled_event("load"), LambdaContext(function_name="totes-load"))
     [error] = [line for line in captured_logs() if line["level"] == "ERROR"]
     assert error["message"].startswith("load failed connecting") and cause in error["exception"]
+
+
+# --- formats, deletions, corrections ---------------------------------------------------------
+
+DETECTED = datetime(2024, 11, 16, 8, 18, 46, 509000)
+CAPTURE = {"snapshot": "1000:1004:1001", "database_time": "2024-11-16T08:18:46.509"}
+
+
+def current_ids(conn, fact: str, business_id: str) -> list[int]:
+    return [row[0] for row in conn.run(
+        f'SELECT "{business_id}" FROM "{fact}_current" ORDER BY 1')]  # nosec B608
+
+
+def test_a_processed_1_manifest_of_the_previous_transform_still_loads(conn, metrics, buckets):
+    key = buckets.publish({**dimensions(), "fact_payment": [payment(1)],
+                           "fact_sales_order": [sale(1)]}, version=1)
+    assert storage.read_json(buckets.processed, key)["format"] == "totes.processed/1"
+    report = run(conn, metrics)
+    assert report.manifests_loaded == [key]
+    assert conn.run('SELECT "payment_id", "is_deleted" FROM "fact_payment"') == [[1, False]]
+    assert conn.run('SELECT "capture_snapshot", "database_time" FROM "etl"."loaded_manifest"'
+                    ) == [[None, None]]
+
+
+def test_deletions_become_versions_after_the_facts_and_the_capture_point_is_recorded(
+        conn, metrics, buckets, capsys):
+    first_manifest(buckets)
+    key = buckets.publish(
+        {"fact_payment": [payment(1, time(11, 0), paid=True)]},
+        deletions={"fact_payment": [gone("fact_payment", 1, DETECTED)],
+                   "fact_sales_order": [gone("fact_sales_order", 2, DETECTED)]},
+        capture=CAPTURE)
+    report = run(conn, metrics)
+    assert report.deletions_loaded == {"fact_payment": 1, "fact_sales_order": 1}
+    assert report.rows_loaded["fact_payment"] == 3 and report.inferred_members["dim_date"] == 4
+    assert report.as_dict()["deletions_loaded"] == {
+        "fact_sales_order": 1, "fact_purchase_orders": 0, "fact_payment": 1}
+    assert current_ids(conn, "fact_payment", "payment_id") == []
+    assert current_ids(conn, "fact_sales_order", "sales_order_id") == [1]
+    assert conn.run('SELECT "paid", "is_deleted", "last_updated_date" FROM "fact_payment" '
+                    'ORDER BY "payment_record_id"') == [
+        [False, False, DAY], [True, False, DAY], [True, True, date(2024, 11, 16)]]
+    assert conn.run('SELECT "capture_snapshot", "database_time" FROM "etl"."loaded_manifest" '
+                    'WHERE "manifest_key" = :k', k=key) == [["1000:1004:1001", DETECTED]]
+    metrics.flush_metrics()
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+               if line.startswith("{") and "_aws" in line]
+    deleted = {doc["table"]: doc["DeletionsLoaded"] for doc in emitted if "DeletionsLoaded" in doc}
+    assert deleted == {"fact_sales_order": [1.0], "fact_purchase_orders": [0.0],
+                       "fact_payment": [1.0]}
+
+
+def test_a_redelivered_deletion_in_a_later_manifest_adds_nothing(conn, metrics, buckets):
+    first_manifest(buckets)
+    deletion = {"fact_purchase_orders": [gone("fact_purchase_orders", 1, DETECTED)]}
+    buckets.publish({}, deletions=deletion)
+    buckets.publish({}, deletions={"fact_purchase_orders": [
+        gone("fact_purchase_orders", 1, DETECTED + timedelta(hours=1))]})
+    report = run(conn, metrics)
+    assert len(report.manifests_loaded) == 3
+    assert report.deletions_loaded == {"fact_purchase_orders": 1}
+    assert count(conn, "fact_purchase_orders") == 2
+    assert current_ids(conn, "fact_purchase_orders", "purchase_order_id") == []
+
+
+def test_a_same_stamp_change_is_corrected_and_counted_and_a_re_read_is_not(
+        conn, metrics, buckets, capsys):
+    first_manifest(buckets)
+    run(conn, metrics)
+    buckets.publish({"fact_sales_order": [sale(1, units_sold=77), sale(2)]})
+    report = run(conn, metrics)
+    assert report.versions_corrected == {"fact_sales_order": 1}
+    assert report.rows_loaded["fact_sales_order"] == 1
+    assert count(conn, "fact_sales_order") == 2
+    assert conn.run('SELECT "sales_order_id", "units_sold" FROM "fact_sales_order_current" '
+                    'ORDER BY 1') == [[1, 77], [2, 10]]
+    metrics.flush_metrics()
+    corrected = {json.loads(line)["table"]: json.loads(line)["VersionsCorrected"]
+                 for line in capsys.readouterr().out.splitlines()
+                 if line.startswith("{") and "VersionsCorrected" in line}
+    assert corrected["fact_sales_order"] == [1.0] and corrected["fact_payment"] == [0.0]
+
+
+def test_an_order_stamped_in_the_future_then_corrected_shows_the_correction(
+        conn, metrics, buckets):
+    buckets.publish({**dimensions(), "fact_sales_order": [
+        sale(1, units_sold=1, last_updated_date=date(2027, 1, 1))]})
+    buckets.publish({"fact_sales_order": [sale(1, time(11, 0), units_sold=2)]})
+    run(conn, metrics)
+    assert conn.run('SELECT "units_sold", "last_updated_date" FROM "fact_sales_order_current"'
+                    ) == [[2, DAY]]
+    assert count(conn, "fact_sales_order") == 2

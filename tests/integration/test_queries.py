@@ -7,12 +7,16 @@ Each question is asked of two warehouses: hand-made rows aimed at the edge cases
 and one the pipeline itself built from generated and simulated business.
 """
 from collections import defaultdict
+from datetime import datetime, time
 from decimal import ROUND_HALF_UP, Decimal
 
+import pyarrow as pa
 import pytest
-from dashboard_warehouse import (INGEST_STARTED_AT, LOADED_AT, build_warehouse,
+from dashboard_warehouse import (INGEST_STARTED_AT, LOADED_AT, TODAY, build_warehouse,
                                  pipeline_warehouse)
 
+from totes import warehouse as warehouse_writes
+from totes.warehouse_schema import DELETIONS, TABLES, arrow_schema
 from totes_local import queries
 
 QUERIES = queries.load_queries()
@@ -291,24 +295,45 @@ def test_money_columns_come_back_as_exact_numerics_not_floats(warehouse):
 def test_order_history_lists_every_version_and_what_changed(warehouse):
     connection, rows = warehouse
     counts = defaultdict(list)
-    for row in rows["fact_sales_order"]:
+    for row in rows["fact_sales_order"]:  # in record id order: the order they were captured
         counts[row["sales_order_id"]].append(row)
     order_id, versions = max(counts.items(), key=lambda item: (len(item[1]), -item[0]))
-    versions.sort(key=lambda row: (row["last_updated_date"], row["last_updated_time"]))
     result = queries.run_query(connection, QUERIES["order_history"], {"order_id": order_id})
     frame = result.frame
     assert list(frame["version"]) == list(range(1, len(versions) + 1)) and len(versions) > 1
     assert list(frame["units_sold"]) == [row["units_sold"] for row in versions]
     assert list(frame["order_value"]) == [row["units_sold"] * row["unit_price"]
                                           for row in versions]
+    assert list(frame["changed"]) == expected_changes(versions)
+
+
+def expected_changes(versions):
     labels = {"units_sold": "units sold", "unit_price": "unit price", "currency_id": "currency",
               "design_id": "design", "agreed_delivery_location_id": "delivery location",
               "agreed_delivery_date": "delivery date", "agreed_payment_date": "payment date",
               "counterparty_id": "counterparty", "sales_staff_id": "staff"}
-    expected = ["placed"] + [", ".join(label for column, label in labels.items()
-                                       if new[column] != old[column])
-                             for old, new in zip(versions, versions[1:])]
-    assert list(frame["changed"]) == expected
+    return ["placed"] + ["deleted" if new["is_deleted"] else
+                         ", ".join(label for column, label in labels.items()
+                                   if new[column] != old[column])
+                         for old, new in zip(versions, versions[1:])]
+
+
+def test_the_known_warehouse_deletes_some_of_every_fact(known):
+    _, rows = known
+    for fact in ("fact_sales_order", "fact_purchase_orders", "fact_payment"):
+        deleted = {row[TABLES[fact].unique_key[0]] for row in rows[fact] if row["is_deleted"]}
+        assert 0 < len(deleted) < len(rows.current(fact)), fact
+
+
+def test_the_history_of_a_deleted_order_ends_with_its_deletion(known):
+    connection, rows = known
+    deleted = [row for row in rows["fact_sales_order"] if row["is_deleted"]]
+    assert deleted, "the known warehouse deletes some sales orders"
+    order_id = deleted[0]["sales_order_id"]
+    versions = [row for row in rows["fact_sales_order"] if row["sales_order_id"] == order_id]
+    result = queries.run_query(connection, QUERIES["order_history"], {"order_id": order_id})
+    assert list(result.frame["changed"]) == expected_changes(versions)
+    assert list(result.frame["changed"])[-1] == "deleted"
 
 
 def test_an_unknown_order_has_an_empty_history(warehouse):
@@ -377,3 +402,38 @@ def test_every_chart_names_columns_its_query_returns(known):
         result = queries.run_query(connection, query, {"order_id": 1})
         named = {column for columns in query.chart.channels.values() for column in columns}
         assert named <= set(result.frame.columns), query.name
+
+
+def test_an_order_and_a_payment_deleted_at_the_source_leave_the_headline_numbers(postgres):
+    """Deleted through the load's own path; the headline loses exactly them, nothing else."""
+    name = "queries_deleted"
+    postgres.recreate_database(name)
+    rows = build_warehouse(postgres, name)
+    connection = postgres.connect(name)
+    try:
+        before = {line[0]: line for line in answer(connection, "headline", {})}
+        order = rows.current("fact_sales_order")[0]
+        unpaid = next(row for row in rows.current("fact_payment") if not row["paid"])
+        detected = datetime.combine(TODAY, time(12, 0, 0, 1000))
+        with warehouse_writes.transaction(connection):
+            for fact, business_id in (("fact_sales_order", order["sales_order_id"]),
+                                      ("fact_payment", unpaid["payment_id"])):
+                record = {DELETIONS[fact].column_names[0]: business_id,
+                          "last_updated_date": detected.date(),
+                          "last_updated_time": detected.time()}
+                batches = pa.Table.from_pylist(
+                    [record], schema=arrow_schema(DELETIONS[fact])).to_batches()
+                added = warehouse_writes.load_deletions(connection, TABLES[fact], batches)
+                assert added.rows == 1
+        after = {line[0]: line for line in answer(connection, "headline", {})}
+    finally:
+        connection.close()
+    codes = {key: row["currency_code"] for key, row in rows.dimension("dim_currency").items()}
+    expected = {code: list(line) for code, line in before.items()}
+    sold = expected[codes[order["currency_id"]]]
+    sold[1] -= 1
+    sold[2] -= order["units_sold"] * order["unit_price"]
+    owed = expected[codes[unpaid["currency_id"]]]
+    owed[3] -= 1
+    owed[4] -= unpaid["payment_amount"]
+    assert {code: list(line) for code, line in after.items()} == expected
