@@ -21,7 +21,7 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from totes import config, storage, warehouse
-from totes.manifest import ProcessedManifest, TableOutput
+from totes.manifest import IngestManifest, ProcessedManifest, TableOutput
 from totes.observability import emit_table_metric, service_logger
 from totes.warehouse_schema import DELETIONS, FACTS, TABLES, Table, arrow_schema
 
@@ -165,7 +165,8 @@ def freshness_seconds(ingest_bucket: str, loaded_through: str | None, now: datet
     oldest = next(storage.manifest_keys_after(ingest_bucket, loaded_through), None)
     if oldest is None:
         return 0.0
-    started = parse_timestamp(storage.read_json(ingest_bucket, oldest)["started_at"])
+    manifest = IngestManifest.parse(storage.read_json(ingest_bucket, oldest))
+    started = parse_timestamp(manifest.started_at)
     return max(0.0, (now - started).total_seconds())
 
 

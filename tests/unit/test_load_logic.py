@@ -136,8 +136,10 @@ def ingest_and_processed(s3, *stamps: str, transformed: int) -> list[str]:
     keys = [f"_manifests/2024/11/15/20241115T{stamp}Z-0000000{n}.json"
             for n, stamp in enumerate(stamps)]
     for n, key in enumerate(keys):
-        storage.put_new_json("ingest-unit", key, {"started_at": f"2024-11-15T{stamps[n][:2]}:"
-                                                                f"{stamps[n][2:4]}:00Z"})
+        started = f"2024-11-15T{stamps[n][:2]}:{stamps[n][2:4]}:00Z"
+        storage.put_new_json("ingest-unit", key, {
+            "format": "totes.ingest/2", "run_id": key[-33:-5], "started_at": started,
+            "tables": {}})
         if n < transformed or n == transformed + 1:
             storage.put_new_json(BUCKET, key, manifest())
     return keys
