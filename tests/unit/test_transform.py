@@ -652,3 +652,16 @@ def test_a_row_stamped_in_the_future_then_corrected_shows_the_correction():
     state = transform.read_parquet(PROCESSED, document["reference"]["address"])
     assert state["city"].tolist() == ["Leeds"]
     assert manifest(second)["reference"]["address"] != document["reference"]["address"]
+
+
+def test_a_run_continues_from_a_processed_1_manifest_of_the_previous_transform():
+    first = write_run(INGEST, full_batch(), stamp=STAMPS[0])
+    handle(first)
+    previous = manifest(first)
+    old = {key: value for key, value in previous.items() if key not in ("deletions", "capture")}
+    overwrite(PROCESSED, first, json.dumps({**old, "format": "totes.processed/1"}))
+    moved = row("address", city="Leeds", last_updated=T0 + timedelta(minutes=3))
+    second = write_run_v2({"address": [moved]}, stamp=STAMPS[1])
+    assert handle(second)["transformed"] == [second]
+    assert rows_of(manifest(second), "dim_counterparty")[0]["counterparty_legal_city"] == "Leeds"
+    assert manifest(second)["reference"]["staff"] == previous["reference"]["staff"]
