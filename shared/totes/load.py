@@ -21,7 +21,7 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from totes import config, storage, warehouse
-from totes.manifest import IngestManifest, ProcessedManifest, TableOutput
+from totes.manifest import PROCESSED_FORMAT_V1, IngestManifest, ProcessedManifest, TableOutput
 from totes.observability import emit_table_metric, service_logger
 from totes.warehouse_schema import DELETIONS, FACTS, TABLES, Table, arrow_schema
 
@@ -97,22 +97,23 @@ def _same_type(found: Any, expected: Any) -> bool:
 
 
 def record_batches(bucket: str, key: str, table: Table, expected_rows: int,
-                   batch_rows: int = BATCH_ROWS) -> Iterator[Any]:
+                   batch_rows: int = BATCH_ROWS, fill_defaults: bool = False) -> Iterator[Any]:
     """Yield the object's rows as record batches with the table's columns in contract order.
 
     The object is spooled to a temporary file (Parquet needs to seek to its footer)
     and read one row group batch at a time, so memory stays bounded by ``batch_rows``.
     The schema and the row count are checked against the contract and the manifest
-    before any row is yielded. A column added to the contract with a default (a
-    fact's ``is_deleted``) may be absent from a file written before it existed: it
-    is filled with the default, so old processed data still loads as it was meant.
+    before any row is yielded. With ``fill_defaults`` (a ``totes.processed/1``
+    manifest's files), a column added to the contract since, with a default (a
+    fact's ``is_deleted``), may be absent: it is filled with the default, so old
+    processed data still loads as it was meant.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     expected = arrow_schema(table)
     defaults = {column.name: column.default for column in table.data_columns
-                if column.default is not None}
+                if fill_defaults and column.default is not None}
     with tempfile.TemporaryFile() as spool:
         try:
             shutil.copyfileobj(storage.open_stream(bucket, key), spool, 1 << 20)
@@ -170,10 +171,12 @@ def freshness_seconds(ingest_bucket: str, loaded_through: str | None, now: datet
     return max(0.0, (now - started).total_seconds())
 
 
-def _table_batches(bucket: str, output: TableOutput, table: Table,
-                   batch_rows: int) -> Iterator[Any]:
+def _table_batches(bucket: str, output: TableOutput, table: Table, batch_rows: int,
+                   manifest: ProcessedManifest) -> Iterator[Any]:
+    old = manifest.format == PROCESSED_FORMAT_V1
     return chain.from_iterable(
-        record_batches(bucket, file.key, table, file.rows, batch_rows) for file in output.files)
+        record_batches(bucket, file.key, table, file.rows, batch_rows, fill_defaults=old)
+        for file in output.files)
 
 
 @dataclass
@@ -225,13 +228,13 @@ def load_manifest(conn: pg8000.native.Connection, bucket: str, key: str,
             output = manifest.table(table.name)
             if output.files:
                 result.add(table.name, _guarded(key, table.name, lambda: warehouse.load_table(
-                    conn, table, _table_batches(bucket, output, table, batch_rows))))
+                    conn, table, _table_batches(bucket, output, table, batch_rows, manifest))))
         for fact in FACTS:
             output = manifest.deleted(fact.name)
             if output.files:
                 loaded = _guarded(key, f"deletions of {fact.name}", lambda: (
                     warehouse.load_deletions(conn, fact, _table_batches(
-                        bucket, output, DELETIONS[fact.name], batch_rows))))
+                        bucket, output, DELETIONS[fact.name], batch_rows, manifest))))
                 result.add(fact.name, loaded)
                 result.deletions[fact.name] += loaded.rows
         warehouse.record_manifest(conn, key, manifest.run_id, manifest.started(),

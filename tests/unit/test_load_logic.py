@@ -93,13 +93,15 @@ def _payment_rows(count: int) -> list[dict]:
              "payment_date": date(2024, 11, 20), "is_deleted": False} for n in range(count)]
 
 
-def test_a_fact_file_written_before_is_deleted_existed_loads_as_ordinary_versions(s3):
+def test_a_fact_file_of_a_processed_1_manifest_loads_as_ordinary_versions(s3):
     fact = TABLES["fact_payment"]
     before = arrow_schema(fact).remove(arrow_schema(fact).get_field_index("is_deleted"))
     rows = [{k: v for k, v in row.items() if k != "is_deleted"} for row in _payment_rows(5)]
     key = put_parquet(pa.Table.from_pylist(rows, schema=before), "fact_payment/old.parquet",
                       row_group_size=2)
-    batches = list(load.record_batches(BUCKET, key, fact, 5, batch_rows=2))
+    with pytest.raises(load.ParquetFileError, match="column is_deleted is missing"):
+        list(load.record_batches(BUCKET, key, fact, 5))  # a current manifest's file must have it
+    batches = list(load.record_batches(BUCKET, key, fact, 5, batch_rows=2, fill_defaults=True))
     assert [batch.num_rows for batch in batches] == [2, 2, 1]
     assert all(batch.schema.names == list(arrow_schema(fact).names) for batch in batches)
     assert all(batch.schema.field("is_deleted").type == pa.bool_() for batch in batches)
@@ -112,7 +114,7 @@ def test_a_column_without_a_default_is_never_made_up(s3):
     table = pa.Table.from_pylist(_payment_rows(1), schema=arrow_schema(fact)).drop_columns(
         ["paid"])
     with pytest.raises(load.ParquetFileError, match="column paid is missing"):
-        list(load.record_batches(BUCKET, put_parquet(table), fact, 1))
+        list(load.record_batches(BUCKET, put_parquet(table), fact, 1, fill_defaults=True))
 
 
 def test_money_as_float_is_refused(s3):
