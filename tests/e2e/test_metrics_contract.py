@@ -13,9 +13,11 @@ from cfnlint.decode import cfn_yaml
 from totes import observability
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "template.yaml"
-SEARCH = re.compile(r"SEARCH\('\{" + observability.DEFAULT_NAMESPACE
-                    + r",([\w,]+)\} MetricName=\\?\"(\w+)\\?\"")
-METRIC_ROW = re.compile(r'\["' + observability.DEFAULT_NAMESPACE + r'", "(\w+)"((?:, "[\w-]+")*)')
+#: the template scopes the namespace to the stack; the handlers read it from the environment.
+STACK_NAMESPACE = observability.DEFAULT_NAMESPACE + "/${AWS::StackName}"
+SEARCH = re.compile(r"SEARCH\('\{\\\"" + re.escape(STACK_NAMESPACE)
+                    + r"\\\",([\w,]+)\} MetricName=\\?\"(\w+)\\?\"")
+METRIC_ROW = re.compile(r'\["' + re.escape(STACK_NAMESPACE) + r'", "(\w+)"((?:, "[\w-]+")*)')
 
 
 def watched_metrics() -> set[tuple[str, frozenset]]:
@@ -29,7 +31,7 @@ def watched_metrics() -> set[tuple[str, frozenset]]:
     watched = {(props["MetricName"], frozenset(d["Name"] for d in props.get("Dimensions", ())))
                for props in (r["Properties"] for r in resources.values()
                              if r["Type"] == "AWS::CloudWatch::Alarm")
-               if props.get("Namespace") == observability.DEFAULT_NAMESPACE}
+               if props.get("Namespace") == {"Fn::Sub": STACK_NAMESPACE}}
     watched |= {(name, frozenset(dimensions.split(",")))
                 for dimensions, name in SEARCH.findall(text)}
     for name, pairs in METRIC_ROW.findall(text):
@@ -56,5 +58,6 @@ def test_template_watches_only_metrics_the_handlers_emit(e2e, capsys):
     capsys.readouterr()
     e2e.pipeline.cycle()
     watched = watched_metrics()
-    assert {"FreshnessSeconds", "RowsLoaded", "IngestRuns"} <= {name for name, _ in watched}
+    assert {"FreshnessSeconds", "RowsLoaded", "IngestRuns", "RowsIngested",
+            "IngestRowsStampedInFuture"} <= {name for name, _ in watched}
     assert watched <= emitted_metrics(capsys.readouterr().out)
