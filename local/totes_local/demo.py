@@ -3,7 +3,7 @@
 Starts embedded PostgreSQL (source ``totesys`` and ``warehouse``) and a moto
 server, seeds a realistic ``totesys``, runs ingest -> transform -> load the way
 AWS triggers them, simulates a few hours of business (including an amended
-order and a moved address), runs again, and prints what happened. The handlers'
+order, a moved address and a cancelled order), runs again, and prints what happened. The handlers'
 structured logs and metrics go to ``.demo/pipeline.log``; both buckets are copied
 to ``.demo/s3/`` so the files can be browsed after the in-memory moto server is gone.
 """
@@ -49,34 +49,38 @@ def warehouse_counts(postgres: stack.Postgres) -> dict[str, int]:
 
 
 def order_history(postgres: stack.Postgres, order_id: int) -> list[list[Any]]:
-    """Every version of one sales order as the warehouse keeps it, oldest first."""
+    """Every version of one sales order as the warehouse keeps it, in capture order."""
     conn = postgres.connect("warehouse")
     try:
         return conn.run(
             "SELECT sales_record_id, last_updated_date, last_updated_time, units_sold, "
-            "unit_price, agreed_delivery_date FROM fact_sales_order "
-            "WHERE sales_order_id = :order_id ORDER BY last_updated_date, last_updated_time",
+            "unit_price, agreed_delivery_date, is_deleted FROM fact_sales_order "
+            "WHERE sales_order_id = :order_id ORDER BY sales_record_id",
             order_id=order_id)
     finally:
         conn.close()
 
 
 def _business_changes(postgres: stack.Postgres, steps: int, seed: int) -> dict[str, Any]:
-    """Simulate ``steps`` of business, then make sure an amendment and an address move happen.
+    """Simulate ``steps`` of business, then amend an order, move an address, cancel an order.
 
-    The amended order is one the first cycle already loaded, so its history shows two versions.
+    The amended and the cancelled order are ones the first cycle already loaded, so
+    their histories show two versions each: the cancellation's is a deletion.
     """
     conn = postgres.connect("totesys")
     try:
-        order_id = conn.run("SELECT max(sales_order_id) FROM sales_order")[0][0]
+        order_id, cancelled = conn.run("SELECT max(sales_order_id), max(sales_order_id) - 1 "
+                                       "FROM sales_order")[0]
         summary = simulator.simulate(conn, steps=steps, seed=seed)
         clock = simulator.latest_change(conn) + timedelta(minutes=1)
         simulator.amend_sales_order(conn, order_id, clock)
         address_id = conn.run("SELECT legal_address_id FROM counterparty "
                               "ORDER BY counterparty_id LIMIT 1")[0][0]
         simulator.change_address(conn, address_id, clock + timedelta(minutes=1))
+        simulator.cancel_order(conn, simulator.SALES, cancelled)
         summary["amended_order"] = order_id
         summary["moved_address"] = address_id
+        summary["cancelled_order"] = cancelled
         return summary
     finally:
         conn.close()
@@ -141,12 +145,13 @@ def _print_counts(before: dict[str, int], after: dict[str, int]) -> None:
         print(f"  {table:<24}{before.get(table, 0):>15,}{count:>15,}{delta:>+9,}")
 
 
-def _print_history(order_id: int, history: list[list[Any]]) -> None:
-    print(f"\n  history of amended sales order {order_id} in fact_sales_order:")
+def _print_history(what: str, order_id: int, history: list[list[Any]]) -> None:
+    print(f"\n  history of {what} sales order {order_id} in fact_sales_order:")
     print(f"    {'record':>7}  {'last updated':<24}{'units':>7}{'unit price':>12}  delivery")
-    for record, day, clock, units, price, delivery in history:
+    for record, day, clock, units, price, delivery, deleted in history:
         updated = f"{day} {clock.isoformat(timespec='milliseconds')}"
-        print(f"    {record:>7}  {updated:<24}{units:>7}{price:>12}  {delivery}")
+        note = "  (deleted)" if deleted else ""
+        print(f"    {record:>7}  {updated:<24}{units:>7}{price:>12}  {delivery}{note}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,8 +166,10 @@ def run(args: argparse.Namespace) -> int:
         postgres.recreate_database(name)
     server, endpoint = stack.start_moto()
     try:
+        # Sweep for deletes on every run: the demo's second cycle is seconds after the first.
         with stack.environment({**stack.aws_environment(endpoint),
-                                **stack.pipeline_environment()}):
+                                **stack.pipeline_environment(),
+                                "INGEST_DELETE_SWEEP_MINUTES": "0"}):
             stack.provision({stack.TOTESYS_SECRET: postgres.secret("totesys"),
                              stack.WAREHOUSE_SECRET: postgres.secret("warehouse")})
             started = time.perf_counter()
@@ -185,13 +192,15 @@ def run(args: argparse.Namespace) -> int:
                   f"{changes['clock_end']:%Y-%m-%d %H:%M}): "
                   + ", ".join(f"{kind} {n}" for kind, n in changes["counts"].items() if n)
                   + f"; amended sales order {changes['amended_order']}, "
-                  f"moved address {changes['moved_address']}")
+                  f"moved address {changes['moved_address']}, "
+                  f"cancelled (deleted) sales order {changes['cancelled_order']}")
             with _pipeline_output(log):
                 second = pipeline.cycle()
             _print_cycle("cycle 2 (incremental)", second)
             _print_counts(before, warehouse_counts(postgres))
-            _print_history(changes["amended_order"],
-                           order_history(postgres, changes["amended_order"]))
+            for what in ("amended", "cancelled"):
+                order_id = changes[f"{what}_order"]
+                _print_history(what, order_id, order_history(postgres, order_id))
             folders = _mirror_buckets(root / "s3", (stack.INGEST_BUCKET, stack.PROCESSED_BUCKET))
             _print_files(folders)
     finally:

@@ -341,6 +341,25 @@ def pay_due_payments(conn: pg8000.native.Connection, day: date, run_at: datetime
     return chosen
 
 
+def cancel_order(conn: pg8000.native.Connection, kind: OrderKind, order_id: int) -> int:
+    """Delete an order the way the source must: its payment, its transaction, then the order.
+
+    The real business never deletes, but a source can (a cancelled order, a GDPR
+    erasure, a fix), and the pipeline must carry it as history. Returns the order id.
+    """
+    key = quote_ident(kind.key)
+    found = conn.run(f"SELECT 1 FROM {quote_ident(kind.table)} "  # nosec B608: allow-listed
+                     f"WHERE {key} = :id", id=order_id)
+    if not found:
+        raise ValueError(f"{kind.table} {order_id} does not exist")
+    conn.run("DELETE FROM payment WHERE transaction_id IN (SELECT transaction_id "  # nosec B608
+             f"FROM transaction WHERE {key} = :id)", id=order_id)
+    conn.run(f"DELETE FROM transaction WHERE {key} = :id", id=order_id)  # nosec B608
+    conn.run(f"DELETE FROM {quote_ident(kind.table)} WHERE {key} = :id",  # nosec B608
+             id=order_id)
+    return order_id
+
+
 def change_address(conn: pg8000.native.Connection, address_id: int, clock: datetime,
                    rng: Rng | None = None, **fields: str | None) -> int:
     """Update an address (given ``fields``, or a random move / new phone); return its id."""

@@ -221,3 +221,18 @@ def test_a_failing_step_is_rolled_back_whole(conn, monkeypatch):
     with pytest.raises(RuntimeError, match="disk on fire"):
         simulator.simulate(conn, steps=1, seed=1, rates=simulator.Rates(sales_orders=20))
     assert conn.run("SELECT count(*), max(last_updated) FROM sales_order") == before
+
+
+def test_cancelling_an_order_deletes_its_payment_and_transaction_too(conn):
+    order_id = conn.run("SELECT max(sales_order_id) FROM sales_order")[0][0]
+    before = {table: conn.run(f"SELECT count(*) FROM {table}")[0][0]  # nosec B608
+              for table in ("sales_order", "transaction", "payment")}
+
+    assert simulator.cancel_order(conn, simulator.SALES, order_id) == order_id
+
+    after = {table: conn.run(f"SELECT count(*) FROM {table}")[0][0]  # nosec B608
+             for table in before}
+    assert {table: before[table] - after[table] for table in before} == {
+        "sales_order": 1, "transaction": 1, "payment": 1}
+    with pytest.raises(ValueError, match="does not exist"):
+        simulator.cancel_order(conn, simulator.SALES, order_id)
