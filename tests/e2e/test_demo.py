@@ -19,12 +19,16 @@ def test_demo_runs_two_cycles_and_prints_a_readable_summary(demo_dir, capsys):
     assert status == 0
     assert "cycle 1 (first run: everything)" in out and "cycle 2 (incremental)" in out
     assert "fact_sales_order" in out and "after cycle 2" in out
-    history = out.split("history of amended sales order")[1].split("files written")[0]
+    history = out.split("history of amended sales order")[1].split("history of cancelled")[0]
     versions = [line for line in history.splitlines()[2:] if line.strip()]
     assert len(versions) == 2
+    cancelled = out.split("history of cancelled sales order")[1].split("files written")[0]
+    versions = [line for line in cancelled.splitlines()[2:] if line.strip()]
+    assert len(versions) == 2 and versions[-1].endswith("(deleted)")
     assert "totes sql warehouse" in out
     files = out.split("files written")[1].split("where to look")[0]
-    assert "_manifests 2" in files and "fact_sales_order 2" in files
+    # cycle 2 adds a sales order file and the file of its deletion
+    assert "_manifests 2" in files and "fact_sales_order 3" in files
 
 
 def test_demo_in_a_relative_folder_keeps_logs_and_bucket_files_to_browse(
