@@ -5,20 +5,16 @@ environment contract are properties a reviewer would otherwise have to re-check 
 on every change; these tests make them fail loudly instead. IAM is checked on the
 SAM-translated template so the roles SAM generates (the schedulers') are covered too.
 """
-import copy
 import json
 import re
 from pathlib import Path
 from typing import Any, Iterator
 
-import boto3
 import pytest
 from cfnlint.decode import cfn_yaml
-from samtranslator.parser.parser import Parser
-from samtranslator.translator.translator import Translator
 
 from totes import config, observability
-from totes_local import stack
+from totes_local import cfn, stack
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = json.loads(json.dumps(cfn_yaml.load(str(ROOT / "template.yaml"))))
@@ -41,19 +37,7 @@ STAR_RESOURCE_ACTIONS = {
 }
 
 
-def _translate() -> dict[str, Any]:
-    """Return the plain CloudFormation SAM would deploy (CodeUri faked as S3, as sam validate)."""
-    template = copy.deepcopy(TEMPLATE)
-    for resource in template["Resources"].values():
-        properties = resource.get("Properties", {})
-        for key in ("CodeUri", "ContentUri"):
-            if key in properties:
-                properties[key] = f"s3://bucket/{properties[key]}"
-    translator = Translator({}, Parser(), boto_session=boto3.Session(region_name="eu-west-2"))
-    return translator.translate(template, parameter_values={})
-
-
-TRANSLATED = _translate()["Resources"]
+TRANSLATED = cfn.translate(TEMPLATE)["Resources"]  # what SAM deploys, CodeUri faked
 
 
 def resources_of(kind: str, resources: dict[str, Any] = RESOURCES) -> dict[str, Any]:
