@@ -5,11 +5,13 @@ moves forward, skipping nights and weekends (nothing happens there), so every wr
 is newer than anything the pipeline has seen. Each step writes what the real system
 writes (new orders with their transaction and payment, the 07:55 batch that marks
 due payments paid) plus what it rarely or never does but the pipeline must handle:
-amended orders, changed addresses and departments, new designs and counterparties.
+amended orders, changed addresses and departments, new designs and counterparties
+(and, on request, a cancelled order deleted outright).
 
 The single-event functions (``amend_sales_order``, ``change_address``...) are public
 so tests can make one precise change; each is one SQL statement, hence atomic even
-outside a step's transaction.
+outside a step's transaction, except ``cancel_order``, which deletes in foreign-key
+order (payment, transaction, order): wrap it in a transaction where that matters.
 """
 import random
 from dataclasses import dataclass
@@ -262,12 +264,6 @@ def amend_sales_order(conn: pg8000.native.Connection, order_id: int, clock: date
                       rng: Rng | None = None, **changes: Any) -> None:
     """Amend a sales order (``units_sold``, ``unit_price``, ``agreed_delivery_date``)."""
     amend_order(conn, SALES, order_id, clock, rng, **changes)
-
-
-def amend_purchase_order(conn: pg8000.native.Connection, order_id: int, clock: datetime,
-                         rng: Rng | None = None, **changes: Any) -> None:
-    """Amend a purchase order (``item_quantity``, ``item_unit_price``, ``agreed_delivery_date``)."""
-    amend_order(conn, PURCHASES, order_id, clock, rng, **changes)
 
 
 def amend_order(conn: pg8000.native.Connection, kind: OrderKind, order_id: int,

@@ -113,7 +113,7 @@ def test_random_purchase_amendment_changes_one_term_consistently(conn):
     before = conn.run("SELECT item_quantity, item_unit_price, agreed_delivery_date "
                       "FROM purchase_order WHERE purchase_order_id = 1")[0]
     clock = simulator.latest_change(conn) + timedelta(minutes=1)
-    simulator.amend_purchase_order(conn, 1, clock, np.random.default_rng(2))
+    simulator.amend_order(conn, simulator.PURCHASES, 1, clock, np.random.default_rng(2))
     after = conn.run("""
         SELECT o.item_quantity, o.item_unit_price, o.agreed_delivery_date, p.payment_amount
         FROM purchase_order o JOIN transaction t USING (purchase_order_id)
