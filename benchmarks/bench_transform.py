@@ -89,7 +89,8 @@ def _chunks(table: str, orders: int, chunk_rows: int) -> Iterator[list[list[Any]
 
 def synthesise_batch(bucket: str, orders: int, chunk_rows: int) -> tuple[str, int]:
     """Write one ingest run with ``orders`` sales orders, transactions and payments."""
-    from totes import jsonl, keys, storage
+    from totes import keys, storage
+    from totes_local import ingest_lines
 
     run = keys.RunId("20241115T142009123Z", uuid.uuid4().hex[:8])
     tables: dict[str, Any] = {}
@@ -99,7 +100,7 @@ def synthesise_batch(bucket: str, orders: int, chunk_rows: int) -> tuple[str, in
         nonlocal total
         entry = tables.setdefault(table, {"rows": 0, "files": [], "watermark": None,
                                           "recent_versions": []})
-        body = jsonl.encode_rows(_COLUMNS[table], rows)
+        body = ingest_lines.encode_rows(_COLUMNS[table], rows)
         key = keys.data_key(table, run, len(entry["files"]), "jsonl")
         storage.put_new_object(bucket, key, body, "application/x-ndjson")
         entry["files"].append({"key": key, "rows": len(rows), "bytes": len(body)})

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any, Mapping, Sequence
 
 from totes import jsonl, keys, storage
+from totes_local import ingest_lines
 
 T0 = datetime(2024, 11, 15, 14, 20, 9, 123000)
 
@@ -75,7 +76,7 @@ def row(table: str, **values: Any) -> dict[str, Any]:
 def encoded(table: str, rows: Sequence[Mapping[str, Any]]) -> bytes:
     """The JSON Lines body the ingest would write for ``rows``."""
     columns = list(_DEFAULTS[table])
-    return jsonl.encode_rows(columns, [[r[column] for column in columns] for r in rows])
+    return ingest_lines.encode_rows(columns, [[r[column] for column in columns] for r in rows])
 
 
 def decoded(table: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
