@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping
 
+from totes import timestamps
+
 #: xids wrap at 2^32; xid8 values count the epochs above that.
 XID_MODULUS = 1 << 32
 #: the lowest normal xid: 0 is invalid, 1 bootstrap, 2 frozen.
@@ -132,7 +134,7 @@ class TableCursor:
         return {
             "since": None if self.since is None else str(self.since),
             "since_last_updated": (None if self.since_last_updated is None
-                                   else self.since_last_updated.isoformat(timespec="milliseconds")),
+                                   else timestamps.database_text(self.since_last_updated)),
             "resume_after": self.resume_after,
             "resume_since": None if self.resume_since is None else str(self.resume_since),
         }
@@ -149,7 +151,7 @@ class TableCursor:
         return cls(
             since=snapshot("since"),
             since_last_updated=(None if since_last_updated is None
-                                else datetime.fromisoformat(since_last_updated)),
+                                else timestamps.parse_database_time(since_last_updated)),
             resume_after=None if resume_after is None else int(resume_after),
             resume_since=snapshot("resume_since"),
         )

@@ -20,12 +20,12 @@ aborts instead of committing a manifest older than it.
 import json
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator
 
 import pg8000.native
 
-from totes import config, db, extract, keys, observability, storage, sweep
+from totes import config, db, extract, keys, observability, storage, sweep, timestamps
 from totes.capture import TableCursor
 from totes.manifest import DataFile, IngestManifest, SweepState, TableEntry
 from totes.source import SOURCE_TABLES, check_contract
@@ -97,11 +97,6 @@ class IngestResult:
                 "stamped_in_future": {t: n for t, n in self.stamped_in_future.items() if n},
                 "deleted": {t: n for t, n in self.deleted.items() if n},
                 "swept": list(self.swept)}
-
-
-def utc_text(moment: datetime) -> str:
-    """Render an aware instant as the manifests do: ISO-8601 UTC with milliseconds and ``Z``."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 class ObjectWriter:
@@ -190,7 +185,7 @@ def _cursor_text(cursor: TableCursor) -> str:
     if cursor.since is not None:
         where = f"rows not visible in snapshot {cursor.since}"
     elif cursor.since_last_updated is not None:
-        where = f"last_updated >= {cursor.since_last_updated.isoformat(timespec='milliseconds')}"
+        where = f"last_updated >= {timestamps.database_text(cursor.since_last_updated)}"
         where += " (once, upgrading from the watermark format)"
     else:
         where = "every row"
@@ -230,7 +225,7 @@ def extract_table(conn: pg8000.native.Connection, table: str, previous: TableEnt
             "database's clock (a writer's clock or time zone is wrong, or a manual fix)",
             extra={"run_id": str(run), "table": table, "rows": sink.future,
                    "keys": sink.future_keys,
-                   "database_time": read_point.database_time.isoformat(timespec="milliseconds")})
+                   "database_time": timestamps.database_text(read_point.database_time)})
     return entry
 
 
@@ -378,11 +373,11 @@ def _extract_run(settings: IngestSettings, run: keys.RunId, db_timeout: float) -
     })
     read_point, entries = _read_source(settings, previous, previous_key, run, db_timeout)
     manifest = IngestManifest(
-        run_id=str(run), started_at=utc_text(run.started_at),
-        finished_at=utc_text(datetime.now(timezone.utc)), previous_manifest=previous_key,
+        run_id=str(run), started_at=timestamps.instant_text(run.started_at),
+        finished_at=timestamps.now_text(), previous_manifest=previous_key,
         tables=entries, complete=not any(entry.truncated for entry in entries.values()),
         snapshot=read_point.snapshot,
-        database_time=read_point.database_time.isoformat(timespec="milliseconds"))
+        database_time=timestamps.database_text(read_point.database_time))
     _check_still_newest(settings.bucket, previous_key)
     return manifest
 

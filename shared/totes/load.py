@@ -20,7 +20,7 @@ import pg8000.native
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from totes import config, storage, warehouse
+from totes import config, storage, timestamps, warehouse
 from totes.manifest import PROCESSED_FORMAT_V1, IngestManifest, ProcessedManifest, TableOutput
 from totes.observability import emit_table_metric, service_logger
 from totes.warehouse_schema import DELETIONS, FACTS, TABLES, Table, arrow_schema
@@ -79,14 +79,6 @@ class LoadReport:
             "deletions_loaded": {fact.name: self.deletions_loaded[fact.name] for fact in FACTS},
             "freshness_seconds": self.freshness_seconds,
         }
-
-
-def parse_timestamp(text: str) -> datetime:
-    """Parse a manifest timestamp (ISO-8601, ``Z`` or offset) as an aware UTC datetime."""
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
 
 
 def _same_type(found: Any, expected: Any) -> bool:
@@ -167,7 +159,7 @@ def freshness_seconds(ingest_bucket: str, loaded_through: str | None, now: datet
     if oldest is None:
         return 0.0
     manifest = IngestManifest.parse(storage.read_json(ingest_bucket, oldest))
-    started = parse_timestamp(manifest.started_at)
+    started = timestamps.parse_instant(manifest.started_at)
     return max(0.0, (now - started).total_seconds())
 
 

@@ -9,9 +9,10 @@ by transaction visibility, are continued from and transformed as they are).
 See docs/architecture.md for examples of each.
 """
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Mapping
 
+from totes import timestamps
 from totes.capture import Snapshot, SnapshotFormatError, TableCursor
 from totes.source import SOURCE_TABLES
 
@@ -64,13 +65,13 @@ class SweepState:
     def to_json(self) -> dict[str, Any]:
         """Return the manifest fields of the sweep."""
         return {"key": self.key, "keys": self.keys, "run_id": self.run_id,
-                "swept_at": self.swept_at.isoformat(timespec="milliseconds")}
+                "swept_at": timestamps.database_text(self.swept_at)}
 
     @classmethod
     def from_json(cls, fields: Mapping[str, Any]) -> "SweepState":
         """Rebuild the sweep from its manifest fields."""
         return cls(str(fields["key"]), int(fields["keys"]), str(fields["run_id"]),
-                   datetime.fromisoformat(fields["swept_at"]))
+                   timestamps.parse_database_time(fields["swept_at"]))
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,8 @@ class TableEntry:
         which every later run captures by visibility.
         """
         watermark = fields.get("watermark")
-        since = None if watermark is None else datetime.fromisoformat(watermark) - overlap
+        since = (None if watermark is None
+                 else timestamps.parse_database_time(watermark) - overlap)
         return cls(files=_files(fields.get("files")),
                    cursor=TableCursor(since_last_updated=since),
                    truncated=bool(fields.get("truncated", False)))
@@ -258,14 +260,6 @@ class TableOutput:
         return output
 
 
-def _utc_naive(text: str) -> datetime:
-    """Parse an ISO-8601 time; one with a zone is converted to UTC and the zone dropped."""
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
-    return moment
-
-
 @dataclass(frozen=True)
 class CapturePoint:
     """Where the ingest run that a processed manifest came from stood in the source.
@@ -289,7 +283,9 @@ class CapturePoint:
 
     def database_moment(self) -> datetime | None:
         """``database_time`` as a UTC datetime without zone (a ``timestamp`` value)."""
-        return None if self.database_time is None else _utc_naive(str(self.database_time))
+        if self.database_time is None:
+            return None
+        return timestamps.parse_database_time(str(self.database_time))
 
     def to_json(self) -> dict[str, Any]:
         """Return the manifest's ``capture`` object."""
@@ -338,10 +334,7 @@ class ProcessedManifest:
         """``ingest_started_at`` as an aware UTC datetime (a stamp without zone is UTC)."""
         if self.ingest_started_at is None:
             return None
-        moment = datetime.fromisoformat(self.ingest_started_at)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return moment.astimezone(timezone.utc)
+        return timestamps.parse_instant(self.ingest_started_at)
 
     def to_json(self) -> dict[str, Any]:
         """Render the manifest (always in the current format)."""

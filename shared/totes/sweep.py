@@ -21,7 +21,7 @@ from bisect import bisect_right
 from datetime import datetime, timedelta
 from typing import IO, Iterable, Iterator
 
-from totes import keys, storage
+from totes import keys, storage, timestamps
 
 KEYS_CONTENT_TYPE = "application/gzip"
 #: keys per block: about 0.5 MB of text, the unit of memory of a sweep.
@@ -171,5 +171,5 @@ def upload_blocks(bucket: str, table: str, run: keys.RunId, lines: list[bytes]) 
 
 def deletion_line(key_column: str, key: int, deleted_at: datetime) -> bytes:
     """Render one deletion record as a JSON line (the transform's input contract)."""
-    stamp = deleted_at.isoformat(timespec="milliseconds")
+    stamp = timestamps.database_text(deleted_at)
     return f'{{"{key_column}": {key}, "deleted_at": "{stamp}"}}\n'.encode()

@@ -21,7 +21,6 @@ import io
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
 import pandas as pd
@@ -30,7 +29,7 @@ import pyarrow.parquet as pq
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import ClientError
 
-from totes import config, jsonl, keys, reference, star, storage
+from totes import config, jsonl, keys, reference, star, storage, timestamps
 from totes.manifest import (CapturePoint, DataFile, IngestManifest, ManifestError,
                             ProcessedManifest, TableOutput)
 from totes.observability import emit_table_metric, metrics_for, service_logger
@@ -243,10 +242,6 @@ def _facts(run: _Run) -> None:
     run.write("dim_date", star.dim_date(dates))
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _read_ingest_manifest(bucket: str, key: str) -> IngestManifest:
     try:
         document = storage.read_json(bucket, key)
@@ -287,7 +282,7 @@ def transform_manifest(ingest_key: str, pointers: dict[str, str | None]) -> Proc
         run_id=str(run.run),
         ingest_manifest=ingest_key,
         ingest_started_at=ingest.started_at,
-        transformed_at=_now(),
+        transformed_at=timestamps.now_text(),
         tables={name: TableOutput(tuple(files)) for name, files in run.outputs.items()},
         reference={table: new_pointers.get(table) for table in reference.REFERENCE_TABLES},
         deletions={name: TableOutput(tuple(files)) for name, files in run.deletions.items()},

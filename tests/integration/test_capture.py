@@ -4,7 +4,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from totes import ingest, jsonl, keys, storage
+from totes import ingest, jsonl, keys, storage, timestamps
 from totes.manifest import IngestManifest
 from totes.source import SourceSchemaError
 
@@ -241,8 +241,9 @@ def watermark_manifest(bucket, watermark):
     run = keys.new_run_id(datetime.now().astimezone() - timedelta(hours=1))
     document = {
         "format": "totes.ingest/1", "run_id": str(run),
-        "started_at": ingest.utc_text(run.started_at), "finished_at": ingest.utc_text(
-            run.started_at), "previous_manifest": None, "overlap_minutes": 15, "complete": True,
+        "started_at": timestamps.instant_text(run.started_at),
+        "finished_at": timestamps.instant_text(run.started_at), "previous_manifest": None,
+        "overlap_minutes": 15, "complete": True,
         "tables": {table: {"rows": 0, "files": [], "truncated": False,
                            "watermark": watermark.isoformat(timespec="milliseconds"),
                            "recent_versions": []}

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from moto import mock_aws
 
-from totes import load, storage, warehouse
+from totes import load, storage, timestamps, warehouse
 from totes.warehouse_schema import TABLES, Column, Table, arrow_schema
 
 BUCKET = "load-unit"
@@ -51,9 +51,9 @@ def currencies(rows: int = 3) -> pa.Table:
 
 
 def test_timestamps_without_a_zone_are_utc():
-    assert load.parse_timestamp("2024-11-15T14:20:09") == datetime(
+    assert timestamps.parse_instant("2024-11-15T14:20:09") == datetime(
         2024, 11, 15, 14, 20, 9, tzinfo=timezone.utc)
-    assert load.parse_timestamp("2024-11-15T15:20:09+01:00").hour == 14
+    assert timestamps.parse_instant("2024-11-15T15:20:09+01:00").hour == 14
 
 
 def test_batches_come_in_contract_order_bounded_in_size(s3):
