@@ -1,4 +1,4 @@
-"""The analysts' business questions: SQL files in ``sql/queries`` and how to run them safely.
+r"""The analysts' business questions: SQL files in ``sql/queries`` and how to run them safely.
 
 Each file answers one question and starts with a comment header the dashboard
 (and a person reading the file) relies on::
@@ -13,6 +13,14 @@ Values reach the SQL only as bound parameters (``:start_date``, ``:end_date``,
 ``:currency``, ``:order_id``); NULL means "no filter", so the same file serves the
 whole warehouse and any filtered view. Numbered files (``01_...``) are the page's
 sections in order; unnumbered ones (headline, freshness, filter options) support it.
+
+The page's date and currency filter is written once, in ``filter.psql`` beside the
+files: psql variables (``\set name 'SQL'``) naming the filtered orders and payments.
+A file that filters includes it after its header (``\ir filter.psql``, which psql
+runs itself) and reads ``WITH sales AS (:filtered_sales)``. The runner reads the
+same file and substitutes those names as psql does, recursively; only the names
+the prelude sets are substituted, only the parameters above are left, and they
+are bound, never formatted into SQL.
 """
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +33,9 @@ import pandas as pd
 import pg8000.native
 
 QUERY_DIR = Path(__file__).resolve().parents[2] / "sql" / "queries"
+#: the file in QUERY_DIR that writes the page's filter once, and the line that includes it.
+FILTER_PRELUDE = "filter.psql"
+INCLUDE_PRELUDE = f"\\ir {FILTER_PRELUDE}"
 
 #: the bound parameters a query may use; anything else in a file is an error.
 FILTER_PARAMETERS = ("start_date", "end_date", "currency")
@@ -39,7 +50,10 @@ DEFAULT_WORKERS = 4
 HEADER_FIELDS = ("title", "question", "reading", "chart")
 CHART_KINDS = ("line", "bar", "arc", "table", "none")
 
-_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+#: a quoted string (skipped, as psql skips it) or a ``:name`` outside one (not a ``::`` cast).
+_PARAMETER = re.compile(r"'(?:[^']|'')*'|(?<![:\w]):([A-Za-z_]\w*)")
+#: the one psql command the prelude may hold: a name set to SQL without quotes or backslashes.
+_SET = re.compile(r"\\set\s+([A-Za-z_]\w*)\s+'([^'\\]*)'")
 _FIELD = re.compile(r"--\s(\w[\w ]*?):\s*(.*)")
 _CONTINUATION = re.compile(r"--\s{2,}(\S.*)")
 _ORDER = re.compile(r"(\d+)_(.+)")
@@ -138,14 +152,96 @@ def parse_header(text: str) -> dict[str, str]:
     return fields
 
 
-def parse_query(name: str, text: str) -> Query:
-    """Build a :class:`Query` from a file's text, insisting on the header and known parameters."""
+def parse_prelude(text: str) -> dict[str, str]:
+    r"""Read the filter prelude: its ``\set name 'SQL'`` lines as SQL fragments by name.
+
+    That is all of psql the runner understands, so anything else but comments is
+    refused, naming the line; a name is set once and is never a parameter's.
+    """
+    fragments: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("--"):
+            continue
+        found = _SET.fullmatch(line)
+        if not found:
+            raise QueryFileError(f"{FILTER_PRELUDE} line {number}: only comments and "
+                                 "\\set name 'SQL' lines (no quotes in the SQL) are understood")
+        fragment, sql = found.groups()
+        if fragment in PARAMETERS or fragment in fragments:
+            raise QueryFileError(f"{FILTER_PRELUDE} line {number}: {fragment} is a parameter "
+                                 "or already set")
+        fragments[fragment] = sql
+    return fragments
+
+
+def read_prelude(directory: Path = QUERY_DIR) -> dict[str, str]:
+    """The fragments of ``directory``'s filter prelude (none when it has no prelude)."""
+    path = directory / FILTER_PRELUDE
+    return parse_prelude(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def expand(sql: str, fragments: Mapping[str, str], within: tuple[str, ...] = ()) -> str:
+    """Substitute each ``:name`` the prelude sets with its SQL, recursively, as psql does.
+
+    Other names (the parameters) and anything in quotes are left as they are.
+    """
+    def substitute(match: re.Match) -> str:
+        fragment = match.group(1)
+        if fragment not in fragments:
+            return match.group(0)
+        if fragment in within:
+            raise QueryFileError(f"{FILTER_PRELUDE}: {fragment} refers to itself")
+        return expand(fragments[fragment], fragments, (*within, fragment))
+    return _PARAMETER.sub(substitute, sql)
+
+
+def _body(name: str, text: str, prelude: Mapping[str, str]) -> str:
+    """The SQL of a query file: comments dropped, the prelude's fragments substituted if included.
+
+    The include is the only psql command a file may hold, and it comes before the
+    SQL, since psql substitutes a line's variables as it reads it.
+    """
+    lines: list[str] = []
+    included = False
+    for line in text.splitlines():
+        command = line.strip()
+        if command.startswith("--"):
+            continue
+        if command.startswith("\\"):
+            if command != INCLUDE_PRELUDE or included or any(sql.strip() for sql in lines):
+                raise QueryFileError(f"query {name}: the only psql command a file may hold is "
+                                     f"one {INCLUDE_PRELUDE!r} before its SQL, not {command!r}")
+            included = True
+            continue
+        lines.append(line)
+    body = "\n".join(lines)
+    if not included:
+        borrowed = sorted(set(_names(body)) & set(prelude))
+        if borrowed:
+            raise QueryFileError(f"query {name} uses {', '.join(borrowed)} from "
+                                 f"{FILTER_PRELUDE} without including it ({INCLUDE_PRELUDE})")
+        return body
+    return expand(body, prelude)
+
+
+def _names(sql: str) -> list[str]:
+    """The ``:name`` references of ``sql`` outside quotes."""
+    return [found for found in _PARAMETER.findall(sql) if found]
+
+
+def parse_query(name: str, text: str, prelude: Mapping[str, str] | None = None) -> Query:
+    """Build a :class:`Query` from a file's text, insisting on the header and known parameters.
+
+    ``prelude`` is the filter prelude's fragments (:func:`read_prelude`), by default
+    those of :data:`QUERY_DIR`.
+    """
     header = parse_header(text)
     missing = [key for key in HEADER_FIELDS if not header.get(key)]
     if missing:
         raise QueryFileError(f"query {name} lacks header field(s): {', '.join(missing)}")
-    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
-    parameters = frozenset(_PARAMETER.findall(body))
+    body = _body(name, text, read_prelude() if prelude is None else prelude)
+    parameters = frozenset(_names(body))
     unknown = sorted(parameters - set(PARAMETERS))
     if unknown:
         raise QueryFileError(f"query {name} uses unknown parameter(s): {', '.join(unknown)}")
@@ -165,7 +261,8 @@ def parse_query(name: str, text: str) -> Query:
 
 def load_queries(directory: Path = QUERY_DIR) -> dict[str, Query]:
     """Every query file in ``directory`` by name: the numbered sections first, in order."""
-    queries = [parse_query(path.stem, path.read_text(encoding="utf-8"))
+    prelude = read_prelude(directory)
+    queries = [parse_query(path.stem, path.read_text(encoding="utf-8"), prelude)
                for path in sorted(directory.glob("*.sql"))]
     queries.sort(key=lambda query: (query.position is None, query.position or 0, query.name))
     return {query.name: query for query in queries}

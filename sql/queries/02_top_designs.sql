@@ -4,14 +4,8 @@
 --   sales order), with the orders and units behind it. Designs are named with their id (names
 --   repeat: several designs share a name). Ties are broken by design id.
 -- Chart: bar x=revenue y=design facet=currency_code
-WITH sales AS (
-    SELECT s.*, c.currency_code
-    FROM fact_sales_order_current AS s
-    JOIN dim_currency AS c ON c.currency_id = s.currency_id
-    WHERE (CAST(:start_date AS date) IS NULL OR s.created_date >= CAST(:start_date AS date))
-      AND (CAST(:end_date AS date) IS NULL OR s.created_date <= CAST(:end_date AS date))
-      AND (CAST(:currency AS text) IS NULL OR c.currency_code = CAST(:currency AS text))
-),
+\ir filter.psql
+WITH sales AS (:filtered_sales),
 by_design AS (
     SELECT design_id, currency_code,
            COUNT(*) AS orders, SUM(units_sold) AS units, SUM(units_sold * unit_price) AS revenue

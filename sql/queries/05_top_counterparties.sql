@@ -3,14 +3,8 @@
 -- Reading: The ten counterparties with the highest sales revenue in each currency (latest
 --   version of each sales order), with their legal country. Ties are broken by counterparty id.
 -- Chart: bar x=revenue y=counterparty_legal_name facet=currency_code
-WITH sales AS (
-    SELECT s.*, c.currency_code
-    FROM fact_sales_order_current AS s
-    JOIN dim_currency AS c ON c.currency_id = s.currency_id
-    WHERE (CAST(:start_date AS date) IS NULL OR s.created_date >= CAST(:start_date AS date))
-      AND (CAST(:end_date AS date) IS NULL OR s.created_date <= CAST(:end_date AS date))
-      AND (CAST(:currency AS text) IS NULL OR c.currency_code = CAST(:currency AS text))
-),
+\ir filter.psql
+WITH sales AS (:filtered_sales),
 by_counterparty AS (
     SELECT counterparty_id, currency_code,
            COUNT(*) AS orders, SUM(units_sold * unit_price) AS revenue

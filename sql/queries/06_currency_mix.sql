@@ -4,22 +4,9 @@
 --   value in that currency, and each currency's share of all orders. Shares are of order
 --   counts, because amounts in different currencies cannot be added up without exchange rates.
 -- Chart: arc theta=orders color=currency_code
-WITH sales AS (
-    SELECT s.*, c.currency_code
-    FROM fact_sales_order_current AS s
-    JOIN dim_currency AS c ON c.currency_id = s.currency_id
-    WHERE (CAST(:start_date AS date) IS NULL OR s.created_date >= CAST(:start_date AS date))
-      AND (CAST(:end_date AS date) IS NULL OR s.created_date <= CAST(:end_date AS date))
-      AND (CAST(:currency AS text) IS NULL OR c.currency_code = CAST(:currency AS text))
-),
-purchases AS (
-    SELECT p.*, c.currency_code
-    FROM fact_purchase_orders_current AS p
-    JOIN dim_currency AS c ON c.currency_id = p.currency_id
-    WHERE (CAST(:start_date AS date) IS NULL OR p.created_date >= CAST(:start_date AS date))
-      AND (CAST(:end_date AS date) IS NULL OR p.created_date <= CAST(:end_date AS date))
-      AND (CAST(:currency AS text) IS NULL OR c.currency_code = CAST(:currency AS text))
-),
+\ir filter.psql
+WITH sales AS (:filtered_sales),
+purchases AS (:filtered_purchases),
 sold AS (
     SELECT currency_code, COUNT(*) AS sales_orders, SUM(units_sold * unit_price) AS sales_revenue
     FROM sales

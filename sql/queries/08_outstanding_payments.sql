@@ -5,14 +5,8 @@
 --   to the newest payment update in the warehouse: today on a live system, and a replayed or
 --   demo history is aged on its own clock.
 -- Chart: bar x=age_band y=amount color=currency_code
-WITH payments AS (
-    SELECT p.*, c.currency_code
-    FROM fact_payment_current AS p
-    JOIN dim_currency AS c ON c.currency_id = p.currency_id
-    WHERE (CAST(:start_date AS date) IS NULL OR p.created_date >= CAST(:start_date AS date))
-      AND (CAST(:end_date AS date) IS NULL OR p.created_date <= CAST(:end_date AS date))
-      AND (CAST(:currency AS text) IS NULL OR c.currency_code = CAST(:currency AS text))
-),
+\ir filter.psql
+WITH payments AS (:filtered_payments),
 as_of AS MATERIALIZED (
     SELECT MAX(last_updated_date) AS day FROM fact_payment
 ),

@@ -4,14 +4,8 @@
 --   average days from the payment's creation to the first version marked paid, and the average
 --   days after the agreed payment date (negative: early).
 -- Chart: bar x=avg_days_to_payment y=payment_type_name
-WITH payments AS (
-    SELECT p.*, c.currency_code
-    FROM fact_payment_current AS p
-    JOIN dim_currency AS c ON c.currency_id = p.currency_id
-    WHERE (CAST(:start_date AS date) IS NULL OR p.created_date >= CAST(:start_date AS date))
-      AND (CAST(:end_date AS date) IS NULL OR p.created_date <= CAST(:end_date AS date))
-      AND (CAST(:currency AS text) IS NULL OR c.currency_code = CAST(:currency AS text))
-),
+\ir filter.psql
+WITH payments AS (:filtered_payments),
 paid_on AS (
     SELECT payments.payment_id, payments.payment_type_id, payments.created_date,
            payments.payment_date, MIN(h.last_updated_date) AS paid_date

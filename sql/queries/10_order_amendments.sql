@@ -4,22 +4,9 @@
 --   than one version in the warehouse's history, the share amended, the amendments in total
 --   (versions after the first) and the most versions any one order has.
 -- Chart: bar x=amended_pct y=order_kind
-WITH sales AS (
-    SELECT s.*, c.currency_code
-    FROM fact_sales_order_current AS s
-    JOIN dim_currency AS c ON c.currency_id = s.currency_id
-    WHERE (CAST(:start_date AS date) IS NULL OR s.created_date >= CAST(:start_date AS date))
-      AND (CAST(:end_date AS date) IS NULL OR s.created_date <= CAST(:end_date AS date))
-      AND (CAST(:currency AS text) IS NULL OR c.currency_code = CAST(:currency AS text))
-),
-purchases AS (
-    SELECT p.*, c.currency_code
-    FROM fact_purchase_orders_current AS p
-    JOIN dim_currency AS c ON c.currency_id = p.currency_id
-    WHERE (CAST(:start_date AS date) IS NULL OR p.created_date >= CAST(:start_date AS date))
-      AND (CAST(:end_date AS date) IS NULL OR p.created_date <= CAST(:end_date AS date))
-      AND (CAST(:currency AS text) IS NULL OR c.currency_code = CAST(:currency AS text))
-),
+\ir filter.psql
+WITH sales AS (:filtered_sales),
+purchases AS (:filtered_purchases),
 versions AS (
     SELECT 'sales order' AS order_kind, 1 AS kind_order, h.sales_order_id AS order_id,
            COUNT(*) AS versions

@@ -3,22 +3,9 @@
 -- Reading: One row per currency: sales orders and their revenue (latest versions), and the
 --   payments whose latest version is unpaid with their total amount.
 -- Chart: none
-WITH sales AS (
-    SELECT s.*, c.currency_code
-    FROM fact_sales_order_current AS s
-    JOIN dim_currency AS c ON c.currency_id = s.currency_id
-    WHERE (CAST(:start_date AS date) IS NULL OR s.created_date >= CAST(:start_date AS date))
-      AND (CAST(:end_date AS date) IS NULL OR s.created_date <= CAST(:end_date AS date))
-      AND (CAST(:currency AS text) IS NULL OR c.currency_code = CAST(:currency AS text))
-),
-payments AS (
-    SELECT p.*, c.currency_code
-    FROM fact_payment_current AS p
-    JOIN dim_currency AS c ON c.currency_id = p.currency_id
-    WHERE (CAST(:start_date AS date) IS NULL OR p.created_date >= CAST(:start_date AS date))
-      AND (CAST(:end_date AS date) IS NULL OR p.created_date <= CAST(:end_date AS date))
-      AND (CAST(:currency AS text) IS NULL OR c.currency_code = CAST(:currency AS text))
-),
+\ir filter.psql
+WITH sales AS (:filtered_sales),
+payments AS (:filtered_payments),
 sold AS (
     SELECT currency_code, COUNT(*) AS orders, SUM(units_sold * unit_price) AS revenue
     FROM sales
