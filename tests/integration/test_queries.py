@@ -6,6 +6,8 @@ wrongly disagrees with an independent calculation, not with a snapshot of itself
 Each question is asked of two warehouses: hand-made rows aimed at the edge cases,
 and one the pipeline itself built from generated and simulated business.
 """
+import csv
+import subprocess
 from collections import defaultdict
 from datetime import datetime, time
 from decimal import ROUND_HALF_UP, Decimal
@@ -17,9 +19,12 @@ from dashboard_warehouse import (INGEST_STARTED_AT, LOADED_AT, TODAY, build_ware
 
 from totes import warehouse as warehouse_writes
 from totes.warehouse_schema import DELETIONS, TABLES, arrow_schema
-from totes_local import queries
+from totes_local import queries, stack
 
 QUERIES = queries.load_queries()
+#: each query's file, by the query's name.
+FILES = {queries.parse_query(path.stem, path.read_text(encoding="utf-8")).name: path
+         for path in queries.QUERY_DIR.glob("*.sql")}
 
 
 def window(rows, currency=None):
@@ -278,6 +283,37 @@ def test_query_matches_an_independent_calculation(warehouse, name, choose):
     expected = getattr(Expect(rows, filters), name)()
     assert expected, "the known warehouse must give every question something to answer"
     assert answer(connection, name, filters.values()) == expected
+
+
+def psql_text(value) -> str:
+    """A value as ``psql --csv`` prints it (NULL empty, booleans t/f)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    return str(value)
+
+
+@pytest.mark.parametrize("choose", FILTERS.values(), ids=FILTERS.keys())
+@pytest.mark.parametrize("name", FILTERED)
+def test_each_file_runs_in_psql_as_documented_with_the_runners_answer(postgres, known, name,
+                                                                      choose):
+    """``psql -X -v start_date="'2024-01-01'" -v end_date=NULL ... -f <file>``, as documented."""
+    connection, rows = known
+    values = choose(rows).values()
+    variables = [argument for key, value in values.items() for argument in
+                 ("-v", f"{key}=" + ("NULL" if value is None else f"'{value}'"))]
+    ran = subprocess.run(
+        [*stack.psql_argv(postgres, "queries_known"), "-X", "--csv", "-v", "ON_ERROR_STOP=1",
+         *variables, "-f", str(FILES[name])],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert ran.returncode == 0 and not ran.stderr, ran.stderr
+    header, *printed = csv.reader(ran.stdout.splitlines())
+    result = queries.run_query(connection, QUERIES[name], values)
+    assert header == list(result.frame.columns)
+    assert printed == [[psql_text(value) for value in row]
+                       for row in answer(connection, name, values)]
+    assert printed, "the known warehouse answers every question"
 
 
 def test_every_question_but_the_single_order_history_takes_the_page_filters():
