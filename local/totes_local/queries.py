@@ -186,7 +186,7 @@ def expand(sql: str, fragments: Mapping[str, str], within: tuple[str, ...] = ())
 
     Other names (the parameters) and anything in quotes are left as they are.
     """
-    def substitute(match: re.Match) -> str:
+    def substitute(match: re.Match[str]) -> str:
         fragment = match.group(1)
         if fragment not in fragments:
             return match.group(0)
