@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any, Mapping
 
 from totes import timestamps
+from totes.errors import InputError
 
 #: xids wrap at 2^32; xid8 values count the epochs above that.
 XID_MODULUS = 1 << 32
@@ -36,7 +37,7 @@ XID_MODULUS = 1 << 32
 FIRST_NORMAL_XID = 3
 
 
-class SnapshotFormatError(ValueError):
+class SnapshotFormatError(InputError, ValueError):
     """A recorded snapshot is not ``xmin:xmax:xip,...`` with ``xmin <= xmax``."""
 
 

@@ -6,8 +6,10 @@ message naming the variable, and tests can change the environment freely.
 import os
 from datetime import timedelta
 
+from totes.errors import InputError
 
-class ConfigurationError(RuntimeError):
+
+class ConfigurationError(InputError):
     """A required setting is missing or unusable; the message says which and why."""
 
 

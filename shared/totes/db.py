@@ -19,6 +19,8 @@ from typing import Any, Mapping
 import pg8000.native
 from aws_lambda_powertools.utilities import parameters
 
+from totes.errors import InputError, TransientError
+
 REQUIRED_KEYS = ("host", "username", "dbname")
 SSL_MODES = ("disable", "require", "verify-ca", "verify-full")
 DEFAULT_SSLMODE = "verify-full"
@@ -28,11 +30,11 @@ LAYER_CA_BUNDLE = Path(__file__).with_name("rds-ca-bundle.pem")
 CONNECT_TIMEOUT_SECONDS = 15
 
 
-class SecretFormatError(ValueError):
+class SecretFormatError(InputError, ValueError):
     """The secret is not the JSON object the contract describes."""
 
 
-class DatabaseUnavailableError(ConnectionError):
+class DatabaseUnavailableError(TransientError, ConnectionError):
     """The database could not be reached or refused the credentials."""
 
 

@@ -21,12 +21,14 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any, Callable, Iterator
 
 import pg8000.native
 
 from totes import config, db, extract, keys, observability, storage, sweep, timestamps
 from totes.capture import TableCursor
+from totes.errors import TransientError
 from totes.manifest import DataFile, IngestManifest, SweepState, TableEntry
 from totes.source import SOURCE_TABLES, check_contract
 
@@ -41,15 +43,20 @@ LOGGED_KEYS = 20
 #: Seconds any database wait may take outside Lambda: the longest a Lambda may run.
 DEFAULT_DB_TIMEOUT_SECONDS = 900.0
 
-_NOT_COMMITTED = "ingest run failed; nothing committed, the next run reads the same rows"
-_COMMIT_UNKNOWN = ("ingest run failed writing its manifest; the run is committed if the "
-                   "manifest exists, else nothing is and the next run reads the same rows")
-_COMMITTED_BY_RETRY = ("ingest run failed writing its manifest, which exists: a retried write "
-                       "found the object its first attempt created, so the run is committed")
-_COMMITTED = "ingest run failed after committing its manifest; downstream sees the run"
+
+class Progress(Enum):
+    """How far a run got, so a failure's log line says exactly what it left committed."""
+
+    EXTRACTING = "ingest run failed; nothing committed, the next run reads the same rows"
+    COMMITTING = ("ingest run failed writing its manifest; the run is committed if the "
+                  "manifest exists, else nothing is and the next run reads the same rows")
+    COMMITTED_BY_RETRY = ("ingest run failed writing its manifest, which exists: a retried "
+                          "write found the object its first attempt created, so the run is "
+                          "committed")
+    COMMITTED = "ingest run failed after committing its manifest; downstream sees the run"
 
 
-class ConcurrentRunError(RuntimeError):
+class ConcurrentRunError(TransientError):
     """Another run committed a manifest after this one read its starting state."""
 
 
@@ -415,13 +422,13 @@ def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
     return result
 
 
-def _failure_message(error: Exception, left_behind: str) -> str:
-    """Say what a failure left behind: ``left_behind`` is what the run's progress implies."""
+def _failure_message(error: Exception, progress: Progress) -> str:
+    """Say what a failure left behind, from how far the run got and the error's class."""
     if isinstance(error, ConcurrentRunError):
         return f"ingest run failed: {error}"
-    if left_behind == _COMMIT_UNKNOWN and isinstance(error, storage.ObjectAlreadyExistsError):
-        return _COMMITTED_BY_RETRY
-    return left_behind
+    if progress is Progress.COMMITTING and isinstance(error, storage.ObjectAlreadyExistsError):
+        return Progress.COMMITTED_BY_RETRY.value
+    return progress.value
 
 
 def run_ingest(settings: IngestSettings | None = None, *,
@@ -441,15 +448,15 @@ def run_ingest(settings: IngestSettings | None = None, *,
     started = time.perf_counter()
     run = keys.new_run_id()
     manifest_key = keys.manifest_key(run)
-    left_behind = _NOT_COMMITTED  # what a failure at this point leaves, as the log says it
+    progress = Progress.EXTRACTING
     try:
         settings = settings or IngestSettings.from_environment()
         manifest = _extract_run(settings, run, db_timeout)
-        left_behind = _COMMIT_UNKNOWN
+        progress = Progress.COMMITTING
         storage.put_new_json(settings.bucket, manifest_key, manifest.to_json())
-        left_behind = _COMMITTED
+        progress = Progress.COMMITTED
         return _report(settings, run, manifest_key, manifest, started)
     except Exception as error:
-        logger.exception(_failure_message(error, left_behind),
+        logger.exception(_failure_message(error, progress),
                          extra={"run_id": str(run), "manifest_key": manifest_key})
         raise

@@ -21,6 +21,7 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from totes import config, storage, timestamps, warehouse
+from totes.errors import InputError, PipelineError
 from totes.manifest import PROCESSED_FORMAT_V1, IngestManifest, ProcessedManifest, TableOutput
 from totes.observability import emit_table_metric, service_logger
 from totes.warehouse_schema import DELETIONS, FACTS, TABLES, Table, arrow_schema
@@ -34,8 +35,11 @@ RESERVE_SECONDS = 60.0
 logger = service_logger()
 
 
-class LoadError(RuntimeError):
-    """A manifest could not be loaded; names the manifest and, when known, the object."""
+class LoadError(PipelineError):
+    """A manifest could not be loaded; names the manifest and, when known, the object.
+
+    Its kind (input or transient) is the kind of the error it wraps, its ``__cause__``.
+    """
 
     def __init__(self, message: str, manifest_key: str, object_key: str | None = None):
         """Keep the keys as attributes so logs and callers can report them structurally."""
@@ -44,7 +48,7 @@ class LoadError(RuntimeError):
         self.object_key = object_key
 
 
-class ParquetFileError(ValueError):
+class ParquetFileError(InputError, ValueError):
     """A Parquet object is missing, unreadable, or not the table's contract schema."""
 
     def __init__(self, message: str, object_key: str):

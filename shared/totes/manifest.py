@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from totes import timestamps
 from totes.capture import Snapshot, SnapshotFormatError, TableCursor
+from totes.errors import InputError
 from totes.source import SOURCE_TABLES
 
 #: ingest manifests written before capture by snapshot (a ``last_updated`` watermark).
@@ -22,7 +23,7 @@ INGEST_FORMAT_V1 = "totes.ingest/1"
 INGEST_FORMAT = "totes.ingest/2"
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError, ValueError):
     """A manifest is not one of the formats this code reads: bad input, a person must act."""
 
 

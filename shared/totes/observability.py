@@ -13,6 +13,8 @@ from typing import Any, Callable
 from aws_lambda_powertools import Logger, Metrics, single_metric
 from aws_lambda_powertools.metrics import MetricUnit
 
+from totes import errors
+
 DEFAULT_SERVICE = "totes"
 DEFAULT_NAMESPACE = "TotesPipeline"
 
@@ -44,17 +46,36 @@ def instrument(stage: str, logger: Logger, metrics: Metrics) -> Callable[[Handle
     its ``stage``, and flushes its metrics when it returns or raises. The stage is
     set per invocation, not per logger: every Powertools logger of a service shares
     one formatter, so a key fixed at import time would be the first function's
-    wherever functions share a process (the local runner, the tests).
+    wherever functions share a process (the local runner, the tests). A failure
+    is classified by :func:`totes.errors.kind_of` before it propagates.
     """
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
         def with_stage(event: dict[str, Any], context: Any) -> Any:
             logger.append_keys(stage=stage)
-            return handler(event, context)
+            try:
+                return handler(event, context)
+            except Exception as error:
+                _report_failure(logger, metrics, error)
+                raise
 
         return logger.inject_lambda_context(clear_state=True)(metrics.log_metrics(with_stage))
 
     return decorate
+
+
+def _report_failure(logger: Logger, metrics: Metrics, error: Exception) -> None:
+    """Say, once per failed invocation, what kind of failure it is and who must act.
+
+    The stage has already logged the failure with its context; this line adds the
+    kind (see :mod:`totes.errors`), and ``InputErrors`` counts the failures a
+    retry cannot fix, which have their own alarm.
+    """
+    kind = errors.kind_of(error)
+    logger.error("invocation failed: %s", errors.ADVICE[kind],
+                 extra={"error_kind": kind, "error_class": type(error).__name__})
+    if kind == errors.INPUT:
+        metrics.add_metric(name="InputErrors", unit=MetricUnit.Count, value=1)
 
 
 def emit_table_metric(name: str, table: str, value: float,

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
+from totes.errors import InputError
+
 #: table name -> primary key column, in foreign-key dependency order.
 SOURCE_TABLES = MappingProxyType({
     "address": "address_id",
@@ -94,11 +96,11 @@ ACCEPTED_TYPES: Mapping[str, frozenset[str]] = MappingProxyType({
 })
 
 
-class UnknownTableError(ValueError):
+class UnknownTableError(InputError, ValueError):
     """A table name that is not on the allow-list reached code that builds SQL."""
 
 
-class SourceSchemaError(RuntimeError):
+class SourceSchemaError(InputError):
     """A column the pipeline reads is missing or changed type upstream: a person must act.
 
     Retrying cannot help; the message names every offending table and column.

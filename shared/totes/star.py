@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pycountry
 
+from totes.errors import InputError
 from totes.source import SOURCE_COLUMNS, primary_key
 from totes.warehouse_schema import DELETIONS, TABLES, Table, arrow_schema
 
@@ -38,7 +39,7 @@ _PLAIN_TYPES = {"int": int, "text": str, "bool": bool}
 _ARROW_TYPES = {"int": pa.int64(), "text": pa.string(), "bool": pa.bool_()}
 
 
-class SourceDataError(ValueError):
+class SourceDataError(InputError, ValueError):
     """A source value the warehouse cannot hold exactly; the message names table, key and value."""
 
 

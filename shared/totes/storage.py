@@ -13,10 +13,11 @@ from typing import IO, Any, Iterator
 import boto3
 from botocore.exceptions import ClientError
 
+from totes.errors import TransientError
 from totes.keys import MANIFEST_PREFIX
 
 
-class ObjectAlreadyExistsError(FileExistsError):
+class ObjectAlreadyExistsError(TransientError, FileExistsError):
     """A conditional write found the key taken: the object is never replaced."""
 
 

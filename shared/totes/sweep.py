@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import IO, Iterable, Iterator
 
 from totes import keys, storage, timestamps
+from totes.errors import InputError
 
 KEYS_CONTENT_TYPE = "application/gzip"
 #: keys per block: about 0.5 MB of text, the unit of memory of a sweep.
@@ -30,7 +31,7 @@ BLOCK_KEYS = 65_536
 Block = list[int]
 
 
-class SweepOrderError(RuntimeError):
+class SweepOrderError(InputError):
     """A key stream that must be sorted was not: comparing it would invent deletions."""
 
 

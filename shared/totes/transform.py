@@ -30,6 +30,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import ClientError
 
 from totes import config, jsonl, keys, reference, star, storage, timestamps
+from totes.errors import InputError
 from totes.manifest import (CapturePoint, DataFile, IngestManifest, ManifestError,
                             ProcessedManifest, TableOutput)
 from totes.observability import emit_table_metric, metrics_for, service_logger
@@ -45,7 +46,7 @@ logger = service_logger()
 metrics = metrics_for()
 
 
-class TransformInputError(ValueError):
+class TransformInputError(InputError, ValueError):
     """An ingest object cannot be transformed; the message names its key and the reason."""
 
 

@@ -8,9 +8,12 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from cfnlint.decode import cfn_yaml
 
-from totes import observability
+from totes import keys, observability, storage
+from totes.transform import TransformInputError
+from totes_local.runner import s3_object_created_event
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "template.yaml"
 #: the template scopes the namespace to the stack; the handlers read it from the environment.
@@ -57,7 +60,12 @@ def emitted_metrics(stdout: str) -> set[tuple[str, frozenset]]:
 def test_template_watches_only_metrics_the_handlers_emit(e2e, capsys):
     capsys.readouterr()
     e2e.pipeline.cycle()
+    # An input error (a malformed manifest), so the metric only failures emit is seen too.
+    bad = keys.manifest_key(keys.new_run_id())
+    storage.put_new_json(e2e.env["INGEST_BUCKET"], bad, {"format": "not a manifest"})
+    with pytest.raises(TransformInputError):
+        e2e.pipeline.invoke("transform", s3_object_created_event(e2e.env["INGEST_BUCKET"], bad))
     watched = watched_metrics()
     assert {"FreshnessSeconds", "RowsLoaded", "IngestRuns", "RowsIngested",
-            "IngestRowsStampedInFuture"} <= {name for name, _ in watched}
+            "IngestRowsStampedInFuture", "InputErrors"} <= {name for name, _ in watched}
     assert watched <= emitted_metrics(capsys.readouterr().out)

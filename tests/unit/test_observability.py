@@ -1,8 +1,11 @@
 import json
 
+import pytest
 from aws_lambda_powertools.metrics import MetricUnit
 
 from totes import observability
+from totes.config import ConfigurationError
+from totes.db import DatabaseUnavailableError
 from totes_local.runner import LambdaContext
 
 
@@ -42,3 +45,37 @@ def test_table_metrics_carry_their_table_dimension(capsys):
               if line.startswith('{"_aws"')]
     assert line["table"] == "sales_order" and line["RowsIngested"] in (7.0, [7.0])
     assert line["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "TotesPipeline"
+
+
+def failing_handler(error):
+    """A handler that fails with ``error``, wrapped like every function's."""
+    logger, metrics = observability.service_logger(), observability.metrics_for()
+
+    @observability.instrument("load", logger, metrics)
+    def handler(event, context):
+        raise error
+
+    return handler
+
+
+def test_a_failure_a_person_must_fix_is_logged_as_input_and_counted(capsys, captured_logs):
+    with pytest.raises(ConfigurationError):
+        failing_handler(ConfigurationError("INGEST_BUCKET is required"))(
+            {}, LambdaContext("totes-load"))
+
+    [line] = [line for line in captured_logs() if line["message"].startswith("invocation failed")]
+    assert line["error_kind"] == "input" and line["error_class"] == "ConfigurationError"
+    assert "a person must act" in line["message"]
+    emitted = [json.loads(text) for text in capsys.readouterr().out.splitlines()
+               if text.startswith('{"_aws"')]
+    assert emitted and emitted[-1]["InputErrors"] in (1.0, [1.0])
+
+
+def test_a_transient_failure_says_the_next_run_retries_and_is_not_counted(capsys, captured_logs):
+    with pytest.raises(DatabaseUnavailableError):
+        failing_handler(DatabaseUnavailableError("connection refused"))(
+            {}, LambdaContext("totes-load"))
+
+    [line] = [line for line in captured_logs() if line["message"].startswith("invocation failed")]
+    assert line["error_kind"] == "transient" and "the next run retries" in line["message"]
+    assert "InputErrors" not in capsys.readouterr().out
