@@ -67,12 +67,13 @@ def instrument(stage: str, logger: Logger, metrics: Metrics) -> Callable[[Handle
 def _report_failure(logger: Logger, metrics: Metrics, error: Exception) -> None:
     """Say, once per failed invocation, what kind of failure it is and who must act.
 
-    The stage has already logged the failure with its context; this line adds the
-    kind (see :mod:`totes.errors`), and ``InputErrors`` counts the failures a
+    The stage has already logged the failure (once, as an error) with its context;
+    this warning adds the kind (see :mod:`totes.errors`) without counting the
+    failure twice among error lines, and ``InputErrors`` counts the failures a
     retry cannot fix, which have their own alarm.
     """
     kind = errors.kind_of(error)
-    logger.error("invocation failed: %s", errors.ADVICE[kind],
+    logger.warning("invocation failed: %s", errors.ADVICE[kind],
                  extra={"error_kind": kind, "error_class": type(error).__name__})
     if kind == errors.INPUT:
         metrics.add_metric(name="InputErrors", unit=MetricUnit.Count, value=1)
