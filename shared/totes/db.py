@@ -179,7 +179,8 @@ def connect_with(secret: Mapping[str, Any], source: str, *,
 
 def quote_ident(name: str) -> str:
     """Quote an identifier that already passed an allow-list, for use in SQL text."""
-    return pg8000.native.identifier(name)
+    quoted: str = pg8000.native.identifier(name)
+    return quoted
 
 
 def close_quietly(conn: pg8000.native.Connection) -> None:

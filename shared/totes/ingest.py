@@ -308,7 +308,7 @@ def _sweep_table(conn: pg8000.native.Connection, settings: IngestSettings,
         spool.finish()
         writer = ObjectWriter(settings.bucket, settings.chunk_rows,
                               lambda part: keys.deletions_key(table, run, part))
-        known = [sweep.stored_blocks(settings.bucket, entry.sweep and entry.sweep.key),
+        known = [sweep.stored_blocks(settings.bucket, entry.sweep.key if entry.sweep else None),
                  *(sweep.stored_blocks(settings.bucket, key) for key in captured)]
         for key in sweep.vanished(known, spool.blocks()):
             writer.add(sweep.deletion_line(key_column, key, read_point.database_time))

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import chain
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pg8000.native
 from aws_lambda_powertools import Metrics
@@ -25,6 +25,9 @@ from totes.errors import InputError, PipelineError
 from totes.manifest import PROCESSED_FORMAT_V1, IngestManifest, ProcessedManifest, TableOutput
 from totes.observability import emit_table_metric, service_logger
 from totes.warehouse_schema import DELETIONS, FACTS, TABLES, Table, arrow_schema
+
+if TYPE_CHECKING:  # imported where used at run time, from the AWS SDK for pandas layer
+    import pyarrow as pa
 
 #: rows per Arrow batch streamed to COPY: the bound on the load's memory.
 BATCH_ROWS = 65_536
@@ -63,12 +66,12 @@ class LoadReport:
 
     last_loaded_manifest: str | None
     manifests_loaded: list[str] = field(default_factory=list)
-    rows_loaded: Counter = field(default_factory=Counter)
-    inferred_members: Counter = field(default_factory=Counter)
+    rows_loaded: Counter[str] = field(default_factory=Counter)
+    inferred_members: Counter[str] = field(default_factory=Counter)
     #: fact versions corrected in place (same ``last_updated``, other values), per fact.
-    versions_corrected: Counter = field(default_factory=Counter)
+    versions_corrected: Counter[str] = field(default_factory=Counter)
     #: deletion versions written, per fact.
-    deletions_loaded: Counter = field(default_factory=Counter)
+    deletions_loaded: Counter[str] = field(default_factory=Counter)
     freshness_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -85,7 +88,7 @@ class LoadReport:
         }
 
 
-def _same_type(found: Any, expected: Any) -> bool:
+def _same_type(found: "pa.DataType", expected: "pa.DataType") -> bool:
     import pyarrow as pa
 
     text = pa.types.is_string(found) or pa.types.is_large_string(found)
@@ -93,7 +96,8 @@ def _same_type(found: Any, expected: Any) -> bool:
 
 
 def record_batches(bucket: str, key: str, table: Table, expected_rows: int,
-                   batch_rows: int = BATCH_ROWS, fill_defaults: bool = False) -> Iterator[Any]:
+                   batch_rows: int = BATCH_ROWS,
+                   fill_defaults: bool = False) -> Iterator["pa.RecordBatch"]:
     """Yield the object's rows as record batches with the table's columns in contract order.
 
     The object is spooled to a temporary file (Parquet needs to seek to its footer)
@@ -168,7 +172,7 @@ def freshness_seconds(ingest_bucket: str, loaded_through: str | None, now: datet
 
 
 def _table_batches(bucket: str, output: TableOutput, table: Table, batch_rows: int,
-                   manifest: ProcessedManifest) -> Iterator[Any]:
+                   manifest: ProcessedManifest) -> Iterator["pa.RecordBatch"]:
     old = manifest.format == PROCESSED_FORMAT_V1
     return chain.from_iterable(
         record_batches(bucket, file.key, table, file.rows, batch_rows, fill_defaults=old)
@@ -182,10 +186,10 @@ class ManifestLoad:
     ``rows`` includes inferred members and deletion versions.
     """
 
-    rows: Counter = field(default_factory=Counter)
-    inferred: Counter = field(default_factory=Counter)
-    corrected: Counter = field(default_factory=Counter)
-    deletions: Counter = field(default_factory=Counter)
+    rows: Counter[str] = field(default_factory=Counter)
+    inferred: Counter[str] = field(default_factory=Counter)
+    corrected: Counter[str] = field(default_factory=Counter)
+    deletions: Counter[str] = field(default_factory=Counter)
 
     def add(self, table: str, loaded: warehouse.TableLoad) -> None:
         """Count what loading one table (or a fact's deletions) wrote."""

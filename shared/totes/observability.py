@@ -80,7 +80,7 @@ def _report_failure(logger: Logger, metrics: Metrics, error: Exception) -> None:
 
 
 def emit_table_metric(name: str, table: str, value: float,
-                      unit: str = MetricUnit.Count) -> None:
+                      unit: MetricUnit = MetricUnit.Count) -> None:
     """Emit one metric dimensioned by table (e.g. ``RowsIngested`` for ``sales_order``)."""
     with single_metric(name=name, unit=unit, value=value, namespace=_namespace(),
                        default_dimensions={"service": _service()}) as metric:

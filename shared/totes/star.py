@@ -10,7 +10,8 @@ ever passes through a float.
 """
 import re
 from decimal import Decimal
-from typing import Any, Iterable, Mapping, Sequence
+from datetime import date
+from typing import Any, Iterable, Mapping, Sequence, TypeAlias, cast
 
 import pandas as pd
 import pyarrow as pa
@@ -35,20 +36,25 @@ _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 _TEXT_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _CENT = Decimal("0.01")
 _MONEY_LIMIT = Decimal(10) ** 8
-_PLAIN_TYPES = {"int": int, "text": str, "bool": bool}
-_ARROW_TYPES = {"int": pa.int64(), "text": pa.string(), "bool": pa.bool_()}
+_PLAIN_TYPES: dict[str, type] = {"int": int, "text": str, "bool": bool}
+_ARROW_TYPES: dict[str, pa.DataType] = {"int": pa.int64(), "text": pa.string(), "bool": pa.bool_()}
+
+
+#: one column of values, whatever its Arrow type.
+ArrowArray: TypeAlias = "pa.Array[pa.Scalar[pa.DataType]]"
 
 
 class SourceDataError(InputError, ValueError):
     """A source value the warehouse cannot hold exactly; the message names table, key and value."""
 
 
-def _typed(array: pa.Array, index: pd.Index | None = None) -> pd.Series:
+def _typed(array: "ArrowArray | pa.ChunkedArray[Any]", index: pd.Index | None = None) -> pd.Series:
     return pd.Series(pd.arrays.ArrowExtensionArray(array), index=index, copy=False)
 
 
-def _arrow(series: pd.Series) -> pa.Array:
-    return pa.array(series, from_pandas=True)
+def _arrow(series: pd.Series) -> ArrowArray:
+    array: ArrowArray = pa.array(series, from_pandas=True)
+    return array
 
 
 def _offender(table: str, keys: Sequence[Any], position: int, column: str, value: Any,
@@ -58,12 +64,12 @@ def _offender(table: str, keys: Sequence[Any], position: int, column: str, value
     )
 
 
-def _parse_money(table: str, column: str, values: list, keys: Sequence[Any]) -> pa.Array:
+def _parse_money(table: str, column: str, values: list[object], keys: Sequence[Any]) -> ArrowArray:
     for position, value in enumerate(values):
         if value is None:
             continue
         exact = (isinstance(value, (int, Decimal)) and not isinstance(value, bool)
-                 and Decimal(value).is_finite() and abs(value) < _MONEY_LIMIT
+                 and Decimal(value).is_finite() and abs(Decimal(value)) < _MONEY_LIMIT
                  and Decimal(value).quantize(_CENT) == value)
         if not exact:
             raise _offender(table, keys, position, column, value,
@@ -71,8 +77,8 @@ def _parse_money(table: str, column: str, values: list, keys: Sequence[Any]) -> 
     return pa.array(values, pa.decimal128(10, 2))
 
 
-def _parse_stamps(table: str, column: str, values: list, keys: Sequence[Any],
-                  kind: str) -> pa.Array:
+def _parse_stamps(table: str, column: str, values: list[object], keys: Sequence[Any],
+                  kind: str) -> ArrowArray:
     text = pd.Series(values, dtype=object)
     present = text.notna()
     if kind == "date":
@@ -80,7 +86,7 @@ def _parse_stamps(table: str, column: str, values: list, keys: Sequence[Any],
                                         and _TEXT_DATE.fullmatch(value) is not None)
         text = text.where(~present | well_formed.reindex(text.index, fill_value=True), "")
         parsed = pd.to_datetime(text, format="%Y-%m-%d", errors="coerce")
-        target = pa.date32()
+        target: pa.DataType = pa.date32()
     else:
         text = text.where(~present | text.map(lambda value: isinstance(value, str)), "")
         parsed = pd.to_datetime(text, format=_TIMESTAMP_FORMAT, errors="coerce")
@@ -93,8 +99,8 @@ def _parse_stamps(table: str, column: str, values: list, keys: Sequence[Any],
     return _arrow(parsed).cast(target)
 
 
-def _parse_column(table: str, column: str, kind: str, values: list,
-                  keys: Sequence[Any]) -> pa.Array:
+def _parse_column(table: str, column: str, kind: str, values: list[object],
+                  keys: Sequence[Any]) -> ArrowArray:
     if kind == "money":
         return _parse_money(table, column, values, keys)
     if kind in ("date", "timestamp"):
@@ -148,7 +154,7 @@ def _contract(table: str | Table) -> Table:
     return table if isinstance(table, Table) else TABLES[table]
 
 
-def conform(table_name: str | Table, columns: Mapping[str, pd.Series | pa.Array],
+def conform(table_name: str | Table, columns: "Mapping[str, pd.Series | ArrowArray]",
             index: pd.Index | None = None) -> pd.DataFrame:
     """Build a warehouse frame with the contract's columns, in order, cast to their Arrow types.
 
@@ -180,12 +186,12 @@ def to_arrow(table_name: str | Table, frame: pd.DataFrame) -> pa.Table:
     return table.replace_schema_metadata(None)
 
 
-def _split_stamp(stamps: pa.Array, prefix: str) -> dict[str, pa.Array]:
+def _split_stamp(stamps: ArrowArray, prefix: str) -> dict[str, ArrowArray]:
     return {f"{prefix}_date": stamps.cast(pa.date32()),
             f"{prefix}_time": stamps.cast(pa.time32("ms"))}
 
 
-def _version_columns(frame: pd.DataFrame) -> dict[str, pa.Array]:
+def _version_columns(frame: pd.DataFrame) -> dict[str, ArrowArray]:
     """Split timestamps into date and time, and mark the version as an ordinary one."""
     return {
         **_split_stamp(_arrow(frame["created_at"]), "created"),
@@ -269,17 +275,18 @@ def deletions(table: str, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         key: pa.array(ids, pa.int64()), **_split_stamp(stamps, "last_updated")})
 
 
-def fact_dates(fact_name: str | Table, fact: pd.DataFrame) -> set:
+def fact_dates(fact_name: str | Table, fact: pd.DataFrame) -> set[date]:
     """Return every date a fact or deletion frame references (each column on ``dim_date``)."""
-    dates = set()
+    dates: set[date | None] = set()
     for column in _contract(fact_name).columns:
         if column.references == "dim_date":
-            dates.update(_arrow(fact[column.name]).unique().to_pylist())
-    dates.discard(None)
-    return dates
+            # the contract types every column that references dim_date as date32
+            days = cast("pa.Date32Array", _arrow(fact[column.name]))
+            dates.update(days.unique().to_pylist())
+    return {day for day in dates if day is not None}
 
 
-def dim_date(dates: Iterable) -> pd.DataFrame:
+def dim_date(dates: Iterable[date]) -> pd.DataFrame:
     """Build ``dim_date`` rows for ``dates``: ISO weekday (Monday 1) and English names.
 
     Names come from fixed tables, not ``strftime``, so the result never depends

@@ -8,7 +8,7 @@ them at a local moto server.
 """
 import json
 from functools import lru_cache
-from typing import IO, Any, Iterator
+from typing import IO, TYPE_CHECKING, Any, Iterator
 
 import boto3
 from botocore.exceptions import ClientError
@@ -16,13 +16,18 @@ from botocore.exceptions import ClientError
 from totes.errors import TransientError
 from totes.keys import MANIFEST_PREFIX
 
+if TYPE_CHECKING:  # boto3-stubs, a development dependency: the Lambda runtime has no stubs
+    from botocore.response import StreamingBody
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ListObjectsV2RequestPaginateTypeDef
+
 
 class ObjectAlreadyExistsError(TransientError, FileExistsError):
     """A conditional write found the key taken: the object is never replaced."""
 
 
 @lru_cache(maxsize=1)
-def s3_client() -> Any:
+def s3_client() -> "S3Client":
     """Return the process-wide S3 client (created once per Lambda container)."""
     return boto3.client("s3")
 
@@ -53,7 +58,8 @@ def put_new_json(bucket: str, key: str, document: Any) -> None:
 
 def read_bytes(bucket: str, key: str) -> bytes:
     """Return an object's whole body (for objects bounded in size by design)."""
-    return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    body: bytes = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    return body
 
 
 def read_json(bucket: str, key: str) -> Any:
@@ -61,14 +67,14 @@ def read_json(bucket: str, key: str) -> Any:
     return json.loads(read_bytes(bucket, key))
 
 
-def open_stream(bucket: str, key: str) -> Any:
+def open_stream(bucket: str, key: str) -> "StreamingBody":
     """Return a streaming body to read a large object without holding it in memory."""
     return s3_client().get_object(Bucket=bucket, Key=key)["Body"]
 
 
 def list_keys(bucket: str, prefix: str, start_after: str | None = None) -> Iterator[str]:
     """Yield keys under ``prefix`` in lexical order, optionally after ``start_after``."""
-    kwargs = {"Bucket": bucket, "Prefix": prefix}
+    kwargs: "ListObjectsV2RequestPaginateTypeDef" = {"Bucket": bucket, "Prefix": prefix}
     if start_after:
         kwargs["StartAfter"] = start_after
     for page in s3_client().get_paginator("list_objects_v2").paginate(**kwargs):
@@ -95,7 +101,7 @@ def latest_manifest_key(bucket: str) -> str | None:
     Cost does not grow with the number of manifests, which matters for a
     pipeline that writes one every five minutes for years.
     """
-    node = MANIFEST_PREFIX
+    node: str | None = MANIFEST_PREFIX
     while node is not None and node.endswith("/"):
         node = _last_child(bucket, node)
     return node

@@ -21,6 +21,7 @@ import io
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Iterable, Iterator
 
 import pandas as pd
@@ -148,7 +149,8 @@ def read_source(run: _Run, table: str) -> Iterator[pd.DataFrame]:
     emit_table_metric("RowsIn", table, total)
 
 
-def _checked_files(run: _Run, files: Iterable[DataFile]) -> Iterator[tuple[list[dict], str]]:
+def _checked_files(run: _Run,
+                   files: Iterable[DataFile]) -> Iterator[tuple[list[dict[str, Any]], str]]:
     """Yield each file's decoded rows and key, its row count checked against the manifest's."""
     for entry in files:
         rows = _decode(run.ingest_bucket, entry.key)
@@ -181,8 +183,9 @@ def _reference_dimensions(run: _Run, pointers: dict[str, str | None]) -> dict[st
     state, changed = {}, {}
     for table in reference.REFERENCE_TABLES:
         batch = _read_whole(run, table)
-        previous = (read_parquet(run.processed_bucket, pointers[table])
-                    if pointers.get(table) else star.empty_source_frame(table))
+        pointer = pointers.get(table)
+        previous = (read_parquet(run.processed_bucket, pointer)
+                    if pointer else star.empty_source_frame(table))
         state[table] = reference.merge_latest(previous, batch, table)
         changed[table] = reference.changed_ids(batch, table)
     propagation = reference.propagate(state, changed)
@@ -225,7 +228,7 @@ def _facts(run: _Run) -> None:
     the other source tables are counted in the log and not carried: a dimension
     member whose source row was deleted stays, since facts still point at it.
     """
-    dates: set = set()
+    dates: set[date] = set()
     for table, build in star.FACT_BUILDERS.items():
         fact_name = star.FACT_TABLES[table]
         for frame in read_source(run, table):
@@ -264,8 +267,11 @@ def transform_manifest(ingest_key: str, pointers: dict[str, str | None]) -> Proc
     and this attempt's objects stay unlisted orphans.
     """
     started = time.monotonic()
+    run_id = keys.parse_manifest_key(ingest_key)
+    if run_id is None:  # the callers pass manifest keys only
+        raise ValueError(f"{ingest_key} is not an ingest manifest key")
     ingest = _read_ingest_manifest(config.ingest_bucket(), ingest_key)
-    run = _Run(key=ingest_key, run=keys.parse_manifest_key(ingest_key), manifest=ingest,
+    run = _Run(key=ingest_key, run=run_id, manifest=ingest,
                ingest_bucket=config.ingest_bucket(), processed_bucket=config.processed_bucket())
     try:
         capture = CapturePoint.of(ingest)

@@ -15,13 +15,16 @@ import io
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import pg8000.native
 
 from totes.db import quote_ident
 from totes.warehouse_schema import (CURRENT_VIEWS, DELETIONS, SQL_TYPES, TABLES, Column, Table,
                                     schema_sql)
+
+if TYPE_CHECKING:  # imported where used at run time, from the AWS SDK for pandas layer
+    import pyarrow as pa
 
 #: advisory lock key (``'totes'`` in ASCII) serialising loads and migrations.
 LOAD_LOCK_ID = 0x746F746573
@@ -168,7 +171,8 @@ def _schema_applied(conn: pg8000.native.Connection) -> bool:
 
 def last_loaded_key(conn: pg8000.native.Connection) -> str | None:
     """Return the greatest manifest key already loaded (None before the first load)."""
-    return conn.run('SELECT max("manifest_key") FROM "etl"."loaded_manifest"')[0][0]
+    key: str | None = conn.run('SELECT max("manifest_key") FROM "etl"."loaded_manifest"')[0][0]
+    return key
 
 
 def is_loaded(conn: pg8000.native.Connection, manifest_key: str) -> bool:
@@ -177,7 +181,8 @@ def is_loaded(conn: pg8000.native.Connection, manifest_key: str) -> bool:
         'SELECT EXISTS (SELECT 1 FROM "etl"."loaded_manifest" WHERE "manifest_key" >= :k)',
         k=manifest_key,
     )
-    return rows[0][0]
+    loaded: bool = rows[0][0]
+    return loaded
 
 
 def record_manifest(conn: pg8000.native.Connection, manifest_key: str, run_id: str,
@@ -211,7 +216,7 @@ def create_staging(conn: pg8000.native.Connection, table: Table) -> None:
     conn.run(_sql(_STAGE, stage=_q(staging_name(table)), definitions=", ".join(definitions)))
 
 
-def csv_chunks(batches: Iterable[Any]) -> Iterator[bytes]:
+def csv_chunks(batches: Iterable["pa.RecordBatch"]) -> Iterator[bytes]:
     """Render Arrow record batches as headerless CSV, one chunk per batch.
 
     Arrow quotes every string and writes NULL as an unquoted empty field, which is
@@ -250,7 +255,7 @@ class _Guarded:
 
 
 def copy_into_staging(conn: pg8000.native.Connection, table: Table,
-                      batches: Iterable[Any]) -> int:
+                      batches: Iterable["pa.RecordBatch"]) -> int:
     """Stream ``batches`` (columns in contract order) into the staging table; return rows.
 
     Memory holds one batch at a time. If reading a batch fails, the error is raised
@@ -260,7 +265,8 @@ def copy_into_staging(conn: pg8000.native.Connection, table: Table,
     conn.run(_sql(_COPY, stage=_q(staging_name(table)), columns=_columns(table.data_columns)),
              stream=stream)
     stream.check()
-    return conn.row_count
+    written: int = conn.row_count
+    return written
 
 
 def upsert_dimension(conn: pg8000.native.Connection, table: Table) -> int:
@@ -276,7 +282,8 @@ def upsert_dimension(conn: pg8000.native.Connection, table: Table) -> int:
         assignments=", ".join(f"{_q(c.name)} = EXCLUDED.{_q(c.name)}" for c in attributes),
         current=_columns(attributes, "t."), incoming=_columns(attributes, "EXCLUDED."),
     ))
-    return conn.row_count
+    written: int = conn.row_count
+    return written
 
 
 def _referencing_columns(fact: Table) -> dict[str, list[Column]]:
@@ -366,7 +373,8 @@ def add_deletion_versions(conn: pg8000.native.Connection, fact: Table) -> int:
         ordinal=_q(ORDINAL), record_id=_q(fact.primary_key),
         unique_key=", ".join(_q(name) for name in fact.unique_key),
     ))
-    return conn.row_count
+    written: int = conn.row_count
+    return written
 
 
 @dataclass
@@ -382,12 +390,14 @@ class TableLoad:
     corrected: int = 0
 
 
-def _stage(conn: pg8000.native.Connection, table: Table, batches: Iterable[Any]) -> None:
+def _stage(conn: pg8000.native.Connection, table: Table,
+           batches: Iterable["pa.RecordBatch"]) -> None:
     create_staging(conn, table)
     copy_into_staging(conn, table, batches)
 
 
-def load_table(conn: pg8000.native.Connection, table: Table, batches: Iterable[Any]) -> TableLoad:
+def load_table(conn: pg8000.native.Connection, table: Table,
+               batches: Iterable["pa.RecordBatch"]) -> TableLoad:
     """Stage ``batches`` (columns in contract order) and move them into ``table``.
 
     Dimensions are upserted; facts first get their inferred members, then their
@@ -403,7 +413,7 @@ def load_table(conn: pg8000.native.Connection, table: Table, batches: Iterable[A
 
 
 def load_deletions(conn: pg8000.native.Connection, fact: Table,
-                   batches: Iterable[Any]) -> TableLoad:
+                   batches: Iterable["pa.RecordBatch"]) -> TableLoad:
     """Stage deletion records of ``fact`` (columns of its deletion table) and add their versions.
 
     Run after the manifest's fact versions, so a row changed and then deleted in

@@ -14,9 +14,12 @@ more version marked ``is_deleted``, and the ``*_current`` views leave its id out
 """
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from totes.db import quote_ident
+
+if TYPE_CHECKING:  # imported where used at run time: the ingest function has no pyarrow
+    import pyarrow as pa
 
 #: logical type -> PostgreSQL type
 SQL_TYPES = MappingProxyType({
@@ -72,7 +75,8 @@ class Table:
         return next(column for column in self.columns if column.name == name)
 
 
-def _c(name: str, type_: str = "int", nullable: bool = False, references: str | None = None):
+def _c(name: str, type_: str = "int", nullable: bool = False,
+       references: str | None = None) -> Column:
     return Column(name, type_, nullable, references)
 
 
@@ -178,11 +182,11 @@ def _deletion_table(fact: Table) -> Table:
 DELETIONS = MappingProxyType({fact.name: _deletion_table(fact) for fact in FACTS})
 
 
-def arrow_type(column: Column) -> Any:
+def arrow_type(column: Column) -> "pa.DataType":
     """Return the pyarrow type that carries ``column`` exactly (decimals stay decimals)."""
     import pyarrow as pa
 
-    return {
+    types: dict[str, pa.DataType] = {
         "int": pa.int32(),
         "date": pa.date32(),
         "time": pa.time32("ms"),
@@ -190,10 +194,11 @@ def arrow_type(column: Column) -> Any:
         "numeric": pa.decimal128(10, 2),
         "text": pa.string(),
         "bool": pa.bool_(),
-    }[column.type]
+    }
+    return types[column.type]
 
 
-def arrow_schema(table: Table) -> Any:
+def arrow_schema(table: Table) -> "pa.Schema":
     """Return the Parquet/Arrow schema of ``table``'s data columns."""
     import pyarrow as pa
 
