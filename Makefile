@@ -8,7 +8,7 @@ export SAM_CLI_TELEMETRY := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 CODE := shared functions local tests benchmarks
 
-.PHONY: setup lint unit integration e2e coverage test validate build demo bench dashboard audit clean \
+.PHONY: setup lint typecheck unit integration e2e coverage test validate build demo bench dashboard audit clean \
 	ca-bundle deploy-build scan
 
 setup: $(VENV)/.installed
@@ -25,6 +25,10 @@ lint: setup
 	$(BIN)/flake8 $(CODE)
 	$(BIN)/bandit --quiet -c pyproject.toml -r shared functions local
 
+# mypy, strict on the Lambda layer and the handlers (configured in pyproject.toml).
+typecheck: setup
+	$(BIN)/mypy
+
 coverage: setup
 	$(BIN)/pytest --cov --cov-report=term -q
 
@@ -34,7 +38,7 @@ validate: setup
 build: setup
 	$(BIN)/sam build --cached
 
-test: lint validate scan build coverage
+test: lint typecheck validate scan build coverage
 
 # Security scan of the CloudFormation that SAM deploys (template.yaml translated, so SAM's
 # generated resources are scanned too). Any finding fails; each suppression is a
@@ -101,4 +105,5 @@ audit:
 	.venv-audit/bin/pip-audit -r requirements-dev.txt
 
 clean:
-	rm -rf $(VENV) .venv-audit $(SCAN_VENV) .aws-sam .demo .bench .pytest_cache .coverage $(CA_BUNDLE)
+	rm -rf $(VENV) .venv-audit $(SCAN_VENV) .aws-sam .demo .bench .pytest_cache .mypy_cache .coverage \
+		$(CA_BUNDLE)
