@@ -9,16 +9,17 @@ failure propagates (after the library logged it) so Lambda counts an error.
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from totes import observability
-from totes.ingest import run_ingest
+from totes.ingest import IngestSummary, run_ingest
 
 logger = observability.service_logger()
 metrics = observability.metrics_for()
 
 
 @observability.instrument("ingest", logger, metrics)
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> IngestSummary:
     """Run one ingest and return its run id, manifest key, rows per table and completeness."""
     # A backfill's first COPY sorts every row it returns: no wait outlives the invocation.
     result = run_ingest(db_timeout=context.get_remaining_time_in_millis() / 1000)

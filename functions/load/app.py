@@ -9,6 +9,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from totes import config, db, load
+from totes.load import LoadSummary
 from totes.observability import instrument, metrics_for, service_logger
 
 logger = service_logger()
@@ -16,7 +17,7 @@ metrics = metrics_for()
 
 
 @instrument("load", logger, metrics)
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> LoadSummary:
     """Load every pending processed manifest; return manifests, rows per table, freshness."""
     try:
         # A bulk statement may legitimately run for minutes: no wait outlives the invocation.

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from totes import config, observability
 from totes.transform import handle_keys
@@ -45,7 +46,7 @@ def split_by_bucket(event: dict[str, Any], bucket: str) -> tuple[dict[str, Any],
 
 
 @observability.instrument("transform", logger, metrics)
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, list[str]]:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, list[str]]:
     """Transform the manifests the event names (and any earlier ones still pending)."""
     ingest_bucket = config.ingest_bucket()
     own, foreign = split_by_bucket(event, ingest_bucket)

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator, TypedDict
 
 import pg8000.native
 
@@ -78,6 +78,19 @@ class IngestSettings:
                    delete_sweep=config.delete_sweep_interval())
 
 
+class IngestSummary(TypedDict):
+    """The ingest handler's response: :meth:`IngestResult.summary`."""
+
+    run_id: str
+    manifest_key: str
+    rows: dict[str, int]
+    total_rows: int
+    complete: bool
+    stamped_in_future: dict[str, int]
+    deleted: dict[str, int]
+    swept: list[str]
+
+
 @dataclass(frozen=True)
 class IngestResult:
     """The outcome of a committed run, for the handler's response and run-level metrics."""
@@ -96,7 +109,7 @@ class IngestResult:
         """Rows written across all tables."""
         return sum(self.rows.values())
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> IngestSummary:
         """Return the run id, manifest key, rows and completeness, JSON-ready: the response."""
         return {"run_id": self.run_id, "manifest_key": self.manifest_key,
                 "rows": dict(self.rows), "total_rows": self.total_rows,

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import chain
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, TypedDict
 
 import pg8000.native
 from aws_lambda_powertools import Metrics
@@ -60,6 +60,18 @@ class ParquetFileError(InputError, ValueError):
         self.object_key = object_key
 
 
+class LoadSummary(TypedDict):
+    """The load handler's response: :meth:`LoadReport.as_dict`."""
+
+    manifests_loaded: int
+    last_loaded_manifest: str | None
+    rows_loaded: dict[str, int]
+    inferred_members: dict[str, int]
+    versions_corrected: dict[str, int]
+    deletions_loaded: dict[str, int]
+    freshness_seconds: float
+
+
 @dataclass
 class LoadReport:
     """What one load run did, returned by the handler and published as metrics."""
@@ -74,7 +86,7 @@ class LoadReport:
     deletions_loaded: Counter[str] = field(default_factory=Counter)
     freshness_seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> LoadSummary:
         """A JSON-ready summary, every table listed so a zero is visible."""
         return {
             "manifests_loaded": len(self.manifests_loaded),

@@ -8,17 +8,20 @@ dimension instead of leaking it onto the run-level metrics.
 """
 import functools
 import os
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics, single_metric
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from totes import errors
 
 DEFAULT_SERVICE = "totes"
 DEFAULT_NAMESPACE = "TotesPipeline"
 
-Handler = Callable[[dict[str, Any], Any], Any]
+R = TypeVar("R")
+#: a Lambda handler: the event (decoded JSON) and the invocation's context, to its response.
+Handler = Callable[[dict[str, Any], LambdaContext], R]
 
 
 def _service() -> str:
@@ -39,7 +42,8 @@ def metrics_for() -> Metrics:
     return Metrics(namespace=_namespace(), service=_service())
 
 
-def instrument(stage: str, logger: Logger, metrics: Metrics) -> Callable[[Handler], Handler]:
+def instrument(stage: str, logger: Logger,
+               metrics: Metrics) -> Callable[[Handler[R]], Handler[R]]:
     """Wrap a Lambda handler the same way in every function.
 
     Each invocation starts from a clean log state carrying the Lambda context and
@@ -49,9 +53,9 @@ def instrument(stage: str, logger: Logger, metrics: Metrics) -> Callable[[Handle
     wherever functions share a process (the local runner, the tests). A failure
     is classified by :func:`totes.errors.kind_of` before it propagates.
     """
-    def decorate(handler: Handler) -> Handler:
+    def decorate(handler: Handler[R]) -> Handler[R]:
         @functools.wraps(handler)
-        def with_stage(event: dict[str, Any], context: Any) -> Any:
+        def with_stage(event: dict[str, Any], context: LambdaContext) -> R:
             logger.append_keys(stage=stage)
             try:
                 return handler(event, context)
