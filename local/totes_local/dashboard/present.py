@@ -16,7 +16,7 @@ from pandas.io.formats.style import Styler
 
 from totes_local.queries import Chart, Result
 
-#: the warehouse should show every change within this long (DESIGN.md section 1).
+#: the warehouse should show every change within this long (the pipeline's promise).
 FRESHNESS_TARGET = timedelta(minutes=30)
 ROW_HEIGHT = 20
 PANEL_WIDTH = 300
