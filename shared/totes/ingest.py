@@ -27,7 +27,7 @@ from typing import Callable, Iterator, TypedDict
 import pg8000.native
 
 from totes import config, db, extract, keys, observability, storage, sweep, timestamps
-from totes.capture import TableCursor
+from totes.capture import Snapshot, TableCursor
 from totes.errors import TransientError
 from totes.manifest import DataFile, IngestManifest, SweepState, TableEntry
 from totes.source import SOURCE_TABLES, check_contract
@@ -201,9 +201,12 @@ class ChangeSink:
         return int(last_line[last_line.rfind(b",") + 1:])
 
 
-def _cursor_text(cursor: TableCursor) -> str:
+def _cursor_text(cursor: TableCursor, current: Snapshot) -> str:
     if cursor.since is not None:
-        where = f"rows not visible in snapshot {cursor.since}"
+        # A wide window means an old transaction is still open at the source: every run
+        # reads again what was written since it began, until it ends.
+        width = current.xmax - cursor.since.xmin
+        where = f"rows not visible in snapshot {cursor.since} ({width} xids back)"
     elif cursor.since_last_updated is not None:
         where = f"last_updated >= {timestamps.database_text(cursor.since_last_updated)}"
         where += " (once, upgrading from the watermark format)"
@@ -238,7 +241,7 @@ def extract_table(conn: pg8000.native.Connection, table: str, previous: TableEnt
     logger.info("table extracted", extra={
         "run_id": str(run), "table": table, "rows": entry.rows, "bytes": entry.bytes,
         "files": len(entry.files), "truncated": entry.truncated, "read": _cursor_text(
-            previous.cursor), "stamped_in_future": sink.future})
+            previous.cursor, read_point.snapshot), "stamped_in_future": sink.future})
     if sink.future:
         logger.warning(
             "rows stamped in the future captured: their last_updated is ahead of the "
