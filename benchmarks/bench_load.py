@@ -4,7 +4,7 @@ A backfill is the load's worst case: one processed manifest listing millions of
 fact rows in ``--file-rows``-sized Parquet files. This script synthesises such a
 batch from the warehouse contract itself (every column generated from its type in
 ``totes.warehouse_schema``, so nothing here restates the schema), writes it to a
-moto server with the documented manifests, then runs :func:`totes.load.run`
+moto server with the documented manifests, then runs :func:`totes.load.load_into`
 against the embedded PostgreSQL in a freshly spawned process, whose peak RSS is
 the load's alone (moto keeps the objects in the parent). ``dim_date`` is left out
 on purpose so the inferred-member path runs at full scale.
@@ -138,15 +138,15 @@ def _load_child(env: dict[str, str], results: Any) -> None:
     import logging
 
     os.environ.update(env)
-    from totes import config, db, load
-    from totes.observability import metrics_for
+    from totes import config, db, load, stage
 
     logging.disable(logging.INFO)
     conn = db.connect(config.warehouse_secret_id(), timeout=None)
     baseline = _memory_mb("VmRSS")
     started = time.perf_counter()
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # EMF lines
-        report = load.run(conn, metrics_for())
+        report = load.load_into(conn, load.LoadSettings.from_environment(),
+                                stage.Deadline.unbounded())
     seconds = time.perf_counter() - started
     counts = {name: conn.run(COUNT.format(db.quote_ident(name)))[0][0]
               for name in ("fact_sales_order", "fact_purchase_orders", "fact_payment")}

@@ -17,13 +17,13 @@ from itertools import chain
 from typing import TYPE_CHECKING, Callable, Iterator, TypedDict
 
 import pg8000.native
-from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from totes import config, storage, timestamps, warehouse
+from totes import config, db, stage, storage, timestamps, warehouse
 from totes.errors import InputError, PipelineError
 from totes.manifest import PROCESSED_FORMAT_V1, IngestManifest, ProcessedManifest, TableOutput
-from totes.observability import emit_table_metric, service_logger
+from totes.observability import service_logger
+from totes.stage import Deadline, Metric
 from totes.warehouse_schema import DELETIONS, FACTS, TABLES, Table, arrow_schema
 
 if TYPE_CHECKING:  # imported where used at run time, from the AWS SDK for pandas layer
@@ -72,9 +72,26 @@ class LoadSummary(TypedDict):
     freshness_seconds: float
 
 
+@dataclass(frozen=True)
+class LoadSettings:
+    """Everything a load run needs to know about its environment, read once at its start."""
+
+    ingest_bucket: str
+    processed_bucket: str
+    secret_id: str
+    batch_rows: int = BATCH_ROWS
+
+    @classmethod
+    def from_environment(cls) -> "LoadSettings":
+        """Read the settings from the Lambda environment, failing early on a missing one."""
+        return cls(ingest_bucket=config.ingest_bucket(),
+                   processed_bucket=config.processed_bucket(),
+                   secret_id=config.warehouse_secret_id())
+
+
 @dataclass
 class LoadReport:
-    """What one load run did, returned by the handler and published as metrics."""
+    """What one load run did: the handler's response and its metrics (``stage.StageReport``)."""
 
     last_loaded_manifest: str | None
     manifests_loaded: list[str] = field(default_factory=list)
@@ -85,6 +102,27 @@ class LoadReport:
     #: deletion versions written, per fact.
     deletions_loaded: Counter[str] = field(default_factory=Counter)
     freshness_seconds: float = 0.0
+    #: False when freshness could not be measured: a missing point, never a made-up one.
+    freshness_measured: bool = True
+    seconds: float = 0.0
+
+    def metrics(self) -> Iterator[Metric]:
+        """Freshness (alarmed at 30 minutes), volume per table, corrections, deletions, time."""
+        if self.freshness_measured:
+            yield Metric("FreshnessSeconds", self.freshness_seconds, MetricUnit.Seconds)
+        yield Metric("ManifestsLoaded", len(self.manifests_loaded))
+        yield Metric("LoadRunDuration", self.seconds, MetricUnit.Seconds)
+        for table in TABLES:
+            yield Metric("RowsLoaded", self.rows_loaded[table], table=table)
+        for table, count in self.inferred_members.items():
+            yield Metric("InferredMembers", count, table=table)
+        for fact in FACTS:
+            yield Metric("VersionsCorrected", self.versions_corrected[fact.name], table=fact.name)
+            yield Metric("DeletionsLoaded", self.deletions_loaded[fact.name], table=fact.name)
+
+    def response(self) -> LoadSummary:
+        """The handler's response: :meth:`as_dict`."""
+        return self.as_dict()
 
     def as_dict(self) -> LoadSummary:
         """A JSON-ready summary, every table listed so a zero is visible."""
@@ -262,55 +300,59 @@ def _read_manifest(bucket: str, key: str) -> ProcessedManifest:
         raise LoadError(f"manifest {key} cannot be read: {error}", key, key) from error
 
 
-def publish(report: LoadReport, metrics: Metrics, seconds: float, *,
-            with_freshness: bool = True) -> None:
-    """Publish the run's metrics: freshness (alarmed at 30 minutes), volume, duration.
+def run_load(settings: LoadSettings, deadline: Deadline, *,
+             now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> LoadReport:
+    """Connect to the warehouse with its secret and run :func:`load_into`; always disconnect.
 
-    ``with_freshness=False`` leaves freshness out when it could not be measured:
-    a missing point, never a made-up one.
+    A statement may legitimately run for minutes (a bulk COPY), so no database wait
+    outlives the invocation: the connection's timeout is the deadline's remaining time.
     """
-    if with_freshness:
-        metrics.add_metric(name="FreshnessSeconds", unit=MetricUnit.Seconds,
-                           value=report.freshness_seconds)
-    metrics.add_metric(name="ManifestsLoaded", unit=MetricUnit.Count,
-                       value=len(report.manifests_loaded))
-    metrics.add_metric(name="LoadRunDuration", unit=MetricUnit.Seconds, value=seconds)
-    for table in TABLES:
-        emit_table_metric("RowsLoaded", table, report.rows_loaded[table])
-    for table, count in report.inferred_members.items():
-        emit_table_metric("InferredMembers", table, count)
-    for fact in FACTS:
-        emit_table_metric("VersionsCorrected", fact.name, report.versions_corrected[fact.name])
-        emit_table_metric("DeletionsLoaded", fact.name, report.deletions_loaded[fact.name])
+    try:
+        conn = db.connect(settings.secret_id, timeout=deadline.remaining())
+    except Exception:
+        # Configuration, secret or network: load_into logs every failure after this point.
+        logger.exception("load failed connecting to the warehouse; nothing loaded")
+        raise
+    try:
+        return load_into(conn, settings, deadline, now=now)
+    finally:
+        db.close_quietly(conn)
 
 
-def run(conn: pg8000.native.Connection, metrics: Metrics, *,
-        processed_bucket: str | None = None, ingest_bucket: str | None = None,
-        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-        time_left: Callable[[], float] | None = None,
-        batch_rows: int = BATCH_ROWS) -> LoadReport:
-    """Create or migrate the warehouse, load every pending manifest, publish metrics.
+def load_into(conn: pg8000.native.Connection, settings: LoadSettings, deadline: Deadline, *,
+              now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> LoadReport:
+    """Create or migrate the warehouse, then load every pending manifest, oldest first.
 
-    Stops starting new manifests when ``time_left()`` (seconds) drops under
+    Stops starting new manifests when the deadline's remaining time drops under
     :data:`RESERVE_SECONDS`, so a Lambda timeout never cuts a manifest short.
     Every failure is logged once (with the manifest and object keys when there are
-    some) and raised. Once the warehouse is ready, the metrics are published
-    whatever happens; if freshness cannot be measured that is logged on its own and
-    an error from the load itself is the one raised.
+    some) and raised. Once the warehouse is ready, a failed run still publishes
+    its partial report (freshness above all) before the error propagates; if
+    freshness cannot be measured that is logged on its own, and an error from the
+    load itself is the one raised.
     """
-    processed_bucket = processed_bucket or config.processed_bucket()
-    ingest_bucket = ingest_bucket or config.ingest_bucket()
     started = time.monotonic()
     report = _prepare(conn)
     try:
-        _load_pending(conn, processed_bucket, ingest_bucket, report, time_left, batch_rows)
-    finally:
-        freshness_error = _measure_freshness(report, ingest_bucket, now())
-        publish(report, metrics, time.monotonic() - started,
-                with_freshness=freshness_error is None)
+        _load_pending(conn, settings, report, deadline)
+    except Exception:
+        _finish(report, settings, now(), started)
+        stage.publish(report)
+        raise
+    freshness_error = _finish(report, settings, now(), started)
     if freshness_error is not None:
+        stage.publish(report)
         raise freshness_error
     return report
+
+
+def _finish(report: LoadReport, settings: LoadSettings, now: datetime,
+            started: float) -> Exception | None:
+    """Complete the report: its duration and freshness (or the error measuring it)."""
+    report.seconds = time.monotonic() - started
+    error = _measure_freshness(report, settings.ingest_bucket, now)
+    report.freshness_measured = error is None
+    return error
 
 
 def _prepare(conn: pg8000.native.Connection) -> LoadReport:
@@ -340,11 +382,12 @@ def _measure_freshness(report: LoadReport, ingest_bucket: str,
     return None
 
 
-def _load_pending(conn: pg8000.native.Connection, processed_bucket: str, ingest_bucket: str,
-                  report: LoadReport, time_left: Callable[[], float] | None,
-                  batch_rows: int) -> None:
-    for key in pending_manifests(processed_bucket, ingest_bucket, report.last_loaded_manifest):
-        if time_left is not None and time_left() < RESERVE_SECONDS:
+def _load_pending(conn: pg8000.native.Connection, settings: LoadSettings, report: LoadReport,
+                  deadline: Deadline) -> None:
+    processed_bucket, batch_rows = settings.processed_bucket, settings.batch_rows
+    for key in pending_manifests(processed_bucket, settings.ingest_bucket,
+                                 report.last_loaded_manifest):
+        if deadline.remaining() < RESERVE_SECONDS:
             logger.warning("stopping early to finish before the timeout", extra={"next": key})
             return
         try:

@@ -78,7 +78,8 @@ def _report_failure(logger: Logger, metrics: Metrics, error: Exception) -> None:
     """
     kind = errors.kind_of(error)
     logger.warning("invocation failed: %s", errors.ADVICE[kind],
-                   extra={"error_kind": kind, "error_class": type(error).__name__})
+                   extra={"error_kind": kind, "error_class": type(error).__name__,
+                          "error": str(error)})
     if kind == errors.INPUT:
         metrics.add_metric(name="InputErrors", unit=MetricUnit.Count, value=1)
 

@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 from loadkit import (DAY, T0, Buckets, dimensions, gone, parquet_bytes, payment, purchase, sale,
                      snapshot)
 
-from totes import db, load, storage, warehouse
+from totes import db, load, stage, storage, warehouse
 from totes.observability import metrics_for
 from totes_local import stack
 from totes_local.runner import LambdaContext, load_handler, scheduled_event
@@ -47,9 +47,12 @@ def buckets(aws):
     return Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"])
 
 
-def run(conn, metrics, **kwargs) -> load.LoadReport:
-    """One load run at a fixed clock."""
-    return load.run(conn, metrics, now=lambda: NOW, **kwargs)
+def run(conn, metrics, time_left=lambda: 900.0) -> load.LoadReport:
+    """One load run at a fixed clock, its report published like the handler does."""
+    report = load.load_into(conn, load.LoadSettings.from_environment(),
+                            stage.Deadline(time_left), now=lambda: NOW)
+    stage.publish(report)
+    return report
 
 
 def count(conn, table: str) -> int:
@@ -334,7 +337,7 @@ def test_handler_raises_the_load_error_even_when_the_connection_is_already_broke
             conn.run("SELECT pg_terminate_backend(pg_backend_pid())")
         raise load.LoadError("the load's own error", "a manifest")
 
-    monkeypatch.setattr(load, "run", load_fails_with_the_backend_gone)
+    monkeypatch.setattr(load, "load_into", load_fails_with_the_backend_gone)
     with pytest.raises(load.LoadError, match="the load's own error"):
         load_handler("load")(scheduled_event("load"), LambdaContext(function_name="totes-load"))
 
