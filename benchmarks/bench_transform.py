@@ -153,7 +153,8 @@ def _transform_child(manifest_key: str, results: Any) -> None:
     logging.disable(logging.INFO)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
-    done = transform.transform_through(manifest_key)
+    done = transform.transform_through(transform.TransformSettings.from_environment(),
+                                       manifest_key, transform.TransformReport())
     seconds = time.perf_counter() - started
     results.put({"done": done, "seconds": seconds, "baseline_mb": baseline,
                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})

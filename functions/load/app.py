@@ -19,7 +19,8 @@ metrics = metrics_for()
 @instrument("load", logger, metrics)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> LoadSummary:
     """Load every pending processed manifest; return manifests, rows per table, freshness."""
-    report = load.run_load(load.LoadSettings.from_environment(),
-                           stage.Deadline.from_context(context))
+    settings = stage.read_settings(load.LoadSettings.from_environment,
+                                   "load failed reading its settings; nothing loaded")
+    report = load.run_load(settings, stage.Deadline.from_context(context))
     summary: LoadSummary = stage.publish(report)
     return summary

@@ -9,12 +9,14 @@ publishes the partial report itself before the error propagates, so dashboards
 show what happened either way.
 """
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, TypeVar
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from totes import observability
+
+S = TypeVar("S")
 
 #: seconds any database wait may take outside Lambda: the longest a Lambda may run.
 UNBOUNDED_SECONDS = 900.0
@@ -55,6 +57,19 @@ class Deadline:
     def unbounded(cls) -> "Deadline":
         """No invocation: as long as a Lambda could ever run (local tools, tests)."""
         return cls(lambda: UNBOUNDED_SECONDS)
+
+
+def read_settings(factory: Callable[[], S], failure: str, **context: Any) -> S:
+    """Read a stage's settings; a bad environment is logged once, as the stage's failure.
+
+    ``failure`` is the stage's own failure message and ``context`` its fields (the
+    manifest an event named, say), so a missing variable reads like any other failure.
+    """
+    try:
+        return factory()
+    except Exception:
+        observability.service_logger().exception(failure, extra=context)
+        raise
 
 
 def publish(report: StageReport) -> Any:

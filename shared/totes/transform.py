@@ -20,6 +20,7 @@ Ingest manifests are read only through :class:`totes.manifest.IngestManifest`
 import io
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Iterable, Iterator
@@ -30,11 +31,12 @@ import pyarrow.parquet as pq
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import ClientError
 
-from totes import config, jsonl, keys, reference, star, storage, timestamps
+from totes import config, jsonl, keys, reference, stage, star, storage, timestamps
 from totes.errors import InputError
 from totes.manifest import (CapturePoint, DataFile, IngestManifest, ManifestError,
                             ProcessedManifest, TableOutput)
-from totes.observability import emit_table_metric, metrics_for, service_logger
+from totes.observability import service_logger
+from totes.stage import Deadline, Metric
 from totes.source import SOURCE_TABLES
 from totes.warehouse_schema import DELETIONS, TABLES, Table
 
@@ -44,7 +46,9 @@ _READ_CHUNK_BYTES = 1 << 20
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 logger = service_logger()
-metrics = metrics_for()
+
+#: how a transform failure is logged (with the manifest it stopped at).
+NOTHING_COMMITTED = "transform failed; nothing committed for this manifest"
 
 
 class TransformInputError(InputError, ValueError):
@@ -63,6 +67,58 @@ def _missing_object(bucket: str, key: str, error: ClientError) -> TransformInput
     return TransformInputError(f"s3://{bucket}/{key} cannot be read: {code}")
 
 
+@dataclass(frozen=True)
+class TransformSettings:
+    """Everything a transform needs to know about its environment, read once at its start."""
+
+    ingest_bucket: str
+    processed_bucket: str
+
+    @classmethod
+    def from_environment(cls) -> "TransformSettings":
+        """Read the settings from the Lambda environment, failing early on a missing one."""
+        return cls(ingest_bucket=config.ingest_bucket(),
+                   processed_bucket=config.processed_bucket())
+
+
+@dataclass
+class TransformReport:
+    """What one invocation did: the handler's response and its metrics (``stage.StageReport``)."""
+
+    transformed: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    rows_in: Counter[str] = field(default_factory=Counter)
+    rows_out: Counter[str] = field(default_factory=Counter)
+    deletions_out: Counter[str] = field(default_factory=Counter)
+    durations_ms: list[float] = field(default_factory=list)
+
+    def add(self, manifest: ProcessedManifest, rows_in: Counter[str], milliseconds: float) -> None:
+        """Count one manifest this invocation committed."""
+        self.transformed.append(manifest.ingest_manifest)
+        self.rows_in.update(rows_in)
+        self.rows_out.update({name: output.rows for name, output in manifest.tables.items()})
+        self.deletions_out.update({name: out.rows for name, out in manifest.deletions.items()})
+        self.durations_ms.append(milliseconds)
+
+    def metrics(self) -> Iterator[Metric]:
+        """Manifests done, each one's duration, and rows in and out per table."""
+        yield Metric("ManifestsTransformed", len(self.transformed))
+        for milliseconds in self.durations_ms:
+            yield Metric("TransformRunDuration", milliseconds, MetricUnit.Milliseconds)
+        if not self.transformed:
+            return
+        for table in SOURCE_TABLES:
+            yield Metric("RowsIn", self.rows_in[table], table=table)
+        for name in TABLES:
+            yield Metric("RowsOut", self.rows_out[name], table=name)
+        for name in DELETIONS:
+            yield Metric("DeletionsOut", self.deletions_out[name], table=name)
+
+    def response(self) -> dict[str, list[str]]:
+        """The handler's response: the manifests transformed and the keys ignored."""
+        return {"transformed": list(self.transformed), "ignored": list(self.ignored)}
+
+
 @dataclass
 class _Run:
     """One attempt at transforming one ingest manifest."""
@@ -77,6 +133,7 @@ class _Run:
         default_factory=lambda: {name: [] for name in TABLES})
     deletions: dict[str, list[DataFile]] = field(
         default_factory=lambda: {name: [] for name in DELETIONS})
+    rows_in: Counter[str] = field(default_factory=Counter)
 
     def files(self, table: str) -> tuple[DataFile, ...]:
         """The ingest files of ``table`` listed by the manifest (none if it is absent)."""
@@ -146,7 +203,7 @@ def read_source(run: _Run, table: str) -> Iterator[pd.DataFrame]:
             raise TransformInputError(f"s3://{run.ingest_bucket}/{key}: {error}") from None
         total += len(frame)
         yield frame
-    emit_table_metric("RowsIn", table, total)
+    run.rows_in[table] += total
 
 
 def _checked_files(run: _Run,
@@ -259,20 +316,23 @@ def _read_ingest_manifest(bucket: str, key: str) -> IngestManifest:
         raise TransformInputError(f"s3://{bucket}/{key}: {error}") from None
 
 
-def transform_manifest(ingest_key: str, pointers: dict[str, str | None]) -> ProcessedManifest:
+def transform_manifest(settings: TransformSettings, ingest_key: str,
+                       pointers: dict[str, str | None],
+                       report: TransformReport | None = None) -> ProcessedManifest:
     """Transform one ingest manifest and commit its processed manifest; return that manifest.
 
     ``pointers`` are the reference snapshots of the previous processed manifest.
     If another invocation committed this manifest first, its manifest is returned
-    and this attempt's objects stay unlisted orphans.
+    and this attempt's objects stay unlisted orphans; otherwise the manifest is
+    counted in ``report``.
     """
     started = time.monotonic()
     run_id = keys.parse_manifest_key(ingest_key)
     if run_id is None:  # the callers pass manifest keys only
         raise ValueError(f"{ingest_key} is not an ingest manifest key")
-    ingest = _read_ingest_manifest(config.ingest_bucket(), ingest_key)
+    ingest = _read_ingest_manifest(settings.ingest_bucket, ingest_key)
     run = _Run(key=ingest_key, run=run_id, manifest=ingest,
-               ingest_bucket=config.ingest_bucket(), processed_bucket=config.processed_bucket())
+               ingest_bucket=settings.ingest_bucket, processed_bucket=settings.processed_bucket)
     try:
         capture = CapturePoint.of(ingest)
     except ValueError as error:
@@ -301,12 +361,8 @@ def transform_manifest(ingest_key: str, pointers: dict[str, str | None]) -> Proc
         logger.info("manifest already transformed by another invocation",
                     extra={"manifest": ingest_key, "attempt": run.attempt})
         return ProcessedManifest.parse(storage.read_json(run.processed_bucket, ingest_key))
-    for table_name, output in processed.tables.items():
-        emit_table_metric("RowsOut", table_name, output.rows)
-    for table_name, output in processed.deletions.items():
-        emit_table_metric("DeletionsOut", table_name, output.rows)
-    metrics.add_metric(name="TransformRunDuration", unit=MetricUnit.Milliseconds,
-                       value=(time.monotonic() - started) * 1000)
+    if report is not None:
+        report.add(processed, run.rows_in, (time.monotonic() - started) * 1000)
     logger.info("manifest transformed", extra={
         "manifest": ingest_key, "attempt": run.attempt,
         "rows": {name: output.rows for name, output in processed.tables.items()},
@@ -323,28 +379,28 @@ def _pending(ingest_bucket: str, latest: str | None, through: str) -> Iterator[s
             yield key
 
 
-def transform_through(ingest_key: str) -> list[str]:
+def transform_through(settings: TransformSettings, ingest_key: str,
+                      report: TransformReport) -> list[str]:
     """Transform every ingest manifest not yet transformed, oldest first, up to ``ingest_key``.
 
     Returns the manifest keys this call transformed (empty when ``ingest_key`` was
-    already done: a duplicate or late event). Any failure is logged once, naming the
-    manifest it stopped at, and re-raised: bad input as ``ingest input rejected``,
-    anything else (S3, configuration) as ``transform failed``.
+    already done: a duplicate or late event), each also counted in ``report``.
+    Any failure is logged once, naming the manifest it stopped at, and re-raised:
+    bad input as ``ingest input rejected``, anything else (S3) as ``transform failed``.
     """
     done: list[str] = []
     current = ingest_key
     try:
-        processed_bucket = config.processed_bucket()
-        latest = storage.latest_manifest_key(processed_bucket)
+        latest = storage.latest_manifest_key(settings.processed_bucket)
         if latest is not None and latest >= ingest_key:
             logger.info("already transformed", extra={"manifest": ingest_key, "latest": latest})
             return []
         pointers = (dict(ProcessedManifest.parse(
-            storage.read_json(processed_bucket, latest)).reference) if latest
+            storage.read_json(settings.processed_bucket, latest)).reference) if latest
             else dict.fromkeys(reference.REFERENCE_TABLES))
-        for key in _pending(config.ingest_bucket(), latest, ingest_key):
+        for key in _pending(settings.ingest_bucket, latest, ingest_key):
             current = key
-            pointers = dict(transform_manifest(key, pointers).reference)
+            pointers = dict(transform_manifest(settings, key, pointers, report).reference)
             done.append(key)
             current = ingest_key  # a failure to list the next one leaves the event's undone
         return done
@@ -353,18 +409,26 @@ def transform_through(ingest_key: str) -> list[str]:
                          extra={"manifest": current, "error": str(error)})
         raise
     except Exception:
-        logger.exception("transform failed; nothing committed for this manifest",
-                         extra={"manifest": current, "transformed": done})
+        logger.exception(NOTHING_COMMITTED, extra={"manifest": current, "transformed": done})
         raise
 
 
-def handle_keys(object_keys: Iterable[str]) -> dict[str, list[str]]:
-    """Handle the (decoded) keys of an S3 event: transform manifests, acknowledge the rest."""
-    summary: dict[str, list[str]] = {"transformed": [], "ignored": []}
-    for key in object_keys:
-        if keys.parse_manifest_key(key) is None:
-            logger.info("not an ingest manifest; ignored", extra={"key": key})
-            summary["ignored"].append(key)
-            continue
-        summary["transformed"].extend(transform_through(key))
-    return summary
+def run_transform(settings: TransformSettings, object_keys: Iterable[str],
+                  deadline: Deadline) -> TransformReport:
+    """Handle the (decoded) keys of an S3 event: transform manifests, acknowledge the rest.
+
+    A failure after some manifests were committed publishes the partial report
+    before it propagates, so their metrics are not lost with the invocation.
+    """
+    report = TransformReport()
+    try:
+        for key in object_keys:
+            if keys.parse_manifest_key(key) is None:
+                logger.info("not an ingest manifest; ignored", extra={"key": key})
+                report.ignored.append(key)
+                continue
+            transform_through(settings, key, report)
+    except Exception:
+        stage.publish(report)
+        raise
+    return report

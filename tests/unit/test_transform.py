@@ -19,6 +19,7 @@ from totes.manifest import DataFile, IngestManifest, TableEntry
 from totes.warehouse_schema import DELETIONS, TABLES, arrow_schema
 
 INGEST, PROCESSED = "ingest-test", "processed-test"
+SETTINGS = transform.TransformSettings(ingest_bucket=INGEST, processed_bucket=PROCESSED)
 APP = Path(__file__).resolve().parents[2] / "functions" / "transform" / "app.py"
 STAMPS = ("20241115T142009123Z", "20241115T142509001Z", "20241115T143010500Z")
 
@@ -254,8 +255,8 @@ def test_crash_half_way_then_retry_gives_one_complete_output(monkeypatch):
 def test_concurrent_commit_keeps_the_first_manifest():
     key = write_run(INGEST, full_batch())
     pointers = dict.fromkeys(("address", "department", "counterparty", "staff"))
-    first = transform.transform_manifest(key, pointers)
-    second = transform.transform_manifest(key, pointers)
+    first = transform.transform_manifest(SETTINGS, key, pointers)
+    second = transform.transform_manifest(SETTINGS, key, pointers)
     assert second == first and first.to_json() == manifest(key)
 
 
@@ -427,7 +428,7 @@ def test_line_that_is_not_a_json_object_is_rejected(caplog):
 def test_manifest_that_cannot_be_read_is_rejected():
     key = "_manifests/2024/11/15/20241115T142009123Z-00000000.json"
     with pytest.raises(transform.TransformInputError, match=f"{key} cannot be read: NoSuchKey"):
-        transform.transform_manifest(key, {})
+        transform.transform_manifest(SETTINGS, key, {})
 
 
 def test_null_money_is_refused_before_anything_is_committed(caplog):
