@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from totes import timestamps
 from totes.capture import Snapshot, SnapshotFormatError, TableCursor
 from totes.errors import InputError
+from totes.pgoutput import parse_lsn
 from totes.source import SOURCE_TABLES
 
 #: ingest manifests written before capture by snapshot (a ``last_updated`` watermark).
@@ -151,6 +152,45 @@ class TableEntry:
 
 
 @dataclass(frozen=True)
+class LogicalPosition:
+    """Where log-based capture stands in the replication slot after a committed run.
+
+    ``lsn`` is the end of the last transaction whose changes are all written: the
+    slot is advanced to it once the manifest exists, and decoding resumes at the
+    first transaction committed after it. While the row budget has cut a
+    transaction short, ``partial_commit_lsn`` names it (its commit record's LSN)
+    and ``partial_changes`` says how many of its changes are written, so the next
+    run skips exactly those. ``backfilled`` turns true once a snapshot-mode pass
+    that began after the slot existed has completed: only then is the slot read.
+    """
+
+    slot: str
+    publication: str
+    lsn: str
+    partial_commit_lsn: str | None = None
+    partial_changes: int = 0
+    backfilled: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the manifest's ``logical`` object."""
+        return {"slot": self.slot, "publication": self.publication, "lsn": self.lsn,
+                "partial_commit_lsn": self.partial_commit_lsn,
+                "partial_changes": self.partial_changes, "backfilled": self.backfilled}
+
+    @classmethod
+    def from_json(cls, fields: Mapping[str, Any]) -> "LogicalPosition":
+        """Rebuild the position, checking both LSNs parse."""
+        partial = fields.get("partial_commit_lsn")
+        position = cls(str(fields["slot"]), str(fields["publication"]), str(fields["lsn"]),
+                       None if partial is None else str(partial),
+                       int(fields.get("partial_changes", 0)), bool(fields.get("backfilled")))
+        parse_lsn(position.lsn)
+        if position.partial_commit_lsn is not None:
+            parse_lsn(position.partial_commit_lsn)
+        return position
+
+
+@dataclass(frozen=True)
 class IngestManifest:
     """One committed ingest run: its files per table and the capture state it reached."""
 
@@ -165,6 +205,8 @@ class IngestManifest:
     #: the database's clock (UTC) when the snapshot was taken.
     database_time: str | None = None
     format: str = INGEST_FORMAT
+    #: log-based capture's position in the slot (None in snapshot mode and older manifests).
+    logical: LogicalPosition | None = None
 
     def table(self, name: str) -> TableEntry:
         """Return the entry of ``name`` (an empty one if the manifest does not list it)."""
@@ -175,8 +217,8 @@ class IngestManifest:
         return replace(self, tables=dict(tables))
 
     def to_json(self) -> dict[str, Any]:
-        """Render the manifest (always in the current format)."""
-        return {
+        """Render the manifest (always in the current format; ``logical`` only when set)."""
+        document = {
             "format": INGEST_FORMAT,
             "run_id": self.run_id,
             "started_at": self.started_at,
@@ -187,6 +229,9 @@ class IngestManifest:
             "complete": self.complete,
             "tables": {name: entry.to_json() for name, entry in self.tables.items()},
         }
+        if self.logical is not None:
+            document["logical"] = self.logical.to_json()
+        return document
 
     @classmethod
     def parse(cls, document: Any) -> "IngestManifest":
@@ -215,7 +260,7 @@ class IngestManifest:
         else:
             tables = {name: TableEntry.from_json(fields)
                       for name, fields in document["tables"].items()}
-        snapshot = document.get("snapshot")
+        snapshot, logical = document.get("snapshot"), document.get("logical")
         return cls(
             run_id=str(document["run_id"]),
             started_at=str(document["started_at"]),
@@ -226,6 +271,7 @@ class IngestManifest:
             snapshot=None if snapshot is None else Snapshot.parse(snapshot),
             database_time=document.get("database_time"),
             format=kind,
+            logical=None if logical is None else LogicalPosition.from_json(logical),
         )
 
 

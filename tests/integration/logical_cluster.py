@@ -1,0 +1,73 @@
+"""A throw-away embedded PostgreSQL cluster with ``wal_level = logical``, for log-based capture.
+
+The session's server keeps ``wal_level = replica``; switching it would need a
+restart under every other test. This cluster is separate: started, switched with
+``ALTER SYSTEM SET wal_level = logical``, stopped through pgserver's ``pg_ctl`` as
+the system user pgserver runs it as (when started as root), and started again.
+Import :func:`logical_cluster` into a test module to use it there (module scope).
+"""
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from totes_local import generator, stack
+
+
+@dataclass
+class LogicalCluster:
+    """The running cluster and its data directory."""
+
+    postgres: stack.Postgres
+    data_dir: Path
+
+    def fresh_source(self) -> str:
+        """Create a new database with the empty totesys schema; return its name."""
+        name = f"totesys_{uuid.uuid4().hex[:8]}"
+        self.postgres.recreate_database(name)
+        conn = self.postgres.connect(name)
+        try:
+            generator.create_schema(conn)
+        finally:
+            conn.close()
+        return name
+
+    def drop_slots(self) -> None:
+        """Drop every replication slot: a slot left behind would hold WAL for the whole module."""
+        conn = self.postgres.connect("postgres")
+        try:
+            conn.run("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                     "WHERE NOT active")
+        finally:
+            conn.close()
+
+
+def start_logical_cluster(data_dir: Path) -> stack.Postgres:
+    """Start a cluster in ``data_dir`` and restart it with ``wal_level = logical``."""
+    postgres = stack.start_postgres(data_dir)
+    conn = postgres.connect("postgres")
+    try:
+        conn.run("ALTER SYSTEM SET wal_level = logical")
+    finally:
+        conn.close()
+    postgres.server.cleanup()  # pg_ctl -w stop, as pgserver's system user
+    assert not (data_dir / "postmaster.pid").exists(), "the server did not stop cleanly"
+    return stack.start_postgres(data_dir)
+
+
+@pytest.fixture(scope="module")
+def logical_cluster():
+    """The module's wal_level=logical cluster; stopped and deleted at the end, whatever happened."""
+    data_dir = Path(tempfile.mkdtemp(prefix="totes-logical-pg-"))
+    data_dir.chmod(0o755)
+    postgres = None
+    try:
+        postgres = start_logical_cluster(data_dir)
+        yield LogicalCluster(postgres, data_dir)
+    finally:
+        if postgres is not None:
+            postgres.server.cleanup()
+        shutil.rmtree(data_dir, ignore_errors=True)
