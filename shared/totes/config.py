@@ -4,6 +4,7 @@ Read at call time (not import time) so a misconfigured function fails with a
 message naming the variable, and tests can change the environment freely.
 """
 import os
+import re
 from datetime import timedelta
 
 from totes.errors import InputError
@@ -68,3 +69,36 @@ def chunk_rows() -> int:
 def max_rows_per_run() -> int:
     """Rows one ingest run writes at most: a backfill drains over runs that each fit the timeout."""
     return int_env("INGEST_MAX_ROWS_PER_RUN", 1_000_000)
+
+
+#: how ingest finds changes: ``snapshot`` (by transaction visibility, needs only SELECT) or
+#: ``logical`` (PostgreSQL's logical decoding: every version and every delete).
+CAPTURE_MODES = ("snapshot", "logical")
+_SLOT_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def capture_mode() -> str:
+    """The capture mode (``CAPTURE_MODE``), ``snapshot`` unless set."""
+    mode = os.environ.get("CAPTURE_MODE", "").strip() or "snapshot"
+    if mode not in CAPTURE_MODES:
+        raise ConfigurationError(
+            f"CAPTURE_MODE must be one of {', '.join(CAPTURE_MODES)}, got {mode!r}")
+    return mode
+
+
+def _object_name(variable: str, default: str) -> str:
+    name = os.environ.get(variable, "").strip() or default
+    if not _SLOT_NAME.fullmatch(name):
+        raise ConfigurationError(
+            f"{variable} must be a lower-case PostgreSQL name (letters, digits, _), got {name!r}")
+    return name
+
+
+def replication_slot() -> str:
+    """The logical replication slot log-based capture reads (``REPLICATION_SLOT``)."""
+    return _object_name("REPLICATION_SLOT", "totes_ingest")
+
+
+def publication() -> str:
+    """The publication of the 11 tables the slot decodes (``PUBLICATION``)."""
+    return _object_name("PUBLICATION", "totes_ingest")

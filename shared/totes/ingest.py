@@ -26,10 +26,11 @@ from typing import Callable, Iterator, TypedDict
 
 import pg8000.native
 
-from totes import config, db, extract, keys, observability, storage, sweep, timestamps
+from totes import (config, db, extract, keys, logical, observability, pgoutput, storage, sweep,
+                   timestamps)
 from totes.capture import Snapshot, TableCursor
 from totes.errors import TransientError
-from totes.manifest import DataFile, IngestManifest, SweepState, TableEntry
+from totes.manifest import DataFile, IngestManifest, LogicalPosition, SweepState, TableEntry
 from totes.source import SOURCE_TABLES, check_contract
 
 logger = observability.service_logger()
@@ -38,6 +39,7 @@ CONTENT_TYPE = "application/x-ndjson"
 ROWS_METRIC = "RowsIngested"
 FUTURE_METRIC = "RowsStampedInFuture"
 DELETED_METRIC = "RowsDeleted"
+SLOT_LAG_METRIC = "ReplicationSlotLagBytes"
 #: keys of future-stamped rows named in one warning line, per table.
 LOGGED_KEYS = 20
 #: Seconds any database wait may take outside Lambda: the longest a Lambda may run.
@@ -69,13 +71,19 @@ class IngestSettings:
     chunk_rows: int
     max_rows_per_run: int
     delete_sweep: timedelta
+    #: ``snapshot`` or ``logical`` (see :mod:`totes.logical`).
+    capture_mode: str = "snapshot"
+    slot: str = "totes_ingest"
+    publication: str = "totes_ingest"
 
     @classmethod
     def from_environment(cls) -> "IngestSettings":
         """Read the settings from the Lambda environment, failing early on a missing one."""
         return cls(bucket=config.ingest_bucket(), secret_id=config.totesys_secret_id(),
                    chunk_rows=config.chunk_rows(), max_rows_per_run=config.max_rows_per_run(),
-                   delete_sweep=config.delete_sweep_interval())
+                   delete_sweep=config.delete_sweep_interval(),
+                   capture_mode=config.capture_mode(), slot=config.replication_slot(),
+                   publication=config.publication())
 
 
 class IngestSummary(TypedDict):
@@ -358,8 +366,15 @@ def _read_source(settings: IngestSettings, previous: IngestManifest | None,
 
 
 def _log_backlog(run: keys.RunId, settings: IngestSettings,
-                 entries: dict[str, TableEntry]) -> None:
+                 entries: dict[str, TableEntry], position: LogicalPosition | None) -> None:
     waiting = [table for table, entry in entries.items() if entry.truncated]
+    if not waiting and position is not None:
+        logger.info("row budget reached; the next run continues in slot %s after %s",
+                    position.slot, position.lsn, extra={
+                        "run_id": str(run), "max_rows_per_run": settings.max_rows_per_run,
+                        "partial_commit_lsn": position.partial_commit_lsn,
+                        "partial_changes": position.partial_changes})
+        return
     cursor = entries[waiting[0]].cursor
     resume = ("its first row" if cursor.resume_after is None
               else f"the row after key {cursor.resume_after}")
@@ -382,6 +397,84 @@ def _check_still_newest(bucket: str, previous_key: str | None) -> None:
             "the next run continues from the newer manifest")
 
 
+def _logical_start(settings: IngestSettings, previous: IngestManifest | None,
+                   db_timeout: float) -> LogicalPosition:
+    """Return where log-based capture stands, creating the publication and slot if missing.
+
+    A position carried by the previous manifest must name the configured slot
+    and publication: switching them silently would skip or repeat changes.
+    """
+    position = previous.logical if previous else None
+    if position is not None and (position.slot, position.publication) != (
+            settings.slot, settings.publication):
+        raise config.ConfigurationError(
+            f"the committed position is in slot {position.slot} (publication "
+            f"{position.publication}), not the configured {settings.slot} "
+            f"({settings.publication}): restore REPLICATION_SLOT and PUBLICATION, or re-sync "
+            "(docs/ingest.md, 'Dropping the slot')")
+    if position is not None and position.backfilled:
+        return position
+    conn = db.connect(settings.secret_id, timeout=db_timeout)
+    try:
+        lsn = logical.ensure_source(conn, settings.slot, settings.publication)
+    finally:
+        db.close_quietly(conn)
+    return position or LogicalPosition(settings.slot, settings.publication,
+                                       pgoutput.lsn_text(lsn))
+
+
+def _read_slot(settings: IngestSettings, previous: IngestManifest, run: keys.RunId,
+               position: LogicalPosition, db_timeout: float
+               ) -> tuple[extract.ReadPoint, dict[str, TableEntry], logical.ChangeWriter]:
+    """Write the slot's changes after ``position``, within the row budget, as this run's files."""
+    def writer_for(table: str, deletion: bool) -> ObjectWriter:
+        return ObjectWriter(settings.bucket, settings.chunk_rows,
+                            lambda part: logical.data_key_for(run)(table, deletion, part))
+
+    conn = db.connect(settings.secret_id, timeout=db_timeout)
+    try:
+        logical.resume(conn, position)
+        with extract.snapshot(conn) as read_point:
+            check_contract(extract.source_columns(conn))
+            conn.run("SET LOCAL datestyle = 'ISO, YMD'")  # the text pgoutput renders values in
+            changes = logical.read_changes(conn, position, settings.max_rows_per_run,
+                                           writer_for, settings.chunk_rows)
+    finally:
+        db.close_quietly(conn)
+    entries = {table: replace(previous.table(table),
+                              files=changes.writers.files(table, False),
+                              deleted=changes.writers.files(table, True), truncated=False,
+                              stamped_in_future=changes.future.get(table, 0), captured_keys=None)
+               for table in SOURCE_TABLES}
+    logger.info("slot read", extra={
+        "run_id": str(run), "slot": position.slot, "from": position.lsn,
+        "skipped_in_transaction": position.partial_changes, "to": changes.position.lsn,
+        "stopped_inside": changes.position.partial_commit_lsn, "changes": changes.changes,
+        "transactions": changes.transactions, "rows": changes.rows, "deleted": changes.deleted,
+        "complete": changes.complete})
+    if changes.truncated_tables:
+        logger.error("TRUNCATE of %s decoded: its rows' deletions are not in the log; re-sync "
+                     "through snapshot capture to record them (docs/ingest.md)",
+                     ", ".join(changes.truncated_tables),
+                     extra={"run_id": str(run), "tables": changes.truncated_tables})
+    return read_point, entries, changes
+
+
+def _extract_logical(settings: IngestSettings, run: keys.RunId, db_timeout: float,
+                     previous: IngestManifest | None,
+                     previous_key: str | None) -> tuple[extract.ReadPoint, dict[str, TableEntry],
+                                                        bool, LogicalPosition]:
+    """Run log-based capture: a snapshot backfill until one has completed, then the slot."""
+    position = _logical_start(settings, previous, db_timeout)
+    if previous is None or not position.backfilled:
+        # The initial load, taken after the slot exists: nothing falls between the two.
+        read_point, entries = _read_source(settings, previous, previous_key, run, db_timeout)
+        complete = not any(entry.truncated for entry in entries.values())
+        return read_point, entries, complete, replace(position, backfilled=complete)
+    read_point, entries, changes = _read_slot(settings, previous, run, position, db_timeout)
+    return read_point, entries, changes.complete, changes.position
+
+
 def _extract_run(settings: IngestSettings, run: keys.RunId, db_timeout: float) -> IngestManifest:
     """Extract the changes since the newest manifest; return the manifest that commits them."""
     previous_key = storage.latest_manifest_key(settings.bucket)
@@ -393,7 +486,18 @@ def _extract_run(settings: IngestSettings, run: keys.RunId, db_timeout: float) -
         else str(previous.snapshot),
         "chunk_rows": settings.chunk_rows, "max_rows_per_run": settings.max_rows_per_run,
         "delete_sweep_minutes": settings.delete_sweep // timedelta(minutes=1),
+        "capture_mode": settings.capture_mode,
     })
+    if settings.capture_mode == "logical":
+        read_point, entries, complete, position = _extract_logical(
+            settings, run, db_timeout, previous, previous_key)
+        manifest = IngestManifest(
+            run_id=str(run), started_at=timestamps.instant_text(run.started_at),
+            finished_at=timestamps.now_text(), previous_manifest=previous_key,
+            tables=entries, complete=complete, snapshot=read_point.snapshot,
+            database_time=timestamps.database_text(read_point.database_time), logical=position)
+        _check_still_newest(settings.bucket, previous_key)
+        return manifest
     read_point, entries = _read_source(settings, previous, previous_key, run, db_timeout)
     manifest = IngestManifest(
         run_id=str(run), started_at=timestamps.instant_text(run.started_at),
@@ -421,6 +525,11 @@ def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
         observability.emit_table_metric(FUTURE_METRIC, table, entry.stamped_in_future)
     for table in swept:
         observability.emit_table_metric(DELETED_METRIC, table, entries[table].deleted_rows)
+    if manifest.logical is not None and manifest.logical.backfilled and not swept:
+        result = replace(result, deleted={table: entry.deleted_rows
+                                          for table, entry in entries.items()})
+        for table, entry in entries.items():
+            observability.emit_table_metric(DELETED_METRIC, table, entry.deleted_rows)
     changed = [table for table, entry in entries.items() if entry.rows or entry.deleted_rows]
     logger.info("ingest run committed" if changed
                 else "ingest run committed: nothing changed since the previous run", extra={
@@ -434,8 +543,29 @@ def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
                     "duration_ms": result.duration_ms,
                 })
     if not result.complete:
-        _log_backlog(run, settings, dict(entries))
+        _log_backlog(run, settings, dict(entries), manifest.logical)
     return result
+
+
+def _release_slot(settings: IngestSettings, position: LogicalPosition, db_timeout: float) -> None:
+    """Advance the slot to a committed manifest's position; publish the WAL it still holds.
+
+    Only ever called once the manifest exists. A failure here leaves the slot
+    behind, which the next run corrects before it reads (:func:`logical.resume`).
+    """
+    conn = db.connect(settings.secret_id, timeout=db_timeout)
+    try:
+        state = logical.slot_state(conn, position.slot)
+        reached = pgoutput.parse_lsn(position.lsn)
+        if position.backfilled and state is not None and state[2] < reached:
+            logical.advance(conn, position.slot, reached)
+        lag = logical.lag_bytes(conn, position.slot)
+    finally:
+        db.close_quietly(conn)
+    if lag is not None:
+        observability.emit_metric(SLOT_LAG_METRIC, lag, "Bytes")
+        logger.info("replication slot advanced", extra={
+            "slot": position.slot, "lsn": position.lsn, "lag_bytes": lag})
 
 
 def _failure_message(error: Exception, progress: Progress) -> str:
@@ -471,6 +601,8 @@ def run_ingest(settings: IngestSettings | None = None, *,
         progress = Progress.COMMITTING
         storage.put_new_json(settings.bucket, manifest_key, manifest.to_json())
         progress = Progress.COMMITTED
+        if manifest.logical is not None:
+            _release_slot(settings, manifest.logical, db_timeout)
         return _report(settings, run, manifest_key, manifest, started)
     except Exception as error:
         logger.exception(_failure_message(error, progress),

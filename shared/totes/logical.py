@@ -28,14 +28,13 @@ import pg8000.native
 
 from totes import keys, observability, pgoutput, sweep
 from totes.db import quote_ident
+from totes.errors import InputError
 from totes.manifest import DataFile, LogicalPosition
 from totes.source import SOURCE_TABLES, VERSION_COLUMN
 
 logger = observability.service_logger()
 
 PLUGIN = "pgoutput"
-#: ``get_byte(data, 0)`` of the change messages: I, U, D, T.
-_CHANGE_BYTES = ", ".join(str(byte) for byte in pgoutput.CHANGE_KINDS)
 #: decoding stops after the first commit past this many messages per budgeted change (a
 #: transaction brings a Begin, a Commit and a Relation message or more besides its changes).
 MESSAGES_PER_CHANGE = 4
@@ -43,11 +42,11 @@ _SETTING_PREFIX = "totes."
 _INSUFFICIENT_PRIVILEGE = "42501"
 
 
-class LogicalSetupError(RuntimeError):
+class LogicalSetupError(InputError, RuntimeError):
     """The source is not ready for log-based capture; the message says what a DBA must run."""
 
 
-class SlotPositionError(RuntimeError):
+class SlotPositionError(InputError, RuntimeError):
     """The slot is gone or was moved past what the pipeline committed: changes may be lost."""
 
 
@@ -193,27 +192,25 @@ def lag_bytes(conn: pg8000.native.Connection, slot: str) -> int | None:
     return None if not rows or rows[0][0] is None else int(rows[0][0])
 
 
-def changes_sql() -> str:
-    """Return the COPY statement streaming the slot's messages after the committed position.
-
-    Each line is ``<messages decoded> <message as hex>``. The first ``skip``
-    changes (a transaction cut short by the previous run's budget) are left out
-    on the server, and so is everything after the ``skip + budget + 1``-th
-    change: that one only proves there is more. Begin, Relation and Type
-    messages in the skipped part are kept: later changes need them.
-    """
-    skip = "current_setting('totes.skip')::bigint"
-    budget = "current_setting('totes.budget')::bigint"
-    peek = ("pg_logical_slot_peek_binary_changes(current_setting('totes.slot')::name, NULL, "
-            "current_setting('totes.upto')::integer, 'proto_version', '1', 'publication_names', "
-            "current_setting('totes.publication'))")
-    return (
-        "COPY (SELECT total || ' ' || encode(data, 'hex') FROM ("
-        f"SELECT n, data, get_byte(data, 0) IN ({_CHANGE_BYTES}) AS change, "
-        f"count(*) FILTER (WHERE get_byte(data, 0) IN ({_CHANGE_BYTES})) OVER (ORDER BY n) AS c, "
-        f"count(*) OVER () AS total FROM {peek} WITH ORDINALITY AS m(lsn, xid, data, n)) AS m "
-        f"WHERE CASE WHEN change THEN c > {skip} AND c <= {skip} + {budget} + 1 "
-        f"ELSE c <= {skip} + {budget} END ORDER BY n) TO STDOUT")
+#: the COPY statement streaming the slot's messages after the committed position. Each line
+#: is ``<messages decoded> <message as hex>``. The first ``skip`` changes (I, U, D, T: bytes
+#: 73, 85, 68, 84; a transaction cut short by the previous run's budget) are left out on
+#: the server, and so is everything after the ``skip + budget + 1``-th change, which only
+#: proves there is more. Begin, Relation and Type messages in the skipped part are kept:
+#: later changes need them. Every value comes from a transaction-local setting.
+CHANGES_SQL = (
+    "COPY (SELECT total || ' ' || encode(data, 'hex') FROM ("
+    "SELECT n, data, get_byte(data, 0) IN (73, 85, 68, 84) AS change, "
+    "count(*) FILTER (WHERE get_byte(data, 0) IN (73, 85, 68, 84)) OVER (ORDER BY n) AS c, "
+    "count(*) OVER () AS total "
+    "FROM pg_logical_slot_peek_binary_changes(current_setting('totes.slot')::name, NULL, "
+    "current_setting('totes.upto')::integer, 'proto_version', '1', 'publication_names', "
+    "current_setting('totes.publication')) WITH ORDINALITY AS m(lsn, xid, data, n)) AS m "
+    "WHERE CASE WHEN change "
+    "THEN c > current_setting('totes.skip')::bigint "
+    "AND c <= current_setting('totes.skip')::bigint + current_setting('totes.budget')::bigint + 1 "
+    "ELSE c <= current_setting('totes.skip')::bigint + current_setting('totes.budget')::bigint "
+    "END ORDER BY n) TO STDOUT")
 
 
 class _Writers:
@@ -368,7 +365,7 @@ def read_changes(conn: pg8000.native.Connection, position: LogicalPosition, budg
         conn.run("SELECT set_config(:name, :value, true)",
                  name=_SETTING_PREFIX + name, value=str(value))
     writer = ChangeWriter(_Writers(writer_for, chunk_rows), position, budget, upto)
-    conn.run(changes_sql(), stream=writer)
+    conn.run(CHANGES_SQL, stream=writer)
     writer.finish()
     return writer
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Mapping, Union
 
+from totes.errors import InputError
 from totes.source import SOURCE_COLUMNS, primary_key
 
 #: pgoutput timestamps count microseconds from the PostgreSQL epoch (2000-01-01 UTC).
@@ -32,7 +33,7 @@ PG_EPOCH = datetime(2000, 1, 1)
 CHANGE_KINDS = b"IUDT"
 
 
-class DecodeError(ValueError):
+class DecodeError(InputError, ValueError):
     """A message is not valid ``pgoutput`` protocol 1, or a value does not fit its column."""
 
 
