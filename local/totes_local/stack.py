@@ -107,6 +107,7 @@ def pipeline_environment() -> dict[str, str]:
     return {
         "INGEST_BUCKET": INGEST_BUCKET,
         "INGEST_DELETE_SWEEP_MINUTES": "60",
+        "CAPTURE_MODE": "snapshot",
         "PROCESSED_BUCKET": PROCESSED_BUCKET,
         "TOTESYS_SECRET_ID": TOTESYS_SECRET,
         "WAREHOUSE_SECRET_ID": WAREHOUSE_SECRET,

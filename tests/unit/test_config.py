@@ -56,3 +56,22 @@ def test_non_integer_setting_is_rejected_with_its_value(monkeypatch):
     monkeypatch.setenv("CHUNK_ROWS", "lots")
     with pytest.raises(config.ConfigurationError, match="'lots'"):
         config.chunk_rows()
+
+
+def test_capture_mode_is_snapshot_unless_set_and_refuses_anything_else(monkeypatch):
+    monkeypatch.delenv("CAPTURE_MODE", raising=False)
+    assert config.capture_mode() == "snapshot"
+    monkeypatch.setenv("CAPTURE_MODE", "logical")
+    assert config.capture_mode() == "logical"
+    monkeypatch.setenv("CAPTURE_MODE", "wal2json")
+    with pytest.raises(config.ConfigurationError, match="CAPTURE_MODE must be one of"):
+        config.capture_mode()
+
+
+def test_slot_and_publication_names_default_and_must_be_plain_names(monkeypatch):
+    monkeypatch.delenv("REPLICATION_SLOT", raising=False)
+    monkeypatch.setenv("PUBLICATION", "totes_pub_2")
+    assert (config.replication_slot(), config.publication()) == ("totes_ingest", "totes_pub_2")
+    monkeypatch.setenv("REPLICATION_SLOT", "x'); DROP TABLE staff; --")
+    with pytest.raises(config.ConfigurationError, match="REPLICATION_SLOT must be"):
+        config.replication_slot()

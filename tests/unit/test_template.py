@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import pytest
 from cfnlint.decode import cfn_yaml
 
-from totes import config, observability
+from totes import config, ingest, observability
 from totes_local import cfn, stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -229,6 +229,16 @@ def test_rows_stamped_in_the_future_alarm_on_the_first_one():
     assert alarm["Dimensions"] == [{"Name": "service", "Value": observability.DEFAULT_SERVICE}]
     assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
     assert alarm["TreatMissingData"] == "notBreaching"
+
+
+def test_replication_slot_lag_alarms_above_its_parameter_and_capture_defaults_to_snapshot():
+    (alarm,) = alarms_on(STACK_NAMESPACE, "ReplicationSlotLagBytes")
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": observability.DEFAULT_SERVICE}]
+    assert references(alarm["Threshold"]) == {"ReplicationSlotLagAlarmBytes"}
+    assert alarm["Statistic"] == "Maximum" and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert ingest.SLOT_LAG_METRIC == alarm["MetricName"]
+    mode = TEMPLATE["Parameters"]["CaptureMode"]
+    assert mode["Default"] == "snapshot" and mode["AllowedValues"] == list(config.CAPTURE_MODES)
 
 
 def test_freshness_alarm_fires_after_30_minutes_and_when_the_loader_goes_silent():
@@ -475,7 +485,8 @@ def test_only_transform_and_load_carry_the_pandas_layer(function, has_pandas):
 
 @pytest.mark.parametrize("function, expected", [
     ("IngestFunction", {"INGEST_BUCKET": "IngestBucket", "TOTESYS_SECRET_ID": "TotesysSecretArn",
-                        "INGEST_DELETE_SWEEP_MINUTES": "IngestDeleteSweepMinutes"}),
+                        "INGEST_DELETE_SWEEP_MINUTES": "IngestDeleteSweepMinutes",
+                        "CAPTURE_MODE": "CaptureMode"}),
     # The transform's INGEST_BUCKET is the bucket's stack-derived name (see the naming test).
     ("TransformFunction", {"INGEST_BUCKET": "AWS::StackId", "PROCESSED_BUCKET": "ProcessedBucket"}),
     ("LoadFunction", {"INGEST_BUCKET": "IngestBucket", "PROCESSED_BUCKET": "ProcessedBucket",
