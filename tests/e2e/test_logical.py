@@ -1,0 +1,133 @@
+"""The whole pipeline in ``CAPTURE_MODE=logical``: every version and every delete, downstream.
+
+The source is a generated totesys on a separate ``wal_level = logical`` cluster;
+the warehouse is on the session's server. Transform and load are unchanged: the
+versions and deletion records ingest writes from the slot are the ones they
+already read.
+"""
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from totes_local import generator, stack
+from totes_local.runner import LocalPipeline
+
+from logical_cluster import logical_cluster  # noqa: F401  (the module's fixture)
+from test_pipeline import FACT_FROM_SOURCE, warehouse_table
+
+
+@dataclass
+class LogicalPipeline:
+    """A generated source on the logical cluster, a warehouse, and the handlers."""
+
+    source: Any
+    warehouse: str
+    postgres: stack.Postgres
+    pipeline: LocalPipeline
+
+    def source_rows(self, sql: str, **params: Any) -> list[list[Any]]:
+        """Run a statement on the source database."""
+        return self.source.run(sql, **params)
+
+    def warehouse_rows(self, sql: str, **params: Any) -> list[list[Any]]:
+        """Run a query on the warehouse."""
+        conn = self.postgres.connect(self.warehouse)
+        try:
+            return conn.run(sql, **params)
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def e2e(logical_cluster, aws, postgres, database, monkeypatch):  # noqa: F811
+    """A pipeline in logical mode, ready for its first cycle (a snapshot backfill)."""
+    name = logical_cluster.fresh_source()
+    slot = f"totes_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("CAPTURE_MODE", "logical")
+    monkeypatch.setenv("REPLICATION_SLOT", slot)
+    conn = logical_cluster.postgres.connect(name)
+    generator.generate(conn, scale=0.02)
+    warehouse = database("warehouse")
+    stack.provision({aws["TOTESYS_SECRET_ID"]: logical_cluster.postgres.secret(name),
+                     aws["WAREHOUSE_SECRET_ID"]: postgres.secret(warehouse)}, buckets=())
+    yield LogicalPipeline(conn, warehouse, postgres, LocalPipeline(aws["INGEST_BUCKET"]))
+    conn.run("SELECT pg_drop_replication_slot(:slot)", slot=slot)
+    conn.close()
+
+
+def order_versions(e2e, order_id):
+    """(units_sold, last updated time, is_deleted) of every version of an order, in order."""
+    return [tuple(row) for row in e2e.warehouse_rows(
+        'SELECT "units_sold", "last_updated_time", "is_deleted" FROM "fact_sales_order" '
+        'WHERE "sales_order_id" = :o ORDER BY "sales_record_id"', o=order_id)]
+
+
+def test_an_order_amended_three_times_between_cycles_has_four_versions_in_order(e2e):
+    e2e.pipeline.cycle()
+    [[order_id, stamp]] = e2e.source_rows(
+        "SELECT sales_order_id, last_updated FROM sales_order ORDER BY 1 LIMIT 1")
+    for step in (1, 2, 3):
+        e2e.source_rows("UPDATE sales_order SET units_sold = :u, last_updated = :at "
+                        "WHERE sales_order_id = :o", u=1000 + step,
+                        at=stamp + timedelta(minutes=step), o=order_id)
+
+    e2e.pipeline.cycle()
+
+    versions = order_versions(e2e, order_id)
+    assert len(versions) == 4 and not any(deleted for _, _, deleted in versions)
+    assert [units for units, _, _ in versions[1:]] == [1001, 1002, 1003]
+    assert [time for _, time, _ in versions] == sorted(time for _, time, _ in versions)
+    for fact, (_, sql) in FACT_FROM_SOURCE.items():
+        assert warehouse_table(e2e, f"{fact}_current") == e2e.source_rows(sql), fact
+
+
+def test_deletes_arrive_from_the_log_as_deletion_versions_without_a_sweep(e2e, monkeypatch):
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "100000")   # no sweep would find them
+    e2e.pipeline.cycle()
+    [[order_id, transaction_id]] = e2e.source_rows(
+        "SELECT sales_order_id, transaction_id FROM transaction "
+        "WHERE sales_order_id IS NOT NULL ORDER BY 1 LIMIT 1")
+    payment_id = e2e.source_rows("SELECT min(payment_id) FROM payment WHERE "
+                                 "transaction_id <> :t", t=transaction_id)[0][0]
+    e2e.source_rows("UPDATE sales_order SET units_sold = 77 WHERE sales_order_id = :o",
+                    o=order_id)
+    e2e.source_rows("START TRANSACTION")
+    e2e.source_rows("DELETE FROM payment WHERE transaction_id = :t", t=transaction_id)
+    e2e.source_rows("DELETE FROM transaction WHERE transaction_id = :t", t=transaction_id)
+    e2e.source_rows("DELETE FROM sales_order WHERE sales_order_id = :o", o=order_id)
+    e2e.source_rows("COMMIT")
+    e2e.source_rows("DELETE FROM payment WHERE payment_id = :p", p=payment_id)
+
+    e2e.pipeline.cycle()
+
+    versions = order_versions(e2e, order_id)
+    # The update left last_updated alone: it corrected the backfilled version in place.
+    assert [deleted for _, _, deleted in versions] == [False, True]
+    assert versions[0][0] == versions[1][0] == 77    # the deletion carries the last values
+    assert e2e.warehouse_rows('SELECT count(*) FROM "fact_payment" WHERE "payment_id" = :p '
+                              'AND "is_deleted"', p=payment_id) == [[1]]
+    for fact, (_, sql) in FACT_FROM_SOURCE.items():
+        assert warehouse_table(e2e, f"{fact}_current") == e2e.source_rows(sql), fact
+
+
+def test_versions_sharing_a_last_updated_collapse_to_the_last_one_committed(e2e):
+    e2e.pipeline.cycle()
+    [[order_id]] = e2e.source_rows("SELECT min(sales_order_id) FROM sales_order")
+    before = order_versions(e2e, order_id)
+    for units in (501, 502):                       # updates that do not bump last_updated
+        e2e.source_rows("UPDATE sales_order SET units_sold = :u WHERE sales_order_id = :o",
+                        u=units, o=order_id)
+
+    e2e.pipeline.cycle()
+    e2e.source_rows("UPDATE sales_order SET units_sold = 503 WHERE sales_order_id = :o",
+                    o=order_id)
+    e2e.pipeline.cycle()
+
+    after = order_versions(e2e, order_id)
+    assert len(before) == len(after) == 1
+    assert after[0][0] == 503 and after[0][1] == before[0][1]
+    for fact, (_, sql) in FACT_FROM_SOURCE.items():
+        assert warehouse_table(e2e, f"{fact}_current") == e2e.source_rows(sql), fact
