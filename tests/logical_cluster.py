@@ -3,7 +3,8 @@
 The session's server keeps ``wal_level = replica``; switching it would need a
 restart under every other test. This cluster is separate: started, switched with
 ``ALTER SYSTEM SET wal_level = logical``, stopped through pgserver's ``pg_ctl`` as
-the system user pgserver runs it as (when started as root), and started again.
+the system user pgserver runs it as (when started as root), and started again
+(:func:`totes_local.stack.with_logical_decoding`).
 Import :func:`logical_cluster` into a test module to use it there (module scope).
 """
 import shutil
@@ -35,28 +36,6 @@ class LogicalCluster:
             conn.close()
         return name
 
-    def drop_slots(self) -> None:
-        """Drop every replication slot: a slot left behind would hold WAL for the whole module."""
-        conn = self.postgres.connect("postgres")
-        try:
-            conn.run("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                     "WHERE NOT active")
-        finally:
-            conn.close()
-
-
-def start_logical_cluster(data_dir: Path) -> stack.Postgres:
-    """Start a cluster in ``data_dir`` and restart it with ``wal_level = logical``."""
-    postgres = stack.start_postgres(data_dir)
-    conn = postgres.connect("postgres")
-    try:
-        conn.run("ALTER SYSTEM SET wal_level = logical")
-    finally:
-        conn.close()
-    postgres.server.cleanup()  # pg_ctl -w stop, as pgserver's system user
-    assert not (data_dir / "postmaster.pid").exists(), "the server did not stop cleanly"
-    return stack.start_postgres(data_dir)
-
 
 @pytest.fixture(scope="module")
 def logical_cluster():
@@ -65,7 +44,8 @@ def logical_cluster():
     data_dir.chmod(0o755)
     postgres = None
     try:
-        postgres = start_logical_cluster(data_dir)
+        postgres = stack.start_postgres(data_dir)
+        postgres = stack.with_logical_decoding(postgres)
         yield LogicalCluster(postgres, data_dir)
     finally:
         if postgres is not None:

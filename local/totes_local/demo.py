@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import boto3
 
-from totes import db, warehouse_schema
+from totes import config, db, warehouse_schema
 from totes_local import generator, simulator, stack
 from totes_local.runner import CycleReport, LocalPipeline
 
@@ -36,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="20-minute business steps simulated between the two cycles")
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
                         help="where the demo keeps its database, logs and bucket copies")
+    parser.add_argument("--capture-mode", choices=config.CAPTURE_MODES,
+                        default=os.environ.get("CAPTURE_MODE") or "snapshot",
+                        help="how ingest finds changes (default: $CAPTURE_MODE, else snapshot); "
+                             "logical restarts the demo's server with wal_level = logical")
 
 
 def warehouse_counts(postgres: stack.Postgres) -> dict[str, int]:
@@ -73,7 +77,10 @@ def _business_changes(postgres: stack.Postgres, steps: int, seed: int) -> dict[s
                                        "FROM sales_order")[0]
         summary = simulator.simulate(conn, steps=steps, seed=seed)
         clock = simulator.latest_change(conn) + timedelta(minutes=1)
+        # Amended twice between the cycles: log-based capture keeps both amendments,
+        # snapshot capture sees only the second.
         simulator.amend_sales_order(conn, order_id, clock)
+        simulator.amend_sales_order(conn, order_id, clock + timedelta(seconds=30))
         address_id = conn.run("SELECT legal_address_id FROM counterparty "
                               "ORDER BY counterparty_id LIMIT 1")[0][0]
         simulator.change_address(conn, address_id, clock + timedelta(minutes=1))
@@ -162,6 +169,9 @@ def run(args: argparse.Namespace) -> int:
     log = root / "pipeline.log"
     log.write_text("")
     postgres = stack.start_postgres(root / "pg")
+    if args.capture_mode == "logical":
+        postgres = stack.with_logical_decoding(postgres)
+    stack.drop_slots(postgres, "totesys")  # a previous logical demo's slot pins the database
     for name in ("totesys", "warehouse"):
         postgres.recreate_database(name)
     server, endpoint = stack.start_moto()
@@ -169,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
         # Sweep for deletes on every run: the demo's second cycle is seconds after the first.
         with stack.environment({**stack.aws_environment(endpoint),
                                 **stack.pipeline_environment(),
-                                "INGEST_DELETE_SWEEP_MINUTES": "0"}):
+                                "INGEST_DELETE_SWEEP_MINUTES": "0",
+                                "CAPTURE_MODE": args.capture_mode}):
             stack.provision({stack.TOTESYS_SECRET: postgres.secret("totesys"),
                              stack.WAREHOUSE_SECRET: postgres.secret("warehouse")})
             started = time.perf_counter()
@@ -180,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 conn.close()
             print(f"seeded totesys: {sum(seeded.values()):,} rows in 11 tables "
-                  f"({time.perf_counter() - started:.1f} s)")
+                  f"({time.perf_counter() - started:.1f} s); capture mode {args.capture_mode}")
             pipeline = LocalPipeline(stack.INGEST_BUCKET)
             with _pipeline_output(log):
                 first = pipeline.cycle()
@@ -191,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
                   f"({changes['clock_start']:%Y-%m-%d %H:%M} -> "
                   f"{changes['clock_end']:%Y-%m-%d %H:%M}): "
                   + ", ".join(f"{kind} {n}" for kind, n in changes["counts"].items() if n)
-                  + f"; amended sales order {changes['amended_order']}, "
+                  + f"; amended sales order {changes['amended_order']} twice, "
                   f"moved address {changes['moved_address']}, "
                   f"cancelled (deleted) sales order {changes['cancelled_order']}")
             with _pipeline_output(log):

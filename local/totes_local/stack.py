@@ -72,6 +72,37 @@ def start_postgres(data_dir: Path) -> Postgres:
     return Postgres(server=server, socket_dir=str(data_dir))
 
 
+def with_logical_decoding(postgres: Postgres) -> Postgres:
+    """Return the server with ``wal_level = logical``, restarting it if it was not.
+
+    pgserver runs the server as its own system user when started as root, so the
+    restart goes through pgserver's ``pg_ctl`` (its ``cleanup``: ``pg_ctl -w stop``
+    as that user), then starts it again on the same data directory.
+    """
+    conn = postgres.connect("postgres")
+    try:
+        if conn.run("SHOW wal_level") == [["logical"]]:
+            return postgres
+        conn.run("ALTER SYSTEM SET wal_level = logical")
+    finally:
+        conn.close()
+    data_dir = Path(postgres.socket_dir)
+    postgres.server.cleanup()
+    if (data_dir / "postmaster.pid").exists():
+        raise RuntimeError(f"the server in {data_dir} did not stop cleanly")
+    return start_postgres(data_dir)
+
+
+def drop_slots(postgres: Postgres, dbname: str) -> None:
+    """Drop the replication slots of ``dbname``, which would keep it from being dropped."""
+    conn = postgres.connect("postgres")
+    try:
+        conn.run("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                 "WHERE database = :db AND NOT active", db=dbname)
+    finally:
+        conn.close()
+
+
 def start_moto() -> tuple[Any, str]:
     """Start a moto server on a free loopback port; return it and its endpoint URL.
 

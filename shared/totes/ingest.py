@@ -441,11 +441,15 @@ def _read_slot(settings: IngestSettings, previous: IngestManifest, run: keys.Run
                                            writer_for, settings.chunk_rows)
     finally:
         db.close_quietly(conn)
-    entries = {table: replace(previous.table(table),
-                              files=changes.writers.files(table, False),
-                              deleted=changes.writers.files(table, True), truncated=False,
-                              stamped_in_future=changes.future.get(table, 0), captured_keys=None)
-               for table in SOURCE_TABLES}
+    entries = {}
+    for table in SOURCE_TABLES:
+        captured = (sweep.upload_blocks(settings.bucket, table, run,
+                                        logical.key_blocks(changes.keys[table]))
+                    if table in changes.keys else None)
+        entries[table] = replace(
+            previous.table(table), files=changes.writers.files(table, False),
+            deleted=changes.writers.files(table, True), truncated=False,
+            stamped_in_future=changes.future.get(table, 0), captured_keys=captured)
     logger.info("slot read", extra={
         "run_id": str(run), "slot": position.slot, "from": position.lsn,
         "skipped_in_transaction": position.partial_changes, "to": changes.position.lsn,
@@ -475,6 +479,24 @@ def _extract_logical(settings: IngestSettings, run: keys.RunId, db_timeout: floa
     return read_point, entries, changes.complete, changes.position
 
 
+def _fall_back_from_logical(previous: IngestManifest, slot: str,
+                            run: keys.RunId) -> IngestManifest:
+    """Start a full re-sync by snapshot capture after log-based capture: every row, once.
+
+    The snapshot cursors a log-based manifest carries are those of its backfill,
+    possibly long ago, so every row is read again instead (identical versions
+    change nothing downstream). Key sweeps go on from the last sweep and the keys
+    every log-based run captured, so a row created while the slot was read and
+    deleted since is still found.
+    """
+    logger.warning("capture mode is snapshot after log-based capture (slot %s): re-reading "
+                   "every row once; drop the slot if it is still there (docs/ingest.md)",
+                   slot,
+                   extra={"run_id": str(run), "previous_manifest_run": previous.run_id})
+    return previous.with_tables({table: replace(entry, cursor=TableCursor())
+                                 for table, entry in previous.tables.items()})
+
+
 def _extract_run(settings: IngestSettings, run: keys.RunId, db_timeout: float) -> IngestManifest:
     """Extract the changes since the newest manifest; return the manifest that commits them."""
     previous_key = storage.latest_manifest_key(settings.bucket)
@@ -498,6 +520,8 @@ def _extract_run(settings: IngestSettings, run: keys.RunId, db_timeout: float) -
             database_time=timestamps.database_text(read_point.database_time), logical=position)
         _check_still_newest(settings.bucket, previous_key)
         return manifest
+    if previous is not None and previous.logical is not None:
+        previous = _fall_back_from_logical(previous, previous.logical.slot, run)
     read_point, entries = _read_source(settings, previous, previous_key, run, db_timeout)
     manifest = IngestManifest(
         run_id=str(run), started_at=timestamps.instant_text(run.started_at),

@@ -20,6 +20,7 @@ Rows never cross to Python as a result set: COPY streams one message per line
 transaction's size. Values are bound through transaction-local settings (COPY
 takes no parameters), identifiers come from the allow-list and are quoted.
 """
+from array import array
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable
@@ -261,6 +262,8 @@ class ChangeWriter:
     future: dict[str, int] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     deleted: dict[str, int] = field(default_factory=dict)
+    #: table -> keys of the versions written (8 bytes each), for a later key sweep.
+    keys: dict[str, array] = field(default_factory=dict)
     _shapes: dict[int, pgoutput.RowShape | None] = field(default_factory=dict)
     _begin: pgoutput.Begin | None = None
     _in_transaction: int = 0
@@ -326,6 +329,7 @@ class ChangeWriter:
         fallback = message.old if getattr(message, "old_kind", None) == "O" else None
         self.writers.add(shape.table, False, shape.line(message.new, fallback))
         self.rows[shape.table] = self.rows.get(shape.table, 0) + 1
+        self.keys.setdefault(shape.table, array("q")).append(shape.key(message.new))
         stamp = message.new[shape.positions[VERSION_COLUMN]]
         if isinstance(stamp, str) and datetime.fromisoformat(stamp) > at:
             self.future[shape.table] = self.future.get(shape.table, 0) + 1
@@ -368,6 +372,18 @@ def read_changes(conn: pg8000.native.Connection, position: LogicalPosition, budg
     conn.run(CHANGES_SQL, stream=writer)
     writer.finish()
     return writer
+
+
+def key_blocks(captured: array) -> list[bytes]:
+    """Render captured keys as the sweep's ascending, distinct block lines.
+
+    Snapshot capture lists the keys it captured for the next key sweep; log-based
+    capture does the same, so a fall back to snapshot capture finds the deletion of
+    a row created while the slot was read.
+    """
+    ordered = sorted(set(captured))
+    return [sweep.render_block(ordered[at:at + sweep.BLOCK_KEYS])
+            for at in range(0, len(ordered), sweep.BLOCK_KEYS)]
 
 
 def data_key_for(run: keys.RunId) -> Callable[[str, bool, int], str]:

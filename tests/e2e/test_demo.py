@@ -43,3 +43,15 @@ def test_demo_in_a_relative_folder_keeps_logs_and_bucket_files_to_browse(
     manifests = list((demo_dir / "s3").glob("*/_manifests/*/*/*/*.json"))
     assert len(manifests) == 4  # two ingest runs, each transformed once
     assert list((demo_dir / "s3").glob("*/fact_sales_order/**/*.parquet"))
+
+
+def test_demo_in_logical_mode_keeps_both_amendments_of_the_order(demo_dir, capsys, monkeypatch):
+    monkeypatch.setenv("CAPTURE_MODE", "logical")
+    status = cli.main(["demo", "--dir", str(demo_dir), "--scale", "0.02", "--steps", "1"])
+    out = capsys.readouterr().out
+    assert status == 0 and "capture mode logical" in out
+    history = out.split("history of amended sales order")[1].split("history of cancelled")[0]
+    versions = [line for line in history.splitlines()[2:] if line.strip()]
+    assert len(versions) == 3
+    cancelled = out.split("history of cancelled sales order")[1].split("files written")[0]
+    assert cancelled.strip().splitlines()[-1].endswith("(deleted)")

@@ -54,7 +54,8 @@ def e2e(logical_cluster, aws, postgres, database, monkeypatch):  # noqa: F811
     stack.provision({aws["TOTESYS_SECRET_ID"]: logical_cluster.postgres.secret(name),
                      aws["WAREHOUSE_SECRET_ID"]: postgres.secret(warehouse)}, buckets=())
     yield LogicalPipeline(conn, warehouse, postgres, LocalPipeline(aws["INGEST_BUCKET"]))
-    conn.run("SELECT pg_drop_replication_slot(:slot)", slot=slot)
+    conn.run("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+             "WHERE slot_name = :slot", slot=slot)
     conn.close()
 
 
@@ -131,3 +132,43 @@ def test_versions_sharing_a_last_updated_collapse_to_the_last_one_committed(e2e)
     assert after[0][0] == 503 and after[0][1] == before[0][1]
     for fact, (_, sql) in FACT_FROM_SOURCE.items():
         assert warehouse_table(e2e, f"{fact}_current") == e2e.source_rows(sql), fact
+
+
+def test_dropping_the_slot_and_falling_back_to_snapshot_capture_re_syncs_without_duplicates(
+        e2e, monkeypatch):
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "100000")
+    e2e.pipeline.cycle()
+    [[order_id, stamp]] = e2e.source_rows(
+        "SELECT sales_order_id, last_updated FROM sales_order ORDER BY 1 LIMIT 1")
+    e2e.source_rows("INSERT INTO address (address_id, address_line_1, city, postal_code, "
+                    "country, phone, last_updated) VALUES (90001, 'new', 'York', 'Y1', 'UK', "
+                    "'1', :at)", at=stamp)
+    e2e.source_rows("UPDATE sales_order SET units_sold = 4242, last_updated = :at "
+                    "WHERE sales_order_id = :o", at=stamp + timedelta(minutes=1), o=order_id)
+    e2e.pipeline.cycle()
+    facts = {fact: e2e.warehouse_rows(f'SELECT count(*) FROM "{fact}"')[0][0]  # nosec B608
+             for fact in FACT_FROM_SOURCE}
+    # The DBA drops the slot; the pipeline goes back to snapshot capture.
+    slot = e2e.source_rows("SELECT slot_name FROM pg_replication_slots WHERE database = "
+                           "current_database()")[0][0]
+    e2e.source_rows("SELECT pg_drop_replication_slot(:s)", s=slot)
+    monkeypatch.setenv("CAPTURE_MODE", "snapshot")
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
+    e2e.source_rows("DELETE FROM address WHERE address_id = 90001")   # created under the slot
+    [[payment_id]] = e2e.source_rows("SELECT max(payment_id) FROM payment")
+    e2e.source_rows("DELETE FROM payment WHERE payment_id = :p", p=payment_id)
+
+    report = e2e.pipeline.cycle()
+
+    assert report.ingest["total_rows"] == sum(
+        e2e.source_rows(f'SELECT count(*) FROM "{table}"')[0][0]  # nosec B608
+        for table in ("address", "counterparty", "currency", "department", "design",
+                      "payment_type", "staff", "sales_order", "purchase_order", "transaction",
+                      "payment"))
+    assert report.ingest["deleted"]["address"] == 1 and report.ingest["deleted"]["payment"] == 1
+    # Every row was read again, and nothing but the deleted payment's deletion was added.
+    assert {fact: e2e.warehouse_rows(f'SELECT count(*) FROM "{fact}"')[0][0]  # nosec B608
+            for fact in FACT_FROM_SOURCE} == {**facts, "fact_payment": facts["fact_payment"] + 1}
+    for fact, (_, sql) in FACT_FROM_SOURCE.items():
+        assert warehouse_table(e2e, f"{fact}_current") == e2e.source_rows(sql), fact
+    assert e2e.pipeline.cycle().ingest["total_rows"] == 0
