@@ -79,7 +79,8 @@ def drain(env: dict[str, str], max_runs: int = 100) -> list[dict[str, Any]]:
     return runs
 
 
-def working_copy(postgres: Any, args: argparse.Namespace) -> tuple[str, int]:
+def working_copy(postgres: Any, args: argparse.Namespace,
+                 prefix: str = "bench_bulk_source") -> tuple[str, int]:
     """Return a fresh copy of the generated source (and its rows) for the update to change.
 
     The source itself (``bench_bulk_source_<scale>``) is never updated, so ``--reuse``
@@ -88,9 +89,8 @@ def working_copy(postgres: Any, args: argparse.Namespace) -> tuple[str, int]:
     """
     from totes.db import quote_ident
 
-    source, rows = generate_source(postgres, args.scale, args.seed, args.reuse,
-                                   prefix="bench_bulk_source")
-    name = source.replace("bench_bulk_source", "bench_bulk", 1)
+    source, rows = generate_source(postgres, args.scale, args.seed, args.reuse, prefix=prefix)
+    name = source.replace(prefix, prefix.removesuffix("_source"), 1)
     admin = postgres.connect("postgres")
     try:
         admin.run(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")

@@ -11,12 +11,14 @@ Besides one stage each, two benchmarks measure ingest against yardsticks:
 a raw ``COPY ... TO STDOUT`` on the same rows, scale 1; dlt comes from
 ``requirements-bench.txt``, which ``make bench`` installs) and ``bench_bulk_update``
 (every row of two tables restamped in one transaction, scale 10: the capture
-state must stay small and the next idle run must read nothing).
+state must stay small and the next idle run must read nothing), and ``bench_logical``
+(log-based capture beside snapshot capture on the same bulk fix, scale 1, on its own
+cluster with ``wal_level = logical``).
 """
 import importlib
 import sys
 
-STAGES = ("generate", "ingest", "ingest_compare", "bulk_update", "transform", "load",
+STAGES = ("generate", "ingest", "ingest_compare", "bulk_update", "logical", "transform", "load",
           "dashboard")
 
 

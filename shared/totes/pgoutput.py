@@ -20,9 +20,9 @@ Everything here is pure: no I/O.
 """
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Mapping, Union
+from typing import Callable, Mapping, Union
 
 from totes.errors import InputError
 from totes.source import SOURCE_COLUMNS, primary_key
@@ -174,17 +174,32 @@ class _Reader:
         return text.decode("utf-8")
 
     def tuple(self) -> tuple[Value, ...]:
+        # The hot loop of decoding (one pass per column of every change): plain indexing.
+        data, at = self._data, self._at
         values: list[Value] = []
-        for _ in range(self.int(2)):
-            kind = self.take(1)
-            if kind == b"n":
-                values.append(None)
-            elif kind == b"u":
-                values.append(UNCHANGED)
-            elif kind == b"t":
-                values.append(self.take(self.int(4)).decode("utf-8"))
-            else:
-                raise DecodeError(f"tuple column kind {kind!r} is not protocol 1 text")
+        count = self.int(2)
+        at += 2
+        try:
+            for _ in range(count):
+                kind = data[at]
+                if kind == 0x74:  # t: Int32 length, then the text
+                    end = at + 5 + int.from_bytes(data[at + 1:at + 5], "big")
+                    if end > len(data):
+                        raise IndexError
+                    values.append(data[at + 5:end].decode("utf-8"))
+                    at = end
+                elif kind == 0x6E:  # n: NULL
+                    values.append(None)
+                    at += 1
+                elif kind == 0x75:  # u: unchanged TOAST
+                    values.append(UNCHANGED)
+                    at += 1
+                else:
+                    raise DecodeError(f"tuple column kind {bytes([kind])!r} is not protocol 1 "
+                                      "text")
+        except IndexError:
+            raise DecodeError(f"message {data[:1]!r} ends early ({len(data)} bytes)") from None
+        self._at = at
         return tuple(values)
 
     def end(self, message: Message) -> Message:
@@ -279,21 +294,31 @@ _TIMESTAMP = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}) ([0-9]{2}:[0-9]{2}:[0-9]{
 _BOOLEAN = {"t": "true", "f": "false"}
 
 
-def _render(kind: str, text: str) -> str | None:
-    """Return the JSON text of one non-NULL value of ``kind``, or None if it does not fit."""
-    if kind == "int":
-        return text if _INTEGER.fullmatch(text) else None
-    if kind == "money":
-        return text if _NUMERIC.fullmatch(text) else None
-    if kind == "bool":
-        return _BOOLEAN.get(text)
-    if kind == "timestamp":
-        match = _TIMESTAMP.fullmatch(text)
-        if match is None:
-            return None
-        fraction = (match[3] or "").ljust(3, "0")[:3]  # to_char's MS: milliseconds, truncated
-        return f'"{match[1]}T{match[2]}.{fraction}"'
+def _integer(text: str) -> str | None:
+    return text if _INTEGER.fullmatch(text) else None
+
+
+def _numeric(text: str) -> str | None:
+    return text if _NUMERIC.fullmatch(text) else None
+
+
+def _timestamp(text: str) -> str | None:
+    match = _TIMESTAMP.fullmatch(text)
+    if match is None:
+        return None
+    fraction = (match[3] or "").ljust(3, "0")[:3]  # to_char's MS: milliseconds, truncated
+    return f'"{match[1]}T{match[2]}.{fraction}"'
+
+
+def _text(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
+
+
+#: kind -> the JSON text of one non-NULL value of it, or None when the value does not fit.
+_RENDERERS: Mapping[str, Callable[[str], str | None]] = {
+    "int": _integer, "money": _numeric, "bool": _BOOLEAN.get, "timestamp": _timestamp,
+    "text": _text, "date": _text,
+}
 
 
 @dataclass(frozen=True)
@@ -302,6 +327,16 @@ class RowShape:
 
     table: str
     positions: Mapping[str, int]
+    #: per output column, key first: name, its JSON key text, kind and tuple position.
+    _plan: tuple[tuple[str, str, str, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Work out once per table what :meth:`line` does for every row."""
+        key = primary_key(self.table)
+        kinds = SOURCE_COLUMNS[self.table]
+        plan = tuple((name, json.dumps(name) + ":", kinds[name], self.positions[name])
+                     for name in (key, *(name for name in kinds if name != key)))
+        object.__setattr__(self, "_plan", plan)
 
     @classmethod
     def of(cls, relation: Relation) -> "RowShape":
@@ -326,21 +361,19 @@ class RowShape:
         An unchanged TOASTed value is taken from ``fallback`` (the old row, sent under
         REPLICA IDENTITY FULL); without it the row cannot be rendered whole: refused.
         """
-        key = primary_key(self.table)
-        kinds = SOURCE_COLUMNS[self.table]
         parts = []
-        for name in (key, *(name for name in kinds if name != key)):
-            value = values[self.positions[name]]
+        for name, json_key, kind, position in self._plan:
+            value = values[position]
             if value is UNCHANGED and fallback is not None:
-                value = fallback[self.positions[name]]
+                value = fallback[position]
             if value is UNCHANGED:
                 raise DecodeError(
                     f"{self.table}.{name} was not resent by an update (an unchanged TOASTed "
                     f"value): ALTER TABLE {self.table} REPLICA IDENTITY FULL lets the slot "
                     "send it")
-            rendered = "null" if value is None else _render(kinds[name], str(value))
+            rendered = "null" if value is None else _RENDERERS[kind](str(value))
             if rendered is None:
                 raise DecodeError(f"{self.table}.{name} value {value!r} is not a "
-                                  f"{kinds[name]} the warehouse can carry")
-            parts.append(f"{json.dumps(name)}:{rendered}")
+                                  f"{kind} the warehouse can carry")
+            parts.append(json_key + rendered)
         return ("{" + ",".join(parts) + "}\n").encode("utf-8")
