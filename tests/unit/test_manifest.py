@@ -4,8 +4,8 @@ from datetime import datetime
 import pytest
 
 from totes.capture import Snapshot, TableCursor
-from totes.manifest import (INGEST_FORMAT, DataFile, IngestManifest, ManifestError, SweepState,
-                            TableEntry)
+from totes.manifest import (INGEST_FORMAT, DataFile, IngestManifest, LogicalPosition,
+                            ManifestError, SweepState, TableEntry)
 
 V1 = {
     "format": "totes.ingest/1", "run_id": "20241115T142009123Z-3f9a1c2e",
@@ -40,6 +40,30 @@ def test_a_manifest_round_trips_through_its_document():
     assert document["tables"]["payment"]["rows"] == 3
     assert document["tables"]["payment"]["deleted_rows"] == 2
     assert IngestManifest.parse(document) == manifest
+
+
+def test_a_log_based_position_round_trips_and_is_absent_from_snapshot_manifests():
+    position = LogicalPosition("totes_ingest", "totes_pub", "16/B374D848",
+                               partial_commit_lsn="16/B3800000", partial_changes=30000,
+                               backfilled=True)
+    manifest = IngestManifest(run_id="20261127T080000000Z-aa", started_at="s", finished_at="f",
+                              previous_manifest=None, tables={}, logical=position)
+    document = manifest.to_json()
+    assert document["logical"] == {
+        "slot": "totes_ingest", "publication": "totes_pub", "lsn": "16/B374D848",
+        "partial_commit_lsn": "16/B3800000", "partial_changes": 30000, "backfilled": True}
+    assert IngestManifest.parse(document) == manifest
+    plain = IngestManifest.parse({**document, "logical": None})
+    assert plain.logical is None and "logical" not in plain.to_json()
+    assert IngestManifest.parse(V1).logical is None
+
+
+def test_a_log_based_position_with_a_malformed_lsn_is_refused():
+    document = IngestManifest(run_id="20261127T080000000Z-aa", started_at="s", finished_at="f",
+                              previous_manifest=None, tables={}).to_json()
+    with pytest.raises(ManifestError, match="not an LSN"):
+        IngestManifest.parse({**document, "logical": {"slot": "s", "publication": "p",
+                                                      "lsn": "16:B374D848"}})
 
 
 def test_a_watermark_manifest_becomes_a_one_off_bridge_by_last_updated():
