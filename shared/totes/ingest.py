@@ -25,6 +25,7 @@ from enum import Enum
 from typing import Callable, Iterator, TypedDict
 
 import pg8000.native
+from aws_lambda_powertools.metrics import MetricUnit
 
 from totes import (config, db, extract, keys, logical, observability, pgoutput, storage, sweep,
                    timestamps)
@@ -587,7 +588,7 @@ def _release_slot(settings: IngestSettings, position: LogicalPosition, db_timeou
     finally:
         db.close_quietly(conn)
     if lag is not None:
-        observability.emit_metric(SLOT_LAG_METRIC, lag, "Bytes")
+        observability.emit_metric(SLOT_LAG_METRIC, lag, MetricUnit.Bytes)
         logger.info("replication slot advanced", extra={
             "slot": position.slot, "lsn": position.lsn, "lag_bytes": lag})
 

@@ -263,7 +263,7 @@ class ChangeWriter:
     rows: dict[str, int] = field(default_factory=dict)
     deleted: dict[str, int] = field(default_factory=dict)
     #: table -> keys of the versions written (8 bytes each), for a later key sweep.
-    keys: dict[str, array] = field(default_factory=dict)
+    keys: dict[str, "array[int]"] = field(default_factory=dict)
     _shapes: dict[int, pgoutput.RowShape | None] = field(default_factory=dict)
     _begin: pgoutput.Begin | None = None
     _in_transaction: int = 0
@@ -374,7 +374,7 @@ def read_changes(conn: pg8000.native.Connection, position: LogicalPosition, budg
     return writer
 
 
-def key_blocks(captured: array) -> list[bytes]:
+def key_blocks(captured: "array[int]") -> list[bytes]:
     """Render captured keys as the sweep's ascending, distinct block lines.
 
     Snapshot capture lists the keys it captured for the next key sweep; log-based
