@@ -16,7 +16,7 @@ from totes_local import generator, stack
 from totes_local.runner import LocalPipeline
 
 from logical_cluster import logical_cluster  # noqa: F401  (the module's fixture)
-from test_pipeline import FACT_FROM_SOURCE, warehouse_table
+from test_pipeline import DIMENSION_FROM_SOURCE, FACT_FROM_SOURCE, warehouse_table
 
 
 @dataclass
@@ -75,8 +75,20 @@ def test_an_order_amended_three_times_between_cycles_has_four_versions_in_order(
                         "WHERE sales_order_id = :o", u=1000 + step,
                         at=stamp + timedelta(minutes=step), o=order_id)
 
+    [[address_id]] = e2e.source_rows("SELECT min(address_id) FROM address")
+    for city in ("Leeds", "York"):        # a dimension's source row changed twice
+        e2e.source_rows("UPDATE address SET city = :c, last_updated = last_updated + "
+                        "interval '1 minute' WHERE address_id = :a", c=city, a=address_id)
+
     e2e.pipeline.cycle()
 
+    for dimension, sql in DIMENSION_FROM_SOURCE.items():   # dimensions take the last change
+        actual = warehouse_table(e2e, dimension)
+        if dimension == "dim_currency":                     # plus the ISO 4217 name
+            actual = [row[:2] for row in actual]
+        assert actual == e2e.source_rows(sql), dimension
+    assert e2e.warehouse_rows('SELECT "city" FROM "dim_location" WHERE "location_id" = :a',
+                              a=address_id) == [["York"]]
     versions = order_versions(e2e, order_id)
     assert len(versions) == 4 and not any(deleted for _, _, deleted in versions)
     assert [units for units, _, _ in versions[1:]] == [1001, 1002, 1003]
