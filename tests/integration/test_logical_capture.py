@@ -315,3 +315,16 @@ def test_a_dropped_slot_is_refused_and_the_lag_rises_while_ingest_is_paused(sour
     source.run("SELECT pg_drop_replication_slot(:slot)", slot=source.slot)
     with pytest.raises(logical.SlotPositionError, match="is gone.*CAPTURE_MODE=snapshot"):
         ingest.run_ingest()
+
+
+def test_a_version_stamped_after_its_commit_is_counted_as_stamped_in_the_future(source, aws):
+    seed_one_of_each(source)
+    ingest.run_ingest()
+    [[now]] = source.run("SELECT (now() AT TIME ZONE 'UTC')::timestamp(3)")
+    sales_order(source, 2, now + timedelta(days=365))
+    sales_order(source, 3, T0)
+
+    result = ingest.run_ingest()
+
+    assert result.rows["sales_order"] == 2
+    assert {table: n for table, n in result.stamped_in_future.items() if n} == {"sales_order": 1}
