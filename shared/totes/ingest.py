@@ -33,6 +33,7 @@ from totes.capture import Snapshot, TableCursor
 from totes.errors import TransientError
 from totes.manifest import DataFile, IngestManifest, LogicalPosition, SweepState, TableEntry
 from totes.source import SOURCE_TABLES, check_contract
+from totes.stage import Deadline, Metric
 
 logger = observability.service_logger()
 
@@ -43,8 +44,6 @@ DELETED_METRIC = "RowsDeleted"
 SLOT_LAG_METRIC = "ReplicationSlotLagBytes"
 #: keys of future-stamped rows named in one warning line, per table.
 LOGGED_KEYS = 20
-#: Seconds any database wait may take outside Lambda: the longest a Lambda may run.
-DEFAULT_DB_TIMEOUT_SECONDS = 900.0
 
 
 class Progress(Enum):
@@ -88,7 +87,7 @@ class IngestSettings:
 
 
 class IngestSummary(TypedDict):
-    """The ingest handler's response: :meth:`IngestResult.summary`."""
+    """The ingest handler's response: :meth:`IngestReport.summary`."""
 
     run_id: str
     manifest_key: str
@@ -101,8 +100,8 @@ class IngestSummary(TypedDict):
 
 
 @dataclass(frozen=True)
-class IngestResult:
-    """The outcome of a committed run, for the handler's response and run-level metrics."""
+class IngestReport:
+    """A committed run: the handler's response and its metrics (``stage.StageReport``)."""
 
     run_id: str
     manifest_key: str
@@ -112,6 +111,28 @@ class IngestResult:
     stamped_in_future: dict[str, int] = field(default_factory=dict)
     deleted: dict[str, int] = field(default_factory=dict)
     swept: tuple[str, ...] = ()
+    #: bytes of WAL the replication slot still holds after the run (log-based capture only).
+    slot_lag_bytes: int | None = None
+
+    def metrics(self) -> Iterator[Metric]:
+        """Rows, future stamps and deletes per table; the run's totals, backlog, time, lag."""
+        for table, rows in self.rows.items():
+            yield Metric(ROWS_METRIC, rows, table=table)
+            yield Metric(FUTURE_METRIC, self.stamped_in_future.get(table, 0), table=table)
+        for table, deleted in self.deleted.items():
+            yield Metric(DELETED_METRIC, deleted, table=table)
+        yield Metric("IngestRuns", 1)
+        yield Metric("IngestRowsTotal", self.total_rows)
+        yield Metric("IngestRunDuration", self.duration_ms, MetricUnit.Milliseconds)
+        yield Metric("IngestBacklog", 0 if self.complete else 1)
+        yield Metric("IngestRowsStampedInFuture", sum(self.stamped_in_future.values()))
+        yield Metric("IngestRowsDeleted", sum(self.deleted.values()))
+        if self.slot_lag_bytes is not None:
+            yield Metric(SLOT_LAG_METRIC, self.slot_lag_bytes, MetricUnit.Bytes)
+
+    def response(self) -> IngestSummary:
+        """The handler's response: :meth:`summary`."""
+        return self.summary()
 
     @property
     def total_rows(self) -> int:
@@ -535,26 +556,19 @@ def _extract_run(settings: IngestSettings, run: keys.RunId, db_timeout: float) -
 
 
 def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
-            manifest: IngestManifest, started: float) -> IngestResult:
-    """Publish a committed run's metrics and log lines; return its result."""
+            manifest: IngestManifest, started: float) -> IngestReport:
+    """Log a committed run and return its report (published by the handler)."""
     entries = manifest.tables
     swept = tuple(table for table, entry in entries.items()
                   if entry.sweep is not None and entry.sweep.run_id == str(run))
-    result = IngestResult(
+    result = IngestReport(
         str(run), manifest_key, {table: entry.rows for table, entry in entries.items()},
         manifest.complete, round((time.perf_counter() - started) * 1000, 1),
         stamped_in_future={table: entry.stamped_in_future for table, entry in entries.items()},
         deleted={table: entries[table].deleted_rows for table in swept}, swept=swept)
-    for table, entry in entries.items():
-        observability.emit_table_metric(ROWS_METRIC, table, entry.rows)
-        observability.emit_table_metric(FUTURE_METRIC, table, entry.stamped_in_future)
-    for table in swept:
-        observability.emit_table_metric(DELETED_METRIC, table, entries[table].deleted_rows)
     if manifest.logical is not None and manifest.logical.backfilled and not swept:
         result = replace(result, deleted={table: entry.deleted_rows
                                           for table, entry in entries.items()})
-        for table, entry in entries.items():
-            observability.emit_table_metric(DELETED_METRIC, table, entry.deleted_rows)
     changed = [table for table, entry in entries.items() if entry.rows or entry.deleted_rows]
     logger.info("ingest run committed" if changed
                 else "ingest run committed: nothing changed since the previous run", extra={
@@ -572,8 +586,9 @@ def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
     return result
 
 
-def _release_slot(settings: IngestSettings, position: LogicalPosition, db_timeout: float) -> None:
-    """Advance the slot to a committed manifest's position; publish the WAL it still holds.
+def _release_slot(settings: IngestSettings, position: LogicalPosition,
+                  db_timeout: float) -> int | None:
+    """Advance the slot to a committed manifest's position; return the WAL it still holds.
 
     Only ever called once the manifest exists. A failure here leaves the slot
     behind, which the next run corrects before it reads (:func:`logical.resume`).
@@ -588,9 +603,9 @@ def _release_slot(settings: IngestSettings, position: LogicalPosition, db_timeou
     finally:
         db.close_quietly(conn)
     if lag is not None:
-        observability.emit_metric(SLOT_LAG_METRIC, lag, MetricUnit.Bytes)
         logger.info("replication slot advanced", extra={
             "slot": position.slot, "lsn": position.lsn, "lag_bytes": lag})
+    return lag
 
 
 def _failure_message(error: Exception, progress: Progress) -> str:
@@ -602,19 +617,19 @@ def _failure_message(error: Exception, progress: Progress) -> str:
     return progress.value
 
 
-def run_ingest(settings: IngestSettings | None = None, *,
-               db_timeout: float = DEFAULT_DB_TIMEOUT_SECONDS) -> IngestResult:
+def run_ingest(settings: IngestSettings | None = None,
+               deadline: Deadline = Deadline.unbounded()) -> IngestReport:
     """Run one ingest: extract the changes since the last manifest, then commit a new manifest.
 
-    At most ``max_rows_per_run`` rows are written; the result's ``complete`` says
-    whether the run caught up or left a backlog for the next run. ``db_timeout``
-    bounds every database wait, statements included: the handler passes the
-    invocation's remaining time.
+    At most ``max_rows_per_run`` rows are written; the report's ``complete`` says
+    whether the run caught up or left a backlog for the next run. The deadline
+    bounds every database wait, statements included: a backfill's first COPY sorts
+    every row it returns, and no wait may outlive the invocation.
 
-    Settings default to the Lambda environment. Any failure (configuration,
-    secret, database, S3, a changed source column, a concurrent run) is logged
-    once with its cause and with what it left committed, and re-raised, so
-    Lambda's Errors metric sees it.
+    The handler passes the settings it read; local tools and tests may leave them to
+    be read from the environment here. Any failure (configuration, secret, database,
+    S3, a changed source column, a concurrent run) is logged once with its cause and
+    with what it left committed, and re-raised, so Lambda's Errors metric sees it.
     """
     started = time.perf_counter()
     run = keys.new_run_id()
@@ -622,13 +637,14 @@ def run_ingest(settings: IngestSettings | None = None, *,
     progress = Progress.EXTRACTING
     try:
         settings = settings or IngestSettings.from_environment()
-        manifest = _extract_run(settings, run, db_timeout)
+        manifest = _extract_run(settings, run, deadline.remaining())
         progress = Progress.COMMITTING
         storage.put_new_json(settings.bucket, manifest_key, manifest.to_json())
         progress = Progress.COMMITTED
-        if manifest.logical is not None:
-            _release_slot(settings, manifest.logical, db_timeout)
-        return _report(settings, run, manifest_key, manifest, started)
+        lag = (None if manifest.logical is None
+               else _release_slot(settings, manifest.logical, deadline.remaining()))
+        return replace(_report(settings, run, manifest_key, manifest, started),
+                       slot_lag_bytes=lag)
     except Exception as error:
         logger.exception(_failure_message(error, progress),
                          extra={"run_id": str(run), "manifest_key": manifest_key})

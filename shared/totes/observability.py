@@ -90,10 +90,3 @@ def emit_table_metric(name: str, table: str, value: float,
     with single_metric(name=name, unit=unit, value=value, namespace=_namespace(),
                        default_dimensions={"service": _service()}) as metric:
         metric.add_dimension(name="table", value=table)
-
-
-def emit_metric(name: str, value: float, unit: MetricUnit = MetricUnit.Count) -> None:
-    """Emit one metric of the whole source, without a table (e.g. ``ReplicationSlotLagBytes``)."""
-    with single_metric(name=name, unit=unit, value=value, namespace=_namespace(),
-                       default_dimensions={"service": _service()}):
-        pass

@@ -5,6 +5,7 @@ the warehouse is on the session's server. Transform and load are unchanged: the
 versions and deletion records ingest writes from the slot are the ones they
 already read.
 """
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -183,3 +184,15 @@ def test_dropping_the_slot_and_falling_back_to_snapshot_capture_re_syncs_without
     for fact, (_, sql) in FACT_FROM_SOURCE.items():
         assert warehouse_table(e2e, f"{fact}_current") == e2e.source_rows(sql), fact
     assert e2e.pipeline.cycle().ingest["total_rows"] == 0
+
+
+def test_each_logical_run_publishes_the_wal_its_slot_still_holds(e2e, capsys):
+    e2e.pipeline.cycle()
+    e2e.pipeline.cycle()
+
+    lags = [line["ReplicationSlotLagBytes"] for line in
+            (json.loads(text) for text in capsys.readouterr().out.splitlines()
+             if text.startswith('{"_aws"'))
+            if "ReplicationSlotLagBytes" in line]
+    values = [v for value in lags for v in (value if isinstance(value, list) else [value])]
+    assert len(values) == 2 and all(value >= 0 for value in values)  # one per run
