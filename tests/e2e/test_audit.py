@@ -1,4 +1,5 @@
 """The audit against a warehouse the pipeline built: clean when healthy, precise when damaged."""
+import json
 from datetime import timedelta
 
 import pytest
@@ -196,3 +197,32 @@ def test_hostile_strings_nulls_and_exact_decimals_compare_equal_when_equal(e2e):
     report = run_audit(e2e)
     assert {name: table.examples for name, table in report.tables.items()
             if table.mismatches} == {"dim_location": [1], "dim_design": [1], "fact_payment": [1]}
+
+
+def test_the_handler_returns_logs_and_publishes_the_audit(e2e, capsys, captured_logs):
+    e2e.pipeline.cycle()
+    e2e.warehouse_rows("UPDATE dim_design SET file_name = 'x' WHERE design_id = 2")
+    capsys.readouterr()
+    summary = e2e.pipeline.audit()
+    assert summary["ok"] is False and summary["mismatches"] == 1
+    assert summary["tables"]["dim_design"]["examples"] == [2]
+    assert set(summary["tables"]) == set(audit.TABLES)
+    (line,) = [line for line in captured_logs() if line["message"].startswith("audit found")]
+    assert line["level"] == "WARNING" and line["stage"] == "audit"
+    assert line["audit"]["tables"]["dim_design"]["different"] == 1
+    assert "file_name" not in json.dumps(line) and "'x'" not in json.dumps(line)
+    metrics = [json.loads(text) for text in capsys.readouterr().out.splitlines()
+               if text.startswith('{"_aws"')]
+    per_table = {m["table"]: m["AuditMismatches"] for m in metrics
+                 if "AuditMismatches" in m and "table" in m}
+    assert per_table["dim_design"] == [1.0] and per_table["fact_payment"] == [0.0]
+    (run,) = [m for m in metrics if "AuditInFlight" in m]
+    assert run["AuditMismatches"] == [1.0] and run["AuditInFlight"] == [0.0]
+
+
+def test_an_audit_that_cannot_run_fails_loudly(e2e, captured_logs, monkeypatch):
+    monkeypatch.setenv("WAREHOUSE_SECRET_ID", "no-such-secret")
+    with pytest.raises(Exception):
+        e2e.pipeline.audit()
+    assert any(line["message"] == "audit failed; nothing compared" and line["level"] == "ERROR"
+               for line in captured_logs())
