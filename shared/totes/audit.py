@@ -35,13 +35,12 @@ import pg8000.native
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from totes import audit_sql, keys, storage, warehouse
+from totes import audit_sql, keys, storage, sweep, warehouse
 from totes.capture import TableCursor
 from totes.extract import ReadPoint
 from totes.extract import snapshot as source_snapshot
 from totes.manifest import IngestManifest
 from totes.observability import emit_table_metric
-from totes.source import primary_key
 from totes.warehouse_schema import TABLES
 
 #: segments a differing key range is split into at each level.
@@ -145,25 +144,28 @@ def _runs_after_sweep(store: ObjectStore, point: CapturePoint,
             store.read_json(key))
 
 
+def _stored_keys(store: ObjectStore, key: str) -> Iterator[int]:
+    for line in store.lines(key):
+        yield from sweep.parse_block(line)
+
+
 def deleted_in_flight(store: ObjectStore, point: CapturePoint, table: str,
                       candidates: Iterable[int]) -> set[int]:
     """Of ``candidates`` (keys gone from the source), those whose deletion is still in flight.
 
     A key is in flight when it was in the newest loaded sweep of ``table`` or was
-    captured by a loaded run after that sweep: the next sweep records its
-    deletion. Key lists are streamed and checked against the few candidates.
+    captured by a loaded run after that sweep (each run stores the keys it
+    captured for the next sweep): the next sweep records its deletion. Key lists
+    are streamed block by block and checked against the few candidates.
     """
     remaining = set(candidates)
-    sweep = point.manifest.table(table).sweep if point.manifest is not None else None
-    if not remaining or sweep is None:
+    state = point.manifest.table(table).sweep if point.manifest is not None else None
+    if not remaining or state is None:
         return set()
-    found = {key for key in (int(line) for line in store.lines(sweep.key)) if key in remaining}
-    column = primary_key(table)
-    for manifest in _runs_after_sweep(store, point, sweep.run_id):
-        for file in manifest.table(table).files:
-            found.update(key for key in (json.loads(line)[column] for line in store.lines(file.key))
-                         if key in remaining)
-    return found
+    lists = [state.key, *(manifest.table(table).captured_keys
+                          for manifest in _runs_after_sweep(store, point, state.run_id))]
+    return {key for listed in lists if listed
+            for key in _stored_keys(store, listed) if key in remaining}
 
 
 # --------------------------------------------------------------------------- comparison
