@@ -136,7 +136,8 @@ def test_each_kind_of_damage_is_found_in_its_table_with_its_count(e2e, monkeypat
     assert report.in_flight == 0 and report.mismatches == 7
 
 
-def test_changes_and_deletes_after_the_capture_point_are_in_flight_not_mismatches(e2e):
+def test_changes_and_deletes_after_the_capture_point_are_in_flight_not_mismatches(
+        e2e, monkeypatch):
     e2e.pipeline.cycle()  # sweeps every table (first run)
     source = e2e.source.connect()
     try:
@@ -163,6 +164,12 @@ def test_changes_and_deletes_after_the_capture_point_are_in_flight_not_mismatche
     counterparties_at_1 = e2e.source_rows(
         "SELECT count(*) FROM counterparty WHERE legal_address_id = 1")[0][0]
     assert report.tables["dim_counterparty"].in_flight == counterparties_at_1
+
+    # Too much in flight (a backfill): the table waits for the next audit instead.
+    monkeypatch.setattr(audit, "MAX_IN_FLIGHT", 0)
+    busy = run_audit(e2e).tables["fact_sales_order"]
+    assert (busy.compared, busy.in_flight, busy.mismatches) == (False, 1, 0)
+    monkeypatch.undo()
 
     # A delete the warehouse should know about (before the newest loaded sweep) is extra.
     e2e.warehouse_rows("DELETE FROM etl.loaded_manifest WHERE manifest_key = "
