@@ -122,14 +122,43 @@ class CapturePoint:
         return None if self.manifest is None else self.manifest.table(table).cursor
 
 
+class CapturePointError(RuntimeError):
+    """The ingest manifest the warehouse says it loaded is not the one the bucket holds."""
+
+
+def _recorded_snapshot(conn: pg8000.native.Connection, key: str) -> str | None:
+    """The capture snapshot the load recorded with ``key`` (None before loads recorded it)."""
+    recorded = conn.run("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE "
+                        "table_schema = 'etl' AND table_name = 'loaded_manifest' "
+                        "AND column_name = 'capture_snapshot')")[0][0]
+    if not recorded:
+        return None
+    return conn.run('SELECT "capture_snapshot" FROM "etl"."loaded_manifest" '
+                    'WHERE "manifest_key" = :k', k=key)[0][0]
+
+
 def capture_point(conn: pg8000.native.Connection, store: ObjectStore) -> CapturePoint:
-    """Read the newest loaded manifest's key from the warehouse and its ingest manifest."""
+    """Read the newest loaded manifest's key from the warehouse and its ingest manifest.
+
+    The ingest manifest is needed even where the load records the capture snapshot:
+    it alone holds each table's capture cursor (a backfill's resume key included)
+    and newest key sweep. The recorded snapshot must equal the manifest's, or the
+    audit is reading another pipeline's bucket and every verdict would be wrong.
+    """
     exists = conn.run("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables "
                       "WHERE schemaname = 'etl' AND tablename = 'loaded_manifest')")[0][0]
     key = warehouse.last_loaded_key(conn) if exists else None
     if key is None:
         return CapturePoint(None, None)
-    return CapturePoint(key, IngestManifest.parse(store.read_json(key)))
+    manifest = IngestManifest.parse(store.read_json(key))
+    recorded = _recorded_snapshot(conn, key)
+    if recorded is not None and manifest.snapshot is not None and recorded != str(
+            manifest.snapshot):
+        raise CapturePointError(
+            f"the warehouse loaded {key} at snapshot {recorded}, but the ingestion bucket's "
+            f"manifest says {manifest.snapshot}: is the audit reading the bucket this warehouse "
+            "is loaded from?")
+    return CapturePoint(key, manifest)
 
 
 def _runs_after_sweep(store: ObjectStore, point: CapturePoint,

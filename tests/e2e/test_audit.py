@@ -233,3 +233,10 @@ def test_an_audit_that_cannot_run_fails_loudly(e2e, captured_logs, monkeypatch):
         e2e.pipeline.audit()
     assert any(line["message"] == "audit failed; nothing compared" and line["level"] == "ERROR"
                for line in captured_logs())
+
+
+def test_a_warehouse_loaded_from_another_bucket_is_refused_not_audited(e2e):
+    e2e.pipeline.cycle()
+    e2e.warehouse_rows("UPDATE etl.loaded_manifest SET capture_snapshot = '1:1:'")
+    with pytest.raises(audit.CapturePointError, match="is the audit reading the bucket"):
+        run_audit(e2e)
