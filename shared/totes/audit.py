@@ -62,12 +62,11 @@ class ObjectStore(Protocol):
         """Return the parsed content of the JSON object at ``key``."""
 
     def lines(self, key: str) -> Iterator[bytes]:
-        """Yield the non-empty lines of an object, gunzipped when its key ends in ``.gz``."""
+        """Yield the non-empty lines of a gzip object (a key list), streamed."""
 
 
-def _decoded(key: str, raw: Any) -> Iterator[bytes]:
-    stream = gzip.GzipFile(fileobj=raw, mode="rb") if key.endswith(".gz") else raw
-    for line in stream:
+def _gunzipped_lines(raw: Any) -> Iterator[bytes]:
+    for line in gzip.GzipFile(fileobj=raw, mode="rb"):
         if line.strip():
             yield line
 
@@ -84,11 +83,8 @@ class BucketStore:
         return storage.read_json(self.bucket, key)
 
     def lines(self, key: str) -> Iterator[bytes]:
-        """Stream an object's lines, never holding it whole."""
-        body = storage.open_stream(self.bucket, key)
-        if key.endswith(".gz"):
-            return _decoded(key, body)
-        return (line for line in body.iter_lines() if line.strip())
+        """Stream a gzip object's lines, never holding it whole."""
+        return _gunzipped_lines(storage.open_stream(self.bucket, key))
 
 
 class DirectoryStore:
@@ -103,9 +99,9 @@ class DirectoryStore:
         return json.loads((self.root / key).read_bytes())
 
     def lines(self, key: str) -> Iterator[bytes]:
-        """Stream an object's lines."""
+        """Stream a gzip file's lines."""
         with (self.root / key).open("rb") as raw:
-            yield from _decoded(key, raw)
+            yield from _gunzipped_lines(raw)
 
 
 # --------------------------------------------------------------------------- capture point
