@@ -35,7 +35,7 @@ import pg8000.native
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from totes import audit_sql, keys, storage, sweep, warehouse
+from totes import audit_sql, errors, keys, storage, sweep, warehouse
 from totes.capture import TableCursor
 from totes.extract import ReadPoint
 from totes.extract import snapshot as source_snapshot
@@ -118,8 +118,12 @@ class CapturePoint:
         return None if self.manifest is None else self.manifest.table(table).cursor
 
 
-class CapturePointError(RuntimeError):
-    """The ingest manifest the warehouse says it loaded is not the one the bucket holds."""
+class CapturePointError(errors.InputError, RuntimeError):
+    """The ingest manifest the warehouse says it loaded is not the one the bucket holds.
+
+    Configuration, not chance: the audit reads another pipeline's bucket (or the
+    warehouse was restored from another environment). A person must act.
+    """
 
 
 def _recorded_snapshot(conn: pg8000.native.Connection, key: str) -> str | None:

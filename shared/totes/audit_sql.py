@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import pycountry
 
-from totes import star
+from totes import errors, star
 from totes.capture import FIRST_NORMAL_XID, XID_MODULUS, Snapshot, TableCursor, xmin_window
 from totes.db import quote_ident
 from totes.source import SOURCE_COLUMNS, VERSION_COLUMN, primary_key
@@ -65,8 +65,12 @@ _PLAIN = "({e})::text"
 _HASH = "('x' || left(md5(convert_to({text}, 'UTF8')), 16))::bit(64)::bigint"
 
 
-class AuditContractError(RuntimeError):
-    """A warehouse column has no source counterpart the audit knows how to render."""
+class AuditContractError(errors.InputError, RuntimeError):
+    """A warehouse column has no source counterpart the audit knows how to render.
+
+    The warehouse contract gained a column the audit's mapping does not cover: the
+    code must change, so a person must act (a unit test covers every table).
+    """
 
 
 @dataclass(frozen=True)

@@ -240,3 +240,12 @@ def test_a_warehouse_loaded_from_another_bucket_is_refused_not_audited(e2e):
     e2e.warehouse_rows("UPDATE etl.loaded_manifest SET capture_snapshot = '1:1:'")
     with pytest.raises(audit.CapturePointError, match="is the audit reading the bucket"):
         run_audit(e2e)
+
+
+def test_the_handler_says_a_misconfigured_audit_needs_a_person(e2e, captured_logs):
+    e2e.pipeline.cycle()
+    e2e.warehouse_rows("UPDATE etl.loaded_manifest SET capture_snapshot = '1:1:'")
+    with pytest.raises(audit.CapturePointError):
+        e2e.pipeline.audit()
+    (line,) = [line for line in captured_logs() if line["message"].startswith("invocation failed")]
+    assert line["error_kind"] == "input" and line["stage"] == "audit"
