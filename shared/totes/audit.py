@@ -51,7 +51,7 @@ LEAF_ROWS = 256
 MAX_EXAMPLES = 5
 #: above this many source rows in flight (a backfill), a table is not compared this time.
 MAX_IN_FLIGHT = 100_000
-#: leaf rows fetched per table and side at most; beyond, differences are counted from counts.
+#: leaf rows fetched per table (both sides together) at most; beyond, counted from counts.
 MAX_LEAF_ROWS = 200_000
 
 
@@ -133,8 +133,9 @@ def _recorded_snapshot(conn: pg8000.native.Connection, key: str) -> str | None:
                         "AND column_name = 'capture_snapshot')")[0][0]
     if not recorded:
         return None
-    return conn.run('SELECT "capture_snapshot" FROM "etl"."loaded_manifest" '
-                    'WHERE "manifest_key" = :k', k=key)[0][0]
+    snapshot: str | None = conn.run('SELECT "capture_snapshot" FROM "etl"."loaded_manifest" '
+                                    'WHERE "manifest_key" = :k', k=key)[0][0]
+    return snapshot
 
 
 def capture_point(conn: pg8000.native.Connection, store: ObjectStore) -> CapturePoint:
@@ -215,7 +216,7 @@ class Side:
         """Run one query with the relation's own parameters (and the skipped keys if any)."""
         if self.skip and ":skip" in sql:
             params["skip"] = self.skip
-        rows = self.conn.run(sql, **self.relation.params, **params)
+        rows: list[list[Any]] = self.conn.run(sql, **self.relation.params, **params)
         self.queries += 1
         self.rows_fetched += len(rows)
         return rows
