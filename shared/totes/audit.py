@@ -32,15 +32,14 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol
 
 import pg8000.native
-from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from totes import audit_sql, errors, keys, storage, sweep, warehouse
+from totes import (audit_sql, config, db, errors, keys, observability, stage, storage, sweep,
+                   warehouse)
 from totes.capture import TableCursor
 from totes.extract import ReadPoint
 from totes.extract import snapshot as source_snapshot
 from totes.manifest import IngestManifest
-from totes.observability import emit_table_metric
 from totes.warehouse_schema import TABLES
 
 #: segments a differing key range is split into at each level.
@@ -454,6 +453,18 @@ class AuditReport:
         """Rows in flight, all tables."""
         return sum(table.in_flight for table in self.tables.values())
 
+    def metrics(self) -> Iterator[stage.Metric]:
+        """``AuditMismatches`` per table and for the run (alarmed), ``AuditInFlight``, duration."""
+        for name, table in self.tables.items():
+            yield stage.Metric("AuditMismatches", table.mismatches, table=name)
+        yield stage.Metric("AuditMismatches", self.mismatches)
+        yield stage.Metric("AuditInFlight", self.in_flight)
+        yield stage.Metric("AuditRunDuration", self.seconds, MetricUnit.Seconds)
+
+    def response(self) -> dict[str, Any]:
+        """The handler's response: the summary."""
+        return self.to_json()
+
     def to_json(self) -> dict[str, Any]:
         """The summary the handler returns and logs (keys only, never row values)."""
         return {"ok": self.ok, "compared_at": self.compared_at,
@@ -500,17 +511,29 @@ def run(source_conn: pg8000.native.Connection, warehouse_conn: pg8000.native.Con
     return report
 
 
-def publish(report: AuditReport, metrics: Metrics, logger: Logger) -> None:
-    """Log the summary; publish ``AuditMismatches`` (per table and in all) and ``AuditInFlight``.
+#: how a failed audit is logged (before its kind is, by the handler's instrumentation).
+NOTHING_COMPARED = "audit failed; nothing compared"
 
-    The run-level ``AuditMismatches`` is what the alarm watches; the per-table one
-    tells the dashboard where.
-    """
-    for name, table in report.tables.items():
-        emit_table_metric("AuditMismatches", name, table.mismatches)
-    metrics.add_metric(name="AuditMismatches", unit=MetricUnit.Count, value=report.mismatches)
-    metrics.add_metric(name="AuditInFlight", unit=MetricUnit.Count, value=report.in_flight)
-    metrics.add_metric(name="AuditRunDuration", unit=MetricUnit.Seconds, value=report.seconds)
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Everything an audit needs to know about its environment, read once at its start."""
+
+    ingest_bucket: str
+    totesys_secret_id: str
+    warehouse_secret_id: str
+
+    @classmethod
+    def from_environment(cls) -> "AuditSettings":
+        """Read the settings from the Lambda environment, failing early on a missing one."""
+        return cls(ingest_bucket=config.ingest_bucket(),
+                   totesys_secret_id=config.totesys_secret_id(),
+                   warehouse_secret_id=config.warehouse_secret_id())
+
+
+def log_report(report: AuditReport) -> None:
+    """Log the verdict with the whole summary: INFO when clean, WARNING naming the tables."""
+    logger = observability.service_logger()
     summary = report.to_json()
     if report.ok:
         logger.info("audit clean: the warehouse matches the source", extra={"audit": summary})
@@ -518,3 +541,27 @@ def publish(report: AuditReport, metrics: Metrics, logger: Logger) -> None:
         mismatched = sorted(name for name, table in report.tables.items() if table.mismatches)
         logger.warning(f"audit found {report.mismatches} mismatch(es) in "
                        f"{', '.join(mismatched)}", extra={"audit": summary})
+
+
+def run_audit(settings: AuditSettings, deadline: stage.Deadline) -> AuditReport:
+    """Connect to both databases with their secrets, audit, log the verdict.
+
+    Every database wait is bounded by the invocation's remaining time (a segment
+    query scans a whole table). A failure is logged once and raised: an audit
+    that could not compare must never read as clean.
+    """
+    source = target = None
+    try:
+        timeout = deadline.remaining()
+        source = db.connect(settings.totesys_secret_id, timeout=timeout)
+        target = db.connect(settings.warehouse_secret_id, timeout=timeout)
+        report = run(source, target, BucketStore(settings.ingest_bucket))
+    except Exception:
+        observability.service_logger().exception(NOTHING_COMPARED)
+        raise
+    finally:
+        for conn in (source, target):
+            if conn is not None:
+                db.close_quietly(conn)
+    log_report(report)
+    return report
