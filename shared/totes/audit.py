@@ -113,8 +113,23 @@ class CapturePoint:
     manifest: IngestManifest | None
 
     def cursor(self, table: str) -> TableCursor | None:
-        """The capture cursor of ``table`` (None before the first load: nothing captured)."""
-        return None if self.manifest is None else self.manifest.table(table).cursor
+        """Where capture of ``table`` stands: its rows not seen from here on are in flight.
+
+        None before the first load (nothing captured). In snapshot capture, the
+        table's own cursor. In log-based capture, once the slot is read, the table
+        cursors stay at the backfill's snapshot; a run that read the slot to its end
+        has captured every transaction its snapshot (taken before the read) sees,
+        so that snapshot is the floor. A run cut short by its row budget keeps the
+        table cursor: more in flight, never a false mismatch.
+        """
+        manifest = self.manifest
+        if manifest is None:
+            return None
+        logical = manifest.logical
+        if (logical is not None and logical.backfilled and manifest.complete
+                and manifest.snapshot is not None):
+            return TableCursor(since=manifest.snapshot)
+        return manifest.table(table).cursor
 
 
 class CapturePointError(errors.InputError, RuntimeError):
