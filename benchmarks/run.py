@@ -19,7 +19,7 @@ import importlib
 import sys
 
 STAGES = ("generate", "ingest", "ingest_compare", "bulk_update", "logical", "transform", "load",
-          "dashboard")
+          "dashboard", "audit")
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, NoReturn, Sequence
 import pg8000.native
 
 from totes import db
-from totes_local import demo, dsn, generator, shape, simulator, stack
+from totes_local import audit_cli, demo, dsn, generator, shape, simulator, stack
 from totes_local.dashboard import launch as dashboard
 
 #: Where the embedded PostgreSQL keeps its data when no ``--dsn`` is given.
@@ -33,8 +33,9 @@ class CommandError(Exception):
 
 
 #: Exceptions that are the user's to fix, reported without a traceback.
-EXPECTED_ERRORS = (CommandError, dsn.DsnError, db.DatabaseUnavailableError, db.SecretFormatError,
-                   generator.GeneratorError, simulator.SimulationError,
+EXPECTED_ERRORS = (CommandError, audit_cli.AuditSetupError, dsn.DsnError,
+                   db.DatabaseUnavailableError, db.SecretFormatError, generator.GeneratorError,
+                   simulator.SimulationError,
                    pg8000.exceptions.DatabaseError, pg8000.exceptions.InterfaceError)
 
 
@@ -227,6 +228,8 @@ register("simulate", "advance the totesys business by N steps of simulated time"
          _simulate_arguments, run_simulate)
 register("demo", "run the whole pipeline locally twice and summarise what happened",
          demo.add_arguments, demo.run)
+register("audit", "compare the warehouse with the source, table by table, and print the result",
+         audit_cli.add_arguments, audit_cli.run)
 register("sql", "open a psql prompt on the demo's warehouse or totesys database",
          demo.add_sql_arguments, demo.open_sql_prompt)
 register("dashboard", "serve the dashboard: business questions answered from the warehouse",

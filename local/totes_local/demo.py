@@ -3,7 +3,8 @@
 Starts embedded PostgreSQL (source ``totesys`` and ``warehouse``) and a moto
 server, seeds a realistic ``totesys``, runs ingest -> transform -> load the way
 AWS triggers them, simulates a few hours of business (including an amended
-order, a moved address and a cancelled order), runs again, and prints what happened. The handlers'
+order, a moved address and a cancelled order), runs again, prints what happened, and
+ends with the audit's verdict: does the warehouse match the source? The handlers'
 structured logs and metrics go to ``.demo/pipeline.log``; both buckets are copied
 to ``.demo/s3/`` so the files can be browsed after the in-memory moto server is gone.
 """
@@ -21,7 +22,7 @@ from typing import Any, Iterator
 import boto3
 
 from totes import config, db, warehouse_schema
-from totes_local import generator, simulator, stack
+from totes_local import audit_cli, generator, simulator, stack
 from totes_local.runner import CycleReport, LocalPipeline
 
 DEFAULT_DIR = Path(".demo")
@@ -214,10 +215,14 @@ def run(args: argparse.Namespace) -> int:
                 _print_history(what, order_id, order_history(postgres, order_id))
             folders = _mirror_buckets(root / "s3", (stack.INGEST_BUCKET, stack.PROCESSED_BUCKET))
             _print_files(folders)
+            with _pipeline_output(log):
+                audited = pipeline.audit()
+            print("\n" + audit_cli.summary_line(audited))
     finally:
         server.stop()
     places = {
         "SQL prompt on the warehouse": ".venv/bin/totes sql warehouse   (or: totesys)",
+        "the audit, table by table": ".venv/bin/totes audit",
         "dashboard": "make dashboard",
         "copies of the bucket files": f"{root / 's3'}/",
         "structured logs and metrics": str(log),

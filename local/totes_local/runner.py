@@ -1,6 +1,6 @@
-"""Drive the three handlers the way AWS would, against whatever AWS the environment points at.
+"""Drive the handlers the way AWS would, against whatever AWS the environment points at.
 
-EventBridge Scheduler invokes ingest and load with a scheduled event; S3 invokes
+EventBridge Scheduler invokes ingest, load and the audit with a scheduled event; S3 invokes
 transform with one ObjectCreated event per ingest manifest. The runner does the
 same, loading each ``functions/<name>/app.py`` by path exactly as Lambda would
 load its handler, so nothing is called that AWS would not call.
@@ -17,7 +17,7 @@ from urllib.parse import quote_plus
 from totes import storage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FUNCTIONS = ("ingest", "transform", "load")
+FUNCTIONS = ("ingest", "transform", "load", "audit")
 
 
 @dataclass
@@ -84,7 +84,7 @@ class CycleReport:
 
 
 class LocalPipeline:
-    """The three deployed functions, invoked as their triggers would invoke them."""
+    """The deployed functions, invoked as their triggers would invoke them."""
 
     def __init__(self, ingest_bucket: str, functions_root: Path = REPO_ROOT / "functions"):
         """Load the handlers once, as a warm Lambda container would keep them."""
@@ -112,6 +112,10 @@ class LocalPipeline:
     def load(self) -> dict[str, Any]:
         """Run load on its schedule."""
         return self.invoke("load", scheduled_event("load"))
+
+    def audit(self) -> dict[str, Any]:
+        """Run the audit on its schedule: the warehouse against the source."""
+        return self.invoke("audit", scheduled_event("audit"))
 
     def cycle(self) -> CycleReport:
         """Ingest, transform each new manifest, load: one pass of the whole pipeline."""

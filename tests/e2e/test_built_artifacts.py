@@ -17,8 +17,8 @@ from totes_local import stack
 
 BUILD = Path(__file__).resolve().parents[2] / ".aws-sam" / "build"
 
-#: What AWS provides besides our layer: the Lambda runtime's SDK, and for transform and load
-#: the AWS SDK for pandas layer. Nothing else of the development virtualenv is visible.
+#: What AWS provides besides our layer: the Lambda runtime's SDK, and for transform, load and
+#: the audit the AWS SDK for pandas layer. Nothing else of the development virtualenv is visible.
 RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "urllib3")
 PANDAS_LAYER_PACKAGES = ("pandas", "numpy", "numpy.libs", "pyarrow", "pytz", "tzdata")
 
@@ -64,6 +64,7 @@ manifest_created = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCr
                                         "object": {"key": results["ingest"]["manifest_key"]}}}]}
 results["transform"] = handler("TransformFunction")(manifest_created, Context("transform"))
 results["load"] = handler("LoadFunction")(events["load"], Context("load"))
+results["audit"] = handler("AuditFunction")(events["audit"], Context("audit"))
 import totes
 results["totes_from"] = totes.__file__
 results["local_tooling_imported"] = any(m.startswith("totes_local") for m in sys.modules)
@@ -99,7 +100,7 @@ def test_built_handlers_run_the_pipeline_with_only_the_layer_and_their_folder(
     stack.provision({aws["TOTESYS_SECRET_ID"]: totesys.secret,
                      aws["WAREHOUSE_SECRET_ID"]: postgres.secret(warehouse)}, buckets=())
     events = {"ingest": scheduled_event("ingest"), "load": scheduled_event("load"),
-              "bucket": aws["INGEST_BUCKET"]}
+              "audit": scheduled_event("audit"), "bucket": aws["INGEST_BUCKET"]}
     result = subprocess.run(  # nosec B603
         [sys.executable, "-S", "-c", DRIVER, str(built / "SharedLayer" / "python"), str(built),
          str(provided), json.dumps(events)],
@@ -115,3 +116,6 @@ def test_built_handlers_run_the_pipeline_with_only_the_layer_and_their_folder(
     finally:
         conn.close()
     assert loaded == totesys.counts["sales_order"]
+    # The audit, as built (layer and pandas layer only), finds what the built pipeline loaded.
+    assert outcome["audit"]["ok"] is True
+    assert outcome["audit"]["tables"]["fact_sales_order"]["source_rows"] == loaded

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from totes_local import cli
+from totes_local import cli, stack
 
 
 @pytest.fixture
@@ -29,6 +29,36 @@ def test_demo_runs_two_cycles_and_prints_a_readable_summary(demo_dir, capsys):
     files = out.split("files written")[1].split("where to look")[0]
     # cycle 2 adds a sales order file and the file of its deletion
     assert "_manifests 2" in files and "fact_sales_order 3" in files
+
+
+def test_demo_ends_with_the_audit_and_totes_audit_prints_it_table_by_table(demo_dir, capsys):
+    assert cli.main(["demo", "--dir", str(demo_dir), "--scale", "0.02", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "audit: clean - all 11 warehouse tables match the source (0 row(s) in flight" in out
+    assert "totes audit" in out.split("where to look")[1]
+
+    # The same audit from the command line, on the demo's databases and bucket copy.
+    assert cli.main(["audit", "--dir", str(demo_dir)]) == 0
+    table = capsys.readouterr().out
+    assert "capture point (newest loaded manifest): _manifests/" in table
+    (row,) = [line for line in table.splitlines() if line.strip().startswith("dim_staff ")]
+    assert row.split()[1:] == ["20", "20", "0", "0", "0", "0", "0"]
+    assert table.rstrip().endswith("s)") and "audit: clean" in table
+
+    # Damage is a non-zero exit and names the table.
+    conn = stack.start_postgres(demo_dir / "pg").connect("warehouse")
+    try:
+        conn.run("UPDATE dim_staff SET last_name = 'X' WHERE staff_id = 7")
+    finally:
+        conn.close()
+    assert cli.main(["audit", "--dir", str(demo_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "audit: 1 MISMATCH(ES) in dim_staff (0 missing, 0 extra, 1 different; e.g. 7)" in out
+
+
+def test_audit_without_a_demo_says_what_to_do(demo_dir, capsys):
+    assert cli.main(["audit", "--dir", str(demo_dir)]) == 2
+    assert "run make demo first" in capsys.readouterr().err
 
 
 def test_demo_in_a_relative_folder_keeps_logs_and_bucket_files_to_browse(

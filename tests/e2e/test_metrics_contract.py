@@ -62,6 +62,7 @@ def emitted_metrics(stdout: str) -> set[tuple[str, frozenset]]:
 def test_template_watches_only_metrics_the_handlers_emit(e2e, capsys):
     capsys.readouterr()
     e2e.pipeline.cycle()
+    e2e.pipeline.audit()
     # An input error (a malformed manifest), so the metric only failures emit is seen too.
     bad = keys.manifest_key(keys.new_run_id())
     storage.put_new_json(e2e.env["INGEST_BUCKET"], bad, {"format": "not a manifest"})
@@ -70,5 +71,6 @@ def test_template_watches_only_metrics_the_handlers_emit(e2e, capsys):
     # Emitted only with CAPTURE_MODE=logical: tests/e2e/test_logical.py checks it.
     watched = {metric for metric in watched_metrics() if metric[0] not in LOGICAL_ONLY}
     assert {"FreshnessSeconds", "RowsLoaded", "IngestRuns", "RowsIngested",
-            "IngestRowsStampedInFuture", "InputErrors"} <= {name for name, _ in watched}
+            "IngestRowsStampedInFuture", "InputErrors", "AuditMismatches",
+            "AuditInFlight"} <= {name for name, _ in watched}
     assert watched <= emitted_metrics(capsys.readouterr().out)

@@ -22,7 +22,10 @@ RESOURCES = TEMPLATE["Resources"]
 PARAMETERS = TEMPLATE["Parameters"]
 GLOBALS = TEMPLATE["Globals"]["Function"]
 FUNCTIONS = {"ingest": "IngestFunction", "transform": "TransformFunction", "load": "LoadFunction"}
+#: every deployed function: the three stages and the audit beside them.
+ALL_FUNCTIONS = {**FUNCTIONS, "audit": "AuditFunction"}
 ROLES = {"IngestFunction": "IngestRole", "TransformFunction": "TransformRole",
+         "AuditFunction": "AuditRole",
          "LoadFunction": "LoadRole"}
 BUCKETS = ("IngestBucket", "ProcessedBucket")
 LATENCY_PROMISE_SECONDS = 30 * 60
@@ -183,7 +186,7 @@ def function_environment(function: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- alarms
 
 
-@pytest.mark.parametrize("function", FUNCTIONS.values())
+@pytest.mark.parametrize("function", ALL_FUNCTIONS.values())
 @pytest.mark.parametrize("metric", ["Errors", "Throttles"])
 def test_every_function_has_errors_and_throttles_alarms_notifying_the_topic(function, metric):
     (alarm,) = alarms_on("AWS/Lambda", metric, function)
@@ -191,7 +194,7 @@ def test_every_function_has_errors_and_throttles_alarms_notifying_the_topic(func
     assert {"Ref": "AlertTopic"} in alarm["AlarmActions"]
 
 
-@pytest.mark.parametrize("function", FUNCTIONS.values())
+@pytest.mark.parametrize("function", ALL_FUNCTIONS.values())
 def test_duration_alarm_fires_at_80_percent_of_the_timeout(function):
     (alarm,) = alarms_on("AWS/Lambda", "Duration", function)
     assert alarm["Statistic"] == "Maximum"
@@ -212,7 +215,7 @@ def test_every_queue_has_an_alarm_on_visible_messages():
         assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
 
 
-@pytest.mark.parametrize("function", FUNCTIONS.values())
+@pytest.mark.parametrize("function", ALL_FUNCTIONS.values())
 def test_error_log_lines_of_each_function_are_counted_and_alarmed(function):
     log_group = RESOURCES[function]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
     assert RESOURCES[log_group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
@@ -327,6 +330,7 @@ def test_each_function_can_read_only_its_own_secret(role, secret):
 
 @pytest.mark.parametrize("role, buckets", [
     ("IngestRole", {"IngestBucket"}), ("TransformRole", {"ProcessedBucket"}), ("LoadRole", set()),
+    ("AuditRole", set()),
 ])
 def test_each_function_writes_only_to_its_own_bucket(role, buckets):
     assert references(granted(role, "s3:PutObject")) == buckets
@@ -371,7 +375,7 @@ def test_transform_names_the_ingestion_bucket_exactly_as_the_bucket_is_named():
 
 @pytest.mark.parametrize("role, log_group", [
     ("IngestRole", "IngestLogGroup"), ("TransformRole", "TransformLogGroup"),
-    ("LoadRole", "LoadLogGroup"),
+    ("LoadRole", "LoadLogGroup"), ("AuditRole", "AuditLogGroup"),
 ])
 def test_each_function_writes_logs_only_to_its_own_log_group(role, log_group):
     assert granted(role, "logs:PutLogEvents") == [{"Fn::GetAtt": [log_group, "Arn"]}]
@@ -454,7 +458,7 @@ def test_object_lock_on_the_ingestion_bucket_is_optional_governance_mode():
 # ---------------------------------------------------------------- code, layers, environment
 
 
-@pytest.mark.parametrize("name, function", FUNCTIONS.items())
+@pytest.mark.parametrize("name, function", ALL_FUNCTIONS.items())
 def test_functions_are_python_311_handlers_in_their_folders(name, function):
     properties = RESOURCES[function]["Properties"]
     assert properties["CodeUri"] == f"functions/{name}/"
@@ -475,8 +479,10 @@ def test_shared_layer_is_built_from_shared_so_the_package_lands_in_python():
 
 @pytest.mark.parametrize("function, has_pandas", [
     ("IngestFunction", False), ("TransformFunction", True), ("LoadFunction", True),
+    # The audit applies the transform's own mapping (totes.star), which imports pandas.
+    ("AuditFunction", True),
 ])
-def test_only_transform_and_load_carry_the_pandas_layer(function, has_pandas):
+def test_only_the_functions_that_import_pyarrow_carry_the_pandas_layer(function, has_pandas):
     layers = RESOURCES[function]["Properties"].get("Layers", [])
     assert ({"Ref": "PandasLayerArn"} in layers) is has_pandas
     assert re.fullmatch(r"arn:aws:lambda:eu-west-2:336392948345:layer:AWSSDKPandas-Python311:\d+",
@@ -491,6 +497,8 @@ def test_only_transform_and_load_carry_the_pandas_layer(function, has_pandas):
     ("TransformFunction", {"INGEST_BUCKET": "AWS::StackId", "PROCESSED_BUCKET": "ProcessedBucket"}),
     ("LoadFunction", {"INGEST_BUCKET": "IngestBucket", "PROCESSED_BUCKET": "ProcessedBucket",
                       "WAREHOUSE_SECRET_ID": "WarehouseSecretArn"}),
+    ("AuditFunction", {"INGEST_BUCKET": "IngestBucket", "TOTESYS_SECRET_ID": "TotesysSecretArn",
+                       "WAREHOUSE_SECRET_ID": "WarehouseSecretArn"}),
 ])
 def test_environment_follows_the_design_contract(function, expected):
     variables = function_environment(function)
@@ -531,3 +539,50 @@ def test_an_alarm_fires_when_ingest_stops_running_even_if_nothing_fails():
     assert alarm["ComparisonOperator"] == "LessThanThreshold" and alarm["Threshold"] == 1
     assert alarm["TreatMissingData"] == "breaching"
     assert alarm["Period"] * alarm["EvaluationPeriods"] >= 3 * interval_seconds("IngestFunction")
+
+
+# ---------------------------------------------------------------- the audit
+
+
+def test_the_audit_alarms_on_any_mismatch_it_publishes():
+    (alarm,) = alarms_on(STACK_NAMESPACE, "AuditMismatches")
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": observability.DEFAULT_SERVICE}]
+    assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    # The last audit's verdict stands until the next one, however rarely the audit runs.
+    assert alarm["Statistic"] == "Maximum" and alarm["TreatMissingData"] == "ignore"
+    assert '"Audit mismatches"' in alarm["AlarmDescription"]
+    # An audit that fails is alarmed too: a mismatch alarm that cannot fire must not look clean.
+    (errors,) = alarms_on("AWS/Lambda", "Errors", "AuditFunction")
+    assert '"Audit errors"' in errors["AlarmDescription"]
+
+
+def test_the_audit_runs_on_its_own_schedule_hourly_by_default():
+    schedule = schedule_of("AuditFunction")
+    assert schedule["ScheduleExpression"] == {"Ref": "AuditSchedule"}
+    parameter = PARAMETERS["AuditSchedule"]
+    assert parameter["Default"] == "rate(1 hour)"
+    pattern = re.compile(parameter["AllowedPattern"])
+    assert all(pattern.fullmatch(text) for text in (
+        "rate(1 hour)", "rate(6 hours)", "rate(24 hours)", "rate(30 minutes)"))
+    assert not any(pattern.fullmatch(text) for text in (
+        "rate(1 minute)", "rate(5 minutes)", "rate(25 hours)", "cron(0 * * * ? *)"))
+    assert RESOURCES["AuditFunction"]["Properties"]["ReservedConcurrentExecutions"] == 1
+
+
+def test_the_audit_reads_both_secrets_and_only_the_capture_point_of_the_ingestion_bucket():
+    assert granted("AuditRole", "secretsmanager:GetSecretValue") == [
+        {"Ref": "TotesysSecretArn"}, {"Ref": "WarehouseSecretArn"}]
+    reads = granted("AuditRole", "s3:GetObject")
+    assert reads == [{"Fn::Sub": f"${{IngestBucket.Arn}}/{prefix}/*"}
+                     for prefix in ("_manifests", "_sweeps")]
+    actions = {action for statement in role_statements("AuditRole")
+               for action in as_list(statement["Action"]) if not action.startswith("ec2:")}
+    assert actions == {"logs:CreateLogStream", "logs:PutLogEvents",
+                       "secretsmanager:GetSecretValue", "s3:GetObject"}
+
+
+def test_the_dashboard_charts_audit_mismatches_per_table_and_rows_in_flight():
+    body, _ = dashboard()
+    text = json.dumps(body)
+    assert 'MetricName=\\\"AuditMismatches\\\"' in text
+    assert '"AuditInFlight"' in text

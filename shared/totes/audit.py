@@ -1,0 +1,582 @@
+"""The audit: does the warehouse hold what the source says it should, right now?
+
+Every warehouse table is compared with its source counterpart after the
+transform's own mapping (:mod:`totes.audit_sql`): the ``*_current`` views with
+``sales_order``, ``purchase_order`` and ``payment``, every dimension with its
+source rows after propagation, and ``dim_date`` with the dates the facts use.
+
+Cost is bounded at any size. Each database hashes its own rows: per key range,
+a count and the sum of a 64-bit hash of each row's canonical text. Only the
+segments whose (count, sum) differ are split again, ``FANOUT`` ways, until they
+hold at most ``LEAF_ROWS`` rows; only then are keys and hashes (never values)
+fetched, and only from those leaves. A table that matches costs one scan on each
+side and returns ``FANOUT`` rows.
+
+Rows in flight are not differences. The warehouse's capture point is the ingest
+manifest of the newest loaded manifest (read in the same warehouse snapshot the
+audit compares in): a source row the next ingest run would read (its writing
+transaction not visible to the capture cursor, :mod:`totes.capture`) is left out
+on both sides and counted as ``in_flight``; so is a fact that is current in the
+warehouse but gone from the source, when its key was in the newest loaded key
+sweep or was captured after it (the next sweep will record its deletion).
+A dimension row whose source row is gone stays in its dimension by design (facts
+point at it): it is counted as ``retained``, not as a mismatch, as are
+``dim_date`` rows no fact uses any more.
+"""
+import gzip
+import json
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Protocol
+
+import pg8000.native
+from aws_lambda_powertools.metrics import MetricUnit
+
+from totes import (audit_sql, config, db, errors, keys, observability, stage, storage, sweep,
+                   warehouse)
+from totes.capture import TableCursor
+from totes.extract import ReadPoint
+from totes.extract import snapshot as source_snapshot
+from totes.manifest import IngestManifest
+from totes.warehouse_schema import TABLES
+
+#: segments a differing key range is split into at each level.
+FANOUT = 64
+#: a differing segment of at most this many rows (either side) is compared key by key.
+LEAF_ROWS = 256
+#: example keys reported per table (keys only: values may be personal data).
+MAX_EXAMPLES = 5
+#: above this many source rows in flight (a backfill), a table is not compared this time.
+MAX_IN_FLIGHT = 100_000
+#: leaf rows fetched per table (both sides together) at most; beyond, counted from counts.
+MAX_LEAF_ROWS = 200_000
+
+
+class ObjectStore(Protocol):
+    """Where the ingest manifests and key sweeps are read from (the bucket, or a local copy)."""
+
+    def read_json(self, key: str) -> Any:
+        """Return the parsed content of the JSON object at ``key``."""
+
+    def lines(self, key: str) -> Iterator[bytes]:
+        """Yield the non-empty lines of a gzip object (a key list), streamed."""
+
+
+def _gunzipped_lines(raw: Any) -> Iterator[bytes]:
+    for line in gzip.GzipFile(fileobj=raw, mode="rb"):
+        if line.strip():
+            yield line
+
+
+class BucketStore:
+    """The ingestion bucket itself (what the deployed function reads)."""
+
+    def __init__(self, bucket: str):
+        """Read from ``bucket``."""
+        self.bucket = bucket
+
+    def read_json(self, key: str) -> Any:
+        """Return a JSON object's parsed content."""
+        return storage.read_json(self.bucket, key)
+
+    def lines(self, key: str) -> Iterator[bytes]:
+        """Stream a gzip object's lines, never holding it whole."""
+        return _gunzipped_lines(storage.open_stream(self.bucket, key))
+
+
+class DirectoryStore:
+    """A local copy of the ingestion bucket (``make demo`` leaves one in ``.demo/s3``)."""
+
+    def __init__(self, root: Path):
+        """Read from the directory ``root`` (object keys are paths under it)."""
+        self.root = Path(root)
+
+    def read_json(self, key: str) -> Any:
+        """Return a JSON object's parsed content."""
+        return json.loads((self.root / key).read_bytes())
+
+    def lines(self, key: str) -> Iterator[bytes]:
+        """Stream a gzip file's lines."""
+        with (self.root / key).open("rb") as raw:
+            yield from _gunzipped_lines(raw)
+
+
+# --------------------------------------------------------------------------- capture point
+
+@dataclass(frozen=True)
+class CapturePoint:
+    """What the warehouse has loaded: the newest loaded manifest's key and its ingest manifest."""
+
+    manifest_key: str | None
+    manifest: IngestManifest | None
+
+    def cursor(self, table: str) -> TableCursor | None:
+        """Where capture of ``table`` stands: its rows not seen from here on are in flight.
+
+        None before the first load (nothing captured). In snapshot capture, the
+        table's own cursor. In log-based capture, once the slot is read, the table
+        cursors stay at the backfill's snapshot; a run that read the slot to its end
+        has captured every transaction its snapshot (taken before the read) sees,
+        so that snapshot is the floor. A run cut short by its row budget keeps the
+        table cursor: more in flight, never a false mismatch.
+        """
+        manifest = self.manifest
+        if manifest is None:
+            return None
+        logical = manifest.logical
+        if (logical is not None and logical.backfilled and manifest.complete
+                and manifest.snapshot is not None):
+            return TableCursor(since=manifest.snapshot)
+        return manifest.table(table).cursor
+
+
+class CapturePointError(errors.InputError, RuntimeError):
+    """The ingest manifest the warehouse says it loaded is not the one the bucket holds.
+
+    Configuration, not chance: the audit reads another pipeline's bucket (or the
+    warehouse was restored from another environment). A person must act.
+    """
+
+
+def _recorded_snapshot(conn: pg8000.native.Connection, key: str) -> str | None:
+    """The capture snapshot the load recorded with ``key`` (None before loads recorded it)."""
+    recorded = conn.run("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE "
+                        "table_schema = 'etl' AND table_name = 'loaded_manifest' "
+                        "AND column_name = 'capture_snapshot')")[0][0]
+    if not recorded:
+        return None
+    snapshot: str | None = conn.run('SELECT "capture_snapshot" FROM "etl"."loaded_manifest" '
+                                    'WHERE "manifest_key" = :k', k=key)[0][0]
+    return snapshot
+
+
+def capture_point(conn: pg8000.native.Connection, store: ObjectStore) -> CapturePoint:
+    """Read the newest loaded manifest's key from the warehouse and its ingest manifest.
+
+    The ingest manifest is needed even where the load records the capture snapshot:
+    it alone holds each table's capture cursor (a backfill's resume key included)
+    and newest key sweep. The recorded snapshot must equal the manifest's, or the
+    audit is reading another pipeline's bucket and every verdict would be wrong.
+    """
+    exists = conn.run("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables "
+                      "WHERE schemaname = 'etl' AND tablename = 'loaded_manifest')")[0][0]
+    key = warehouse.last_loaded_key(conn) if exists else None
+    if key is None:
+        return CapturePoint(None, None)
+    manifest = IngestManifest.parse(store.read_json(key))
+    recorded = _recorded_snapshot(conn, key)
+    if recorded is not None and manifest.snapshot is not None and recorded != str(
+            manifest.snapshot):
+        raise CapturePointError(
+            f"the warehouse loaded {key} at snapshot {recorded}, but the ingestion bucket's "
+            f"manifest says {manifest.snapshot}: is the audit reading the bucket this warehouse "
+            "is loaded from?")
+    return CapturePoint(key, manifest)
+
+
+def _runs_after_sweep(store: ObjectStore, point: CapturePoint,
+                      sweep_run: str) -> Iterator[IngestManifest]:
+    """The loaded ingest manifests newer than the sweep's run, newest first."""
+    sweep_key = keys.manifest_key(keys.parse_run_id(sweep_run))
+    key, manifest = point.manifest_key, point.manifest
+    while key is not None and key > sweep_key and manifest is not None:
+        yield manifest
+        key = manifest.previous_manifest
+        manifest = None if key is None or key <= sweep_key else IngestManifest.parse(
+            store.read_json(key))
+
+
+def _stored_keys(store: ObjectStore, key: str) -> Iterator[int]:
+    for line in store.lines(key):
+        yield from sweep.parse_block(line)
+
+
+def deleted_in_flight(store: ObjectStore, point: CapturePoint, table: str,
+                      candidates: Iterable[int]) -> set[int]:
+    """Of ``candidates`` (keys gone from the source), those whose deletion is still in flight.
+
+    A key is in flight when it was in the newest loaded sweep of ``table`` or was
+    captured by a loaded run after that sweep (each run stores the keys it
+    captured for the next sweep): the next sweep records its deletion. Key lists
+    are streamed block by block and checked against the few candidates.
+    """
+    remaining = set(candidates)
+    state = point.manifest.table(table).sweep if point.manifest is not None else None
+    if not remaining or state is None:
+        return set()
+    lists = [state.key, *(manifest.table(table).captured_keys
+                          for manifest in _runs_after_sweep(store, point, state.run_id))]
+    return {key for listed in lists if listed
+            for key in _stored_keys(store, listed) if key in remaining}
+
+
+# --------------------------------------------------------------------------- comparison
+
+class Side:
+    """One database's view of a relation, counting the queries it runs and the rows it returns."""
+
+    def __init__(self, conn: pg8000.native.Connection, relation: audit_sql.Relation,
+                 skip: list[int]):
+        """Compare ``relation`` on ``conn``, leaving out the keys in ``skip`` (rows in flight)."""
+        self.conn = conn
+        self.relation = relation
+        self.skip = skip
+        self.queries = 0
+        self.rows_fetched = 0
+
+    def run(self, sql: str, **params: Any) -> list[list[Any]]:
+        """Run one query with the relation's own parameters (and the skipped keys if any)."""
+        if self.skip and ":skip" in sql:
+            params["skip"] = self.skip
+        rows: list[list[Any]] = self.conn.run(sql, **self.relation.params, **params)
+        self.queries += 1
+        self.rows_fetched += len(rows)
+        return rows
+
+    def bounds(self) -> tuple[int | None, int | None]:
+        """Smallest and greatest key."""
+        low, high = self.run(audit_sql.bounds_sql(self.relation))[0]
+        return low, high
+
+    def segments(self, low: int, high: int, step: int) -> dict[int, tuple[int, Any]]:
+        """Segment number -> (rows, sum of row hashes) over ``[low, high]``, ``step`` keys each."""
+        rows = self.run(audit_sql.segments_sql(self.relation, bool(self.skip)),
+                        lo=low, hi=high, step=step)
+        return {segment: (count, total) for segment, count, total in rows}
+
+    def hashes(self, low: int, high: int) -> dict[int, int]:
+        """Key -> row hash over ``[low, high]`` (a leaf)."""
+        rows = self.run(audit_sql.rows_sql(self.relation, bool(self.skip)), lo=low, hi=high)
+        return {key: digest for key, digest in rows}
+
+    def keys(self, low: int, high: int, limit: int) -> list[int]:
+        """At most ``limit`` keys over ``[low, high]``."""
+        rows = self.run(audit_sql.keys_sql(self.relation, bool(self.skip)),
+                        lo=low, hi=high, limit=limit)
+        return [row[0] for row in rows]
+
+
+@dataclass
+class Differences:
+    """What a comparison found: counts, and the keys behind them (bounded by the leaf budget)."""
+
+    source_rows: int = 0
+    warehouse_rows: int = 0
+    missing: int = 0
+    different: int = 0
+    #: warehouse rows the source lacks, key by key (to be told in flight or not).
+    extra_keys: list[int] = field(default_factory=list)
+    #: warehouse-only rows of segments too large to resolve within the budget.
+    extra_unresolved: int = 0
+    missing_keys: list[int] = field(default_factory=list)
+    different_keys: list[int] = field(default_factory=list)
+    approximate: bool = False
+
+
+def _range_of(low: int, high: int, step: int, segment: int) -> tuple[int, int]:
+    first = low + segment * step
+    return first, min(high, first + step - 1)
+
+
+def compare(source: Side, target: Side, *, fanout: int = FANOUT, leaf_rows: int = LEAF_ROWS,
+            max_leaf_rows: int = MAX_LEAF_ROWS) -> Differences:
+    """Compare two sides by hashed key-range segments, descending only where they differ."""
+    found = Differences()
+    ends = [end for end in (*source.bounds(), *target.bounds()) if end is not None]
+    if not ends:
+        return found
+    pending = [(min(ends), max(ends))]
+    budget = max_leaf_rows
+    top = True
+    while pending:
+        low, high = pending.pop()
+        step = -(-(high - low + 1) // fanout)
+        ours, theirs = source.segments(low, high, step), target.segments(low, high, step)
+        if top:
+            found.source_rows = sum(count for count, _ in ours.values())
+            found.warehouse_rows = sum(count for count, _ in theirs.values())
+            top = False
+        for segment in sorted(set(ours) | set(theirs), reverse=True):
+            here, there = ours.get(segment, (0, 0)), theirs.get(segment, (0, 0))
+            if here == there:
+                continue
+            first, last = _range_of(low, high, step, segment)
+            if there[0] == 0:
+                found.missing += here[0]
+                room = MAX_EXAMPLES - len(found.missing_keys)
+                if room > 0:
+                    found.missing_keys += source.keys(first, last, room)
+            elif max(here[0], there[0]) > leaf_rows and step > 1:
+                pending.append((first, last))
+            elif here[0] + there[0] > budget:
+                found.approximate = True
+                found.missing += max(0, here[0] - there[0])
+                found.extra_unresolved += max(0, there[0] - here[0])
+                found.different += min(here[0], there[0])
+            else:
+                budget -= here[0] + there[0]
+                _compare_leaf(source.hashes(first, last), target.hashes(first, last), found)
+    return found
+
+
+def _compare_leaf(ours: dict[int, int], theirs: dict[int, int], found: Differences) -> None:
+    for key, digest in ours.items():
+        if key not in theirs:
+            found.missing += 1
+            found.missing_keys.append(key)
+        elif theirs[key] != digest:
+            found.different += 1
+            found.different_keys.append(key)
+    found.extra_keys += [key for key in theirs if key not in ours]
+
+
+# --------------------------------------------------------------------------- per table
+
+@dataclass
+class TableAudit:
+    """The audit of one warehouse table."""
+
+    source_rows: int = 0
+    warehouse_rows: int = 0
+    missing: int = 0
+    extra: int = 0
+    different: int = 0
+    in_flight: int = 0
+    #: rows kept by design without a source row now (a deleted dimension member, an unused date).
+    retained: int = 0
+    examples: list[Any] = field(default_factory=list)
+    #: False when too much of the table is in flight to compare (a backfill in progress).
+    compared: bool = True
+    approximate: bool = False
+    queries: int = 0
+    rows_fetched: int = 0
+
+    @property
+    def mismatches(self) -> int:
+        """Differences that are not in flight: the number the alarm watches."""
+        return self.missing + self.extra + self.different
+
+    def to_json(self) -> dict[str, Any]:
+        """Counts and example keys (never row values)."""
+        return {
+            "source_rows": self.source_rows, "warehouse_rows": self.warehouse_rows,
+            "missing": self.missing, "extra": self.extra, "different": self.different,
+            "in_flight": self.in_flight, "retained": self.retained,
+            "examples": [value.isoformat() if isinstance(value, date) else value
+                         for value in self.examples],
+            "compared": self.compared, "approximate": self.approximate,
+            "queries": self.queries, "rows_fetched": self.rows_fetched,
+        }
+
+
+def _examples(*groups: list[Any]) -> list[Any]:
+    examples: list[Any] = []
+    for group in groups:
+        examples += group[:MAX_EXAMPLES - len(examples)]
+    return examples
+
+
+def in_flight_predicate(name: str, point: CapturePoint, read_point: ReadPoint,
+                        params: dict[str, Any]) -> str:
+    """The predicate on the source side of ``name`` selecting the rows in flight."""
+    return " OR ".join(
+        audit_sql.in_flight_sql(alias, table, point.cursor(table), read_point.snapshot, params)
+        for alias, table in audit_sql.source_aliases(name).items())
+
+
+def audit_table(name: str, source_conn: pg8000.native.Connection,
+                warehouse_conn: pg8000.native.Connection, point: CapturePoint,
+                read_point: ReadPoint, store: ObjectStore) -> TableAudit:
+    """Compare one warehouse table (not ``dim_date``) with what the source says it should hold."""
+    relation = audit_sql.source_relation(name)
+    params: dict[str, Any] = {}
+    predicate = in_flight_predicate(name, point, read_point, params)
+    flight = source_conn.run(audit_sql.in_flight_keys_sql(relation, predicate),
+                             **relation.params, **params, limit=MAX_IN_FLIGHT + 1)
+    if len(flight) > MAX_IN_FLIGHT or point.manifest is None:
+        total = source_conn.run(audit_sql.count_sql(relation, predicate),
+                                **relation.params, **params)[0][0]
+        return TableAudit(in_flight=total, compared=False, queries=2)
+    skip = [row[0] for row in flight]
+    source = Side(source_conn, relation, skip)
+    target = Side(warehouse_conn, audit_sql.warehouse_relation(name), skip)
+    found = compare(source, target)
+    result = TableAudit(
+        source_rows=found.source_rows, warehouse_rows=found.warehouse_rows,
+        missing=found.missing, different=found.different, in_flight=len(skip),
+        approximate=found.approximate, queries=1 + source.queries + target.queries,
+        rows_fetched=len(skip) + source.rows_fetched + target.rows_fetched)
+    extra_keys = found.extra_keys
+    if TABLES[name].kind == "fact":
+        gone = deleted_in_flight(store, point, audit_sql.source_table(name), extra_keys)
+        result.in_flight += len(gone)
+        extra_keys = [key for key in extra_keys if key not in gone]
+        result.extra = len(extra_keys) + found.extra_unresolved
+    else:
+        result.retained = len(extra_keys) + found.extra_unresolved
+        extra_keys = []
+    result.examples = _examples(found.missing_keys, extra_keys, found.different_keys)
+    return result
+
+
+def audit_dim_date(conn: pg8000.native.Connection) -> TableAudit:
+    """Check ``dim_date`` inside the warehouse: every date a fact uses, with the right attributes.
+
+    The expected attributes are the load's own derivation from the date
+    (:data:`totes.warehouse.DATE_ATTRIBUTES`, equal to the transform's tables).
+    """
+    queries = audit_sql.dim_date_sql(warehouse.DATE_ATTRIBUTES)
+    counts = {name: conn.run(queries[name])[0][0] for name in ("used", "rows")}
+    examples = {}
+    for name in ("missing", "unused", "different"):
+        key, tail = queries[name]
+        counts[name] = conn.run(f"SELECT count(*) {tail}")[0][0]
+        examples[name] = [row[0] for row in conn.run(
+            f"SELECT {key} {tail} ORDER BY 1 LIMIT CAST(:limit AS bigint)",
+            limit=MAX_EXAMPLES)]
+    return TableAudit(source_rows=counts["used"], warehouse_rows=counts["rows"],
+                      missing=counts["missing"], different=counts["different"],
+                      retained=counts["unused"], queries=8,
+                      examples=_examples(examples["missing"], examples["different"]))
+
+
+# --------------------------------------------------------------------------- the run
+
+@dataclass
+class AuditReport:
+    """The whole audit: per warehouse table, and the capture point it was judged against."""
+
+    compared_at: str
+    capture_point: str | None
+    tables: dict[str, TableAudit]
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when no table has a difference that is not in flight."""
+        return all(table.mismatches == 0 for table in self.tables.values())
+
+    @property
+    def mismatches(self) -> int:
+        """Differences not in flight, all tables."""
+        return sum(table.mismatches for table in self.tables.values())
+
+    @property
+    def in_flight(self) -> int:
+        """Rows in flight, all tables."""
+        return sum(table.in_flight for table in self.tables.values())
+
+    def metrics(self) -> Iterator[stage.Metric]:
+        """``AuditMismatches`` per table and for the run (alarmed), ``AuditInFlight``, duration."""
+        for name, table in self.tables.items():
+            yield stage.Metric("AuditMismatches", table.mismatches, table=name)
+        yield stage.Metric("AuditMismatches", self.mismatches)
+        yield stage.Metric("AuditInFlight", self.in_flight)
+        yield stage.Metric("AuditRunDuration", self.seconds, MetricUnit.Seconds)
+
+    def response(self) -> dict[str, Any]:
+        """The handler's response: the summary."""
+        return self.to_json()
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary the handler returns and logs (keys only, never row values)."""
+        return {"ok": self.ok, "compared_at": self.compared_at,
+                "capture_point": self.capture_point, "mismatches": self.mismatches,
+                "in_flight": self.in_flight, "seconds": round(self.seconds, 3),
+                "tables": {name: table.to_json() for name, table in self.tables.items()}}
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def run(source_conn: pg8000.native.Connection, warehouse_conn: pg8000.native.Connection,
+        store: ObjectStore, *, tables: Iterable[str] = tuple(TABLES)) -> AuditReport:
+    """Audit ``tables`` (every warehouse table by default) in one snapshot of each database.
+
+    The warehouse snapshot is taken first and the capture point read in it, then
+    the source snapshot: a change the warehouse has not loaded is in flight by
+    the time the source is read, never compared against a stale warehouse.
+    """
+    started = _now()
+    warehouse_conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    try:
+        point = capture_point(warehouse_conn, store)
+        results: dict[str, TableAudit] = {}
+        with source_snapshot(source_conn) as read_point:
+            for name in tables:
+                if name == "dim_date":
+                    if point.manifest is not None:
+                        results[name] = audit_dim_date(warehouse_conn)
+                    else:
+                        results[name] = TableAudit(compared=False)
+                else:
+                    results[name] = audit_table(name, source_conn, warehouse_conn, point,
+                                                read_point, store)
+    except BaseException:
+        with suppress(Exception):  # a broken connection: the error worth raising is the first
+            warehouse_conn.run("ROLLBACK")
+        raise
+    warehouse_conn.run("ROLLBACK")  # read only: nothing to commit
+    report = AuditReport(started.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                         point.manifest_key, results)
+    report.seconds = (_now() - started).total_seconds()
+    return report
+
+
+#: how a failed audit is logged (before its kind is, by the handler's instrumentation).
+NOTHING_COMPARED = "audit failed; nothing compared"
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Everything an audit needs to know about its environment, read once at its start."""
+
+    ingest_bucket: str
+    totesys_secret_id: str
+    warehouse_secret_id: str
+
+    @classmethod
+    def from_environment(cls) -> "AuditSettings":
+        """Read the settings from the Lambda environment, failing early on a missing one."""
+        return cls(ingest_bucket=config.ingest_bucket(),
+                   totesys_secret_id=config.totesys_secret_id(),
+                   warehouse_secret_id=config.warehouse_secret_id())
+
+
+def log_report(report: AuditReport) -> None:
+    """Log the verdict with the whole summary: INFO when clean, WARNING naming the tables."""
+    logger = observability.service_logger()
+    summary = report.to_json()
+    if report.ok:
+        logger.info("audit clean: the warehouse matches the source", extra={"audit": summary})
+    else:
+        mismatched = sorted(name for name, table in report.tables.items() if table.mismatches)
+        logger.warning(f"audit found {report.mismatches} mismatch(es) in "
+                       f"{', '.join(mismatched)}", extra={"audit": summary})
+
+
+def run_audit(settings: AuditSettings, deadline: stage.Deadline) -> AuditReport:
+    """Connect to both databases with their secrets, audit, log the verdict.
+
+    Every database wait is bounded by the invocation's remaining time (a segment
+    query scans a whole table). A failure is logged once and raised: an audit
+    that could not compare must never read as clean.
+    """
+    source = target = None
+    try:
+        timeout = deadline.remaining()
+        source = db.connect(settings.totesys_secret_id, timeout=timeout)
+        target = db.connect(settings.warehouse_secret_id, timeout=timeout)
+        report = run(source, target, BucketStore(settings.ingest_bucket))
+    except Exception:
+        observability.service_logger().exception(NOTHING_COMPARED)
+        raise
+    finally:
+        for conn in (source, target):
+            if conn is not None:
+                db.close_quietly(conn)
+    log_report(report)
+    return report

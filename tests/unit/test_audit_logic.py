@@ -1,0 +1,149 @@
+"""The audit's pure parts: the mapping from both contracts, in-flight predicates, the report."""
+import gzip
+import json
+from datetime import date, datetime
+
+import pytest
+
+from totes import audit, audit_sql
+from totes.capture import Snapshot, TableCursor
+from totes.manifest import IngestManifest
+from totes.warehouse_schema import TABLES, Column
+from totes_local import audit_cli
+
+CURRENT = Snapshot(1000, 1010, (1003,))
+
+
+@pytest.mark.parametrize("name", audit_sql.SEGMENTED)
+def test_every_compared_column_of_every_table_has_a_source_rendering(name):
+    source, target = audit_sql.source_relation(name), audit_sql.warehouse_relation(name)
+    columns = audit_sql.compared_columns(TABLES[name])
+    assert source.text_sql.count("quote_nullable(") == len(columns)
+    assert target.text_sql.count("quote_nullable(") == len(columns)
+    assert "serial" not in {column.type for column in columns}
+
+
+def test_the_mapping_follows_the_transform():
+    sales = audit_sql.source_relation("fact_sales_order").text_sql
+    assert "to_char(s.\"last_updated\", 'HH24:MI:SS.MS')" in sales
+    assert "to_char(s.\"created_at\", 'YYYY-MM-DD')" in sales
+    assert "trim_scale(s.\"unit_price\")::text" in sales
+    assert "(s.\"agreed_payment_date\")::text" in sales  # TEXT dates compare as their text
+    assert "(s.\"staff_id\")::text" in sales  # sales_staff_id
+    counterparty = audit_sql.source_relation("dim_counterparty")
+    assert 'JOIN "address" AS a ON a."address_id" = s."legal_address_id"' in counterparty.from_sql
+    assert '(a."phone")::text' in counterparty.text_sql
+    staff = audit_sql.source_relation("dim_staff")
+    assert '(d."department_name")::text' in staff.text_sql
+    assert audit_sql.warehouse_relation("fact_payment").from_sql == '"fact_payment_current" AS w'
+    assert audit_sql.warehouse_relation("fact_payment").key_sql == 'w."payment_id"'
+
+
+def test_currency_names_are_the_transforms_iso_names():
+    relation = audit_sql.source_relation("dim_currency")
+    names = dict(zip(relation.params["iso_codes"], relation.params["iso_names"]))
+    assert names["GBP"] == "Pound Sterling" and names["EUR"] == "Euro"
+
+
+def test_a_warehouse_column_without_a_source_is_refused():
+    with pytest.raises(audit_sql.AuditContractError, match="dim_design.colour"):
+        audit_sql._source_value("dim_design", Column("colour", "text"))
+
+
+def test_a_table_never_captured_is_entirely_in_flight():
+    assert audit_sql.in_flight_sql("s", "staff", None, CURRENT, {}) == "true"
+    assert audit_sql.in_flight_sql("s", "staff", TableCursor(), CURRENT, {}) == "true"
+
+
+def test_rows_after_the_cursor_snapshot_are_in_flight():
+    params = {}
+    predicate = audit_sql.in_flight_sql("s", "staff", TableCursor(since=Snapshot(990, 995)),
+                                        CURRENT, params)
+    assert params == {"xmax32_s": 1010, "width_s": 20}
+    assert "s.xmin::text::bigint >= 3" in predicate and ":width_s" in predicate
+
+
+def test_a_cut_pass_reads_below_its_resume_key_from_the_older_snapshot():
+    params = {}
+    cursor = TableCursor(since=Snapshot(900, 905), resume_after=42,
+                         resume_since=Snapshot(990, 995))
+    predicate = audit_sql.in_flight_sql("a", "address", cursor, CURRENT, params)
+    assert predicate.startswith('(CASE WHEN a."address_id" <= CAST(:after_a AS bigint)')
+    assert params == {"xmax32_a": 1010, "width_a": 110, "after_a": 42,
+                      "xmax32_ar": 1010, "width_ar": 20}
+    params = {}
+    audit_sql.in_flight_sql("s", "staff", TableCursor(resume_after=7), CURRENT, params)
+    assert params == {"after_s": 7}
+
+
+def test_a_watermark_cursor_puts_rows_from_its_stamp_in_flight():
+    params = {}
+    cursor = TableCursor(since_last_updated=datetime(2024, 11, 15, 14, 0))
+    predicate = audit_sql.in_flight_sql("s", "staff", cursor, CURRENT, params)
+    assert predicate == 's."last_updated" >= CAST(:lu_s AS timestamp)'
+    assert params == {"lu_s": "2024-11-15T14:00:00"}
+
+
+def test_report_keeps_keys_only_and_knows_when_it_is_clean():
+    clean = audit.TableAudit(source_rows=3, warehouse_rows=3, in_flight=2, retained=1)
+    wrong = audit.TableAudit(source_rows=3, warehouse_rows=2, missing=1,
+                             examples=[date(2024, 11, 15)])
+    report = audit.AuditReport("2026-11-27T08:00:00.000Z", "_manifests/x.json",
+                               {"dim_staff": clean, "dim_date": wrong})
+    assert not report.ok and report.mismatches == 1 and report.in_flight == 2
+    summary = report.to_json()
+    assert summary["tables"]["dim_date"]["examples"] == ["2024-11-15"]
+    assert set(summary["tables"]["dim_staff"]) >= {
+        "source_rows", "warehouse_rows", "missing", "extra", "different", "in_flight",
+        "examples"}
+    assert audit.AuditReport("t", None, {"dim_staff": clean}).ok
+
+
+def test_examples_are_bounded_and_say_missing_then_extra_then_different():
+    assert audit._examples([1, 2], [3], [4, 5, 6]) == [1, 2, 3, 4, 5]
+
+
+def test_the_local_copy_of_the_bucket_reads_json_and_gzip_lines(tmp_path):
+    (tmp_path / "_sweeps").mkdir()
+    (tmp_path / "_sweeps" / "k.keys.gz").write_bytes(gzip.compress(b"1\n2\n\n3\n"))
+    (tmp_path / "m.json").write_text('{"a": 1}')
+    store = audit.DirectoryStore(tmp_path)
+    assert [int(line) for line in store.lines("_sweeps/k.keys.gz")] == [1, 2, 3]
+    assert store.read_json("m.json") == {"a": 1}
+
+
+def manifest(run: str, previous: str | None) -> dict:
+    """A minimal ingest manifest document for walking the chain of runs."""
+    return {"format": "totes.ingest/2", "run_id": run, "started_at": "x",
+            "previous_manifest": previous, "snapshot": "5:5:", "tables": {}}
+
+
+def test_runs_after_a_sweep_are_walked_back_to_it_and_no_further(tmp_path):
+    keys = {run: f"_manifests/2026/11/27/{run}.json" for run in (
+        "20261127T080000000Z-aa", "20261127T080500000Z-bb", "20261127T081000000Z-cc")}
+    runs = list(keys)
+    for number, run in enumerate(runs):
+        path = tmp_path / keys[run]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        previous = keys[runs[number - 1]] if number else None
+        path.write_text(json.dumps(manifest(run, previous)))
+    store = audit.DirectoryStore(tmp_path)
+    newest = keys[runs[2]]
+    point = audit.CapturePoint(newest, IngestManifest.parse(store.read_json(newest)))
+    walked = [m.run_id for m in audit._runs_after_sweep(store, point, runs[0])]
+    assert walked == [runs[2], runs[1]]
+    assert list(audit._runs_after_sweep(store, point, runs[2])) == []
+
+
+def test_the_command_line_table_and_summary_line():
+    table = audit.TableAudit(source_rows=1200, warehouse_rows=1199, missing=1, examples=[17])
+    report = audit.AuditReport("2026-11-27T08:00:00.000Z", None,
+                               {"dim_staff": table,
+                                "dim_date": audit.TableAudit(compared=False)}).to_json()
+    lines = audit_cli.render(report)
+    assert "none yet" in lines[1]
+    (row,) = [line for line in lines if line.strip().startswith("dim_staff")]
+    assert row.split() == ["dim_staff", "1,200", "1,199", "1", "0", "0", "0", "0"]
+    assert "not compared" in [line for line in lines if "dim_date" in line][0]
+    assert lines[-1] == ("audit: 1 MISMATCH(ES) in dim_staff (1 missing, 0 extra, 0 different; "
+                         "e.g. 17)")
