@@ -47,6 +47,10 @@ _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 logger = service_logger()
 
+#: a manifest is not started with less time left than this (seconds), nor with less than
+#: the largest manifest of the invocation took.
+RESERVE_SECONDS = 30.0
+
 #: how a transform failure is logged (with the manifest it stopped at).
 NOTHING_COMMITTED = "transform failed; nothing committed for this manifest"
 
@@ -91,6 +95,8 @@ class TransformReport:
     rows_out: Counter[str] = field(default_factory=Counter)
     deletions_out: Counter[str] = field(default_factory=Counter)
     durations_ms: list[float] = field(default_factory=list)
+    #: the deadline stopped the invocation before every pending manifest was done.
+    stopped_early: bool = False
 
     def add(self, manifest: ProcessedManifest, rows_in: Counter[str], milliseconds: float) -> None:
         """Count one manifest this invocation committed."""
@@ -379,12 +385,26 @@ def _pending(ingest_bucket: str, latest: str | None, through: str) -> Iterator[s
             yield key
 
 
-def transform_through(settings: TransformSettings, ingest_key: str,
-                      report: TransformReport) -> list[str]:
+def time_for_another(deadline: Deadline, report: TransformReport) -> bool:
+    """Tell whether another manifest can start: enough time left for the largest one so far.
+
+    The largest manifest this invocation transformed is the best estimate of the next
+    one (a backlog is a run of similar manifests); :data:`RESERVE_SECONDS` is the floor
+    before any has been timed. Stopping early leaves the rest to the next event,
+    never to a timeout that would kill an invocation mid-manifest.
+    """
+    largest = max(report.durations_ms, default=0.0) / 1000
+    return deadline.remaining() >= max(RESERVE_SECONDS, largest)
+
+
+def transform_through(settings: TransformSettings, ingest_key: str, report: TransformReport,
+                      deadline: Deadline = Deadline.unbounded()) -> list[str]:
     """Transform every ingest manifest not yet transformed, oldest first, up to ``ingest_key``.
 
     Returns the manifest keys this call transformed (empty when ``ingest_key`` was
-    already done: a duplicate or late event), each also counted in ``report``.
+    already done: a duplicate or late event), each also counted in ``report``. When
+    the deadline leaves too little time for another manifest it stops; the next
+    event (ingest writes one every run) continues from there.
     Any failure is logged once, naming the manifest it stopped at, and re-raised:
     bad input as ``ingest input rejected``, anything else (S3) as ``transform failed``.
     """
@@ -399,6 +419,12 @@ def transform_through(settings: TransformSettings, ingest_key: str,
             storage.read_json(settings.processed_bucket, latest)).reference) if latest
             else dict.fromkeys(reference.REFERENCE_TABLES))
         for key in _pending(settings.ingest_bucket, latest, ingest_key):
+            if not time_for_another(deadline, report):
+                logger.warning("stopping before the timeout; the next event continues", extra={
+                    "next": key, "seconds_left": round(deadline.remaining(), 1),
+                    "largest_manifest_ms": max(report.durations_ms, default=0.0)})
+                report.stopped_early = True
+                return done
             current = key
             pointers = dict(transform_manifest(settings, key, pointers, report).reference)
             done.append(key)
@@ -427,7 +453,9 @@ def run_transform(settings: TransformSettings, object_keys: Iterable[str],
                 logger.info("not an ingest manifest; ignored", extra={"key": key})
                 report.ignored.append(key)
                 continue
-            transform_through(settings, key, report)
+            if report.stopped_early:
+                continue  # the next event continues: it transforms everything pending
+            transform_through(settings, key, report, deadline)
     except Exception:
         stage.publish(report)
         raise

@@ -404,9 +404,15 @@ def test_schedule_parameters_accept_only_rate_expressions_the_arithmetic_underst
         rate_seconds(PARAMETERS[parameter]["Default"])
 
 
-def test_ingest_and_load_never_run_concurrently_with_themselves():
-    for function in ("IngestFunction", "LoadFunction"):
+def test_ingest_transform_and_load_never_run_concurrently_with_themselves():
+    for function in ("IngestFunction", "TransformFunction", "LoadFunction"):
         assert RESOURCES[function]["Properties"]["ReservedConcurrentExecutions"] == 1
+
+
+def test_throttled_transform_events_alarm_only_when_throttling_lasts_half_an_hour():
+    (alarm,) = alarms_on("AWS/Lambda", "Throttles", "TransformFunction")
+    assert alarm["Period"] * alarm["EvaluationPeriods"] == 1800
+    assert alarm["DatapointsToAlarm"] == alarm["EvaluationPeriods"]
 
 
 def test_transform_retries_and_then_sends_the_event_to_a_failure_queue():

@@ -13,7 +13,7 @@ from ingest_fixtures import T0, encoded, full_batch, row, write_run
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from totes import config, keys, storage, transform
+from totes import config, keys, stage, storage, transform
 from totes.capture import Snapshot
 from totes.manifest import DataFile, IngestManifest, TableEntry
 from totes.warehouse_schema import DELETIONS, TABLES, arrow_schema
@@ -64,6 +64,10 @@ class LambdaContext:
     memory_limit_in_mb = 1769
     invoked_function_arn = "arn:aws:lambda:eu-west-2:123456789012:function:transform"
     aws_request_id = "test-request"
+
+    def get_remaining_time_in_millis(self):
+        """A fresh invocation of the template's 300 s transform."""
+        return 300_000
 
 
 def handle(*object_keys):
@@ -666,3 +670,32 @@ def test_a_run_continues_from_a_processed_1_manifest_of_the_previous_transform()
     assert handle(second)["transformed"] == [second]
     assert rows_of(manifest(second), "dim_counterparty")[0]["counterparty_legal_city"] == "Leeds"
     assert manifest(second)["reference"]["staff"] == previous["reference"]["staff"]
+
+
+# --- the time budget -------------------------------------------------------------------------
+
+def test_a_manifest_is_not_started_without_time_for_it_and_the_next_event_continues(caplog):
+    first = write_run(INGEST, full_batch(), stamp=STAMPS[0])
+    second = write_run(INGEST, {}, stamp=STAMPS[1])
+    almost_out = stage.Deadline(lambda: transform.RESERVE_SECONDS - 1)
+
+    report = transform.run_transform(SETTINGS, [second], almost_out)
+
+    assert report.transformed == [] and report.stopped_early
+    assert not exists(PROCESSED, first)
+    assert any(record.message == "stopping before the timeout; the next event continues"
+               for record in caplog.records)
+    assert handle(second)["transformed"] == [first, second]
+
+
+def test_the_largest_manifest_so_far_sets_the_time_the_next_one_needs():
+    keys_ = [write_run(INGEST, full_batch(), stamp=STAMPS[0]),
+             write_run(INGEST, {}, stamp=STAMPS[1]), write_run(INGEST, {}, stamp=STAMPS[2])]
+    plenty = 10_000.0
+    report = transform.TransformReport(durations_ms=[plenty * 1000])
+    tight = stage.Deadline(lambda: plenty - 1)  # above the reserve, below the largest so far
+
+    assert not transform.time_for_another(tight, report)
+    assert transform.time_for_another(stage.Deadline(lambda: plenty), report)
+    done = transform.run_transform(SETTINGS, keys_[-1:], stage.Deadline(lambda: plenty))
+    assert done.transformed == keys_
