@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 CODE := shared functions local tests benchmarks
 
 .PHONY: setup lint typecheck unit integration e2e coverage test validate build demo bench dashboard audit clean \
-	ca-bundle deploy-build scan
+	ca-bundle deploy-build scan local-stack invoke
 
 setup: $(VENV)/.installed
 
@@ -85,6 +85,18 @@ e2e: setup
 
 demo: setup
 	$(BIN)/totes demo
+
+# `sam local invoke` of one function (FN=ingest|transform|load|audit) against `totes local-stack`
+# (moto and PostgreSQL on fixed TCP ports, started in the background if not running). Needs
+# Docker; README, "Invoking a function with sam local invoke". SAM_ARGS go to sam local invoke,
+# STACK_ARGS to totes local-stack.
+FN ?= ingest
+
+local-stack: setup
+	$(BIN)/totes local-stack $(STACK_ARGS)
+
+invoke: setup
+	@$(BIN)/python -m totes_local.sam_local $(FN) --stack-args "$(STACK_ARGS)" $(SAM_ARGS)
 
 dashboard: setup
 	$(BIN)/totes dashboard $(ARGS)

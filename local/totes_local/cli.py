@@ -18,7 +18,7 @@ from typing import Callable, Iterator, NoReturn, Sequence
 import pg8000.native
 
 from totes import db
-from totes_local import audit_cli, demo, dsn, generator, shape, simulator, stack
+from totes_local import audit_cli, demo, dsn, generator, local_stack, shape, simulator, stack
 from totes_local.dashboard import launch as dashboard
 
 #: Where the embedded PostgreSQL keeps its data when no ``--dsn`` is given.
@@ -234,3 +234,9 @@ register("sql", "open a psql prompt on the demo's warehouse or totesys database"
          demo.add_sql_arguments, demo.open_sql_prompt)
 register("dashboard", "serve the dashboard: business questions answered from the warehouse",
          dashboard.add_arguments, dashboard.run)
+register("local-stack", "serve moto and PostgreSQL on fixed TCP ports for sam local invoke",
+         local_stack.add_arguments, local_stack.run)
+
+
+if __name__ == "__main__":  # pragma: no cover - the totes console script is the usual way in
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""``make invoke``: what SAM itself gives each function, and the local stack it talks to.
+
+No container engine here, so the invoke itself cannot run; everything up to it can.
+SAM's own code (``InvokeContext`` -> ``LocalLambdaRunner._make_env_vars`` ->
+``EnvironmentVariables.resolve``, what ``sam local invoke`` runs before it starts a
+container) resolves each function's environment from the overlay template and the
+env-vars file; each stage then reads its settings from exactly that environment.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import boto3
+import pytest
+from samcli.commands.local.cli_common.invoke_context import InvokeContext
+
+from totes import audit, db, ingest, load, observability, transform
+from totes_local import local_stack, sam_local, stack
+
+REPO = Path(__file__).resolve().parents[2]
+SETTINGS = {"ingest": ingest.IngestSettings, "transform": transform.TransformSettings,
+            "load": load.LoadSettings, "audit": audit.AuditSettings}
+ENDPOINT = f"http://{local_stack.CONTAINER_HOST}:{local_stack.MOTO_PORT}"
+
+
+class RecordingEnviron(dict):
+    """An ``os.environ`` stand-in that remembers every name read from it."""
+
+    def __init__(self, values):
+        super().__init__(values)
+        self.read = set()
+
+    def get(self, name, default=None):
+        self.read.add(name)
+        return super().get(name, default)
+
+    def __getitem__(self, name):
+        self.read.add(name)
+        return super().__getitem__(name)
+
+    def __contains__(self, name):
+        self.read.add(name)
+        return super().__contains__(name)
+
+
+def resolved_environment(template: Path, env_file: Path, function: str) -> dict[str, str]:
+    """The environment ``sam local invoke`` would start ``function``'s container with."""
+    with mock.patch.object(InvokeContext, "_get_container_manager"), \
+            mock.patch.object(InvokeContext, "lambda_runtime", new_callable=mock.PropertyMock), \
+            InvokeContext(template_file=str(template), env_vars_file=str(env_file),
+                          aws_region=stack.REGION) as context:
+        runner = context.local_lambda_runner
+        resolved: dict[str, str] = runner._make_env_vars(
+            runner.provider.get(sam_local.FUNCTIONS[function])).resolve()
+        return resolved
+
+
+@pytest.fixture(scope="module")
+def invoke_files(tmp_path_factory):
+    """The overlay template and env-vars file, generated from template.yaml as make invoke does."""
+    root = tmp_path_factory.mktemp("sam")
+    template = root / "template.yaml"
+    shutil.copy(REPO / "template.yaml", template)
+    return sam_local.write_files(template, root / "out", sam_local.local_values())
+
+
+@pytest.fixture
+def host_credentials(monkeypatch):
+    """The developer's own AWS credentials in the shell, which must not reach the container."""
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "POWERTOOLS_")) or name in sam_local.local_values():
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAREALHOSTKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "real-host-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "real-host-token")
+
+
+def read_settings(environment: dict[str, str], settings) -> set[str]:
+    """Read a stage's settings (and the service name and namespace) from ``environment``."""
+    recorder = RecordingEnviron(environment)
+    with mock.patch.object(os, "environ", recorder):
+        settings.from_environment()
+        observability._service()
+        observability._namespace()
+    return recorder.read
+
+
+@pytest.mark.parametrize("function", sorted(sam_local.FUNCTIONS))
+def test_sam_gives_each_function_every_variable_it_reads_pointing_at_the_local_stack(
+        function, invoke_files, host_credentials):
+    template, env_file = invoke_files
+    environment = resolved_environment(template, env_file, function)
+
+    read = read_settings(environment, SETTINGS[function])
+    declared = set(sam_local.declared_variables(
+        sam_local._load_template(REPO / "template.yaml"), sam_local.FUNCTIONS[function]))
+    unset = {name for name in read if not environment.get(name)}
+    # What the function reads and SAM leaves unset is exactly what the deployed template leaves
+    # to the code's defaults (CHUNK_ROWS, ...): locally as deployed.
+    assert not unset & declared
+    assert unset.isdisjoint(sam_local.local_values())
+    # Every declared variable has its local value (none left as an unresolved intrinsic).
+    local = sam_local.local_values()
+    assert ({name: environment[name] for name in declared}
+            == {name: local[name] for name in declared})
+    # The AWS SDK's: moto on the fixed port, through the container's name for the host; moto's
+    # dummy credentials, never the host's; the stack's region.
+    assert environment["AWS_ENDPOINT_URL"] == ENDPOINT
+    assert environment["AWS_ACCESS_KEY_ID"] == stack.MOTO_CREDENTIAL
+    assert environment["AWS_SECRET_ACCESS_KEY"] == stack.MOTO_CREDENTIAL
+    assert environment["AWS_SESSION_TOKEN"] == stack.MOTO_CREDENTIAL
+    assert environment["AWS_REGION"] == environment["AWS_DEFAULT_REGION"] == stack.REGION
+    # Buckets and secrets are the ones the local stack provisions.
+    for name, value in environment.items():
+        if name.endswith("_BUCKET"):
+            assert value in (stack.INGEST_BUCKET, stack.PROCESSED_BUCKET)
+        if name.endswith("_SECRET_ID"):
+            assert value in (stack.TOTESYS_SECRET, stack.WAREHOUSE_SECRET)
+
+
+def test_without_the_overlay_sam_drops_the_endpoint(invoke_files, host_credentials, tmp_path):
+    """Why the overlay exists: SAM passes only declared names, so the SDK would reach AWS."""
+    _, env_file = invoke_files
+    template = tmp_path / "template.yaml"
+    shutil.copy(REPO / "template.yaml", template)
+    environment = resolved_environment(template, env_file, "ingest")
+    assert "AWS_ENDPOINT_URL" not in environment
+    assert environment["AWS_ACCESS_KEY_ID"] == "AKIAREALHOSTKEY"
+
+
+def test_a_declared_variable_without_a_local_value_is_refused():
+    template = sam_local._load_template(REPO / "template.yaml")
+    template["Resources"]["LoadFunction"]["Properties"]["Environment"]["Variables"]["NEW"] = "x"
+    with pytest.raises(sam_local.InvokeSetupError, match="LoadFunction declares NEW"):
+        sam_local.env_vars(template, sam_local.local_values())
+
+
+def test_every_function_has_an_event():
+    for function, path in sam_local.EVENTS.items():
+        assert json.loads((REPO / path).read_text()), function
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_local_stack_serves_moto_and_postgres_on_tcp_until_interrupted(tmp_path):
+    moto_port, postgres_port = _free_port(), _free_port()
+    log = tmp_path / "stack.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "totes_local.cli", "local-stack", "--moto-port", str(moto_port),
+             "--postgres-port", str(postgres_port), "--container-host", "127.0.0.1",
+             "--data-dir", str(tmp_path / "pg"), "--scale", "0.01"],
+            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while local_stack.READY not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        manager = boto3.client("secretsmanager", endpoint_url=f"http://127.0.0.1:{moto_port}",
+                               region_name=stack.REGION, aws_access_key_id="x",
+                               aws_secret_access_key="x")
+        secrets = {name: json.loads(manager.get_secret_value(SecretId=name)["SecretString"])
+                   for name in (stack.TOTESYS_SECRET, stack.WAREHOUSE_SECRET)}
+        for secret in secrets.values():
+            # TCP to the address the secret names (here the host itself), TLS off explicitly.
+            assert (secret["host"], secret["port"], secret["sslmode"]) == (
+                "127.0.0.1", postgres_port, "disable")
+        conn = db.connect_with(secrets[stack.TOTESYS_SECRET], "local stack")
+        try:
+            assert conn.run("SELECT count(*) FROM sales_order")[0][0] > 0
+        finally:
+            conn.close()
+        conn = db.connect_with(secrets[stack.WAREHOUSE_SECRET], "local stack")
+        conn.close()
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{moto_port}",
+                          region_name=stack.REGION, aws_access_key_id="x",
+                          aws_secret_access_key="x")
+        buckets = {bucket["Name"] for bucket in s3.list_buckets()["Buckets"]}
+        assert {stack.INGEST_BUCKET, stack.PROCESSED_BUCKET} <= buckets
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0, log.read_text()
+    assert "local stack stopped" in log.read_text()
