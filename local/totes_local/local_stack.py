@@ -121,7 +121,7 @@ def serve(data_dir: Path, *, bind: str = "127.0.0.1", moto_port: int = MOTO_PORT
     moto = ThreadedMotoServer(ip_address=bind, port=moto_port, verbose=False)
     moto.start()
     try:
-        local_host = "127.0.0.1" if bind in ("0.0.0.0", "") else bind
+        local_host = "127.0.0.1" if bind in ("0.0.0.0", "") else bind  # nosec B104: a comparison
         endpoint = f"http://{local_host}:{moto_port}"
         secrets = {stack.TOTESYS_SECRET: container_secret("totesys", container_host,
                                                           postgres_port),
