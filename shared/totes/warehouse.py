@@ -9,25 +9,44 @@ makes the highest record id of a business id its latest version. Nothing here
 commits on its own except :func:`ensure_schema`; the caller wraps one manifest in
 :func:`transaction` so the rows and their record in ``etl.loaded_manifest``
 commit together or not at all.
+
+A migration (:func:`ensure_schema`) first compares the live catalog with the
+contract and refuses, before any DDL, a difference it cannot apply in place
+(:class:`SchemaMismatchError`); its DDL then waits at most
+:data:`MIGRATION_LOCK_TIMEOUT_MS` for each lock (:class:`MigrationLockTimeoutError`),
+and the fingerprint is recorded in the transaction that applied all of it.
 """
 import hashlib
 import io
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import pg8000.native
 
 from totes.db import quote_ident
-from totes.warehouse_schema import (CURRENT_VIEWS, DELETIONS, SQL_TYPES, TABLES, Column, Table,
-                                    schema_sql)
+from totes.errors import InputError, TransientError
+from totes.observability import service_logger
+from totes.warehouse_schema import (CATALOG_TYPES, CURRENT_VIEWS, DELETIONS, FACTS, SQL_TYPES,
+                                    TABLES, Column, Table, schema_sql)
 
 if TYPE_CHECKING:  # imported where used at run time, from the AWS SDK for pandas layer
     import pyarrow as pa
 
 #: advisory lock key (``'totes'`` in ASCII) serialising loads and migrations.
 LOAD_LOCK_ID = 0x746F746573
+
+#: how long each migration statement may wait for a lock (``lock_timeout``, milliseconds):
+#: ``ALTER TABLE`` and ``CREATE OR REPLACE VIEW`` queue behind analysts' queries, and every
+#: query on the table would queue behind them; past this the migration gives up and the
+#: next run retries.
+MIGRATION_LOCK_TIMEOUT_MS = 5000
+
+#: SQLSTATE ``lock_not_available``: a lock wait ended by ``lock_timeout``.
+LOCK_NOT_AVAILABLE = "55P03"
+
+logger = service_logger()
 
 #: what an inferred member's NOT NULL text attributes say until the real row arrives.
 UNKNOWN = "Unknown"
@@ -136,13 +155,209 @@ def lock(conn: pg8000.native.Connection) -> None:
     conn.run("SELECT pg_advisory_xact_lock(:id)", id=LOAD_LOCK_ID)
 
 
+@dataclass(frozen=True)
+class SchemaDifference:
+    """One way the live warehouse differs from the contract: where, and what differs."""
+
+    table: str
+    column: str | None
+    difference: str
+
+    def __str__(self) -> str:
+        """``table.column: difference``, as the error message lists it."""
+        where = self.table if self.column is None else f"{self.table}.{self.column}"
+        return f"{where}: {self.difference}"
+
+
+class SchemaMismatchError(InputError):
+    """The live warehouse differs from the contract in a way the migration must not apply.
+
+    Raised before any DDL ran; nothing was changed and no fingerprint recorded. A
+    person decides (restore the column, or change the contract): ``differences``
+    names each table and column and what differs.
+    """
+
+    def __init__(self, differences: Sequence[SchemaDifference]):
+        """List every difference in the message, so one run names them all."""
+        self.differences = tuple(differences)
+        super().__init__(
+            "the warehouse differs from the contract in ways the migration will not apply "
+            "in place; nothing was changed or recorded: "
+            + "; ".join(str(difference) for difference in self.differences))
+
+
+class MigrationLockTimeoutError(TransientError):
+    """A migration statement waited past ``lock_timeout`` for its lock; nothing was applied."""
+
+
+@dataclass(frozen=True)
+class LiveColumn:
+    """A column as the catalog has it: ``format_type()`` spelling, NOT NULL, a default."""
+
+    type: str
+    not_null: bool
+    has_default: bool
+
+
+@dataclass(frozen=True)
+class LiveRelation:
+    """A warehouse relation as the catalog has it: ``relkind`` and its columns in order."""
+
+    kind: str
+    columns: dict[str, LiveColumn]
+
+
+#: every relation the contract owns: its tables and its ``*_current`` views.
+_CONTRACT_RELATIONS = (*TABLES, *(f"{fact.name}_current" for fact in FACTS))
+
+#: the contract's relations in the schema the warehouse DDL creates them in (the current one);
+#: a default, an identity or a generated value all let an insert leave the column out.
+_CATALOG = (
+    "SELECT c.relname, c.relkind, a.attname, format_type(a.atttypid, a.atttypmod), "
+    "a.attnotnull, (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '') "
+    "FROM pg_catalog.pg_class AS c "
+    "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
+    "LEFT JOIN pg_catalog.pg_attribute AS a "
+    "ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+    "WHERE n.nspname = current_schema() AND c.relname = ANY(CAST(:names AS text[])) "
+    "ORDER BY c.relname, a.attnum"
+)
+
+_KINDS = {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view",
+          "f": "foreign table", "S": "sequence", "i": "index", "I": "partitioned index",
+          "c": "composite type"}
+
+
+def live_catalog(conn: pg8000.native.Connection) -> dict[str, LiveRelation]:
+    """Return the contract's tables and views that exist, as the catalog has them."""
+    relations: dict[str, LiveRelation] = {}
+    for name, kind, column, type_, not_null, has_default in conn.run(
+            _CATALOG, names=list(_CONTRACT_RELATIONS)):
+        relation = relations.setdefault(name, LiveRelation(kind, {}))
+        if column is not None:
+            relation.columns[column] = LiveColumn(type_, not_null, has_default)
+    return relations
+
+
+def _nullability(not_null: bool) -> str:
+    return "NOT NULL" if not_null else "nullable"
+
+
+def _table_differences(table: Table, live: LiveRelation) -> Iterator[SchemaDifference]:
+    """Differences the migration refuses between ``table`` and its live version."""
+    if live.kind not in ("r", "p"):
+        yield SchemaDifference(table.name, None,
+                               f"is a {_KINDS.get(live.kind, live.kind)}, the contract has a table")
+        return
+    for column in table.columns:
+        found = live.columns.get(column.name)
+        if found is None:
+            if not column.nullable and column.default is None:
+                yield SchemaDifference(table.name, column.name, (
+                    "missing, and NOT NULL without a default, so it cannot be added to a table "
+                    "that has rows (dropped by hand, or a contract column that needs a default)"))
+            continue
+        expected = CATALOG_TYPES[column.type]
+        if found.type != expected:
+            yield SchemaDifference(table.name, column.name,
+                                   f"type is {found.type}, the contract has {expected}")
+        if found.not_null != (not column.nullable):
+            yield SchemaDifference(table.name, column.name, (
+                f"is {_nullability(found.not_null)}, "
+                f"the contract has it {_nullability(not column.nullable)}"))
+    for name, found in live.columns.items():
+        if name not in table.column_names and found.not_null and not found.has_default:
+            yield SchemaDifference(table.name, name, (
+                "not in the contract, and NOT NULL without a default: "
+                "the load could not insert a row"))
+
+
+def _view_differences(fact: Table, live: LiveRelation) -> Iterator[SchemaDifference]:
+    """Differences ``CREATE OR REPLACE VIEW`` cannot apply: it only appends columns."""
+    view = f"{fact.name}_current"
+    if live.kind != "v":
+        yield SchemaDifference(view, None,
+                               f"is a {_KINDS.get(live.kind, live.kind)}, the contract has a view")
+        return
+    for position, (name, found) in enumerate(live.columns.items()):
+        if position >= len(fact.columns) or fact.columns[position].name != name:
+            expected = (fact.columns[position].name if position < len(fact.columns)
+                        else "no such column")
+            yield SchemaDifference(view, name, (
+                f"is column {position + 1}, where the contract has {expected}: "
+                "a view can only gain columns at the end"))
+            return
+        expected = CATALOG_TYPES[fact.columns[position].type]
+        if found.type != expected:
+            yield SchemaDifference(view, name, f"type is {found.type}, the contract has {expected}")
+
+
+def extra_columns(live: dict[str, LiveRelation]) -> list[SchemaDifference]:
+    """Columns added by hand to contract tables that the load can live with (left alone)."""
+    return [SchemaDifference(table.name, name, "not in the contract: left as it is")
+            for table in TABLES.values() if table.name in live
+            for name, found in live[table.name].columns.items()
+            if name not in table.column_names and not (found.not_null and not found.has_default)]
+
+
+def schema_differences(live: dict[str, LiveRelation]) -> list[SchemaDifference]:
+    """Every difference between the live warehouse and the contract the migration refuses.
+
+    A contract column must exist with the contract's type and nullability, or be
+    addable in place (nullable, or NOT NULL with a default). Tables and views that
+    do not exist yet are created, so they differ in nothing.
+    """
+    differences: list[SchemaDifference] = []
+    for table in TABLES.values():
+        if table.name in live:
+            differences.extend(_table_differences(table, live[table.name]))
+    for fact in FACTS:
+        if f"{fact.name}_current" in live:
+            differences.extend(_view_differences(fact, live[f"{fact.name}_current"]))
+    return differences
+
+
+def check_schema(conn: pg8000.native.Connection) -> None:
+    """Raise :class:`SchemaMismatchError` unless the migration can apply the contract in place.
+
+    Columns added by hand that the load can live with are logged and left alone.
+    """
+    live = live_catalog(conn)
+    for extra in extra_columns(live):
+        logger.warning("warehouse column not in the contract, left as it is",
+                       extra={"table": extra.table, "column": extra.column})
+    differences = schema_differences(live)
+    if differences:
+        raise SchemaMismatchError(differences)
+
+
+def _run_ddl(conn: pg8000.native.Connection, statement: str) -> None:
+    try:
+        conn.run(statement)
+    except pg8000.native.DatabaseError as error:
+        fields = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
+        if fields.get("C") != LOCK_NOT_AVAILABLE:
+            raise
+        raise MigrationLockTimeoutError(
+            f"schema migration gave up after waiting {MIGRATION_LOCK_TIMEOUT_MS} ms for a lock "
+            f"({statement.splitlines()[0][:120]}): other sessions, such as analysts' queries, "
+            "hold conflicting locks (see pg_locks); nothing was applied or recorded, "
+            "the next run retries") from error
+
+
 def ensure_schema(conn: pg8000.native.Connection) -> bool:
     """Create or migrate the warehouse unless this exact schema is already applied.
 
     The DDL is idempotent, but ``ALTER TABLE`` and ``CREATE OR REPLACE VIEW`` take
     exclusive locks that would queue behind analysts' queries on every run; the
     fingerprint in ``etl.schema_version`` makes the usual case a single lookup.
-    Returns whether DDL ran.
+
+    Before any DDL the live catalog is checked against the contract
+    (:func:`check_schema`): a difference the additive migration cannot apply raises
+    :class:`SchemaMismatchError`. The DDL then runs with ``lock_timeout``; a lock not
+    granted in time raises :class:`MigrationLockTimeoutError`. Either way the
+    transaction rolls back and no fingerprint is recorded: it is written only in
+    the transaction whose DDL all applied. Returns whether DDL ran.
     """
     if _schema_applied(conn):
         return False
@@ -150,8 +365,12 @@ def ensure_schema(conn: pg8000.native.Connection) -> bool:
         lock(conn)
         if _schema_applied(conn):
             return False
+        check_schema(conn)
+        # after the advisory lock: a concurrent load holding it is waited for, not an error.
+        conn.run("SELECT set_config('lock_timeout', :timeout, true)",
+                 timeout=f"{MIGRATION_LOCK_TIMEOUT_MS}ms")
         for statement in schema_sql():
-            conn.run(statement)
+            _run_ddl(conn, statement)
         conn.run('INSERT INTO "etl"."schema_version" ("fingerprint") VALUES (:f)',
                  f=SCHEMA_FINGERPRINT)
     return True

@@ -33,6 +33,19 @@ SQL_TYPES = MappingProxyType({
     "bool": "boolean",
 })
 
+#: logical type -> how PostgreSQL's ``format_type()`` spells it in the catalog: what a live
+#: column must say to be the contract's (a ``serial`` is an ``integer`` with a sequence default).
+CATALOG_TYPES = MappingProxyType({
+    "serial": "integer",
+    "int": "integer",
+    "date": "date",
+    "time": "time(3) without time zone",
+    "money": "numeric(10,2)",
+    "numeric": "numeric",
+    "text": "character varying",
+    "bool": "boolean",
+})
+
 
 @dataclass(frozen=True)
 class Column:
