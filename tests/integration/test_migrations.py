@@ -7,11 +7,14 @@ the migration again.
 import time
 
 import pytest
+from loadkit import Buckets, dimensions, payment
 
 from totes import warehouse
 from totes.errors import INPUT, TRANSIENT, kind_of
 from totes.warehouse import SchemaDifference, SchemaMismatchError
 from totes.warehouse_schema import TABLES, Column, Table
+from totes_local import stack
+from totes_local.runner import LambdaContext, load_handler, scheduled_event
 
 
 @pytest.fixture
@@ -189,3 +192,22 @@ def test_an_analysts_access_exclusive_lock_fails_the_migration_as_transient(
         assert warehouse.ensure_schema(wh) is True
     finally:
         analyst.close()
+
+
+def test_a_refused_migration_fails_the_load_as_an_input_error_and_loads_nothing(
+        wh, postgres, aws, captured_logs):
+    database_name = wh.run("SELECT current_database()")[0][0]
+    stack.provision({aws["WAREHOUSE_SECRET_ID"]: postgres.secret(database_name)}, buckets=())
+    Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"]).publish(
+        {**dimensions(), "fact_payment": [payment(1)]})
+    wh.run('ALTER TABLE "dim_location" ALTER COLUMN "city" TYPE text')
+
+    with pytest.raises(SchemaMismatchError, match="dim_location.city"):
+        load_handler("load")(scheduled_event("load"), LambdaContext(function_name="totes-load"))
+
+    assert wh.run('SELECT count(*) FROM "etl"."loaded_manifest"') == [[0]]
+    assert wh.run('SELECT count(*) FROM "dim_location"') == [[0]]
+    assert fingerprints(wh) == []
+    [failed] = [line for line in captured_logs()
+                if line["message"].startswith("invocation failed")]
+    assert (failed["error_kind"], failed["error_class"]) == (INPUT, "SchemaMismatchError")
