@@ -331,9 +331,10 @@ def check_schema(conn: pg8000.native.Connection) -> None:
         raise SchemaMismatchError(differences)
 
 
-def _run_ddl(conn: pg8000.native.Connection, statement: str) -> None:
+def _run_ddl(conn: pg8000.native.Connection, statement: str, **params: str) -> None:
+    """Run one migration statement; a lock not granted within ``lock_timeout`` is transient."""
     try:
-        conn.run(statement)
+        conn.run(statement, **params)
     except pg8000.native.DatabaseError as error:
         fields = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
         if fields.get("C") != LOCK_NOT_AVAILABLE:
@@ -371,7 +372,7 @@ def ensure_schema(conn: pg8000.native.Connection) -> bool:
                  timeout=f"{MIGRATION_LOCK_TIMEOUT_MS}ms")
         for statement in schema_sql():
             _run_ddl(conn, statement)
-        conn.run('INSERT INTO "etl"."schema_version" ("fingerprint") VALUES (:f)',
+        _run_ddl(conn, 'INSERT INTO "etl"."schema_version" ("fingerprint") VALUES (:f)',
                  f=SCHEMA_FINGERPRINT)
     return True
 
