@@ -2,13 +2,14 @@
 import pytest
 
 from totes import capture, config, db, errors, ingest, load, manifest, source, star, storage
-from totes import sweep, transform
+from totes import sweep, transform, warehouse
 
 
 @pytest.mark.parametrize("error_class", [
     config.ConfigurationError, db.SecretFormatError, capture.SnapshotFormatError,
     source.UnknownTableError, source.SourceSchemaError, star.SourceDataError,
     manifest.ManifestError, sweep.SweepOrderError, transform.TransformInputError,
+    warehouse.SchemaMismatchError,
 ])
 def test_bad_input_or_configuration_is_an_input_error(error_class):
     assert issubclass(error_class, errors.InputError)
@@ -17,6 +18,7 @@ def test_bad_input_or_configuration_is_an_input_error(error_class):
 
 @pytest.mark.parametrize("error_class", [
     db.DatabaseUnavailableError, ingest.ConcurrentRunError, storage.ObjectAlreadyExistsError,
+    warehouse.MigrationLockTimeoutError,
 ])
 def test_a_world_not_ready_is_transient(error_class):
     assert errors.kind_of(error_class("x")) == errors.TRANSIENT
