@@ -1,5 +1,9 @@
 """``totes demo`` from the command line, as ``make demo`` runs it (small scale for speed)."""
+import contextlib
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -7,10 +11,19 @@ from totes_local import cli, stack
 
 
 @pytest.fixture
-def demo_dir(tmp_path):
-    """A demo directory the embedded server's own user can enter (pytest makes it 0700)."""
-    tmp_path.chmod(0o755)
-    return tmp_path
+def demo_dir():
+    """A demo directory the embedded server's own user can reach, then stopped and removed.
+
+    Outside pytest's temporary folders: their parents are 0700, and the logical mode
+    restarts the server as its own system user, who must reach the data directory.
+    """
+    path = Path(tempfile.mkdtemp(prefix="totes-demo-test-"))
+    path.chmod(0o755)
+    yield path
+    if (path / "pg").exists():
+        with contextlib.suppress(Exception):
+            stack.start_postgres(path / "pg").server.cleanup()
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_demo_runs_two_cycles_and_prints_a_readable_summary(demo_dir, capsys):
