@@ -27,11 +27,8 @@ MAIN = "s"
 
 #: warehouse dimension -> the source table it is built from (its key is that table's key).
 DIMENSION_SOURCES: Mapping[str, str] = {
-    **{dimension: source for source, (dimension, _) in star.DIMENSION_BUILDERS.items()},
-    "dim_location": "address",
-    "dim_counterparty": "counterparty",
-    "dim_staff": "staff",
-}
+    name: spec.source for name, spec in star.BUILDERS.items()
+    if isinstance(spec, (star.Dimension, star.JoinedDimension))}
 #: warehouse fact -> its source table.
 FACT_SOURCES: Mapping[str, str] = {fact: source for source, fact in star.FACT_TABLES.items()}
 

@@ -17,8 +17,12 @@ import pandas as pd
 from totes import star
 from totes.source import primary_key
 
-#: the source tables whose latest versions the transform keeps between runs.
-REFERENCE_TABLES = ("address", "department", "counterparty", "staff")
+#: the source tables whose latest versions the transform keeps between runs: both sides of
+#: every joined dimension (parents first).
+REFERENCE_TABLES: tuple[str, ...] = tuple(dict.fromkeys(
+    [spec.parent for spec in star.BUILDERS.values() if isinstance(spec, star.JoinedDimension)]
+    + [spec.source for spec in star.BUILDERS.values()
+       if isinstance(spec, star.JoinedDimension)]))
 
 
 def merge_latest(previous: pd.DataFrame, batch: pd.DataFrame, table: str) -> pd.DataFrame:
@@ -66,26 +70,27 @@ def _children(children: pd.DataFrame, child_table: str, parent_column: str,
 
 def propagate(state: Mapping[str, pd.DataFrame],
               changed: Mapping[str, set[int]]) -> Propagation:
-    """Choose the ``dim_location``, ``dim_counterparty`` and ``dim_staff`` rows to write.
+    """Choose the rows to write of every dimension built from a reference table.
 
     ``state`` is the merged latest version of each reference table (after this
-    batch) and ``changed`` the ids each table's batch touched. A changed address
-    rewrites its location and every counterparty with that legal address; a
-    changed department rewrites every staff member in it.
+    batch) and ``changed`` the ids each table's batch touched. A plain dimension of
+    a reference table (``dim_location``) gets its changed ids; a joined dimension
+    gets every child that changed or whose parent did (a changed address rewrites
+    every counterparty with that legal address; a changed department every staff
+    member in it), as :data:`totes.star.BUILDERS` declares them.
     """
-    address, department = state["address"], state["department"]
-    counterparty, deferred_counterparty = _children(
-        state["counterparty"], "counterparty", "legal_address_id", changed, "address", address)
-    staff, deferred_staff = _children(
-        state["staff"], "staff", "department_id", changed, "department", department)
-    location = address[address["address_id"].isin(changed["address"])]
-    deferred = {name: ids for name, ids in (("dim_counterparty", deferred_counterparty),
-                                            ("dim_staff", deferred_staff)) if ids}
-    return Propagation(
-        dimensions={
-            "dim_location": star.dim_location(location),
-            "dim_counterparty": star.dim_counterparty(counterparty, address),
-            "dim_staff": star.dim_staff(staff, department),
-        },
-        deferred=deferred,
-    )
+    dimensions: dict[str, pd.DataFrame] = {}
+    deferred: dict[str, list[int]] = {}
+    for name, spec in star.BUILDERS.items():
+        if isinstance(spec, star.Dimension) and spec.source in state:
+            rows = state[spec.source]
+            dimensions[name] = spec.build(
+                rows[rows[primary_key(spec.source)].isin(changed[spec.source])])
+        elif isinstance(spec, star.JoinedDimension):
+            parents = state[spec.parent]
+            children, orphans = _children(state[spec.source], spec.source, spec.parent_key,
+                                          changed, spec.parent, parents)
+            dimensions[name] = spec.build(children, parents)
+            if orphans:
+                deferred[name] = orphans
+    return Propagation(dimensions=dimensions, deferred=deferred)

@@ -9,9 +9,11 @@ columns), so :func:`to_arrow` is a checked no-op conversion and no money value
 ever passes through a float.
 """
 import re
-from decimal import Decimal
+from dataclasses import dataclass
 from datetime import date
-from typing import Any, Iterable, Mapping, Sequence, TypeAlias, cast
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeAlias, cast
 
 import pandas as pd
 import pyarrow as pa
@@ -20,13 +22,6 @@ import pycountry
 from totes.errors import InputError
 from totes.source import SOURCE_COLUMNS, primary_key
 from totes.warehouse_schema import DELETIONS, TABLES, Table, arrow_schema
-
-#: source fact table -> the warehouse fact it becomes (one row per source version).
-FACT_TABLES = {
-    "sales_order": "fact_sales_order",
-    "purchase_order": "fact_purchase_orders",
-    "payment": "fact_payment",
-}
 
 DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August",
@@ -240,14 +235,6 @@ def fact_payment(payment: pd.DataFrame) -> pd.DataFrame:
     }, payment.index)
 
 
-#: source fact table -> the builder of its warehouse fact.
-FACT_BUILDERS = {
-    "sales_order": fact_sales_order,
-    "purchase_order": fact_purchase_orders,
-    "payment": fact_payment,
-}
-
-
 #: the column of a deletion record holding when the deletion was detected (database clock, UTC).
 DELETED_AT = "deleted_at"
 
@@ -393,10 +380,62 @@ def dim_staff(staff: pd.DataFrame, department: pd.DataFrame) -> pd.DataFrame:
     }, joined.index)
 
 
-#: source table -> builder of the dimension made from that table alone.
-DIMENSION_BUILDERS = {
-    "currency": ("dim_currency", dim_currency),
-    "design": ("dim_design", dim_design),
-    "payment_type": ("dim_payment_type", dim_payment_type),
-    "transaction": ("dim_transaction", dim_transaction),
-}
+@dataclass(frozen=True)
+class Fact:
+    """A fact: one row per captured version of ``source``, and one per deletion of it."""
+
+    source: str
+    build: Callable[[pd.DataFrame], pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """A dimension built from ``source`` alone: the latest version of each of its ids."""
+
+    source: str
+    build: Callable[[pd.DataFrame], pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class JoinedDimension:
+    """A dimension of ``source`` joined with ``parent`` on ``parent_key``.
+
+    A change on either side rewrites it, so the transform keeps both tables' latest
+    state between runs (:mod:`totes.reference`).
+    """
+
+    source: str
+    parent: str
+    parent_key: str
+    build: Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class DateDimension:
+    """``dim_date``: one row per date the batch's facts (and deletions) reference."""
+
+    build: Callable[[Iterable[date]], pd.DataFrame]
+
+
+Builder = Fact | Dimension | JoinedDimension | DateDimension
+
+#: every warehouse table -> how the transform builds it. A new table is one entry here,
+#: one builder function above and its columns in ``warehouse_schema.TABLES``.
+BUILDERS: Mapping[str, Builder] = MappingProxyType({
+    "dim_date": DateDimension(dim_date),
+    "dim_staff": JoinedDimension("staff", "department", "department_id", dim_staff),
+    "dim_location": Dimension("address", dim_location),
+    "dim_currency": Dimension("currency", dim_currency),
+    "dim_design": Dimension("design", dim_design),
+    "dim_counterparty": JoinedDimension("counterparty", "address", "legal_address_id",
+                                        dim_counterparty),
+    "dim_payment_type": Dimension("payment_type", dim_payment_type),
+    "dim_transaction": Dimension("transaction", dim_transaction),
+    "fact_sales_order": Fact("sales_order", fact_sales_order),
+    "fact_purchase_orders": Fact("purchase_order", fact_purchase_orders),
+    "fact_payment": Fact("payment", fact_payment),
+})
+
+#: source fact table -> the warehouse fact it becomes (one row per source version).
+FACT_TABLES: Mapping[str, str] = MappingProxyType(
+    {spec.source: name for name, spec in BUILDERS.items() if isinstance(spec, Fact)})

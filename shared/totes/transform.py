@@ -273,14 +273,16 @@ def _plain_dimensions(run: _Run) -> None:
     An id in several files of the batch is written from each; the load's upsert
     keeps the last (the one captured last).
     """
-    for table, (table_name, build) in star.DIMENSION_BUILDERS.items():
-        for frame in read_source(run, table):
-            latest = star.latest_versions(frame, table)
-            unknown = star.unknown_currency_codes(latest) if table == "currency" else []
+    for table_name, spec in star.BUILDERS.items():
+        if not isinstance(spec, star.Dimension) or spec.source in reference.REFERENCE_TABLES:
+            continue
+        for frame in read_source(run, spec.source):
+            latest = star.latest_versions(frame, spec.source)
+            unknown = star.unknown_currency_codes(latest) if spec.source == "currency" else []
             if unknown:
                 logger.warning("currency codes unknown to ISO 4217 keep the code as name",
                                extra={"codes": unknown})
-            run.write(table_name, build(latest))
+            run.write(table_name, spec.build(latest))
 
 
 def _facts(run: _Run) -> None:
@@ -292,10 +294,12 @@ def _facts(run: _Run) -> None:
     member whose source row was deleted stays, since facts still point at it.
     """
     dates: set[date] = set()
-    for table, build in star.FACT_BUILDERS.items():
-        fact_name = star.FACT_TABLES[table]
+    for fact_name, spec in star.BUILDERS.items():
+        if not isinstance(spec, star.Fact):
+            continue
+        table = spec.source
         for frame in read_source(run, table):
-            fact = build(frame)
+            fact = spec.build(frame)
             dates |= star.fact_dates(fact_name, fact)
             run.write(fact_name, fact)
         for deleted in read_deletions(run, table):
@@ -306,7 +310,9 @@ def _facts(run: _Run) -> None:
     if ignored:
         logger.info("deletions of dimension sources not carried; their members stay",
                     extra={"manifest": run.key, "deleted_rows": ignored})
-    run.write("dim_date", star.dim_date(dates))
+    for table_name, spec in star.BUILDERS.items():
+        if isinstance(spec, star.DateDimension):
+            run.write(table_name, spec.build(dates))
 
 
 def _read_ingest_manifest(bucket: str, key: str) -> IngestManifest:

@@ -37,7 +37,7 @@ def scheduler_input(function: str) -> dict:
 
 def test_every_sample_event_is_valid_json():
     names = sorted(path.name for path in EVENTS.glob("*.json"))
-    assert names == ["ingest_scheduled.json", "load_scheduled.json",
+    assert names == ["audit_scheduled.json", "ingest_scheduled.json", "load_scheduled.json",
                      "transform_s3_manifest.json"]
     for name in names:
         assert isinstance(event(name), dict)

@@ -699,3 +699,37 @@ def test_the_largest_manifest_so_far_sets_the_time_the_next_one_needs():
     assert transform.time_for_another(stage.Deadline(lambda: plenty), report)
     done = transform.run_transform(SETTINGS, keys_[-1:], stage.Deadline(lambda: plenty))
     assert done.transformed == keys_
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+def test_a_new_dimension_is_one_registry_entry_and_one_builder(monkeypatch):
+    from types import MappingProxyType
+
+    from totes import star, warehouse_schema
+    from totes.warehouse_schema import Column, Table
+
+    codes = Table("dim_currency_code", "dimension", "currency_id",
+                  (Column("currency_id", "int"), Column("currency_code", "text")))
+    tables = MappingProxyType({**warehouse_schema.TABLES, codes.name: codes})
+    for module in (warehouse_schema, star, transform):
+        monkeypatch.setattr(module, "TABLES", tables)
+
+    def dim_currency_code(currency):
+        return star.conform(codes.name, {"currency_id": currency["currency_id"],
+                                         "currency_code": currency["currency_code"]},
+                            currency.index)
+
+    monkeypatch.setattr(star, "BUILDERS", MappingProxyType(
+        {**star.BUILDERS, codes.name: star.Dimension("currency", dim_currency_code)}))
+    key = write_run(INGEST, full_batch())
+
+    handle(key)
+
+    document = manifest(key)
+    [entry] = document["tables"][codes.name]["files"]
+    written = pq.read_table(io.BytesIO(storage.read_bytes(PROCESSED, entry["key"])))
+    assert written.schema.equals(arrow_schema(codes))
+    currencies = rows_of(document, "dim_currency")
+    assert written.to_pylist() == [{"currency_id": row["currency_id"],
+                                    "currency_code": row["currency_code"]} for row in currencies]
