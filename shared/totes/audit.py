@@ -35,7 +35,7 @@ import pg8000.native
 from aws_lambda_powertools.metrics import MetricUnit
 
 from totes import (audit_sql, config, db, errors, keys, observability, stage, storage, sweep,
-                   warehouse)
+                   timestamps, warehouse)
 from totes.capture import TableCursor
 from totes.extract import ReadPoint
 from totes.extract import snapshot as source_snapshot
@@ -520,8 +520,7 @@ def run(source_conn: pg8000.native.Connection, warehouse_conn: pg8000.native.Con
             warehouse_conn.run("ROLLBACK")
         raise
     warehouse_conn.run("ROLLBACK")  # read only: nothing to commit
-    report = AuditReport(started.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                         point.manifest_key, results)
+    report = AuditReport(timestamps.instant_text(started), point.manifest_key, results)
     report.seconds = (_now() - started).total_seconds()
     return report
 

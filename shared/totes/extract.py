@@ -87,8 +87,11 @@ def source_columns(conn: pg8000.native.Connection) -> list[FoundColumn]:
             for table, column, type_name, is_enum in rows]
 
 
-def _bind(conn: pg8000.native.Connection, **values: Any) -> None:
-    """Set transaction-local settings the next COPY reads with ``current_setting``."""
+def bind_settings(conn: pg8000.native.Connection, **values: Any) -> None:
+    """Set transaction-local settings the next COPY reads with ``current_setting('totes.…')``.
+
+    COPY takes no bind parameters; this binds its values all the same.
+    """
     for name, value in values.items():
         conn.run("SELECT set_config(:name, :value, true)",
                  name=_SETTING_PREFIX + name, value=str(value))
@@ -160,7 +163,7 @@ def copy_changes(conn: pg8000.native.Connection, table: str, cursor: TableCursor
         values["since_last_updated"] = cursor.since_last_updated.isoformat()
     if cursor.resume_after is not None:
         values["after"] = cursor.resume_after
-    _bind(conn, **values)
+    bind_settings(conn, **values)
     conn.run(changes_sql(table, cursor), stream=sink)
 
 

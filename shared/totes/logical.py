@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import pg8000.native
 
-from totes import keys, observability, pgoutput, sweep
+from totes import extract, keys, observability, pgoutput, sweep
 from totes.db import quote_ident
 from totes.errors import InputError
 from totes.manifest import DataFile, LogicalPosition
@@ -39,7 +39,6 @@ PLUGIN = "pgoutput"
 #: decoding stops after the first commit past this many messages per budgeted change (a
 #: transaction brings a Begin, a Commit and a Relation message or more besides its changes).
 MESSAGES_PER_CHANGE = 4
-_SETTING_PREFIX = "totes."
 _INSUFFICIENT_PRIVILEGE = "42501"
 
 
@@ -365,9 +364,7 @@ def read_changes(conn: pg8000.native.Connection, position: LogicalPosition, budg
     upto = MESSAGES_PER_CHANGE * (position.partial_changes + budget + 1)
     values = {"slot": position.slot, "publication": position.publication,
               "skip": position.partial_changes, "budget": budget, "upto": upto}
-    for name, value in values.items():
-        conn.run("SELECT set_config(:name, :value, true)",
-                 name=_SETTING_PREFIX + name, value=str(value))
+    extract.bind_settings(conn, **values)
     writer = ChangeWriter(_Writers(writer_for, chunk_rows), position, budget, upto)
     conn.run(CHANGES_SQL, stream=writer)
     writer.finish()

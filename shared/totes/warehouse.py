@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import pg8000.native
 
+from totes import timestamps
 from totes.db import quote_ident
 from totes.errors import InputError, TransientError
 from totes.observability import service_logger
@@ -420,7 +421,7 @@ def record_manifest(conn: pg8000.native.Connection, manifest_key: str, run_id: s
         "VALUES (:k, :r, :s, :n, :snapshot, CAST(:t AS timestamp(3)))",
         k=manifest_key, r=run_id, s=ingest_started_at, n=rows_loaded,
         snapshot=capture_snapshot,
-        t=None if database_time is None else database_time.isoformat(timespec="milliseconds"),
+        t=None if database_time is None else timestamps.database_text(database_time),
     )
 
 
