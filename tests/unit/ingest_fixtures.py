@@ -4,9 +4,10 @@ Rows carry every column of the totesys table (as the real extract does), encoded
 with ``totes.jsonl`` and laid out with ``totes.keys``; the manifest is the
 ``totes.ingest/1`` document. Tests override only the values they care about.
 """
+import contextlib
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from totes import jsonl, keys, storage
 from totes_local import ingest_lines
@@ -115,3 +116,21 @@ def write_run(bucket: str, tables: Mapping[str, Sequence[Mapping[str, Any]]],
 def full_batch() -> dict[str, list[dict[str, Any]]]:
     """One row of every table, consistent with each other: a first ingest run in miniature."""
     return {table: [row(table)] for table in _DEFAULTS}
+
+
+@contextlib.contextmanager
+def moto_buckets(monkeypatch: Any, ingest: str, processed: str,
+                 *others: str) -> Iterator[None]:
+    """An in-process moto S3 with the pipeline's two buckets (and ``others``), named in the env."""
+    from moto import mock_aws
+
+    for name, value in {"AWS_DEFAULT_REGION": "eu-west-2", "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "INGEST_BUCKET": ingest,
+                        "PROCESSED_BUCKET": processed}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        for bucket in (ingest, processed, *others):
+            storage.s3_client().create_bucket(
+                Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+        yield

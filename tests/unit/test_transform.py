@@ -9,9 +9,8 @@ from urllib.parse import quote_plus
 import boto3
 import pyarrow.parquet as pq
 import pytest
-from ingest_fixtures import T0, encoded, full_batch, row, write_run
+from ingest_fixtures import T0, encoded, full_batch, moto_buckets, row, write_run
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
 from totes import config, keys, stage, storage, transform
 from totes.capture import Snapshot
@@ -41,15 +40,8 @@ app = _load_app()
 
 @pytest.fixture(autouse=True)
 def buckets(monkeypatch):
-    for name, value in {"AWS_DEFAULT_REGION": "eu-west-2", "AWS_ACCESS_KEY_ID": "testing",
-                        "AWS_SECRET_ACCESS_KEY": "testing", "INGEST_BUCKET": INGEST,
-                        "PROCESSED_BUCKET": PROCESSED}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        for bucket in (INGEST, PROCESSED):
-            storage.s3_client().create_bucket(
-                Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    """Fresh in-process S3 buckets for every test."""
+    with moto_buckets(monkeypatch, INGEST, PROCESSED):
         yield
 
 

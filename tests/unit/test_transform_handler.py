@@ -11,8 +11,7 @@ from pathlib import Path
 from urllib.parse import quote_plus
 
 import pytest
-from ingest_fixtures import full_batch, write_run
-from moto import mock_aws
+from ingest_fixtures import full_batch, moto_buckets, write_run
 
 from totes import storage
 from totes_local.runner import LambdaContext, load_handler
@@ -23,15 +22,8 @@ SAMPLE = Path(__file__).resolve().parents[2] / "events" / "transform_s3_manifest
 
 @pytest.fixture(autouse=True)
 def buckets(monkeypatch):
-    for name, value in {"AWS_DEFAULT_REGION": "eu-west-2", "AWS_ACCESS_KEY_ID": "testing",
-                        "AWS_SECRET_ACCESS_KEY": "testing", "INGEST_BUCKET": INGEST,
-                        "PROCESSED_BUCKET": PROCESSED}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        for bucket in (INGEST, PROCESSED, OTHER):
-            storage.s3_client().create_bucket(
-                Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    """Fresh in-process S3 buckets for every test."""
+    with moto_buckets(monkeypatch, INGEST, PROCESSED, OTHER):
         yield
 
 
