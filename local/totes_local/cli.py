@@ -17,8 +17,9 @@ from typing import Callable, Iterator, NoReturn, Sequence
 
 import pg8000.native
 
-from totes import db
-from totes_local import audit_cli, demo, dsn, generator, local_stack, shape, simulator, stack
+from totes import db, storage, supersede
+from totes_local import (audit_cli, demo, dsn, generator, local_stack, shape, simulator, stack,
+                         supersede_cli)
 from totes_local.dashboard import launch as dashboard
 
 #: Where the embedded PostgreSQL keeps its data when no ``--dsn`` is given.
@@ -35,7 +36,8 @@ class CommandError(Exception):
 #: Exceptions that are the user's to fix, reported without a traceback.
 EXPECTED_ERRORS = (CommandError, audit_cli.AuditSetupError, dsn.DsnError,
                    db.DatabaseUnavailableError, db.SecretFormatError, generator.GeneratorError,
-                   simulator.SimulationError,
+                   simulator.SimulationError, supersede.MarkerError,
+                   storage.ObjectAlreadyExistsError,
                    pg8000.exceptions.DatabaseError, pg8000.exceptions.InterfaceError)
 
 
@@ -234,6 +236,8 @@ register("sql", "open a psql prompt on the demo's warehouse or totesys database"
          demo.add_sql_arguments, demo.open_sql_prompt)
 register("dashboard", "serve the dashboard: business questions answered from the warehouse",
          dashboard.add_arguments, dashboard.run)
+register("supersede", "release a stuck manifest or transform again, by marker (never deleting)",
+         supersede_cli.add_arguments, supersede_cli.run)
 register("local-stack", "serve moto and PostgreSQL on fixed TCP ports for sam local invoke",
          local_stack.add_arguments, local_stack.run)
 

@@ -14,16 +14,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import chain
-from typing import TYPE_CHECKING, Callable, Iterator, TypedDict
+from typing import TYPE_CHECKING, Callable, Iterator, NotRequired, TypedDict
 
 import pg8000.native
 from aws_lambda_powertools.metrics import MetricUnit
 
-from totes import config, db, stage, storage, timestamps, warehouse
+from totes import config, db, errors, keys, stage, storage, supersede, timestamps, warehouse
 from totes.errors import InputError, PipelineError
-from totes.manifest import PROCESSED_FORMAT_V1, IngestManifest, ProcessedManifest, TableOutput
+from totes.manifest import (PROCESSED_FORMAT_V1, CapturePoint, IngestManifest, ProcessedManifest,
+                            TableOutput)
 from totes.observability import service_logger
 from totes.stage import Deadline, Metric
+from totes.supersede import Markers
 from totes.warehouse_schema import DELETIONS, FACTS, TABLES, Table, arrow_schema
 
 if TYPE_CHECKING:  # imported where used at run time, from the AWS SDK for pandas layer
@@ -60,6 +62,10 @@ class ParquetFileError(InputError, ValueError):
         self.object_key = object_key
 
 
+class SupersededLoadError(InputError):
+    """The warehouse holds manifests that were transformed again since: a person must reload."""
+
+
 class LoadSummary(TypedDict):
     """The load handler's response: :meth:`LoadReport.as_dict`."""
 
@@ -70,6 +76,8 @@ class LoadSummary(TypedDict):
     versions_corrected: dict[str, int]
     deletions_loaded: dict[str, int]
     freshness_seconds: float
+    #: present when an operator's marker made this run pass over manifests.
+    manifests_skipped: NotRequired[list[str]]
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,13 @@ class LoadReport:
     """What one load run did: the handler's response and its metrics (``stage.StageReport``)."""
 
     last_loaded_manifest: str | None
+    #: the operator's decisions in force (revisions, skips), read when the run starts.
+    markers: Markers = field(default_factory=Markers)
     manifests_loaded: list[str] = field(default_factory=list)
+    #: manifests recorded as loaded with nothing, because an operator's skip marker said so.
+    manifests_skipped: list[str] = field(default_factory=list)
+    #: the manifest whose input was rejected: nothing behind it loads until a person acts.
+    stuck: str | None = None
     rows_loaded: Counter[str] = field(default_factory=Counter)
     inferred_members: Counter[str] = field(default_factory=Counter)
     #: fact versions corrected in place (same ``last_updated``, other values), per fact.
@@ -111,6 +125,10 @@ class LoadReport:
         if self.freshness_measured:
             yield Metric("FreshnessSeconds", self.freshness_seconds, MetricUnit.Seconds)
         yield Metric("ManifestsLoaded", len(self.manifests_loaded))
+        if self.manifests_skipped:
+            yield Metric("ManifestsSkipped", len(self.manifests_skipped))
+        if self.stuck is not None:
+            yield Metric("LoadStuck", 1)
         yield Metric("LoadRunDuration", self.seconds, MetricUnit.Seconds)
         for table in TABLES:
             yield Metric("RowsLoaded", self.rows_loaded[table], table=table)
@@ -126,7 +144,7 @@ class LoadReport:
 
     def as_dict(self) -> LoadSummary:
         """A JSON-ready summary, every table listed so a zero is visible."""
-        return {
+        summary: LoadSummary = {
             "manifests_loaded": len(self.manifests_loaded),
             "last_loaded_manifest": self.last_loaded_manifest,
             "rows_loaded": {name: self.rows_loaded[name] for name in TABLES},
@@ -136,6 +154,9 @@ class LoadReport:
             "deletions_loaded": {fact.name: self.deletions_loaded[fact.name] for fact in FACTS},
             "freshness_seconds": self.freshness_seconds,
         }
+        if self.manifests_skipped:
+            summary["manifests_skipped"] = list(self.manifests_skipped)
+        return summary
 
 
 def _same_type(found: "pa.DataType", expected: "pa.DataType") -> bool:
@@ -197,14 +218,15 @@ def record_batches(bucket: str, key: str, table: Table, expected_rows: int,
             raise ParquetFileError(f"cannot decode Parquet: {error}", key) from error
 
 
-def pending_manifests(processed_bucket: str, ingest_bucket: str,
-                      after: str | None) -> Iterator[str]:
-    """Yield processed manifest keys to load, oldest first, stopping at the first gap.
+def pending_manifests(processed_bucket: str, ingest_bucket: str, after: str | None,
+                      markers: Markers = Markers()) -> Iterator[str]:
+    """Yield ingest manifest keys to load, oldest first, stopping at the first gap.
 
-    Each ingest manifest after ``after`` must have its processed twin before it can
-    load, and nothing after it may load before it does.
+    Each ingest manifest after ``after`` must have its processed twin (of the
+    revision in force, per ``markers``) before it can load, and nothing after it
+    may load before it does.
     """
-    processed = storage.manifest_keys_after(processed_bucket, after)
+    processed = markers.processed_after(processed_bucket, after)
     for ingest_key in storage.manifest_keys_after(ingest_bucket, after):
         if next(processed, None) != ingest_key:
             return
@@ -259,8 +281,8 @@ def _guarded(key: str, what: str, step: Callable[[], warehouse.TableLoad]) -> wa
 
 
 def load_manifest(conn: pg8000.native.Connection, bucket: str, key: str,
-                  manifest: ProcessedManifest,
-                  batch_rows: int = BATCH_ROWS) -> ManifestLoad | None:
+                  manifest: ProcessedManifest, batch_rows: int = BATCH_ROWS, *,
+                  processed_key: str | None = None) -> ManifestLoad | None:
     """Load one manifest in one transaction with its bookkeeping row; None if already loaded.
 
     Dimensions load before facts (the order of ``TABLES``), and each fact's
@@ -289,8 +311,60 @@ def load_manifest(conn: pg8000.native.Connection, bucket: str, key: str,
                 result.deletions[fact.name] += loaded.rows
         warehouse.record_manifest(conn, key, manifest.run_id, manifest.started(),
                                   sum(result.rows.values()), manifest.capture.snapshot,
-                                  manifest.capture.database_moment())
+                                  manifest.capture.database_moment(),
+                                  processed_key=processed_key, skipped_by=manifest.skipped_by)
     return result
+
+
+def skip_manifest(conn: pg8000.native.Connection, ingest_bucket: str, key: str,
+                  skip: supersede.Skip, processed_key: str) -> ManifestLoad | None:
+    """Record ``key`` as loaded with nothing, as an operator's skip marker says; None if loaded.
+
+    Its processed manifest is not read (it may be what is broken). The capture
+    point comes from the ingest manifest when that can be read, so the audit
+    compares against the source as of this run and reports what the skip lost.
+    """
+    run = keys.parse_manifest_key(key)
+    if run is None:  # pending_manifests yields manifest keys only
+        raise ValueError(f"{key} is not an ingest manifest key")
+    capture, started = CapturePoint(), run.started_at
+    try:
+        ingest = IngestManifest.parse(storage.read_json(ingest_bucket, key))
+        capture, started = CapturePoint.of(ingest), timestamps.parse_instant(ingest.started_at)
+    except ValueError:
+        logger.warning("skipped manifest's ingest manifest unreadable; recorded without its "
+                       "capture point", extra={"manifest": key})
+    with warehouse.transaction(conn):
+        warehouse.lock(conn)
+        if warehouse.is_loaded(conn, key):
+            return None
+        warehouse.record_manifest(conn, key, str(run), started, 0, capture.snapshot,
+                                  capture.database_moment(), processed_key=processed_key,
+                                  skipped_by=skip.key)
+    return ManifestLoad()
+
+
+def check_revisions(conn: pg8000.native.Connection, markers: Markers) -> None:
+    """Refuse to load on top of output that a revision has superseded.
+
+    After "transform again from X", the warehouse must first forget what it
+    loaded from X on (the runbook's reload); loading the new revision's
+    manifests after the old ones would keep both. Until a person has done that,
+    every run stops here with nothing loaded.
+    """
+    if not markers.revisions:
+        return
+    since = min(revision.start for revision in markers.revisions)
+    stale = [key for key, loaded_from in warehouse.loaded_revisions(conn, since)
+             if loaded_from != markers.processed_key(key)]
+    if stale:
+        number = markers.revision_for(stale[0])
+        marker = next(r for r in markers.revisions if r.number == number)
+        raise SupersededLoadError(
+            f"{len(stale)} loaded manifest(s) from {stale[0]} on were transformed again as "
+            f"revision {number} ({marker.key}: {marker.reason}), but the warehouse still holds "
+            f"what was loaded before. Reload the warehouse from {stale[0]} (docs/runbook.md, "
+            "\"Transform again from a manifest\"); nothing was loaded")
 
 
 def _read_manifest(bucket: str, key: str) -> ProcessedManifest:
@@ -332,7 +406,7 @@ def load_into(conn: pg8000.native.Connection, settings: LoadSettings, deadline: 
     load itself is the one raised.
     """
     started = time.monotonic()
-    report = _prepare(conn)
+    report = _prepare(conn, settings.processed_bucket)
     try:
         _load_pending(conn, settings, report, deadline)
     except Exception:
@@ -355,12 +429,17 @@ def _finish(report: LoadReport, settings: LoadSettings, now: datetime,
     return error
 
 
-def _prepare(conn: pg8000.native.Connection) -> LoadReport:
-    """Create or migrate the warehouse and read where the last load stopped."""
+def _prepare(conn: pg8000.native.Connection, processed_bucket: str) -> LoadReport:
+    """Create or migrate the warehouse, read the operator's markers and where the last load stopped.
+
+    The markers are checked against what is loaded before anything new is.
+    """
     try:
         if warehouse.ensure_schema(conn):
             logger.info("warehouse schema created or migrated")
-        return LoadReport(last_loaded_manifest=warehouse.last_loaded_key(conn))
+        markers = supersede.read_markers(processed_bucket)
+        check_revisions(conn, markers)
+        return LoadReport(last_loaded_manifest=warehouse.last_loaded_key(conn), markers=markers)
     except Exception:
         logger.exception("load failed preparing the warehouse; nothing loaded")
         raise
@@ -384,22 +463,36 @@ def _measure_freshness(report: LoadReport, ingest_bucket: str,
 
 def _load_pending(conn: pg8000.native.Connection, settings: LoadSettings, report: LoadReport,
                   deadline: Deadline) -> None:
-    processed_bucket, batch_rows = settings.processed_bucket, settings.batch_rows
+    processed_bucket, markers = settings.processed_bucket, report.markers
     for key in pending_manifests(processed_bucket, settings.ingest_bucket,
-                                 report.last_loaded_manifest):
+                                 report.last_loaded_manifest, markers):
         if deadline.remaining() < RESERVE_SECONDS:
             logger.warning("stopping early to finish before the timeout", extra={"next": key})
             return
+        skip, processed_key = markers.skip("load", key), markers.processed_key(key)
         try:
-            loaded = load_manifest(conn, processed_bucket, key,
-                                   _read_manifest(processed_bucket, key), batch_rows)
+            loaded = (skip_manifest(conn, settings.ingest_bucket, key, skip, processed_key)
+                      if skip is not None else
+                      load_manifest(conn, processed_bucket, key,
+                                    _read_manifest(processed_bucket, processed_key),
+                                    settings.batch_rows, processed_key=processed_key))
         except Exception as error:
+            report.stuck = key if errors.kind_of(error) == errors.INPUT else None
             logger.exception("load failed", extra={
-                "manifest": key, "object": getattr(error, "object_key", None)})
+                "manifest": key, "processed_manifest": processed_key,
+                "object": getattr(error, "object_key", None),
+                **({"release": supersede.release_command("load", key, processed_bucket)}
+                   if report.stuck else {})})
             raise
         report.last_loaded_manifest = key
         if loaded is None:
             logger.info("manifest already loaded by another run", extra={"manifest": key})
+            continue
+        if skip is not None:
+            report.manifests_skipped.append(key)
+            logger.warning("manifest skipped by an operator's marker: nothing of it loaded",
+                           extra={"manifest": key, "marker": skip.key, "reason": skip.reason,
+                                  "created_by": skip.created_by})
             continue
         report.manifests_loaded.append(key)
         report.rows_loaded.update(loaded.rows)

@@ -354,8 +354,11 @@ class CapturePoint:
 class ProcessedManifest:
     """One transformed ingest run: the Parquet objects per warehouse table, deletions per fact.
 
-    Its key is the ingest manifest's key. ``reference`` points at the reference
+    Its key is the ingest manifest's key, under the prefix of the revision in force
+    for it (:mod:`totes.supersede`). ``reference`` points at the reference
     snapshots the next transform continues from (None for a table never seen).
+    ``skipped_by`` names the operator's skip marker when the ingest run was passed
+    over on purpose (no tables then).
     """
 
     run_id: str
@@ -367,6 +370,7 @@ class ProcessedManifest:
     #: fact table -> its deletion records (empty in ``totes.processed/1``).
     deletions: Mapping[str, TableOutput] = field(default_factory=dict)
     capture: CapturePoint = field(default_factory=CapturePoint)
+    skipped_by: str | None = None
     format: str = PROCESSED_FORMAT
 
     def table(self, name: str) -> TableOutput:
@@ -384,8 +388,8 @@ class ProcessedManifest:
         return timestamps.parse_instant(self.ingest_started_at)
 
     def to_json(self) -> dict[str, Any]:
-        """Render the manifest (always in the current format)."""
-        return {
+        """Render the manifest (always in the current format; ``skipped_by`` only when set)."""
+        document: dict[str, Any] = {
             "format": PROCESSED_FORMAT,
             "run_id": self.run_id,
             "ingest_manifest": self.ingest_manifest,
@@ -396,6 +400,9 @@ class ProcessedManifest:
             "deletions": {name: output.to_json() for name, output in self.deletions.items()},
             "reference": dict(self.reference),
         }
+        if self.skipped_by is not None:
+            document["skipped_by"] = self.skipped_by
+        return document
 
     @classmethod
     def parse(cls, document: Any) -> "ProcessedManifest":
@@ -430,6 +437,8 @@ class ProcessedManifest:
                 deletions={name: TableOutput.from_json(fields)
                            for name, fields in deletions.items()},
                 capture=CapturePoint.from_json(document.get("capture")),
+                skipped_by=None if document.get("skipped_by") is None
+                else _text(document["skipped_by"], "skipped_by"),
                 format=kind,
             )
             manifest.started()

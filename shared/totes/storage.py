@@ -82,29 +82,40 @@ def list_keys(bucket: str, prefix: str, start_after: str | None = None) -> Itera
             yield item["Key"]
 
 
-def _last_child(bucket: str, prefix: str) -> str | None:
-    pages = s3_client().get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=prefix, Delimiter="/"
-    )
-    last = None
-    for page in pages:
-        for common in page.get("CommonPrefixes", ()):
-            last = max(last or "", common["Prefix"])
-        for item in page.get("Contents", ()):
-            last = max(last or "", item["Key"])
-    return last
+def _children(bucket: str, prefix: str) -> list[str]:
+    """The keys and sub-folders directly under ``prefix``, newest (greatest) first."""
+    children: list[str] = []
+    for page in s3_client().get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        children += [common["Prefix"] for common in page.get("CommonPrefixes", ())]
+        children += [item["Key"] for item in page.get("Contents", ())]
+    return sorted(children, reverse=True)
+
+
+def newest_key(bucket: str, prefix: str, below: str | None = None) -> str | None:
+    """Return the greatest key under ``prefix`` (strictly less than ``below`` when given).
+
+    It descends the date folders (year, month, day: four small listings), so its
+    cost does not grow with the number of keys, which matters for a pipeline that
+    writes a manifest every five minutes for years. A folder is entered only when
+    some key in it may be below the bound, and left for the next one down when
+    none is.
+    """
+    for child in _children(bucket, prefix):
+        folder = child.endswith("/")
+        if below is not None and child >= below and not (folder and below.startswith(child)):
+            continue  # the key, or everything in the folder, is at or above the bound
+        if not folder:
+            return child
+        found = newest_key(bucket, child, below)
+        if found is not None:
+            return found
+    return None
 
 
 def latest_manifest_key(bucket: str) -> str | None:
-    """Return the newest manifest key, descending year, month and day: four small listings.
-
-    Cost does not grow with the number of manifests, which matters for a
-    pipeline that writes one every five minutes for years.
-    """
-    node: str | None = MANIFEST_PREFIX
-    while node is not None and node.endswith("/"):
-        node = _last_child(bucket, node)
-    return node
+    """Return the newest manifest key of ``bucket`` (see :func:`newest_key`)."""
+    return newest_key(bucket, MANIFEST_PREFIX)
 
 
 def manifest_keys_after(bucket: str, after: str | None) -> Iterator[str]:

@@ -31,13 +31,14 @@ import pyarrow.parquet as pq
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import ClientError
 
-from totes import config, jsonl, keys, reference, stage, star, storage, timestamps
+from totes import config, jsonl, keys, reference, stage, star, storage, supersede, timestamps
 from totes.errors import InputError
 from totes.manifest import (CapturePoint, DataFile, IngestManifest, ManifestError,
                             ProcessedManifest, TableOutput)
 from totes.observability import service_logger
 from totes.stage import Deadline, Metric
 from totes.source import SOURCE_TABLES
+from totes.supersede import Markers
 from totes.warehouse_schema import DELETIONS, TABLES, Table
 
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
@@ -95,11 +96,18 @@ class TransformReport:
     rows_out: Counter[str] = field(default_factory=Counter)
     deletions_out: Counter[str] = field(default_factory=Counter)
     durations_ms: list[float] = field(default_factory=list)
+    #: manifests committed empty because an operator's skip marker said so.
+    skipped: list[str] = field(default_factory=list)
+    #: the manifest whose input was rejected: nothing behind it moves until a person acts.
+    stuck: str | None = None
     #: the deadline stopped the invocation before every pending manifest was done.
     stopped_early: bool = False
 
     def add(self, manifest: ProcessedManifest, rows_in: Counter[str], milliseconds: float) -> None:
-        """Count one manifest this invocation committed."""
+        """Count one manifest this invocation committed (skipped ones apart)."""
+        if manifest.skipped_by is not None:
+            self.skipped.append(manifest.ingest_manifest)
+            return
         self.transformed.append(manifest.ingest_manifest)
         self.rows_in.update(rows_in)
         self.rows_out.update({name: output.rows for name, output in manifest.tables.items()})
@@ -107,8 +115,12 @@ class TransformReport:
         self.durations_ms.append(milliseconds)
 
     def metrics(self) -> Iterator[Metric]:
-        """Manifests done, each one's duration, and rows in and out per table."""
+        """Manifests done or skipped, a stuck one, durations, and rows in and out per table."""
         yield Metric("ManifestsTransformed", len(self.transformed))
+        if self.skipped:
+            yield Metric("ManifestsSkipped", len(self.skipped))
+        if self.stuck is not None:
+            yield Metric("TransformStuck", 1)
         for milliseconds in self.durations_ms:
             yield Metric("TransformRunDuration", milliseconds, MetricUnit.Milliseconds)
         if not self.transformed:
@@ -121,8 +133,11 @@ class TransformReport:
             yield Metric("DeletionsOut", self.deletions_out[name], table=name)
 
     def response(self) -> dict[str, list[str]]:
-        """The handler's response: the manifests transformed and the keys ignored."""
-        return {"transformed": list(self.transformed), "ignored": list(self.ignored)}
+        """The handler's response: manifests transformed, keys ignored, and any skipped."""
+        response = {"transformed": list(self.transformed), "ignored": list(self.ignored)}
+        if self.skipped:
+            response["skipped"] = list(self.skipped)
+        return response
 
 
 @dataclass
@@ -330,18 +345,49 @@ def _read_ingest_manifest(bucket: str, key: str) -> IngestManifest:
 
 def transform_manifest(settings: TransformSettings, ingest_key: str,
                        pointers: dict[str, str | None],
-                       report: TransformReport | None = None) -> ProcessedManifest:
+                       report: TransformReport | None = None,
+                       markers: Markers = Markers()) -> ProcessedManifest:
     """Transform one ingest manifest and commit its processed manifest; return that manifest.
 
     ``pointers`` are the reference snapshots of the previous processed manifest.
-    If another invocation committed this manifest first, its manifest is returned
-    and this attempt's objects stay unlisted orphans; otherwise the manifest is
-    counted in ``report``.
+    The processed manifest goes where ``markers`` say the revision in force puts
+    it; an operator's skip makes it an empty one. If another invocation committed
+    this manifest first, its manifest is returned and this attempt's objects stay
+    unlisted orphans; otherwise the manifest is counted in ``report``.
     """
     started = time.monotonic()
     run_id = keys.parse_manifest_key(ingest_key)
     if run_id is None:  # the callers pass manifest keys only
         raise ValueError(f"{ingest_key} is not an ingest manifest key")
+    skip = markers.skip("transform", ingest_key)
+    processed, rows_in = ((_skipped(settings, ingest_key, run_id, pointers, skip), Counter[str]())
+                          if skip is not None
+                          else _transformed(settings, ingest_key, run_id, pointers))
+    target = markers.processed_key(ingest_key)
+    try:
+        storage.put_new_json(settings.processed_bucket, target, processed.to_json())
+    except storage.ObjectAlreadyExistsError:
+        logger.info("manifest already transformed by another invocation",
+                    extra={"manifest": ingest_key, "processed_manifest": target})
+        return ProcessedManifest.parse(storage.read_json(settings.processed_bucket, target))
+    if report is not None:
+        report.add(processed, rows_in, (time.monotonic() - started) * 1000)
+    if skip is not None:
+        logger.warning("manifest skipped by an operator's marker: its data is not transformed",
+                       extra={"manifest": ingest_key, "marker": skip.key, "reason": skip.reason,
+                              "created_by": skip.created_by})
+        return processed
+    logger.info("manifest transformed", extra={
+        "manifest": ingest_key, "processed_manifest": target,
+        "rows": {name: output.rows for name, output in processed.tables.items()},
+        "deletions": {name: output.rows for name, output in processed.deletions.items()},
+    })
+    return processed
+
+
+def _transformed(settings: TransformSettings, ingest_key: str, run_id: keys.RunId,
+                 pointers: dict[str, str | None]) -> tuple[ProcessedManifest, Counter[str]]:
+    """Read the ingest run and write its Parquet objects; return its manifest and rows read."""
     ingest = _read_ingest_manifest(settings.ingest_bucket, ingest_key)
     run = _Run(key=ingest_key, run=run_id, manifest=ingest,
                ingest_bucket=settings.ingest_bucket, processed_bucket=settings.processed_bucket)
@@ -357,7 +403,7 @@ def transform_manifest(settings: TransformSettings, ingest_key: str,
     except (star.SourceDataError, pa.ArrowInvalid) as error:
         raise TransformInputError(
             f"s3://{run.ingest_bucket}/{ingest_key} (a file it lists): {error}") from None
-    processed = ProcessedManifest(
+    return ProcessedManifest(
         run_id=str(run.run),
         ingest_manifest=ingest_key,
         ingest_started_at=ingest.started_at,
@@ -366,21 +412,34 @@ def transform_manifest(settings: TransformSettings, ingest_key: str,
         reference={table: new_pointers.get(table) for table in reference.REFERENCE_TABLES},
         deletions={name: TableOutput(tuple(files)) for name, files in run.deletions.items()},
         capture=capture,
-    )
+    ), run.rows_in
+
+
+def _skipped(settings: TransformSettings, ingest_key: str, run_id: keys.RunId,
+             pointers: dict[str, str | None], skip: supersede.Skip) -> ProcessedManifest:
+    """An empty processed manifest for a run an operator skipped; the references carry on.
+
+    The ingest manifest itself may be what cannot be read: then its start comes
+    from its key and its capture point is unknown.
+    """
+    ingest: IngestManifest | None = None
+    capture = CapturePoint()
     try:
-        storage.put_new_json(run.processed_bucket, ingest_key, processed.to_json())
-    except storage.ObjectAlreadyExistsError:
-        logger.info("manifest already transformed by another invocation",
-                    extra={"manifest": ingest_key, "attempt": run.attempt})
-        return ProcessedManifest.parse(storage.read_json(run.processed_bucket, ingest_key))
-    if report is not None:
-        report.add(processed, run.rows_in, (time.monotonic() - started) * 1000)
-    logger.info("manifest transformed", extra={
-        "manifest": ingest_key, "attempt": run.attempt,
-        "rows": {name: output.rows for name, output in processed.tables.items()},
-        "deletions": {name: output.rows for name, output in processed.deletions.items()},
-    })
-    return processed
+        ingest = _read_ingest_manifest(settings.ingest_bucket, ingest_key)
+        capture = CapturePoint.of(ingest)
+    except (TransformInputError, ValueError):
+        pass  # unreadable: the skip is what lets the stage past it
+    return ProcessedManifest(
+        run_id=str(run_id),
+        ingest_manifest=ingest_key,
+        ingest_started_at=(ingest.started_at if ingest is not None
+                           else timestamps.instant_text(run_id.started_at)),
+        transformed_at=timestamps.now_text(),
+        tables={},
+        reference={table: pointers.get(table) for table in reference.REFERENCE_TABLES},
+        capture=capture,
+        skipped_by=skip.key,
+    )
 
 
 def _pending(ingest_bucket: str, latest: str | None, through: str) -> Iterator[str]:
@@ -417,12 +476,13 @@ def transform_through(settings: TransformSettings, ingest_key: str, report: Tran
     done: list[str] = []
     current = ingest_key
     try:
-        latest = storage.latest_manifest_key(settings.processed_bucket)
+        markers = supersede.read_markers(settings.processed_bucket)
+        latest = markers.newest_processed(settings.processed_bucket)
         if latest is not None and latest >= ingest_key:
             logger.info("already transformed", extra={"manifest": ingest_key, "latest": latest})
             return []
-        pointers = (dict(ProcessedManifest.parse(
-            storage.read_json(settings.processed_bucket, latest)).reference) if latest
+        pointers = (dict(ProcessedManifest.parse(storage.read_json(
+            settings.processed_bucket, markers.processed_key(latest))).reference) if latest
             else dict.fromkeys(reference.REFERENCE_TABLES))
         for key in _pending(settings.ingest_bucket, latest, ingest_key):
             if not time_for_another(deadline, report):
@@ -432,13 +492,15 @@ def transform_through(settings: TransformSettings, ingest_key: str, report: Tran
                 report.stopped_early = True
                 return done
             current = key
-            pointers = dict(transform_manifest(settings, key, pointers, report).reference)
+            pointers = dict(transform_manifest(settings, key, pointers, report, markers).reference)
             done.append(key)
             current = ingest_key  # a failure to list the next one leaves the event's undone
         return done
     except TransformInputError as error:
-        logger.exception("ingest input rejected; nothing committed for this manifest",
-                         extra={"manifest": current, "error": str(error)})
+        report.stuck = current
+        logger.exception("ingest input rejected; nothing committed for this manifest", extra={
+            "manifest": current, "error": str(error),
+            "release": supersede.release_command("transform", current, settings.processed_bucket)})
         raise
     except Exception:
         logger.exception(NOTHING_COMMITTED, extra={"manifest": current, "transformed": done})

@@ -409,20 +409,35 @@ def is_loaded(conn: pg8000.native.Connection, manifest_key: str) -> bool:
 def record_manifest(conn: pg8000.native.Connection, manifest_key: str, run_id: str,
                     ingest_started_at: datetime | None, rows_loaded: int,
                     capture_snapshot: str | None = None,
-                    database_time: datetime | None = None) -> None:
+                    database_time: datetime | None = None, *,
+                    processed_key: str | None = None, skipped_by: str | None = None) -> None:
     """Record ``manifest_key`` as loaded, inside the transaction that loaded its rows.
 
     With it goes the capture point of its ingest run (the source snapshot and the
-    database's clock then), so the warehouse can say which source state it holds.
+    database's clock then), so the warehouse can say which source state it holds,
+    the processed manifest it came from when that is another revision's, and the
+    operator's skip marker when it was passed over.
     """
     conn.run(
         'INSERT INTO "etl"."loaded_manifest" ("manifest_key", "run_id", "ingest_started_at", '
-        '"rows_loaded", "capture_snapshot", "database_time") '
-        "VALUES (:k, :r, :s, :n, :snapshot, CAST(:t AS timestamp(3)))",
+        '"rows_loaded", "capture_snapshot", "database_time", "processed_key", "skipped_by") '
+        "VALUES (:k, :r, :s, :n, :snapshot, CAST(:t AS timestamp(3)), :processed, :skipped)",
         k=manifest_key, r=run_id, s=ingest_started_at, n=rows_loaded,
         snapshot=capture_snapshot,
         t=None if database_time is None else timestamps.database_text(database_time),
+        processed=None if processed_key == manifest_key else processed_key,
+        skipped=skipped_by,
     )
+
+
+def loaded_revisions(conn: pg8000.native.Connection,
+                     since: str) -> list[tuple[str, str]]:
+    """Each manifest loaded from ``since`` on, with the processed manifest it was loaded from."""
+    rows: list[tuple[str, str]] = [
+        (key, processed or key) for key, processed in conn.run(
+            'SELECT "manifest_key", "processed_key" FROM "etl"."loaded_manifest" '
+            'WHERE "manifest_key" >= :k ORDER BY "manifest_key"', k=since)]
+    return rows
 
 
 def create_staging(conn: pg8000.native.Connection, table: Table) -> None:

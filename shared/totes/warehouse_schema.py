@@ -304,9 +304,12 @@ def add_columns_sql(table: Table) -> tuple[str, ...]:
 ETL_SCHEMA = "etl"
 
 
-#: the capture point of each loaded manifest (its ingest snapshot and the database's clock),
-#: added after the first release: warehouses created before gain them in place.
-LOADED_MANIFEST_CAPTURE_COLUMNS = ('"capture_snapshot" text', '"database_time" timestamp(3)')
+#: added after the first release, so warehouses created before gain them in place: the
+#: capture point of each loaded manifest (its ingest snapshot and the database's clock), the
+#: processed manifest it was loaded from (NULL: revision 0, the ingest manifest's own key) and
+#: the operator's skip marker when it was passed over (see totes.supersede).
+LOADED_MANIFEST_ADDED_COLUMNS = ('"capture_snapshot" text', '"database_time" timestamp(3)',
+                                 '"processed_key" text', '"skipped_by" text')
 
 
 def create_bookkeeping_sql() -> tuple[str, ...]:
@@ -326,7 +329,7 @@ def create_bookkeeping_sql() -> tuple[str, ...]:
         "  \"rows_loaded\" bigint NOT NULL,\n"
         "  \"capture_snapshot\" text,\n  \"database_time\" timestamp(3)\n)",
         *(f"ALTER TABLE {etl}.\"loaded_manifest\" ADD COLUMN IF NOT EXISTS {column}"
-          for column in LOADED_MANIFEST_CAPTURE_COLUMNS),
+          for column in LOADED_MANIFEST_ADDED_COLUMNS),
         f"CREATE TABLE IF NOT EXISTS {etl}.\"schema_version\" (\n"
         "  \"fingerprint\" text PRIMARY KEY,\n"
         "  \"applied_at\" timestamptz NOT NULL DEFAULT clock_timestamp()\n)",

@@ -1,0 +1,266 @@
+"""Operator decisions that release a wedged stage or redo its output, deleting nothing.
+
+Both buckets are immutable: objects are created once, bucket policies deny
+deletes and overwrites, and Object Lock keeps every version. So a recovery that
+used to delete (a processed manifest, to transform again) instead adds an
+object that says what supersedes what. Those objects are *markers*, written by a
+person with ``totes supersede`` under ``_supersede/`` in the processed bucket
+(the functions' roles cannot write there) and read by transform and load at the
+start of every invocation. There are two kinds:
+
+* A **revision** (``_supersede/revisions/<nnnn>.json``) says "transform again
+  from ingest manifest X on". Revision 0 is the pipeline's first pass: a
+  processed manifest has its ingest manifest's key. Revision n writes its
+  processed manifests under ``_revisions/<nnnn>/`` instead, so they never collide
+  with the ones they supersede. For each ingest manifest the revision in force is
+  the newest one that starts at or before it.
+* A **skip** (``_supersede/skips/<stage>/<nnnn>/<manifest key>``) says "stage S
+  must pass over manifest K at revision n" (its input cannot be processed and a
+  person decided not to wait for a fix). Transform commits an empty processed
+  manifest for it that names the marker; load records it as loaded with nothing.
+  A skip applies to one revision only: transforming again gives the manifest
+  another chance.
+
+A malformed marker is an input error: both stages stop until a person fixes it,
+rather than guessing what was meant.
+"""
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+from totes import keys, storage, timestamps
+from totes.errors import InputError
+
+MARKER_PREFIX = "_supersede/"
+REVISION_MARKERS = f"{MARKER_PREFIX}revisions/"
+SKIP_MARKERS = f"{MARKER_PREFIX}skips/"
+#: where revision n >= 1 keeps its processed manifests: ``_revisions/<nnnn>/_manifests/...``.
+REVISIONS_PREFIX = "_revisions/"
+MARKER_FORMAT = "totes.supersede/1"
+#: the stages a skip can release.
+STAGES = ("transform", "load")
+
+_REVISION_KEY = re.compile(rf"^{REVISION_MARKERS}(\d{{4}})\.json$")
+
+
+class MarkerError(InputError, ValueError):
+    """A marker object cannot be read or contradicts its key; names the key."""
+
+
+def revision_prefix(number: int) -> str:
+    """Key prefix of revision ``number``'s processed manifests (empty for revision 0)."""
+    return f"{REVISIONS_PREFIX}{number:04d}/" if number else ""
+
+
+def _manifest(key: str, what: str) -> str:
+    if keys.parse_manifest_key(key) is None:
+        raise MarkerError(f"{what} {key!r} is not an ingest manifest key "
+                          f"(_manifests/yyyy/mm/dd/<stamp>-<id>.json)")
+    return key
+
+
+def _reason(text: str) -> str:
+    if not text.strip():
+        raise MarkerError("a marker needs a reason: say why, for whoever reads it later")
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class Revision:
+    """Transform again from ingest manifest ``start`` on, as revision ``number``."""
+
+    number: int
+    start: str
+    reason: str
+    created_at: str
+    created_by: str
+
+    @property
+    def key(self) -> str:
+        """The marker's key."""
+        return f"{REVISION_MARKERS}{self.number:04d}.json"
+
+    def to_json(self) -> dict[str, Any]:
+        """The marker's document."""
+        return {"format": MARKER_FORMAT, "kind": "revision", "revision": self.number,
+                "from_manifest": self.start, "reason": self.reason,
+                "created_at": self.created_at, "created_by": self.created_by}
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Stage ``stage`` passes over ingest manifest ``manifest`` at revision ``revision``."""
+
+    stage: str
+    revision: int
+    manifest: str
+    reason: str
+    created_at: str
+    created_by: str
+
+    @property
+    def key(self) -> str:
+        """The marker's key: the stage, the revision and the manifest's own key."""
+        return f"{SKIP_MARKERS}{self.stage}/{self.revision:04d}/{self.manifest}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The marker's document."""
+        return {"format": MARKER_FORMAT, "kind": "skip", "stage": self.stage,
+                "revision": self.revision, "manifest": self.manifest, "reason": self.reason,
+                "created_at": self.created_at, "created_by": self.created_by}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A range of ingest manifest keys, ``[start, end)``, and the revision in force there."""
+
+    start: str | None
+    end: str | None
+    revision: int
+
+
+def parse_marker(key: str, document: Any) -> Revision | Skip:
+    """Read one marker object, checking that its content agrees with its key."""
+    if not isinstance(document, Mapping) or document.get("format") != MARKER_FORMAT:
+        raise MarkerError(f"{key}: not a {MARKER_FORMAT} marker")
+    try:
+        common = {"reason": _reason(str(document["reason"])),
+                  "created_at": str(document["created_at"]),
+                  "created_by": str(document["created_by"])}
+        marker: Revision | Skip
+        if document["kind"] == "revision":
+            marker = Revision(number=int(document["revision"]),
+                              start=_manifest(str(document["from_manifest"]), "from_manifest"),
+                              **common)
+        elif document["kind"] == "skip" and document["stage"] in STAGES:
+            marker = Skip(stage=str(document["stage"]), revision=int(document["revision"]),
+                          manifest=_manifest(str(document["manifest"]), "manifest"), **common)
+        else:
+            raise MarkerError(f"kind {document['kind']!r} / stage {document.get('stage')!r}")
+    except (KeyError, TypeError, ValueError) as error:
+        raise MarkerError(f"{key}: malformed marker: {type(error).__name__}: {error}") from None
+    if marker.key != key:
+        raise MarkerError(f"{key}: its content says it belongs at {marker.key}")
+    return marker
+
+
+@dataclass(frozen=True)
+class Markers:
+    """Every operator decision in force: the revisions and the skips, with what they imply."""
+
+    revisions: tuple[Revision, ...] = ()
+    skips: Mapping[tuple[str, int, str], Skip] = field(default_factory=dict)
+
+    def revision_for(self, ingest_key: str) -> int:
+        """The revision in force for an ingest manifest: the newest starting at or before it."""
+        return max((r.number for r in self.revisions if r.start <= ingest_key), default=0)
+
+    def processed_key(self, ingest_key: str) -> str:
+        """Where the processed manifest of ``ingest_key`` is (or will be) in force."""
+        return revision_prefix(self.revision_for(ingest_key)) + ingest_key
+
+    def skip(self, stage: str, ingest_key: str) -> Skip | None:
+        """The skip of ``ingest_key`` by ``stage`` at the revision in force, if there is one."""
+        return self.skips.get((stage, self.revision_for(ingest_key), ingest_key))
+
+    def newest_revision(self) -> int:
+        """The highest revision declared (0 when none)."""
+        return max((r.number for r in self.revisions), default=0)
+
+    def segments(self) -> list[Segment]:
+        """The key ranges of each revision in force, oldest first, covering every key."""
+        result: list[Segment] = []
+        start, current = None, 0
+        for bound in sorted({r.start for r in self.revisions}):
+            number = self.revision_for(bound)
+            if number != current:
+                result.append(Segment(start, bound, current))
+                start, current = bound, number
+        result.append(Segment(start, None, current))
+        return result
+
+    def newest_processed(self, bucket: str) -> str | None:
+        """The newest ingest manifest whose processed manifest in force exists.
+
+        Each revision's range is searched newest first with a bounded descent of
+        its date folders, so the cost stays a few listings however long the
+        history is.
+        """
+        for segment in reversed(self.segments()):
+            prefix = revision_prefix(segment.revision)
+            below = None if segment.end is None else prefix + segment.end
+            found = storage.newest_key(bucket, prefix + keys.MANIFEST_PREFIX, below)
+            if found is not None and (segment.start is None or found >= prefix + segment.start):
+                return found[len(prefix):]
+        return None
+
+    def processed_after(self, bucket: str, after: str | None) -> Iterator[str]:
+        """Yield, oldest first, the ingest manifests after ``after`` whose processed one exists."""
+        for segment in self.segments():
+            if after is not None and segment.end is not None and segment.end <= after:
+                continue
+            prefix = revision_prefix(segment.revision)
+            for key in storage.list_keys(bucket, prefix + keys.MANIFEST_PREFIX,
+                                         None if after is None else prefix + after):
+                ingest_key = key[len(prefix):]
+                if segment.end is not None and ingest_key >= segment.end:
+                    break
+                if segment.start is None or ingest_key >= segment.start:
+                    yield ingest_key
+
+
+def read_markers(bucket: str) -> Markers:
+    """Read every marker in ``bucket`` (a handful: one per decision a person made)."""
+    revisions: list[Revision] = []
+    skips: dict[tuple[str, int, str], Skip] = {}
+    for key in storage.list_keys(bucket, MARKER_PREFIX):
+        try:
+            document = storage.read_json(bucket, key)
+        except ValueError as error:
+            raise MarkerError(f"{key}: not JSON: {error}") from None
+        marker = parse_marker(key, document)
+        if isinstance(marker, Revision):
+            revisions.append(marker)
+        else:
+            skips[(marker.stage, marker.revision, marker.manifest)] = marker
+    numbers = [revision.number for revision in revisions]
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise MarkerError(f"revision markers must be numbered 1, 2, ... without gaps; "
+                          f"found {numbers}")
+    return Markers(tuple(revisions), skips)
+
+
+def declare_revision(bucket: str, start: str, reason: str, created_by: str) -> Revision:
+    """Write the next revision marker: transform again from ingest manifest ``start`` on.
+
+    The conditional write makes two people declaring at once safe: one of them
+    gets :class:`storage.ObjectAlreadyExistsError` and tries again.
+    """
+    markers = read_markers(bucket)
+    revision = Revision(number=markers.newest_revision() + 1, start=_manifest(start, "from"),
+                        reason=_reason(reason), created_at=timestamps.now_text(),
+                        created_by=created_by)
+    storage.put_new_json(bucket, revision.key, revision.to_json())
+    return revision
+
+
+def write_skip(bucket: str, stage: str, manifest: str, reason: str, created_by: str) -> Skip:
+    """Write a skip of ``manifest`` by ``stage``, at the revision now in force for it."""
+    if stage not in STAGES:
+        raise MarkerError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
+    markers = read_markers(bucket)
+    skip = Skip(stage=stage, revision=markers.revision_for(_manifest(manifest, "manifest")),
+                manifest=manifest, reason=_reason(reason), created_at=timestamps.now_text(),
+                created_by=created_by)
+    storage.put_new_json(bucket, skip.key, skip.to_json())
+    return skip
+
+
+def release_command(stage_name: str, manifest: str, processed_bucket: str) -> str:
+    """The command that releases a stage stuck at ``manifest`` by skipping it (runbook).
+
+    Logged with the failure, so the person paged has it at hand; skipping loses
+    that run's data, so the runbook says what to try first.
+    """
+    return (f"totes supersede skip --stage {stage_name} --manifest {manifest} "
+            f"--processed-bucket {processed_bucket} --reason '<why>'")
