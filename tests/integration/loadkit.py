@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from totes import keys, storage
+from totes.supersede import revision_prefix
 from totes.warehouse_schema import DELETIONS, TABLES, Table, arrow_schema
 
 DAY = date(2024, 11, 15)
@@ -133,13 +134,14 @@ class Buckets:
 
     def transform(self, ingest_key: str, tables: dict[str, list[dict] | bytes],
                   deletions: dict[str, list[dict]] | None = None,
-                  capture: dict | None = None, version: int = 2) -> str:
+                  capture: dict | None = None, version: int = 2, revision: int = 0) -> str:
         """Write the processed twin of ``ingest_key``: one object per table, then the manifest.
 
         A table given as bytes is written as that (possibly broken) object. Version 2
         (``totes.processed/2``) lists ``deletions`` per fact and the ``capture`` point;
         version 1 is the manifest and Parquet of the transform before them (facts
-        without ``is_deleted``).
+        without ``is_deleted``). A ``revision`` above 0 writes it where that revision of
+        transform does (after an operator's "transform again").
         """
         run = keys.parse_manifest_key(ingest_key)
         document = storage.read_json(self.ingest, ingest_key)
@@ -162,7 +164,7 @@ class Buckets:
                 if rows else {"rows": 0, "files": []}
                 for fact, rows in {name: (deletions or {}).get(name) for name in DELETIONS}.items()}
             manifest["capture"] = capture or {"snapshot": None, "database_time": None}
-        storage.put_new_json(self.processed, ingest_key, manifest)
+        storage.put_new_json(self.processed, revision_prefix(revision) + ingest_key, manifest)
         return ingest_key
 
     def publish(self, tables: dict[str, list[dict] | bytes],

@@ -10,7 +10,8 @@ BUCKET = "processed-test"
 
 def key(day: int, minute: int) -> str:
     """An ingest manifest key on 2024-11-<day> at 10:<minute>."""
-    return f"_manifests/2024/11/{day:02d}/202411{day:02d}T10{minute:02d}00000Z-abcd{minute:04d}.json"
+    stamp = f"202411{day:02d}T10{minute:02d}00000Z"
+    return f"_manifests/2024/11/{day:02d}/{stamp}-abcd{minute:04d}.json"
 
 
 def revision(number: int, start: str) -> Revision:
