@@ -12,6 +12,7 @@ import pytest
 from cfnlint.decode import cfn_yaml
 
 from totes import keys, observability, storage
+from totes.load import LoadError
 from totes.transform import TransformInputError
 from totes_local.runner import s3_object_created_event
 
@@ -68,6 +69,10 @@ def test_template_watches_only_metrics_the_handlers_emit(e2e, capsys):
     storage.put_new_json(e2e.env["INGEST_BUCKET"], bad, {"format": "not a manifest"})
     with pytest.raises(TransformInputError):
         e2e.pipeline.invoke("transform", s3_object_created_event(e2e.env["INGEST_BUCKET"], bad))
+    # ... and a processed manifest the load cannot read, so it reports itself stuck too.
+    storage.put_new_json(e2e.env["PROCESSED_BUCKET"], bad, {"format": "totes.processed/2"})
+    with pytest.raises(LoadError):
+        e2e.pipeline.load()
     # Emitted only with CAPTURE_MODE=logical: tests/e2e/test_logical.py checks it.
     watched = {metric for metric in watched_metrics() if metric[0] not in LOGICAL_ONLY}
     assert {"FreshnessSeconds", "RowsLoaded", "IngestRuns", "RowsIngested",
