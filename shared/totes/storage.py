@@ -1,10 +1,11 @@
 """The one S3 writer and reader: every object is created once and never overwritten.
 
 Writes are conditional (``IfNoneMatch="*"``), so immutability holds even against
-a retry or a concurrent run, not just by convention. Each write carries a SHA-256
-checksum, which S3 verifies and which Object Lock (optional on the ingestion bucket)
-requires. Clients are created plainly so the standard ``AWS_ENDPOINT_URL`` points
-them at a local moto server.
+a retry or a concurrent run, not just by convention; the deployed buckets' policies
+refuse any other write. Each write carries a SHA-256 checksum, which S3 verifies and
+which Object Lock's default retention (on both buckets unless turned off) requires.
+Clients are created plainly so the standard ``AWS_ENDPOINT_URL`` points them at a
+local moto server.
 """
 import json
 from functools import lru_cache

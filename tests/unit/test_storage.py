@@ -1,9 +1,27 @@
+"""The one S3 writer: create-only, and acceptable to buckets that enforce it in AWS.
+
+The deployed buckets refuse a PutObject without ``If-None-Match`` and, with Object
+Lock's default retention, one without a checksum (template.yaml). Every write goes
+through :func:`storage.put_new_object`, so these tests pin what it sends.
+"""
+import ast
+import io
+from pathlib import Path
+
+import boto3
 import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from totes import storage
 
 BUCKET = "storage-test"
+LOCKED_BUCKET = "storage-test-locked"
+ROOT = Path(__file__).resolve().parents[2]
+#: client calls that create or replace objects; only the storage module may make them.
+S3_WRITE_CALLS = {"put_object", "upload_file", "upload_fileobj", "copy_object", "copy",
+                  "create_multipart_upload", "complete_multipart_upload"}
 
 
 @pytest.fixture
@@ -29,8 +47,6 @@ def test_json_documents_round_trip(bucket):
 
 
 def test_other_s3_errors_are_not_mistaken_for_existing_objects(bucket):
-    from botocore.exceptions import ClientError
-
     with pytest.raises(ClientError):
         storage.put_new_object("no-such-bucket-here", "k", b"x", "text/plain")
 
@@ -54,3 +70,84 @@ def test_latest_manifest_is_found_by_descending_the_date_folders(bucket):
     assert storage.latest_manifest_key(bucket) == keys[-1]
     assert list(storage.manifest_keys_after(bucket, keys[1])) == keys[2:]
     assert list(storage.manifest_keys_after(bucket, None)) == keys
+
+
+@pytest.fixture
+def locked_bucket(monkeypatch):
+    """A bucket like the deployed ones: versioned, Object Lock with a governance default."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    with mock_aws():
+        client = storage.s3_client()
+        client.create_bucket(
+            Bucket=LOCKED_BUCKET, ObjectLockEnabledForBucket=True,
+            CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+        client.put_object_lock_configuration(Bucket=LOCKED_BUCKET, ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 30}}})
+        yield LOCKED_BUCKET
+
+
+@pytest.fixture
+def sent_put_headers():
+    """The HTTP headers of every PutObject the storage module's client sends."""
+    seen: list[dict[str, str]] = []
+
+    def record(request, **_):
+        seen.append({name.lower(): value.decode() if isinstance(value, bytes) else value
+                     for name, value in request.headers.items()})
+
+    events = storage.s3_client().meta.events
+    events.register("before-send.s3.PutObject", record)
+    try:
+        yield seen
+    finally:
+        events.unregister("before-send.s3.PutObject", record)
+
+
+def test_a_bucket_with_default_retention_refuses_a_put_without_a_checksum(locked_bucket):
+    # The control for the test below: without a checksum header S3 (and moto) refuse the put.
+    bare = boto3.client("s3", config=Config(request_checksum_calculation="when_required"))
+    with pytest.raises(ClientError, match="MissingUploadObjectWithObjectLockHeaders"):
+        bare.put_object(Bucket=locked_bucket, Key="bare", Body=b"x", IfNoneMatch="*")
+
+
+def test_writes_to_an_object_locked_bucket_are_accepted_and_locked(locked_bucket):
+    storage.put_new_object(locked_bucket, "small.jsonl", b"{}\n", "application/x-ndjson")
+    storage.put_new_object(locked_bucket, "streamed.jsonl", io.BytesIO(b"{}\n" * 10_000),
+                           "application/x-ndjson")
+    storage.put_new_json(locked_bucket, "_manifests/m.json", {"tables": []})
+    for key in ("small.jsonl", "streamed.jsonl", "_manifests/m.json"):
+        head = storage.s3_client().head_object(Bucket=locked_bucket, Key=key)
+        assert head["ObjectLockMode"] == "GOVERNANCE", key
+
+
+def test_every_put_is_conditional_and_carries_a_sha256_checksum(bucket, sent_put_headers):
+    # What the bucket policies and Object Lock require of each PutObject, header by header:
+    # If-None-Match (or the put is denied) and a checksum (or a locked bucket refuses it),
+    # whether the body is bytes or a streamed file (a trailing checksum).
+    storage.put_new_object(bucket, "a.jsonl", b"{}\n", "application/x-ndjson")
+    storage.put_new_object(bucket, "b.jsonl", io.BytesIO(b"{}\n" * 10_000),
+                           "application/x-ndjson")
+    storage.put_new_json(bucket, "_manifests/m.json", {})
+    assert len(sent_put_headers) == 3
+    for headers in sent_put_headers:
+        assert headers["if-none-match"] == "*"
+        assert headers["x-amz-sdk-checksum-algorithm"] == "SHA256"
+        assert ("x-amz-checksum-sha256" in headers
+                or headers.get("x-amz-trailer") == "x-amz-checksum-sha256"), headers
+
+
+def s3_write_calls(path: Path) -> set[str]:
+    """Names of S3 object-writing methods a Python file calls."""
+    return {node.func.attr for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in S3_WRITE_CALLS}
+
+
+def test_only_the_storage_module_writes_objects():
+    # The buckets deny any write without If-None-Match: a second writer that forgot it would
+    # only fail once deployed, so every write must go through put_new_object.
+    writers = {path.relative_to(ROOT).as_posix()
+               for folder in ("shared", "functions") for path in (ROOT / folder).rglob("*.py")
+               if s3_write_calls(path)}
+    assert writers == {"shared/totes/storage.py"}

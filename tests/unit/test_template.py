@@ -446,19 +446,12 @@ def test_bucket_policies_deny_requests_without_tls(bucket):
     (policy,) = [body["Properties"] for body in resources_of("AWS::S3::BucketPolicy").values()
                  if body["Properties"]["Bucket"] == {"Ref": bucket}]
     (deny,) = [statement for statement in policy["PolicyDocument"]["Statement"]
-               if statement["Effect"] == "Deny"]
+               if statement["Sid"] == "DenyInsecureTransport"]
+    assert deny["Effect"] == "Deny"
     assert deny["Principal"] == "*" and deny["Action"] == "s3:*"
     assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     assert deny["Resource"] == [{"Fn::GetAtt": [bucket, "Arn"]},
                                 {"Fn::Sub": f"${{{bucket}.Arn}}/*"}]
-
-
-def test_object_lock_on_the_ingestion_bucket_is_optional_governance_mode():
-    properties = RESOURCES["IngestBucket"]["Properties"]
-    condition, enabled, _ = properties["ObjectLockConfiguration"]["Fn::If"]
-    assert condition == "HasObjectLock" and PARAMETERS["ObjectLockRetentionDays"]["Default"] == 0
-    assert enabled["Rule"]["DefaultRetention"] == {
-        "Mode": "GOVERNANCE", "Days": {"Ref": "ObjectLockRetentionDays"}}
 
 
 # ---------------------------------------------------------------- code, layers, environment

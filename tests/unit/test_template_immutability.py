@@ -1,0 +1,243 @@
+"""Immutability enforced by AWS: the buckets' policies, Object Lock and the supersede prefix.
+
+The pipeline only ever creates objects (tests/unit/test_storage.py pins what its one
+writer sends). These tests check that S3 itself refuses everything else, to every
+principal: an overwrite, a delete, an Object Lock override, a change of versioning,
+lifecycle, Object Lock or the policy. Only the optional break-glass role is exempt,
+and no role of the pipeline may write a supersede marker (an operator's decision).
+"""
+import json
+import re
+from fnmatch import fnmatchcase
+from typing import Any
+
+import pytest
+
+from test_template import (BUCKETS, PARAMETERS, RESOURCES, ROLES, TEMPLATE, TRANSLATED,
+                           allow_statements, as_list, branches, policy_documents, resources_of,
+                           role_statements)
+
+#: What the bucket policies refuse to everyone but the break-glass role, and why.
+PROTECTED_ACTIONS = {
+    "s3:DeleteObject": "hides an object behind a delete marker, which Object Lock allows",
+    "s3:DeleteObjectVersion": "removes a version for good (once retention ends, or bypassed)",
+    "s3:BypassGovernanceRetention": "is the governance-mode override itself",
+    "s3:PutObjectRetention": "with the bypass, shortens or removes an object's retention",
+    "s3:PutObjectLegalHold": "lifts a legal hold",
+    "s3:PutBucketVersioning": "suspends versioning, after which deletes are final",
+    "s3:PutLifecycleConfiguration": "an expiration rule deletes objects, bucket policy or not",
+    "s3:PutBucketObjectLockConfiguration": "shortens or removes the default retention",
+    "s3:PutBucketPolicy": "would rewrite these denies",
+    "s3:DeleteBucketPolicy": "would remove these denies",
+    "s3:DeleteBucket": "ends the bucket (possible only once it is empty)",
+}
+NO_VALUE = {"Ref": "AWS::NoValue"}
+#: concrete names for the evaluator below (any distinct values do).
+PROCESSED_ARN = "arn:aws:s3:::processed"
+SUPERSEDE_MARKER = f"{PROCESSED_ARN}/_supersede/2024/01/02/marker.json"
+REVISED_MANIFEST = f"{PROCESSED_ARN}/_revisions/0001/_manifests/2024/01/02/m.json"
+STAR_OBJECT = f"{PROCESSED_ARN}/fact_sales_order/2024/01/02/part.parquet"
+
+
+def statements(bucket: str) -> dict[str, dict[str, Any]]:
+    """The statements of a bucket's policy, by Sid."""
+    (policy,) = [body["Properties"] for body in resources_of("AWS::S3::BucketPolicy").values()
+                 if body["Properties"]["Bucket"] == {"Ref": bucket}]
+    return {statement["Sid"]: statement for statement in policy["PolicyDocument"]["Statement"]}
+
+
+def resolve_conditions(value: Any, true: set[str]) -> Any:
+    """A template value with each Fn::If decided (``true`` names the conditions that hold)."""
+    if isinstance(value, dict) and "Fn::If" in value:
+        condition, yes, no = value["Fn::If"]
+        return resolve_conditions(yes if condition in true else no, true)
+    if isinstance(value, dict):
+        resolved = {key: resolve_conditions(inner, true) for key, inner in value.items()}
+        return {key: inner for key, inner in resolved.items() if inner != NO_VALUE}
+    if isinstance(value, list):
+        return [resolve_conditions(inner, true) for inner in value]
+    return value
+
+
+# ---------------------------------------------------------------- parameters and Object Lock
+
+
+def test_object_lock_is_on_by_default_and_zero_days_turns_it_off():
+    parameter = PARAMETERS["ObjectLockRetentionDays"]
+    assert parameter["Default"] == 30 and parameter["MinValue"] == 0
+    assert TEMPLATE["Conditions"]["HasObjectLock"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "ObjectLockRetentionDays"}, 0]}]}
+
+
+@pytest.mark.parametrize("bucket", BUCKETS)
+def test_both_buckets_lock_new_versions_in_governance_mode_for_the_retention_days(bucket):
+    properties = RESOURCES[bucket]["Properties"]
+    assert properties["ObjectLockEnabled"] == {"Fn::If": ["HasObjectLock", True, NO_VALUE]}
+    assert properties["ObjectLockConfiguration"] == {"Fn::If": ["HasObjectLock", {
+        "ObjectLockEnabled": "Enabled",
+        "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE",
+                                      "Days": {"Ref": "ObjectLockRetentionDays"}}}},
+        NO_VALUE]}
+    assert properties["VersioningConfiguration"] == {"Status": "Enabled"}  # Object Lock needs it
+
+
+def test_the_break_glass_role_is_optional_and_must_be_a_role_arn():
+    parameter = PARAMETERS["BreakGlassRoleArn"]
+    assert parameter["Default"] == ""
+    assert TEMPLATE["Conditions"]["HasBreakGlassRole"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "BreakGlassRoleArn"}, ""]}]}
+    pattern = re.compile(parameter["AllowedPattern"])
+    for accepted in ("", "arn:aws:iam::123456789012:role/totes-break-glass",
+                     "arn:aws:iam::123456789012:role/ops/totes-break-glass"):
+        assert pattern.fullmatch(accepted), accepted
+    for refused in ("totes-break-glass", "arn:aws:iam::123456789012:user/alice",
+                    "arn:aws:iam::123456789012:root",
+                    "arn:aws:sts::123456789012:assumed-role/totes-break-glass/alice"):
+        assert not pattern.fullmatch(refused), refused
+
+
+# ---------------------------------------------------------------- bucket policies
+
+
+@pytest.mark.parametrize("bucket", BUCKETS)
+def test_a_put_without_if_none_match_is_refused_to_everyone(bucket):
+    deny = statements(bucket)["DenyWritesWithoutIfNoneMatch"]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*"
+    assert deny["Action"] == "s3:PutObject"
+    assert deny["Resource"] == {"Fn::Sub": f"${{{bucket}.Arn}}/*"}
+    # "Null": true matches a request that lacks the key: one without the If-None-Match header.
+    assert deny["Condition"] == {"Null": {"s3:if-none-match": "true"}}
+
+
+@pytest.mark.parametrize("bucket", BUCKETS)
+def test_deletes_and_protection_changes_are_refused_to_all_but_the_break_glass_role(bucket):
+    deny = statements(bucket)["DenyDeletesAndProtectionChanges"]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*"
+    assert sorted(deny["Action"]) == sorted(PROTECTED_ACTIONS)
+    assert deny["Resource"] == [{"Fn::GetAtt": [bucket, "Arn"]},
+                                {"Fn::Sub": f"${{{bucket}.Arn}}/*"}]
+    with_role = resolve_conditions(deny, {"HasBreakGlassRole"})
+    assert with_role["Condition"] == {
+        "ArnNotEquals": {"aws:PrincipalArn": {"Ref": "BreakGlassRoleArn"}}}
+    # Without a break-glass role the deny has no condition at all: it holds for everyone.
+    assert "Condition" not in resolve_conditions(deny, set())
+
+
+@pytest.mark.parametrize("bucket", BUCKETS)
+def test_no_deploy_path_or_service_is_exempt_from_the_denies(bucket):
+    # An aws:CalledVia (or aws:ViaAWSService) exemption for CloudFormation would let anyone who
+    # may deploy any stack rewrite the policy; the only exception is the break-glass role.
+    keys = {key for statement in statements(bucket).values()
+            for branch in branches(statement.get("Condition", {}))
+            for operator in resolve_conditions(branch, {"HasBreakGlassRole"}).values()
+            for key in operator}
+    assert keys == {"aws:SecureTransport", "s3:if-none-match", "aws:PrincipalArn"}
+
+
+def test_both_buckets_have_the_same_policy():
+    ingest, processed = (json.dumps(statements(bucket), sort_keys=True) for bucket in BUCKETS)
+    assert ingest.replace("IngestBucket", "ProcessedBucket") == processed
+
+
+def test_the_bucket_policies_stay_with_the_buckets_when_the_stack_is_deleted():
+    policies = resources_of("AWS::S3::BucketPolicy")
+    assert {body["Properties"]["Bucket"]["Ref"] for body in policies.values()} == set(BUCKETS)
+    for name, body in policies.items():
+        assert body["DeletionPolicy"] == "Retain" == body["UpdateReplacePolicy"], name
+
+
+def test_no_role_is_granted_an_action_the_bucket_policies_deny():
+    for owner, statement in allow_statements():
+        assert not set(as_list(statement["Action"])) & set(PROTECTED_ACTIONS), owner
+
+
+# ---------------------------------------------------------------- supersede markers and revisions
+
+
+def concrete(value: Any) -> str:
+    """A role statement's resource as an ARN pattern, each bucket named by its logical id."""
+    if isinstance(value, str):
+        return value
+    if "Fn::GetAtt" in value:
+        return f"arn:aws:s3:::{value['Fn::GetAtt'][0].removesuffix('Bucket').lower()}"
+    if "Ref" in value:
+        return f"ref:{value['Ref']}"
+    text, variables = (value["Fn::Sub"], {}) if isinstance(value["Fn::Sub"], str) \
+        else value["Fn::Sub"]
+    text = re.sub(r"\$\{(\w+)Bucket\.Arn\}", lambda m: f"arn:aws:s3:::{m[1].lower()}", text)
+    text = text.replace("${AWS::Partition}", "aws")
+    for name in variables:
+        text = text.replace(f"${{{name}}}", name.lower())
+    return text
+
+
+def matching(statements_: list[dict[str, Any]], action: str, arn: str,
+             prefix: str | None) -> bool:
+    """Whether one of the statements covers ``action`` on ``arn`` (and a listing's prefix).
+
+    Only the conditions the template's S3 statements use are understood (a listing's
+    ``s3:prefix``); a statement with any other condition is reported as not matching.
+    """
+    for statement in statements_:
+        if action not in as_list(statement["Action"]):
+            continue
+        if not any(fnmatchcase(arn, concrete(resource)) for resource in
+                   as_list(statement["Resource"])):
+            continue
+        condition = statement.get("Condition")
+        if condition is None:
+            return True
+        patterns = as_list(condition.get("StringLike", {}).get("s3:prefix", []))
+        if len(condition) == 1 and prefix is not None and any(
+                fnmatchcase(prefix, pattern) for pattern in patterns):
+            return True
+    return False
+
+
+def deny_statements(role: str) -> list[dict[str, Any]]:
+    """The Deny statements of a function role's inline policies."""
+    return [branch for owner, document in policy_documents(TRANSLATED)
+            if role in owner.split(",")
+            for statement in as_list(document["Statement"])
+            for branch in branches(statement) if branch.get("Effect") == "Deny"]
+
+
+def may(role: str, action: str, arn: str, prefix: str | None = None) -> bool:
+    """Whether ``role``'s own policies allow ``action`` on ``arn`` and do not deny it."""
+    return (matching(role_statements(role), action, arn, prefix)
+            and not matching(deny_statements(role), action, arn, prefix))
+
+
+def test_transform_writes_the_star_schema_and_revisions_but_never_a_supersede_marker():
+    assert may("TransformRole", "s3:PutObject", STAR_OBJECT)
+    assert may("TransformRole", "s3:PutObject", REVISED_MANIFEST)
+    assert not may("TransformRole", "s3:PutObject", SUPERSEDE_MARKER)
+    assert {"Sid": "NeverWriteSupersedeMarkers", "Effect": "Deny", "Action": "s3:PutObject",
+            "Resource": {"Fn::Sub": "${ProcessedBucket.Arn}/_supersede/*"}} in deny_statements(
+        "TransformRole")
+
+
+@pytest.mark.parametrize("role", ROLES.values())
+def test_no_pipeline_role_may_write_a_supersede_marker(role):
+    assert not may(role, "s3:PutObject", SUPERSEDE_MARKER)
+
+
+def test_only_the_ingest_and_transform_roles_may_put_objects_at_all():
+    # SAM's generated roles (the schedules') included: none may write anywhere.
+    writers = {owner for owner, statement in allow_statements()
+               if "s3:PutObject" in as_list(statement["Action"])}
+    assert writers == {"IngestRole", "TransformRole"}
+
+
+@pytest.mark.parametrize("role", ["TransformRole", "LoadRole"])
+def test_transform_and_load_read_and_list_supersede_markers_and_revisions(role):
+    for arn in (SUPERSEDE_MARKER, REVISED_MANIFEST, STAR_OBJECT):
+        assert may(role, "s3:GetObject", arn), arn
+    for prefix in ("_supersede/", "_revisions/0001/_manifests/", "_manifests/"):
+        assert may(role, "s3:ListBucket", PROCESSED_ARN, prefix), prefix
+
+
+def test_the_audit_reads_nothing_of_the_processed_bucket():
+    # The evaluator's control: a role without a grant on the processed bucket is refused.
+    assert not may("AuditRole", "s3:GetObject", SUPERSEDE_MARKER)
+    assert not may("AuditRole", "s3:ListBucket", PROCESSED_ARN, "_supersede/")
