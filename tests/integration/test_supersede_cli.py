@@ -80,3 +80,11 @@ def test_status_without_markers_or_options_says_so(buckets, capsys):
     assert totes("status", "--processed-bucket", buckets.processed) == 0
     assert capsys.readouterr().out.splitlines() == [
         "markers:", "  none", "transform: newest manifest done none"]
+
+
+def test_a_transform_skip_of_a_manifest_already_transformed_is_refused(buckets, capsys):
+    done = buckets.publish({})
+    assert totes("skip", "--stage", "transform", "--manifest", done, "--reason", "r",
+                 "--processed-bucket", buckets.processed) == 2
+    assert f"transform is already past {done}" in capsys.readouterr().err
+    assert supersede.read_markers(buckets.processed).skips == {}
