@@ -343,14 +343,24 @@ def test_nothing_may_delete_or_reconfigure_the_buckets():
                 assert action in {"s3:GetObject", "s3:PutObject", "s3:ListBucket"}, owner
 
 
-@pytest.mark.parametrize("role", ["IngestRole", "LoadRole"])
-def test_ingest_and_load_see_only_the_manifests_of_the_ingestion_bucket(role):
+@pytest.mark.parametrize("role, prefixes", [
+    ("IngestRole", ("_manifests", "_sweeps")), ("LoadRole", ("_manifests",)),
+])
+def test_ingest_and_load_read_no_extract_and_list_only_the_manifests(role, prefixes):
+    # Ingest's key sweep reads the previous sweep's key lists; neither reads row values.
     reads = [resource for resource in granted(role, "s3:GetObject")
              if "IngestBucket" in references(resource)]
-    assert reads == [{"Fn::Sub": "${IngestBucket.Arn}/_manifests/*"}]
+    assert reads == [{"Fn::Sub": f"${{IngestBucket.Arn}}/{prefix}/*"} for prefix in prefixes]
     (listing,) = [statement for statement in role_statements(role)
                   if statement["Action"] == "s3:ListBucket"
                   and "IngestBucket" in references(statement["Resource"])]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": "_manifests/*"}}
+
+
+def test_transform_lists_only_the_manifests_of_the_ingestion_bucket():
+    (listing,) = [statement for statement in role_statements("TransformRole")
+                  if statement["Action"] == "s3:ListBucket"
+                  and "totes-ingest-" in json.dumps(statement["Resource"])]
     assert listing["Condition"] == {"StringLike": {"s3:prefix": "_manifests/*"}}
 
 
