@@ -54,7 +54,7 @@ from aws_lambda_powertools.utilities import parameters
 from botocore import xform_name
 from botocore.exceptions import ClientError
 
-from totes import storage
+from totes import storage, supersede
 from totes.keys import MANIFEST_PREFIX
 from totes_local import generator, iam, runner, simulator, stack
 from totes_local.iam_policy import Decision, Grant, Request, as_list, evaluate, statements
@@ -65,6 +65,9 @@ FUNCTIONS = {"ingest": "IngestFunction", "transform": "TransformFunction",
              "load": "LoadFunction", "audit": "AuditFunction"}
 #: moto's default account, which the session moto server gives the secrets' ARNs
 MOTO_ACCOUNT = "123456789012"
+#: an operator's skip of a run long gone: every transform and load reads it, none acts on it.
+OLD_SKIP = supersede.Skip("load", 0, "_manifests/2000/01/01/20000101T000000000Z-00000000.json",
+                          "a marker for the run to read", "2000-01-01T00:00:00.000Z", "arn:ops")
 #: unauthenticated calls the enforcing server allows: create the admin, its policy, its key
 BOOTSTRAP_CALLS = 3
 ALLOW_ALL = {"Version": "2012-10-17",
@@ -300,6 +303,9 @@ def run_pipeline(template: iam.StackTemplate, moto: EnforcingMoto, users: dict[s
         finally:
             conn.close()
 
+    # An operator's marker that matches no run, so every transform and load reads one.
+    admin_s3.put_object(Bucket=template.physical_name("ProcessedBucket"), Key=OLD_SKIP.key,
+                        Body=json.dumps(OLD_SKIP.to_json()).encode(), IfNoneMatch="*")
     delivered: set[str] = set()
     with pytest.MonkeyPatch.context() as patch:
         recorder.installed(patch)
@@ -486,6 +492,12 @@ def new_object(bucket: str) -> Callable[[LeastPrivilegeRun], dict[str, Any]]:
                         "Body": b"x", "IfNoneMatch": "*"}
 
 
+def marker(run: LeastPrivilegeRun) -> dict[str, Any]:
+    """Parameters writing an operator's marker: a person's decision, never a function's."""
+    return {"Bucket": run.processed_bucket, "Key": f"{supersede.SKIP_MARKERS}load/{uuid.uuid4()}",
+            "Body": b"{}", "IfNoneMatch": "*"}
+
+
 def secret(parameter: str) -> Callable[[LeastPrivilegeRun], dict[str, Any]]:
     """Parameters reading the secret a stack parameter names."""
     return lambda run: {"SecretId": run.secret(parameter)}
@@ -507,6 +519,8 @@ FORBIDDEN = {
                                                    secret("WarehouseSecretArn")),
     "transform deletes a processed object": Forbidden("transform", "s3", "DeleteObject",
                                                       processed),
+    "transform writes a supersede marker": Forbidden("transform", "s3", "PutObject", marker),
+    "load writes a supersede marker": Forbidden("load", "s3", "PutObject", marker),
     "transform writes to the ingestion bucket": Forbidden("transform", "s3", "PutObject",
                                                           new_object("ingest_bucket")),
     "transform lists a table's extracts": Forbidden("transform", "s3", "ListObjectsV2",
