@@ -9,14 +9,15 @@ over one year. Prints a Markdown table for docs/dashboard.md.
 
     .venv/bin/python -m benchmarks.bench_dashboard [--orders 600000]
 """
-import argparse
 import statistics
+import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 from typing import Sequence
 
+from benchmarks.common import options, parse
 from totes import warehouse
 from totes_local import queries, stack
 
@@ -135,9 +136,9 @@ def time_page(postgres, filters: queries.Filters, repeats: int = 3) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Build the large warehouse, time the page, print a Markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = options("bench_dashboard", __doc__, seed=False, reuse=False, data_dir=None)
     parser.add_argument("--orders", type=int, default=600_000, help="sales orders to generate")
-    args, _ = parser.parse_known_args(argv)
+    args = parse(parser, sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory(prefix="totes-bench-dashboard-") as folder:
         postgres = stack.start_postgres(Path(folder) / "pg")
         postgres.recreate_database("warehouse")
