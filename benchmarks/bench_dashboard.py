@@ -111,27 +111,27 @@ def time_queries(connection, filters: queries.Filters, repeats: int = 3) -> dict
     values = {**filters.values(), "order_id": 1}
     timings = {}
     for query in queries.load_queries().values():
-        runs = []
+        measured = []
         for _ in range(repeats):
             started = time.perf_counter()
             result = queries.run_query(connection, query, values)
-            runs.append(time.perf_counter() - started)
+            measured.append(time.perf_counter() - started)
             if not result.ok:
                 raise RuntimeError(f"{query.name}: {result.error}")
-        timings[query.name] = statistics.median(runs)
+        timings[query.name] = statistics.median(measured)
     return timings
 
 
 def time_page(postgres, filters: queries.Filters, repeats: int = 3) -> float:
     """Median seconds of a whole page load as the app runs it (concurrent connections)."""
     page = [query for query in queries.load_queries().values() if query.name != "order_history"]
-    runs = []
+    measured = []
     for _ in range(repeats):
         started = time.perf_counter()
         queries.run_queries_concurrently(lambda: postgres.connect("warehouse"), page,
                                          filters.values())
-        runs.append(time.perf_counter() - started)
-    return statistics.median(runs)
+        measured.append(time.perf_counter() - started)
+    return statistics.median(measured)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

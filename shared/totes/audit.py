@@ -445,7 +445,7 @@ def audit_dim_date(conn: pg8000.native.Connection) -> TableAudit:
                       examples=_examples(examples["missing"], examples["different"]))
 
 
-# --------------------------------------------------------------------------- the run
+# --------------------------------------------------------------------------- the whole audit
 
 @dataclass
 class AuditReport:
@@ -495,8 +495,9 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def run(source_conn: pg8000.native.Connection, warehouse_conn: pg8000.native.Connection,
-        store: ObjectStore, *, tables: Iterable[str] = tuple(TABLES)) -> AuditReport:
+def audit_databases(source_conn: pg8000.native.Connection,
+                    warehouse_conn: pg8000.native.Connection, store: ObjectStore, *,
+                    tables: Iterable[str] = tuple(TABLES)) -> AuditReport:
     """Audit ``tables`` (every warehouse table by default) in one snapshot of each database.
 
     The warehouse snapshot is taken first and the capture point read in it, then
@@ -572,7 +573,7 @@ def run_audit(settings: AuditSettings, deadline: stage.Deadline) -> AuditReport:
         timeout = deadline.remaining()
         source = db.connect(settings.totesys_secret_id, timeout=timeout)
         target = db.connect(settings.warehouse_secret_id, timeout=timeout)
-        report = run(source, target, BucketStore(settings.ingest_bucket))
+        report = audit_databases(source, target, BucketStore(settings.ingest_bucket))
     except Exception:
         observability.service_logger().exception(NOTHING_COMPARED)
         raise
