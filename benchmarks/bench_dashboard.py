@@ -9,14 +9,15 @@ over one year. Prints a Markdown table for docs/dashboard.md.
 
     .venv/bin/python -m benchmarks.bench_dashboard [--orders 600000]
 """
-import argparse
 import statistics
+import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 from typing import Sequence
 
+from benchmarks.common import options, parse
 from totes import warehouse
 from totes_local import queries, stack
 
@@ -110,34 +111,34 @@ def time_queries(connection, filters: queries.Filters, repeats: int = 3) -> dict
     values = {**filters.values(), "order_id": 1}
     timings = {}
     for query in queries.load_queries().values():
-        runs = []
+        measured = []
         for _ in range(repeats):
             started = time.perf_counter()
             result = queries.run_query(connection, query, values)
-            runs.append(time.perf_counter() - started)
+            measured.append(time.perf_counter() - started)
             if not result.ok:
                 raise RuntimeError(f"{query.name}: {result.error}")
-        timings[query.name] = statistics.median(runs)
+        timings[query.name] = statistics.median(measured)
     return timings
 
 
 def time_page(postgres, filters: queries.Filters, repeats: int = 3) -> float:
     """Median seconds of a whole page load as the app runs it (concurrent connections)."""
     page = [query for query in queries.load_queries().values() if query.name != "order_history"]
-    runs = []
+    measured = []
     for _ in range(repeats):
         started = time.perf_counter()
         queries.run_queries_concurrently(lambda: postgres.connect("warehouse"), page,
                                          filters.values())
-        runs.append(time.perf_counter() - started)
-    return statistics.median(runs)
+        measured.append(time.perf_counter() - started)
+    return statistics.median(measured)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Build the large warehouse, time the page, print a Markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = options("bench_dashboard", __doc__, seed=False, reuse=False, data_dir=None)
     parser.add_argument("--orders", type=int, default=600_000, help="sales orders to generate")
-    args, _ = parser.parse_known_args(argv)
+    args = parse(parser, sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory(prefix="totes-bench-dashboard-") as folder:
         postgres = stack.start_postgres(Path(folder) / "pg")
         postgres.recreate_database("warehouse")

@@ -8,28 +8,18 @@ the row count grows a hundredfold. Schema creation is not timed.
 Usage: ``python -m benchmarks.bench_generate --scale 100 [--scale 1] [--seed 42]``.
 """
 import argparse
-import multiprocessing
-import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-MB = 1024 * 1024
+from benchmarks.common import (MB, fresh_source, options, parse, peak_rss, run_in_fresh_process,
+                               scale_suffix)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """Read the benchmark's options (unknown ones belong to other stages of ``make bench``)."""
-    parser = argparse.ArgumentParser(prog="bench_generate", description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, action="append", dest="scales",
-                        help="generator scale (repeatable; default 100)")
-    parser.add_argument("--seed", type=int, default=42, help="generator seed")
-    parser.add_argument("--data-dir", type=Path, default=REPO / ".bench" / "pg",
-                        help="where the embedded PostgreSQL keeps its data")
-    args, _ = parser.parse_known_args(argv)
-    args.scales = args.scales or [100.0]
-    return args
+    """Read the benchmark's options."""
+    return parse(options("bench_generate", __doc__, scales=(100.0,), reuse=False), argv)
 
 
 def measure_generate(data_dir: Path, name: str, scale: float, seed: int) -> dict[str, Any]:
@@ -43,23 +33,14 @@ def measure_generate(data_dir: Path, name: str, scale: float, seed: int) -> dict
         seconds = time.perf_counter() - started
     finally:
         conn.close()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
-    return {"counts": counts, "seconds": seconds, "peak": peak}
+    return {"counts": counts, "seconds": seconds, "peak": peak_rss()}
 
 
 def bench_scale(postgres: Any, data_dir: Path, scale: float, seed: int) -> dict[str, Any]:
     """Recreate a database for ``scale`` and time one generation into it."""
-    from totes_local import generator
-
-    name = "bench_generate_" + f"{scale:g}".replace(".", "_")
-    postgres.recreate_database(name)
-    conn = postgres.connect(name)
-    try:
-        generator.create_schema(conn)
-    finally:
-        conn.close()
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        measured = pool.apply(measure_generate, (data_dir, name, scale, seed))
+    name = f"bench_generate_{scale_suffix(scale)}"
+    fresh_source(postgres, name)
+    measured = run_in_fresh_process(measure_generate, data_dir, name, scale, seed)
     return {"scale": scale, "rows": sum(measured["counts"].values()), **measured}
 
 

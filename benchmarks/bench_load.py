@@ -13,18 +13,18 @@ on purpose so the inferred-member path runs at full scale.
 """
 import argparse
 import contextlib
-import multiprocessing
 import os
-import resource
 import sys
 import time
+import traceback
 import uuid
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import (MB, current_rss, local_stack, options, parse, peak_rss,
+                               run_in_fresh_process)
+
 LAMBDA_MEMORY_MB = 1769
 COUNT = "SELECT count(*) FROM {}"
 STARTED_AT = datetime(2024, 11, 15, 14, 20, 9, 123000, tzinfo=timezone.utc)
@@ -35,16 +35,13 @@ DIMENSION_SIZES = {"dim_staff": 20, "dim_location": 30, "dim_currency": 3, "dim_
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Read the benchmark's options (unknown ones belong to other stages of ``make bench``)."""
-    parser = argparse.ArgumentParser(prog="bench_load", description=__doc__.splitlines()[0])
+    """Read the benchmark's options."""
+    parser = options("bench_load", __doc__, seed=False, reuse=False)
     parser.add_argument("--rows", type=int, default=2_000_000,
                         help="fact rows, split over the three fact tables (default 2,000,000)")
     parser.add_argument("--file-rows", type=int, default=50_000,
                         help="rows per Parquet object, the transform's CHUNK_ROWS (default 50000)")
-    parser.add_argument("--data-dir", type=Path, default=REPO / ".bench" / "pg",
-                        help="where the embedded PostgreSQL keeps its data")
-    args, _ = parser.parse_known_args(argv)
-    return args
+    return parse(parser, argv or [])
 
 
 def synthetic_table(name: str, first: int, count: int) -> Any:
@@ -120,20 +117,7 @@ def synthesise_batch(ingest_bucket: str, processed_bucket: str, rows: int,
     return manifest_key, per_fact * len(FACTS)
 
 
-def _memory_mb(field: str) -> float:
-    """``VmRSS`` or ``VmHWM`` (peak) of this process in MB, from ``/proc/self/status``.
-
-    Unlike ``ru_maxrss``, ``VmHWM`` starts afresh at ``exec``, so a spawned child does not
-    inherit the parent's high-water mark (the parent holds moto's objects).
-    """
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _load_child(env: dict[str, str], results: Any) -> None:
+def _load_child(env: dict[str, str]) -> dict[str, Any]:
     """Run in a fresh process so its peak RSS is the load's alone; connect as the handler does."""
     import logging
 
@@ -142,7 +126,7 @@ def _load_child(env: dict[str, str], results: Any) -> None:
 
     logging.disable(logging.INFO)
     conn = db.connect(config.warehouse_secret_id(), timeout=None)
-    baseline = _memory_mb("VmRSS")
+    baseline = current_rss()
     started = time.perf_counter()
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # EMF lines
         report = load.load_into(conn, load.LoadSettings.from_environment(),
@@ -151,9 +135,9 @@ def _load_child(env: dict[str, str], results: Any) -> None:
     counts = {name: conn.run(COUNT.format(db.quote_ident(name)))[0][0]
               for name in ("fact_sales_order", "fact_purchase_orders", "fact_payment")}
     conn.close()
-    results.put({"loaded": report.manifests_loaded, "seconds": seconds, "counts": counts,
-                 "inferred": dict(report.inferred_members), "baseline_mb": baseline,
-                 "peak_mb": _memory_mb("VmHWM")})
+    return {"loaded": report.manifests_loaded, "seconds": seconds, "counts": counts,
+            "inferred": dict(report.inferred_members), "baseline_mb": baseline / MB,
+            "peak_mb": peak_rss() / MB}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,37 +145,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from totes_local import stack
 
-    postgres = stack.start_postgres(args.data_dir)
     dbname = f"bench_load_{uuid.uuid4().hex[:8]}"
-    postgres.recreate_database(dbname)
-    server, endpoint = stack.start_moto()
-    try:
-        suffix = uuid.uuid4().hex[:8]
-        env = {**stack.aws_environment(endpoint), "INGEST_BUCKET": f"bench-ingest-{suffix}",
-               "PROCESSED_BUCKET": f"bench-processed-{suffix}",
-               "WAREHOUSE_SECRET_ID": f"bench-warehouse-{suffix}"}
-        os.environ.update(env)
-        stack.provision({env["WAREHOUSE_SECRET_ID"]: postgres.secret(dbname)},
-                        buckets=(env["INGEST_BUCKET"], env["PROCESSED_BUCKET"]))
-        started = time.perf_counter()
-        manifest_key, rows = synthesise_batch(env["INGEST_BUCKET"], env["PROCESSED_BUCKET"],
-                                              args.rows, args.file_rows)
-        print(f"synthesised {rows:,} fact rows in {time.perf_counter() - started:.1f} s",
-              flush=True)
-        context = multiprocessing.get_context("spawn")
-        results = context.Queue()
-        child = context.Process(target=_load_child, args=(env, results))
-        child.start()
-        child.join()
-        if child.exitcode:
-            print(f"load failed (exit code {child.exitcode}), see the traceback above")
-            return 1
-        result = results.get(timeout=10)
-    finally:
-        server.stop()
-        admin = postgres.connect("postgres")
-        admin.run(f'DROP DATABASE "{dbname}" WITH (FORCE)')
-        admin.close()
+    with local_stack(args.data_dir) as (postgres, endpoint):
+        postgres.recreate_database(dbname)
+        try:
+            suffix = uuid.uuid4().hex[:8]
+            env = {**stack.aws_environment(endpoint), "INGEST_BUCKET": f"bench-ingest-{suffix}",
+                   "PROCESSED_BUCKET": f"bench-processed-{suffix}",
+                   "WAREHOUSE_SECRET_ID": f"bench-warehouse-{suffix}"}
+            os.environ.update(env)
+            stack.provision({env["WAREHOUSE_SECRET_ID"]: postgres.secret(dbname)},
+                            buckets=(env["INGEST_BUCKET"], env["PROCESSED_BUCKET"]))
+            started = time.perf_counter()
+            manifest_key, rows = synthesise_batch(env["INGEST_BUCKET"], env["PROCESSED_BUCKET"],
+                                                  args.rows, args.file_rows)
+            print(f"synthesised {rows:,} fact rows in {time.perf_counter() - started:.1f} s",
+                  flush=True)
+            try:
+                result = run_in_fresh_process(_load_child, env)
+            except Exception:  # the load's own failure, with the child's traceback
+                traceback.print_exc()
+                print("load failed, see the traceback above", flush=True)
+                return 1
+        finally:
+            admin = postgres.connect("postgres")
+            admin.run(f'DROP DATABASE "{dbname}" WITH (FORCE)')
+            admin.close()
     print(f"load: {rows:,} fact rows in {result['seconds']:.1f} s "
           f"({rows / result['seconds']:,.0f} rows/s); rows per fact {result['counts']}; "
           f"inferred members {result['inferred']}")

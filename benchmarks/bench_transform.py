@@ -2,25 +2,22 @@
 
 A backfill is the transform's worst case: one ingest manifest listing millions of
 rows in ``CHUNK_ROWS``-sized JSON Lines files. This script synthesises such a
-batch straight into a moto server (its own process, so the objects it stores do
-not count against our memory), then runs :func:`totes.transform.transform_through`
-in a fresh child process and reports that process's peak RSS against the
-Lambda's 1,769 MB.
+batch straight into a moto server, then runs :func:`totes.transform.transform_through`
+in a freshly spawned process, whose peak RSS (``VmHWM``) is its own (moto's objects
+stay in the parent), and reports it against the Lambda's 1,769 MB.
 
     .venv/bin/python -m benchmarks.bench_transform --orders 700000
 """
 import argparse
-import multiprocessing
 import os
-import resource
-import socket
-import subprocess  # nosec B404
 import sys
 import time
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Callable, Iterator
+
+from benchmarks.common import MB, moto_server, options, parse, peak_rss, run_in_fresh_process
 
 LAMBDA_MEMORY_MB = 1769
 ORDER_TABLES = ("sales_order", "transaction", "payment")
@@ -121,57 +118,38 @@ def synthesise_batch(bucket: str, orders: int, chunk_rows: int) -> tuple[str, in
     return manifest_key, total
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _start_moto() -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    # A fixed argv and no shell: this only starts the local moto server.
-    server = subprocess.Popen(  # nosec B603
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return server, endpoint
-        except OSError:
-            time.sleep(0.1)
-    server.terminate()
-    raise RuntimeError("moto server did not start")
-
-
-def _transform_child(manifest_key: str, results: Any) -> None:
+def _transform_child(manifest_key: str) -> dict[str, Any]:
     """Run in a fresh process so its peak RSS is the transform's alone."""
     import logging
 
     from totes import transform
 
     logging.disable(logging.INFO)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline = peak_rss() / MB
     started = time.perf_counter()
     done = transform.transform_through(transform.TransformSettings.from_environment(),
                                        manifest_key, transform.TransformReport())
     seconds = time.perf_counter() - started
-    results.put({"done": done, "seconds": seconds, "baseline_mb": baseline,
-                 "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    return {"done": done, "seconds": seconds, "baseline_mb": baseline,
+            "peak_mb": peak_rss() / MB}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Read the benchmark's options."""
+    parser = options("bench_transform", __doc__, seed=False, reuse=False, data_dir=None)
+    parser.add_argument("--orders", type=int, default=700_000,
+                        help="sales orders (each with a transaction and a payment)")
+    parser.add_argument("--chunk-rows", type=int, default=50_000,
+                        help="CHUNK_ROWS: rows per ingest file and per transformed frame")
+    return parse(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Synthesise a large batch, transform it in a child process, print the measurements."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--orders", type=int, default=700_000,
-                        help="sales orders (each with a transaction and a payment)")
-    parser.add_argument("--chunk-rows", type=int, default=50_000)
-    args, _ = parser.parse_known_args(argv)
-
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     from totes_local import stack
 
-    server, endpoint = _start_moto()
-    try:
+    with moto_server() as endpoint:
         suffix = uuid.uuid4().hex[:8]
         env = {**stack.aws_environment(endpoint), "INGEST_BUCKET": f"bench-ingest-{suffix}",
                "PROCESSED_BUCKET": f"bench-processed-{suffix}",
@@ -182,16 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest_key, rows = synthesise_batch(env["INGEST_BUCKET"], args.orders,
                                               args.chunk_rows)
         print(f"synthesised {rows:,} rows in {time.perf_counter() - started:.1f} s", flush=True)
-
-        context = multiprocessing.get_context("spawn")
-        results = context.Queue()
-        child = context.Process(target=_transform_child, args=(manifest_key, results))
-        child.start()
-        result = results.get()
-        child.join()
-    finally:
-        server.terminate()
-        server.wait()
+        result = run_in_fresh_process(_transform_child, manifest_key)
     print(f"transform: {rows:,} rows in {result['seconds']:.1f} s "
           f"({rows / result['seconds']:,.0f} rows/s)")
     print(f"peak RSS {result['peak_mb']:.0f} MB (after imports {result['baseline_mb']:.0f} MB), "

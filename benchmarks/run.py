@@ -4,7 +4,9 @@ Each ``bench_<stage>.py`` module exposes ``main(argv)`` with defaults sized to
 show that time scales and memory does not (see each module's ``--help``); this
 runs them all with those defaults and prints their measurements in turn. To
 measure one stage differently, run it directly, e.g.
-``.venv/bin/python -m benchmarks.bench_ingest --scale 100``.
+``.venv/bin/python -m benchmarks.bench_ingest --scale 100``. What the stages share
+(their common options, the local stack, measuring in a fresh process) is in
+:mod:`benchmarks.common`.
 
 Besides one stage each, two benchmarks measure ingest against yardsticks:
 ``bench_ingest_compare`` (ours, dlt's ``sql_database`` with the pyarrow backend and

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         warehouse = _connect(args.dsn_warehouse, postgres, "warehouse")
         try:
-            report = audit.run(source, warehouse, store).to_json()
+            report = audit.audit_databases(source, warehouse, store).to_json()
         finally:
             warehouse.close()
     finally:

@@ -26,7 +26,7 @@ point at it): it is counted as ``retained``, not as a mismatch, as are
 import gzip
 import json
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol
@@ -259,20 +259,30 @@ class Side:
 
 
 @dataclass
-class Differences:
-    """What a comparison found: counts, and the keys behind them (bounded by the leaf budget)."""
+class Counts:
+    """What comparing a table's two sides counts: the comparison's and the table audit's own."""
 
     source_rows: int = 0
     warehouse_rows: int = 0
     missing: int = 0
     different: int = 0
+    approximate: bool = False
+
+    def counts(self) -> dict[str, Any]:
+        """Just these counts, to start a :class:`TableAudit` from a comparison's."""
+        return {count.name: getattr(self, count.name) for count in fields(Counts)}
+
+
+@dataclass
+class Differences(Counts):
+    """What a comparison found: counts, and the keys behind them (bounded by the leaf budget)."""
+
     #: warehouse rows the source lacks, key by key (to be told in flight or not).
     extra_keys: list[int] = field(default_factory=list)
     #: warehouse-only rows of segments too large to resolve within the budget.
     extra_unresolved: int = 0
     missing_keys: list[int] = field(default_factory=list)
     different_keys: list[int] = field(default_factory=list)
-    approximate: bool = False
 
 
 def _range_of(low: int, high: int, step: int, segment: int) -> tuple[int, int]:
@@ -335,21 +345,16 @@ def _compare_leaf(ours: dict[int, int], theirs: dict[int, int], found: Differenc
 # --------------------------------------------------------------------------- per table
 
 @dataclass
-class TableAudit:
-    """The audit of one warehouse table."""
+class TableAudit(Counts):
+    """The audit of one warehouse table: the comparison's counts, its in-flight rows told apart."""
 
-    source_rows: int = 0
-    warehouse_rows: int = 0
-    missing: int = 0
     extra: int = 0
-    different: int = 0
     in_flight: int = 0
     #: rows kept by design without a source row now (a deleted dimension member, an unused date).
     retained: int = 0
     examples: list[Any] = field(default_factory=list)
     #: False when too much of the table is in flight to compare (a backfill in progress).
     compared: bool = True
-    approximate: bool = False
     queries: int = 0
     rows_fetched: int = 0
 
@@ -404,9 +409,7 @@ def audit_table(name: str, source_conn: pg8000.native.Connection,
     target = Side(warehouse_conn, audit_sql.warehouse_relation(name), skip)
     found = compare(source, target)
     result = TableAudit(
-        source_rows=found.source_rows, warehouse_rows=found.warehouse_rows,
-        missing=found.missing, different=found.different, in_flight=len(skip),
-        approximate=found.approximate, queries=1 + source.queries + target.queries,
+        **found.counts(), in_flight=len(skip), queries=1 + source.queries + target.queries,
         rows_fetched=len(skip) + source.rows_fetched + target.rows_fetched)
     extra_keys = found.extra_keys
     if TABLES[name].kind == "fact":
@@ -442,7 +445,7 @@ def audit_dim_date(conn: pg8000.native.Connection) -> TableAudit:
                       examples=_examples(examples["missing"], examples["different"]))
 
 
-# --------------------------------------------------------------------------- the run
+# --------------------------------------------------------------------------- the whole audit
 
 @dataclass
 class AuditReport:
@@ -492,8 +495,9 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def run(source_conn: pg8000.native.Connection, warehouse_conn: pg8000.native.Connection,
-        store: ObjectStore, *, tables: Iterable[str] = tuple(TABLES)) -> AuditReport:
+def audit_databases(source_conn: pg8000.native.Connection,
+                    warehouse_conn: pg8000.native.Connection, store: ObjectStore, *,
+                    tables: Iterable[str] = tuple(TABLES)) -> AuditReport:
     """Audit ``tables`` (every warehouse table by default) in one snapshot of each database.
 
     The warehouse snapshot is taken first and the capture point read in it, then
@@ -569,7 +573,7 @@ def run_audit(settings: AuditSettings, deadline: stage.Deadline) -> AuditReport:
         timeout = deadline.remaining()
         source = db.connect(settings.totesys_secret_id, timeout=timeout)
         target = db.connect(settings.warehouse_secret_id, timeout=timeout)
-        report = run(source, target, BucketStore(settings.ingest_bucket))
+        report = audit_databases(source, target, BucketStore(settings.ingest_bucket))
     except Exception:
         observability.service_logger().exception(NOTHING_COMPARED)
         raise

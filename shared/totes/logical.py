@@ -50,11 +50,6 @@ class SlotPositionError(InputError, RuntimeError):
     """The slot is gone or was moved past what the pipeline committed: changes may be lost."""
 
 
-def _sql_error(error: pg8000.native.DatabaseError) -> tuple[str, str]:
-    fields = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
-    return str(fields.get("C", "")), str(fields.get("M", error))
-
-
 def _publication_sql(publication: str) -> str:
     tables = ", ".join(quote_ident(table) for table in SOURCE_TABLES)
     return f"CREATE PUBLICATION {quote_ident(publication)} FOR TABLE {tables}"
@@ -68,6 +63,19 @@ _PRIVILEGES = (
     "the login needs the REPLICATION attribute (ALTER ROLE <login> REPLICATION; on RDS: "
     "GRANT rds_replication TO <login>) to create and read the slot, and ownership of the "
     "11 tables (or a DBA creating the publication) to create the publication")
+
+
+def _setup_error(what: str, dba_sql: str,
+                 error: pg8000.native.DatabaseError) -> LogicalSetupError:
+    """The error for a ``what`` the login could not create: the SQL a DBA must run instead.
+
+    The privileges are named too when the server refused for want of them (SQLSTATE 42501).
+    """
+    fields = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
+    code, message = str(fields.get("C", "")), str(fields.get("M", error))
+    return LogicalSetupError(
+        f"cannot create {what} ({message}); a DBA must run: {dba_sql}; "
+        + ("" if code != _INSUFFICIENT_PRIVILEGE else _PRIVILEGES))
 
 
 def check_wal_level(conn: pg8000.native.Connection) -> None:
@@ -88,11 +96,8 @@ def _ensure_publication(conn: pg8000.native.Connection, publication: str) -> Non
         try:
             conn.run(_publication_sql(publication))
         except pg8000.native.DatabaseError as error:
-            code, message = _sql_error(error)
-            raise LogicalSetupError(
-                f"cannot create publication {publication} ({message}); a DBA must run: "
-                f"{_publication_sql(publication)}; "
-                + ("" if code != _INSUFFICIENT_PRIVILEGE else _PRIVILEGES)) from None
+            raise _setup_error(f"publication {publication}", _publication_sql(publication),
+                               error) from None
         logger.info("publication created", extra={"publication": publication})
         return
     published = {row[0] for row in conn.run(
@@ -131,11 +136,7 @@ def ensure_source(conn: pg8000.native.Connection, slot: str, publication: str) -
             [[lsn]] = conn.run("SELECT lsn::text FROM pg_create_logical_replication_slot("
                                ":slot, :plugin)", slot=slot, plugin=PLUGIN)
         except pg8000.native.DatabaseError as error:
-            code, message = _sql_error(error)
-            raise LogicalSetupError(
-                f"cannot create replication slot {slot} ({message}); a DBA must run: "
-                f"{_slot_sql(slot)}; "
-                + ("" if code != _INSUFFICIENT_PRIVILEGE else _PRIVILEGES)) from None
+            raise _setup_error(f"replication slot {slot}", _slot_sql(slot), error) from None
         logger.info("replication slot created", extra={"slot": slot, "lsn": lsn})
         return pgoutput.parse_lsn(lsn)
     _check_slot(conn, slot, state)

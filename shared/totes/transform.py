@@ -141,15 +141,20 @@ class TransformReport:
 
 
 @dataclass
-class _Run:
-    """One attempt at transforming one ingest manifest."""
+class _TransformAttempt:
+    """One attempt at transforming one ingest manifest.
+
+    ``run_id`` names the ingest run that wrote the manifest; ``attempt_id`` is this
+    attempt's own, in every object it writes, so a retry never collides with the objects
+    of an attempt that crashed.
+    """
 
     key: str
-    run: keys.RunId
+    run_id: keys.RunId
     manifest: IngestManifest
     ingest_bucket: str
     processed_bucket: str
-    attempt: str = field(default_factory=lambda: secrets.token_hex(4))
+    attempt_id: str = field(default_factory=lambda: secrets.token_hex(4))
     outputs: dict[str, list[DataFile]] = field(
         default_factory=lambda: {name: [] for name in TABLES})
     deletions: dict[str, list[DataFile]] = field(
@@ -173,7 +178,7 @@ class _Run:
                extension: str) -> None:
         if frame.empty:
             return
-        key = keys.attempt_data_key(folder, self.run, self.attempt, len(listed), extension)
+        key = keys.attempt_data_key(folder, self.run_id, self.attempt_id, len(listed), extension)
         body = parquet_bytes(star.to_arrow(table, frame))
         storage.put_new_object(self.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
         listed.append(DataFile(key, len(frame), len(body)))
@@ -210,79 +215,80 @@ def _decode(bucket: str, key: str) -> list[dict[str, Any]]:
         ) from None
 
 
-def read_source(run: _Run, table: str) -> Iterator[pd.DataFrame]:
+def read_source(attempt: _TransformAttempt, table: str) -> Iterator[pd.DataFrame]:
     """Yield one typed source frame per ingest file of ``table``, checking each file whole.
 
     The row count must match the manifest's, so a file truncated at a line
     boundary is caught as surely as one cut mid-line.
     """
     total = 0
-    for rows, key in _checked_files(run, run.files(table)):
+    for rows, key in _checked_files(attempt, attempt.files(table)):
         try:
             frame = star.source_frame(table, rows)
         except star.SourceDataError as error:
-            raise TransformInputError(f"s3://{run.ingest_bucket}/{key}: {error}") from None
+            raise TransformInputError(f"s3://{attempt.ingest_bucket}/{key}: {error}") from None
         total += len(frame)
         yield frame
-    run.rows_in[table] += total
+    attempt.rows_in[table] += total
 
 
-def _checked_files(run: _Run,
+def _checked_files(attempt: _TransformAttempt,
                    files: Iterable[DataFile]) -> Iterator[tuple[list[dict[str, Any]], str]]:
     """Yield each file's decoded rows and key, its row count checked against the manifest's."""
     for entry in files:
-        rows = _decode(run.ingest_bucket, entry.key)
+        rows = _decode(attempt.ingest_bucket, entry.key)
         if len(rows) != entry.rows:
             raise TransformInputError(
-                f"s3://{run.ingest_bucket}/{entry.key} holds {len(rows)} row(s), "
+                f"s3://{attempt.ingest_bucket}/{entry.key} holds {len(rows)} row(s), "
                 f"the manifest says {entry.rows}"
             )
         yield rows, entry.key
 
 
-def read_deletions(run: _Run, table: str) -> Iterator[pd.DataFrame]:
+def read_deletions(attempt: _TransformAttempt, table: str) -> Iterator[pd.DataFrame]:
     """Yield the deletion frame of a fact source table, one per deletion file of the manifest."""
-    for rows, key in _checked_files(run, run.manifest.table(table).deleted):
+    for rows, key in _checked_files(attempt, attempt.manifest.table(table).deleted):
         try:
             yield star.deletions(table, rows)
         except star.SourceDataError as error:
-            raise TransformInputError(f"s3://{run.ingest_bucket}/{key}: {error}") from None
+            raise TransformInputError(f"s3://{attempt.ingest_bucket}/{key}: {error}") from None
 
 
-def _read_whole(run: _Run, table: str) -> pd.DataFrame:
-    frames = [frame for frame in read_source(run, table) if len(frame)]
+def _read_whole(attempt: _TransformAttempt, table: str) -> pd.DataFrame:
+    frames = [frame for frame in read_source(attempt, table) if len(frame)]
     if not frames:
         return star.empty_source_frame(table)
     return star.latest_versions(pd.concat(frames, ignore_index=True), table)
 
 
-def _reference_dimensions(run: _Run, pointers: dict[str, str | None]) -> dict[str, str | None]:
+def _reference_dimensions(attempt: _TransformAttempt,
+                          pointers: dict[str, str | None]) -> dict[str, str | None]:
     """Merge the batch into the reference state, write the propagated dimensions and new state."""
     state, changed = {}, {}
     for table in reference.REFERENCE_TABLES:
-        batch = _read_whole(run, table)
+        batch = _read_whole(attempt, table)
         pointer = pointers.get(table)
-        previous = (read_parquet(run.processed_bucket, pointer)
+        previous = (read_parquet(attempt.processed_bucket, pointer)
                     if pointer else star.empty_source_frame(table))
         state[table] = reference.merge_latest(previous, batch, table)
         changed[table] = reference.changed_ids(batch, table)
     propagation = reference.propagate(state, changed)
     for table_name, frame in propagation.dimensions.items():
-        run.write(table_name, frame)
+        attempt.write(table_name, frame)
     for table_name, ids in propagation.deferred.items():
         logger.warning("rows deferred until their parent arrives",
-                       extra={"table": table_name, "ids": ids, "manifest": run.key})
+                       extra={"table": table_name, "ids": ids, "manifest": attempt.key})
     new_pointers = dict(pointers)
     for table in reference.REFERENCE_TABLES:
         if changed[table]:
-            key = keys.reference_key(table, run.run, run.attempt)
+            key = keys.reference_key(table, attempt.run_id, attempt.attempt_id)
             body = parquet_bytes(pa.Table.from_pandas(state[table], preserve_index=False))
-            storage.put_new_object(run.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
+            storage.put_new_object(attempt.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
             new_pointers[table] = key
     return new_pointers
 
 
-def _plain_dimensions(run: _Run) -> None:
+def _plain_dimensions(attempt: _TransformAttempt) -> None:
     """Write the dimensions that need no join, file by file, in capture order.
 
     An id in several files of the batch is written from each; the load's upsert
@@ -291,16 +297,16 @@ def _plain_dimensions(run: _Run) -> None:
     for table_name, spec in star.BUILDERS.items():
         if not isinstance(spec, star.Dimension) or spec.source in reference.REFERENCE_TABLES:
             continue
-        for frame in read_source(run, spec.source):
+        for frame in read_source(attempt, spec.source):
             latest = star.latest_versions(frame, spec.source)
             unknown = star.unknown_currency_codes(latest) if spec.source == "currency" else []
             if unknown:
                 logger.warning("currency codes unknown to ISO 4217 keep the code as name",
                                extra={"codes": unknown})
-            run.write(table_name, spec.build(latest))
+            attempt.write(table_name, spec.build(latest))
 
 
-def _facts(run: _Run) -> None:
+def _facts(attempt: _TransformAttempt) -> None:
     """Write every fact version and every fact deletion file by file, then their ``dim_date``.
 
     Versions are written as captured, repeats included: the load corrects a
@@ -313,21 +319,21 @@ def _facts(run: _Run) -> None:
         if not isinstance(spec, star.Fact):
             continue
         table = spec.source
-        for frame in read_source(run, table):
+        for frame in read_source(attempt, table):
             fact = spec.build(frame)
             dates |= star.fact_dates(fact_name, fact)
-            run.write(fact_name, fact)
-        for deleted in read_deletions(run, table):
+            attempt.write(fact_name, fact)
+        for deleted in read_deletions(attempt, table):
             dates |= star.fact_dates(DELETIONS[fact_name], deleted)
-            run.write_deletions(fact_name, deleted)
-    ignored = {table: run.manifest.table(table).deleted_rows for table in SOURCE_TABLES
-               if table not in star.FACT_TABLES and run.manifest.table(table).deleted_rows}
+            attempt.write_deletions(fact_name, deleted)
+    ignored = {table: attempt.manifest.table(table).deleted_rows for table in SOURCE_TABLES
+               if table not in star.FACT_TABLES and attempt.manifest.table(table).deleted_rows}
     if ignored:
         logger.info("deletions of dimension sources not carried; their members stay",
-                    extra={"manifest": run.key, "deleted_rows": ignored})
+                    extra={"manifest": attempt.key, "deleted_rows": ignored})
     for table_name, spec in star.BUILDERS.items():
         if isinstance(spec, star.DateDimension):
-            run.write(table_name, spec.build(dates))
+            attempt.write(table_name, spec.build(dates))
 
 
 def _read_ingest_manifest(bucket: str, key: str) -> IngestManifest:
@@ -389,30 +395,31 @@ def _transformed(settings: TransformSettings, ingest_key: str, run_id: keys.RunI
                  pointers: dict[str, str | None]) -> tuple[ProcessedManifest, Counter[str]]:
     """Read the ingest run and write its Parquet objects; return its manifest and rows read."""
     ingest = _read_ingest_manifest(settings.ingest_bucket, ingest_key)
-    run = _Run(key=ingest_key, run=run_id, manifest=ingest,
-               ingest_bucket=settings.ingest_bucket, processed_bucket=settings.processed_bucket)
+    attempt = _TransformAttempt(key=ingest_key, run_id=run_id, manifest=ingest,
+                                ingest_bucket=settings.ingest_bucket,
+                                processed_bucket=settings.processed_bucket)
     try:
         capture = CapturePoint.of(ingest)
     except ValueError as error:
-        raise TransformInputError(f"s3://{run.ingest_bucket}/{ingest_key}: database_time "
+        raise TransformInputError(f"s3://{attempt.ingest_bucket}/{ingest_key}: database_time "
                                   f"{ingest.database_time!r} is not a time: {error}") from None
     try:
-        new_pointers = _reference_dimensions(run, pointers)
-        _plain_dimensions(run)
-        _facts(run)
+        new_pointers = _reference_dimensions(attempt, pointers)
+        _plain_dimensions(attempt)
+        _facts(attempt)
     except (star.SourceDataError, pa.ArrowInvalid) as error:
         raise TransformInputError(
-            f"s3://{run.ingest_bucket}/{ingest_key} (a file it lists): {error}") from None
+            f"s3://{attempt.ingest_bucket}/{ingest_key} (a file it lists): {error}") from None
     return ProcessedManifest(
-        run_id=str(run.run),
+        run_id=str(attempt.run_id),
         ingest_manifest=ingest_key,
         ingest_started_at=ingest.started_at,
         transformed_at=timestamps.now_text(),
-        tables={name: TableOutput(tuple(files)) for name, files in run.outputs.items()},
+        tables={name: TableOutput(tuple(files)) for name, files in attempt.outputs.items()},
         reference={table: new_pointers.get(table) for table in reference.REFERENCE_TABLES},
-        deletions={name: TableOutput(tuple(files)) for name, files in run.deletions.items()},
+        deletions={name: TableOutput(tuple(files)) for name, files in attempt.deletions.items()},
         capture=capture,
-    ), run.rows_in
+    ), attempt.rows_in
 
 
 def _skipped(settings: TransformSettings, ingest_key: str, run_id: keys.RunId,

@@ -101,11 +101,18 @@ def _date(name: str) -> Column:
     return Column(name, "date", False, "dim_date")
 
 
-def _version_columns() -> tuple[Column, ...]:
-    return (
+def _fact(name: str, record_key: str, business_key: str, *columns: Column) -> Table:
+    """One fact table, laid out as every fact is: one row per business id and version stamp.
+
+    Its record id, the business id, when the version was created and stamped, ``columns``,
+    then :data:`IS_DELETED`.
+    """
+    return Table(name, "fact", record_key, (
+        _c(record_key, "serial"), _c(business_key),
         _date("created_date"), _c("created_time", "time"),
         _date("last_updated_date"), _c("last_updated_time", "time"),
-    )
+        *columns, IS_DELETED,
+    ), unique_key=(business_key, "last_updated_date", "last_updated_time"))
 
 
 DIMENSIONS = (
@@ -148,32 +155,26 @@ DIMENSIONS = (
 )
 
 FACTS = (
-    Table("fact_sales_order", "fact", "sales_record_id", (
-        _c("sales_record_id", "serial"), _c("sales_order_id"), *_version_columns(),
-        _c("sales_staff_id", references="dim_staff"),
-        _c("counterparty_id", references="dim_counterparty"),
-        _c("units_sold"), _c("unit_price", "money"),
-        _c("currency_id", references="dim_currency"), _c("design_id", references="dim_design"),
-        _date("agreed_payment_date"), _date("agreed_delivery_date"),
-        _c("agreed_delivery_location_id", references="dim_location"), IS_DELETED,
-    ), unique_key=("sales_order_id", "last_updated_date", "last_updated_time")),
-    Table("fact_purchase_orders", "fact", "purchase_record_id", (
-        _c("purchase_record_id", "serial"), _c("purchase_order_id"), *_version_columns(),
-        _c("staff_id", references="dim_staff"),
-        _c("counterparty_id", references="dim_counterparty"),
-        _c("item_code", "text"), _c("item_quantity"), _c("item_unit_price", "numeric"),
-        _c("currency_id", references="dim_currency"),
-        _date("agreed_delivery_date"), _date("agreed_payment_date"),
-        _c("agreed_delivery_location_id", references="dim_location"), IS_DELETED,
-    ), unique_key=("purchase_order_id", "last_updated_date", "last_updated_time")),
-    Table("fact_payment", "fact", "payment_record_id", (
-        _c("payment_record_id", "serial"), _c("payment_id"), *_version_columns(),
-        _c("transaction_id", references="dim_transaction"),
-        _c("counterparty_id", references="dim_counterparty"),
-        _c("payment_amount", "numeric"), _c("currency_id", references="dim_currency"),
-        _c("payment_type_id", references="dim_payment_type"), _c("paid", "bool"),
-        _date("payment_date"), IS_DELETED,
-    ), unique_key=("payment_id", "last_updated_date", "last_updated_time")),
+    _fact("fact_sales_order", "sales_record_id", "sales_order_id",
+          _c("sales_staff_id", references="dim_staff"),
+          _c("counterparty_id", references="dim_counterparty"),
+          _c("units_sold"), _c("unit_price", "money"),
+          _c("currency_id", references="dim_currency"), _c("design_id", references="dim_design"),
+          _date("agreed_payment_date"), _date("agreed_delivery_date"),
+          _c("agreed_delivery_location_id", references="dim_location")),
+    _fact("fact_purchase_orders", "purchase_record_id", "purchase_order_id",
+          _c("staff_id", references="dim_staff"),
+          _c("counterparty_id", references="dim_counterparty"),
+          _c("item_code", "text"), _c("item_quantity"), _c("item_unit_price", "numeric"),
+          _c("currency_id", references="dim_currency"),
+          _date("agreed_delivery_date"), _date("agreed_payment_date"),
+          _c("agreed_delivery_location_id", references="dim_location")),
+    _fact("fact_payment", "payment_record_id", "payment_id",
+          _c("transaction_id", references="dim_transaction"),
+          _c("counterparty_id", references="dim_counterparty"),
+          _c("payment_amount", "numeric"), _c("currency_id", references="dim_currency"),
+          _c("payment_type_id", references="dim_payment_type"), _c("paid", "bool"),
+          _date("payment_date")),
 )
 
 #: every warehouse table by name, dimensions first (the order they must load in).

@@ -5,13 +5,8 @@
 --   counts, because amounts in different currencies cannot be added up without exchange rates.
 -- Chart: arc theta=orders color=currency_code
 \ir filter.psql
-WITH sales AS (:filtered_sales),
+WITH sold AS (:sales_by_currency),
 purchases AS (:filtered_purchases),
-sold AS (
-    SELECT currency_code, COUNT(*) AS sales_orders, SUM(units_sold * unit_price) AS sales_revenue
-    FROM sales
-    GROUP BY currency_code
-),
 bought AS (
     SELECT currency_code, COUNT(*) AS purchase_orders,
            SUM(item_quantity * item_unit_price) AS purchase_spend

@@ -5,34 +5,26 @@
 --   for the version recording the order's deletion at the source. Names (design, city, staff)
 --   are as they are now.
 -- Chart: table
-WITH versions AS (
-    SELECT *
-    FROM fact_sales_order
-    WHERE sales_order_id = CAST(:order_id AS integer)
+WITH tracked (position, field, label) AS (
+    -- The fields whose change the history names, in the order it names them.
+    VALUES (1, 'units_sold', 'units sold'), (2, 'unit_price', 'unit price'),
+           (3, 'currency_id', 'currency'), (4, 'design_id', 'design'),
+           (5, 'agreed_delivery_location_id', 'delivery location'),
+           (6, 'agreed_delivery_date', 'delivery date'), (7, 'agreed_payment_date', 'payment date'),
+           (8, 'counterparty_id', 'counterparty'), (9, 'sales_staff_id', 'staff')
+),
+versions AS (
+    SELECT f.*, to_jsonb(f) AS fields,
+           LAG(to_jsonb(f)) OVER (ORDER BY f.sales_record_id) AS previous_fields
+    FROM fact_sales_order AS f
+    WHERE f.sales_order_id = CAST(:order_id AS integer)
 )
-SELECT ROW_NUMBER() OVER w AS version,
+SELECT ROW_NUMBER() OVER (ORDER BY v.sales_record_id) AS version,
        CASE WHEN v.is_deleted THEN 'deleted'
-            WHEN LAG(v.sales_record_id) OVER w IS NULL THEN 'placed'
-            ELSE concat_ws(', ',
-                CASE WHEN v.units_sold IS DISTINCT FROM LAG(v.units_sold) OVER w
-                     THEN 'units sold' END,
-                CASE WHEN v.unit_price IS DISTINCT FROM LAG(v.unit_price) OVER w
-                     THEN 'unit price' END,
-                CASE WHEN v.currency_id IS DISTINCT FROM LAG(v.currency_id) OVER w
-                     THEN 'currency' END,
-                CASE WHEN v.design_id IS DISTINCT FROM LAG(v.design_id) OVER w
-                     THEN 'design' END,
-                CASE WHEN v.agreed_delivery_location_id
-                          IS DISTINCT FROM LAG(v.agreed_delivery_location_id) OVER w
-                     THEN 'delivery location' END,
-                CASE WHEN v.agreed_delivery_date IS DISTINCT FROM LAG(v.agreed_delivery_date) OVER w
-                     THEN 'delivery date' END,
-                CASE WHEN v.agreed_payment_date IS DISTINCT FROM LAG(v.agreed_payment_date) OVER w
-                     THEN 'payment date' END,
-                CASE WHEN v.counterparty_id IS DISTINCT FROM LAG(v.counterparty_id) OVER w
-                     THEN 'counterparty' END,
-                CASE WHEN v.sales_staff_id IS DISTINCT FROM LAG(v.sales_staff_id) OVER w
-                     THEN 'staff' END)
+            WHEN v.previous_fields IS NULL THEN 'placed'
+            ELSE (SELECT COALESCE(string_agg(t.label, ', ' ORDER BY t.position), '')
+                  FROM tracked AS t
+                  WHERE v.fields -> t.field IS DISTINCT FROM v.previous_fields -> t.field)
        END AS changed,
        v.last_updated_date, v.last_updated_time,
        v.units_sold, v.unit_price, c.currency_code, v.units_sold * v.unit_price AS order_value,
@@ -44,5 +36,4 @@ JOIN dim_design AS d ON d.design_id = v.design_id
 JOIN dim_location AS l ON l.location_id = v.agreed_delivery_location_id
 JOIN dim_counterparty AS cp ON cp.counterparty_id = v.counterparty_id
 JOIN dim_staff AS st ON st.staff_id = v.sales_staff_id
-WINDOW w AS (ORDER BY v.sales_record_id)
 ORDER BY version

@@ -4,13 +4,8 @@
 --   payments whose latest version is unpaid with their total amount.
 -- Chart: none
 \ir filter.psql
-WITH sales AS (:filtered_sales),
+WITH sold AS (:sales_by_currency),
 payments AS (:filtered_payments),
-sold AS (
-    SELECT currency_code, COUNT(*) AS orders, SUM(units_sold * unit_price) AS revenue
-    FROM sales
-    GROUP BY currency_code
-),
 unpaid AS (
     SELECT currency_code, COUNT(*) AS unpaid_payments, SUM(payment_amount) AS unpaid_amount
     FROM payments
@@ -18,8 +13,8 @@ unpaid AS (
     GROUP BY currency_code
 )
 SELECT currency_code,
-       COALESCE(sold.orders, 0) AS orders,
-       COALESCE(sold.revenue, 0) AS revenue,
+       COALESCE(sold.sales_orders, 0) AS orders,
+       COALESCE(sold.sales_revenue, 0) AS revenue,
        COALESCE(unpaid.unpaid_payments, 0) AS unpaid_payments,
        COALESCE(unpaid.unpaid_amount, 0) AS unpaid_amount
 FROM sold

@@ -17,7 +17,8 @@ def run_audit(e2e, **kwargs) -> audit.AuditReport:
     source = e2e.source.connect()
     target = e2e.postgres.connect(e2e.warehouse)
     try:
-        return audit.run(source, target, audit.BucketStore(e2e.env["INGEST_BUCKET"]), **kwargs)
+        return audit.audit_databases(source, target,
+                                     audit.BucketStore(e2e.env["INGEST_BUCKET"]), **kwargs)
     finally:
         source.close()
         target.close()
