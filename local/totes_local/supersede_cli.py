@@ -78,7 +78,7 @@ def reload_sql(start: str) -> list[str]:
 
 def _describe(marker: supersede.Revision | supersede.Skip) -> str:
     if isinstance(marker, supersede.Revision):
-        what = f"revision {marker.number}: transform again from {marker.start}"
+        what = f"revision {marker.number}: transform again from {marker.from_manifest}"
     else:
         what = f"skip by {marker.stage} at revision {marker.revision}: {marker.manifest}"
     return f"  {what}\n    {marker.created_at} by {marker.created_by}: {marker.reason}"
@@ -133,9 +133,9 @@ def run(args: argparse.Namespace) -> int:
         revision = supersede.declare_revision(args.processed_bucket, args.start, args.reason,
                                               caller())
         lines = [f"wrote s3://{args.processed_bucket}/{revision.key}",
-                 f"transform writes revision {revision.number} from {revision.start} on at its "
-                 "next event. Load refuses to run until the warehouse forgets what it loaded "
-                 "from then on. Run this in the warehouse (docs/runbook.md, \"Transform again "
-                 "from a manifest\"):", "", *reload_sql(revision.start)]
+                 f"transform writes revision {revision.number} from {revision.from_manifest} on "
+                 "at its next event. Load refuses to run until the warehouse forgets what it "
+                 "loaded from then on. Run this in the warehouse (docs/runbook.md, "
+                 "\"Transform again from a manifest\"):", "", *reload_sql(revision.from_manifest)]
     print("\n".join(lines))
     return 0

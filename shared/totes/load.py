@@ -354,7 +354,7 @@ def check_revisions(conn: pg8000.native.Connection, markers: Markers) -> None:
     """
     if not markers.revisions:
         return
-    since = min(revision.start for revision in markers.revisions)
+    since = min(revision.from_manifest for revision in markers.revisions)
     stale = [key for key, loaded_from in warehouse.loaded_revisions(conn, since)
              if loaded_from != markers.processed_key(key)]
     if stale:

@@ -25,8 +25,8 @@ A malformed marker is an input error: both stages stop until a person fixes it,
 rather than guessing what was meant.
 """
 import re
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Iterator, Mapping
 
 from totes import keys, storage, timestamps
 from totes.errors import InputError
@@ -52,62 +52,87 @@ def revision_prefix(number: int) -> str:
     return f"{REVISIONS_PREFIX}{number:04d}/" if number else ""
 
 
-def _manifest(key: str, what: str) -> str:
-    if keys.parse_manifest_key(key) is None:
+def _manifest(key: Any, what: str) -> str:
+    if not isinstance(key, str) or keys.parse_manifest_key(key) is None:
         raise MarkerError(f"{what} {key!r} is not an ingest manifest key "
                           f"(_manifests/yyyy/mm/dd/<stamp>-<id>.json)")
     return key
 
 
-def _reason(text: str) -> str:
-    if not text.strip():
-        raise MarkerError("a marker needs a reason: say why, for whoever reads it later")
-    return text.strip()
+def _number(value: Any, what: str, least: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise MarkerError(f"{what} {value!r} is not a whole number from {least}")
+    return value
 
 
-@dataclass(frozen=True)
-class Revision:
-    """Transform again from ingest manifest ``start`` on, as revision ``number``."""
+@dataclass(frozen=True, kw_only=True)
+class Marker:
+    """What every decision records besides itself: why, when, and who (from STS).
 
-    number: int
-    start: str
+    A marker checks itself when made, so a nonsensical one is refused before it is
+    written, and one written by hand is refused when read.
+    """
+
+    kind: ClassVar[str]
+    #: the marker's key, formatted from its fields.
+    key_format: ClassVar[str]
     reason: str
     created_at: str
     created_by: str
 
+    def __post_init__(self) -> None:
+        """Refuse a marker without a reason: whoever reads it later must know why."""
+        if not isinstance(self.reason, str) or not self.reason.strip():
+            raise MarkerError("a marker needs a reason: say why, for whoever reads it later")
+        object.__setattr__(self, "reason", self.reason.strip())
+
     @property
     def key(self) -> str:
-        """The marker's key."""
-        return f"{REVISION_MARKERS}{self.number:04d}.json"
+        """The marker's key, which its content must agree with."""
+        return self.key_format.format(**asdict(self))
 
     def to_json(self) -> dict[str, Any]:
-        """The marker's document."""
-        return {"format": MARKER_FORMAT, "kind": "revision", "revision": self.number,
-                "from_manifest": self.start, "reason": self.reason,
-                "created_at": self.created_at, "created_by": self.created_by}
+        """The marker's document: its format, its kind and its fields."""
+        return {"format": MARKER_FORMAT, "kind": self.kind, **asdict(self)}
 
 
-@dataclass(frozen=True)
-class Skip:
+@dataclass(frozen=True, kw_only=True)
+class Revision(Marker):
+    """Transform again from ingest manifest ``from_manifest`` on, as revision ``number``."""
+
+    kind: ClassVar[str] = "revision"
+    key_format: ClassVar[str] = REVISION_MARKERS + "{number:04d}.json"
+    number: int
+    from_manifest: str
+
+    def __post_init__(self) -> None:
+        """Check the number and the manifest key, then the common fields."""
+        _number(self.number, "revision", 1)
+        _manifest(self.from_manifest, "from_manifest")
+        super().__post_init__()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Skip(Marker):
     """Stage ``stage`` passes over ingest manifest ``manifest`` at revision ``revision``."""
 
+    kind: ClassVar[str] = "skip"
+    key_format: ClassVar[str] = SKIP_MARKERS + "{stage}/{revision:04d}/{manifest}"
     stage: str
     revision: int
     manifest: str
-    reason: str
-    created_at: str
-    created_by: str
 
-    @property
-    def key(self) -> str:
-        """The marker's key: the stage, the revision and the manifest's own key."""
-        return f"{SKIP_MARKERS}{self.stage}/{self.revision:04d}/{self.manifest}"
+    def __post_init__(self) -> None:
+        """Check the stage, the revision and the manifest key, then the common fields."""
+        if self.stage not in STAGES:
+            raise MarkerError(f"stage {self.stage!r} is not one of {', '.join(STAGES)}")
+        _number(self.revision, "revision", 0)
+        _manifest(self.manifest, "manifest")
+        super().__post_init__()
 
-    def to_json(self) -> dict[str, Any]:
-        """The marker's document."""
-        return {"format": MARKER_FORMAT, "kind": "skip", "stage": self.stage,
-                "revision": self.revision, "manifest": self.manifest, "reason": self.reason,
-                "created_at": self.created_at, "created_by": self.created_by}
+
+#: every kind of marker, by the ``kind`` its document names.
+MARKER_KINDS: dict[str, type[Revision] | type[Skip]] = {"revision": Revision, "skip": Skip}
 
 
 @dataclass(frozen=True)
@@ -120,25 +145,18 @@ class Segment:
 
 
 def parse_marker(key: str, document: Any) -> Revision | Skip:
-    """Read one marker object, checking that its content agrees with its key."""
+    """Read one marker object, checking its fields and that its content agrees with its key."""
     if not isinstance(document, Mapping) or document.get("format") != MARKER_FORMAT:
         raise MarkerError(f"{key}: not a {MARKER_FORMAT} marker")
+    kind = MARKER_KINDS.get(str(document.get("kind")))
+    if kind is None:
+        raise MarkerError(f"{key}: unknown kind {document.get('kind')!r}")
     try:
-        common = {"reason": _reason(str(document["reason"])),
-                  "created_at": str(document["created_at"]),
-                  "created_by": str(document["created_by"])}
-        marker: Revision | Skip
-        if document["kind"] == "revision":
-            marker = Revision(number=int(document["revision"]),
-                              start=_manifest(str(document["from_manifest"]), "from_manifest"),
-                              **common)
-        elif document["kind"] == "skip" and document["stage"] in STAGES:
-            marker = Skip(stage=str(document["stage"]), revision=int(document["revision"]),
-                          manifest=_manifest(str(document["manifest"]), "manifest"), **common)
-        else:
-            raise MarkerError(f"kind {document['kind']!r} / stage {document.get('stage')!r}")
-    except (KeyError, TypeError, ValueError) as error:
-        raise MarkerError(f"{key}: malformed marker: {type(error).__name__}: {error}") from None
+        marker = kind(**{name.name: document[name.name] for name in fields(kind)})
+    except MarkerError as error:
+        raise MarkerError(f"{key}: {error}") from None
+    except KeyError as error:
+        raise MarkerError(f"{key}: malformed marker: no field {error}") from None
     if marker.key != key:
         raise MarkerError(f"{key}: its content says it belongs at {marker.key}")
     return marker
@@ -153,7 +171,7 @@ class Markers:
 
     def revision_for(self, ingest_key: str) -> int:
         """The revision in force for an ingest manifest: the newest starting at or before it."""
-        return max((r.number for r in self.revisions if r.start <= ingest_key), default=0)
+        return max((r.number for r in self.revisions if r.from_manifest <= ingest_key), default=0)
 
     def processed_key(self, ingest_key: str) -> str:
         """Where the processed manifest of ``ingest_key`` is (or will be) in force."""
@@ -171,7 +189,7 @@ class Markers:
         """The key ranges of each revision in force, oldest first, covering every key."""
         result: list[Segment] = []
         start, current = None, 0
-        for bound in sorted({r.start for r in self.revisions}):
+        for bound in sorted({r.from_manifest for r in self.revisions}):
             number = self.revision_for(bound)
             if number != current:
                 result.append(Segment(start, bound, current))
@@ -237,20 +255,17 @@ def declare_revision(bucket: str, start: str, reason: str, created_by: str) -> R
     gets :class:`storage.ObjectAlreadyExistsError` and tries again.
     """
     markers = read_markers(bucket)
-    revision = Revision(number=markers.newest_revision() + 1, start=_manifest(start, "from"),
-                        reason=_reason(reason), created_at=timestamps.now_text(),
-                        created_by=created_by)
+    revision = Revision(number=markers.newest_revision() + 1, from_manifest=start,
+                        reason=reason, created_at=timestamps.now_text(), created_by=created_by)
     storage.put_new_json(bucket, revision.key, revision.to_json())
     return revision
 
 
 def write_skip(bucket: str, stage: str, manifest: str, reason: str, created_by: str) -> Skip:
     """Write a skip of ``manifest`` by ``stage``, at the revision now in force for it."""
-    if stage not in STAGES:
-        raise MarkerError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
     markers = read_markers(bucket)
     skip = Skip(stage=stage, revision=markers.revision_for(_manifest(manifest, "manifest")),
-                manifest=manifest, reason=_reason(reason), created_at=timestamps.now_text(),
+                manifest=manifest, reason=reason, created_at=timestamps.now_text(),
                 created_by=created_by)
     storage.put_new_json(bucket, skip.key, skip.to_json())
     return skip

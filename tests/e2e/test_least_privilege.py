@@ -66,8 +66,10 @@ FUNCTIONS = {"ingest": "IngestFunction", "transform": "TransformFunction",
 #: moto's default account, which the session moto server gives the secrets' ARNs
 MOTO_ACCOUNT = "123456789012"
 #: an operator's skip of a run long gone: every transform and load reads it, none acts on it.
-OLD_SKIP = supersede.Skip("load", 0, "_manifests/2000/01/01/20000101T000000000Z-00000000.json",
-                          "a marker for the run to read", "2000-01-01T00:00:00.000Z", "arn:ops")
+OLD_SKIP = supersede.Skip(
+    stage="load", revision=0, manifest="_manifests/2000/01/01/20000101T000000000Z-00000000.json",
+    reason="a marker for the run to read", created_at="2000-01-01T00:00:00.000Z",
+    created_by="arn:ops")
 #: unauthenticated calls the enforcing server allows: create the admin, its policy, its key
 BOOTSTRAP_CALLS = 3
 ALLOW_ALL = {"Version": "2012-10-17",

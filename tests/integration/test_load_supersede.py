@@ -107,7 +107,7 @@ def test_transforming_again_is_refused_until_the_warehouse_forgets_the_old_outpu
         run(conn)
     assert fact_versions(conn) == [[1, 10], [2, 10], [3, 10]]
 
-    conn.run(" ".join(supersede_cli.reload_sql(revision.start)))
+    conn.run(" ".join(supersede_cli.reload_sql(revision.from_manifest)))
     report = run(conn)
     assert report.manifests_loaded == [first, second, third]
     assert fact_versions(conn) == [[1, 10], [2, 7], [3, 7]]

@@ -15,7 +15,8 @@ def key(day: int, minute: int) -> str:
 
 
 def revision(number: int, start: str) -> Revision:
-    return Revision(number, start, "a transform bug", "2024-11-20T10:00:00.000Z", "arn:ops")
+    return Revision(number=number, from_manifest=start, reason="a transform bug",
+                    created_at="2024-11-20T10:00:00.000Z", created_by="arn:ops")
 
 
 @pytest.fixture
@@ -54,7 +55,8 @@ def test_an_earlier_start_supersedes_every_revision_after_it():
 
 
 def test_a_skip_applies_to_its_stage_and_revision_only():
-    skip = Skip("transform", 0, key(2, 0), "unreadable file", "t", "arn:ops")
+    skip = Skip(stage="transform", revision=0, manifest=key(2, 0), reason="unreadable file",
+                created_at="t", created_by="arn:ops")
     markers = Markers(skips={("transform", 0, key(2, 0)): skip})
     assert markers.skip("transform", key(2, 0)) == skip
     assert markers.skip("load", key(2, 0)) is None
@@ -124,10 +126,12 @@ def test_a_marker_that_means_nothing_is_refused_before_it_is_written(bucket, sta
     ("_supersede/revisions/0001.json", b"{", "not JSON"),
     ("_supersede/revisions/0001.json", {"format": "other"}, "not a totes.supersede/1 marker"),
     ("_supersede/revisions/0001.json", {"format": "totes.supersede/1", "kind": "revision"},
-     "malformed marker: KeyError"),
+     "malformed marker: no field 'reason'"),
+    ("_supersede/revisions/0001.json", {**revision(1, key(1, 0)).to_json(), "number": "1"},
+     "revision '1' is not a whole number"),
     ("_supersede/revisions/0002.json", revision(1, key(1, 0)).to_json(), "belongs at"),
     ("_supersede/revisions/0001.json", {**revision(1, key(1, 0)).to_json(), "kind": "redo"},
-     "kind 'redo'"),
+     "unknown kind 'redo'"),
 ])
 def test_a_malformed_marker_stops_the_stages_naming_its_key(bucket, marker_key, document,
                                                             message):
