@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         lines = [f"wrote s3://{args.processed_bucket}/{skip.key}",
                  f"{skip.stage} passes over {skip.manifest} at its next run (revision "
                  f"{skip.revision}); that run's data is not carried: run the audit afterwards "
-                 "to see what is missing (docs/runbook.md, \"Release a stuck manifest\")."]
+                 "to see what is missing (docs/runbook.md, \"A stuck manifest\")."]
     else:
         revision = supersede.declare_revision(args.processed_bucket, args.start, args.reason,
                                               caller())
