@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from totes import config
 from totes_local import local_stack, stack
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +59,9 @@ def local_values(container_host: str = local_stack.CONTAINER_HOST,
         "PROCESSED_BUCKET": stack.PROCESSED_BUCKET,
         "TOTESYS_SECRET_ID": stack.TOTESYS_SECRET,
         "WAREHOUSE_SECRET_ID": stack.WAREHOUSE_SECRET,
+        # Where each database is: empty, so from the local stack's secrets (as deployed by default).
+        **{database.variable(field): "" for database in config.DATABASES
+           for field in config.CONNECTION_FIELDS},
         "INGEST_DELETE_SWEEP_MINUTES": "60",
         "CAPTURE_MODE": "snapshot",
         "POWERTOOLS_SERVICE_NAME": "totes",

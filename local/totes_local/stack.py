@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping
 import boto3
 import pg8000.native
 
-from totes import db
+from totes import config, db
 
 REGION = "eu-west-2"
 INGEST_BUCKET = "totes-local-ingestion"
@@ -142,6 +142,9 @@ def pipeline_environment() -> dict[str, str]:
         "PROCESSED_BUCKET": PROCESSED_BUCKET,
         "TOTESYS_SECRET_ID": TOTESYS_SECRET,
         "WAREHOUSE_SECRET_ID": WAREHOUSE_SECRET,
+        # Empty, as the template's parameters default: the local secrets say where each is.
+        **{database.variable(field): "" for database in config.DATABASES
+           for field in config.CONNECTION_FIELDS},
         "POWERTOOLS_SERVICE_NAME": "totes",
         "POWERTOOLS_METRICS_NAMESPACE": "TotesPipeline",
     }

@@ -571,8 +571,9 @@ def run_audit(settings: AuditSettings, deadline: stage.Deadline) -> AuditReport:
     source = target = None
     try:
         timeout = deadline.remaining()
-        source = db.connect(settings.totesys_secret_id, timeout=timeout)
-        target = db.connect(settings.warehouse_secret_id, timeout=timeout)
+        source = db.connect(settings.totesys_secret_id, timeout=timeout, database=config.TOTESYS)
+        target = db.connect(settings.warehouse_secret_id, timeout=timeout,
+                            database=config.WAREHOUSE)
         report = audit_databases(source, target, BucketStore(settings.ingest_bucket))
     except Exception:
         observability.service_logger().exception(NOTHING_COMPARED)

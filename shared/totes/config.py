@@ -5,6 +5,7 @@ message naming the variable, and tests can change the environment freely.
 """
 import os
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 
 from totes.errors import InputError
@@ -46,14 +47,77 @@ def processed_bucket() -> str:
     return require_env("PROCESSED_BUCKET")
 
 
+@dataclass(frozen=True)
+class Database:
+    """One of the two databases: the names of its environment variables and template parameters.
+
+    Its secret holds the credentials (``<PREFIX>_SECRET_ID``). Where the database is
+    (host, port, database name) may come from the secret too, as in the JSON RDS writes
+    for a secret it rotates, or from ``<PREFIX>_HOST``, ``<PREFIX>_PORT`` and
+    ``<PREFIX>_DBNAME`` (the template's ``<Title>Host``, ``<Title>Port`` and
+    ``<Title>Database`` parameters): an RDS-managed master secret holds only the
+    username and password. A non-empty variable wins over the secret's field.
+    """
+
+    prefix: str
+    title: str
+
+    @property
+    def secret_variable(self) -> str:
+        """The variable naming the database's Secrets Manager secret."""
+        return f"{self.prefix}_SECRET_ID"
+
+    def variable(self, field: str) -> str:
+        """The variable that may give the secret's connection ``field`` (host, port, dbname)."""
+        return f"{self.prefix}_{CONNECTION_FIELDS[field][0]}"
+
+    def parameter(self, field: str) -> str:
+        """The template parameter behind :meth:`variable`."""
+        return f"{self.title}{CONNECTION_FIELDS[field][1]}"
+
+
+#: secret key -> (environment variable suffix, template parameter suffix)
+CONNECTION_FIELDS = {"host": ("HOST", "Host"), "port": ("PORT", "Port"),
+                     "dbname": ("DBNAME", "Database")}
+TOTESYS = Database(prefix="TOTESYS", title="Totesys")
+WAREHOUSE = Database(prefix="WAREHOUSE", title="Warehouse")
+DATABASES = (TOTESYS, WAREHOUSE)
+
+
 def totesys_secret_id() -> str:
     """Secrets Manager id of the source database credentials."""
-    return require_env("TOTESYS_SECRET_ID")
+    return require_env(TOTESYS.secret_variable)
 
 
 def warehouse_secret_id() -> str:
     """Secrets Manager id of the warehouse credentials."""
-    return require_env("WAREHOUSE_SECRET_ID")
+    return require_env(WAREHOUSE.secret_variable)
+
+
+def connection_fields(database: Database) -> dict[str, str]:
+    """The connection fields the environment gives for ``database``: the non-empty ones only."""
+    given = {field: os.environ.get(database.variable(field), "").strip()
+             for field in CONNECTION_FIELDS}
+    port = given["port"]
+    if port and not port.isdigit():
+        raise ConfigurationError(f"{database.variable('port')} must be a port number, got {port!r}")
+    return {field: value for field, value in given.items() if value}
+
+
+def database_of_secret(secret_id: str) -> Database | None:
+    """The database whose secret variable names ``secret_id`` here; None when none does.
+
+    For callers that hold only a secret id. When both databases name the same secret
+    (one RDS instance, one master secret) their connection fields must agree, or the
+    caller has to say which database it means.
+    """
+    named = [database for database in DATABASES
+             if os.environ.get(database.secret_variable, "").strip() == secret_id]
+    if len({tuple(sorted(connection_fields(database).items())) for database in named}) > 1:
+        raise ConfigurationError(
+            f"{' and '.join(database.secret_variable for database in named)} both name secret "
+            f"{secret_id} but give different connection fields; say which database to connect to")
+    return named[0] if named else None
 
 
 def delete_sweep_interval() -> timedelta:

@@ -1,10 +1,15 @@
-"""The one way the pipeline reaches PostgreSQL: a Secrets Manager secret in RDS's JSON shape.
+"""The one way the pipeline reaches PostgreSQL: a Secrets Manager secret, and where it is.
 
-The secret holds ``host``, ``port``, ``username``, ``password`` and ``dbname``
-(extra keys ignored). As in libpq, a host starting with ``/`` is a Unix-socket
-directory (no TLS: the socket never leaves the machine). Over TCP the default
-``sslmode`` is ``verify-full``: a man in the middle must not get the password, and
-pg8000 sends it in clear text to any server that asks. The certificate is checked
+The secret holds ``username`` and ``password`` (extra keys ignored), and may hold
+``host``, ``port`` and ``dbname``, as Secrets Manager's JSON for RDS credentials
+does. An RDS-managed master secret holds only the username and password, so the
+function's environment may give those three instead (:func:`totes.config.
+connection_fields`, from the template's parameters): a field given there wins over
+the secret's, and a field neither gives fails naming both places. As in libpq, a
+host starting with ``/`` is a Unix-socket directory (no TLS: the socket never leaves
+the machine). Over TCP the default ``sslmode`` is ``verify-full``: a man in the
+middle must not get the password, and pg8000 sends it in clear text to any server
+that asks. The certificate is checked
 against ``sslrootcert`` (a CA file inside the function) when the secret names one,
 otherwise against the system trust store plus the RDS bundle ``make ca-bundle``
 ships in the layer (:data:`LAYER_CA_BUNDLE`). Credentials are never logged: errors
@@ -19,6 +24,7 @@ from typing import Any, Mapping
 import pg8000.native
 from aws_lambda_powertools.utilities import parameters
 
+from totes import config
 from totes.errors import InputError, TransientError
 
 REQUIRED_KEYS = ("host", "username", "dbname")
@@ -143,14 +149,40 @@ def connection_kwargs(secret: Mapping[str, Any], *,
     return kwargs
 
 
-def connect(secret_id: str, *,
-            timeout: float | None = CONNECT_TIMEOUT_SECONDS) -> pg8000.native.Connection:
+def with_connection_fields(secret: Mapping[str, Any], database: config.Database,
+                           secret_id: str) -> dict[str, Any]:
+    """The secret with the environment's connection fields over its own ones.
+
+    Fails naming every field that neither gives, and both places it may come from.
+    """
+    merged = {**secret, **config.connection_fields(database)}
+    problems = []
+    for field in REQUIRED_KEYS:
+        if not merged.get(field):
+            where = f'put "{field}" in secret {secret_id}'
+            if field in config.CONNECTION_FIELDS:
+                where += (f" or set {database.variable(field)} "
+                          f"(template parameter {database.parameter(field)})")
+            problems.append(f"no {field} for the {database.title.lower()} database: {where}")
+    if problems:
+        raise SecretFormatError("; ".join(problems))
+    return merged
+
+
+def connect(secret_id: str, *, timeout: float | None = CONNECT_TIMEOUT_SECONDS,
+            database: config.Database | None = None) -> pg8000.native.Connection:
     """Open a connection with the credentials in ``secret_id``, or fail saying why.
 
-    ``timeout`` bounds every wait on the server, statements included (see
-    :func:`connection_kwargs`).
+    ``database`` says which one it is, so its connection fields in the environment
+    apply; without it, it is the database whose secret variable names ``secret_id``
+    (none: the secret alone). ``timeout`` bounds every wait on the server, statements
+    included (see :func:`connection_kwargs`).
     """
-    return connect_with(fetch_secret(secret_id), f"secret {secret_id}", timeout=timeout)
+    secret: Mapping[str, Any] = fetch_secret(secret_id)
+    database = database or config.database_of_secret(secret_id)
+    if database is not None:
+        secret = with_connection_fields(secret, database, secret_id)
+    return connect_with(secret, f"secret {secret_id}", timeout=timeout)
 
 
 def connect_with(secret: Mapping[str, Any], source: str, *,

@@ -375,7 +375,7 @@ def _sweep_table(conn: pg8000.native.Connection, settings: IngestSettings,
 def _read_source(settings: IngestSettings, previous: IngestManifest | None,
                  previous_key: str | None, run: keys.RunId,
                  db_timeout: float) -> tuple[extract.ReadPoint, dict[str, TableEntry]]:
-    conn = db.connect(settings.secret_id, timeout=db_timeout)
+    conn = db.connect(settings.secret_id, timeout=db_timeout, database=config.TOTESYS)
     try:
         with extract.snapshot(conn) as read_point:
             check_contract(extract.source_columns(conn))
@@ -436,7 +436,7 @@ def _logical_start(settings: IngestSettings, previous: IngestManifest | None,
             "(docs/ingest.md, 'Dropping the slot')")
     if position is not None and position.backfilled:
         return position
-    conn = db.connect(settings.secret_id, timeout=db_timeout)
+    conn = db.connect(settings.secret_id, timeout=db_timeout, database=config.TOTESYS)
     try:
         lsn = logical.ensure_source(conn, settings.slot, settings.publication)
     finally:
@@ -453,7 +453,7 @@ def _read_slot(settings: IngestSettings, previous: IngestManifest, run: keys.Run
         return ObjectWriter(settings.bucket, settings.chunk_rows,
                             lambda part: logical.data_key_for(run)(table, deletion, part))
 
-    conn = db.connect(settings.secret_id, timeout=db_timeout)
+    conn = db.connect(settings.secret_id, timeout=db_timeout, database=config.TOTESYS)
     try:
         logical.resume(conn, position)
         with extract.snapshot(conn) as read_point:
@@ -593,7 +593,7 @@ def _release_slot(settings: IngestSettings, position: LogicalPosition,
     Only ever called once the manifest exists. A failure here leaves the slot
     behind, which the next run corrects before it reads (:func:`logical.resume`).
     """
-    conn = db.connect(settings.secret_id, timeout=db_timeout)
+    conn = db.connect(settings.secret_id, timeout=db_timeout, database=config.TOTESYS)
     try:
         state = logical.slot_state(conn, position.slot)
         reached = pgoutput.parse_lsn(position.lsn)

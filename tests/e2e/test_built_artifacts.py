@@ -1,24 +1,29 @@
 """The handlers as ``sam build`` packages them: built function folder + built layer, nothing else.
 
 A packaging mistake (a module missing from the layer, a handler importing local
-tooling, a dependency absent from shared/requirements.txt) fails here, in CI,
-instead of in AWS. ``make test`` runs ``sam build`` before the tests.
+tooling, a dependency absent from shared/requirements.txt, a file shared/Makefile
+strips that the code still reads) fails here, in CI, instead of in AWS. ``make
+test`` runs ``sam build`` before the tests.
 """
 import json
 import os
 import subprocess  # nosec B404
 import sys
 import sysconfig
+from importlib.metadata import Distribution
 from pathlib import Path
 
 import pytest
 
-from totes_local import stack
+from totes_local import cfn, pandas_layer, stack
 
-BUILD = Path(__file__).resolve().parents[2] / ".aws-sam" / "build"
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / ".aws-sam" / "build"
+FUNCTIONS = ("IngestFunction", "TransformFunction", "LoadFunction", "AuditFunction")
 
-#: What AWS provides besides our layer: the Lambda runtime's SDK, and for transform, load and
-#: the audit the AWS SDK for pandas layer. Nothing else of the development virtualenv is visible.
+#: What AWS provides besides our layer: the Lambda runtime's SDK (behind the layer's own pinned
+#: copy on sys.path, as in Lambda), and for transform, load and the audit the AWS SDK for pandas
+#: layer. Nothing else of the development virtualenv is visible.
 RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "urllib3")
 PANDAS_LAYER_PACKAGES = ("pandas", "numpy", "numpy.libs", "pyarrow", "pytz", "tzdata")
 
@@ -65,8 +70,10 @@ manifest_created = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCr
 results["transform"] = handler("TransformFunction")(manifest_created, Context("transform"))
 results["load"] = handler("LoadFunction")(events["load"], Context("load"))
 results["audit"] = handler("AuditFunction")(events["audit"], Context("audit"))
-import totes
+import boto3, botocore, totes
 results["totes_from"] = totes.__file__
+results["sdk"] = {"boto3": [boto3.__version__, boto3.__file__],
+                  "botocore": [botocore.__version__, botocore.__file__]}
 results["local_tooling_imported"] = any(m.startswith("totes_local") for m in sys.modules)
 print(json.dumps(results, default=str))
 """
@@ -108,6 +115,11 @@ def test_built_handlers_run_the_pipeline_with_only_the_layer_and_their_folder(
     assert result.returncode == 0, result.stderr[-3000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["totes_from"].startswith(str(built / "SharedLayer" / "python"))
+    # The SDK the handlers ran with is the layer's pinned one, not the runtime's.
+    pinned = pandas_layer.pins((ROOT / "shared" / "requirements.txt").read_text())
+    for package, (version, location) in outcome["sdk"].items():
+        assert version == pinned[package]
+        assert location.startswith(str(built / "SharedLayer" / "python"))
     assert not outcome["local_tooling_imported"]
     assert outcome["ingest"]["rows"]["sales_order"] == totesys.counts["sales_order"]
     conn = postgres.connect(warehouse)
@@ -119,3 +131,32 @@ def test_built_handlers_run_the_pipeline_with_only_the_layer_and_their_folder(
     # The audit, as built (layer and pandas layer only), finds what the built pipeline loaded.
     assert outcome["audit"]["ok"] is True
     assert outcome["audit"]["tables"]["fact_sales_order"]["source_rows"] == loaded
+
+
+def _size(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def test_built_layer_holds_exactly_the_pinned_dependencies(built):
+    site = built / "SharedLayer" / "python"
+    installed = {distribution.metadata["Name"].lower().replace("_", "-"): distribution.version
+                 for distribution in (Distribution.at(info) for info in site.glob("*.dist-info"))}
+    pinned = pandas_layer.pins((ROOT / "shared" / "requirements.txt").read_text())
+    assert installed == {name.replace("_", "-"): version for name, version in pinned.items()}
+
+
+def test_built_layer_leaves_out_what_the_functions_never_read(built):
+    site = built / "SharedLayer" / "python"
+    assert (site / "pycountry" / "databases" / "iso4217.json").is_file()
+    assert not (site / "pycountry" / "locales").exists()
+    services = {path.name for path in (site / "botocore" / "data").iterdir() if path.is_dir()}
+    assert services == {"s3", "secretsmanager", "sts"}
+    assert not list(site.rglob("__pycache__"))
+
+
+def test_each_function_fits_lambdas_size_limit_beside_the_pandas_layer(built):
+    pandas = pandas_layer.release(cfn.load()["Parameters"]["PandasLayerArn"]["Default"])
+    layer = _size(built / "SharedLayer")
+    for function in FUNCTIONS:
+        total = layer + _size(built / function) + pandas.unzipped_bytes
+        assert total <= pandas_layer.LAMBDA_UNZIPPED_LIMIT_BYTES, (function, total)

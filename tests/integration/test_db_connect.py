@@ -1,6 +1,6 @@
 import pytest
 
-from totes import db
+from totes import config, db
 from totes_local import stack
 
 
@@ -38,3 +38,31 @@ def test_a_host_name_that_cannot_exist_is_a_clear_error(aws):
     stack.provision({aws["TOTESYS_SECRET_ID"]: secret}, buckets=())
     with pytest.raises(db.DatabaseUnavailableError, match="cannot connect to database totesys"):
         db.connect(aws["TOTESYS_SECRET_ID"])
+
+
+def test_an_rds_master_secret_connects_with_where_given_by_the_template(
+        aws, postgres, database, monkeypatch):
+    # An RDS-managed master secret: username and password only; host, port and database name
+    # come from the function's environment (the TotesysHost/Port/Database parameters).
+    name = database("master")
+    full = postgres.secret(name)
+    stack.provision({aws["TOTESYS_SECRET_ID"]: {"username": full["username"],
+                                                "password": full["password"]}}, buckets=())
+    monkeypatch.setenv("TOTESYS_HOST", full["host"])
+    monkeypatch.setenv("TOTESYS_PORT", str(full["port"]))
+    monkeypatch.setenv("TOTESYS_DBNAME", name)
+    connection = db.connect(aws["TOTESYS_SECRET_ID"], database=config.TOTESYS)
+    try:
+        assert connection.run("SELECT current_database()") == [[name]]
+    finally:
+        connection.close()
+
+
+def test_a_master_secret_without_where_fails_naming_both_places(aws, postgres):
+    stack.provision({aws["WAREHOUSE_SECRET_ID"]: {"username": "postgres", "password": ""}},
+                    buckets=())
+    # No database given: the secret id says it is the warehouse's (as for the load function).
+    expected = r"WAREHOUSE_HOST \(template parameter WarehouseHost\)"
+    with pytest.raises(db.SecretFormatError, match=expected) as caught:
+        db.connect(aws["WAREHOUSE_SECRET_ID"])
+    assert f'put "host" in secret {aws["WAREHOUSE_SECRET_ID"]}' in str(caught.value)

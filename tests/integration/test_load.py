@@ -344,7 +344,7 @@ def test_handler_raises_the_load_error_even_when_the_connection_is_already_broke
 
 @pytest.mark.parametrize("secret, cause", [
     ('{"host": "db", "password": ', "is not valid JSON"),
-    ('{"host": "db"}', "lacks username, dbname"),
+    ('{"host": "db"}', 'no username for the warehouse database: put "username" in secret'),
 ], ids=["not-json", "missing-keys"])
 def test_handler_logs_a_bad_secret_with_its_cause(aws, secret, cause, captured_logs):
     boto3.client("secretsmanager").create_secret(Name=aws["WAREHOUSE_SECRET_ID"],

@@ -21,7 +21,7 @@ import boto3
 import pytest
 from samcli.commands.local.cli_common.invoke_context import InvokeContext
 
-from totes import audit, db, ingest, load, observability, transform
+from totes import audit, config, db, ingest, load, observability, transform
 from totes_local import local_stack, sam_local, stack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,13 +82,26 @@ def host_credentials(monkeypatch):
     monkeypatch.setenv("AWS_SESSION_TOKEN", "real-host-token")
 
 
+#: where each database is: read when connecting, and empty unless the template's parameters say
+#: otherwise (the secret then says it), so set to nothing locally as deployed by default.
+CONNECTION_VARIABLES = {database.variable(field) for database in config.DATABASES
+                        for field in config.CONNECTION_FIELDS}
+
+
 def read_settings(environment: dict[str, str], settings) -> set[str]:
-    """Read a stage's settings (and the service name and namespace) from ``environment``."""
+    """Read a stage's settings (and the service name and namespace) from ``environment``.
+
+    With them, the connection fields of each database whose secret the function is given,
+    which ``db.connect`` reads.
+    """
     recorder = RecordingEnviron(environment)
     with mock.patch.object(os, "environ", recorder):
         settings.from_environment()
         observability._service()
         observability._namespace()
+        for database in config.DATABASES:
+            if environment.get(database.secret_variable):
+                config.connection_fields(database)
     return recorder.read
 
 
@@ -101,11 +114,13 @@ def test_sam_gives_each_function_every_variable_it_reads_pointing_at_the_local_s
     read = read_settings(environment, SETTINGS[function])
     declared = set(sam_local.declared_variables(
         sam_local._load_template(REPO / "template.yaml"), sam_local.FUNCTIONS[function]))
-    unset = {name for name in read if not environment.get(name)}
+    unset = {name for name in read if not environment.get(name)} - CONNECTION_VARIABLES
     # What the function reads and SAM leaves unset is exactly what the deployed template leaves
-    # to the code's defaults (CHUNK_ROWS, ...): locally as deployed.
+    # to the code's defaults (CHUNK_ROWS, ...): locally as deployed. The connection variables
+    # it reads are declared, so a deployment can set them.
     assert not unset & declared
     assert unset.isdisjoint(sam_local.local_values())
+    assert read & CONNECTION_VARIABLES <= declared
     # Every declared variable has its local value (none left as an unresolved intrinsic).
     local = sam_local.local_values()
     assert ({name: environment[name] for name in declared}

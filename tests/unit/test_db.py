@@ -7,7 +7,7 @@ import pg8000.native
 import pytest
 from moto import mock_aws
 
-from totes import db
+from totes import config, db
 
 SECRET = {"host": "db.example.com", "port": 5433, "username": "etl", "password": "s3cr3t!",
           "dbname": "totesys", "engine": "postgres"}
@@ -125,10 +125,79 @@ def test_closing_a_broken_connection_never_hides_the_error_that_broke_it():
         db.close_quietly(Refusing())
 
 
-def test_sam_build_copies_the_layer_bundle_into_the_layer():
-    from fnmatch import fnmatch
+def test_the_layer_build_copies_the_whole_package_bundle_included():
+    # shared/Makefile copies the totes folder as it is (rds-ca-bundle.pem with it) and strips
+    # only other packages' files.
+    recipe = (Path(db.__file__).parents[1] / "Makefile").read_text()
+    assert 'cp -R "$(HERE)totes" "$(SITE)/totes"' in recipe
+    deletions = [line for line in recipe.splitlines() if "rm -rf" in line]
+    assert deletions and not any("totes" in line for line in deletions)
+    assert db.LAYER_CA_BUNDLE.parent == Path(db.__file__).parent
 
-    from aws_lambda_builders.workflows.python_pip.workflow import PythonPipWorkflow
 
-    assert not any(fnmatch(db.LAYER_CA_BUNDLE.name, pattern)
-                   for pattern in PythonPipWorkflow.EXCLUDED_FILES)
+RDS_MASTER_SECRET = {"username": "postgres", "password": "s3cr3t!"}
+
+
+@pytest.fixture
+def no_connection_fields(monkeypatch):
+    for database in config.DATABASES:
+        for field in config.CONNECTION_FIELDS:
+            monkeypatch.delenv(database.variable(field), raising=False)
+        monkeypatch.delenv(database.secret_variable, raising=False)
+
+
+def test_a_master_secret_with_only_credentials_gets_where_from_the_environment(
+        monkeypatch, no_connection_fields):
+    monkeypatch.setenv("WAREHOUSE_HOST", "wh.example.com")
+    monkeypatch.setenv("WAREHOUSE_PORT", "6543")
+    monkeypatch.setenv("WAREHOUSE_DBNAME", "warehouse")
+    merged = db.with_connection_fields(RDS_MASTER_SECRET, config.WAREHOUSE, "wh-secret")
+    kwargs = db.connection_kwargs(merged)
+    assert (kwargs["host"], kwargs["port"], kwargs["database"], kwargs["user"]) == (
+        "wh.example.com", 6543, "warehouse", "postgres")
+
+
+def test_the_environment_wins_over_the_secrets_own_fields(monkeypatch, no_connection_fields):
+    monkeypatch.setenv("TOTESYS_DBNAME", "totesys_copy")
+    merged = db.with_connection_fields(SECRET, config.TOTESYS, "ts-secret")
+    assert (merged["host"], merged["port"], merged["dbname"]) == (
+        "db.example.com", 5433, "totesys_copy")
+
+
+def test_empty_variables_leave_the_secrets_fields(monkeypatch, no_connection_fields):
+    monkeypatch.setenv("TOTESYS_HOST", "  ")
+    assert db.with_connection_fields(SECRET, config.TOTESYS, "ts-secret") == SECRET
+
+
+def test_a_field_neither_place_gives_is_named_with_both_places(no_connection_fields):
+    with pytest.raises(db.SecretFormatError) as caught:
+        db.with_connection_fields(RDS_MASTER_SECRET, config.TOTESYS, "ts-secret")
+    message = str(caught.value)
+    assert ('no host for the totesys database: put "host" in secret ts-secret or set '
+            "TOTESYS_HOST (template parameter TotesysHost)") in message
+    assert "TOTESYS_DBNAME (template parameter TotesysDatabase)" in message
+    assert "s3cr3t!" not in message
+
+
+def test_a_port_variable_that_is_not_a_number_is_refused(monkeypatch, no_connection_fields):
+    monkeypatch.setenv("WAREHOUSE_PORT", "54x")
+    with pytest.raises(config.ConfigurationError, match="WAREHOUSE_PORT must be a port number"):
+        config.connection_fields(config.WAREHOUSE)
+
+
+def test_a_secret_id_alone_finds_its_database_by_the_functions_variables(
+        monkeypatch, no_connection_fields):
+    monkeypatch.setenv("WAREHOUSE_SECRET_ID", "wh-secret")
+    assert config.database_of_secret("wh-secret") is config.WAREHOUSE
+    assert config.database_of_secret("another") is None
+
+
+def test_one_secret_for_both_databases_needs_the_caller_to_say_which(
+        monkeypatch, no_connection_fields):
+    monkeypatch.setenv("TOTESYS_SECRET_ID", "master")
+    monkeypatch.setenv("WAREHOUSE_SECRET_ID", "master")
+    assert config.database_of_secret("master") is config.TOTESYS  # same fields: either will do
+    monkeypatch.setenv("TOTESYS_DBNAME", "totesys")
+    monkeypatch.setenv("WAREHOUSE_DBNAME", "warehouse")
+    with pytest.raises(config.ConfigurationError, match="both name secret master"):
+        config.database_of_secret("master")

@@ -478,11 +478,15 @@ def test_functions_are_python_311_handlers_in_their_folders(name, function):
     assert GLOBALS["Layers"] == [{"Ref": "SharedLayer"}]
 
 
-def test_shared_layer_is_built_from_shared_so_the_package_lands_in_python():
+def test_shared_layer_is_built_by_the_makefile_in_shared_so_the_package_lands_in_python():
     layer = RESOURCES["SharedLayer"]
     assert layer["Type"] == "AWS::Serverless::LayerVersion"
     assert layer["Properties"]["ContentUri"] == "shared/"
-    assert layer["Metadata"]["BuildMethod"] == "python3.11"
+    # SAM runs `make build-SharedLayer` in ContentUri's Makefile (its python3.11 builder
+    # cannot leave out the files the functions never read).
+    assert layer["Metadata"]["BuildMethod"] == "makefile"
+    assert re.search(r"^build-SharedLayer:", (ROOT / "shared" / "Makefile").read_text(),
+                     re.MULTILINE)
     assert (ROOT / "shared" / "totes" / "__init__.py").is_file()
 
 
@@ -498,16 +502,24 @@ def test_only_the_functions_that_import_pyarrow_carry_the_pandas_layer(function,
                         PARAMETERS["PandasLayerArn"]["Default"])
 
 
+#: each database's secret and where it is, as the template passes them to a function.
+TOTESYS_ENVIRONMENT = {"TOTESYS_SECRET_ID": "TotesysSecretArn", "TOTESYS_HOST": "TotesysHost",
+                       "TOTESYS_PORT": "TotesysPort", "TOTESYS_DBNAME": "TotesysDatabase"}
+WAREHOUSE_ENVIRONMENT = {"WAREHOUSE_SECRET_ID": "WarehouseSecretArn",
+                         "WAREHOUSE_HOST": "WarehouseHost", "WAREHOUSE_PORT": "WarehousePort",
+                         "WAREHOUSE_DBNAME": "WarehouseDatabase"}
+
+
 @pytest.mark.parametrize("function, expected", [
-    ("IngestFunction", {"INGEST_BUCKET": "IngestBucket", "TOTESYS_SECRET_ID": "TotesysSecretArn",
+    ("IngestFunction", {"INGEST_BUCKET": "IngestBucket", **TOTESYS_ENVIRONMENT,
                         "INGEST_DELETE_SWEEP_MINUTES": "IngestDeleteSweepMinutes",
                         "CAPTURE_MODE": "CaptureMode"}),
     # The transform's INGEST_BUCKET is the bucket's stack-derived name (see the naming test).
     ("TransformFunction", {"INGEST_BUCKET": "AWS::StackId", "PROCESSED_BUCKET": "ProcessedBucket"}),
     ("LoadFunction", {"INGEST_BUCKET": "IngestBucket", "PROCESSED_BUCKET": "ProcessedBucket",
-                      "WAREHOUSE_SECRET_ID": "WarehouseSecretArn"}),
-    ("AuditFunction", {"INGEST_BUCKET": "IngestBucket", "TOTESYS_SECRET_ID": "TotesysSecretArn",
-                       "WAREHOUSE_SECRET_ID": "WarehouseSecretArn"}),
+                      **WAREHOUSE_ENVIRONMENT}),
+    ("AuditFunction", {"INGEST_BUCKET": "IngestBucket", **TOTESYS_ENVIRONMENT,
+                       **WAREHOUSE_ENVIRONMENT}),
 ])
 def test_environment_follows_the_design_contract(function, expected):
     variables = function_environment(function)
@@ -523,6 +535,17 @@ def test_environment_follows_the_design_contract(function, expected):
 def test_the_code_reads_the_variables_the_template_sets(monkeypatch, variable, reader):
     monkeypatch.setenv(variable, "from-the-template")
     assert reader() == "from-the-template"
+
+
+@pytest.mark.parametrize("database", config.DATABASES)
+@pytest.mark.parametrize("field", config.CONNECTION_FIELDS)
+def test_where_each_database_is_is_an_optional_parameter_the_code_reads(
+        monkeypatch, database, field):
+    parameter = PARAMETERS[database.parameter(field)]
+    assert parameter["Type"] == "String" and parameter["Default"] == ""
+    value = "6543" if field == "port" else "from-the-template"
+    monkeypatch.setenv(database.variable(field), value)
+    assert config.connection_fields(database)[field] == value
 
 
 def test_vpc_is_optional_and_off_by_default():
