@@ -125,7 +125,7 @@ def _load_child(env: dict[str, str]) -> dict[str, Any]:
     from totes import config, db, load, stage
 
     logging.disable(logging.INFO)
-    conn = db.connect(config.warehouse_secret_id(), timeout=None)
+    conn = db.connect(config.warehouse_secret_id(), timeout=None, database=config.WAREHOUSE)
     baseline = current_rss()
     started = time.perf_counter()
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # EMF lines

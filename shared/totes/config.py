@@ -104,22 +104,6 @@ def connection_fields(database: Database) -> dict[str, str]:
     return {field: value for field, value in given.items() if value}
 
 
-def database_of_secret(secret_id: str) -> Database | None:
-    """The database whose secret variable names ``secret_id`` here; None when none does.
-
-    For callers that hold only a secret id. When both databases name the same secret
-    (one RDS instance, one master secret) their connection fields must agree, or the
-    caller has to say which database it means.
-    """
-    named = [database for database in DATABASES
-             if os.environ.get(database.secret_variable, "").strip() == secret_id]
-    if len({tuple(sorted(connection_fields(database).items())) for database in named}) > 1:
-        raise ConfigurationError(
-            f"{' and '.join(database.secret_variable for database in named)} both name secret "
-            f"{secret_id} but give different connection fields; say which database to connect to")
-    return named[0] if named else None
-
-
 def delete_sweep_interval() -> timedelta:
     """Minutes between two key sweeps of a table (deletes found within it); 0 sweeps every run."""
     return timedelta(minutes=int_env("INGEST_DELETE_SWEEP_MINUTES", 60, minimum=0))

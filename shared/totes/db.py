@@ -174,12 +174,11 @@ def connect(secret_id: str, *, timeout: float | None = CONNECT_TIMEOUT_SECONDS,
     """Open a connection with the credentials in ``secret_id``, or fail saying why.
 
     ``database`` says which one it is, so its connection fields in the environment
-    apply; without it, it is the database whose secret variable names ``secret_id``
-    (none: the secret alone). ``timeout`` bounds every wait on the server, statements
-    included (see :func:`connection_kwargs`).
+    apply (the functions always say; local tools may use the secret alone).
+    ``timeout`` bounds every wait on the server, statements included (see
+    :func:`connection_kwargs`).
     """
     secret: Mapping[str, Any] = fetch_secret(secret_id)
-    database = database or config.database_of_secret(secret_id)
     if database is not None:
         secret = with_connection_fields(secret, database, secret_id)
     return connect_with(secret, f"secret {secret_id}", timeout=timeout)

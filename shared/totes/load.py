@@ -382,7 +382,8 @@ def run_load(settings: LoadSettings, deadline: Deadline, *,
     outlives the invocation: the connection's timeout is the deadline's remaining time.
     """
     try:
-        conn = db.connect(settings.secret_id, timeout=deadline.remaining())
+        conn = db.connect(settings.secret_id, timeout=deadline.remaining(),
+                          database=config.WAREHOUSE)
     except Exception:
         # Configuration, secret or network: load_into logs every failure after this point.
         logger.exception("load failed connecting to the warehouse; nothing loaded")

@@ -61,8 +61,7 @@ def test_an_rds_master_secret_connects_with_where_given_by_the_template(
 def test_a_master_secret_without_where_fails_naming_both_places(aws, postgres):
     stack.provision({aws["WAREHOUSE_SECRET_ID"]: {"username": "postgres", "password": ""}},
                     buckets=())
-    # No database given: the secret id says it is the warehouse's (as for the load function).
     expected = r"WAREHOUSE_HOST \(template parameter WarehouseHost\)"
     with pytest.raises(db.SecretFormatError, match=expected) as caught:
-        db.connect(aws["WAREHOUSE_SECRET_ID"])
+        db.connect(aws["WAREHOUSE_SECRET_ID"], database=config.WAREHOUSE)
     assert f'put "host" in secret {aws["WAREHOUSE_SECRET_ID"]}' in str(caught.value)

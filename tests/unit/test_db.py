@@ -183,21 +183,3 @@ def test_a_port_variable_that_is_not_a_number_is_refused(monkeypatch, no_connect
     monkeypatch.setenv("WAREHOUSE_PORT", "54x")
     with pytest.raises(config.ConfigurationError, match="WAREHOUSE_PORT must be a port number"):
         config.connection_fields(config.WAREHOUSE)
-
-
-def test_a_secret_id_alone_finds_its_database_by_the_functions_variables(
-        monkeypatch, no_connection_fields):
-    monkeypatch.setenv("WAREHOUSE_SECRET_ID", "wh-secret")
-    assert config.database_of_secret("wh-secret") is config.WAREHOUSE
-    assert config.database_of_secret("another") is None
-
-
-def test_one_secret_for_both_databases_needs_the_caller_to_say_which(
-        monkeypatch, no_connection_fields):
-    monkeypatch.setenv("TOTESYS_SECRET_ID", "master")
-    monkeypatch.setenv("WAREHOUSE_SECRET_ID", "master")
-    assert config.database_of_secret("master") is config.TOTESYS  # same fields: either will do
-    monkeypatch.setenv("TOTESYS_DBNAME", "totesys")
-    monkeypatch.setenv("WAREHOUSE_DBNAME", "warehouse")
-    with pytest.raises(config.ConfigurationError, match="both name secret master"):
-        config.database_of_secret("master")
