@@ -66,12 +66,14 @@ def reload_sql(start: str) -> list[str]:
     if run is None:
         raise supersede.MarkerError(f"{start!r} is not an ingest manifest key")
     since = run.started_at - CLOCK_MARGIN
+    # Text for a person to paste, so its values are literals: both are rendered from the
+    # parsed stamp (digits, '-', ':', 'T', '.', '/'), the table names from the contract.
     moment = timestamps.database_text(since.replace(tzinfo=None))
     bound = keys.manifest_key(keys.RunId(keys.stamp(since), "")).removesuffix("-.json")
     return ["BEGIN;",
-            *(f"DELETE FROM {quote_ident(fact.name)} WHERE \"last_updated_date\" + "
+            *(f"DELETE FROM {quote_ident(fact.name)} WHERE \"last_updated_date\" + "  # nosec B608
               f"\"last_updated_time\" >= '{moment}';" for fact in FACTS),
-            f"DELETE FROM {quote_ident(ETL_SCHEMA)}.\"loaded_manifest\" "
+            f"DELETE FROM {quote_ident(ETL_SCHEMA)}.\"loaded_manifest\" "  # nosec B608
             f"WHERE \"manifest_key\" >= '{bound}';",
             "COMMIT;"]
 
