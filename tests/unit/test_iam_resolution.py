@@ -87,6 +87,8 @@ def test_a_function_gets_the_globals_environment_and_its_own():
         "INGEST_BUCKET": "totes-ingest-a5b4c3d2e1f0",
         "PROCESSED_BUCKET": "totes-pipeline-processedbucket-a5b4c3d2e1f0",
         "WAREHOUSE_SECRET_ID": WAREHOUSE,
+        # where the warehouse is, beside the secret: empty parameters leave it to the secret
+        "WAREHOUSE_HOST": "", "WAREHOUSE_PORT": "", "WAREHOUSE_DBNAME": "",
     }
     assert TEMPLATE.function_role("LoadFunction") == "LoadRole"
 
