@@ -1,6 +1,6 @@
 """Operator markers: which revision is in force where, and how stages find their manifests."""
 import pytest
-from moto import mock_aws
+from ingest_fixtures import moto_buckets
 
 from totes import storage, supersede
 from totes.supersede import Markers, Revision, Segment, Skip
@@ -21,10 +21,8 @@ def revision(number: int, start: str) -> Revision:
 
 @pytest.fixture
 def bucket(monkeypatch):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
-    with mock_aws():
-        storage.s3_client().create_bucket(
-            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    """A fresh in-process processed bucket, where markers live."""
+    with moto_buckets(monkeypatch, "ingest-test", BUCKET):
         yield BUCKET
 
 
