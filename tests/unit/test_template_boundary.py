@@ -1,0 +1,36 @@
+"""A locked-down account: every role the stack creates can carry the account's boundary."""
+import re
+
+import pytest
+from test_template import PARAMETERS, TEMPLATE, TRANSLATED
+
+BOUNDED = {"Fn::If": ["HasPermissionsBoundary", {"Ref": "PermissionsBoundaryArn"},
+                      {"Ref": "AWS::NoValue"}]}
+#: every role in what SAM deploys, its generated schedule roles included.
+ROLES = sorted(name for name, resource in TRANSLATED.items()
+               if resource["Type"] == "AWS::IAM::Role")
+
+
+def test_the_boundary_is_optional_and_must_be_a_managed_policy_arn():
+    parameter = PARAMETERS["PermissionsBoundaryArn"]
+    assert parameter["Default"] == ""
+    assert TEMPLATE["Conditions"]["HasPermissionsBoundary"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "PermissionsBoundaryArn"}, ""]}]}
+    pattern = re.compile(parameter["AllowedPattern"])
+    for accepted in ("", "arn:aws:iam::123456789012:policy/org/DeveloperBoundary",
+                     "arn:aws:iam::aws:policy/PowerUserAccess",
+                     "arn:aws-us-gov:iam::123456789012:policy/Boundary"):
+        assert pattern.fullmatch(accepted), accepted
+    for refused in ("DeveloperBoundary", "arn:aws:iam::123456789012:role/Boundary",
+                    "arn:aws:iam::123456789012:policy/"):
+        assert not pattern.fullmatch(refused), refused
+
+
+def test_the_stack_creates_the_four_function_roles_and_three_schedule_roles():
+    assert len(ROLES) == 7
+    assert {"IngestRole", "TransformRole", "LoadRole", "AuditRole"} <= set(ROLES)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_role_the_stack_deploys_carries_the_boundary_when_one_is_given(role):
+    assert TRANSLATED[role]["Properties"]["PermissionsBoundary"] == BOUNDED
