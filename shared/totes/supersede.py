@@ -24,7 +24,6 @@ start of every invocation. There are two kinds:
 A malformed marker is an input error: both stages stop until a person fixes it,
 rather than guessing what was meant.
 """
-import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Iterator, Mapping
 
@@ -39,8 +38,6 @@ REVISIONS_PREFIX = "_revisions/"
 MARKER_FORMAT = "totes.supersede/1"
 #: the stages a skip can release.
 STAGES = ("transform", "load")
-
-_REVISION_KEY = re.compile(rf"^{REVISION_MARKERS}(\d{{4}})\.json$")
 
 
 class MarkerError(InputError, ValueError):
