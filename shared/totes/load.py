@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Callable, Iterator, NotRequired, TypedDict
 import pg8000.native
 from aws_lambda_powertools.metrics import MetricUnit
 
-from totes import config, db, errors, keys, stage, storage, supersede, timestamps, warehouse
+from totes import config, db, errors, stage, storage, supersede, timestamps, warehouse
 from totes.errors import InputError, PipelineError
-from totes.manifest import (PROCESSED_FORMAT_V1, CapturePoint, IngestManifest, ProcessedManifest,
-                            TableOutput)
+from totes.manifest import PROCESSED_FORMAT_V1, IngestManifest, ProcessedManifest, TableOutput
 from totes.observability import service_logger
 from totes.stage import Deadline, Metric
 from totes.supersede import Markers
@@ -316,34 +315,6 @@ def load_manifest(conn: pg8000.native.Connection, bucket: str, key: str,
     return result
 
 
-def skip_manifest(conn: pg8000.native.Connection, ingest_bucket: str, key: str,
-                  skip: supersede.Skip, processed_key: str) -> ManifestLoad | None:
-    """Record ``key`` as loaded with nothing, as an operator's skip marker says; None if loaded.
-
-    Its processed manifest is not read (it may be what is broken). The capture
-    point comes from the ingest manifest when that can be read, so the audit
-    compares against the source as of this run and reports what the skip lost.
-    """
-    run = keys.parse_manifest_key(key)
-    if run is None:  # pending_manifests yields manifest keys only
-        raise ValueError(f"{key} is not an ingest manifest key")
-    capture, started = CapturePoint(), run.started_at
-    try:
-        ingest = IngestManifest.parse(storage.read_json(ingest_bucket, key))
-        capture, started = CapturePoint.of(ingest), timestamps.parse_instant(ingest.started_at)
-    except ValueError:
-        logger.warning("skipped manifest's ingest manifest unreadable; recorded without its "
-                       "capture point", extra={"manifest": key})
-    with warehouse.transaction(conn):
-        warehouse.lock(conn)
-        if warehouse.is_loaded(conn, key):
-            return None
-        warehouse.record_manifest(conn, key, str(run), started, 0, capture.snapshot,
-                                  capture.database_moment(), processed_key=processed_key,
-                                  skipped_by=skip.key)
-    return ManifestLoad()
-
-
 def check_revisions(conn: pg8000.native.Connection, markers: Markers) -> None:
     """Refuse to load on top of output that a revision has superseded.
 
@@ -472,11 +443,11 @@ def _load_pending(conn: pg8000.native.Connection, settings: LoadSettings, report
             return
         skip, processed_key = markers.skip("load", key), markers.processed_key(key)
         try:
-            loaded = (skip_manifest(conn, settings.ingest_bucket, key, skip, processed_key)
-                      if skip is not None else
-                      load_manifest(conn, processed_bucket, key,
-                                    _read_manifest(processed_bucket, processed_key),
-                                    settings.batch_rows, processed_key=processed_key))
+            # A skipped manifest is not read (it may be what is broken): its stand-in is.
+            manifest = (supersede.skipped_manifest(settings.ingest_bucket, skip, {})
+                        if skip is not None else _read_manifest(processed_bucket, processed_key))
+            loaded = load_manifest(conn, processed_bucket, key, manifest, settings.batch_rows,
+                                   processed_key=processed_key)
         except Exception as error:
             report.stuck = key if errors.kind_of(error) == errors.INPUT else None
             logger.exception("load failed", extra={

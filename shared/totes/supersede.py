@@ -29,6 +29,8 @@ from typing import Any, ClassVar, Iterator, Mapping
 
 from totes import keys, storage, timestamps
 from totes.errors import InputError
+from totes.manifest import CapturePoint, IngestManifest, ProcessedManifest
+from totes.observability import service_logger
 
 MARKER_PREFIX = "_supersede/"
 REVISION_MARKERS = f"{MARKER_PREFIX}revisions/"
@@ -38,6 +40,8 @@ REVISIONS_PREFIX = "_revisions/"
 MARKER_FORMAT = "totes.supersede/1"
 #: the stages a skip can release.
 STAGES = ("transform", "load")
+
+logger = service_logger()
 
 
 class MarkerError(InputError, ValueError):
@@ -266,6 +270,40 @@ def write_skip(bucket: str, stage: str, manifest: str, reason: str, created_by: 
                 created_by=created_by)
     storage.put_new_json(bucket, skip.key, skip.to_json())
     return skip
+
+
+def skipped_manifest(ingest_bucket: str, skip: Skip,
+                     reference: Mapping[str, str | None]) -> ProcessedManifest:
+    """The processed manifest that stands for a run an operator skipped: no tables.
+
+    Transform commits it, carrying ``reference`` on; load records it in place of
+    a processed manifest it could not read. The capture point is the ingest
+    run's, so the audit compares against the source as of that run and reports
+    what the skip lost. The ingest manifest itself may be what cannot be read:
+    then its start comes from its key and its capture point is unknown.
+    """
+    run = keys.parse_manifest_key(skip.manifest)
+    if run is None:  # a Skip checks its manifest key when made
+        raise MarkerError(f"{skip.key}: {skip.manifest} is not an ingest manifest key")
+    ingest: IngestManifest | None = None
+    capture = CapturePoint()
+    try:
+        ingest = IngestManifest.parse(storage.read_json(ingest_bucket, skip.manifest))
+        capture = CapturePoint.of(ingest)
+    except ValueError as error:
+        logger.warning("skipped run's ingest manifest unreadable; its capture point is unknown",
+                       extra={"manifest": skip.manifest, "error": str(error)})
+    return ProcessedManifest(
+        run_id=str(run),
+        ingest_manifest=skip.manifest,
+        ingest_started_at=(ingest.started_at if ingest is not None
+                           else timestamps.instant_text(run.started_at)),
+        transformed_at=timestamps.now_text(),
+        tables={},
+        reference=dict(reference),
+        capture=capture,
+        skipped_by=skip.key,
+    )
 
 
 def release_command(stage_name: str, manifest: str, processed_bucket: str) -> str:

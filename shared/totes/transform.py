@@ -366,9 +366,10 @@ def transform_manifest(settings: TransformSettings, ingest_key: str,
     if run_id is None:  # the callers pass manifest keys only
         raise ValueError(f"{ingest_key} is not an ingest manifest key")
     skip = markers.skip("transform", ingest_key)
-    processed, rows_in = ((_skipped(settings, ingest_key, run_id, pointers, skip), Counter[str]())
-                          if skip is not None
-                          else _transformed(settings, ingest_key, run_id, pointers))
+    processed, rows_in = (
+        (supersede.skipped_manifest(settings.ingest_bucket, skip, {
+            table: pointers.get(table) for table in reference.REFERENCE_TABLES}), Counter[str]())
+        if skip is not None else _transformed(settings, ingest_key, run_id, pointers))
     target = markers.processed_key(ingest_key)
     try:
         storage.put_new_json(settings.processed_bucket, target, processed.to_json())
@@ -420,33 +421,6 @@ def _transformed(settings: TransformSettings, ingest_key: str, run_id: keys.RunI
         deletions={name: TableOutput(tuple(files)) for name, files in attempt.deletions.items()},
         capture=capture,
     ), attempt.rows_in
-
-
-def _skipped(settings: TransformSettings, ingest_key: str, run_id: keys.RunId,
-             pointers: dict[str, str | None], skip: supersede.Skip) -> ProcessedManifest:
-    """An empty processed manifest for a run an operator skipped; the references carry on.
-
-    The ingest manifest itself may be what cannot be read: then its start comes
-    from its key and its capture point is unknown.
-    """
-    ingest: IngestManifest | None = None
-    capture = CapturePoint()
-    try:
-        ingest = _read_ingest_manifest(settings.ingest_bucket, ingest_key)
-        capture = CapturePoint.of(ingest)
-    except (TransformInputError, ValueError):
-        pass  # unreadable: the skip is what lets the stage past it
-    return ProcessedManifest(
-        run_id=str(run_id),
-        ingest_manifest=ingest_key,
-        ingest_started_at=(ingest.started_at if ingest is not None
-                           else timestamps.instant_text(run_id.started_at)),
-        transformed_at=timestamps.now_text(),
-        tables={},
-        reference={table: pointers.get(table) for table in reference.REFERENCE_TABLES},
-        capture=capture,
-        skipped_by=skip.key,
-    )
 
 
 def _pending(ingest_bucket: str, latest: str | None, through: str) -> Iterator[str]:
