@@ -108,23 +108,12 @@ def _status(args: argparse.Namespace) -> list[str]:
     return lines
 
 
-def _refuse_a_skip_that_does_nothing(bucket: str, stage: str, manifest: str) -> None:
-    """A transform skip of a manifest already transformed would be ignored: say so instead."""
-    if stage != "transform":
-        return  # whether load is past it is in the warehouse; a skip there is harmless anyway
-    done = supersede.read_markers(bucket).newest_processed(bucket)
-    if done is not None and done >= manifest:
-        raise supersede.MarkerError(f"transform is already past {manifest} (newest done: {done}); "
-                                    "a skip would change nothing. Is it load that is stuck?")
-
-
 def run(args: argparse.Namespace) -> int:
     """Carry out one action of ``totes supersede`` and print what it did and what comes next."""
     lines: list[str]
     if args.action == "status":
         lines = _status(args)
     elif args.action == "skip":
-        _refuse_a_skip_that_does_nothing(args.processed_bucket, args.stage, args.manifest)
         skip = supersede.write_skip(args.processed_bucket, args.stage, args.manifest,
                                     args.reason, caller())
         lines = [f"wrote s3://{args.processed_bucket}/{skip.key}",

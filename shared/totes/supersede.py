@@ -263,11 +263,20 @@ def declare_revision(bucket: str, start: str, reason: str, created_by: str) -> R
 
 
 def write_skip(bucket: str, stage: str, manifest: str, reason: str, created_by: str) -> Skip:
-    """Write a skip of ``manifest`` by ``stage``, at the revision now in force for it."""
+    """Write a skip of ``manifest`` by ``stage``, at the revision now in force for it.
+
+    A transform skip of a manifest transform is already past would be ignored, so
+    it is refused instead of written.
+    """
     markers = read_markers(bucket)
     skip = Skip(stage=stage, revision=markers.revision_for(_manifest(manifest, "manifest")),
                 manifest=manifest, reason=reason, created_at=timestamps.now_text(),
                 created_by=created_by)
+    if stage == "transform":  # whether load is past it is in the warehouse; harmless there
+        done = markers.newest_processed(bucket)
+        if done is not None and done >= manifest:
+            raise MarkerError(f"transform is already past {manifest} (newest done: {done}); "
+                              "a skip would change nothing. Is it load that is stuck?")
     storage.put_new_json(bucket, skip.key, skip.to_json())
     return skip
 
