@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (MB, fresh_source, options, parse, peak_rss, run_in_fresh_process,
+from benchmarks.common import (MB, options, parse, peak_rss, run_in_fresh_process,
                                scale_suffix)
 
 
@@ -38,8 +38,10 @@ def measure_generate(data_dir: Path, name: str, scale: float, seed: int) -> dict
 
 def bench_scale(postgres: Any, data_dir: Path, scale: float, seed: int) -> dict[str, Any]:
     """Recreate a database for ``scale`` and time one generation into it."""
+    from totes_local import generator
+
     name = f"bench_generate_{scale_suffix(scale)}"
-    fresh_source(postgres, name)
+    generator.recreate_empty_source(postgres, name)
     measured = run_in_fresh_process(measure_generate, data_dir, name, scale, seed)
     return {"scale": scale, "rows": sum(measured["counts"].values()), **measured}
 

@@ -22,7 +22,7 @@ import time
 import uuid
 from typing import Any
 
-from benchmarks.common import (MB, current_rss, fresh_source, local_stack, options, parse,
+from benchmarks.common import (MB, current_rss, local_stack, options, parse,
                                peak_rss, run_in_fresh_process, scale_suffix)
 
 
@@ -79,7 +79,7 @@ def generate_source(postgres: Any, scale: float, seed: int, reuse: bool,
     name = f"{prefix}_{scale_suffix(scale)}"
     if reuse and (rows := existing_rows(postgres, name)):
         return name, rows
-    fresh_source(postgres, name)
+    generator.recreate_empty_source(postgres, name)
     conn = postgres.connect(name)
     try:
         counts = generator.generate(conn, scale=scale, seed=seed)

@@ -114,18 +114,6 @@ def local_stack(data_dir: Path, *, logical: bool = False) -> Iterator[tuple[Any,
         yield postgres, endpoint
 
 
-def fresh_source(postgres: Any, name: str) -> None:
-    """Drop and create database ``name`` with the totesys schema and no rows."""
-    from totes_local import generator
-
-    postgres.recreate_database(name)
-    conn = postgres.connect(name)
-    try:
-        generator.create_schema(conn)
-    finally:
-        conn.close()
-
-
 def run_in_fresh_process(function: Callable[..., Result], *args: Any) -> Result:
     """Call ``function(*args)`` in a freshly spawned interpreter (a cold Lambda) and return it.
 

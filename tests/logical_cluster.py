@@ -28,12 +28,7 @@ class LogicalCluster:
     def fresh_source(self) -> str:
         """Create a new database with the empty totesys schema; return its name."""
         name = f"totesys_{uuid.uuid4().hex[:8]}"
-        self.postgres.recreate_database(name)
-        conn = self.postgres.connect(name)
-        try:
-            generator.create_schema(conn)
-        finally:
-            conn.close()
+        generator.recreate_empty_source(self.postgres, name)
         return name
 
 

@@ -19,13 +19,16 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from importlib import resources
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pg8000.native
 
 from totes.source import SOURCE_TABLES
 from totes_local import pgcopy, shape, vocab
+
+if TYPE_CHECKING:  # only a type: stack never needs the generator, nor it stack at run time
+    from totes_local import stack
 
 #: Columns written per table, in COPY order.
 COLUMNS = {
@@ -126,6 +129,19 @@ def create_schema(conn: pg8000.native.Connection) -> bool:
         conn.run("ROLLBACK")
         raise
     return True
+
+
+def recreate_empty_source(postgres: "stack.Postgres", name: str) -> None:
+    """Drop and create database ``name`` on ``postgres`` with the totesys schema and no rows.
+
+    What a test or a benchmark starts from when it generates or writes its own source.
+    """
+    postgres.recreate_database(name)
+    conn = postgres.connect(name)
+    try:
+        create_schema(conn)
+    finally:
+        conn.close()
 
 
 def ddl_statements() -> list[str]:

@@ -138,12 +138,7 @@ def wrapped_cluster():
             first_xid = current_xid(conn)
         finally:
             conn.close()
-        postgres.recreate_database(DBNAME)
-        conn = postgres.connect(DBNAME)
-        try:
-            generator.create_schema(conn)
-        finally:
-            conn.close()
+        generator.recreate_empty_source(postgres, DBNAME)
         yield WrappedCluster(postgres, data_dir, first_xid, next_xid)
     finally:
         if postgres is not None:
