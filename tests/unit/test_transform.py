@@ -74,24 +74,23 @@ def manifest(ingest_key):
     return storage.read_json(PROCESSED, ingest_key)
 
 
-def rows_of(document, table_name):
+def _listed_rows(entry, contract):
+    """Every row of the files a manifest entry lists, each file checked against ``contract``."""
     rows = []
-    for entry in document["tables"][table_name]["files"]:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(PROCESSED, entry["key"])))
-        assert table.schema.equals(arrow_schema(TABLES[table_name]))
-        assert table.num_rows == entry["rows"]
+    for listed in entry["files"]:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(PROCESSED, listed["key"])))
+        assert table.schema.equals(arrow_schema(contract))
+        assert table.num_rows == listed["rows"]
         rows.extend(table.to_pylist())
     return rows
+
+
+def rows_of(document, table_name):
+    return _listed_rows(document["tables"][table_name], TABLES[table_name])
 
 
 def deletion_rows(document, fact):
-    rows = []
-    for entry in document["deletions"][fact]["files"]:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(PROCESSED, entry["key"])))
-        assert table.schema.equals(arrow_schema(DELETIONS[fact]))
-        assert table.num_rows == entry["rows"]
-        rows.extend(table.to_pylist())
-    return rows
+    return _listed_rows(document["deletions"][fact], DELETIONS[fact])
 
 
 def _put_jsonl(key, body):
