@@ -7,11 +7,11 @@ already read.
 """
 import json
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from pipeline_kit import PipelineUnderTest
 
 from totes_local import generator, stack
 from totes_local.runner import LocalPipeline
@@ -20,26 +20,13 @@ from logical_cluster import logical_cluster  # noqa: F401  (the module's fixture
 from test_pipeline import DIMENSION_FROM_SOURCE, FACT_FROM_SOURCE, warehouse_table
 
 
-@dataclass
-class LogicalPipeline:
-    """A generated source on the logical cluster, a warehouse, and the handlers."""
-
-    source: Any
-    warehouse: str
-    postgres: stack.Postgres
-    pipeline: LocalPipeline
+class LogicalPipeline(PipelineUnderTest):
+    """A generated source on the logical cluster (an open connection), a warehouse, the handlers."""
 
     def source_rows(self, sql: str, **params: Any) -> list[list[Any]]:
         """Run a statement on the source database."""
-        return self.source.run(sql, **params)
-
-    def warehouse_rows(self, sql: str, **params: Any) -> list[list[Any]]:
-        """Run a query on the warehouse."""
-        conn = self.postgres.connect(self.warehouse)
-        try:
-            return conn.run(sql, **params)
-        finally:
-            conn.close()
+        rows: list[list[Any]] = self.source.run(sql, **params)
+        return rows
 
 
 @pytest.fixture
@@ -54,7 +41,8 @@ def e2e(logical_cluster, aws, postgres, database, monkeypatch):  # noqa: F811
     warehouse = database("warehouse")
     stack.provision({aws["TOTESYS_SECRET_ID"]: logical_cluster.postgres.secret(name),
                      aws["WAREHOUSE_SECRET_ID"]: postgres.secret(warehouse)}, buckets=())
-    yield LogicalPipeline(conn, warehouse, postgres, LocalPipeline(aws["INGEST_BUCKET"]))
+    yield LogicalPipeline(source=conn, warehouse=warehouse, env=aws, postgres=postgres,
+                          pipeline=LocalPipeline(aws["INGEST_BUCKET"]))
     conn.run("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
              "WHERE slot_name = :slot", slot=slot)
     conn.close()
