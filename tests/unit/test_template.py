@@ -48,6 +48,20 @@ def resources_of(kind: str, resources: dict[str, Any] = RESOURCES) -> dict[str, 
     return {name: body for name, body in resources.items() if body["Type"] == kind}
 
 
+def assert_optional_arn(name: str, condition: str, accepted: tuple[str, ...],
+                        refused: tuple[str, ...]) -> None:
+    """``name`` is empty by default, ``condition`` says it is set, and its pattern sorts ARNs."""
+    parameter = PARAMETERS[name]
+    assert parameter["Default"] == ""
+    assert TEMPLATE["Conditions"][condition] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": name}, ""]}]}
+    pattern = re.compile(parameter["AllowedPattern"])
+    for value in ("", *accepted):
+        assert pattern.fullmatch(value), value
+    for value in refused:
+        assert not pattern.fullmatch(value), value
+
+
 def references(value: Any) -> set[str]:
     """Logical ids and parameters a template value refers to (Ref, GetAtt, Sub)."""
     found: set[str] = set()

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from test_template import (BUCKETS, PARAMETERS, RESOURCES, ROLES, TEMPLATE, TRANSLATED,
-                           allow_statements, as_list, branches, policy_documents, resources_of,
-                           role_statements)
+                           allow_statements, as_list, assert_optional_arn, branches,
+                           policy_documents, resources_of, role_statements)
 
 #: What the bucket policies refuse to everyone but the break-glass role, and why.
 PROTECTED_ACTIONS = {
@@ -82,18 +82,13 @@ def test_both_buckets_lock_new_versions_in_governance_mode_for_the_retention_day
 
 
 def test_the_break_glass_role_is_optional_and_must_be_a_role_arn():
-    parameter = PARAMETERS["BreakGlassRoleArn"]
-    assert parameter["Default"] == ""
-    assert TEMPLATE["Conditions"]["HasBreakGlassRole"] == {
-        "Fn::Not": [{"Fn::Equals": [{"Ref": "BreakGlassRoleArn"}, ""]}]}
-    pattern = re.compile(parameter["AllowedPattern"])
-    for accepted in ("", "arn:aws:iam::123456789012:role/totes-break-glass",
-                     "arn:aws:iam::123456789012:role/ops/totes-break-glass"):
-        assert pattern.fullmatch(accepted), accepted
-    for refused in ("totes-break-glass", "arn:aws:iam::123456789012:user/alice",
-                    "arn:aws:iam::123456789012:root",
-                    "arn:aws:sts::123456789012:assumed-role/totes-break-glass/alice"):
-        assert not pattern.fullmatch(refused), refused
+    assert_optional_arn(
+        "BreakGlassRoleArn", "HasBreakGlassRole",
+        accepted=("arn:aws:iam::123456789012:role/totes-break-glass",
+                  "arn:aws:iam::123456789012:role/ops/totes-break-glass"),
+        refused=("totes-break-glass", "arn:aws:iam::123456789012:user/alice",
+                 "arn:aws:iam::123456789012:root",
+                 "arn:aws:sts::123456789012:assumed-role/totes-break-glass/alice"))
 
 
 # ---------------------------------------------------------------- bucket policies
