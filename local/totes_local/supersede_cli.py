@@ -69,7 +69,8 @@ def reload_sql(start: str) -> list[str]:
     # Text for a person to paste, so its values are literals: both are rendered from the
     # parsed stamp (digits, '-', ':', 'T', '.', '/'), the table names from the contract.
     moment = timestamps.database_text(since.replace(tzinfo=None))
-    bound = keys.manifest_key(keys.RunId(keys.stamp(since), "")).removesuffix("-.json")
+    since_run = keys.RunId(keys.stamp(since), "")  # manifest keys sort by their run's stamp
+    bound = f"{keys.MANIFEST_PREFIX}{since_run.date_path}/{since_run.stamp}"
     return ["BEGIN;",
             *(f"DELETE FROM {quote_ident(fact.name)} WHERE \"last_updated_date\" + "  # nosec B608
               f"\"last_updated_time\" >= '{moment}';" for fact in FACTS),
