@@ -1,0 +1,179 @@
+"""The first-deploy docs say what the template and SAM really do.
+
+docs/deploy.md lists `sam deploy --guided`'s prompts in order (SAM's own questions and every
+template parameter), and its cost section counts what the template creates; samconfig.toml's
+comments list every parameter with its default. A parameter added to the template, an alarm
+added or removed, a memory size or a schedule changed without the docs fails here. The prompts
+come from SAM's own guided-deploy code, run with its questions answered by their defaults.
+"""
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from totes_local import cfn
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = cfn.load()
+PARAMETERS = TEMPLATE["Parameters"]
+RESOURCES = TEMPLATE["Resources"]
+GUIDE = (ROOT / "docs" / "deploy.md").read_text()
+SAMCONFIG = (ROOT / "samconfig.toml").read_text()
+FUNCTIONS = {"ingest": "IngestFunction", "transform": "TransformFunction",
+             "load": "LoadFunction", "audit": "AuditFunction"}
+MINUTES_A_MONTH = 30 * 24 * 60
+
+
+def section(title: str, level: int = 2) -> str:
+    """The text of one section of deploy.md, up to the next heading of the same level or above."""
+    heading = "#" * level + " " + title + "\n"
+    assert GUIDE.count(heading) == 1, title
+    rest = GUIDE.split(heading, 1)[1]
+    return re.split(rf"^#{{1,{level}}} ", rest, maxsplit=1, flags=re.MULTILINE)[0]
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The body rows of the markdown tables in ``text``, as lists of stripped cells."""
+    rows = [line.strip().strip("|").split("|") for line in text.splitlines()
+            if line.startswith("|") and not re.match(r"^\|[-:| ]+\|$", line.strip())]
+    return [[cell.strip() for cell in row] for row in rows]
+
+
+def sams_guided_prompts(monkeypatch) -> list[tuple[str, object]]:
+    """Every (question, default) SAM's guided deploy asks, in order, for the [user] settings."""
+    from samcli.commands._utils.template import get_template_parameters
+    from samcli.commands.deploy import guided_context
+
+    asked: list[tuple[str, object]] = []
+
+    def answer(text, default=None, **_):
+        asked.append((re.sub(r"\033\[\d+m", "", text).strip(), default))
+        return default
+
+    monkeypatch.setattr(guided_context, "prompt", answer)
+    monkeypatch.setattr(guided_context, "confirm", answer)
+    monkeypatch.setattr(guided_context, "manage_stack", lambda **_: "artefacts-bucket")
+    monkeypatch.setattr(guided_context, "print_managed_s3_bucket_info", lambda *_: None)
+    # SAM asks for image repositories only for image functions, and the template has none;
+    # its check would call AWS (the companion stack), so it is answered here.
+    assert not [name for name, body in RESOURCES.items()
+                if body.get("Properties", {}).get("PackageType") == "Image"]
+    monkeypatch.setattr(guided_context.GuidedContext, "prompt_image_repository",
+                        lambda *_, **__: {})
+    user = tomllib.loads(SAMCONFIG)["user"]
+    deploy = user["deploy"]["parameters"]
+    template = str(ROOT / "template.yaml")
+    context = guided_context.GuidedContext(
+        template_file=template, stack_name=user["global"]["parameters"]["stack_name"],
+        s3_bucket=None, image_repository=None, image_repositories=None,
+        s3_prefix=deploy["s3_prefix"], resolve_s3=True,
+        region=user["global"]["parameters"]["region"],
+        confirm_changeset=deploy["confirm_changeset"], capabilities=[deploy["capabilities"]],
+        parameter_overrides={}, config_section="parameters", config_env="user",
+        config_file="samconfig.toml", disable_rollback=False)
+    context.guided_prompts(get_template_parameters(template))
+    return asked
+
+
+def documented_prompts() -> list[list[str]]:
+    """The rows of deploy.md's prompt-by-prompt table: number, prompt, default, trial, production."""
+    rows = table_rows(section("The guided deploy, prompt by prompt", level=3))
+    assert rows[0][:3] == ["#", "prompt", "default offered"]
+    return rows[1:]
+
+
+def offered(default: object) -> str:
+    """How the table writes the default SAM offers."""
+    if isinstance(default, bool):
+        return "`Y`" if default else "`N`"
+    return f"`{default}`" if default else "empty"
+
+
+def test_the_prompt_table_is_every_question_sam_asks_in_its_order(monkeypatch):
+    asked = sams_guided_prompts(monkeypatch)
+    rows = documented_prompts()
+    assert [row[0] for row in rows] == [str(number) for number in range(1, len(rows) + 1)]
+    assert [row[1].strip("`") for row in rows] == [question for question, _ in asked]
+    parameters = [question.removeprefix("Parameter ") for question, _ in asked
+                  if question.startswith("Parameter ")]
+    assert parameters == list(PARAMETERS)
+
+
+def test_the_prompt_table_shows_the_default_sam_offers(monkeypatch):
+    for row, (question, default) in zip(documented_prompts(), sams_guided_prompts(monkeypatch)):
+        assert row[2].startswith(offered(default)), (question, row[2])
+        assert row[3] and row[4], f"{question}: say what a trial and a production stack answer"
+
+
+def test_samconfig_comments_list_every_parameter_with_its_default():
+    comments = {match[1]: match[2] for match in
+                re.finditer(r"^#\s+(\w+)\s+(.*)$", SAMCONFIG, re.MULTILINE)}
+    for name, parameter in PARAMETERS.items():
+        assert name in comments, f"samconfig.toml's comments leave out {name}"
+        if "Default" in parameter:
+            default = str(parameter["Default"]) or '""'
+            assert comments[name].startswith(f"[{default}]"), (name, comments[name])
+        else:
+            assert not comments[name].startswith("["), f"{name} has no default"
+
+
+def count(kind: str) -> int:
+    """How many resources of one CloudFormation type the template declares."""
+    return sum(body["Type"] == kind for body in RESOURCES.values())
+
+
+#: the cost section, its line breaks as spaces
+COSTS = " ".join(section("What it costs per month").split())
+
+
+@pytest.mark.parametrize("wording, kind", [
+    ("alarms", "AWS::CloudWatch::Alarm"), ("dashboard", "AWS::CloudWatch::Dashboard"),
+    ("log groups", "AWS::Logs::LogGroup"), ("metric filters", "AWS::Logs::MetricFilter"),
+])
+def test_the_cost_section_counts_what_the_template_creates(wording, kind):
+    quoted = re.search(rf"\*\*(\d+) {wording}\*\*", COSTS)
+    assert quoted, f"the cost section should say how many {wording} the template creates"
+    assert int(quoted[1]) == count(kind), wording
+
+
+def test_the_cost_section_prices_the_templates_alarms_and_metric_filters():
+    alarms = count("AWS::CloudWatch::Alarm")
+    assert f"alarms: {alarms} × $0.10 = **${alarms * 0.10:.2f}**" in COSTS
+    filters = count("AWS::Logs::MetricFilter")
+    assert f"(100 + {filters}) × $0.30" in COSTS
+
+
+def test_the_cost_section_prices_two_secrets_and_three_schedules():
+    secrets = [name for name in PARAMETERS if name.endswith("SecretArn")]
+    assert f"{len(secrets)} secrets × $0.40" in COSTS
+    schedules = sum(event["Type"] == "ScheduleV2" for body in RESOURCES.values()
+                    for event in body.get("Properties", {}).get("Events", {}).values())
+    assert f"{schedules} schedules:" in COSTS
+
+
+def schedule_minutes(parameter: str) -> int:
+    """The default schedule of ``parameter`` in minutes."""
+    number, unit = re.fullmatch(r"rate\((\d+) (minute|hour)s?\)",
+                                PARAMETERS[parameter]["Default"]).groups()
+    return int(number) * (60 if unit == "hour" else 1)
+
+
+def test_the_lambda_cost_table_uses_the_templates_memory_and_schedules():
+    rows = {row[0]: row for row in table_rows(section("Lambda", level=3))}
+    runs = {"ingest": MINUTES_A_MONTH // schedule_minutes("IngestSchedule"),
+            "load": MINUTES_A_MONTH // schedule_minutes("LoadSchedule"),
+            "audit": MINUTES_A_MONTH // schedule_minutes("AuditSchedule")}
+    runs["transform"] = runs["ingest"]  # one manifest, so one S3 event, per ingest run
+    total = 0.0
+    for function, resource in FUNCTIONS.items():
+        _, invocations, duration, memory, gb_seconds = rows[function]
+        megabytes = RESOURCES[resource]["Properties"]["MemorySize"]
+        assert int(invocations.replace(",", "")) == runs[function], function
+        assert memory.startswith(f"{megabytes} MB"), function
+        seconds = int(duration.removesuffix(" s"))
+        expected = runs[function] * seconds * megabytes / 1024
+        assert int(gb_seconds.replace(",", "")) == round(expected), function
+        total += expected
+    assert rows["total"][1] == f"{sum(runs.values()):,}"
+    assert rows["total"][4] == f"{round(total):,}"
