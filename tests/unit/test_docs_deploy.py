@@ -77,7 +77,7 @@ def sams_guided_prompts(monkeypatch) -> list[tuple[str, object]]:
 
 
 def documented_prompts() -> list[list[str]]:
-    """The rows of deploy.md's prompt-by-prompt table: number, prompt, default, trial, production."""
+    """The rows of deploy.md's prompt table: number, prompt, default, trial, production."""
     rows = table_rows(section("The guided deploy, prompt by prompt", level=3))
     assert rows[0][:3] == ["#", "prompt", "default offered"]
     return rows[1:]
