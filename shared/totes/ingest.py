@@ -42,6 +42,8 @@ ROWS_METRIC = "RowsIngested"
 FUTURE_METRIC = "RowsStampedInFuture"
 DELETED_METRIC = "RowsDeleted"
 SLOT_LAG_METRIC = "ReplicationSlotLagBytes"
+#: runs that began re-reading tables by snapshot because the log could not give their changes.
+RESYNC_METRIC = "SourceResyncs"
 #: keys of future-stamped rows named in one warning line, per table.
 LOGGED_KEYS = 20
 
@@ -113,6 +115,9 @@ class IngestReport:
     swept: tuple[str, ...] = ()
     #: bytes of WAL the replication slot still holds after the run (log-based capture only).
     slot_lag_bytes: int | None = None
+    #: 1 when log-based capture began re-reading tables by snapshot in this run, else 0
+    #: (None in snapshot capture).
+    source_resyncs: int | None = None
 
     def metrics(self) -> Iterator[Metric]:
         """Rows, future stamps and deletes per table; the run's totals, backlog, time, lag."""
@@ -129,6 +134,8 @@ class IngestReport:
         yield Metric("IngestRowsDeleted", sum(self.deleted.values()))
         if self.slot_lag_bytes is not None:
             yield Metric(SLOT_LAG_METRIC, self.slot_lag_bytes, MetricUnit.Bytes)
+        if self.source_resyncs is not None:
+            yield Metric(RESYNC_METRIC, self.source_resyncs)
 
     def response(self) -> IngestSummary:
         """The handler's response: :meth:`summary`."""
@@ -352,10 +359,13 @@ def _sweep_table(conn: pg8000.native.Connection, settings: IngestSettings,
     try:
         extract.copy_keys(conn, table, sweep.BLOCK_KEYS, spool)
         spool.finish()
+        # Deletions this run already wrote (from the slot) keep their part numbers.
         writer = ObjectWriter(settings.bucket, settings.chunk_rows,
-                              lambda part: keys.deletions_key(table, run, part))
+                              lambda part: keys.deletions_key(table, run,
+                                                              part + len(entry.deleted)))
+        own = [entry.captured_keys] if entry.captured_keys else []
         known = [sweep.stored_blocks(settings.bucket, entry.sweep.key if entry.sweep else None),
-                 *(sweep.stored_blocks(settings.bucket, key) for key in captured)]
+                 *(sweep.stored_blocks(settings.bucket, key) for key in [*captured, *own])]
         for key in sweep.vanished(known, spool.blocks()):
             writer.add(sweep.deletion_line(key_column, key, read_point.database_time))
         writer.flush()
@@ -364,7 +374,8 @@ def _sweep_table(conn: pg8000.native.Connection, settings: IngestSettings,
         sweep.upload(settings.bucket, state.key, spool)
     finally:
         spool.close()
-    result = replace(entry, deleted=tuple(writer.files), sweep=state, captured_keys=None)
+    result = replace(entry, deleted=entry.deleted + tuple(writer.files), sweep=state,
+                     captured_keys=None)
     logger.info("table swept for deletes", extra={
         "run_id": str(run), "table": table, "keys": state.keys, "deleted": result.deleted_rows,
         "compared_with": "nothing (first sweep)" if entry.sweep is None else entry.sweep.key,
@@ -438,67 +449,138 @@ def _logical_start(settings: IngestSettings, previous: IngestManifest | None,
         return position
     conn = db.connect(settings.secret_id, timeout=db_timeout, database=config.TOTESYS)
     try:
-        lsn = logical.ensure_source(conn, settings.slot, settings.publication)
+        lsn, oid = logical.ensure_source(conn, settings.slot, settings.publication)
     finally:
         db.close_quietly(conn)
-    return position or LogicalPosition(settings.slot, settings.publication,
-                                       pgoutput.lsn_text(lsn))
+    return replace(position or LogicalPosition(settings.slot, settings.publication,
+                                               pgoutput.lsn_text(lsn)), publication_oid=oid)
 
 
-def _read_slot(settings: IngestSettings, previous: IngestManifest, run: keys.RunId,
-               position: LogicalPosition, db_timeout: float
-               ) -> tuple[extract.ReadPoint, dict[str, TableEntry], logical.ChangeWriter]:
-    """Write the slot's changes after ``position``, within the row budget, as this run's files."""
+def _resync_tables(conn: pg8000.native.Connection, settings: IngestSettings,
+                   previous: IngestManifest, previous_key: str | None,
+                   read_point: extract.ReadPoint, run: keys.RunId, tables: list[str],
+                   restart: set[str]) -> tuple[dict[str, TableEntry], list[str], int]:
+    """Re-read ``tables`` by snapshot within the row budget; sweep those whose pass ended.
+
+    Tables in ``restart`` start their pass again from the first key; the others go
+    on from where the previous run's budget cut them. Return their entries, the
+    tables still to re-read, and the budget left for the slot.
+    """
+    budget = settings.max_rows_per_run
+    entries: dict[str, TableEntry] = {}
+    for table in tables:
+        before = previous.table(table)
+        if table in restart:
+            before = replace(before, cursor=TableCursor())
+        if budget <= 0:
+            entries[table] = replace(before, files=(), truncated=True, stamped_in_future=0,
+                                     deleted=(), captured_keys=None)
+            continue
+        entries[table] = extract_table(conn, table, before, read_point, run, settings, budget,
+                                       keep_keys=False)
+        budget = 0 if entries[table].truncated else budget - entries[table].rows
+    done = [table for table in tables if not entries[table].truncated]
+    entries = _sweep_tables(conn, settings, previous_key, read_point, run, entries, done)
+    return entries, [table for table in tables if entries[table].truncated], max(budget, 0)
+
+
+def _read_slot(settings: IngestSettings, previous: IngestManifest, previous_key: str | None,
+               run: keys.RunId, position: LogicalPosition, db_timeout: float
+               ) -> tuple[extract.ReadPoint, dict[str, TableEntry], logical.ChangeWriter,
+                          str | None]:
+    """Write the slot's changes after ``position``, within the row budget, as this run's files.
+
+    Before reading, the publication is checked (and repaired) and the slot brought
+    to the position (made again when lost). Tables whose changes the log could not
+    give are re-read by snapshot first, in the same snapshot, so the slot's versions
+    of them come after. A TRUNCATE decoded is carried by a key sweep of its tables
+    after the read. Returns, last, why a re-sync began in this run (None if none).
+    """
+    offsets: dict[tuple[str, bool], int] = {}
+
     def writer_for(table: str, deletion: bool) -> ObjectWriter:
+        offset = offsets.get((table, deletion), 0)
         return ObjectWriter(settings.bucket, settings.chunk_rows,
-                            lambda part: logical.data_key_for(run)(table, deletion, part))
+                            lambda part: logical.data_key_for(run)(table, deletion,
+                                                                   part + offset))
 
     conn = db.connect(settings.secret_id, timeout=db_timeout, database=config.TOTESYS)
+    lookup = None
     try:
-        logical.resume(conn, position)
+        publication = logical.check_publication(conn, position.publication)
+        position, lost = logical.resume(conn, position, publication, previous_key)
+        restart = set(publication.resync) | set(lost.tables if lost else ())
+        reason = lost.reason if lost else ("the publication had drifted" if restart else None)
+        resync = [table for table in SOURCE_TABLES if table in restart or table in position.resync]
+        if reason is not None:
+            logger.warning("source re-sync: %s; re-reading %s by snapshot, with a key sweep",
+                           reason, ", ".join(sorted(restart)), extra={
+                               "run_id": str(run), "reason": reason, "tables": sorted(restart),
+                               "metric": RESYNC_METRIC})
         with extract.snapshot(conn) as read_point:
             check_contract(extract.source_columns(conn))
             conn.run("SET LOCAL datestyle = 'ISO, YMD'")  # the text pgoutput renders values in
-            changes = logical.read_changes(conn, position, settings.max_rows_per_run,
-                                           writer_for, settings.chunk_rows)
+            resynced, pending, budget = _resync_tables(conn, settings, previous, previous_key,
+                                                       read_point, run, resync, restart)
+            for table, entry in resynced.items():
+                offsets[(table, False)], offsets[(table, True)] = (len(entry.files),
+                                                                   len(entry.deleted))
+            [[snapshot_id]] = conn.run("SELECT pg_export_snapshot()")
+            lookup = logical.SnapshotLookup(lambda: db.connect(
+                settings.secret_id, timeout=db_timeout, database=config.TOTESYS), snapshot_id)
+            changes = logical.read_changes(conn, position, budget, writer_for,
+                                           settings.chunk_rows, lookup)
+        changes.position = replace(changes.position, resync=tuple(pending))
+        entries = {}
+        for table in SOURCE_TABLES:
+            captured = (sweep.upload_blocks(settings.bucket, table, run,
+                                            logical.key_blocks(changes.keys[table]))
+                        if table in changes.keys else None)
+            before = resynced.get(table, replace(previous.table(table), files=(), deleted=(),
+                                                 truncated=False, stamped_in_future=0))
+            entries[table] = replace(
+                before, files=before.files + changes.writers.files(table, False),
+                deleted=before.deleted + changes.writers.files(table, True),
+                stamped_in_future=before.stamped_in_future + changes.future.get(table, 0),
+                captured_keys=captured)
+        if changes.truncated_tables:
+            # The log carries no keys for a TRUNCATE: a key sweep after the read, in a
+            # snapshot that sees it, turns the table's vanished rows into deletions.
+            logger.warning("TRUNCATE of %s decoded: sweeping their keys to record the "
+                           "deletions", ", ".join(changes.truncated_tables),
+                           extra={"run_id": str(run), "tables": changes.truncated_tables})
+            with extract.snapshot(conn) as after:
+                entries = _sweep_tables(conn, settings, previous_key, after, run, entries,
+                                        changes.truncated_tables)
     finally:
+        if lookup is not None:
+            lookup.close()
         db.close_quietly(conn)
-    entries = {}
-    for table in SOURCE_TABLES:
-        captured = (sweep.upload_blocks(settings.bucket, table, run,
-                                        logical.key_blocks(changes.keys[table]))
-                    if table in changes.keys else None)
-        entries[table] = replace(
-            previous.table(table), files=changes.writers.files(table, False),
-            deleted=changes.writers.files(table, True), truncated=False,
-            stamped_in_future=changes.future.get(table, 0), captured_keys=captured)
     logger.info("slot read", extra={
         "run_id": str(run), "slot": position.slot, "from": position.lsn,
         "skipped_in_transaction": position.partial_changes, "to": changes.position.lsn,
         "stopped_inside": changes.position.partial_commit_lsn, "changes": changes.changes,
         "transactions": changes.transactions, "rows": changes.rows, "deleted": changes.deleted,
-        "complete": changes.complete})
-    if changes.truncated_tables:
-        logger.error("TRUNCATE of %s decoded: its rows' deletions are not in the log; re-sync "
-                     "through snapshot capture to record them (docs/ingest.md)",
-                     ", ".join(changes.truncated_tables),
-                     extra={"run_id": str(run), "tables": changes.truncated_tables})
-    return read_point, entries, changes
+        "complete": changes.complete, "resync": resync, "resync_pending": pending,
+        "truncated_tables": changes.truncated_tables, "toast_filled": changes.toast_filled})
+    return read_point, entries, changes, reason
 
 
 def _extract_logical(settings: IngestSettings, run: keys.RunId, db_timeout: float,
-                     previous: IngestManifest | None,
-                     previous_key: str | None) -> tuple[extract.ReadPoint, dict[str, TableEntry],
-                                                        bool, LogicalPosition]:
+                     previous: IngestManifest | None, previous_key: str | None
+                     ) -> tuple[extract.ReadPoint, dict[str, TableEntry], bool, LogicalPosition,
+                                str | None]:
     """Run log-based capture: a snapshot backfill until one has completed, then the slot."""
     position = _logical_start(settings, previous, db_timeout)
     if previous is None or not position.backfilled:
         # The initial load, taken after the slot exists: nothing falls between the two.
         read_point, entries = _read_source(settings, previous, previous_key, run, db_timeout)
         complete = not any(entry.truncated for entry in entries.values())
-        return read_point, entries, complete, replace(position, backfilled=complete)
-    read_point, entries, changes = _read_slot(settings, previous, run, position, db_timeout)
-    return read_point, entries, changes.complete, changes.position
+        return read_point, entries, complete, replace(position, backfilled=complete), None
+    read_point, entries, changes, reason = _read_slot(settings, previous, previous_key, run,
+                                                      position, db_timeout)
+    complete = changes.complete and not changes.position.resync
+    return read_point, entries, complete, changes.position, reason
 
 
 def _fall_back_from_logical(previous: IngestManifest, slot: str,
@@ -519,8 +601,13 @@ def _fall_back_from_logical(previous: IngestManifest, slot: str,
                                  for table, entry in previous.tables.items()})
 
 
-def _extract_run(settings: IngestSettings, run: keys.RunId, db_timeout: float) -> IngestManifest:
-    """Extract the changes since the newest manifest; return the manifest that commits them."""
+def _extract_run(settings: IngestSettings, run: keys.RunId,
+                 db_timeout: float) -> tuple[IngestManifest, str | None]:
+    """Extract the changes since the newest manifest; return the manifest that commits them.
+
+    Also return why log-based capture began re-reading tables by snapshot in this
+    run (a lost slot, a drifted publication), or None.
+    """
     previous_key = storage.latest_manifest_key(settings.bucket)
     previous = (None if previous_key is None
                 else IngestManifest.parse(storage.read_json(settings.bucket, previous_key)))
@@ -533,7 +620,7 @@ def _extract_run(settings: IngestSettings, run: keys.RunId, db_timeout: float) -
         "capture_mode": settings.capture_mode,
     })
     if settings.capture_mode == "logical":
-        read_point, entries, complete, position = _extract_logical(
+        read_point, entries, complete, position, resync = _extract_logical(
             settings, run, db_timeout, previous, previous_key)
         manifest = IngestManifest(
             run_id=str(run), started_at=timestamps.instant_text(run.started_at),
@@ -541,7 +628,7 @@ def _extract_run(settings: IngestSettings, run: keys.RunId, db_timeout: float) -
             tables=entries, complete=complete, snapshot=read_point.snapshot,
             database_time=timestamps.database_text(read_point.database_time), logical=position)
         _check_still_newest(settings.bucket, previous_key)
-        return manifest
+        return manifest, resync
     if previous is not None and previous.logical is not None:
         previous = _fall_back_from_logical(previous, previous.logical.slot, run)
     read_point, entries = _read_source(settings, previous, previous_key, run, db_timeout)
@@ -552,7 +639,7 @@ def _extract_run(settings: IngestSettings, run: keys.RunId, db_timeout: float) -
         snapshot=read_point.snapshot,
         database_time=timestamps.database_text(read_point.database_time))
     _check_still_newest(settings.bucket, previous_key)
-    return manifest
+    return manifest, None
 
 
 def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
@@ -597,7 +684,7 @@ def _release_slot(settings: IngestSettings, position: LogicalPosition,
     try:
         state = logical.slot_state(conn, position.slot)
         reached = pgoutput.parse_lsn(position.lsn)
-        if position.backfilled and state is not None and state[2] < reached:
+        if position.backfilled and state is not None and state.confirmed < reached:
             logical.advance(conn, position.slot, reached)
         lag = logical.lag_bytes(conn, position.slot)
     finally:
@@ -637,14 +724,15 @@ def run_ingest(settings: IngestSettings | None = None,
     progress = Progress.EXTRACTING
     try:
         settings = settings or IngestSettings.from_environment()
-        manifest = _extract_run(settings, run, deadline.remaining())
+        manifest, resync = _extract_run(settings, run, deadline.remaining())
         progress = Progress.COMMITTING
         storage.put_new_json(settings.bucket, manifest_key, manifest.to_json())
         progress = Progress.COMMITTED
         lag = (None if manifest.logical is None
                else _release_slot(settings, manifest.logical, deadline.remaining()))
         return replace(_report(settings, run, manifest_key, manifest, started),
-                       slot_lag_bytes=lag)
+                       slot_lag_bytes=lag,
+                       source_resyncs=None if manifest.logical is None else int(bool(resync)))
     except Exception as error:
         logger.exception(_failure_message(error, progress),
                          extra={"run_id": str(run), "manifest_key": manifest_key})

@@ -162,6 +162,10 @@ class LogicalPosition:
     and ``partial_changes`` says how many of its changes are written, so the next
     run skips exactly those. ``backfilled`` turns true once a snapshot-mode pass
     that began after the slot existed has completed: only then is the slot read.
+    ``publication_oid`` is the publication the slot decodes (one dropped and made
+    again has a new oid, and the slot must be made again); ``resync`` names the
+    tables whose re-read by snapshot (after a lost slot or a drifted publication)
+    has not completed yet.
     """
 
     slot: str
@@ -170,23 +174,32 @@ class LogicalPosition:
     partial_commit_lsn: str | None = None
     partial_changes: int = 0
     backfilled: bool = False
+    publication_oid: int | None = None
+    resync: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """Return the manifest's ``logical`` object."""
         return {"slot": self.slot, "publication": self.publication, "lsn": self.lsn,
                 "partial_commit_lsn": self.partial_commit_lsn,
-                "partial_changes": self.partial_changes, "backfilled": self.backfilled}
+                "partial_changes": self.partial_changes, "backfilled": self.backfilled,
+                "publication_oid": self.publication_oid, "resync": list(self.resync)}
 
     @classmethod
     def from_json(cls, fields: Mapping[str, Any]) -> "LogicalPosition":
-        """Rebuild the position, checking both LSNs parse."""
+        """Rebuild the position, checking both LSNs parse and ``resync`` names our tables."""
         partial = fields.get("partial_commit_lsn")
+        oid = fields.get("publication_oid")
+        resync = tuple(str(table) for table in fields.get("resync") or ())
         position = cls(str(fields["slot"]), str(fields["publication"]), str(fields["lsn"]),
                        None if partial is None else str(partial),
-                       int(fields.get("partial_changes", 0)), bool(fields.get("backfilled")))
+                       int(fields.get("partial_changes", 0)), bool(fields.get("backfilled")),
+                       None if oid is None else int(oid), resync)
         parse_lsn(position.lsn)
         if position.partial_commit_lsn is not None:
             parse_lsn(position.partial_commit_lsn)
+        unknown = [table for table in resync if table not in SOURCE_TABLES]
+        if unknown:
+            raise ValueError(f"resync names tables outside the contract: {unknown[:3]}")
         return position
 
 

@@ -1,4 +1,5 @@
 """Ingest manifests: one owner, both directions, every format still in a bucket."""
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
@@ -51,8 +52,13 @@ def test_a_log_based_position_round_trips_and_is_absent_from_snapshot_manifests(
     document = manifest.to_json()
     assert document["logical"] == {
         "slot": "totes_ingest", "publication": "totes_pub", "lsn": "16/B374D848",
-        "partial_commit_lsn": "16/B3800000", "partial_changes": 30000, "backfilled": True}
+        "partial_commit_lsn": "16/B3800000", "partial_changes": 30000, "backfilled": True,
+        "publication_oid": None, "resync": []}
     assert IngestManifest.parse(document) == manifest
+    resyncing = replace(position, publication_oid=16400, resync=("payment", "staff"))
+    assert LogicalPosition.from_json(resyncing.to_json()) == resyncing
+    with pytest.raises(ValueError, match="outside the contract"):
+        LogicalPosition.from_json({**resyncing.to_json(), "resync": ["pg_authid"]})
     plain = IngestManifest.parse({**document, "logical": None})
     assert plain.logical is None and "logical" not in plain.to_json()
     assert IngestManifest.parse(V1).logical is None
