@@ -302,7 +302,7 @@ def test_a_login_without_the_privileges_gets_the_sql_to_run(source, aws, logical
         source.run(f"DROP ROLE {role}")
 
 
-def test_the_lag_rises_while_ingest_is_paused_and_falls_after_a_run(source, aws):
+def test_the_lag_rises_while_ingest_is_paused(source, aws):
     seed_one_of_each(source)
     ingest.run_ingest()
     idle = logical.lag_bytes(source, source.slot)
