@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 
-from totes import ingest, jsonl, logical, storage
+from totes import ingest, jsonl, logical, logical_capture, storage
 from totes.manifest import IngestManifest
 from totes_local import stack
 
@@ -216,7 +216,7 @@ def test_a_crash_anywhere_ends_identical_to_a_clean_run(source, aws, monkeypatch
     if crash == "after the data files":
         fail_once(monkeypatch, storage, "put_new_json")
     elif crash == "after the manifest":
-        fail_once(monkeypatch, ingest, "_release_slot")
+        fail_once(monkeypatch, logical_capture, "release_slot")
     else:
         fail_once(monkeypatch, logical, "advance")
     before = slot_confirmed(source)
