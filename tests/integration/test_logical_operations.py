@@ -12,6 +12,7 @@ from aws_lambda_powertools.utilities import parameters
 
 from totes import errors, ingest, keys, logical, storage
 from totes.manifest import LogicalPosition
+from totes.source import SOURCE_TABLES
 from totes_local import stack
 
 from logical_cluster import logical_cluster  # noqa: F401  (the module's fixture)
@@ -30,7 +31,7 @@ def started(source):  # noqa: F811
 
 def keys_deleted(bucket, table):
     """Every key a table's deletion records name, across all runs."""
-    return sorted(row[ingest.SOURCE_TABLES[table]] for row in history(bucket, table,
+    return sorted(row[SOURCE_TABLES[table]] for row in history(bucket, table,
                                                                       "deleted_files"))
 
 
@@ -49,7 +50,7 @@ def read_directly(conn, position):
         conn.run("ROLLBACK")
 
 
-OURS = sorted(("public", table) for table in ingest.SOURCE_TABLES)
+OURS = sorted(("public", table) for table in SOURCE_TABLES)
 
 
 # --- 18.9: an unchanged TOASTed value -------------------------------------------------------
