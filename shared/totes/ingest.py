@@ -28,6 +28,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from totes import keys, observability, storage
 from totes.capture_mode import CaptureMode, CaptureRequest, IngestSettings
 from totes.errors import TransientError
+from totes.extract import SourceLockTimeoutError
 from totes.logical_capture import RESYNC_METRIC, LogicalCapture
 from totes.manifest import IngestManifest, LogicalPosition, TableEntry
 from totes.snapshot_capture import SnapshotCapture
@@ -217,7 +218,7 @@ def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
 
 def _failure_message(error: Exception, progress: Progress) -> str:
     """Say what a failure left behind, from how far the run got and the error's class."""
-    if isinstance(error, ConcurrentRunError):
+    if isinstance(error, (ConcurrentRunError, SourceLockTimeoutError)):
         return f"ingest run failed: {error}"
     if progress is Progress.COMMITTING and isinstance(error, storage.ObjectAlreadyExistsError):
         return Progress.COMMITTED_BY_RETRY.value

@@ -161,7 +161,7 @@ def read_source(request: CaptureRequest,
     settings = request.settings
     conn = db.connect(settings.secret_id, timeout=request.db_timeout, database=config.TOTESYS)
     try:
-        with extract.snapshot(conn) as read_point:
+        with extract.snapshot(conn, locked=SOURCE_TABLES) as read_point:
             check_contract(extract.source_columns(conn))
             due = sweep.due_tables(settings, previous, read_point)
             entries = _extract_within_budget(conn, settings, previous, read_point, request.run,

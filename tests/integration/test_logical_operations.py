@@ -31,8 +31,8 @@ def started(source):  # noqa: F811
 
 def keys_deleted(bucket, table):
     """Every key a table's deletion records name, across all runs."""
-    return sorted(row[SOURCE_TABLES[table]] for row in history(bucket, table,
-                                                                      "deleted_files"))
+    return sorted(row[SOURCE_TABLES[table]]
+                  for row in history(bucket, table, "deleted_files"))
 
 
 def published(conn):
