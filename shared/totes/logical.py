@@ -311,23 +311,28 @@ def create_slot(conn: pg8000.native.Connection, slot: str) -> int:
     return pgoutput.parse_lsn(lsn)
 
 
-def ensure_source(conn: pg8000.native.Connection, slot: str,
-                  publication: str) -> tuple[int, int]:
-    """Create the publication and the slot if missing; return the slot's LSN, publication's oid.
+def ensure_source(conn: pg8000.native.Connection, slot: str, publication: str,
+                  publication_oid: int | None = None) -> tuple[int, int, bool]:
+    """Create the publication and the slot if missing; return the slot's LSN, the oid, made.
 
     Runs outside any transaction. A slot created here starts at its consistent
     point: every transaction committed after it is decoded, and any snapshot
-    taken after this returns sees every transaction committed before it.
+    taken after this returns sees every transaction committed before it. A slot
+    that is invalidated, or older than its publication (made in this call, or with
+    an oid other than ``publication_oid``, the one recorded), cannot serve: it is
+    made again. The last value says whether the slot was made in this call.
     """
     check_wal_level(conn)
-    oid = check_publication(conn, publication).oid
+    state_of_publication = check_publication(conn, publication)
+    oid = state_of_publication.oid
+    remade = state_of_publication.created or publication_oid not in (None, oid)
     state = slot_state(conn, slot)
-    if state is None or state.invalidated is not None:
+    if state is None or state.invalidated is not None or remade:
         if state is not None:
             drop_slot(conn, slot)
-        return create_slot(conn, slot), oid
+        return create_slot(conn, slot), oid, True
     _check_slot(conn, slot, state)
-    return state.confirmed, oid
+    return state.confirmed, oid, False
 
 
 def drop_slot(conn: pg8000.native.Connection, slot: str) -> None:

@@ -8,6 +8,7 @@ on it reads the slot, within the row budget. The slot is advanced only in
 :meth:`LogicalCapture.release`, once the manifest recording the position exists.
 """
 from dataclasses import replace
+from datetime import datetime
 
 import pg8000.native
 
@@ -25,11 +26,14 @@ RESYNC_METRIC = "SourceResyncs"
 
 
 def _logical_start(settings: IngestSettings, previous: IngestManifest | None,
-                   db_timeout: float) -> LogicalPosition:
+                   db_timeout: float) -> tuple[LogicalPosition, bool]:
     """Return where log-based capture stands, creating the publication and slot if missing.
 
     A position carried by the previous manifest must name the configured slot
-    and publication: switching them silently would skip or repeat changes.
+    and publication: switching them silently would skip or repeat changes. The
+    second value is true when a backfill in progress must start again: its slot
+    was lost (or its publication made again) and a new slot begins later than the
+    backfill's first snapshot, so changes in between would be in neither.
     """
     position = previous.logical if previous else None
     if position is not None and (position.slot, position.publication) != (
@@ -40,14 +44,19 @@ def _logical_start(settings: IngestSettings, previous: IngestManifest | None,
             f"({settings.publication}): restore REPLICATION_SLOT and PUBLICATION, or re-sync "
             "(docs/ingest.md, 'Dropping the slot')")
     if position is not None and position.backfilled:
-        return position
+        return position, False
     conn = db.connect(settings.secret_id, timeout=db_timeout, database=config.TOTESYS)
     try:
-        lsn, oid = logical.ensure_source(conn, settings.slot, settings.publication)
+        lsn, oid, made = logical.ensure_source(
+            conn, settings.slot, settings.publication,
+            None if position is None else position.publication_oid)
     finally:
         db.close_quietly(conn)
-    return replace(position or LogicalPosition(settings.slot, settings.publication,
-                                               pgoutput.lsn_text(lsn)), publication_oid=oid)
+    fresh = LogicalPosition(settings.slot, settings.publication, pgoutput.lsn_text(lsn),
+                            publication_oid=oid)
+    if position is None or made:
+        return fresh, position is not None
+    return replace(position, publication_oid=oid), False
 
 
 def _resync_tables(conn: pg8000.native.Connection, request: CaptureRequest,
@@ -110,7 +119,9 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
                            reason, ", ".join(sorted(restart)), extra={
                                "run_id": str(run), "reason": reason, "tables": sorted(restart),
                                "metric": RESYNC_METRIC})
-        with extract.snapshot(conn) as read_point:
+        # Tables re-read or swept are locked first, as snapshot capture does: a rewrite
+        # committed mid-run would otherwise show them empty.
+        with extract.snapshot(conn, resync) as read_point:
             check_contract(extract.source_columns(conn))
             conn.run("SET LOCAL datestyle = 'ISO, YMD'")  # the text pgoutput renders values in
             resynced, pending, budget = _resync_tables(conn, request, previous, read_point,
@@ -142,7 +153,7 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
             logger.warning("TRUNCATE of %s decoded: sweeping their keys to record the "
                            "deletions", ", ".join(changes.truncated_tables),
                            extra={"run_id": str(run), "tables": changes.truncated_tables})
-            with extract.snapshot(conn) as after:
+            with extract.snapshot(conn, changes.truncated_tables) as after:
                 entries = sweep.sweep_tables(conn, request, after, entries,
                                              changes.truncated_tables)
     finally:
@@ -187,13 +198,26 @@ class LogicalCapture:
     def capture(self, request: CaptureRequest) -> Captured:
         """Run log-based capture: a snapshot backfill until one has completed, then the slot."""
         previous = request.previous
-        position = _logical_start(request.settings, previous, request.db_timeout)
+        position, restarted = _logical_start(request.settings, previous, request.db_timeout)
+        reason = None
+        if previous is not None and restarted:
+            reason = "the replication slot was lost during the initial backfill"
+            logger.warning("source re-sync: %s; the backfill starts again from every row",
+                           reason, extra={"run_id": str(request.run), "reason": reason,
+                                          "tables": list(SOURCE_TABLES),
+                                          "metric": RESYNC_METRIC})
+            # Every row again, and every table swept now (its last sweep made due): rows
+            # deleted while no slot recorded it become deletions.
+            previous = previous.with_tables({table: replace(
+                entry, cursor=TableCursor(), sweep=None if entry.sweep is None else replace(
+                    entry.sweep, swept_at=datetime.min))
+                for table, entry in previous.tables.items()})
         if previous is None or not position.backfilled:
             # The initial load, taken after the slot exists: nothing falls between the two.
             read_point, entries = read_source(request, previous)
             complete = not any(entry.truncated for entry in entries.values())
             return Captured(read_point, entries, complete,
-                            replace(position, backfilled=complete))
+                            replace(position, backfilled=complete), resync=reason)
         read_point, entries, changes, reason = _read_slot(request, previous, position)
         complete = changes.complete and not changes.position.resync
         return Captured(read_point, entries, complete, changes.position, resync=reason)

@@ -306,3 +306,30 @@ def test_a_manifest_position_beyond_the_servers_wal_is_refused_naming_it(source,
 
     assert errors.kind_of(raised.value) == errors.INPUT
     assert slot_confirmed(source) == before
+
+
+def test_a_slot_lost_during_the_initial_backfill_starts_it_again(source, aws, monkeypatch):  # noqa: F811,E501
+    monkeypatch.setenv("INGEST_MAX_ROWS_PER_RUN", "6")
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "100000")   # only a forced sweep runs
+    seed_one_of_each(source)
+    insert(source, "design", design_id=2, design_name="Steel", file_location="/d",
+           file_name="s.json", created_at=T0, last_updated=T0)
+    first = ingest.run_ingest()           # address, currency, department, design 1 and 2, …
+    assert not first.complete and first.rows["design"] == 2
+    source.run("SELECT pg_drop_replication_slot(:slot)", slot=source.slot)
+    source.run("UPDATE address SET city = 'York' WHERE address_id = 1")   # no slot sees these
+    source.run("DELETE FROM design WHERE design_id = 2")
+
+    runs = [ingest.run_ingest()]
+    while not runs[-1].complete:
+        runs.append(ingest.run_ingest())
+        assert len(runs) < 10
+
+    bucket = aws["INGEST_BUCKET"]
+    assert runs[0].source_resyncs == 1 and all(run.source_resyncs == 0 for run in runs[1:])
+    assert [row["city"] for row in history(bucket, "address")][-1] == "York"
+    assert keys_deleted(bucket, "design") == [2]
+    sales_order(source, 2, T0)
+    source.run("DELETE FROM purchase_order")
+    follow = ingest.run_ingest()
+    assert follow.rows["sales_order"] == 1 and follow.deleted["purchase_order"] == 1
