@@ -8,6 +8,10 @@ replication slot, read over the same plain SQL connection as everything else:
 * :func:`ensure_source` creates the publication (exactly the contract's tables)
   and the slot when missing and the login may, or fails naming the SQL and the
   privileges a DBA must grant;
+* :func:`check_publication` (every run) finds a publication that drifted from
+  the 11 tables and repairs it where the login may, naming the tables to re-sync;
+* :func:`resume` refuses a position beyond the server's WAL, makes a lost slot
+  again (naming a re-sync of every table), and catches a slot up to the position;
 * :func:`read_changes` peeks (never gets) the changes after the last committed
   position, at most a row budget of them, and streams them through
   :class:`ChangeWriter`, which writes each insert and update as its own version
