@@ -70,6 +70,8 @@ class Captured:
     complete: bool
     #: log-based capture's position in its slot (None in snapshot capture).
     logical: LogicalPosition | None = None
+    #: why every row was read again and every table swept (None: an ordinary run).
+    resync: str | None = None
 
     def manifest(self, request: CaptureRequest) -> IngestManifest:
         """Return the manifest that commits this capture (written last, by the run)."""
@@ -78,7 +80,7 @@ class Captured:
             finished_at=timestamps.now_text(), previous_manifest=request.previous_key,
             tables=dict(self.tables), complete=self.complete, snapshot=self.read_point.snapshot,
             database_time=timestamps.database_text(self.read_point.database_time),
-            logical=self.logical)
+            logical=self.logical, source=self.read_point.source, resync=self.resync)
 
 
 class CaptureMode(Protocol):

@@ -40,6 +40,7 @@ ROWS_METRIC = "RowsIngested"
 FUTURE_METRIC = "RowsStampedInFuture"
 DELETED_METRIC = "RowsDeleted"
 SLOT_LAG_METRIC = "ReplicationSlotLagBytes"
+RESYNC_METRIC = "SourceResyncs"
 #: the capture modes ``CAPTURE_MODE`` names.
 MODES: dict[str, CaptureMode] = {"snapshot": SnapshotCapture(), "logical": LogicalCapture()}
 
@@ -71,6 +72,7 @@ class IngestSummary(TypedDict):
     stamped_in_future: dict[str, int]
     deleted: dict[str, int]
     swept: list[str]
+    resync: str | None
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class IngestReport:
     swept: tuple[str, ...] = ()
     #: bytes of WAL the replication slot still holds after the run (log-based capture only).
     slot_lag_bytes: int | None = None
+    #: why the run re-synced (read every row, swept every table); None for an ordinary run.
+    resync: str | None = None
 
     def metrics(self) -> Iterator[Metric]:
         """Rows, future stamps and deletes per table; the run's totals, backlog, time, lag."""
@@ -101,6 +105,7 @@ class IngestReport:
         yield Metric("IngestBacklog", 0 if self.complete else 1)
         yield Metric("IngestRowsStampedInFuture", sum(self.stamped_in_future.values()))
         yield Metric("IngestRowsDeleted", sum(self.deleted.values()))
+        yield Metric(RESYNC_METRIC, 0 if self.resync is None else 1)
         if self.slot_lag_bytes is not None:
             yield Metric(SLOT_LAG_METRIC, self.slot_lag_bytes, MetricUnit.Bytes)
 
@@ -120,7 +125,7 @@ class IngestReport:
                 "complete": self.complete,
                 "stamped_in_future": {t: n for t, n in self.stamped_in_future.items() if n},
                 "deleted": {t: n for t, n in self.deleted.items() if n},
-                "swept": list(self.swept)}
+                "swept": list(self.swept), "resync": self.resync}
 
 
 def _log_backlog(run: keys.RunId, settings: IngestSettings,
@@ -185,7 +190,8 @@ def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
         str(run), manifest_key, {table: entry.rows for table, entry in entries.items()},
         manifest.complete, round((time.perf_counter() - started) * 1000, 1),
         stamped_in_future={table: entry.stamped_in_future for table, entry in entries.items()},
-        deleted={table: entries[table].deleted_rows for table in swept}, swept=swept)
+        deleted={table: entries[table].deleted_rows for table in swept}, swept=swept,
+        resync=manifest.resync)
     if manifest.logical is not None and manifest.logical.backfilled and not swept:
         result = replace(result, deleted={table: entry.deleted_rows
                                           for table, entry in entries.items()})

@@ -117,10 +117,8 @@ class LogicalCapture:
         position = _logical_start(request.settings, previous, request.db_timeout)
         if previous is None or not position.backfilled:
             # The initial load, taken after the slot exists: nothing falls between the two.
-            read_point, entries = read_source(request, previous)
-            complete = not any(entry.truncated for entry in entries.values())
-            return Captured(read_point, entries, complete,
-                            replace(position, backfilled=complete))
+            captured = read_source(request, previous)
+            return replace(captured, logical=replace(position, backfilled=captured.complete))
         read_point, entries, changes = _read_slot(request, previous, position)
         return Captured(read_point, entries, changes.complete, changes.position)
 
