@@ -137,6 +137,37 @@ def snapshot(conn: pg8000.native.Connection, locked: Iterable[str] = ()) -> Iter
     conn.run("COMMIT")
 
 
+@dataclass(frozen=True)
+class PreparedTransaction:
+    """A transaction left prepared for two-phase commit (``pg_prepared_xacts``)."""
+
+    gid: str
+    xid: int
+    prepared: datetime
+    owner: str
+    database: str
+    age_seconds: float
+
+
+def prepared_transactions(conn: pg8000.native.Connection,
+                          older_than_seconds: float) -> list[PreparedTransaction]:
+    """Return the prepared transactions older than ``older_than_seconds``, oldest first.
+
+    A prepared transaction stays open until someone commits or rolls it back by its
+    ``gid``, across restarts, with no session to show in ``pg_stat_activity``; while
+    it stays, it holds every snapshot's ``xmin`` (the capture floor) back. Any login
+    may read the view; it lists every database of the cluster.
+    """
+    rows = conn.run(
+        "SELECT gid, transaction::text::bigint, prepared AT TIME ZONE 'UTC', owner, database, "
+        "extract(epoch FROM now() - prepared)::float8 FROM pg_catalog.pg_prepared_xacts "
+        "WHERE prepared < now() - make_interval(secs => :seconds) ORDER BY prepared",
+        seconds=float(older_than_seconds))
+    return [PreparedTransaction(str(gid), int(xid), prepared, str(owner), str(database),
+                                float(age))
+            for gid, xid, prepared, owner, database, age in rows]
+
+
 def source_columns(conn: pg8000.native.Connection) -> list[FoundColumn]:
     """Return the catalog's description of every column of the allow-listed tables.
 

@@ -41,6 +41,7 @@ FUTURE_METRIC = "RowsStampedInFuture"
 DELETED_METRIC = "RowsDeleted"
 SLOT_LAG_METRIC = "ReplicationSlotLagBytes"
 RESYNC_METRIC = "SourceResyncs"
+FLOOR_AGE_METRIC = "SnapshotFloorAge"
 #: the capture modes ``CAPTURE_MODE`` names.
 MODES: dict[str, CaptureMode] = {"snapshot": SnapshotCapture(), "logical": LogicalCapture()}
 
@@ -91,6 +92,9 @@ class IngestReport:
     slot_lag_bytes: int | None = None
     #: why the run re-synced (read every row, swept every table); None for an ordinary run.
     resync: str | None = None
+    #: xids from the snapshot's ``xmin`` (the next run's floor) to its ``xmax``: how far back
+    #: the oldest open (or prepared) transaction holds capture.
+    floor_age_xids: int | None = None
 
     def metrics(self) -> Iterator[Metric]:
         """Rows, future stamps and deletes per table; the run's totals, backlog, time, lag."""
@@ -106,6 +110,8 @@ class IngestReport:
         yield Metric("IngestRowsStampedInFuture", sum(self.stamped_in_future.values()))
         yield Metric("IngestRowsDeleted", sum(self.deleted.values()))
         yield Metric(RESYNC_METRIC, 0 if self.resync is None else 1)
+        if self.floor_age_xids is not None:
+            yield Metric(FLOOR_AGE_METRIC, self.floor_age_xids)
         if self.slot_lag_bytes is not None:
             yield Metric(SLOT_LAG_METRIC, self.slot_lag_bytes, MetricUnit.Bytes)
 
@@ -191,7 +197,8 @@ def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
         manifest.complete, round((time.perf_counter() - started) * 1000, 1),
         stamped_in_future={table: entry.stamped_in_future for table, entry in entries.items()},
         deleted={table: entries[table].deleted_rows for table in swept}, swept=swept,
-        resync=manifest.resync)
+        resync=manifest.resync, floor_age_xids=(
+            None if manifest.snapshot is None else manifest.snapshot.xmax - manifest.snapshot.xmin))
     if manifest.logical is not None and manifest.logical.backfilled and not swept:
         result = replace(result, deleted={table: entry.deleted_rows
                                           for table, entry in entries.items()})
@@ -205,6 +212,7 @@ def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
                     "tables_changed": changed, "complete": result.complete,
                     "stamped_in_future": sum(result.stamped_in_future.values()),
                     "deleted": sum(result.deleted.values()), "swept": list(swept),
+                    "snapshot_floor_age_xids": result.floor_age_xids,
                     "duration_ms": result.duration_ms,
                 })
     if not result.complete:

@@ -26,6 +26,9 @@ logger = observability.service_logger()
 
 #: keys of future-stamped rows named in one warning line, per table.
 LOGGED_KEYS = 20
+#: a prepared transaction older than this is named in a WARNING: a two-phase commit's
+#: coordinator ends its transactions within seconds, so one this old looks orphaned.
+PREPARED_WARN_SECONDS = 300
 
 
 class ChangeSink:
@@ -164,6 +167,7 @@ def read_source(request: CaptureRequest, previous: IngestManifest | None) -> Cap
     try:
         with extract.snapshot(conn, locked=SOURCE_TABLES) as read_point:
             check_contract(extract.source_columns(conn))
+            _report_prepared(conn, read_point, request.run)
             resync = _resync_reason(request, read_point)
             if resync is not None and previous is not None:
                 previous = previous.with_tables({table: replace(entry, cursor=TableCursor())
@@ -178,6 +182,26 @@ def read_source(request: CaptureRequest, previous: IngestManifest | None) -> Cap
                         resync=resync)
     finally:
         db.close_quietly(conn)
+
+
+def _report_prepared(conn: pg8000.native.Connection, read_point: extract.ReadPoint,
+                     run: keys.RunId) -> None:
+    """Name, in a WARNING each, the prepared transactions old enough to look orphaned.
+
+    Such a transaction holds the snapshot floor back: every run reads again all
+    that was written since it began, until someone ends it by its gid.
+    """
+    snapshot = read_point.snapshot
+    for orphan in extract.prepared_transactions(conn, PREPARED_WARN_SECONDS):
+        logger.warning(
+            "prepared transaction %s has been open for %d s and holds the snapshot floor back "
+            "(%d xids): every run reads again what was written since it began; a person must "
+            "COMMIT PREPARED or ROLLBACK PREPARED it (docs/runbook.md, 'Orphaned prepared "
+            "transactions')", orphan.gid, orphan.age_seconds, snapshot.xmax - snapshot.xmin,
+            extra={"run_id": str(run), "gid": orphan.gid, "xid": orphan.xid,
+                   "prepared": timestamps.database_text(orphan.prepared),
+                   "owner": orphan.owner, "database": orphan.database,
+                   "snapshot": str(snapshot), "floor_age_xids": snapshot.xmax - snapshot.xmin})
 
 
 def _resync_reason(request: CaptureRequest, read_point: extract.ReadPoint) -> str | None:

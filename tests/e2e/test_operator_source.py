@@ -227,3 +227,44 @@ def test_a_source_restored_from_a_backup_resyncs_by_itself(
                               id=lost_payment) == [[0]]
     assert emitted(capsys.readouterr().out, "SourceResyncs") == [1, 0]
     assert_audit_clean(e2e)
+
+
+def test_an_orphaned_prepared_transaction_is_named_and_its_floor_age_measured(
+        cluster, monkeypatch, captured_logs, capsys):
+    made, e2e = cluster
+    monkeypatch.setattr(snapshot_capture, "PREPARED_WARN_SECONDS", 0)
+    e2e.pipeline.cycle()
+    orphan = made.connect()
+    try:
+        orphan.run("START TRANSACTION")
+        orphan.run("UPDATE address SET city = city WHERE address_id = 1")
+        orphan.run("PREPARE TRANSACTION 'totes-orphan-1'")
+    finally:
+        orphan.close()
+    conn = made.connect()
+    try:
+        business(conn, seed=5, steps=2)
+    finally:
+        conn.close()
+    capsys.readouterr()
+
+    e2e.pipeline.cycle()
+    conn = made.connect()
+    try:
+        business(conn, seed=6, steps=2)        # the floor stays, the counter moves on
+    finally:
+        conn.close()
+    e2e.pipeline.cycle()
+
+    warnings = [line for line in captured_logs() if line["level"] == "WARNING"
+                and "prepared transaction" in line["message"]]
+    assert len(warnings) == 2 and all(line["gid"] == "totes-orphan-1" for line in warnings)
+    ages = emitted(capsys.readouterr().out, "SnapshotFloorAge")
+    assert len(ages) == 2 and ages[1] > ages[0] > 0
+    conn = made.connect()
+    try:
+        conn.run("COMMIT PREPARED 'totes-orphan-1'")
+    finally:
+        conn.close()
+    e2e.pipeline.cycle()
+    assert_audit_clean(e2e)
