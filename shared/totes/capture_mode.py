@@ -70,8 +70,8 @@ class Captured:
     complete: bool
     #: log-based capture's position in its slot (None in snapshot capture).
     logical: LogicalPosition | None = None
-    #: why log-based capture began re-reading tables by snapshot in this run (a lost slot,
-    #: a drifted publication), None when it did not.
+    #: why tables were read again by snapshot (a restored source; in log-based capture a lost
+    #: slot or a drifted publication), None for an ordinary run.
     resync: str | None = None
 
     def manifest(self, request: CaptureRequest) -> IngestManifest:
@@ -81,7 +81,7 @@ class Captured:
             finished_at=timestamps.now_text(), previous_manifest=request.previous_key,
             tables=dict(self.tables), complete=self.complete, snapshot=self.read_point.snapshot,
             database_time=timestamps.database_text(self.read_point.database_time),
-            logical=self.logical)
+            logical=self.logical, source=self.read_point.source, resync=self.resync)
 
 
 class CaptureMode(Protocol):

@@ -23,7 +23,8 @@ from typing import Any, Iterable, Iterator, Protocol
 
 import pg8000.native
 
-from totes.capture import XID_MODULUS, FIRST_NORMAL_XID, Snapshot, TableCursor, xmin_window
+from totes.capture import (XID_MODULUS, FIRST_NORMAL_XID, Snapshot, SourceIdentity, TableCursor,
+                           xmin_window)
 from totes.db import quote_ident
 from totes.errors import TransientError
 from totes.source import SOURCE_COLUMNS, SOURCE_TABLES, VERSION_COLUMN, FoundColumn, primary_key
@@ -60,6 +61,26 @@ class ReadPoint:
 
     snapshot: Snapshot
     database_time: datetime
+    #: the cluster and timeline read (fields None where the login may not see them).
+    source: SourceIdentity = SourceIdentity()
+
+
+def source_identity(conn: pg8000.native.Connection) -> SourceIdentity:
+    """Return the source's system identifier and timeline, each None if the login may not read it.
+
+    ``pg_control_system()`` and ``pg_control_checkpoint()`` may be closed to
+    ordinary logins; the privilege is checked first, so a refusal never raises
+    (docs/ingest.md names the GRANT). Read just before the run's transaction: a
+    failover or a restore ends every connection, so neither can change in between.
+    """
+    [[system, checkpoint]] = conn.run(
+        "SELECT has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE'), "
+        "has_function_privilege('pg_catalog.pg_control_checkpoint()', 'EXECUTE')")
+    identifier = (conn.run("SELECT system_identifier::text FROM pg_catalog.pg_control_system()")
+                  [0][0] if system else None)
+    timeline = (conn.run("SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()")[0][0]
+                if checkpoint else None)
+    return SourceIdentity(identifier, None if timeline is None else int(timeline))
 
 
 def lock_tables(conn: pg8000.native.Connection, tables: Iterable[str]) -> None:
@@ -107,12 +128,44 @@ def snapshot(conn: pg8000.native.Connection, locked: Iterable[str] = ()) -> Iter
     every later read sees. On an error the transaction is left for the connection's
     close to discard; nothing was written, so there is nothing to undo.
     """
+    source = source_identity(conn)
     conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
     lock_tables(conn, locked)
     row = conn.run("SELECT pg_current_snapshot()::text, "
                    "(now() AT TIME ZONE 'UTC')::timestamp(3)")[0]
-    yield ReadPoint(Snapshot.parse(row[0]), row[1])
+    yield ReadPoint(Snapshot.parse(row[0]), row[1], source)
     conn.run("COMMIT")
+
+
+@dataclass(frozen=True)
+class PreparedTransaction:
+    """A transaction left prepared for two-phase commit (``pg_prepared_xacts``)."""
+
+    gid: str
+    xid: int
+    prepared: datetime
+    owner: str
+    database: str
+    age_seconds: float
+
+
+def prepared_transactions(conn: pg8000.native.Connection,
+                          older_than_seconds: float) -> list[PreparedTransaction]:
+    """Return the prepared transactions older than ``older_than_seconds``, oldest first.
+
+    A prepared transaction stays open until someone commits or rolls it back by its
+    ``gid``, across restarts, with no session to show in ``pg_stat_activity``; while
+    it stays, it holds every snapshot's ``xmin`` (the capture floor) back. Any login
+    may read the view; it lists every database of the cluster.
+    """
+    rows = conn.run(
+        "SELECT gid, transaction::text::bigint, prepared AT TIME ZONE 'UTC', owner, database, "
+        "extract(epoch FROM now() - prepared)::float8 FROM pg_catalog.pg_prepared_xacts "
+        "WHERE prepared < now() - make_interval(secs => :seconds) ORDER BY prepared",
+        seconds=float(older_than_seconds))
+    return [PreparedTransaction(str(gid), int(xid), prepared, str(owner), str(database),
+                                float(age))
+            for gid, xid, prepared, owner, database, age in rows]
 
 
 def source_columns(conn: pg8000.native.Connection) -> list[FoundColumn]:

@@ -29,7 +29,7 @@ from totes import keys, observability, storage
 from totes.capture_mode import CaptureMode, CaptureRequest, IngestSettings
 from totes.errors import TransientError
 from totes.extract import SourceLockTimeoutError
-from totes.logical_capture import RESYNC_METRIC, LogicalCapture
+from totes.logical_capture import LogicalCapture
 from totes.manifest import IngestManifest, LogicalPosition, TableEntry
 from totes.snapshot_capture import SnapshotCapture
 from totes.stage import Deadline, Metric
@@ -40,6 +40,8 @@ ROWS_METRIC = "RowsIngested"
 FUTURE_METRIC = "RowsStampedInFuture"
 DELETED_METRIC = "RowsDeleted"
 SLOT_LAG_METRIC = "ReplicationSlotLagBytes"
+RESYNC_METRIC = "SourceResyncs"
+FLOOR_AGE_METRIC = "SnapshotFloorAge"
 #: the capture modes ``CAPTURE_MODE`` names.
 MODES: dict[str, CaptureMode] = {"snapshot": SnapshotCapture(), "logical": LogicalCapture()}
 
@@ -71,6 +73,7 @@ class IngestSummary(TypedDict):
     stamped_in_future: dict[str, int]
     deleted: dict[str, int]
     swept: list[str]
+    resync: str | None
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,11 @@ class IngestReport:
     swept: tuple[str, ...] = ()
     #: bytes of WAL the replication slot still holds after the run (log-based capture only).
     slot_lag_bytes: int | None = None
-    #: 1 when log-based capture began re-reading tables by snapshot in this run, else 0
-    #: (None in snapshot capture).
-    source_resyncs: int | None = None
+    #: why the run re-synced (read every row, swept every table); None for an ordinary run.
+    resync: str | None = None
+    #: xids from the snapshot's ``xmin`` (the next run's floor) to its ``xmax``: how far back
+    #: the oldest open (or prepared) transaction holds capture.
+    floor_age_xids: int | None = None
 
     def metrics(self) -> Iterator[Metric]:
         """Rows, future stamps and deletes per table; the run's totals, backlog, time, lag."""
@@ -104,10 +109,11 @@ class IngestReport:
         yield Metric("IngestBacklog", 0 if self.complete else 1)
         yield Metric("IngestRowsStampedInFuture", sum(self.stamped_in_future.values()))
         yield Metric("IngestRowsDeleted", sum(self.deleted.values()))
+        yield Metric(RESYNC_METRIC, 0 if self.resync is None else 1)
+        if self.floor_age_xids is not None:
+            yield Metric(FLOOR_AGE_METRIC, self.floor_age_xids)
         if self.slot_lag_bytes is not None:
             yield Metric(SLOT_LAG_METRIC, self.slot_lag_bytes, MetricUnit.Bytes)
-        if self.source_resyncs is not None:
-            yield Metric(RESYNC_METRIC, self.source_resyncs)
 
     def response(self) -> IngestSummary:
         """The handler's response: :meth:`summary`."""
@@ -125,7 +131,7 @@ class IngestReport:
                 "complete": self.complete,
                 "stamped_in_future": {t: n for t, n in self.stamped_in_future.items() if n},
                 "deleted": {t: n for t, n in self.deleted.items() if n},
-                "swept": list(self.swept)}
+                "swept": list(self.swept), "resync": self.resync}
 
 
 def _log_backlog(run: keys.RunId, settings: IngestSettings,
@@ -161,11 +167,8 @@ def _check_still_newest(bucket: str, previous_key: str | None) -> None:
 
 
 def _capture(settings: IngestSettings, run: keys.RunId,
-             db_timeout: float) -> tuple[CaptureRequest, IngestManifest, str | None]:
-    """Capture the changes since the newest manifest; return the manifest that commits them.
-
-    Also return why log-based capture began a re-sync by snapshot in this run, if it did.
-    """
+             db_timeout: float) -> tuple[CaptureRequest, IngestManifest]:
+    """Capture the changes since the newest manifest; return the manifest that commits them."""
     previous_key = storage.latest_manifest_key(settings.bucket)
     previous = (None if previous_key is None
                 else IngestManifest.parse(storage.read_json(settings.bucket, previous_key)))
@@ -178,10 +181,9 @@ def _capture(settings: IngestSettings, run: keys.RunId,
         "capture_mode": settings.capture_mode,
     })
     request = CaptureRequest(settings, run, previous, previous_key, db_timeout)
-    captured = MODES[settings.capture_mode].capture(request)
-    manifest = captured.manifest(request)
+    manifest = MODES[settings.capture_mode].capture(request).manifest(request)
     _check_still_newest(settings.bucket, previous_key)
-    return request, manifest, captured.resync
+    return request, manifest
 
 
 def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
@@ -194,7 +196,9 @@ def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
         str(run), manifest_key, {table: entry.rows for table, entry in entries.items()},
         manifest.complete, round((time.perf_counter() - started) * 1000, 1),
         stamped_in_future={table: entry.stamped_in_future for table, entry in entries.items()},
-        deleted={table: entries[table].deleted_rows for table in swept}, swept=swept)
+        deleted={table: entries[table].deleted_rows for table in swept}, swept=swept,
+        resync=manifest.resync, floor_age_xids=(
+            None if manifest.snapshot is None else manifest.snapshot.xmax - manifest.snapshot.xmin))
     if manifest.logical is not None and manifest.logical.backfilled:
         # Deletions from the log, and from a re-sync's or a TRUNCATE's sweep.
         result = replace(result, deleted={table: entry.deleted_rows
@@ -209,6 +213,7 @@ def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
                     "tables_changed": changed, "complete": result.complete,
                     "stamped_in_future": sum(result.stamped_in_future.values()),
                     "deleted": sum(result.deleted.values()), "swept": list(swept),
+                    "snapshot_floor_age_xids": result.floor_age_xids,
                     "duration_ms": result.duration_ms,
                 })
     if not result.complete:
@@ -245,15 +250,14 @@ def run_ingest(settings: IngestSettings | None = None,
     progress = Progress.EXTRACTING
     try:
         settings = settings or IngestSettings.from_environment()
-        request, manifest, resync = _capture(settings, run, deadline.remaining())
+        request, manifest = _capture(settings, run, deadline.remaining())
         progress = Progress.COMMITTING
         storage.put_new_json(settings.bucket, manifest_key, manifest.to_json())
         progress = Progress.COMMITTED
         lag = MODES[settings.capture_mode].release(
             replace(request, db_timeout=deadline.remaining()), manifest)
         return replace(_report(settings, run, manifest_key, manifest, started),
-                       slot_lag_bytes=lag,
-                       source_resyncs=None if manifest.logical is None else int(bool(resync)))
+                       slot_lag_bytes=lag)
     except Exception as error:
         logger.exception(_failure_message(error, progress),
                          extra={"run_id": str(run), "manifest_key": manifest_key})

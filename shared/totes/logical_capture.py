@@ -21,9 +21,6 @@ from totes.source import SOURCE_TABLES, check_contract
 
 logger = observability.service_logger()
 
-#: runs that began re-reading tables by snapshot because the log could not give their changes.
-RESYNC_METRIC = "SourceResyncs"
-
 
 def _logical_start(settings: IngestSettings, previous: IngestManifest | None,
                    db_timeout: float) -> tuple[LogicalPosition, bool]:
@@ -117,8 +114,8 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
         if reason is not None:
             logger.warning("source re-sync: %s; re-reading %s by snapshot, with a key sweep",
                            reason, ", ".join(sorted(restart)), extra={
-                               "run_id": str(run), "reason": reason, "tables": sorted(restart),
-                               "metric": RESYNC_METRIC})
+                               "run_id": str(run), "reason": reason,
+                               "tables": sorted(restart)})
         # Tables re-read or swept are locked first, as snapshot capture does: a rewrite
         # committed mid-run would otherwise show them empty.
         with extract.snapshot(conn, resync) as read_point:
@@ -204,8 +201,7 @@ class LogicalCapture:
             reason = "the replication slot was lost during the initial backfill"
             logger.warning("source re-sync: %s; the backfill starts again from every row",
                            reason, extra={"run_id": str(request.run), "reason": reason,
-                                          "tables": list(SOURCE_TABLES),
-                                          "metric": RESYNC_METRIC})
+                                          "tables": list(SOURCE_TABLES)})
             # Every row again, and every table swept now (its last sweep made due): rows
             # deleted while no slot recorded it become deletions.
             previous = previous.with_tables({table: replace(
@@ -214,10 +210,9 @@ class LogicalCapture:
                 for table, entry in previous.tables.items()})
         if previous is None or not position.backfilled:
             # The initial load, taken after the slot exists: nothing falls between the two.
-            read_point, entries = read_source(request, previous)
-            complete = not any(entry.truncated for entry in entries.values())
-            return Captured(read_point, entries, complete,
-                            replace(position, backfilled=complete), resync=reason)
+            captured = read_source(request, previous)
+            return replace(captured, logical=replace(position, backfilled=captured.complete),
+                           resync=reason or captured.resync)
         read_point, entries, changes, reason = _read_slot(request, previous, position)
         complete = changes.complete and not changes.position.resync
         return Captured(read_point, entries, complete, changes.position, resync=reason)

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, Mapping
 
 from totes import timestamps
-from totes.capture import Snapshot, SnapshotFormatError, TableCursor
+from totes.capture import Snapshot, SnapshotFormatError, SourceIdentity, TableCursor
 from totes.errors import InputError
 from totes.pgoutput import parse_lsn
 from totes.source import SOURCE_TABLES
@@ -220,6 +220,11 @@ class IngestManifest:
     format: str = INGEST_FORMAT
     #: log-based capture's position in the slot (None in snapshot mode and older manifests).
     logical: LogicalPosition | None = None
+    #: the cluster and timeline the run read (None in older manifests); with the snapshot's
+    #: ``xmax``, how the next run knows the source was restored or failed over.
+    source: SourceIdentity | None = None
+    #: why this run read every row again and swept every table (None: it did not).
+    resync: str | None = None
 
     def table(self, name: str) -> TableEntry:
         """Return the entry of ``name`` (an empty one if the manifest does not list it)."""
@@ -244,6 +249,10 @@ class IngestManifest:
         }
         if self.logical is not None:
             document["logical"] = self.logical.to_json()
+        if self.source is not None:
+            document["source"] = self.source.to_json()
+        if self.resync is not None:
+            document["resync"] = self.resync
         return document
 
     @classmethod
@@ -274,6 +283,7 @@ class IngestManifest:
             tables = {name: TableEntry.from_json(fields)
                       for name, fields in document["tables"].items()}
         snapshot, logical = document.get("snapshot"), document.get("logical")
+        source, resync = document.get("source"), document.get("resync")
         return cls(
             run_id=str(document["run_id"]),
             started_at=str(document["started_at"]),
@@ -285,6 +295,8 @@ class IngestManifest:
             database_time=document.get("database_time"),
             format=kind,
             logical=None if logical is None else LogicalPosition.from_json(logical),
+            source=None if source is None else SourceIdentity.from_json(source),
+            resync=None if resync is None else str(resync),
         )
 
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 import pg8000.native
 
 from totes import config, db, extract, keys, observability, sweep, timestamps
-from totes.capture import Snapshot, TableCursor
+from totes.capture import Snapshot, TableCursor, resync_reason
 from totes.capture_mode import CaptureRequest, Captured, IngestSettings, ObjectWriter
 from totes.manifest import IngestManifest, TableEntry
 from totes.source import SOURCE_TABLES, check_contract
@@ -26,6 +26,9 @@ logger = observability.service_logger()
 
 #: keys of future-stamped rows named in one warning line, per table.
 LOGGED_KEYS = 20
+#: a prepared transaction older than this is named in a WARNING: a two-phase commit's
+#: coordinator ends its transactions within seconds, so one this old looks orphaned.
+PREPARED_WARN_SECONDS = 300
 
 
 class ChangeSink:
@@ -151,25 +154,73 @@ def _extract_within_budget(conn: pg8000.native.Connection, settings: IngestSetti
     return entries
 
 
-def read_source(request: CaptureRequest,
-                previous: IngestManifest | None) -> tuple[extract.ReadPoint, dict[str, TableEntry]]:
+def read_source(request: CaptureRequest, previous: IngestManifest | None) -> Captured:
     """Read every table's unseen rows and sweep the due tables, all in one snapshot.
 
     ``previous`` is the manifest whose cursors say where each table stands (the
-    request's own, or one made to read every row again).
+    request's own, or one made to read every row again). When the source is not
+    the history those cursors were taken in (:func:`totes.capture.resync_reason`),
+    the run re-syncs: every row read again, every table swept.
     """
     settings = request.settings
     conn = db.connect(settings.secret_id, timeout=request.db_timeout, database=config.TOTESYS)
     try:
         with extract.snapshot(conn, locked=SOURCE_TABLES) as read_point:
             check_contract(extract.source_columns(conn))
-            due = sweep.due_tables(settings, previous, read_point)
+            _report_prepared(conn, read_point, request.run)
+            resync = _resync_reason(request, read_point)
+            if resync is not None and previous is not None:
+                previous = previous.with_tables({table: replace(entry, cursor=TableCursor())
+                                                 for table, entry in previous.tables.items()})
+            due = (list(SOURCE_TABLES) if resync is not None
+                   else sweep.due_tables(settings, previous, read_point))
             entries = _extract_within_budget(conn, settings, previous, read_point, request.run,
                                              due)
             entries = sweep.sweep_tables(conn, request, read_point, entries, due)
-        return read_point, entries
+        return Captured(read_point, entries,
+                        complete=not any(entry.truncated for entry in entries.values()),
+                        resync=resync)
     finally:
         db.close_quietly(conn)
+
+
+def _report_prepared(conn: pg8000.native.Connection, read_point: extract.ReadPoint,
+                     run: keys.RunId) -> None:
+    """Name, in a WARNING each, the prepared transactions old enough to look orphaned.
+
+    Such a transaction holds the snapshot floor back: every run reads again all
+    that was written since it began, until someone ends it by its gid.
+    """
+    snapshot = read_point.snapshot
+    for orphan in extract.prepared_transactions(conn, PREPARED_WARN_SECONDS):
+        logger.warning(
+            "prepared transaction %s has been open for %d s and holds the snapshot floor back "
+            "(%d xids): every run reads again what was written since it began; a person must "
+            "COMMIT PREPARED or ROLLBACK PREPARED it (docs/runbook.md, 'Orphaned prepared "
+            "transactions')", orphan.gid, orphan.age_seconds, snapshot.xmax - snapshot.xmin,
+            extra={"run_id": str(run), "gid": orphan.gid, "xid": orphan.xid,
+                   "prepared": timestamps.database_text(orphan.prepared),
+                   "owner": orphan.owner, "database": orphan.database,
+                   "snapshot": str(snapshot), "floor_age_xids": snapshot.xmax - snapshot.xmin})
+
+
+def _resync_reason(request: CaptureRequest, read_point: extract.ReadPoint) -> str | None:
+    """Say (and log, as a WARNING) why this run must re-sync, or return None."""
+    previous = request.previous
+    if previous is None:
+        return None
+    reason = resync_reason(previous.snapshot, previous.source, read_point.snapshot,
+                           read_point.source)
+    if reason is not None:
+        logger.warning(
+            "source re-sync: %s; reading every row again and sweeping every table: rows the "
+            "source no longer has become deletions, rows it has again are current again "
+            "(docs/runbook.md, 'Source re-syncs')", reason, extra={
+                "run_id": str(request.run), "previous_manifest": request.previous_key,
+                "previous_snapshot": str(previous.snapshot), "snapshot": str(read_point.snapshot),
+                "previous_source": None if previous.source is None else previous.source.to_json(),
+                "source": read_point.source.to_json()})
+    return reason
 
 
 def _fall_back_from_logical(previous: IngestManifest, slot: str,
@@ -198,9 +249,7 @@ class SnapshotCapture:
         previous = request.previous
         if previous is not None and previous.logical is not None:
             previous = _fall_back_from_logical(previous, previous.logical.slot, request.run)
-        read_point, entries = read_source(request, previous)
-        return Captured(read_point, entries,
-                        complete=not any(entry.truncated for entry in entries.values()))
+        return read_source(request, previous)
 
     def release(self, request: CaptureRequest, manifest: IngestManifest) -> int | None:
         """Hold nothing at the source: the snapshot ended with the run's transaction."""

@@ -18,7 +18,7 @@ from totes_local.runner import s3_object_created_event
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "template.yaml"
 #: metrics published only by log-based capture, not by this snapshot-mode cycle.
-LOGICAL_ONLY = {"ReplicationSlotLagBytes", "SourceResyncs"}
+LOGICAL_ONLY = {"ReplicationSlotLagBytes"}
 #: the template scopes the namespace to the stack; the handlers read it from the environment.
 STACK_NAMESPACE = observability.DEFAULT_NAMESPACE + "/${AWS::StackName}"
 SEARCH = re.compile(r"SEARCH\('\{\\\"" + re.escape(STACK_NAMESPACE)

@@ -4,7 +4,7 @@ from datetime import datetime
 
 import pytest
 
-from totes.capture import Snapshot, TableCursor
+from totes.capture import Snapshot, SourceIdentity, TableCursor
 from totes.manifest import (INGEST_FORMAT, DataFile, IngestManifest, LogicalPosition,
                             ManifestError, SweepState, TableEntry)
 
@@ -62,6 +62,24 @@ def test_a_log_based_position_round_trips_and_is_absent_from_snapshot_manifests(
     plain = IngestManifest.parse({**document, "logical": None})
     assert plain.logical is None and "logical" not in plain.to_json()
     assert IngestManifest.parse(V1).logical is None
+
+
+def test_the_source_identity_and_a_resync_round_trip_and_older_manifests_have_neither():
+    manifest = IngestManifest(run_id="20261127T080000000Z-aa", started_at="s", finished_at="f",
+                              previous_manifest=None, tables={}, snapshot=Snapshot(740, 745),
+                              source=SourceIdentity("7441281470123456789", 3),
+                              resync="the source's timeline changed from 2 to 3")
+    document = manifest.to_json()
+    assert document["source"] == {"system_identifier": "7441281470123456789", "timeline": 3}
+    assert IngestManifest.parse(document) == manifest
+    unreadable = IngestManifest.parse({**document, "source": {"system_identifier": None,
+                                                              "timeline": None}})
+    assert unreadable.source == SourceIdentity()
+    older = {key: value for key, value in document.items() if key not in ("source", "resync")}
+    parsed = IngestManifest.parse(older)
+    assert parsed.source is None and parsed.resync is None
+    assert "source" not in parsed.to_json() and "resync" not in parsed.to_json()
+    assert IngestManifest.parse(V1).source is None
 
 
 def test_a_log_based_position_with_a_malformed_lsn_is_refused():
