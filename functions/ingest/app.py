@@ -11,7 +11,8 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from totes import observability, stage
-from totes.ingest import IngestSettings, IngestSummary, Progress, run_ingest
+from totes.capture_mode import IngestSettings
+from totes.ingest import IngestSummary, Progress, run_ingest
 
 logger = observability.service_logger()
 metrics = observability.metrics_for()

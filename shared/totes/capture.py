@@ -99,6 +99,59 @@ def xmin_window(floor: Snapshot, current: Snapshot) -> XminWindow:
     return XminWindow(current.xmax % XID_MODULUS, current.xmax - floor.xmin)
 
 
+@dataclass(frozen=True)
+class SourceIdentity:
+    """Which PostgreSQL cluster, and which history of it, a run read: recorded in its manifest.
+
+    ``system_identifier`` (``pg_control_system()``) is fixed when a cluster is made
+    and kept by its physical copies (replicas, backups restored); ``timeline``
+    (``pg_control_checkpoint()``) goes up each time one of them is promoted or
+    recovered to a point in time. Either is None when the login may not read it.
+    Together with the snapshot's ``xmax`` they tell a run that the database it
+    reads is not the history its cursors were taken in (:func:`resync_reason`).
+    """
+
+    system_identifier: str | None = None
+    timeline: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the manifest's ``source`` object."""
+        return {"system_identifier": self.system_identifier, "timeline": self.timeline}
+
+    @classmethod
+    def from_json(cls, fields: Mapping[str, Any]) -> "SourceIdentity":
+        """Rebuild an identity from its manifest fields."""
+        identifier, timeline = fields.get("system_identifier"), fields.get("timeline")
+        return cls(None if identifier is None else str(identifier),
+                   None if timeline is None else int(timeline))
+
+
+def resync_reason(previous: Snapshot | None, previous_source: SourceIdentity | None,
+                  current: Snapshot, source: SourceIdentity) -> str | None:
+    """Say why the cursors of ``previous`` cannot be continued at ``current``, or None.
+
+    A restore from a backup, a point-in-time recovery, a failover to a replica
+    that was behind, or a secret pointed at a lagging replica all take the
+    transaction counter back: rows written since the previous run may carry xids
+    its cursors count as already read. Detected by a changed system identifier
+    or timeline (when both runs could read them) or by ``xmax`` going backwards.
+    """
+    if previous is None:
+        return None
+    before = previous_source or SourceIdentity()
+    if None not in (before.system_identifier, source.system_identifier) and (
+            before.system_identifier != source.system_identifier):
+        return (f"the source is another cluster (system identifier {source.system_identifier}, "
+                f"was {before.system_identifier})")
+    if None not in (before.timeline, source.timeline) and before.timeline != source.timeline:
+        return (f"the source's timeline changed from {before.timeline} to {source.timeline} "
+                "(a failover, promotion or point-in-time recovery)")
+    if current.xmax < previous.xmax:
+        return (f"the source's transaction counter went back from {previous.xmax} to "
+                f"{current.xmax} (restored from a backup, or a replica that is behind)")
+    return None
+
+
 def full_xid(xid32: int, current: Snapshot) -> int:
     """Return the 64-bit xid of a visible row's 32-bit ``xmin`` (for logs and tests)."""
     return current.xmax - (current.xmax % XID_MODULUS - xid32) % XID_MODULUS

@@ -19,12 +19,14 @@ into SQL text.
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
 import pg8000.native
 
-from totes.capture import XID_MODULUS, FIRST_NORMAL_XID, Snapshot, TableCursor, xmin_window
+from totes.capture import (XID_MODULUS, FIRST_NORMAL_XID, Snapshot, SourceIdentity, TableCursor,
+                           xmin_window)
 from totes.db import quote_ident
+from totes.errors import TransientError
 from totes.source import SOURCE_COLUMNS, SOURCE_TABLES, VERSION_COLUMN, FoundColumn, primary_key
 
 #: how each kind of column is rendered (``{c}`` is the qualified column): timestamps keep
@@ -36,6 +38,14 @@ _PRESENT_MARK = " "
 #: COPY ... CSV with these never quotes a JSON line (see the module docstring).
 _COPY_OPTIONS = "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')"
 _SETTING_PREFIX = "totes."
+#: how long a run waits for its ``ACCESS SHARE`` locks before giving up until the next run.
+LOCK_TIMEOUT_MS = 10_000
+#: SQLSTATE of a lock not granted within ``lock_timeout``.
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+class SourceLockTimeoutError(TransientError):
+    """A table the run reads is held by an exclusive lock (a rewrite, a TRUNCATE): retry later."""
 
 
 class LineSink(Protocol):
@@ -51,22 +61,111 @@ class ReadPoint:
 
     snapshot: Snapshot
     database_time: datetime
+    #: the cluster and timeline read (fields None where the login may not see them).
+    source: SourceIdentity = SourceIdentity()
+
+
+def source_identity(conn: pg8000.native.Connection) -> SourceIdentity:
+    """Return the source's system identifier and timeline, each None if the login may not read it.
+
+    ``pg_control_system()`` and ``pg_control_checkpoint()`` may be closed to
+    ordinary logins; the privilege is checked first, so a refusal never raises
+    (docs/ingest.md names the GRANT). Read just before the run's transaction: a
+    failover or a restore ends every connection, so neither can change in between.
+    """
+    [[system, checkpoint]] = conn.run(
+        "SELECT has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE'), "
+        "has_function_privilege('pg_catalog.pg_control_checkpoint()', 'EXECUTE')")
+    identifier = (conn.run("SELECT system_identifier::text FROM pg_catalog.pg_control_system()")
+                  [0][0] if system else None)
+    timeline = (conn.run("SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()")[0][0]
+                if checkpoint else None)
+    return SourceIdentity(identifier, None if timeline is None else int(timeline))
+
+
+def lock_tables(conn: pg8000.native.Connection, tables: Iterable[str]) -> None:
+    """Take ``ACCESS SHARE`` locks on ``tables`` until the transaction ends, as pg_dump does.
+
+    Must run before the transaction's snapshot is taken (``LOCK`` and ``SET`` take
+    none). A table rewrite (``ALTER TABLE ... TYPE``, ``ADD COLUMN ... DEFAULT
+    random()``, ``TRUNCATE``) is not MVCC-safe: committed after the snapshot, it
+    would show the run that table empty and its key sweep every row deleted. With
+    the locks held, such a statement waits for the run instead; one already holding
+    its lock makes the run wait at most :data:`LOCK_TIMEOUT_MS`, then give up as a
+    :class:`SourceLockTimeoutError` (nothing read, the next run retries).
+    """
+    names = [_quoted_table(table) for table in tables]
+    if not names:
+        return
+    # An int constant from the code; SET takes no bind parameters.
+    conn.run(f"SET LOCAL lock_timeout = {int(LOCK_TIMEOUT_MS)}")
+    try:
+        conn.run(f"LOCK TABLE {', '.join(names)} IN ACCESS SHARE MODE")
+    except pg8000.native.DatabaseError as error:
+        fields = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
+        if fields.get("C") != LOCK_NOT_AVAILABLE:
+            raise
+        raise SourceLockTimeoutError(
+            f"gave up after waiting {LOCK_TIMEOUT_MS} ms for ACCESS SHARE locks on the source "
+            "tables: another session holds an exclusive lock on one of them (a table rewrite, "
+            "TRUNCATE or other DDL; see pg_locks); nothing was read or committed, the next run "
+            "retries") from error
+
+
+def _quoted_table(table: str) -> str:
+    """Return the quoted name of an allow-listed table (any other name is refused)."""
+    primary_key(table)
+    return quote_ident(table)
 
 
 @contextmanager
-def snapshot(conn: pg8000.native.Connection) -> Iterator[ReadPoint]:
+def snapshot(conn: pg8000.native.Connection, locked: Iterable[str] = ()) -> Iterator[ReadPoint]:
     """Hold one read-only REPEATABLE READ transaction and yield the snapshot it reads in.
 
-    The first statement of the transaction fixes its snapshot, and that statement
-    is the one that asks for it, so the recorded snapshot is exactly what every
-    later read sees. On an error the transaction is left for the connection's
+    The tables in ``locked`` are locked first (:func:`lock_tables`), before the
+    snapshot exists. The first statement that needs a snapshot fixes it, and that
+    statement is the one that asks for it, so the recorded snapshot is exactly what
+    every later read sees. On an error the transaction is left for the connection's
     close to discard; nothing was written, so there is nothing to undo.
     """
+    source = source_identity(conn)
     conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    lock_tables(conn, locked)
     row = conn.run("SELECT pg_current_snapshot()::text, "
                    "(now() AT TIME ZONE 'UTC')::timestamp(3)")[0]
-    yield ReadPoint(Snapshot.parse(row[0]), row[1])
+    yield ReadPoint(Snapshot.parse(row[0]), row[1], source)
     conn.run("COMMIT")
+
+
+@dataclass(frozen=True)
+class PreparedTransaction:
+    """A transaction left prepared for two-phase commit (``pg_prepared_xacts``)."""
+
+    gid: str
+    xid: int
+    prepared: datetime
+    owner: str
+    database: str
+    age_seconds: float
+
+
+def prepared_transactions(conn: pg8000.native.Connection,
+                          older_than_seconds: float) -> list[PreparedTransaction]:
+    """Return the prepared transactions older than ``older_than_seconds``, oldest first.
+
+    A prepared transaction stays open until someone commits or rolls it back by its
+    ``gid``, across restarts, with no session to show in ``pg_stat_activity``; while
+    it stays, it holds every snapshot's ``xmin`` (the capture floor) back. Any login
+    may read the view; it lists every database of the cluster.
+    """
+    rows = conn.run(
+        "SELECT gid, transaction::text::bigint, prepared AT TIME ZONE 'UTC', owner, database, "
+        "extract(epoch FROM now() - prepared)::float8 FROM pg_catalog.pg_prepared_xacts "
+        "WHERE prepared < now() - make_interval(secs => :seconds) ORDER BY prepared",
+        seconds=float(older_than_seconds))
+    return [PreparedTransaction(str(gid), int(xid), prepared, str(owner), str(database),
+                                float(age))
+            for gid, xid, prepared, owner, database, age in rows]
 
 
 def source_columns(conn: pg8000.native.Connection) -> list[FoundColumn]:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, Mapping
 
 from totes import timestamps
-from totes.capture import Snapshot, SnapshotFormatError, TableCursor
+from totes.capture import Snapshot, SnapshotFormatError, SourceIdentity, TableCursor
 from totes.errors import InputError
 from totes.pgoutput import parse_lsn
 from totes.source import SOURCE_TABLES
@@ -162,6 +162,10 @@ class LogicalPosition:
     and ``partial_changes`` says how many of its changes are written, so the next
     run skips exactly those. ``backfilled`` turns true once a snapshot-mode pass
     that began after the slot existed has completed: only then is the slot read.
+    ``publication_oid`` is the publication the slot decodes (one dropped and made
+    again has a new oid, and the slot must be made again); ``resync`` names the
+    tables whose re-read by snapshot (after a lost slot or a drifted publication)
+    has not completed yet.
     """
 
     slot: str
@@ -170,23 +174,32 @@ class LogicalPosition:
     partial_commit_lsn: str | None = None
     partial_changes: int = 0
     backfilled: bool = False
+    publication_oid: int | None = None
+    resync: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """Return the manifest's ``logical`` object."""
         return {"slot": self.slot, "publication": self.publication, "lsn": self.lsn,
                 "partial_commit_lsn": self.partial_commit_lsn,
-                "partial_changes": self.partial_changes, "backfilled": self.backfilled}
+                "partial_changes": self.partial_changes, "backfilled": self.backfilled,
+                "publication_oid": self.publication_oid, "resync": list(self.resync)}
 
     @classmethod
     def from_json(cls, fields: Mapping[str, Any]) -> "LogicalPosition":
-        """Rebuild the position, checking both LSNs parse."""
+        """Rebuild the position, checking both LSNs parse and ``resync`` names our tables."""
         partial = fields.get("partial_commit_lsn")
+        oid = fields.get("publication_oid")
+        resync = tuple(str(table) for table in fields.get("resync") or ())
         position = cls(str(fields["slot"]), str(fields["publication"]), str(fields["lsn"]),
                        None if partial is None else str(partial),
-                       int(fields.get("partial_changes", 0)), bool(fields.get("backfilled")))
+                       int(fields.get("partial_changes", 0)), bool(fields.get("backfilled")),
+                       None if oid is None else int(oid), resync)
         parse_lsn(position.lsn)
         if position.partial_commit_lsn is not None:
             parse_lsn(position.partial_commit_lsn)
+        unknown = [table for table in resync if table not in SOURCE_TABLES]
+        if unknown:
+            raise ValueError(f"resync names tables outside the contract: {unknown[:3]}")
         return position
 
 
@@ -207,6 +220,11 @@ class IngestManifest:
     format: str = INGEST_FORMAT
     #: log-based capture's position in the slot (None in snapshot mode and older manifests).
     logical: LogicalPosition | None = None
+    #: the cluster and timeline the run read (None in older manifests); with the snapshot's
+    #: ``xmax``, how the next run knows the source was restored or failed over.
+    source: SourceIdentity | None = None
+    #: why this run read every row again and swept every table (None: it did not).
+    resync: str | None = None
 
     def table(self, name: str) -> TableEntry:
         """Return the entry of ``name`` (an empty one if the manifest does not list it)."""
@@ -231,6 +249,10 @@ class IngestManifest:
         }
         if self.logical is not None:
             document["logical"] = self.logical.to_json()
+        if self.source is not None:
+            document["source"] = self.source.to_json()
+        if self.resync is not None:
+            document["resync"] = self.resync
         return document
 
     @classmethod
@@ -261,6 +283,7 @@ class IngestManifest:
             tables = {name: TableEntry.from_json(fields)
                       for name, fields in document["tables"].items()}
         snapshot, logical = document.get("snapshot"), document.get("logical")
+        source, resync = document.get("source"), document.get("resync")
         return cls(
             run_id=str(document["run_id"]),
             started_at=str(document["started_at"]),
@@ -272,6 +295,8 @@ class IngestManifest:
             database_time=document.get("database_time"),
             format=kind,
             logical=None if logical is None else LogicalPosition.from_json(logical),
+            source=None if source is None else SourceIdentity.from_json(source),
+            resync=None if resync is None else str(resync),
         )
 
 

@@ -352,14 +352,24 @@ class RowShape:
         """The primary key in a tuple (a full row, or a replica-identity key tuple)."""
         text = values[self.positions[primary_key(self.table)]]
         if not isinstance(text, str) or not _INTEGER.fullmatch(text):
-            raise DecodeError(f"{self.table} change without a usable primary key ({text!r})")
+            # Row values stay out of errors (they reach the logs): the column names it.
+            raise DecodeError(f"{self.table} change without a usable primary key "
+                              f"({primary_key(self.table)} is "
+                              f"{'NULL' if text is None else 'not an integer'})")
         return int(text)
+
+    def unchanged(self, values: tuple[Value, ...]) -> tuple[str, ...]:
+        """The contract columns an update did not resend (unchanged TOASTed values)."""
+        return tuple(name for name, _, _, position in self._plan
+                     if values[position] is UNCHANGED)
 
     def line(self, values: tuple[Value, ...], fallback: tuple[Value, ...] | None = None) -> bytes:
         """Render a row as the contract's JSON line: primary key first, compact, one line.
 
         An unchanged TOASTed value is taken from ``fallback`` (the old row, sent under
-        REPLICA IDENTITY FULL); without it the row cannot be rendered whole: refused.
+        REPLICA IDENTITY FULL, or the values the caller found for it); without it the
+        row cannot be rendered whole: refused. Errors name the table and column, never
+        the value (row data must not reach the logs).
         """
         parts = []
         for name, json_key, kind, position in self._plan:
@@ -369,11 +379,10 @@ class RowShape:
             if value is UNCHANGED:
                 raise DecodeError(
                     f"{self.table}.{name} was not resent by an update (an unchanged TOASTed "
-                    f"value): ALTER TABLE {self.table} REPLICA IDENTITY FULL lets the slot "
-                    "send it")
+                    "value) and no earlier value of it was found")
             rendered = "null" if value is None else _RENDERERS[kind](str(value))
             if rendered is None:
-                raise DecodeError(f"{self.table}.{name} value {value!r} is not a "
+                raise DecodeError(f"{self.table}.{name} holds a value that is not a "
                                   f"{kind} the warehouse can carry")
             parts.append(json_key + rendered)
         return ("{" + ",".join(parts) + "}\n").encode("utf-8")

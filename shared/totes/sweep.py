@@ -14,15 +14,27 @@ is a merge that holds at most one block per input: memory stays flat at any
 table size, and the set work happens in C, block by block. Sweep key lists and
 each run's captured keys are written, gzip, to the ingestion bucket under fresh
 keys like every other object, and the manifest points at them.
+
+:func:`sweep_tables` is the sweep step of a run: it must be called inside the
+snapshot the run captured in, so that the keys listed and the rows read describe
+one instant.
 """
 import gzip
 import tempfile
 from bisect import bisect_right
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import IO, Iterable, Iterator
 
-from totes import keys, storage, timestamps
+import pg8000.native
+
+from totes import extract, keys, observability, storage, timestamps
+from totes.capture_mode import CaptureRequest, IngestSettings, ObjectWriter
 from totes.errors import InputError
+from totes.manifest import IngestManifest, SweepState, TableEntry
+from totes.source import SOURCE_TABLES
+
+logger = observability.service_logger()
 
 KEYS_CONTENT_TYPE = "application/gzip"
 #: keys per block: about 0.5 MB of text, the unit of memory of a sweep.
@@ -174,3 +186,79 @@ def deletion_line(key_column: str, key: int, deleted_at: datetime) -> bytes:
     """Render one deletion record as a JSON line (the transform's input contract)."""
     stamp = timestamps.database_text(deleted_at)
     return f'{{"{key_column}": {key}, "deleted_at": "{stamp}"}}\n'.encode()
+
+
+def due_tables(settings: IngestSettings, previous: IngestManifest | None,
+               read_point: extract.ReadPoint) -> list[str]:
+    """Return the tables whose key sweep is due in this run."""
+    def swept_at(table: str) -> datetime | None:
+        state = previous.table(table).sweep if previous else None
+        return None if state is None else state.swept_at
+
+    return [table for table in SOURCE_TABLES
+            if is_due(swept_at(table), read_point.database_time, settings.delete_sweep)]
+
+
+def _runs_since(bucket: str, sweeps: list[SweepState],
+                previous_key: str | None) -> Iterator[IngestManifest]:
+    """Yield the committed manifests after the oldest of ``sweeps``, oldest first."""
+    if not sweeps or previous_key is None:
+        return
+    oldest = min(sweeps, key=lambda state: state.run_id)
+    start = keys.manifest_key(keys.parse_run_id(oldest.run_id))
+    for key in storage.manifest_keys_after(bucket, start):
+        if key > previous_key:
+            return
+        yield IngestManifest.parse(storage.read_json(bucket, key))
+
+
+def sweep_tables(conn: pg8000.native.Connection, request: CaptureRequest,
+                 read_point: extract.ReadPoint, entries: dict[str, TableEntry],
+                 due: list[str]) -> dict[str, TableEntry]:
+    """Sweep every table in ``due``; return the entries with their deletions and sweeps."""
+    settings = request.settings
+    captured: dict[str, list[str]] = {table: [] for table in due}
+    sweeps = {table: entries[table].sweep for table in due}
+    for manifest in _runs_since(settings.bucket, [state for state in sweeps.values() if state],
+                                request.previous_key):
+        for table, state in sweeps.items():
+            listed = manifest.table(table).captured_keys
+            if state is not None and manifest.run_id > state.run_id and listed:
+                captured[table].append(listed)
+    swept = dict(entries)
+    for table in due:
+        swept[table] = _sweep_table(conn, settings, read_point, request.run, table,
+                                    entries[table], captured[table])
+    return swept
+
+
+def _sweep_table(conn: pg8000.native.Connection, settings: IngestSettings,
+                 read_point: extract.ReadPoint, run: keys.RunId, table: str,
+                 entry: TableEntry, captured: list[str]) -> TableEntry:
+    key_column = SOURCE_TABLES[table]
+    spool = KeySpool()
+    try:
+        extract.copy_keys(conn, table, BLOCK_KEYS, spool)
+        spool.finish()
+        # Deletions this run already wrote (from the slot) keep their part numbers.
+        writer = ObjectWriter(settings.bucket, settings.chunk_rows,
+                              lambda part: keys.deletions_key(table, run,
+                                                              part + len(entry.deleted)))
+        own = [entry.captured_keys] if entry.captured_keys else []
+        known = [stored_blocks(settings.bucket, entry.sweep.key if entry.sweep else None),
+                 *(stored_blocks(settings.bucket, key) for key in [*captured, *own])]
+        for key in vanished(known, spool.blocks()):
+            writer.add(deletion_line(key_column, key, read_point.database_time))
+        writer.flush()
+        state = SweepState(key=keys.sweep_key(table, run), keys=spool.keys, run_id=str(run),
+                           swept_at=read_point.database_time)
+        upload(settings.bucket, state.key, spool)
+    finally:
+        spool.close()
+    result = replace(entry, deleted=entry.deleted + tuple(writer.files), sweep=state,
+                     captured_keys=None)
+    logger.info("table swept for deletes", extra={
+        "run_id": str(run), "table": table, "keys": state.keys, "deleted": result.deleted_rows,
+        "compared_with": "nothing (first sweep)" if entry.sweep is None else entry.sweep.key,
+        "captured_key_lists": len(captured)})
+    return result

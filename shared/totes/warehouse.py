@@ -90,7 +90,9 @@ _INFER = (
 #: fact versions: the last staged row of each version key, inserted in capture order. A
 #: version already present with other values (the source changed a row without changing
 #: its ``last_updated``) is corrected in place and given a fresh record id, so it ranks as
-#: the latest; an identical re-read changes nothing. Counts (inserted, corrected).
+#: the latest; so is an identical one that is not its id's latest version (a deletion, or a
+#: version the source lost, came after it: the row is back as it was). Re-reading the
+#: latest version changes nothing. Counts (inserted, corrected).
 _FACT_UPSERT = (
     "WITH written AS ("
     "INSERT INTO {table} AS t ({columns}) "
@@ -99,6 +101,8 @@ _FACT_UPSERT = (
     "ON CONFLICT ({unique_key}) DO UPDATE SET {assignments}, "
     "{record_id} = nextval(pg_get_serial_sequence(:fact, :record_id)) "
     "WHERE ({current}) IS DISTINCT FROM ({incoming}) "
+    "OR t.{record_id} <> (SELECT max(f.{record_id}) FROM {table} AS f "
+    "WHERE f.{business_id} = t.{business_id}) "
     "RETURNING (t.xmax = 0) AS inserted) "
     "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written"
 )
@@ -573,8 +577,13 @@ def upsert_fact(conn: pg8000.native.Connection, fact: Table) -> tuple[int, int]:
 
     A new version is inserted. A version already present (same business id and
     ``last_updated``) is corrected in place when its values differ, with a fresh
-    record id so it becomes the latest; an identical re-read is a no-op. Within
-    the batch the last staged row of a version wins.
+    record id so it becomes the latest. It is taken the same way when its values
+    are equal but it is not its id's latest version: ingest only ever reads a row's
+    current state, so an older version arriving again means the source has it again
+    (a row restored after its deletion, a source restored from a backup that lost
+    the later versions), and leaving the deletion or the lost version latest would
+    be wrong for good. Re-reading the latest version is a no-op. Within the batch
+    the last staged row of a version wins.
     """
     key = set(fact.unique_key)
     attributes = [c for c in fact.data_columns if c.name not in key]
@@ -583,7 +592,7 @@ def upsert_fact(conn: pg8000.native.Connection, fact: Table) -> tuple[int, int]:
         stage=_q(staging_name(fact)), ordinal=_q(ORDINAL),
         unique_key=", ".join(_q(name) for name in fact.unique_key),
         assignments=", ".join(f"{_q(c.name)} = EXCLUDED.{_q(c.name)}" for c in attributes),
-        record_id=_q(fact.primary_key),
+        record_id=_q(fact.primary_key), business_id=_q(CURRENT_VIEWS[fact.name]),
         current=_columns(attributes, "t."), incoming=_columns(attributes, "EXCLUDED."),
     ), fact=_q(fact.name), record_id=fact.primary_key)[0]
     return inserted, corrected

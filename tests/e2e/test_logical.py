@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pipeline_kit import PipelineUnderTest
 
+from totes import audit
 from totes_local import generator, stack
 from totes_local.runner import LocalPipeline
 
@@ -184,3 +185,50 @@ def test_each_logical_run_publishes_the_wal_its_slot_still_holds(e2e, capsys):
             if "ReplicationSlotLagBytes" in line]
     values = [v for value in lags for v in (value if isinstance(value, list) else [value])]
     assert len(values) == 2 and all(value >= 0 for value in values)  # one per run
+
+
+def audit_is_clean(e2e):
+    """Audit the warehouse against the source as the audit handler does; return its mismatches."""
+    warehouse = e2e.postgres.connect(e2e.warehouse)
+    try:
+        report = audit.audit_databases(e2e.source, warehouse,
+                                       audit.BucketStore(e2e.env["INGEST_BUCKET"]))
+    finally:
+        warehouse.close()
+    return {name: table.to_json() for name, table in report.tables.items() if table.mismatches}
+
+
+def test_what_operators_do_to_the_source_ends_in_a_clean_audit_after_each(e2e):
+    e2e.pipeline.cycle()
+    e2e.pipeline.cycle()
+    [[order_id]] = e2e.source_rows("SELECT min(sales_order_id) FROM sales_order")
+    [[address_id]] = e2e.source_rows("SELECT min(address_id) FROM address")
+    steps = {
+        # 18.5: a table taken out of the publication, changed meanwhile
+        "publication drift": [
+            "ALTER PUBLICATION totes_ingest DROP TABLE sales_order",
+            f"UPDATE sales_order SET units_sold = 4321, last_updated = last_updated + "
+            f"interval '1 minute' WHERE sales_order_id = {order_id}"],
+        # 18.9: a long value left unchanged by an update (not resent by the log)
+        "unchanged TOAST": [
+            "UPDATE address SET address_line_2 = (SELECT string_agg(md5(random()::text), '') "
+            f"FROM generate_series(1, 200)) WHERE address_id = {address_id}",
+            f"UPDATE address SET phone = '0000', last_updated = last_updated + "
+            f"interval '1 minute' WHERE address_id = {address_id}"],
+        # 18.6: a TRUNCATE
+        "truncate": ["TRUNCATE payment"],
+        # 18.8: the slot dropped, changes meanwhile
+        "lost slot": [
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE database = current_database()",
+            f"UPDATE sales_order SET units_sold = 1234, last_updated = last_updated + "
+            f"interval '2 minutes' WHERE sales_order_id = {order_id}"],
+    }
+    for step, statements in steps.items():
+        for statement in statements:
+            e2e.source_rows(statement)
+        e2e.pipeline.cycle()
+        assert audit_is_clean(e2e) == {}, step
+        for fact, (_, sql) in FACT_FROM_SOURCE.items():
+            assert warehouse_table(e2e, f"{fact}_current") == e2e.source_rows(sql), (step, fact)
+    assert e2e.warehouse_rows('SELECT count(*) FROM "fact_payment_current"') == [[0]]

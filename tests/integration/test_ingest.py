@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from botocore.exceptions import ClientError
 
-from totes import ingest, jsonl, storage
+from totes import ingest, jsonl, snapshot_capture, storage
 from totes.capture import Snapshot
 from totes.source import SOURCE_COLUMNS, SOURCE_TABLES
 from totes_local import stack
@@ -197,16 +197,16 @@ def test_a_run_overtaken_by_another_commit_aborts_and_the_next_run_continues(
     seed_one_of_each(source_db)
     first = ingest.run_ingest()
     sales_order(source_db, 2, T0 + timedelta(minutes=5))
-    read_source, overtaking = ingest._read_source, []
+    read_source, overtaking = snapshot_capture.read_source, []
 
     def another_run_commits_meanwhile(*args):
         extracts = read_source(*args)
         if not overtaking:
-            monkeypatch.setattr(ingest, "_read_source", read_source)
+            monkeypatch.setattr(snapshot_capture, "read_source", read_source)
             overtaking.append(ingest.run_ingest())
         return extracts
 
-    monkeypatch.setattr(ingest, "_read_source", another_run_commits_meanwhile)
+    monkeypatch.setattr(snapshot_capture, "read_source", another_run_commits_meanwhile)
     with pytest.raises(ingest.ConcurrentRunError):
         ingest.run_ingest()
 
@@ -330,7 +330,7 @@ def test_chunk_rows_bounds_every_object(source_db, aws, monkeypatch, chunk_rows,
 
 def test_one_run_reads_every_table_at_the_same_instant(source_db, aws, monkeypatch, postgres):
     seed_one_of_each(source_db)
-    extract_table = ingest.extract_table
+    extract_table = snapshot_capture.extract_table
 
     def commit_an_order_midway(conn, table, *args, **options):
         extracted = extract_table(conn, table, *args, **options)
@@ -341,7 +341,7 @@ def test_one_run_reads_every_table_at_the_same_instant(source_db, aws, monkeypat
         return extracted
 
     with monkeypatch.context() as patch:
-        patch.setattr(ingest, "extract_table", commit_an_order_midway)
+        patch.setattr(snapshot_capture, "extract_table", commit_an_order_midway)
         first = ingest.run_ingest()
     second = ingest.run_ingest()
 

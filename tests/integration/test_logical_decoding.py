@@ -112,7 +112,7 @@ def test_every_table_and_column_type_decodes_to_the_snapshot_line(source):
     assert transactions[2]["transaction_type"] == "PURCHASE"
 
 
-def test_updates_and_deletes_decode_with_their_keys_and_an_unchanged_toast_is_refused(source):
+def test_updates_and_deletes_decode_with_their_keys_and_an_unchanged_toast_is_marked(source):
     seed_one_of_each(source)
     insert(source, "address", address_id=2, created_at=T0, last_updated=T0, **HOSTILE)
     source.run("UPDATE sales_order SET units_sold = 7 WHERE sales_order_id = 1")
@@ -136,11 +136,13 @@ def test_updates_and_deletes_decode_with_their_keys_and_an_unchanged_toast_is_re
     [cascaded] = of("transaction")                      # ON UPDATE CASCADE, decoded too
     assert relations[cascaded.relation].line(cascaded.new).startswith(b'{"transaction_id":1,')
     assert relations[delete.relation].key(delete.old) == 1 and delete.old_kind == "K"
-    # The long country was not rewritten, so pgoutput does not resend it: refused, naming
-    # the table, the column and the remedy, never written with a value missing.
+    # The long country was not rewritten, so pgoutput does not resend it: marked, and a
+    # row still holding the mark is refused, never written with a value missing (ingest
+    # fills it in first: test_logical_operations).
     [address_update] = of("address")
     assert pgoutput.UNCHANGED in address_update.new
-    with pytest.raises(pgoutput.DecodeError, match="address.country.*REPLICA IDENTITY FULL"):
+    assert relations[address_update.relation].unchanged(address_update.new) == ("country",)
+    with pytest.raises(pgoutput.DecodeError, match="address.country.*unchanged TOASTed"):
         relations[address_update.relation].line(address_update.new)
     source.run('ALTER TABLE "address" REPLICA IDENTITY FULL')
     source.run("UPDATE address SET phone = '000' WHERE address_id = 2")

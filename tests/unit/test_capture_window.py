@@ -1,8 +1,8 @@
 """Which rows a run reads: 64-bit snapshots against 32-bit row xids, across wraparound."""
 import pytest
 
-from totes.capture import (XID_MODULUS, Snapshot, SnapshotFormatError, TableCursor, full_xid,
-                           xmin_window)
+from totes.capture import (XID_MODULUS, Snapshot, SnapshotFormatError, SourceIdentity,
+                           TableCursor, full_xid, resync_reason, xmin_window)
 
 EPOCH = XID_MODULUS
 
@@ -95,3 +95,25 @@ def test_a_cursor_round_trips_through_its_manifest_fields():
                          resume_after=3, resume_since=Snapshot(5, 9, (6,)))
     assert TableCursor.from_json(cursor.to_json()) == cursor
     assert TableCursor.from_json({}) == TableCursor()
+
+
+PRIMARY = SourceIdentity("7441281470123456789", 1)
+
+
+@pytest.mark.parametrize("source, current, expected", [
+    (PRIMARY, Snapshot(900, 905), None),
+    (SourceIdentity(), Snapshot(900, 905), None),         # identity unreadable: xmax decides
+    (PRIMARY, Snapshot(800, 800), "went back from 850 to 800"),
+    (SourceIdentity(), Snapshot(800, 800), "went back from 850 to 800"),
+    (SourceIdentity("7441281470123456789", 2), Snapshot(900, 905), "timeline changed from 1 to 2"),
+    (SourceIdentity("7000000000000000001", 1), Snapshot(900, 905), "another cluster"),
+])
+def test_a_source_with_another_identity_or_an_earlier_xmax_needs_a_resync(
+        source, current, expected):
+    reason = resync_reason(Snapshot(840, 850, (845,)), PRIMARY, current, source)
+    assert reason is None if expected is None else expected in reason
+
+
+def test_a_first_run_or_a_manifest_without_identity_never_resyncs_on_identity():
+    assert resync_reason(None, None, Snapshot(5, 5), PRIMARY) is None
+    assert resync_reason(Snapshot(840, 850), None, Snapshot(900, 905), PRIMARY) is None

@@ -1,9 +1,10 @@
 """Ingest manifests: one owner, both directions, every format still in a bucket."""
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
 
-from totes.capture import Snapshot, TableCursor
+from totes.capture import Snapshot, SourceIdentity, TableCursor
 from totes.manifest import (INGEST_FORMAT, DataFile, IngestManifest, LogicalPosition,
                             ManifestError, SweepState, TableEntry)
 
@@ -51,11 +52,34 @@ def test_a_log_based_position_round_trips_and_is_absent_from_snapshot_manifests(
     document = manifest.to_json()
     assert document["logical"] == {
         "slot": "totes_ingest", "publication": "totes_pub", "lsn": "16/B374D848",
-        "partial_commit_lsn": "16/B3800000", "partial_changes": 30000, "backfilled": True}
+        "partial_commit_lsn": "16/B3800000", "partial_changes": 30000, "backfilled": True,
+        "publication_oid": None, "resync": []}
     assert IngestManifest.parse(document) == manifest
+    resyncing = replace(position, publication_oid=16400, resync=("payment", "staff"))
+    assert LogicalPosition.from_json(resyncing.to_json()) == resyncing
+    with pytest.raises(ValueError, match="outside the contract"):
+        LogicalPosition.from_json({**resyncing.to_json(), "resync": ["pg_authid"]})
     plain = IngestManifest.parse({**document, "logical": None})
     assert plain.logical is None and "logical" not in plain.to_json()
     assert IngestManifest.parse(V1).logical is None
+
+
+def test_the_source_identity_and_a_resync_round_trip_and_older_manifests_have_neither():
+    manifest = IngestManifest(run_id="20261127T080000000Z-aa", started_at="s", finished_at="f",
+                              previous_manifest=None, tables={}, snapshot=Snapshot(740, 745),
+                              source=SourceIdentity("7441281470123456789", 3),
+                              resync="the source's timeline changed from 2 to 3")
+    document = manifest.to_json()
+    assert document["source"] == {"system_identifier": "7441281470123456789", "timeline": 3}
+    assert IngestManifest.parse(document) == manifest
+    unreadable = IngestManifest.parse({**document, "source": {"system_identifier": None,
+                                                              "timeline": None}})
+    assert unreadable.source == SourceIdentity()
+    older = {key: value for key, value in document.items() if key not in ("source", "resync")}
+    parsed = IngestManifest.parse(older)
+    assert parsed.source is None and parsed.resync is None
+    assert "source" not in parsed.to_json() and "resync" not in parsed.to_json()
+    assert IngestManifest.parse(V1).source is None
 
 
 def test_a_log_based_position_with_a_malformed_lsn_is_refused():

@@ -83,8 +83,17 @@ def test_a_value_the_warehouse_cannot_carry_is_refused_naming_the_column(kind, t
     positions = {name: 1 for name in SOURCE_COLUMNS["payment"]}
     positions.update({"payment_id": 2, column: 0})
     shape = pgoutput.RowShape("payment", positions)
-    with pytest.raises(pgoutput.DecodeError, match=f"payment.{column} value"):
+    with pytest.raises(pgoutput.DecodeError, match=f"payment.{column} holds a value") as raised:
         shape.line((text, None, "1"))
+    assert text not in str(raised.value)     # row data never reaches the logs
+
+
+def test_a_key_that_is_not_an_integer_is_refused_without_its_value():
+    positions = {name: 0 for name in SOURCE_COLUMNS["payment"]}
+    shape = pgoutput.RowShape("payment", positions)
+    with pytest.raises(pgoutput.DecodeError, match="payment_id is not an integer") as raised:
+        shape.key(("secret-ish text",))
+    assert "secret-ish" not in str(raised.value)
 
 
 def test_a_relation_lacking_a_contract_column_is_refused():

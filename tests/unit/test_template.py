@@ -258,6 +258,13 @@ def test_replication_slot_lag_alarms_above_its_parameter_and_capture_defaults_to
     assert mode["Default"] == "snapshot" and mode["AllowedValues"] == list(config.CAPTURE_MODES)
 
 
+def test_a_source_resync_alarms_on_the_first_one():
+    (alarm,) = alarms_on(STACK_NAMESPACE, ingest.RESYNC_METRIC)
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": observability.DEFAULT_SERVICE}]
+    assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["Statistic"] == "Sum" and alarm["TreatMissingData"] == "notBreaching"
+
+
 def test_freshness_alarm_fires_after_30_minutes_and_when_the_loader_goes_silent():
     (alarm,) = alarms_on(STACK_NAMESPACE, "FreshnessSeconds")
     assert alarm["Dimensions"] == [{"Name": "service", "Value": observability.DEFAULT_SERVICE}]

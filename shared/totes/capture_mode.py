@@ -1,0 +1,124 @@
+"""The one shape of a capture mode: read the changes since a position, return the next position.
+
+An ingest run does not care how changes are found. It hands a capture mode a
+:class:`CaptureRequest` (its settings, its run id and the previous committed
+manifest, which holds the position reached so far) and gets back a
+:class:`Captured`: the files written for every table and the position the next
+run starts from. Snapshot capture (:mod:`totes.snapshot_capture`) reads rows by
+transaction visibility and sweeps keys for deletions in the same snapshot;
+log-based capture (:mod:`totes.logical_capture`) reads a replication slot. Once
+the manifest that records the new position exists, the run calls the mode's
+:meth:`CaptureMode.release`, so a mode that holds something at the source (a
+slot's WAL) lets go of it only after the commit.
+
+The settings both modes read, and the writer that packs a table's JSON lines
+into create-once objects, live here because both modes use them.
+"""
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Callable, Mapping, Protocol
+
+from totes import config, extract, keys, storage, timestamps
+from totes.manifest import DataFile, IngestManifest, LogicalPosition, TableEntry
+
+CONTENT_TYPE = "application/x-ndjson"
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Everything a run needs to know about its environment, read once at its start."""
+
+    bucket: str
+    secret_id: str
+    chunk_rows: int
+    max_rows_per_run: int
+    delete_sweep: timedelta
+    #: ``snapshot`` or ``logical`` (see :mod:`totes.logical`).
+    capture_mode: str = "snapshot"
+    slot: str = "totes_ingest"
+    publication: str = "totes_ingest"
+
+    @classmethod
+    def from_environment(cls) -> "IngestSettings":
+        """Read the settings from the Lambda environment, failing early on a missing one."""
+        return cls(bucket=config.ingest_bucket(), secret_id=config.totesys_secret_id(),
+                   chunk_rows=config.chunk_rows(), max_rows_per_run=config.max_rows_per_run(),
+                   delete_sweep=config.delete_sweep_interval(),
+                   capture_mode=config.capture_mode(), slot=config.replication_slot(),
+                   publication=config.publication())
+
+
+@dataclass(frozen=True)
+class CaptureRequest:
+    """One run's question to a capture mode: what changed since the previous manifest?"""
+
+    settings: IngestSettings
+    run: keys.RunId
+    #: the newest committed manifest (None before the first run) and its key.
+    previous: IngestManifest | None
+    previous_key: str | None
+    #: seconds any database wait may take (the invocation's remaining time).
+    db_timeout: float
+
+
+@dataclass(frozen=True)
+class Captured:
+    """What a capture mode wrote, and the position the next run starts from."""
+
+    read_point: extract.ReadPoint
+    tables: Mapping[str, TableEntry]
+    complete: bool
+    #: log-based capture's position in its slot (None in snapshot capture).
+    logical: LogicalPosition | None = None
+    #: why tables were read again by snapshot (a restored source; in log-based capture a lost
+    #: slot or a drifted publication), None for an ordinary run.
+    resync: str | None = None
+
+    def manifest(self, request: CaptureRequest) -> IngestManifest:
+        """Return the manifest that commits this capture (written last, by the run)."""
+        return IngestManifest(
+            run_id=str(request.run), started_at=timestamps.instant_text(request.run.started_at),
+            finished_at=timestamps.now_text(), previous_manifest=request.previous_key,
+            tables=dict(self.tables), complete=self.complete, snapshot=self.read_point.snapshot,
+            database_time=timestamps.database_text(self.read_point.database_time),
+            logical=self.logical, source=self.read_point.source, resync=self.resync)
+
+
+class CaptureMode(Protocol):
+    """A way of finding the source's changes: snapshot capture or log-based capture."""
+
+    def capture(self, request: CaptureRequest) -> Captured:
+        """Write the changes since the previous manifest's position; return the next position."""
+
+    def release(self, request: CaptureRequest, manifest: IngestManifest) -> int | None:
+        """Let go of what the source holds for a committed manifest; return WAL still held."""
+
+
+class ObjectWriter:
+    """Packs JSON lines into objects of at most ``chunk_rows`` lines, each written once.
+
+    Only encoded bytes wait for an object to fill, so the memory held is about one
+    object's size whatever the table's.
+    """
+
+    def __init__(self, bucket: str, chunk_rows: int, key_for: Callable[[int], str]) -> None:
+        """Prepare to write objects named ``key_for(part)``, numbered from part 0."""
+        self._bucket, self._chunk_rows, self._key_for = bucket, chunk_rows, key_for
+        self._lines: list[bytes] = []
+        self.files: list[DataFile] = []
+
+    def add(self, line: bytes) -> None:
+        """Take one line; write an object when ``chunk_rows`` lines are waiting."""
+        self._lines.append(line)
+        if len(self._lines) == self._chunk_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the lines waiting (if any) as the next object, created once under a new key."""
+        if not self._lines:
+            return
+        body = b"".join(self._lines)
+        key = self._key_for(len(self.files))
+        storage.put_new_object(self._bucket, key, body, CONTENT_TYPE)
+        self.files.append(DataFile(key, len(self._lines), len(body)))
+        self._lines = []

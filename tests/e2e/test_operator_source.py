@@ -1,0 +1,270 @@
+"""What operators do to a running source, end to end: rewrites, undeletes, restores, 2PC.
+
+Each case is done to the source the way a DBA would do it, between or during
+runs, and the pipeline goes on by itself: the warehouse's ``*_current`` views
+equal the source afterwards, and the audit is clean.
+"""
+import json
+import subprocess  # nosec B404: cp -a and rm -rf of a stopped test cluster's data directory
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from pipeline_kit import PipelineUnderTest
+from test_audit import mismatched, run_audit
+from test_hostile_source import current_equals_source, run_on_source
+from test_pipeline import FACT_FROM_SOURCE
+
+from totes import extract, snapshot_capture
+from totes_local import generator, simulator, stack
+from totes_local.runner import LocalPipeline
+
+pytestmark = pytest.mark.e2e
+
+DBNAME = "totesys"
+
+
+def assert_audit_clean(e2e: PipelineUnderTest) -> None:
+    """The audit finds nothing, and every current view equals the source."""
+    report = run_audit(e2e)
+    assert report.ok, mismatched(report)
+    for fact in FACT_FROM_SOURCE:
+        assert current_equals_source(e2e, fact), fact
+
+
+def emitted(stdout: str, name: str) -> list[float]:
+    """The values of metric ``name`` in the EMF lines the handlers printed."""
+    values = [json.loads(line)[name] for line in stdout.splitlines()
+              if line.startswith('{"_aws"') and name in json.loads(line)]
+    return [value for each in values for value in (each if isinstance(each, list) else [each])]
+
+
+def test_a_table_rewrite_committed_during_a_run_waits_for_the_run_and_deletes_nothing(
+        e2e, monkeypatch):
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
+    e2e.pipeline.cycle()
+    rewrite = threading.Thread(target=run_on_source, args=(e2e, (
+        "ALTER TABLE sales_order ADD COLUMN noise float8 DEFAULT random()", {})))
+    extract_table = snapshot_capture.extract_table
+
+    def rewrite_before_sales_order_is_read(conn, table, *args, **options):
+        if table == "sales_order":
+            rewrite.start()
+            rewrite.join(timeout=3)   # committed at once, unless the run's lock holds it
+        return extract_table(conn, table, *args, **options)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(snapshot_capture, "extract_table", rewrite_before_sales_order_is_read)
+        during = e2e.pipeline.cycle()
+    rewrite.join(timeout=30)
+    assert not rewrite.is_alive()
+    e2e.pipeline.cycle()   # reads every rewritten row again (new xmin): harmless
+
+    assert during.ingest["deleted"].get("sales_order", 0) == 0
+    assert e2e.warehouse_rows("SELECT count(*) FROM fact_sales_order WHERE is_deleted") == [[0]]
+    assert_audit_clean(e2e)
+
+
+def test_a_run_that_finds_a_table_locked_by_a_rewrite_fails_as_transient_then_catches_up(
+        e2e, monkeypatch, captured_logs):
+    monkeypatch.setattr(extract, "LOCK_TIMEOUT_MS", 300)
+    e2e.pipeline.cycle()
+    holder = e2e.source.connect()
+    try:
+        holder.run("START TRANSACTION")
+        holder.run("LOCK TABLE payment IN ACCESS EXCLUSIVE MODE")   # as TRUNCATE or ALTER takes
+        with pytest.raises(extract.SourceLockTimeoutError):
+            e2e.pipeline.ingest()
+        holder.run("ROLLBACK")
+    finally:
+        holder.close()
+
+    e2e.pipeline.cycle()
+
+    [failure] = [line for line in captured_logs() if line["level"] == "ERROR"
+                 and line["message"].startswith("ingest run failed")]
+    assert "gave up after waiting 300 ms" in failure["message"]
+    assert "the next run retries" in failure["message"]
+    [kind] = [line for line in captured_logs() if line["message"].startswith("invocation failed")]
+    assert kind["error_kind"] == "transient"
+    assert_audit_clean(e2e)
+
+
+def test_a_payment_deleted_then_restored_with_the_same_values_is_current_again(
+        e2e, monkeypatch):
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
+    e2e.pipeline.cycle()
+    [[payment_id]] = e2e.source_rows("SELECT min(payment_id) FROM payment")
+    run_on_source(e2e, ("CREATE TABLE payment_backup AS SELECT * FROM payment "
+                        "WHERE payment_id = :id", {"id": payment_id}),
+                  ("DELETE FROM payment WHERE payment_id = :id", {"id": payment_id}))
+    deleted = e2e.pipeline.cycle()
+    run_on_source(e2e, ("INSERT INTO payment SELECT * FROM payment_backup", {}),
+                  ("DROP TABLE payment_backup", {}))
+
+    e2e.pipeline.cycle()
+
+    assert deleted.ingest["deleted"] == {"payment": 1}
+    versions = e2e.warehouse_rows(
+        "SELECT is_deleted FROM fact_payment WHERE payment_id = :id ORDER BY payment_record_id",
+        id=payment_id)
+    assert versions == [[True], [False]]   # the version moved after the deletion: current
+    assert e2e.warehouse_rows("SELECT count(*) FROM fact_payment_current WHERE payment_id = :id",
+                              id=payment_id) == [[1]]
+    assert_audit_clean(e2e)
+
+
+@dataclass
+class Cluster:
+    """A throw-away embedded cluster holding totesys, which a test may stop, copy and restore."""
+
+    data_dir: Path
+    postgres: stack.Postgres
+
+    def stop(self) -> None:
+        """Stop the server cleanly (pg_ctl -w stop)."""
+        self.postgres.server.cleanup()
+        assert not (self.data_dir / "postmaster.pid").exists()
+
+    def start(self) -> None:
+        """Start the server on the data directory again."""
+        self.postgres = stack.start_postgres(self.data_dir)
+
+    def copy_to(self, target: Path) -> None:
+        """Copy the stopped cluster's files, owners and modes kept (a cold backup)."""
+        subprocess.run(["cp", "-a", f"{self.data_dir}/.", str(target)],  # nosec B603 B607
+                       check=True)
+
+    def connect(self) -> Any:
+        """Open a connection to its totesys."""
+        return self.postgres.connect(DBNAME)
+
+
+@pytest.fixture
+def cluster(aws, postgres, database) -> Iterator[tuple[Cluster, PipelineUnderTest]]:
+    """A throw-away cluster's generated totesys as the source; the warehouse on the session server.
+
+    Prepared transactions are enabled (they are off by default). Stopped and deleted
+    at the end, whatever happened.
+    """
+    root = Path(tempfile.mkdtemp(prefix="totes-operator-pg-"))
+    root.chmod(0o755)
+    data_dir = root / "data"
+    made = Cluster(data_dir, stack.start_postgres(data_dir))
+    try:
+        admin = made.postgres.connect("postgres")
+        try:
+            admin.run("ALTER SYSTEM SET max_prepared_transactions = 4")
+        finally:
+            admin.close()
+        made.stop()
+        made.start()
+        generator.recreate_empty_source(made.postgres, DBNAME)
+        conn = made.connect()
+        try:
+            generator.generate(conn, scale=0.02)
+        finally:
+            conn.close()
+        warehouse = database("warehouse")
+        stack.provision({aws["TOTESYS_SECRET_ID"]: made.postgres.secret(DBNAME),
+                         aws["WAREHOUSE_SECRET_ID"]: postgres.secret(warehouse)}, buckets=())
+        source = type("Source", (), {"connect": staticmethod(made.connect)})()
+        yield made, PipelineUnderTest(source=source, warehouse=warehouse, env=aws,
+                                      postgres=postgres,
+                                      pipeline=LocalPipeline(aws["INGEST_BUCKET"]))
+    finally:
+        made.postgres.server.cleanup()
+        subprocess.run(["rm", "-rf", str(root)], check=False)  # nosec B603 B607
+
+
+def business(conn: Any, seed: int, steps: int) -> None:
+    """Simulate ``steps`` steps of trading, each in transactions of its own."""
+    simulator.simulate(conn, steps=steps, seed=seed)
+
+
+def test_a_source_restored_from_a_backup_resyncs_by_itself(
+        cluster, monkeypatch, captured_logs, capsys):
+    made, e2e = cluster
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
+    e2e.pipeline.cycle()
+    backup = made.data_dir.parent / "backup"
+    backup.mkdir()
+    made.stop()
+    made.copy_to(backup)
+    made.start()
+    conn = made.connect()
+    try:
+        business(conn, seed=5, steps=8)        # lost by the restore
+        [[lost_payment]] = conn.run("SELECT max(payment_id) FROM payment")
+        for _ in range(50):
+            conn.run("SELECT pg_current_xact_id()")   # xids the restore takes back
+    finally:
+        conn.close()
+    e2e.pipeline.cycle()
+    made.stop()
+    subprocess.run(["rm", "-rf", str(made.data_dir)], check=True)  # nosec B603 B607
+    made.data_dir.mkdir()
+    subprocess.run(["cp", "-a", f"{backup}/.", str(made.data_dir)], check=True)  # nosec
+    made.start()
+    conn = made.connect()
+    try:
+        business(conn, seed=9, steps=2)        # written after the restore, with reused xids
+    finally:
+        conn.close()
+    capsys.readouterr()
+
+    resynced = e2e.pipeline.cycle()
+    again = e2e.pipeline.cycle()
+
+    [warning] = [line for line in captured_logs() if line["level"] == "WARNING"
+                 and line["message"].startswith("source re-sync")]
+    assert "went back" in warning["message"]
+    assert resynced.ingest["resync"] and again.ingest["resync"] is None
+    assert e2e.warehouse_rows("SELECT count(*) FROM fact_payment_current WHERE payment_id = :id",
+                              id=lost_payment) == [[0]]
+    assert emitted(capsys.readouterr().out, "SourceResyncs") == [1, 0]
+    assert_audit_clean(e2e)
+
+
+def test_an_orphaned_prepared_transaction_is_named_and_its_floor_age_measured(
+        cluster, monkeypatch, captured_logs, capsys):
+    made, e2e = cluster
+    monkeypatch.setattr(snapshot_capture, "PREPARED_WARN_SECONDS", 0)
+    e2e.pipeline.cycle()
+    orphan = made.connect()
+    try:
+        orphan.run("START TRANSACTION")
+        orphan.run("UPDATE address SET city = city WHERE address_id = 1")
+        orphan.run("PREPARE TRANSACTION 'totes-orphan-1'")
+    finally:
+        orphan.close()
+    conn = made.connect()
+    try:
+        business(conn, seed=5, steps=2)
+    finally:
+        conn.close()
+    capsys.readouterr()
+
+    e2e.pipeline.cycle()
+    conn = made.connect()
+    try:
+        business(conn, seed=6, steps=2)        # the floor stays, the counter moves on
+    finally:
+        conn.close()
+    e2e.pipeline.cycle()
+
+    warnings = [line for line in captured_logs() if line["level"] == "WARNING"
+                and "prepared transaction" in line["message"]]
+    assert len(warnings) == 2 and all(line["gid"] == "totes-orphan-1" for line in warnings)
+    ages = emitted(capsys.readouterr().out, "SnapshotFloorAge")
+    assert len(ages) == 2 and ages[1] > ages[0] > 0
+    conn = made.connect()
+    try:
+        conn.run("COMMIT PREPARED 'totes-orphan-1'")
+    finally:
+        conn.close()
+    e2e.pipeline.cycle()
+    assert_audit_clean(e2e)
