@@ -358,10 +358,11 @@ def test_nothing_may_delete_or_reconfigure_the_buckets():
 
 
 @pytest.mark.parametrize("role, prefixes", [
-    ("IngestRole", ("_manifests", "_sweeps")), ("LoadRole", ("_manifests",)),
+    ("IngestRole", ("_manifests", "_claims", "_sweeps")), ("LoadRole", ("_manifests",)),
 ])
 def test_ingest_and_load_read_no_extract_and_list_only_the_manifests(role, prefixes):
-    # Ingest's key sweep reads the previous sweep's key lists; neither reads row values.
+    # Ingest's key sweep reads the previous sweep's key lists, and a run that loses the
+    # successor claim reads the winner's; neither reads row values.
     reads = [resource for resource in granted(role, "s3:GetObject")
              if "IngestBucket" in references(resource)]
     assert reads == [{"Fn::Sub": f"${{IngestBucket.Arn}}/{prefix}/*"} for prefix in prefixes]
@@ -428,9 +429,22 @@ def test_schedule_parameters_accept_only_rate_expressions_the_arithmetic_underst
         rate_seconds(PARAMETERS[parameter]["Default"])
 
 
-def test_ingest_transform_and_load_never_run_concurrently_with_themselves():
-    for function in ("IngestFunction", "TransformFunction", "LoadFunction"):
-        assert RESOURCES[function]["Properties"]["ReservedConcurrentExecutions"] == 1
+def test_every_function_reserves_one_concurrent_execution_only_when_asked_to():
+    parameter = PARAMETERS["ReserveConcurrency"]
+    assert parameter["Default"] == "false" and parameter["AllowedValues"] == ["true", "false"]
+    assert TEMPLATE["Conditions"]["ReservesConcurrency"] == {
+        "Fn::Equals": [{"Ref": "ReserveConcurrency"}, "true"]}
+    for function in ALL_FUNCTIONS.values():
+        assert RESOURCES[function]["Properties"]["ReservedConcurrentExecutions"] == {
+            "Fn::If": ["ReservesConcurrency", 1, {"Ref": "AWS::NoValue"}]}
+
+
+def test_no_reserved_concurrency_is_left_unconditional_anywhere():
+    reserved = [name for name, body in TRANSLATED.items()
+                if "ReservedConcurrentExecutions" in body.get("Properties", {})]
+    assert sorted(reserved) == sorted(ALL_FUNCTIONS.values())
+    for name in reserved:
+        assert "Fn::If" in TRANSLATED[name]["Properties"]["ReservedConcurrentExecutions"]
 
 
 def test_throttled_transform_events_alarm_only_when_throttling_lasts_half_an_hour():
@@ -612,7 +626,6 @@ def test_the_audit_runs_on_its_own_schedule_hourly_by_default():
         "rate(1 hour)", "rate(6 hours)", "rate(24 hours)", "rate(30 minutes)"))
     assert not any(pattern.fullmatch(text) for text in (
         "rate(1 minute)", "rate(5 minutes)", "rate(25 hours)", "cron(0 * * * ? *)"))
-    assert RESOURCES["AuditFunction"]["Properties"]["ReservedConcurrentExecutions"] == 1
 
 
 def test_the_audit_reads_both_secrets_and_only_the_capture_point_of_the_ingestion_bucket():
