@@ -59,7 +59,7 @@ def test_every_pandas_function_uses_the_mapped_layer_unless_the_parameter_is_set
 
 
 def test_a_region_without_a_mapped_layer_is_refused_before_anything_is_created():
-    (rule,) = TEMPLATE["Rules"].values()
+    rule = TEMPLATE["Rules"]["PandasLayerKnownInTheRegion"]
     assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "PandasLayerArn"}, ""]}
     (assertion,) = rule["Assertions"]
     assert assertion["Assert"] == {"Fn::Contains": [
