@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from botocore.exceptions import ClientError
 
-from totes import ingest, jsonl, snapshot_capture, storage
+from totes import ingest, jsonl, keys, snapshot_capture, storage
 from totes.capture import Snapshot
 from totes.source import SOURCE_COLUMNS, SOURCE_TABLES
 from totes_local import stack
@@ -111,7 +111,7 @@ def test_run_without_source_changes_writes_no_data_but_records_the_run(
     second = ingest.run_ingest()
 
     new_keys = set(all_keys(aws["INGEST_BUCKET"])) - keys_after_first
-    assert new_keys == {second.manifest_key}
+    assert new_keys == {second.manifest_key, keys.successor_claim_key(first.manifest_key)}
     manifest = latest_manifest(aws["INGEST_BUCKET"])
     assert manifest["previous_manifest"] == first.manifest_key
     assert all(entry["rows"] == 0 and entry["files"] == [] and entry["cursor"]["since"]
@@ -224,6 +224,67 @@ def test_a_run_overtaken_by_another_commit_aborts_and_the_next_run_continues(
     assert latest_manifest(aws["INGEST_BUCKET"])["previous_manifest"] == other.manifest_key
 
 
+def test_of_two_runs_past_the_newest_manifest_check_only_the_first_to_claim_commits(
+        source_db, aws, monkeypatch, captured_logs):
+    seed_one_of_each(source_db)
+    first = ingest.run_ingest()
+    sales_order(source_db, 2, T0 + timedelta(minutes=5))
+    check, overtaking = ingest._check_still_newest, []
+
+    def another_run_commits_right_after_the_check(bucket, previous_key):
+        check(bucket, previous_key)
+        if not overtaking:
+            monkeypatch.setattr(ingest, "_check_still_newest", check)
+            overtaking.append(ingest.run_ingest())
+
+    monkeypatch.setattr(ingest, "_check_still_newest", another_run_commits_right_after_the_check)
+    with pytest.raises(ingest.ConcurrentRunError, match="claimed the commit after"):
+        ingest.run_ingest()
+
+    [other] = overtaking
+    manifests = [key for key in all_keys(aws["INGEST_BUCKET"]) if key.startswith("_manifests/")]
+    assert manifests == [first.manifest_key, other.manifest_key]
+    assert latest_manifest(aws["INGEST_BUCKET"])["previous_manifest"] == first.manifest_key
+    [failure] = [line for line in captured_logs() if line["level"] == "ERROR"]
+    assert failure["message"] == (
+        f"ingest run failed: another ingest run claimed the commit after {first.manifest_key} "
+        f"first, as {other.manifest_key}; this run's files are orphans and nothing is lost: "
+        "the next run continues from that manifest")
+
+
+def test_a_claim_whose_run_died_before_its_manifest_is_committed_by_the_next_run(
+        source_db, aws, monkeypatch):
+    seed_one_of_each(source_db)
+    first = ingest.run_ingest()
+    sales_order(source_db, 2, T0 + timedelta(minutes=5))
+    put_new_json = storage.put_new_json
+
+    def dies_after_its_claim(bucket, key, document):
+        put_new_json(bucket, key, document)
+        if key.startswith("_claims/"):
+            raise RuntimeError("the function timed out")
+
+    monkeypatch.setattr(storage, "put_new_json", dies_after_its_claim)
+    with pytest.raises(RuntimeError):
+        ingest.run_ingest()
+    monkeypatch.setattr(storage, "put_new_json", put_new_json)
+    assert storage.latest_manifest_key(aws["INGEST_BUCKET"]) == first.manifest_key
+    [claim] = [key for key in all_keys(aws["INGEST_BUCKET"])
+               if key.startswith("_claims/") and key != "_claims/first.json"]
+    claimed = storage.read_json(aws["INGEST_BUCKET"], claim)["manifest_key"]
+
+    with pytest.raises(ingest.ConcurrentRunError, match=f"as {claimed}"):
+        ingest.run_ingest()
+    assert storage.latest_manifest_key(aws["INGEST_BUCKET"]) == claimed
+    [order] = table_rows(aws["INGEST_BUCKET"], latest_manifest(aws["INGEST_BUCKET"]),
+                         "sales_order")
+    assert order["sales_order_id"] == 2
+    sales_order(source_db, 3, T0 + timedelta(minutes=6))
+    third = ingest.run_ingest()
+    assert third.rows["sales_order"] == 1
+    assert latest_manifest(aws["INGEST_BUCKET"])["previous_manifest"] == claimed
+
+
 def test_a_manifest_write_retried_into_its_own_object_is_logged_as_committed(
         source_db, aws, monkeypatch, captured_logs):
     seed_one_of_each(source_db)
@@ -257,10 +318,10 @@ def test_no_object_is_ever_overwritten(source_db, aws):
     ingest.run_ingest()
 
     versions = s3.list_object_versions(Bucket=aws["INGEST_BUCKET"])["Versions"]
-    keys = [version["Key"] for version in versions]
-    # 11 tables, 3 manifests, 2 later orders (each with its captured-keys list for the next
-    # sweep), and the first run's key sweep of each table.
-    assert len(keys) == len(set(keys)) == 11 + 3 + 2 * 2 + 11
+    written = [version["Key"] for version in versions]
+    # 11 tables, 3 manifests and their 3 successor claims, 2 later orders (each with its
+    # captured-keys list for the next sweep), and the first run's key sweep of each table.
+    assert len(written) == len(set(written)) == 11 + 3 * 2 + 2 * 2 + 11
     assert conditions and set(conditions) == {"*"}
 
 

@@ -1,5 +1,7 @@
 from datetime import datetime, timezone
 
+import pytest
+
 from totes import keys
 
 MOMENT = datetime(2024, 11, 15, 14, 20, 9, 123456, tzinfo=timezone.utc)
@@ -46,3 +48,16 @@ def test_key_order_is_time_order():
     earlier = keys.manifest_key(keys.RunId("20241115T142009123Z", "ffffffff"))
     later = keys.manifest_key(keys.RunId("20241115T142009124Z", "00000000"))
     assert earlier < later
+
+
+def test_each_manifest_has_one_successor_claim_key_outside_the_manifest_prefix():
+    run = keys.RunId("20241115T142009123Z", "0a1b2c3d")
+    assert keys.successor_claim_key(keys.manifest_key(run)) == (
+        "_claims/2024/11/15/20241115T142009123Z-0a1b2c3d.json")
+    assert keys.successor_claim_key(None) == "_claims/first.json"
+    assert not keys.successor_claim_key(None).startswith(keys.MANIFEST_PREFIX)
+
+
+def test_a_key_that_is_not_a_manifest_has_no_successor_claim():
+    with pytest.raises(ValueError, match="is not a manifest key"):
+        keys.successor_claim_key("sales_order/2024/11/15/x.jsonl")
