@@ -8,7 +8,7 @@ export SAM_CLI_TELEMETRY := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 CODE := shared functions local tests benchmarks
 
-.PHONY: setup lint typecheck unit integration e2e coverage test validate build demo bench dashboard audit clean \
+.PHONY: setup lint typecheck unit integration e2e coverage test validate build demo stop bench dashboard audit clean \
 	ca-bundle deploy-build scan local-stack invoke
 
 setup: $(VENV)/.installed
@@ -85,6 +85,11 @@ e2e: setup
 
 demo: setup
 	$(BIN)/totes demo
+
+# Each embedded server stops when the last command using it exits; this stops any left
+# running (the demo's, a background `totes local-stack`, the benchmarks').
+stop: setup
+	$(BIN)/totes stop
 
 # `sam local invoke` of one function (FN=ingest|transform|load|audit) against `totes local-stack`
 # (moto and PostgreSQL on fixed TCP ports, started in the background if not running). Needs

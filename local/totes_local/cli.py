@@ -6,16 +6,17 @@ new one is a function and one :func:`register` call. Every failure a user can ca
 line on stderr and exit status 2, never a traceback.
 """
 import argparse
+import contextlib
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, NoReturn, Sequence
 
 import pg8000.native
+import psutil
 
 from totes import db, storage, supersede
 from totes_local import (audit_cli, demo, dsn, generator, local_stack, shape, simulator, stack,
@@ -34,7 +35,8 @@ class CommandError(Exception):
 
 
 #: Exceptions that are the user's to fix, reported without a traceback.
-EXPECTED_ERRORS = (CommandError, audit_cli.AuditSetupError, dsn.DsnError,
+EXPECTED_ERRORS = (CommandError, audit_cli.AuditSetupError, demo.DemoNotFoundError,
+                   dsn.DsnError,
                    db.DatabaseUnavailableError, db.SecretFormatError, generator.GeneratorError,
                    simulator.SimulationError, supersede.MarkerError,
                    storage.ObjectAlreadyExistsError,
@@ -109,7 +111,7 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"embedded server data directory (default {DEFAULT_DATA_DIR})")
 
 
-@contextmanager
+@contextlib.contextmanager
 def target_connection(args: argparse.Namespace,
                       recreate: bool = False) -> Iterator[pg8000.native.Connection]:
     """Connect to the chosen database, first dropping and creating it if ``recreate``."""
@@ -225,6 +227,37 @@ def _where(args: argparse.Namespace) -> str:
     return dsn.redact(args.dsn) if args.dsn else f"embedded server in {args.data_dir}"
 
 
+# --------------------------------------------------------------------------------- stop
+
+#: a local stack's shutdown ends with the server's checkpoint, seconds on a busy disk.
+LOCAL_STACK_STOP_SECONDS = 120
+
+
+def _stop_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", type=Path, default=Path("."),
+                        help="the clone whose servers to stop (default: the current folder)")
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    """Stop every embedded server of the clone, and a ``totes local-stack`` serving one.
+
+    Each normally stops when the last command using it exits; this is for the ones a
+    killed process left behind, or a background local stack no longer wanted.
+    """
+    root = args.root.resolve()
+    for folder in stack.local_servers(root):
+        for process in stack.local_stack_processes(folder):
+            process.terminate()  # it stops moto and its server on SIGTERM
+            with contextlib.suppress(psutil.TimeoutExpired):  # then its server is stopped below
+                process.wait(timeout=LOCAL_STACK_STOP_SECONDS)
+            print(f"stopped totes local-stack (pid {process.pid})")
+        if stack.stop_postgres(folder):
+            print(f"stopped the embedded PostgreSQL in {folder.relative_to(root)}")
+    if not stack.local_servers(root):
+        print(f"no local server running in {root}")
+    return 0
+
+
 register("seed", "create and fill the totesys source database", _seed_arguments, run_seed)
 register("simulate", "advance the totesys business by N steps of simulated time",
          _simulate_arguments, run_simulate)
@@ -240,6 +273,8 @@ register("supersede", "release a stuck manifest or transform again, by marker (n
          supersede_cli.add_arguments, supersede_cli.run)
 register("local-stack", "serve moto and PostgreSQL on fixed TCP ports for sam local invoke",
          local_stack.add_arguments, local_stack.run)
+register("stop", "stop every local server of this clone (demo, local stack, benchmarks)",
+         _stop_arguments, run_stop)
 
 
 if __name__ == "__main__":  # pragma: no cover - the totes console script is the usual way in

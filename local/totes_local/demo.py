@@ -13,6 +13,9 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
+# psql, bundled with pgserver, run with a fixed argument list and no shell.
+import subprocess  # nosec B404
 import time
 from collections import Counter
 from datetime import timedelta
@@ -242,9 +245,41 @@ def add_sql_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the demo's directory (default .demo)")
 
 
+class DemoNotFoundError(RuntimeError):
+    """The command needs the demo's databases and ``make demo`` has not made them yet."""
+
+
+def demo_server(data_dir: Path, dbname: str) -> stack.Postgres:
+    """The demo's server, started if needed, once ``dbname`` is known to exist on it.
+
+    Refuses before starting anything when the folder holds no server; when the
+    database is missing the server is stopped again at exit (this process is its
+    only user), so a mistake never leaves a server behind.
+    """
+    if not (data_dir / "PG_VERSION").exists():
+        raise DemoNotFoundError(f"no demo databases in {data_dir}: run make demo first")
+    postgres = stack.start_postgres(data_dir)
+    conn = postgres.connect("postgres")
+    try:
+        found = conn.run("SELECT 1 FROM pg_database WHERE datname = :name", name=dbname)
+    finally:
+        conn.close()
+    if not found:
+        raise DemoNotFoundError(f"no {dbname} database in {data_dir}: run make demo first")
+    return postgres
+
+
 def open_sql_prompt(args: argparse.Namespace) -> int:
-    """Start the demo's embedded PostgreSQL if needed and replace this process with psql."""
-    postgres = stack.start_postgres(args.dir / "pg")
+    """Run psql on a demo database as a child, and return its exit status.
+
+    A child, not ``exec``: this process stays the server's user while psql runs
+    and stops the server when it exits, unless something else still uses it.
+    Ctrl-C belongs to psql (it cancels the running query) while the prompt is open.
+    """
+    postgres = demo_server(args.dir / "pg", args.database)
     argv = stack.psql_argv(postgres, args.database)
-    os.execv(argv[0], argv)  # nosec B606
-    return 0  # pragma: no cover - execv does not return
+    previous = signal.signal(signal.SIGINT, lambda *_: None)  # reset to default in psql by exec
+    try:
+        return subprocess.run(argv, check=False).returncode  # nosec B603
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -7,6 +7,7 @@ shows business data and has no login of its own.
 """
 import argparse
 import os
+import signal
 # Starts our own page with a fixed argument list and no shell.
 import subprocess  # nosec B404
 import sys
@@ -48,13 +49,19 @@ def environment(dsn: str | None, base: Mapping[str, str] = os.environ) -> dict[s
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve the page until interrupted; return Streamlit's exit status."""
+    """Serve the page until interrupted; return Streamlit's exit status.
+
+    Ctrl-C reaches Streamlit too (same terminal): this process waits for it to
+    shut down by itself, so its exit hooks run and stop the demo's server, rather
+    than killing it half-way as an interrupted ``subprocess.run`` would.
+    """
     print(f"Dashboard on http://{args.address}:{args.port} (Ctrl-C to stop)", flush=True)
+    argv = command(args.port, args.address)
+    previous = signal.signal(signal.SIGINT, lambda *_: None)  # reset to default in the child
     try:
-        argv = command(args.port, args.address)
         return subprocess.run(argv, env=environment(args.dsn), check=False).returncode  # nosec B603
-    except KeyboardInterrupt:
-        return 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
