@@ -15,10 +15,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, NoReturn, Sequence
 
+import botocore.exceptions
 import pg8000.native
 import psutil
 
-from totes import db, storage, supersede
+from totes import config, db, storage, supersede
 from totes_local import (audit_cli, demo, dsn, generator, local_stack, shape, simulator, stack,
                          supersede_cli)
 from totes_local.dashboard import launch as dashboard
@@ -28,6 +29,8 @@ DEFAULT_DATA_DIR = Path(".demo") / "pg"
 DEFAULT_DATABASE = "totesys"
 #: Exit status for every error the user can fix (as argparse uses for usage errors).
 USAGE_ERROR = 2
+#: Exit status after Ctrl-C, as a shell reports a command ended by SIGINT (128 + 2).
+INTERRUPTED = 130
 
 
 class CommandError(Exception):
@@ -38,9 +41,11 @@ class CommandError(Exception):
 EXPECTED_ERRORS = (CommandError, audit_cli.AuditSetupError, demo.DemoNotFoundError,
                    dsn.DsnError,
                    db.DatabaseUnavailableError, db.SecretFormatError, generator.GeneratorError,
-                   simulator.SimulationError, supersede.MarkerError,
+                   simulator.SimulationError, supersede.MarkerError, config.ConfigurationError,
                    storage.ObjectAlreadyExistsError,
                    pg8000.exceptions.DatabaseError, pg8000.exceptions.InterfaceError)
+#: What AWS says when the caller's buckets, region or network are wrong (credentials apart).
+AWS_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EXPECTED_ERRORS as error:
         print(f"totes {args.command}: error: {_reason(error)}", file=sys.stderr)
         return USAGE_ERROR
+    except botocore.exceptions.NoCredentialsError:
+        print(f"totes {args.command}: error: no AWS credentials found: this command works on "
+              "a deployed stack's buckets; set AWS_PROFILE (or AWS_ACCESS_KEY_ID and "
+              "AWS_SECRET_ACCESS_KEY) and AWS_REGION for the account that holds it",
+              file=sys.stderr)
+        return USAGE_ERROR
+    except AWS_ERRORS as error:
+        print(f"totes {args.command}: error: {_reason(error)} (this command works on a deployed "
+              "stack's buckets, with AWS credentials for its account)", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print(f"\ntotes {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 def _reason(error: Exception) -> str:

@@ -17,6 +17,7 @@ import signal
 # psql, bundled with pgserver, run with a fixed argument list and no shell.
 import subprocess  # nosec B404
 import time
+import warnings
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -41,7 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
                         help="where the demo keeps its database, logs and bucket copies")
     parser.add_argument("--capture-mode", choices=config.CAPTURE_MODES,
-                        default=os.environ.get("CAPTURE_MODE") or "snapshot",
                         help="how ingest finds changes (default: $CAPTURE_MODE, else snapshot); "
                              "logical restarts the demo's server with wal_level = logical")
 
@@ -107,7 +107,9 @@ def _pipeline_output(log: Path) -> Iterator[None]:
     service_logger = logging.getLogger(os.environ.get("POWERTOOLS_SERVICE_NAME", "totes"))
     handlers = [handler for handler in service_logger.handlers
                 if isinstance(handler, logging.StreamHandler)]
-    with log.open("a") as sink, contextlib.redirect_stdout(sink):
+    with log.open("a") as sink, contextlib.redirect_stdout(sink), warnings.catch_warnings():
+        # A handler interrupted by Ctrl-C flushes no metrics, and Powertools warns so.
+        warnings.filterwarnings("ignore", message="No application metrics to publish")
         streams = [handler.stream for handler in handlers]
         for handler in handlers:
             handler.stream = sink
@@ -167,6 +169,8 @@ def _print_history(what: str, order_id: int, history: list[list[Any]]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Seed, cycle, simulate, cycle, summarise (the ``totes demo`` command)."""
+    # Settings first: a mistake is one line before anything is started or seeded.
+    args.capture_mode = args.capture_mode or config.capture_mode()
     root: Path = args.dir
     shutil.rmtree(root / "s3", ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)

@@ -3,31 +3,19 @@
 Every command runs as a user runs it: the ``totes`` console script in a child
 process, on a demo folder of its own (never the clone's ``.demo``).
 """
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from cli_process import TOTES, free_ports, stopped_demo, totes
 
 from totes_local import stack
 
-TOTES = str(Path(sys.executable).with_name("totes"))
 #: a process that starts the server on a folder, says so, and keeps using it until killed.
 HOLDER = ("import sys, time; from pathlib import Path; from totes_local import stack; "
           "stack.start_postgres(Path(sys.argv[1])); print('up', flush=True); time.sleep(600)")
-
-
-def totes(*args: str, stdin: str = "", env: dict | None = None,
-          timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the ``totes`` command as a user would, capturing its output."""
-    return subprocess.run([TOTES, *args], input=stdin, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout, check=False)
 
 
 def hold(data_dir: Path) -> subprocess.Popen:
@@ -40,19 +28,8 @@ def hold(data_dir: Path) -> subprocess.Popen:
 
 @pytest.fixture
 def demo_dir():
-    """A demo folder with a warehouse database and its server stopped, as after ``make demo``.
-
-    Outside pytest's temporary folders (their parents are 0700; the server's own
-    system user must reach the data directory when tests run as root).
-    """
-    path = Path(tempfile.mkdtemp(prefix="totes-servers-test-"))
-    path.chmod(0o755)
-    postgres = stack.start_postgres(path / "pg")
-    postgres.recreate_database("warehouse")
-    stack.stop_postgres(path / "pg")
-    yield path
-    stack.stop_postgres(path / "pg")
-    shutil.rmtree(path, ignore_errors=True)
+    """A demo folder with a warehouse database and its server stopped, as after ``make demo``."""
+    yield from stopped_demo()
 
 
 def test_sql_prompt_runs_psql_and_stops_the_server_when_psql_ends(demo_dir):
@@ -129,17 +106,5 @@ def test_stop_ends_a_background_local_stack(demo_dir):
         assert not stack.is_running(clone / ".invoke" / "pg")
     finally:
         if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
+            server.terminate()
             server.wait(timeout=30)
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports free on loopback right now (held open together, so they differ)."""
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
