@@ -6,7 +6,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from totes_local import stack
 
@@ -32,8 +32,11 @@ def free_ports(count: int) -> list[int]:
             probe.close()
 
 
-def stopped_demo(databases: tuple[str, ...] = ("warehouse",)) -> Iterator[Path]:
+def stopped_demo(databases: tuple[str, ...] = ("warehouse",),
+                 fill: Callable[[stack.Postgres], object] | None = None) -> Iterator[Path]:
     """A demo folder whose server holds ``databases`` and is stopped; removed afterwards.
+
+    ``fill``, when given, is called with the server once the databases exist.
 
     Outside pytest's temporary folders (their parents are 0700; the server's own
     system user must reach the data directory when tests run as root).
@@ -43,6 +46,8 @@ def stopped_demo(databases: tuple[str, ...] = ("warehouse",)) -> Iterator[Path]:
     postgres = stack.start_postgres(path / "pg")
     for name in databases:
         postgres.recreate_database(name)
+    if fill:
+        fill(postgres)
     stack.stop_postgres(path / "pg")
     yield path
     stack.stop_postgres(path / "pg")

@@ -131,6 +131,7 @@ def main() -> None:
     where = source.resolve()
     st.caption(f"Warehouse: {where.describe()}. Results are at most {CACHE_SECONDS} s old.")
     try:
+        source.prepare(where)
         status = _ask(where, ("freshness", "filter_options"), {})
         if _is_empty(status):
             st.info("The warehouse is empty: nothing has been loaded yet. Run `make demo`, "
