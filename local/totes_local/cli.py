@@ -1,9 +1,10 @@
-"""The ``totes`` command: local tooling around the pipeline (seed and simulate the source).
+"""The ``totes`` command: the local tools around the pipeline.
 
 Subcommands live in one registry, :data:`COMMANDS` (name -> :class:`Command`), so a
 new one is a function and one :func:`register` call. Every failure a user can cause
-(bad DSN, unreachable server, nonsense arguments, a database already seeded) is one
-line on stderr and exit status 2, never a traceback.
+(bad DSN, unreachable server, nonsense arguments, a database already seeded, no AWS
+credentials) is one line on stderr and exit status 2, never a traceback; Ctrl-C is
+one line and exit status 130.
 """
 import argparse
 import contextlib
@@ -22,6 +23,7 @@ import psutil
 from totes import config, db, storage, supersede
 from totes_local import (audit_cli, demo, dsn, generator, local_stack, shape, simulator, stack,
                          supersede_cli)
+from totes_local.arguments import DefaultsFormatter
 from totes_local.dashboard import launch as dashboard
 
 #: Where the embedded PostgreSQL keeps its data when no ``--dsn`` is given.
@@ -73,13 +75,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
 
 
+#: what ``totes --help`` says first (plain text: a terminal shows no markup).
+DESCRIPTION = ("Local tools around the totes pipeline: run the whole pipeline on this machine "
+               "(demo), make and change a generated totesys (seed, simulate), look at the "
+               "demo's databases (sql, audit, dashboard), release a stuck stage of a deployed "
+               "stack (supersede), serve AWS and PostgreSQL for sam local invoke (local-stack), "
+               "stop what is left running (stop).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``totes`` parser with every registered subcommand."""
-    parser = _Parser(prog="totes", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="totes", description=DESCRIPTION, formatter_class=DefaultsFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=_Parser)
     for name, command in COMMANDS.items():
-        sub = commands.add_parser(name, help=command.help, description=command.help)
+        sub = commands.add_parser(name, help=command.help, description=command.help,
+                                  formatter_class=DefaultsFormatter)
         command.add_arguments(sub)
         sub.set_defaults(run=command.run)
     return parser
@@ -184,7 +195,8 @@ def _instant(text: str) -> datetime:
 
 def _seed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=_positive_float, default=1.0,
-                        help="order volume; 1 is the real database's size (~48k rows)")
+                        help="order volume; 1 is the real database's size "
+                        f"({generator.size_text(1)})")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     parser.add_argument("--end", type=_instant, default=shape.DEFAULT_END,
                         help="instant the history ends, ISO-8601, UTC if no zone "

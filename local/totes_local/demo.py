@@ -35,7 +35,8 @@ DEFAULT_DIR = Path(".demo")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``totes demo``."""
     parser.add_argument("--scale", type=float, default=1.0,
-                        help="size of the generated totesys (1 = the real size, ~55k rows)")
+                        help="size of the generated totesys; 1 is the real database's size "
+                        f"({generator.size_text(1)})")
     parser.add_argument("--seed", type=int, default=42, help="random seed of the generator")
     parser.add_argument("--steps", type=int, default=9,
                         help="20-minute business steps simulated between the two cycles")
