@@ -198,7 +198,8 @@ class Expect:
         bands = defaultdict(lambda: [0, Decimal(0), None])
         labels = ["not yet due", "1-30 days overdue", "31-60 days overdue",
                   "61-90 days overdue", "over 90 days overdue"]
-        as_of = max(row["last_updated_date"] for row in self.rows["fact_payment"])
+        as_of = max(row["last_updated_date"] for row in self.rows["fact_payment"]
+                    if not row["is_deleted"])
         for row in self.current("fact_payment"):
             if row["paid"]:
                 continue

@@ -129,6 +129,11 @@ def main() -> None:
     st.set_page_config(page_title="Terrific Totes dashboard", layout="wide")
     st.title(TITLE)
     where = source.resolve()
+    try:
+        source.check(where)
+    except dsn.DsnError as error:
+        st.error(str(error))
+        return
     st.caption(f"Warehouse: {where.describe()}. Results are at most {CACHE_SECONDS} s old.")
     try:
         source.prepare(where)

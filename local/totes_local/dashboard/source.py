@@ -52,6 +52,24 @@ class WarehouseSource:
         return f"demo warehouse in {self.target}"
 
 
+def check(where: WarehouseSource) -> None:
+    """Refuse a warehouse URL that is not one, in a line that never shows its password.
+
+    Checked before the page starts, so a typo in ``WAREHOUSE_DSN`` is an error at
+    once rather than a page that cannot connect.
+    """
+    if where.kind != "dsn":
+        return
+    try:
+        dsn.parse_dsn(where.target, DEMO_DATABASE)
+    except dsn.DsnError as error:
+        userinfo = where.target.partition("//")[2].rpartition("@")[0]
+        password = userinfo.partition(":")[2]
+        reason = str(error).replace(password, "***") if password else str(error)
+        raise dsn.DsnError(f"{DSN_VARIABLE} (or --dsn) is not a usable warehouse URL: "
+                           f"{reason}") from None
+
+
 def resolve(environ: Mapping[str, str] = os.environ) -> WarehouseSource:
     """Pick the warehouse from the environment, falling back to the demo's."""
     if environ.get(DSN_VARIABLE, "").strip():
