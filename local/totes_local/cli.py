@@ -23,7 +23,7 @@ import psutil
 from totes import config, db, storage, supersede
 from totes_local import (audit_cli, demo, dsn, generator, local_stack, shape, simulator, stack,
                          supersede_cli)
-from totes_local.arguments import DefaultsFormatter
+from totes_local.arguments import DefaultsFormatter, positive_float, whole
 from totes_local.dashboard import launch as dashboard
 
 #: Where the embedded PostgreSQL keeps its data when no ``--dsn`` is given.
@@ -160,28 +160,6 @@ def target_connection(args: argparse.Namespace,
         conn.close()
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _whole(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
-        return value
-    return parse
-
-
 def _instant(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -194,7 +172,7 @@ def _instant(text: str) -> datetime:
 # --------------------------------------------------------------------------------- seed
 
 def _seed_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scale", type=_positive_float, default=1.0,
+    parser.add_argument("--scale", type=positive_float, default=1.0,
                         help="order volume; 1 is the real database's size "
                         f"({generator.size_text(1)})")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
@@ -228,9 +206,9 @@ def run_seed(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- simulate
 
 def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=_whole(0), default=10,
+    parser.add_argument("--steps", type=whole(0), default=10,
                         help="business steps to simulate (default 10)")
-    parser.add_argument("--step-minutes", type=_whole(1), default=20,
+    parser.add_argument("--step-minutes", type=whole(1), default=20,
                         help="simulated minutes per step (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     add_target_arguments(parser)

@@ -27,6 +27,7 @@ import boto3
 
 from totes import config, db, warehouse_schema
 from totes_local import audit_cli, generator, simulator, stack
+from totes_local.arguments import positive_float, whole
 from totes_local.runner import CycleReport, LocalPipeline
 
 DEFAULT_DIR = Path(".demo")
@@ -34,11 +35,11 @@ DEFAULT_DIR = Path(".demo")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``totes demo``."""
-    parser.add_argument("--scale", type=float, default=1.0,
+    parser.add_argument("--scale", type=positive_float, default=1.0,
                         help="size of the generated totesys; 1 is the real database's size "
                         f"({generator.size_text(1)})")
     parser.add_argument("--seed", type=int, default=42, help="random seed of the generator")
-    parser.add_argument("--steps", type=int, default=9,
+    parser.add_argument("--steps", type=whole(0), default=9,
                         help="20-minute business steps simulated between the two cycles")
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
                         help="where the demo keeps its database, logs and bucket copies")

@@ -86,3 +86,11 @@ def test_ctrl_c_during_the_demo_is_one_line_status_130_and_stops_the_server(empt
     assert demo.returncode == 130
     assert one_line(err) == "totes demo: interrupted"
     assert not stack.is_running(empty_demo / "pg")
+
+
+def test_a_demo_size_that_is_not_one_is_a_usage_error_before_anything_starts(tmp_path):
+    done = totes("demo", "--dir", str(tmp_path / "demo"), "--scale", "0")
+    assert done.returncode == 2
+    assert one_line(done.stderr) == ("totes demo: error: argument --scale: must be a positive "
+                                     "number, got 0")
+    assert not (tmp_path / "demo").exists()
