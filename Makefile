@@ -8,13 +8,14 @@ export SAM_CLI_TELEMETRY := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 CODE := shared functions local tests benchmarks
 
-.PHONY: setup lint typecheck unit integration e2e coverage test validate build demo bench dashboard audit clean \
+.PHONY: setup lint typecheck unit integration e2e coverage test validate build demo stop bench dashboard audit-deps clean \
 	ca-bundle deploy-build scan local-stack invoke
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements-dev.txt shared/requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	@echo "installing dependencies into $(VENV) (one time, about a minute)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet pip==25.3 setuptools==84.2.1
 	$(BIN)/pip install --quiet -r requirements-dev.txt
@@ -86,6 +87,11 @@ e2e: setup
 demo: setup
 	$(BIN)/totes demo
 
+# Each embedded server stops when the last command using it exits; this stops any left
+# running (the demo's, a background `totes local-stack`, the benchmarks').
+stop: setup
+	$(BIN)/totes stop
+
 # `sam local invoke` of one function (FN=ingest|transform|load|audit) against `totes local-stack`
 # (moto and PostgreSQL on fixed TCP ports, started in the background if not running). Needs
 # Docker; README, "Invoking a function with sam local invoke". SAM_ARGS go to sam local invoke,
@@ -110,11 +116,16 @@ $(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt requirements
 bench: setup $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks.run
 
-audit:
+# Known vulnerabilities in the pinned dependencies (pip-audit; not the pipeline's audit, which is
+# `totes audit`). --strict: a package that could not be checked (no vulnerability service, no
+# network) fails the target, instead of "No known vulnerabilities found" about nothing.
+audit-deps:
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
 	test -x .venv-audit/bin/pip-audit || { $(PYTHON) -m venv .venv-audit \
 		&& .venv-audit/bin/pip install --quiet pip-audit==2.10.1; }
-	.venv-audit/bin/pip-audit -r requirements-dev.txt
+	.venv-audit/bin/pip-audit --strict -r requirements-dev.txt || { status=$$?; echo "make \
+audit-deps: failed: a known vulnerability (listed above), or a package pip-audit could not \
+check (it needs PyPI and its vulnerability service)"; exit $$status; }
 
 clean:
 	rm -rf $(VENV) .venv-audit $(SCAN_VENV) .aws-sam .demo .bench .pytest_cache .mypy_cache .coverage \

@@ -27,6 +27,19 @@ _COLUMNS = (("source_rows", "source"), ("warehouse_rows", "warehouse"), ("missin
             ("retained", "retained"))
 
 
+#: how to read the table, under it.
+NOTES = (
+    "  fact_*_current: the views the facts are compared as, the latest version of each order or",
+    "    payment with deleted ones left out; the fact tables themselves keep every version.",
+    "  in flight: changed at the source after the newest loaded capture point; the next runs",
+    "    carry them (not a mismatch).",
+    "  retained: dimension rows whose source row is gone, kept because facts point at them, and",
+    "    dim_date rows no fact uses any more (by design, not a mismatch).",
+)
+#: the name a table's row has in the table: facts are compared as their ``*_current`` views.
+NAME_WIDTH = 30
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``totes audit``."""
     parser.add_argument("--dsn-source", help="postgresql://… of totesys (default: the demo's)")
@@ -59,12 +72,14 @@ def render(report: Mapping[str, Any]) -> list[str]:
     """The report as lines of a table a person can read, then the summary line."""
     lines = [f"audit of the warehouse against the source at {report['compared_at']}",
              f"  capture point (newest loaded manifest): {report['capture_point'] or 'none yet'}",
-             "", f"  {'warehouse table':<22}" + "".join(f"{title:>11}" for _, title in _COLUMNS)]
+             "", f"  {'warehouse table or view':<{NAME_WIDTH}}"
+             + "".join(f"{title:>11}" for _, title in _COLUMNS)]
     for name, table in report["tables"].items():
         cells = "".join(f"{table[key]:>11,}" for key, _ in _COLUMNS)
         note = "" if table["compared"] else "  (not compared: not captured yet)"
-        lines.append(f"  {name:<22}{cells}{note}")
-    return [*lines, "", summary_line(report)]
+        shown = f"{name}_current" if name.startswith("fact_") else name
+        lines.append(f"  {shown:<{NAME_WIDTH}}{cells}{note}")
+    return [*lines, "", *NOTES, "", summary_line(report)]
 
 
 def _connect(url: str | None, postgres: stack.Postgres | None, dbname: str) -> Any:

@@ -1,25 +1,29 @@
-"""The ``totes`` command: local tooling around the pipeline (seed and simulate the source).
+"""The ``totes`` command: the local tools around the pipeline.
 
 Subcommands live in one registry, :data:`COMMANDS` (name -> :class:`Command`), so a
 new one is a function and one :func:`register` call. Every failure a user can cause
-(bad DSN, unreachable server, nonsense arguments, a database already seeded) is one
-line on stderr and exit status 2, never a traceback.
+(bad DSN, unreachable server, nonsense arguments, a database already seeded, no AWS
+credentials) is one line on stderr and exit status 2, never a traceback; Ctrl-C is
+one line and exit status 130.
 """
 import argparse
+import contextlib
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, NoReturn, Sequence
 
+import botocore.exceptions
 import pg8000.native
+import psutil
 
-from totes import db, storage, supersede
+from totes import config, db, storage, supersede
 from totes_local import (audit_cli, demo, dsn, generator, local_stack, shape, simulator, stack,
                          supersede_cli)
+from totes_local.arguments import DefaultsFormatter, positive_float, whole
 from totes_local.dashboard import launch as dashboard
 
 #: Where the embedded PostgreSQL keeps its data when no ``--dsn`` is given.
@@ -27,6 +31,8 @@ DEFAULT_DATA_DIR = Path(".demo") / "pg"
 DEFAULT_DATABASE = "totesys"
 #: Exit status for every error the user can fix (as argparse uses for usage errors).
 USAGE_ERROR = 2
+#: Exit status after Ctrl-C, as a shell reports a command ended by SIGINT (128 + 2).
+INTERRUPTED = 130
 
 
 class CommandError(Exception):
@@ -34,11 +40,14 @@ class CommandError(Exception):
 
 
 #: Exceptions that are the user's to fix, reported without a traceback.
-EXPECTED_ERRORS = (CommandError, audit_cli.AuditSetupError, dsn.DsnError,
+EXPECTED_ERRORS = (CommandError, audit_cli.AuditSetupError, demo.DemoNotFoundError,
+                   dsn.DsnError,
                    db.DatabaseUnavailableError, db.SecretFormatError, generator.GeneratorError,
-                   simulator.SimulationError, supersede.MarkerError,
+                   simulator.SimulationError, supersede.MarkerError, config.ConfigurationError,
                    storage.ObjectAlreadyExistsError,
                    pg8000.exceptions.DatabaseError, pg8000.exceptions.InterfaceError)
+#: What AWS says when the caller's buckets, region or network are wrong (credentials apart).
+AWS_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
 
 
 @dataclass(frozen=True)
@@ -66,13 +75,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
 
 
+#: what ``totes --help`` says first (plain text: a terminal shows no markup).
+DESCRIPTION = ("Local tools around the totes pipeline: run the whole pipeline on this machine "
+               "(demo), make and change a generated totesys (seed, simulate), look at the "
+               "demo's databases (sql, audit, dashboard), release a stuck stage of a deployed "
+               "stack (supersede), serve AWS and PostgreSQL for sam local invoke (local-stack), "
+               "stop what is left running (stop).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``totes`` parser with every registered subcommand."""
-    parser = _Parser(prog="totes", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="totes", description=DESCRIPTION, formatter_class=DefaultsFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=_Parser)
     for name, command in COMMANDS.items():
-        sub = commands.add_parser(name, help=command.help, description=command.help)
+        sub = commands.add_parser(name, help=command.help, description=command.help,
+                                  formatter_class=DefaultsFormatter)
         command.add_arguments(sub)
         sub.set_defaults(run=command.run)
     return parser
@@ -88,6 +106,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EXPECTED_ERRORS as error:
         print(f"totes {args.command}: error: {_reason(error)}", file=sys.stderr)
         return USAGE_ERROR
+    except botocore.exceptions.NoCredentialsError:
+        print(f"totes {args.command}: error: no AWS credentials found: this command works on "
+              "a deployed stack's buckets; set AWS_PROFILE (or AWS_ACCESS_KEY_ID and "
+              "AWS_SECRET_ACCESS_KEY) and AWS_REGION for the account that holds it",
+              file=sys.stderr)
+        return USAGE_ERROR
+    except AWS_ERRORS as error:
+        print(f"totes {args.command}: error: {_reason(error)} (this command works on a deployed "
+              "stack's buckets, with AWS credentials for its account)", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print(f"\ntotes {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 def _reason(error: Exception) -> str:
@@ -109,7 +140,7 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"embedded server data directory (default {DEFAULT_DATA_DIR})")
 
 
-@contextmanager
+@contextlib.contextmanager
 def target_connection(args: argparse.Namespace,
                       recreate: bool = False) -> Iterator[pg8000.native.Connection]:
     """Connect to the chosen database, first dropping and creating it if ``recreate``."""
@@ -129,28 +160,6 @@ def target_connection(args: argparse.Namespace,
         conn.close()
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _whole(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
-        return value
-    return parse
-
-
 def _instant(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -163,8 +172,9 @@ def _instant(text: str) -> datetime:
 # --------------------------------------------------------------------------------- seed
 
 def _seed_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scale", type=_positive_float, default=1.0,
-                        help="order volume; 1 is the real database's size (~48k rows)")
+    parser.add_argument("--scale", type=positive_float, default=1.0,
+                        help="order volume; 1 is the real database's size "
+                        f"({generator.size_text(1)})")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     parser.add_argument("--end", type=_instant, default=shape.DEFAULT_END,
                         help="instant the history ends, ISO-8601, UTC if no zone "
@@ -196,9 +206,9 @@ def run_seed(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- simulate
 
 def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=_whole(0), default=10,
+    parser.add_argument("--steps", type=whole(0), default=10,
                         help="business steps to simulate (default 10)")
-    parser.add_argument("--step-minutes", type=_whole(1), default=20,
+    parser.add_argument("--step-minutes", type=whole(1), default=20,
                         help="simulated minutes per step (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     add_target_arguments(parser)
@@ -225,6 +235,37 @@ def _where(args: argparse.Namespace) -> str:
     return dsn.redact(args.dsn) if args.dsn else f"embedded server in {args.data_dir}"
 
 
+# --------------------------------------------------------------------------------- stop
+
+#: a local stack's shutdown ends with the server's checkpoint, seconds on a busy disk.
+LOCAL_STACK_STOP_SECONDS = 120
+
+
+def _stop_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", type=Path, default=Path("."),
+                        help="the clone whose servers to stop (default: the current folder)")
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    """Stop every embedded server of the clone, and a ``totes local-stack`` serving one.
+
+    Each normally stops when the last command using it exits; this is for the ones a
+    killed process left behind, or a background local stack no longer wanted.
+    """
+    root = args.root.resolve()
+    for folder in stack.local_servers(root):
+        for process in stack.local_stack_processes(folder):
+            process.terminate()  # it stops moto and its server on SIGTERM
+            with contextlib.suppress(psutil.TimeoutExpired):  # then its server is stopped below
+                process.wait(timeout=LOCAL_STACK_STOP_SECONDS)
+            print(f"stopped totes local-stack (pid {process.pid})")
+        if stack.stop_postgres(folder):
+            print(f"stopped the embedded PostgreSQL in {folder.relative_to(root)}")
+    if not stack.local_servers(root):
+        print(f"no local server running in {root}")
+    return 0
+
+
 register("seed", "create and fill the totesys source database", _seed_arguments, run_seed)
 register("simulate", "advance the totesys business by N steps of simulated time",
          _simulate_arguments, run_simulate)
@@ -240,6 +281,8 @@ register("supersede", "release a stuck manifest or transform again, by marker (n
          supersede_cli.add_arguments, supersede_cli.run)
 register("local-stack", "serve moto and PostgreSQL on fixed TCP ports for sam local invoke",
          local_stack.add_arguments, local_stack.run)
+register("stop", "stop every local server of this clone (demo, local stack, benchmarks)",
+         _stop_arguments, run_stop)
 
 
 if __name__ == "__main__":  # pragma: no cover - the totes console script is the usual way in

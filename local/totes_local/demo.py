@@ -13,7 +13,11 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
+# psql, bundled with pgserver, run with a fixed argument list and no shell.
+import subprocess  # nosec B404
 import time
+import warnings
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +27,7 @@ import boto3
 
 from totes import config, db, warehouse_schema
 from totes_local import audit_cli, generator, simulator, stack
+from totes_local.arguments import positive_float, whole
 from totes_local.runner import CycleReport, LocalPipeline
 
 DEFAULT_DIR = Path(".demo")
@@ -30,15 +35,15 @@ DEFAULT_DIR = Path(".demo")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``totes demo``."""
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="size of the generated totesys (1 = the real size, ~55k rows)")
+    parser.add_argument("--scale", type=positive_float, default=1.0,
+                        help="size of the generated totesys; 1 is the real database's size "
+                        f"({generator.size_text(1)})")
     parser.add_argument("--seed", type=int, default=42, help="random seed of the generator")
-    parser.add_argument("--steps", type=int, default=9,
+    parser.add_argument("--steps", type=whole(0), default=9,
                         help="20-minute business steps simulated between the two cycles")
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
                         help="where the demo keeps its database, logs and bucket copies")
     parser.add_argument("--capture-mode", choices=config.CAPTURE_MODES,
-                        default=os.environ.get("CAPTURE_MODE") or "snapshot",
                         help="how ingest finds changes (default: $CAPTURE_MODE, else snapshot); "
                              "logical restarts the demo's server with wal_level = logical")
 
@@ -104,7 +109,9 @@ def _pipeline_output(log: Path) -> Iterator[None]:
     service_logger = logging.getLogger(os.environ.get("POWERTOOLS_SERVICE_NAME", "totes"))
     handlers = [handler for handler in service_logger.handlers
                 if isinstance(handler, logging.StreamHandler)]
-    with log.open("a") as sink, contextlib.redirect_stdout(sink):
+    with log.open("a") as sink, contextlib.redirect_stdout(sink), warnings.catch_warnings():
+        # A handler interrupted by Ctrl-C flushes no metrics, and Powertools warns so.
+        warnings.filterwarnings("ignore", message="No application metrics to publish")
         streams = [handler.stream for handler in handlers]
         for handler in handlers:
             handler.stream = sink
@@ -164,6 +171,8 @@ def _print_history(what: str, order_id: int, history: list[list[Any]]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Seed, cycle, simulate, cycle, summarise (the ``totes demo`` command)."""
+    # Settings first: a mistake is one line before anything is started or seeded.
+    args.capture_mode = args.capture_mode or config.capture_mode()
     root: Path = args.dir
     shutil.rmtree(root / "s3", ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
@@ -242,9 +251,41 @@ def add_sql_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the demo's directory (default .demo)")
 
 
+class DemoNotFoundError(RuntimeError):
+    """The command needs the demo's databases and ``make demo`` has not made them yet."""
+
+
+def demo_server(data_dir: Path, dbname: str) -> stack.Postgres:
+    """The demo's server, started if needed, once ``dbname`` is known to exist on it.
+
+    Refuses before starting anything when the folder holds no server; when the
+    database is missing the server is stopped again at exit (this process is its
+    only user), so a mistake never leaves a server behind.
+    """
+    if not (data_dir / "PG_VERSION").exists():
+        raise DemoNotFoundError(f"no demo databases in {data_dir}: run make demo first")
+    postgres = stack.start_postgres(data_dir)
+    conn = postgres.connect("postgres")
+    try:
+        found = conn.run("SELECT 1 FROM pg_database WHERE datname = :name", name=dbname)
+    finally:
+        conn.close()
+    if not found:
+        raise DemoNotFoundError(f"no {dbname} database in {data_dir}: run make demo first")
+    return postgres
+
+
 def open_sql_prompt(args: argparse.Namespace) -> int:
-    """Start the demo's embedded PostgreSQL if needed and replace this process with psql."""
-    postgres = stack.start_postgres(args.dir / "pg")
+    """Run psql on a demo database as a child, and return its exit status.
+
+    A child, not ``exec``: this process stays the server's user while psql runs
+    and stops the server when it exits, unless something else still uses it.
+    Ctrl-C belongs to psql (it cancels the running query) while the prompt is open.
+    """
+    postgres = demo_server(args.dir / "pg", args.database)
     argv = stack.psql_argv(postgres, args.database)
-    os.execv(argv[0], argv)  # nosec B606
-    return 0  # pragma: no cover - execv does not return
+    previous = signal.signal(signal.SIGINT, lambda *_: None)  # reset to default in psql by exec
+    try:
+        return subprocess.run(argv, check=False).returncode  # nosec B603
+    finally:
+        signal.signal(signal.SIGINT, previous)

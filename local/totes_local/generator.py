@@ -278,6 +278,29 @@ def _migrations(rng: random.Random, born: datetime) -> list[tuple]:
     return rows
 
 
+def expected_rows(scale: float = 1.0) -> int:
+    """How many rows :func:`generate` writes at ``scale``, on average (its draws vary a little).
+
+    Derived from the shape it draws from, so the help texts follow the generator
+    rather than a number typed in once (47,719 rows at scale 1 with the default seed).
+    """
+    plan = Plan.of(scale)
+    day = (shape.CLOSE_HOUR - shape.OPEN_HOUR) * 3_600_000
+    days = sum((closes - opens) / day for _, opens, closes in business_days(plan))
+    orders = (shape.SALES_PER_WEEKDAY + shape.PURCHASES_PER_WEEKDAY) * plan.scale * days
+    designs = (max(1, round(shape.INITIAL_DESIGNS * plan.scale))
+               + shape.DESIGNS_PER_WEEKDAY * plan.scale * days)
+    reference = (shape.ADDRESSES + shape.COUNTERPARTIES + shape.STAFF + len(vocab.DEPARTMENTS)
+                 + len(vocab.CURRENCIES) + len(vocab.PAYMENT_TYPES))
+    return round(3 * orders + designs + reference)  # each order has a transaction and a payment
+
+
+def size_text(scale: float = 1.0) -> str:
+    """``about 48,000 rows``: the expected size at ``scale``, for help texts."""
+    rows = expected_rows(scale)
+    return f"about {round(rows, 2 - len(str(rows))):,} rows"
+
+
 def design_rows(plan: Plan) -> list[tuple]:
     """Designs ordered by creation: a few on day one, then new ones on business days."""
     rng = np.random.default_rng([plan.seed, _DESIGN_STREAM])

@@ -147,7 +147,7 @@ def ensure_stack(stack_args: Sequence[str], timeout: float = 180.0) -> None:
                                    + LOG.read_text()[-2000:])
         time.sleep(0.5)
     print(f"local stack started in the background (pid {process.pid}, log {LOG}); "
-          f"stop it with: kill {process.pid}")
+          "stop it with: make stop")
 
 
 def local_event(function: str, out_dir: Path, moto_endpoint: str) -> Path:

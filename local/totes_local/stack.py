@@ -4,10 +4,13 @@ Used by ``make demo``, the integration and end-to-end tests, and the benchmarks,
 so all of them exercise the handlers exactly the way AWS would drive them:
 through environment variables, Secrets Manager and S3, nothing injected.
 """
+import atexit
 import contextlib
 import json
 import logging
 import os
+# pg_ctl, run by pgserver's own helper with a fixed argument list and no shell.
+import subprocess  # nosec B404
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,7 @@ from typing import Any, Iterator, Mapping
 
 import boto3
 import pg8000.native
+import psutil
 
 from totes import config, db
 
@@ -62,22 +66,122 @@ def recreate_database(admin: pg8000.native.Connection, dbname: str) -> None:
         admin.close()
 
 
+#: pgserver's list of the processes using a server (it stops the server when the last exits).
+HANDLE_LIST = ".handle_pids.json"
+#: a clone's folders that hold embedded servers: the demo's, ``make invoke``'s, the benchmarks'.
+LOCAL_FOLDERS = (".demo", ".invoke", ".bench")
+
+
+def _server_lock() -> Any:
+    """The inter-process lock pgserver takes around its list of users and every start and stop."""
+    from pgserver.postgres_server import PostgresServer
+
+    return PostgresServer._lock
+
+
+def _prune_users(data_dir: Path) -> list[int]:
+    """Drop the ids of processes no longer running from the server's list of users; return it.
+
+    pgserver stops a server when the last process in that list exits, so an id left
+    behind by a process that ended without its exit hook (killed, or replaced by
+    ``exec``) would keep the server running for ever. Call it holding the lock.
+    """
+    listed = data_dir / HANDLE_LIST
+    if not listed.exists():
+        return []
+    users = [pid for pid in json.loads(listed.read_text() or "[]") if psutil.pid_exists(pid)]
+    listed.write_text(json.dumps(users))
+    return users
+
+
 def start_postgres(data_dir: Path) -> Postgres:
-    """Start (or reuse) an embedded PostgreSQL whose data lives in ``data_dir``."""
+    """Start (or reuse) an embedded PostgreSQL whose data lives in ``data_dir``.
+
+    The server stops when the last process using it exits; users that are gone are
+    forgotten first, so a stale id never keeps it running.
+    """
     import pgserver
 
     data_dir = data_dir.resolve()  # the secret's host must be absolute to mean a socket directory
     data_dir.mkdir(parents=True, exist_ok=True)
+    with _server_lock():
+        _prune_users(data_dir)
     server = pgserver.get_server(str(data_dir), cleanup_mode="stop")
     return Postgres(server=server, socket_dir=str(data_dir))
+
+
+def is_running(data_dir: Path) -> bool:
+    """Whether a PostgreSQL server is running on ``data_dir`` (its postmaster process is alive)."""
+    from pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(data_dir.resolve())
+    return info is not None and info.is_running()
+
+
+def stop_postgres(data_dir: Path) -> bool:
+    """Stop the server on ``data_dir`` whichever process started it; True if one was running.
+
+    Clients still connected are disconnected (``pg_ctl`` fast mode) and the list of
+    users is emptied, so nothing else stops it twice; this process forgets its own
+    handle on it, and the next :func:`start_postgres` starts it again.
+    """
+    from pgserver._commands import pg_ctl
+    from pgserver.postgres_server import PostgresServer
+
+    data_dir = data_dir.resolve()
+    with _server_lock():
+        instance = PostgresServer._instances.pop(data_dir, None)
+        if instance is not None:
+            atexit.unregister(instance._cleanup)
+        running = is_running(data_dir)
+        if running:
+            user = instance.system_user if instance else _system_user(data_dir)
+            try:
+                pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=user)
+            except subprocess.CalledProcessError:
+                if is_running(data_dir):
+                    raise RuntimeError(f"the server in {data_dir} did not stop: see "
+                                       f"{data_dir / 'log'}") from None
+        if (data_dir / HANDLE_LIST).exists():
+            (data_dir / HANDLE_LIST).write_text("[]")
+    return running
+
+
+def _system_user(data_dir: Path) -> str | None:
+    """The system user pgserver runs ``data_dir``'s server as: the folder's owner, when root."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    return pwd.getpwuid(data_dir.stat().st_uid).pw_name
+
+
+def local_servers(root: Path) -> list[Path]:
+    """The data folders of the embedded servers running under ``root`` (a clone)."""
+    folders = [root / name for name in LOCAL_FOLDERS if (root / name).is_dir()]
+    found = [folder for top in folders for folder in (top, *top.iterdir()) if folder.is_dir()]
+    return [folder for folder in found if is_running(folder)]
+
+
+def local_stack_processes(data_dir: Path) -> list[psutil.Process]:
+    """The running ``totes local-stack`` commands that use the server on ``data_dir``."""
+    with _server_lock():
+        users = _prune_users(data_dir.resolve())
+    found = []
+    for pid in users:
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(pid)
+            if "local-stack" in process.cmdline() and pid != os.getpid():
+                found.append(process)
+    return found
 
 
 def with_logical_decoding(postgres: Postgres) -> Postgres:
     """Return the server with ``wal_level = logical``, restarting it if it was not.
 
-    pgserver runs the server as its own system user when started as root, so the
-    restart goes through pgserver's ``pg_ctl`` (its ``cleanup``: ``pg_ctl -w stop``
-    as that user), then starts it again on the same data directory.
+    The restart stops the server whoever else uses it (a dashboard, a prompt: their
+    connections are closed), through pgserver's ``pg_ctl`` as the system user it
+    runs the server as, then starts it again on the same data directory.
     """
     conn = postgres.connect("postgres")
     try:
@@ -87,9 +191,7 @@ def with_logical_decoding(postgres: Postgres) -> Postgres:
     finally:
         conn.close()
     data_dir = Path(postgres.socket_dir)
-    postgres.server.cleanup()
-    if (data_dir / "postmaster.pid").exists():
-        raise RuntimeError(f"the server in {data_dir} did not stop cleanly")
+    stop_postgres(data_dir)
     return start_postgres(data_dir)
 
 

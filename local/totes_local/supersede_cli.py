@@ -31,9 +31,12 @@ CLOCK_MARGIN = timedelta(minutes=5)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``totes supersede`` and its three actions."""
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    status = actions.add_parser("status", help="markers in force and where each stage stands")
-    skip = actions.add_parser("skip", help="let a stage pass over one manifest (its data is lost)")
-    again = actions.add_parser("retransform", help="transform again from a manifest on")
+    shown = {"formatter_class": parser.formatter_class}
+    status = actions.add_parser("status", help="markers in force and where each stage stands",
+                                **shown)
+    skip = actions.add_parser("skip", help="let a stage pass over one manifest (its data is lost)",
+                              **shown)
+    again = actions.add_parser("retransform", help="transform again from a manifest on", **shown)
     for sub in (status, skip, again):
         sub.add_argument("--processed-bucket", required=True,
                          help="the stack's ProcessedBucketName output")

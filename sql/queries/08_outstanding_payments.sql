@@ -2,13 +2,13 @@
 -- Question: How much is still unpaid, and how late is it?
 -- Reading: Payments whose latest version is not paid, banded by days past their agreed payment
 --   date (not yet due, 1-30, 31-60, 61-90, over 90 days overdue), per currency. Age is counted
---   to the newest payment update in the warehouse: today on a live system, and a replayed or
---   demo history is aged on its own clock.
+--   to the newest payment update in the warehouse (not a deletion, which is stamped when it was
+--   detected): today on a live system, and a replayed or demo history is aged on its own clock.
 -- Chart: bar x=age_band y=amount color=currency_code
 \ir filter.psql
 WITH payments AS (:filtered_payments),
 as_of AS MATERIALIZED (
-    SELECT MAX(last_updated_date) AS day FROM fact_payment
+    SELECT MAX(last_updated_date) AS day FROM fact_payment WHERE NOT is_deleted
 ),
 aged AS (
     SELECT payments.*,

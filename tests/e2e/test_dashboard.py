@@ -3,15 +3,16 @@ import runpy
 import subprocess
 import sys
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
+import pandas as pd
 import pytest
 import streamlit as st
 from dashboard_warehouse import build_warehouse, create_schema
 from streamlit.testing.v1 import AppTest
 
-from totes_local import cli, stack
+from totes_local import cli, queries, stack
 from totes_local.dashboard import launch, present, source
 
 
@@ -140,6 +141,19 @@ def test_missing_demo_warehouse_tells_how_to_make_one(monkeypatch, tmp_path):
     assert "make demo" in app.error[0].value and not app.exception
 
 
+def test_revenue_and_units_by_month_draws_both_each_on_its_own_scale():
+    query = queries.load_queries()["revenue_by_month"]
+    frame = pd.DataFrame({"month": [date(2024, 1, 1), date(2024, 2, 1)],
+                          "currency_code": ["GBP", "GBP"], "orders": [3, 4],
+                          "units": [1000, 2000], "revenue": [Decimal("2500.00"),
+                                                             Decimal("5000.00")]})
+    result = queries.Result(query.name, frame, numeric_columns=("revenue",))
+    drawn = present.chart(result, query.chart).to_dict()
+    assert drawn["facet"]["row"]["field"] == present.MEASURE
+    assert drawn["spec"]["transform"][0]["fold"] == ["revenue", "units"]
+    assert drawn["resolve"]["scale"]["y"] == "independent"
+
+
 def test_money_is_shown_exactly_with_two_decimals():
     assert present.money(Decimal("1234567.5")) == "1,234,567.50"
     assert present.money(Decimal("98765432109876543.21")) == "98,765,432,109,876,543.21"
@@ -164,12 +178,27 @@ def test_launcher_passes_the_dsn_in_the_environment_never_on_the_command_line(
     assert seen["argv"][seen["argv"].index("--server.address") + 1] == "127.0.0.1"
 
 
-def test_stopping_the_launcher_with_ctrl_c_is_a_clean_exit(monkeypatch):
-    def interrupted(argv, env, check):
-        raise KeyboardInterrupt
+@pytest.mark.parametrize("entry", ["totes", "python -m"])
+@pytest.mark.parametrize("url, reason", [
+    ("localhost:5432/warehouse", "must look like postgresql://"),
+    ("postgresql://analyst:hunter2@db.example:54x2/warehouse", "Port could not be cast"),
+    ("postgresql://analyst:hunter2@db.example/warehouse?sslmod=require", "unsupported DSN"),
+])
+def test_a_malformed_warehouse_url_is_refused_in_one_line_without_its_password(
+        monkeypatch, capsys, entry, url, reason):
+    monkeypatch.setattr(launch.subprocess, "run", lambda *args, **kwargs: pytest.fail("started"))
+    monkeypatch.setenv(source.DSN_VARIABLE, url)
+    status = cli.main(["dashboard"]) if entry == "totes" else launch.main([])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert "WAREHOUSE_DSN (or --dsn) is not a usable warehouse URL" in err and reason in err
+    assert "hunter2" not in err
 
-    monkeypatch.setattr(launch.subprocess, "run", interrupted)
-    assert launch.main([]) == 0
+
+def test_the_page_refuses_a_malformed_warehouse_url_too(monkeypatch):
+    app = render(monkeypatch, "postgresql://analyst:hunter2@db.example:54x2/warehouse")
+    assert not app.exception and "not a usable warehouse URL" in app.error[0].value
+    assert "hunter2" not in app.error[0].value
 
 
 def test_reads_the_warehouse_named_by_the_pipeline_secret(monkeypatch, aws, postgres, known):

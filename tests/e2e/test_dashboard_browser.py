@@ -1,4 +1,6 @@
 """The dashboard served by ``streamlit run`` and drawn by a real (headless) Chromium."""
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -6,10 +8,12 @@ import urllib.request
 
 import numpy as np
 import pytest
+from cli_process import TOTES, stopped_demo
 from dashboard_warehouse import build_warehouse
 from PIL import Image
 
-from totes_local.dashboard import launch, screenshot
+from totes_local import stack
+from totes_local.dashboard import launch, screenshot, source
 
 CHROMIUM = screenshot.find_chromium()
 #: the charts of the page's ten question sections (the order history is a table).
@@ -71,6 +75,39 @@ def test_browser_draws_every_chart_of_the_page(served, tmp_path):
     assert painted > 0.05, f"page looks blank ({painted:.1%} painted)"
     assert blue > 0.005, f"no chart marks in Streamlit's chart colour ({blue:.2%})"
     assert len(np.unique(pixels, axis=0)) > 200, "too few colours for a page of charts"
+
+
+@pytest.fixture
+def stopped_demo_warehouse():
+    """A demo folder as ``make demo`` leaves it: a warehouse of known content, server stopped."""
+    yield from stopped_demo(fill=lambda postgres: build_warehouse(postgres, "warehouse"))
+
+
+def test_first_load_starts_the_stopped_demo_server_and_ctrl_c_stops_it(
+        stopped_demo_warehouse, tmp_path):
+    data_dir = stopped_demo_warehouse / "pg"
+    env = {name: value for name, value in os.environ.items()
+           if name not in (source.DSN_VARIABLE, source.SECRET_VARIABLE)}
+    env[source.DEMO_DIR_VARIABLE] = str(data_dir)
+    port = free_port()
+    # `totes dashboard` as `make dashboard` runs it, in its own process group: Ctrl-C in a
+    # terminal signals the whole group, Streamlit included.
+    server = subprocess.Popen([TOTES, "dashboard", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, server)
+        assert not stack.is_running(data_dir)
+        # The very first load, its queries in parallel, draws every chart: no error instead.
+        screenshot.capture(url, tmp_path / "first.png", charts=CHARTS)
+        assert stack.is_running(data_dir)
+        os.killpg(server.pid, signal.SIGINT)
+        server.wait(timeout=60)
+        assert not stack.is_running(data_dir), "Ctrl-C left the demo's server running"
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
 
 
 def test_a_page_that_never_draws_is_an_error_not_a_hang(tmp_path):

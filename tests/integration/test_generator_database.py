@@ -143,3 +143,15 @@ def test_a_failing_schema_creation_creates_nothing(empty, monkeypatch):
         generator.create_schema(empty)
     assert empty.run("SELECT count(*) FROM information_schema.tables "
                      "WHERE table_schema = 'public'") == [[0]]
+
+
+def test_the_size_help_texts_give_is_what_generate_writes(postgres, database):
+    name = database("sized")
+    conn = postgres.connect(name)
+    try:
+        generator.create_schema(conn)
+        written = sum(generator.generate(conn, scale=0.2, seed=42).values())
+    finally:
+        conn.close()
+    assert abs(written - generator.expected_rows(0.2)) < 0.03 * written
+    assert generator.size_text(1) == "about 48,000 rows"

@@ -9,7 +9,7 @@ and one the pipeline itself built from generated and simulated business.
 import csv
 import subprocess
 from collections import defaultdict
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 import pyarrow as pa
@@ -198,7 +198,8 @@ class Expect:
         bands = defaultdict(lambda: [0, Decimal(0), None])
         labels = ["not yet due", "1-30 days overdue", "31-60 days overdue",
                   "61-90 days overdue", "over 90 days overdue"]
-        as_of = max(row["last_updated_date"] for row in self.rows["fact_payment"])
+        as_of = max(row["last_updated_date"] for row in self.rows["fact_payment"]
+                    if not row["is_deleted"])
         for row in self.current("fact_payment"):
             if row["paid"]:
                 continue
@@ -473,3 +474,27 @@ def test_an_order_and_a_payment_deleted_at_the_source_leave_the_headline_numbers
     owed[3] -= 1
     owed[4] -= unpaid["payment_amount"]
     assert {code: list(line) for code, line in after.items()} == expected
+
+
+def test_a_deletion_detected_long_after_the_history_leaves_payment_ages_alone(postgres):
+    """The demo's deletions are stamped when detected, years after its history ends."""
+    name = "queries_late_deletion"
+    postgres.recreate_database(name)
+    rows = build_warehouse(postgres, name)
+    connection = postgres.connect(name)
+    try:
+        before = answer(connection, "outstanding_payments", {})
+        paid = next(row for row in rows.current("fact_payment") if row["paid"])
+        detected = datetime.combine(TODAY + timedelta(days=400), time(12, 0))
+        record = {DELETIONS["fact_payment"].column_names[0]: paid["payment_id"],
+                  "last_updated_date": detected.date(), "last_updated_time": detected.time()}
+        batches = pa.Table.from_pylist(
+            [record], schema=arrow_schema(DELETIONS["fact_payment"])).to_batches()
+        with warehouse_writes.transaction(connection):
+            assert warehouse_writes.load_deletions(connection, TABLES["fact_payment"],
+                                                   batches).rows == 1
+        after = answer(connection, "outstanding_payments", {})
+    finally:
+        connection.close()
+    assert len({line[0] for line in before}) > 1
+    assert after == before

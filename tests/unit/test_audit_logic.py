@@ -147,3 +147,17 @@ def test_the_command_line_table_and_summary_line():
     assert "not compared" in [line for line in lines if "dim_date" in line][0]
     assert lines[-1] == ("audit: 1 MISMATCH(ES) in dim_staff (1 missing, 0 extra, 0 different; "
                          "e.g. 17)")
+
+
+def test_the_command_line_table_names_the_current_views_and_explains_each_count():
+    report = audit.AuditReport("2026-11-27T08:00:00.000Z", None,
+                               {"fact_payment": audit.TableAudit(source_rows=3, warehouse_rows=3),
+                                "dim_staff": audit.TableAudit(source_rows=2, warehouse_rows=2)}
+                               ).to_json()
+    lines = audit_cli.render(report)
+    rows = [line.split()[0] for line in lines if line.strip().startswith(("fact_", "dim_"))]
+    assert rows[:2] == ["fact_payment_current", "dim_staff"]
+    notes = " ".join(lines)
+    assert "the fact tables themselves keep every version" in notes
+    assert "retained: dimension rows whose source row is gone" in notes
+    assert "in flight: changed at the source after" in notes

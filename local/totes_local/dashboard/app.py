@@ -129,8 +129,14 @@ def main() -> None:
     st.set_page_config(page_title="Terrific Totes dashboard", layout="wide")
     st.title(TITLE)
     where = source.resolve()
+    try:
+        source.check(where)
+    except dsn.DsnError as error:
+        st.error(str(error))
+        return
     st.caption(f"Warehouse: {where.describe()}. Results are at most {CACHE_SECONDS} s old.")
     try:
+        source.prepare(where)
         status = _ask(where, ("freshness", "filter_options"), {})
         if _is_empty(status):
             st.info("The warehouse is empty: nothing has been loaded yet. Run `make demo`, "

@@ -7,17 +7,22 @@ shows business data and has no login of its own.
 """
 import argparse
 import os
+import signal
 # Starts our own page with a fixed argument list and no shell.
 import subprocess  # nosec B404
 import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from totes_local.arguments import DefaultsFormatter
+from totes_local import dsn
 from totes_local.dashboard import source
 
 APP = Path(__file__).with_name("app.py")
 DEFAULT_PORT = 8501
 DEFAULT_ADDRESS = "127.0.0.1"
+#: exit status of a setting the user can fix, as ``totes`` and argparse use.
+USAGE_ERROR = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,18 +53,31 @@ def environment(dsn: str | None, base: Mapping[str, str] = os.environ) -> dict[s
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve the page until interrupted; return Streamlit's exit status."""
+    """Serve the page until interrupted; return Streamlit's exit status.
+
+    Ctrl-C reaches Streamlit too (same terminal): this process waits for it to
+    shut down by itself, so its exit hooks run and stop the demo's server, rather
+    than killing it half-way as an interrupted ``subprocess.run`` would.
+    """
+    env = environment(args.dsn)
+    source.check(source.resolve(env))
     print(f"Dashboard on http://{args.address}:{args.port} (Ctrl-C to stop)", flush=True)
+    argv = command(args.port, args.address)
+    previous = signal.signal(signal.SIGINT, lambda *_: None)  # reset to default in the child
     try:
-        argv = command(args.port, args.address)
-        return subprocess.run(argv, env=environment(args.dsn), check=False).returncode  # nosec B603
-    except KeyboardInterrupt:
-        return 0
+        return subprocess.run(argv, env=env, check=False).returncode  # nosec B603
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m totes_local.dashboard``."""
     parser = argparse.ArgumentParser(prog="python -m totes_local.dashboard",
-                                     description=__doc__.splitlines()[0])
+                                     description="Serve the dashboard on the warehouse.",
+                                     formatter_class=DefaultsFormatter)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except dsn.DsnError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR

@@ -20,6 +20,7 @@ from totes_local.queries import Chart, Result
 FRESHNESS_TARGET = timedelta(minutes=30)
 ROW_HEIGHT = 20
 PANEL_WIDTH = 300
+PANEL_HEIGHT = 160
 LABEL_LIMIT = 160
 
 
@@ -147,19 +148,36 @@ def _bar(frame: pd.DataFrame, spec: Chart, tooltip: list) -> alt.Chart:
     return chart
 
 
+#: the field a line chart of several measures folds their names into.
+MEASURE = "measure"
+
+
 def _line(frame: pd.DataFrame, spec: Chart, tooltip: list) -> alt.Chart:
+    """Lines over time: several ``y`` measures share one axis, ``panels`` measures get one each.
+
+    A panel each, one above the other with its own scale, is for measures in
+    different units (money and counts), which one axis would squash.
+    """
     x, color = spec.column("x"), spec.column("color")
-    measures = spec.channels["y"]
+    panels = "panels" in spec.channels
+    measures = spec.channels["panels" if panels else "y"]
     chart = alt.Chart(frame).mark_line(point=True)
     encoding = {"x": alt.X(f"{x}:T", title=None, axis=alt.Axis(format="%b %Y"))}
     if len(measures) > 1:
-        chart = chart.transform_fold(list(measures), as_=["measure", "amount"])
-        encoding.update(y=alt.Y("amount:Q"), strokeDash=alt.StrokeDash("measure:N"))
+        chart = chart.transform_fold(list(measures), as_=[MEASURE, "amount"])
+        encoding["y"] = alt.Y("amount:Q", title=None if panels else "amount")
+        if not panels:
+            encoding["strokeDash"] = alt.StrokeDash(f"{MEASURE}:N")
     else:
         encoding["y"] = alt.Y(f"{measures[0]}:Q")
     if color:
         encoding["color"] = alt.Color(f"{color}:N")
-    return chart.encode(tooltip=tooltip, **encoding)
+    chart = chart.encode(tooltip=tooltip, **encoding)
+    if panels and len(measures) > 1:
+        chart = chart.properties(height=PANEL_HEIGHT).facet(
+            row=alt.Row(f"{MEASURE}:N", title=None, sort=list(measures)))
+        chart = chart.resolve_scale(y="independent")
+    return chart
 
 
 def _arc(frame: pd.DataFrame, spec: Chart, tooltip: list) -> alt.Chart:

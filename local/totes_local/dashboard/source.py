@@ -7,8 +7,8 @@ it), the pipeline's own warehouse secret (``WAREHOUSE_SECRET_ID``, read through
 PostgreSQL in ``.demo/pg``, started again if the demo has stopped it.
 """
 import os
+import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -52,6 +52,24 @@ class WarehouseSource:
         return f"demo warehouse in {self.target}"
 
 
+def check(where: WarehouseSource) -> None:
+    """Refuse a warehouse URL that is not one, in a line that never shows its password.
+
+    Checked before the page starts, so a typo in ``WAREHOUSE_DSN`` is an error at
+    once rather than a page that cannot connect.
+    """
+    if where.kind != "dsn":
+        return
+    try:
+        dsn.parse_dsn(where.target, DEMO_DATABASE)
+    except dsn.DsnError as error:
+        userinfo = where.target.partition("//")[2].rpartition("@")[0]
+        password = userinfo.partition(":")[2]
+        reason = str(error).replace(password, "***") if password else str(error)
+        raise dsn.DsnError(f"{DSN_VARIABLE} (or --dsn) is not a usable warehouse URL: "
+                           f"{reason}") from None
+
+
 def resolve(environ: Mapping[str, str] = os.environ) -> WarehouseSource:
     """Pick the warehouse from the environment, falling back to the demo's."""
     if environ.get(DSN_VARIABLE, "").strip():
@@ -61,14 +79,36 @@ def resolve(environ: Mapping[str, str] = os.environ) -> WarehouseSource:
     return WarehouseSource("demo", environ.get(DEMO_DIR_VARIABLE) or str(DEFAULT_DEMO_DIR))
 
 
-@lru_cache(maxsize=None)
+#: one start at a time: Streamlit runs sessions, and a page's queries, on threads of one process.
+_START_LOCK = threading.Lock()
+_SERVERS: dict[str, stack.Postgres] = {}
+
+
 def demo_server(data_dir: str) -> stack.Postgres:
-    """The demo's embedded PostgreSQL, started once per process (it stops when we exit)."""
+    """The demo's embedded PostgreSQL, started under a lock if it is not running.
+
+    pgserver's own lock is between processes, not threads: two threads starting the
+    same server at once fail (a communication error, or "Unable to release an
+    unaquired lock"). A server stopped under the page (``make stop``) is started again.
+    It stops when this process exits, unless something else still uses it.
+    """
     path = Path(data_dir)
     if not (path / "PG_VERSION").exists():
         raise WarehouseNotFoundError(
             f"no demo warehouse in {path}: run `make demo` first, or pass --dsn")
-    return stack.start_postgres(path)
+    with _START_LOCK:
+        server = _SERVERS.get(data_dir)
+        if server is None or not stack.is_running(path):
+            if server is not None:
+                stack.stop_postgres(path)  # forget the handle on the server stopped under us
+            server = _SERVERS[data_dir] = stack.start_postgres(path)
+        return server
+
+
+def prepare(where: WarehouseSource) -> None:
+    """Start what the page reads from before its queries run in parallel (the demo's server)."""
+    if where.kind == "demo":
+        demo_server(where.target)
 
 
 def _demo_secret(data_dir: str) -> dict[str, Any]:
