@@ -22,6 +22,8 @@ second build takes seconds; README, "Invoking a function with sam local invoke",
 says what differs from Amazon Linux.
 """
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -33,7 +35,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Sequence, cast
+from typing import IO, Iterator, Sequence, cast
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HERE = REPO_ROOT / "local" / "lambda-image"
@@ -234,6 +236,25 @@ def ensure_pandas_layer(cache: Path) -> Path:
     return layer
 
 
+@contextlib.contextmanager
+def build_lock(cache: Path) -> Iterator[None]:
+    """One build at a time per cache: a second ``make lambda-image`` waits, then finds it done.
+
+    (CI starts one in the background while the other checks run; the e2e test asks again.)
+    """
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / ".lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("another make lambda-image is building; waiting for it", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m totes_local.lambda_image``: both stand-ins, built or found up to date."""
     parser = argparse.ArgumentParser(prog="make lambda-image", description=__doc__.splitlines()[0])
@@ -245,8 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = cache_dir()
     started = time.perf_counter()
     try:
-        print(ensure_image(cache, args.mirror, force=args.force), flush=True)
-        layer = ensure_pandas_layer(cache)
+        with build_lock(cache):
+            print(ensure_image(cache, args.mirror, force=args.force), flush=True)
+            layer = ensure_pandas_layer(cache)
     except ImageBuildError as error:
         print(f"make lambda-image: {error}", file=sys.stderr)
         return 2
