@@ -216,8 +216,19 @@ def ensure_image(cache: Path, mirror: str, tag: str = IMAGE, force: bool = False
         return f"{tag} is present and is not this stand-in (the official image?): kept"
     if labels is not None and labels[LABEL] == recipe() and not force:
         return f"{tag}: the stand-in is up to date"
+    previous = _image_id(tag)
     build_image(cache, mirror, tag)
+    if previous and previous != _image_id(tag):
+        # The replaced stand-in, unless SAM's images still build on it (then Docker refuses).
+        subprocess.run(["docker", "image", "rm", previous],  # nosec B603 B607
+                       capture_output=True)
     return f"{tag}: stand-in built from Debian {SUITE} and PyPI"
+
+
+def _image_id(tag: str) -> str | None:
+    found = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag],  # nosec
+                           capture_output=True, text=True)
+    return found.stdout.strip() if found.returncode == 0 else None
 
 
 def ensure_pandas_layer(cache: Path) -> Path:

@@ -89,6 +89,7 @@ def test_the_official_image_is_kept_and_a_stand_in_is_rebuilt_only_when_its_reci
     builds = []
     monkeypatch.setattr(lambda_image, "image_labels", lambda tag=lambda_image.IMAGE: labels)
     monkeypatch.setattr(lambda_image, "build_image", lambda *args: builds.append(args))
+    monkeypatch.setattr(lambda_image, "_image_id", lambda tag: None)
     assert said in lambda_image.ensure_image(tmp_path, lambda_image.DEFAULT_MIRROR)
     assert bool(builds) is built
 
