@@ -94,7 +94,7 @@ demo: setup
 FN ?= ingest
 
 local-stack: setup
-	$(BIN)/totes local-stack $(STACK_ARGS)
+	$(BIN)/totes local-stack --docker-bridge $(STACK_ARGS)
 
 # The Lambda base image (public.ecr.aws/lambda/python:3.11-x86_64) built from Debian and PyPI
 # unless the official one is present, and the AWS SDK for pandas layer's packages in a folder;

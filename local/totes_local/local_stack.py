@@ -23,12 +23,16 @@ not trust (README, "Invoking a function with ``sam local invoke``").
 """
 import argparse
 import contextlib
+import ipaddress
 import json
 import logging
 import selectors
 import signal
 import socket
+import shutil
 import socketserver
+import subprocess  # nosec B404
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -157,11 +161,73 @@ def serve(data_dir: Path, *, binds: Sequence[str] = ("127.0.0.1",), moto_port: i
         postgres.server.cleanup()
 
 
+def can_bind(address: str) -> bool:
+    """Whether ``address`` is one of this machine's (binding it sends nothing anywhere)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+def interface_address(name: str) -> str | None:
+    """The IPv4 address of the network interface ``name`` on this machine, if it has one."""
+    import fcntl
+    import struct
+
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            answer = fcntl.ioctl(probe.fileno(), siocgifaddr,
+                                 struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            return None
+    return socket.inet_ntoa(answer[20:24])
+
+
+def bridge_address() -> str | None:
+    """The host's address on Docker's default bridge, when it is this machine's (Linux).
+
+    The bridge network's gateway, or else the address of its interface (docker0; Debian's
+    Docker leaves the gateway out of ``docker network inspect``). None on Docker Desktop,
+    whose bridge lives in a VM: there ``host.docker.internal`` reaches the host's loopback.
+    """
+    if shutil.which("docker") is None:
+        return None
+    inspected = subprocess.run(  # nosec B603 B607
+        ["docker", "network", "inspect", "bridge", "--format",
+         "{{json .IPAM.Config}} {{json .Options}}"], capture_output=True, text=True)
+    if inspected.returncode:
+        return None
+    ipam, options = inspected.stdout.split(" ", 1)
+    configs = json.loads(ipam) or []
+    candidates = [config["Gateway"] for config in configs if config.get("Gateway")]
+    candidates.append(interface_address(
+        json.loads(options).get("com.docker.network.bridge.name", "docker0")) or "")
+    subnets = [ipaddress.ip_network(config["Subnet"]) for config in configs
+               if config.get("Subnet")]
+    for candidate in filter(None, candidates):
+        address = ipaddress.ip_address(candidate)
+        if any(address in subnet for subnet in subnets) and can_bind(candidate):
+            return candidate
+    return None
+
+
+def bind_addresses() -> list[str]:
+    """Where ``make invoke``'s stack listens: loopback, and the bridge's host address if any."""
+    bridge = bridge_address()
+    return ["127.0.0.1"] + ([bridge] if bridge else [])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``totes local-stack``."""
     parser.add_argument("--bind", action="append", metavar="ADDRESS",
                         help="an address both servers listen on; repeat for several (default "
-                        "127.0.0.1; make invoke adds the Docker bridge's host address)")
+                        "127.0.0.1)")
+    parser.add_argument("--docker-bridge", action="store_true",
+                        help="also listen on the Docker bridge's host address, where a "
+                        "container (sam local invoke) reaches this machine")
     parser.add_argument("--moto-port", type=int, default=MOTO_PORT,
                         help=f"moto's TCP port (default {MOTO_PORT})")
     parser.add_argument("--postgres-port", type=int, default=POSTGRES_PORT,
@@ -181,6 +247,13 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stopped.set())
     started = time.perf_counter()
     binds = args.bind or ["127.0.0.1"]
+    bridge = bridge_address() if args.docker_bridge else None
+    if bridge:
+        binds = list(dict.fromkeys([*binds, bridge]))
+    elif args.docker_bridge:
+        # Docker Desktop: the bridge is in its VM, and host.docker.internal reaches loopback.
+        print("no Docker bridge address on this machine: listening on loopback only",
+              file=sys.stderr, flush=True)
     if any(address in ("0.0.0.0", "::", "") for address in binds):  # nosec B104: a refusal
         raise SystemExit("totes local-stack: refusing to listen on all interfaces (the "
                          "PostgreSQL trusts every connection); give each address with --bind")

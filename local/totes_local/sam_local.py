@@ -22,7 +22,6 @@ never on all interfaces, and the container reaches it as ``host.docker.internal`
 which ``--add-host host.docker.internal:host-gateway`` maps to that address.
 """
 import argparse
-import ipaddress
 import json
 import os
 import shutil
@@ -210,62 +209,6 @@ def write_files(built_template: Path, out_dir: Path, values: Mapping[str, str],
     return overlay_file, env_file
 
 
-def _can_bind(address: str) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind((address, 0))
-        except OSError:
-            return False
-    return True
-
-
-def interface_address(name: str) -> str | None:
-    """The IPv4 address of the network interface ``name`` on this machine, if it has one."""
-    import fcntl
-    import struct
-
-    siocgifaddr = 0x8915
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            answer = fcntl.ioctl(probe.fileno(), siocgifaddr,
-                                 struct.pack("256s", name.encode()[:15]))
-        except OSError:
-            return None
-    return socket.inet_ntoa(answer[20:24])
-
-
-def bridge_address() -> str | None:
-    """The host's address on Docker's default bridge, when it is this machine's (Linux).
-
-    The bridge network's gateway, or else the address of its interface (docker0; Debian's
-    Docker leaves the gateway out of ``docker network inspect``). None on Docker Desktop,
-    whose bridge lives in a VM: there ``host.docker.internal`` reaches the host's loopback.
-    """
-    inspected = subprocess.run(  # nosec B603 B607
-        ["docker", "network", "inspect", "bridge", "--format",
-         "{{json .IPAM.Config}} {{json .Options}}"], capture_output=True, text=True)
-    if inspected.returncode:
-        return None
-    ipam, options = inspected.stdout.split(" ", 1)
-    configs = json.loads(ipam) or []
-    candidates = [config["Gateway"] for config in configs if config.get("Gateway")]
-    candidates.append(interface_address(
-        json.loads(options).get("com.docker.network.bridge.name", "docker0")) or "")
-    subnets = [ipaddress.ip_network(config["Subnet"]) for config in configs
-               if config.get("Subnet")]
-    for candidate in filter(None, candidates):
-        address = ipaddress.ip_address(candidate)
-        if any(address in subnet for subnet in subnets) and _can_bind(candidate):
-            return candidate
-    return None
-
-
-def bind_addresses() -> list[str]:
-    """Where the local stack listens: loopback, and the bridge's host address if there is one."""
-    bridge = bridge_address()
-    return ["127.0.0.1"] + ([bridge] if bridge else [])
-
-
 def check_docker() -> None:
     """Refuse early, in one line, when Docker cannot run a container here."""
     if shutil.which("docker") is None:
@@ -322,7 +265,7 @@ def ensure_stack(stack_args: Sequence[str]) -> None:
     if _listening(ports.moto) and _listening(ports.postgres):
         print(f"local stack already running (moto :{ports.moto}, PostgreSQL :{ports.postgres})")
         return
-    binds = [] if "--bind" in stack_args else bind_addresses()
+    binds = [] if "--bind" in stack_args else local_stack.bind_addresses()
     process = start_stack(stack_command(binds, ports, stack_args), LOG)
     print(f"local stack started in the background on {', '.join(binds) or 'your --bind'} "
           f"(pid {process.pid}, log {LOG}); stop it with: kill -INT {process.pid}")
@@ -408,7 +351,7 @@ def invoke_all(work_dir: Path, sam_args: Sequence[str] = ()) -> int:
     ports = Ports(moto=free_port(), postgres=free_port())
     overlay_file, env_file = prepare(ports)
     log = work_dir / "local-stack.log"
-    process = start_stack(stack_command(bind_addresses(), ports,
+    process = start_stack(stack_command(local_stack.bind_addresses(), ports,
                                         ["--data-dir", str(work_dir / "pg"), "--scale", "0.02"]),
                           log)
     try:

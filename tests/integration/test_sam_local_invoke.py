@@ -230,3 +230,33 @@ def test_local_stack_refuses_to_listen_on_all_interfaces(tmp_path):
     assert refused.returncode != 0
     assert "refusing to listen on all interfaces" in refused.stderr
     assert not (tmp_path / "pg").exists()
+
+
+def test_local_stack_with_docker_bridge_also_listens_where_containers_reach_the_host(tmp_path):
+    bridge = local_stack.bridge_address()
+    if bridge is None:
+        pytest.skip("no Docker bridge on this machine (no dockerd running)")
+    moto_port, postgres_port = _free_port(), _free_port()
+    log = tmp_path / "stack.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "totes_local.cli", "local-stack", "--docker-bridge",
+             "--moto-port", str(moto_port), "--postgres-port", str(postgres_port),
+             "--data-dir", str(tmp_path / "pg"), "--scale", "0.01"],
+            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while local_stack.READY not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert f"listening on 127.0.0.1, {bridge}" in log.read_text()
+        for address in ("127.0.0.1", bridge):
+            with socket.create_connection((address, postgres_port), timeout=5):
+                pass
+            s3 = boto3.client("s3", endpoint_url=f"http://{address}:{moto_port}",
+                              region_name=stack.REGION, aws_access_key_id="x",
+                              aws_secret_access_key="x")
+            assert stack.INGEST_BUCKET in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0, log.read_text()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from totes_local import cfn, sam_local
+from totes_local import cfn, local_stack, sam_local
 
 ROOT = Path(__file__).resolve().parents[2]
 STAND_IN = {"Ref": sam_local.PANDAS_STAND_IN}
@@ -112,14 +112,14 @@ def test_the_stack_listens_on_each_address_given_and_the_commands_reach_sam(tmp_
 
 
 def test_loopback_always_and_the_bridge_only_when_it_is_an_address_of_this_machine(monkeypatch):
-    monkeypatch.setattr(sam_local, "bridge_address", lambda: None)
-    assert sam_local.bind_addresses() == ["127.0.0.1"]
-    monkeypatch.setattr(sam_local, "bridge_address", lambda: "172.17.0.1")
-    assert sam_local.bind_addresses() == ["127.0.0.1", "172.17.0.1"]
+    monkeypatch.setattr(local_stack, "bridge_address", lambda: None)
+    assert local_stack.bind_addresses() == ["127.0.0.1"]
+    monkeypatch.setattr(local_stack, "bridge_address", lambda: "172.17.0.1")
+    assert local_stack.bind_addresses() == ["127.0.0.1", "172.17.0.1"]
 
 
 def test_an_address_of_no_interface_here_cannot_be_bound():
-    assert sam_local._can_bind("127.0.0.1")
-    assert not sam_local._can_bind("203.0.113.7")  # TEST-NET-3, documentation only
-    assert sam_local.interface_address("lo") == "127.0.0.1"
-    assert sam_local.interface_address("no-such-interface") is None
+    assert local_stack.can_bind("127.0.0.1")
+    assert not local_stack.can_bind("203.0.113.7")  # TEST-NET-3, documentation only
+    assert local_stack.interface_address("lo") == "127.0.0.1"
+    assert local_stack.interface_address("no-such-interface") is None
