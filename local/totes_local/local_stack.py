@@ -27,9 +27,9 @@ import ipaddress
 import json
 import logging
 import selectors
+import shutil
 import signal
 import socket
-import shutil
 import socketserver
 import subprocess  # nosec B404
 import sys
