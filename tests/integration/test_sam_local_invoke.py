@@ -1,6 +1,6 @@
 """``make invoke``: what SAM itself gives each function, and the local stack it talks to.
 
-Without a container: the invoke itself runs in tests/e2e/test_sam_local_invoke.py
+Without a container: the invoke itself runs in tests/e2e/test_invoke_all.py
 where Docker does. SAM's own code (``InvokeContext`` -> ``LocalLambdaRunner._make_env_vars`` ->
 ``EnvironmentVariables.resolve``, what ``sam local invoke`` runs before it starts a
 container) resolves each function's environment from the overlay template and the
