@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -53,11 +54,21 @@ def docker():
 
 
 @pytest.fixture(scope="module")
-def invoke_all(docker, tmp_path_factory):
-    """Run ``make invoke-all``'s pipeline once; its exit status and each stage's response."""
+def invoke_all(docker):
+    """Run ``make invoke-all``'s pipeline once; its exit status and each stage's response.
+
+    The stack's data lives under the checkout's ``.invoke/``, not pytest's temporary root:
+    pgserver runs PostgreSQL as its own user, which loses its way into that root whenever
+    another pytest session on the machine resets the root's permissions.
+    """
     printed = io.StringIO()
-    with contextlib.chdir(REPO), contextlib.redirect_stdout(printed):
-        status = sam_local.invoke_all(tmp_path_factory.mktemp("invoke-all"))
+    (REPO / ".invoke").mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="e2e-invoke-all-", dir=REPO / ".invoke"))
+    try:
+        with contextlib.chdir(REPO), contextlib.redirect_stdout(printed):
+            status = sam_local.invoke_all(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     responses = {match["function"]: json.loads(match["response"]) for match in re.finditer(
         r"^== (?P<function>\w+) \([\d.]+ s\): (?P<response>\{.*\})$", printed.getvalue(),
         re.MULTILINE)}
