@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 CODE := shared functions local tests benchmarks
 
 .PHONY: setup lint typecheck unit integration e2e coverage test validate build demo stop bench dashboard audit-deps clean \
-	ca-bundle deploy-build scan local-stack invoke
+	ca-bundle deploy-build scan local-stack invoke invoke-all lambda-image
 
 setup: $(VENV)/.installed
 
@@ -95,14 +95,24 @@ stop: setup
 # `sam local invoke` of one function (FN=ingest|transform|load|audit) against `totes local-stack`
 # (moto and PostgreSQL on fixed TCP ports, started in the background if not running). Needs
 # Docker; README, "Invoking a function with sam local invoke". SAM_ARGS go to sam local invoke,
-# STACK_ARGS to totes local-stack.
+# STACK_ARGS to totes local-stack. `make invoke-all` runs the whole pipeline that way against a
+# fresh stack of its own (free ports) and fails on any failed stage.
 FN ?= ingest
 
 local-stack: setup
-	$(BIN)/totes local-stack $(STACK_ARGS)
+	$(BIN)/totes local-stack --docker-bridge $(STACK_ARGS)
 
-invoke: setup
+# The Lambda base image (public.ecr.aws/lambda/python:3.11-x86_64) built from Debian and PyPI
+# unless the official one is present, and the AWS SDK for pandas layer's packages in a folder;
+# both cached (totes_local.lambda_image). Needs Docker and debootstrap, and root.
+lambda-image: setup
+	$(BIN)/python -m totes_local.lambda_image
+
+invoke: lambda-image
 	@$(BIN)/python -m totes_local.sam_local $(FN) --stack-args "$(STACK_ARGS)" $(SAM_ARGS)
+
+invoke-all: lambda-image
+	@$(BIN)/python -m totes_local.sam_local all $(SAM_ARGS)
 
 dashboard: setup
 	$(BIN)/totes dashboard $(ARGS)

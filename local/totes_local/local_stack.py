@@ -15,24 +15,29 @@ ports of the host, for as long as it runs (Ctrl-C stops it):
   developer's machine; every deployed secret keeps the ``verify-full`` default;
 * totesys, seeded, and an empty warehouse, both recreated on every start.
 
-Both servers bind to ``--bind`` (127.0.0.1 by default): the PostgreSQL trusts
-every connection without a password and moto accepts any credentials, so bind a
-wider address only on a network you trust (README, "Invoking a function with
-``sam local invoke``").
+Both servers listen on each ``--bind`` address (127.0.0.1 by default; ``make
+invoke`` adds the Docker bridge's host address, where a container on the bridge
+reaches its host): the PostgreSQL trusts every connection without a password and
+moto accepts any credentials, so never bind all interfaces or a network you do
+not trust (README, "Invoking a function with ``sam local invoke``").
 """
 import argparse
 import contextlib
+import ipaddress
 import json
 import logging
 import selectors
+import shutil
 import signal
 import socket
 import socketserver
+import subprocess  # nosec B404
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from totes_local import generator, stack
 
@@ -107,22 +112,31 @@ def container_secret(dbname: str, host: str, port: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def serve(data_dir: Path, *, bind: str = "127.0.0.1", moto_port: int = MOTO_PORT,
+def serve(data_dir: Path, *, binds: Sequence[str] = ("127.0.0.1",), moto_port: int = MOTO_PORT,
           postgres_port: int = POSTGRES_PORT, container_host: str = CONTAINER_HOST,
           scale: float = 0.1, seed: int = 42) -> Iterator[LocalStack]:
-    """Start PostgreSQL (relayed to TCP) and moto, provision and seed; stop both on exit."""
+    """Start PostgreSQL (relayed to TCP) and moto on each of ``binds``; seed; stop on exit.
+
+    moto keeps its state in the process, so its servers on the different addresses
+    share one S3 and one Secrets Manager.
+    """
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     postgres = stack.start_postgres(data_dir)
-    relay = _Relay((bind, postgres_port), f"{postgres.socket_dir}/.s.PGSQL.{postgres.port}")
-    relay_thread = threading.Thread(target=relay.serve_forever, name="pg-relay", daemon=True)
-    relay_thread.start()
-    moto = ThreadedMotoServer(ip_address=bind, port=moto_port, verbose=False)
-    moto.start()
+    relays: list[_Relay] = []
+    motos: list[ThreadedMotoServer] = []
     try:
-        local_host = "127.0.0.1" if bind in ("0.0.0.0", "") else bind  # nosec B104: a comparison
-        endpoint = f"http://{local_host}:{moto_port}"
+        for address in binds:
+            relay = _Relay((address, postgres_port),
+                           f"{postgres.socket_dir}/.s.PGSQL.{postgres.port}")
+            relays.append(relay)
+            threading.Thread(target=relay.serve_forever, name=f"pg-relay-{address}",
+                             daemon=True).start()
+            moto = ThreadedMotoServer(ip_address=address, port=moto_port, verbose=False)
+            moto.start()
+            motos.append(moto)
+        endpoint = f"http://{binds[0]}:{moto_port}"
         secrets = {stack.TOTESYS_SECRET: container_secret("totesys", container_host,
                                                           postgres_port),
                    stack.WAREHOUSE_SECRET: container_secret("warehouse", container_host,
@@ -137,19 +151,83 @@ def serve(data_dir: Path, *, bind: str = "127.0.0.1", moto_port: int = MOTO_PORT
             generator.generate(conn, scale=scale, seed=seed)
         finally:
             conn.close()
-        yield LocalStack(endpoint, (bind, postgres_port), secrets)
+        yield LocalStack(endpoint, (binds[0], postgres_port), secrets)
     finally:
-        moto.stop()
-        relay.shutdown()
-        relay.server_close()
+        for moto in motos:
+            moto.stop()
+        for relay in relays:
+            relay.shutdown()
+            relay.server_close()
         postgres.server.cleanup()
+
+
+def can_bind(address: str) -> bool:
+    """Whether ``address`` is one of this machine's (binding it sends nothing anywhere)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+def interface_address(name: str) -> str | None:
+    """The IPv4 address of the network interface ``name`` on this machine, if it has one."""
+    import fcntl
+    import struct
+
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            answer = fcntl.ioctl(probe.fileno(), siocgifaddr,
+                                 struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            return None
+    return socket.inet_ntoa(answer[20:24])
+
+
+def bridge_address() -> str | None:
+    """The host's address on Docker's default bridge, when it is this machine's (Linux).
+
+    The bridge network's gateway, or else the address of its interface (docker0; Debian's
+    Docker leaves the gateway out of ``docker network inspect``). None on Docker Desktop,
+    whose bridge lives in a VM: there ``host.docker.internal`` reaches the host's loopback.
+    """
+    if shutil.which("docker") is None:
+        return None
+    inspected = subprocess.run(  # nosec B603 B607
+        ["docker", "network", "inspect", "bridge", "--format",
+         "{{json .IPAM.Config}} {{json .Options}}"], capture_output=True, text=True)
+    if inspected.returncode:
+        return None
+    ipam, options = inspected.stdout.split(" ", 1)
+    configs = json.loads(ipam) or []
+    candidates = [config["Gateway"] for config in configs if config.get("Gateway")]
+    candidates.append(interface_address(
+        json.loads(options).get("com.docker.network.bridge.name", "docker0")) or "")
+    subnets = [ipaddress.ip_network(config["Subnet"]) for config in configs
+               if config.get("Subnet")]
+    for candidate in filter(None, candidates):
+        address = ipaddress.ip_address(candidate)
+        if any(address in subnet for subnet in subnets) and can_bind(candidate):
+            return candidate
+    return None
+
+
+def bind_addresses() -> list[str]:
+    """Where ``make invoke``'s stack listens: loopback, and the bridge's host address if any."""
+    bridge = bridge_address()
+    return ["127.0.0.1"] + ([bridge] if bridge else [])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``totes local-stack``."""
-    parser.add_argument("--bind", default="127.0.0.1",
-                        help="address both servers listen on (default 127.0.0.1; see README "
-                        "for Linux, where a bridge-network container needs the bridge's address)")
+    parser.add_argument("--bind", action="append", metavar="ADDRESS",
+                        help="an address both servers listen on; repeat for several (default "
+                        "127.0.0.1)")
+    parser.add_argument("--docker-bridge", action="store_true",
+                        help="also listen on the Docker bridge's host address, where a "
+                        "container (sam local invoke) reaches this machine")
     parser.add_argument("--moto-port", type=int, default=MOTO_PORT,
                         help=f"moto's TCP port (default {MOTO_PORT})")
     parser.add_argument("--postgres-port", type=int, default=POSTGRES_PORT,
@@ -168,12 +246,25 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
     started = time.perf_counter()
-    with serve(args.data_dir, bind=args.bind, moto_port=args.moto_port,
+    binds = args.bind or ["127.0.0.1"]
+    bridge = bridge_address() if args.docker_bridge else None
+    if bridge:
+        binds = list(dict.fromkeys([*binds, bridge]))
+    elif args.docker_bridge:
+        # Docker Desktop: the bridge is in its VM, and host.docker.internal reaches loopback.
+        print("no Docker bridge address on this machine: listening on loopback only",
+              file=sys.stderr, flush=True)
+    if any(address in ("0.0.0.0", "::", "") for address in binds):  # nosec B104: a refusal
+        raise SystemExit("totes local-stack: refusing to listen on all interfaces (the "
+                         "PostgreSQL trusts every connection); give each address with --bind")
+    with serve(args.data_dir, binds=binds, moto_port=args.moto_port,
                postgres_port=args.postgres_port, container_host=args.container_host,
                scale=args.scale) as served:
-        host, port = served.postgres_address
-        print(f"moto (S3, Secrets Manager): {served.moto_endpoint}\n"
-              f"PostgreSQL (totesys seeded, warehouse empty): {host}:{port}, relayed to the "
+        port = served.postgres_address[1]
+        print(f"moto (S3, Secrets Manager): {served.moto_endpoint} (listening on "
+              f"{', '.join(binds)})\n"
+              f"PostgreSQL (totesys seeded, warehouse empty): port {port} on the same "
+              f"addresses, relayed to the "
               f"embedded server in {args.data_dir}\n"
               f"buckets {stack.INGEST_BUCKET}, {stack.PROCESSED_BUCKET}; secrets "
               + json.dumps(sorted(served.secrets)) + f" (host {args.container_host})\n"

@@ -1,7 +1,7 @@
 """``make invoke``: what SAM itself gives each function, and the local stack it talks to.
 
-No container engine here, so the invoke itself cannot run; everything up to it can.
-SAM's own code (``InvokeContext`` -> ``LocalLambdaRunner._make_env_vars`` ->
+Without a container: the invoke itself runs in tests/e2e/test_invoke_all.py
+where Docker does. SAM's own code (``InvokeContext`` -> ``LocalLambdaRunner._make_env_vars`` ->
 ``EnvironmentVariables.resolve``, what ``sam local invoke`` runs before it starts a
 container) resolves each function's environment from the overlay template and the
 env-vars file; each stage then reads its settings from exactly that environment.
@@ -168,12 +168,16 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_local_stack_serves_moto_and_postgres_on_tcp_until_interrupted(tmp_path):
+def test_local_stack_serves_moto_and_postgres_on_tcp_on_each_address_until_interrupted(
+        tmp_path):
     moto_port, postgres_port = _free_port(), _free_port()
     log = tmp_path / "stack.log"
+    # Two addresses, as make invoke gives it loopback and the Docker bridge's (both loopback
+    # here: 127.0.0.0/8 is all this machine's).
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "totes_local.cli", "local-stack", "--moto-port", str(moto_port),
+            [sys.executable, "-m", "totes_local.cli", "local-stack", "--bind", "127.0.0.1",
+             "--bind", "127.0.0.2", "--moto-port", str(moto_port),
              "--postgres-port", str(postgres_port), "--container-host", "127.0.0.1",
              "--data-dir", str(tmp_path / "pg"), "--scale", "0.01"],
             stdout=out, stderr=subprocess.STDOUT)
@@ -198,12 +202,61 @@ def test_local_stack_serves_moto_and_postgres_on_tcp_until_interrupted(tmp_path)
             conn.close()
         conn = db.connect_with(secrets[stack.WAREHOUSE_SECRET], "local stack")
         conn.close()
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{moto_port}",
-                          region_name=stack.REGION, aws_access_key_id="x",
-                          aws_secret_access_key="x")
-        buckets = {bucket["Name"] for bucket in s3.list_buckets()["Buckets"]}
-        assert {stack.INGEST_BUCKET, stack.PROCESSED_BUCKET} <= buckets
+        for address in ("127.0.0.1", "127.0.0.2"):
+            # One moto state behind both addresses: the buckets provisioned through the first.
+            s3 = boto3.client("s3", endpoint_url=f"http://{address}:{moto_port}",
+                              region_name=stack.REGION, aws_access_key_id="x",
+                              aws_secret_access_key="x")
+            buckets = {bucket["Name"] for bucket in s3.list_buckets()["Buckets"]}
+            assert {stack.INGEST_BUCKET, stack.PROCESSED_BUCKET} <= buckets
+            conn = db.connect_with({**secrets[stack.TOTESYS_SECRET], "host": address},
+                                   "local stack")
+            try:
+                assert conn.run("SELECT count(*) FROM sales_order")[0][0] > 0
+            finally:
+                conn.close()
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0, log.read_text()
     assert "local stack stopped" in log.read_text()
+
+
+def test_local_stack_refuses_to_listen_on_all_interfaces(tmp_path):
+    """The PostgreSQL trusts every connection: never offer it to every network."""
+    refused = subprocess.run(
+        [sys.executable, "-m", "totes_local.cli", "local-stack", "--bind", "127.0.0.1",
+         "--bind", "0.0.0.0", "--data-dir", str(tmp_path / "pg")],
+        capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0
+    assert "refusing to listen on all interfaces" in refused.stderr
+    assert not (tmp_path / "pg").exists()
+
+
+def test_local_stack_with_docker_bridge_also_listens_where_containers_reach_the_host(tmp_path):
+    bridge = local_stack.bridge_address()
+    if bridge is None:
+        pytest.skip("no Docker bridge on this machine (no dockerd running)")
+    moto_port, postgres_port = _free_port(), _free_port()
+    log = tmp_path / "stack.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "totes_local.cli", "local-stack", "--docker-bridge",
+             "--moto-port", str(moto_port), "--postgres-port", str(postgres_port),
+             "--data-dir", str(tmp_path / "pg"), "--scale", "0.01"],
+            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while local_stack.READY not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert f"listening on 127.0.0.1, {bridge}" in log.read_text()
+        for address in ("127.0.0.1", bridge):
+            with socket.create_connection((address, postgres_port), timeout=5):
+                pass
+            s3 = boto3.client("s3", endpoint_url=f"http://{address}:{moto_port}",
+                              region_name=stack.REGION, aws_access_key_id="x",
+                              aws_secret_access_key="x")
+            assert stack.INGEST_BUCKET in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0, log.read_text()
