@@ -14,7 +14,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from totes import storage
+from totes import observability, storage
 
 BUCKET = "storage-test"
 LOCKED_BUCKET = "storage-test-locked"
@@ -70,6 +70,28 @@ def test_latest_manifest_is_found_by_descending_the_date_folders(bucket):
     assert storage.latest_manifest_key(bucket) == keys[-1]
     assert list(storage.manifest_keys_after(bucket, keys[1])) == keys[2:]
     assert list(storage.manifest_keys_after(bucket, None)) == keys
+
+
+def test_stray_objects_under_the_manifest_prefix_are_reported_once_and_never_taken(
+        bucket, captured_logs):
+    real = ["_manifests/2024/01/02/20240102T080000000Z-bbbbbbbb.json",
+            "_manifests/2024/01/10/20240110T070000000Z-dddddddd.json"]
+    strays = ["_manifests/notes.json",  # greater than every real key
+              "_manifests/2024/01/10/20240110T070000000Z-dddddddd.json\n",
+              "_manifests/2024/01/10/2024011\u0669T070000000Z-eeeeeeee.json",
+              "_manifests/2024/01/10/zz/readme.txt"]
+    for key in real + strays:
+        storage.put_new_json(bucket, key, {})
+    observability.forget_strays()
+    for _ in range(2):  # listed again in the same invocation: still one warning per key
+        assert storage.latest_manifest_key(bucket) == real[-1]
+        assert list(storage.manifest_keys_after(bucket, None)) == real
+        assert list(storage.manifest_keys_after(bucket, real[0])) == real[1:]
+    warned = [line["key"] for line in captured_logs() if line["level"] == "WARNING"]
+    assert sorted(warned) == sorted(strays)
+    assert observability.stray_objects() == len(strays)
+    observability.forget_strays()
+    assert observability.stray_objects() == 0
 
 
 @pytest.fixture
