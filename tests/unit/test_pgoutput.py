@@ -83,8 +83,9 @@ def test_a_value_the_warehouse_cannot_carry_is_refused_naming_the_column(kind, t
     positions = {name: 1 for name in SOURCE_COLUMNS["payment"]}
     positions.update({"payment_id": 2, column: 0})
     shape = pgoutput.RowShape("payment", positions)
-    with pytest.raises(pgoutput.DecodeError, match=f"payment.{column} value"):
+    with pytest.raises(pgoutput.DecodeError, match=f"payment.{column} holds a value") as caught:
         shape.line((text, None, "1"))
+    assert text not in str(caught.value)  # a row value never reaches the logs
 
 
 def test_a_relation_lacking_a_contract_column_is_refused():
