@@ -322,7 +322,7 @@ def _runs_since(bucket: str, sweeps: list[SweepState],
     for key in storage.manifest_keys_after(bucket, start):
         if key > previous_key:
             return
-        yield IngestManifest.parse(storage.read_json(bucket, key))
+        yield IngestManifest.read(storage.read_json(bucket, key), key)
 
 
 def _sweep_tables(conn: pg8000.native.Connection, settings: IngestSettings,
@@ -523,7 +523,8 @@ def _extract_run(settings: IngestSettings, run: keys.RunId, db_timeout: float) -
     """Extract the changes since the newest manifest; return the manifest that commits them."""
     previous_key = storage.latest_manifest_key(settings.bucket)
     previous = (None if previous_key is None
-                else IngestManifest.parse(storage.read_json(settings.bucket, previous_key)))
+                else IngestManifest.read(storage.read_json(settings.bucket, previous_key),
+                                         previous_key))
     logger.info("ingest run started", extra={
         "run_id": str(run), "previous_manifest": previous_key,
         "previous_snapshot": None if previous is None or previous.snapshot is None

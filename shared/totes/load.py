@@ -237,7 +237,7 @@ def freshness_seconds(ingest_bucket: str, loaded_through: str | None, now: datet
     oldest = next(storage.manifest_keys_after(ingest_bucket, loaded_through), None)
     if oldest is None:
         return 0.0
-    manifest = IngestManifest.parse(storage.read_json(ingest_bucket, oldest))
+    manifest = IngestManifest.read(storage.read_json(ingest_bucket, oldest), oldest)
     started = timestamps.parse_instant(manifest.started_at)
     return max(0.0, (now - started).total_seconds())
 

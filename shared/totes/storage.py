@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 import boto3
 from botocore.exceptions import ClientError
 
-from totes.errors import TransientError
+from totes.errors import InputError, TransientError
 from totes.keys import MANIFEST_PREFIX, is_manifest_key
 from totes.observability import stray_object
 
@@ -31,10 +31,16 @@ if TYPE_CHECKING:  # boto3-stubs, a development dependency: the Lambda runtime h
 
 #: tells a key of the layout a listing looks for from a stray object.
 KeyTest = Callable[[str], bool]
+#: the largest JSON object read whole: manifests and markers are kilobytes.
+MAX_JSON_BYTES = 64 << 20
 
 
 class ObjectAlreadyExistsError(TransientError, FileExistsError):
     """A conditional write found the key taken: the object is never replaced."""
+
+
+class ObjectTooLargeError(InputError, ValueError):
+    """An object read whole is larger than any the pipeline writes: a person must look at it."""
 
 
 @lru_cache(maxsize=1)
@@ -74,8 +80,16 @@ def read_bytes(bucket: str, key: str) -> bytes:
 
 
 def read_json(bucket: str, key: str) -> Any:
-    """Return a JSON object's parsed content."""
-    return json.loads(read_bytes(bucket, key))
+    """Return a JSON object's parsed content, refusing one beyond :data:`MAX_JSON_BYTES`.
+
+    At most one byte more than the bound is read, so an object planted to exhaust
+    the function's memory costs a bounded read and an input error naming it.
+    """
+    body: bytes = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read(MAX_JSON_BYTES + 1)
+    if len(body) > MAX_JSON_BYTES:
+        raise ObjectTooLargeError(f"s3://{bucket}/{key} is larger than {MAX_JSON_BYTES:,} bytes, "
+                                  "beyond any JSON object the pipeline writes; not read")
+    return json.loads(body)
 
 
 def open_stream(bucket: str, key: str) -> "StreamingBody":

@@ -304,7 +304,8 @@ def skipped_manifest(ingest_bucket: str, skip: Skip,
     ingest: IngestManifest | None = None
     capture = CapturePoint()
     try:
-        ingest = IngestManifest.parse(storage.read_json(ingest_bucket, skip.manifest))
+        ingest = IngestManifest.read(storage.read_json(ingest_bucket, skip.manifest),
+                                     skip.manifest)
         capture = CapturePoint.of(ingest)
     except ValueError as error:
         logger.warning("skipped run's ingest manifest unreadable; its capture point is unknown",

@@ -344,7 +344,7 @@ def _read_ingest_manifest(bucket: str, key: str) -> IngestManifest:
     except ValueError as error:
         raise TransformInputError(f"s3://{bucket}/{key} is not valid JSON: {error}") from None
     try:
-        return IngestManifest.parse(document)
+        return IngestManifest.read(document, key)
     except ManifestError as error:
         raise TransformInputError(f"s3://{bucket}/{key}: {error}") from None
 

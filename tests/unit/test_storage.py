@@ -72,6 +72,18 @@ def test_latest_manifest_is_found_by_descending_the_date_folders(bucket):
     assert list(storage.manifest_keys_after(bucket, None)) == keys
 
 
+def test_a_json_object_beyond_the_bound_is_refused_after_a_bounded_read(bucket, monkeypatch):
+    from totes.errors import INPUT, kind_of
+
+    monkeypatch.setattr(storage, "MAX_JSON_BYTES", 64)
+    storage.put_new_json(bucket, "small.json", {"a": 1})
+    storage.put_new_object(bucket, "big.json", b"[" + b"0," * 1000 + b"0]", "application/json")
+    assert storage.read_json(bucket, "small.json") == {"a": 1}
+    with pytest.raises(storage.ObjectTooLargeError, match="big.json is larger than 64") as caught:
+        storage.read_json(bucket, "big.json")
+    assert kind_of(caught.value) == INPUT
+
+
 def test_stray_objects_under_the_manifest_prefix_are_reported_once_and_never_taken(
         bucket, captured_logs):
     real = ["_manifests/2024/01/02/20240102T080000000Z-bbbbbbbb.json",
