@@ -136,7 +136,9 @@ def ensure_stack(stack_args: Sequence[str], timeout: float = 180.0) -> None:
         print(f"local stack already running (moto :{moto_port}, PostgreSQL :{postgres_port})")
         return
     LOG.parent.mkdir(parents=True, exist_ok=True)
-    with LOG.open("w") as log:
+    # Yours only: the stack prints its PostgreSQL password there.
+    with os.fdopen(os.open(LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as log:
+        LOG.chmod(0o600)
         process = subprocess.Popen(  # nosec B603
             [sys.executable, "-m", "totes_local.cli", "local-stack", *stack_args],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from unittest import mock
@@ -196,6 +197,13 @@ def test_local_stack_serves_moto_and_postgres_on_tcp_until_interrupted(tmp_path)
             assert conn.run("SELECT count(*) FROM sales_order")[0][0] > 0
         finally:
             conn.close()
+        # The relay serves a superuser: without the password shown once, nobody gets in.
+        password = secrets[stack.TOTESYS_SECRET]["password"]
+        assert len(password) >= 24 and log.read_text().count(password) == 1
+        for wrong in ("postgres", password[:-1]):
+            with pytest.raises(db.DatabaseUnavailableError):
+                db.connect_with({**secrets[stack.TOTESYS_SECRET], "password": wrong}, "guess")
+        assert (tmp_path / "pg").stat().st_mode & 0o077 == 0  # its socket: the owner's alone
         conn = db.connect_with(secrets[stack.WAREHOUSE_SECRET], "local stack")
         conn.close()
         s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{moto_port}",
@@ -207,3 +215,24 @@ def test_local_stack_serves_moto_and_postgres_on_tcp_until_interrupted(tmp_path)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0, log.read_text()
     assert "local stack stopped" in log.read_text()
+
+
+def test_each_start_of_the_local_stack_makes_a_new_password_and_keeps_no_copy():
+    # Outside pytest's folders, which the server's own system user may not traverse.
+    root = Path(tempfile.mkdtemp(prefix="totes-test-stack-"))
+    root.chmod(0o755)
+    data_dir = root / "pg"
+    passwords = []
+    for _ in range(2):  # the second start finds the first one's data directory
+        with local_stack.serve(data_dir, moto_port=_free_port(), postgres_port=_free_port(),
+                               container_host="127.0.0.1", scale=0.01) as served:
+            secret = served.secrets[stack.WAREHOUSE_SECRET]
+            db.connect_with(secret, "local stack").close()
+            with pytest.raises(db.DatabaseUnavailableError):
+                db.connect_with({**secret, "password": "postgres"}, "a guess")
+            passwords.append(served.password)
+    assert passwords[0] != passwords[1]
+    stored = b"".join(path.read_bytes() for path in data_dir.rglob("*") if path.is_file()
+                      and path.stat().st_size < 1 << 20 and "pg_wal" not in path.parts)
+    assert passwords[1].encode() not in stored
+    shutil.rmtree(root, ignore_errors=True)
