@@ -1,74 +1,101 @@
-"""What the AWS SDK for pandas layer in template.yaml ships, and whether the local pins agree.
+"""Which AWS SDK for pandas layer the stack uses in each region, what it ships, and the pins.
 
 Transform, load and the audit import pandas, numpy and pyarrow from AWS's managed
-layer (``PandasLayerArn``), while the tests import them from the virtualenv
-(``requirements-dev.txt``). The two must be the same release, or what is tested is
-not what runs. This table is the one place that says which layer version holds
-which versions; :func:`mismatches` compares it with the template's default ARN and
-the pins (``tests/unit/test_pandas_layer.py`` fails on any difference).
+layer, while the tests import them from the virtualenv (``requirements-dev.txt``).
+The two must be the same release, or what is tested is not what runs. This module
+is the one place that says which release the project runs, which layer ARN holds it
+in each region, and what that release ships; ``template.yaml``'s ``PandasLayer``
+mapping must equal :func:`mapping` and the pins must equal :data:`RELEASE`
+(``tests/unit/test_pandas_layer.py`` fails on any difference).
 
-Sources, for the one row (docs/deploy.md, "The pandas layer version", has the detail):
+The release: **awswrangler 3.16.0**, the last whose layer ships pyarrow 20.0.0, the
+version the project tests (3.16.1 moved the layer to pyarrow 22.0.0, 3.17.0 to 24.0.0).
+Sources, and how firm each fact is:
 
-- layer ``AWSSDKPandas-Python311:31`` in eu-west-2 is awswrangler 3.16.0: a
-  public Terraform configuration notes ``:33`` as 3.17.0, and AWS publishes one layer version per
-  release (3.16.1 in between). Inferred, not read from AWS's own table.
-- pyarrow 20.0.0: the release's layer build script compiles Arrow
-  ``ARROW_VERSION=20.0.0`` (aws/aws-sdk-pandas ``building/lambda/build-lambda-layer.sh``;
-  3.16.1 moved to 22.0.0, aws/aws-sdk-pandas#3331 and #3342, and 3.17.0 to 24.0.0).
-- pandas 3.0.2: the build installs the newest pandas the release allows (3.x on
-  Python 3.11, "Support Pandas 3.x" in 3.16.0); the layer files are dated
-  2026-04-08, between the wheels of pandas 3.0.2 (2026-03-31) and 3.0.3 (2026-05-11).
-- numpy 2.2.6: not established for the layer itself (its build does not pin numpy);
-  2.2.6 is what awswrangler's own lock tests on Python 3.11 (numpy < 2.3 below 3.14).
+- Layer ARNs, per region: AWS's own table, ``docs/source/layers.rst`` in
+  aws/aws-sdk-pandas as tagged 3.16.0 (published at
+  https://aws-sdk-pandas.readthedocs.io/en/3.16.0/layers.html). Only the rows
+  checked against that table are recorded; every other region must set
+  ``PandasLayerArn`` (the template's ``Rules`` say so before anything is created).
+  The stable table (3.16.1) lists different numbers for the same release line in
+  different regions (af-south-1 ``:30``, ap-northeast-1 ``:31``), so a number is never
+  carried from one region to another.
+- pyarrow 20.0.0: the release's layer build script compiles Arrow itself with
+  ``ARROW_VERSION=20.0.0`` (aws/aws-sdk-pandas ``building/lambda/build-lambda-layer.sh``,
+  blob of commit 04733f229053c9fa027745354ab39623d76c224a), then installs awswrangler
+  with ``--no-binary numpy,pandas`` and the ``redshift,mysql,postgres,gremlin,
+  opensearch,openpyxl`` extras: the layer also carries pg8000, scramp and their
+  dependencies, which is why the project's own layer is listed after it.
+- pandas 3.0.2: that script installs the newest pandas the release allows (3.x on
+  Python 3.11, "Support Pandas 3.x" in 3.16.0); the release's layer archives are
+  dated 2026-04-08, between the wheels of pandas 3.0.2 (2026-03-31) and 3.0.3
+  (2026-05-11). Inferred from dates, not read from the layer.
+- numpy 2.2.6: not established for the layer itself (the script does not pin
+  numpy); 2.2.6 is what awswrangler's own lock tests on Python 3.11 (numpy < 2.3
+  there).
+
+``python -m totes_local.pandas_layer REGION`` prints the ARN the stack uses in REGION.
 """
+import argparse
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 #: the packages the managed layer provides to our functions, and that requirements-dev.txt pins.
 PACKAGES = ("pandas", "numpy", "pyarrow")
 #: Lambda's limit on a function's unzipped code and layers together (262,144,000 bytes).
 LAMBDA_UNZIPPED_LIMIT_BYTES = 262_144_000
-_ARN = re.compile(r"arn:aws[a-z-]*:lambda:(?P<region>[a-z0-9-]+):\d{12}:layer:"
-                  r"AWSSDKPandas-Python311:(?P<version>\d+)")
+#: the AWS account that publishes the AWS SDK for pandas layers (commercial regions).
+PUBLISHER = "336392948345"
+LAYER_NAME = "AWSSDKPandas-Python311"
+#: the template's mapping: ``Mappings.<MAPPING>.<region>.<MAPPING_KEY>`` is the layer's ARN.
+MAPPING, MAPPING_KEY = "PandasLayer", "Arn"
 _PIN = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)==(?P<version>\S+)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
 class Release:
-    """One version of the managed layer: its awswrangler release and what it ships."""
+    """One awswrangler release's layer: what it ships, and its layer version in each region."""
 
     awswrangler: str
     versions: Mapping[str, str]
     #: the layer's unzipped size, rounded up: what it leaves of Lambda's 250 MB for ours.
     unzipped_bytes: int
+    #: AWSSDKPandas-Python311 (x86_64) layer version by region (sources: module docstring).
+    layer_versions: Mapping[str, int]
+
+    def arn(self, region: str) -> str:
+        """The release's layer ARN in ``region``; LookupError where it is not recorded."""
+        if region not in self.layer_versions:
+            raise LookupError(f"no AWSSDKPandas-Python311 layer of awswrangler {self.awswrangler} "
+                              f"is recorded for {region}: set PandasLayerArn")
+        return (f"arn:aws:lambda:{region}:{PUBLISHER}:layer:{LAYER_NAME}:"
+                f"{self.layer_versions[region]}")
 
 
-#: AWSSDKPandas-Python311 (x86_64) in eu-west-2, by layer version (sources: module docstring).
-EU_WEST_2_PYTHON311 = {
-    31: Release(awswrangler="3.16.0",
-                versions={"pandas": "3.0.2", "numpy": "2.2.6", "pyarrow": "20.0.0"},
-                # 167 MB measured for 3.16.0's Python 3.13 build (aws/aws-sdk-pandas#3331);
-                # the Python 3.11 zip is 3.3 MB larger than the 3.13 one, so 180 MB is allowed.
-                unzipped_bytes=180_000_000),
-}
+#: the release the stack runs (sources: module docstring).
+RELEASE = Release(
+    awswrangler="3.16.0",
+    versions={"pandas": "3.0.2", "numpy": "2.2.6", "pyarrow": "20.0.0"},
+    # 167 MB measured for 3.16.0's Python 3.13 build (aws/aws-sdk-pandas#3331); the
+    # Python 3.11 zip is 3.3 MB larger than the 3.13 one, so 180 MB is allowed.
+    unzipped_bytes=180_000_000,
+    layer_versions={"eu-west-2": 27},
+)
 
 
-def layer_version(arn: str) -> int:
-    """The version of an eu-west-2 AWSSDKPandas-Python311 ARN; ValueError for any other ARN."""
-    match = _ARN.fullmatch(arn)
-    if match is None or match["region"] != "eu-west-2":
-        raise ValueError(f"{arn} is not an eu-west-2 AWSSDKPandas-Python311 layer ARN")
-    return int(match["version"])
+def mapping(release: Release = RELEASE) -> dict[str, dict[str, str]]:
+    """The template's ``PandasLayer`` mapping for ``release``: region -> {"Arn": its ARN}."""
+    return {region: {MAPPING_KEY: release.arn(region)} for region in sorted(release.layer_versions)}
 
 
-def release(arn: str) -> Release:
-    """The release a layer ARN holds; LookupError when the table does not know that version."""
-    version = layer_version(arn)
-    if version not in EU_WEST_2_PYTHON311:
-        raise LookupError(f"layer version {version} is not in totes_local.pandas_layer: add its "
-                          "awswrangler release and pandas, numpy and pyarrow versions")
-    return EU_WEST_2_PYTHON311[version]
+def template_mismatches(template: Mapping[str, Any], release: Release = RELEASE) -> list[str]:
+    """Every way a template's ``PandasLayer`` mapping differs from ``release``'s table."""
+    found = template.get("Mappings", {}).get(MAPPING, {})
+    wanted = mapping(release)
+    return [f"{region}: template maps {found.get(region)}, the table says {wanted.get(region)}"
+            for region in sorted(set(found) | set(wanted))
+            if found.get(region) != wanted.get(region)]
 
 
 def pins(requirements: str) -> dict[str, str]:
@@ -76,10 +103,24 @@ def pins(requirements: str) -> dict[str, str]:
     return {match["name"].lower(): match["version"] for match in _PIN.finditer(requirements)}
 
 
-def mismatches(arn: str, requirements: str) -> list[str]:
-    """Every way the pins in ``requirements`` differ from what the layer ``arn`` ships."""
-    shipped = release(arn)
+def mismatches(requirements: str, release: Release = RELEASE) -> list[str]:
+    """Every way the pins in ``requirements`` differ from what ``release``'s layer ships."""
     pinned = pins(requirements)
-    return [f"{name}: layer {arn} (awswrangler {shipped.awswrangler}) ships "
-            f"{shipped.versions[name]}, requirements pin {pinned.get(name, 'nothing')}"
-            for name in PACKAGES if pinned.get(name) != shipped.versions[name]]
+    return [f"{name}: the layer of awswrangler {release.awswrangler} ships "
+            f"{release.versions[name]}, requirements pin {pinned.get(name, 'nothing')}"
+            for name in PACKAGES if pinned.get(name) != release.versions[name]]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the layer ARN a stack in the given region uses when PandasLayerArn is empty."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("region", help="an AWS region, such as eu-west-2")
+    args = parser.parse_args(argv)
+    try:
+        print(RELEASE.arn(args.region))
+    except LookupError as error:
+        parser.exit(1, f"{error}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -13,9 +13,11 @@ backfill drains over several runs that each fit the function's timeout.
 The manifest is the commit point: until it exists nothing downstream sees the
 run's files and the state has not moved, so a run that fails anywhere before it
 is simply repeated by the next one. Every object is created once under a fresh
-key and never replaced. Runs must not overlap (the function's concurrency is 1);
-as a guard, a run that finds a newer manifest than the one it started from
-aborts instead of committing a manifest older than it.
+key and never replaced. Runs may overlap (reserved concurrency is optional, and
+schedules deliver at least once): a run that finds a newer manifest than the one
+it started from aborts, and of two runs started from the same manifest only the
+one that wins the conditional write of its successor claim commits
+(:func:`_claim_succession`), so no row is ever committed twice.
 """
 import json
 import time
@@ -51,7 +53,8 @@ class Progress(Enum):
 
     EXTRACTING = "ingest run failed; nothing committed, the next run reads the same rows"
     COMMITTING = ("ingest run failed writing its manifest; the run is committed if the "
-                  "manifest exists, else nothing is and the next run reads the same rows")
+                  "manifest or its claim exists (the next run then writes the manifest), "
+                  "else nothing is and the next run reads the same rows")
     COMMITTED_BY_RETRY = ("ingest run failed writing its manifest, which exists: a retried "
                           "write found the object its first attempt created, so the run is "
                           "committed")
@@ -419,6 +422,40 @@ def _check_still_newest(bucket: str, previous_key: str | None) -> None:
             "the next run continues from the newer manifest")
 
 
+def _claim_succession(bucket: str, manifest_key: str, manifest: IngestManifest) -> None:
+    """Become the one run that commits after ``manifest.previous_manifest``, or abort.
+
+    The check of :func:`_check_still_newest` and the manifest's write are two
+    requests: two runs started from the same manifest (a duplicate schedule
+    delivery, with no reserved concurrency to serialise them) can both pass the
+    check and both commit, capturing the same rows and deletions twice. The claim
+    closes that gap: one conditional write (``IfNoneMatch``) per predecessor, which
+    only one run can win. It carries the whole manifest, so a winner that dies
+    before writing its manifest is committed all the same by the next run that
+    finds the claim taken (the manifest write is conditional too, so either may
+    make it, once). A claim already holding this very manifest is this run's own
+    write, retried.
+    """
+    claim_key = keys.successor_claim_key(manifest.previous_manifest)
+    document = manifest.to_json()
+    try:
+        storage.put_new_json(bucket, claim_key, {"manifest_key": manifest_key,
+                                                 "manifest": document})
+        return
+    except storage.ObjectAlreadyExistsError:
+        claim = storage.read_json(bucket, claim_key)
+    if claim["manifest_key"] == manifest_key:
+        return
+    try:
+        storage.put_new_json(bucket, claim["manifest_key"], claim["manifest"])
+    except storage.ObjectAlreadyExistsError:
+        pass  # the winner wrote its manifest, as it usually has
+    raise ConcurrentRunError(
+        f"another ingest run claimed the commit after {manifest.previous_manifest or 'no manifest'}"
+        f" first, as {claim['manifest_key']}; this run's files are orphans and nothing is lost: "
+        "the next run continues from that manifest")
+
+
 def _logical_start(settings: IngestSettings, previous: IngestManifest | None,
                    db_timeout: float) -> LogicalPosition:
     """Return where log-based capture stands, creating the publication and slot if missing.
@@ -640,6 +677,7 @@ def run_ingest(settings: IngestSettings | None = None,
         settings = settings or IngestSettings.from_environment()
         manifest = _extract_run(settings, run, deadline.remaining())
         progress = Progress.COMMITTING
+        _claim_succession(settings.bucket, manifest_key, manifest)
         storage.put_new_json(settings.bucket, manifest_key, manifest.to_json())
         progress = Progress.COMMITTED
         lag = (None if manifest.logical is None

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 MANIFEST_PREFIX = "_manifests/"
+#: where ingest runs claim the one successor of a manifest (:func:`successor_claim_key`).
+CLAIM_PREFIX = "_claims/"
 REFERENCE_PREFIX = "_reference/"
 SWEEP_PREFIX = "_sweeps/"
 _STAMP_FORMAT = "%Y%m%dT%H%M%S"
@@ -86,6 +88,21 @@ def _run_of(match: "re.Match[str] | None") -> RunId | None:
         return None
     run = RunId(match["stamp"], match["suffix"])
     return run if match["date"] == run.date_path else None
+
+
+def successor_claim_key(previous_manifest: str | None) -> str:
+    """Key of the claim on the one run that may commit after ``previous_manifest``.
+
+    Ingest creates it with ``IfNoneMatch`` before its manifest, so of two runs that
+    started from the same manifest exactly one commits. None (no manifest yet) has
+    its own key; any other key that is not a manifest key is a programming error.
+    """
+    if previous_manifest is None:
+        return f"{CLAIM_PREFIX}first.json"
+    run = parse_manifest_key(previous_manifest)
+    if run is None:
+        raise ValueError(f"{previous_manifest} is not a manifest key")
+    return f"{CLAIM_PREFIX}{run.date_path}/{run}.json"
 
 
 def parse_manifest_key(key: str) -> RunId | None:

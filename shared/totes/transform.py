@@ -45,6 +45,9 @@ PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 _READ_CHUNK_BYTES = 1 << 20
 #: S3 error codes meaning the object is not there: bad input, unlike any other S3 error.
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+#: what S3 answers for a missing object to a caller without s3:ListBucket on its key, as
+#: transform is for extracts (it may list only the manifests).
+_DENIED_CODES = frozenset({"AccessDenied", "403"})
 
 logger = service_logger()
 
@@ -60,16 +63,27 @@ class TransformInputError(InputError, ValueError):
     """An ingest object cannot be transformed; the message names its key and the reason."""
 
 
-def _missing_object(bucket: str, key: str, error: ClientError) -> TransformInputError:
+def _missing_object(bucket: str, key: str, error: ClientError,
+                    named_by_manifest: bool = False) -> TransformInputError:
     """Turn "no such object" into bad input; re-raise any other S3 error as it is.
 
-    Access denied, throttling or a 500 says nothing about the input: they are
-    infrastructure errors that a retry or a fix of the permissions heals.
+    Throttling or a 500 says nothing about the input: they are infrastructure
+    errors that a retry heals. So is access denied on a key S3 would otherwise
+    report missing, except for the files a manifest names (``named_by_manifest``):
+    transform may not list the extracts, and S3 answers a missing object with 403
+    AccessDenied, not 404, to a caller without ``s3:ListBucket`` on its key. A
+    manifest naming an extract that is not there is bad input (the transform is
+    stuck on it until an operator acts), not something a retry heals.
     """
     code = error.response.get("Error", {}).get("Code")
-    if code not in _MISSING_CODES:
-        raise error
-    return TransformInputError(f"s3://{bucket}/{key} cannot be read: {code}")
+    if code in _MISSING_CODES:
+        return TransformInputError(f"s3://{bucket}/{key} cannot be read: {code}")
+    if named_by_manifest and code in _DENIED_CODES:
+        return TransformInputError(
+            f"s3://{bucket}/{key} cannot be read: {code}, which S3 answers for a missing object "
+            "to a role that may not list it: the manifest names a file that is not there (or "
+            "that transform's role may not read)")
+    raise error
 
 
 @dataclass(frozen=True)
@@ -208,7 +222,7 @@ def _decode(bucket: str, key: str) -> list[dict[str, Any]]:
             rows.append(row)
         return rows
     except ClientError as error:
-        raise _missing_object(bucket, key, error) from None
+        raise _missing_object(bucket, key, error, named_by_manifest=True) from None
     except ValueError as error:
         raise TransformInputError(
             f"s3://{bucket}/{key} is not valid JSON Lines after {len(rows)} row(s): {error}"

@@ -155,8 +155,20 @@ def test_built_layer_leaves_out_what_the_functions_never_read(built):
 
 
 def test_each_function_fits_lambdas_size_limit_beside_the_pandas_layer(built):
-    pandas = pandas_layer.release(cfn.load()["Parameters"]["PandasLayerArn"]["Default"])
+    pandas = pandas_layer.RELEASE
     layer = _size(built / "SharedLayer")
     for function in FUNCTIONS:
         total = layer + _size(built / function) + pandas.unzipped_bytes
         assert total <= pandas_layer.LAMBDA_UNZIPPED_LIMIT_BYTES, (function, total)
+
+
+def test_the_built_template_puts_the_shared_layer_last_for_every_function(built):
+    # What `sam deploy` uploads: Lambda unpacks each later layer over the earlier ones, so the
+    # shared layer last means our pinned pg8000, scramp... win over the pandas layer's copies.
+    resources = cfn.translate(cfn.load(built / "template.yaml"))["Resources"]
+    (shared,) = [name for name, body in resources.items()
+                 if body["Type"] == "AWS::Lambda::LayerVersion"]
+    functions = {name: body["Properties"]["Layers"] for name, body in resources.items()
+                 if body["Type"] == "AWS::Lambda::Function"}
+    assert len(functions) == len(FUNCTIONS)
+    assert all(layers[-1] == {"Ref": shared} for layers in functions.values()), functions

@@ -44,7 +44,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
 import boto3
@@ -54,7 +54,8 @@ from aws_lambda_powertools.utilities import parameters
 from botocore import xform_name
 from botocore.exceptions import ClientError
 
-from totes import storage, supersede
+from totes import ingest, keys, storage, supersede
+from totes.manifest import IngestManifest
 from totes.keys import MANIFEST_PREFIX
 from totes_local import generator, iam, runner, simulator, stack
 from totes_local.iam_policy import Decision, Grant, Request, as_list, evaluate, statements
@@ -259,8 +260,12 @@ def run_pipeline(template: iam.StackTemplate, moto: EnforcingMoto, users: dict[s
 
     Two cycles with an order cancelled at the source between them, so the second
     ingest compares its key sweep with the first (and transform and load carry a
-    deletion). In the second, load also runs before transform, as its schedule may,
-    and finds the ingest manifest waiting, whose age it reports. Then another
+    deletion). Before the second, a run that claimed the commit after the first
+    manifest died before writing its manifest (an empty run, planted here): the
+    next ingest finds the claim taken, commits the dead run's manifest and stops,
+    and the one after it captures the second cycle. In the second, load also runs
+    before transform, as its schedule may, and finds the ingest manifest waiting,
+    whose age it reports. Then another
     cancellation the audit finds still in flight, which makes it read the key lists.
     ``source`` opens a connection to totesys.
     """
@@ -305,15 +310,34 @@ def run_pipeline(template: iam.StackTemplate, moto: EnforcingMoto, users: dict[s
         finally:
             conn.close()
 
+    def plant_a_dead_runs_claim() -> None:
+        newest = max(item["Key"] for item in admin_s3.list_objects_v2(
+            Bucket=ingest_bucket, Prefix=MANIFEST_PREFIX)["Contents"])
+        previous = IngestManifest.parse(json.loads(
+            admin_s3.get_object(Bucket=ingest_bucket, Key=newest)["Body"].read()))
+        run = keys.new_run_id()
+        dead = replace(previous.with_tables({
+            table: replace(entry, files=(), deleted=(), captured_keys=None, stamped_in_future=0)
+            for table, entry in previous.tables.items()}),
+            run_id=str(run), previous_manifest=newest)
+        claim = {"manifest_key": keys.manifest_key(run), "manifest": dead.to_json()}
+        admin_s3.put_object(Bucket=ingest_bucket, Key=keys.successor_claim_key(newest),
+                            Body=json.dumps(claim).encode(), IfNoneMatch="*")
+        summaries["claimed"].append(claim["manifest_key"])
+
     # An operator's marker that matches no run, so every transform and load reads one.
     admin_s3.put_object(Bucket=template.physical_name("ProcessedBucket"), Key=OLD_SKIP.key,
                         Body=json.dumps(OLD_SKIP.to_json()).encode(), IfNoneMatch="*")
     delivered: set[str] = set()
+    summaries["claimed"] = []
     with pytest.MonkeyPatch.context() as patch:
         recorder.installed(patch)
         for cycle in range(2):
             if cycle:
                 cancel_an_order()
+                plant_a_dead_runs_claim()
+                with pytest.raises(ingest.ConcurrentRunError, match="claimed the commit"):
+                    invoke("ingest", runner.scheduled_event("ingest"))
             invoke("ingest", runner.scheduled_event("ingest"))
             if cycle:  # load fires before transform is done: it reads the waiting manifest
                 invoke("load", runner.scheduled_event("load"))
@@ -381,10 +405,11 @@ def least_privilege(postgres, moto_endpoint, enforcing_moto) -> LeastPrivilegeRu
 def test_every_function_runs_end_to_end_with_only_its_roles_policies(least_privilege):
     summaries = least_privilege.summaries
     first, second = summaries["ingest"]
+    (dead,) = summaries["claimed"]  # committed by the ingest that found its claim taken
     assert first["complete"] and first["total_rows"] > 0 and second["complete"]
     assert second["deleted"]["sales_order"] == 1  # the second sweep compared with the first
     assert [summary["transformed"] for summary in summaries["transform"]] == [
-        [first["manifest_key"]], [second["manifest_key"]]]
+        [first["manifest_key"]], [dead], [second["manifest_key"]]]
     loads = summaries["load"]
     assert [summary["last_loaded_manifest"] for summary in loads] == [
         first["manifest_key"], first["manifest_key"], second["manifest_key"]]

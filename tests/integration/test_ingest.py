@@ -224,6 +224,67 @@ def test_a_run_overtaken_by_another_commit_aborts_and_the_next_run_continues(
     assert latest_manifest(aws["INGEST_BUCKET"])["previous_manifest"] == other.manifest_key
 
 
+def test_of_two_runs_past_the_newest_manifest_check_only_the_first_to_claim_commits(
+        source_db, aws, monkeypatch, captured_logs):
+    seed_one_of_each(source_db)
+    first = ingest.run_ingest()
+    sales_order(source_db, 2, T0 + timedelta(minutes=5))
+    check, overtaking = ingest._check_still_newest, []
+
+    def another_run_commits_right_after_the_check(bucket, previous_key):
+        check(bucket, previous_key)
+        if not overtaking:
+            monkeypatch.setattr(ingest, "_check_still_newest", check)
+            overtaking.append(ingest.run_ingest())
+
+    monkeypatch.setattr(ingest, "_check_still_newest", another_run_commits_right_after_the_check)
+    with pytest.raises(ingest.ConcurrentRunError, match="claimed the commit after"):
+        ingest.run_ingest()
+
+    [other] = overtaking
+    manifests = [key for key in all_keys(aws["INGEST_BUCKET"]) if key.startswith("_manifests/")]
+    assert manifests == [first.manifest_key, other.manifest_key]
+    assert latest_manifest(aws["INGEST_BUCKET"])["previous_manifest"] == first.manifest_key
+    [failure] = [line for line in captured_logs() if line["level"] == "ERROR"]
+    assert failure["message"] == (
+        f"ingest run failed: another ingest run claimed the commit after {first.manifest_key} "
+        f"first, as {other.manifest_key}; this run's files are orphans and nothing is lost: "
+        "the next run continues from that manifest")
+
+
+def test_a_claim_whose_run_died_before_its_manifest_is_committed_by_the_next_run(
+        source_db, aws, monkeypatch):
+    seed_one_of_each(source_db)
+    first = ingest.run_ingest()
+    sales_order(source_db, 2, T0 + timedelta(minutes=5))
+    put_new_json = storage.put_new_json
+
+    def dies_after_its_claim(bucket, key, document):
+        put_new_json(bucket, key, document)
+        if key.startswith("_claims/"):
+            raise RuntimeError("the function timed out")
+
+    monkeypatch.setattr(storage, "put_new_json", dies_after_its_claim)
+    with pytest.raises(RuntimeError):
+        ingest.run_ingest()
+    monkeypatch.setattr(storage, "put_new_json", put_new_json)
+    assert storage.latest_manifest_key(aws["INGEST_BUCKET"]) == first.manifest_key
+    [claim] = [key for key in all_keys(aws["INGEST_BUCKET"])
+               if key.startswith("_claims/") and key != "_claims/first.json"]
+    claimed = storage.read_json(aws["INGEST_BUCKET"], claim)["manifest_key"]
+
+    with pytest.raises(ingest.ConcurrentRunError, match=f"as {claimed}"):
+        ingest.run_ingest()
+    assert storage.latest_manifest_key(aws["INGEST_BUCKET"]) == claimed
+    [order] = table_rows(aws["INGEST_BUCKET"], latest_manifest(aws["INGEST_BUCKET"]),
+                         "sales_order")
+    assert order["sales_order_id"] == 2
+    sales_order(source_db, 3, T0 + timedelta(minutes=6))
+    third = ingest.run_ingest()
+    assert third.rows["sales_order"] == 1
+    assert latest_manifest(aws["INGEST_BUCKET"])["previous_manifest"] == claimed
+
+
 def test_a_manifest_write_retried_into_its_own_object_is_logged_as_committed(
         source_db, aws, monkeypatch, captured_logs):
     seed_one_of_each(source_db)

@@ -1,5 +1,7 @@
 from datetime import datetime, timezone
 
+import pytest
+
 from totes import keys
 
 MOMENT = datetime(2024, 11, 15, 14, 20, 9, 123456, tzinfo=timezone.utc)
@@ -60,8 +62,6 @@ def test_only_an_exact_ascii_manifest_key_is_a_manifest():
 
 
 def test_a_run_id_is_ascii_and_whole():
-    import pytest
-
     assert keys.parse_run_id("20241115T142009123Z-3f9a1c2e") == keys.RunId(
         "20241115T142009123Z", "3f9a1c2e")
     for text in ("20241115T142009123Z-3f9a1c2e\n", "\u0662" + "0241115T142009123Z-3f9a1c2e",
@@ -80,3 +80,16 @@ def test_sweep_keys_are_told_apart_from_captured_keys_and_strays():
     for key in (sweep + "\n", "_manifests/2024/11/15/20241115T142009123Z-3f9a1c2e.json",
                 "../" + sweep, sweep.replace("2024/11/15", "2024/11/16")):
         assert keys.parse_sweep_key(key) is None
+
+
+def test_each_manifest_has_one_successor_claim_key_outside_the_manifest_prefix():
+    run = keys.RunId("20241115T142009123Z", "0a1b2c3d")
+    assert keys.successor_claim_key(keys.manifest_key(run)) == (
+        "_claims/2024/11/15/20241115T142009123Z-0a1b2c3d.json")
+    assert keys.successor_claim_key(None) == "_claims/first.json"
+    assert not keys.successor_claim_key(None).startswith(keys.MANIFEST_PREFIX)
+
+
+def test_a_key_that_is_not_a_manifest_has_no_successor_claim():
+    with pytest.raises(ValueError, match="is not a manifest key"):
+        keys.successor_claim_key("sales_order/2024/11/15/x.jsonl")

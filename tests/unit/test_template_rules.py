@@ -1,0 +1,43 @@
+"""The template's Rules refuse, before anything is created, settings a deployment would fail on."""
+import pytest
+
+from totes_local import cfn, pandas_layer
+
+TEMPLATE = cfn.load()
+SECRETS = {"TotesysSecretArn": "arn:aws:secretsmanager:eu-west-2:123456789012:secret:t-AbCdEf",
+           "WarehouseSecretArn": "arn:aws:secretsmanager:eu-west-2:123456789012:secret:w-AbCdEf"}
+
+
+def failures(region="eu-west-2", **parameters):
+    """What the template's Rules say about a deployment with these parameters."""
+    return cfn.rule_failures(TEMPLATE, {**SECRETS, **parameters}, region)
+
+
+def test_the_defaults_pass_every_rule():
+    assert failures() == []
+
+
+@pytest.mark.parametrize("subnets, groups", [
+    ("", ""), ("subnet-a,subnet-b", "sg-1"), ("subnet-a", "sg-1,sg-2"),
+])
+def test_a_vpc_given_with_both_lists_or_neither_passes(subnets, groups):
+    assert failures(SubnetIds=subnets, SecurityGroupIds=groups) == []
+
+
+def test_subnets_without_security_groups_are_refused_with_what_to_do():
+    (problem,) = failures(SubnetIds="subnet-a,subnet-b")
+    assert problem.startswith("SubnetIds is set but SecurityGroupIds is empty: give both")
+    assert "443" in problem and "5432" in problem
+
+
+def test_security_groups_without_subnets_are_refused_rather_than_ignored():
+    (problem,) = failures(SecurityGroupIds="sg-1")
+    assert problem.startswith("SecurityGroupIds is set but SubnetIds is empty")
+
+
+def test_a_region_without_a_mapped_pandas_layer_needs_the_parameter():
+    (problem,) = failures(region="xx-east-9")
+    assert "set PandasLayerArn" in problem
+    arn = "arn:aws:lambda:xx-east-9:336392948345:layer:AWSSDKPandas-Python311:1"
+    assert failures(region="xx-east-9", PandasLayerArn=arn) == []
+    assert all(failures(region=region) == [] for region in pandas_layer.RELEASE.layer_versions)
