@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from totes_local import iam
+from totes_local.iam_policy import Request, evaluate
 from test_template import (BUCKETS, PARAMETERS, RESOURCES, ROLES, TEMPLATE, TRANSLATED,
                            allow_statements, as_list, assert_optional_arn, branches,
                            policy_documents, resources_of, role_statements)
@@ -114,8 +116,10 @@ def test_deletes_and_protection_changes_are_refused_to_all_but_the_break_glass_r
     with_role = resolve_conditions(deny, {"HasBreakGlassRole"})
     assert with_role["Condition"] == {
         "ArnNotEquals": {"aws:PrincipalArn": {"Ref": "BreakGlassRoleArn"}}}
-    # Without a break-glass role the deny has no condition at all: it holds for everyone.
-    assert "Condition" not in resolve_conditions(deny, set())
+    # Without a break-glass role given, the role the stack creates is the exception: some
+    # documented principal can always change the buckets (the root user only their policy).
+    assert resolve_conditions(deny, set())["Condition"] == {
+        "ArnNotEquals": {"aws:PrincipalArn": {"Fn::GetAtt": ["BucketAdminRole", "Arn"]}}}
 
 
 @pytest.mark.parametrize("bucket", BUCKETS)
@@ -141,9 +145,80 @@ def test_the_bucket_policies_stay_with_the_buckets_when_the_stack_is_deleted():
         assert body["DeletionPolicy"] == "Retain" == body["UpdateReplacePolicy"], name
 
 
-def test_no_role_is_granted_an_action_the_bucket_policies_deny():
+def test_no_role_but_the_bucket_admin_is_granted_an_action_the_bucket_policies_deny():
     for owner, statement in allow_statements():
-        assert not set(as_list(statement["Action"])) & set(PROTECTED_ACTIONS), owner
+        if owner != "BucketAdminRole":
+            assert not set(as_list(statement["Action"])) & set(PROTECTED_ACTIONS), owner
+
+
+# ---------------------------------------------------------------- who can change the buckets
+
+EVERYTHING = {"Version": "2012-10-17",
+              "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+#: the refused actions that apply to objects (the others to the bucket itself).
+OBJECT_ACTIONS = {"s3:DeleteObject", "s3:DeleteObjectVersion", "s3:BypassGovernanceRetention",
+                  "s3:PutObjectRetention", "s3:PutObjectLegalHold"}
+GIVEN_ROLE = "arn:aws:iam::123456789012:role/ops/totes-break-glass"
+ADMIN = "arn:aws:iam::123456789012:role/Administrator"
+STACK_SECRETS = {
+    "TotesysSecretArn": "arn:aws:secretsmanager:eu-west-2:123456789012:secret:t-AbCdEf",
+    "WarehouseSecretArn": "arn:aws:secretsmanager:eu-west-2:123456789012:secret:w-AbCdEf"}
+
+
+def protected_requests(stack: iam.StackTemplate, principal: str) -> list[Request]:
+    """Every refused action on both buckets (and an object in each), as ``principal``."""
+    context = {"aws:PrincipalArn": principal, **iam.DEPLOYED_CONTEXT}
+    found = []
+    for bucket in BUCKETS:
+        arn = stack.get_att(bucket, "Arn")
+        for action in PROTECTED_ACTIONS:
+            on_object = action in OBJECT_ACTIONS
+            found.append(Request(action, f"{arn}/t/x.json" if on_object else arn, context))
+    return found
+
+
+def decisions(parameters: dict[str, str], principal: str,
+              identity: dict[str, Any]) -> list[bool]:
+    """Whether each refused action is allowed to ``principal`` by its policies and the buckets'."""
+    stack = iam.StackTemplate(iam.Stack(name="totes", uuid="0a1b2c3d-0000-4000-8000-00000000abcd",
+                                        parameters={**STACK_SECRETS, **parameters}))
+    return [evaluate(request, identity, stack.bucket_policies(), principal=principal).allowed
+            for request in protected_requests(stack, principal)]
+
+
+def test_without_a_break_glass_role_the_role_the_stack_creates_can_change_the_buckets():
+    stack = iam.StackTemplate(iam.Stack(name="totes", uuid="0a1b2c3d-0000-4000-8000-00000000abcd",
+                                        parameters=STACK_SECRETS))
+    assert stack.condition("CreatesBucketAdminRole")
+    created = stack.get_att("BucketAdminRole", "Arn")
+    assert all(decisions({}, created, stack.role_policies("BucketAdminRole")))
+    # ... and nobody else, however much their own policies allow.
+    assert not any(decisions({}, ADMIN, {"admin": EVERYTHING}))
+
+
+def test_with_a_break_glass_role_that_role_and_nobody_else_can_change_the_buckets():
+    given = {"BreakGlassRoleArn": GIVEN_ROLE}
+    stack = iam.StackTemplate(iam.Stack(name="totes", uuid="0a1b2c3d-0000-4000-8000-00000000abcd",
+                                        parameters={**STACK_SECRETS, **given}))
+    assert not stack.condition("CreatesBucketAdminRole")
+    assert all(decisions(given, GIVEN_ROLE, {"admin": EVERYTHING}))
+    assert not any(decisions(given, ADMIN, {"admin": EVERYTHING}))
+
+
+def test_the_bucket_admin_role_is_assumable_in_the_account_with_mfa_only_and_kept():
+    role = RESOURCES["BucketAdminRole"]
+    assert role["Condition"] == "CreatesBucketAdminRole"
+    assert role["DeletionPolicy"] == "Retain" == role["UpdateReplacePolicy"]
+    (trust,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {
+        "AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}
+    assert trust["Condition"] == {"Bool": {"aws:MultiFactorAuthPresent": "true"}}
+    granted = {action for statement in role["Properties"]["Policies"][0]["PolicyDocument"][
+        "Statement"] for action in statement["Action"]}
+    assert granted == set(PROTECTED_ACTIONS) | {"s3:GetBucketPolicy"}
+    assert TEMPLATE["Outputs"]["BucketAdminRoleArn"]["Value"] == {"Fn::If": [
+        "HasBreakGlassRole", {"Ref": "BreakGlassRoleArn"},
+        {"Fn::GetAtt": ["BucketAdminRole", "Arn"]}]}
 
 
 # ---------------------------------------------------------------- supersede markers and revisions
