@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Callable, Iterator, TypedDict
+from typing import Any, Callable, Iterator, TypedDict
 
 import pg8000.native
 from aws_lambda_powertools.metrics import MetricUnit
@@ -33,7 +33,8 @@ from totes import (config, db, extract, keys, logical, observability, pgoutput, 
                    timestamps)
 from totes.capture import Snapshot, TableCursor
 from totes.errors import TransientError
-from totes.manifest import DataFile, IngestManifest, LogicalPosition, SweepState, TableEntry
+from totes.manifest import (DataFile, IngestManifest, LogicalPosition, ManifestError, SweepState,
+                            TableEntry)
 from totes.source import SOURCE_TABLES, check_contract
 from totes.stage import Deadline, Metric
 
@@ -422,6 +423,23 @@ def _check_still_newest(bucket: str, previous_key: str | None) -> None:
             "the next run continues from the newer manifest")
 
 
+def _check_claim(claim_key: str, claim: Any, previous_key: str | None) -> None:
+    """Refuse a claim that would have this run write anything but the successor manifest.
+
+    A claim names the key this run writes on its winner's behalf, so it is read like any
+    stored manifest: the key must be a manifest key, the manifest must check against it
+    (:meth:`IngestManifest.read`) and follow the same predecessor; else a ManifestError
+    naming the claim, and nothing is written.
+    """
+    try:
+        key = claim["manifest_key"]
+        claimed = IngestManifest.read(claim["manifest"], key)
+    except (KeyError, TypeError, ManifestError) as error:
+        raise ManifestError(f"{claim_key}: not a successor claim ingest writes ({error})") from None
+    if claimed.previous_manifest != previous_key:
+        raise ManifestError(f"{claim_key}: claims {key}, which does not follow {previous_key}")
+
+
 def _claim_succession(bucket: str, manifest_key: str, manifest: IngestManifest) -> None:
     """Become the one run that commits after ``manifest.previous_manifest``, or abort.
 
@@ -446,6 +464,7 @@ def _claim_succession(bucket: str, manifest_key: str, manifest: IngestManifest) 
         claim = storage.read_json(bucket, claim_key)
     if claim["manifest_key"] == manifest_key:
         return
+    _check_claim(claim_key, claim, manifest.previous_manifest)
     try:
         storage.put_new_json(bucket, claim["manifest_key"], claim["manifest"])
     except storage.ObjectAlreadyExistsError:

@@ -475,3 +475,21 @@ def test_a_gzip_bomb_as_a_key_sweep_is_refused_after_a_bounded_read(source_db, a
     with pytest.raises(sweep.KeyListError, match="a line longer than") as caught:
         ingest.run_ingest()
     assert bomb in str(caught.value)
+
+
+@pytest.mark.parametrize("forged_key", [
+    "sales_order/2024/11/15/20241115T140000000Z-aa-00000.jsonl", "_supersede/skips/x.json"])
+def test_a_forged_successor_claim_never_makes_ingest_write_what_it_names(
+        source_db, aws, forged_key):
+    from totes import keys
+    from totes.manifest import ManifestError
+
+    seed_one_of_each(source_db)
+    first = ingest.run_ingest()
+    bucket = aws["INGEST_BUCKET"]
+    storage.put_new_json(bucket, keys.successor_claim_key(first.manifest_key), {
+        "manifest_key": forged_key, "manifest": latest_manifest(bucket)})
+    with pytest.raises(ManifestError, match="_claims/.*not a successor claim"):
+        ingest.run_ingest()
+    assert forged_key not in all_keys(bucket)
+    assert storage.latest_manifest_key(bucket) == first.manifest_key
