@@ -159,6 +159,9 @@ class StackTemplate:
         if key == "Fn::Join":
             delimiter, items = resolved
             return delimiter.join(str(item) for item in items)
+        if key == "Fn::FindInMap":
+            mapping, top, second = resolved
+            return self.template["Mappings"][mapping][top][second]
         if key == "Fn::Equals":
             left, right = resolved
             return str(left) == str(right)

@@ -14,12 +14,15 @@ Sources, and how firm each fact is:
 
 - Layer ARNs, per region: AWS's own table, ``docs/source/layers.rst`` in
   aws/aws-sdk-pandas as tagged 3.16.0 (published at
-  https://aws-sdk-pandas.readthedocs.io/en/3.16.0/layers.html). Only the rows
-  checked against that table are recorded; every other region must set
-  ``PandasLayerArn`` (the template's ``Rules`` say so before anything is created).
-  The stable table (3.16.1) lists different numbers for the same release line in
-  different regions (af-south-1 ``:30``, ap-northeast-1 ``:31``), so a number is never
-  carried from one region to another.
+  https://aws-sdk-pandas.readthedocs.io/en/3.16.0/layers.html). The one row
+  recorded, eu-west-2 ``:27``, is as the project's deployment review read that table
+  (with ``:31`` for 3.16.1 and ``:33`` for 3.17.0); the table at 3.16.0 was not at
+  hand when the mapping was written, so no other region's row could be copied from
+  it, and every other region must set ``PandasLayerArn`` (the template's ``Rules``
+  say so before anything is created). Numbers differ between regions for one release
+  (the 3.16.1 table: af-south-1 ``:30``, ap-northeast-1 ``:31``), so a number is
+  never carried from one region to another. Adding a region: copy its row from the
+  3.16.0 table, here and in the template's mapping.
 - pyarrow 20.0.0: the release's layer build script compiles Arrow itself with
   ``ARROW_VERSION=20.0.0`` (aws/aws-sdk-pandas ``building/lambda/build-lambda-layer.sh``,
   blob of commit 04733f229053c9fa027745354ab39623d76c224a), then installs awswrangler

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from botocore.exceptions import ClientError
 
-from totes import ingest, jsonl, storage
+from totes import ingest, jsonl, keys, storage
 from totes.capture import Snapshot
 from totes.source import SOURCE_COLUMNS, SOURCE_TABLES
 from totes_local import stack
@@ -111,7 +111,7 @@ def test_run_without_source_changes_writes_no_data_but_records_the_run(
     second = ingest.run_ingest()
 
     new_keys = set(all_keys(aws["INGEST_BUCKET"])) - keys_after_first
-    assert new_keys == {second.manifest_key}
+    assert new_keys == {second.manifest_key, keys.successor_claim_key(first.manifest_key)}
     manifest = latest_manifest(aws["INGEST_BUCKET"])
     assert manifest["previous_manifest"] == first.manifest_key
     assert all(entry["rows"] == 0 and entry["files"] == [] and entry["cursor"]["since"]
@@ -318,10 +318,10 @@ def test_no_object_is_ever_overwritten(source_db, aws):
     ingest.run_ingest()
 
     versions = s3.list_object_versions(Bucket=aws["INGEST_BUCKET"])["Versions"]
-    keys = [version["Key"] for version in versions]
-    # 11 tables, 3 manifests, 2 later orders (each with its captured-keys list for the next
-    # sweep), and the first run's key sweep of each table.
-    assert len(keys) == len(set(keys)) == 11 + 3 + 2 * 2 + 11
+    written = [version["Key"] for version in versions]
+    # 11 tables, 3 manifests and their 3 successor claims, 2 later orders (each with its
+    # captured-keys list for the next sweep), and the first run's key sweep of each table.
+    assert len(written) == len(set(written)) == 11 + 3 * 2 + 2 * 2 + 11
     assert conditions and set(conditions) == {"*"}
 
 

@@ -5,7 +5,7 @@ evaluates the handlers' calls as these requests, so both must be what AWS would 
 """
 import pytest
 
-from totes_local import iam
+from totes_local import iam, pandas_layer
 from totes_local.iam_policy import Request, as_list, evaluate
 
 UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
@@ -185,3 +185,13 @@ def test_a_log_stream_of_the_functions_own_group_is_allowed_and_another_groups_i
         for name in ("ingest", "load"))
     assert evaluate(own, policies).allowed
     assert not evaluate(other, policies).allowed
+
+
+def test_a_pandas_function_resolves_the_regions_mapped_layer_unless_the_parameter_is_set():
+    layers = TEMPLATE.properties("TransformFunction")["Layers"]
+    assert layers[0] == pandas_layer.RELEASE.arn("eu-west-2")
+    given = "arn:aws:lambda:eu-west-2:123456789012:layer:mine:1"
+    overridden = iam.StackTemplate(iam.Stack(
+        name="totes-pipeline", uuid=UUID, parameters={**STACK.parameters,
+                                                      "PandasLayerArn": given}))
+    assert overridden.properties("LoadFunction")["Layers"][0] == given

@@ -262,12 +262,6 @@ def test_keys_that_are_not_ingest_manifests_are_acknowledged_and_ignored():
     assert processed_keys() == []
 
 
-def test_event_keys_are_url_decoded():
-    event = {"Records": [{"s3": {"object": {"key": "a+b/c%3Ad.json"}}}]}
-    assert app.event_keys(event) == ["a b/c:d.json"]
-    assert app.event_keys({}) == []
-
-
 # --- propagation across runs -----------------------------------------------------------------
 
 def test_address_change_in_a_later_run_updates_location_and_its_counterparties():
