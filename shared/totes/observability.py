@@ -61,7 +61,7 @@ def stray_object(bucket: str, key: str) -> None:
         return
     _strays.add((bucket, key))
     service_logger().warning("stray object ignored: its key is not of the layout listed here; "
-                             "nothing reads it (docs/runbook.md, \"StrayObjects\")",
+                             "nothing reads it (docs/runbook.md, \"Stray objects\")",
                              extra={"bucket": bucket, "key": key})
 
 
