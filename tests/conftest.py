@@ -19,9 +19,13 @@ from totes_local import stack
 
 @pytest.fixture(autouse=True)
 def fresh_clients():
-    """Drop cached boto3 clients and secrets so each test sees its own AWS and credentials."""
+    """Drop cached boto3 clients and secrets so each test sees its own AWS and credentials.
+
+    The stray objects seen are forgotten too, as at the start of every invocation.
+    """
     storage.s3_client.cache_clear()
     parameters.clear_caches()
+    observability.forget_strays()
     yield
     storage.s3_client.cache_clear()
     parameters.clear_caches()

@@ -17,15 +17,22 @@ ports of the host, for as long as it runs (Ctrl-C stops it):
 
 Both servers listen on each ``--bind`` address (127.0.0.1 by default; ``make
 invoke`` adds the Docker bridge's host address, where a container on the bridge
-reaches its host): the PostgreSQL trusts every connection without a password and
-moto accepts any credentials, so never bind all interfaces or a network you do
-not trust (README, "Invoking a function with ``sam local invoke``").
+reaches its host). The relay turns every TCP connection into a connection on the
+server's socket, which pgserver trusts: so before the relay listens, the superuser
+gets a password generated for this start (:func:`require_password`) and the socket
+asks for it. The password is printed once and is in the secrets the functions
+read; no other copy is kept, and the next start makes a new one. moto accepts any
+credentials, so never bind all interfaces or a network you do not trust (README,
+"Invoking a function with ``sam local invoke``").
 """
 import argparse
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
+import os
+import secrets as tokens
 import selectors
 import shutil
 import signal
@@ -39,6 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import pg8000.native
+
+from totes import db
 from totes_local import generator, stack
 
 MOTO_PORT = 5055
@@ -100,11 +110,62 @@ class LocalStack:
     moto_endpoint: str
     postgres_address: tuple[str, int]
     secrets: dict[str, dict[str, Any]]
+    #: the superuser's password for this start (shown once; in the secrets too).
+    password: str
 
 
-def container_secret(dbname: str, host: str, port: int) -> dict[str, Any]:
-    """The secret of ``dbname`` as a container reaches it: TCP, no password, no TLS."""
-    return {"host": host, "port": port, "username": "postgres", "password": stack.NO_PASSWORD,
+#: pg_hba.conf while the stack sets its password: the socket, reachable only by the data
+#: directory's owner (PostgreSQL keeps it mode 0700), trusts its owner; nothing else listens yet.
+_HBA_OWNER_TRUSTED = "local all all trust\n"
+#: pg_hba.conf while the relay serves: every connection, relayed or not, gives the password.
+_HBA_SCRAM = "local all all scram-sha-256\n"
+#: seconds to wait for the server to apply a changed pg_hba.conf (it does so asynchronously).
+HBA_APPLIED_WITHIN = 10.0
+
+
+def _hba_applied(postgres: stack.Postgres, password_required: bool) -> bool:
+    """Tell whether the server is as asked: a wrong password refused, or let in on trust."""
+    guess = dataclasses.replace(postgres, password="not the password")  # nosec B106
+    try:
+        guess.connect("postgres").close()
+    except (db.DatabaseUnavailableError, pg8000.native.DatabaseError,
+            pg8000.native.InterfaceError):
+        return password_required
+    return not password_required
+
+
+def _apply_hba(postgres: stack.Postgres, rules: str, password_required: bool) -> None:
+    """Write ``rules`` as the server's pg_hba.conf, have it reload, wait until they hold."""
+    Path(postgres.socket_dir, "pg_hba.conf").write_text(rules)
+    os.kill(postgres.server.get_pid(), signal.SIGHUP)  # what pg_ctl reload does
+    deadline = time.monotonic() + HBA_APPLIED_WITHIN
+    while not _hba_applied(postgres, password_required):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server in {postgres.socket_dir} did not apply pg_hba.conf")
+        time.sleep(0.1)
+
+
+def require_password(postgres: stack.Postgres, password: str) -> stack.Postgres:
+    """Give the superuser ``password`` and make the server ask every connection for it.
+
+    A data directory an earlier start left asking for a password it no longer
+    knows is first opened to its owner only (the socket's directory is theirs alone),
+    so no password is ever stored. Returns the server as seen with the password.
+    """
+    _apply_hba(postgres, _HBA_OWNER_TRUSTED, password_required=False)
+    conn = postgres.connect("postgres")
+    try:
+        conn.run(f"ALTER ROLE {db.quote_ident(postgres.user)} "
+                 f"PASSWORD {pg8000.native.literal(password)}")
+    finally:
+        conn.close()
+    _apply_hba(postgres, _HBA_SCRAM, password_required=True)
+    return dataclasses.replace(postgres, password=password)
+
+
+def container_secret(dbname: str, host: str, port: int, password: str) -> dict[str, Any]:
+    """The secret of ``dbname`` as a container reaches it: TCP, the stack's password, no TLS."""
+    return {"host": host, "port": port, "username": "postgres", "password": password,
             "dbname": dbname, "engine": "postgres",
             # No TLS on the local stack's PostgreSQL (pgserver is built without OpenSSL); the
             # deployed default, verify-full, would refuse it. Local only.
@@ -123,7 +184,7 @@ def serve(data_dir: Path, *, binds: Sequence[str] = ("127.0.0.1",), moto_port: i
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    postgres = stack.start_postgres(data_dir)
+    postgres = require_password(stack.start_postgres(data_dir), tokens.token_urlsafe(24))
     relays: list[_Relay] = []
     motos: list[ThreadedMotoServer] = []
     try:
@@ -137,10 +198,10 @@ def serve(data_dir: Path, *, binds: Sequence[str] = ("127.0.0.1",), moto_port: i
             moto.start()
             motos.append(moto)
         endpoint = f"http://{binds[0]}:{moto_port}"
-        secrets = {stack.TOTESYS_SECRET: container_secret("totesys", container_host,
-                                                          postgres_port),
-                   stack.WAREHOUSE_SECRET: container_secret("warehouse", container_host,
-                                                            postgres_port)}
+        secrets = {name: container_secret(dbname, container_host, postgres_port,
+                                          postgres.password)
+                   for name, dbname in ((stack.TOTESYS_SECRET, "totesys"),
+                                        (stack.WAREHOUSE_SECRET, "warehouse"))}
         for name in DATABASES:
             postgres.recreate_database(name)
         with stack.environment(stack.aws_environment(endpoint)):
@@ -151,7 +212,7 @@ def serve(data_dir: Path, *, binds: Sequence[str] = ("127.0.0.1",), moto_port: i
             generator.generate(conn, scale=scale, seed=seed)
         finally:
             conn.close()
-        yield LocalStack(endpoint, (binds[0], postgres_port), secrets)
+        yield LocalStack(endpoint, (binds[0], postgres_port), secrets, postgres.password)
     finally:
         for moto in motos:
             moto.stop()
@@ -255,8 +316,8 @@ def run(args: argparse.Namespace) -> int:
         print("no Docker bridge address on this machine: listening on loopback only",
               file=sys.stderr, flush=True)
     if any(address in ("0.0.0.0", "::", "") for address in binds):  # nosec B104: a refusal
-        raise SystemExit("totes local-stack: refusing to listen on all interfaces (the "
-                         "PostgreSQL trusts every connection); give each address with --bind")
+        raise SystemExit("totes local-stack: refusing to listen on all interfaces (moto "
+                         "accepts any credentials); give each address with --bind")
     with serve(args.data_dir, binds=binds, moto_port=args.moto_port,
                postgres_port=args.postgres_port, container_host=args.container_host,
                scale=args.scale) as served:
@@ -266,6 +327,8 @@ def run(args: argparse.Namespace) -> int:
               f"PostgreSQL (totesys seeded, warehouse empty): port {port} on the same "
               f"addresses, relayed to the "
               f"embedded server in {args.data_dir}\n"
+              f"PostgreSQL user postgres, password {served.password} (shown once: made for "
+              "this start, kept only in the secrets below)\n"
               f"buckets {stack.INGEST_BUCKET}, {stack.PROCESSED_BUCKET}; secrets "
               + json.dumps(sorted(served.secrets)) + f" (host {args.container_host})\n"
               f"{READY} in {time.perf_counter() - started:.1f} s; Ctrl-C stops it", flush=True)

@@ -236,7 +236,9 @@ def start_stack(command: Sequence[str], log: Path,
                 timeout: float = 180.0) -> subprocess.Popen[bytes]:
     """Run the local stack in the background (its output in ``log``) until it is ready."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as out:
+    # Yours only: the stack prints its PostgreSQL password there.
+    with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+        log.chmod(0o600)
         process = subprocess.Popen(  # nosec B603
             list(command), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout

@@ -40,11 +40,13 @@ class Postgres:
     socket_dir: str
     port: int = 5432
     user: str = "postgres"
+    #: the superuser's password: none, except where ``totes local-stack`` set one.
+    password: str = NO_PASSWORD
 
     def secret(self, dbname: str) -> dict[str, Any]:
         """The RDS-shaped secret for ``dbname`` on this server."""
         return {"host": self.socket_dir, "port": self.port, "username": self.user,
-                "password": NO_PASSWORD, "dbname": dbname, "engine": "postgres"}
+                "password": self.password, "dbname": dbname, "engine": "postgres"}
 
     def connect(self, dbname: str) -> pg8000.native.Connection:
         """Open a direct connection (set-up, generation, assertions): no statement timeout."""

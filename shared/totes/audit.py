@@ -23,7 +23,6 @@ A dimension row whose source row is gone stays in its dimension by design (facts
 point at it): it is counted as ``retained``, not as a mismatch, as are
 ``dim_date`` rows no fact uses any more.
 """
-import gzip
 import json
 from contextlib import suppress
 from dataclasses import dataclass, field, fields
@@ -52,6 +51,9 @@ MAX_EXAMPLES = 5
 MAX_IN_FLIGHT = 100_000
 #: leaf rows fetched per table (both sides together) at most; beyond, counted from counts.
 MAX_LEAF_ROWS = 200_000
+#: ingest manifests followed back from the capture point to a key sweep, at most: a week of
+#: runs every five minutes, far beyond any sweep interval in use.
+MAX_WALK = 2_016
 
 
 class ObjectStore(Protocol):
@@ -61,13 +63,7 @@ class ObjectStore(Protocol):
         """Return the parsed content of the JSON object at ``key``."""
 
     def lines(self, key: str) -> Iterator[bytes]:
-        """Yield the non-empty lines of a gzip object (a key list), streamed."""
-
-
-def _gunzipped_lines(raw: Any) -> Iterator[bytes]:
-    for line in gzip.GzipFile(fileobj=raw, mode="rb"):
-        if line.strip():
-            yield line
+        """Yield the non-empty lines of a gzip object (a key list), streamed and bounded."""
 
 
 class BucketStore:
@@ -83,7 +79,8 @@ class BucketStore:
 
     def lines(self, key: str) -> Iterator[bytes]:
         """Stream a gzip object's lines, never holding it whole."""
-        return _gunzipped_lines(storage.open_stream(self.bucket, key))
+        return sweep.key_lines(storage.open_stream(self.bucket, key),
+                               f"s3://{self.bucket}/{key}")
 
 
 class DirectoryStore:
@@ -100,7 +97,7 @@ class DirectoryStore:
     def lines(self, key: str) -> Iterator[bytes]:
         """Stream a gzip file's lines."""
         with (self.root / key).open("rb") as raw:
-            yield from _gunzipped_lines(raw)
+            yield from sweep.key_lines(raw, str(self.root / key))
 
 
 # --------------------------------------------------------------------------- capture point
@@ -140,6 +137,15 @@ class CapturePointError(errors.InputError, RuntimeError):
     """
 
 
+class ManifestWalkError(errors.InputError, RuntimeError):
+    """The chain of ``previous_manifest`` back to a key sweep is longer than :data:`MAX_WALK`.
+
+    Each step is checked to go strictly back in time, so the chain cannot loop;
+    one this long means a sweep far older than any interval in use, or manifests
+    that were forged. A person must look at the manifests named.
+    """
+
+
 def _recorded_snapshot(conn: pg8000.native.Connection, key: str) -> str | None:
     """The capture snapshot the load recorded with ``key`` (None before loads recorded it)."""
     recorded = conn.run("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE "
@@ -165,7 +171,7 @@ def capture_point(conn: pg8000.native.Connection, store: ObjectStore) -> Capture
     key = warehouse.last_loaded_key(conn) if exists else None
     if key is None:
         return CapturePoint(None, None)
-    manifest = IngestManifest.parse(store.read_json(key))
+    manifest = IngestManifest.read(store.read_json(key), key)
     recorded = _recorded_snapshot(conn, key)
     if recorded is not None and manifest.snapshot is not None and recorded != str(
             manifest.snapshot):
@@ -178,19 +184,31 @@ def capture_point(conn: pg8000.native.Connection, store: ObjectStore) -> Capture
 
 def _runs_after_sweep(store: ObjectStore, point: CapturePoint,
                       sweep_run: str) -> Iterator[IngestManifest]:
-    """The loaded ingest manifests newer than the sweep's run, newest first."""
+    """The loaded ingest manifests newer than the sweep's run, newest first.
+
+    Each manifest is read with its references checked (its ``previous_manifest``
+    strictly before it), so the walk only goes back in time, and it stops with
+    :class:`ManifestWalkError` after :data:`MAX_WALK` manifests.
+    """
     sweep_key = keys.manifest_key(keys.parse_run_id(sweep_run))
     key, manifest = point.manifest_key, point.manifest
+    walked = 0
     while key is not None and key > sweep_key and manifest is not None:
         yield manifest
+        walked += 1
         key = manifest.previous_manifest
-        manifest = None if key is None or key <= sweep_key else IngestManifest.parse(
-            store.read_json(key))
+        if key is None or key <= sweep_key:
+            return
+        if walked >= MAX_WALK:
+            raise ManifestWalkError(
+                f"{point.manifest_key}: more than {MAX_WALK:,} manifests back to the key sweep "
+                f"of run {sweep_run} (stopped at {key}); the audit compared nothing")
+        manifest = IngestManifest.read(store.read_json(key), key)
 
 
 def _stored_keys(store: ObjectStore, key: str) -> Iterator[int]:
-    for line in store.lines(key):
-        yield from sweep.parse_block(line)
+    for block in sweep.parse_blocks(store.lines(key), key):
+        yield from block
 
 
 def deleted_in_flight(store: ObjectStore, point: CapturePoint, table: str,

@@ -16,6 +16,7 @@ ships in the layer (:data:`LAYER_CA_BUNDLE`). Credentials are never logged: erro
 name the secret id and the missing keys, never values.
 """
 import os
+import re
 import ssl
 from contextlib import suppress
 from pathlib import Path
@@ -34,6 +35,11 @@ DEFAULT_SSLMODE = "verify-full"
 # shipped in the shared layer: /opt/python/totes/rds-ca-bundle.pem inside Lambda.
 LAYER_CA_BUNDLE = Path(__file__).with_name("rds-ca-bundle.pem")
 CONNECT_TIMEOUT_SECONDS = 15
+#: fields of a server error that name things (severity, SQLSTATE, message, schema, table,
+#: column, data type, constraint); the rest (detail "Failing row contains (...)", the COPY
+#: line in "where", hints, the internal query) may quote row values and are dropped.
+_NAMING_FIELDS = ("S", "C", "M", "s", "t", "c", "d", "n")
+_QUOTED = re.compile(r'"((?:[^"]|"")*)"')
 
 
 class SecretFormatError(InputError, ValueError):
@@ -206,6 +212,30 @@ def connect_with(secret: Mapping[str, Any], source: str, *,
             f"cannot connect to database {kwargs['database']} at {where} "
             f"({source}): {reason}"
         ) from None
+
+
+def drop_row_values(error: BaseException | None) -> None:
+    """Strip the row values a server error (and every error it was raised from) may quote.
+
+    pg8000 carries the server's whole error report, whose detail is "Failing row
+    contains (...)" for a constraint violation and whose message quotes a value it
+    cannot parse; logged, both put personal data in CloudWatch. What remains names
+    the table, column and constraint, which is what a person needs to act. In place,
+    so the traceback and the kind of the error stay as they were.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, pg8000.native.DatabaseError) and error.args and isinstance(
+                error.args[0], dict):
+            fields = error.args[0]
+            names = {fields.get(name) for name in ("s", "t", "c", "d", "n")}
+            kept = {name: fields[name] for name in _NAMING_FIELDS if name in fields}
+            if "M" in kept:
+                kept["M"] = _QUOTED.sub(
+                    lambda quoted: quoted[0] if quoted[1] in names else '"…"', str(kept["M"]))
+            error.args = (kept, *error.args[1:])
+        error = error.__cause__ or error.__context__
 
 
 def quote_ident(name: str) -> str:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import Enum
-from typing import Iterator, TypedDict
+from typing import Any, Iterator, TypedDict
 
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -32,7 +32,7 @@ from totes.capture_mode import CaptureMode, CaptureRequest, IngestSettings
 from totes.errors import TransientError
 from totes.extract import SourceLockTimeoutError
 from totes.logical_capture import LogicalCapture
-from totes.manifest import IngestManifest, LogicalPosition, TableEntry
+from totes.manifest import IngestManifest, LogicalPosition, ManifestError, TableEntry
 from totes.snapshot_capture import SnapshotCapture
 from totes.stage import Deadline, Metric
 
@@ -169,6 +169,23 @@ def _check_still_newest(bucket: str, previous_key: str | None) -> None:
             "the next run continues from the newer manifest")
 
 
+def _check_claim(claim_key: str, claim: Any, previous_key: str | None) -> None:
+    """Refuse a claim that would have this run write anything but the successor manifest.
+
+    A claim names the key this run writes on its winner's behalf, so it is read like any
+    stored manifest: the key must be a manifest key, the manifest must check against it
+    (:meth:`IngestManifest.read`) and follow the same predecessor; else a ManifestError
+    naming the claim, and nothing is written.
+    """
+    try:
+        key = claim["manifest_key"]
+        claimed = IngestManifest.read(claim["manifest"], key)
+    except (KeyError, TypeError, ManifestError) as error:
+        raise ManifestError(f"{claim_key}: not a successor claim ingest writes ({error})") from None
+    if claimed.previous_manifest != previous_key:
+        raise ManifestError(f"{claim_key}: claims {key}, which does not follow {previous_key}")
+
+
 def _claim_succession(bucket: str, manifest_key: str, manifest: IngestManifest) -> None:
     """Become the one run that commits after ``manifest.previous_manifest``, or abort.
 
@@ -193,6 +210,7 @@ def _claim_succession(bucket: str, manifest_key: str, manifest: IngestManifest) 
         claim = storage.read_json(bucket, claim_key)
     if claim["manifest_key"] == manifest_key:
         return
+    _check_claim(claim_key, claim, manifest.previous_manifest)
     try:
         storage.put_new_json(bucket, claim["manifest_key"], claim["manifest"])
     except storage.ObjectAlreadyExistsError:
@@ -208,7 +226,8 @@ def _capture(settings: IngestSettings, run: keys.RunId,
     """Capture the changes since the newest manifest; return the manifest that commits them."""
     previous_key = storage.latest_manifest_key(settings.bucket)
     previous = (None if previous_key is None
-                else IngestManifest.parse(storage.read_json(settings.bucket, previous_key)))
+                else IngestManifest.read(storage.read_json(settings.bucket, previous_key),
+                                         previous_key))
     logger.info("ingest run started", extra={
         "run_id": str(run), "previous_manifest": previous_key,
         "previous_snapshot": None if previous is None or previous.snapshot is None

@@ -3,6 +3,11 @@
 Run stamps are compact UTC (``20241115T142009123Z``): no ``:`` or ``+`` for S3
 events to URL-encode, and lexical order is time order, so "the latest" is a
 listing away and never needs a clock comparison.
+
+Anyone who may write to a bucket can drop any object into it, so a key is only
+ever taken for what it looks like when it matches its layout exactly: ASCII
+digits and hex (``re.ASCII``: a Unicode digit is not a digit here), the whole key
+(``fullmatch``: no trailing newline), and date folders equal to the run's date.
 """
 import re
 import secrets
@@ -15,9 +20,13 @@ CLAIM_PREFIX = "_claims/"
 REFERENCE_PREFIX = "_reference/"
 SWEEP_PREFIX = "_sweeps/"
 _STAMP_FORMAT = "%Y%m%dT%H%M%S"
-_MANIFEST_KEY = re.compile(
-    r"^_manifests/\d{4}/\d{2}/\d{2}/(?P<stamp>\d{8}T\d{9}Z)-(?P<run_id>[0-9a-f]+)\.json$"
-)
+_RUN = r"(?P<date>\d{4}/\d{2}/\d{2})/(?P<stamp>\d{8}T\d{9}Z)-(?P<suffix>[0-9a-f]+)"
+_RUN_ID = re.compile(r"(?P<stamp>\d{8}T\d{9}Z)-(?P<suffix>[0-9a-f]+)", re.ASCII)
+_MANIFEST_KEY = re.compile(rf"_manifests/{_RUN}\.json", re.ASCII)
+_DATA_KEY = re.compile(
+    rf"(?P<table>[a-z_]+)/{_RUN}(?P<deleted>-deleted)?-\d{{5}}\.jsonl", re.ASCII)
+_SWEEP_KEY = re.compile(
+    rf"_sweeps/(?P<table>[a-z_]+)/{_RUN}(?P<captured>-captured)?\.keys\.gz", re.ASCII)
 
 
 @dataclass(frozen=True, order=True)
@@ -73,6 +82,14 @@ def manifest_key(run: RunId) -> str:
     return f"{MANIFEST_PREFIX}{run.date_path}/{run}.json"
 
 
+def _run_of(match: "re.Match[str] | None") -> RunId | None:
+    """The run a full match of a key layout names, when its date folders are the run's date."""
+    if match is None:
+        return None
+    run = RunId(match["stamp"], match["suffix"])
+    return run if match["date"] == run.date_path else None
+
+
 def successor_claim_key(previous_manifest: str | None) -> str:
     """Key of the claim on the one run that may commit after ``previous_manifest``.
 
@@ -89,17 +106,45 @@ def successor_claim_key(previous_manifest: str | None) -> str:
 
 
 def parse_manifest_key(key: str) -> RunId | None:
-    """Return the run a manifest key names, or None for any other key."""
-    match = _MANIFEST_KEY.match(key)
-    return RunId(match["stamp"], match["run_id"]) if match else None
+    """Return the run a manifest key names, or None for any other key (a stray object)."""
+    return _run_of(_MANIFEST_KEY.fullmatch(key))
+
+
+def is_manifest_key(key: str) -> bool:
+    """Tell whether ``key`` is exactly a manifest key (what listings of ``_manifests/`` keep)."""
+    return parse_manifest_key(key) is not None
+
+
+def parse_sweep_key(key: str, *, captured: bool = False) -> tuple[str, RunId] | None:
+    """Return (table, run) of a key sweep's key (or, with ``captured``, a captured-keys key).
+
+    None for any other key: a manifest that points elsewhere is refused by its reader.
+    """
+    match = _SWEEP_KEY.fullmatch(key)
+    run = _run_of(match)
+    if match is None or run is None or bool(match["captured"]) != captured:
+        return None
+    return match["table"], run
+
+
+def parse_data_key(key: str, *, deleted: bool = False) -> tuple[str, RunId] | None:
+    """Return (table, run) of an ingest data key (or, with ``deleted``, a deletions key).
+
+    None for any other key: a manifest that lists another key is refused by its reader.
+    """
+    match = _DATA_KEY.fullmatch(key)
+    run = _run_of(match)
+    if match is None or run is None or bool(match["deleted"]) != deleted:
+        return None
+    return match["table"], run
 
 
 def parse_run_id(text: str) -> RunId:
     """Inverse of ``str(RunId)``: ``<stamp>-<suffix>`` back to the run it names."""
-    stamp_text, _, suffix = text.partition("-")
-    if not re.fullmatch(r"\d{8}T\d{9}Z", stamp_text) or not re.fullmatch(r"[0-9a-f]+", suffix):
+    match = _RUN_ID.fullmatch(text)
+    if match is None:
         raise ValueError(f"{text!r} is not a run id")
-    return RunId(stamp_text, suffix)
+    return RunId(match["stamp"], match["suffix"])
 
 
 def attempt_data_key(table: str, run: RunId, attempt: str, part: int, extension: str) -> str:

@@ -237,7 +237,7 @@ def freshness_seconds(ingest_bucket: str, loaded_through: str | None, now: datet
     oldest = next(storage.manifest_keys_after(ingest_bucket, loaded_through), None)
     if oldest is None:
         return 0.0
-    manifest = IngestManifest.parse(storage.read_json(ingest_bucket, oldest))
+    manifest = IngestManifest.read(storage.read_json(ingest_bucket, oldest), oldest)
     started = timestamps.parse_instant(manifest.started_at)
     return max(0.0, (now - started).total_seconds())
 
@@ -275,6 +275,7 @@ def _guarded(key: str, what: str, step: Callable[[], warehouse.TableLoad]) -> wa
     try:
         return step()
     except Exception as error:
+        db.drop_row_values(error)
         raise LoadError(f"manifest {key}: loading {what} failed: {error}",
                         key, getattr(error, "object_key", None)) from error
 
@@ -449,6 +450,7 @@ def _load_pending(conn: pg8000.native.Connection, settings: LoadSettings, report
             loaded = load_manifest(conn, processed_bucket, key, manifest, settings.batch_rows,
                                    processed_key=processed_key)
         except Exception as error:
+            db.drop_row_values(error)
             report.stuck = key if errors.kind_of(error) == errors.INPUT else None
             logger.exception("load failed", extra={
                 "manifest": key, "processed_manifest": processed_key,

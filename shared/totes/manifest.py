@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Mapping
 
-from totes import timestamps
+from totes import keys, timestamps
 from totes.capture import Snapshot, SnapshotFormatError, SourceIdentity, TableCursor
 from totes.errors import InputError
 from totes.pgoutput import parse_lsn
@@ -272,6 +272,54 @@ class IngestManifest:
         except (KeyError, TypeError, ValueError, SnapshotFormatError) as error:
             raise ManifestError(
                 f"malformed {kind} manifest: {type(error).__name__}: {error}") from None
+
+    @classmethod
+    def read(cls, document: Any, key: str) -> "IngestManifest":
+        """Read the ingest manifest stored at ``key``: :meth:`parse`, then its references.
+
+        What every reader of a bucket calls: a manifest found at ``key`` is only
+        trusted as far as :meth:`check_references` allows.
+        """
+        manifest = cls.parse(document)
+        manifest.check_references(key)
+        return manifest
+
+    def check_references(self, key: str) -> None:
+        """Refuse a manifest at ``key`` that names any object outside its own place in time.
+
+        Readers follow what a manifest names (the previous manifest, data files,
+        key sweeps, captured keys), so each must be a key of its layout, of the
+        table it is listed under, and written no later than the manifest: data,
+        deletions and captured keys by this run, a sweep by this run or an earlier
+        one, the previous manifest strictly before this one. So a forged or stray
+        manifest cannot send a reader round a cycle, into another prefix or into
+        an object written later. A breach is a :class:`ManifestError` naming both.
+        """
+        run = keys.parse_manifest_key(key)
+        if run is None or str(run) != self.run_id:
+            raise ManifestError(f"{key}: run_id {self.run_id!r} is not the run its key names")
+        previous = self.previous_manifest
+        if previous is not None and not (isinstance(previous, str)
+                                         and keys.is_manifest_key(previous) and previous < key):
+            raise ManifestError(f"{key}: previous_manifest {previous!r} is not a manifest key "
+                                "before this one")
+        for table, entry in self.tables.items():
+            named = [(file.key, keys.parse_data_key(file.key)) for file in entry.files]
+            named += [(file.key, keys.parse_data_key(file.key, deleted=True))
+                      for file in entry.deleted]
+            if entry.captured_keys is not None:
+                named.append((entry.captured_keys,
+                              keys.parse_sweep_key(str(entry.captured_keys), captured=True)))
+            for reference, found in named:
+                if found != (table, run):
+                    raise ManifestError(f"{key}: {table} names {reference!r}, which is not a key "
+                                        f"of {table} written by this run")
+            swept = None if entry.sweep is None else keys.parse_sweep_key(entry.sweep.key)
+            if entry.sweep is not None and (swept is None or swept[0] != table or str(
+                    swept[1]) != entry.sweep.run_id or swept[1] > run):
+                raise ManifestError(f"{key}: the key sweep of {table}, {entry.sweep.key!r}, is not "
+                                    f"one of {table} by run {entry.sweep.run_id} at or before "
+                                    "this one")
 
     @classmethod
     def _parse(cls, document: Mapping[str, Any], kind: str) -> "IngestManifest":

@@ -5,6 +5,12 @@ Service name and metrics namespace come from the Powertools variables
 sets in Globals; the defaults keep local runs and tests working without them.
 Per-table metrics use ``single_metric`` so each carries its own ``table``
 dimension instead of leaking it onto the run-level metrics.
+
+Stray objects (keys under a prefix the pipeline lists that do not match its
+layout, see :mod:`totes.storage`) are reported here: one WARNING per key per
+invocation, however often the invocation lists it, and their number as the
+``StrayObjects`` metric of the invocation, so an operator notices them without
+the pipeline ever reading one.
 """
 import functools
 import os
@@ -18,6 +24,8 @@ from totes import errors
 
 DEFAULT_SERVICE = "totes"
 DEFAULT_NAMESPACE = "TotesPipeline"
+#: the stray objects seen in this invocation, (bucket, key): each is logged once.
+_strays: set[tuple[str, str]] = set()
 
 R = TypeVar("R")
 #: a Lambda handler: the event (decoded JSON) and the invocation's context, to its response.
@@ -42,12 +50,38 @@ def metrics_for() -> Metrics:
     return Metrics(namespace=_namespace(), service=_service())
 
 
+def stray_object(bucket: str, key: str) -> None:
+    """Report an object that a listing passed over because its key is not of the layout.
+
+    The first sighting in an invocation logs a WARNING naming the key (a person
+    should look at it: an upload to the wrong place, or someone forging keys);
+    later ones are counted already. Nothing is ever read from it.
+    """
+    if (bucket, key) in _strays:
+        return
+    _strays.add((bucket, key))
+    service_logger().warning("stray object ignored: its key is not of the layout listed here; "
+                             "nothing reads it (docs/runbook.md, \"Stray objects\")",
+                             extra={"bucket": bucket, "key": key})
+
+
+def stray_objects() -> int:
+    """The number of distinct stray objects reported since the invocation began."""
+    return len(_strays)
+
+
+def forget_strays() -> None:
+    """Start a new invocation's count: a warm container logs each stray again, once."""
+    _strays.clear()
+
+
 def instrument(stage: str, logger: Logger,
                metrics: Metrics) -> Callable[[Handler[R]], Handler[R]]:
     """Wrap a Lambda handler the same way in every function.
 
     Each invocation starts from a clean log state carrying the Lambda context and
-    its ``stage``, and flushes its metrics when it returns or raises. The stage is
+    its ``stage``, and flushes its metrics when it returns or raises, with the number
+    of stray objects it passed over (``StrayObjects``) when there were any. The stage is
     set per invocation, not per logger: every Powertools logger of a service shares
     one formatter, so a key fixed at import time would be the first function's
     wherever functions share a process (the local runner, the tests). A failure
@@ -57,11 +91,16 @@ def instrument(stage: str, logger: Logger,
         @functools.wraps(handler)
         def with_stage(event: dict[str, Any], context: LambdaContext) -> R:
             logger.append_keys(stage=stage)
+            forget_strays()
             try:
                 return handler(event, context)
             except Exception as error:
                 _report_failure(logger, metrics, error)
                 raise
+            finally:
+                if stray_objects():
+                    metrics.add_metric(name="StrayObjects", unit=MetricUnit.Count,
+                                       value=stray_objects())
 
         return logger.inject_lambda_context(clear_state=True)(metrics.log_metrics(with_stage))
 

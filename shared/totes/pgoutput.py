@@ -382,7 +382,8 @@ class RowShape:
                     "value) and no earlier value of it was found")
             rendered = "null" if value is None else _RENDERERS[kind](str(value))
             if rendered is None:
-                raise DecodeError(f"{self.table}.{name} holds a value that is not a "
-                                  f"{kind} the warehouse can carry")
+                raise DecodeError(f"{self.table}.{name} holds a value that is not a {kind} "
+                                  "the warehouse can carry (not shown: row values stay out of "
+                                  "logs)")
             parts.append(json_key + rendered)
         return ("{" + ",".join(parts) + "}\n").encode("utf-8")

@@ -6,25 +6,41 @@ refuse any other write. Each write carries a SHA-256 checksum, which S3 verifies
 which Object Lock's default retention (on both buckets unless turned off) requires.
 Clients are created plainly so the standard ``AWS_ENDPOINT_URL`` points them at a
 local moto server.
+
+A listing that looks for objects of one layout (manifests) takes an ``accept``
+test from :mod:`totes.keys` and keeps only the keys that pass it: anything else
+under the prefix (a note an operator uploaded, a forged key) is a *stray*,
+reported once per invocation (:func:`totes.observability.stray_object`) and
+never read, so it can neither stop a stage nor steer it.
 """
 import json
 from functools import lru_cache
-from typing import IO, TYPE_CHECKING, Any, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 import boto3
 from botocore.exceptions import ClientError
 
-from totes.errors import TransientError
-from totes.keys import MANIFEST_PREFIX
+from totes.errors import InputError, TransientError
+from totes.keys import MANIFEST_PREFIX, is_manifest_key
+from totes.observability import stray_object
 
 if TYPE_CHECKING:  # boto3-stubs, a development dependency: the Lambda runtime has no stubs
     from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import ListObjectsV2RequestPaginateTypeDef
 
+#: tells a key of the layout a listing looks for from a stray object.
+KeyTest = Callable[[str], bool]
+#: the largest JSON object read whole: manifests and markers are kilobytes.
+MAX_JSON_BYTES = 64 << 20
+
 
 class ObjectAlreadyExistsError(TransientError, FileExistsError):
     """A conditional write found the key taken: the object is never replaced."""
+
+
+class ObjectTooLargeError(InputError, ValueError):
+    """An object read whole is larger than any the pipeline writes: a person must look at it."""
 
 
 @lru_cache(maxsize=1)
@@ -64,8 +80,16 @@ def read_bytes(bucket: str, key: str) -> bytes:
 
 
 def read_json(bucket: str, key: str) -> Any:
-    """Return a JSON object's parsed content."""
-    return json.loads(read_bytes(bucket, key))
+    """Return a JSON object's parsed content, refusing one beyond :data:`MAX_JSON_BYTES`.
+
+    At most one byte more than the bound is read, so an object planted to exhaust
+    the function's memory costs a bounded read and an input error naming it.
+    """
+    body: bytes = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read(MAX_JSON_BYTES + 1)
+    if len(body) > MAX_JSON_BYTES:
+        raise ObjectTooLargeError(f"s3://{bucket}/{key} is larger than {MAX_JSON_BYTES:,} bytes, "
+                                  "beyond any JSON object the pipeline writes; not read")
+    return json.loads(body)
 
 
 def open_stream(bucket: str, key: str) -> "StreamingBody":
@@ -73,14 +97,21 @@ def open_stream(bucket: str, key: str) -> "StreamingBody":
     return s3_client().get_object(Bucket=bucket, Key=key)["Body"]
 
 
-def list_keys(bucket: str, prefix: str, start_after: str | None = None) -> Iterator[str]:
-    """Yield keys under ``prefix`` in lexical order, optionally after ``start_after``."""
+def list_keys(bucket: str, prefix: str, start_after: str | None = None,
+              accept: KeyTest | None = None) -> Iterator[str]:
+    """Yield keys under ``prefix`` in lexical order, optionally after ``start_after``.
+
+    With ``accept``, only the keys it accepts; the others are reported as strays.
+    """
     kwargs: "ListObjectsV2RequestPaginateTypeDef" = {"Bucket": bucket, "Prefix": prefix}
     if start_after:
         kwargs["StartAfter"] = start_after
     for page in s3_client().get_paginator("list_objects_v2").paginate(**kwargs):
         for item in page.get("Contents", ()):
-            yield item["Key"]
+            if accept is None or accept(item["Key"]):
+                yield item["Key"]
+            else:
+                stray_object(bucket, item["Key"])
 
 
 def _children(bucket: str, prefix: str) -> list[str]:
@@ -93,8 +124,12 @@ def _children(bucket: str, prefix: str) -> list[str]:
     return sorted(children, reverse=True)
 
 
-def newest_key(bucket: str, prefix: str, below: str | None = None) -> str | None:
+def newest_key(bucket: str, prefix: str, below: str | None = None,
+               accept: KeyTest | None = None) -> str | None:
     """Return the greatest key under ``prefix`` (strictly less than ``below`` when given).
+
+    With ``accept``, the greatest key it accepts: the others are reported as strays
+    and passed over, so a stray never hides the keys below it.
 
     It descends the date folders (year, month, day: four small listings), so its
     cost does not grow with the number of keys, which matters for a pipeline that
@@ -107,8 +142,11 @@ def newest_key(bucket: str, prefix: str, below: str | None = None) -> str | None
         if below is not None and child >= below and not (folder and below.startswith(child)):
             continue  # the key, or everything in the folder, is at or above the bound
         if not folder:
-            return child
-        found = newest_key(bucket, child, below)
+            if accept is None or accept(child):
+                return child
+            stray_object(bucket, child)
+            continue
+        found = newest_key(bucket, child, below, accept)
         if found is not None:
             return found
     return None
@@ -116,9 +154,12 @@ def newest_key(bucket: str, prefix: str, below: str | None = None) -> str | None
 
 def latest_manifest_key(bucket: str) -> str | None:
     """Return the newest manifest key of ``bucket`` (see :func:`newest_key`)."""
-    return newest_key(bucket, MANIFEST_PREFIX)
+    return newest_key(bucket, MANIFEST_PREFIX, accept=is_manifest_key)
 
 
 def manifest_keys_after(bucket: str, after: str | None) -> Iterator[str]:
-    """Yield manifest keys strictly newer than ``after`` (all of them when None), oldest first."""
-    return list_keys(bucket, MANIFEST_PREFIX, start_after=after)
+    """Yield manifest keys strictly newer than ``after`` (all of them when None), oldest first.
+
+    Only keys of the manifest layout: a stray object under the prefix is reported, not read.
+    """
+    return list_keys(bucket, MANIFEST_PREFIX, start_after=after, accept=is_manifest_key)

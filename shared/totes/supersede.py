@@ -53,6 +53,11 @@ def revision_prefix(number: int) -> str:
     return f"{REVISIONS_PREFIX}{number:04d}/" if number else ""
 
 
+def _manifest_under(prefix: str) -> storage.KeyTest:
+    """Accept exactly the processed manifest keys of the revision whose prefix is ``prefix``."""
+    return lambda key: key.startswith(prefix) and keys.is_manifest_key(key[len(prefix):])
+
+
 def _manifest(key: Any, what: str) -> str:
     if not isinstance(key, str) or keys.parse_manifest_key(key) is None:
         raise MarkerError(f"{what} {key!r} is not an ingest manifest key "
@@ -208,7 +213,8 @@ class Markers:
         for segment in reversed(self.segments()):
             prefix = revision_prefix(segment.revision)
             below = None if segment.end is None else prefix + segment.end
-            found = storage.newest_key(bucket, prefix + keys.MANIFEST_PREFIX, below)
+            found = storage.newest_key(bucket, prefix + keys.MANIFEST_PREFIX, below,
+                                       _manifest_under(prefix))
             if found is not None and (segment.start is None or found >= prefix + segment.start):
                 return found[len(prefix):]
         return None
@@ -220,7 +226,8 @@ class Markers:
                 continue
             prefix = revision_prefix(segment.revision)
             for key in storage.list_keys(bucket, prefix + keys.MANIFEST_PREFIX,
-                                         None if after is None else prefix + after):
+                                         None if after is None else prefix + after,
+                                         _manifest_under(prefix)):
                 ingest_key = key[len(prefix):]
                 if segment.end is not None and ingest_key >= segment.end:
                     break
@@ -297,7 +304,8 @@ def skipped_manifest(ingest_bucket: str, skip: Skip,
     ingest: IngestManifest | None = None
     capture = CapturePoint()
     try:
-        ingest = IngestManifest.parse(storage.read_json(ingest_bucket, skip.manifest))
+        ingest = IngestManifest.read(storage.read_json(ingest_bucket, skip.manifest),
+                                     skip.manifest)
         capture = CapturePoint.of(ingest)
     except ValueError as error:
         logger.warning("skipped run's ingest manifest unreadable; its capture point is unknown",

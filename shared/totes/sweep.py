@@ -15,16 +15,24 @@ table size, and the set work happens in C, block by block. Sweep key lists and
 each run's captured keys are written, gzip, to the ingestion bucket under fresh
 keys like every other object, and the manifest points at them.
 
+A stored key list is read as untrusted input, because anyone who may write to
+the bucket could have replaced what a manifest points at: each line may be at
+most :data:`MAX_LINE_BYTES` long and the whole list decompress to at most
+:data:`MAX_LIST_BYTES`, so a gzip bomb (one endless line of a few hundred
+kilobytes compressed) costs a bounded read, not the function's memory; anything
+else (not gzip, not keys) is a :class:`KeyListError` naming the object.
+
 :func:`sweep_tables` is the sweep step of a run: it must be called inside the
 snapshot the run captured in, so that the keys listed and the rows read describe
 one instant.
 """
 import gzip
 import tempfile
+import zlib
 from bisect import bisect_right
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import IO, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Iterable, Iterator
 
 import pg8000.native
 
@@ -36,15 +44,27 @@ from totes.source import SOURCE_TABLES
 
 logger = observability.service_logger()
 
+if TYPE_CHECKING:  # botocore-stubs, a development dependency
+    from botocore.response import StreamingBody
+
 KEYS_CONTENT_TYPE = "application/gzip"
 #: keys per block: about 0.5 MB of text, the unit of memory of a sweep.
 BLOCK_KEYS = 65_536
+
+#: the longest line a key list holds: a block of the widest keys (a sign and 19 digits) and commas.
+MAX_LINE_BYTES = BLOCK_KEYS * 21
+#: the most a stored key list may decompress to: about 100 million keys of the widest kind.
+MAX_LIST_BYTES = 2 << 30
 
 Block = list[int]
 
 
 class SweepOrderError(InputError):
     """A key stream that must be sorted was not: comparing it would invent deletions."""
+
+
+class KeyListError(InputError, ValueError):
+    """A stored key list is not one the pipeline writes: a person must look at the object."""
 
 
 def is_due(previous_swept_at: datetime | None, now: datetime, interval: timedelta) -> bool:
@@ -161,12 +181,48 @@ class KeySpool:
         self.file.close()
 
 
+def key_lines(raw: "IO[bytes] | StreamingBody", name: str, *, max_line: int = MAX_LINE_BYTES,
+              max_total: int = MAX_LIST_BYTES) -> Iterator[bytes]:
+    """Yield the non-empty lines of the gzip key list ``name`` read from ``raw``, within bounds.
+
+    Each line is read with a limit, so a line beyond ``max_line`` is refused after
+    reading at most that much, and the list after ``max_total`` decompressed bytes.
+    """
+    body = gzip.GzipFile(fileobj=raw, mode="rb")
+    total = 0
+    while True:
+        try:
+            line = body.readline(max_line + 1)
+        except (OSError, EOFError, zlib.error) as error:
+            raise KeyListError(f"{name}: not a gzip key list ({error})") from None
+        if not line:
+            return
+        total += len(line)
+        if len(line) > max_line:
+            raise KeyListError(f"{name}: a line longer than {max_line:,} bytes; no key list "
+                               "the pipeline writes has one (a gzip bomb or a foreign object)")
+        if total > max_total:
+            raise KeyListError(f"{name}: decompresses to more than {max_total:,} bytes, beyond "
+                               "any key list the pipeline writes")
+        if line.strip():
+            yield line
+
+
+def parse_blocks(lines: Iterable[bytes], name: str) -> Iterator[Block]:
+    """Parse the lines of the key list ``name`` as blocks, refusing a line that is not keys."""
+    for line in lines:
+        try:
+            yield parse_block(line)
+        except ValueError:
+            raise KeyListError(f"{name}: a line that is not comma-separated keys") from None
+
+
 def stored_blocks(bucket: str, key: str | None) -> Iterator[Block]:
     """Stream the key blocks of a stored key list (none when there is no object)."""
     if key is None:
         return iter(())
-    body = gzip.GzipFile(fileobj=storage.open_stream(bucket, key), mode="rb")
-    return (parse_block(line) for line in body)
+    name = f"s3://{bucket}/{key}"
+    return parse_blocks(key_lines(storage.open_stream(bucket, key), name), name)
 
 
 def upload(bucket: str, key: str, spool: KeySpool) -> None:
@@ -209,7 +265,7 @@ def _runs_since(bucket: str, sweeps: list[SweepState],
     for key in storage.manifest_keys_after(bucket, start):
         if key > previous_key:
             return
-        yield IngestManifest.parse(storage.read_json(bucket, key))
+        yield IngestManifest.read(storage.read_json(bucket, key), key)
 
 
 def sweep_tables(conn: pg8000.native.Connection, request: CaptureRequest,

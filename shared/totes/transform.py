@@ -35,7 +35,7 @@ from totes import config, jsonl, keys, reference, stage, star, storage, supersed
 from totes.errors import InputError
 from totes.manifest import (CapturePoint, DataFile, IngestManifest, ManifestError,
                             ProcessedManifest, TableOutput)
-from totes.observability import service_logger
+from totes.observability import service_logger, stray_object
 from totes.stage import Deadline, Metric
 from totes.source import SOURCE_TABLES
 from totes.supersede import Markers
@@ -358,7 +358,7 @@ def _read_ingest_manifest(bucket: str, key: str) -> IngestManifest:
     except ValueError as error:
         raise TransformInputError(f"s3://{bucket}/{key} is not valid JSON: {error}") from None
     try:
-        return IngestManifest.parse(document)
+        return IngestManifest.read(document, key)
     except ManifestError as error:
         raise TransformInputError(f"s3://{bucket}/{key}: {error}") from None
 
@@ -513,6 +513,8 @@ def run_transform(settings: TransformSettings, object_keys: Iterable[str],
     try:
         for key in object_keys:
             if keys.parse_manifest_key(key) is None:
+                if key.startswith(keys.MANIFEST_PREFIX):
+                    stray_object(settings.ingest_bucket, key)
                 logger.info("not an ingest manifest; ignored", extra={"key": key})
                 report.ignored.append(key)
                 continue

@@ -169,13 +169,40 @@ def test_launcher_passes_the_dsn_in_the_environment_never_on_the_command_line(
         return subprocess.CompletedProcess(argv, 0)
 
     monkeypatch.setattr(launch.subprocess, "run", run)
-    options = ["--dsn", "postgresql://analyst:hunter2@db.example/warehouse", "--port", "8600"]
+    url = "postgresql://analyst:hunter2@db.example/warehouse"
+    monkeypatch.setenv(source.DSN_VARIABLE, url)
+    options = ["--port", "8600"]
     status = cli.main(["dashboard", *options]) if entry == "totes" else launch.main(options)
     assert status == 0
     assert "hunter2" not in " ".join(seen["argv"])
-    assert seen["env"][source.DSN_VARIABLE] == "postgresql://analyst:hunter2@db.example/warehouse"
+    assert seen["env"][source.DSN_VARIABLE] == url
     assert seen["argv"][seen["argv"].index("--server.port") + 1] == "8600"
     assert seen["argv"][seen["argv"].index("--server.address") + 1] == "127.0.0.1"
+    # Without a password, --dsn still names the warehouse (a Unix socket's URL, say).
+    socket_url = "postgresql://analyst@%2Ftmp%2Fpg/warehouse"
+    assert launch.main(["--dsn", socket_url]) == 0
+    assert seen["env"][source.DSN_VARIABLE] == socket_url
+
+
+@pytest.mark.parametrize("entry", ["totes", "python -m"])
+@pytest.mark.parametrize("url", ["postgresql://analyst:hunter2@db.example/warehouse",
+                                 "postgresql://analyst:hun#ter2@db.example/warehouse",
+                                 "postgresql://analyst@db.example/warehouse?password=hunter2"])
+def test_a_password_on_the_launcher_command_line_is_refused_without_echoing_it(
+        monkeypatch, capsys, entry, url):
+    monkeypatch.setattr(launch.subprocess, "run", lambda *_, **__: pytest.fail("started"))
+    options = ["--dsn", url]
+    status = cli.main(["dashboard", *options]) if entry == "totes" else launch.main(options)
+    err = capsys.readouterr().err
+    assert status == 2 and source.DSN_VARIABLE in err and "hunter2" not in err
+    assert "ter2" not in err
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:se#cret9@db.example/warehouse",
+                                 "postgresql://u@db.example/warehouse?password=se/cret9"])
+def test_the_page_names_its_warehouse_without_any_part_of_the_password(url):
+    shown = source.WarehouseSource("dsn", url).describe()
+    assert "cret9" not in shown and "db.example/warehouse" in shown
 
 
 @pytest.mark.parametrize("entry", ["totes", "python -m"])

@@ -454,25 +454,53 @@ def test_every_permission_a_role_grants_is_used_by_its_function(least_privilege,
 
 
 def bucket_decisions(run: LeastPrivilegeRun, context: dict[str, str] | None = None,
+                     caller: Callable[[str], tuple[str, dict[str, Any]]] | None = None,
                      ) -> Iterator[Decision]:
-    """Every recorded S3 request evaluated with its role's and its bucket's policies."""
+    """Every recorded S3 request evaluated with its role's and its bucket's policies.
+
+    ``caller`` (function -> principal ARN and its policies) makes the same requests as
+    another principal instead; AWS sets ``aws:PrincipalArn`` on every request.
+    """
     buckets = run.template.bucket_policies()
     for function in FUNCTIONS:
-        role_arn = run.template.get_att(run.role(function), "Arn")
+        principal, policies = (caller(function) if caller else (
+            run.template.get_att(run.role(function), "Arn"), run.policies(function)))
         for request in run.requests(function):
             if request.action.startswith("s3:"):
                 bucket = request.resource.split(":::")[1].split("/")[0]
-                if context:
-                    request = Request(request.action, request.resource,
-                                      {**request.context, **context})
-                yield evaluate(request, run.policies(function), {bucket: buckets[bucket]},
-                               principal=role_arn)
+                request = Request(request.action, request.resource, {
+                    **request.context, "aws:PrincipalArn": principal, **(context or {})})
+                yield evaluate(request, policies, {bucket: buckets[bucket]},
+                               principal=principal)
 
 
 def test_no_bucket_policy_denies_a_call_the_handlers_made(least_privilege):
     decisions = list(bucket_decisions(least_privilege))
     assert decisions
     assert [decision for decision in decisions if not decision.allowed] == []
+
+
+#: what may put objects where, by the bucket policies: each writer's statement names it.
+WRITER_STATEMENTS = {"DenyWritesButIngest", "DenyWritesButTransform", "DenyMarkersButOperators"}
+
+
+@pytest.mark.parametrize("other", ["another function's role", "an administrator"])
+def test_every_write_the_handlers_made_is_denied_to_any_other_principal(least_privilege, other):
+    everything = {"admin": {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "*", "Resource": "*"}]}}
+    others = dict(zip(FUNCTIONS, [*list(FUNCTIONS)[1:], list(FUNCTIONS)[0]]))
+
+    def caller(function: str) -> tuple[str, dict[str, Any]]:
+        if other == "an administrator":
+            return f"arn:aws:iam::{MOTO_ACCOUNT}:role/Administrator", everything
+        return least_privilege.template.get_att(least_privilege.role(others[function]),
+                                                "Arn"), everything
+
+    writes = [decision for decision in bucket_decisions(least_privilege, caller=caller)
+              if decision.request.action == "s3:PutObject"]
+    assert len({decision.request.resource.split("/")[0] for decision in writes}) == 2
+    for decision in writes:
+        assert {grant.sid for grant in decision.denied_by} & WRITER_STATEMENTS, decision
 
 
 def test_the_same_calls_over_plain_http_are_denied_by_the_bucket_policies(least_privilege):

@@ -418,3 +418,78 @@ def test_a_generated_history_is_ingested_in_full_once(totesys, aws):
 
     assert first.rows == {table: totesys.counts[table] for table in SOURCE_TABLES}
     assert second.total_rows == 0
+
+
+def forge_next_manifest(bucket, **payment_sweep):
+    """Add a manifest after the newest, as anyone with write access could.
+
+    It lists no files of its own; the payment table's key sweep fields are replaced.
+    """
+    from totes import keys
+
+    previous = storage.latest_manifest_key(bucket)
+    document = storage.read_json(bucket, previous)
+    run = keys.new_run_id()
+    document.update(run_id=str(run), previous_manifest=previous)
+    for entry in document["tables"].values():
+        entry.update(files=[], deleted_files=[], captured_keys=None)
+    document["tables"]["payment"]["sweep"].update(payment_sweep)
+    key = keys.manifest_key(run)
+    storage.put_new_json(bucket, key, document)
+    return key, run
+
+
+def test_a_forged_sweep_key_is_an_input_error_naming_the_manifest_and_nothing_is_committed(
+        source_db, aws, monkeypatch):
+    from totes.errors import INPUT, kind_of
+    from totes.manifest import ManifestError
+
+    seed_one_of_each(source_db)
+    ingest.run_ingest()
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
+    bucket = aws["INGEST_BUCKET"]
+    forged, _ = forge_next_manifest(bucket, key=storage.latest_manifest_key(bucket))
+    before = set(all_keys(bucket))
+    with pytest.raises(ManifestError, match="key sweep of payment") as caught:
+        ingest.run_ingest()
+    assert forged in str(caught.value) and kind_of(caught.value) == INPUT
+    assert {key for key in all_keys(bucket) if key.startswith("_manifests/")} == {
+        key for key in before if key.startswith("_manifests/")}
+
+
+def test_a_gzip_bomb_as_a_key_sweep_is_refused_after_a_bounded_read(source_db, aws, monkeypatch):
+    import gzip
+
+    from totes import keys, sweep
+
+    seed_one_of_each(source_db)
+    ingest.run_ingest()
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
+    bucket = aws["INGEST_BUCKET"]
+    from datetime import timezone
+
+    bomb_run = keys.new_run_id(datetime.now(timezone.utc) - timedelta(seconds=1))
+    bomb = keys.sweep_key("payment", bomb_run)
+    storage.put_new_object(bucket, bomb, gzip.compress(b"7" * (64 << 20)), "application/gzip")
+    forge_next_manifest(bucket, key=bomb, run_id=str(bomb_run))
+    with pytest.raises(sweep.KeyListError, match="a line longer than") as caught:
+        ingest.run_ingest()
+    assert bomb in str(caught.value)
+
+
+@pytest.mark.parametrize("forged_key", [
+    "sales_order/2024/11/15/20241115T140000000Z-aa-00000.jsonl", "_supersede/skips/x.json"])
+def test_a_forged_successor_claim_never_makes_ingest_write_what_it_names(
+        source_db, aws, forged_key):
+    from totes import keys
+    from totes.manifest import ManifestError
+
+    seed_one_of_each(source_db)
+    first = ingest.run_ingest()
+    bucket = aws["INGEST_BUCKET"]
+    storage.put_new_json(bucket, keys.successor_claim_key(first.manifest_key), {
+        "manifest_key": forged_key, "manifest": latest_manifest(bucket)})
+    with pytest.raises(ManifestError, match="_claims/.*not a successor claim"):
+        ingest.run_ingest()
+    assert forged_key not in all_keys(bucket)
+    assert storage.latest_manifest_key(bucket) == first.manifest_key

@@ -185,6 +185,34 @@ def test_a_failure_in_the_middle_of_the_facts_rolls_back_the_whole_manifest(
     assert count(conn, "fact_sales_order") == 3 and count(conn, "fact_payment") == 2
 
 
+def test_a_rejected_row_is_reported_by_table_and_constraint_never_by_its_values(
+        conn, metrics, buckets, captured_logs):
+    first_manifest(buckets)
+    run(conn, metrics)
+    conn.run("ALTER TABLE dim_staff ADD CONSTRAINT staff_named CHECK (first_name <> 'Zed-7731')")
+    buckets.publish({**dimensions(first_name="Zed-7731"), "fact_payment": [payment(3)]})
+    with pytest.raises(load.LoadError) as caught:
+        run(conn, metrics)
+    told = str(caught.value) + json.dumps(captured_logs(), default=str)
+    assert "staff_named" in told and "dim_staff" in told and "loading dim_staff failed" in told
+    # pg8000 carried "Failing row contains (1, Zed-7731, Lovelace, ...)": personal data.
+    assert "Zed-7731" not in told and "Lovelace" not in told and "Failing row" not in told
+
+
+def test_a_value_postgresql_cannot_parse_is_not_quoted_back(conn, metrics, buckets):
+    first_manifest(buckets)
+    run(conn, metrics)
+    conn.run("ALTER TABLE dim_staff ADD COLUMN badge int")
+    conn.run("CREATE FUNCTION totes_badge() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+             "NEW.badge := NEW.last_name::int; RETURN NEW; END $$")
+    conn.run("CREATE TRIGGER staff_badge BEFORE INSERT OR UPDATE ON dim_staff "
+             "FOR EACH ROW EXECUTE FUNCTION totes_badge()")
+    buckets.publish({**dimensions(first_name="Ann"), "fact_payment": [payment(4)]})
+    with pytest.raises(load.LoadError) as caught:
+        run(conn, metrics)
+    assert "invalid input syntax" in str(caught.value) and "Lovelace" not in str(caught.value)
+
+
 def test_a_missing_object_is_an_error_naming_it(conn, metrics, buckets, aws):
     key = buckets.publish({"fact_payment": [payment(1)], **dimensions()})
     missing = buckets.data_key(key, "dim_staff")

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from unittest import mock
@@ -200,6 +201,13 @@ def test_local_stack_serves_moto_and_postgres_on_tcp_on_each_address_until_inter
             assert conn.run("SELECT count(*) FROM sales_order")[0][0] > 0
         finally:
             conn.close()
+        # The relay serves a superuser: without the password shown once, nobody gets in.
+        password = secrets[stack.TOTESYS_SECRET]["password"]
+        assert len(password) >= 24 and log.read_text().count(password) == 1
+        for wrong in ("postgres", password[:-1]):
+            with pytest.raises(db.DatabaseUnavailableError):
+                db.connect_with({**secrets[stack.TOTESYS_SECRET], "password": wrong}, "guess")
+        assert (tmp_path / "pg").stat().st_mode & 0o077 == 0  # its socket: the owner's alone
         conn = db.connect_with(secrets[stack.WAREHOUSE_SECRET], "local stack")
         conn.close()
         for address in ("127.0.0.1", "127.0.0.2"):
@@ -222,7 +230,7 @@ def test_local_stack_serves_moto_and_postgres_on_tcp_on_each_address_until_inter
 
 
 def test_local_stack_refuses_to_listen_on_all_interfaces(tmp_path):
-    """The PostgreSQL trusts every connection: never offer it to every network."""
+    """Never offer the stack to every network: moto takes any credentials."""
     refused = subprocess.run(
         [sys.executable, "-m", "totes_local.cli", "local-stack", "--bind", "127.0.0.1",
          "--bind", "0.0.0.0", "--data-dir", str(tmp_path / "pg")],
@@ -260,3 +268,24 @@ def test_local_stack_with_docker_bridge_also_listens_where_containers_reach_the_
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0, log.read_text()
+
+
+def test_each_start_of_the_local_stack_makes_a_new_password_and_keeps_no_copy():
+    # Outside pytest's folders, which the server's own system user may not traverse.
+    root = Path(tempfile.mkdtemp(prefix="totes-test-stack-"))
+    root.chmod(0o755)
+    data_dir = root / "pg"
+    passwords = []
+    for _ in range(2):  # the second start finds the first one's data directory
+        with local_stack.serve(data_dir, moto_port=_free_port(), postgres_port=_free_port(),
+                               container_host="127.0.0.1", scale=0.01) as served:
+            secret = served.secrets[stack.WAREHOUSE_SECRET]
+            db.connect_with(secret, "local stack").close()
+            with pytest.raises(db.DatabaseUnavailableError):
+                db.connect_with({**secret, "password": "postgres"}, "a guess")
+            passwords.append(served.password)
+    assert passwords[0] != passwords[1]
+    stored = b"".join(path.read_bytes() for path in data_dir.rglob("*") if path.is_file()
+                      and path.stat().st_size < 1 << 20 and "pg_wal" not in path.parts)
+    assert passwords[1].encode() not in stored
+    shutil.rmtree(root, ignore_errors=True)

@@ -161,3 +161,70 @@ def test_the_command_line_table_names_the_current_views_and_explains_each_count(
     assert "the fact tables themselves keep every version" in notes
     assert "retained: dimension rows whose source row is gone" in notes
     assert "in flight: changed at the source after" in notes
+
+
+def write_chain(tmp_path, documents: dict) -> audit.DirectoryStore:
+    """Write manifest documents (key -> document) into a local copy of the bucket."""
+    for key, document in documents.items():
+        path = tmp_path / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(document))
+    return audit.DirectoryStore(tmp_path)
+
+
+class CountingStore(audit.DirectoryStore):
+    """A local copy of the bucket that counts the objects read."""
+
+    reads = 0
+
+    def read_json(self, key):
+        self.reads += 1
+        return super().read_json(key)
+
+
+@pytest.mark.parametrize("previous", ["self", "later", "_sweeps/payment/2026/11/27/x.keys.gz"])
+def test_a_manifest_naming_itself_or_a_later_one_as_previous_is_refused_in_one_read(
+        tmp_path, previous):
+    sweep_run, run = "20261127T080000000Z-aa", "20261127T081000000Z-cc"
+    key = f"_manifests/2026/11/27/{run}.json"
+    later = "_manifests/2026/11/27/20261127T090000000Z-dd.json"
+    named = {"self": key, "later": later}.get(previous, previous)
+    write_chain(tmp_path, {key: manifest(run, named), later: manifest(later[22:-5], key)})
+    store = CountingStore(tmp_path)
+    with pytest.raises(audit.errors.InputError, match="previous_manifest") as caught:
+        point = audit.CapturePoint(key, IngestManifest.read(store.read_json(key), key))
+        list(audit._runs_after_sweep(store, point, sweep_run))
+    assert key in str(caught.value) and store.reads == 1
+
+
+def test_a_chain_longer_than_the_walk_allows_is_an_input_error_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(audit, "MAX_WALK", 3)
+    runs = [f"20261127T08{minute:02d}00000Z-aa" for minute in range(6)]
+    chain = {f"_manifests/2026/11/27/{run}.json": manifest(
+        run, f"_manifests/2026/11/27/{runs[number - 1]}.json" if number else None)
+        for number, run in enumerate(runs)}
+    store = CountingStore(tmp_path)
+    write_chain(tmp_path, chain)
+    newest = list(chain)[-1]
+    point = audit.CapturePoint(newest, IngestManifest.read(store.read_json(newest), newest))
+    with pytest.raises(audit.ManifestWalkError, match="more than 3 manifests") as caught:
+        list(audit._runs_after_sweep(store, point, runs[0]))
+    assert newest in str(caught.value) and store.reads == 3
+    assert audit.errors.kind_of(caught.value) == audit.errors.INPUT
+
+
+def test_a_gzip_bomb_of_one_endless_line_is_refused_after_a_bounded_read(tmp_path):
+    import tracemalloc
+
+    (tmp_path / "_sweeps").mkdir()
+    bomb = gzip.compress(b"1" * (256 << 20), compresslevel=9)  # 256 MB of one line, ~250 KB
+    (tmp_path / "_sweeps" / "bomb.keys.gz").write_bytes(bomb)
+    store = audit.DirectoryStore(tmp_path)
+    tracemalloc.start()
+    try:
+        with pytest.raises(audit.sweep.KeyListError, match="bomb.keys.gz: a line longer"):
+            list(audit._stored_keys(store, "_sweeps/bomb.keys.gz"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(bomb) < 1 << 20 and peak < 16 << 20

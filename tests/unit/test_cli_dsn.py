@@ -53,9 +53,44 @@ def test_bad_urls_are_refused_with_the_reason(text, message):
     assert message in str(caught.value)
 
 
-def test_redact_hides_the_password_only():
-    assert dsn.redact("postgresql://u:hunter2@h:1/d") == "postgresql://u:***@h:1/d"
-    assert dsn.redact("postgresql://u@h/d") == "postgresql://u@h/d"
+@pytest.mark.parametrize("text, shown", [
+    ("postgresql://u:hunter2@h:1/d", "postgresql://***@h:1/d"),
+    ("postgresql://u:se#cret9@h:1/d", "postgresql://***@h:1/d"),
+    ("postgresql://u:se/cret9@h/d", "postgresql://***@h/d"),
+    ("postgresql://u:se?cret9@h/d", "postgresql://***@h/d"),
+    ("postgresql://u:p@cret9@h/d", "postgresql://***@h/d"),
+    ("postgresql://u@h/d?password=cret9&sslmode=disable",
+     "postgresql://***@h/d?password=***&sslmode=disable"),
+    ("postgresql:///d?host=/tmp&PASSWORD=se#cret9", "postgresql:///d?host=/tmp&PASSWORD=***"),
+    ("host=h password='se cret9' dbname=d", "host=h password=*** dbname=d"),
+    ("postgresql://h/d", "postgresql://h/d"),
+])
+def test_redact_masks_everything_that_may_be_a_password(text, shown):
+    assert dsn.redact(text) == shown
+    assert "cret9" not in dsn.redact(text) and "hunter2" not in dsn.redact(text)
+
+
+@pytest.mark.parametrize("text", ["postgresql://u:se#cret9@h:1/d", "postgresql://u:se/cret9@h/d",
+                                  "postgresql://u@h/d?port=se#cret9"])
+def test_a_url_that_cannot_be_parsed_is_refused_without_quoting_it(text):
+    with pytest.raises(dsn.DsnError) as caught:
+        dsn.parse_dsn(text)
+    assert "cret9" not in str(caught.value) and "'se'" not in str(caught.value)
+
+
+def test_the_audit_command_never_echoes_a_password_it_cannot_parse(capsys, tmp_path):
+    url = "postgresql://u:se#cret9@db.example:5432/totesys"
+    assert cli.main(["audit", "--dsn-source", url, "--dsn-warehouse", url,
+                     "--ingest-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not a valid PostgreSQL URL" in err and "'se'" not in err and "cret9" not in err
+
+
+def test_only_a_url_with_a_password_is_said_to_hold_one():
+    assert dsn.holds_password("postgresql://u:p@h/d")
+    assert dsn.holds_password("postgresql://u@h/d?password=x")
+    assert not dsn.holds_password("postgresql://u@h/d")
+    assert not dsn.holds_password("postgresql:///d?host=/tmp/pg")
 
 
 @pytest.mark.parametrize("argv, message", [

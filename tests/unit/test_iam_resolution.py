@@ -6,7 +6,7 @@ evaluates the handlers' calls as these requests, so both must be what AWS would 
 import pytest
 
 from totes_local import iam, pandas_layer
-from totes_local.iam_policy import Request, evaluate
+from totes_local.iam_policy import Request, as_list, evaluate
 
 UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 TOTESYS = "arn:aws:secretsmanager:eu-west-2:123456789012:secret:totes/totesys-AbCdEf"
@@ -99,7 +99,7 @@ def test_bucket_policies_are_keyed_by_the_bucket_they_protect():
                              "totes-pipeline-processedbucket-a5b4c3d2e1f0"}
     for bucket, document in policies.items():
         resources = [resource for found in document["Statement"]
-                     for resource in found["Resource"]]
+                     for resource in as_list(found.get("Resource", found.get("NotResource")))]
         assert f"arn:aws:s3:::{bucket}/*" in resources
 
 

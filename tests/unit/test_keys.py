@@ -50,6 +50,38 @@ def test_key_order_is_time_order():
     assert earlier < later
 
 
+def test_only_an_exact_ascii_manifest_key_is_a_manifest():
+    good = "_manifests/2024/11/15/20241115T142009123Z-3f9a1c2e.json"
+    assert keys.is_manifest_key(good)
+    arabic_indic = good.replace("2024/11/15", "\u0662\u0660\u0662\u0664/11/15")
+    for key in (good + "\n", arabic_indic, good.replace("T142009", "T14200\u0669"),
+                "_manifests/2099/01/01/20241115T142009123Z-3f9a1c2e.json",  # date is not the run's
+                "_manifests/notes.json", good.upper()):
+        assert not keys.is_manifest_key(key), key
+        assert keys.parse_manifest_key(key) is None
+
+
+def test_a_run_id_is_ascii_and_whole():
+    assert keys.parse_run_id("20241115T142009123Z-3f9a1c2e") == keys.RunId(
+        "20241115T142009123Z", "3f9a1c2e")
+    for text in ("20241115T142009123Z-3f9a1c2e\n", "\u0662" + "0241115T142009123Z-3f9a1c2e",
+                 "20241115T142009123Z-", "20241115T142009123Z-3F9A"):
+        with pytest.raises(ValueError):
+            keys.parse_run_id(text)
+
+
+def test_sweep_keys_are_told_apart_from_captured_keys_and_strays():
+    run = keys.RunId("20241115T142009123Z", "3f9a1c2e")
+    sweep, captured = keys.sweep_key("payment", run), keys.captured_keys_key("payment", run)
+    assert keys.parse_sweep_key(sweep) == ("payment", run)
+    assert keys.parse_sweep_key(captured, captured=True) == ("payment", run)
+    assert keys.parse_sweep_key(captured) is None
+    assert keys.parse_sweep_key(sweep, captured=True) is None
+    for key in (sweep + "\n", "_manifests/2024/11/15/20241115T142009123Z-3f9a1c2e.json",
+                "../" + sweep, sweep.replace("2024/11/15", "2024/11/16")):
+        assert keys.parse_sweep_key(key) is None
+
+
 def test_each_manifest_has_one_successor_claim_key_outside_the_manifest_prefix():
     run = keys.RunId("20241115T142009123Z", "0a1b2c3d")
     assert keys.successor_claim_key(keys.manifest_key(run)) == (

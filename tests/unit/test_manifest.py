@@ -112,3 +112,61 @@ def test_a_watermark_manifest_becomes_a_one_off_bridge_by_last_updated():
 def test_anything_else_is_refused_with_a_clear_reason(document, message):
     with pytest.raises(ManifestError, match=message):
         IngestManifest.parse(document)
+
+
+RUN = "20261127T080000123Z-3f9a1c2e"
+KEY = f"_manifests/2026/11/27/{RUN}.json"
+EARLIER = "20261127T075500031Z-aa11bb22"
+
+
+def stored(**payment) -> dict:
+    """A manifest as ingest writes it at KEY, its payment entry's fields replaced."""
+    entry = TableEntry(
+        files=(DataFile(f"payment/2026/11/27/{RUN}-00000.jsonl", 2, 512),),
+        deleted=(DataFile(f"payment/2026/11/27/{RUN}-deleted-00000.jsonl", 1, 59),),
+        sweep=SweepState(f"_sweeps/payment/2026/11/27/{EARLIER}.keys.gz", 9, EARLIER,
+                         datetime(2026, 11, 27, 7, 55)),
+        captured_keys=f"_sweeps/payment/2026/11/27/{RUN}-captured.keys.gz").to_json()
+    return IngestManifest(run_id=RUN, started_at="s", finished_at="f",
+                          previous_manifest=f"_manifests/2026/11/27/{EARLIER}.json",
+                          tables={"payment": TableEntry()}).to_json() | {
+        "tables": {"payment": {**entry, **payment}}}
+
+
+def test_a_stored_manifest_naming_only_its_own_run_s_objects_is_read():
+    manifest = IngestManifest.read(stored(), KEY)
+    assert manifest.table("payment").sweep.run_id == EARLIER
+
+
+FORGED_SWEEP = {"key": "_manifests/2026/11/27/20261127T075500031Z-aa11bb22.json", "keys": 9,
+                "run_id": EARLIER, "swept_at": "2026-11-27T07:55:00.000"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"previous_manifest": KEY}, "previous_manifest"),
+    ({"previous_manifest": "_manifests/2026/11/28/20261128T000000000Z-ff.json"},
+     "previous_manifest"),
+    ({"previous_manifest": f"_manifests/2026/11/27/{EARLIER}.json\n"}, "previous_manifest"),
+    ({"run_id": EARLIER}, "is not the run its key names"),
+    ({"payment": {"sweep": FORGED_SWEEP}}, "key sweep of payment"),
+    ({"payment": {"sweep": {**FORGED_SWEEP,
+                            "key": f"_sweeps/staff/2026/11/27/{EARLIER}.keys.gz"}}},
+     "key sweep of payment"),
+    ({"payment": {"sweep": {**FORGED_SWEEP, "run_id": "20261127T090000000Z-ff",
+                            "key": "_sweeps/payment/2026/11/27/20261127T090000000Z-ff.keys.gz"}}},
+     "at or before this one"),
+    ({"payment": {"captured_keys": f"_sweeps/payment/2026/11/27/{EARLIER}-captured.keys.gz"}},
+     "written by this run"),
+    ({"payment": {"captured_keys": f"_sweeps/payment/2026/11/27/{RUN}.keys.gz"}},
+     "written by this run"),
+    ({"payment": {"files": [{"key": f"staff/2026/11/27/{RUN}-00000.jsonl", "rows": 1}]}},
+     "written by this run"),
+    ({"payment": {"deleted_files": [{"key": "../etc/passwd", "rows": 1}]}},
+     "written by this run"),
+])
+def test_a_stored_manifest_naming_anything_else_is_refused_naming_it(change, message):
+    document = stored(**change.pop("payment", {}))
+    document.update(change)
+    with pytest.raises(ManifestError, match=message) as caught:
+        IngestManifest.read(document, KEY)
+    assert KEY in str(caught.value)

@@ -14,7 +14,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from totes import storage
+from totes import observability, storage
 
 BUCKET = "storage-test"
 LOCKED_BUCKET = "storage-test-locked"
@@ -70,6 +70,40 @@ def test_latest_manifest_is_found_by_descending_the_date_folders(bucket):
     assert storage.latest_manifest_key(bucket) == keys[-1]
     assert list(storage.manifest_keys_after(bucket, keys[1])) == keys[2:]
     assert list(storage.manifest_keys_after(bucket, None)) == keys
+
+
+def test_a_json_object_beyond_the_bound_is_refused_after_a_bounded_read(bucket, monkeypatch):
+    from totes.errors import INPUT, kind_of
+
+    monkeypatch.setattr(storage, "MAX_JSON_BYTES", 64)
+    storage.put_new_json(bucket, "small.json", {"a": 1})
+    storage.put_new_object(bucket, "big.json", b"[" + b"0," * 1000 + b"0]", "application/json")
+    assert storage.read_json(bucket, "small.json") == {"a": 1}
+    with pytest.raises(storage.ObjectTooLargeError, match="big.json is larger than 64") as caught:
+        storage.read_json(bucket, "big.json")
+    assert kind_of(caught.value) == INPUT
+
+
+def test_stray_objects_under_the_manifest_prefix_are_reported_once_and_never_taken(
+        bucket, captured_logs):
+    real = ["_manifests/2024/01/02/20240102T080000000Z-bbbbbbbb.json",
+            "_manifests/2024/01/10/20240110T070000000Z-dddddddd.json"]
+    strays = ["_manifests/notes.json",  # greater than every real key
+              "_manifests/2024/01/10/20240110T070000000Z-dddddddd.json\n",
+              "_manifests/2024/01/10/2024011\u0669T070000000Z-eeeeeeee.json",
+              "_manifests/2024/01/10/zz/readme.txt"]
+    for key in real + strays:
+        storage.put_new_json(bucket, key, {})
+    observability.forget_strays()
+    for _ in range(2):  # listed again in the same invocation: still one warning per key
+        assert storage.latest_manifest_key(bucket) == real[-1]
+        assert list(storage.manifest_keys_after(bucket, None)) == real
+        assert list(storage.manifest_keys_after(bucket, real[0])) == real[1:]
+    warned = [line["key"] for line in captured_logs() if line["level"] == "WARNING"]
+    assert sorted(warned) == sorted(strays)
+    assert observability.stray_objects() == len(strays)
+    observability.forget_strays()
+    assert observability.stray_objects() == 0
 
 
 @pytest.fixture

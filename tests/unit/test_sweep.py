@@ -74,3 +74,27 @@ def test_a_sweep_is_due_first_and_then_once_per_interval():
 def test_a_deletion_record_names_the_key_and_the_detection_time():
     line = sweep.deletion_line("payment_id", 7, datetime(2026, 11, 27, 8, 0, 0, 5000))
     assert line == b'{"payment_id": 7, "deleted_at": "2026-11-27T08:00:00.005"}\n'
+
+
+def test_a_stored_key_list_is_read_within_its_bounds_or_refused_naming_it():
+    import gzip
+    import io
+
+    from totes.errors import INPUT, kind_of
+
+    def lines(data: bytes, **bounds):
+        return list(sweep.key_lines(io.BytesIO(data), "s3://b/_sweeps/k.keys.gz", **bounds))
+
+    assert lines(gzip.compress(b"1,2\n\n3\n")) == [b"1,2\n", b"3\n"]
+    for data, bounds, problem in [
+        (gzip.compress(b"1,2,3,4\n"), {"max_line": 4}, "a line longer than 4 bytes"),
+        (gzip.compress(b"1,2\n" * 10), {"max_total": 20}, "more than 20 bytes"),
+        (b"not gzip at all", {}, "not a gzip key list"),
+        (gzip.compress(b"1,2\n")[:-6], {}, "not a gzip key list"),
+    ]:
+        with pytest.raises(sweep.KeyListError, match=problem) as caught:
+            lines(data, **bounds)
+        assert "_sweeps/k.keys.gz" in str(caught.value) and kind_of(caught.value) == INPUT
+    with pytest.raises(sweep.KeyListError, match="not comma-separated keys"):
+        list(sweep.parse_blocks([b"1,2\n", b"drop table\n"], "s3://b/k"))
+    assert sweep.MAX_LINE_BYTES >= len(sweep.render_block([-2**63] * sweep.BLOCK_KEYS))

@@ -133,9 +133,17 @@ def test_no_deploy_path_or_service_is_exempt_from_the_denies(bucket):
     assert keys == {"aws:SecureTransport", "s3:if-none-match", "aws:PrincipalArn"}
 
 
-def test_both_buckets_have_the_same_policy():
-    ingest, processed = (json.dumps(statements(bucket), sort_keys=True) for bucket in BUCKETS)
+#: the statements saying who may write where, which differ by bucket (tested below).
+WRITERS = {"IngestBucket": {"DenyWritesButIngest"},
+           "ProcessedBucket": {"DenyWritesButTransform", "DenyMarkersButOperators"}}
+
+
+def test_both_buckets_have_the_same_policy_but_for_who_may_write():
+    ingest, processed = (json.dumps({sid: statement for sid, statement in statements(
+        bucket).items() if sid not in WRITERS[bucket]}, sort_keys=True) for bucket in BUCKETS)
     assert ingest.replace("IngestBucket", "ProcessedBucket") == processed
+    assert {sid for bucket in BUCKETS for sid in statements(bucket)} >= set().union(
+        *WRITERS.values())
 
 
 def test_the_bucket_policies_stay_with_the_buckets_when_the_stack_is_deleted():
@@ -214,8 +222,8 @@ def test_the_bucket_admin_role_is_assumable_in_the_account_with_mfa_only_and_kep
         "AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}
     assert trust["Condition"] == {"Bool": {"aws:MultiFactorAuthPresent": "true"}}
     granted = {action for statement in role["Properties"]["Policies"][0]["PolicyDocument"][
-        "Statement"] for action in statement["Action"]}
-    assert granted == set(PROTECTED_ACTIONS) | {"s3:GetBucketPolicy"}
+        "Statement"] for action in as_list(statement["Action"])}
+    assert granted == set(PROTECTED_ACTIONS) | {"s3:GetBucketPolicy", "s3:PutObject"}
     assert TEMPLATE["Outputs"]["BucketAdminRoleArn"]["Value"] == {"Fn::If": [
         "HasBreakGlassRole", {"Ref": "BreakGlassRoleArn"},
         {"Fn::GetAtt": ["BucketAdminRole", "Arn"]}]}
@@ -292,11 +300,94 @@ def test_no_pipeline_role_may_write_a_supersede_marker(role):
     assert not may(role, "s3:PutObject", SUPERSEDE_MARKER)
 
 
-def test_only_the_ingest_and_transform_roles_may_put_objects_at_all():
-    # SAM's generated roles (the schedules') included: none may write anywhere.
-    writers = {owner for owner, statement in allow_statements()
+def test_only_the_ingest_and_transform_roles_may_put_objects_but_markers():
+    # SAM's generated roles (the schedules') included: none may write anywhere. The bucket
+    # admin role the stack creates writes operators' markers, and only those.
+    writers = {owner: statement for owner, statement in allow_statements()
                if "s3:PutObject" in as_list(statement["Action"])}
-    assert writers == {"IngestRole", "TransformRole"}
+    assert set(writers) == {"IngestRole", "TransformRole", "BucketAdminRole"}
+    assert writers["BucketAdminRole"]["Resource"] == {
+        "Fn::Sub": "${ProcessedBucket.Arn}/_supersede/*"}
+
+
+# ---------------------------------------------------------------- who may write where
+
+OPERATOR = "arn:aws:iam::123456789012:role/ops/totes-operator"
+#: an object of every kind each bucket holds, by the prefix that names its writer.
+OBJECTS = {
+    "IngestBucket": ["_manifests/2024/01/02/20240102T000000000Z-aa.json",
+                     "sales_order/2024/01/02/20240102T000000000Z-aa-00000.jsonl",
+                     "_sweeps/payment/2024/01/02/20240102T000000000Z-aa.keys.gz",
+                     "_claims/first.json", "notes.txt"],
+    "ProcessedBucket": ["_manifests/2024/01/02/20240102T000000000Z-aa.json",
+                        "_revisions/0001/_manifests/2024/01/02/20240102T000000000Z-aa.json",
+                        "dim_staff/2024/01/02/20240102T000000000Z-aa-bb-00000.parquet",
+                        "_reference/staff/2024/01/02/20240102T000000000Z-aa-bb.parquet",
+                        "_supersede/revisions/0001.json",
+                        "_supersede/skips/load/0000/_manifests/2024/01/02/x.json"],
+}
+
+
+def writes(parameters: dict[str, str]) -> dict[str, set[tuple[str, str]]]:
+    """Per principal (by name), the (bucket, key) of OBJECTS the bucket policies let it create.
+
+    Every principal's own policies allow everything, so what is refused is the bucket
+    policies' doing; each write carries If-None-Match, as the pipeline's do. A request is
+    judged by its own bucket's policy only, as S3 does.
+    """
+    stack = iam.StackTemplate(iam.Stack(name="totes", uuid="0a1b2c3d-0000-4000-8000-00000000abcd",
+                                        parameters={**STACK_SECRETS, **parameters}))
+    principals = {role: stack.get_att(role, "Arn") for role in ROLES.values()}
+    principals.update(admin=ADMIN, operator=OPERATOR, break_glass=GIVEN_ROLE)
+    if stack.condition("CreatesBucketAdminRole"):
+        principals["BucketAdminRole"] = stack.get_att("BucketAdminRole", "Arn")
+    policies = stack.bucket_policies()
+    allowed: dict[str, set[tuple[str, str]]] = {name: set() for name in principals}
+    for name, arn in principals.items():
+        context = {"aws:PrincipalArn": arn, "s3:if-none-match": "*", **iam.DEPLOYED_CONTEXT}
+        for bucket, objects in OBJECTS.items():
+            for key in objects:
+                request = Request("s3:PutObject", f"{stack.get_att(bucket, 'Arn')}/{key}", context)
+                physical = stack.physical_name(bucket)
+                if evaluate(request, {"own": EVERYTHING}, {physical: policies[physical]},
+                            principal=arn).allowed:
+                    allowed[name].add((bucket, key))
+    return allowed
+
+
+def expected_writes(*names: str) -> dict[str, set[tuple[str, str]]]:
+    """Who should write what: each writing role its prefixes, ``names`` the markers only.
+
+    The ingest role all of the ingestion bucket; the transform role all of the processed
+    bucket but _supersede/; the operators ``names`` _supersede/ only; nobody anything else.
+    """
+    markers = {("ProcessedBucket", key) for key in OBJECTS["ProcessedBucket"]
+               if key.startswith("_supersede/")}
+    return {"IngestRole": {("IngestBucket", key) for key in OBJECTS["IngestBucket"]},
+            "TransformRole": {("ProcessedBucket", key) for key in OBJECTS["ProcessedBucket"]
+                              } - markers,
+            **{name: markers for name in names}}
+
+
+def test_only_the_writing_role_may_write_each_prefix_and_markers_only_the_bucket_admin():
+    found = writes({})
+    assert {name: keys for name, keys in found.items() if keys} == expected_writes(
+        "BucketAdminRole")
+    assert found["admin"] == found["LoadRole"] == found["AuditRole"] == set()
+
+
+def test_a_named_operator_role_and_the_break_glass_role_may_write_markers_and_nothing_else():
+    found = writes({"OperatorRoleArn": OPERATOR, "BreakGlassRoleArn": GIVEN_ROLE})
+    assert {name: keys for name, keys in found.items() if keys} == expected_writes(
+        "operator", "break_glass")
+
+
+def test_the_operator_role_is_optional_and_must_be_a_role_arn():
+    assert_optional_arn(
+        "OperatorRoleArn", "HasOperatorRole",
+        accepted=("arn:aws:iam::123456789012:role/totes-operator", OPERATOR),
+        refused=("totes-operator", "arn:aws:iam::123456789012:user/alice",
+                 "arn:aws:sts::123456789012:assumed-role/totes-operator/alice"))
 
 
 @pytest.mark.parametrize("role", ["TransformRole", "LoadRole"])
