@@ -9,7 +9,6 @@ import pytest
 from totes_local import cfn, lambda_image, pandas_layer
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_ARN = cfn.load()["Parameters"]["PandasLayerArn"]["Default"]
 
 
 def requirement_lines(path: Path) -> list[str]:
@@ -24,7 +23,8 @@ def test_every_package_of_both_stand_ins_is_pinned_exactly(path):
 
 
 def test_the_pandas_layer_stand_in_is_the_release_the_template_uses_and_the_tests_pin():
-    shipped = pandas_layer.release(DEFAULT_ARN)
+    shipped = pandas_layer.RELEASE
+    assert not pandas_layer.template_mismatches(cfn.load())
     stand_in = pandas_layer.pins(lambda_image.PANDAS_LAYER_REQUIREMENTS.read_text())
     dev = pandas_layer.pins((ROOT / "requirements-dev.txt").read_text())
     assert stand_in["awswrangler"] == shipped.awswrangler
