@@ -47,6 +47,16 @@ def processed_bucket() -> str:
     return require_env("PROCESSED_BUCKET")
 
 
+def lake_bucket() -> str:
+    """Name of the bucket holding the lake's Iceberg data and metadata."""
+    return require_env("LAKE_BUCKET")
+
+
+def lake_database() -> str:
+    """Name of the Glue database holding the lake's Iceberg tables."""
+    return require_env("LAKE_DATABASE")
+
+
 @dataclass(frozen=True)
 class Database:
     """One of the two databases: the names of its environment variables and template parameters.
