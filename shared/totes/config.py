@@ -57,6 +57,11 @@ def lake_database() -> str:
     return require_env("LAKE_DATABASE")
 
 
+def lake_snapshot_retention() -> timedelta:
+    """How long the lake keeps snapshots for time travel (``LAKE_SNAPSHOT_RETENTION_DAYS``)."""
+    return timedelta(days=int_env("LAKE_SNAPSHOT_RETENTION_DAYS", 7))
+
+
 @dataclass(frozen=True)
 class Database:
     """One of the two databases: the names of its environment variables and template parameters.

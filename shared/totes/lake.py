@@ -27,12 +27,14 @@ revision's manifests are published on top.
 """
 import os
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterable
 
 import boto3
 
 from totes.lake_schema import (MANIFEST_KEY, LakeTable, arrow_schema, iceberg_schema, time_text,
                                to_lake)
+from totes.errors import InputError
 from totes.supersede import Markers
 
 if TYPE_CHECKING:  # the publish function's own dependencies (pyarrow from the pandas layer)
@@ -77,10 +79,19 @@ def glue_catalog(lake_bucket: str) -> "GlueCatalog":
 
 
 def open_table(catalog: "GlueCatalog", database: str, table: LakeTable) -> "IcebergTable":
-    """Return the lake table, creating it (Iceberg v2, the contract's schema) if it is missing."""
-    return catalog.create_table_if_not_exists(
-        (database, table.name), schema=iceberg_schema(table),
-        properties={"format-version": "2", "write.parquet.compression-codec": "zstd"})
+    """Return the lake table, creating it (Iceberg v2, the contract's schema) if it is missing.
+
+    Looked up first: pyiceberg's ``create_table_if_not_exists`` writes a new metadata
+    file before Glue refuses the name, which would leave one stray file per table per run.
+    """
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        return catalog.load_table((database, table.name))
+    except NoSuchTableError:
+        return catalog.create_table(
+            (database, table.name), schema=iceberg_schema(table),
+            properties={"format-version": "2", "write.parquet.compression-codec": "zstd"})
 
 
 def summary_value(snapshot: "Snapshot | None", name: str) -> str | None:
@@ -102,6 +113,27 @@ def _in_force(snapshot: "Snapshot", markers: Markers) -> bool:
     return manifest is None or markers.processed_key(manifest) == processed
 
 
+class RewindError(InputError):
+    """A revision reaches back past the snapshots the lake keeps: a person must rebuild it."""
+
+
+def expire_snapshots(table: "IcebergTable", older_than: datetime) -> int:
+    """Forget the snapshots taken before ``older_than`` (never the current one); how many.
+
+    Only the table's metadata changes: no file is deleted (the lake bucket refuses
+    deletes), so what the expired snapshots alone referenced stays until a person
+    with the break-glass role removes it.
+    """
+    current = table.current_snapshot()
+    cutoff = older_than.timestamp() * 1000
+    expired = [snapshot.snapshot_id for snapshot in table.snapshots()
+               if snapshot.timestamp_ms < cutoff
+               and (current is None or snapshot.snapshot_id != current.snapshot_id)]
+    if expired:
+        table.maintenance.expire_snapshots().by_ids(expired).commit()
+    return len(expired)
+
+
 def rewind(table: "IcebergTable", markers: Markers) -> bool:
     """Put ``table`` back to its newest snapshot still in force, if a revision superseded it.
 
@@ -118,6 +150,10 @@ def rewind(table: "IcebergTable", markers: Markers) -> bool:
     while kept is not None and not _in_force(kept, markers):
         parent = kept.parent_snapshot_id
         kept = None if parent is None else table.snapshot_by_id(parent)
+        if parent is not None and kept is None:
+            raise RewindError(
+                f"{table.name()}: the state before the revision is older than the snapshots "
+                "kept (LAKE_SNAPSHOT_RETENTION_DAYS); rebuild the lake (docs/lake.md)")
     manifest = summary_value(current, MANIFEST_PROPERTY) or ""
     revision = next(r for r in markers.revisions
                     if r.number == markers.revision_for(manifest))

@@ -18,6 +18,7 @@ crashed half way through a manifest completes it without adding anything twice.
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Iterator, NotRequired, TypedDict
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -79,6 +80,8 @@ class PublishSettings:
     processed_bucket: str
     lake_bucket: str
     lake_database: str
+    #: snapshots older than this are expired (forgotten, not deleted) after a publish.
+    snapshot_retention: timedelta = timedelta(days=7)
     batch_rows: int = BATCH_ROWS
 
     @classmethod
@@ -86,7 +89,8 @@ class PublishSettings:
         """Read the settings from the Lambda environment, failing early on a missing one."""
         return cls(processed_bucket=config.processed_bucket(),
                    lake_bucket=config.lake_bucket(),
-                   lake_database=config.lake_database())
+                   lake_database=config.lake_database(),
+                   snapshot_retention=config.lake_snapshot_retention())
 
 
 @dataclass
@@ -97,6 +101,7 @@ class PublishReport:
     manifests_published: list[str] = field(default_factory=list)
     manifests_skipped: list[str] = field(default_factory=list)
     tables_rewound: list[str] = field(default_factory=list)
+    snapshots_expired: int = 0
     rows_appended: Counter[str] = field(default_factory=Counter)
     rows_removed: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
@@ -108,6 +113,8 @@ class PublishReport:
             yield Metric("ManifestsSkipped", len(self.manifests_skipped))
         if self.tables_rewound:
             yield Metric("TablesRewound", len(self.tables_rewound))
+        if self.snapshots_expired:
+            yield Metric("SnapshotsExpired", self.snapshots_expired)
         yield Metric("PublishRunDuration", self.seconds, MetricUnit.Seconds)
         for name in LAKE_TABLES:
             yield Metric("RowsPublished", self.rows_appended[name], table=name)
@@ -134,6 +141,10 @@ class Lake:
         """Open every lake table of ``database``."""
         self.tables: dict[str, IcebergTable] = {
             name: lake.open_table(catalog, database, spec) for name, spec in LAKE_TABLES.items()}
+
+    def expire(self, older_than: datetime) -> int:
+        """Expire every table's snapshots older than ``older_than``; how many in all."""
+        return sum(lake.expire_snapshots(table, older_than) for table in self.tables.values())
 
     def rewind(self, markers: Markers) -> list[str]:
         """Put back every table a revision superseded; return their names."""
@@ -257,6 +268,9 @@ def run_publish(settings: PublishSettings, deadline: Deadline,
         logger.warning("lake table put back to before a revision", extra={"table": name})
     try:
         _publish_pending(lake_tables, settings, markers, report, deadline)
+        if report.manifests_published:  # a quiet run changes nothing, metadata included
+            report.snapshots_expired = lake_tables.expire(
+                datetime.now(timezone.utc) - settings.snapshot_retention)
     finally:
         report.seconds = time.monotonic() - started
     return report

@@ -2,7 +2,7 @@
 from datetime import time
 from typing import Any
 
-from totes import lake
+from totes import lake, storage
 from totes.lake_schema import LAKE_TABLES, MANIFEST_KEY
 from totes.warehouse_schema import TABLES
 
@@ -19,6 +19,11 @@ def snapshot_ids(env: dict) -> dict[str, list[int]]:
     return {name: [snapshot.snapshot_id for snapshot in
                    catalog.load_table((env["LAKE_DATABASE"], name)).snapshots()]
             for name in LAKE_TABLES}
+
+
+def lake_objects(env: dict) -> list[str]:
+    """Every object key in the lake bucket."""
+    return list(storage.list_keys(env["LAKE_BUCKET"], ""))
 
 
 def _value(value: Any) -> Any:
