@@ -54,6 +54,9 @@ NEXT_RECORD_ID_PROPERTY = "totes.next-record-id"
 #: snapshot summary property of a rewind: the revision marker that superseded what it removed.
 REWOUND_BY_PROPERTY = "totes.rewound-by"
 
+#: table property, set once snapshots have been expired: history no longer reaches the start.
+EXPIRED_PROPERTY = "totes.snapshots-expired"
+
 #: the column numbering rows in capture order while a manifest is worked on.
 ORDINAL = "_ordinal"
 
@@ -78,6 +81,13 @@ def glue_catalog(lake_bucket: str) -> "GlueCatalog":
     return GlueCatalog("lake", client=boto3.client("glue"), **properties)
 
 
+#: every lake table's Iceberg properties. No commit retries: a change is computed from the
+#: state it read, so a commit that lost a race must fail (the next run computes it again),
+#: not be replayed onto another writer's state.
+TABLE_PROPERTIES = {"format-version": "2", "write.parquet.compression-codec": "zstd",
+                    "commit.retry.num-retries": "0"}
+
+
 def open_table(catalog: "GlueCatalog", database: str, table: LakeTable) -> "IcebergTable":
     """Return the lake table, creating it (Iceberg v2, the contract's schema) if it is missing.
 
@@ -90,8 +100,7 @@ def open_table(catalog: "GlueCatalog", database: str, table: LakeTable) -> "Iceb
         return catalog.load_table((database, table.name))
     except NoSuchTableError:
         return catalog.create_table(
-            (database, table.name), schema=iceberg_schema(table),
-            properties={"format-version": "2", "write.parquet.compression-codec": "zstd"})
+            (database, table.name), schema=iceberg_schema(table), properties=TABLE_PROPERTIES)
 
 
 def summary_value(snapshot: "Snapshot | None", name: str) -> str | None:
@@ -130,6 +139,11 @@ def expire_snapshots(table: "IcebergTable", older_than: datetime) -> int:
                if snapshot.timestamp_ms < cutoff
                and (current is None or snapshot.snapshot_id != current.snapshot_id)]
     if expired:
+        # Said first: expiring unlinks the kept snapshots from their expired parents, after
+        # which a rewind could not tell the table's first snapshot from the oldest kept one.
+        if EXPIRED_PROPERTY not in table.properties:
+            with table.transaction() as transaction:
+                transaction.set_properties({EXPIRED_PROPERTY: "true"})
         table.maintenance.expire_snapshots().by_ids(expired).commit()
     return len(expired)
 
@@ -150,7 +164,7 @@ def rewind(table: "IcebergTable", markers: Markers) -> bool:
     while kept is not None and not _in_force(kept, markers):
         parent = kept.parent_snapshot_id
         kept = None if parent is None else table.snapshot_by_id(parent)
-        if parent is not None and kept is None:
+        if kept is None and EXPIRED_PROPERTY in table.properties:
             raise RewindError(
                 f"{table.name()}: the state before the revision is older than the snapshots "
                 "kept (LAKE_SNAPSHOT_RETENTION_DAYS); rebuild the lake (docs/lake.md)")

@@ -156,15 +156,15 @@ class Lake:
             return 0
         change.properties.update({lake.MANIFEST_PROPERTY: key,
                                   lake.PROCESSED_PROPERTY: processed_key})
+        from pyiceberg.exceptions import CommitFailedException
+
         try:
             with self.tables[name].transaction() as transaction:
                 change.commit(transaction)
-        except Exception as error:
-            if type(error).__name__ == "CommitFailedException":
-                raise PublishConflictError(
-                    f"{name}: another writer committed first ({error}); the next run "
-                    "publishes from there") from error
-            raise
+        except CommitFailedException as error:
+            raise PublishConflictError(
+                f"{name}: another writer committed first ({error}); the next run "
+                "publishes from there") from error
         return 0 if change.appended is None else change.appended.num_rows
 
 

@@ -21,11 +21,14 @@ def change_source(e2e) -> None:
         conn.run("UPDATE address SET city = 'Elsewhere', last_updated = now() "
                  "WHERE address_id = 1")
         conn.run("UPDATE payment SET paid = true, last_updated = now() WHERE payment_id = 3")
+        conn.run("DELETE FROM payment WHERE payment_id = 4")
     finally:
         conn.close()
 
 
-def test_the_lake_follows_the_warehouse_change_after_change_and_revision(e2e, capsys):
+def test_the_lake_follows_the_warehouse_change_after_change_and_revision(
+        e2e, capsys, monkeypatch):
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
     e2e.pipeline.cycle()
     first = e2e.pipeline.publish()
     assert first["manifests_published"] == 1
@@ -47,6 +50,9 @@ def test_the_lake_follows_the_warehouse_change_after_change_and_revision(e2e, ca
                       if row["sales_order_id"] == 1), key=lambda row: row["sales_record_id"])
     assert [row["units_sold"] - history[0]["units_sold"] for row in history] == [0, 1]
     assert history[0]["manifest_key"] < history[1]["manifest_key"]
+    deleted = [row for row in lake_rows(e2e.env, "fact_payment") if row["payment_id"] == 4]
+    assert [row["is_deleted"] for row in sorted(deleted, key=lambda r: r["payment_record_id"])] \
+        == [False, True]
     manifests = list(storage.manifest_keys_after(e2e.env["INGEST_BUCKET"], None))
     assert lake.last_manifest(_table(e2e, "fact_sales_order")) == manifests[-1]
     before = snapshot_ids(e2e.env)
