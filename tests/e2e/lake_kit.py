@@ -1,10 +1,12 @@
 """The lake as the end-to-end tests read it: pyiceberg's scans, compared with the warehouse."""
 from datetime import time
+from decimal import Decimal
 from typing import Any
 
 from totes import lake, storage
 from totes.lake_schema import LAKE_TABLES, MANIFEST_KEY
 from totes.warehouse_schema import TABLES
+from totes_local import queries
 
 
 def lake_rows(env: dict, name: str) -> list[dict[str, Any]]:
@@ -55,6 +57,38 @@ def lake_view(env: dict, name: str) -> list[tuple]:
     order = spec.source.primary_key if spec.kind == "history" else spec.key
     rows = sorted(lake_rows(env, name), key=lambda row: row[order])
     return [tuple(row[column] for column in columns) for row in rows]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (Decimal, float)):
+        return round(float(value), 6)
+    return _value(value)
+
+
+def assert_business_questions_agree(e2e) -> None:
+    """The dashboard's questions Athena gets, asked of the lake, give the warehouse's answers.
+
+    Asked by DuckDB over pyiceberg's scans, compared row for row.
+    """
+    import duckdb
+
+    catalog = lake.glue_catalog(e2e.env["LAKE_BUCKET"])
+    engine = duckdb.connect()
+    for name in LAKE_TABLES:
+        engine.register(name, catalog.load_table((e2e.env["LAKE_DATABASE"], name)).scan()
+                        .to_arrow())
+    every, lake_sql = queries.load_queries(), queries.lake_queries()
+    conn = e2e.postgres.connect(e2e.warehouse)
+    try:
+        for name in queries.LAKE_QUESTIONS:
+            expected = queries.run_query(conn, every[name], {})
+            assert expected.ok, (name, expected.error)
+            found = engine.sql(lake_sql[name]).fetchall()
+            wanted = [tuple(_plain(v) for v in row)
+                      for row in expected.frame.itertuples(index=False)]
+            assert [tuple(_plain(v) for v in row) for row in found] == wanted, name
+    finally:
+        conn.close()
 
 
 def assert_lake_equals_warehouse(e2e) -> None:

@@ -4,7 +4,8 @@ Publishing twice adds nothing (not a snapshot), a later change arrives at the ne
 publish, and a revision replaces what it supersedes through Iceberg's own history.
 """
 import pytest
-from lake_kit import assert_lake_equals_warehouse, lake_objects, lake_rows, snapshot_ids
+from lake_kit import (assert_business_questions_agree, assert_lake_equals_warehouse,
+                      lake_objects, lake_rows, snapshot_ids)
 
 from totes import lake, storage
 from totes_local import cli
@@ -35,6 +36,7 @@ def test_the_lake_follows_the_warehouse_change_after_change_and_revision(
     assert first["rows_appended"]["fact_sales_order"] == e2e.warehouse_rows(
         'SELECT count(*) FROM "fact_sales_order"')[0][0]
     assert_lake_equals_warehouse(e2e)
+    assert_business_questions_agree(e2e)
     snapshots, objects = snapshot_ids(e2e.env), lake_objects(e2e.env)
 
     again = e2e.pipeline.publish()
