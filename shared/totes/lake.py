@@ -45,6 +45,9 @@ if TYPE_CHECKING:  # the publish function's own dependencies (pyarrow from the p
     from pyiceberg.table import Transaction
     from pyiceberg.table.snapshots import Snapshot
 
+#: the FileIO every lake table is read and written with: create-once, conditional writes.
+FILE_IO = "totes.lake_io.CreateOnceFileIO"
+
 #: snapshot summary property: the ingest manifest key whose rows the snapshot holds.
 MANIFEST_PROPERTY = "totes.manifest"
 #: snapshot summary property: the processed manifest (of the revision in force) it came from.
@@ -61,24 +64,34 @@ EXPIRED_PROPERTY = "totes.snapshots-expired"
 ORDINAL = "_ordinal"
 
 
-def glue_catalog(lake_bucket: str) -> "GlueCatalog":
-    """The Glue catalog, its tables' data and metadata under ``s3://<lake_bucket>/``.
+def io_properties() -> dict[str, str]:
+    """The lake's FileIO and where pyarrow's S3 file system (its reads) finds S3.
 
-    The Glue client is created plainly (``AWS_ENDPOINT_URL`` honoured, as every
-    client of the pipeline). pyarrow's S3 file system, which reads and writes the
-    tables' files, does not read that variable: it is handed over when set (the
-    local stack and the tests), and AWS's own endpoint is used when not.
+    The S3 client that writes (:mod:`totes.lake_io`) is created plainly, like every
+    client of the pipeline (``AWS_ENDPOINT_URL`` honoured); pyarrow's file system
+    does not read that variable, so it is handed over when set (the local stack and
+    the tests), and AWS's own endpoint is used when not.
     """
-    from pyiceberg.catalog.glue import GlueCatalog
-
+    properties = {"py-io-impl": FILE_IO}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    properties = {"warehouse": f"s3://{lake_bucket}"}
     if endpoint:
         properties["s3.endpoint"] = endpoint
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:  # else pyarrow asks S3 where each bucket is, before every first access
         properties["s3.region"] = region
-    return GlueCatalog("lake", client=boto3.client("glue"), **properties)
+    return properties
+
+
+def glue_catalog(lake_bucket: str) -> "GlueCatalog":
+    """The Glue catalog, its tables' data and metadata under ``s3://<lake_bucket>/``.
+
+    The Glue client is created plainly (``AWS_ENDPOINT_URL`` honoured); files are
+    read and written as :func:`io_properties` says.
+    """
+    from pyiceberg.catalog.glue import GlueCatalog
+
+    return GlueCatalog("lake", client=boto3.client("glue"), warehouse=f"s3://{lake_bucket}",
+                       **io_properties())
 
 
 #: every lake table's Iceberg properties. No commit retries: a change is computed from the

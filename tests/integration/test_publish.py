@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 import pytest
 
-from totes import lake, publish, storage, supersede
+from totes import lake, lake_io, publish, storage, supersede
 from totes.config import ConfigurationError
 from totes.lake_schema import LAKE_TABLES
 from totes.manifest import ProcessedManifest
@@ -124,3 +124,26 @@ def test_a_revision_from_the_first_manifest_empties_a_table_in_a_new_snapshot(aw
     assert table.current_snapshot().summary[lake.REWOUND_BY_PROPERTY] == \
         "_supersede/revisions/0001.json"
     assert len(table.snapshots()) == 2  # the old state is still there to travel back to
+
+
+def test_the_lake_writes_each_object_once_and_never_deletes(aws):
+    io = lake_io.CreateOnceFileIO(lake.io_properties())
+    location = f"s3://{aws['LAKE_BUCKET']}/db/t/metadata/one.json"
+    output = io.new_output(location)
+    with output.create() as stream:
+        stream.write(b"{}")
+    assert len(output) == 2 and output.exists()
+    assert io.new_input(location).open().read() == b"{}"
+    with pytest.raises(storage.ObjectAlreadyExistsError):
+        with io.new_output(location).create() as stream:
+            stream.write(b"{\"again\": true}")
+    with pytest.raises(RuntimeError):
+        with io.new_output(location + ".failed").create() as stream:
+            stream.write(b"half")
+            raise RuntimeError("the writer failed")
+    assert not io.new_output(location + ".failed").exists()
+    with pytest.raises(PermissionError):
+        io.delete(location)
+    with pytest.raises(ValueError, match="S3 only"):
+        with io.new_output("file:///tmp/x").create() as stream:
+            stream.write(b"x")
