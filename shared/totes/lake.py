@@ -337,8 +337,9 @@ class FactChange:
 
     history: TableChange
     current: TableChange
-    versions: int = 0
+    #: versions corrected in place (same ``last_updated``, other values), as the load counts.
     corrected: int = 0
+    #: deletion versions added.
     deletions: int = 0
 
 
@@ -382,7 +383,6 @@ def fact_change(history: "IcebergTable", current: "IcebergTable", spec: LakeTabl
         remove_filter=one_of(record_id, corrected) if corrected else None)
     current_change = _current_change(current, spec, pa.concat_tables([pool, removals]), appended)
     return FactChange(history_change, current_change,
-                      versions=kept.num_rows - len(corrected) if kept.num_rows else 0,
                       corrected=len(corrected), deletions=removals.num_rows)
 
 
@@ -419,7 +419,7 @@ def _deletion_versions(spec: LakeTable, pool: "pa.Table", deleted: "pa.Table",
     empty = pool.schema.empty_table()
     if deleted.num_rows == 0 or pool.num_rows == 0:
         return empty
-    first = last_per_key(_with_ordinal(_lake_stamps(spec, deleted)), [business_id], first=True)
+    first = last_per_key(_with_ordinal(_lake_stamps(deleted)), [business_id], first=True)
     candidates = pool.filter(pc.is_in(pool[business_id], value_set=first[business_id]))
     newest = candidates.group_by([business_id], use_threads=False).aggregate([(record_id, "max")])
     latest = candidates.filter(pc.is_in(candidates[record_id],
@@ -441,7 +441,7 @@ def _deletion_versions(spec: LakeTable, pool: "pa.Table", deleted: "pa.Table",
     return conform(spec, fresh)
 
 
-def _lake_stamps(spec: LakeTable, deleted: "pa.Table") -> "pa.Table":
+def _lake_stamps(deleted: "pa.Table") -> "pa.Table":
     """Deletion records with their time in the lake's type (``HH:MM:SS.fff``)."""
     import pyarrow as pa
 

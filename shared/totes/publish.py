@@ -67,6 +67,8 @@ class PublishSummary(TypedDict):
     last_published_manifest: str | None
     rows_appended: dict[str, int]
     rows_removed: dict[str, int]
+    versions_corrected: dict[str, int]
+    deletions_published: dict[str, int]
     #: present when a revision put tables back before its manifests were published.
     tables_rewound: NotRequired[list[str]]
     #: present when an operator's load skip made this run pass over manifests.
@@ -104,6 +106,8 @@ class PublishReport:
     snapshots_expired: int = 0
     rows_appended: Counter[str] = field(default_factory=Counter)
     rows_removed: Counter[str] = field(default_factory=Counter)
+    versions_corrected: Counter[str] = field(default_factory=Counter)
+    deletions_published: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
 
     def metrics(self) -> Iterator[Metric]:
@@ -126,6 +130,10 @@ class PublishReport:
             "last_published_manifest": self.last_published_manifest,
             "rows_appended": {name: self.rows_appended[name] for name in LAKE_TABLES},
             "rows_removed": {name: self.rows_removed[name] for name in LAKE_TABLES},
+            "versions_corrected": {fact.name: self.versions_corrected[fact.name]
+                                   for fact in FACTS},
+            "deletions_published": {fact.name: self.deletions_published[fact.name]
+                                    for fact in FACTS},
         }
         if self.tables_rewound:
             summary["tables_rewound"] = list(self.tables_rewound)
@@ -214,11 +222,15 @@ def publish_manifest(lake_tables: Lake, settings: PublishSettings, key: str, pro
             _rows(bucket, manifest, fact, batch_rows),
             _rows(bucket, manifest, fact, batch_rows, deletions=True),
             _next_record_id(history))
+        history_pending = pending(fact.name)
         # The current state first: after a crash between the two, the history (untouched)
         # still gives the same change for the table not yet committed.
         for name, change in ((current_name, facts.current), (fact.name, facts.history)):
             if pending(name):
                 _count(report, name, change, lake_tables.commit(name, change, key, processed_key))
+        if history_pending:
+            report.versions_corrected[fact.name] += facts.corrected
+            report.deletions_published[fact.name] += facts.deletions
 
 
 def _next_record_id(history: "IcebergTable") -> int:

@@ -46,7 +46,9 @@ def test_the_lake_follows_the_warehouse_change_after_change_and_revision(
 
     change_source(e2e)
     e2e.pipeline.cycle()
-    assert e2e.pipeline.publish()["manifests_published"] == 1
+    second = e2e.pipeline.publish()
+    assert second["manifests_published"] == 1
+    assert second["deletions_published"]["fact_payment"] == 1
     assert_lake_equals_warehouse(e2e)
     history = sorted((row for row in lake_rows(e2e.env, "fact_sales_order")
                       if row["sales_order_id"] == 1), key=lambda row: row["sales_record_id"])
