@@ -31,7 +31,7 @@ from totes.manifest import ProcessedManifest
 from totes.observability import service_logger
 from totes.stage import Deadline, Metric
 from totes.supersede import Markers
-from totes.warehouse_schema import DELETIONS, DIMENSIONS, FACTS, Table
+from totes.warehouse_schema import DELETIONS, DIMENSIONS, FACTS, Table, arrow_schema
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -160,12 +160,12 @@ class Lake:
 
     def commit(self, name: str, change: lake.TableChange, key: str, processed_key: str) -> int:
         """Commit one table's change for a manifest (nothing when it is empty); rows appended."""
+        from pyiceberg.exceptions import CommitFailedException
+
         if change.empty:
             return 0
         change.properties.update({lake.MANIFEST_PROPERTY: key,
                                   lake.PROCESSED_PROPERTY: processed_key})
-        from pyiceberg.exceptions import CommitFailedException
-
         try:
             with self.tables[name].transaction() as transaction:
                 change.commit(transaction)
@@ -180,8 +180,6 @@ def _rows(bucket: str, manifest: ProcessedManifest, table: Table, batch_rows: in
           deletions: bool = False) -> "pa.Table":
     """Every row a manifest lists for ``table`` (its deletion records with ``deletions``)."""
     import pyarrow as pa
-
-    from totes.warehouse_schema import arrow_schema
 
     contract = DELETIONS[table.name] if deletions else table
     output = manifest.deleted(table.name) if deletions else manifest.table(table.name)
