@@ -45,8 +45,7 @@ def connect(folder: Path) -> Any:
         raise LakeNotFoundError(f"no lake in {folder}: run `make demo` first")
     connection = duckdb.connect()
     for name in LAKE_TABLES:
-        path = str(folder / f"{name}.parquet").replace("'", "''")
-        connection.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{path}')")
+        connection.read_parquet(str(folder / f"{name}.parquet")).create_view(name)
     return connection
 
 
