@@ -19,9 +19,9 @@ def test_the_boundary_is_optional_and_must_be_a_managed_policy_arn():
                  "arn:aws:iam::123456789012:policy/"))
 
 
-def test_the_stack_creates_the_four_function_roles_and_three_schedule_roles():
-    assert len(ROLES) == 7
-    assert {"IngestRole", "TransformRole", "LoadRole", "AuditRole"} <= set(ROLES)
+def test_the_stack_creates_the_five_function_roles_and_four_schedule_roles():
+    assert len(ROLES) == 9
+    assert {"IngestRole", "TransformRole", "LoadRole", "AuditRole", "PublishRole"} <= set(ROLES)
 
 
 @pytest.mark.parametrize("role", ROLES)
