@@ -7,7 +7,7 @@ import pytest
 from totes import lake, lake_io, publish, storage, supersede
 from totes.config import ConfigurationError
 from totes.lake_schema import LAKE_TABLES
-from totes.manifest import ProcessedManifest
+from totes.manifest import ManifestError, ProcessedManifest
 from totes.stage import Deadline
 from totes.supersede import Markers, Revision
 
@@ -147,3 +147,12 @@ def test_the_lake_writes_each_object_once_and_never_deletes(aws):
     with pytest.raises(ValueError, match="S3 only"):
         with io.new_output("file:///tmp/x").create() as stream:
             stream.write(b"x")
+
+
+def test_an_unreadable_manifest_stops_the_run_naming_it_with_what_was_done_published(aws):
+    empty_manifest(FIRST)
+    storage.put_new_json(aws["PROCESSED_BUCKET"], SECOND, {"format": "totes.processed/2"})
+    with pytest.raises(ManifestError):
+        publish.run_publish(settings(aws), Deadline.unbounded())
+    assert storage.read_json(aws["LAKE_BUCKET"], FIRST)["ingest_manifest"] == FIRST
+    assert next(storage.list_keys(aws["LAKE_BUCKET"], SECOND), None) is None
