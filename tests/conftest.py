@@ -73,7 +73,8 @@ def aws(monkeypatch, moto_endpoint):
     env = stack.isolated_environment(moto_endpoint, uuid.uuid4().hex[:8])
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    stack.provision({}, buckets=(env["INGEST_BUCKET"], env["PROCESSED_BUCKET"]))
+    stack.provision({}, buckets=(env["INGEST_BUCKET"], env["PROCESSED_BUCKET"], env["LAKE_BUCKET"]),
+                    glue_databases=(env["LAKE_DATABASE"],))
     return env
 
 

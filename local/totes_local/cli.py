@@ -21,8 +21,8 @@ import pg8000.native
 import psutil
 
 from totes import config, db, storage, supersede
-from totes_local import (audit_cli, demo, dsn, generator, local_stack, shape, simulator, stack,
-                         supersede_cli)
+from totes_local import (audit_cli, demo, dsn, generator, lake_cli, local_stack, shape,
+                         simulator, stack, supersede_cli)
 from totes_local.arguments import DefaultsFormatter, positive_float, whole
 from totes_local.dashboard import launch as dashboard
 
@@ -44,6 +44,7 @@ EXPECTED_ERRORS = (CommandError, audit_cli.AuditSetupError, demo.DemoNotFoundErr
                    dsn.DsnError,
                    db.DatabaseUnavailableError, db.SecretFormatError, generator.GeneratorError,
                    simulator.SimulationError, supersede.MarkerError, config.ConfigurationError,
+                   lake_cli.LakeNotFoundError,
                    storage.ObjectAlreadyExistsError,
                    pg8000.exceptions.DatabaseError, pg8000.exceptions.InterfaceError)
 #: What AWS says when the caller's buckets, region or network are wrong (credentials apart).
@@ -275,6 +276,8 @@ register("audit", "compare the warehouse with the source, table by table, and pr
          audit_cli.add_arguments, audit_cli.run)
 register("sql", "open a psql prompt on the demo's warehouse or totesys database",
          demo.add_sql_arguments, demo.open_sql_prompt)
+register("lake", "open a DuckDB SQL prompt on the demo's lake (its Iceberg tables)",
+         lake_cli.add_arguments, lake_cli.run)
 register("dashboard", "serve the dashboard: business questions answered from the warehouse",
          dashboard.add_arguments, dashboard.run)
 register("supersede", "release a stuck manifest or transform again, by marker (never deleting)",

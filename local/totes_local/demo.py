@@ -4,9 +4,12 @@ Starts embedded PostgreSQL (source ``totesys`` and ``warehouse``) and a moto
 server, seeds a realistic ``totesys``, runs ingest -> transform -> load the way
 AWS triggers them, simulates a few hours of business (including an amended
 order, a moved address and a cancelled order), runs again, prints what happened, and
-ends with the audit's verdict: does the warehouse match the source? The handlers'
-structured logs and metrics go to ``.demo/pipeline.log``; both buckets are copied
-to ``.demo/s3/`` so the files can be browsed after the in-memory moto server is gone.
+ends with the audit's verdict: does the warehouse match the source? After each
+cycle it publishes the lake (Iceberg tables in moto's Glue) and prints what the
+lake holds. The handlers' structured logs and metrics go to ``.demo/pipeline.log``;
+both buckets are copied to ``.demo/s3/`` and the lake's tables, as pyiceberg reads
+them, to ``.demo/lake/`` (``totes lake``), so they can be browsed after the
+in-memory moto server is gone.
 """
 import argparse
 import contextlib
@@ -26,7 +29,7 @@ from typing import Any, Iterator
 import boto3
 
 from totes import config, db, warehouse_schema
-from totes_local import audit_cli, generator, simulator, stack
+from totes_local import audit_cli, generator, lake_cli, simulator, stack
 from totes_local.arguments import positive_float, whole
 from totes_local.runner import CycleReport, LocalPipeline
 
@@ -160,6 +163,13 @@ def _print_counts(before: dict[str, int], after: dict[str, int]) -> None:
         print(f"  {table:<24}{before.get(table, 0):>15,}{count:>15,}{delta:>+9,}")
 
 
+def _print_lake(counts: dict[str, int], published: dict[str, Any]) -> None:
+    print(f"\n  the lake (Iceberg tables in Glue, {stack.LAKE_DATABASE}), as pyiceberg reads it:")
+    print(f"  {'lake table':<30}{'rows':>10}{'appended by cycle 2':>22}")
+    for name, rows in counts.items():
+        print(f"  {name:<30}{rows:>10,}{published['rows_appended'][name]:>+22,}")
+
+
 def _print_history(what: str, order_id: int, history: list[list[Any]]) -> None:
     print(f"\n  history of {what} sales order {order_id} in fact_sales_order:")
     print(f"    {'record':>7}  {'last updated':<24}{'units':>7}{'unit price':>12}  delivery")
@@ -205,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
             pipeline = LocalPipeline(stack.INGEST_BUCKET)
             with _pipeline_output(log):
                 first = pipeline.cycle()
+                pipeline.publish()
             _print_cycle("cycle 1 (first run: everything)", first)
             before = warehouse_counts(postgres)
             changes = _business_changes(postgres, args.steps, args.seed)
@@ -217,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
                   f"cancelled (deleted) sales order {changes['cancelled_order']}")
             with _pipeline_output(log):
                 second = pipeline.cycle()
+                published = pipeline.publish()
             _print_cycle("cycle 2 (incremental)", second)
             _print_counts(before, warehouse_counts(postgres))
             for what in ("amended", "cancelled"):
@@ -224,6 +236,8 @@ def run(args: argparse.Namespace) -> int:
                 _print_history(what, order_id, order_history(postgres, order_id))
             folders = _mirror_buckets(root / "s3", (stack.INGEST_BUCKET, stack.PROCESSED_BUCKET))
             _print_files(folders)
+            _print_lake(lake_cli.snapshot_lake(stack.LAKE_BUCKET, stack.LAKE_DATABASE,
+                                               root / lake_cli.LAKE_FOLDER), published)
             with _pipeline_output(log):
                 audited = pipeline.audit()
             print("\n" + audit_cli.summary_line(audited))
@@ -231,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
         server.stop()
     places = {
         "SQL prompt on the warehouse": ".venv/bin/totes sql warehouse   (or: totesys)",
+        "SQL prompt on the lake": ".venv/bin/totes lake   (DuckDB)",
         "the audit, table by table": ".venv/bin/totes audit",
         "dashboard": "make dashboard",
         "copies of the bucket files": f"{root / 's3'}/",

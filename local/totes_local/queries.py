@@ -273,6 +273,31 @@ def sections(queries: Mapping[str, Query]) -> list[Query]:
     return [query for query in queries.values() if query.position is not None]
 
 
+#: the questions whose SQL the lake's engines (Athena's Trino, DuckDB) run as they are, once the
+#: filter's parameters are NULL: template.yaml publishes them as Athena named queries. The
+#: others use PostgreSQL's own syntax (``MATERIALIZED``, date subtraction, arrays, ``jsonb``).
+LAKE_QUESTIONS = ("revenue_by_month", "top_designs", "sales_by_delivery_location",
+                  "revenue_by_staff", "top_counterparties", "currency_mix",
+                  "purchases_vs_sales_by_month", "order_amendments", "headline")
+
+
+def lake_queries(directory: Path = QUERY_DIR) -> dict[str, str]:
+    """The SQL of :data:`LAKE_QUESTIONS` for the lake's engines: the same files, unfiltered.
+
+    The prelude's page filter becomes ``TRUE`` (Athena's named queries take no
+    dashboard filter), which leaves no parameter and no PostgreSQL-only cast.
+    """
+    prelude = {**read_prelude(directory), "page_filter": "TRUE"}
+    found = {}
+    for name in LAKE_QUESTIONS:
+        path = next(directory.glob(f"*{name}.sql"))
+        query = parse_query(path.stem, path.read_text(encoding="utf-8"), prelude)
+        if query.parameters:
+            raise QueryFileError(f"query {name} needs a value the lake's version cannot bind")
+        found[name] = query.sql
+    return found
+
+
 def run_query(connection: pg8000.native.Connection, query: Query,
               values: Mapping[str, Any]) -> Result:
     """Run ``query`` with the values it declares bound (missing ones NULL).

@@ -1,6 +1,6 @@
 """Drive the handlers the way AWS would, against whatever AWS the environment points at.
 
-EventBridge Scheduler invokes ingest, load and the audit with a scheduled event; S3 invokes
+EventBridge Scheduler invokes ingest, load, publish and the audit with a scheduled event; S3 invokes
 transform with one ObjectCreated event per ingest manifest. The runner does the
 same, loading each ``functions/<name>/app.py`` by path exactly as Lambda would
 load its handler, so nothing is called that AWS would not call.
@@ -19,7 +19,7 @@ from urllib.parse import quote_plus
 from totes import storage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FUNCTIONS = ("ingest", "transform", "load", "audit")
+FUNCTIONS = ("ingest", "transform", "load", "audit", "publish")
 
 
 @dataclass
@@ -168,6 +168,10 @@ class LocalPipeline:
     def load(self) -> dict[str, Any]:
         """Run load on its schedule."""
         return self.invoke("load", scheduled_event("load"))
+
+    def publish(self) -> dict[str, Any]:
+        """Run publish on its schedule: the lake brought up to date with the processed bucket."""
+        return self.invoke("publish", scheduled_event("publish"))
 
     def audit(self) -> dict[str, Any]:
         """Run the audit on its schedule: the warehouse against the source."""

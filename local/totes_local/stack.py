@@ -25,6 +25,8 @@ from totes import config, db
 REGION = "eu-west-2"
 INGEST_BUCKET = "totes-local-ingestion"
 PROCESSED_BUCKET = "totes-local-processed"
+LAKE_BUCKET = "totes-local-lake"
+LAKE_DATABASE = "totes_local_lake"
 TOTESYS_SECRET = "totes/local/totesys"  # nosec B105
 WAREHOUSE_SECRET = "totes/local/warehouse"  # nosec B105
 #: the embedded server trusts local connections; moto accepts any credentials
@@ -244,6 +246,8 @@ def pipeline_environment() -> dict[str, str]:
         "INGEST_DELETE_SWEEP_MINUTES": "60",
         "CAPTURE_MODE": "snapshot",
         "PROCESSED_BUCKET": PROCESSED_BUCKET,
+        "LAKE_BUCKET": LAKE_BUCKET,
+        "LAKE_DATABASE": LAKE_DATABASE,
         "TOTESYS_SECRET_ID": TOTESYS_SECRET,
         "WAREHOUSE_SECRET_ID": WAREHOUSE_SECRET,
         # Empty, as the template's parameters default: the local secrets say where each is.
@@ -264,6 +268,8 @@ def isolated_environment(endpoint: str, suffix: str) -> dict[str, str]:
         **pipeline_environment(),
         "INGEST_BUCKET": f"ingest-{suffix}",
         "PROCESSED_BUCKET": f"processed-{suffix}",
+        "LAKE_BUCKET": f"lake-{suffix}",
+        "LAKE_DATABASE": f"lake_{suffix}",
         "TOTESYS_SECRET_ID": f"totesys-{suffix}",
         "WAREHOUSE_SECRET_ID": f"warehouse-{suffix}",
     }
@@ -285,10 +291,12 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
 
 
 def provision(secrets: Mapping[str, Mapping[str, Any]],
-              buckets: tuple[str, ...] = (INGEST_BUCKET, PROCESSED_BUCKET)) -> None:
-    """Create the buckets and secrets the template would, in whatever AWS the env points at.
+              buckets: tuple[str, ...] = (INGEST_BUCKET, PROCESSED_BUCKET, LAKE_BUCKET),
+              glue_databases: tuple[str, ...] = (LAKE_DATABASE,)) -> None:
+    """Create the buckets, Glue databases and secrets the template would.
 
-    Idempotent, so a second demo run against the same moto server is harmless.
+    In whatever AWS the environment points at. Idempotent, so a second demo run
+    against the same moto server is harmless.
     """
     s3 = boto3.client("s3")
     for bucket in buckets:
@@ -296,6 +304,12 @@ def provision(secrets: Mapping[str, Mapping[str, Any]],
             s3.create_bucket(Bucket=bucket,
                              CreateBucketConfiguration={"LocationConstraint": REGION})
         except s3.exceptions.BucketAlreadyOwnedByYou:
+            pass
+    glue = boto3.client("glue")
+    for name in glue_databases:
+        try:
+            glue.create_database(DatabaseInput={"Name": name})
+        except glue.exceptions.AlreadyExistsException:
             pass
     manager = boto3.client("secretsmanager")
     for secret_id, value in secrets.items():

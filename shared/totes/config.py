@@ -47,6 +47,21 @@ def processed_bucket() -> str:
     return require_env("PROCESSED_BUCKET")
 
 
+def lake_bucket() -> str:
+    """Name of the bucket holding the lake's Iceberg data and metadata."""
+    return require_env("LAKE_BUCKET")
+
+
+def lake_database() -> str:
+    """Name of the Glue database holding the lake's Iceberg tables."""
+    return require_env("LAKE_DATABASE")
+
+
+def lake_snapshot_retention() -> timedelta:
+    """How long the lake keeps snapshots for time travel (``LAKE_SNAPSHOT_RETENTION_DAYS``)."""
+    return timedelta(days=int_env("LAKE_SNAPSHOT_RETENTION_DAYS", 7))
+
+
 @dataclass(frozen=True)
 class Database:
     """One of the two databases: the names of its environment variables and template parameters.

@@ -242,8 +242,13 @@ def freshness_seconds(ingest_bucket: str, loaded_through: str | None, now: datet
     return max(0.0, (now - started).total_seconds())
 
 
-def _table_batches(bucket: str, output: TableOutput, table: Table, batch_rows: int,
-                   manifest: ProcessedManifest) -> Iterator["pa.RecordBatch"]:
+def table_batches(bucket: str, output: TableOutput, table: Table, batch_rows: int,
+                  manifest: ProcessedManifest) -> Iterator["pa.RecordBatch"]:
+    """Yield every row a manifest lists for one table (or its deletions), file after file.
+
+    Shared by the load and the publish, so both read processed data the same way:
+    checked against the contract and the manifest, old formats filled in.
+    """
     old = manifest.format == PROCESSED_FORMAT_V1
     return chain.from_iterable(
         record_batches(bucket, file.key, table, file.rows, batch_rows, fill_defaults=old)
@@ -300,12 +305,12 @@ def load_manifest(conn: pg8000.native.Connection, bucket: str, key: str,
             output = manifest.table(table.name)
             if output.files:
                 result.add(table.name, _guarded(key, table.name, lambda: warehouse.load_table(
-                    conn, table, _table_batches(bucket, output, table, batch_rows, manifest))))
+                    conn, table, table_batches(bucket, output, table, batch_rows, manifest))))
         for fact in FACTS:
             output = manifest.deleted(fact.name)
             if output.files:
                 loaded = _guarded(key, f"deletions of {fact.name}", lambda: (
-                    warehouse.load_deletions(conn, fact, _table_batches(
+                    warehouse.load_deletions(conn, fact, table_batches(
                         bucket, output, DELETIONS[fact.name], batch_rows, manifest))))
                 result.add(fact.name, loaded)
                 result.deletions[fact.name] += loaded.rows

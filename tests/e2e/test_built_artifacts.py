@@ -19,7 +19,8 @@ from totes_local import cfn, pandas_layer, stack
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / ".aws-sam" / "build"
-FUNCTIONS = ("IngestFunction", "TransformFunction", "LoadFunction", "AuditFunction")
+FUNCTIONS = ("IngestFunction", "TransformFunction", "LoadFunction", "AuditFunction",
+             "PublishFunction")
 
 #: What AWS provides besides our layer: the Lambda runtime's SDK (behind the layer's own pinned
 #: copy on sys.path, as in Lambda), and for transform, load and the audit the AWS SDK for pandas
@@ -70,6 +71,10 @@ manifest_created = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCr
 results["transform"] = handler("TransformFunction")(manifest_created, Context("transform"))
 results["load"] = handler("LoadFunction")(events["load"], Context("load"))
 results["audit"] = handler("AuditFunction")(events["audit"], Context("audit"))
+publish = handler("PublishFunction")
+sys.path.insert(0, f"{functions}/PublishFunction")  # its folder is /var/task: imported at run time
+results["publish"] = publish(events["publish"], Context("publish"))
+sys.path.pop(0)
 import boto3, botocore, totes
 results["totes_from"] = totes.__file__
 results["sdk"] = {"boto3": [boto3.__version__, boto3.__file__],
@@ -107,7 +112,8 @@ def test_built_handlers_run_the_pipeline_with_only_the_layer_and_their_folder(
     stack.provision({aws["TOTESYS_SECRET_ID"]: totesys.secret,
                      aws["WAREHOUSE_SECRET_ID"]: postgres.secret(warehouse)}, buckets=())
     events = {"ingest": scheduled_event("ingest"), "load": scheduled_event("load"),
-              "audit": scheduled_event("audit"), "bucket": aws["INGEST_BUCKET"]}
+              "audit": scheduled_event("audit"), "publish": scheduled_event("publish"),
+              "bucket": aws["INGEST_BUCKET"]}
     result = subprocess.run(  # nosec B603
         [sys.executable, "-S", "-c", DRIVER, str(built / "SharedLayer" / "python"), str(built),
          str(provided), json.dumps(events)],
@@ -131,6 +137,8 @@ def test_built_handlers_run_the_pipeline_with_only_the_layer_and_their_folder(
     # The audit, as built (layer and pandas layer only), finds what the built pipeline loaded.
     assert outcome["audit"]["ok"] is True
     assert outcome["audit"]["tables"]["fact_sales_order"]["source_rows"] == loaded
+    # Publish, as built (its folder, the layer and the pandas layer), fills the lake.
+    assert outcome["publish"]["rows_appended"]["fact_sales_order_current"] == loaded
 
 
 def _size(folder: Path) -> int:
@@ -150,7 +158,7 @@ def test_built_layer_leaves_out_what_the_functions_never_read(built):
     assert (site / "pycountry" / "databases" / "iso4217.json").is_file()
     assert not (site / "pycountry" / "locales").exists()
     services = {path.name for path in (site / "botocore" / "data").iterdir() if path.is_dir()}
-    assert services == {"s3", "secretsmanager", "sts"}
+    assert services == {"s3", "secretsmanager", "sts", "glue"}
     assert not list(site.rglob("__pycache__"))
 
 
@@ -160,6 +168,17 @@ def test_each_function_fits_lambdas_size_limit_beside_the_pandas_layer(built):
     for function in FUNCTIONS:
         total = layer + _size(built / function) + pandas.unzipped_bytes
         assert total <= pandas_layer.LAMBDA_UNZIPPED_LIMIT_BYTES, (function, total)
+    publish = layer + _size(built / "PublishFunction") + pandas.unzipped_bytes
+    print(f"publish function with its layers: {publish / 1e6:.1f} MB unzipped "
+          f"(limit {pandas_layer.LAMBDA_UNZIPPED_LIMIT_BYTES / 1e6:.1f} MB)")
+
+
+def test_built_publish_function_holds_exactly_its_pinned_dependencies(built):
+    folder = built / "PublishFunction"
+    installed = {distribution.metadata["Name"].lower().replace("_", "-"): distribution.version
+                 for distribution in (Distribution.at(info) for info in folder.glob("*.dist-info"))}
+    pinned = pandas_layer.pins((ROOT / "functions" / "publish" / "requirements.txt").read_text())
+    assert installed == {name.replace("_", "-"): version for name, version in pinned.items()}
 
 
 def test_the_built_template_puts_the_shared_layer_last_for_every_function(built):

@@ -43,6 +43,14 @@ def test_demo_runs_two_cycles_and_prints_a_readable_summary(demo_dir, capsys):
     # cycle 2 adds a sales order file and the file of its deletion
     assert "_manifests 2" in files and "fact_sales_order 3" in files
 
+    # The lake, published after each cycle, holds what the warehouse holds; `totes lake` asks it.
+    lake = out.split("the lake (Iceberg tables in Glue")[1].split("audit:")[0]
+    assert "fact_sales_order_current" in lake and "totes lake" in out
+    current = int(lake.split("fact_sales_order_current")[1].split()[0].replace(",", ""))
+    assert cli.main(["lake", "--dir", str(demo_dir), "-c",
+                     "SELECT count(*) AS n FROM fact_sales_order_current"]) == 0
+    assert str(current) in capsys.readouterr().out
+
 
 def test_demo_ends_with_the_audit_and_totes_audit_prints_it_table_by_table(demo_dir, capsys):
     assert cli.main(["demo", "--dir", str(demo_dir), "--scale", "0.02", "--steps", "2"]) == 0

@@ -19,11 +19,11 @@ TEMPLATE = cfn.load()
 RESOURCES = TEMPLATE["Resources"]
 PARAMETERS = TEMPLATE["Parameters"]
 FUNCTIONS = {"ingest": "IngestFunction", "transform": "TransformFunction",
-             "load": "LoadFunction", "audit": "AuditFunction"}
+             "load": "LoadFunction", "audit": "AuditFunction", "publish": "PublishFunction"}
 SCHEDULES = {"ingest": "IngestSchedule", "load": "LoadSchedule"}
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FUNCTION_WORD = re.compile(r"\b(ingest|transform|load|audit)\b", re.IGNORECASE)
-NAMED = r"(?P<function>ingest|transform|load|audit)"
+FUNCTION_WORD = re.compile(r"\b(ingest|transform|load|audit|publish)\b", re.IGNORECASE)
+NAMED = r"(?P<function>ingest|transform|load|audit|publish)"
 #: wordings that state a function's memory (MB) or timeout (s, or min), in any doc.
 MEMORY = [re.compile(pattern) for pattern in (
     r"(?P<mb>[\d,]+) MB Lambda\b", r"Lambda's (?P<mb>[\d,]+) MB", r"\bits (?P<mb>[\d,]+) MB\b",

@@ -96,7 +96,9 @@ def test_a_function_gets_the_globals_environment_and_its_own():
 def test_bucket_policies_are_keyed_by_the_bucket_they_protect():
     policies = TEMPLATE.bucket_policies()
     assert set(policies) == {"totes-ingest-a5b4c3d2e1f0",
-                             "totes-pipeline-processedbucket-a5b4c3d2e1f0"}
+                             "totes-pipeline-processedbucket-a5b4c3d2e1f0",
+                             "totes-pipeline-lakebucket-a5b4c3d2e1f0",
+                             "totes-pipeline-athenaresultsbucket-a5b4c3d2e1f0"}
     for bucket, document in policies.items():
         resources = [resource for found in document["Statement"]
                      for resource in as_list(found.get("Resource", found.get("NotResource")))]

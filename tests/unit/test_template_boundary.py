@@ -20,8 +20,9 @@ def test_the_boundary_is_optional_and_must_be_a_managed_policy_arn():
 
 
 def test_the_stack_creates_the_function_schedule_and_bucket_admin_roles():
-    assert len(ROLES) == 8
-    assert {"IngestRole", "TransformRole", "LoadRole", "AuditRole", "BucketAdminRole"} <= set(ROLES)
+    assert len(ROLES) == 10
+    assert {"IngestRole", "TransformRole", "LoadRole", "AuditRole", "PublishRole",
+            "BucketAdminRole"} <= set(ROLES)
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -38,13 +38,14 @@ def scheduler_input(function: str) -> dict:
 def test_every_sample_event_is_valid_json():
     names = sorted(path.name for path in EVENTS.glob("*.json"))
     assert names == ["audit_scheduled.json", "ingest_scheduled.json", "load_scheduled.json",
-                     "transform_s3_manifest.json"]
+                     "publish_scheduled.json", "transform_s3_manifest.json"]
     for name in names:
         assert isinstance(event(name), dict)
 
 
 @pytest.mark.parametrize("name, function", [
     ("ingest_scheduled.json", "IngestFunction"), ("load_scheduled.json", "LoadFunction"),
+    ("publish_scheduled.json", "PublishFunction"),
 ])
 def test_scheduled_samples_have_the_shape_the_schedule_sends(name, function):
     sample = event(name)

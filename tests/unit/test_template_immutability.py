@@ -33,6 +33,8 @@ PROTECTED_ACTIONS = {
     "s3:DeleteBucketPolicy": "would remove these denies",
     "s3:DeleteBucket": "ends the bucket (possible only once it is empty)",
 }
+#: every bucket whose objects are written once and kept: the pipeline's two and the lake.
+IMMUTABLE = (*BUCKETS, "LakeBucket")
 NO_VALUE = {"Ref": "AWS::NoValue"}
 #: concrete names for the evaluator below (any distinct values do).
 PROCESSED_ARN = "arn:aws:s3:::processed"
@@ -71,8 +73,8 @@ def test_object_lock_is_on_by_default_and_zero_days_turns_it_off():
         "Fn::Not": [{"Fn::Equals": [{"Ref": "ObjectLockRetentionDays"}, 0]}]}
 
 
-@pytest.mark.parametrize("bucket", BUCKETS)
-def test_both_buckets_lock_new_versions_in_governance_mode_for_the_retention_days(bucket):
+@pytest.mark.parametrize("bucket", IMMUTABLE)
+def test_every_kept_bucket_locks_new_versions_in_governance_mode_for_the_retention_days(bucket):
     properties = RESOURCES[bucket]["Properties"]
     assert properties["ObjectLockEnabled"] == {"Fn::If": ["HasObjectLock", True, NO_VALUE]}
     assert properties["ObjectLockConfiguration"] == {"Fn::If": ["HasObjectLock", {
@@ -96,7 +98,7 @@ def test_the_break_glass_role_is_optional_and_must_be_a_role_arn():
 # ---------------------------------------------------------------- bucket policies
 
 
-@pytest.mark.parametrize("bucket", BUCKETS)
+@pytest.mark.parametrize("bucket", IMMUTABLE)
 def test_a_put_without_if_none_match_is_refused_to_everyone(bucket):
     deny = statements(bucket)["DenyWritesWithoutIfNoneMatch"]
     assert deny["Effect"] == "Deny" and deny["Principal"] == "*"
@@ -106,7 +108,7 @@ def test_a_put_without_if_none_match_is_refused_to_everyone(bucket):
     assert deny["Condition"] == {"Null": {"s3:if-none-match": "true"}}
 
 
-@pytest.mark.parametrize("bucket", BUCKETS)
+@pytest.mark.parametrize("bucket", IMMUTABLE)
 def test_deletes_and_protection_changes_are_refused_to_all_but_the_break_glass_role(bucket):
     deny = statements(bucket)["DenyDeletesAndProtectionChanges"]
     assert deny["Effect"] == "Deny" and deny["Principal"] == "*"
@@ -122,7 +124,7 @@ def test_deletes_and_protection_changes_are_refused_to_all_but_the_break_glass_r
         "ArnNotEquals": {"aws:PrincipalArn": {"Fn::GetAtt": ["BucketAdminRole", "Arn"]}}}
 
 
-@pytest.mark.parametrize("bucket", BUCKETS)
+@pytest.mark.parametrize("bucket", IMMUTABLE)
 def test_no_deploy_path_or_service_is_exempt_from_the_denies(bucket):
     # An aws:CalledVia (or aws:ViaAWSService) exemption for CloudFormation would let anyone who
     # may deploy any stack rewrite the policy; the only exception is the break-glass role.
@@ -148,9 +150,12 @@ def test_both_buckets_have_the_same_policy_but_for_who_may_write():
 
 def test_the_bucket_policies_stay_with_the_buckets_when_the_stack_is_deleted():
     policies = resources_of("AWS::S3::BucketPolicy")
-    assert {body["Properties"]["Bucket"]["Ref"] for body in policies.values()} == set(BUCKETS)
-    for name, body in policies.items():
-        assert body["DeletionPolicy"] == "Retain" == body["UpdateReplacePolicy"], name
+    protected = {body["Properties"]["Bucket"]["Ref"]: body for body in policies.values()}
+    # Athena's query results are scratch (expired after a week): only the others are kept.
+    assert set(protected) == {*IMMUTABLE, "AthenaResultsBucket"}
+    for bucket in IMMUTABLE:
+        body = protected[bucket]
+        assert body["DeletionPolicy"] == "Retain" == body["UpdateReplacePolicy"], bucket
 
 
 def test_no_role_but_the_bucket_admin_is_granted_an_action_the_bucket_policies_deny():
@@ -300,14 +305,18 @@ def test_no_pipeline_role_may_write_a_supersede_marker(role):
     assert not may(role, "s3:PutObject", SUPERSEDE_MARKER)
 
 
-def test_only_the_ingest_and_transform_roles_may_put_objects_but_markers():
+def test_only_the_ingest_transform_and_publish_roles_may_put_objects_but_markers():
     # SAM's generated roles (the schedules') included: none may write anywhere. The bucket
     # admin role the stack creates writes operators' markers, and only those.
     writers = {owner: statement for owner, statement in allow_statements()
                if "s3:PutObject" in as_list(statement["Action"])}
-    assert set(writers) == {"IngestRole", "TransformRole", "BucketAdminRole"}
+    assert set(writers) == {"IngestRole", "TransformRole", "PublishRole", "BucketAdminRole"}
     assert writers["BucketAdminRole"]["Resource"] == {
         "Fn::Sub": "${ProcessedBucket.Arn}/_supersede/*"}
+    # Publish writes the lake only, never the pipeline's buckets.
+    assert [statement["Resource"] for statement in role_statements("PublishRole")
+            if "s3:PutObject" in as_list(statement["Action"])] == [
+        {"Fn::Sub": "${LakeBucket.Arn}/*"}]
 
 
 # ---------------------------------------------------------------- who may write where

@@ -1,0 +1,472 @@
+"""The lake's Iceberg tables in the Glue catalog, changed one processed manifest at a time.
+
+Each processed manifest becomes at most one Iceberg commit per lake table (a
+transaction: its deletes and its append commit together or not at all), and only
+when it changes the table: nothing new, no snapshot. Every snapshot of such a
+commit carries the manifest in its summary (:data:`MANIFEST_PROPERTY`,
+:data:`PROCESSED_PROPERTY`), which is what makes a rerun add nothing twice: a
+table whose current snapshot already names a manifest is past it.
+
+The rules are the load's, so the lake equals the warehouse:
+
+* a dimension keeps the last row of each key (the manifest's rows replace the
+  ones with the same key: an Iceberg delete and an append);
+* a fact history gains every version not already there (same business id and
+  ``last_updated``), in capture order with new record ids; a version already there
+  with other values is corrected (the old row deleted, the new one appended with a
+  new record id, so it ranks latest); then each deletion record adds one deletion
+  version, a copy of the id's latest version stamped with the detection time,
+  unless that version records a deletion already;
+* ``fact_*_current`` holds the latest version of each business id the manifest
+  touched, unless it is a deletion.
+
+A revision (:mod:`totes.supersede`) is applied with Iceberg's own history: a table
+holding what a revision superseded is put back, in a new snapshot, to the state of
+its newest snapshot still in force (nothing is physically deleted), and the
+revision's manifests are published on top.
+"""
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Iterable
+
+import boto3
+
+from totes.lake_schema import (MANIFEST_KEY, LakeTable, arrow_schema, iceberg_schema, time_text,
+                               to_lake)
+from totes.errors import InputError
+from totes.supersede import Markers
+
+if TYPE_CHECKING:  # the publish function's own dependencies (pyarrow from the pandas layer)
+    import pyarrow as pa
+    from pyiceberg.catalog.glue import GlueCatalog
+    from pyiceberg.expressions import BooleanExpression
+    from pyiceberg.table import Table as IcebergTable
+    from pyiceberg.table import Transaction
+    from pyiceberg.table.snapshots import Snapshot
+
+#: the FileIO every lake table is read and written with: create-once, conditional writes.
+FILE_IO = "totes.lake_io.CreateOnceFileIO"
+
+#: snapshot summary property: the ingest manifest key whose rows the snapshot holds.
+MANIFEST_PROPERTY = "totes.manifest"
+#: snapshot summary property: the processed manifest (of the revision in force) it came from.
+PROCESSED_PROPERTY = "totes.processed-manifest"
+#: snapshot summary property of a history table: the next record id to assign.
+NEXT_RECORD_ID_PROPERTY = "totes.next-record-id"
+#: snapshot summary property of a rewind: the revision marker that superseded what it removed.
+REWOUND_BY_PROPERTY = "totes.rewound-by"
+
+#: table property, set once snapshots have been expired: history no longer reaches the start.
+EXPIRED_PROPERTY = "totes.snapshots-expired"
+
+#: the column numbering rows in capture order while a manifest is worked on.
+ORDINAL = "_ordinal"
+
+
+def io_properties() -> dict[str, str]:
+    """The lake's FileIO and where pyarrow's S3 file system (its reads) finds S3.
+
+    The S3 client that writes (:mod:`totes.lake_io`) is created plainly, like every
+    client of the pipeline (``AWS_ENDPOINT_URL`` honoured); pyarrow's file system
+    does not read that variable, so it is handed over when set (the local stack and
+    the tests), and AWS's own endpoint is used when not.
+    """
+    properties = {"py-io-impl": FILE_IO}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        properties["s3.endpoint"] = endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:  # else pyarrow asks S3 where each bucket is, before every first access
+        properties["s3.region"] = region
+    return properties
+
+
+def glue_catalog(lake_bucket: str) -> "GlueCatalog":
+    """The Glue catalog, its tables' data and metadata under ``s3://<lake_bucket>/``.
+
+    The Glue client is created plainly (``AWS_ENDPOINT_URL`` honoured); files are
+    read and written as :func:`io_properties` says.
+    """
+    from pyiceberg.catalog.glue import GlueCatalog
+
+    return GlueCatalog("lake", client=boto3.client("glue"), warehouse=f"s3://{lake_bucket}",
+                       **io_properties())
+
+
+#: every lake table's Iceberg properties. No commit retries: a change is computed from the
+#: state it read, so a commit that lost a race must fail (the next run computes it again),
+#: not be replayed onto another writer's state.
+TABLE_PROPERTIES = {"format-version": "2", "write.parquet.compression-codec": "zstd",
+                    "commit.retry.num-retries": "0"}
+
+
+def open_table(catalog: "GlueCatalog", database: str, table: LakeTable) -> "IcebergTable":
+    """Return the lake table, creating it (Iceberg v2, the contract's schema) if it is missing.
+
+    Looked up first: pyiceberg's ``create_table_if_not_exists`` writes a new metadata
+    file before Glue refuses the name, which would leave one stray file per table per run.
+    """
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        return catalog.load_table((database, table.name))
+    except NoSuchTableError:
+        return catalog.create_table(
+            (database, table.name), schema=iceberg_schema(table), properties=TABLE_PROPERTIES)
+
+
+def summary_value(snapshot: "Snapshot | None", name: str) -> str | None:
+    """A property of a snapshot's summary (None without a snapshot or the property)."""
+    if snapshot is None or snapshot.summary is None:
+        return None
+    value = snapshot.summary[name]
+    return None if value is None else str(value)
+
+
+def last_manifest(table: "IcebergTable") -> str | None:
+    """The newest ingest manifest the table holds rows of, from its current snapshot."""
+    return summary_value(table.current_snapshot(), MANIFEST_PROPERTY)
+
+
+def _in_force(snapshot: "Snapshot", markers: Markers) -> bool:
+    manifest = summary_value(snapshot, MANIFEST_PROPERTY)
+    processed = summary_value(snapshot, PROCESSED_PROPERTY)
+    return manifest is None or markers.processed_key(manifest) == processed
+
+
+class RewindError(InputError):
+    """A revision reaches back past the snapshots the lake keeps: a person must rebuild it."""
+
+
+def expire_snapshots(table: "IcebergTable", older_than: datetime) -> int:
+    """Forget the snapshots taken before ``older_than`` (never the current one); how many.
+
+    Only the table's metadata changes: no file is deleted (the lake bucket refuses
+    deletes), so what the expired snapshots alone referenced stays until a person
+    with the break-glass role removes it.
+    """
+    current = table.current_snapshot()
+    cutoff = older_than.timestamp() * 1000
+    expired = [snapshot.snapshot_id for snapshot in table.snapshots()
+               if snapshot.timestamp_ms < cutoff
+               and (current is None or snapshot.snapshot_id != current.snapshot_id)]
+    if expired:
+        # Said first: expiring unlinks the kept snapshots from their expired parents, after
+        # which a rewind could not tell the table's first snapshot from the oldest kept one.
+        if EXPIRED_PROPERTY not in table.properties:
+            with table.transaction() as transaction:
+                transaction.set_properties({EXPIRED_PROPERTY: "true"})
+        table.maintenance.expire_snapshots().by_ids(expired).commit()
+    return len(expired)
+
+
+def rewind(table: "IcebergTable", markers: Markers) -> bool:
+    """Put ``table`` back to its newest snapshot still in force, if a revision superseded it.
+
+    The state is restored in a new snapshot (an overwrite with the older
+    snapshot's rows), so time travel still shows what was there. Returns whether
+    the table was rewound.
+    """
+    from pyiceberg.expressions import AlwaysTrue
+
+    current = table.current_snapshot()
+    if current is None or _in_force(current, markers):
+        return False
+    kept: Snapshot | None = current
+    while kept is not None and not _in_force(kept, markers):
+        parent = kept.parent_snapshot_id
+        kept = None if parent is None else table.snapshot_by_id(parent)
+        if kept is None and EXPIRED_PROPERTY in table.properties:
+            raise RewindError(
+                f"{table.name()}: the state before the revision is older than the snapshots "
+                "kept (LAKE_SNAPSHOT_RETENTION_DAYS); rebuild the lake (docs/lake.md)")
+    manifest = summary_value(current, MANIFEST_PROPERTY) or ""
+    revision = next(r for r in markers.revisions
+                    if r.number == markers.revision_for(manifest))
+    properties = {REWOUND_BY_PROPERTY: revision.key}
+    for name in (MANIFEST_PROPERTY, PROCESSED_PROPERTY):
+        value = summary_value(kept, name)
+        if value is not None:
+            properties[name] = value
+    next_id = summary_value(current, NEXT_RECORD_ID_PROPERTY)
+    if next_id is not None:  # record ids are never given twice, even after a rewind
+        properties[NEXT_RECORD_ID_PROPERTY] = next_id
+    with table.transaction() as transaction:
+        if kept is None:
+            transaction.delete(AlwaysTrue(), snapshot_properties=properties)
+        else:
+            rows = table.scan(snapshot_id=kept.snapshot_id).to_arrow()
+            transaction.overwrite(rows, snapshot_properties=properties)
+    return True
+
+
+@dataclass
+class TableChange:
+    """What one manifest changes in one lake table: rows removed (by filter) and appended."""
+
+    removed: int = 0
+    appended: "pa.Table | None" = None
+    remove_filter: "BooleanExpression | None" = None
+    properties: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        """Whether the change changes nothing (then nothing is committed)."""
+        return self.remove_filter is None and (self.appended is None
+                                               or self.appended.num_rows == 0)
+
+    def commit(self, transaction: "Transaction") -> None:
+        """Stage the change's delete and append in ``transaction``, each snapshot labelled."""
+        if self.remove_filter is not None:
+            transaction.delete(self.remove_filter, snapshot_properties=self.properties)
+        if self.appended is not None and self.appended.num_rows:
+            transaction.append(self.appended, snapshot_properties=self.properties)
+
+
+def conform(spec: LakeTable, rows: "pa.Table") -> "pa.Table":
+    """``rows`` with exactly the lake table's columns and Arrow types, in order."""
+    return rows.select(list(spec.column_names)).cast(arrow_schema(spec))
+
+
+def _with_ordinal(rows: "pa.Table") -> "pa.Table":
+    import pyarrow as pa
+
+    return rows.append_column(ORDINAL, pa.array(range(rows.num_rows), pa.int64()))
+
+
+def last_per_key(rows: "pa.Table", keys: list[str], *, first: bool = False) -> "pa.Table":
+    """Keep one row per ``keys``: the last in capture order (the first with ``first``).
+
+    ``rows`` carry :data:`ORDINAL`; the result is in capture order.
+    """
+    import pyarrow.compute as pc
+
+    aggregate: Any = "min" if first else "max"
+    chosen = rows.group_by(keys, use_threads=False).aggregate([(ORDINAL, aggregate)])
+    kept = rows.filter(pc.is_in(rows[ORDINAL], value_set=chosen[f"{ORDINAL}_{aggregate}"]))
+    return kept.sort_by(ORDINAL)
+
+
+def _scan(table: "IcebergTable", spec: LakeTable, column: str, values: Iterable[object],
+          selected: tuple[str, ...] = ()) -> "pa.Table":
+    """The rows whose ``column`` is one of ``values``, in the lake's Arrow types.
+
+    Only the ``selected`` columns (all without), and nothing read from an empty table.
+    """
+    import pyarrow as pa
+
+    names = list(selected or spec.column_names)
+    schema = pa.schema([arrow_schema(spec).field(name) for name in names])
+    wanted = set(values)
+    if table.current_snapshot() is None or not wanted:
+        return schema.empty_table()
+    rows = table.scan(row_filter=one_of(column, wanted), selected_fields=tuple(names)).to_arrow()
+    return rows.select(names).cast(schema)
+
+
+def one_of(column: str, values: Iterable[object]) -> "BooleanExpression":
+    """The Iceberg filter ``column IN values``."""
+    from pyiceberg.expressions import In
+
+    # In is a pydantic model: mypy reads its fields as the constructor, not its __init__.
+    expression: BooleanExpression = In(column, set(values))  # type: ignore[call-arg, arg-type]
+    return expression
+
+
+def _same_values(left: "pa.Table", right: "pa.Table", columns: Iterable[str]) -> Any:
+    """Row by row, whether ``left`` and ``right`` hold the same values (NULL equals NULL)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    same: Any = pa.array([True] * left.num_rows, pa.bool_())
+    for name in columns:
+        a: Any = left[name]
+        b: Any = right[name]
+        equal = pc.fill_null(pc.equal(a, b), False)
+        both_null = pc.and_(pc.is_null(a), pc.is_null(b))
+        same = pc.and_(same, pc.or_(equal, both_null))
+    return same
+
+
+def _match(incoming: "pa.Table", existing: "pa.Table", keys: list[str],
+           compared: list[str], carried: str) -> "pa.Table":
+    """Match ``incoming`` rows with ``existing`` ones by ``keys``, in capture order.
+
+    Each row gains ``_found`` (an existing row has its keys), ``_same`` (and every
+    ``compared`` value is the same) and ``_old_<carried>`` (that row's ``carried``).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    renamed = {name: f"_old_{name}" for name in (*compared, carried) if name not in keys}
+    old = existing.select([*keys, *renamed]).rename_columns([*keys, *renamed.values()])
+    old = old.append_column("_found", pa.array([True] * old.num_rows, pa.bool_()))
+    joined = incoming.join(old, keys=keys, join_type="left outer",
+                           use_threads=False).sort_by(ORDINAL)
+    flags: Any = joined["_found"]
+    found: Any = pc.fill_null(flags, False)
+    previous = joined.select([renamed.get(name, name) for name in compared])
+    same = _same_values(joined.select(compared), previous.rename_columns(compared), compared)
+    return (joined.drop_columns(["_found", *renamed.values()])
+            .append_column("_found", found)
+            .append_column("_same", pc.and_(found, same))
+            .append_column(f"_old_{carried}", joined[renamed.get(carried, carried)]))
+
+
+def dimension_change(table: "IcebergTable", spec: LakeTable,
+                     rows: "pa.Table") -> TableChange:
+    """The change that upserts a manifest's rows of a dimension: new and changed members only."""
+    import pyarrow.compute as pc
+
+    incoming = last_per_key(_with_ordinal(to_lake(spec, rows)), [spec.key])
+    existing = _scan(table, spec, spec.key, incoming[spec.key].to_pylist())
+    compared = [name for name in spec.column_names if name != spec.key]
+    matched = _match(incoming, existing, [spec.key], compared, spec.key)
+    changed = matched.filter(pc.invert(matched["_same"]))
+    replaced = changed.filter(changed["_found"])[spec.key].to_pylist()
+    return TableChange(
+        removed=len(replaced),
+        remove_filter=one_of(spec.key, replaced) if replaced else None,
+        appended=conform(spec, changed))
+
+
+@dataclass
+class FactChange:
+    """What one manifest changes in a fact's history and current state."""
+
+    history: TableChange
+    current: TableChange
+    #: versions corrected in place (same ``last_updated``, other values), as the load counts.
+    corrected: int = 0
+    #: deletion versions added.
+    deletions: int = 0
+
+
+def fact_change(history: "IcebergTable", current: "IcebergTable", spec: LakeTable,
+                manifest_key: str, versions: "pa.Table", deleted: "pa.Table",
+                next_record_id: int) -> FactChange:
+    """The changes of a fact's history and current state for a manifest's versions and deletions.
+
+    ``versions`` are the manifest's fact rows and ``deleted`` its deletion records
+    (both in the contract's Arrow types, capture order); see the module's notes for
+    the rules, which are the load's.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    record_id, business_id = spec.source.primary_key, spec.key
+    unique = list(spec.source.unique_key)
+    compared = [name for name in spec.column_names
+                if name not in (*unique, record_id, MANIFEST_KEY.name)]
+    with_lake_columns = _fill(versions, {record_id: 0, MANIFEST_KEY.name: manifest_key})
+    incoming = last_per_key(_with_ordinal(to_lake(spec, with_lake_columns)), unique)
+    ids = set(incoming[business_id].to_pylist()) | set(deleted[business_id].to_pylist())
+    existing = _scan(history, spec, business_id, ids)
+    matched = _match(incoming, existing, unique, compared, record_id)
+    kept = matched.filter(pc.invert(matched["_same"]))
+    corrected = kept.filter(kept["_found"])[f"_old_{record_id}"].to_pylist()
+    kept = _renumber(conform(spec, kept), record_id, next_record_id)
+    next_record_id += kept.num_rows
+
+    remaining = existing.filter(pc.invert(pc.is_in(existing[record_id],
+                                                   value_set=pa.array(corrected, pa.int64()))))
+    pool = pa.concat_tables([conform(spec, remaining), kept])
+    removals = _deletion_versions(spec, pool, deleted, manifest_key)
+    removals = _renumber(removals, record_id, next_record_id)
+    next_record_id += removals.num_rows
+    appended = pa.concat_tables([kept, removals])
+
+    properties = {NEXT_RECORD_ID_PROPERTY: str(next_record_id)}
+    history_change = TableChange(
+        removed=len(corrected), appended=appended, properties=properties,
+        remove_filter=one_of(record_id, corrected) if corrected else None)
+    current_change = _current_change(current, spec, pa.concat_tables([pool, removals]), appended)
+    return FactChange(history_change, current_change,
+                      corrected=len(corrected), deletions=removals.num_rows)
+
+
+def _fill(rows: "pa.Table", values: dict[str, object]) -> "pa.Table":
+    """``rows`` with a constant column for each of ``values`` (the lake's own columns)."""
+    import pyarrow as pa
+
+    for name, value in values.items():
+        rows = rows.append_column(name, pa.array([value] * rows.num_rows))
+    return rows
+
+
+def _renumber(rows: "pa.Table", record_id: str, start: int) -> "pa.Table":
+    """``rows`` with record ids ``start, start + 1, ...`` in their order."""
+    import pyarrow as pa
+
+    index = rows.schema.get_field_index(record_id)
+    ids = pa.array(range(start, start + rows.num_rows), pa.int64())
+    return rows.set_column(index, rows.schema.field(index), ids)
+
+
+def _deletion_versions(spec: LakeTable, pool: "pa.Table", deleted: "pa.Table",
+                       manifest_key: str) -> "pa.Table":
+    """One deletion version per deleted id whose latest version in ``pool`` is not one already.
+
+    A copy of the latest version, stamped with the first detection time of the
+    manifest, ``is_deleted`` true; none when that stamp is a version already there.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    record_id, business_id = spec.source.primary_key, spec.key
+    stamps = ["last_updated_date", "last_updated_time"]
+    empty = pool.schema.empty_table()
+    if deleted.num_rows == 0 or pool.num_rows == 0:
+        return empty
+    first = last_per_key(_with_ordinal(_lake_stamps(deleted)), [business_id], first=True)
+    candidates = pool.filter(pc.is_in(pool[business_id], value_set=first[business_id]))
+    newest = candidates.group_by([business_id], use_threads=False).aggregate([(record_id, "max")])
+    latest = candidates.filter(pc.is_in(candidates[record_id],
+                                        value_set=newest[f"{record_id}_max"]))
+    latest = latest.filter(pc.invert(latest["is_deleted"]))
+    if latest.num_rows == 0:
+        return empty
+    joined = latest.drop_columns(stamps).join(first, keys=[business_id],
+                                              use_threads=False).sort_by(ORDINAL)
+    taken = pool.select([business_id, *stamps]).append_column(
+        "_taken", pa.array([True] * pool.num_rows, pa.bool_()))
+    checked = joined.join(taken, keys=[business_id, *stamps], join_type="left outer",
+                          use_threads=False).sort_by(ORDINAL)
+    fresh = checked.filter(pc.is_null(checked["_taken"]))
+    fresh = fresh.set_column(fresh.schema.get_field_index("is_deleted"), "is_deleted",
+                             pa.array([True] * fresh.num_rows, pa.bool_()))
+    fresh = fresh.set_column(fresh.schema.get_field_index(MANIFEST_KEY.name), MANIFEST_KEY.name,
+                             pa.array([manifest_key] * fresh.num_rows, pa.string()))
+    return conform(spec, fresh)
+
+
+def _lake_stamps(deleted: "pa.Table") -> "pa.Table":
+    """Deletion records with their time in the lake's type (``HH:MM:SS.fff``)."""
+    import pyarrow as pa
+
+    index = deleted.schema.get_field_index("last_updated_time")
+    return deleted.set_column(index, pa.field("last_updated_time", pa.large_string()),
+                              time_text(deleted["last_updated_time"]).cast(pa.large_string()))
+
+
+def _current_change(current: "IcebergTable", spec: LakeTable, every: "pa.Table",
+                    appended: "pa.Table") -> TableChange:
+    """Replace, in ``fact_*_current``, every id the manifest touched by its latest version.
+
+    ``every`` holds every version of the ids the manifest touched, old and new.
+    """
+    import pyarrow.compute as pc
+
+    record_id, business_id = spec.source.primary_key, spec.key
+    touched = pc.unique(appended[business_id])
+    if len(touched) == 0:
+        return TableChange()
+    versions = every.filter(pc.is_in(every[business_id], value_set=touched))
+    newest = versions.group_by([business_id], use_threads=False).aggregate([(record_id, "max")])
+    latest = versions.filter(pc.is_in(versions[record_id], value_set=newest[f"{record_id}_max"]))
+    present = _scan(current, spec, business_id, touched.to_pylist(), (business_id,))
+    ids = present[business_id].to_pylist()
+    return TableChange(removed=len(ids), remove_filter=one_of(business_id, ids) if ids else None,
+                       appended=conform(spec, latest.filter(
+                           pc.invert(latest["is_deleted"])).sort_by(business_id)))

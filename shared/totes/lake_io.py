@@ -1,0 +1,136 @@
+"""The lake's FileIO: every object written once, as one ``PutObject`` with ``If-None-Match: *``.
+
+pyiceberg's default S3 FileIO writes through pyarrow's S3 file system, which
+uploads every object (a 1 KB metadata file too) as a multipart upload without
+``If-None-Match``, so a bucket policy could not require conditional writes. This
+FileIO reads through pyarrow as usual, and writes through :mod:`totes.storage`,
+the pipeline's one S3 writer: the object is spooled (memory, then a temporary
+file) and created with a conditional, checksummed ``PutObject`` when the stream
+closes. Iceberg names every file uniquely, so "already exists" is never expected,
+and is an error when it happens. It never deletes (the bucket refuses it too).
+
+Selected by the catalog's ``py-io-impl`` property (:func:`totes.lake.glue_catalog`).
+"""
+import tempfile
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+from pyiceberg.io import FileIO, InputFile, OutputFile
+from pyiceberg.io.pyarrow import PyArrowFileIO
+from pyiceberg.typedef import EMPTY_DICT, Properties
+
+from totes import storage
+
+#: bytes a write keeps in memory before it spools to a temporary file.
+SPOOL_BYTES = 8 << 20
+
+
+def _bucket_key(location: str) -> tuple[str, str]:
+    parsed = urlparse(location)
+    if parsed.scheme not in ("s3", "s3a", "s3n"):
+        raise ValueError(f"{location}: the lake writes to S3 only")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+class _CreateOnceStream:
+    """A writable stream that creates its object, once, when it is closed."""
+
+    def __init__(self, location: str, written: Callable[[int], None]):
+        """Spool what is written; ``written`` is told the object's size once it exists."""
+        self.location = location
+        self._written = written
+        self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        """Append ``data`` to what the object will hold."""
+        return self._spool.write(data)
+
+    def tell(self) -> int:
+        """Bytes written so far."""
+        return self._spool.tell()
+
+    def flush(self) -> None:
+        """Nothing to flush before the object is created."""
+
+    def writable(self) -> bool:
+        """Always: the stream is for writing."""
+        return True
+
+    def close(self) -> None:
+        """Create the object with everything written (``If-None-Match: *``), once."""
+        if self.closed:
+            return
+        self.closed = True
+        bucket, key = _bucket_key(self.location)
+        try:
+            size = self._spool.tell()
+            self._spool.seek(0)
+            storage.put_new_object(bucket, key, self._spool, "application/octet-stream")
+            self._written(size)
+        finally:
+            self._spool.close()
+
+    def __enter__(self) -> "_CreateOnceStream":
+        """Use as a context manager, like any stream."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Create the object, unless the block failed: then nothing is written."""
+        if exc_info[0] is not None:
+            self.closed = True
+            self._spool.close()
+            return
+        self.close()
+
+
+class CreateOnceOutputFile(OutputFile):
+    """An Iceberg output file created by one conditional ``PutObject``."""
+
+    def __init__(self, location: str, reader: FileIO):
+        """Remember where it goes and how to read it back."""
+        super().__init__(location)
+        self._reader = reader
+        self._length: int | None = None
+
+    def __len__(self) -> int:
+        """The object's size: what was written, or what S3 has."""
+        if self._length is not None:
+            return self._length
+        return len(self.to_input_file())
+
+    def exists(self) -> bool:
+        """Whether the object exists already."""
+        return self.to_input_file().exists()
+
+    def to_input_file(self) -> InputFile:
+        """The same object, to read."""
+        return self._reader.new_input(self.location)
+
+    def create(self, overwrite: bool = False) -> Any:
+        """A stream that creates the object when closed (never over an existing one)."""
+        return _CreateOnceStream(self.location, self._created)
+
+    def _created(self, size: int) -> None:
+        self._length = size
+
+
+class CreateOnceFileIO(FileIO):
+    """pyiceberg FileIO: pyarrow's reads, the pipeline's create-once writes, no deletes."""
+
+    def __init__(self, properties: Properties = EMPTY_DICT):
+        """Read with pyarrow's S3 file system configured by the same properties."""
+        super().__init__(properties)
+        self._pyarrow = PyArrowFileIO(properties)
+
+    def new_input(self, location: str) -> InputFile:
+        """Read ``location`` through pyarrow."""
+        return self._pyarrow.new_input(location)
+
+    def new_output(self, location: str) -> OutputFile:
+        """Write ``location`` once, conditionally."""
+        return CreateOnceOutputFile(location, self._pyarrow)
+
+    def delete(self, location: str | InputFile | OutputFile) -> None:
+        """Refuse: the lake never deletes (its bucket policy refuses it too)."""
+        raise PermissionError(f"the lake never deletes ({location})")

@@ -1,0 +1,317 @@
+"""One scheduled publish: every processed manifest not yet in the lake, oldest first.
+
+The lake (Apache Iceberg tables in the Glue catalog, data in the lake bucket) is
+the warehouse's star schema for engines that read Iceberg (Athena, Redshift
+Spectrum, Spark, Trino, Snowflake, DuckDB); see ``docs/lake.md``. Order and the
+operator's decisions come from :mod:`totes.supersede`, as for the load: the
+revision in force decides which processed manifest stands for an ingest run, a
+load skip passes a manifest over, and a revision puts the tables back before its
+manifests are published again (:func:`totes.lake.rewind`).
+
+Each manifest is published table by table, one Iceberg commit per table it
+changes, with the manifest in the snapshot summary; then its *publish record*, a
+small object in the lake bucket at the processed manifest's own key, says the
+manifest is done. The newest record in force is where the next run starts; a
+table whose current snapshot already names a manifest is past it, so a run that
+crashed half way through a manifest completes it without adding anything twice.
+"""
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Iterator, NotRequired, TypedDict
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from totes import config, errors, lake, stage, storage, supersede, timestamps
+from totes.errors import PipelineError, TransientError
+from totes.lake_schema import LAKE_TABLES
+from totes.load import BATCH_ROWS, table_batches
+from totes.manifest import ProcessedManifest
+from totes.observability import service_logger
+from totes.stage import Deadline, Metric
+from totes.supersede import Markers
+from totes.warehouse_schema import DELETIONS, DIMENSIONS, FACTS, Table, arrow_schema
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyiceberg.catalog.glue import GlueCatalog
+    from pyiceberg.table import Table as IcebergTable
+
+#: a manifest is not started with less time left than this (seconds).
+RESERVE_SECONDS = 60.0
+
+#: what a publish record says it is.
+RECORD_FORMAT = "totes.published/1"
+
+logger = service_logger()
+
+
+class PublishError(PipelineError):
+    """A manifest could not be published; names it. Its kind is the kind of its cause."""
+
+    def __init__(self, message: str, manifest_key: str):
+        """Keep the manifest key for logs and callers."""
+        super().__init__(message)
+        self.manifest_key = manifest_key
+
+
+class PublishConflictError(TransientError):
+    """Another writer committed to a lake table first: the next run publishes from there."""
+
+
+class PublishSummary(TypedDict):
+    """The publish handler's response: :meth:`PublishReport.response`."""
+
+    manifests_published: int
+    last_published_manifest: str | None
+    rows_appended: dict[str, int]
+    rows_removed: dict[str, int]
+    versions_corrected: dict[str, int]
+    deletions_published: dict[str, int]
+    #: present when a revision put tables back before its manifests were published.
+    tables_rewound: NotRequired[list[str]]
+    #: present when an operator's load skip made this run pass over manifests.
+    manifests_skipped: NotRequired[list[str]]
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    """Everything a publish run needs to know about its environment, read once at its start."""
+
+    processed_bucket: str
+    lake_bucket: str
+    lake_database: str
+    #: snapshots older than this are expired (forgotten, not deleted) after a publish.
+    snapshot_retention: timedelta = timedelta(days=7)
+    batch_rows: int = BATCH_ROWS
+
+    @classmethod
+    def from_environment(cls) -> "PublishSettings":
+        """Read the settings from the Lambda environment, failing early on a missing one."""
+        return cls(processed_bucket=config.processed_bucket(),
+                   lake_bucket=config.lake_bucket(),
+                   lake_database=config.lake_database(),
+                   snapshot_retention=config.lake_snapshot_retention())
+
+
+@dataclass
+class PublishReport:
+    """What one publish run did: the handler's response and its metrics."""
+
+    last_published_manifest: str | None
+    manifests_published: list[str] = field(default_factory=list)
+    manifests_skipped: list[str] = field(default_factory=list)
+    tables_rewound: list[str] = field(default_factory=list)
+    snapshots_expired: int = 0
+    rows_appended: Counter[str] = field(default_factory=Counter)
+    rows_removed: Counter[str] = field(default_factory=Counter)
+    versions_corrected: Counter[str] = field(default_factory=Counter)
+    deletions_published: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def metrics(self) -> Iterator[Metric]:
+        """Manifests published, rows appended per lake table, tables rewound, duration."""
+        yield Metric("ManifestsPublished", len(self.manifests_published))
+        if self.manifests_skipped:
+            yield Metric("ManifestsSkipped", len(self.manifests_skipped))
+        if self.tables_rewound:
+            yield Metric("TablesRewound", len(self.tables_rewound))
+        if self.snapshots_expired:
+            yield Metric("SnapshotsExpired", self.snapshots_expired)
+        yield Metric("PublishRunDuration", self.seconds, MetricUnit.Seconds)
+        for name in LAKE_TABLES:
+            yield Metric("RowsPublished", self.rows_appended[name], table=name)
+
+    def response(self) -> PublishSummary:
+        """A JSON-ready summary, every lake table listed so a zero is visible."""
+        summary: PublishSummary = {
+            "manifests_published": len(self.manifests_published),
+            "last_published_manifest": self.last_published_manifest,
+            "rows_appended": {name: self.rows_appended[name] for name in LAKE_TABLES},
+            "rows_removed": {name: self.rows_removed[name] for name in LAKE_TABLES},
+            "versions_corrected": {fact.name: self.versions_corrected[fact.name]
+                                   for fact in FACTS},
+            "deletions_published": {fact.name: self.deletions_published[fact.name]
+                                    for fact in FACTS},
+        }
+        if self.tables_rewound:
+            summary["tables_rewound"] = list(self.tables_rewound)
+        if self.manifests_skipped:
+            summary["manifests_skipped"] = list(self.manifests_skipped)
+        return summary
+
+
+class Lake:
+    """The lake's tables, opened (created when missing) once per run."""
+
+    def __init__(self, catalog: "GlueCatalog", database: str):
+        """Open every lake table of ``database``."""
+        self.tables: dict[str, IcebergTable] = {
+            name: lake.open_table(catalog, database, spec) for name, spec in LAKE_TABLES.items()}
+
+    def expire(self, older_than: datetime) -> int:
+        """Expire every table's snapshots older than ``older_than``; how many in all."""
+        return sum(lake.expire_snapshots(table, older_than) for table in self.tables.values())
+
+    def rewind(self, markers: Markers) -> list[str]:
+        """Put back every table a revision superseded; return their names."""
+        return [name for name, table in self.tables.items() if lake.rewind(table, markers)]
+
+    def commit(self, name: str, change: lake.TableChange, key: str, processed_key: str) -> int:
+        """Commit one table's change for a manifest (nothing when it is empty); rows appended."""
+        from pyiceberg.exceptions import CommitFailedException
+
+        if change.empty:
+            return 0
+        change.properties.update({lake.MANIFEST_PROPERTY: key,
+                                  lake.PROCESSED_PROPERTY: processed_key})
+        try:
+            with self.tables[name].transaction() as transaction:
+                change.commit(transaction)
+        except CommitFailedException as error:
+            raise PublishConflictError(
+                f"{name}: another writer committed first ({error}); the next run "
+                "publishes from there") from error
+        return 0 if change.appended is None else change.appended.num_rows
+
+
+def _rows(bucket: str, manifest: ProcessedManifest, table: Table, batch_rows: int,
+          deletions: bool = False) -> "pa.Table":
+    """Every row a manifest lists for ``table`` (its deletion records with ``deletions``)."""
+    import pyarrow as pa
+
+    contract = DELETIONS[table.name] if deletions else table
+    output = manifest.deleted(table.name) if deletions else manifest.table(table.name)
+    batches = list(table_batches(bucket, output, contract, batch_rows, manifest))
+    return pa.Table.from_batches(batches, schema=arrow_schema(contract))
+
+
+def publish_manifest(lake_tables: Lake, settings: PublishSettings, key: str, processed_key: str,
+                     manifest: ProcessedManifest, report: PublishReport) -> None:
+    """Publish one processed manifest into every lake table it changes, dimensions first.
+
+    A table whose current snapshot already names ``key`` (or a later manifest) is
+    past it: its share was committed by a run that stopped before the manifest's
+    publish record.
+    """
+    bucket, batch_rows = settings.processed_bucket, settings.batch_rows
+
+    def pending(name: str) -> bool:
+        done = lake.last_manifest(lake_tables.tables[name])
+        return done is None or done < key
+
+    for table in DIMENSIONS:
+        if manifest.table(table.name).files and pending(table.name):
+            spec = LAKE_TABLES[table.name]
+            change = lake.dimension_change(lake_tables.tables[table.name], spec,
+                                           _rows(bucket, manifest, table, batch_rows))
+            _count(report, table.name, change,
+                   lake_tables.commit(table.name, change, key, processed_key))
+    for fact in FACTS:
+        if not (manifest.table(fact.name).files or manifest.deleted(fact.name).files):
+            continue
+        current_name = f"{fact.name}_current"
+        if not (pending(fact.name) or pending(current_name)):
+            continue
+        history = lake_tables.tables[fact.name]
+        facts = lake.fact_change(
+            history, lake_tables.tables[current_name], LAKE_TABLES[fact.name], key,
+            _rows(bucket, manifest, fact, batch_rows),
+            _rows(bucket, manifest, fact, batch_rows, deletions=True),
+            _next_record_id(history))
+        history_pending = pending(fact.name)
+        # The current state first: after a crash between the two, the history (untouched)
+        # still gives the same change for the table not yet committed.
+        for name, change in ((current_name, facts.current), (fact.name, facts.history)):
+            if pending(name):
+                _count(report, name, change, lake_tables.commit(name, change, key, processed_key))
+        if history_pending:
+            report.versions_corrected[fact.name] += facts.corrected
+            report.deletions_published[fact.name] += facts.deletions
+
+
+def _next_record_id(history: "IcebergTable") -> int:
+    value = lake.summary_value(history.current_snapshot(), lake.NEXT_RECORD_ID_PROPERTY)
+    return 1 if value is None else int(value)
+
+
+def _count(report: PublishReport, name: str, change: lake.TableChange, appended: int) -> None:
+    report.rows_appended[name] += appended
+    if not change.empty:
+        report.rows_removed[name] += change.removed
+
+
+def _record(settings: PublishSettings, key: str, processed_key: str,
+            skipped_by: str | None) -> None:
+    """Write the manifest's publish record: the manifest is in every lake table it changes."""
+    storage.put_new_json(settings.lake_bucket, processed_key, {
+        "format": RECORD_FORMAT, "ingest_manifest": key, "processed_manifest": processed_key,
+        "published_at": timestamps.now_text(), "skipped_by": skipped_by})
+
+
+def pending_manifests(settings: PublishSettings, markers: Markers) -> Iterator[str]:
+    """Yield the ingest keys to publish, oldest first: after the newest publish record in force."""
+    after = markers.newest_processed(settings.lake_bucket)
+    return markers.processed_after(settings.processed_bucket, after)
+
+
+def run_publish(settings: PublishSettings, deadline: Deadline,
+                catalog: "GlueCatalog | None" = None) -> PublishReport:
+    """Publish every pending manifest, oldest first, until the deadline's reserve.
+
+    Every failure is logged once with the manifest it concerns and raised; the
+    partial report is published first, so the metrics show what was done.
+    """
+    started = time.monotonic()
+    try:
+        markers = supersede.read_markers(settings.processed_bucket)
+        lake_tables = Lake(catalog or lake.glue_catalog(settings.lake_bucket),
+                           settings.lake_database)
+        report = PublishReport(last_published_manifest=markers.newest_processed(
+            settings.lake_bucket))
+        report.tables_rewound = lake_tables.rewind(markers)
+    except Exception:
+        logger.exception("publish failed preparing the lake; nothing published")
+        raise
+    for name in report.tables_rewound:
+        logger.warning("lake table put back to before a revision", extra={"table": name})
+    try:
+        _publish_pending(lake_tables, settings, markers, report, deadline)
+        if report.manifests_published:  # a quiet run changes nothing, metadata included
+            report.snapshots_expired = lake_tables.expire(
+                datetime.now(timezone.utc) - settings.snapshot_retention)
+    finally:
+        report.seconds = time.monotonic() - started
+    return report
+
+
+def _publish_pending(lake_tables: Lake, settings: PublishSettings, markers: Markers,
+                     report: PublishReport, deadline: Deadline) -> None:
+    for key in pending_manifests(settings, markers):
+        if deadline.remaining() < RESERVE_SECONDS:
+            logger.warning("stopping early to finish before the timeout", extra={"next": key})
+            return
+        processed_key, skip = markers.processed_key(key), markers.skip("load", key)
+        try:
+            if skip is None:
+                manifest = ProcessedManifest.parse(
+                    storage.read_json(settings.processed_bucket, processed_key))
+                publish_manifest(lake_tables, settings, key, processed_key, manifest, report)
+            _record(settings, key, processed_key, None if skip is None else skip.key)
+        except Exception as error:
+            logger.exception("publish failed", extra={
+                "manifest": key, "processed_manifest": processed_key,
+                "error_kind": errors.kind_of(error)})
+            stage.publish(report)
+            if isinstance(error, PipelineError):
+                raise
+            raise PublishError(f"manifest {key}: publishing failed: {error}", key) from error
+        report.last_published_manifest = key
+        if skip is not None:
+            report.manifests_skipped.append(key)
+            logger.warning("manifest skipped by an operator's load skip: nothing of it published",
+                           extra={"manifest": key, "marker": skip.key, "reason": skip.reason})
+            continue
+        report.manifests_published.append(key)
+        logger.info("manifest published", extra={"manifest": key})

@@ -1,0 +1,158 @@
+"""The publish stage's edges against moto's Glue and S3: skips, conflicts, expiry, rewinds."""
+from datetime import datetime, timedelta, timezone
+
+import pyarrow as pa
+import pytest
+
+from totes import lake, lake_io, publish, storage, supersede
+from totes.config import ConfigurationError
+from totes.lake_schema import LAKE_TABLES
+from totes.manifest import ManifestError, ProcessedManifest
+from totes.stage import Deadline
+from totes.supersede import Markers, Revision
+
+FIRST = "_manifests/2024/11/15/20241115T142009123Z-3f9a1c2e.json"
+SECOND = "_manifests/2024/11/15/20241115T143009123Z-4f9a1c2e.json"
+
+
+def settings(aws) -> publish.PublishSettings:
+    return publish.PublishSettings(aws["PROCESSED_BUCKET"], aws["LAKE_BUCKET"],
+                                   aws["LAKE_DATABASE"])
+
+
+def empty_manifest(key: str) -> None:
+    """A processed manifest of a run that changed nothing."""
+    document = ProcessedManifest(run_id="run", ingest_manifest=key, ingest_started_at=None,
+                                 transformed_at="2024-11-15T14:20:09.123Z", tables={})
+    storage.put_new_json(settings_bucket(), key, document.to_json())
+
+
+def settings_bucket() -> str:
+    import os
+
+    return os.environ["PROCESSED_BUCKET"]
+
+
+def currency_table(aws):
+    catalog = lake.glue_catalog(aws["LAKE_BUCKET"])
+    return lake.open_table(catalog, aws["LAKE_DATABASE"], LAKE_TABLES["dim_currency"])
+
+
+def currencies(*names: str) -> pa.Table:
+    return pa.table({"currency_id": pa.array(range(1, len(names) + 1), pa.int32()),
+                     "currency_code": [name[:3].upper() for name in names],
+                     "currency_name": list(names)})
+
+
+def commit(table, rows: pa.Table, key: str, processed_key: str | None = None) -> None:
+    change = lake.dimension_change(table, LAKE_TABLES["dim_currency"], rows)
+    change.properties.update({lake.MANIFEST_PROPERTY: key,
+                              lake.PROCESSED_PROPERTY: processed_key or key})
+    with table.transaction() as transaction:
+        change.commit(transaction)
+    table.refresh()
+
+
+def test_a_load_skip_is_a_publish_skip_and_a_quiet_manifest_commits_nothing(aws):
+    empty_manifest(FIRST)
+    empty_manifest(SECOND)
+    supersede.write_skip(aws["PROCESSED_BUCKET"], "load", FIRST, "broken", "tester")
+    report = publish.run_publish(settings(aws), Deadline.unbounded())
+    assert report.manifests_skipped == [FIRST]
+    assert report.manifests_published == [SECOND]
+    assert report.response()["manifests_skipped"] == [FIRST]
+    assert storage.read_json(aws["LAKE_BUCKET"], FIRST)["skipped_by"].startswith("_supersede/")
+    assert all(table.current_snapshot() is None for table in
+               publish.Lake(lake.glue_catalog(aws["LAKE_BUCKET"]),
+                            aws["LAKE_DATABASE"]).tables.values())
+    again = publish.run_publish(settings(aws), Deadline.unbounded())
+    assert again.manifests_published == [] and again.last_published_manifest == SECOND
+
+
+def test_a_run_out_of_time_starts_nothing(aws):
+    empty_manifest(FIRST)
+    report = publish.run_publish(settings(aws), Deadline(lambda: 1.0))
+    assert report.manifests_published == [] and report.last_published_manifest is None
+
+
+def test_a_settings_error_names_the_variable(aws, monkeypatch):
+    monkeypatch.delenv("LAKE_DATABASE", raising=False)
+    with pytest.raises(ConfigurationError, match="LAKE_DATABASE"):
+        publish.PublishSettings.from_environment()
+
+
+def test_a_writer_that_committed_first_makes_the_next_commit_a_transient_conflict(aws):
+    lake_tables = publish.Lake(lake.glue_catalog(aws["LAKE_BUCKET"]), aws["LAKE_DATABASE"])
+    stale = lake_tables.tables["dim_currency"]
+    commit(currency_table(aws), currencies("Pound Sterling"), FIRST)
+    change = lake.dimension_change(stale, LAKE_TABLES["dim_currency"], currencies("Euro"))
+    with pytest.raises(publish.PublishConflictError):
+        lake_tables.commit("dim_currency", change, SECOND, SECOND)
+
+
+def test_expiry_forgets_old_snapshots_but_never_the_current_one_or_a_file(aws):
+    table = currency_table(aws)
+    commit(table, currencies("Pound Sterling"), FIRST)
+    commit(table, currencies("Pound Sterling", "Euro"), SECOND)
+    objects = list(storage.list_keys(aws["LAKE_BUCKET"], ""))
+    assert lake.expire_snapshots(table, datetime.now(timezone.utc) - timedelta(days=1)) == 0
+    expired = lake.expire_snapshots(table, datetime.now(timezone.utc) + timedelta(minutes=1))
+    table.refresh()
+    assert expired >= 1 and [s.snapshot_id for s in table.snapshots()] == [
+        table.current_snapshot().snapshot_id]
+    assert table.scan().to_arrow().num_rows == 2
+    assert set(objects) <= set(storage.list_keys(aws["LAKE_BUCKET"], ""))
+
+    # A revision reaching back past what is kept cannot be rewound from history.
+    markers = Markers(revisions=(revision(SECOND),))
+    with pytest.raises(lake.RewindError, match="rebuild the lake"):
+        lake.rewind(table, markers)
+
+
+def revision(start: str) -> Revision:
+    return Revision(number=1, from_manifest=start, reason="bug", created_at="now",
+                    created_by="tester")
+
+
+def test_a_revision_from_the_first_manifest_empties_a_table_in_a_new_snapshot(aws):
+    table = currency_table(aws)
+    commit(table, currencies("Pound Sterling"), FIRST)
+    assert not lake.rewind(table, Markers())
+    assert lake.rewind(table, Markers(revisions=(revision(FIRST),)))
+    table.refresh()
+    assert table.scan().to_arrow().num_rows == 0
+    assert table.current_snapshot().summary[lake.REWOUND_BY_PROPERTY] == \
+        "_supersede/revisions/0001.json"
+    assert len(table.snapshots()) == 2  # the old state is still there to travel back to
+
+
+def test_the_lake_writes_each_object_once_and_never_deletes(aws):
+    io = lake_io.CreateOnceFileIO(lake.io_properties())
+    location = f"s3://{aws['LAKE_BUCKET']}/db/t/metadata/one.json"
+    output = io.new_output(location)
+    with output.create() as stream:
+        stream.write(b"{}")
+    assert len(output) == 2 and output.exists()
+    assert io.new_input(location).open().read() == b"{}"
+    with pytest.raises(storage.ObjectAlreadyExistsError):
+        with io.new_output(location).create() as stream:
+            stream.write(b"{\"again\": true}")
+    with pytest.raises(RuntimeError):
+        with io.new_output(location + ".failed").create() as stream:
+            stream.write(b"half")
+            raise RuntimeError("the writer failed")
+    assert not io.new_output(location + ".failed").exists()
+    with pytest.raises(PermissionError):
+        io.delete(location)
+    with pytest.raises(ValueError, match="S3 only"):
+        with io.new_output("file:///tmp/x").create() as stream:
+            stream.write(b"x")
+
+
+def test_an_unreadable_manifest_stops_the_run_naming_it_with_what_was_done_published(aws):
+    empty_manifest(FIRST)
+    storage.put_new_json(aws["PROCESSED_BUCKET"], SECOND, {"format": "totes.processed/2"})
+    with pytest.raises(ManifestError):
+        publish.run_publish(settings(aws), Deadline.unbounded())
+    assert storage.read_json(aws["LAKE_BUCKET"], FIRST)["ingest_manifest"] == FIRST
+    assert next(storage.list_keys(aws["LAKE_BUCKET"], SECOND), None) is None
