@@ -32,9 +32,10 @@ from totes.source import SOURCE_COLUMNS, SOURCE_TABLES, VERSION_COLUMN, FoundCol
 #: how each kind of column is rendered (``{c}`` is the qualified column): timestamps keep
 #: exactly three fractional digits; every other kind is rendered by ``row_to_json`` as is.
 _RENDER = {"timestamp": "to_char({c}, 'YYYY-MM-DD\"T\"HH24:MI:SS.MS')"}
-#: the first byte of each line says whether the row is stamped after the database's clock.
+#: ends the line (after the JSON object, before the newline) of a row stamped after the
+#: database's clock; other lines end with the object. A suffix, not a prefix: every line's key
+#: then starts at the same offset, and a chunk without such a row needs no byte changed.
 FUTURE_MARK = b"F"
-_PRESENT_MARK = " "
 #: COPY ... CSV with these never quotes a JSON line (see the module docstring).
 _COPY_OPTIONS = "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')"
 _SETTING_PREFIX = "totes."
@@ -204,8 +205,8 @@ def row_json_sql(table: str) -> str:
     """Return the select list rendering one row of ``table`` as a marked JSON line.
 
     Exactly the contract's columns, the primary key first (so a key can be read off
-    the start of a line); the leading mark says whether ``last_updated`` is after
-    the database's clock (stamped in the future).
+    the start of a line); a trailing :data:`FUTURE_MARK` says ``last_updated`` is
+    after the database's clock (stamped in the future).
     """
     key = primary_key(table)
     kinds = SOURCE_COLUMNS[table]
@@ -216,8 +217,8 @@ def row_json_sql(table: str) -> str:
                        if kinds[name] in _RENDER else qualified)
     version = f"t.{quote_ident(VERSION_COLUMN)}"
     mark = (f"CASE WHEN {version} > (now() AT TIME ZONE 'UTC') THEN "
-            f"'{FUTURE_MARK.decode()}' ELSE '{_PRESENT_MARK}' END")
-    return f"{mark} || row_to_json(r)::text FROM {quote_ident(table)} AS t, " \
+            f"'{FUTURE_MARK.decode()}' ELSE '' END")
+    return f"row_to_json(r)::text || {mark} FROM {quote_ident(table)} AS t, " \
            f"LATERAL (SELECT {', '.join(columns)}) AS r"
 
 

@@ -11,8 +11,8 @@ from totes.source import SOURCE_COLUMNS, UnknownTableError
 def test_a_first_read_copies_every_row_in_key_order_with_only_the_contract_columns():
     sql = extract.changes_sql("currency", TableCursor())
     assert sql == (
-        "COPY (SELECT CASE WHEN t.\"last_updated\" > (now() AT TIME ZONE 'UTC') THEN 'F' "
-        "ELSE ' ' END || row_to_json(r)::text FROM \"currency\" AS t, LATERAL (SELECT "
+        "COPY (SELECT row_to_json(r)::text || CASE WHEN t.\"last_updated\" > (now() AT TIME "
+        "ZONE 'UTC') THEN 'F' ELSE '' END FROM \"currency\" AS t, LATERAL (SELECT "
         "t.\"currency_id\", t.\"currency_code\", to_char(t.\"last_updated\", "
         "'YYYY-MM-DD\"T\"HH24:MI:SS.MS') AS \"last_updated\") AS r "
         "ORDER BY t.\"currency_id\" LIMIT current_setting('totes.limit')::bigint) "
