@@ -15,13 +15,14 @@ a raw ``COPY ... TO STDOUT`` on the same rows, scale 1; dlt comes from
 (every row of two tables restamped in one transaction, scale 10: the capture
 state must stay small and the next idle run must read nothing), and ``bench_logical``
 (log-based capture beside snapshot capture on the same bulk fix, scale 1, on its own
-cluster with ``wal_level = logical``).
+cluster with ``wal_level = logical``). ``bench_cycle`` times the handlers of a warm
+idle cycle and a warm one-order cycle (ingest, transform, load) at scale 1.
 """
 import importlib
 import sys
 
 STAGES = ("generate", "ingest", "ingest_compare", "bulk_update", "logical", "transform", "load",
-          "dashboard", "audit")
+          "cycle", "dashboard", "audit")
 
 
 def main() -> int:

@@ -115,10 +115,19 @@ class ObjectWriter:
 
     def flush(self) -> None:
         """Write the lines waiting (if any) as the next object, created once under a new key."""
-        if not self._lines:
-            return
-        body = b"".join(self._lines)
+        lines, self._lines = self._lines, []
+        if lines:
+            self.put_object(b"".join(lines), len(lines))
+
+    def put_object(self, body: bytes, rows: int) -> None:
+        """Write ``body``, ``rows`` whole lines joined by the caller, as the next object.
+
+        The bulk path for a sink that packs a whole chunk at once (at most
+        ``chunk_rows`` lines); the lines taken by :meth:`add` go first.
+        """
+        if rows > self._chunk_rows:
+            raise ValueError(f"an object holds at most {self._chunk_rows} lines, not {rows}")
+        self.flush()
         key = self._key_for(len(self.files))
         storage.put_new_object(self._bucket, key, body, CONTENT_TYPE)
-        self.files.append(DataFile(key, len(self._lines), len(body)))
-        self._lines = []
+        self.files.append(DataFile(key, rows, len(body)))

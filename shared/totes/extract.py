@@ -16,6 +16,7 @@ the resume key, the row limit) are bound through ``set_config`` into
 transaction-local settings the query reads back: no value is ever formatted
 into SQL text.
 """
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,12 +30,23 @@ from totes.db import quote_ident
 from totes.errors import TransientError
 from totes.source import SOURCE_COLUMNS, SOURCE_TABLES, VERSION_COLUMN, FoundColumn, primary_key
 
-#: how each kind of column is rendered (``{c}`` is the qualified column): timestamps keep
-#: exactly three fractional digits; every other kind is rendered by ``row_to_json`` as is.
-_RENDER = {"timestamp": "to_char({c}, 'YYYY-MM-DD\"T\"HH24:MI:SS.MS')"}
-#: the first byte of each line says whether the row is stamped after the database's clock.
+#: how each kind of column's value is rendered as JSON text (``{c}`` is the qualified column),
+#: byte for byte what ``row_to_json`` writes: integers and booleans as their own text (no
+#: JSON escaping can apply), timestamps with exactly three fractional digits (digits and
+#: punctuation only, so quoting them is all the escaping they need), everything else
+#: through ``to_json``. A NULL of any kind becomes ``null``.
+_RENDER = {
+    "int": "{c}::text",
+    "bool": "{c}::text",
+    "timestamp": "'\"' || to_char({c}, 'YYYY-MM-DD\"T\"HH24:MI:SS.MS') || '\"'",
+    "text": "to_json({c})::text",
+    "date": "to_json({c})::text",
+    "money": "to_json({c})::text",
+}
+#: ends the line (after the JSON object, before the newline) of a row stamped after the
+#: database's clock; other lines end with the object. A suffix, not a prefix: every line's key
+#: then starts at the same offset, and a chunk without such a row needs no byte changed.
 FUTURE_MARK = b"F"
-_PRESENT_MARK = " "
 #: COPY ... CSV with these never quotes a JSON line (see the module docstring).
 _COPY_OPTIONS = "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')"
 _SETTING_PREFIX = "totes."
@@ -200,25 +212,33 @@ def _setting(name: str, sql_type: str) -> str:
     return f"current_setting('{_SETTING_PREFIX}{name}')::{sql_type}"
 
 
+def _text_constant(text: str) -> str:
+    """Return ``text`` as an SQL string constant (for text built from allow-listed names)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def row_json_sql(table: str) -> str:
     """Return the select list rendering one row of ``table`` as a marked JSON line.
 
     Exactly the contract's columns, the primary key first (so a key can be read off
-    the start of a line); the leading mark says whether ``last_updated`` is after
-    the database's clock (stamped in the future).
+    the start of a line); a trailing :data:`FUTURE_MARK` says ``last_updated`` is
+    after the database's clock (stamped in the future). The object is assembled by
+    ``concat`` from each value's JSON text (:data:`_RENDER`), the same bytes
+    ``row_to_json`` writes for these kinds at about two thirds of its server time:
+    rendering is most of what the server spends on a backfill.
     """
     key = primary_key(table)
     kinds = SOURCE_COLUMNS[table]
-    columns = []
-    for name in (key, *(name for name in kinds if name != key)):
-        qualified = f"t.{quote_ident(name)}"
-        columns.append(f"{_RENDER[kinds[name]].format(c=qualified)} AS {quote_ident(name)}"
-                       if kinds[name] in _RENDER else qualified)
+    parts = []
+    for number, name in enumerate((key, *(name for name in kinds if name != key))):
+        # The allow-listed name, JSON-quoted, is a constant of the code: no value reaches it.
+        label = ("{" if number == 0 else ",") + json.dumps(name) + ":"
+        value = _RENDER[kinds[name]].format(c=f"t.{quote_ident(name)}")
+        parts += [_text_constant(label), f"coalesce({value}, 'null')"]
     version = f"t.{quote_ident(VERSION_COLUMN)}"
     mark = (f"CASE WHEN {version} > (now() AT TIME ZONE 'UTC') THEN "
-            f"'{FUTURE_MARK.decode()}' ELSE '{_PRESENT_MARK}' END")
-    return f"{mark} || row_to_json(r)::text FROM {quote_ident(table)} AS t, " \
-           f"LATERAL (SELECT {', '.join(columns)}) AS r"
+            f"'{FUTURE_MARK.decode()}' ELSE '' END")
+    return f"concat({', '.join(parts)}, '}}', {mark}) FROM {quote_ident(table)} AS t"
 
 
 def changes_sql(table: str, cursor: TableCursor) -> str:

@@ -11,10 +11,12 @@ from totes.source import SOURCE_COLUMNS, UnknownTableError
 def test_a_first_read_copies_every_row_in_key_order_with_only_the_contract_columns():
     sql = extract.changes_sql("currency", TableCursor())
     assert sql == (
-        "COPY (SELECT CASE WHEN t.\"last_updated\" > (now() AT TIME ZONE 'UTC') THEN 'F' "
-        "ELSE ' ' END || row_to_json(r)::text FROM \"currency\" AS t, LATERAL (SELECT "
-        "t.\"currency_id\", t.\"currency_code\", to_char(t.\"last_updated\", "
-        "'YYYY-MM-DD\"T\"HH24:MI:SS.MS') AS \"last_updated\") AS r "
+        "COPY (SELECT concat('{\"currency_id\":', coalesce(t.\"currency_id\"::text, 'null'), "
+        "',\"currency_code\":', coalesce(to_json(t.\"currency_code\")::text, 'null'), "
+        "',\"last_updated\":', coalesce('\"' || to_char(t.\"last_updated\", "
+        "'YYYY-MM-DD\"T\"HH24:MI:SS.MS') || '\"', 'null'), '}', "
+        "CASE WHEN t.\"last_updated\" > (now() AT TIME ZONE 'UTC') THEN 'F' ELSE '' END) "
+        "FROM \"currency\" AS t "
         "ORDER BY t.\"currency_id\" LIMIT current_setting('totes.limit')::bigint) "
         "TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')")
 
@@ -40,14 +42,15 @@ def test_a_table_carried_over_from_the_watermark_format_is_read_once_by_last_upd
     assert "xmin" not in sql
 
 
-def test_timestamps_are_rendered_with_milliseconds_and_other_columns_as_they_are():
+def test_timestamps_are_rendered_with_milliseconds_and_other_columns_as_json():
     select = extract.row_json_sql("payment")
     for column, kind in SOURCE_COLUMNS["payment"].items():
-        if kind == "timestamp":
-            rendered = f"to_char(t.\"{column}\", 'YYYY-MM-DD\"T\"HH24:MI:SS.MS')"
-            assert f"{rendered} AS \"{column}\"" in select
-        else:
-            assert f"t.\"{column}\"" in select
+        stamp = f"to_char(t.\"{column}\", 'YYYY-MM-DD\"T\"HH24:MI:SS.MS')"
+        value = {"timestamp": f"'\"' || {stamp} || '\"'",
+                 "int": f"t.\"{column}\"::text", "bool": f"t.\"{column}\"::text"}.get(
+                     kind, f"to_json(t.\"{column}\")::text")
+        assert f"',\"{column}\":', coalesce({value}, 'null')" in select or (
+            f"'{{\"{column}\":', coalesce({value}, 'null')" in select)
     assert "company_ac_number" not in select
 
 
