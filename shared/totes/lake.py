@@ -106,14 +106,20 @@ def open_table(catalog: "GlueCatalog", database: str, table: LakeTable) -> "Iceb
 
     Looked up first: pyiceberg's ``create_table_if_not_exists`` writes a new metadata
     file before Glue refuses the name, which would leave one stray file per table per run.
+    Two first runs at once may both find it missing: the one Glue refuses opens the
+    other's (its own metadata file stays, unreferenced, the only cost of the race).
     """
-    from pyiceberg.exceptions import NoSuchTableError
+    from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
 
     try:
         return catalog.load_table((database, table.name))
     except NoSuchTableError:
+        pass
+    try:
         return catalog.create_table(
             (database, table.name), schema=iceberg_schema(table), properties=TABLE_PROPERTIES)
+    except TableAlreadyExistsError:
+        return catalog.load_table((database, table.name))
 
 
 def summary_value(snapshot: "Snapshot | None", name: str) -> str | None:
