@@ -35,6 +35,18 @@ Which way each service is checked:
 
 The VPC managed policy (FunctionVpcPolicy) is attached only with SubnetIds; the
 stack here has none, and Lambda, not the handler, makes its EC2 calls.
+
+Publish is not run here yet; its role is checked statically
+(tests/unit/test_template_immutability.py: it writes the lake bucket only, and only
+it may; it deletes nothing). Its writes and its Glue calls go through botocore and
+would be recorded, but its reads of the lake's own files (table metadata, manifests,
+data files) go through pyarrow's S3 file system (``totes.lake_io.CreateOnceFileIO``
+reads with ``PyArrowFileIO``), which no botocore hook sees: the ReadWriteLake grant's
+``s3:GetObject`` would count as unused and those reads would go unevaluated. pyiceberg
+0.12 opens every file it reads through ``FileIO.new_input(...).open()``, so an input
+file over :mod:`totes.storage` would make them recorded; that, and running the lake's
+Glue calls against this server (whether moto enforces IAM on Glue is unchecked), is
+the work left to include publish.
 """
 import json
 import os
