@@ -6,8 +6,8 @@ database's rate: idle runs, runs that capture a few new orders, an hourly key sw
 runs of two manifests, audits, and publishes (the lake) of quiet and changed manifests.
 Every AWS call the handlers make is counted (by botocore operation), every line they write
 to stdout (their logs and EMF metrics) is measured, and the distinct metrics (namespace,
-name, dimensions) are counted. The lake's reads go through pyarrow's own S3 client, not
-botocore, so a publish's GETs of lake files are not counted (its other calls are). Not part of
+name, dimensions) are counted; the lake's files too (totes.lake_io reads and writes them
+through botocore). Not part of
 ``make bench``; run it alone: ``.venv/bin/python -m benchmarks.bench_usage``.
 """
 import contextlib
