@@ -23,7 +23,6 @@ from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError
 from pyiceberg.io import FileIO, InputFile, InputStream, OutputFile
-from pyiceberg.typedef import EMPTY_DICT, Properties
 
 from totes import storage
 
@@ -161,11 +160,10 @@ class CreateOnceOutputFile(OutputFile):
 
 
 class CreateOnceFileIO(FileIO):
-    """pyiceberg FileIO: the pipeline's S3 client, create-once writes, no deletes."""
+    """pyiceberg FileIO: the pipeline's S3 client, create-once writes, no deletes.
 
-    def __init__(self, properties: Properties = EMPTY_DICT):
-        """No property is read: S3 is reached as every stage reaches it (:mod:`totes.storage`)."""
-        super().__init__(properties)
+    It reads no property: S3 is reached as every stage reaches it (:mod:`totes.storage`).
+    """
 
     def new_input(self, location: str) -> InputFile:
         """Read ``location`` with one ``GetObject``."""
