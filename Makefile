@@ -92,7 +92,7 @@ demo: setup
 stop: setup
 	$(BIN)/totes stop
 
-# `sam local invoke` of one function (FN=ingest|transform|load|audit) against `totes local-stack`
+# `sam local invoke` of one function (FN=ingest|transform|load|audit|publish) against `totes local-stack`
 # (moto and PostgreSQL on fixed TCP ports, started in the background if not running). Needs
 # Docker; README, "Invoking a function with sam local invoke". SAM_ARGS go to sam local invoke,
 # STACK_ARGS to totes local-stack. `make invoke-all` runs the whole pipeline that way against a

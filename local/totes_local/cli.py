@@ -79,7 +79,8 @@ class _Parser(argparse.ArgumentParser):
 #: what ``totes --help`` says first (plain text: a terminal shows no markup).
 DESCRIPTION = ("Local tools around the totes pipeline: run the whole pipeline on this machine "
                "(demo), make and change a generated totesys (seed, simulate), look at the "
-               "demo's databases (sql, audit, dashboard), release a stuck stage of a deployed "
+               "demo's databases (sql, audit, dashboard) and its lake's Iceberg tables (lake), "
+               "release a stuck stage of a deployed "
                "stack (supersede), serve AWS and PostgreSQL for sam local invoke (local-stack), "
                "stop what is left running (stop).")
 

@@ -311,6 +311,25 @@ def _secret_requests(operation: str, params: Mapping[str, Any]) -> list[Request]
     return [Request("secretsmanager:GetSecretValue", secret)]
 
 
+#: the Glue Data Catalog calls the lake makes (pyiceberg's Glue catalog) and the one it must
+#: never make, each authorised on the catalog, the database and, but for GetDatabase, the table
+#: (AWS's Glue IAM reference).
+_GLUE_OPERATIONS = ("GetDatabase", "GetTable", "CreateTable", "UpdateTable", "DeleteTable")
+
+
+def _glue_requests(operation: str, params: Mapping[str, Any], stack: Stack) -> list[Request]:
+    if operation not in _GLUE_OPERATIONS:
+        raise ValueError(f"glue {operation} has no IAM mapping here; add one")
+    prefix = (f"arn:{stack.partition}:glue:{stack.region}:"
+              f"{params.get('CatalogId', stack.account)}")
+    database = str(params["Name"] if operation == "GetDatabase" else params["DatabaseName"])
+    resources = [f"{prefix}:catalog", f"{prefix}:database/{database}"]
+    if operation != "GetDatabase":
+        table = (params["TableInput"]["Name"] if "TableInput" in params else params["Name"])
+        resources.append(f"{prefix}:table/{database}/{table}")
+    return [Request(f"glue:{operation}", resource) for resource in resources]
+
+
 def requests_for_call(service: str, operation: str, params: Mapping[str, Any], *,
                       stack: Stack) -> list[Request]:
     """The IAM requests one API call is authorised as, with its condition keys.
@@ -324,6 +343,8 @@ def requests_for_call(service: str, operation: str, params: Mapping[str, Any], *
         requests = _s3_requests(operation, params, stack.partition)
     elif service == "secretsmanager":
         requests = _secret_requests(operation, params)
+    elif service == "glue":
+        requests = _glue_requests(operation, params, stack)
     elif service == "sqs" and operation == "SendMessage":
         url = urlparse(str(params["QueueUrl"]))
         account, name = url.path.strip("/").split("/")

@@ -39,10 +39,11 @@ from totes_local import lambda_image, local_stack, stack
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = {"ingest": "IngestFunction", "transform": "TransformFunction",
-             "load": "LoadFunction", "audit": "AuditFunction"}
+             "load": "LoadFunction", "audit": "AuditFunction", "publish": "PublishFunction"}
 EVENTS = {"ingest": "events/ingest_scheduled.json",
           "transform": "events/transform_s3_manifest.json",
-          "load": "events/load_scheduled.json", "audit": "events/audit_scheduled.json"}
+          "load": "events/load_scheduled.json", "audit": "events/audit_scheduled.json",
+          "publish": "events/publish_scheduled.json"}
 #: the pipeline in the order AWS runs it: what ``make invoke-all`` invokes.
 PIPELINE = ("ingest", "transform", "load", "audit")
 BUILT_TEMPLATE = Path(".aws-sam") / "build" / "template.yaml"
@@ -89,6 +90,8 @@ def local_values(container_host: str = local_stack.CONTAINER_HOST,
         **stack.aws_environment(f"http://{container_host}:{moto_port}"),
         "INGEST_BUCKET": stack.INGEST_BUCKET,
         "PROCESSED_BUCKET": stack.PROCESSED_BUCKET,
+        "LAKE_BUCKET": stack.LAKE_BUCKET,
+        "LAKE_DATABASE": stack.LAKE_DATABASE,
         "TOTESYS_SECRET_ID": stack.TOTESYS_SECRET,
         "WAREHOUSE_SECRET_ID": stack.WAREHOUSE_SECRET,
         # Where each database is: empty, so from the local stack's secrets (as deployed by default).

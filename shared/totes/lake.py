@@ -25,7 +25,6 @@ holding what a revision superseded is put back, in a new snapshot, to the state 
 its newest snapshot still in force (nothing is physically deleted), and the
 revision's manifests are published on top.
 """
-import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterable
@@ -65,21 +64,13 @@ ORDINAL = "_ordinal"
 
 
 def io_properties() -> dict[str, str]:
-    """The lake's FileIO and where pyarrow's S3 file system (its reads) finds S3.
+    """The lake's FileIO (:mod:`totes.lake_io`), as the catalog's ``py-io-impl`` property.
 
-    The S3 client that writes (:mod:`totes.lake_io`) is created plainly, like every
-    client of the pipeline (``AWS_ENDPOINT_URL`` honoured); pyarrow's file system
-    does not read that variable, so it is handed over when set (the local stack and
-    the tests), and AWS's own endpoint is used when not.
+    It reaches S3 through :mod:`totes.storage`'s client, created plainly like every
+    client of the pipeline (``AWS_ENDPOINT_URL`` and the region honoured), so it needs
+    no other property.
     """
-    properties = {"py-io-impl": FILE_IO}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        properties["s3.endpoint"] = endpoint
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:  # else pyarrow asks S3 where each bucket is, before every first access
-        properties["s3.region"] = region
-    return properties
+    return {"py-io-impl": FILE_IO}
 
 
 def glue_catalog(lake_bucket: str) -> "GlueCatalog":
@@ -106,14 +97,20 @@ def open_table(catalog: "GlueCatalog", database: str, table: LakeTable) -> "Iceb
 
     Looked up first: pyiceberg's ``create_table_if_not_exists`` writes a new metadata
     file before Glue refuses the name, which would leave one stray file per table per run.
+    Two first runs at once may both find it missing: the one Glue refuses opens the
+    other's (its own metadata file stays, unreferenced, the only cost of the race).
     """
-    from pyiceberg.exceptions import NoSuchTableError
+    from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
 
     try:
         return catalog.load_table((database, table.name))
     except NoSuchTableError:
+        pass
+    try:
         return catalog.create_table(
             (database, table.name), schema=iceberg_schema(table), properties=TABLE_PROPERTIES)
+    except TableAlreadyExistsError:
+        return catalog.load_table((database, table.name))
 
 
 def summary_value(snapshot: "Snapshot | None", name: str) -> str | None:

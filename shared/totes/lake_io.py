@@ -3,26 +3,35 @@
 pyiceberg's default S3 FileIO writes through pyarrow's S3 file system, which
 uploads every object (a 1 KB metadata file too) as a multipart upload without
 ``If-None-Match``, so a bucket policy could not require conditional writes. This
-FileIO reads through pyarrow as usual, and writes through :mod:`totes.storage`,
-the pipeline's one S3 writer: the object is spooled (memory, then a temporary
-file) and created with a conditional, checksummed ``PutObject`` when the stream
-closes. Iceberg names every file uniquely, so "already exists" is never expected,
-and is an error when it happens. It never deletes (the bucket refuses it too).
+FileIO writes through :mod:`totes.storage`, the pipeline's one S3 writer: the
+object is spooled (memory, then a temporary file) and created with a conditional,
+checksummed ``PutObject`` when the stream closes. Iceberg names every file
+uniquely, so "already exists" is never expected, and is an error when it happens.
+It never deletes (the bucket refuses it too).
+
+It reads through the same botocore client, one ``GetObject`` per file spooled the
+same way (pyiceberg opens every file it reads, metadata and data, through
+:meth:`CreateOnceFileIO.new_input`): every S3 call of the publish function is then
+one botocore call, with the SDK's endpoint, credentials and retries like every other
+stage's, and visible to the least-privilege test's recording.
 
 Selected by the catalog's ``py-io-impl`` property (:func:`totes.lake.glue_catalog`).
 """
 import tempfile
-from typing import Any, Callable
+from typing import IO, Any, Callable, cast
 from urllib.parse import urlparse
 
-from pyiceberg.io import FileIO, InputFile, OutputFile
-from pyiceberg.io.pyarrow import PyArrowFileIO
-from pyiceberg.typedef import EMPTY_DICT, Properties
+from botocore.exceptions import ClientError
+from pyiceberg.io import FileIO, InputFile, InputStream, OutputFile
 
 from totes import storage
 
-#: bytes a write keeps in memory before it spools to a temporary file.
+#: bytes a write (or a read) keeps in memory before it spools to a temporary file.
 SPOOL_BYTES = 8 << 20
+#: bytes read from S3 at a time while a file is spooled.
+READ_CHUNK_BYTES = 1 << 20
+#: S3's answers to a HEAD of a key that does not exist.
+NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 
 
 def _bucket_key(location: str) -> tuple[str, str]:
@@ -84,13 +93,48 @@ class _CreateOnceStream:
         self.close()
 
 
+class SpooledInputFile(InputFile):
+    """An Iceberg input file read with one ``GetObject`` through :mod:`totes.storage`."""
+
+    def __len__(self) -> int:
+        """The object's size (a ``HeadObject``)."""
+        bucket, key = _bucket_key(self.location)
+        size: int = storage.s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"]
+        return size
+
+    def exists(self) -> bool:
+        """Whether the object exists."""
+        try:
+            len(self)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in NOT_FOUND:
+                return False
+            raise
+        return True
+
+    def open(self, seekable: bool = True) -> InputStream:
+        """The whole object, spooled (memory, then a temporary file), positioned at its start."""
+        bucket, key = _bucket_key(self.location)
+        spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+        body = storage.open_stream(bucket, key)
+        try:
+            for chunk in body.iter_chunks(READ_CHUNK_BYTES):
+                spool.write(chunk)
+        except BaseException:
+            spool.close()
+            raise
+        finally:
+            body.close()
+        spool.seek(0)
+        return cast(InputStream, spool)
+
+
 class CreateOnceOutputFile(OutputFile):
     """An Iceberg output file created by one conditional ``PutObject``."""
 
-    def __init__(self, location: str, reader: FileIO):
-        """Remember where it goes and how to read it back."""
+    def __init__(self, location: str):
+        """Remember where it goes."""
         super().__init__(location)
-        self._reader = reader
         self._length: int | None = None
 
     def __len__(self) -> int:
@@ -105,7 +149,7 @@ class CreateOnceOutputFile(OutputFile):
 
     def to_input_file(self) -> InputFile:
         """The same object, to read."""
-        return self._reader.new_input(self.location)
+        return SpooledInputFile(self.location)
 
     def create(self, overwrite: bool = False) -> Any:
         """A stream that creates the object when closed (never over an existing one)."""
@@ -116,20 +160,18 @@ class CreateOnceOutputFile(OutputFile):
 
 
 class CreateOnceFileIO(FileIO):
-    """pyiceberg FileIO: pyarrow's reads, the pipeline's create-once writes, no deletes."""
+    """pyiceberg FileIO: the pipeline's S3 client, create-once writes, no deletes.
 
-    def __init__(self, properties: Properties = EMPTY_DICT):
-        """Read with pyarrow's S3 file system configured by the same properties."""
-        super().__init__(properties)
-        self._pyarrow = PyArrowFileIO(properties)
+    It reads no property: S3 is reached as every stage reaches it (:mod:`totes.storage`).
+    """
 
     def new_input(self, location: str) -> InputFile:
-        """Read ``location`` through pyarrow."""
-        return self._pyarrow.new_input(location)
+        """Read ``location`` with one ``GetObject``."""
+        return SpooledInputFile(location)
 
     def new_output(self, location: str) -> OutputFile:
         """Write ``location`` once, conditionally."""
-        return CreateOnceOutputFile(location, self._pyarrow)
+        return CreateOnceOutputFile(location)
 
     def delete(self, location: str | InputFile | OutputFile) -> None:
         """Refuse: the lake never deletes (its bucket policy refuses it too)."""

@@ -5,10 +5,14 @@ may overlap (a duplicate schedule delivery, an S3 event delivered twice, a perso
 invoke during a scheduled run). Two pipelines start from identical sources (same
 generator seed and end): the reference runs each stage once, in order; the other
 runs two ingests at once, then two transforms of the same manifest event at once,
-two loads at once and two audits at once, each pair in separate processes released
-together, as Lambda would run them in separate containers. After two cycles (the
-second after the same business activity and cancellation on both sources) both
-must hold the same committed rows in their buckets and the same warehouse.
+two loads at once, two audits at once and two publishes at once, each pair in
+separate processes released together, as Lambda would run them in separate
+containers. After two cycles (the second after the same business activity and
+cancellation on both sources) both must hold the same committed rows in their
+buckets and the same warehouse. A publish that loses the race to a lake table's
+commit fails (a transient error, nothing of it committed twice); one more
+scheduled publish then catches up, and the lake must equal the warehouse with
+as many snapshots per table as the reference's.
 """
 import json
 import uuid
@@ -16,6 +20,8 @@ from collections import Counter
 from datetime import datetime
 
 import pytest
+
+from lake_kit import assert_lake_equals_warehouse, snapshot_ids
 
 from totes import jsonl, keys, storage
 from totes.manifest import IngestManifest, ProcessedManifest
@@ -28,6 +34,9 @@ pytestmark = pytest.mark.e2e
 END = datetime(2026, 11, 2, 18, 0)
 #: columns of a deletion version that are the time the sweep found it, per pipeline.
 DETECTION_COLUMNS = ("last_updated_date", "last_updated_time")
+#: how a publish that lost a race ends: a lake table's commit (the Glue catalog's optimistic
+#: check) or a publish record (a conditional write) was the other run's first.
+PUBLISH_RACE_LOST = ("PublishConflictError", "ObjectAlreadyExistsError")
 
 
 class Twin:
@@ -48,7 +57,9 @@ class Twin:
         with stack.environment(self.env):
             stack.provision({self.env["TOTESYS_SECRET_ID"]: postgres.secret(self.source),
                              self.env["WAREHOUSE_SECRET_ID"]: postgres.secret(self.warehouse)},
-                            buckets=(self.env["INGEST_BUCKET"], self.env["PROCESSED_BUCKET"]))
+                            buckets=(self.env["INGEST_BUCKET"], self.env["PROCESSED_BUCKET"],
+                                     self.env["LAKE_BUCKET"]),
+                            glue_databases=(self.env["LAKE_DATABASE"],))
 
     def change_the_source(self):
         """The same business activity and one cancelled order, whichever twin it is."""
@@ -95,6 +106,14 @@ class Twin:
                     rows[table] += sum(file.rows for file in output.files)
         return sources, rows
 
+    def warehouse_rows(self, sql: str) -> list:
+        """The rows of one query of the warehouse (what lake_kit compares the lake with)."""
+        conn = self.postgres.connect(self.warehouse)
+        try:
+            return conn.run(sql)
+        finally:
+            conn.close()
+
     def warehouse_tables(self) -> dict[str, list]:
         """Every warehouse table without surrogate keys, deletion versions without their time."""
         conn = self.postgres.connect(self.warehouse)
@@ -125,7 +144,9 @@ def run_once(twin: Twin) -> dict:
         pipeline.ingest()
         pipeline.deliver_manifest_events()
         pipeline.load()
-        return pipeline.audit()
+        audit = pipeline.audit()
+        pipeline.publish()
+        return audit
 
 
 def twice_at_once(twin: Twin, function: str, event: dict) -> list[runner.Outcome]:
@@ -144,7 +165,15 @@ def run_twice_at_once(twin: Twin, delivered: set[str]) -> dict[str, list[runner.
             delivered.add(key)
     outcomes["load"] = twice_at_once(twin, "load", runner.scheduled_event("load"))
     outcomes["audit"] = twice_at_once(twin, "audit", runner.scheduled_event("audit"))
+    outcomes["publish"] = twice_at_once(twin, "publish", runner.scheduled_event("publish"))
     return outcomes
+
+
+def publish_once(twin: Twin) -> dict:
+    """The next scheduled publish, alone."""
+    with stack.environment(twin.env):
+        storage.s3_client.cache_clear()
+        return runner.LocalPipeline(twin.env["INGEST_BUCKET"]).publish()
 
 
 @pytest.fixture
@@ -178,3 +207,19 @@ def test_every_stage_invoked_twice_at_once_ends_exactly_as_invoked_once(twins):
         assert sources == concurrent.manifests()
         assert rows == reference.processed_rows()[1]
         assert concurrent.warehouse_tables() == reference.warehouse_tables()
+
+        publishes = outcomes["publish"]
+        assert any(outcome.error is None for outcome in publishes), publishes
+        assert all(outcome.error is None or outcome.error.startswith(PUBLISH_RACE_LOST)
+                   for outcome in publishes), publishes
+        publish_once(concurrent)  # the next scheduled run publishes what a loser left
+        with stack.environment(concurrent.env):
+            storage.s3_client.cache_clear()
+            assert_lake_equals_warehouse(concurrent)
+            concurrent_snapshots = snapshot_ids(concurrent.env)
+        with stack.environment(reference.env):
+            storage.s3_client.cache_clear()
+            reference_snapshots = snapshot_ids(reference.env)
+        # One commit per table and manifest, whichever run made it: nothing committed twice.
+        assert {name: len(ids) for name, ids in concurrent_snapshots.items()} == {
+            name: len(ids) for name, ids in reference_snapshots.items()}

@@ -2,8 +2,8 @@
 
 Every role's policies are resolved from template.yaml for a concrete stack
 (:mod:`totes_local.iam`: bucket names, secret ARNs, log groups). Each function
-then runs end to end (two cycles of ingest, transform per manifest and load,
-with deletes at the source; then the audit) as an IAM user of a moto server
+then runs end to end (two cycles of ingest, transform per manifest, load and
+publish, with deletes at the source; then the audit) as an IAM user of a moto server
 with IAM enforcement on, whose only policies are its role's, with the
 environment the template gives the function. Every AWS call the handlers make
 is recorded by a botocore event hook and evaluated against the same policies
@@ -26,6 +26,10 @@ Which way each service is checked:
   that secret. The handlers' Secrets Manager calls go to the session's moto server
   without enforcement (``AWS_ENDPOINT_URL_SECRETS_MANAGER``), and every
   GetSecretValue is evaluated against the role, the other function's secret too.
+* Glue (the lake's catalog), evaluated only, the same way: publish's Glue calls go
+  to the session's moto server (``AWS_ENDPOINT_URL_GLUE``), and each is evaluated
+  on the catalog, the database and the table it names. The lake's files are read
+  and written through botocore (``totes.lake_io``), so they are S3 calls like any.
 * CloudWatch Logs and SQS, evaluated as the service calls them. The handlers call
   neither: Lambda writes each function's log stream to the log group its
   LoggingConfig names, and transform's on-failure destination sends to its queue,
@@ -63,7 +67,7 @@ from totes_local.iam_policy import Decision, Grant, Request, as_list, evaluate, 
 pytestmark = pytest.mark.e2e
 
 FUNCTIONS = {"ingest": "IngestFunction", "transform": "TransformFunction",
-             "load": "LoadFunction", "audit": "AuditFunction"}
+             "load": "LoadFunction", "audit": "AuditFunction", "publish": "PublishFunction"}
 #: moto's default account, which the session moto server gives the secrets' ARNs
 MOTO_ACCOUNT = "123456789012"
 #: an operator's skip of a run long gone: every transform and load reads it, none acts on it.
@@ -77,7 +81,7 @@ ALLOW_ALL = {"Version": "2012-10-17",
              "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
 #: credentials and endpoints a handler must not inherit from the test process
 AWS_VARIABLES = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                 "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SECRETS_MANAGER")
+                 "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SECRETS_MANAGER", "AWS_ENDPOINT_URL_GLUE")
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,11 @@ class LeastPrivilegeRun:
         """The processed bucket's name."""
         return self.template.physical_name("ProcessedBucket")
 
+    @property
+    def lake_bucket(self) -> str:
+        """The lake bucket's name."""
+        return self.template.physical_name("LakeBucket")
+
     def role(self, function: str) -> str:
         """The logical id of the function's role."""
         return self.template.function_role(FUNCTIONS[function])
@@ -265,9 +274,11 @@ def run_pipeline(template: iam.StackTemplate, moto: EnforcingMoto, users: dict[s
     next ingest finds the claim taken, commits the dead run's manifest and stops,
     and the one after it captures the second cycle. In the second, load also runs
     before transform, as its schedule may, and finds the ingest manifest waiting,
-    whose age it reports. Then another
+    whose age it reports. Publish runs after each load (the first creates the lake's
+    tables). Then another
     cancellation the audit finds still in flight, which makes it read the key lists.
-    ``source`` opens a connection to totesys.
+    ``source`` opens a connection to totesys; ``secrets_endpoint`` is the session's
+    moto server without enforcement (Secrets Manager and Glue).
     """
     recorder = CallRecorder()
     summaries: dict[str, list[Any]] = {function: [] for function in FUNCTIONS}
@@ -282,6 +293,7 @@ def run_pipeline(template: iam.StackTemplate, moto: EnforcingMoto, users: dict[s
             values = {**template.function_environment(FUNCTIONS[function]),
                       "AWS_ENDPOINT_URL": moto.endpoint,
                       "AWS_ENDPOINT_URL_SECRETS_MANAGER": secrets_endpoint,
+                      "AWS_ENDPOINT_URL_GLUE": secrets_endpoint,
                       "AWS_ACCESS_KEY_ID": users[function].access_key,
                       "AWS_SECRET_ACCESS_KEY": users[function].secret_key,
                       "AWS_DEFAULT_REGION": region, "AWS_REGION": region}
@@ -347,6 +359,7 @@ def run_pipeline(template: iam.StackTemplate, moto: EnforcingMoto, users: dict[s
                     invoke("transform", runner.s3_object_created_event(ingest_bucket, key))
                     delivered.add(key)
             invoke("load", runner.scheduled_event("load"))
+            invoke("publish", runner.scheduled_event("publish"))
         cancel_an_order()
         invoke("audit", runner.scheduled_event("audit"))
     return recorder.calls, summaries
@@ -378,12 +391,17 @@ def least_privilege(postgres, moto_endpoint, enforcing_moto) -> LeastPrivilegeRu
         arns[parameter] = created["ARN"]
     template = iam.StackTemplate(iam.Stack(
         name=f"totes-lp-{suffix}", uuid=str(uuid.uuid4()), account=MOTO_ACCOUNT,
-        parameters={**arns, "IngestDeleteSweepMinutes": "0"}))
+        parameters={**arns, "IngestDeleteSweepMinutes": "0"},
+        physical_names={"LakeDatabase": f"totes_lake_lp_{suffix}"}))
     admin = enforcing_moto.client("s3", enforcing_moto.admin)
     for bucket in (template.physical_name("IngestBucket"),
-                   template.physical_name("ProcessedBucket")):
+                   template.physical_name("ProcessedBucket"),
+                   template.physical_name("LakeBucket")):
         admin.create_bucket(Bucket=bucket,
                             CreateBucketConfiguration={"LocationConstraint": stack.REGION})
+    boto3.client("glue", endpoint_url=moto_endpoint, region_name=stack.REGION,
+                 aws_access_key_id="testing", aws_secret_access_key="testing").create_database(
+        DatabaseInput={"Name": template.physical_name("LakeDatabase")})
     admin_iam = enforcing_moto.client("iam", enforcing_moto.admin)
     users = {}
     for function, logical in FUNCTIONS.items():
@@ -418,10 +436,15 @@ def test_every_function_runs_end_to_end_with_only_its_roles_policies(least_privi
     (audit,) = summaries["audit"]
     assert audit["ok"] and audit["mismatches"] == 0
     assert audit["in_flight"] > 0  # the order cancelled after the last load: read in key lists
+    publishes = summaries["publish"]
+    assert [summary["last_published_manifest"] for summary in publishes] == [
+        first["manifest_key"], second["manifest_key"]]
+    assert [summary["manifests_published"] for summary in publishes] == [1, 2]
+    assert publishes[1]["deletions_published"]["fact_sales_order"] == 1
 
 
 def test_every_call_the_handlers_made_is_allowed_by_their_roles_policies(least_privilege):
-    assert {call.service for call in least_privilege.calls} == {"s3", "secretsmanager"}
+    assert {call.service for call in least_privilege.calls} == {"s3", "secretsmanager", "glue"}
     for function in FUNCTIONS:
         requests = least_privilege.requests(function)
         assert requests, function
@@ -481,7 +504,8 @@ def test_no_bucket_policy_denies_a_call_the_handlers_made(least_privilege):
 
 
 #: what may put objects where, by the bucket policies: each writer's statement names it.
-WRITER_STATEMENTS = {"DenyWritesButIngest", "DenyWritesButTransform", "DenyMarkersButOperators"}
+WRITER_STATEMENTS = {"DenyWritesButIngest", "DenyWritesButTransform", "DenyMarkersButOperators",
+                     "DenyWritesButPublish"}
 
 
 @pytest.mark.parametrize("other", ["another function's role", "an administrator"])
@@ -498,7 +522,7 @@ def test_every_write_the_handlers_made_is_denied_to_any_other_principal(least_pr
 
     writes = [decision for decision in bucket_decisions(least_privilege, caller=caller)
               if decision.request.action == "s3:PutObject"]
-    assert len({decision.request.resource.split("/")[0] for decision in writes}) == 2
+    assert len({decision.request.resource.split("/")[0] for decision in writes}) == 3
     for decision in writes:
         assert {grant.sid for grant in decision.denied_by} & WRITER_STATEMENTS, decision
 
@@ -553,6 +577,11 @@ def marker(run: LeastPrivilegeRun) -> dict[str, Any]:
             "Body": b"{}", "IfNoneMatch": "*"}
 
 
+def lake_object(run: LeastPrivilegeRun) -> dict[str, str]:
+    """An object of the lake (a data or metadata file, or a publish record)."""
+    return {"Bucket": run.lake_bucket, "Key": run.first_key(run.lake_bucket)}
+
+
 def secret(parameter: str) -> Callable[[LeastPrivilegeRun], dict[str, Any]]:
     """Parameters reading the secret a stack parameter names."""
     return lambda run: {"SecretId": run.secret(parameter)}
@@ -599,6 +628,16 @@ FORBIDDEN = {
     "audit lists the manifests": Forbidden("audit", "s3", "ListObjectsV2",
                                            listing(MANIFEST_PREFIX)),
     "audit reads the processed bucket": Forbidden("audit", "s3", "GetObject", processed),
+    "publish deletes a lake object": Forbidden("publish", "s3", "DeleteObject", lake_object),
+    "publish writes to the processed bucket": Forbidden("publish", "s3", "PutObject",
+                                                        new_object("processed_bucket")),
+    "publish reads an extract": Forbidden("publish", "s3", "GetObject", extract),
+    "publish reads the warehouse secret": Forbidden("publish", "secretsmanager",
+                                                    "GetSecretValue", secret("WarehouseSecretArn")),
+    "load writes to the lake bucket": Forbidden("load", "s3", "PutObject",
+                                                new_object("lake_bucket")),
+    "publish drops a lake table": Forbidden("publish", "glue", "DeleteTable", lambda run: {
+        "DatabaseName": run.template.physical_name("LakeDatabase"), "Name": "dim_staff"}),
 }
 
 

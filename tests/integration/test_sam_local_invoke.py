@@ -22,12 +22,13 @@ import boto3
 import pytest
 from samcli.commands.local.cli_common.invoke_context import InvokeContext
 
-from totes import audit, config, db, ingest, load, observability, transform
+from totes import audit, config, db, ingest, load, observability, publish, transform
 from totes_local import local_stack, sam_local, stack
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {"ingest": ingest.IngestSettings, "transform": transform.TransformSettings,
-            "load": load.LoadSettings, "audit": audit.AuditSettings}
+            "load": load.LoadSettings, "audit": audit.AuditSettings,
+            "publish": publish.PublishSettings}
 ENDPOINT = f"http://{local_stack.CONTAINER_HOST}:{local_stack.MOTO_PORT}"
 
 
@@ -133,10 +134,12 @@ def test_sam_gives_each_function_every_variable_it_reads_pointing_at_the_local_s
     assert environment["AWS_SECRET_ACCESS_KEY"] == stack.MOTO_CREDENTIAL
     assert environment["AWS_SESSION_TOKEN"] == stack.MOTO_CREDENTIAL
     assert environment["AWS_REGION"] == environment["AWS_DEFAULT_REGION"] == stack.REGION
-    # Buckets and secrets are the ones the local stack provisions.
+    # Buckets, the lake's Glue database and secrets are the ones the local stack provisions.
     for name, value in environment.items():
         if name.endswith("_BUCKET"):
-            assert value in (stack.INGEST_BUCKET, stack.PROCESSED_BUCKET)
+            assert value in (stack.INGEST_BUCKET, stack.PROCESSED_BUCKET, stack.LAKE_BUCKET)
+        if name.endswith("_DATABASE"):
+            assert value == stack.LAKE_DATABASE
         if name.endswith("_SECRET_ID"):
             assert value in (stack.TOTESYS_SECRET, stack.WAREHOUSE_SECRET)
 

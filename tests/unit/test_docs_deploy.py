@@ -21,10 +21,10 @@ RESOURCES = TEMPLATE["Resources"]
 GUIDE = (ROOT / "docs" / "deploy.md").read_text()
 SAMCONFIG = (ROOT / "samconfig.toml").read_text()
 FUNCTIONS = {"ingest": "IngestFunction", "transform": "TransformFunction",
-             "load": "LoadFunction", "audit": "AuditFunction"}
+             "load": "LoadFunction", "audit": "AuditFunction", "publish": "PublishFunction"}
 MINUTES_A_MONTH = 30 * 24 * 60
 #: distinct EMF metrics (name and dimensions) the functions publish, as bench_usage measures
-EMF_METRICS = 102
+EMF_METRICS = 118
 
 
 def section(title: str, level: int = 2) -> str:
@@ -143,8 +143,9 @@ def test_the_cost_section_prices_the_templates_alarms_and_metric_filters():
     alarms = count("AWS::CloudWatch::Alarm")
     assert f"alarms: {alarms} × $0.10 = **${alarms * 0.10:.2f}**" in COSTS
     filters = count("AWS::Logs::MetricFilter")
-    # EMF metrics: what benchmarks/bench_usage.py counts (102 with ingest's SourceResyncs and
-    # SnapshotFloorAge); re-run it when a metric or a dimension is added or removed.
+    # EMF metrics: what benchmarks/bench_usage.py counts (118 with ingest's SourceResyncs and
+    # SnapshotFloorAge and publish's RowsPublished per lake table); re-run it when a metric or
+    # a dimension is added or removed.
     assert f"**{EMF_METRICS}** distinct metrics" in COSTS
     assert f"({EMF_METRICS} + {filters}) × $0.30" in COSTS
 
@@ -168,7 +169,8 @@ def test_the_lambda_cost_table_uses_the_templates_memory_and_schedules():
     rows = {row[0]: row for row in table_rows(section("Lambda", level=3))}
     runs = {"ingest": MINUTES_A_MONTH // schedule_minutes("IngestSchedule"),
             "load": MINUTES_A_MONTH // schedule_minutes("LoadSchedule"),
-            "audit": MINUTES_A_MONTH // schedule_minutes("AuditSchedule")}
+            "audit": MINUTES_A_MONTH // schedule_minutes("AuditSchedule"),
+            "publish": MINUTES_A_MONTH // schedule_minutes("PublishSchedule")}
     runs["transform"] = runs["ingest"]  # one manifest, so one S3 event, per ingest run
     total = 0.0
     for function, resource in FUNCTIONS.items():

@@ -27,3 +27,23 @@ def test_the_workgroup_enforces_engine_3_and_its_own_encrypted_results():
     results = configuration["ResultConfiguration"]
     assert "AthenaResultsBucket" in str(results["OutputLocation"])
     assert results["EncryptionConfiguration"] == {"EncryptionOption": "SSE_S3"}
+
+
+def test_athenas_results_are_private_encrypted_tls_only_and_expire():
+    # Athena writes results as the principal running the query, so no deny of writes but by
+    # one role here (unlike the kept buckets); the rest of the hardening is the same.
+    properties = RESOURCES["AthenaResultsBucket"]["Properties"]
+    assert set(properties["PublicAccessBlockConfiguration"].values()) == {True}
+    assert len(properties["PublicAccessBlockConfiguration"]) == 4
+    assert properties["OwnershipControls"] == {
+        "Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    (rule,) = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
+    (expiry,) = properties["LifecycleConfiguration"]["Rules"]
+    assert expiry["ExpirationInDays"] == 7
+    (policy,) = [body["Properties"]["PolicyDocument"] for body in RESOURCES.values()
+                 if body["Type"] == "AWS::S3::BucketPolicy"
+                 and body["Properties"]["Bucket"] == {"Ref": "AthenaResultsBucket"}]
+    (deny,) = policy["Statement"]
+    assert deny["Sid"] == "DenyInsecureTransport" and deny["Effect"] == "Deny"
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}

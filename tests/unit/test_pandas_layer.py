@@ -9,7 +9,7 @@ from totes_local import cfn, pandas_layer
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = cfn.load()
 REQUIREMENTS = (ROOT / "requirements-dev.txt").read_text()
-PANDAS_FUNCTIONS = ("TransformFunction", "LoadFunction", "AuditFunction")
+PANDAS_FUNCTIONS = ("TransformFunction", "LoadFunction", "AuditFunction", "PublishFunction")
 
 
 def test_the_pinned_pandas_numpy_and_pyarrow_are_exactly_what_the_layer_ships():

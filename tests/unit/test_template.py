@@ -22,10 +22,10 @@ RESOURCES = TEMPLATE["Resources"]
 PARAMETERS = TEMPLATE["Parameters"]
 GLOBALS = TEMPLATE["Globals"]["Function"]
 FUNCTIONS = {"ingest": "IngestFunction", "transform": "TransformFunction", "load": "LoadFunction"}
-#: every deployed function: the three stages and the audit beside them.
-ALL_FUNCTIONS = {**FUNCTIONS, "audit": "AuditFunction"}
+#: every deployed function: the three stages, the audit and publish (the lake) beside them.
+ALL_FUNCTIONS = {**FUNCTIONS, "audit": "AuditFunction", "publish": "PublishFunction"}
 ROLES = {"IngestFunction": "IngestRole", "TransformFunction": "TransformRole",
-         "AuditFunction": "AuditRole",
+         "AuditFunction": "AuditRole", "PublishFunction": "PublishRole",
          "LoadFunction": "LoadRole"}
 BUCKETS = ("IngestBucket", "ProcessedBucket")
 LATENCY_PROMISE_SECONDS = 30 * 60
@@ -537,8 +537,9 @@ def test_shared_layer_is_built_by_the_makefile_in_shared_so_the_package_lands_in
 
 @pytest.mark.parametrize("function, has_pandas", [
     ("IngestFunction", False), ("TransformFunction", True), ("LoadFunction", True),
-    # The audit applies the transform's own mapping (totes.star), which imports pandas.
-    ("AuditFunction", True),
+    # The audit applies the transform's own mapping (totes.star), which imports pandas;
+    # publish reads the star schema with pyarrow and writes it with pyiceberg.
+    ("AuditFunction", True), ("PublishFunction", True),
 ])
 def test_the_shared_layer_is_the_last_layer_of_every_deployed_function(function, has_pandas):
     # Lambda extracts layers in order into /opt, a later one overwriting an earlier one's
@@ -550,7 +551,7 @@ def test_the_shared_layer_is_the_last_layer_of_every_deployed_function(function,
 
 @pytest.mark.parametrize("function, has_pandas", [
     ("IngestFunction", False), ("TransformFunction", True), ("LoadFunction", True),
-    ("AuditFunction", True),
+    ("AuditFunction", True), ("PublishFunction", True),
 ])
 def test_only_the_functions_that_import_pyarrow_carry_the_pandas_layer(function, has_pandas):
     # tests/unit/test_pandas_layer.py checks which pandas layer that is, region by region.

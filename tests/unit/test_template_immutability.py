@@ -137,15 +137,17 @@ def test_no_deploy_path_or_service_is_exempt_from_the_denies(bucket):
 
 #: the statements saying who may write where, which differ by bucket (tested below).
 WRITERS = {"IngestBucket": {"DenyWritesButIngest"},
-           "ProcessedBucket": {"DenyWritesButTransform", "DenyMarkersButOperators"}}
+           "ProcessedBucket": {"DenyWritesButTransform", "DenyMarkersButOperators"},
+           "LakeBucket": {"DenyWritesButPublish"}}
 
 
-def test_both_buckets_have_the_same_policy_but_for_who_may_write():
-    ingest, processed = (json.dumps({sid: statement for sid, statement in statements(
-        bucket).items() if sid not in WRITERS[bucket]}, sort_keys=True) for bucket in BUCKETS)
-    assert ingest.replace("IngestBucket", "ProcessedBucket") == processed
-    assert {sid for bucket in BUCKETS for sid in statements(bucket)} >= set().union(
-        *WRITERS.values())
+@pytest.mark.parametrize("bucket", IMMUTABLE[1:])
+def test_every_kept_bucket_has_the_same_policy_but_for_who_may_write(bucket):
+    ingest, other = (json.dumps({sid: statement for sid, statement in statements(
+        name).items() if sid not in WRITERS[name]}, sort_keys=True)
+        for name in (IMMUTABLE[0], bucket))
+    assert ingest.replace(IMMUTABLE[0], bucket) == other
+    assert set(statements(bucket)) >= WRITERS[bucket]
 
 
 def test_the_bucket_policies_stay_with_the_buckets_when_the_stack_is_deleted():
@@ -179,10 +181,10 @@ STACK_SECRETS = {
 
 
 def protected_requests(stack: iam.StackTemplate, principal: str) -> list[Request]:
-    """Every refused action on both buckets (and an object in each), as ``principal``."""
+    """Every refused action on every kept bucket (and an object in each), as ``principal``."""
     context = {"aws:PrincipalArn": principal, **iam.DEPLOYED_CONTEXT}
     found = []
-    for bucket in BUCKETS:
+    for bucket in IMMUTABLE:
         arn = stack.get_att(bucket, "Arn")
         for action in PROTECTED_ACTIONS:
             on_object = action in OBJECT_ACTIONS
@@ -334,6 +336,11 @@ OBJECTS = {
                         "_reference/staff/2024/01/02/20240102T000000000Z-aa-bb.parquet",
                         "_supersede/revisions/0001.json",
                         "_supersede/skips/load/0000/_manifests/2024/01/02/x.json"],
+    # Iceberg's data and metadata files, and a publish record (at its processed manifest's key).
+    "LakeBucket": ["fact_sales_order/data/00000-0-6f1c2a4e.parquet",
+                   "dim_staff/metadata/00001-6f1c2a4e.metadata.json",
+                   "dim_staff/metadata/snap-1-0-6f1c2a4e.avro",
+                   "_manifests/2024/01/02/20240102T000000000Z-aa.json", "notes.txt"],
 }
 
 
@@ -368,13 +375,15 @@ def expected_writes(*names: str) -> dict[str, set[tuple[str, str]]]:
     """Who should write what: each writing role its prefixes, ``names`` the markers only.
 
     The ingest role all of the ingestion bucket; the transform role all of the processed
-    bucket but _supersede/; the operators ``names`` _supersede/ only; nobody anything else.
+    bucket but _supersede/; the publish role all of the lake bucket; the operators
+    ``names`` _supersede/ only; nobody anything else.
     """
     markers = {("ProcessedBucket", key) for key in OBJECTS["ProcessedBucket"]
                if key.startswith("_supersede/")}
     return {"IngestRole": {("IngestBucket", key) for key in OBJECTS["IngestBucket"]},
             "TransformRole": {("ProcessedBucket", key) for key in OBJECTS["ProcessedBucket"]
                               } - markers,
+            "PublishRole": {("LakeBucket", key) for key in OBJECTS["LakeBucket"]},
             **{name: markers for name in names}}
 
 
