@@ -295,9 +295,13 @@ def test_a_slot_or_publication_missing_when_read_is_a_named_transient_error(sour
 def test_a_manifest_position_beyond_the_servers_wal_is_refused_naming_it(source, aws):  # noqa: F811,E501
     started(source)
     bucket = aws["INGEST_BUCKET"]
-    forged = manifests(bucket)[-1]
+    # Forged well: its own run, after the newest manifest, naming no files; only the LSN lies.
+    forged, run = manifests(bucket)[-1], keys.new_run_id()
+    forged.update(run_id=str(run), previous_manifest=storage.latest_manifest_key(bucket))
+    for entry in forged["tables"].values():
+        entry.update(rows=0, files=[], deleted_rows=0, deleted_files=[], captured_keys=None)
     forged["logical"]["lsn"] = "FFFF/0"
-    forged_key = keys.manifest_key(keys.new_run_id())
+    forged_key = keys.manifest_key(run)
     storage.put_new_json(bucket, forged_key, forged)
     before = slot_confirmed(source)
 
