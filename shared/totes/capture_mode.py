@@ -117,9 +117,9 @@ class ObjectWriter:
         """Write the lines waiting (if any) as the next object, created once under a new key."""
         lines, self._lines = self._lines, []
         if lines:
-            self.put_object(b"".join(lines), len(lines))
+            self.write_chunk(b"".join(lines), len(lines))
 
-    def put_object(self, body: bytes, rows: int) -> None:
+    def write_chunk(self, body: bytes, rows: int) -> None:
         """Write ``body``, ``rows`` whole lines joined by the caller, as the next object.
 
         The bulk path for a sink that packs a whole chunk at once (at most

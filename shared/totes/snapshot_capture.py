@@ -109,7 +109,7 @@ class ChangeSink:
             while len(self._keys) >= sweep.BLOCK_KEYS:
                 self.key_lines.append(sweep.render_block(self._keys[:sweep.BLOCK_KEYS]))
                 del self._keys[:sweep.BLOCK_KEYS]
-        self._writer.put_object(body, len(lines))
+        self._writer.write_chunk(body, len(lines))
         self._last_line = lines[-1]
         self.rows += len(lines)
 
