@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from unittest import mock
 
@@ -178,18 +177,13 @@ def test_local_stack_serves_moto_and_postgres_on_tcp_on_each_address_until_inter
     log = tmp_path / "stack.log"
     # Two addresses, as make invoke gives it loopback and the Docker bridge's (both loopback
     # here: 127.0.0.0/8 is all this machine's).
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "totes_local.cli", "local-stack", "--bind", "127.0.0.1",
-             "--bind", "127.0.0.2", "--moto-port", str(moto_port),
-             "--postgres-port", str(postgres_port), "--container-host", "127.0.0.1",
-             "--data-dir", str(tmp_path / "pg"), "--scale", "0.01"],
-            stdout=out, stderr=subprocess.STDOUT)
+    process = sam_local.start_stack(
+        sam_local.stack_command(["127.0.0.1", "127.0.0.2"],
+                                sam_local.Ports(moto_port, postgres_port),
+                                ["--container-host", "127.0.0.1",
+                                 "--data-dir", str(tmp_path / "pg"), "--scale", "0.01"]),
+        log, timeout=90)
     try:
-        deadline = time.monotonic() + 90
-        while local_stack.READY not in log.read_text():
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
         manager = boto3.client("secretsmanager", endpoint_url=f"http://127.0.0.1:{moto_port}",
                                region_name=stack.REGION, aws_access_key_id="x",
                                aws_secret_access_key="x")
@@ -249,17 +243,12 @@ def test_local_stack_with_docker_bridge_also_listens_where_containers_reach_the_
         pytest.skip("no Docker bridge on this machine (no dockerd running)")
     moto_port, postgres_port = _free_port(), _free_port()
     log = tmp_path / "stack.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "totes_local.cli", "local-stack", "--docker-bridge",
-             "--moto-port", str(moto_port), "--postgres-port", str(postgres_port),
-             "--data-dir", str(tmp_path / "pg"), "--scale", "0.01"],
-            stdout=out, stderr=subprocess.STDOUT)
+    process = sam_local.start_stack(
+        sam_local.stack_command([], sam_local.Ports(moto_port, postgres_port),
+                                ["--docker-bridge", "--data-dir", str(tmp_path / "pg"),
+                                 "--scale", "0.01"]),
+        log, timeout=90)
     try:
-        deadline = time.monotonic() + 90
-        while local_stack.READY not in log.read_text():
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
         assert f"listening on 127.0.0.1, {bridge}" in log.read_text()
         for address in ("127.0.0.1", bridge):
             with socket.create_connection((address, postgres_port), timeout=5):
