@@ -154,7 +154,7 @@ def project_layers(template: Mapping[str, Any]) -> set[str]:
 def local_layers(template: Mapping[str, Any], logical_id: str) -> list[Any]:
     """A function's layers with every one that is not the template's own as the stand-in.
 
-    Whatever names the managed layer (a parameter, a mapping, a condition, a literal ARN)
+    Whatever names the managed layer (a parameter, a dynamic reference, a condition, an ARN)
     becomes ``{"Ref": PANDAS_STAND_IN}`` in the same place; the order is kept, so what
     overrides what in ``/opt`` is as the template deploys it.
     """

@@ -189,9 +189,9 @@ def test_a_log_stream_of_the_functions_own_group_is_allowed_and_another_groups_i
     assert not evaluate(other, policies).allowed
 
 
-def test_a_pandas_function_resolves_the_regions_mapped_layer_unless_the_parameter_is_set():
+def test_a_pandas_function_resolves_the_regions_published_layer_unless_the_parameter_is_set():
     layers = TEMPLATE.properties("TransformFunction")["Layers"]
-    assert layers[0] == pandas_layer.RELEASE.arn("eu-west-2")
+    assert layers[0] == "{{resolve:ssm:" + pandas_layer.RELEASE.parameter("eu-west-2") + "}}"
     given = "arn:aws:lambda:eu-west-2:123456789012:layer:mine:1"
     overridden = iam.StackTemplate(iam.Stack(
         name="totes-pipeline", uuid=UUID, parameters={**STACK.parameters,

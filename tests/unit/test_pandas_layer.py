@@ -1,4 +1,5 @@
 """What Lambda runs is what the tests run: the template's pandas layers match the pins."""
+import json
 import re
 from pathlib import Path
 
@@ -33,58 +34,47 @@ def test_a_missing_pin_is_caught():
         f"{pandas_layer.RELEASE.versions['pyarrow']}, requirements pin nothing"]
 
 
-def test_the_templates_mapping_is_the_tables_every_region_with_its_own_arn():
+def test_every_pandas_function_takes_the_regions_published_layer_unless_the_parameter_is_set():
     assert pandas_layer.template_mismatches(TEMPLATE) == []
-    for region, row in TEMPLATE["Mappings"]["PandasLayer"].items():
-        assert re.fullmatch(rf"arn:aws:lambda:{region}:336392948345:layer:"
-                            r"AWSSDKPandas-Python311:\d+", row["Arn"])
-
-
-def test_a_mapping_row_that_differs_from_the_table_is_caught():
-    drifted = {"Mappings": {"PandasLayer": {
-        **pandas_layer.mapping(), "eu-west-2": {"Arn": "arn:aws:lambda:eu-west-2:1:layer:x:1"},
-        "xx-east-9": {"Arn": "arn:aws:lambda:xx-east-9:1:layer:x:1"}}}}
-    assert [problem.split(":")[0] for problem in pandas_layer.template_mismatches(drifted)] == [
-        "eu-west-2", "xx-east-9"]
-
-
-def test_every_pandas_function_uses_the_mapped_layer_unless_the_parameter_is_set():
     assert TEMPLATE["Parameters"]["PandasLayerArn"]["Default"] == ""
     assert TEMPLATE["Conditions"]["HasPandasLayerArn"] == {
         "Fn::Not": [{"Fn::Equals": [{"Ref": "PandasLayerArn"}, ""]}]}
     for function in PANDAS_FUNCTIONS:
         assert TEMPLATE["Resources"][function]["Properties"]["Layers"][0] == {"Fn::If": [
-            "HasPandasLayerArn", {"Ref": "PandasLayerArn"},
-            {"Fn::FindInMap": ["PandasLayer", {"Ref": "AWS::Region"}, "Arn"]}]}
+            "HasPandasLayerArn", {"Ref": "PandasLayerArn"}, {"Fn::Sub": (
+                "{{resolve:ssm:/aws/service/aws-sdk-pandas/3.16.0/${AWS::Region}"
+                "/py3.11/x86_64/layer-arn}}")}]}
 
 
-def test_a_region_without_a_mapped_layer_is_refused_before_anything_is_created():
-    rule = TEMPLATE["Rules"]["PandasLayerKnownInTheRegion"]
-    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "PandasLayerArn"}, ""]}
-    (assertion,) = rule["Assertions"]
-    assert assertion["Assert"] == {"Fn::Contains": [
-        sorted(pandas_layer.RELEASE.layer_versions), {"Ref": "AWS::Region"}]}
-    assert "set PandasLayerArn" in " ".join(assertion["AssertDescription"].split())
+def test_a_function_whose_pandas_layer_is_another_release_or_a_fixed_arn_is_caught():
+    resources = json.loads(json.dumps(TEMPLATE["Resources"]))
+    other = pandas_layer.Release(awswrangler="3.16.1", versions={}, unzipped_bytes=0)
+    resources["LoadFunction"]["Properties"]["Layers"][0] = pandas_layer.layer_entry(other)
+    resources["AuditFunction"]["Properties"]["Layers"][0] = {"Fn::If": [
+        "HasPandasLayerArn", {"Ref": "PandasLayerArn"},
+        "arn:aws:lambda:eu-west-2:336392948345:layer:AWSSDKPandas-Python311:27"]}
+    assert [problem.split(":")[0] for problem in pandas_layer.template_mismatches(
+        {"Resources": resources})] == ["AuditFunction", "LoadFunction"]
 
 
-def test_a_region_the_table_lacks_has_no_arn_and_says_what_to_do():
-    with pytest.raises(LookupError, match="recorded for xx-east-9: set PandasLayerArn"):
-        pandas_layer.RELEASE.arn("xx-east-9")
+def test_the_published_parameter_names_the_release_the_region_python_and_architecture():
+    assert pandas_layer.RELEASE.parameter("ap-southeast-2") == (
+        "/aws/service/aws-sdk-pandas/3.16.0/ap-southeast-2/py3.11/x86_64/layer-arn")
 
 
-def test_the_command_prints_the_arn_of_a_region(capsys):
-    pandas_layer.main(["eu-west-2"])
-    assert capsys.readouterr().out == pandas_layer.RELEASE.arn("eu-west-2") + "\n"
+def test_the_command_prints_the_parameter_of_a_region_and_refuses_what_is_not_one(capsys):
+    pandas_layer.main(["us-gov-west-1"])
+    assert capsys.readouterr().out == pandas_layer.RELEASE.parameter("us-gov-west-1") + "\n"
     with pytest.raises(SystemExit) as exit_:
-        pandas_layer.main(["xx-east-9"])
-    assert exit_.value.code == 1
+        pandas_layer.main(["eu-west-2; rm -rf /"])
+    assert exit_.value.code == 2
+    assert "is not an AWS region name" in capsys.readouterr().err
 
 
-def test_the_deployment_guide_names_the_release_and_every_mapped_arn():
+def test_the_deployment_guide_names_the_release_and_its_published_parameter():
     guide = (ROOT / "docs" / "deploy.md").read_text()
     release = pandas_layer.RELEASE
     assert f"awswrangler {release.awswrangler}" in guide
     for package, version in release.versions.items():
         assert f"{package} {version}" in guide
-    for row in pandas_layer.mapping().values():
-        assert row["Arn"] in guide
+    assert pandas_layer.PARAMETER.format(release=release.awswrangler, region="REGION") in guide

@@ -557,7 +557,7 @@ def test_only_the_functions_that_import_pyarrow_carry_the_pandas_layer(function,
     # tests/unit/test_pandas_layer.py checks which pandas layer that is, region by region.
     layers = json.dumps(RESOURCES[function]["Properties"]["Layers"])
     assert ('"PandasLayerArn"' in layers) is has_pandas
-    assert ('"PandasLayer"' in layers) is has_pandas
+    assert ("aws-sdk-pandas" in layers) is has_pandas
 
 
 #: each database's secret and where it is, as the template passes them to a function.
