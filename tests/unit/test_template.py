@@ -244,6 +244,16 @@ def test_error_log_lines_of_each_function_are_counted_and_alarmed(function):
     assert alarms_on(metric["MetricNamespace"], metric["MetricName"])
 
 
+def test_a_stray_object_in_a_bucket_alarms_on_the_first_one():
+    # The pipeline's roles never write a key off the layout: one that appears was put there.
+    (alarm,) = alarms_on(STACK_NAMESPACE, "StrayObjects")
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": observability.DEFAULT_SERVICE}]
+    assert alarm["Statistic"] == "Sum" and alarm["Period"] == 300
+    assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["TreatMissingData"] == "notBreaching"
+    assert '"Stray objects"' in alarm["AlarmDescription"]
+
+
 def test_rows_stamped_in_the_future_alarm_on_the_first_one():
     (alarm,) = alarms_on(STACK_NAMESPACE, "IngestRowsStampedInFuture")
     assert alarm["Dimensions"] == [{"Name": "service", "Value": observability.DEFAULT_SERVICE}]
