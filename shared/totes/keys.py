@@ -18,6 +18,8 @@ MANIFEST_PREFIX = "_manifests/"
 #: where ingest runs claim the one successor of a manifest (:func:`successor_claim_key`).
 CLAIM_PREFIX = "_claims/"
 REFERENCE_PREFIX = "_reference/"
+#: where a revision's processed manifests live (``_revisions/<nnnn>/_manifests/...``).
+REVISIONS_PREFIX = "_revisions/"
 SWEEP_PREFIX = "_sweeps/"
 _STAMP_FORMAT = "%Y%m%dT%H%M%S"
 _RUN = r"(?P<date>\d{4}/\d{2}/\d{2})/(?P<stamp>\d{8}T\d{9}Z)-(?P<suffix>[0-9a-f]+)"
@@ -27,6 +29,11 @@ _DATA_KEY = re.compile(
     rf"(?P<table>[a-z_]+)/{_RUN}(?P<deleted>-deleted)?-\d{{5}}\.jsonl", re.ASCII)
 _SWEEP_KEY = re.compile(
     rf"_sweeps/(?P<table>[a-z_]+)/{_RUN}(?P<captured>-captured)?\.keys\.gz", re.ASCII)
+_PROCESSED_MANIFEST_KEY = re.compile(rf"(?:_revisions/\d{{4,}}/)?_manifests/{_RUN}\.json",
+                                     re.ASCII)
+_PROCESSED_KEY = re.compile(
+    rf"(?P<table>[a-z_]+)/{_RUN}-[0-9a-f]+-\d{{5}}(?P<deleted>\.deleted)?\.parquet", re.ASCII)
+_REFERENCE_KEY = re.compile(rf"_reference/(?P<table>[a-z_]+)/{_RUN}-[0-9a-f]+\.parquet", re.ASCII)
 
 
 @dataclass(frozen=True, order=True)
@@ -137,6 +144,31 @@ def parse_data_key(key: str, *, deleted: bool = False) -> tuple[str, RunId] | No
     if match is None or run is None or bool(match["deleted"]) != deleted:
         return None
     return match["table"], run
+
+
+def parse_processed_manifest_key(key: str) -> RunId | None:
+    """Return the run a processed manifest key names (any revision's), or None for another key."""
+    return _run_of(_PROCESSED_MANIFEST_KEY.fullmatch(key))
+
+
+def parse_processed_key(key: str, *, deleted: bool = False) -> tuple[str, RunId] | None:
+    """Return (table, run) of a processed Parquet key (or, with ``deleted``, a deletions key).
+
+    The layout :func:`attempt_data_key` writes; None for any other key, which a
+    processed manifest's reader refuses to follow.
+    """
+    match = _PROCESSED_KEY.fullmatch(key)
+    run = _run_of(match)
+    if match is None or run is None or bool(match["deleted"]) != deleted:
+        return None
+    return match["table"], run
+
+
+def parse_reference_key(key: str) -> tuple[str, RunId] | None:
+    """Return (table, run) of a reference snapshot's key (:func:`reference_key`), else None."""
+    match = _REFERENCE_KEY.fullmatch(key)
+    run = _run_of(match)
+    return None if match is None or run is None else (match["table"], run)
 
 
 def parse_run_id(text: str) -> RunId:

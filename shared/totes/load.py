@@ -346,7 +346,7 @@ def check_revisions(conn: pg8000.native.Connection, markers: Markers) -> None:
 
 def _read_manifest(bucket: str, key: str) -> ProcessedManifest:
     try:
-        return ProcessedManifest.parse(storage.read_json(bucket, key))
+        return ProcessedManifest.read(storage.read_json(bucket, key), key)
     except Exception as error:  # a ManifestError, an S3 or a JSON error: all name the key
         raise LoadError(f"manifest {key} cannot be read: {error}", key, key) from error
 

@@ -460,6 +460,49 @@ class ProcessedManifest:
             return None
         return timestamps.parse_instant(self.ingest_started_at)
 
+    @classmethod
+    def read(cls, document: Any, key: str) -> "ProcessedManifest":
+        """Parse a processed manifest stored at ``key`` and check what it names against it.
+
+        What every reader of the processed bucket calls (load, publish, transform
+        continuing from its last manifest): a manifest is only followed as far as
+        :meth:`check_references` allows.
+        """
+        manifest = cls.parse(document)
+        manifest.check_references(key)
+        return manifest
+
+    def check_references(self, key: str) -> None:
+        """Refuse a manifest at ``key`` that names any object outside its own run and tables.
+
+        Load and publish read every Parquet object a processed manifest lists, and
+        transform continues from its ``reference`` snapshots, so each must be a key
+        of its layout: a table's objects and deletions written for this run, under
+        that table's own folder; a reference snapshot of that table written by this
+        run or an earlier one. So a forged or mistaken manifest cannot make load read
+        another table's rows, another run's objects or anything outside the layout.
+        A breach is a :class:`ManifestError` naming both.
+        """
+        run = keys.parse_processed_manifest_key(key)
+        if run is None or str(run) != self.run_id:
+            raise ManifestError(f"{key}: run_id {self.run_id!r} is not the run its key names")
+        if self.ingest_manifest and keys.parse_manifest_key(self.ingest_manifest) != run:
+            raise ManifestError(f"{key}: ingest_manifest {self.ingest_manifest!r} is not the "
+                                "ingest manifest of this run")
+        named = [(table, file.key, keys.parse_processed_key(file.key))
+                 for table, output in self.tables.items() for file in output.files]
+        named += [(fact, file.key, keys.parse_processed_key(file.key, deleted=True))
+                  for fact, output in self.deletions.items() for file in output.files]
+        for table, reference, found in named:
+            if found != (table, run):
+                raise ManifestError(f"{key}: {table} names {reference!r}, which is not an object "
+                                    f"of {table} written for this run")
+        for table, pointer in self.reference.items():
+            found = None if pointer is None else keys.parse_reference_key(str(pointer))
+            if pointer is not None and (found is None or found[0] != table or found[1] > run):
+                raise ManifestError(f"{key}: the reference snapshot of {table}, {pointer!r}, is "
+                                    f"not one of {table} written by this run or an earlier one")
+
     def to_json(self) -> dict[str, Any]:
         """Render the manifest (always in the current format; ``skipped_by`` only when set)."""
         document: dict[str, Any] = {

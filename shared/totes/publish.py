@@ -295,8 +295,8 @@ def _publish_pending(lake_tables: Lake, settings: PublishSettings, markers: Mark
         processed_key, skip = markers.processed_key(key), markers.skip("load", key)
         try:
             if skip is None:
-                manifest = ProcessedManifest.parse(
-                    storage.read_json(settings.processed_bucket, processed_key))
+                manifest = ProcessedManifest.read(
+                    storage.read_json(settings.processed_bucket, processed_key), processed_key)
                 publish_manifest(lake_tables, settings, key, processed_key, manifest, report)
             _record(settings, key, processed_key, None if skip is None else skip.key)
         except Exception as error:

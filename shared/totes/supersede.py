@@ -36,7 +36,7 @@ MARKER_PREFIX = "_supersede/"
 REVISION_MARKERS = f"{MARKER_PREFIX}revisions/"
 SKIP_MARKERS = f"{MARKER_PREFIX}skips/"
 #: where revision n >= 1 keeps its processed manifests: ``_revisions/<nnnn>/_manifests/...``.
-REVISIONS_PREFIX = "_revisions/"
+REVISIONS_PREFIX = keys.REVISIONS_PREFIX
 MARKER_FORMAT = "totes.supersede/1"
 #: the stages a skip can release.
 STAGES = ("transform", "load")

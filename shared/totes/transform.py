@@ -390,7 +390,7 @@ def transform_manifest(settings: TransformSettings, ingest_key: str,
     except storage.ObjectAlreadyExistsError:
         logger.info("manifest already transformed by another invocation",
                     extra={"manifest": ingest_key, "processed_manifest": target})
-        return ProcessedManifest.parse(storage.read_json(settings.processed_bucket, target))
+        return _read_processed(settings, target)
     if report is not None:
         report.add(processed, rows_in, (time.monotonic() - started) * 1000)
     if skip is not None:
@@ -457,6 +457,11 @@ def time_for_another(deadline: Deadline, report: TransformReport) -> bool:
     return deadline.remaining() >= max(RESERVE_SECONDS, largest)
 
 
+def _read_processed(settings: TransformSettings, key: str) -> ProcessedManifest:
+    """The processed manifest at ``key``, checked against its key like every reader's."""
+    return ProcessedManifest.read(storage.read_json(settings.processed_bucket, key), key)
+
+
 def transform_through(settings: TransformSettings, ingest_key: str, report: TransformReport,
                       deadline: Deadline = Deadline.unbounded()) -> list[str]:
     """Transform every ingest manifest not yet transformed, oldest first, up to ``ingest_key``.
@@ -476,9 +481,8 @@ def transform_through(settings: TransformSettings, ingest_key: str, report: Tran
         if latest is not None and latest >= ingest_key:
             logger.info("already transformed", extra={"manifest": ingest_key, "latest": latest})
             return []
-        pointers = (dict(ProcessedManifest.parse(storage.read_json(
-            settings.processed_bucket, markers.processed_key(latest))).reference) if latest
-            else dict.fromkeys(reference.REFERENCE_TABLES))
+        pointers = (dict(_read_processed(settings, markers.processed_key(latest)).reference)
+                    if latest else dict.fromkeys(reference.REFERENCE_TABLES))
         for key in _pending(settings.ingest_bucket, latest, ingest_key):
             if not time_for_another(deadline, report):
                 logger.warning("stopping before the timeout; the next event continues", extra={

@@ -127,8 +127,9 @@ class Buckets:
             "overlap_minutes": 15, "tables": {}})
         return key
 
-    def _put(self, folder: str, run: keys.RunId, body: bytes, rows: int) -> dict:
-        key = f"{folder}/{run.date_path}/{run}-{secrets.token_hex(4)}-00000.parquet"
+    def _put(self, folder: str, run: keys.RunId, body: bytes, rows: int,
+             extension: str = "parquet") -> dict:
+        key = keys.attempt_data_key(folder, run, secrets.token_hex(4), 0, extension)
         storage.put_new_object(self.processed, key, body, "application/vnd.apache.parquet")
         return {"rows": rows, "files": [{"key": key, "rows": rows, "bytes": len(body)}]}
 
@@ -160,7 +161,8 @@ class Buckets:
             "reference": {}}
         if version == 2:
             manifest["deletions"] = {
-                fact: self._put(fact, run, parquet_bytes(DELETIONS[fact], rows), len(rows))
+                fact: self._put(fact, run, parquet_bytes(DELETIONS[fact], rows), len(rows),
+                                "deleted.parquet")
                 if rows else {"rows": 0, "files": []}
                 for fact, rows in {name: (deletions or {}).get(name) for name in DELETIONS}.items()}
             manifest["capture"] = capture or {"snapshot": None, "database_time": None}

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 import pytest
 
-from totes import lake, lake_io, publish, storage, supersede
+from totes import keys, lake, lake_io, publish, storage, supersede
 from totes.config import ConfigurationError
 from totes.lake_schema import LAKE_TABLES
 from totes.manifest import ManifestError, ProcessedManifest
@@ -22,7 +22,8 @@ def settings(aws) -> publish.PublishSettings:
 
 def empty_manifest(key: str) -> None:
     """A processed manifest of a run that changed nothing."""
-    document = ProcessedManifest(run_id="run", ingest_manifest=key, ingest_started_at=None,
+    run = str(keys.parse_manifest_key(key))
+    document = ProcessedManifest(run_id=run, ingest_manifest=key, ingest_started_at=None,
                                  transformed_at="2024-11-15T14:20:09.123Z", tables={})
     storage.put_new_json(settings_bucket(), key, document.to_json())
 

@@ -3,6 +3,7 @@
 Both formats still in a processed bucket are read: ``totes.processed/1`` (before
 deletions and the capture point) and ``totes.processed/2``.
 """
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
@@ -98,3 +99,52 @@ def test_the_database_time_is_a_utc_timestamp_without_zone():
 def test_a_bad_manifest_is_refused_saying_why(document, message):
     with pytest.raises(ManifestError, match=message):
         ProcessedManifest.parse(document)
+
+
+RUN = "20241115T142009123Z-3f9a1c2e"
+OBJECT = f"fact_payment/2024/11/15/{RUN}-0a1b2c3d-00000.parquet"
+DELETIONS_OBJECT = f"fact_payment/2024/11/15/{RUN}-0a1b2c3d-00000.deleted.parquet"
+SNAPSHOT = "_reference/address/2024/11/14/20241114T090000000Z-1a2b3c4d-5e6f7a8b.parquet"
+
+
+def stored(**changes) -> ProcessedManifest:
+    """A manifest naming only objects its key allows, as transform writes it."""
+    return replace(version_2(), **{
+        "tables": {"fact_payment": TableOutput((DataFile(OBJECT, 3, 30),))},
+        "deletions": {"fact_payment": TableOutput((DataFile(DELETIONS_OBJECT, 1, 5),))},
+        "reference": {"address": SNAPSHOT, "department": None}, **changes})
+
+
+@pytest.mark.parametrize("key", [KEY, "_revisions/0002/" + KEY])
+def test_a_manifest_naming_its_own_runs_objects_reads_at_its_key_in_any_revision(key):
+    manifest = stored()
+    assert ProcessedManifest.read(manifest.to_json(), key) == manifest
+
+
+@pytest.mark.parametrize("key, changes, message", [
+    ("_manifests/2024/11/15/20241115T142009123Z-00000000.json", {}, "is not the run its key"),
+    ("_revisions/x/" + KEY, {}, "is not the run its key"),
+    ("_manifests/2024/11/16/" + RUN + ".json", {}, "is not the run its key"),
+    (KEY, {"ingest_manifest": "_manifests/2024/11/15/20241115T000000000Z-aa.json"},
+     "is not the ingest manifest of this run"),
+    (KEY, {"tables": {"fact_payment": TableOutput((DataFile(
+        OBJECT.replace("fact_payment", "dim_staff", 1), 3, 30),))}},
+     "fact_payment names 'dim_staff/.*which is not an object of fact_payment"),
+    (KEY, {"tables": {"fact_payment": TableOutput((DataFile(
+        OBJECT.replace("3f9a1c2e", "3f9a1c2f"), 3, 30),))}}, "written for this run"),
+    (KEY, {"tables": {"fact_payment": TableOutput((DataFile(DELETIONS_OBJECT, 3, 30),))}},
+     "written for this run"),
+    (KEY, {"deletions": {"fact_payment": TableOutput((DataFile(OBJECT, 1, 5),))}},
+     "written for this run"),
+    (KEY, {"tables": {"fact_payment": TableOutput((DataFile(
+        "../_manifests/" + OBJECT, 3, 30),))}}, "written for this run"),
+    (KEY, {"reference": {"address": SNAPSHOT.replace("address", "staff", 1)}},
+     "reference snapshot of address"),
+    (KEY, {"reference": {"address": "_reference/address/2024/11/16/"
+                         "20241116T000000000Z-1a2b3c4d-5e6f7a8b.parquet"}},
+     "by this run or an earlier one"),
+    (KEY, {"reference": {"address": OBJECT}}, "reference snapshot of address"),
+])
+def test_a_manifest_naming_anything_outside_its_run_and_tables_is_refused(key, changes, message):
+    with pytest.raises(ManifestError, match=message):
+        ProcessedManifest.read(stored(**changes).to_json(), key)
