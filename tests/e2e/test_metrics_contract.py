@@ -62,6 +62,8 @@ def emitted_metrics(stdout: str) -> set[tuple[str, frozenset]]:
 
 def test_template_watches_only_metrics_the_handlers_emit(e2e, capsys):
     capsys.readouterr()
+    # An object off the layout where the stages list manifests, so StrayObjects is seen.
+    storage.put_new_json(e2e.env["INGEST_BUCKET"], "_manifests/notes.json", {"note": "mine"})
     e2e.pipeline.cycle()
     e2e.pipeline.audit()
     # An input error (a malformed manifest), so the metric only failures emit is seen too.
