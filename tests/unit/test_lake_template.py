@@ -47,3 +47,26 @@ def test_athenas_results_are_private_encrypted_tls_only_and_expire():
     (deny,) = policy["Statement"]
     assert deny["Sid"] == "DenyInsecureTransport" and deny["Effect"] == "Deny"
     assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_every_dashboard_question_is_a_lake_question():
+    assert set(queries.LAKE_QUESTIONS) == {query.name for query in
+                                           queries.sections(queries.load_queries())} | {"headline"}
+    assert set(queries.LAKE_TRANSLATED) < set(queries.LAKE_QUESTIONS)
+    assert queries.lake_parameters("order_history") == ("order_id",)
+    assert queries.lake_parameters("headline") == ()
+
+
+def test_a_translation_is_refused_when_its_question_marks_do_not_match_the_parameters(tmp_path):
+    import pytest
+
+    for name in queries.LAKE_TRANSLATED:
+        text = (queries.LAKE_QUERY_DIR / f"{name}.sql").read_text()
+        (tmp_path / f"{name}.sql").write_text(text)
+    history = tmp_path / "order_history.sql"
+    history.write_text(history.read_text().replace("CAST(? AS integer)", "11204"))
+    with pytest.raises(queries.QueryFileError, match="0 \\? for 1 parameter"):
+        queries.lake_queries(lake_directory=tmp_path)
+    history.write_text(history.read_text().replace("11204", "CAST(:order_id AS integer)"))
+    with pytest.raises(queries.QueryFileError, match="not :names"):
+        queries.lake_queries(lake_directory=tmp_path)
