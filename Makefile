@@ -95,8 +95,9 @@ stop: setup
 # `sam local invoke` of one function (FN=ingest|transform|load|audit|publish) against `totes local-stack`
 # (moto and PostgreSQL on fixed TCP ports, started in the background if not running). Needs
 # Docker; README, "Invoking a function with sam local invoke". SAM_ARGS go to sam local invoke,
-# STACK_ARGS to totes local-stack. `make invoke-all` runs the whole pipeline that way against a
-# fresh stack of its own (free ports) and fails on any failed stage.
+# STACK_ARGS to totes local-stack. `make invoke-all` runs the whole pipeline that way (ingest,
+# transform, load, audit, publish) against a fresh stack of its own (free ports) and fails on any
+# failed stage.
 FN ?= ingest
 
 local-stack: setup

@@ -16,13 +16,15 @@ a raw ``COPY ... TO STDOUT`` on the same rows, scale 1; dlt comes from
 state must stay small and the next idle run must read nothing), and ``bench_logical``
 (log-based capture beside snapshot capture on the same bulk fix, scale 1, on its own
 cluster with ``wal_level = logical``). ``bench_cycle`` times the handlers of a warm
-idle cycle and a warm one-order cycle (ingest, transform, load) at scale 1.
+idle cycle and a warm one-order cycle (ingest, transform, load) at scale 1. ``bench_publish``
+publishes the ×40 backfill into the lake and checks it against the publish function's memory and
+timeout in template.yaml.
 """
 import importlib
 import sys
 
 STAGES = ("generate", "ingest", "ingest_compare", "bulk_update", "logical", "transform", "load",
-          "cycle", "dashboard", "audit")
+          "cycle", "dashboard", "audit", "publish")
 
 
 def main() -> int:

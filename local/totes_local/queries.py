@@ -273,23 +273,64 @@ def sections(queries: Mapping[str, Query]) -> list[Query]:
     return [query for query in queries.values() if query.position is not None]
 
 
-#: the questions whose SQL the lake's engines (Athena's Trino, DuckDB) run as they are, once the
-#: filter's parameters are NULL: template.yaml publishes them as Athena named queries. The
-#: others use PostgreSQL's own syntax (``MATERIALIZED``, date subtraction, arrays, ``jsonb``).
+#: the dashboard's questions as the lake's engines (Athena's Trino, DuckDB) ask them: template.yaml
+#: publishes each as an Athena named query. Most run as their files say them, once the page's
+#: filter is TRUE; the :data:`LAKE_TRANSLATED` ones use PostgreSQL's own syntax (date
+#: subtraction, arrays, ``jsonb``, ``MATERIALIZED``), so their lake SQL is its own file.
 LAKE_QUESTIONS = ("revenue_by_month", "top_designs", "sales_by_delivery_location",
                   "revenue_by_staff", "top_counterparties", "currency_mix",
-                  "purchases_vs_sales_by_month", "order_amendments", "headline")
+                  "purchases_vs_sales_by_month", "outstanding_payments", "days_to_payment",
+                  "order_amendments", "order_history", "headline")
+
+#: the questions whose lake SQL is written in Athena's SQL in :data:`LAKE_QUERY_DIR` (each
+#: file says what it changed from the PostgreSQL one, and why).
+LAKE_TRANSLATED = ("outstanding_payments", "days_to_payment", "order_history")
+LAKE_QUERY_DIR = QUERY_DIR.parent / "lake"
+
+#: a ``?`` outside quotes: the positional parameters (Athena's execution parameters).
+_POSITIONAL = re.compile(r"'(?:[^']|'')*'|(\?)")
 
 
-def lake_queries(directory: Path = QUERY_DIR) -> dict[str, str]:
-    """The SQL of :data:`LAKE_QUESTIONS` for the lake's engines: the same files, unfiltered.
+def lake_parameters(name: str, directory: Path = QUERY_DIR) -> tuple[str, ...]:
+    """The values the lake's version of question ``name`` takes, in the order of its ``?``.
+
+    Those of the dashboard's file that are not the page's filter (which the lake's
+    versions leave out): ``order_id`` for the order history, none for the rest.
+    """
+    path = next(directory.glob(f"*{name}.sql"))
+    query = parse_query(path.stem, path.read_text(encoding="utf-8"), read_prelude(directory))
+    return tuple(sorted(query.parameters - set(FILTER_PARAMETERS)))
+
+
+def _lake_translation(name: str, directory: Path, lake_directory: Path) -> str:
+    """The SQL of a :data:`LAKE_TRANSLATED` file: comments dropped, one ``?`` per parameter."""
+    text = (lake_directory / f"{name}.sql").read_text(encoding="utf-8")
+    kept = [line for line in text.splitlines() if not line.strip().startswith("--")]
+    sql = "\n".join(kept).strip().rstrip(";")
+    if _names(sql):
+        raise QueryFileError(f"lake query {name}: Athena takes ? parameters, not :names")
+    wanted = lake_parameters(name, directory)
+    found = [mark for mark in _POSITIONAL.findall(sql) if mark]
+    if len(found) != len(wanted):
+        raise QueryFileError(f"lake query {name} has {len(found)} ? for {len(wanted)} "
+                             f"parameter(s) ({', '.join(wanted) or 'none'})")
+    return sql
+
+
+def lake_queries(directory: Path = QUERY_DIR,
+                 lake_directory: Path = LAKE_QUERY_DIR) -> dict[str, str]:
+    """The SQL of :data:`LAKE_QUESTIONS` for the lake's engines, unfiltered.
 
     The prelude's page filter becomes ``TRUE`` (Athena's named queries take no
-    dashboard filter), which leaves no parameter and no PostgreSQL-only cast.
+    dashboard filter), which leaves no parameter and no PostgreSQL-only cast; the
+    :data:`LAKE_TRANSLATED` questions are read from ``lake_directory``.
     """
     prelude = {**read_prelude(directory), "page_filter": "TRUE"}
     found = {}
     for name in LAKE_QUESTIONS:
+        if name in LAKE_TRANSLATED:
+            found[name] = _lake_translation(name, directory, lake_directory)
+            continue
         path = next(directory.glob(f"*{name}.sql"))
         query = parse_query(path.stem, path.read_text(encoding="utf-8"), prelude)
         if query.parameters:

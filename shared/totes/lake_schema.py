@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from totes.warehouse_schema import CURRENT_VIEWS, DIMENSIONS, FACTS, Column, Table
+from totes.warehouse_schema import (CURRENT_VIEWS, DIMENSIONS, FACTS, LOGICAL_TYPES, Column,
+                                    Table, made_by)
 
 if TYPE_CHECKING:  # imported where used at run time: only the publish function has pyiceberg
     import pyarrow as pa
@@ -82,20 +83,15 @@ LAKE_TABLES = MappingProxyType({table.name: table for table in _lake_tables()})
 
 
 def iceberg_type(column: Column) -> "IcebergType":
-    """The Iceberg type of a warehouse column in the lake (see the module's notes)."""
+    """The Iceberg type of a warehouse column in the lake (see the module's notes).
+
+    The type is the contract's own row for it (:data:`totes.warehouse_schema.LOGICAL_TYPES`),
+    where every system's spelling of a logical type is kept.
+    """
     from pyiceberg import types
 
-    mapping: dict[str, types.IcebergType] = {
-        "serial": types.LongType(),
-        "int": types.IntegerType(),
-        "date": types.DateType(),
-        "time": types.StringType(),
-        "money": types.DecimalType(10, 2),
-        "numeric": types.DecimalType(10, 2),
-        "text": types.StringType(),
-        "bool": types.BooleanType(),
-    }
-    return mapping[column.type]
+    iceberg: IcebergType = made_by(types, LOGICAL_TYPES[column.type].iceberg)
+    return iceberg
 
 
 def iceberg_schema(table: LakeTable) -> "Schema":

@@ -14,37 +14,64 @@ more version marked ``is_deleted``, and the ``*_current`` views leave its id out
 """
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from totes.db import quote_ident
 
 if TYPE_CHECKING:  # imported where used at run time: the ingest function has no pyarrow
     import pyarrow as pa
 
-#: logical type -> PostgreSQL type
-SQL_TYPES = MappingProxyType({
-    "serial": "serial",
-    "int": "integer",
-    "date": "date",
-    "time": "time(3)",
-    "money": "numeric(10,2)",
-    "numeric": "numeric",
-    "text": "varchar",
-    "bool": "boolean",
+
+@dataclass(frozen=True)
+class LogicalType:
+    """One logical type of the contract, as each system that holds its columns spells it.
+
+    Every translation of a column's type lives in :data:`LOGICAL_TYPES`, one row per
+    type, so a new or changed type is one line and no two mappings can drift apart.
+    ``arrow`` and ``iceberg`` name a factory (a ``pyarrow`` function, a
+    ``pyiceberg.types`` class) and its arguments rather than call it: only the functions
+    that need those libraries import them.
+    """
+
+    #: the PostgreSQL type in DDL.
+    sql: str
+    #: how PostgreSQL's ``format_type()`` spells it in the catalog: what a live column must
+    #: say to be the contract's (a ``serial`` is an ``integer`` with a sequence default).
+    catalog: str
+    #: the Arrow type the transform writes it as (None: never in Parquet, the load makes it).
+    arrow: tuple[Any, ...] | None
+    #: the Iceberg type the lake keeps it as (:mod:`totes.lake_schema` says why).
+    iceberg: tuple[Any, ...]
+
+
+#: logical type -> its spellings: PostgreSQL DDL and catalog, Arrow, the lake's Iceberg.
+LOGICAL_TYPES = MappingProxyType({
+    "serial": LogicalType("serial", "integer", None, ("LongType",)),
+    "int": LogicalType("integer", "integer", ("int32",), ("IntegerType",)),
+    "date": LogicalType("date", "date", ("date32",), ("DateType",)),
+    "time": LogicalType("time(3)", "time(3) without time zone", ("time32", "ms"),
+                        ("StringType",)),
+    "money": LogicalType("numeric(10,2)", "numeric(10,2)", ("decimal128", 10, 2),
+                         ("DecimalType", 10, 2)),
+    "numeric": LogicalType("numeric", "numeric", ("decimal128", 10, 2), ("DecimalType", 10, 2)),
+    "text": LogicalType("varchar", "character varying", ("string",), ("StringType",)),
+    "bool": LogicalType("boolean", "boolean", ("bool_",), ("BooleanType",)),
 })
 
-#: logical type -> how PostgreSQL's ``format_type()`` spells it in the catalog: what a live
-#: column must say to be the contract's (a ``serial`` is an ``integer`` with a sequence default).
-CATALOG_TYPES = MappingProxyType({
-    "serial": "integer",
-    "int": "integer",
-    "date": "date",
-    "time": "time(3) without time zone",
-    "money": "numeric(10,2)",
-    "numeric": "numeric",
-    "text": "character varying",
-    "bool": "boolean",
-})
+#: logical type -> PostgreSQL type
+SQL_TYPES = MappingProxyType({name: kind.sql for name, kind in LOGICAL_TYPES.items()})
+
+#: logical type -> how PostgreSQL's ``format_type()`` spells it (:attr:`LogicalType.catalog`).
+CATALOG_TYPES = MappingProxyType({name: kind.catalog for name, kind in LOGICAL_TYPES.items()})
+
+
+def made_by(module: Any, factory: tuple[Any, ...]) -> Any:
+    """The type ``factory`` names, made by ``module``: one of :data:`LOGICAL_TYPES`' spellings.
+
+    ``made_by(pa, ("decimal128", 10, 2))`` is ``pa.decimal128(10, 2)``.
+    """
+    name, *arguments = factory
+    return getattr(module, name)(*arguments)
 
 
 @dataclass(frozen=True)
@@ -200,16 +227,11 @@ def arrow_type(column: Column) -> "pa.DataType":
     """Return the pyarrow type that carries ``column`` exactly (decimals stay decimals)."""
     import pyarrow as pa
 
-    types: dict[str, pa.DataType] = {
-        "int": pa.int32(),
-        "date": pa.date32(),
-        "time": pa.time32("ms"),
-        "money": pa.decimal128(10, 2),
-        "numeric": pa.decimal128(10, 2),
-        "text": pa.string(),
-        "bool": pa.bool_(),
-    }
-    return types[column.type]
+    factory = LOGICAL_TYPES[column.type].arrow
+    if factory is None:
+        raise ValueError(f"{column.name} is {column.type}: never in Parquet, no Arrow type")
+    data_type: pa.DataType = made_by(pa, factory)
+    return data_type
 
 
 def arrow_schema(table: Table) -> "pa.Schema":

@@ -2,7 +2,7 @@
 
 A fresh local stack (free ports, loopback and the Docker bridge), the base image
 and the pandas layer built by ``make lambda-image`` (cached: seconds after the
-first build), then ingest, transform, load and audit, each through SAM into a
+first build), then ingest, transform, load, audit and publish, each through SAM into a
 container whose layers are merged in the template's order. The same images then
 show which copy of each pinned package the functions import.
 
@@ -79,13 +79,21 @@ def test_invoke_all_runs_every_stage_in_a_container_and_the_audit_finds_the_ware
         invoke_all):
     status, responses, printed = invoke_all
     assert status == 0, printed
-    assert list(responses) == list(sam_local.PIPELINE)
-    ingest, transform, load, audit = (responses[name] for name in sam_local.PIPELINE)
+    assert list(responses) == list(sam_local.PIPELINE) == [
+        "ingest", "transform", "load", "audit", "publish"]
+    ingest, transform, load, audit, publish = (responses[name] for name in sam_local.PIPELINE)
     assert ingest["complete"] and ingest["total_rows"] > 0
     assert transform["transformed"] == [ingest["manifest_key"]]
     assert load["manifests_loaded"] == 1
     assert load["last_loaded_manifest"] == ingest["manifest_key"]
     assert audit["ok"] is True and audit["mismatches"] == 0
+    # publish, in its container, committed the same manifest into the stack's Glue and lake
+    # bucket: every fact row the load loaded, each lake table written once.
+    assert publish["manifests_published"] == 1
+    assert publish["last_published_manifest"] == ingest["manifest_key"]
+    assert publish["rows_appended"]["fact_sales_order"] == load["rows_loaded"][
+        "fact_sales_order"] > 0
+    assert "all succeeded" in printed
 
 
 def _pins() -> dict[str, str]:

@@ -57,6 +57,8 @@ def test_the_lake_follows_the_warehouse_change_after_change_and_revision(
     deleted = [row for row in lake_rows(e2e.env, "fact_payment") if row["payment_id"] == 4]
     assert [row["is_deleted"] for row in sorted(deleted, key=lambda r: r["payment_record_id"])] \
         == [False, True]
+    # amended orders, a payment now paid, a deleted one: the questions that read history
+    assert_business_questions_agree(e2e)
     manifests = list(storage.manifest_keys_after(e2e.env["INGEST_BUCKET"], None))
     assert lake.last_manifest(_table(e2e, "fact_sales_order")) == manifests[-1]
     before = snapshot_ids(e2e.env)

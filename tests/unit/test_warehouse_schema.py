@@ -112,3 +112,23 @@ def test_the_loaded_manifest_gains_the_capture_point_in_place():
         '"capture_snapshot" text' in statements
     assert 'ALTER TABLE "etl"."loaded_manifest" ADD COLUMN IF NOT EXISTS '\
         '"database_time" timestamp(3)' in statements
+
+
+def test_every_logical_type_is_spelled_once_for_every_system_and_each_spelling_builds():
+    """One row per type (LOGICAL_TYPES) gives the DDL, the catalog, Arrow and the lake's Iceberg."""
+    import pytest
+    from pyiceberg import types
+
+    from totes.warehouse_schema import (CATALOG_TYPES, LOGICAL_TYPES, SQL_TYPES, Column,
+                                        arrow_type, made_by)
+
+    used = {column.type for table in ws.TABLES.values() for column in table.columns}
+    assert used <= set(LOGICAL_TYPES) == set(SQL_TYPES) == set(CATALOG_TYPES)
+    for name, kind in LOGICAL_TYPES.items():
+        assert isinstance(made_by(types, kind.iceberg), types.PrimitiveType), name
+        if kind.arrow is None:
+            with pytest.raises(ValueError, match="never in Parquet"):
+                arrow_type(Column("id", name))
+        else:
+            assert arrow_type(Column("x", name)) == made_by(pa, kind.arrow), name
+    assert arrow_type(Column("x", "money")) == pa.decimal128(10, 2)
