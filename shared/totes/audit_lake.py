@@ -1,0 +1,191 @@
+"""The audit's lake side: the lake's dimensions and current facts as :class:`totes.audit.Target`.
+
+The lake is compared with the source the way the warehouse is
+(:func:`totes.audit.audit_table`): the same hashed key-range segments, the same
+in-flight rules, the same alarm. Only the rows come from elsewhere: each compared
+lake table (a dimension, or a fact's ``*_current`` table) is scanned once with
+pyiceberg through the Glue catalog the publish writes (:func:`totes.lake.glue_catalog`),
+and every row is rendered here to the canonical text the databases render in SQL
+(:mod:`totes.audit_sql`: ``quote_nullable`` of each value's text, joined by commas)
+and hashed as they hash it. Only keys and 64-bit hashes are kept, never values.
+
+The lake's capture point is the newest manifest a publish completed: the newest
+publish record in force (the revision markers decide which are), the point the
+next publish starts after. A publish writes that record only once every lake table
+holds the manifest, and the record is read before the tables are opened, so the
+tables hold at least what the capture point says. What the pipeline captured after
+it (loaded into the warehouse or not) is in flight for the lake, by the rules the
+warehouse's capture point is judged by: the lake lagging the warehouse by its own
+schedule is never a mismatch.
+"""
+import hashlib
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Iterable
+
+from totes import audit_sql, lake, supersede
+from totes.audit import CapturePoint, LakeSettings, ObjectStore, Segments, lake_table_name
+from totes.manifest import IngestManifest
+from totes.warehouse_schema import CURRENT_VIEWS, TABLES
+
+if TYPE_CHECKING:  # pyiceberg: only the functions that read or write the lake carry it
+    from pyiceberg.table import Table as IcebergTable
+
+_HASH_BITS = 64
+
+
+# --------------------------------------------------------------------------- canonical text
+
+def value_text(value: Any) -> str | None:
+    """A lake value's canonical text, as :mod:`totes.audit_sql` renders a warehouse value.
+
+    Dates ``YYYY-MM-DD``; times are stored as ``HH:MM:SS.fff`` text already (what
+    ``to_char(..., 'HH24:MI:SS.MS')`` gives); decimals exact without trailing
+    zeros (``trim_scale``); booleans ``true``/``false``; NULL stays None.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return "0" if value == 0 else format(value.normalize(), "f")
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def quote_nullable(text: str | None) -> str:
+    """Quote as PostgreSQL's ``quote_nullable``: ``NULL``, or a literal (``E`` when escaping)."""
+    if text is None:
+        return "NULL"
+    body = text.replace("\\", "\\\\").replace("'", "''")
+    return f"E'{body}'" if "\\" in text else f"'{body}'"
+
+
+def row_text(values: Iterable[Any]) -> str:
+    """A row's canonical text: ``concat_ws(',', quote_nullable(...), ...)`` of its values."""
+    return ",".join(quote_nullable(value_text(value)) for value in values)
+
+
+def row_hash(text: str) -> int:
+    """The first 64 bits of the MD5 of ``text`` (UTF-8) as a signed bigint, as the SQL hashes.
+
+    MD5 is a checksum of rows both sides render identically, not a security control.
+    """
+    digest = int(hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()[:16], 16)
+    return digest - (1 << _HASH_BITS) if digest >= 1 << (_HASH_BITS - 1) else digest
+
+
+# --------------------------------------------------------------------------- hashed rows
+
+class HashedRows:
+    """One lake table's rows as sorted (key, hash) pairs: :class:`totes.audit.Segments` in memory.
+
+    The answers a database gives with queries, from the hashes of one scan; the
+    keys in flight are left out as the database sides leave them out.
+    """
+
+    def __init__(self, pairs: Iterable[tuple[int, int]], skip: Iterable[int] = (),
+                 rows_read: int = 0):
+        """Keep ``pairs`` (key, row hash) in key order, but for the keys in ``skip``."""
+        left_out = set(skip)
+        ordered = sorted(pair for pair in pairs if pair[0] not in left_out)
+        self._keys = [key for key, _ in ordered]
+        self._hashes = [digest for _, digest in ordered]
+        #: one scan of the lake table, however many segments are asked for.
+        self.queries = 1
+        self.rows_fetched = rows_read
+
+    def _span(self, low: int, high: int) -> range:
+        return range(bisect_left(self._keys, low), bisect_right(self._keys, high))
+
+    def bounds(self) -> tuple[int | None, int | None]:
+        """Smallest and greatest key (None, None when empty)."""
+        if not self._keys:
+            return None, None
+        return self._keys[0], self._keys[-1]
+
+    def segments(self, low: int, high: int, step: int) -> dict[int, tuple[int, Any]]:
+        """Segment number -> (rows, sum of row hashes) over ``[low, high]``, ``step`` keys each."""
+        found: dict[int, tuple[int, Any]] = {}
+        for index in self._span(low, high):
+            segment = (self._keys[index] - low) // step
+            count, total = found.get(segment, (0, 0))
+            found[segment] = (count + 1, total + self._hashes[index])
+        return found
+
+    def hashes(self, low: int, high: int) -> dict[int, int]:
+        """Key -> row hash over ``[low, high]`` (a leaf)."""
+        return {self._keys[index]: self._hashes[index] for index in self._span(low, high)}
+
+    def keys(self, low: int, high: int, limit: int) -> list[int]:
+        """At most ``limit`` keys over ``[low, high]``, in order."""
+        span = self._span(low, high)
+        return self._keys[span.start:min(span.stop, span.start + limit)]
+
+
+# --------------------------------------------------------------------------- the lake
+
+def compared_columns(name: str) -> list[str]:
+    """The columns of warehouse table ``name`` the audit renders, in the warehouse's order."""
+    return [column.name for column in audit_sql.compared_columns(TABLES[name])]
+
+
+def key_column(name: str) -> str:
+    """The key a compared table is compared by: a dimension's key, a fact's business id."""
+    table = TABLES[name]
+    return CURRENT_VIEWS[name] if table.kind == "fact" else table.primary_key
+
+
+def hashed_batches(batches: Iterable[Any], name: str) -> tuple[list[tuple[int, int]], int]:
+    """(key, row hash) of every row of Arrow record ``batches`` of the lake table of ``name``."""
+    columns, key = compared_columns(name), key_column(name)
+    pairs: list[tuple[int, int]] = []
+    for batch in batches:
+        values = [batch.column(column).to_pylist() for column in columns]
+        keys = batch.column(key).to_pylist()
+        pairs += [(row_key, row_hash(row_text(row)))
+                  for row_key, row in zip(keys, zip(*values), strict=True)]
+    return pairs, len(pairs)
+
+
+class LakeTables:
+    """The lake's tables as the audit's :class:`totes.audit.Target`, at the snapshots opened."""
+
+    def __init__(self, tables: dict[str, "IcebergTable"]):
+        """Compare the lake tables ``tables`` (by lake name), each at its loaded snapshot."""
+        self.tables = tables
+
+    def side(self, name: str, skip: list[int]) -> Segments:
+        """Scan the lake table of ``name`` once (the compared columns only) and hash its rows."""
+        table = self.tables[lake_table_name(name)]
+        fields = tuple(dict.fromkeys([key_column(name), *compared_columns(name)]))
+        pairs, read = hashed_batches(table.scan(selected_fields=fields).to_arrow_batch_reader(),
+                                     name)
+        return HashedRows(pairs, skip, read)
+
+
+@dataclass(frozen=True)
+class IcebergLake:
+    """The deployed lake, read with pyiceberg through the publish's Glue catalog; never written."""
+
+    settings: LakeSettings
+
+    def published(self) -> str | None:
+        """The newest ingest manifest a publish completed, in force (None before the first)."""
+        markers = supersede.read_markers(self.settings.processed_bucket)
+        return markers.newest_processed(self.settings.lake_bucket)
+
+    def open(self, store: ObjectStore) -> tuple[CapturePoint, LakeTables | None]:
+        """The lake's capture point, then its tables (loaded after it: at least as new)."""
+        key = self.published()
+        if key is None:
+            return CapturePoint(None, None), None
+        point = CapturePoint(key, IngestManifest.read(store.read_json(key), key))
+        catalog = lake.glue_catalog(self.settings.lake_bucket)
+        return point, LakeTables({
+            lake_table_name(name): catalog.load_table(
+                (self.settings.lake_database, lake_table_name(name)))
+            for name in audit_sql.SEGMENTED})

@@ -1,0 +1,98 @@
+"""The lake audit's pure parts: canonical text, hashed rows answering as a database side would."""
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from totes import audit, audit_lake, audit_sql
+from totes.warehouse_schema import CURRENT_VIEWS, TABLES
+
+
+def test_values_render_as_the_warehouse_renders_them():
+    assert audit_lake.value_text(Decimal("100.00")) == "100"
+    assert audit_lake.value_text(Decimal("0.10")) == "0.1"
+    assert audit_lake.value_text(Decimal("-0.00")) == "0"
+    assert audit_lake.value_text(date(2024, 1, 2)) == "2024-01-02"
+    assert audit_lake.value_text(True) == "true"
+    assert audit_lake.value_text(7) == "7"
+    assert audit_lake.value_text(None) is None
+
+
+def test_text_is_quoted_as_quote_nullable_quotes_it():
+    assert audit_lake.quote_nullable(None) == "NULL"
+    assert audit_lake.quote_nullable("") == "''"
+    assert audit_lake.quote_nullable("O'Brien") == "'O''Brien'"
+    assert audit_lake.quote_nullable("a\\b'") == "E'a\\\\b'''"
+    assert audit_lake.row_text([1, None, "x"]) == "'1',NULL,'x'"
+
+
+def test_a_hash_is_a_signed_64_bit_integer():
+    for text in ("", "'1'", "NULL,'x'"):
+        digest = audit_lake.row_hash(text)
+        assert -(1 << 63) <= digest < (1 << 63)
+    assert audit_lake.row_hash("a") != audit_lake.row_hash("b")
+
+
+@pytest.mark.parametrize("name", audit_sql.SEGMENTED)
+def test_every_compared_table_is_keyed_as_the_warehouse_side_is(name):
+    key = audit_lake.key_column(name)
+    assert audit_sql.warehouse_relation(name).key_sql == f'w."{key}"'
+    assert key in audit_lake.compared_columns(name)
+    lake_name = audit.lake_table_name(name)
+    assert lake_name == (f"{name}_current" if name in CURRENT_VIEWS else name)
+
+
+def test_hashed_rows_answer_bounds_segments_leaves_and_keys():
+    pairs = [(key, key * 1000 - 7) for key in (5, 1, 9, 3, 12, 20)]
+    rows = audit_lake.HashedRows(pairs, skip=[9])
+    assert rows.bounds() == (1, 20)
+    assert rows.segments(1, 20, 5) == {0: (3, 1000 - 7 + 3000 - 7 + 5000 - 7),
+                                       2: (1, 12000 - 7), 3: (1, 20000 - 7)}
+    assert rows.hashes(3, 12) == {3: 2993, 5: 4993, 12: 11993}
+    assert rows.keys(1, 20, 2) == [1, 3]
+    assert rows.keys(13, 19, 5) == []
+    assert audit_lake.HashedRows([]).bounds() == (None, None)
+
+
+def test_the_comparison_finds_what_differs_between_a_lake_side_and_another():
+    ours = audit_lake.HashedRows([(key, key) for key in range(1, 1001)])
+    theirs = audit_lake.HashedRows([(key, key if key != 500 else -1) for key in range(2, 1003)])
+    found = audit.compare(ours, theirs, fanout=4, leaf_rows=8)
+    assert (found.missing, found.missing_keys) == (1, [1])
+    assert (found.different, found.different_keys) == (1, [500])
+    assert sorted(found.extra_keys) == [1001, 1002]
+
+
+def test_a_lake_audit_reports_its_tables_under_their_lake_names():
+    lake = audit.LakeAudit(audit.LAKE_COMPARED, "_manifests/x.json", {
+        "fact_payment": audit.TableAudit(source_rows=3, warehouse_rows=2, missing=1),
+        "dim_staff": audit.TableAudit(source_rows=1, warehouse_rows=1)})
+    summary = lake.to_json()
+    assert summary["mismatches"] == 1 and summary["status"] == "compared"
+    assert summary["tables"]["fact_payment_current"]["lake_rows"] == 2
+    assert "warehouse_rows" not in summary["tables"]["dim_staff"]
+    report = audit.AuditReport("now", "_manifests/y.json", {
+        "dim_staff": audit.TableAudit()}, lake=lake)
+    assert not report.ok and report.mismatches == 1
+    (run,) = [metric for metric in report.metrics()
+              if metric.name == "AuditMismatches" and metric.table is None]
+    assert run.value == 1
+
+
+def test_without_a_lake_the_report_says_so_and_counts_the_warehouse_alone():
+    report = audit.AuditReport("now", None, {"dim_staff": audit.TableAudit()})
+    assert report.ok and report.to_json()["lake"] == {
+        "status": "not configured", "capture_point": None, "mismatches": 0, "in_flight": 0,
+        "tables": {}}
+
+
+def test_the_lake_is_configured_by_its_database(monkeypatch):
+    for name, value in {"INGEST_BUCKET": "i", "TOTESYS_SECRET_ID": "t",
+                        "WAREHOUSE_SECRET_ID": "w", "PROCESSED_BUCKET": "p",
+                        "LAKE_BUCKET": "l"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LAKE_DATABASE", raising=False)
+    assert audit.AuditSettings.from_environment().lake is None
+    monkeypatch.setenv("LAKE_DATABASE", "db")
+    assert audit.AuditSettings.from_environment().lake == audit.LakeSettings("p", "l", "db")
+    assert TABLES  # the contract the lake mirrors
