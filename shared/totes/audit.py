@@ -543,6 +543,9 @@ class LakeAudit:
     status: str
     capture_point: str | None = None
     tables: dict[str, TableAudit] = field(default_factory=dict)
+    #: how far the lake's capture point is behind the warehouse's, in seconds of capture time
+    #: (negative when publish is ahead of load): reported, never a mismatch by itself.
+    lag_seconds: float | None = None
 
     @property
     def mismatches(self) -> int:
@@ -562,7 +565,8 @@ class LakeAudit:
             counts["lake_rows"] = counts.pop("warehouse_rows")
             tables[lake_table_name(name)] = counts
         return {"status": self.status, "capture_point": self.capture_point,
-                "mismatches": self.mismatches, "in_flight": self.in_flight, "tables": tables}
+                "lag_seconds": self.lag_seconds, "mismatches": self.mismatches,
+                "in_flight": self.in_flight, "tables": tables}
 
 
 def lake_table_name(name: str) -> str:
@@ -570,7 +574,16 @@ def lake_table_name(name: str) -> str:
     return f"{name}_current" if TABLES[name].kind == "fact" else name
 
 
-def _audit_lake(lake: tuple[CapturePoint, Target | None] | None,
+def lag_seconds(warehouse_key: str | None, lake_key: str | None) -> float | None:
+    """Capture time between two capture points' manifests (None unless both are manifests)."""
+    runs = [None if key is None else keys.parse_manifest_key(key)
+            for key in (warehouse_key, lake_key)]
+    if runs[0] is None or runs[1] is None:
+        return None
+    return (runs[0].started_at - runs[1].started_at).total_seconds()
+
+
+def _audit_lake(lake: tuple[CapturePoint, Target | None] | None, warehouse_key: str | None,
                 source_conn: pg8000.native.Connection, read_point: ReadPoint,
                 store: ObjectStore) -> LakeAudit:
     if lake is None:
@@ -580,7 +593,7 @@ def _audit_lake(lake: tuple[CapturePoint, Target | None] | None,
         return LakeAudit(LAKE_NEVER_PUBLISHED)
     return LakeAudit(LAKE_COMPARED, point.manifest_key, {
         name: audit_table(name, source_conn, target, point, read_point, store)
-        for name in audit_sql.SEGMENTED})
+        for name in audit_sql.SEGMENTED}, lag_seconds(warehouse_key, point.manifest_key))
 
 
 # --------------------------------------------------------------------------- the whole audit
@@ -667,7 +680,8 @@ def audit_databases(source_conn: pg8000.native.Connection,
                     results[name] = audit_table(name, source_conn,
                                                 WarehouseTarget(warehouse_conn), point,
                                                 read_point, store)
-            lake_audit = _audit_lake(lake_state, source_conn, read_point, store)
+            lake_audit = _audit_lake(lake_state, point.manifest_key, source_conn, read_point,
+                                     store)
     except BaseException:
         with suppress(Exception):  # a broken connection: the error worth raising is the first
             warehouse_conn.run("ROLLBACK")

@@ -88,6 +88,7 @@ def test_a_published_lake_audits_clean_and_unpublished_changes_are_in_flight(e2e
     assert report.ok, lake_mismatches(report)
     assert report.in_flight == 0  # the warehouse has it all
     assert report.lake.capture_point < report.capture_point
+    assert report.lake.lag_seconds > 0  # behind the warehouse: in flight, not a mismatch
     assert report.lake.tables["fact_sales_order"].in_flight == 1
     assert report.lake.tables["dim_location"].in_flight == 1
     assert report.lake.tables["fact_payment"].in_flight == 1  # its deletion, not yet published
@@ -97,6 +98,7 @@ def test_a_published_lake_audits_clean_and_unpublished_changes_are_in_flight(e2e
     report = run_audit(e2e)
     assert report.ok, lake_mismatches(report)
     assert report.lake.capture_point == report.capture_point and report.lake.in_flight == 0
+    assert report.lake.lag_seconds == 0
 
 
 def test_a_lake_changed_behind_the_pipelines_back_is_a_mismatch_under_the_same_alarm(

@@ -82,8 +82,16 @@ def test_a_lake_audit_reports_its_tables_under_their_lake_names():
 def test_without_a_lake_the_report_says_so_and_counts_the_warehouse_alone():
     report = audit.AuditReport("now", None, {"dim_staff": audit.TableAudit()})
     assert report.ok and report.to_json()["lake"] == {
-        "status": "not configured", "capture_point": None, "mismatches": 0, "in_flight": 0,
-        "tables": {}}
+        "status": "not configured", "capture_point": None, "lag_seconds": None,
+        "mismatches": 0, "in_flight": 0, "tables": {}}
+
+
+def test_the_lags_sign_says_which_capture_point_is_older():
+    older = "_manifests/2024/11/18/20241118T090000123Z-3f9a1c2e.json"
+    newer = "_manifests/2024/11/18/20241118T100500123Z-aa11bb22.json"
+    assert audit.lag_seconds(newer, older) == 3900.0
+    assert audit.lag_seconds(older, newer) == -3900.0
+    assert audit.lag_seconds(None, older) is None
 
 
 def test_the_lake_is_configured_by_its_database(monkeypatch):
