@@ -19,11 +19,10 @@ warehouse's capture point is judged by: the lake lagging the warehouse by its ow
 schedule is never a mismatch.
 """
 import hashlib
-from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from totes import audit_sql, lake, supersede
 from totes.audit import CapturePoint, LakeSettings, ObjectStore, Segments, lake_table_name
@@ -31,7 +30,12 @@ from totes.manifest import IngestManifest
 from totes.warehouse_schema import CURRENT_VIEWS, TABLES
 
 if TYPE_CHECKING:  # pyiceberg: only the functions that read or write the lake carry it
+    import numpy as np
+    import numpy.typing as npt
     from pyiceberg.table import Table as IcebergTable
+
+    #: keys or row hashes, one int64 each.
+    Int64s = npt.NDArray[np.int64]
 
 _HASH_BITS = 64
 
@@ -80,50 +84,78 @@ def row_hash(text: str) -> int:
 
 # --------------------------------------------------------------------------- hashed rows
 
+#: a 64-bit hash split in two for exact sums in 64-bit arithmetic: ``hash = high * 2**32 + low``.
+_LOW_BITS = 32
+
+
 class HashedRows:
     """One lake table's rows as sorted (key, hash) pairs: :class:`totes.audit.Segments` in memory.
 
     The answers a database gives with queries, from the hashes of one scan; the
-    keys in flight are left out as the database sides leave them out.
+    keys in flight are left out as the database sides leave them out. Two int64
+    arrays (16 bytes a row), so a table of millions of rows costs tens of MB.
     """
 
-    def __init__(self, pairs: Iterable[tuple[int, int]], skip: Iterable[int] = (),
-                 rows_read: int = 0):
-        """Keep ``pairs`` (key, row hash) in key order, but for the keys in ``skip``."""
-        left_out = set(skip)
-        ordered = sorted(pair for pair in pairs if pair[0] not in left_out)
-        self._keys = [key for key, _ in ordered]
-        self._hashes = [digest for _, digest in ordered]
+    def __init__(self, keys: "Sequence[int] | Int64s", hashes: "Sequence[int] | Int64s",
+                 skip: Iterable[int] = (), rows_read: int = 0):
+        """Keep ``keys`` and their row ``hashes`` in key order, but for the keys in ``skip``."""
+        import numpy as np
+
+        key_array = np.asarray(keys, dtype=np.int64)
+        hash_array = np.asarray(hashes, dtype=np.int64)
+        left_out = list(skip)
+        if left_out:
+            kept = ~np.isin(key_array, np.asarray(left_out, dtype=np.int64))
+            key_array, hash_array = key_array[kept], hash_array[kept]
+        order = np.argsort(key_array, kind="stable")
+        self._keys = key_array[order]
+        self._hashes = hash_array[order]
         #: one scan of the lake table, however many segments are asked for.
         self.queries = 1
         self.rows_fetched = rows_read
 
-    def _span(self, low: int, high: int) -> range:
-        return range(bisect_left(self._keys, low), bisect_right(self._keys, high))
+    def _span(self, low: int, high: int) -> tuple[int, int]:
+        return (int(self._keys.searchsorted(low, side="left")),
+                int(self._keys.searchsorted(high, side="right")))
 
     def bounds(self) -> tuple[int | None, int | None]:
         """Smallest and greatest key (None, None when empty)."""
-        if not self._keys:
+        if not len(self._keys):
             return None, None
-        return self._keys[0], self._keys[-1]
+        return int(self._keys[0]), int(self._keys[-1])
 
     def segments(self, low: int, high: int, step: int) -> dict[int, tuple[int, Any]]:
-        """Segment number -> (rows, sum of row hashes) over ``[low, high]``, ``step`` keys each."""
-        found: dict[int, tuple[int, Any]] = {}
-        for index in self._span(low, high):
-            segment = (self._keys[index] - low) // step
-            count, total = found.get(segment, (0, 0))
-            found[segment] = (count + 1, total + self._hashes[index])
-        return found
+        """Segment number -> (rows, sum of row hashes) over ``[low, high]``, ``step`` keys each.
+
+        Sums are exact (as PostgreSQL's ``numeric`` sums): the high and low halves of
+        the hashes are summed apart, neither of which can overflow 64 bits.
+        """
+        import numpy as np
+
+        first, last = self._span(low, high)
+        if first == last:
+            return {}
+        numbers = (self._keys[first:last] - low) // step
+        hashes = self._hashes[first:last]
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(numbers)) + 1))
+        counts = np.diff(np.append(starts, len(numbers)))
+        highs = np.add.reduceat(hashes >> _LOW_BITS, starts)
+        lows = np.add.reduceat(hashes & ((1 << _LOW_BITS) - 1), starts)
+        return {int(number): (int(count), (int(high_sum) << _LOW_BITS) + int(low_sum))
+                for number, count, high_sum, low_sum
+                in zip(numbers[starts], counts, highs, lows, strict=True)}
 
     def hashes(self, low: int, high: int) -> dict[int, int]:
         """Key -> row hash over ``[low, high]`` (a leaf)."""
-        return {self._keys[index]: self._hashes[index] for index in self._span(low, high)}
+        first, last = self._span(low, high)
+        return dict(zip(self._keys[first:last].tolist(), self._hashes[first:last].tolist(),
+                        strict=True))
 
     def keys(self, low: int, high: int, limit: int) -> list[int]:
         """At most ``limit`` keys over ``[low, high]``, in order."""
-        span = self._span(low, high)
-        return self._keys[span.start:min(span.stop, span.start + limit)]
+        first, last = self._span(low, high)
+        found: list[int] = self._keys[first:min(last, first + limit)].tolist()
+        return found
 
 
 # --------------------------------------------------------------------------- the lake
@@ -139,16 +171,22 @@ def key_column(name: str) -> str:
     return CURRENT_VIEWS[name] if table.kind == "fact" else table.primary_key
 
 
-def hashed_batches(batches: Iterable[Any], name: str) -> tuple[list[tuple[int, int]], int]:
-    """(key, row hash) of every row of Arrow record ``batches`` of the lake table of ``name``."""
+def hashed_batches(batches: Iterable[Any], name: str) -> tuple["Int64s", "Int64s"]:
+    """Keys and row hashes (int64 arrays) of Arrow record ``batches`` of the lake table of ``name``.
+
+    One batch's values are Python objects at a time; only keys and hashes are kept.
+    """
+    import numpy as np
+
     columns, key = compared_columns(name), key_column(name)
-    pairs: list[tuple[int, int]] = []
+    keys: list[Int64s] = [np.empty(0, np.int64)]
+    hashes: list[Int64s] = [np.empty(0, np.int64)]
     for batch in batches:
         values = [batch.column(column).to_pylist() for column in columns]
-        keys = batch.column(key).to_pylist()
-        pairs += [(row_key, row_hash(row_text(row)))
-                  for row_key, row in zip(keys, zip(*values), strict=True)]
-    return pairs, len(pairs)
+        keys.append(np.asarray(batch.column(key).to_pylist(), dtype=np.int64))
+        hashes.append(np.fromiter((row_hash(row_text(row)) for row in zip(*values)),
+                                  dtype=np.int64, count=batch.num_rows))
+    return np.concatenate(keys), np.concatenate(hashes)
 
 
 class LakeTables:
@@ -162,9 +200,9 @@ class LakeTables:
         """Scan the lake table of ``name`` once (the compared columns only) and hash its rows."""
         table = self.tables[lake_table_name(name)]
         fields = tuple(dict.fromkeys([key_column(name), *compared_columns(name)]))
-        pairs, read = hashed_batches(table.scan(selected_fields=fields).to_arrow_batch_reader(),
-                                     name)
-        return HashedRows(pairs, skip, read)
+        keys, hashes = hashed_batches(
+            table.scan(selected_fields=fields).to_arrow_batch_reader(), name)
+        return HashedRows(keys, hashes, skip, len(keys))
 
 
 @dataclass(frozen=True)

@@ -176,9 +176,10 @@ def test_each_function_fits_lambdas_size_limit_beside_the_pandas_layer(built):
     for function in FUNCTIONS:
         total = layer + _size(built / function) + pandas.unzipped_bytes
         assert total <= pandas_layer.LAMBDA_UNZIPPED_LIMIT_BYTES, (function, total)
-    publish = layer + _size(built / "PublishFunction") + pandas.unzipped_bytes
-    print(f"publish function with its layers: {publish / 1e6:.1f} MB unzipped "
-          f"(limit {pandas_layer.LAMBDA_UNZIPPED_LIMIT_BYTES / 1e6:.1f} MB)")
+    for function in ("PublishFunction", "AuditFunction"):  # the two that carry pyiceberg
+        total = layer + _size(built / function) + pandas.unzipped_bytes
+        print(f"{function} with its layers: {total / 1e6:.1f} MB unzipped "
+              f"(limit {pandas_layer.LAMBDA_UNZIPPED_LIMIT_BYTES / 1e6:.1f} MB)")
 
 
 @pytest.mark.parametrize("function", ["PublishFunction", "AuditFunction"])

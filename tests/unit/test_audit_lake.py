@@ -42,21 +42,33 @@ def test_every_compared_table_is_keyed_as_the_warehouse_side_is(name):
     assert lake_name == (f"{name}_current" if name in CURRENT_VIEWS else name)
 
 
+def hashed(pairs, skip=()):
+    """Hashed rows of (key, hash) pairs."""
+    return audit_lake.HashedRows([key for key, _ in pairs], [h for _, h in pairs], skip)
+
+
 def test_hashed_rows_answer_bounds_segments_leaves_and_keys():
     pairs = [(key, key * 1000 - 7) for key in (5, 1, 9, 3, 12, 20)]
-    rows = audit_lake.HashedRows(pairs, skip=[9])
+    rows = hashed(pairs, skip=[9])
     assert rows.bounds() == (1, 20)
     assert rows.segments(1, 20, 5) == {0: (3, 1000 - 7 + 3000 - 7 + 5000 - 7),
                                        2: (1, 12000 - 7), 3: (1, 20000 - 7)}
     assert rows.hashes(3, 12) == {3: 2993, 5: 4993, 12: 11993}
     assert rows.keys(1, 20, 2) == [1, 3]
     assert rows.keys(13, 19, 5) == []
-    assert audit_lake.HashedRows([]).bounds() == (None, None)
+    assert hashed([]).bounds() == (None, None) and hashed([]).segments(1, 9, 2) == {}
+
+
+def test_segment_sums_are_exact_where_64_bits_would_overflow():
+    big = (1 << 63) - 1
+    rows = hashed([(1, big), (2, big), (3, -big - 1), (4, -big - 1), (5, -1)])
+    assert rows.segments(1, 5, 2) == {0: (2, 2 * big), 1: (2, 2 * (-big - 1)), 2: (1, -1)}
+    assert rows.segments(1, 5, 10) == {0: (5, -3)}
 
 
 def test_the_comparison_finds_what_differs_between_a_lake_side_and_another():
-    ours = audit_lake.HashedRows([(key, key) for key in range(1, 1001)])
-    theirs = audit_lake.HashedRows([(key, key if key != 500 else -1) for key in range(2, 1003)])
+    ours = hashed([(key, key) for key in range(1, 1001)])
+    theirs = hashed([(key, key if key != 500 else -1) for key in range(2, 1003)])
     found = audit.compare(ours, theirs, fanout=4, leaf_rows=8)
     assert (found.missing, found.missing_keys) == (1, [1])
     assert (found.different, found.different_keys) == (1, [500])
