@@ -20,8 +20,6 @@ schedule is never a mismatch.
 """
 import hashlib
 from dataclasses import dataclass
-from datetime import date
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from totes import audit_sql, lake, supersede
@@ -42,35 +40,48 @@ _HASH_BITS = 64
 
 # --------------------------------------------------------------------------- canonical text
 
-def value_text(value: Any) -> str | None:
-    """A lake value's canonical text, as :mod:`totes.audit_sql` renders a warehouse value.
+def column_text(values: Any) -> Any:
+    """A lake column's canonical text (Arrow strings), as :mod:`totes.audit_sql` renders it.
 
-    Dates ``YYYY-MM-DD``; times are stored as ``HH:MM:SS.fff`` text already (what
-    ``to_char(..., 'HH24:MI:SS.MS')`` gives); decimals exact without trailing
-    zeros (``trim_scale``); booleans ``true``/``false``; NULL stays None.
+    Integers and dates (``YYYY-MM-DD``) as Arrow casts them; times are stored as
+    ``HH:MM:SS.fff`` text already (what ``to_char(..., 'HH24:MI:SS.MS')`` gives);
+    decimals exact without trailing zeros (``trim_scale``: ``100.00`` is ``100``);
+    booleans ``true``/``false``; NULL stays NULL.
     """
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Decimal):
-        return "0" if value == 0 else format(value.normalize(), "f")
-    if isinstance(value, date):
-        return value.isoformat()
-    return str(value)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_boolean(values.type):
+        return pc.if_else(values, "true", "false")
+    text = values.cast(pa.string())
+    if pa.types.is_decimal(values.type):
+        text = pc.replace_substring_regex(text, r"(\.\d*?)0+$", r"\1")
+        text = pc.replace_substring_regex(text, r"\.$", "")
+    return text
 
 
-def quote_nullable(text: str | None) -> str:
-    """Quote as PostgreSQL's ``quote_nullable``: ``NULL``, or a literal (``E`` when escaping)."""
-    if text is None:
-        return "NULL"
-    body = text.replace("\\", "\\\\").replace("'", "''")
-    return f"E'{body}'" if "\\" in text else f"'{body}'"
+def quote_nullable(text: Any) -> Any:
+    """Quote Arrow strings as PostgreSQL's ``quote_nullable`` does: ``NULL``, or a literal.
+
+    Quotes are doubled; a value with a backslash gets its backslashes doubled and
+    the ``E`` prefix, as ``quote_literal`` does.
+    """
+    import pyarrow.compute as pc
+
+    doubled = pc.replace_substring(text, "'", "''")
+    escaped = pc.binary_join_element_wise("E'", pc.replace_substring(doubled, "\\", "\\\\"),
+                                          "'", "")
+    plain = pc.binary_join_element_wise("'", doubled, "'", "")
+    return pc.fill_null(pc.if_else(pc.match_substring(text, "\\"), escaped, plain), "NULL")
 
 
-def row_text(values: Iterable[Any]) -> str:
-    """A row's canonical text: ``concat_ws(',', quote_nullable(...), ...)`` of its values."""
-    return ",".join(quote_nullable(value_text(value)) for value in values)
+def row_texts(columns: Iterable[Any]) -> list[str]:
+    """Each row's canonical text: ``concat_ws(',', quote_nullable(...), ...)`` of its columns."""
+    import pyarrow.compute as pc
+
+    quoted = [quote_nullable(column_text(column)) for column in columns]
+    texts: list[str] = pc.binary_join_element_wise(*quoted, ",").to_pylist()
+    return texts
 
 
 def row_hash(text: str) -> int:
@@ -84,6 +95,8 @@ def row_hash(text: str) -> int:
 
 # --------------------------------------------------------------------------- hashed rows
 
+#: lake rows rendered to text at a time (their texts as Python strings meanwhile).
+CHUNK_ROWS = 50_000
 #: a 64-bit hash split in two for exact sums in 64-bit arithmetic: ``hash = high * 2**32 + low``.
 _LOW_BITS = 32
 
@@ -174,7 +187,8 @@ def key_column(name: str) -> str:
 def hashed_batches(batches: Iterable[Any], name: str) -> tuple["Int64s", "Int64s"]:
     """Keys and row hashes (int64 arrays) of Arrow record ``batches`` of the lake table of ``name``.
 
-    One batch's values are Python objects at a time; only keys and hashes are kept.
+    Rendered by Arrow's kernels, at most :data:`CHUNK_ROWS` rows at a time (a data
+    file of a backfill holds a million rows); only keys and hashes are kept.
     """
     import numpy as np
 
@@ -182,10 +196,12 @@ def hashed_batches(batches: Iterable[Any], name: str) -> tuple["Int64s", "Int64s
     keys: list[Int64s] = [np.empty(0, np.int64)]
     hashes: list[Int64s] = [np.empty(0, np.int64)]
     for batch in batches:
-        values = [batch.column(column).to_pylist() for column in columns]
-        keys.append(np.asarray(batch.column(key).to_pylist(), dtype=np.int64))
-        hashes.append(np.fromiter((row_hash(row_text(row)) for row in zip(*values)),
-                                  dtype=np.int64, count=batch.num_rows))
+        for offset in range(0, batch.num_rows, CHUNK_ROWS):
+            chunk = batch.slice(offset, CHUNK_ROWS)
+            texts = row_texts(chunk.column(column) for column in columns)
+            keys.append(chunk.column(key).to_numpy(zero_copy_only=False).astype(np.int64))
+            hashes.append(np.fromiter((row_hash(text) for text in texts),
+                                      dtype=np.int64, count=chunk.num_rows))
     return np.concatenate(keys), np.concatenate(hashes)
 
 

@@ -2,28 +2,35 @@
 from datetime import date
 from decimal import Decimal
 
+import pyarrow as pa
 import pytest
 
 from totes import audit, audit_lake, audit_sql
 from totes.warehouse_schema import CURRENT_VIEWS, TABLES
 
 
+def texts(values, kind):
+    """The canonical texts of one lake column of ``values`` (Arrow type ``kind``), quoted."""
+    return audit_lake.row_texts([pa.array(values, kind)])
+
+
 def test_values_render_as_the_warehouse_renders_them():
-    assert audit_lake.value_text(Decimal("100.00")) == "100"
-    assert audit_lake.value_text(Decimal("0.10")) == "0.1"
-    assert audit_lake.value_text(Decimal("-0.00")) == "0"
-    assert audit_lake.value_text(date(2024, 1, 2)) == "2024-01-02"
-    assert audit_lake.value_text(True) == "true"
-    assert audit_lake.value_text(7) == "7"
-    assert audit_lake.value_text(None) is None
+    money = pa.decimal128(10, 2)
+    assert texts([Decimal("100.00"), Decimal("0.10"), Decimal("-12.50"), Decimal("1.05"),
+                  Decimal("0.00"), Decimal("100.10"), None], money) == [
+        "'100'", "'0.1'", "'-12.5'", "'1.05'", "'0'", "'100.1'", "NULL"]
+    assert texts([date(2024, 1, 2), None], pa.date32()) == ["'2024-01-02'", "NULL"]
+    assert texts([True, False, None], pa.bool_()) == ["'true'", "'false'", "NULL"]
+    assert texts([7, -42], pa.int32()) == ["'7'", "'-42'"]
+    assert texts(["08:56:11.074"], pa.string()) == ["'08:56:11.074'"]
 
 
 def test_text_is_quoted_as_quote_nullable_quotes_it():
-    assert audit_lake.quote_nullable(None) == "NULL"
-    assert audit_lake.quote_nullable("") == "''"
-    assert audit_lake.quote_nullable("O'Brien") == "'O''Brien'"
-    assert audit_lake.quote_nullable("a\\b'") == "E'a\\\\b'''"
-    assert audit_lake.row_text([1, None, "x"]) == "'1',NULL,'x'"
+    backslash = "\\"
+    assert texts([None, "", "O'Brien", f"a{backslash}b'"], pa.string()) == [
+        "NULL", "''", "'O''Brien'", f"E'a{backslash * 2}b'''"]
+    assert audit_lake.row_texts([pa.array([1]), pa.array([None], pa.string()),
+                                 pa.array(["x"])]) == ["'1',NULL,'x'"]
 
 
 def test_a_hash_is_a_signed_64_bit_integer():
@@ -116,3 +123,15 @@ def test_the_lake_is_configured_by_its_database(monkeypatch):
     monkeypatch.setenv("LAKE_DATABASE", "db")
     assert audit.AuditSettings.from_environment().lake == audit.LakeSettings("p", "l", "db")
     assert TABLES  # the contract the lake mirrors
+
+
+def test_batches_are_hashed_chunk_by_chunk_as_they_are_whole(monkeypatch):
+    rows = [{"design_id": key, "design_name": f"d{key}", "file_location": "/x",
+             "file_name": None if key % 2 else f"{key}.json"} for key in (3, 1, 2, 5, 4)]
+    batch = pa.RecordBatch.from_pylist(rows)
+    monkeypatch.setattr(audit_lake, "CHUNK_ROWS", 2)
+    keys, hashes = audit_lake.hashed_batches([batch, batch.slice(0, 0)], "dim_design")
+    columns = audit_lake.compared_columns("dim_design")
+    assert keys.tolist() == [3, 1, 2, 5, 4]
+    expected = audit_lake.row_texts(pa.array([row[column] for row in rows]) for column in columns)
+    assert hashes.tolist() == [audit_lake.row_hash(text) for text in expected]
