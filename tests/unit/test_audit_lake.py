@@ -135,3 +135,21 @@ def test_batches_are_hashed_chunk_by_chunk_as_they_are_whole(monkeypatch):
     assert keys.tolist() == [3, 1, 2, 5, 4]
     expected = audit_lake.row_texts(pa.array([row[column] for row in rows]) for column in columns)
     assert hashes.tolist() == [audit_lake.row_hash(text) for text in expected]
+
+
+def test_the_summary_line_names_the_lakes_tables_and_says_when_they_match():
+    from totes_local import audit_cli
+
+    clean = audit.AuditReport("now", "_manifests/y.json", {"dim_staff": audit.TableAudit()},
+                              lake=audit.LakeAudit(audit.LAKE_COMPARED, "_manifests/y.json", {
+                                  "dim_staff": audit.TableAudit()}))
+    assert audit_cli.summary_line(clean.to_json()).endswith("; so do the lake's 1 tables")
+    unpublished = audit.AuditReport("now", None, {"dim_staff": audit.TableAudit()},
+                                    lake=audit.LakeAudit(audit.LAKE_NEVER_PUBLISHED))
+    assert "lake" not in audit_cli.summary_line(unpublished.to_json())
+    wrong = audit.AuditReport("now", "_manifests/y.json", {"dim_staff": audit.TableAudit()},
+                              lake=audit.LakeAudit(audit.LAKE_COMPARED, "_manifests/y.json", {
+                                  "fact_payment": audit.TableAudit(extra=1, examples=[9])}))
+    assert audit_cli.summary_line(wrong.to_json()) == (
+        "audit: 1 MISMATCH(ES) in lake.fact_payment_current (0 missing, 1 extra, 0 different; "
+        "e.g. 9)")
