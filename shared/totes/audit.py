@@ -522,6 +522,11 @@ LAKE_COMPARED = "compared"
 LAKE_NOT_CONFIGURED = "not configured"
 #: the lake is configured but no publish has completed a manifest yet: nothing to compare.
 LAKE_NEVER_PUBLISHED = "never published"
+#: the lake could not be read (logged at ERROR, which its alarm watches); the warehouse's verdict
+#: stands.
+LAKE_FAILED = "failed"
+#: how a lake audit that failed is logged.
+LAKE_NOT_COMPARED = "lake audit failed; the lake not compared (the warehouse's verdict stands)"
 
 
 class LakeReader(Protocol):
@@ -583,17 +588,52 @@ def lag_seconds(warehouse_key: str | None, lake_key: str | None) -> float | None
     return (runs[0].started_at - runs[1].started_at).total_seconds()
 
 
-def _audit_lake(lake: tuple[CapturePoint, Target | None] | None, warehouse_key: str | None,
-                source_conn: pg8000.native.Connection, read_point: ReadPoint,
-                store: ObjectStore) -> LakeAudit:
+@dataclass(frozen=True)
+class LakeState:
+    """The lake as opened before the source snapshot: whether to compare, from where, with what."""
+
+    status: str
+    point: CapturePoint = CapturePoint(None, None)
+    target: Target | None = None
+
+
+def open_lake(lake: LakeReader | None, store: ObjectStore) -> LakeState:
+    """Read the lake's capture point and open its tables; a lake that cannot be read is logged.
+
+    Never raises for the lake: its failure is an ERROR line (alarmed) and a status,
+    and the warehouse's audit goes on.
+    """
     if lake is None:
-        return LakeAudit(LAKE_NOT_CONFIGURED)
-    point, target = lake
+        return LakeState(LAKE_NOT_CONFIGURED)
+    try:
+        point, target = lake.open(store)
+    except Exception:
+        observability.service_logger().exception(LAKE_NOT_COMPARED)
+        return LakeState(LAKE_FAILED)
     if target is None or point.manifest is None:
-        return LakeAudit(LAKE_NEVER_PUBLISHED)
-    return LakeAudit(LAKE_COMPARED, point.manifest_key, {
-        name: audit_table(name, source_conn, target, point, read_point, store)
-        for name in audit_sql.SEGMENTED}, lag_seconds(warehouse_key, point.manifest_key))
+        return LakeState(LAKE_NEVER_PUBLISHED)
+    return LakeState(LAKE_COMPARED, point, target)
+
+
+def audit_lake(state: LakeState, warehouse_key: str | None,
+               source_conn: pg8000.native.Connection, read_point: ReadPoint,
+               store: ObjectStore) -> LakeAudit:
+    """Compare the lake's tables with the source at the lake's capture point (if it is open).
+
+    A failure while comparing is logged like one while opening, and reported as
+    ``failed``: the warehouse's tables were compared already.
+    """
+    if state.target is None:
+        return LakeAudit(state.status)
+    point, target = state.point, state.target
+    try:
+        tables = {name: audit_table(name, source_conn, target, point, read_point, store)
+                  for name in audit_sql.SEGMENTED}
+    except Exception:
+        observability.service_logger().exception(LAKE_NOT_COMPARED)
+        return LakeAudit(LAKE_FAILED, point.manifest_key)
+    return LakeAudit(LAKE_COMPARED, point.manifest_key, tables,
+                     lag_seconds(warehouse_key, point.manifest_key))
 
 
 # --------------------------------------------------------------------------- the whole audit
@@ -667,7 +707,7 @@ def audit_databases(source_conn: pg8000.native.Connection,
     warehouse_conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
     try:
         point = capture_point(warehouse_conn, store)
-        lake_state = None if lake is None else lake.open(store)
+        lake_state = open_lake(lake, store)
         results: dict[str, TableAudit] = {}
         with source_snapshot(source_conn) as read_point:
             for name in tables:
@@ -680,8 +720,8 @@ def audit_databases(source_conn: pg8000.native.Connection,
                     results[name] = audit_table(name, source_conn,
                                                 WarehouseTarget(warehouse_conn), point,
                                                 read_point, store)
-            lake_audit = _audit_lake(lake_state, point.manifest_key, source_conn, read_point,
-                                     store)
+            lake_audit = audit_lake(lake_state, point.manifest_key, source_conn, read_point,
+                                    store)
     except BaseException:
         with suppress(Exception):  # a broken connection: the error worth raising is the first
             warehouse_conn.run("ROLLBACK")

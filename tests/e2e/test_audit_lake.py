@@ -147,3 +147,23 @@ def test_a_lake_changed_behind_the_pipelines_back_is_a_mismatch_under_the_same_a
                if text.startswith('{"_aws"')]
     (run,) = [metric for metric in metrics if "AuditInFlight" in metric]
     assert run["AuditMismatches"] == [3.0]
+
+
+def test_a_lake_not_configured_or_unreadable_leaves_the_warehouses_verdict_standing(
+        e2e, monkeypatch, captured_logs):
+    e2e.pipeline.cycle()
+    e2e.pipeline.publish()
+    e2e.warehouse_rows("UPDATE dim_design SET file_name = 'x' WHERE design_id = 2")
+
+    monkeypatch.delenv("LAKE_DATABASE")
+    summary = e2e.pipeline.audit()
+    assert summary["lake"]["status"] == "not configured" and summary["mismatches"] == 1
+    assert "the lake was not audited: not configured" in [
+        line["message"] for line in captured_logs()]
+
+    monkeypatch.setenv("LAKE_DATABASE", "no_such_database")  # published, but not readable
+    summary = e2e.pipeline.audit()
+    assert summary["lake"]["status"] == "failed" and summary["mismatches"] == 1
+    assert summary["tables"]["dim_design"]["examples"] == [2]
+    (error,) = [line for line in captured_logs() if line["level"] == "ERROR"]
+    assert error["message"] == audit.LAKE_NOT_COMPARED and "NoSuchTable" in str(error)

@@ -153,3 +153,17 @@ def test_the_summary_line_names_the_lakes_tables_and_says_when_they_match():
     assert audit_cli.summary_line(wrong.to_json()) == (
         "audit: 1 MISMATCH(ES) in lake.fact_payment_current (0 missing, 1 extra, 0 different; "
         "e.g. 9)")
+
+
+class BrokenLake:
+    """A lake reader whose catalog cannot be reached."""
+
+    def open(self, store):
+        raise ConnectionError("glue unreachable")
+
+
+def test_a_lake_that_cannot_be_opened_is_failed_not_raised():
+    state = audit.open_lake(BrokenLake(), store=None)
+    assert state.status == audit.LAKE_FAILED and state.target is None
+    assert audit.audit_lake(state, None, None, None, None).status == audit.LAKE_FAILED
+    assert audit.open_lake(None, store=None).status == audit.LAKE_NOT_CONFIGURED
