@@ -22,6 +22,12 @@ sweep or was captured after it (the next sweep will record its deletion).
 A dimension row whose source row is gone stays in its dimension by design (facts
 point at it): it is counted as ``retained``, not as a mismatch, as are
 ``dim_date`` rows no fact uses any more.
+
+The comparison takes a :class:`Target`: the warehouse (:class:`WarehouseTarget`), or
+the lake (:mod:`totes.audit_lake`), whose dimensions and ``fact_*_current`` tables
+are compared the same way in the same source snapshot, judged at the lake's own
+capture point (the newest manifest a publish completed); their mismatches count
+in the same alarmed metric.
 """
 import json
 from contextlib import suppress
