@@ -1,8 +1,9 @@
 """Benchmark the audit: time and peak memory comparing a pipeline-built warehouse with its source.
 
 For each scale a fresh ``totesys`` is generated and the warehouse built by the
-pipeline's own handlers (ingest, transform, load against a moto server; not
-timed). Then the audit runs in a freshly spawned interpreter (a cold Lambda, so
+pipeline's own handlers (ingest, transform, load against a moto server, then
+publish into the lake in moto's Glue and S3; not timed). Then the audit (the
+warehouse and the lake) runs in a freshly spawned interpreter (a cold Lambda, so
 the peak RSS is the audit's own, pandas and pyarrow imports included), twice:
 on the clean warehouse, and after one fact row was changed by hand, which it
 must find by descending into one segment per level. The claim checked: time
@@ -48,9 +49,12 @@ def build_warehouse(postgres: Any, endpoint: str,
     with stack.environment(env):
         stack.provision({env["TOTESYS_SECRET_ID"]: postgres.secret(source),
                          env["WAREHOUSE_SECRET_ID"]: postgres.secret(warehouse)},
-                        buckets=(env["INGEST_BUCKET"], env["PROCESSED_BUCKET"]))
+                        buckets=(env["INGEST_BUCKET"], env["PROCESSED_BUCKET"],
+                                 env["LAKE_BUCKET"]), glue_databases=(env["LAKE_DATABASE"],))
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-            LocalPipeline(env["INGEST_BUCKET"]).cycle()
+            pipeline = LocalPipeline(env["INGEST_BUCKET"])
+            pipeline.cycle()
+            pipeline.publish()
     return env, warehouse, time.perf_counter() - started
 
 
@@ -64,14 +68,17 @@ def measure_audit(env: dict[str, str]) -> dict[str, Any]:
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the verdict's log
         report = audit.run_audit(audit.AuditSettings.from_environment(), stage.Deadline.unbounded())
     seconds = time.perf_counter() - started
-    tables = report.tables.values()
+    tables = [*report.tables.values(), *report.lake.tables.values()]
+    mismatched = {**{name: table.mismatches for name, table in report.tables.items()},
+                  **{f"lake.{audit.lake_table_name(name)}": table.mismatches
+                     for name, table in report.lake.tables.items()}}
     return {"seconds": seconds, "baseline": baseline, "peak": peak_rss(),
             "compared": sum(table.source_rows for table in tables),
+            "lake_rows": sum(table.warehouse_rows for table in report.lake.tables.values()),
             "mismatches": report.mismatches,
             "queries": sum(table.queries for table in tables),
             "rows_fetched": sum(table.rows_fetched for table in tables),
-            "summary": {name: table.mismatches for name, table in report.tables.items()
-                        if table.mismatches}}
+            "summary": {name: count for name, count in mismatched.items() if count}}
 
 
 def damage_one_fact(postgres: Any, warehouse: str) -> None:
@@ -88,7 +95,8 @@ def report_line(scale: float, rows: int, case: str, result: dict[str, Any]) -> s
     """Format one audit's measurements as a table row."""
     return (f"{scale:>7g} {rows:>10,} {case:<14} {result['seconds']:>9.1f} "
             f"{result['peak'] / MB:>9.1f} {(result['peak'] - result['baseline']) / MB:>9.1f} "
-            f"{result['queries']:>8,} {result['rows_fetched']:>9,} {result['mismatches']:>10,}")
+            f"{result['queries']:>8,} {result['rows_fetched']:>9,} {result['mismatches']:>10,} "
+            f"{result['lake_rows']:>10,}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,10 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     failed = False
     with local_stack(args.data_dir) as (postgres, endpoint):
-        print("audit benchmark: a pipeline-built warehouse audited clean, then with one fact "
-              "changed (each audit in a fresh process)", flush=True)
+        print("audit benchmark: a pipeline-built warehouse and lake audited clean, then with "
+              "one warehouse fact changed (each audit in a fresh process)", flush=True)
         print(f"{'scale':>7} {'rows':>10} {'case':<14} {'seconds':>9} {'peak MB':>9} "
-              f"{'growth':>9} {'queries':>8} {'fetched':>9} {'mismatches':>10}", flush=True)
+              f"{'growth':>9} {'queries':>8} {'fetched':>9} {'mismatches':>10} "
+              f"{'lake rows':>10}", flush=True)
         for scale in args.scales:
             name, rows = generate_source(postgres, scale, args.seed, args.reuse, "bench_audit")
             env, warehouse, built = build_warehouse(postgres, endpoint, name)

@@ -1,5 +1,6 @@
 # The steps every folder `sam build` makes for Lambda shares, written once: shared/Makefile (the
-# shared layer) and functions/publish/Makefile (pyiceberg beside the publish handler) include it.
+# shared layer) and functions/publish/Makefile (pyiceberg beside the publish handler, and the
+# audit's through it) include it.
 #
 #   $(call pip_install,<requirements file>,<folder>)  exactly the pinned packages (--no-deps), as
 #       Linux x86_64 wheels for Python 3.11, whatever the building machine

@@ -56,14 +56,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def summary_line(report: Mapping[str, Any]) -> str:
-    """One line: does the warehouse match the source? (``report`` as the handler returns it)."""
+    """One line: do the warehouse (and the lake) match the source? (``report`` as returned)."""
     tables = report["tables"]
+    lake = report.get("lake") or {"status": audit.LAKE_NOT_CONFIGURED, "tables": {}}
     if report["ok"]:
+        also = (f"; so do the lake's {len(lake['tables'])} tables"
+                if lake["status"] == audit.LAKE_COMPARED else "")
         return (f"audit: clean - all {len(tables)} warehouse tables match the source "
-                f"({report['in_flight']:,} row(s) in flight, {report['seconds']:.1f} s)")
+                f"({report['in_flight']:,} row(s) in flight, {report['seconds']:.1f} s){also}")
+    named = [*tables.items(), *((f"lake.{name}", table) for name, table in lake["tables"].items())]
     wrong = [f"{name} ({table['missing']} missing, {table['extra']} extra, "
              f"{table['different']} different; e.g. {', '.join(map(str, table['examples']))})"
-             for name, table in tables.items()
+             for name, table in named
              if table["missing"] or table["extra"] or table["different"]]
     return f"audit: {report['mismatches']:,} MISMATCH(ES) in " + "; ".join(wrong)
 

@@ -22,6 +22,12 @@ sweep or was captured after it (the next sweep will record its deletion).
 A dimension row whose source row is gone stays in its dimension by design (facts
 point at it): it is counted as ``retained``, not as a mismatch, as are
 ``dim_date`` rows no fact uses any more.
+
+The comparison takes a :class:`Target`: the warehouse (:class:`WarehouseTarget`), or
+the lake (:mod:`totes.audit_lake`), whose dimensions and ``fact_*_current`` tables
+are compared the same way in the same source snapshot, judged at the lake's own
+capture point (the newest manifest a publish completed); their mismatches count
+in the same alarmed metric.
 """
 import json
 from contextlib import suppress
@@ -232,6 +238,42 @@ def deleted_in_flight(store: ObjectStore, point: CapturePoint, table: str,
 
 # --------------------------------------------------------------------------- comparison
 
+class Segments(Protocol):
+    """What :func:`compare` asks of each side: keys, hashed segments, leaves and example keys.
+
+    A database relation (:class:`Side`) answers with queries; the lake
+    (:class:`totes.audit_lake.HashedRows`) from the row hashes of its scan. Both leave
+    out the keys in flight they were given, and count what they did.
+    """
+
+    queries: int
+    rows_fetched: int
+
+    def bounds(self) -> tuple[int | None, int | None]:
+        """Smallest and greatest key."""
+
+    def segments(self, low: int, high: int, step: int) -> dict[int, tuple[int, Any]]:
+        """Segment number -> (rows, sum of row hashes) over ``[low, high]``, ``step`` keys each."""
+
+    def hashes(self, low: int, high: int) -> dict[int, int]:
+        """Key -> row hash over ``[low, high]`` (a leaf)."""
+
+    def keys(self, low: int, high: int, limit: int) -> list[int]:
+        """At most ``limit`` keys over ``[low, high]``."""
+
+
+class Target(Protocol):
+    """What the source is compared with: the warehouse, or the lake.
+
+    It gives each compared table (named as in the warehouse) as :class:`Segments`
+    rendering every row to the canonical text of :mod:`totes.audit_sql`, so one
+    comparison and one set of in-flight rules serve both.
+    """
+
+    def side(self, name: str, skip: list[int]) -> Segments:
+        """The target's rows of ``name``, leaving out the keys in ``skip`` (rows in flight)."""
+
+
 class Side:
     """One database's view of a relation, counting the queries it runs and the rows it returns."""
 
@@ -303,12 +345,24 @@ class Differences(Counts):
     different_keys: list[int] = field(default_factory=list)
 
 
+class WarehouseTarget:
+    """The warehouse as a :class:`Target`: its dimensions and its facts' ``*_current`` views."""
+
+    def __init__(self, conn: pg8000.native.Connection):
+        """Compare on ``conn`` (inside the audit's read-only snapshot)."""
+        self.conn = conn
+
+    def side(self, name: str, skip: list[int]) -> Segments:
+        """``name`` as the warehouse holds it, hashed by the warehouse itself."""
+        return Side(self.conn, audit_sql.warehouse_relation(name), skip)
+
+
 def _range_of(low: int, high: int, step: int, segment: int) -> tuple[int, int]:
     first = low + segment * step
     return first, min(high, first + step - 1)
 
 
-def compare(source: Side, target: Side, *, fanout: int = FANOUT, leaf_rows: int = LEAF_ROWS,
+def compare(source: Segments, target: Segments, *, fanout: int = FANOUT, leaf_rows: int = LEAF_ROWS,
             max_leaf_rows: int = MAX_LEAF_ROWS) -> Differences:
     """Compare two sides by hashed key-range segments, descending only where they differ."""
     found = Differences()
@@ -409,10 +463,13 @@ def in_flight_predicate(name: str, point: CapturePoint, read_point: ReadPoint,
         for alias, table in audit_sql.source_aliases(name).items())
 
 
-def audit_table(name: str, source_conn: pg8000.native.Connection,
-                warehouse_conn: pg8000.native.Connection, point: CapturePoint,
-                read_point: ReadPoint, store: ObjectStore) -> TableAudit:
-    """Compare one warehouse table (not ``dim_date``) with what the source says it should hold."""
+def audit_table(name: str, source_conn: pg8000.native.Connection, target: Target,
+                point: CapturePoint, read_point: ReadPoint, store: ObjectStore) -> TableAudit:
+    """Compare one table (not ``dim_date``) of ``target`` with what the source says it should hold.
+
+    ``point`` is the target's own capture point: what the source changed after it
+    is in flight, whether the target is the warehouse or the lake.
+    """
     relation = audit_sql.source_relation(name)
     params: dict[str, Any] = {}
     predicate = in_flight_predicate(name, point, read_point, params)
@@ -424,11 +481,11 @@ def audit_table(name: str, source_conn: pg8000.native.Connection,
         return TableAudit(in_flight=total, compared=False, queries=2)
     skip = [row[0] for row in flight]
     source = Side(source_conn, relation, skip)
-    target = Side(warehouse_conn, audit_sql.warehouse_relation(name), skip)
-    found = compare(source, target)
+    theirs = target.side(name, skip)
+    found = compare(source, theirs)
     result = TableAudit(
-        **found.counts(), in_flight=len(skip), queries=1 + source.queries + target.queries,
-        rows_fetched=len(skip) + source.rows_fetched + target.rows_fetched)
+        **found.counts(), in_flight=len(skip), queries=1 + source.queries + theirs.queries,
+        rows_fetched=len(skip) + source.rows_fetched + theirs.rows_fetched)
     extra_keys = found.extra_keys
     if TABLES[name].kind == "fact":
         gone = deleted_in_flight(store, point, audit_sql.source_table(name), extra_keys)
@@ -463,6 +520,128 @@ def audit_dim_date(conn: pg8000.native.Connection) -> TableAudit:
                       examples=_examples(examples["missing"], examples["different"]))
 
 
+# --------------------------------------------------------------------------- the lake
+
+#: the lake's audit compared its tables with the source.
+LAKE_COMPARED = "compared"
+#: the audit has no lake to compare (no ``LAKE_DATABASE``): only the warehouse is audited.
+LAKE_NOT_CONFIGURED = "not configured"
+#: the lake is configured but no publish has completed a manifest yet: nothing to compare.
+LAKE_NEVER_PUBLISHED = "never published"
+#: the lake could not be read (logged at ERROR, which its alarm watches); the warehouse's verdict
+#: stands.
+LAKE_FAILED = "failed"
+#: how a lake audit that failed is logged.
+LAKE_NOT_COMPARED = "lake audit failed; the lake not compared (the warehouse's verdict stands)"
+
+
+class LakeReader(Protocol):
+    """Where the lake stands and its tables, read before the source snapshot is taken."""
+
+    def open(self, store: ObjectStore) -> tuple[CapturePoint, Target | None]:
+        """The lake's capture point and its tables (None before the first publish)."""
+
+
+@dataclass
+class LakeAudit:
+    """The lake's audit: its dimensions and current facts against the source.
+
+    Judged against the lake's own capture point (the newest manifest a publish
+    completed), so what the warehouse has loaded but publish has not yet
+    published is in flight, as the warehouse's unloaded changes are.
+    """
+
+    status: str
+    capture_point: str | None = None
+    tables: dict[str, TableAudit] = field(default_factory=dict)
+    #: how far the lake's capture point is behind the warehouse's, in seconds of capture time
+    #: (negative when publish is ahead of load): reported, never a mismatch by itself.
+    lag_seconds: float | None = None
+
+    @property
+    def mismatches(self) -> int:
+        """Differences that are not in flight, all lake tables (added to the alarmed metric)."""
+        return sum(table.mismatches for table in self.tables.values())
+
+    @property
+    def in_flight(self) -> int:
+        """Source rows in flight for the lake, all tables."""
+        return sum(table.in_flight for table in self.tables.values())
+
+    def to_json(self) -> dict[str, Any]:
+        """The lake's part of the summary: per lake table (``fact_*_current``), counts and keys."""
+        tables = {}
+        for name, table in self.tables.items():
+            counts = table.to_json()
+            counts["lake_rows"] = counts.pop("warehouse_rows")
+            tables[lake_table_name(name)] = counts
+        return {"status": self.status, "capture_point": self.capture_point,
+                "lag_seconds": self.lag_seconds, "mismatches": self.mismatches,
+                "in_flight": self.in_flight, "tables": tables}
+
+
+def lake_table_name(name: str) -> str:
+    """The lake table a warehouse table is compared as: a fact's ``*_current`` table."""
+    return f"{name}_current" if TABLES[name].kind == "fact" else name
+
+
+def lag_seconds(warehouse_key: str | None, lake_key: str | None) -> float | None:
+    """Capture time between two capture points' manifests (None unless both are manifests)."""
+    runs = [None if key is None else keys.parse_manifest_key(key)
+            for key in (warehouse_key, lake_key)]
+    if runs[0] is None or runs[1] is None:
+        return None
+    return (runs[0].started_at - runs[1].started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class LakeState:
+    """The lake as opened before the source snapshot: whether to compare, from where, with what."""
+
+    status: str
+    point: CapturePoint = CapturePoint(None, None)
+    target: Target | None = None
+
+
+def open_lake(lake: LakeReader | None, store: ObjectStore) -> LakeState:
+    """Read the lake's capture point and open its tables; a lake that cannot be read is logged.
+
+    Never raises for the lake: its failure is an ERROR line (alarmed) and a status,
+    and the warehouse's audit goes on.
+    """
+    if lake is None:
+        return LakeState(LAKE_NOT_CONFIGURED)
+    try:
+        point, target = lake.open(store)
+    except Exception:
+        observability.service_logger().exception(LAKE_NOT_COMPARED)
+        return LakeState(LAKE_FAILED)
+    if target is None or point.manifest is None:
+        return LakeState(LAKE_NEVER_PUBLISHED)
+    return LakeState(LAKE_COMPARED, point, target)
+
+
+def audit_lake(state: LakeState, warehouse_key: str | None,
+               source_conn: pg8000.native.Connection, read_point: ReadPoint,
+               store: ObjectStore) -> LakeAudit:
+    """Compare the lake's tables with the source at the lake's capture point (if it is open).
+
+    A failure while comparing is logged like one while opening, and reported as
+    ``failed``: the warehouse's tables were compared already.
+    """
+    if state.target is None:
+        return LakeAudit(state.status)
+    point, target = state.point, state.target
+    try:
+        tables = {name: audit_table(name, source_conn, target, point, read_point, store)
+                  for name in audit_sql.SEGMENTED}
+    except Exception:
+        observability.service_logger().exception(LAKE_NOT_COMPARED)
+        return LakeAudit(LAKE_FAILED, point.manifest_key)
+    return LakeAudit(LAKE_COMPARED, point.manifest_key, tables,
+                     lag_seconds(warehouse_key, point.manifest_key))
+
+
 # --------------------------------------------------------------------------- the whole audit
 
 @dataclass
@@ -473,24 +652,29 @@ class AuditReport:
     capture_point: str | None
     tables: dict[str, TableAudit]
     seconds: float = 0.0
+    lake: LakeAudit = field(default_factory=lambda: LakeAudit(LAKE_NOT_CONFIGURED))
 
     @property
     def ok(self) -> bool:
-        """True when no table has a difference that is not in flight."""
-        return all(table.mismatches == 0 for table in self.tables.values())
+        """True when no table, of the warehouse or the lake, has a difference not in flight."""
+        return self.mismatches == 0
 
     @property
     def mismatches(self) -> int:
-        """Differences not in flight, all tables."""
-        return sum(table.mismatches for table in self.tables.values())
+        """Differences not in flight, all tables of the warehouse and of the lake."""
+        return sum(table.mismatches for table in self.tables.values()) + self.lake.mismatches
 
     @property
     def in_flight(self) -> int:
-        """Rows in flight, all tables."""
+        """Rows in flight for the warehouse, all tables (the lake's are in :attr:`lake`)."""
         return sum(table.in_flight for table in self.tables.values())
 
     def metrics(self) -> Iterator[stage.Metric]:
-        """``AuditMismatches`` per table and for the run (alarmed), ``AuditInFlight``, duration."""
+        """``AuditMismatches`` per table and for the run (alarmed), ``AuditInFlight``, duration.
+
+        The lake's mismatches count in the run's ``AuditMismatches`` (the one alarm);
+        per table they are in the report and the log line, not in metrics of their own.
+        """
         for name, table in self.tables.items():
             yield stage.Metric("AuditMismatches", table.mismatches, table=name)
         yield stage.Metric("AuditMismatches", self.mismatches)
@@ -506,7 +690,8 @@ class AuditReport:
         return {"ok": self.ok, "compared_at": self.compared_at,
                 "capture_point": self.capture_point, "mismatches": self.mismatches,
                 "in_flight": self.in_flight, "seconds": round(self.seconds, 3),
-                "tables": {name: table.to_json() for name, table in self.tables.items()}}
+                "tables": {name: table.to_json() for name, table in self.tables.items()},
+                "lake": self.lake.to_json()}
 
 
 def _now() -> datetime:
@@ -515,17 +700,20 @@ def _now() -> datetime:
 
 def audit_databases(source_conn: pg8000.native.Connection,
                     warehouse_conn: pg8000.native.Connection, store: ObjectStore, *,
-                    tables: Iterable[str] = tuple(TABLES)) -> AuditReport:
+                    tables: Iterable[str] = tuple(TABLES),
+                    lake: LakeReader | None = None) -> AuditReport:
     """Audit ``tables`` (every warehouse table by default) in one snapshot of each database.
 
     The warehouse snapshot is taken first and the capture point read in it, then
-    the source snapshot: a change the warehouse has not loaded is in flight by
-    the time the source is read, never compared against a stale warehouse.
+    the lake's capture point and tables (``lake``, when there is one), then the
+    source snapshot: a change a target has not loaded (or published) is in flight
+    by the time the source is read, never compared against a stale target.
     """
     started = _now()
     warehouse_conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
     try:
         point = capture_point(warehouse_conn, store)
+        lake_state = open_lake(lake, store)
         results: dict[str, TableAudit] = {}
         with source_snapshot(source_conn) as read_point:
             for name in tables:
@@ -535,14 +723,18 @@ def audit_databases(source_conn: pg8000.native.Connection,
                     else:
                         results[name] = TableAudit(compared=False)
                 else:
-                    results[name] = audit_table(name, source_conn, warehouse_conn, point,
+                    results[name] = audit_table(name, source_conn,
+                                                WarehouseTarget(warehouse_conn), point,
                                                 read_point, store)
+            lake_audit = audit_lake(lake_state, point.manifest_key, source_conn, read_point,
+                                    store)
     except BaseException:
         with suppress(Exception):  # a broken connection: the error worth raising is the first
             warehouse_conn.run("ROLLBACK")
         raise
     warehouse_conn.run("ROLLBACK")  # read only: nothing to commit
-    report = AuditReport(timestamps.instant_text(started), point.manifest_key, results)
+    report = AuditReport(timestamps.instant_text(started), point.manifest_key, results,
+                         lake=lake_audit)
     report.seconds = (_now() - started).total_seconds()
     return report
 
@@ -558,29 +750,57 @@ class AuditSettings:
     ingest_bucket: str
     totesys_secret_id: str
     warehouse_secret_id: str
+    #: the lake to audit too; None where no lake is deployed (``LAKE_DATABASE`` unset).
+    lake: "LakeSettings | None" = None
 
     @classmethod
     def from_environment(cls) -> "AuditSettings":
         """Read the settings from the Lambda environment, failing early on a missing one."""
         return cls(ingest_bucket=config.ingest_bucket(),
                    totesys_secret_id=config.totesys_secret_id(),
-                   warehouse_secret_id=config.warehouse_secret_id())
+                   warehouse_secret_id=config.warehouse_secret_id(),
+                   lake=LakeSettings.from_environment() if config.lake_configured() else None)
+
+
+@dataclass(frozen=True)
+class LakeSettings:
+    """Where the lake is: the publish's settings, read by the audit (which writes nothing)."""
+
+    #: where the operators' markers are (which revision is in force decides the capture point).
+    processed_bucket: str
+    lake_bucket: str
+    lake_database: str
+
+    @classmethod
+    def from_environment(cls) -> "LakeSettings":
+        """Read the lake's settings, failing early on a missing one."""
+        return cls(processed_bucket=config.processed_bucket(), lake_bucket=config.lake_bucket(),
+                   lake_database=config.lake_database())
 
 
 def log_report(report: AuditReport) -> None:
-    """Log the verdict with the whole summary: INFO when clean, WARNING naming the tables."""
+    """Log the verdict with the whole summary: INFO when clean, WARNING naming the tables.
+
+    Lake tables are named ``lake.<table>``; a lake not compared is said so, once.
+    """
     logger = observability.service_logger()
     summary = report.to_json()
+    if report.lake.status != LAKE_COMPARED:
+        logger.info(f"the lake was not audited: {report.lake.status}")
     if report.ok:
-        logger.info("audit clean: the warehouse matches the source", extra={"audit": summary})
+        logger.info("audit clean: the warehouse matches the source"
+                    + (" and so does the lake" if report.lake.status == LAKE_COMPARED else ""),
+                    extra={"audit": summary})
     else:
         mismatched = sorted(name for name, table in report.tables.items() if table.mismatches)
+        mismatched += sorted(f"lake.{lake_table_name(name)}"
+                             for name, table in report.lake.tables.items() if table.mismatches)
         logger.warning(f"audit found {report.mismatches} mismatch(es) in "
                        f"{', '.join(mismatched)}", extra={"audit": summary})
 
 
 def run_audit(settings: AuditSettings, deadline: stage.Deadline) -> AuditReport:
-    """Connect to both databases with their secrets, audit, log the verdict.
+    """Connect to both databases with their secrets, audit (the lake too, if any), log the verdict.
 
     Every database wait is bounded by the invocation's remaining time (a segment
     query scans a whole table). A failure is logged once and raised: an audit
@@ -592,7 +812,12 @@ def run_audit(settings: AuditSettings, deadline: stage.Deadline) -> AuditReport:
         source = db.connect(settings.totesys_secret_id, timeout=timeout, database=config.TOTESYS)
         target = db.connect(settings.warehouse_secret_id, timeout=timeout,
                             database=config.WAREHOUSE)
-        report = audit_databases(source, target, BucketStore(settings.ingest_bucket))
+        lake = None
+        if settings.lake is not None:
+            from totes import audit_lake  # pyiceberg: imported only where a lake is audited
+
+            lake = audit_lake.IcebergLake(settings.lake)
+        report = audit_databases(source, target, BucketStore(settings.ingest_bucket), lake=lake)
     except Exception:
         observability.service_logger().exception(NOTHING_COMPARED)
         raise

@@ -57,6 +57,11 @@ def lake_database() -> str:
     return require_env("LAKE_DATABASE")
 
 
+def lake_configured() -> bool:
+    """Whether a lake is deployed beside the warehouse (``LAKE_DATABASE`` set): the audit's test."""
+    return bool(os.environ.get("LAKE_DATABASE", "").strip())
+
+
 def lake_snapshot_retention() -> timedelta:
     """How long the lake keeps snapshots for time travel (``LAKE_SNAPSHOT_RETENTION_DAYS``)."""
     return timedelta(days=int_env("LAKE_SNAPSHOT_RETENTION_DAYS", 7))

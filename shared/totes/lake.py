@@ -328,6 +328,39 @@ def dimension_change(table: "IcebergTable", spec: LakeTable,
         appended=conform(spec, changed))
 
 
+def inferred_members(spec: LakeTable, keys: Iterable[object]) -> "pa.Table":
+    """Placeholder rows for ``keys`` of a dimension, as the load infers the warehouse's.
+
+    The warehouse's rule (:func:`totes.warehouse.inferred_member_values`): the key,
+    :data:`totes.warehouse.UNKNOWN` for a NOT NULL text column, NULL for a nullable
+    one. The dimension's upsert replaces a placeholder when the real row arrives.
+    """
+    import pyarrow as pa
+
+    from totes.warehouse import UNKNOWN
+
+    wanted = sorted(set(keys))  # type: ignore[type-var]
+    columns: dict[str, list[object]] = {}
+    for column in spec.columns:
+        if column.name == spec.key:
+            columns[column.name] = list(wanted)
+        elif column.nullable:
+            columns[column.name] = [None] * len(wanted)
+        elif column.type == "text":
+            columns[column.name] = [UNKNOWN] * len(wanted)
+        else:
+            raise ValueError(f"{spec.name}.{column.name} needs an inferred-member value")
+    return pa.Table.from_pydict(columns, schema=arrow_schema(spec))
+
+
+def missing_members(table: "IcebergTable", spec: LakeTable,
+                    keys: Iterable[object]) -> TableChange:
+    """The change adding a placeholder for each of ``keys`` the dimension does not hold."""
+    wanted = {key for key in keys if key is not None}
+    present = set(_scan(table, spec, spec.key, wanted, (spec.key,))[spec.key].to_pylist())
+    return TableChange(appended=inferred_members(spec, wanted - present))
+
+
 @dataclass
 class FactChange:
     """What one manifest changes in a fact's history and current state."""

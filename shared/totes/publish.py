@@ -73,6 +73,8 @@ class PublishSummary(TypedDict):
     tables_rewound: NotRequired[list[str]]
     #: present when an operator's load skip made this run pass over manifests.
     manifests_skipped: NotRequired[list[str]]
+    #: present when facts arrived before their dimension rows: placeholders per dimension.
+    inferred_members: NotRequired[dict[str, int]]
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class PublishReport:
     rows_removed: Counter[str] = field(default_factory=Counter)
     versions_corrected: Counter[str] = field(default_factory=Counter)
     deletions_published: Counter[str] = field(default_factory=Counter)
+    inferred_members: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
 
     def metrics(self) -> Iterator[Metric]:
@@ -120,6 +123,8 @@ class PublishReport:
         if self.snapshots_expired:
             yield Metric("SnapshotsExpired", self.snapshots_expired)
         yield Metric("PublishRunDuration", self.seconds, MetricUnit.Seconds)
+        for table, count in self.inferred_members.items():
+            yield Metric("InferredMembers", count, table=table)
         for name in LAKE_TABLES:
             yield Metric("RowsPublished", self.rows_appended[name], table=name)
 
@@ -139,6 +144,8 @@ class PublishReport:
             summary["tables_rewound"] = list(self.tables_rewound)
         if self.manifests_skipped:
             summary["manifests_skipped"] = list(self.manifests_skipped)
+        if self.inferred_members:
+            summary["inferred_members"] = dict(self.inferred_members)
         return summary
 
 
@@ -215,9 +222,10 @@ def publish_manifest(lake_tables: Lake, settings: PublishSettings, key: str, pro
         if not (pending(fact.name) or pending(current_name)):
             continue
         history = lake_tables.tables[fact.name]
+        rows = _rows(bucket, manifest, fact, batch_rows)
+        _infer_members(lake_tables, fact, rows, key, processed_key, report)
         facts = lake.fact_change(
-            history, lake_tables.tables[current_name], LAKE_TABLES[fact.name], key,
-            _rows(bucket, manifest, fact, batch_rows),
+            history, lake_tables.tables[current_name], LAKE_TABLES[fact.name], key, rows,
             _rows(bucket, manifest, fact, batch_rows, deletions=True),
             _next_record_id(history))
         history_pending = pending(fact.name)
@@ -229,6 +237,28 @@ def publish_manifest(lake_tables: Lake, settings: PublishSettings, key: str, pro
         if history_pending:
             report.versions_corrected[fact.name] += facts.corrected
             report.deletions_published[fact.name] += facts.deletions
+
+
+def _infer_members(lake_tables: Lake, fact: Table, rows: "pa.Table", key: str,
+                   processed_key: str, report: PublishReport) -> None:
+    """Give every dimension key ``rows`` reference a member, before the facts are committed.
+
+    As the load does (:func:`totes.warehouse.add_inferred_members`), so the lake's
+    dimensions equal the warehouse's: a fact that arrives before its dimension row
+    finds a placeholder, replaced when the row arrives. ``dim_date`` needs none: the
+    transform writes a date row for every date its facts use. Computed from what the
+    dimension holds now, so a rerun after a crash adds nothing twice.
+    """
+    referenced: dict[str, set[object]] = {}
+    for column in fact.data_columns:
+        if column.references is not None and column.references != "dim_date":
+            referenced.setdefault(column.references, set()).update(rows[column.name].to_pylist())
+    for name, keys in referenced.items():
+        change = lake.missing_members(lake_tables.tables[name], LAKE_TABLES[name], keys)
+        appended = lake_tables.commit(name, change, key, processed_key)
+        if appended:
+            report.inferred_members[name] += appended
+            report.rows_appended[name] += appended
 
 
 def _next_record_id(history: "IcebergTable") -> int:

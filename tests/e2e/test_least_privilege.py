@@ -436,6 +436,10 @@ def test_every_function_runs_end_to_end_with_only_its_roles_policies(least_privi
     (audit,) = summaries["audit"]
     assert audit["ok"] and audit["mismatches"] == 0
     assert audit["in_flight"] > 0  # the order cancelled after the last load: read in key lists
+    # The lake too, read with the audit role's policies only: markers, publish records, tables.
+    assert audit["lake"]["status"] == "compared" and audit["lake"]["mismatches"] == 0
+    assert audit["lake"]["capture_point"] == audit["capture_point"]
+    assert audit["lake"]["tables"]["fact_sales_order_current"]["lake_rows"] > 0
     publishes = summaries["publish"]
     assert [summary["last_published_manifest"] for summary in publishes] == [
         first["manifest_key"], second["manifest_key"]]
@@ -628,6 +632,16 @@ FORBIDDEN = {
     "audit lists the manifests": Forbidden("audit", "s3", "ListObjectsV2",
                                            listing(MANIFEST_PREFIX)),
     "audit reads the processed bucket": Forbidden("audit", "s3", "GetObject", processed),
+    "audit lists the processed bucket": Forbidden("audit", "s3", "ListObjectsV2", lambda run: {
+        "Bucket": run.processed_bucket, "Prefix": MANIFEST_PREFIX}),
+    "audit writes to the lake bucket": Forbidden("audit", "s3", "PutObject",
+                                                 new_object("lake_bucket")),
+    "audit deletes a lake object": Forbidden("audit", "s3", "DeleteObject", lake_object),
+    "audit changes a lake table": Forbidden("audit", "glue", "UpdateTable", lambda run: {
+        "DatabaseName": run.template.physical_name("LakeDatabase"),
+        "TableInput": {"Name": "dim_staff"}}),
+    "audit drops a lake table": Forbidden("audit", "glue", "DeleteTable", lambda run: {
+        "DatabaseName": run.template.physical_name("LakeDatabase"), "Name": "dim_staff"}),
     "publish deletes a lake object": Forbidden("publish", "s3", "DeleteObject", lake_object),
     "publish writes to the processed bucket": Forbidden("publish", "s3", "PutObject",
                                                         new_object("processed_bucket")),

@@ -587,7 +587,8 @@ WAREHOUSE_ENVIRONMENT = {"WAREHOUSE_SECRET_ID": "WarehouseSecretArn",
     ("LoadFunction", {"INGEST_BUCKET": "IngestBucket", "PROCESSED_BUCKET": "ProcessedBucket",
                       **WAREHOUSE_ENVIRONMENT}),
     ("AuditFunction", {"INGEST_BUCKET": "IngestBucket", **TOTESYS_ENVIRONMENT,
-                       **WAREHOUSE_ENVIRONMENT}),
+                       **WAREHOUSE_ENVIRONMENT, "PROCESSED_BUCKET": "ProcessedBucket",
+                       "LAKE_BUCKET": "LakeBucket", "LAKE_DATABASE": "LakeDatabase"}),
 ])
 def test_environment_follows_the_design_contract(function, expected):
     variables = function_environment(function)
@@ -668,16 +669,39 @@ def test_the_audit_runs_on_its_own_schedule_hourly_by_default():
         "rate(1 minute)", "rate(5 minutes)", "rate(25 hours)", "cron(0 * * * ? *)"))
 
 
-def test_the_audit_reads_both_secrets_and_only_the_capture_point_of_the_ingestion_bucket():
+def test_the_audit_reads_both_secrets_the_capture_points_and_the_lake_and_writes_nothing():
     assert granted("AuditRole", "secretsmanager:GetSecretValue") == [
         {"Ref": "TotesysSecretArn"}, {"Ref": "WarehouseSecretArn"}]
     reads = granted("AuditRole", "s3:GetObject")
-    assert reads == [{"Fn::Sub": f"${{IngestBucket.Arn}}/{prefix}/*"}
-                     for prefix in ("_manifests", "_sweeps")]
+    assert reads == [*({"Fn::Sub": f"${{IngestBucket.Arn}}/{prefix}/*"}
+                       for prefix in ("_manifests", "_sweeps")),
+                     {"Fn::Sub": "${ProcessedBucket.Arn}/_supersede/*"},
+                     {"Fn::Sub": "${LakeBucket.Arn}/*"}]
+    listings = {statement["Resource"]["Fn::GetAtt"][0]: statement["Condition"]
+                for statement in role_statements("AuditRole")
+                if "s3:ListBucket" in as_list(statement["Action"])}
+    assert listings == {
+        "ProcessedBucket": {"StringLike": {"s3:prefix": "_supersede/*"}},
+        "LakeBucket": {"StringLike": {"s3:prefix": ["_manifests/*", "_revisions/*"]}}}
     actions = {action for statement in role_statements("AuditRole")
                for action in as_list(statement["Action"]) if not action.startswith("ec2:")}
     assert actions == {"logs:CreateLogStream", "logs:PutLogEvents",
-                       "secretsmanager:GetSecretValue", "s3:GetObject"}
+                       "secretsmanager:GetSecretValue", "s3:GetObject", "s3:ListBucket",
+                       "glue:GetTable"}
+    (tables,) = [statement["Resource"] for statement in role_statements("AuditRole")
+                 if "glue:GetTable" in as_list(statement["Action"])]
+    assert [resource["Fn::Sub"].rsplit(":", 1)[1] for resource in tables] == [
+        "catalog", "database/${LakeDatabase}", "table/${LakeDatabase}/*"]
+
+
+def test_the_audit_and_publish_are_built_with_the_lakes_pinned_dependencies():
+    for function in ("AuditFunction", "PublishFunction"):
+        assert RESOURCES[function]["Metadata"]["BuildMethod"] == "makefile"
+    recipe = (ROOT / "functions" / "audit" / "Makefile").read_text()
+    assert re.search(r"^build-AuditFunction:", recipe, re.MULTILINE)
+    assert '"$(HERE)../publish/Makefile" lake-function' in recipe
+    assert re.search(r"^build-PublishFunction: lake-function$",
+                     (ROOT / "functions" / "publish" / "Makefile").read_text(), re.MULTILINE)
 
 
 def test_the_dashboard_charts_audit_mismatches_per_table_and_rows_in_flight():

@@ -417,7 +417,24 @@ def test_transform_and_load_read_and_list_supersede_markers_and_revisions(role):
         assert may(role, "s3:ListBucket", PROCESSED_ARN, prefix), prefix
 
 
-def test_the_audit_reads_nothing_of_the_processed_bucket():
-    # The evaluator's control: a role without a grant on the processed bucket is refused.
-    assert not may("AuditRole", "s3:GetObject", SUPERSEDE_MARKER)
-    assert not may("AuditRole", "s3:ListBucket", PROCESSED_ARN, "_supersede/")
+def test_the_audit_reads_only_the_supersede_markers_of_the_processed_bucket():
+    # Which revision is in force decides the lake's capture point; the star schema's rows
+    # (values) and the processed manifests are not the audit's to read.
+    assert may("AuditRole", "s3:GetObject", SUPERSEDE_MARKER)
+    assert may("AuditRole", "s3:ListBucket", PROCESSED_ARN, "_supersede/")
+    for arn in (STAR_OBJECT, REVISED_MANIFEST):
+        assert not may("AuditRole", "s3:GetObject", arn), arn
+    for prefix in ("_manifests/", "_revisions/0001/_manifests/", "fact_sales_order/", ""):
+        assert not may("AuditRole", "s3:ListBucket", PROCESSED_ARN, prefix), prefix
+
+
+def test_the_audit_reads_the_lake_and_lists_only_its_publish_records():
+    lake = "arn:aws:s3:::lake"
+    for key in ("_manifests/2024/01/02/m.json", "dim_staff/metadata/00001-x.metadata.json",
+                "fact_payment/data/00000-0-x.parquet"):
+        assert may("AuditRole", "s3:GetObject", f"{lake}/{key}"), key
+        assert not may("AuditRole", "s3:PutObject", f"{lake}/{key}"), key
+    for prefix in ("_manifests/", "_revisions/0001/_manifests/"):
+        assert may("AuditRole", "s3:ListBucket", lake, prefix), prefix
+    for prefix in ("dim_staff/", ""):
+        assert not may("AuditRole", "s3:ListBucket", lake, prefix), prefix

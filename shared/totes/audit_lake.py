@@ -1,0 +1,245 @@
+"""The audit's lake side: the lake's dimensions and current facts as :class:`totes.audit.Target`.
+
+The lake is compared with the source the way the warehouse is
+(:func:`totes.audit.audit_table`): the same hashed key-range segments, the same
+in-flight rules, the same alarm. Only the rows come from elsewhere: each compared
+lake table (a dimension, or a fact's ``*_current`` table) is scanned once with
+pyiceberg through the Glue catalog the publish writes (:func:`totes.lake.glue_catalog`),
+and every row is rendered here to the canonical text the databases render in SQL
+(:mod:`totes.audit_sql`: ``quote_nullable`` of each value's text, joined by commas)
+and hashed as they hash it. Only keys and 64-bit hashes are kept, never values.
+
+The lake's capture point is the newest manifest a publish completed: the newest
+publish record in force (the revision markers decide which are), the point the
+next publish starts after. A publish writes that record only once every lake table
+holds the manifest, and the record is read before the tables are opened, so the
+tables hold at least what the capture point says. What the pipeline captured after
+it (loaded into the warehouse or not) is in flight for the lake, by the rules the
+warehouse's capture point is judged by: the lake lagging the warehouse by its own
+schedule is never a mismatch.
+"""
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from totes import audit_sql, lake, supersede
+from totes.audit import CapturePoint, LakeSettings, ObjectStore, Segments, lake_table_name
+from totes.manifest import IngestManifest
+from totes.warehouse_schema import CURRENT_VIEWS, TABLES
+
+if TYPE_CHECKING:  # pyiceberg: only the functions that read or write the lake carry it
+    import numpy as np
+    import numpy.typing as npt
+    from pyiceberg.table import Table as IcebergTable
+
+    #: keys or row hashes, one int64 each.
+    Int64s = npt.NDArray[np.int64]
+
+_HASH_BITS = 64
+
+
+# --------------------------------------------------------------------------- canonical text
+
+def column_text(values: Any) -> Any:
+    """A lake column's canonical text (Arrow strings), as :mod:`totes.audit_sql` renders it.
+
+    Integers and dates (``YYYY-MM-DD``) as Arrow casts them; times are stored as
+    ``HH:MM:SS.fff`` text already (what ``to_char(..., 'HH24:MI:SS.MS')`` gives);
+    decimals exact without trailing zeros (``trim_scale``: ``100.00`` is ``100``);
+    booleans ``true``/``false``; NULL stays NULL.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_boolean(values.type):
+        return pc.if_else(values, "true", "false")
+    text = values.cast(pa.string())
+    if pa.types.is_decimal(values.type):
+        text = pc.replace_substring_regex(text, r"(\.\d*?)0+$", r"\1")
+        text = pc.replace_substring_regex(text, r"\.$", "")
+    return text
+
+
+def quote_nullable(text: Any) -> Any:
+    """Quote Arrow strings as PostgreSQL's ``quote_nullable`` does: ``NULL``, or a literal.
+
+    Quotes are doubled; a value with a backslash gets its backslashes doubled and
+    the ``E`` prefix, as ``quote_literal`` does.
+    """
+    import pyarrow.compute as pc
+
+    doubled = pc.replace_substring(text, "'", "''")
+    escaped = pc.binary_join_element_wise("E'", pc.replace_substring(doubled, "\\", "\\\\"),
+                                          "'", "")
+    plain = pc.binary_join_element_wise("'", doubled, "'", "")
+    return pc.fill_null(pc.if_else(pc.match_substring(text, "\\"), escaped, plain), "NULL")
+
+
+def row_texts(columns: Iterable[Any]) -> list[str]:
+    """Each row's canonical text: ``concat_ws(',', quote_nullable(...), ...)`` of its columns."""
+    import pyarrow.compute as pc
+
+    quoted = [quote_nullable(column_text(column)) for column in columns]
+    texts: list[str] = pc.binary_join_element_wise(*quoted, ",").to_pylist()
+    return texts
+
+
+def row_hash(text: str) -> int:
+    """The first 64 bits of the MD5 of ``text`` (UTF-8) as a signed bigint, as the SQL hashes.
+
+    MD5 is a checksum of rows both sides render identically, not a security control.
+    """
+    digest = int(hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()[:16], 16)
+    return digest - (1 << _HASH_BITS) if digest >= 1 << (_HASH_BITS - 1) else digest
+
+
+# --------------------------------------------------------------------------- hashed rows
+
+#: lake rows rendered to text at a time (their texts as Python strings meanwhile).
+CHUNK_ROWS = 50_000
+#: a 64-bit hash split in two for exact sums in 64-bit arithmetic: ``hash = high * 2**32 + low``.
+_LOW_BITS = 32
+
+
+class HashedRows:
+    """One lake table's rows as sorted (key, hash) pairs: :class:`totes.audit.Segments` in memory.
+
+    The answers a database gives with queries, from the hashes of one scan; the
+    keys in flight are left out as the database sides leave them out. Two int64
+    arrays (16 bytes a row), so a table of millions of rows costs tens of MB.
+    """
+
+    def __init__(self, keys: "Sequence[int] | Int64s", hashes: "Sequence[int] | Int64s",
+                 skip: Iterable[int] = (), rows_read: int = 0):
+        """Keep ``keys`` and their row ``hashes`` in key order, but for the keys in ``skip``."""
+        import numpy as np
+
+        key_array = np.asarray(keys, dtype=np.int64)
+        hash_array = np.asarray(hashes, dtype=np.int64)
+        left_out = list(skip)
+        if left_out:
+            kept = ~np.isin(key_array, np.asarray(left_out, dtype=np.int64))
+            key_array, hash_array = key_array[kept], hash_array[kept]
+        order = np.argsort(key_array, kind="stable")
+        self._keys = key_array[order]
+        self._hashes = hash_array[order]
+        #: one scan of the lake table, however many segments are asked for.
+        self.queries = 1
+        self.rows_fetched = rows_read
+
+    def _span(self, low: int, high: int) -> tuple[int, int]:
+        return (int(self._keys.searchsorted(low, side="left")),
+                int(self._keys.searchsorted(high, side="right")))
+
+    def bounds(self) -> tuple[int | None, int | None]:
+        """Smallest and greatest key (None, None when empty)."""
+        if not len(self._keys):
+            return None, None
+        return int(self._keys[0]), int(self._keys[-1])
+
+    def segments(self, low: int, high: int, step: int) -> dict[int, tuple[int, Any]]:
+        """Segment number -> (rows, sum of row hashes) over ``[low, high]``, ``step`` keys each.
+
+        Sums are exact (as PostgreSQL's ``numeric`` sums): the high and low halves of
+        the hashes are summed apart, neither of which can overflow 64 bits.
+        """
+        import numpy as np
+
+        first, last = self._span(low, high)
+        if first == last:
+            return {}
+        numbers = (self._keys[first:last] - low) // step
+        hashes = self._hashes[first:last]
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(numbers)) + 1))
+        counts = np.diff(np.append(starts, len(numbers)))
+        highs = np.add.reduceat(hashes >> _LOW_BITS, starts)
+        lows = np.add.reduceat(hashes & ((1 << _LOW_BITS) - 1), starts)
+        return {int(number): (int(count), (int(high_sum) << _LOW_BITS) + int(low_sum))
+                for number, count, high_sum, low_sum
+                in zip(numbers[starts], counts, highs, lows, strict=True)}
+
+    def hashes(self, low: int, high: int) -> dict[int, int]:
+        """Key -> row hash over ``[low, high]`` (a leaf)."""
+        first, last = self._span(low, high)
+        return dict(zip(self._keys[first:last].tolist(), self._hashes[first:last].tolist(),
+                        strict=True))
+
+    def keys(self, low: int, high: int, limit: int) -> list[int]:
+        """At most ``limit`` keys over ``[low, high]``, in order."""
+        first, last = self._span(low, high)
+        found: list[int] = self._keys[first:min(last, first + limit)].tolist()
+        return found
+
+
+# --------------------------------------------------------------------------- the lake
+
+def compared_columns(name: str) -> list[str]:
+    """The columns of warehouse table ``name`` the audit renders, in the warehouse's order."""
+    return [column.name for column in audit_sql.compared_columns(TABLES[name])]
+
+
+def key_column(name: str) -> str:
+    """The key a compared table is compared by: a dimension's key, a fact's business id."""
+    table = TABLES[name]
+    return CURRENT_VIEWS[name] if table.kind == "fact" else table.primary_key
+
+
+def hashed_batches(batches: Iterable[Any], name: str) -> tuple["Int64s", "Int64s"]:
+    """Keys and row hashes (int64 arrays) of Arrow record ``batches`` of the lake table of ``name``.
+
+    Rendered by Arrow's kernels, at most :data:`CHUNK_ROWS` rows at a time (a data
+    file of a backfill holds a million rows); only keys and hashes are kept.
+    """
+    import numpy as np
+
+    columns, key = compared_columns(name), key_column(name)
+    keys: list[Int64s] = [np.empty(0, np.int64)]
+    hashes: list[Int64s] = [np.empty(0, np.int64)]
+    for batch in batches:
+        for offset in range(0, batch.num_rows, CHUNK_ROWS):
+            chunk = batch.slice(offset, CHUNK_ROWS)
+            texts = row_texts(chunk.column(column) for column in columns)
+            keys.append(chunk.column(key).to_numpy(zero_copy_only=False).astype(np.int64))
+            hashes.append(np.fromiter((row_hash(text) for text in texts),
+                                      dtype=np.int64, count=chunk.num_rows))
+    return np.concatenate(keys), np.concatenate(hashes)
+
+
+class LakeTables:
+    """The lake's tables as the audit's :class:`totes.audit.Target`, at the snapshots opened."""
+
+    def __init__(self, tables: dict[str, "IcebergTable"]):
+        """Compare the lake tables ``tables`` (by lake name), each at its loaded snapshot."""
+        self.tables = tables
+
+    def side(self, name: str, skip: list[int]) -> Segments:
+        """Scan the lake table of ``name`` once (the compared columns only) and hash its rows."""
+        table = self.tables[lake_table_name(name)]
+        fields = tuple(dict.fromkeys([key_column(name), *compared_columns(name)]))
+        keys, hashes = hashed_batches(
+            table.scan(selected_fields=fields).to_arrow_batch_reader(), name)
+        return HashedRows(keys, hashes, skip, len(keys))
+
+
+@dataclass(frozen=True)
+class IcebergLake:
+    """The deployed lake, read with pyiceberg through the publish's Glue catalog; never written."""
+
+    settings: LakeSettings
+
+    def published(self) -> str | None:
+        """The newest ingest manifest a publish completed, in force (None before the first)."""
+        markers = supersede.read_markers(self.settings.processed_bucket)
+        return markers.newest_processed(self.settings.lake_bucket)
+
+    def open(self, store: ObjectStore) -> tuple[CapturePoint, LakeTables | None]:
+        """The lake's capture point, then its tables (loaded after it: at least as new)."""
+        key = self.published()
+        if key is None:
+            return CapturePoint(None, None), None
+        point = CapturePoint(key, IngestManifest.read(store.read_json(key), key))
+        catalog = lake.glue_catalog(self.settings.lake_bucket)
+        return point, LakeTables({
+            lake_table_name(name): catalog.load_table(
+                (self.settings.lake_database, lake_table_name(name)))
+            for name in audit_sql.SEGMENTED})
