@@ -192,6 +192,26 @@ def test_crash_before_the_manifest_loses_nothing(source_db, aws, monkeypatch, ca
         "ingest run failed")
 
 
+def test_a_warm_run_starts_from_the_manifest_it_committed_unless_another_run_committed_since(
+        source_db, aws, monkeypatch):
+    seed_one_of_each(source_db)
+    first = ingest.run_ingest()
+    remembered = dict(ingest._COMMITTED)
+    reads = []
+    sales_order(source_db, 2, T0 + timedelta(minutes=5))
+    with monkeypatch.context() as patch:
+        patch.setattr(storage, "read_json", lambda *args: reads.append(args))
+        second = ingest.run_ingest()
+    assert reads == []  # neither the manifest nor anything else was read back
+    assert latest_manifest(aws["INGEST_BUCKET"])["previous_manifest"] == first.manifest_key
+    # As a container that last committed `first` sees it, after another container's `second`:
+    monkeypatch.setattr(ingest, "_COMMITTED", remembered)
+    sales_order(source_db, 3, T0 + timedelta(minutes=6))
+    third = ingest.run_ingest()
+    assert third.rows["sales_order"] == 1
+    assert latest_manifest(aws["INGEST_BUCKET"])["previous_manifest"] == second.manifest_key
+
+
 def test_a_run_overtaken_by_another_commit_aborts_and_the_next_run_continues(
         source_db, aws, monkeypatch, captured_logs):
     seed_one_of_each(source_db)
