@@ -345,7 +345,8 @@ def changes_sql(table: str, cursor: TableCursor, *, after: bool = False,
             f"FROM {quote_ident(table)} AS t{where} "
             f"ORDER BY {key} LIMIT {_setting('limit', 'bigint')}")
     keys = "string_agg(k::text, ',' ORDER BY k)" if all_keys else "max(k)::text"
-    query = (f"SELECT count(*), {keys}, string_agg(line, E'\\n' ORDER BY k) || E'\\n' "
+    # The query above, wrapped in constant aggregates: still no value in the text.
+    query = (f"SELECT count(*), {keys}, string_agg(line, E'\\n' ORDER BY k) || E'\\n' "  # nosec
              f"AS lines FROM ({rows}) AS chunk")
     return f"COPY ({query}) TO STDOUT {_CHUNK_OPTIONS}"
 
