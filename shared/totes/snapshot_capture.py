@@ -133,11 +133,16 @@ def extract_table(conn: pg8000.native.Connection, table: str, previous: TableEnt
     swept in this same run needs none: its sweep lists them already).
     """
     writer = ObjectWriter(settings.bucket, settings.chunk_rows,
-                          lambda part: keys.data_key(table, run, part, "jsonl"))
+                          lambda part: keys.data_key(table, run, part, "jsonl"), background=True)
     sink = ChangeSink(writer, budget, SOURCE_TABLES[table], keep_keys=keep_keys)
-    for chunk in extract.copy_changes(conn, table, previous.cursor, read_point, budget + 1,
-                                      settings.chunk_rows, all_keys=keep_keys):
-        sink.take(chunk)
+    try:
+        for chunk in extract.copy_changes(conn, table, previous.cursor, read_point, budget + 1,
+                                          settings.chunk_rows, all_keys=keep_keys):
+            sink.take(chunk)
+    except BaseException:
+        writer.close(quietly=True)
+        raise
+    writer.close()  # every object the entry lists exists once this returns
     last_key = sink.last_key
     cursor = previous.cursor.after_pass(read_point.snapshot,
                                         cut_at=last_key if sink.overflow else None)
