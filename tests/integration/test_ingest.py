@@ -212,6 +212,26 @@ def test_a_warm_run_starts_from_the_manifest_it_committed_unless_another_run_com
     assert latest_manifest(aws["INGEST_BUCKET"])["previous_manifest"] == second.manifest_key
 
 
+def test_a_data_object_written_in_the_background_that_fails_fails_the_run_before_its_manifest(
+        source_db, aws, monkeypatch):
+    seed_one_of_each(source_db)
+    first = ingest.run_ingest()
+    sales_order(source_db, 2, T0 + timedelta(minutes=5))
+    put = storage.put_new_object
+
+    def sales_order_write_fails(bucket, key, body, content_type):
+        if key.startswith("sales_order/"):
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "S3 is slow"}},
+                              "PutObject")
+        put(bucket, key, body, content_type)
+
+    with monkeypatch.context() as patch, pytest.raises(ClientError, match="S3 is slow"):
+        patch.setattr(storage, "put_new_object", sales_order_write_fails)
+        ingest.run_ingest()
+    assert storage.latest_manifest_key(aws["INGEST_BUCKET"]) == first.manifest_key
+    assert ingest.run_ingest().rows["sales_order"] == 1
+
+
 def test_a_run_overtaken_by_another_commit_aborts_and_the_next_run_continues(
         source_db, aws, monkeypatch, captured_logs):
     seed_one_of_each(source_db)
