@@ -73,6 +73,14 @@ def table_rows(bucket, manifest, table):
             for row in jsonl.decode_lines(storage.read_bytes(bucket, file["key"]).splitlines())]
 
 
+def committed_then_one_more_order(conn):
+    """Commit a first run of one row per table, then book a second order; return that run."""
+    seed_one_of_each(conn)
+    first = ingest.run_ingest()
+    sales_order(conn, 2, T0 + timedelta(minutes=5))
+    return first
+
+
 def all_keys(bucket):
     """Every key in the bucket."""
     return list(storage.list_keys(bucket, ""))
@@ -214,9 +222,7 @@ def test_a_warm_run_starts_from_the_manifest_it_committed_unless_another_run_com
 
 def test_a_data_object_written_in_the_background_that_fails_fails_the_run_before_its_manifest(
         source_db, aws, monkeypatch):
-    seed_one_of_each(source_db)
-    first = ingest.run_ingest()
-    sales_order(source_db, 2, T0 + timedelta(minutes=5))
+    first = committed_then_one_more_order(source_db)
     put = storage.put_new_object
 
     def sales_order_write_fails(bucket, key, body, content_type):
@@ -294,9 +300,7 @@ def test_of_two_runs_past_the_newest_manifest_check_only_the_first_to_claim_comm
 
 def test_a_claim_whose_run_died_before_its_manifest_is_committed_by_the_next_run(
         source_db, aws, monkeypatch):
-    seed_one_of_each(source_db)
-    first = ingest.run_ingest()
-    sales_order(source_db, 2, T0 + timedelta(minutes=5))
+    first = committed_then_one_more_order(source_db)
     put_new_json = storage.put_new_json
 
     def dies_after_its_claim(bucket, key, document):
