@@ -14,6 +14,7 @@ slot's WAL) lets go of it only after the commit.
 The settings both modes read, and the writer that packs a table's JSON lines
 into create-once objects, live here because both modes use them.
 """
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, Mapping, Protocol
@@ -98,14 +99,22 @@ class ObjectWriter:
     """Packs JSON lines into objects of at most ``chunk_rows`` lines, each written once.
 
     Only encoded bytes wait for an object to fill, so the memory held is about one
-    object's size whatever the table's.
+    object's size whatever the table's. With ``background`` each object is written
+    by a thread of its own while the caller reads the next chunk from the source
+    (the wait for the server and the wait for S3 overlap); one write at most is in
+    flight, so the memory is two objects' worth. :meth:`close` waits for it: the
+    objects listed in :attr:`files` exist only once it has returned without error.
     """
 
-    def __init__(self, bucket: str, chunk_rows: int, key_for: Callable[[int], str]) -> None:
+    def __init__(self, bucket: str, chunk_rows: int, key_for: Callable[[int], str], *,
+                 background: bool = False) -> None:
         """Prepare to write objects named ``key_for(part)``, numbered from part 0."""
         self._bucket, self._chunk_rows, self._key_for = bucket, chunk_rows, key_for
         self._lines: list[bytes] = []
         self.files: list[DataFile] = []
+        self._background = background
+        self._uploader: ThreadPoolExecutor | None = None
+        self._pending: "Future[None] | None" = None
 
     def add(self, line: bytes) -> None:
         """Take one line; write an object when ``chunk_rows`` lines are waiting."""
@@ -129,5 +138,34 @@ class ObjectWriter:
             raise ValueError(f"an object holds at most {self._chunk_rows} lines, not {rows}")
         self.flush()
         key = self._key_for(len(self.files))
-        storage.put_new_object(self._bucket, key, body, CONTENT_TYPE)
+        if self._background:
+            self._wait()
+            if self._uploader is None:
+                self._uploader = ThreadPoolExecutor(1, thread_name_prefix="totes-put")
+            self._pending = self._uploader.submit(storage.put_new_object, self._bucket, key,
+                                                  body, CONTENT_TYPE)
+        else:
+            storage.put_new_object(self._bucket, key, body, CONTENT_TYPE)
         self.files.append(DataFile(key, rows, len(body)))
+
+    def _wait(self) -> None:
+        """Wait for the write in flight, if any, re-raising its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self, *, quietly: bool = False) -> None:
+        """Wait for the last write and end the writing thread.
+
+        The write's error is re-raised unless ``quietly`` (the caller is failing
+        already, and its own error is the one to report).
+        """
+        try:
+            self._wait()
+        except Exception:
+            if not quietly:
+                raise
+        finally:
+            if self._uploader is not None:
+                self._uploader.shutdown(wait=True)
+                self._uploader = None

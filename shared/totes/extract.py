@@ -2,13 +2,20 @@
 
 Everything one run reads comes from one read-only REPEATABLE READ transaction
 (:func:`snapshot`), so a manifest describes a single instant and records it.
-Rows are rendered by PostgreSQL itself (``row_to_json`` over exactly the
-contract's columns, timestamps as ISO-8601 with milliseconds) and streamed with
-``COPY ... TO STDOUT``: Python never decodes or re-encodes a value, it only
-hands each line on. CSV is the one COPY format that leaves a backslash alone
-(text format doubles it inside JSON); its quote and delimiter are set to
-control characters that JSON text never contains unescaped, so no line is ever
-quoted and each line is exactly one JSON object.
+Rows are rendered by PostgreSQL itself (the bytes ``row_to_json`` writes, over
+exactly the contract's columns, timestamps as ISO-8601 with milliseconds) and
+streamed with ``COPY ... TO STDOUT``: Python never decodes or re-encodes a
+value, it only hands the lines on. CSV is the one COPY format that leaves a
+backslash alone (text format doubles it inside JSON); its quote and delimiter
+are set to control characters that JSON text never contains unescaped, so
+quoting never changes a byte of JSON.
+
+A table's changed rows come as **chunks** (:func:`copy_changes`): the server
+joins up to ``CHUNK_ROWS`` rows' lines into one COPY line, with their count and
+keys, so Python (and pg8000, whose protocol loop costs about a microsecond and a
+half per message) handles one message per object written, not one per row.
+Successive chunks continue above the previous chunk's last key (keyset
+pagination in the same snapshot), so each is one ordered index range.
 
 Identifiers come from the allow-list in :mod:`totes.source` and are quoted.
 COPY takes no bind parameters, so the values a query needs (the snapshot window,
@@ -47,8 +54,10 @@ _RENDER = {
 #: database's clock; other lines end with the object. A suffix, not a prefix: every line's key
 #: then starts at the same offset, and a chunk without such a row needs no byte changed.
 FUTURE_MARK = b"F"
-#: COPY ... CSV with these never quotes a JSON line (see the module docstring).
-_COPY_OPTIONS = "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')"
+#: a chunk's COPY line: its count, its keys, then its JSON lines, always quoted (they hold
+#: newlines); JSON text never holds the delimiter or the quote, so none is ever doubled.
+_CHUNK_OPTIONS = "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01', FORCE_QUOTE (lines))"
+_DELIMITER, _QUOTE = b"\x02", b"\x01"
 _SETTING_PREFIX = "totes."
 #: how long a run waits for its ``ACCESS SHARE`` locks before giving up until the next run.
 LOCK_TIMEOUT_MS = 10_000
@@ -61,10 +70,61 @@ class SourceLockTimeoutError(TransientError):
 
 
 class LineSink(Protocol):
-    """Where COPY hands each rendered line, one call per row (pg8000's stream protocol)."""
+    """Where COPY hands each line it sends, one call per line (pg8000's stream protocol)."""
 
     def write(self, line: bytes) -> None:
         """Take one line (bytes, newline-terminated)."""
+
+
+class ChunkFormatError(ValueError):
+    """A chunk's COPY line is not in the shape :func:`changes_sql` asks for."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Consecutive changed rows of one table, as the server joined them into one COPY line."""
+
+    rows: int
+    #: the rows' keys, ascending and comma-separated, or only the last (greatest) one when
+    #: :func:`copy_changes` was not asked for all of them.
+    keys: bytes
+    #: the rows' JSON lines in key order, each ending with a newline.
+    lines: bytes
+
+    @property
+    def last_key(self) -> int:
+        """The greatest key of the chunk."""
+        return int(self.keys.rpartition(b",")[2])
+
+    @classmethod
+    def parse(cls, line: bytes) -> "Chunk":
+        """Read one COPY line of :func:`changes_sql`: count, keys, quoted JSON lines.
+
+        The JSON lines are sliced out once (one copy, in C). JSON text escapes
+        every control character, so a quote byte inside them means the line is
+        not what was asked for, and it is refused rather than written.
+        """
+        first = line.index(_DELIMITER)
+        second = line.index(_DELIMITER, first + 1)
+        rows, keys = int(line[:first]), line[first + 1:second]
+        if not rows:
+            return cls(0, b"", b"")
+        if line[second + 1:second + 2] != _QUOTE or not line.endswith(_QUOTE + b"\n"):
+            raise ChunkFormatError("a chunk's JSON lines came unquoted")
+        lines = line[second + 2:-2]
+        if _QUOTE in lines:
+            raise ChunkFormatError("a chunk's JSON lines hold a CSV quote byte")
+        return cls(rows, keys, lines)
+
+
+class _ChunkReader:
+    """The stream a chunk's COPY writes its one line to."""
+
+    def __init__(self) -> None:
+        self.chunk = Chunk(0, b"", b"")
+
+    def write(self, line: bytes) -> None:
+        self.chunk = Chunk.parse(line)
 
 
 @dataclass(frozen=True)
@@ -201,11 +261,17 @@ def source_columns(conn: pg8000.native.Connection) -> list[FoundColumn]:
 def bind_settings(conn: pg8000.native.Connection, **values: Any) -> None:
     """Set transaction-local settings the next COPY reads with ``current_setting('totes.…')``.
 
-    COPY takes no bind parameters; this binds its values all the same.
+    COPY takes no bind parameters; this binds its values all the same, names and
+    values alike, in one statement (one round trip however many there are).
     """
-    for name, value in values.items():
-        conn.run("SELECT set_config(:name, :value, true)",
-                 name=_SETTING_PREFIX + name, value=str(value))
+    if not values:
+        return
+    calls = ", ".join(f"set_config(:n{number}, :v{number}, true)"
+                      for number in range(len(values)))
+    bound: dict[str, str] = {}
+    for number, (name, value) in enumerate(values.items()):
+        bound[f"n{number}"], bound[f"v{number}"] = _SETTING_PREFIX + name, str(value)
+    conn.run(f"SELECT {calls}", **bound)
 
 
 def _setting(name: str, sql_type: str) -> str:
@@ -218,7 +284,12 @@ def _text_constant(text: str) -> str:
 
 
 def row_json_sql(table: str) -> str:
-    """Return the select list rendering one row of ``table`` as a marked JSON line.
+    """Return ``<row_json(table)> FROM <table> AS t``: one marked JSON line per row."""
+    return f"{row_json(table)} FROM {quote_ident(table)} AS t"
+
+
+def row_json(table: str) -> str:
+    """Return the expression rendering one row of ``table`` (as ``t``) as a marked JSON line.
 
     Exactly the contract's columns, the primary key first (so a key can be read off
     the start of a line); a trailing :data:`FUTURE_MARK` says ``last_updated`` is
@@ -238,16 +309,23 @@ def row_json_sql(table: str) -> str:
     version = f"t.{quote_ident(VERSION_COLUMN)}"
     mark = (f"CASE WHEN {version} > (now() AT TIME ZONE 'UTC') THEN "
             f"'{FUTURE_MARK.decode()}' ELSE '' END")
-    return f"concat({', '.join(parts)}, '}}', {mark}) FROM {quote_ident(table)} AS t"
+    return f"concat({', '.join(parts)}, '}}', {mark})"
 
 
-def changes_sql(table: str, cursor: TableCursor) -> str:
-    """Return the COPY statement reading ``table``'s rows the ``cursor`` has not seen yet.
+def changes_sql(table: str, cursor: TableCursor, *, after: bool = False,
+                all_keys: bool = False) -> str:
+    """Return the COPY statement reading one chunk of ``table``'s rows the ``cursor`` has not seen.
 
-    Rows come in primary-key order, at most ``limit`` of them, so a run cut by its
-    row budget stops at an exact key the next run continues after. Which rows are
+    The chunk is the next ``limit`` rows in primary-key order (above the key bound
+    as ``after`` when ``after`` is set or the cursor resumes), joined by the server
+    into one line: their count, their keys (all of them with ``all_keys``, else the
+    greatest), their JSON lines in key order (:class:`Chunk`). A run cut by its row
+    budget so stops at an exact key the next run continues after. Which rows are
     new is decided by the writing transaction (see :mod:`totes.capture`), or, once,
     by ``last_updated`` for a table carried over from the watermark format.
+
+    The aggregates' ``ORDER BY k`` is what guarantees the order; from PostgreSQL 16
+    the planner sees the rows already come sorted and skips the sort.
     """
     key = f"t.{quote_ident(primary_key(table))}"
     conditions = []
@@ -259,31 +337,54 @@ def changes_sql(table: str, cursor: TableCursor) -> str:
     elif cursor.since_last_updated is not None:
         conditions.append(f"t.{quote_ident(VERSION_COLUMN)} >= "
                           f"{_setting('since_last_updated', 'timestamp')}")
-    if cursor.resume_after is not None:
+    if after or cursor.resume_after is not None:
         conditions.append(f"{key} > {_setting('after', 'bigint')}")
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
     # Identifiers are allow-listed and quoted; values are bound through set_config.
-    query = (f"SELECT {row_json_sql(table)}{where} "  # nosec B608
-             f"ORDER BY {key} LIMIT {_setting('limit', 'bigint')}")
-    return f"COPY ({query}) TO STDOUT {_COPY_OPTIONS}"
+    rows = (f"SELECT {key} AS k, {row_json(table)} AS line "  # nosec B608
+            f"FROM {quote_ident(table)} AS t{where} "
+            f"ORDER BY {key} LIMIT {_setting('limit', 'bigint')}")
+    keys = "string_agg(k::text, ',' ORDER BY k)" if all_keys else "max(k)::text"
+    # The query above, wrapped in constant aggregates: still no value in the text.
+    query = (f"SELECT count(*), {keys}, string_agg(line, E'\\n' ORDER BY k) || E'\\n' "  # nosec
+             f"AS lines FROM ({rows}) AS chunk")
+    return f"COPY ({query}) TO STDOUT {_CHUNK_OPTIONS}"
 
 
 def copy_changes(conn: pg8000.native.Connection, table: str, cursor: TableCursor,
-                 read_point: ReadPoint, limit: int, sink: LineSink) -> None:
-    """Stream ``table``'s unseen rows (at most ``limit``) into ``sink``, one line per row.
+                 read_point: ReadPoint, limit: int, chunk_rows: int, *,
+                 all_keys: bool = False) -> Iterator[Chunk]:
+    """Yield ``table``'s unseen rows (at most ``limit``) in key order, ``chunk_rows`` a chunk.
 
-    Must run inside :func:`snapshot`, whose read point decides the xid window.
+    One COPY statement per chunk, each continuing above the last key of the one
+    before; a chunk shorter than asked is the last. ``all_keys`` asks for every
+    row's key, not only each chunk's last. Must run inside :func:`snapshot`, whose
+    read point decides the xid window and keeps every chunk in one snapshot.
     """
-    values: dict[str, Any] = {"limit": limit}
+    values: dict[str, Any] = {}
     if cursor.since is not None:
         window = xmin_window(cursor.since, read_point.snapshot)
         values.update(xmax32=window.xmax32, width=window.width)
     elif cursor.since_last_updated is not None:
         values["since_last_updated"] = cursor.since_last_updated.isoformat()
-    if cursor.resume_after is not None:
-        values["after"] = cursor.resume_after
-    bind_settings(conn, **values)
-    conn.run(changes_sql(table, cursor), stream=sink)
+    after = cursor.resume_after
+    remaining = limit
+    while remaining > 0:
+        asked = min(chunk_rows, remaining)
+        values["limit"] = asked
+        if after is not None:
+            values["after"] = after
+        bind_settings(conn, **values)
+        reader = _ChunkReader()
+        conn.run(changes_sql(table, cursor, after=after is not None, all_keys=all_keys),
+                 stream=reader)
+        chunk = reader.chunk
+        if chunk.rows:
+            yield chunk
+        if chunk.rows < asked:
+            return
+        remaining -= chunk.rows
+        after = chunk.last_key
 
 
 def keys_sql(table: str, block_keys: int) -> str:

@@ -46,6 +46,10 @@ RESYNC_METRIC = "SourceResyncs"
 FLOOR_AGE_METRIC = "SnapshotFloorAge"
 #: the capture modes ``CAPTURE_MODE`` names.
 MODES: dict[str, CaptureMode] = {"snapshot": SnapshotCapture(), "logical": LogicalCapture()}
+#: per bucket, the manifest this process committed last (its key and content, as a read of
+#: the stored object returns it): a warm container's next run starts from it after one
+#: listing proves it is still the newest, instead of descending the folders and reading it.
+_COMMITTED: dict[str, tuple[str, IngestManifest]] = {}
 
 
 class Progress(Enum):
@@ -161,6 +165,8 @@ def _check_still_newest(bucket: str, previous_key: str | None) -> None:
     Committing anyway would leave a manifest older than the newest one, which
     transform skips and load waits for forever.
     """
+    if storage.is_newest_manifest(bucket, previous_key):
+        return
     newest = storage.latest_manifest_key(bucket)
     if newest != previous_key:
         raise ConcurrentRunError(
@@ -221,13 +227,30 @@ def _claim_succession(bucket: str, manifest_key: str, manifest: IngestManifest) 
         "the next run continues from that manifest")
 
 
+def _newest_manifest(bucket: str) -> tuple[str | None, IngestManifest | None]:
+    """Return the newest committed manifest's key and content (None, None before the first).
+
+    A warm container that committed the newest itself knows both (one listing
+    checks that no run committed since, and that the object is there); otherwise
+    they are looked up and read.
+    """
+    known = _COMMITTED.get(bucket)
+    if known is not None and storage.is_newest_manifest(bucket, known[0]):
+        return known
+    key = storage.latest_manifest_key(bucket)
+    return key, (None if key is None
+                 else IngestManifest.read(storage.read_json(bucket, key), key))
+
+
+def _remember(bucket: str, key: str, manifest: IngestManifest) -> None:
+    """Keep a committed manifest for the next run, read back from its JSON as a read would."""
+    _COMMITTED[bucket] = (key, IngestManifest.read(manifest.to_json(), key))
+
+
 def _capture(settings: IngestSettings, run: keys.RunId,
              db_timeout: float) -> tuple[CaptureRequest, IngestManifest]:
     """Capture the changes since the newest manifest; return the manifest that commits them."""
-    previous_key = storage.latest_manifest_key(settings.bucket)
-    previous = (None if previous_key is None
-                else IngestManifest.read(storage.read_json(settings.bucket, previous_key),
-                                         previous_key))
+    previous_key, previous = _newest_manifest(settings.bucket)
     logger.info("ingest run started", extra={
         "run_id": str(run), "previous_manifest": previous_key,
         "previous_snapshot": None if previous is None or previous.snapshot is None
@@ -311,6 +334,7 @@ def run_ingest(settings: IngestSettings | None = None,
         _claim_succession(settings.bucket, manifest_key, manifest)
         storage.put_new_json(settings.bucket, manifest_key, manifest.to_json())
         progress = Progress.COMMITTED
+        _remember(settings.bucket, manifest_key, manifest)
         lag = MODES[settings.capture_mode].release(
             replace(request, db_timeout=deadline.remaining()), manifest)
         return replace(_report(settings, run, manifest_key, manifest, started),

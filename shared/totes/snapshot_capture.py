@@ -37,33 +37,29 @@ _FUTURE_END = extract.FUTURE_MARK + b"\n"
 
 
 class ChangeSink:
-    """Takes the JSON lines COPY streams for one table, a chunk at a time, up to the budget.
+    """Takes the chunks COPY sends for one table and writes each as one object, up to the budget.
 
-    COPY calls :meth:`write` once per row, so that call only keeps the line:
-    counting and unmarking the rows stamped in the future and reading the keys
-    are done once per chunk of ``chunk_rows`` lines, in C-level passes over the
-    joined chunk (``bytes.join``, ``count``), instead of a dozen Python steps per
-    row; a chunk without such a row is written exactly as COPY sent it. Memory
-    stays one object's worth, as before.
+    The server sends a chunk's rows as one message (:class:`totes.extract.Chunk`),
+    so the work here is per chunk and in C-level passes over its bytes: counting
+    and unmarking the rows stamped in the future (``count``, ``replace``; a chunk
+    without one is written exactly as it came), and taking its keys, which the
+    server joined already. Memory stays one object's worth.
 
-    The query asks for one row more than the budget: that row is not written, it
-    only proves the table has more, so the cut is exact. It is the stream's last
-    row, so a chunk that may hold it waits for :meth:`finish`, which drops it.
-    With ``keep_keys`` the key of every row written is read off the start of its
-    line (the primary key comes first) and kept as block lines for the next key
-    sweep: a few bytes per row. A table swept in this same run needs none: only
-    its last key is read, and the keys of the rows stamped in the future.
+    The run asks for one row more than the budget: that row is not written, it
+    only proves the table has more, so the cut is exact. It is the last row of the
+    last chunk, and dropping it is slicing off the chunk's last line. With
+    ``keep_keys`` the chunk's keys (asked of the server for every row) are kept as
+    block lines for the next key sweep: a few bytes per row. A table swept in this
+    same run needs none: only each chunk's last key comes.
     """
 
-    def __init__(self, writer: ObjectWriter, budget: int, key_column: str, chunk_rows: int,
+    def __init__(self, writer: ObjectWriter, budget: int, key_column: str,
                  *, keep_keys: bool) -> None:
-        """Write at most ``budget`` rows through ``writer``, ``chunk_rows`` lines an object."""
-        self._writer, self._budget, self._chunk_rows = writer, budget, chunk_rows
+        """Write at most ``budget`` rows through ``writer``, one object per chunk."""
+        self._writer, self._budget = writer, budget
         self._keep_keys = keep_keys
         #: where a line's key starts: after ``{"<key column>":``.
         self._key_start = len(json.dumps(key_column)) + 2
-        self._lines: list[bytes] = []
-        self._keys: list[bytes] = []
         self._last_line = b""
         self.key_lines: list[bytes] = []
         self.rows = 0
@@ -71,52 +67,45 @@ class ChangeSink:
         self.future = 0
         self.future_keys: list[int] = []
 
-    def write(self, line: bytes) -> None:
-        """Take one line from COPY."""
-        lines = self._lines
-        lines.append(line)
-        if len(lines) == self._chunk_rows and self.rows + len(lines) <= self._budget:
-            self._take(lines)
-            self._lines = []
-
-    def finish(self) -> None:
-        """Write the lines still waiting, less the one beyond the budget; end the key blocks."""
-        lines, self._lines = self._lines, []
-        if self.rows + len(lines) > self._budget:
-            self.overflow = True
-            del lines[self._budget - self.rows:]
-        if lines:
-            self._take(lines)
-        if self._keys:
-            self.key_lines.append(sweep.render_block(self._keys))
-            self._keys = []
-
     def _key(self, line: bytes) -> bytes:
         return line[self._key_start:line.index(b",", self._key_start)]
 
-    def _take(self, lines: list[bytes]) -> None:
-        """Write one chunk of lines (at most ``chunk_rows``) as one object."""
-        body = b"".join(lines)
+    def take(self, chunk: extract.Chunk) -> None:
+        """Write one chunk as one object, less the row beyond the budget if it holds it."""
+        body, rows, chunk_keys = chunk.lines, chunk.rows, chunk.keys
+        if self.rows + rows > self._budget:
+            self.overflow = True
+            rows = self._budget - self.rows
+            if not rows:
+                return
+            body = body[:body.rindex(b"\n", 0, len(body) - 1) + 1]
+            chunk_keys = chunk_keys.rpartition(b",")[0]
         future = body.count(_FUTURE_END)
         if future:
+            wanted = max(LOGGED_KEYS - len(self.future_keys), 0)
+            self.future_keys += [int(self._key(line)) for line in body.split(b"\n")
+                                 if line.endswith(extract.FUTURE_MARK)][:wanted]
             body = body.replace(_FUTURE_END, b"\n")
             self.future += future
-            wanted = max(LOGGED_KEYS - len(self.future_keys), 0)
-            self.future_keys += [int(self._key(line)) for line in lines
-                                 if line.endswith(_FUTURE_END)][:wanted]
         if self._keep_keys:
-            self._keys += [self._key(line) for line in lines]
-            while len(self._keys) >= sweep.BLOCK_KEYS:
-                self.key_lines.append(sweep.render_block(self._keys[:sweep.BLOCK_KEYS]))
-                del self._keys[:sweep.BLOCK_KEYS]
-        self._writer.write_chunk(body, len(lines))
-        self._last_line = lines[-1]
-        self.rows += len(lines)
+            self.key_lines += _blocks(chunk_keys, rows)
+        self._writer.write_chunk(body, rows)
+        self._last_line = body[body.rfind(b"\n", 0, len(body) - 1) + 1:]
+        self.rows += rows
 
     @property
     def last_key(self) -> int | None:
-        """The key of the last row written (None before any); read after :meth:`finish`."""
+        """The key of the last row written (None before any)."""
         return int(self._key(self._last_line)) if self._last_line else None
+
+
+def _blocks(joined: bytes, count: int) -> list[bytes]:
+    """Return ``count`` comma-joined keys as block lines of at most ``sweep.BLOCK_KEYS`` keys."""
+    if count <= sweep.BLOCK_KEYS:
+        return [joined + b"\n"]
+    split = joined.split(b",")
+    return [sweep.render_block(split[start:start + sweep.BLOCK_KEYS])
+            for start in range(0, count, sweep.BLOCK_KEYS)]
 
 
 def _cursor_text(cursor: TableCursor, current: Snapshot) -> str:
@@ -144,11 +133,16 @@ def extract_table(conn: pg8000.native.Connection, table: str, previous: TableEnt
     swept in this same run needs none: its sweep lists them already).
     """
     writer = ObjectWriter(settings.bucket, settings.chunk_rows,
-                          lambda part: keys.data_key(table, run, part, "jsonl"))
-    sink = ChangeSink(writer, budget, SOURCE_TABLES[table], settings.chunk_rows,
-                      keep_keys=keep_keys)
-    extract.copy_changes(conn, table, previous.cursor, read_point, budget + 1, sink)
-    sink.finish()
+                          lambda part: keys.data_key(table, run, part, "jsonl"), background=True)
+    sink = ChangeSink(writer, budget, SOURCE_TABLES[table], keep_keys=keep_keys)
+    try:
+        for chunk in extract.copy_changes(conn, table, previous.cursor, read_point, budget + 1,
+                                          settings.chunk_rows, all_keys=keep_keys):
+            sink.take(chunk)
+    except BaseException:
+        writer.close(quietly=True)
+        raise
+    writer.close()  # every object the entry lists exists once this returns
     last_key = sink.last_key
     cursor = previous.cursor.after_pass(read_point.snapshot,
                                         cut_at=last_key if sink.overflow else None)

@@ -157,6 +157,22 @@ def latest_manifest_key(bucket: str) -> str | None:
     return newest_key(bucket, MANIFEST_PREFIX, accept=is_manifest_key)
 
 
+def is_newest_manifest(bucket: str, key: str | None) -> bool:
+    """Tell whether ``key`` is the newest manifest of ``bucket`` (None: that it has none).
+
+    One listing (one request while fewer than a thousand keys follow) from just
+    before ``key``: the first manifest key listed must be ``key`` itself, which
+    proves it exists, and no other may follow. :func:`latest_manifest_key`
+    descends four levels of folders to the same answer; a run that knows which
+    key it expects needs only this.
+    """
+    listed = list_keys(bucket, MANIFEST_PREFIX, start_after=None if key is None else key[:-1],
+                       accept=is_manifest_key)
+    if key is not None and next(listed, None) != key:
+        return False
+    return next(listed, None) is None
+
+
 def manifest_keys_after(bucket: str, after: str | None) -> Iterator[str]:
     """Yield manifest keys strictly newer than ``after`` (all of them when None), oldest first.
 

@@ -54,6 +54,11 @@ logger = service_logger()
 #: a manifest is not started with less time left than this (seconds), nor with less than
 #: the largest manifest of the invocation took.
 RESERVE_SECONDS = 30.0
+#: per reference table, the snapshot this container wrote or read last: (bucket, key, its
+#: Arrow table as a read of the object returns it). Objects are created once and never
+#: replaced, so a key names the same content for ever; the next manifest's transform
+#: starts from exactly that snapshot, which a warm container then need not fetch again.
+_REFERENCE_STATES: dict[str, tuple[str, str, pa.Table]] = {}
 
 #: how a transform failure is logged (with the manifest it stopped at).
 NOTHING_COMMITTED = "transform failed; nothing committed for this manifest"
@@ -211,6 +216,17 @@ def read_parquet(bucket: str, key: str) -> pd.DataFrame:
     return table.to_pandas(types_mapper=pd.ArrowDtype)
 
 
+def _reference_state(bucket: str, key: str, table: str) -> pd.DataFrame:
+    """Read a reference snapshot as :func:`read_parquet` does, from memory when it is the last."""
+    known = _REFERENCE_STATES.get(table)
+    if known is not None and known[:2] == (bucket, key):
+        arrow = known[2]
+    else:
+        arrow = pq.read_table(io.BytesIO(storage.read_bytes(bucket, key)))
+        _REFERENCE_STATES[table] = (bucket, key, arrow)
+    return arrow.to_pandas(types_mapper=pd.ArrowDtype)
+
+
 def _decode(bucket: str, key: str) -> list[dict[str, Any]]:
     """Read one JSON Lines object whole; bad input raises :class:`TransformInputError`."""
     rows: list[dict[str, Any]] = []
@@ -282,7 +298,7 @@ def _reference_dimensions(attempt: _TransformAttempt,
     for table in reference.REFERENCE_TABLES:
         batch = _read_whole(attempt, table)
         pointer = pointers.get(table)
-        previous = (read_parquet(attempt.processed_bucket, pointer)
+        previous = (_reference_state(attempt.processed_bucket, pointer, table)
                     if pointer else star.empty_source_frame(table))
         state[table] = reference.merge_latest(previous, batch, table)
         changed[table] = reference.changed_ids(batch, table)
@@ -299,6 +315,8 @@ def _reference_dimensions(attempt: _TransformAttempt,
             body = parquet_bytes(pa.Table.from_pandas(state[table], preserve_index=False))
             storage.put_new_object(attempt.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
             new_pointers[table] = key
+            _REFERENCE_STATES[table] = (attempt.processed_bucket, key,
+                                        pq.read_table(io.BytesIO(body)))
     return new_pointers
 
 

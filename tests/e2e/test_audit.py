@@ -83,9 +83,9 @@ def test_each_kind_of_damage_is_found_in_its_table_with_its_count(e2e, monkeypat
 
     real = extract.changes_sql
 
-    def skipping_staff_3(table, cursor):
-        sql = real(table, cursor)
-        return sql.replace(" ORDER BY", ' AND t."staff_id" <> 3 ORDER BY') if (
+    def skipping_staff_3(table, cursor, **options):
+        sql = real(table, cursor, **options)
+        return sql.replace(" ORDER BY t.", ' AND t."staff_id" <> 3 ORDER BY t.') if (
             table == "staff") else sql
 
     monkeypatch.setattr(extract, "changes_sql", skipping_staff_3)

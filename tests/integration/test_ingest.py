@@ -73,6 +73,14 @@ def table_rows(bucket, manifest, table):
             for row in jsonl.decode_lines(storage.read_bytes(bucket, file["key"]).splitlines())]
 
 
+def committed_then_one_more_order(conn):
+    """Commit a first run of one row per table, then book a second order; return that run."""
+    seed_one_of_each(conn)
+    first = ingest.run_ingest()
+    sales_order(conn, 2, T0 + timedelta(minutes=5))
+    return first
+
+
 def all_keys(bucket):
     """Every key in the bucket."""
     return list(storage.list_keys(bucket, ""))
@@ -192,6 +200,44 @@ def test_crash_before_the_manifest_loses_nothing(source_db, aws, monkeypatch, ca
         "ingest run failed")
 
 
+def test_a_warm_run_starts_from_the_manifest_it_committed_unless_another_run_committed_since(
+        source_db, aws, monkeypatch):
+    seed_one_of_each(source_db)
+    first = ingest.run_ingest()
+    remembered = dict(ingest._COMMITTED)
+    reads = []
+    sales_order(source_db, 2, T0 + timedelta(minutes=5))
+    with monkeypatch.context() as patch:
+        patch.setattr(storage, "read_json", lambda *args: reads.append(args))
+        second = ingest.run_ingest()
+    assert reads == []  # neither the manifest nor anything else was read back
+    assert latest_manifest(aws["INGEST_BUCKET"])["previous_manifest"] == first.manifest_key
+    # As a container that last committed `first` sees it, after another container's `second`:
+    monkeypatch.setattr(ingest, "_COMMITTED", remembered)
+    sales_order(source_db, 3, T0 + timedelta(minutes=6))
+    third = ingest.run_ingest()
+    assert third.rows["sales_order"] == 1
+    assert latest_manifest(aws["INGEST_BUCKET"])["previous_manifest"] == second.manifest_key
+
+
+def test_a_data_object_written_in_the_background_that_fails_fails_the_run_before_its_manifest(
+        source_db, aws, monkeypatch):
+    first = committed_then_one_more_order(source_db)
+    put = storage.put_new_object
+
+    def sales_order_write_fails(bucket, key, body, content_type):
+        if key.startswith("sales_order/"):
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "S3 is slow"}},
+                              "PutObject")
+        put(bucket, key, body, content_type)
+
+    with monkeypatch.context() as patch, pytest.raises(ClientError, match="S3 is slow"):
+        patch.setattr(storage, "put_new_object", sales_order_write_fails)
+        ingest.run_ingest()
+    assert storage.latest_manifest_key(aws["INGEST_BUCKET"]) == first.manifest_key
+    assert ingest.run_ingest().rows["sales_order"] == 1
+
+
 def test_a_run_overtaken_by_another_commit_aborts_and_the_next_run_continues(
         source_db, aws, monkeypatch, captured_logs):
     seed_one_of_each(source_db)
@@ -254,9 +300,7 @@ def test_of_two_runs_past_the_newest_manifest_check_only_the_first_to_claim_comm
 
 def test_a_claim_whose_run_died_before_its_manifest_is_committed_by_the_next_run(
         source_db, aws, monkeypatch):
-    seed_one_of_each(source_db)
-    first = ingest.run_ingest()
-    sales_order(source_db, 2, T0 + timedelta(minutes=5))
+    first = committed_then_one_more_order(source_db)
     put_new_json = storage.put_new_json
 
     def dies_after_its_claim(bucket, key, document):

@@ -8,17 +8,42 @@ from totes.capture import Snapshot, TableCursor
 from totes.source import SOURCE_COLUMNS, UnknownTableError
 
 
-def test_a_first_read_copies_every_row_in_key_order_with_only_the_contract_columns():
+def test_a_first_read_copies_a_chunk_of_rows_in_key_order_with_only_the_contract_columns():
     sql = extract.changes_sql("currency", TableCursor())
     assert sql == (
-        "COPY (SELECT concat('{\"currency_id\":', coalesce(t.\"currency_id\"::text, 'null'), "
+        "COPY (SELECT count(*), max(k)::text, string_agg(line, E'\\n' ORDER BY k) || E'\\n' "
+        "AS lines FROM (SELECT t.\"currency_id\" AS k, "
+        "concat('{\"currency_id\":', coalesce(t.\"currency_id\"::text, 'null'), "
         "',\"currency_code\":', coalesce(to_json(t.\"currency_code\")::text, 'null'), "
         "',\"last_updated\":', coalesce('\"' || to_char(t.\"last_updated\", "
         "'YYYY-MM-DD\"T\"HH24:MI:SS.MS') || '\"', 'null'), '}', "
-        "CASE WHEN t.\"last_updated\" > (now() AT TIME ZONE 'UTC') THEN 'F' ELSE '' END) "
+        "CASE WHEN t.\"last_updated\" > (now() AT TIME ZONE 'UTC') THEN 'F' ELSE '' END) AS line "
         "FROM \"currency\" AS t "
-        "ORDER BY t.\"currency_id\" LIMIT current_setting('totes.limit')::bigint) "
-        "TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')")
+        "ORDER BY t.\"currency_id\" LIMIT current_setting('totes.limit')::bigint) AS chunk) "
+        "TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01', FORCE_QUOTE (lines))")
+
+
+def test_a_chunk_after_the_first_continues_above_the_last_key_and_may_carry_every_key():
+    sql = extract.changes_sql("staff", TableCursor(), after=True, all_keys=True)
+    assert "string_agg(k::text, ',' ORDER BY k)" in sql and "max(k)" not in sql
+    assert ("WHERE t.\"staff_id\" > current_setting('totes.after')::bigint ORDER BY"
+            in sql)
+
+
+def test_a_chunk_line_is_read_as_count_keys_and_the_json_lines_unquoted():
+    lines = b'{"staff_id":1,"a":"x"}\n{"staff_id":2,"a":"y"}F\n'
+    chunk = extract.Chunk.parse(b"2\x021,2\x02\x01" + lines + b"\x01\n")
+    assert (chunk.rows, chunk.keys, chunk.lines, chunk.last_key) == (2, b"1,2", lines, 2)
+    assert extract.Chunk.parse(b"0\x02\x02\n") == extract.Chunk(0, b"", b"")
+
+
+@pytest.mark.parametrize("line", [
+    b"1\x021\x02{}\n\n",  # unquoted
+    b"1\x021\x02\x01{\"a\":\x01\x01}\n\x01\n",  # a doubled quote inside: not JSON text
+])
+def test_a_chunk_line_not_in_the_asked_shape_is_refused(line):
+    with pytest.raises(extract.ChunkFormatError):
+        extract.Chunk.parse(line)
 
 
 def test_an_incremental_read_selects_by_writing_transaction_with_bound_window():

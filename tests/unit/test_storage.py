@@ -72,6 +72,23 @@ def test_latest_manifest_is_found_by_descending_the_date_folders(bucket):
     assert list(storage.manifest_keys_after(bucket, None)) == keys
 
 
+def test_whether_a_key_is_the_newest_manifest_takes_one_listing(bucket):
+    keys = ["_manifests/2024/01/02/20240102T080000000Z-bbbbbbbb.json",
+            "_manifests/2024/01/10/20240110T070000000Z-dddddddd.json"]
+    assert storage.is_newest_manifest(bucket, None)
+    storage.put_new_json(bucket, keys[0], {})
+    # strays on either side never count: not even one sorting between the key and its prefix
+    for stray in ("_manifests/2024/01/02/20240102T080000000Z-bbbbbbbb.jsoa",
+                  "_manifests/notes.json"):
+        storage.put_new_json(bucket, stray, {})
+    assert not storage.is_newest_manifest(bucket, None)
+    assert storage.is_newest_manifest(bucket, keys[0])
+    assert not storage.is_newest_manifest(bucket, keys[1])  # not there
+    storage.put_new_json(bucket, keys[1], {})
+    assert not storage.is_newest_manifest(bucket, keys[0])
+    assert storage.is_newest_manifest(bucket, keys[1])
+
+
 def test_a_json_object_beyond_the_bound_is_refused_after_a_bounded_read(bucket, monkeypatch):
     from totes.errors import INPUT, kind_of
 
