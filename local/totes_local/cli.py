@@ -192,8 +192,7 @@ def run_seed(args: argparse.Namespace) -> int:
     recreate = args.recreate if args.recreate is not None else not args.dsn
     started = time.perf_counter()
     with target_connection(args, recreate=recreate) as conn:
-        generator.create_schema(conn)
-        counts = generator.generate(conn, scale=args.scale, seed=args.seed, end=args.end)
+        counts = generator.seed_new(conn, scale=args.scale, seed=args.seed, end=args.end)
     elapsed = time.perf_counter() - started
     total = sum(counts.values())
     print(f"seeded totesys ({_where(args)}): scale {args.scale:g}, seed {args.seed}, "

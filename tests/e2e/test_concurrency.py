@@ -48,8 +48,7 @@ class Twin:
         self.source, self.warehouse = database("totesys"), database("warehouse")
         conn = postgres.connect(self.source)
         try:
-            generator.create_schema(conn)
-            generator.generate(conn, scale=0.02, end=END)
+            generator.seed_new(conn, scale=0.02, end=END)
         finally:
             conn.close()
         self.env = {**stack.isolated_environment(moto_endpoint, uuid.uuid4().hex[:8]),
