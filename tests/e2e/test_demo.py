@@ -22,7 +22,7 @@ def demo_dir():
     yield path
     if (path / "pg").exists():
         with contextlib.suppress(Exception):
-            stack.start_postgres(path / "pg").server.cleanup()
+            stack.stop_postgres(path / "pg")  # whatever left it running; never starts it again
     shutil.rmtree(path, ignore_errors=True)
 
 
