@@ -28,7 +28,7 @@ from totes.manifest import IngestManifest, ProcessedManifest
 from totes.warehouse_schema import TABLES
 from totes_local import generator, runner, simulator, stack
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 #: the history's end, fixed so that both sources are generated identical.
 END = datetime(2026, 11, 2, 18, 0)

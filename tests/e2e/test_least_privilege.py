@@ -419,6 +419,7 @@ def least_privilege(postgres, moto_endpoint, enforcing_moto) -> LeastPrivilegeRu
 # ---------------------------------------------------------------------- it works with them
 
 
+@pytest.mark.slow
 def test_every_function_runs_end_to_end_with_only_its_roles_policies(least_privilege):
     summaries = least_privilege.summaries
     first, second = summaries["ingest"]
