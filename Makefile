@@ -30,8 +30,18 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# The tests run in PYTEST_WORKERS processes at once (pytest-xdist; coverage is combined across
+# them): most of the suite waits on PostgreSQL, moto, subprocesses and containers, not on the CPU,
+# so 3 workers pay even on 2 cores. --dist loadfile: a test module runs whole in one worker, its
+# tests in order, its module fixtures (a logical-decoding cluster, make invoke-all's run) once.
+# Modules that must not overlap take a lock (tests/e2e/conftest.py, aws_sam_build); not
+# xdist_group marks, which pytest-xdist 3.8.0 ignores under pytest 9.2. PYTEST_WORKERS=0 runs
+# the tests one at a time in this process.
+PYTEST_WORKERS ?= 3
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile
+
 coverage: setup
-	$(BIN)/pytest --cov --cov-report=term -q
+	$(BIN)/pytest $(PYTEST_PARALLEL) --cov --cov-report=term -q
 
 validate: setup
 	$(BIN)/sam validate --lint
@@ -79,10 +89,10 @@ unit: setup
 	$(BIN)/pytest -q tests/unit
 
 integration: setup
-	$(BIN)/pytest -q tests/integration
+	$(BIN)/pytest $(PYTEST_PARALLEL) -q tests/integration
 
 e2e: setup
-	$(BIN)/pytest -q tests/e2e
+	$(BIN)/pytest $(PYTEST_PARALLEL) -q tests/e2e
 
 demo: setup
 	$(BIN)/totes demo

@@ -130,8 +130,7 @@ def measure(scale: float, seed: int, data_dir: Any) -> Usage:
                          stack.WAREHOUSE_SECRET: postgres.secret("warehouse")})
         conn = postgres.connect("totesys")
         try:
-            generator.create_schema(conn)
-            generator.generate(conn, scale=scale, seed=seed)
+            generator.seed_new(conn, scale=scale, seed=seed)
         finally:
             conn.close()
         pipeline = LocalPipeline(stack.INGEST_BUCKET)

@@ -136,8 +136,7 @@ def totesys(postgres, database):
     name = database("totesys")
     conn = postgres.connect(name)
     try:
-        generator.create_schema(conn)
-        counts = generator.generate(conn, scale=0.02)
+        counts = generator.seed_new(conn, scale=0.02)
     finally:
         conn.close()
     return SourceDatabase(name=name, secret=postgres.secret(name), counts=counts,

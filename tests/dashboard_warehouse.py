@@ -301,8 +301,7 @@ def pipeline_warehouse(postgres, dbname: str, moto_endpoint: str, scale: float =
                         buckets=(env["INGEST_BUCKET"], env["PROCESSED_BUCKET"]))
         connection = postgres.connect(source)
         try:
-            generator.create_schema(connection)
-            generator.generate(connection, scale=scale, seed=7)
+            generator.seed_new(connection, scale=scale, seed=7)
             pipeline = LocalPipeline(env["INGEST_BUCKET"])
             pipeline.cycle()
             first_order = connection.run("SELECT min(sales_order_id) FROM sales_order")[0][0]

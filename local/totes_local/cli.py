@@ -192,8 +192,7 @@ def run_seed(args: argparse.Namespace) -> int:
     recreate = args.recreate if args.recreate is not None else not args.dsn
     started = time.perf_counter()
     with target_connection(args, recreate=recreate) as conn:
-        generator.create_schema(conn)
-        counts = generator.generate(conn, scale=args.scale, seed=args.seed, end=args.end)
+        counts = generator.seed_new(conn, scale=args.scale, seed=args.seed, end=args.end)
     elapsed = time.perf_counter() - started
     total = sum(counts.values())
     print(f"seeded totesys ({_where(args)}): scale {args.scale:g}, seed {args.seed}, "
@@ -248,6 +247,27 @@ def _stop_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the clone whose servers to stop (default: the current folder)")
 
 
+def _wait_until_ended(process: psutil.Process, seconds: float) -> None:
+    """Wait at most ``seconds`` for ``process`` to end.
+
+    A process that has ended but whose parent (the shell or script that started it in
+    the background) has not collected its exit status yet is a zombie: it has ended, but
+    psutil's own wait, polling whether the id still exists, would wait the whole timeout.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return
+            process.wait(timeout=0.5)
+            return
+        except psutil.NoSuchProcess:
+            return
+        except psutil.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                return
+
+
 def run_stop(args: argparse.Namespace) -> int:
     """Stop every embedded server of the clone, and a ``totes local-stack`` serving one.
 
@@ -258,8 +278,7 @@ def run_stop(args: argparse.Namespace) -> int:
     for folder in stack.local_servers(root):
         for process in stack.local_stack_processes(folder):
             process.terminate()  # it stops moto and its server on SIGTERM
-            with contextlib.suppress(psutil.TimeoutExpired):  # then its server is stopped below
-                process.wait(timeout=LOCAL_STACK_STOP_SECONDS)
+            _wait_until_ended(process, LOCAL_STACK_STOP_SECONDS)  # else its server is stopped below
             print(f"stopped totes local-stack (pid {process.pid})")
         if stack.stop_postgres(folder):
             print(f"stopped the embedded PostgreSQL in {folder.relative_to(root)}")

@@ -206,8 +206,7 @@ def run(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             conn = postgres.connect("totesys")
             try:
-                generator.create_schema(conn)
-                seeded = generator.generate(conn, scale=args.scale, seed=args.seed)
+                seeded = generator.seed_new(conn, scale=args.scale, seed=args.seed)
             finally:
                 conn.close()
             print(f"seeded totesys: {sum(seeded.values()):,} rows in 11 tables "

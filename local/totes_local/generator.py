@@ -144,6 +144,19 @@ def recreate_empty_source(postgres: "stack.Postgres", name: str) -> None:
         conn.close()
 
 
+def seed_new(conn: pg8000.native.Connection, scale: float = 1.0, seed: int = 42,
+             end: datetime | None = None) -> dict[str, int]:
+    """Make a new totesys in the empty database behind ``conn``: schema, then history.
+
+    What every new source starts as (``totes seed``, the demo, the local stack, the
+    benchmarks, the tests' sources): one function, so they all build the same database
+    the same way, and a change to how a source is made is made once. Returns rows per
+    table, as :func:`generate` does.
+    """
+    create_schema(conn)
+    return generate(conn, scale=scale, seed=seed, end=end)
+
+
 def ddl_statements() -> list[str]:
     """The statements of ``totesys.sql``, comments dropped, in order."""
     ddl = resources.files("totes_local").joinpath("totesys.sql").read_text()

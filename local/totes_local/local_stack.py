@@ -208,8 +208,7 @@ def serve(data_dir: Path, *, binds: Sequence[str] = ("127.0.0.1",), moto_port: i
             stack.provision(secrets)
         conn = postgres.connect("totesys")
         try:
-            generator.create_schema(conn)
-            generator.generate(conn, scale=scale, seed=seed)
+            generator.seed_new(conn, scale=scale, seed=seed)
         finally:
             conn.close()
         yield LocalStack(endpoint, (binds[0], postgres_port), secrets, postgres.password)

@@ -1,4 +1,7 @@
 """The whole pipeline on a generated totesys: all three handlers, PostgreSQL, moto server."""
+import fcntl
+from pathlib import Path
+
 import pytest
 from pipeline_kit import PipelineUnderTest
 
@@ -14,3 +17,21 @@ def e2e(aws, postgres, database, totesys):
                      aws["WAREHOUSE_SECRET_ID"]: postgres.secret(warehouse)}, buckets=())
     return PipelineUnderTest(source=totesys, warehouse=warehouse, env=aws, postgres=postgres,
                              pipeline=LocalPipeline(aws["INGEST_BUCKET"]))
+
+
+@pytest.fixture(scope="module")
+def aws_sam_build():
+    """The checkout's ``.aws-sam`` to this test module alone while it runs.
+
+    ``make test`` runs test modules in parallel (pytest-xdist); test_invoke_all runs
+    ``sam build``, which replaces the ``.aws-sam/build`` test_built_artifacts reads, so
+    each of them holds this lock (an flock, freed if the process dies) for its whole module.
+    """
+    folder = Path(__file__).resolve().parents[2] / ".aws-sam"
+    folder.mkdir(exist_ok=True)
+    with open(folder / "tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield folder
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -19,6 +19,9 @@ from totes_local import cfn, pandas_layer, stack
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / ".aws-sam" / "build"
+#: test_invoke_all's ``sam build`` replaces .aws-sam/build, which these tests read: never both
+#: at once when ``make test`` runs modules in parallel.
+pytestmark = pytest.mark.usefixtures("aws_sam_build")
 FUNCTIONS = ("IngestFunction", "TransformFunction", "LoadFunction", "AuditFunction",
              "PublishFunction")
 

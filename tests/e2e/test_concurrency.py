@@ -28,7 +28,7 @@ from totes.manifest import IngestManifest, ProcessedManifest
 from totes.warehouse_schema import TABLES
 from totes_local import generator, runner, simulator, stack
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 #: the history's end, fixed so that both sources are generated identical.
 END = datetime(2026, 11, 2, 18, 0)
@@ -48,8 +48,7 @@ class Twin:
         self.source, self.warehouse = database("totesys"), database("warehouse")
         conn = postgres.connect(self.source)
         try:
-            generator.create_schema(conn)
-            generator.generate(conn, scale=0.02, end=END)
+            generator.seed_new(conn, scale=0.02, end=END)
         finally:
             conn.close()
         self.env = {**stack.isolated_environment(moto_endpoint, uuid.uuid4().hex[:8]),

@@ -21,9 +21,10 @@ CHARTS = 10
 #: Streamlit's first category colour, which every chart on the page uses.
 STREAMLIT_BLUE = (0, 104, 201)
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     CHROMIUM is None,
-    reason="no chromium on this machine (CI installs it: apt-get install chromium)")
+    reason="no chromium on this machine (CI installs it: apt-get install chromium)"),
+    pytest.mark.slow]
 
 
 def free_port() -> int:

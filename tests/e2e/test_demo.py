@@ -22,10 +22,11 @@ def demo_dir():
     yield path
     if (path / "pg").exists():
         with contextlib.suppress(Exception):
-            stack.start_postgres(path / "pg").server.cleanup()
+            stack.stop_postgres(path / "pg")  # whatever left it running; never starts it again
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_demo_runs_two_cycles_and_prints_a_readable_summary(demo_dir, capsys):
     status = cli.main(["demo", "--dir", str(demo_dir), "--scale", "0.02", "--steps", "3"])
     out = capsys.readouterr().out
@@ -52,6 +53,7 @@ def test_demo_runs_two_cycles_and_prints_a_readable_summary(demo_dir, capsys):
     assert str(current) in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_demo_ends_with_the_audit_and_totes_audit_prints_it_table_by_table(demo_dir, capsys):
     assert cli.main(["demo", "--dir", str(demo_dir), "--scale", "0.02", "--steps", "2"]) == 0
     out = capsys.readouterr().out
@@ -82,6 +84,7 @@ def test_audit_without_a_demo_says_what_to_do(demo_dir, capsys):
     assert "run make demo first" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_in_a_relative_folder_keeps_logs_and_bucket_files_to_browse(
         demo_dir, capsys, monkeypatch):
     monkeypatch.chdir(demo_dir.parent)
@@ -96,6 +99,7 @@ def test_demo_in_a_relative_folder_keeps_logs_and_bucket_files_to_browse(
     assert list((demo_dir / "s3").glob("*/fact_sales_order/**/*.parquet"))
 
 
+@pytest.mark.slow
 def test_demo_in_logical_mode_keeps_both_amendments_of_the_order(demo_dir, capsys, monkeypatch):
     monkeypatch.setenv("CAPTURE_MODE", "logical")
     status = cli.main(["demo", "--dir", str(demo_dir), "--scale", "0.02", "--steps", "1"])

@@ -32,6 +32,9 @@ BUILT_LAYER = REPO / ".aws-sam" / "build" / "SharedLayer" / "python"
 PROBE = Path(__file__).with_name("layer_probe.py")
 #: SAM's tag of the runtime's base image: the images it builds add the layers' digest to it.
 RUNTIME_TAG = "python:3.11-x86_64"
+#: its ``sam build`` replaces the checkout's .aws-sam/build, which test_built_artifacts reads:
+#: never both at once when ``make test`` runs modules in parallel.
+pytestmark = [pytest.mark.usefixtures("aws_sam_build"), pytest.mark.slow]
 
 
 def _docker_problem() -> str | None:

@@ -27,6 +27,7 @@ def change_source(e2e) -> None:
         conn.close()
 
 
+@pytest.mark.slow
 def test_the_lake_follows_the_warehouse_change_after_change_and_revision(
         e2e, capsys, monkeypatch):
     monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")

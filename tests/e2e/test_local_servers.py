@@ -56,6 +56,7 @@ def test_a_user_killed_without_its_exit_hook_no_longer_keeps_the_server_running(
     assert not stack.is_running(demo_dir / "pg"), "a dead user's id kept the server running"
 
 
+@pytest.mark.slow
 def test_logical_demo_restarts_a_server_another_process_is_using(demo_dir):
     holder = hold(demo_dir / "pg")
     try:

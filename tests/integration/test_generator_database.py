@@ -116,8 +116,7 @@ def test_same_seed_gives_the_same_database(postgres, database):
     for _ in range(2):
         conn = postgres.connect(database("same"))
         try:
-            generator.create_schema(conn)
-            generator.generate(conn, scale=0.02, seed=5)
+            generator.seed_new(conn, scale=0.02, seed=5)
             digests.append(_fingerprint(conn))
         finally:
             conn.close()
@@ -149,8 +148,7 @@ def test_the_size_help_texts_give_is_what_generate_writes(postgres, database):
     name = database("sized")
     conn = postgres.connect(name)
     try:
-        generator.create_schema(conn)
-        written = sum(generator.generate(conn, scale=0.2, seed=42).values())
+        written = sum(generator.seed_new(conn, scale=0.2, seed=42).values())
     finally:
         conn.close()
     assert abs(written - generator.expected_rows(0.2)) < 0.03 * written

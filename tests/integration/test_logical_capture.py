@@ -231,6 +231,7 @@ def test_a_crash_anywhere_ends_identical_to_a_clean_run(source, aws, monkeypatch
     assert slot_confirmed(source) == manifests(bucket)[-1]["logical"]["lsn"]
 
 
+@pytest.mark.slow
 def test_a_100k_row_transaction_drains_over_runs_within_the_budget_in_bounded_memory(
         source, aws, monkeypatch):
     monkeypatch.setenv("INGEST_MAX_ROWS_PER_RUN", "30000")

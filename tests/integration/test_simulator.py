@@ -83,8 +83,7 @@ def test_same_seed_on_the_same_data_simulates_the_same_changes(postgres, databas
     for _ in range(2):
         connection = postgres.connect(database("simsame"))
         try:
-            generator.create_schema(connection)
-            generator.generate(connection, scale=0.02, seed=1)
+            generator.seed_new(connection, scale=0.02, seed=1)
             summaries.append(simulator.simulate(connection, steps=12, seed=9))
         finally:
             connection.close()
