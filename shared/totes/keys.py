@@ -97,6 +97,20 @@ def _run_of(match: "re.Match[str] | None") -> RunId | None:
     return run if match["date"] == run.date_path else None
 
 
+def _table_and_run(layout: "re.Pattern[str]", key: str, flag: str | None = None,
+                   flagged: bool = False) -> tuple[str, RunId] | None:
+    """(table, run) of a key that fully matches ``layout``, its group ``flag`` set as wanted.
+
+    Every per-table layout (ingest data, sweeps, processed objects, reference
+    snapshots) is read this way, so each refuses a key off its layout alike.
+    """
+    match = layout.fullmatch(key)
+    run = _run_of(match)
+    if match is None or run is None or (flag is not None and bool(match[flag]) != flagged):
+        return None
+    return match["table"], run
+
+
 def successor_claim_key(previous_manifest: str | None) -> str:
     """Key of the claim on the one run that may commit after ``previous_manifest``.
 
@@ -127,11 +141,7 @@ def parse_sweep_key(key: str, *, captured: bool = False) -> tuple[str, RunId] | 
 
     None for any other key: a manifest that points elsewhere is refused by its reader.
     """
-    match = _SWEEP_KEY.fullmatch(key)
-    run = _run_of(match)
-    if match is None or run is None or bool(match["captured"]) != captured:
-        return None
-    return match["table"], run
+    return _table_and_run(_SWEEP_KEY, key, "captured", captured)
 
 
 def parse_data_key(key: str, *, deleted: bool = False) -> tuple[str, RunId] | None:
@@ -139,11 +149,7 @@ def parse_data_key(key: str, *, deleted: bool = False) -> tuple[str, RunId] | No
 
     None for any other key: a manifest that lists another key is refused by its reader.
     """
-    match = _DATA_KEY.fullmatch(key)
-    run = _run_of(match)
-    if match is None or run is None or bool(match["deleted"]) != deleted:
-        return None
-    return match["table"], run
+    return _table_and_run(_DATA_KEY, key, "deleted", deleted)
 
 
 def parse_processed_manifest_key(key: str) -> RunId | None:
@@ -157,18 +163,12 @@ def parse_processed_key(key: str, *, deleted: bool = False) -> tuple[str, RunId]
     The layout :func:`attempt_data_key` writes; None for any other key, which a
     processed manifest's reader refuses to follow.
     """
-    match = _PROCESSED_KEY.fullmatch(key)
-    run = _run_of(match)
-    if match is None or run is None or bool(match["deleted"]) != deleted:
-        return None
-    return match["table"], run
+    return _table_and_run(_PROCESSED_KEY, key, "deleted", deleted)
 
 
 def parse_reference_key(key: str) -> tuple[str, RunId] | None:
     """Return (table, run) of a reference snapshot's key (:func:`reference_key`), else None."""
-    match = _REFERENCE_KEY.fullmatch(key)
-    run = _run_of(match)
-    return None if match is None or run is None else (match["table"], run)
+    return _table_and_run(_REFERENCE_KEY, key)
 
 
 def parse_run_id(text: str) -> RunId:
