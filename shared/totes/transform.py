@@ -210,21 +210,28 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buffer.getvalue()
 
 
+def _parquet_table(body: bytes) -> pa.Table:
+    """One Parquet object's bytes as the Arrow table a read of it returns."""
+    return pq.read_table(io.BytesIO(body))
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    """An Arrow table as a frame with Arrow-typed columns, as the transform works on them."""
+    return table.to_pandas(types_mapper=pd.ArrowDtype)
+
+
 def read_parquet(bucket: str, key: str) -> pd.DataFrame:
     """Read a Parquet object back into a frame with Arrow-typed columns."""
-    table = pq.read_table(io.BytesIO(storage.read_bytes(bucket, key)))
-    return table.to_pandas(types_mapper=pd.ArrowDtype)
+    return _frame(_parquet_table(storage.read_bytes(bucket, key)))
 
 
 def _reference_state(bucket: str, key: str, table: str) -> pd.DataFrame:
     """Read a reference snapshot as :func:`read_parquet` does, from memory when it is the last."""
     known = _REFERENCE_STATES.get(table)
-    if known is not None and known[:2] == (bucket, key):
-        arrow = known[2]
-    else:
-        arrow = pq.read_table(io.BytesIO(storage.read_bytes(bucket, key)))
-        _REFERENCE_STATES[table] = (bucket, key, arrow)
-    return arrow.to_pandas(types_mapper=pd.ArrowDtype)
+    if known is None or known[:2] != (bucket, key):
+        known = _REFERENCE_STATES[table] = (bucket, key,
+                                            _parquet_table(storage.read_bytes(bucket, key)))
+    return _frame(known[2])
 
 
 def _decode(bucket: str, key: str) -> list[dict[str, Any]]:
@@ -315,8 +322,7 @@ def _reference_dimensions(attempt: _TransformAttempt,
             body = parquet_bytes(pa.Table.from_pandas(state[table], preserve_index=False))
             storage.put_new_object(attempt.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
             new_pointers[table] = key
-            _REFERENCE_STATES[table] = (attempt.processed_bucket, key,
-                                        pq.read_table(io.BytesIO(body)))
+            _REFERENCE_STATES[table] = (attempt.processed_bucket, key, _parquet_table(body))
     return new_pointers
 
 
