@@ -20,12 +20,11 @@ import contextlib
 import os
 import sys
 import time
-import uuid
 from typing import Any
 
 from benchmarks.bench_ingest import generate_source
-from benchmarks.common import (MB, current_rss, local_stack, options, parse, peak_rss,
-                               run_in_fresh_process)
+from benchmarks.common import (MB, bench_environment, current_rss, local_stack, options, parse,
+                               peak_rss, run_in_fresh_process)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -39,11 +38,8 @@ def build_warehouse(postgres: Any, endpoint: str,
     from totes_local import stack
     from totes_local.runner import LocalPipeline
 
-    suffix = uuid.uuid4().hex[:8]
-    env = {**stack.isolated_environment(endpoint, f"bench-audit-{suffix}"),
-           "INGEST_MAX_ROWS_PER_RUN": str(10 ** 9), "LOG_LEVEL": "WARNING",
-           "POWERTOOLS_LOG_LEVEL": "WARNING"}
-    warehouse = f"bench_audit_warehouse_{suffix}"
+    env, warehouse = bench_environment(endpoint, "bench-audit",
+                                       INGEST_MAX_ROWS_PER_RUN=str(10 ** 9))
     postgres.recreate_database(warehouse)
     started = time.perf_counter()
     with stack.environment(env):

@@ -18,12 +18,11 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from datetime import timedelta
 from typing import Any
 
 from benchmarks.bench_ingest import generate_source
-from benchmarks.common import local_stack, options, parse
+from benchmarks.common import bench_environment, local_stack, options, parse
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -64,11 +63,8 @@ def measure(postgres: Any, endpoint: str, source: str, repeat: int
     from totes_local import stack
     from totes_local.runner import LocalPipeline
 
-    suffix = uuid.uuid4().hex[:8]
-    env = {**stack.isolated_environment(endpoint, f"bench-cycle-{suffix}"),
-           "INGEST_MAX_ROWS_PER_RUN": str(10 ** 9), "LOG_LEVEL": "WARNING",
-           "POWERTOOLS_LOG_LEVEL": "WARNING"}
-    warehouse = f"bench_cycle_warehouse_{suffix}"
+    env, warehouse = bench_environment(endpoint, "bench-cycle",
+                                       INGEST_MAX_ROWS_PER_RUN=str(10 ** 9))
     postgres.recreate_database(warehouse)
     cycles: dict[str, list[dict[str, float]]] = {"idle": [], "one order": []}
     with stack.environment(env):

@@ -21,12 +21,11 @@ import inspect
 import os
 import sys
 import time
-import uuid
 from typing import Any
 
 from benchmarks.bench_ingest import generate_source
-from benchmarks.common import (MB, current_rss, local_stack, options, parse, peak_rss,
-                               run_in_fresh_process)
+from benchmarks.common import (MB, bench_environment, current_rss, local_stack, options, parse,
+                               peak_rss, run_in_fresh_process)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -51,10 +50,7 @@ def backfill(postgres: Any, endpoint: str,
     import logging
 
     name, source_rows = generate_source(postgres, args.scale, args.seed, args.reuse)
-    suffix = uuid.uuid4().hex[:8]
-    env = {**stack.isolated_environment(endpoint, f"bench-publish-{suffix}"),
-           "CHUNK_ROWS": str(args.chunk_rows), "LOG_LEVEL": "WARNING",
-           "POWERTOOLS_LOG_LEVEL": "WARNING"}
+    env, _ = bench_environment(endpoint, "bench-publish", CHUNK_ROWS=str(args.chunk_rows))
     if args.max_rows_per_run:
         env["INGEST_MAX_ROWS_PER_RUN"] = str(args.max_rows_per_run)
     manifests: list[str] = []

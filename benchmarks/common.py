@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 import resource
+import uuid
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -112,6 +113,21 @@ def local_stack(data_dir: Path, *, logical: bool = False) -> Iterator[tuple[Any,
         postgres = stack.with_logical_decoding(postgres)
     with moto_server() as endpoint:
         yield postgres, endpoint
+
+
+def bench_environment(endpoint: str, name: str, **settings: str) -> tuple[dict[str, str], str]:
+    """A fresh pipeline environment for one run of benchmark ``name``, and its warehouse's name.
+
+    Bucket names, secret ids and the warehouse database are unique to the run, so runs share
+    one moto server and PostgreSQL without sharing state; the functions log at WARNING only,
+    since what the benchmark prints is its measurements. ``settings`` are added to it.
+    """
+    from totes_local import stack
+
+    suffix = uuid.uuid4().hex[:8]
+    env = {**stack.isolated_environment(endpoint, f"{name}-{suffix}"), "LOG_LEVEL": "WARNING",
+           "POWERTOOLS_LOG_LEVEL": "WARNING", **settings}
+    return env, f"{name.replace('-', '_')}_warehouse_{suffix}"
 
 
 def run_in_fresh_process(function: Callable[..., Result], *args: Any) -> Result:
