@@ -107,23 +107,31 @@ class SourceIdentity:
     and kept by its physical copies (replicas, backups restored); ``timeline``
     (``pg_control_checkpoint()``) goes up each time one of them is promoted or
     recovered to a point in time. Either is None when the login may not read it.
-    Together with the snapshot's ``xmax`` they tell a run that the database it
-    reads is not the history its cursors were taken in (:func:`resync_reason`).
+    ``started`` (``pg_postmaster_start_time()``, readable by every login) changes
+    whenever the server starts, which a restore from a cold backup or a storage
+    snapshot must do: it keeps both of the others. None in manifests written
+    before it was recorded. Together with the snapshot's ``xmax`` they tell a run
+    that the database it reads may not be the history its cursors were taken in
+    (:func:`resync_reason`).
     """
 
     system_identifier: str | None = None
     timeline: int | None = None
+    started: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Return the manifest's ``source`` object."""
-        return {"system_identifier": self.system_identifier, "timeline": self.timeline}
+        return {"system_identifier": self.system_identifier, "timeline": self.timeline,
+                "started": self.started}
 
     @classmethod
     def from_json(cls, fields: Mapping[str, Any]) -> "SourceIdentity":
         """Rebuild an identity from its manifest fields."""
         identifier, timeline = fields.get("system_identifier"), fields.get("timeline")
+        started = fields.get("started")
         return cls(None if identifier is None else str(identifier),
-                   None if timeline is None else int(timeline))
+                   None if timeline is None else int(timeline),
+                   None if started is None else str(started))
 
 
 def resync_reason(previous: Snapshot | None, previous_source: SourceIdentity | None,
@@ -134,7 +142,11 @@ def resync_reason(previous: Snapshot | None, previous_source: SourceIdentity | N
     that was behind, or a secret pointed at a lagging replica all take the
     transaction counter back: rows written since the previous run may carry xids
     its cursors count as already read. Detected by a changed system identifier
-    or timeline (when both runs could read them) or by ``xmax`` going backwards.
+    or timeline (when both runs could read them), by ``xmax`` going backwards, or
+    by the server having started since the previous run: once the restored
+    server has used more xids than the restore took back, ``xmax`` is ahead again
+    and only the restart is left to tell, and a restart cannot be told from a
+    restore (a clean restart costs one needless re-read).
     """
     if previous is None:
         return None
@@ -149,6 +161,9 @@ def resync_reason(previous: Snapshot | None, previous_source: SourceIdentity | N
     if current.xmax < previous.xmax:
         return (f"the source's transaction counter went back from {previous.xmax} to "
                 f"{current.xmax} (restored from a backup, or a replica that is behind)")
+    if None not in (before.started, source.started) and before.started != source.started:
+        return (f"the source's server restarted (at {source.started}, was running since "
+                f"{before.started}): a restore from a backup cannot be told from a restart")
     return None
 
 

@@ -138,21 +138,24 @@ class ReadPoint:
 
 
 def source_identity(conn: pg8000.native.Connection) -> SourceIdentity:
-    """Return the source's system identifier and timeline, each None if the login may not read it.
+    """Return the source's identity: system identifier, timeline and server start.
 
     ``pg_control_system()`` and ``pg_control_checkpoint()`` may be closed to
     ordinary logins; the privilege is checked first, so a refusal never raises
-    (docs/ingest.md names the GRANT). Read just before the run's transaction: a
-    failover or a restore ends every connection, so neither can change in between.
+    (docs/ingest.md names the GRANT) and leaves that field None. The server's
+    start time is open to every login. Read just before the run's transaction: a
+    failover or a restore ends every connection, so none can change in between.
     """
-    [[system, checkpoint]] = conn.run(
+    [[system, checkpoint, started]] = conn.run(
         "SELECT has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE'), "
-        "has_function_privilege('pg_catalog.pg_control_checkpoint()', 'EXECUTE')")
+        "has_function_privilege('pg_catalog.pg_control_checkpoint()', 'EXECUTE'), "
+        "to_char(pg_catalog.pg_postmaster_start_time() AT TIME ZONE 'UTC', "
+        "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
     identifier = (conn.run("SELECT system_identifier::text FROM pg_catalog.pg_control_system()")
                   [0][0] if system else None)
     timeline = (conn.run("SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()")[0][0]
                 if checkpoint else None)
-    return SourceIdentity(identifier, None if timeline is None else int(timeline))
+    return SourceIdentity(identifier, None if timeline is None else int(timeline), str(started))
 
 
 def lock_tables(conn: pg8000.native.Connection, tables: Iterable[str]) -> None:

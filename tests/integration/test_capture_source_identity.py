@@ -9,14 +9,16 @@ from test_ingest import latest_manifest, seed_one_of_each
 
 def test_each_manifest_records_the_clusters_identity_and_timeline(source_db, aws):
     seed_one_of_each(source_db)
-    [[identifier, timeline]] = source_db.run(
+    [[identifier, timeline, started]] = source_db.run(
         "SELECT (SELECT system_identifier::text FROM pg_control_system()), "
-        "(SELECT timeline_id FROM pg_control_checkpoint())")
+        "(SELECT timeline_id FROM pg_control_checkpoint()), "
+        "pg_postmaster_start_time() AT TIME ZONE 'UTC'")
 
     report = ingest.run_ingest()
 
     assert latest_manifest(aws["INGEST_BUCKET"])["source"] == {
-        "system_identifier": identifier, "timeline": timeline}
+        "system_identifier": identifier, "timeline": timeline,
+        "started": started.isoformat(timespec="microseconds") + "Z"}
     assert report.resync is None and report.summary()["resync"] is None
 
 
@@ -36,5 +38,6 @@ def test_a_login_that_may_not_read_pg_control_still_ingests_and_records_no_ident
     second = ingest.run_ingest()
 
     assert first.total_rows > 0 and second.resync is None
-    assert latest_manifest(aws["INGEST_BUCKET"])["source"] == {
-        "system_identifier": None, "timeline": None}
+    source = latest_manifest(aws["INGEST_BUCKET"])["source"]
+    assert source["system_identifier"] is None and source["timeline"] is None
+    assert source["started"]      # pg_postmaster_start_time() is open to every login

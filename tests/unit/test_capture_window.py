@@ -97,7 +97,8 @@ def test_a_cursor_round_trips_through_its_manifest_fields():
     assert TableCursor.from_json({}) == TableCursor()
 
 
-PRIMARY = SourceIdentity("7441281470123456789", 1)
+STARTED = "2026-11-27T08:00:00.123456Z"
+PRIMARY = SourceIdentity("7441281470123456789", 1, STARTED)
 
 
 @pytest.mark.parametrize("source, current, expected", [
@@ -107,6 +108,11 @@ PRIMARY = SourceIdentity("7441281470123456789", 1)
     (SourceIdentity(), Snapshot(800, 800), "went back from 850 to 800"),
     (SourceIdentity("7441281470123456789", 2), Snapshot(900, 905), "timeline changed from 1 to 2"),
     (SourceIdentity("7000000000000000001", 1), Snapshot(900, 905), "another cluster"),
+    # A cold backup or storage snapshot restored keeps the identifier and the timeline; once
+    # its counter has passed the previous run's, only the server's new start tells.
+    (SourceIdentity("7441281470123456789", 1, "2026-11-27T09:00:00.000001Z"),
+     Snapshot(900, 905), "restarted"),
+    (SourceIdentity("7441281470123456789", 1, None), Snapshot(900, 905), None),
 ])
 def test_a_source_with_another_identity_or_an_earlier_xmax_needs_a_resync(
         source, current, expected):

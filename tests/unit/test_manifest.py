@@ -67,10 +67,12 @@ def test_a_log_based_position_round_trips_and_is_absent_from_snapshot_manifests(
 def test_the_source_identity_and_a_resync_round_trip_and_older_manifests_have_neither():
     manifest = IngestManifest(run_id="20261127T080000000Z-aa", started_at="s", finished_at="f",
                               previous_manifest=None, tables={}, snapshot=Snapshot(740, 745),
-                              source=SourceIdentity("7441281470123456789", 3),
+                              source=SourceIdentity("7441281470123456789", 3,
+                                                    "2026-11-27T07:59:00.000001Z"),
                               resync="the source's timeline changed from 2 to 3")
     document = manifest.to_json()
-    assert document["source"] == {"system_identifier": "7441281470123456789", "timeline": 3}
+    assert document["source"] == {"system_identifier": "7441281470123456789", "timeline": 3,
+                                  "started": "2026-11-27T07:59:00.000001Z"}
     assert IngestManifest.parse(document) == manifest
     unreadable = IngestManifest.parse({**document, "source": {"system_identifier": None,
                                                               "timeline": None}})
