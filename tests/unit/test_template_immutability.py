@@ -33,6 +33,8 @@ PROTECTED_ACTIONS = {
     "s3:DeleteBucketPolicy": "would remove these denies",
     "s3:DeleteBucket": "ends the bucket (possible only once it is empty)",
 }
+#: what a replication rule of another bucket does in this one, refused to every principal.
+REPLICATION_ACTIONS = ["s3:ReplicateDelete", "s3:ReplicateObject", "s3:ReplicateTags"]
 #: every bucket whose objects are written once and kept: the pipeline's two and the lake.
 IMMUTABLE = (*BUCKETS, "LakeBucket")
 NO_VALUE = {"Ref": "AWS::NoValue"}
@@ -106,6 +108,16 @@ def test_a_put_without_if_none_match_is_refused_to_everyone(bucket):
     assert deny["Resource"] == {"Fn::Sub": f"${{{bucket}.Arn}}/*"}
     # "Null": true matches a request that lacks the key: one without the If-None-Match header.
     assert deny["Condition"] == {"Null": {"s3:if-none-match": "true"}}
+
+
+@pytest.mark.parametrize("bucket", IMMUTABLE)
+def test_replication_into_a_kept_bucket_is_refused_to_everyone(bucket):
+    # A replication rule on another bucket writes here with these actions, not s3:PutObject or
+    # s3:DeleteObject: new versions of existing keys, new manifests, delete markers.
+    deny = statements(bucket)["DenyReplicationIn"]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*" and "Condition" not in deny
+    assert sorted(deny["Action"]) == REPLICATION_ACTIONS
+    assert deny["Resource"] == {"Fn::Sub": f"${{{bucket}.Arn}}/*"}
 
 
 @pytest.mark.parametrize("bucket", IMMUTABLE)
@@ -345,12 +357,13 @@ OBJECTS = {
 }
 
 
-def writes(parameters: dict[str, str]) -> dict[str, set[tuple[str, str]]]:
+def writes(parameters: dict[str, str],
+           action: str = "s3:PutObject") -> dict[str, set[tuple[str, str]]]:
     """Per principal (by name), the (bucket, key) of OBJECTS the bucket policies let it create.
 
     Every principal's own policies allow everything, so what is refused is the bucket
-    policies' doing; each write carries If-None-Match, as the pipeline's do. A request is
-    judged by its own bucket's policy only, as S3 does.
+    policies' doing; each write (``action``) carries If-None-Match, as the pipeline's do.
+    A request is judged by its own bucket's policy only, as S3 does.
     """
     stack = iam.StackTemplate(iam.Stack(name="totes", uuid="0a1b2c3d-0000-4000-8000-00000000abcd",
                                         parameters={**STACK_SECRETS, **parameters}))
@@ -364,7 +377,7 @@ def writes(parameters: dict[str, str]) -> dict[str, set[tuple[str, str]]]:
         context = {"aws:PrincipalArn": arn, "s3:if-none-match": "*", **iam.DEPLOYED_CONTEXT}
         for bucket, objects in OBJECTS.items():
             for key in objects:
-                request = Request("s3:PutObject", f"{stack.get_att(bucket, 'Arn')}/{key}", context)
+                request = Request(action, f"{stack.get_att(bucket, 'Arn')}/{key}", context)
                 physical = stack.physical_name(bucket)
                 if evaluate(request, {"own": EVERYTHING}, {physical: policies[physical]},
                             principal=arn).allowed:
@@ -399,6 +412,13 @@ def test_a_named_operator_role_and_the_break_glass_role_may_write_markers_and_no
     found = writes({"OperatorRoleArn": OPERATOR, "BreakGlassRoleArn": GIVEN_ROLE})
     assert {name: keys for name, keys in found.items() if keys} == expected_writes(
         "operator", "break_glass")
+
+
+@pytest.mark.parametrize("action", REPLICATION_ACTIONS)
+def test_nobody_may_replicate_an_object_or_a_delete_marker_into_a_kept_bucket(action):
+    for parameters in ({}, {"OperatorRoleArn": OPERATOR, "BreakGlassRoleArn": GIVEN_ROLE}):
+        found = writes(parameters, action)
+        assert {name: keys for name, keys in found.items() if keys} == {}, parameters
 
 
 def test_the_operator_role_is_optional_and_must_be_a_role_arn():
