@@ -161,10 +161,21 @@ def resync_reason(previous: Snapshot | None, previous_source: SourceIdentity | N
     if current.xmax < previous.xmax:
         return (f"the source's transaction counter went back from {previous.xmax} to "
                 f"{current.xmax} (restored from a backup, or a replica that is behind)")
-    if None not in (before.started, source.started) and before.started != source.started:
+    if server_restarted(before, source):
         return (f"the source's server restarted (at {source.started}, was running since "
                 f"{before.started}): a restore from a backup cannot be told from a restart")
     return None
+
+
+def server_restarted(before: SourceIdentity | None, source: SourceIdentity) -> bool:
+    """Say whether the server started since ``before`` was read (False when either is unknown).
+
+    A restore from a cold backup or a storage snapshot keeps the system identifier
+    and the timeline: once the restored server's counters (xids, WAL) have passed
+    the last run's, its start is all that tells the history changed.
+    """
+    return (before is not None and None not in (before.started, source.started)
+            and before.started != source.started)
 
 
 def full_xid(xid32: int, current: Snapshot) -> int:

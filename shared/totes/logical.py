@@ -381,8 +381,8 @@ def check_position(conn: pg8000.native.Connection, position: LogicalPosition,
 
 
 def resume(conn: pg8000.native.Connection, position: LogicalPosition,
-           publication: PublicationState,
-           manifest_key: str | None = None) -> tuple[LogicalPosition, Resync | None]:
+           publication: PublicationState, manifest_key: str | None = None,
+           server_restarted: bool = False) -> tuple[LogicalPosition, Resync | None]:
     """Bring the slot to ``position`` (a committed manifest's) before reading from it.
 
     A run that failed after committing its manifest but before advancing the slot
@@ -392,7 +392,12 @@ def resume(conn: pg8000.native.Connection, position: LogicalPosition,
     dropped and made again (its history no longer resolves: every read would
     fail with 42704) cannot give the changes after the position: it is made
     again, and the returned :class:`Resync` says every table must be re-read by
-    snapshot, as on the first day. A slot ahead of the position (another consumer
+    snapshot, as on the first day. So is a slot behind the position on a server
+    that started since the position was committed (``server_restarted``): a restore from a backup
+    brings the slot back with the rest, and once the restored server's WAL has
+    passed the position, advancing the slot would skip every change written since
+    the restore; a crash that lost the slot's last advance looks the same, and
+    costs one needless re-read. A slot ahead of the position (another consumer
     read it with ``get``, or it was advanced by hand) is refused: something else
     uses it, and a person must decide.
     """
@@ -406,6 +411,10 @@ def resume(conn: pg8000.native.Connection, position: LogicalPosition,
         reason = f"the replication slot was invalidated: {state.invalidated}"
     elif remade:
         reason = "the publication was dropped and made again since the last run"
+    elif server_restarted and state.confirmed < pgoutput.parse_lsn(position.lsn):
+        reason = ("the source's server restarted since the last run and the replication slot "
+                  f"is behind that run's position ({pgoutput.lsn_text(state.confirmed)}): a "
+                  "restore from a backup cannot be told from a crash that lost its last advance")
     if reason is not None or state is None:  # (a missing slot always has its reason)
         if state is not None:
             drop_slot(conn, position.slot)

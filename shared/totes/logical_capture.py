@@ -13,7 +13,7 @@ from datetime import datetime
 import pg8000.native
 
 from totes import config, db, extract, logical, observability, pgoutput, sweep
-from totes.capture import TableCursor
+from totes.capture import TableCursor, server_restarted
 from totes.capture_mode import CaptureRequest, Captured, IngestSettings, ObjectWriter
 from totes.manifest import IngestManifest, LogicalPosition, TableEntry
 from totes.snapshot_capture import extract_table, read_source
@@ -107,7 +107,9 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
     lookup = None
     try:
         publication = logical.check_publication(conn, position.publication)
-        position, lost = logical.resume(conn, position, publication, request.previous_key)
+        restarted = server_restarted(previous.source, extract.source_identity(conn))
+        position, lost = logical.resume(conn, position, publication, request.previous_key,
+                                        restarted)
         restart = set(publication.resync) | set(lost.tables if lost else ())
         reason = lost.reason if lost else ("the publication had drifted" if restart else None)
         resync = [table for table in SOURCE_TABLES if table in restart or table in position.resync]

@@ -271,6 +271,47 @@ def test_a_restore_whose_counter_overtook_the_last_run_before_the_next_still_res
     assert_audit_clean(e2e)
 
 
+def test_a_restore_under_log_based_capture_whose_wal_passed_the_slot_position_resyncs(
+        cluster, monkeypatch, captured_logs):
+    made, e2e = cluster
+    made.postgres = stack.with_logical_decoding(made.postgres)
+    monkeypatch.setenv("CAPTURE_MODE", "logical")
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
+    e2e.pipeline.cycle()                       # the backfill, then the slot from here on
+    e2e.pipeline.cycle()
+    backup = made.data_dir.parent / "backup"
+    backup.mkdir()
+    made.stop()
+    made.copy_to(backup)                       # the slot too, at the last run's position
+    made.start()
+    conn = made.connect()
+    try:
+        business(conn, seed=5, steps=6)        # lost by the restore
+    finally:
+        conn.close()
+    e2e.pipeline.cycle()                       # the slot moves past the backup's WAL
+    made.stop()
+    subprocess.run(["rm", "-rf", str(made.data_dir)], check=True)  # nosec B603 B607
+    made.data_dir.mkdir()
+    subprocess.run(["cp", "-a", f"{backup}/.", str(made.data_dir)], check=True)  # nosec
+    made.start()
+    conn = made.connect()
+    try:
+        business(conn, seed=9, steps=1)        # WAL the last run's position counts as read
+        conn.run("SELECT pg_switch_wal()")     # the WAL passes that position
+        conn.run("CREATE TEMPORARY TABLE noise AS SELECT 1 AS n")
+    finally:
+        conn.close()
+
+    resynced = e2e.pipeline.cycle()
+
+    [warning] = [line for line in captured_logs() if line["level"] == "WARNING"
+                 and line["message"].startswith("source re-sync")]
+    assert "restarted" in warning["message"] and "slot is behind" in warning["message"]
+    assert resynced.ingest["resync"]
+    assert_audit_clean(e2e)
+
+
 def test_an_orphaned_prepared_transaction_is_named_and_its_floor_age_measured(
         cluster, monkeypatch, captured_logs, capsys):
     made, e2e = cluster
