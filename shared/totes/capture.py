@@ -105,8 +105,9 @@ class SourceIdentity:
 
     ``system_identifier`` (``pg_control_system()``) is fixed when a cluster is made
     and kept by its physical copies (replicas, backups restored); ``timeline``
-    (``pg_control_checkpoint()``) goes up each time one of them is promoted or
-    recovered to a point in time. Either is None when the login may not read it.
+    (the one WAL is written on, :func:`totes.extract.source_identity`) goes up
+    each time one of them is promoted or recovered to a point in time. Either is
+    None when the login may not read it.
     ``started`` (``pg_postmaster_start_time()``, readable by every login) changes
     whenever the server starts, which a restore from a cold backup or a storage
     snapshot must do: it keeps both of the others. None in manifests written

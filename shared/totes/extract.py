@@ -141,20 +141,33 @@ def source_identity(conn: pg8000.native.Connection) -> SourceIdentity:
     """Return the source's identity: system identifier, timeline and server start.
 
     ``pg_control_system()`` and ``pg_control_checkpoint()`` may be closed to
-    ordinary logins; the privilege is checked first, so a refusal never raises
-    (docs/ingest.md names the GRANT) and leaves that field None. The server's
-    start time is open to every login. Read just before the run's transaction: a
+    ordinary logins, and so may the WAL functions; each privilege is checked
+    first, so a refusal never raises (docs/ingest.md names the GRANT) and leaves
+    that field None. The timeline is the one WAL is written on now (the first
+    eight hex digits of the current WAL file's name): ``pg_control_checkpoint()``
+    goes on naming the old one until the first checkpoint after a promotion, so
+    a run in between would miss it and the run after it re-sync a second time.
+    A standby writes no WAL: there the checkpoint's is read. The server's start
+    time is open to every login. Read just before the run's transaction: a
     failover or a restore ends every connection, so none can change in between.
     """
-    [[system, checkpoint, started]] = conn.run(
+    [[system, checkpoint, wal, recovering, started]] = conn.run(
         "SELECT has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE'), "
         "has_function_privilege('pg_catalog.pg_control_checkpoint()', 'EXECUTE'), "
+        "has_function_privilege('pg_catalog.pg_walfile_name(pg_lsn)', 'EXECUTE') "
+        "AND has_function_privilege('pg_catalog.pg_current_wal_lsn()', 'EXECUTE'), "
+        "pg_catalog.pg_is_in_recovery(), "
         "to_char(pg_catalog.pg_postmaster_start_time() AT TIME ZONE 'UTC', "
         "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
     identifier = (conn.run("SELECT system_identifier::text FROM pg_catalog.pg_control_system()")
                   [0][0] if system else None)
-    timeline = (conn.run("SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()")[0][0]
-                if checkpoint else None)
+    if wal and not recovering:
+        timeline = conn.run("SELECT ('x' || substr(pg_catalog.pg_walfile_name("
+                            "pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::integer")[0][0]
+    elif checkpoint:
+        timeline = conn.run("SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()")[0][0]
+    else:
+        timeline = None
     return SourceIdentity(identifier, None if timeline is None else int(timeline), str(started))
 
 

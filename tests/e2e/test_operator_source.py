@@ -284,6 +284,38 @@ def test_a_restore_whose_counter_overtook_the_last_run_before_the_next_still_res
     assert_audit_clean(e2e)
 
 
+def test_a_promotion_to_a_new_timeline_resyncs_naming_the_timeline(cluster, monkeypatch,
+                                                                   captured_logs):
+    made, e2e = cluster
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
+    e2e.pipeline.cycle()
+    made.stop()
+    (made.data_dir / "standby.signal").touch()   # start as a standby of nothing, then promote
+    made.start()
+    conn = made.connect()
+    try:
+        assert conn.run("SELECT pg_is_in_recovery()") == [[True]]
+        assert conn.run("SELECT pg_promote(true, 60)") == [[True]]
+        # No checkpoint yet: pg_control_checkpoint() still names timeline 1 here.
+        business(conn, seed=9, steps=2)
+    finally:
+        conn.close()
+
+    resynced = e2e.pipeline.cycle()
+    conn = made.connect()
+    try:
+        conn.run("CHECKPOINT")                   # now pg_control_checkpoint() says 2 too
+    finally:
+        conn.close()
+    again = e2e.pipeline.cycle()
+
+    [warning] = [line for line in captured_logs() if line["level"] == "WARNING"
+                 and line["message"].startswith("source re-sync")]
+    assert "timeline changed from 1 to 2" in warning["message"]
+    assert resynced.ingest["resync"] and again.ingest["resync"] is None
+    assert_audit_clean(e2e)
+
+
 def test_a_restore_under_log_based_capture_whose_wal_passed_the_slot_position_resyncs(
         cluster, monkeypatch, captured_logs):
     made, e2e = cluster

@@ -30,7 +30,8 @@ def test_a_login_that_may_not_read_pg_control_still_ingests_and_records_no_ident
     source_db.run(f'CREATE ROLE "{role}" LOGIN')
     source_db.run(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
     source_db.run("REVOKE EXECUTE ON FUNCTION pg_catalog.pg_control_system(), "
-                  "pg_catalog.pg_control_checkpoint() FROM PUBLIC")   # this database only
+                  "pg_catalog.pg_control_checkpoint(), pg_catalog.pg_walfile_name(pg_lsn) "
+                  "FROM PUBLIC")   # this database only
     stack.provision({aws["TOTESYS_SECRET_ID"]: {**postgres.secret(dbname), "username": role}},
                     buckets=())
 
