@@ -13,11 +13,11 @@ def test_a_first_read_copies_a_chunk_of_rows_in_key_order_with_only_the_contract
     assert sql == (
         "COPY (SELECT count(*), max(k)::text, string_agg(line, E'\\n' ORDER BY k) || E'\\n' "
         "AS lines FROM (SELECT t.\"currency_id\" AS k, "
-        "concat('{\"currency_id\":', coalesce(t.\"currency_id\"::text, 'null'), "
-        "',\"currency_code\":', coalesce(to_json(t.\"currency_code\")::text, 'null'), "
-        "',\"last_updated\":', coalesce('\"' || to_char(t.\"last_updated\", "
-        "'YYYY-MM-DD\"T\"HH24:MI:SS.MS') || '\"', 'null'), '}', "
-        "CASE WHEN t.\"last_updated\" > (now() AT TIME ZONE 'UTC') THEN 'F' ELSE '' END) AS line "
+        "'{\"currency_id\":' || coalesce(t.\"currency_id\"::text, 'null') || "
+        "',\"currency_code\":' || coalesce(to_json(t.\"currency_code\")::text, 'null') || "
+        "',\"last_updated\":' || coalesce(to_char(t.\"last_updated\", "
+        "E'\\\\\"YYYY-MM-DD\"T\"HH24:MI:SS.MS\\\\\"'), 'null') || '}' || "
+        "(CASE WHEN t.\"last_updated\" > (now() AT TIME ZONE 'UTC') THEN 'F' ELSE '' END) AS line "
         "FROM \"currency\" AS t "
         "ORDER BY t.\"currency_id\" LIMIT current_setting('totes.limit')::bigint) AS chunk) "
         "TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01', FORCE_QUOTE (lines))")
@@ -67,15 +67,15 @@ def test_a_table_carried_over_from_the_watermark_format_is_read_once_by_last_upd
     assert "xmin" not in sql
 
 
-def test_timestamps_are_rendered_with_milliseconds_and_other_columns_as_json():
+def test_timestamps_are_rendered_quoted_with_milliseconds_and_other_columns_as_json():
     select = extract.row_json_sql("payment")
     for column, kind in SOURCE_COLUMNS["payment"].items():
-        stamp = f"to_char(t.\"{column}\", 'YYYY-MM-DD\"T\"HH24:MI:SS.MS')"
-        value = {"timestamp": f"'\"' || {stamp} || '\"'",
+        stamp = f"to_char(t.\"{column}\", E'\\\\\"YYYY-MM-DD\"T\"HH24:MI:SS.MS\\\\\"')"
+        value = {"timestamp": stamp,
                  "int": f"t.\"{column}\"::text", "bool": f"t.\"{column}\"::text"}.get(
                      kind, f"to_json(t.\"{column}\")::text")
-        assert f"',\"{column}\":', coalesce({value}, 'null')" in select or (
-            f"'{{\"{column}\":', coalesce({value}, 'null')" in select)
+        assert f"',\"{column}\":' || coalesce({value}, 'null')" in select or (
+            f"'{{\"{column}\":' || coalesce({value}, 'null')" in select)
     assert "company_ac_number" not in select
 
 
