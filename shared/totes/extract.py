@@ -540,22 +540,33 @@ def _copy_in_pairs(reader: SecondReader, table: str, cursor: TableCursor,
     try:
         pending = ask(after, remaining)
         while pending:
-            chunks = [(future.result(), asked) for future, asked in pending]
-            pending = []
-            ready = []
-            for chunk, asked in chunks:
-                if chunk.rows:
-                    ready.append(chunk)
-                remaining -= chunk.rows
-                if chunk.rows < asked:
-                    remaining = 0
-                    break
-                after = chunk.last_key
-            if remaining > 0:
-                pending = ask(after, remaining)
-            yield from ready
+            ready, after, remaining = _take_pair(pending, after, remaining)
+            pending = ask(after, remaining) if remaining > 0 else []
+            while ready:  # each chunk let go of as soon as the caller has it
+                yield ready.pop(0)
     finally:
         wait([future for future, _ in pending])
+
+
+def _take_pair(pending: list[tuple["Future[Chunk]", int]], after: int | None,
+               remaining: int) -> tuple[list[Chunk], int | None, int]:
+    """Wait for a pair's chunks; return those holding rows, the last key, the rows still wanted.
+
+    A chunk shorter than asked was the table's last: nothing is wanted after it. Both
+    reads are waited for first, so neither connection is still busy when the next
+    statement is sent to it.
+    """
+    wait([future for future, _ in pending])
+    ready = []
+    for future, asked in pending:
+        chunk = future.result()
+        if chunk.rows:
+            ready.append(chunk)
+        if chunk.rows < asked:
+            return ready, after, 0
+        remaining -= chunk.rows
+        after = chunk.last_key
+    return ready, after, remaining
 
 
 def keys_sql(table: str, block_keys: int) -> str:
