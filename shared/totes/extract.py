@@ -398,10 +398,12 @@ class SecondReader:
     """A second connection reading in the run's snapshot, opened when a table first needs it.
 
     Opening it exports the first connection's snapshot (``pg_export_snapshot()``) and
-    imports it into a new read-only REPEATABLE READ transaction, which takes its own
-    ``ACCESS SHARE`` locks without waiting: the first connection holds them already,
-    so only a lock request queued behind them (a rewrite waiting for this run) can
-    refuse them, and then this run reads with one connection, as it would have.
+    imports it into a new read-only REPEATABLE READ transaction, which then takes its
+    own ``ACCESS SHARE`` locks waiting at most a millisecond (after the snapshot is
+    safe here: the first connection's locks predate it, so no rewrite can have
+    committed since). Only a lock request queued behind the first connection's locks
+    (a rewrite waiting for this run) can refuse them, and then this run reads with one
+    connection, as it would have.
     Each statement either connection runs goes through a two-thread pool, so the two
     render at once; a failure on either is raised to the run, before its manifest.
     """
