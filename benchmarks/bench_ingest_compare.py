@@ -25,7 +25,15 @@ return the same rows per table, or the benchmark fails. Before the timed runs on
 untimed COPY warms the server's cache, so no reader pays for a cold start that
 the next one does not. The ratios printed are of rows/s: above 1 means ours is faster.
 
-Usage: ``python -m benchmarks.bench_ingest_compare [--scale 1] [--reuse]
+Each reader's line also gives the CPU seconds spent on it by its own process
+(imports included), by the PostgreSQL server (the postmaster's live and reaped
+backends, from ``/proc``) and by moto (this process, which only waits otherwise):
+on a shared machine wall times move with the load, CPU times much less.
+``--rounds N`` repeats ours and the raw COPY alternately N times (dlt, five times
+slower, runs in the first round only) and prints the medians and the median of the
+pairwise ratios of their times.
+
+Usage: ``python -m benchmarks.bench_ingest_compare [--scale 1] [--reuse] [--rounds 1]
 [--chunk-rows 50000] [--dlt-chunk-size 50000]``. Needs ``requirements-bench.txt``
 (``make bench`` installs it).
 """
@@ -33,11 +41,12 @@ import argparse
 import importlib.util
 import os
 import shutil
+import statistics
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from benchmarks.bench_ingest import generate_source, ingest_environment, measure_ingest
 from benchmarks.common import (MB, REPO, current_rss, local_stack, options, parse, peak_rss,
@@ -49,7 +58,54 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = options("bench_ingest_compare", __doc__, scale=1.0, ingest=True)
     parser.add_argument("--dlt-chunk-size", type=int, default=50_000,
                         help="dlt's chunk_size, rows per Arrow batch (default 50000, dlt's own)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of ours and raw COPY, alternated (default 1; dlt runs in "
+                             "the first only)")
     return parse(parser, argv)
+
+
+def own_cpu() -> float:
+    """Return the CPU seconds (user and system) this process has used so far."""
+    times = os.times()
+    return times.user + times.system
+
+
+def server_cpu(postgres: Any) -> float:
+    """Return the CPU seconds the PostgreSQL server has used: postmaster, live and reaped backends.
+
+    Read from ``/proc`` through psutil; a backend that exits between the two reads is
+    counted in neither, which the differences the benchmark takes absorb (its own
+    readers' backends live until their reader's process ends, and are reaped then).
+    """
+    import psutil
+
+    pid = int(Path(postgres.socket_dir, "postmaster.pid").read_text().split()[0])
+    postmaster = psutil.Process(pid)
+    times = postmaster.cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in postmaster.children():
+        try:
+            child_times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += child_times.user + child_times.system
+    return total
+
+
+def with_cpu(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Call a reader and add the CPU seconds its (fresh) process used, imports included."""
+    result = function(*args)
+    result["cpu"] = own_cpu()
+    return result
+
+
+def measured(postgres: Any, function: Callable[..., dict[str, Any]],
+             *args: Any) -> dict[str, Any]:
+    """Run a reader in a fresh process; add its CPU, the server's and moto's over the call."""
+    server, moto = server_cpu(postgres), own_cpu()
+    result = run_in_fresh_process(with_cpu, function, *args)
+    result.update(server_cpu=server_cpu(postgres) - server, moto_cpu=own_cpu() - moto)
+    return result
 
 
 def contract_select(table: str) -> str:
@@ -176,29 +232,50 @@ def check_same_rows(results: dict[str, dict[str, Any]]) -> None:
 
 
 def report(results: dict[str, dict[str, Any]], scale: float) -> None:
-    """Print one line per reader, then ingest's ratios to dlt and to raw COPY."""
+    """Print one line per reader (time, rate, memory, CPU), then ingest's ratios to the others."""
     labels = {
         "ours": "ours: run_ingest, first full run",
-        "dlt": f"dlt {results['dlt']['version']} sql_database pyarrow, extract",
+        "dlt": f"dlt {results['dlt']['version']} sql_database pyarrow, extract"
+        if "dlt" in results else "dlt",
         "copy": "raw COPY (FORMAT csv), null sink",
     }
     print(f"{'scale':>7} {'reader':<44} {'rows':>10} {'seconds':>9} {'rows/s':>10} "
-          f"{'peak MB':>9} {'out MB':>8}", flush=True)
+          f"{'peak MB':>9} {'out MB':>8} {'CPU own':>8} {'server':>7} {'moto':>6}", flush=True)
     for reader, result in results.items():
         result["rate"] = result["rows"] / result["seconds"]
         print(f"{scale:>7g} {labels[reader]:<44} {result['rows']:>10,} "
               f"{result['seconds']:>9.2f} {result['rate']:>10,.0f} "
-              f"{result['peak'] / MB:>9.1f} {result['bytes'] / MB:>8.1f}", flush=True)
-    dlt_run = results["dlt"]
-    print(f"{'':>7} dlt's time includes {dlt_run['setup']:.2f} s of reflecting the tables and "
-          f"creating the pipeline before the first row; without it: "
-          f"{dlt_run['rows'] / (dlt_run['seconds'] - dlt_run['setup']):,.0f} rows/s", flush=True)
+              f"{result['peak'] / MB:>9.1f} {result['bytes'] / MB:>8.1f} "
+              f"{result['cpu']:>8.2f} {result['server_cpu']:>7.2f} {result['moto_cpu']:>6.2f}",
+              flush=True)
+    if "dlt" in results:
+        dlt_run = results["dlt"]
+        print(f"{'':>7} dlt's time includes {dlt_run['setup']:.2f} s of reflecting the tables "
+              f"and creating the pipeline before the first row; without it: "
+              f"{dlt_run['rows'] / (dlt_run['seconds'] - dlt_run['setup']):,.0f} rows/s",
+              flush=True)
     ours = results["ours"]["rate"]
     for reader, name in (("dlt", "dlt"), ("copy", "raw COPY")):
+        if reader not in results:
+            continue
         ratio = ours / results[reader]["rate"]
         verdict = ("ours is faster" if ratio >= 1
                    else f"{name} is {1 / ratio:.1f} times faster")
         print(f"{'':>7} ours / {name}: {ratio:.2f} ({verdict})", flush=True)
+
+
+def report_rounds(rounds: list[dict[str, dict[str, Any]]]) -> None:
+    """Print the medians of ours and raw COPY over alternated rounds, and of their time ratios."""
+    print(f"{'':>7} over {len(rounds)} alternated rounds, medians:", flush=True)
+    for reader, name in (("ours", "ours"), ("copy", "raw COPY")):
+        values = {field: statistics.median(run[reader][field] for run in rounds)
+                  for field in ("seconds", "cpu", "server_cpu", "moto_cpu", "peak")}
+        print(f"{'':>7} {name}: {values['seconds']:.2f} s, CPU own {values['cpu']:.2f} s, "
+              f"server {values['server_cpu']:.2f} s, moto {values['moto_cpu']:.2f} s, "
+              f"peak {values['peak'] / MB:.1f} MB", flush=True)
+    times = statistics.median(run["ours"]["seconds"] / run["copy"]["seconds"] for run in rounds)
+    print(f"{'':>7} ours' time / raw COPY's time, median of the rounds' ratios: {times:.2f} "
+          "(2 or less aimed at)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,16 +296,20 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.dlt_chunk_size} (extract to local Parquet), raw COPY to a null sink; "
                   "each in a fresh process", flush=True)
             run_in_fresh_process(measure_copy, secret)  # warm the server's cache, untimed
-            env = ingest_environment(postgres, endpoint, name, args.chunk_rows, source_rows)
-            results = {
-                "ours": run_in_fresh_process(measure_ingest, env),
-                "dlt": run_in_fresh_process(measure_dlt, sqlalchemy_url(secret), str(work_dir),
-                                            args.dlt_chunk_size),
-                "copy": run_in_fresh_process(measure_copy, secret),
-            }
-            results["ours"]["bytes"] = data_bytes(env["INGEST_BUCKET"])
-            check_same_rows(results)
-            report(results, args.scale)
+            rounds = []
+            for number in range(max(args.rounds, 1)):
+                env = ingest_environment(postgres, endpoint, name, args.chunk_rows, source_rows)
+                results = {"ours": measured(postgres, measure_ingest, env)}
+                if not number:
+                    results["dlt"] = measured(postgres, measure_dlt, sqlalchemy_url(secret),
+                                              str(work_dir), args.dlt_chunk_size)
+                results["copy"] = measured(postgres, measure_copy, secret)
+                results["ours"]["bytes"] = data_bytes(env["INGEST_BUCKET"])
+                check_same_rows(results)
+                report(results, args.scale)
+                rounds.append(results)
+            if len(rounds) > 1:
+                report_rounds(rounds)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     return 0

@@ -15,7 +15,13 @@ joins up to ``CHUNK_ROWS`` rows' lines into one COPY line, with their count and
 keys, so Python (and pg8000, whose protocol loop costs about a microsecond and a
 half per message) handles one message per object written, not one per row.
 Successive chunks continue above the previous chunk's last key (keyset
-pagination in the same snapshot), so each is one ordered index range.
+pagination in the same snapshot), so each is one ordered index range. A table
+with more than one chunk to read is read two chunks at a time, the second by a
+:class:`SecondReader`: another connection in the same snapshot (exported and
+imported, as ``pg_dump -j`` does), which skips the first chunk's rows with
+``OFFSET`` and renders the next ones while the first connection renders its own,
+so the server renders on two cores. The chunks, and so every object, are the same
+as one connection reads them.
 
 Identifiers come from the allow-list in :mod:`totes.source` and are quoted.
 COPY takes no bind parameters, so the values a query needs (the snapshot window,
@@ -24,28 +30,32 @@ transaction-local settings the query reads back: no value is ever formatted
 into SQL text.
 """
 import json
+import re
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import pg8000.native
 
 from totes.capture import (XID_MODULUS, FIRST_NORMAL_XID, Snapshot, SourceIdentity, TableCursor,
                            xmin_window)
-from totes.db import quote_ident
+from totes import observability
+from totes.db import close_quietly, quote_ident
 from totes.errors import TransientError
 from totes.source import SOURCE_COLUMNS, SOURCE_TABLES, VERSION_COLUMN, FoundColumn, primary_key
 
 #: how each kind of column's value is rendered as JSON text (``{c}`` is the qualified column),
 #: byte for byte what ``row_to_json`` writes: integers and booleans as their own text (no
 #: JSON escaping can apply), timestamps with exactly three fractional digits (digits and
-#: punctuation only, so quoting them is all the escaping they need), everything else
-#: through ``to_json``. A NULL of any kind becomes ``null``.
+#: punctuation only, so quoting them is all the escaping they need: the quotes are literals
+#: of ``to_char``'s format, ``\\"``, which saves two concatenations per value), everything
+#: else through ``to_json``. A NULL of any kind becomes ``null``.
 _RENDER = {
     "int": "{c}::text",
     "bool": "{c}::text",
-    "timestamp": "'\"' || to_char({c}, 'YYYY-MM-DD\"T\"HH24:MI:SS.MS') || '\"'",
+    "timestamp": r"""to_char({c}, E'\\"YYYY-MM-DD"T"HH24:MI:SS.MS\\"')""",
     "text": "to_json({c})::text",
     "date": "to_json({c})::text",
     "money": "to_json({c})::text",
@@ -63,6 +73,13 @@ _SETTING_PREFIX = "totes."
 LOCK_TIMEOUT_MS = 10_000
 #: SQLSTATE of a lock not granted within ``lock_timeout``.
 LOCK_NOT_AVAILABLE = "55P03"
+#: the database's clock at the read point, as the chunk queries read it (bound once per
+#: statement by an InitPlan): the one instant every connection of a run marks future rows by.
+_CLOCK = f"(SELECT current_setting('{_SETTING_PREFIX}clock')::timestamp)"
+#: how ``pg_export_snapshot()`` names a snapshot.
+SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+-[0-9]+")
+
+logger = observability.service_logger()
 
 
 class SourceLockTimeoutError(TransientError):
@@ -135,6 +152,9 @@ class ReadPoint:
     database_time: datetime
     #: the cluster and timeline read (fields None where the login may not see them).
     source: SourceIdentity = SourceIdentity()
+    #: the same clock to the microsecond, ``YYYY-MM-DD HH24:MI:SS.US``: a row stamped after it
+    #: is marked (:data:`FUTURE_MARK`), on every connection reading the snapshot.
+    clock: str = ""
 
 
 def source_identity(conn: pg8000.native.Connection) -> SourceIdentity:
@@ -171,7 +191,8 @@ def source_identity(conn: pg8000.native.Connection) -> SourceIdentity:
     return SourceIdentity(identifier, None if timeline is None else int(timeline), str(started))
 
 
-def lock_tables(conn: pg8000.native.Connection, tables: Iterable[str]) -> None:
+def lock_tables(conn: pg8000.native.Connection, tables: Iterable[str], *,
+                wait_ms: int = LOCK_TIMEOUT_MS) -> None:
     """Take ``ACCESS SHARE`` locks on ``tables`` until the transaction ends, as pg_dump does.
 
     Must run before the transaction's snapshot is taken (``LOCK`` and ``SET`` take
@@ -179,14 +200,14 @@ def lock_tables(conn: pg8000.native.Connection, tables: Iterable[str]) -> None:
     random()``, ``TRUNCATE``) is not MVCC-safe: committed after the snapshot, it
     would show the run that table empty and its key sweep every row deleted. With
     the locks held, such a statement waits for the run instead; one already holding
-    its lock makes the run wait at most :data:`LOCK_TIMEOUT_MS`, then give up as a
-    :class:`SourceLockTimeoutError` (nothing read, the next run retries).
+    its lock makes the run wait at most ``wait_ms`` (:data:`LOCK_TIMEOUT_MS`), then give
+    up as a :class:`SourceLockTimeoutError` (nothing read, the next run retries).
     """
     names = [_quoted_table(table) for table in tables]
     if not names:
         return
-    # An int constant from the code; SET takes no bind parameters.
-    conn.run(f"SET LOCAL lock_timeout = {int(LOCK_TIMEOUT_MS)}")
+    # An int from the code; SET takes no bind parameters.
+    conn.run(f"SET LOCAL lock_timeout = {int(wait_ms)}")
     try:
         conn.run(f"LOCK TABLE {', '.join(names)} IN ACCESS SHARE MODE")
     except pg8000.native.DatabaseError as error:
@@ -194,7 +215,7 @@ def lock_tables(conn: pg8000.native.Connection, tables: Iterable[str]) -> None:
         if fields.get("C") != LOCK_NOT_AVAILABLE:
             raise
         raise SourceLockTimeoutError(
-            f"gave up after waiting {LOCK_TIMEOUT_MS} ms for ACCESS SHARE locks on the source "
+            f"gave up after waiting {wait_ms} ms for ACCESS SHARE locks on the source "
             "tables: another session holds an exclusive lock on one of them (a table rewrite, "
             "TRUNCATE or other DDL; see pg_locks); nothing was read or committed, the next run "
             "retries") from error
@@ -220,9 +241,23 @@ def snapshot(conn: pg8000.native.Connection, locked: Iterable[str] = ()) -> Iter
     conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
     lock_tables(conn, locked)
     row = conn.run("SELECT pg_current_snapshot()::text, "
-                   "(now() AT TIME ZONE 'UTC')::timestamp(3)")[0]
-    yield ReadPoint(Snapshot.parse(row[0]), row[1], source)
+                   "(now() AT TIME ZONE 'UTC')::timestamp(3), "
+                   "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')")[0]
+    yield ReadPoint(Snapshot.parse(row[0]), row[1], source, row[2])
     conn.run("COMMIT")
+
+
+def join_snapshot(conn: pg8000.native.Connection, snapshot_id: str) -> None:
+    """Start a read-only REPEATABLE READ transaction on ``conn`` in an exported snapshot.
+
+    ``snapshot_id`` comes from ``pg_export_snapshot()`` in a transaction still open:
+    every read of ``conn`` then sees exactly what that transaction's reads see.
+    """
+    if not SNAPSHOT_ID.fullmatch(snapshot_id):
+        raise ValueError(f"{snapshot_id!r} is not an exported snapshot id")
+    conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    # SET TRANSACTION SNAPSHOT takes no parameter; the id passed the pattern above.
+    conn.run(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
 
 
 @dataclass(frozen=True)
@@ -304,15 +339,17 @@ def row_json_sql(table: str) -> str:
     return f"{row_json(table)} FROM {quote_ident(table)} AS t"
 
 
-def row_json(table: str) -> str:
+def row_json(table: str, clock: str = "(now() AT TIME ZONE 'UTC')") -> str:
     """Return the expression rendering one row of ``table`` (as ``t``) as a marked JSON line.
 
     Exactly the contract's columns, the primary key first (so a key can be read off
     the start of a line); a trailing :data:`FUTURE_MARK` says ``last_updated`` is
-    after the database's clock (stamped in the future). The object is assembled by
-    ``concat`` from each value's JSON text (:data:`_RENDER`), the same bytes
-    ``row_to_json`` writes for these kinds at about two thirds of its server time:
-    rendering is most of what the server spends on a backfill.
+    after the database's clock (stamped in the future): ``clock``, an SQL expression,
+    is this transaction's own unless the caller binds the read point's. The object is assembled by
+    ``||`` from each value's JSON text (:data:`_RENDER`), the same bytes
+    ``row_to_json`` writes for these kinds: rendering is most of what the server
+    spends on a backfill, and ``||`` costs less than ``concat``, which looks up each
+    argument's output function on every call (docs/ingest.md, "Performance").
     """
     key = primary_key(table)
     kinds = SOURCE_COLUMNS[table]
@@ -323,27 +360,30 @@ def row_json(table: str) -> str:
         value = _RENDER[kinds[name]].format(c=f"t.{quote_ident(name)}")
         parts += [_text_constant(label), f"coalesce({value}, 'null')"]
     version = f"t.{quote_ident(VERSION_COLUMN)}"
-    mark = (f"CASE WHEN {version} > (now() AT TIME ZONE 'UTC') THEN "
+    mark = (f"CASE WHEN {version} > {clock} THEN "
             f"'{FUTURE_MARK.decode()}' ELSE '' END")
-    return f"concat({', '.join(parts)}, '}}', {mark})"
+    return " || ".join([*parts, "'}'", f"({mark})"])
 
 
 def changes_sql(table: str, cursor: TableCursor, *, after: bool = False,
-                all_keys: bool = False) -> str:
+                all_keys: bool = False, offset: bool = False) -> str:
     """Return the COPY statement reading one chunk of ``table``'s rows the ``cursor`` has not seen.
 
     The chunk is the next ``limit`` rows in primary-key order (above the key bound
-    as ``after`` when ``after`` is set or the cursor resumes), joined by the server
-    into one line: their count, their keys (all of them with ``all_keys``, else the
-    greatest), their JSON lines in key order (:class:`Chunk`). A run cut by its row
-    budget so stops at an exact key the next run continues after. Which rows are
-    new is decided by the writing transaction (see :mod:`totes.capture`), or, once,
-    by ``last_updated`` for a table carried over from the watermark format.
+    as ``after`` when ``after`` is set or the cursor resumes; past the first
+    ``offset`` of them with ``offset``), joined by the server into one line: their
+    count, their keys (all of them with ``all_keys``, else the greatest), their JSON
+    lines in key order (:class:`Chunk`). A run cut by its row budget so stops at an
+    exact key the next run continues after. Which rows are new is decided by the
+    writing transaction (see :mod:`totes.capture`), or, once, by ``last_updated`` for
+    a table carried over from the watermark format. Rows are rendered above the
+    ``LIMIT``, so the rows an ``OFFSET`` skips are read but never rendered; a row is
+    marked as stamped in the future against the bound ``clock`` (the read point's).
 
     The aggregates' ``ORDER BY k`` is what guarantees the order; from PostgreSQL 16
     the planner sees the rows already come sorted and skips the sort.
     """
-    key = f"t.{quote_ident(primary_key(table))}"
+    key = quote_ident(primary_key(table))
     conditions = []
     if cursor.since is not None:
         xmin = "t.xmin::text::bigint"
@@ -354,12 +394,15 @@ def changes_sql(table: str, cursor: TableCursor, *, after: bool = False,
         conditions.append(f"t.{quote_ident(VERSION_COLUMN)} >= "
                           f"{_setting('since_last_updated', 'timestamp')}")
     if after or cursor.resume_after is not None:
-        conditions.append(f"{key} > {_setting('after', 'bigint')}")
+        conditions.append(f"t.{key} > {_setting('after', 'bigint')}")
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    skip = f" OFFSET {_setting('offset', 'bigint')}" if offset else ""
+    columns = ", ".join(f"t.{quote_ident(name)}" for name in SOURCE_COLUMNS[table])
     # Identifiers are allow-listed and quoted; values are bound through set_config.
-    rows = (f"SELECT {key} AS k, {row_json(table)} AS line "  # nosec B608
-            f"FROM {quote_ident(table)} AS t{where} "
-            f"ORDER BY {key} LIMIT {_setting('limit', 'bigint')}")
+    chosen = (f"SELECT {columns} FROM {quote_ident(table)} AS t{where} "  # nosec B608
+              f"ORDER BY t.{key}{skip} LIMIT {_setting('limit', 'bigint')}")
+    rows = (f"SELECT t.{key} AS k, {row_json(table, _CLOCK)} AS line "  # nosec B608: as above
+            f"FROM ({chosen}) AS t")
     keys = "string_agg(k::text, ',' ORDER BY k)" if all_keys else "max(k)::text"
     # The query above, wrapped in constant aggregates: still no value in the text.
     query = (f"SELECT count(*), {keys}, string_agg(line, E'\\n' ORDER BY k) || E'\\n' "  # nosec
@@ -367,17 +410,95 @@ def changes_sql(table: str, cursor: TableCursor, *, after: bool = False,
     return f"COPY ({query}) TO STDOUT {_CHUNK_OPTIONS}"
 
 
+class SecondReader:
+    """A second connection reading in the run's snapshot, opened when a table first needs it.
+
+    Opening it exports the first connection's snapshot (``pg_export_snapshot()``) and
+    imports it into a new read-only REPEATABLE READ transaction, which then takes its
+    own ``ACCESS SHARE`` locks waiting at most a millisecond (after the snapshot is
+    safe here: the first connection's locks predate it, so no rewrite can have
+    committed since). Only a lock request queued behind the first connection's locks
+    (a rewrite waiting for this run) can refuse them, and then this run reads with one
+    connection, as it would have.
+    Each statement either connection runs goes through a two-thread pool, so the two
+    render at once; a failure on either is raised to the run, before its manifest.
+    """
+
+    def __init__(self, first: pg8000.native.Connection,
+                 connect: Callable[[], pg8000.native.Connection], tables: Iterable[str]) -> None:
+        """Read with ``first`` and, once needed, a connection ``connect`` opens; lock ``tables``."""
+        self.first = first
+        self._connect, self._tables = connect, list(tables)
+        self._second: pg8000.native.Connection | None = None
+        self._opened = False
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="totes-read")
+        #: chunks read on the second connection so far.
+        self.second_chunks = 0
+
+    def second(self) -> pg8000.native.Connection | None:
+        """Return the second connection, opening it the first time; None if it may not read."""
+        if not self._opened:
+            self._opened = True
+            self._second = self._open()
+        return self._second
+
+    def _open(self) -> pg8000.native.Connection | None:
+        [[exported]] = self.first.run("SELECT pg_export_snapshot()")
+        conn = self._connect()
+        try:
+            join_snapshot(conn, str(exported))
+            lock_tables(conn, self._tables, wait_ms=1)
+        except SourceLockTimeoutError:
+            close_quietly(conn)
+            logger.info("a second connection could not lock the source tables at once (a "
+                        "table rewrite waits for this run); reading with one connection")
+            return None
+        except BaseException:
+            close_quietly(conn)
+            raise
+        return conn
+
+    def submit(self, conn: pg8000.native.Connection, table: str, cursor: TableCursor,
+               values: dict[str, Any], *, all_keys: bool) -> "Future[Chunk]":
+        """Read one chunk on ``conn`` (either connection) in the pool; its future."""
+        return self._pool.submit(_read_chunk, conn, table, cursor, values, all_keys=all_keys)
+
+    def close(self) -> None:
+        """End the second connection's transaction and the pool (after its last read)."""
+        self._pool.shutdown(wait=True)
+        if self._second is not None:
+            close_quietly(self._second)
+
+
+def _read_chunk(conn: pg8000.native.Connection, table: str, cursor: TableCursor,
+                values: dict[str, Any], *, all_keys: bool) -> Chunk:
+    """Bind ``values`` on ``conn`` and read the one chunk they describe."""
+    bind_settings(conn, **values)
+    reader = _ChunkReader()
+    conn.run(changes_sql(table, cursor, after="after" in values, all_keys=all_keys,
+                         offset="offset" in values), stream=reader)
+    return reader.chunk
+
+
 def copy_changes(conn: pg8000.native.Connection, table: str, cursor: TableCursor,
                  read_point: ReadPoint, limit: int, chunk_rows: int, *,
-                 all_keys: bool = False) -> Iterator[Chunk]:
+                 all_keys: bool = False, reader: SecondReader | None = None) -> Iterator[Chunk]:
     """Yield ``table``'s unseen rows (at most ``limit``) in key order, ``chunk_rows`` a chunk.
 
     One COPY statement per chunk, each continuing above the last key of the one
     before; a chunk shorter than asked is the last. ``all_keys`` asks for every
     row's key, not only each chunk's last. Must run inside :func:`snapshot`, whose
     read point decides the xid window and keeps every chunk in one snapshot.
+
+    With a ``reader`` (whose first connection is ``conn``), the chunks after a full
+    first one are read in pairs: the first on ``conn``, the second on the reader's
+    second connection, skipping the first's rows; the next pair is asked for before
+    this one is yielded, so the server renders while the caller writes. At most four
+    chunks are held, so memory stays bounded by ``chunk_rows``, not by the table.
     """
-    values: dict[str, Any] = {}
+    if reader is not None and reader.first is not conn:
+        raise ValueError("copy_changes reads with a SecondReader of its own connection only")
+    values: dict[str, Any] = {"clock": read_point.clock}
     if cursor.since is not None:
         window = xmin_window(cursor.since, read_point.snapshot)
         values.update(xmax32=window.xmax32, width=window.width)
@@ -387,20 +508,83 @@ def copy_changes(conn: pg8000.native.Connection, table: str, cursor: TableCursor
     remaining = limit
     while remaining > 0:
         asked = min(chunk_rows, remaining)
-        values["limit"] = asked
-        if after is not None:
-            values["after"] = after
-        bind_settings(conn, **values)
-        reader = _ChunkReader()
-        conn.run(changes_sql(table, cursor, after=after is not None, all_keys=all_keys),
-                 stream=reader)
-        chunk = reader.chunk
+        chunk = _read_chunk(conn, table, cursor, _chunk_values(values, after, asked),
+                            all_keys=all_keys)
         if chunk.rows:
             yield chunk
         if chunk.rows < asked:
             return
         remaining -= chunk.rows
         after = chunk.last_key
+        if reader is not None and remaining > 0:
+            yield from _copy_in_pairs(reader, table, cursor, values, after, remaining,
+                                      chunk_rows, all_keys)
+            return
+
+
+def _chunk_values(values: dict[str, Any], after: int | None, limit: int,
+                  offset: int = 0) -> dict[str, Any]:
+    """The settings of one chunk's statement: the table's, its start, size and skip."""
+    chunk = {**values, "limit": limit}
+    if after is not None:
+        chunk["after"] = after
+    if offset:
+        chunk["offset"] = offset
+    return chunk
+
+
+def _copy_in_pairs(reader: SecondReader, table: str, cursor: TableCursor,
+                   values: dict[str, Any], after: int | None, remaining: int, chunk_rows: int,
+                   all_keys: bool) -> Iterator[Chunk]:
+    """Read the chunks of :func:`copy_changes` after its first two at a time, on two connections.
+
+    Only a table whose first chunk came back full gets here: most runs' tables fit in
+    one chunk, and then no second connection is opened nor thread used.
+    """
+    def ask(after: int | None, remaining: int) -> list[tuple["Future[Chunk]", int]]:
+        first = min(chunk_rows, remaining)
+        second = min(chunk_rows, remaining - first)
+        conn = reader.second() if second > 0 else None  # before either read: it uses the first
+        pair = [(reader.submit(reader.first, table, cursor, _chunk_values(values, after, first),
+                               all_keys=all_keys), first)]
+        if conn is not None:
+            pair.append((reader.submit(conn, table, cursor,
+                                       _chunk_values(values, after, second, first),
+                                       all_keys=all_keys), second))
+            reader.second_chunks += 1
+        return pair
+
+    pending: list[tuple["Future[Chunk]", int]] = []
+    try:
+        pending = ask(after, remaining)
+        while pending:
+            ready, after, remaining = _take_pair(pending, after, remaining)
+            pending = ask(after, remaining) if remaining > 0 else []
+            while ready:  # each chunk let go of as soon as the caller has it
+                yield ready.pop(0)
+    finally:
+        wait([future for future, _ in pending])
+
+
+def _take_pair(pending: list[tuple["Future[Chunk]", int]], after: int | None,
+               remaining: int) -> tuple[list[Chunk], int | None, int]:
+    """Wait for a pair's chunks; return those holding rows, the last key, the rows still wanted.
+
+    A chunk shorter than asked was the table's last: nothing is wanted after it. Both
+    reads are waited for first, so neither connection is still busy when the next
+    statement is sent to it.
+    """
+    wait([future for future, _ in pending])
+    ready = []
+    for future, asked in pending:
+        chunk = future.result()
+        if chunk.rows:
+            ready.append(chunk)
+        if chunk.rows < asked:
+            return ready, after, 0
+        remaining -= chunk.rows
+        after = chunk.last_key
+    return ready, after, remaining
 
 
 def keys_sql(table: str, block_keys: int) -> str:

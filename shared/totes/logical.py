@@ -25,7 +25,6 @@ transaction's size. Values are bound through transaction-local settings (COPY
 takes no parameters), identifiers come from the allow-list and are quoted.
 """
 import json
-import re
 from array import array
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -751,9 +750,6 @@ def data_key_for(run: keys.RunId) -> Callable[[str, bool, int], str]:
     return key
 
 
-_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+-[0-9]+")
-
-
 class SnapshotLookup:
     """Reads single rows in a run's exported snapshot, on a connection of its own.
 
@@ -766,7 +762,7 @@ class SnapshotLookup:
     def __init__(self, connect: Callable[[], pg8000.native.Connection],
                  snapshot_id: str) -> None:
         """Prepare to read in ``snapshot_id`` (from ``pg_export_snapshot()``)."""
-        if not _SNAPSHOT_ID.fullmatch(snapshot_id):
+        if not extract.SNAPSHOT_ID.fullmatch(snapshot_id):
             raise ValueError(f"{snapshot_id!r} is not an exported snapshot id")
         self._connect, self._snapshot_id = connect, snapshot_id
         self._conn: pg8000.native.Connection | None = None
@@ -776,9 +772,7 @@ class SnapshotLookup:
         """Return the text of ``columns`` of ``table``'s row ``key``, or None if it is gone."""
         if self._conn is None:
             self._conn = self._connect()
-            self._conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            # SET TRANSACTION SNAPSHOT takes no parameter; the id passed the pattern above.
-            self._conn.run(f"SET TRANSACTION SNAPSHOT '{self._snapshot_id}'")
+            extract.join_snapshot(self._conn, self._snapshot_id)
         unknown = [name for name in columns if name not in SOURCE_COLUMNS[table]]
         if unknown:
             raise ValueError(f"{table} has no contract column(s) {unknown}")

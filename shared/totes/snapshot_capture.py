@@ -126,18 +126,22 @@ def _cursor_text(cursor: TableCursor, current: Snapshot) -> str:
 
 def extract_table(conn: pg8000.native.Connection, table: str, previous: TableEntry,
                   read_point: extract.ReadPoint, run: keys.RunId, settings: IngestSettings,
-                  budget: int, *, keep_keys: bool) -> TableEntry:
+                  budget: int, *, keep_keys: bool,
+                  reader: extract.SecondReader | None = None) -> TableEntry:
     """Write up to ``budget`` of ``table``'s unseen rows; return its entry for the manifest.
 
     With ``keep_keys`` the keys written are stored for the next key sweep (a table
-    swept in this same run needs none: its sweep lists them already).
+    swept in this same run needs none: its sweep lists them already). With a
+    ``reader`` (of ``conn``), a table of more than one chunk is read on two
+    connections in the same snapshot (:func:`totes.extract.copy_changes`).
     """
     writer = ObjectWriter(settings.bucket, settings.chunk_rows,
                           lambda part: keys.data_key(table, run, part, "jsonl"), background=True)
     sink = ChangeSink(writer, budget, SOURCE_TABLES[table], keep_keys=keep_keys)
     try:
         for chunk in extract.copy_changes(conn, table, previous.cursor, read_point, budget + 1,
-                                          settings.chunk_rows, all_keys=keep_keys):
+                                          settings.chunk_rows, all_keys=keep_keys,
+                                          reader=reader):
             sink.take(chunk)
     except BaseException:
         writer.close(quietly=True)
@@ -165,7 +169,7 @@ def extract_table(conn: pg8000.native.Connection, table: str, previous: TableEnt
     return entry
 
 
-def _extract_within_budget(conn: pg8000.native.Connection, settings: IngestSettings,
+def _extract_within_budget(reader: extract.SecondReader, settings: IngestSettings,
                            previous: IngestManifest | None, read_point: extract.ReadPoint,
                            run: keys.RunId, due: list[str]) -> dict[str, TableEntry]:
     """Extract every table in dependency order until the run's row budget is spent."""
@@ -177,8 +181,8 @@ def _extract_within_budget(conn: pg8000.native.Connection, settings: IngestSetti
             entries[table] = replace(before, files=(), truncated=True, stamped_in_future=0,
                                      deleted=(), captured_keys=None)
             continue
-        entries[table] = extract_table(conn, table, before, read_point, run, settings, budget,
-                                       keep_keys=table not in due)
+        entries[table] = extract_table(reader.first, table, before, read_point, run, settings,
+                                       budget, keep_keys=table not in due, reader=reader)
         budget -= entries[table].rows
         if entries[table].truncated:
             budget = 0
@@ -194,7 +198,12 @@ def read_source(request: CaptureRequest, previous: IngestManifest | None) -> Cap
     the run re-syncs: every row read again, every table swept.
     """
     settings = request.settings
-    conn = db.connect(settings.secret_id, timeout=request.db_timeout, database=config.TOTESYS)
+
+    def connect() -> pg8000.native.Connection:
+        return db.connect(settings.secret_id, timeout=request.db_timeout, database=config.TOTESYS)
+
+    conn = connect()
+    reader = extract.SecondReader(conn, connect, SOURCE_TABLES)
     try:
         with extract.snapshot(conn, locked=SOURCE_TABLES) as read_point:
             check_contract(extract.source_columns(conn))
@@ -205,13 +214,14 @@ def read_source(request: CaptureRequest, previous: IngestManifest | None) -> Cap
                                                  for table, entry in previous.tables.items()})
             due = (list(SOURCE_TABLES) if resync is not None
                    else sweep.due_tables(settings, previous, read_point))
-            entries = _extract_within_budget(conn, settings, previous, read_point, request.run,
-                                             due)
+            entries = _extract_within_budget(reader, settings, previous, read_point,
+                                             request.run, due)
             entries = sweep.sweep_tables(conn, request, read_point, entries, due)
         return Captured(read_point, entries,
                         complete=not any(entry.truncated for entry in entries.values()),
                         resync=resync)
     finally:
+        reader.close()
         db.close_quietly(conn)
 
 

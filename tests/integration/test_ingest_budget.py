@@ -166,3 +166,19 @@ def test_changes_during_a_backfill_all_arrive(source_db, aws, monkeypatch):
         written = written_versions(aws["INGEST_BUCKET"], table)
         assert set(written) == set(expected), table
         assert all(written[version] <= 2 for version in written), table
+
+
+@pytest.mark.parametrize("chunk_rows, budget", [(2, 5), (3, 7), (4, 8)])
+def test_a_backfill_read_two_chunks_at_a_time_writes_every_version_once(
+        source_db, aws, monkeypatch, chunk_rows, budget):
+    monkeypatch.setenv("CHUNK_ROWS", str(chunk_rows))
+    seed_one_of_each(source_db)
+    designs(source_db, 20)
+
+    results = drain(monkeypatch, budget)
+
+    assert len(results) > 2
+    assert_every_version_exactly_once(source_db, aws["INGEST_BUCKET"])
+    for key in storage.manifest_keys_after(aws["INGEST_BUCKET"], None):
+        files = storage.read_json(aws["INGEST_BUCKET"], key)["tables"]["design"]["files"]
+        assert all(file["rows"] <= chunk_rows for file in files)

@@ -13,14 +13,23 @@ def test_a_first_read_copies_a_chunk_of_rows_in_key_order_with_only_the_contract
     assert sql == (
         "COPY (SELECT count(*), max(k)::text, string_agg(line, E'\\n' ORDER BY k) || E'\\n' "
         "AS lines FROM (SELECT t.\"currency_id\" AS k, "
-        "concat('{\"currency_id\":', coalesce(t.\"currency_id\"::text, 'null'), "
-        "',\"currency_code\":', coalesce(to_json(t.\"currency_code\")::text, 'null'), "
-        "',\"last_updated\":', coalesce('\"' || to_char(t.\"last_updated\", "
-        "'YYYY-MM-DD\"T\"HH24:MI:SS.MS') || '\"', 'null'), '}', "
-        "CASE WHEN t.\"last_updated\" > (now() AT TIME ZONE 'UTC') THEN 'F' ELSE '' END) AS line "
+        "'{\"currency_id\":' || coalesce(t.\"currency_id\"::text, 'null') || "
+        "',\"currency_code\":' || coalesce(to_json(t.\"currency_code\")::text, 'null') || "
+        "',\"last_updated\":' || coalesce(to_char(t.\"last_updated\", "
+        "E'\\\\\"YYYY-MM-DD\"T\"HH24:MI:SS.MS\\\\\"'), 'null') || '}' || "
+        "(CASE WHEN t.\"last_updated\" > (SELECT current_setting('totes.clock')::timestamp) "
+        "THEN 'F' ELSE '' END) AS line "
+        "FROM (SELECT t.\"currency_id\", t.\"currency_code\", t.\"last_updated\" "
         "FROM \"currency\" AS t "
-        "ORDER BY t.\"currency_id\" LIMIT current_setting('totes.limit')::bigint) AS chunk) "
+        "ORDER BY t.\"currency_id\" LIMIT current_setting('totes.limit')::bigint) AS t) AS chunk) "
         "TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01', FORCE_QUOTE (lines))")
+
+
+def test_a_second_connections_chunk_skips_the_first_chunks_rows_before_rendering_any():
+    sql = extract.changes_sql("staff", TableCursor(), after=True, offset=True)
+    assert ("ORDER BY t.\"staff_id\" OFFSET current_setting('totes.offset')::bigint "
+            "LIMIT current_setting('totes.limit')::bigint) AS t) AS chunk" in sql)
+    assert "offset" not in extract.changes_sql("staff", TableCursor(), after=True)
 
 
 def test_a_chunk_after_the_first_continues_above_the_last_key_and_may_carry_every_key():
@@ -67,15 +76,15 @@ def test_a_table_carried_over_from_the_watermark_format_is_read_once_by_last_upd
     assert "xmin" not in sql
 
 
-def test_timestamps_are_rendered_with_milliseconds_and_other_columns_as_json():
+def test_timestamps_are_rendered_quoted_with_milliseconds_and_other_columns_as_json():
     select = extract.row_json_sql("payment")
     for column, kind in SOURCE_COLUMNS["payment"].items():
-        stamp = f"to_char(t.\"{column}\", 'YYYY-MM-DD\"T\"HH24:MI:SS.MS')"
-        value = {"timestamp": f"'\"' || {stamp} || '\"'",
+        stamp = f"to_char(t.\"{column}\", E'\\\\\"YYYY-MM-DD\"T\"HH24:MI:SS.MS\\\\\"')"
+        value = {"timestamp": stamp,
                  "int": f"t.\"{column}\"::text", "bool": f"t.\"{column}\"::text"}.get(
                      kind, f"to_json(t.\"{column}\")::text")
-        assert f"',\"{column}\":', coalesce({value}, 'null')" in select or (
-            f"'{{\"{column}\":', coalesce({value}, 'null')" in select)
+        assert f"',\"{column}\":' || coalesce({value}, 'null')" in select or (
+            f"'{{\"{column}\":' || coalesce({value}, 'null')" in select)
     assert "company_ac_number" not in select
 
 
