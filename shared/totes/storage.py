@@ -157,20 +157,24 @@ def latest_manifest_key(bucket: str) -> str | None:
     return newest_key(bucket, MANIFEST_PREFIX, accept=is_manifest_key)
 
 
-def is_newest_manifest(bucket: str, key: str | None) -> bool:
-    """Tell whether ``key`` is the newest manifest of ``bucket`` (None: that it has none).
+def is_newest_key(bucket: str, prefix: str, key: str | None, accept: KeyTest) -> bool:
+    """Tell whether ``key`` is the greatest key ``accept`` takes under ``prefix`` (None: none is).
 
     One listing (one request while fewer than a thousand keys follow) from just
-    before ``key``: the first manifest key listed must be ``key`` itself, which
-    proves it exists, and no other may follow. :func:`latest_manifest_key`
-    descends four levels of folders to the same answer; a run that knows which
-    key it expects needs only this.
+    before ``key``: the first key accepted must be ``key`` itself, which proves it
+    exists, and no other may follow. :func:`newest_key` descends four levels of
+    folders to the same answer; a run that knows which key it expects needs only this.
     """
-    listed = list_keys(bucket, MANIFEST_PREFIX, start_after=None if key is None else key[:-1],
-                       accept=is_manifest_key)
+    listed = list_keys(bucket, prefix, start_after=None if key is None else key[:-1],
+                       accept=accept)
     if key is not None and next(listed, None) != key:
         return False
     return next(listed, None) is None
+
+
+def is_newest_manifest(bucket: str, key: str | None) -> bool:
+    """Tell whether ``key`` is the newest manifest of ``bucket`` (see :func:`is_newest_key`)."""
+    return is_newest_key(bucket, MANIFEST_PREFIX, key, is_manifest_key)
 
 
 def manifest_keys_after(bucket: str, after: str | None) -> Iterator[str]:

@@ -60,6 +60,13 @@ RESERVE_SECONDS = 30.0
 #: starts from exactly that snapshot, which a warm container then need not fetch again.
 _REFERENCE_STATES: dict[str, tuple[str, str, pa.Table]] = {}
 
+#: per processed bucket, the processed manifest this container committed (or found committed)
+#: last: its ingest manifest key, its own key and its reference pointers. The next invocation
+#: starts from it once one listing proves it is still the newest
+#: (:meth:`totes.supersede.Markers.is_newest_processed`), instead of descending the folders
+#: and reading the manifest back.
+_COMMITTED: dict[str, tuple[str, str, dict[str, str | None]]] = {}
+
 #: how a transform failure is logged (with the manifest it stopped at).
 NOTHING_COMMITTED = "transform failed; nothing committed for this manifest"
 
@@ -300,7 +307,13 @@ def _read_whole(attempt: _TransformAttempt, table: str) -> pd.DataFrame:
 
 def _reference_dimensions(attempt: _TransformAttempt,
                           pointers: dict[str, str | None]) -> dict[str, str | None]:
-    """Merge the batch into the reference state, write the propagated dimensions and new state."""
+    """Merge the batch into the reference state, write the propagated dimensions and new state.
+
+    A manifest with no file of any reference table changes nothing here (no member
+    changes, none waits for a parent it brings), so the state is not even read.
+    """
+    if not any(attempt.files(table) for table in reference.REFERENCE_TABLES):
+        return dict(pointers)
     state, changed = {}, {}
     for table in reference.REFERENCE_TABLES:
         batch = _read_whole(attempt, table)
@@ -486,6 +499,21 @@ def _read_processed(settings: TransformSettings, key: str) -> ProcessedManifest:
     return ProcessedManifest.read(storage.read_json(settings.processed_bucket, key), key)
 
 
+def _newest_processed(settings: TransformSettings,
+                      markers: Markers) -> tuple[str | None, dict[str, str | None]]:
+    """The newest transformed ingest manifest and its reference pointers (None and none before).
+
+    A warm container that committed the newest itself knows both, once one listing
+    proves no other invocation committed since; otherwise they are looked up and read.
+    """
+    known = _COMMITTED.get(settings.processed_bucket)
+    if known is not None and markers.is_newest_processed(settings.processed_bucket, *known[:2]):
+        return known[0], dict(known[2])
+    latest = markers.newest_processed(settings.processed_bucket)
+    return latest, (dict(_read_processed(settings, markers.processed_key(latest)).reference)
+                    if latest else dict.fromkeys(reference.REFERENCE_TABLES))
+
+
 def transform_through(settings: TransformSettings, ingest_key: str, report: TransformReport,
                       deadline: Deadline = Deadline.unbounded()) -> list[str]:
     """Transform every ingest manifest not yet transformed, oldest first, up to ``ingest_key``.
@@ -501,12 +529,10 @@ def transform_through(settings: TransformSettings, ingest_key: str, report: Tran
     current = ingest_key
     try:
         markers = supersede.read_markers(settings.processed_bucket)
-        latest = markers.newest_processed(settings.processed_bucket)
+        latest, pointers = _newest_processed(settings, markers)
         if latest is not None and latest >= ingest_key:
             logger.info("already transformed", extra={"manifest": ingest_key, "latest": latest})
             return []
-        pointers = (dict(_read_processed(settings, markers.processed_key(latest)).reference)
-                    if latest else dict.fromkeys(reference.REFERENCE_TABLES))
         for key in _pending(settings.ingest_bucket, latest, ingest_key):
             if not time_for_another(deadline, report):
                 logger.warning("stopping before the timeout; the next event continues", extra={
@@ -516,6 +542,8 @@ def transform_through(settings: TransformSettings, ingest_key: str, report: Tran
                 return done
             current = key
             pointers = dict(transform_manifest(settings, key, pointers, report, markers).reference)
+            _COMMITTED[settings.processed_bucket] = (key, markers.processed_key(key),
+                                                     dict(pointers))
             done.append(key)
             current = ingest_key  # a failure to list the next one leaves the event's undone
         return done
