@@ -33,17 +33,39 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parse(parser, argv)
 
 
-def timed_cycle(pipeline: Any) -> dict[str, float]:
-    """Run ingest, transform of each new manifest, and load; return each stage's seconds."""
+def time_handlers(pipeline: Any) -> dict[str, float]:
+    """Wrap each of the pipeline's handlers to add its seconds to the dict returned.
+
+    Only the handlers are timed, as Lambda bills them: the runner's own listing of the
+    manifests to deliver (what S3's notification does in AWS) is not handler time.
+    """
     seconds: dict[str, float] = {}
-    for stage, call in (("ingest", pipeline.ingest),
-                        ("transform", pipeline.deliver_manifest_events),
-                        ("load", pipeline.load)):
-        started = time.perf_counter()
-        call()
-        seconds[stage] = time.perf_counter() - started
-    seconds["total"] = sum(seconds.values())
+
+    def timed(name: str, handler: Any) -> Any:
+        def call(event: Any, context: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return handler(event, context)
+            finally:
+                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+        return call
+
+    pipeline.handlers = {name: timed(name, handler) for name, handler in pipeline.handlers.items()}
     return seconds
+
+
+def timed_cycle(pipeline: Any, seconds: dict[str, float]) -> dict[str, float]:
+    """Run ingest, transform of each new manifest, and load; return each stage's handler seconds.
+
+    ``seconds`` is what :func:`time_handlers` fills.
+    """
+    seconds.clear()
+    pipeline.ingest()
+    pipeline.deliver_manifest_events()
+    pipeline.load()
+    cycle = {stage: seconds.get(stage, 0.0) for stage in ("ingest", "transform", "load")}
+    cycle["total"] = sum(cycle.values())
+    return cycle
 
 
 def book_one_order(postgres: Any, source: str) -> None:
@@ -74,10 +96,11 @@ def measure(postgres: Any, endpoint: str, source: str, repeat: int
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # EMF lines
             pipeline = LocalPipeline(env["INGEST_BUCKET"])
             pipeline.cycle()  # the first load, and every import: the container is warm after it
+            seconds = time_handlers(pipeline)
             for _ in range(repeat):
-                cycles["idle"].append(timed_cycle(pipeline))
+                cycles["idle"].append(timed_cycle(pipeline, seconds))
                 book_one_order(postgres, source)
-                cycles["one order"].append(timed_cycle(pipeline))
+                cycles["one order"].append(timed_cycle(pipeline, seconds))
     return cycles
 
 
