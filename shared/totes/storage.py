@@ -14,6 +14,8 @@ reported once per invocation (:func:`totes.observability.stray_object`) and
 never read, so it can neither stop a stage nor steer it.
 """
 import json
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
@@ -65,6 +67,53 @@ def put_new_object(bucket: str, key: str, body: bytes | IO[bytes], content_type:
         ):
             raise ObjectAlreadyExistsError(f"s3://{bucket}/{key} already exists") from None
         raise
+
+
+class BackgroundPuts:
+    """Conditional writes (:func:`put_new_object`) made by worker threads, a bounded few at once.
+
+    The caller prepares the next object (or reads the source) while S3 stores the
+    earlier ones; each request's wait for S3 overlaps the others instead of adding
+    up. At most ``in_flight`` bodies are held, so memory stays a few objects' worth.
+    An object is known to exist only once :meth:`close` has returned without error:
+    a commit point (a manifest) is written after it, never before.
+    """
+
+    def __init__(self, in_flight: int) -> None:
+        """Write with up to ``in_flight`` requests at once (threads start with the first)."""
+        self._in_flight = in_flight
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: "deque[Future[None]]" = deque()
+
+    def put(self, bucket: str, key: str, body: bytes, content_type: str) -> None:
+        """Start writing ``body`` to ``key`` once fewer than ``in_flight`` writes are pending.
+
+        An earlier write's error is raised here when waiting for it frees the place.
+        """
+        while len(self._pending) >= self._in_flight:
+            self._pending.popleft().result()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._in_flight, thread_name_prefix="totes-put")
+        self._pending.append(self._pool.submit(put_new_object, bucket, key, body, content_type))
+
+    def close(self, *, quietly: bool = False) -> None:
+        """Wait for every write started and end the threads; raise the first write's error.
+
+        Every write has ended when this returns or raises. The error is not raised
+        with ``quietly`` (the caller is failing already, and its own error is the one
+        to report).
+        """
+        error: BaseException | None = None
+        while self._pending:
+            try:
+                self._pending.popleft().result()
+            except Exception as failed:  # noqa: B902 - the first is re-raised below
+                error = error or failed
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if error is not None and not quietly:
+            raise error
 
 
 def put_new_json(bucket: str, key: str, document: Any) -> None:

@@ -51,6 +51,9 @@ _DENIED_CODES = frozenset({"AccessDenied", "403"})
 
 logger = service_logger()
 
+#: Parquet objects of one manifest written at once, while the next is built: a few bodies
+#: held (each at most one ingest file's rows), their waits for S3 overlapping.
+WRITES_IN_FLIGHT = 4
 #: a manifest is not started with less time left than this (seconds), nor with less than
 #: the largest manifest of the invocation took.
 RESERVE_SECONDS = 30.0
@@ -186,6 +189,9 @@ class _TransformAttempt:
     deletions: dict[str, list[DataFile]] = field(
         default_factory=lambda: {name: [] for name in DELETIONS})
     rows_in: Counter[str] = field(default_factory=Counter)
+    #: the attempt's objects, written while the next is built; all exist once it is closed.
+    puts: storage.BackgroundPuts = field(
+        default_factory=lambda: storage.BackgroundPuts(WRITES_IN_FLIGHT))
 
     def files(self, table: str) -> tuple[DataFile, ...]:
         """The ingest files of ``table`` listed by the manifest (none if it is absent)."""
@@ -206,7 +212,7 @@ class _TransformAttempt:
             return
         key = keys.attempt_data_key(folder, self.run_id, self.attempt_id, len(listed), extension)
         body = parquet_bytes(star.to_arrow(table, frame))
-        storage.put_new_object(self.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
+        self.puts.put(self.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
         listed.append(DataFile(key, len(frame), len(body)))
 
 
@@ -333,7 +339,7 @@ def _reference_dimensions(attempt: _TransformAttempt,
         if changed[table]:
             key = keys.reference_key(table, attempt.run_id, attempt.attempt_id)
             body = parquet_bytes(pa.Table.from_pandas(state[table], preserve_index=False))
-            storage.put_new_object(attempt.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
+            attempt.puts.put(attempt.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
             new_pointers[table] = key
             _REFERENCE_STATES[table] = (attempt.processed_bucket, key, _parquet_table(body))
     return new_pointers
@@ -459,9 +465,12 @@ def _transformed(settings: TransformSettings, ingest_key: str, run_id: keys.RunI
         new_pointers = _reference_dimensions(attempt, pointers)
         _plain_dimensions(attempt)
         _facts(attempt)
+        attempt.puts.close()  # every object the processed manifest lists exists
     except (star.SourceDataError, pa.ArrowInvalid) as error:
         raise TransformInputError(
             f"s3://{attempt.ingest_bucket}/{ingest_key} (a file it lists): {error}") from None
+    finally:
+        attempt.puts.close(quietly=True)
     return ProcessedManifest(
         run_id=str(attempt.run_id),
         ingest_manifest=ingest_key,
