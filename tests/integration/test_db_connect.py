@@ -65,3 +65,54 @@ def test_a_master_secret_without_where_fails_naming_both_places(aws, postgres):
     with pytest.raises(db.SecretFormatError, match=expected) as caught:
         db.connect(aws["WAREHOUSE_SECRET_ID"], database=config.WAREHOUSE)
     assert f'put "host" in secret {aws["WAREHOUSE_SECRET_ID"]}' in str(caught.value)
+
+
+def _backend(connection):
+    return connection.run("SELECT pg_backend_pid()")[0][0]
+
+
+def test_a_warm_invocation_reuses_the_kept_connection_with_no_transaction_carried_over(
+        aws, postgres, database):
+    name = database("kept")
+    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(name)}, buckets=())
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as first:
+        pid = _backend(first)
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as second:
+        assert second is first and _backend(second) == pid
+        second.run("START TRANSACTION")  # left open: the connection is not kept
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as third:
+        assert _backend(third) != pid
+        assert third.run("SELECT pg_current_xact_id_if_assigned() IS NULL, "
+                         "current_setting('transaction_isolation')") == [[True, "read committed"]]
+
+
+def test_a_kept_connection_dropped_between_invocations_is_replaced(aws, postgres, database):
+    name = database("dropped")
+    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(name)}, buckets=())
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as first:
+        pid = _backend(first)
+    admin = postgres.connect(name)
+    try:
+        admin.run("SELECT pg_terminate_backend(:pid)", pid=pid)  # a restart, a failover
+    finally:
+        admin.close()
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as second:
+        assert second is not first and _backend(second) != pid
+
+
+def test_a_connection_whose_invocation_failed_is_closed_not_kept(aws, postgres, database):
+    name = database("failed")
+    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(name)}, buckets=())
+    with pytest.raises(RuntimeError, match="handler failed"):
+        with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                                database=config.TOTESYS) as first:
+            pid = _backend(first)
+            raise RuntimeError("handler failed")
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as second:
+        assert _backend(second) != pid
