@@ -48,9 +48,10 @@ LIVENESS_TIMEOUT_SECONDS = 5.0
 #: distinct statement texts whose parse pg8000 keeps (the pipeline's are a fixed set of
 #: templates over allow-listed names, values always bound, so a few hundred at most).
 PARSED_STATEMENTS = 512
-#: per login, server and database, the connection a warm container kept from its last
-#: invocation: idle, outside any transaction (:func:`kept_connection`).
-_KEPT: dict[tuple[Any, ...], pg8000.native.Connection] = {}
+#: per secret and database, the connection a warm container kept from its last invocation
+#: (idle, outside any transaction: :func:`kept_connection`) and the login, server and
+#: database it reaches.
+_KEPT: dict[tuple[str, str], tuple[tuple[Any, ...], pg8000.native.Connection]] = {}
 
 
 if not hasattr(pg8000.native.to_statement, "cache_info"):
@@ -238,16 +239,19 @@ def kept_connection(secret_id: str, *, timeout: float | None,
     lock or setting of an earlier invocation carries over; one that fails the check
     (the server restarted, a failover, an idle timeout) is closed and replaced. After
     a block that raised, the connection is closed, never kept: it may be broken or
-    mid-transaction. Kept per login, server and database, so a secret that now names
-    another one opens a new connection.
+    mid-transaction. When the secret (or the environment) now names another login,
+    server or database, the kept connection is closed and a new one opened.
     """
     secret = with_connection_fields(fetch_secret(secret_id), database, secret_id)
     kwargs = connection_kwargs(secret, timeout=timeout)
-    key = tuple(kwargs.get(name) for name in ("user", "database", "host", "port", "unix_sock"))
-    conn = _KEPT.pop(key, None)
-    if conn is not None and not _alive(conn, timeout):
-        close_quietly(conn)
-        conn = None
+    target = tuple(kwargs.get(name) for name in ("user", "database", "host", "port", "unix_sock"))
+    kept = _KEPT.pop((secret_id, database.prefix), None)
+    conn = None
+    if kept is not None:
+        if kept[0] == target and _alive(kept[1], timeout):
+            conn = kept[1]
+        else:
+            close_quietly(kept[1])
     if conn is None:
         conn = connect(secret_id, timeout=timeout, database=database)
     try:
@@ -255,13 +259,13 @@ def kept_connection(secret_id: str, *, timeout: float | None,
     except BaseException:
         close_quietly(conn)
         raise
-    _KEPT[key] = conn
+    _KEPT[(secret_id, database.prefix)] = (target, conn)
 
 
 def forget_kept_connections() -> None:
     """Close every kept connection (a test that starts as a cold container does this)."""
     while _KEPT:
-        close_quietly(_KEPT.popitem()[1])
+        close_quietly(_KEPT.popitem()[1][1])
 
 
 def connect_with(secret: Mapping[str, Any], source: str, *,

@@ -1,4 +1,7 @@
+import time
+
 import pytest
+from aws_lambda_powertools.utilities import parameters
 
 from totes import config, db
 from totes_local import stack
@@ -116,3 +119,27 @@ def test_a_connection_whose_invocation_failed_is_closed_not_kept(aws, postgres, 
     with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
                             database=config.TOTESYS) as second:
         assert _backend(second) != pid
+
+
+def test_a_secret_pointed_at_another_database_closes_the_kept_connection(aws, postgres, database):
+    old, new = database("old"), database("new")
+    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(old)}, buckets=())
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as first:
+        pid = _backend(first)
+    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(new)}, buckets=())
+    parameters.clear_caches()  # the secret's five-minute cache has run out
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as second:
+        assert second.run("SELECT current_database()") == [[new]]
+    admin = postgres.connect(old)
+    try:
+        for _ in range(50):  # the server ends a closed session's backend a moment later
+            if admin.run("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid",
+                         pid=pid) == [[0]]:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"the session {pid} on the old database is still open")
+    finally:
+        admin.close()
