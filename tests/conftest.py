@@ -13,7 +13,7 @@ import pytest
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.utilities import parameters
 
-from totes import observability, storage
+from totes import db, observability, storage
 from totes_local import stack
 
 
@@ -21,7 +21,8 @@ from totes_local import stack
 def fresh_clients():
     """Drop cached boto3 clients and secrets so each test sees its own AWS and credentials.
 
-    The stray objects seen are forgotten too, as at the start of every invocation.
+    The stray objects seen are forgotten too, as at the start of every invocation, and
+    the database connections the functions kept are closed after each test.
     """
     storage.s3_client.cache_clear()
     parameters.clear_caches()
@@ -29,6 +30,7 @@ def fresh_clients():
     yield
     storage.s3_client.cache_clear()
     parameters.clear_caches()
+    db.forget_kept_connections()
 
 
 @pytest.fixture(scope="session")

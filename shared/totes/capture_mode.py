@@ -14,7 +14,6 @@ slot's WAL) lets go of it only after the commit.
 The settings both modes read, and the writer that packs a table's JSON lines
 into create-once objects, live here because both modes use them.
 """
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, Mapping, Protocol
@@ -112,9 +111,7 @@ class ObjectWriter:
         self._bucket, self._chunk_rows, self._key_for = bucket, chunk_rows, key_for
         self._lines: list[bytes] = []
         self.files: list[DataFile] = []
-        self._background = background
-        self._uploader: ThreadPoolExecutor | None = None
-        self._pending: "Future[None] | None" = None
+        self._puts = storage.BackgroundPuts(1) if background else None
 
     def add(self, line: bytes) -> None:
         """Take one line; write an object when ``chunk_rows`` lines are waiting."""
@@ -138,21 +135,11 @@ class ObjectWriter:
             raise ValueError(f"an object holds at most {self._chunk_rows} lines, not {rows}")
         self.flush()
         key = self._key_for(len(self.files))
-        if self._background:
-            self._wait()
-            if self._uploader is None:
-                self._uploader = ThreadPoolExecutor(1, thread_name_prefix="totes-put")
-            self._pending = self._uploader.submit(storage.put_new_object, self._bucket, key,
-                                                  body, CONTENT_TYPE)
+        if self._puts is not None:
+            self._puts.put(self._bucket, key, body, CONTENT_TYPE)
         else:
             storage.put_new_object(self._bucket, key, body, CONTENT_TYPE)
         self.files.append(DataFile(key, rows, len(body)))
-
-    def _wait(self) -> None:
-        """Wait for the write in flight, if any, re-raising its error."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
 
     def close(self, *, quietly: bool = False) -> None:
         """Wait for the last write and end the writing thread.
@@ -160,12 +147,5 @@ class ObjectWriter:
         The write's error is re-raised unless ``quietly`` (the caller is failing
         already, and its own error is the one to report).
         """
-        try:
-            self._wait()
-        except Exception:
-            if not quietly:
-                raise
-        finally:
-            if self._uploader is not None:
-                self._uploader.shutdown(wait=True)
-                self._uploader = None
+        if self._puts is not None:
+            self._puts.close(quietly=quietly)

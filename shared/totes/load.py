@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import chain
@@ -353,22 +354,22 @@ def _read_manifest(bucket: str, key: str) -> ProcessedManifest:
 
 def run_load(settings: LoadSettings, deadline: Deadline, *,
              now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> LoadReport:
-    """Connect to the warehouse with its secret and run :func:`load_into`; always disconnect.
+    """Connect to the warehouse with its secret and run :func:`load_into`.
 
-    A statement may legitimately run for minutes (a bulk COPY), so no database wait
+    A warm container reuses the connection of its last invocation when it still
+    answers (:func:`totes.db.kept_connection`); after a failure it is closed. A
+    statement may legitimately run for minutes (a bulk COPY), so no database wait
     outlives the invocation: the connection's timeout is the deadline's remaining time.
     """
-    try:
-        conn = db.connect(settings.secret_id, timeout=deadline.remaining(),
-                          database=config.WAREHOUSE)
-    except Exception:
-        # Configuration, secret or network: load_into logs every failure after this point.
-        logger.exception("load failed connecting to the warehouse; nothing loaded")
-        raise
-    try:
+    with ExitStack() as stack:
+        try:
+            conn = stack.enter_context(db.kept_connection(
+                settings.secret_id, timeout=deadline.remaining(), database=config.WAREHOUSE))
+        except Exception:
+            # Configuration, secret or network: load_into logs every failure after this point.
+            logger.exception("load failed connecting to the warehouse; nothing loaded")
+            raise
         return load_into(conn, settings, deadline, now=now)
-    finally:
-        db.close_quietly(conn)
 
 
 def load_into(conn: pg8000.native.Connection, settings: LoadSettings, deadline: Deadline, *,

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import pg8000.native
 
-from totes import config, db, extract, keys, observability, sweep, timestamps
+from totes import config, db, extract, keys, observability, storage, sweep, timestamps
 from totes.capture import Snapshot, TableCursor, resync_reason
 from totes.capture_mode import CaptureRequest, Captured, IngestSettings, ObjectWriter
 from totes.manifest import IngestManifest, TableEntry
@@ -29,6 +29,9 @@ LOGGED_KEYS = 20
 #: a prepared transaction older than this is named in a WARNING: a two-phase commit's
 #: coordinator ends its transactions within seconds, so one this old looks orphaned.
 PREPARED_WARN_SECONDS = 300
+#: captured-keys lists written at once while the next tables are read (each a gzip of one
+#: table's keys: a few bytes per row).
+KEY_LISTS_IN_FLIGHT = 2
 
 
 #: how the line of a row stamped in the future ends; no other line holds these two bytes,
@@ -127,13 +130,16 @@ def _cursor_text(cursor: TableCursor, current: Snapshot) -> str:
 def extract_table(conn: pg8000.native.Connection, table: str, previous: TableEntry,
                   read_point: extract.ReadPoint, run: keys.RunId, settings: IngestSettings,
                   budget: int, *, keep_keys: bool,
-                  reader: extract.SecondReader | None = None) -> TableEntry:
+                  reader: extract.SecondReader | None = None,
+                  key_puts: storage.BackgroundPuts | None = None) -> TableEntry:
     """Write up to ``budget`` of ``table``'s unseen rows; return its entry for the manifest.
 
     With ``keep_keys`` the keys written are stored for the next key sweep (a table
-    swept in this same run needs none: its sweep lists them already). With a
-    ``reader`` (of ``conn``), a table of more than one chunk is read on two
-    connections in the same snapshot (:func:`totes.extract.copy_changes`).
+    swept in this same run needs none: its sweep lists them already); by ``key_puts``
+    when given, in the background, while the next table is read (the caller closes it
+    before the manifest names the list). With a ``reader`` (of ``conn``), a table of
+    more than one chunk is read on two connections in the same snapshot
+    (:func:`totes.extract.copy_changes`).
     """
     writer = ObjectWriter(settings.bucket, settings.chunk_rows,
                           lambda part: keys.data_key(table, run, part, "jsonl"), background=True)
@@ -150,7 +156,7 @@ def extract_table(conn: pg8000.native.Connection, table: str, previous: TableEnt
     last_key = sink.last_key
     cursor = previous.cursor.after_pass(read_point.snapshot,
                                         cut_at=last_key if sink.overflow else None)
-    captured = (sweep.upload_blocks(settings.bucket, table, run, sink.key_lines)
+    captured = (sweep.upload_blocks(settings.bucket, table, run, sink.key_lines, key_puts)
                 if keep_keys and sink.rows else None)
     entry = TableEntry(files=tuple(writer.files), cursor=cursor, truncated=sink.overflow,
                        stamped_in_future=sink.future, sweep=previous.sweep,
@@ -172,20 +178,30 @@ def extract_table(conn: pg8000.native.Connection, table: str, previous: TableEnt
 def _extract_within_budget(reader: extract.SecondReader, settings: IngestSettings,
                            previous: IngestManifest | None, read_point: extract.ReadPoint,
                            run: keys.RunId, due: list[str]) -> dict[str, TableEntry]:
-    """Extract every table in dependency order until the run's row budget is spent."""
+    """Extract every table in dependency order until the run's row budget is spent.
+
+    Each table's captured-keys list is written in the background while the next
+    table is read; all of them exist once this returns.
+    """
     budget = settings.max_rows_per_run
     entries: dict[str, TableEntry] = {}
-    for table in SOURCE_TABLES:
-        before = previous.table(table) if previous else TableEntry()
-        if budget <= 0:
-            entries[table] = replace(before, files=(), truncated=True, stamped_in_future=0,
-                                     deleted=(), captured_keys=None)
-            continue
-        entries[table] = extract_table(reader.first, table, before, read_point, run, settings,
-                                       budget, keep_keys=table not in due, reader=reader)
-        budget -= entries[table].rows
-        if entries[table].truncated:
-            budget = 0
+    key_puts = storage.BackgroundPuts(KEY_LISTS_IN_FLIGHT)
+    try:
+        for table in SOURCE_TABLES:
+            before = previous.table(table) if previous else TableEntry()
+            if budget <= 0:
+                entries[table] = replace(before, files=(), truncated=True, stamped_in_future=0,
+                                         deleted=(), captured_keys=None)
+                continue
+            entries[table] = extract_table(reader.first, table, before, read_point, run,
+                                           settings, budget, keep_keys=table not in due,
+                                           reader=reader, key_puts=key_puts)
+            budget -= entries[table].rows
+            if entries[table].truncated:
+                budget = 0
+        key_puts.close()
+    finally:
+        key_puts.close(quietly=True)
     return entries
 
 
@@ -202,27 +218,27 @@ def read_source(request: CaptureRequest, previous: IngestManifest | None) -> Cap
     def connect() -> pg8000.native.Connection:
         return db.connect(settings.secret_id, timeout=request.db_timeout, database=config.TOTESYS)
 
-    conn = connect()
-    reader = extract.SecondReader(conn, connect, SOURCE_TABLES)
-    try:
-        with extract.snapshot(conn, locked=SOURCE_TABLES) as read_point:
-            check_contract(extract.source_columns(conn))
-            _report_prepared(conn, read_point, request.run)
-            resync = _resync_reason(request, read_point)
-            if resync is not None and previous is not None:
-                previous = previous.with_tables({table: replace(entry, cursor=TableCursor())
-                                                 for table, entry in previous.tables.items()})
-            due = (list(SOURCE_TABLES) if resync is not None
-                   else sweep.due_tables(settings, previous, read_point))
-            entries = _extract_within_budget(reader, settings, previous, read_point,
-                                             request.run, due)
-            entries = sweep.sweep_tables(conn, request, read_point, entries, due)
-        return Captured(read_point, entries,
-                        complete=not any(entry.truncated for entry in entries.values()),
-                        resync=resync)
-    finally:
-        reader.close()
-        db.close_quietly(conn)
+    with db.kept_connection(settings.secret_id, timeout=request.db_timeout,
+                            database=config.TOTESYS) as conn:
+        reader = extract.SecondReader(conn, connect, SOURCE_TABLES)
+        try:
+            with extract.snapshot(conn, locked=SOURCE_TABLES) as read_point:
+                check_contract(extract.source_columns(conn))
+                _report_prepared(conn, read_point, request.run)
+                resync = _resync_reason(request, read_point)
+                if resync is not None and previous is not None:
+                    previous = previous.with_tables({table: replace(entry, cursor=TableCursor())
+                                                     for table, entry in previous.tables.items()})
+                due = (list(SOURCE_TABLES) if resync is not None
+                       else sweep.due_tables(settings, previous, read_point))
+                entries = _extract_within_budget(reader, settings, previous, read_point,
+                                                 request.run, due)
+                entries = sweep.sweep_tables(conn, request, read_point, entries, due)
+            return Captured(read_point, entries,
+                            complete=not any(entry.truncated for entry in entries.values()),
+                            resync=resync)
+        finally:
+            reader.close()
 
 
 def _report_prepared(conn: pg8000.native.Connection, read_point: extract.ReadPoint,

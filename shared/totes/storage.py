@@ -14,6 +14,8 @@ reported once per invocation (:func:`totes.observability.stray_object`) and
 never read, so it can neither stop a stage nor steer it.
 """
 import json
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
@@ -65,6 +67,53 @@ def put_new_object(bucket: str, key: str, body: bytes | IO[bytes], content_type:
         ):
             raise ObjectAlreadyExistsError(f"s3://{bucket}/{key} already exists") from None
         raise
+
+
+class BackgroundPuts:
+    """Conditional writes (:func:`put_new_object`) made by worker threads, a bounded few at once.
+
+    The caller prepares the next object (or reads the source) while S3 stores the
+    earlier ones; each request's wait for S3 overlaps the others instead of adding
+    up. At most ``in_flight`` bodies are held, so memory stays a few objects' worth.
+    An object is known to exist only once :meth:`close` has returned without error:
+    a commit point (a manifest) is written after it, never before.
+    """
+
+    def __init__(self, in_flight: int) -> None:
+        """Write with up to ``in_flight`` requests at once (threads start with the first)."""
+        self._in_flight = in_flight
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: "deque[Future[None]]" = deque()
+
+    def put(self, bucket: str, key: str, body: bytes, content_type: str) -> None:
+        """Start writing ``body`` to ``key`` once fewer than ``in_flight`` writes are pending.
+
+        An earlier write's error is raised here when waiting for it frees the place.
+        """
+        while len(self._pending) >= self._in_flight:
+            self._pending.popleft().result()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._in_flight, thread_name_prefix="totes-put")
+        self._pending.append(self._pool.submit(put_new_object, bucket, key, body, content_type))
+
+    def close(self, *, quietly: bool = False) -> None:
+        """Wait for every write started and end the threads; raise the first write's error.
+
+        Every write has ended when this returns or raises. The error is not raised
+        with ``quietly`` (the caller is failing already, and its own error is the one
+        to report).
+        """
+        error: BaseException | None = None
+        while self._pending:
+            try:
+                self._pending.popleft().result()
+            except Exception as failed:  # noqa: B902 - the first is re-raised below
+                error = error or failed
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if error is not None and not quietly:
+            raise error
 
 
 def put_new_json(bucket: str, key: str, document: Any) -> None:
@@ -157,20 +206,24 @@ def latest_manifest_key(bucket: str) -> str | None:
     return newest_key(bucket, MANIFEST_PREFIX, accept=is_manifest_key)
 
 
-def is_newest_manifest(bucket: str, key: str | None) -> bool:
-    """Tell whether ``key`` is the newest manifest of ``bucket`` (None: that it has none).
+def is_newest_key(bucket: str, prefix: str, key: str | None, accept: KeyTest) -> bool:
+    """Tell whether ``key`` is the greatest key ``accept`` takes under ``prefix`` (None: none is).
 
     One listing (one request while fewer than a thousand keys follow) from just
-    before ``key``: the first manifest key listed must be ``key`` itself, which
-    proves it exists, and no other may follow. :func:`latest_manifest_key`
-    descends four levels of folders to the same answer; a run that knows which
-    key it expects needs only this.
+    before ``key``: the first key accepted must be ``key`` itself, which proves it
+    exists, and no other may follow. :func:`newest_key` descends four levels of
+    folders to the same answer; a run that knows which key it expects needs only this.
     """
-    listed = list_keys(bucket, MANIFEST_PREFIX, start_after=None if key is None else key[:-1],
-                       accept=is_manifest_key)
+    listed = list_keys(bucket, prefix, start_after=None if key is None else key[:-1],
+                       accept=accept)
     if key is not None and next(listed, None) != key:
         return False
     return next(listed, None) is None
+
+
+def is_newest_manifest(bucket: str, key: str | None) -> bool:
+    """Tell whether ``key`` is the newest manifest of ``bucket`` (see :func:`is_newest_key`)."""
+    return is_newest_key(bucket, MANIFEST_PREFIX, key, is_manifest_key)
 
 
 def manifest_keys_after(bucket: str, after: str | None) -> Iterator[str]:

@@ -219,6 +219,22 @@ class Markers:
                 return found[len(prefix):]
         return None
 
+    def is_newest_processed(self, bucket: str, ingest_key: str, processed_key: str) -> bool:
+        """Tell whether :meth:`newest_processed` would answer ``ingest_key``, in one listing.
+
+        ``processed_key`` is where a warm container saw its processed manifest committed.
+        It must still be where these markers put it, no revision may start after it (a
+        later revision's range is searched first), and one listing must prove it is the
+        newest processed manifest under its revision's prefix; else False, and the
+        caller searches as a cold container does.
+        """
+        if processed_key != self.processed_key(ingest_key) or any(
+                revision.from_manifest > ingest_key for revision in self.revisions):
+            return False
+        prefix = revision_prefix(self.revision_for(ingest_key))
+        return storage.is_newest_key(bucket, prefix + keys.MANIFEST_PREFIX, processed_key,
+                                     _manifest_under(prefix))
+
     def processed_after(self, bucket: str, after: str | None) -> Iterator[str]:
         """Yield, oldest first, the ingest manifests after ``after`` whose processed one exists."""
         for segment in self.segments():

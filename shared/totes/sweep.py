@@ -231,10 +231,18 @@ def upload(bucket: str, key: str, spool: KeySpool) -> None:
     storage.put_new_object(bucket, key, spool.file, KEYS_CONTENT_TYPE)
 
 
-def upload_blocks(bucket: str, table: str, run: keys.RunId, lines: list[bytes]) -> str:
-    """Write one run's captured keys of ``table`` (block lines, in order) once; return its key."""
+def upload_blocks(bucket: str, table: str, run: keys.RunId, lines: list[bytes],
+                  puts: storage.BackgroundPuts | None = None) -> str:
+    """Write one run's captured keys of ``table`` (block lines, in order) once; return its key.
+
+    With ``puts`` the write is only started: the object exists once ``puts`` is closed.
+    """
     key = keys.captured_keys_key(table, run)
-    storage.put_new_object(bucket, key, gzip.compress(b"".join(lines)), KEYS_CONTENT_TYPE)
+    body = gzip.compress(b"".join(lines))
+    if puts is None:
+        storage.put_new_object(bucket, key, body, KEYS_CONTENT_TYPE)
+    else:
+        puts.put(bucket, key, body, KEYS_CONTENT_TYPE)
     return key
 
 

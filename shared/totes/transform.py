@@ -51,6 +51,9 @@ _DENIED_CODES = frozenset({"AccessDenied", "403"})
 
 logger = service_logger()
 
+#: Parquet objects of one manifest written at once, while the next is built: a few bodies
+#: held (each at most one ingest file's rows), their waits for S3 overlapping.
+WRITES_IN_FLIGHT = 4
 #: a manifest is not started with less time left than this (seconds), nor with less than
 #: the largest manifest of the invocation took.
 RESERVE_SECONDS = 30.0
@@ -59,6 +62,13 @@ RESERVE_SECONDS = 30.0
 #: replaced, so a key names the same content for ever; the next manifest's transform
 #: starts from exactly that snapshot, which a warm container then need not fetch again.
 _REFERENCE_STATES: dict[str, tuple[str, str, pa.Table]] = {}
+
+#: per processed bucket, the processed manifest this container committed (or found committed)
+#: last: its ingest manifest key, its own key and its reference pointers. The next invocation
+#: starts from it once one listing proves it is still the newest
+#: (:meth:`totes.supersede.Markers.is_newest_processed`), instead of descending the folders
+#: and reading the manifest back.
+_COMMITTED: dict[str, tuple[str, str, dict[str, str | None]]] = {}
 
 #: how a transform failure is logged (with the manifest it stopped at).
 NOTHING_COMMITTED = "transform failed; nothing committed for this manifest"
@@ -179,6 +189,9 @@ class _TransformAttempt:
     deletions: dict[str, list[DataFile]] = field(
         default_factory=lambda: {name: [] for name in DELETIONS})
     rows_in: Counter[str] = field(default_factory=Counter)
+    #: the attempt's objects, written while the next is built; all exist once it is closed.
+    puts: storage.BackgroundPuts = field(
+        default_factory=lambda: storage.BackgroundPuts(WRITES_IN_FLIGHT))
 
     def files(self, table: str) -> tuple[DataFile, ...]:
         """The ingest files of ``table`` listed by the manifest (none if it is absent)."""
@@ -199,7 +212,7 @@ class _TransformAttempt:
             return
         key = keys.attempt_data_key(folder, self.run_id, self.attempt_id, len(listed), extension)
         body = parquet_bytes(star.to_arrow(table, frame))
-        storage.put_new_object(self.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
+        self.puts.put(self.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
         listed.append(DataFile(key, len(frame), len(body)))
 
 
@@ -300,7 +313,13 @@ def _read_whole(attempt: _TransformAttempt, table: str) -> pd.DataFrame:
 
 def _reference_dimensions(attempt: _TransformAttempt,
                           pointers: dict[str, str | None]) -> dict[str, str | None]:
-    """Merge the batch into the reference state, write the propagated dimensions and new state."""
+    """Merge the batch into the reference state, write the propagated dimensions and new state.
+
+    A manifest with no file of any reference table changes nothing here (no member
+    changes, none waits for a parent it brings), so the state is not even read.
+    """
+    if not any(attempt.files(table) for table in reference.REFERENCE_TABLES):
+        return dict(pointers)
     state, changed = {}, {}
     for table in reference.REFERENCE_TABLES:
         batch = _read_whole(attempt, table)
@@ -320,7 +339,7 @@ def _reference_dimensions(attempt: _TransformAttempt,
         if changed[table]:
             key = keys.reference_key(table, attempt.run_id, attempt.attempt_id)
             body = parquet_bytes(pa.Table.from_pandas(state[table], preserve_index=False))
-            storage.put_new_object(attempt.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
+            attempt.puts.put(attempt.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
             new_pointers[table] = key
             _REFERENCE_STATES[table] = (attempt.processed_bucket, key, _parquet_table(body))
     return new_pointers
@@ -446,9 +465,12 @@ def _transformed(settings: TransformSettings, ingest_key: str, run_id: keys.RunI
         new_pointers = _reference_dimensions(attempt, pointers)
         _plain_dimensions(attempt)
         _facts(attempt)
+        attempt.puts.close()  # every object the processed manifest lists exists
     except (star.SourceDataError, pa.ArrowInvalid) as error:
         raise TransformInputError(
             f"s3://{attempt.ingest_bucket}/{ingest_key} (a file it lists): {error}") from None
+    finally:
+        attempt.puts.close(quietly=True)
     return ProcessedManifest(
         run_id=str(attempt.run_id),
         ingest_manifest=ingest_key,
@@ -486,6 +508,21 @@ def _read_processed(settings: TransformSettings, key: str) -> ProcessedManifest:
     return ProcessedManifest.read(storage.read_json(settings.processed_bucket, key), key)
 
 
+def _newest_processed(settings: TransformSettings,
+                      markers: Markers) -> tuple[str | None, dict[str, str | None]]:
+    """The newest transformed ingest manifest and its reference pointers (None and none before).
+
+    A warm container that committed the newest itself knows both, once one listing
+    proves no other invocation committed since; otherwise they are looked up and read.
+    """
+    known = _COMMITTED.get(settings.processed_bucket)
+    if known is not None and markers.is_newest_processed(settings.processed_bucket, *known[:2]):
+        return known[0], dict(known[2])
+    latest = markers.newest_processed(settings.processed_bucket)
+    return latest, (dict(_read_processed(settings, markers.processed_key(latest)).reference)
+                    if latest else dict.fromkeys(reference.REFERENCE_TABLES))
+
+
 def transform_through(settings: TransformSettings, ingest_key: str, report: TransformReport,
                       deadline: Deadline = Deadline.unbounded()) -> list[str]:
     """Transform every ingest manifest not yet transformed, oldest first, up to ``ingest_key``.
@@ -501,12 +538,10 @@ def transform_through(settings: TransformSettings, ingest_key: str, report: Tran
     current = ingest_key
     try:
         markers = supersede.read_markers(settings.processed_bucket)
-        latest = markers.newest_processed(settings.processed_bucket)
+        latest, pointers = _newest_processed(settings, markers)
         if latest is not None and latest >= ingest_key:
             logger.info("already transformed", extra={"manifest": ingest_key, "latest": latest})
             return []
-        pointers = (dict(_read_processed(settings, markers.processed_key(latest)).reference)
-                    if latest else dict.fromkeys(reference.REFERENCE_TABLES))
         for key in _pending(settings.ingest_bucket, latest, ingest_key):
             if not time_for_another(deadline, report):
                 logger.warning("stopping before the timeout; the next event continues", extra={
@@ -516,6 +551,8 @@ def transform_through(settings: TransformSettings, ingest_key: str, report: Tran
                 return done
             current = key
             pointers = dict(transform_manifest(settings, key, pointers, report, markers).reference)
+            _COMMITTED[settings.processed_bucket] = (key, markers.processed_key(key),
+                                                     dict(pointers))
             done.append(key)
             current = ingest_key  # a failure to list the next one leaves the event's undone
         return done

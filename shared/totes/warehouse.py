@@ -87,6 +87,12 @@ _INFER = (
     "WHERE NOT EXISTS (SELECT 1 FROM {table} AS d WHERE d.{key} = referenced.k) "
     "ON CONFLICT ({key}) DO NOTHING"
 )
+#: every dimension's inferred members in one statement (one round trip, not one per
+#: dimension): each insert a data-modifying CTE, counted. The dimensions are distinct
+#: tables, so no insert can see or hinder another's rows.
+_INFER_ALL = "WITH {inserts} SELECT {counts}"
+_INFER_ONE = "{name} AS ({insert} RETURNING 1)"
+_INFER_COUNT = "(SELECT count(*) FROM {name})"
 #: fact versions: the last staged row of each version key, inserted in capture order. A
 #: version already present with other values (the source changed a row without changing
 #: its ``last_updated``) is corrected in place and given a fresh record id, so it ranks as
@@ -556,20 +562,24 @@ def add_inferred_members(conn: pg8000.native.Connection, fact: Table) -> dict[st
     member gets a placeholder (``'Unknown'`` text, NULL where nullable) that the
     dimension's upsert overwrites when the real row arrives. Facts never wait.
     """
-    added = {}
     stage = _q(staging_name(fact))
-    for dimension_name, columns in _referencing_columns(fact).items():
+    inserts = []
+    references = _referencing_columns(fact)
+    for number, (dimension_name, columns) in enumerate(references.items()):
         dimension = TABLES[dimension_name]
         values = inferred_member_values(dimension)
         referenced = " UNION ".join(
             _sql(_REFERENCED, column=_q(column.name), stage=stage) for column in columns)
-        conn.run(_sql(
+        inserts.append(_sql(_INFER_ONE, name=_q(f"inferred_{number}"), insert=_sql(
             _INFER, table=_q(dimension.name), columns=", ".join(_q(name) for name in values),
             values=", ".join(values.values()), referenced=referenced,
-            key=_q(dimension.primary_key),
-        ), unknown=UNKNOWN)
-        added[dimension.name] = conn.row_count
-    return added
+            key=_q(dimension.primary_key))))
+    if not inserts:
+        return {}
+    counts = conn.run(_sql(_INFER_ALL, inserts=", ".join(inserts), counts=", ".join(
+        _sql(_INFER_COUNT, name=_q(f"inferred_{number}")) for number in range(len(inserts)))),
+        unknown=UNKNOWN)[0]
+    return {name: int(count) for name, count in zip(references, counts)}
 
 
 def upsert_fact(conn: pg8000.native.Connection, fact: Table) -> tuple[int, int]:

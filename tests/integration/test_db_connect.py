@@ -1,4 +1,7 @@
+import time
+
 import pytest
+from aws_lambda_powertools.utilities import parameters
 
 from totes import config, db
 from totes_local import stack
@@ -65,3 +68,78 @@ def test_a_master_secret_without_where_fails_naming_both_places(aws, postgres):
     with pytest.raises(db.SecretFormatError, match=expected) as caught:
         db.connect(aws["WAREHOUSE_SECRET_ID"], database=config.WAREHOUSE)
     assert f'put "host" in secret {aws["WAREHOUSE_SECRET_ID"]}' in str(caught.value)
+
+
+def _backend(connection):
+    return connection.run("SELECT pg_backend_pid()")[0][0]
+
+
+def test_a_warm_invocation_reuses_the_kept_connection_with_no_transaction_carried_over(
+        aws, postgres, database):
+    name = database("kept")
+    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(name)}, buckets=())
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as first:
+        pid = _backend(first)
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as second:
+        assert second is first and _backend(second) == pid
+        second.run("START TRANSACTION")  # left open: the connection is not kept
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as third:
+        assert _backend(third) != pid
+        assert third.run("SELECT pg_current_xact_id_if_assigned() IS NULL, "
+                         "current_setting('transaction_isolation')") == [[True, "read committed"]]
+
+
+def test_a_kept_connection_dropped_between_invocations_is_replaced(aws, postgres, database):
+    name = database("dropped")
+    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(name)}, buckets=())
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as first:
+        pid = _backend(first)
+    admin = postgres.connect(name)
+    try:
+        admin.run("SELECT pg_terminate_backend(:pid)", pid=pid)  # a restart, a failover
+    finally:
+        admin.close()
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as second:
+        assert second is not first and _backend(second) != pid
+
+
+def test_a_connection_whose_invocation_failed_is_closed_not_kept(aws, postgres, database):
+    name = database("failed")
+    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(name)}, buckets=())
+    with pytest.raises(RuntimeError, match="handler failed"):
+        with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                                database=config.TOTESYS) as first:
+            pid = _backend(first)
+            raise RuntimeError("handler failed")
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as second:
+        assert _backend(second) != pid
+
+
+def test_a_secret_pointed_at_another_database_closes_the_kept_connection(aws, postgres, database):
+    old, new = database("old"), database("new")
+    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(old)}, buckets=())
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as first:
+        pid = _backend(first)
+    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(new)}, buckets=())
+    parameters.clear_caches()  # the secret's five-minute cache has run out
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as second:
+        assert second.run("SELECT current_database()") == [[new]]
+    admin = postgres.connect(old)
+    try:
+        for _ in range(50):  # the server ends a closed session's backend a moment later
+            if admin.run("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid",
+                         pid=pid) == [[0]]:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"the session {pid} on the old database is still open")
+    finally:
+        admin.close()

@@ -171,6 +171,24 @@ def test_missing_dimension_members_are_inferred_then_overwritten_by_the_real_row
         ["Real", "Leeds"]]
 
 
+def test_a_facts_missing_members_of_every_dimension_are_inferred_in_one_statement(conn):
+    load(conn, dimensions())
+    fact = TABLES["fact_sales_order"]
+    statements = []
+    run = conn.run
+    with warehouse.transaction(conn):
+        warehouse.create_staging(conn, fact)
+        warehouse.copy_into_staging(conn, fact, arrow_table("fact_sales_order", [
+            sale(1, sales_staff_id=42, design_id=9, created_date=date(2023, 1, 1))]).to_batches())
+        conn.run = lambda sql, **params: statements.append(sql) or run(sql, **params)
+        added = warehouse.add_inferred_members(conn, fact)
+        conn.run = run
+    assert len(statements) == 1
+    assert {name: rows for name, rows in added.items() if rows} == {
+        "dim_staff": 1, "dim_design": 1, "dim_date": 4}
+    assert count(conn, "dim_staff") == len(dimensions()["dim_staff"]) + 1
+
+
 def test_missing_dates_are_derived_from_the_date_itself(conn):
     load(conn, {**dimensions(), "fact_sales_order": [sale(1, created_date=date(2023, 1, 1))]})
     assert conn.run('SELECT * FROM "dim_date" WHERE "date_id" IN (:a, :b) ORDER BY 1',

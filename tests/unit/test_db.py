@@ -183,3 +183,14 @@ def test_a_port_variable_that_is_not_a_number_is_refused(monkeypatch, no_connect
     monkeypatch.setenv("WAREHOUSE_PORT", "54x")
     with pytest.raises(config.ConfigurationError, match="WAREHOUSE_PORT must be a port number"):
         config.connection_fields(config.WAREHOUSE)
+
+
+def test_a_statement_text_is_parsed_for_its_placeholders_once_per_process():
+    text = "SELECT :first_value_unique_to_this_test, :second"
+    before = pg8000.native.to_statement.cache_info()
+    first = pg8000.native.to_statement(text)
+    again = pg8000.native.to_statement(text)
+    after = pg8000.native.to_statement.cache_info()
+    assert again is first and first[0] == "SELECT $1, $2"
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 1)
+    assert first[1]({"second": 2, "first_value_unique_to_this_test": 1}) == (1, 2)

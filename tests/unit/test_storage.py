@@ -89,6 +89,39 @@ def test_whether_a_key_is_the_newest_manifest_takes_one_listing(bucket):
     assert storage.is_newest_manifest(bucket, keys[1])
 
 
+def test_background_puts_keep_at_most_their_bound_in_flight_and_all_exist_once_closed(
+        bucket, monkeypatch):
+    put, in_flight, most = storage.put_new_object, [], []
+
+    def counted(*args):
+        in_flight.append(args[1])
+        most.append(len(in_flight))
+        try:
+            put(*args)
+        finally:
+            in_flight.remove(args[1])
+
+    monkeypatch.setattr(storage, "put_new_object", counted)
+    puts = storage.BackgroundPuts(2)
+    for part in range(6):
+        puts.put(bucket, f"t/{part}.parquet", b"x" * part, "application/octet-stream")
+    puts.close()
+    assert max(most) <= 2
+    assert list(storage.list_keys(bucket, "t/")) == [f"t/{part}.parquet" for part in range(6)]
+
+
+def test_a_failed_background_put_is_raised_at_close_after_every_other_write_ended(bucket):
+    storage.put_new_object(bucket, "t/1.parquet", b"taken", "application/octet-stream")
+    puts = storage.BackgroundPuts(4)
+    for part in range(4):
+        puts.put(bucket, f"t/{part}.parquet", b"new", "application/octet-stream")
+    with pytest.raises(storage.ObjectAlreadyExistsError, match="t/1.parquet"):
+        puts.close()
+    assert [storage.read_bytes(bucket, f"t/{part}.parquet") for part in range(4)] == [
+        b"new", b"taken", b"new", b"new"]
+    puts.close()  # nothing left: closing again is quiet
+
+
 def test_a_json_object_beyond_the_bound_is_refused_after_a_bounded_read(bucket, monkeypatch):
     from totes.errors import INPUT, kind_of
 

@@ -564,11 +564,54 @@ def test_a_failure_reading_the_previous_processed_manifest_is_logged(monkeypatch
             raise s3_error("SlowDown")
         return read_json(bucket, object_key)
 
+    monkeypatch.setattr(transform, "_COMMITTED", {})  # a cold container reads it back
     monkeypatch.setattr(storage, "read_json", refused)
     with pytest.raises(ClientError, match="SlowDown"):
         handle(second)
     [failure] = failure_logs(caplog)
     assert failure.manifest == second and failure.message.startswith("transform failed")
+
+
+def test_a_warm_transform_starts_from_the_manifest_it_committed_without_reading_it_back(
+        monkeypatch):
+    first = write_run(INGEST, full_batch(), stamp=STAMPS[0])
+    handle(first)
+    second = write_run(INGEST, {"sales_order": [row("sales_order", sales_order_id=2)]},
+                       stamp=STAMPS[1])
+    read_back = []
+    read_json = storage.read_json
+
+    def recorded(bucket, object_key):
+        if bucket == PROCESSED:
+            read_back.append(object_key)
+        return read_json(bucket, object_key)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(storage, "read_json", recorded)
+        patch.setattr(storage, "newest_key", lambda *args, **kwargs: pytest.fail("descended"))
+        assert handle(second)["transformed"] == [second]
+    assert read_back == []
+    assert manifest(second)["reference"] == manifest(first)["reference"]
+
+
+def test_a_warm_transform_does_not_trust_what_it_committed_once_another_committed_since(
+        monkeypatch):
+    first = write_run(INGEST, full_batch(), stamp=STAMPS[0])
+    handle(first)
+    remembered = dict(transform._COMMITTED)
+    moved = row("address", city="Leeds", last_updated=T0 + timedelta(minutes=3))
+    second = write_run(INGEST, {"address": [moved]}, stamp=STAMPS[1])
+    handle(second)
+    assert manifest(second)["reference"]["address"] != manifest(first)["reference"]["address"]
+    # As the container that committed `first` sees it, after another one committed `second`:
+    monkeypatch.setattr(transform, "_COMMITTED", remembered)
+    third = write_run(INGEST, {"sales_order": [row("sales_order", sales_order_id=3)]},
+                      stamp=STAMPS[2])
+    before = set(processed_keys())
+    assert handle(third)["transformed"] == [third]
+    assert manifest(third)["reference"] == manifest(second)["reference"]
+    written = set(processed_keys()) - before
+    assert written and all(STAMPS[2] in key for key in written)  # `second` not attempted again
 
 
 def test_a_missing_setting_is_logged_with_the_manifest(monkeypatch, caplog):
