@@ -271,6 +271,17 @@ def test_replication_slot_lag_alarms_above_its_parameter_and_capture_defaults_to
     assert mode["Default"] == "snapshot" and mode["AllowedValues"] == list(config.CAPTURE_MODES)
 
 
+def test_a_snapshot_floor_held_for_an_hour_alarms_in_seconds_not_xids():
+    (alarm,) = alarms_on(STACK_NAMESPACE, ingest.FLOOR_SECONDS_METRIC)
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": observability.DEFAULT_SERVICE}]
+    assert alarm["Statistic"] == "Maximum" and alarm["Threshold"] == 3600
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    # Ingest not running has its own alarm; a holder whose start is hidden is not guessed.
+    assert alarm["TreatMissingData"] == "notBreaching"
+    assert '"Orphaned prepared transactions"' in alarm["AlarmDescription"]
+    assert not alarms_on(STACK_NAMESPACE, ingest.FLOOR_AGE_METRIC)
+
+
 def test_a_source_resync_alarms_on_the_first_one():
     (alarm,) = alarms_on(STACK_NAMESPACE, ingest.RESYNC_METRIC)
     assert alarm["Dimensions"] == [{"Name": "service", "Value": observability.DEFAULT_SERVICE}]
