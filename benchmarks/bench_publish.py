@@ -94,6 +94,7 @@ def _publish_child(env: dict[str, str], memory_mb: int, timeout: int) -> dict[st
     manifest_seconds: list[float] = []
     manifest_peaks: list[float] = []
     manifest_rss: list[float] = []
+    manifest_start_rss: list[float] = []
     manifest_rows: list[int] = []
     publish_manifest = publish.publish_manifest
     signature = inspect.signature(publish_manifest)
@@ -101,6 +102,7 @@ def _publish_child(env: dict[str, str], memory_mb: int, timeout: int) -> dict[st
     def timed(*args: Any, **kwargs: Any) -> Any:
         manifest = signature.bind(*args, **kwargs).arguments["manifest"]
         manifest_rows.append(sum(table.rows for table in manifest.tables.values()))
+        manifest_start_rss.append(current_rss() / MB)
         started = time.perf_counter()
         try:
             return publish_manifest(*args, **kwargs)
@@ -131,8 +133,9 @@ def _publish_child(env: dict[str, str], memory_mb: int, timeout: int) -> dict[st
         tables[name] = {"snapshots": len(table.snapshots()),
                         "commits": len(table.metadata.metadata_log)}
     return {"runs": runs, "manifest_seconds": manifest_seconds, "manifest_peaks": manifest_peaks,
-            "manifest_rss": manifest_rss, "manifest_rows": manifest_rows, "tables": tables,
-            "baseline_mb": baseline / MB, "peak_mb": peak_rss() / MB}
+            "manifest_rss": manifest_rss, "manifest_start_rss": manifest_start_rss,
+            "manifest_rows": manifest_rows, "tables": tables, "baseline_mb": baseline / MB,
+            "peak_mb": peak_rss() / MB, "final_rss_mb": current_rss() / MB}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,10 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"publish: {published} manifests, {rows:,} lake rows appended in {seconds:.1f} s over "
           f"{len(result['runs'])} invocations (the last one publishing nothing): "
           + ", ".join(f"{run['seconds']:.1f} s" for run in result["runs"]))
-    print("per manifest (processed rows, seconds, peak RSS and RSS when done): " + ", ".join(
-        f"{rows:,} rows {seconds:.1f} s {peak:.0f} MB {rss:.0f} MB" for rows, seconds, peak, rss
-        in zip(result["manifest_rows"], result["manifest_seconds"], result["manifest_peaks"],
-               result["manifest_rss"])))
+    print("per manifest (processed rows, seconds, RSS when it starts, peak RSS and RSS when "
+          "done): " + ", ".join(
+              f"{rows:,} rows {seconds:.1f} s {start:.0f} MB {peak:.0f} MB {rss:.0f} MB"
+              for rows, seconds, start, peak, rss
+              in zip(result["manifest_rows"], result["manifest_seconds"],
+                     result["manifest_start_rss"], result["manifest_peaks"],
+                     result["manifest_rss"])))
+    print(f"RSS after the last invocation: {result['final_rss_mb']:.0f} MB")
     snapshots = sum(table["snapshots"] for table in result["tables"].values())
     commits = sum(table["commits"] for table in result["tables"].values())
     widest = max(result["tables"].items(), key=lambda item: item[1]["snapshots"])

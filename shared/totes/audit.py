@@ -531,6 +531,9 @@ LAKE_NEVER_PUBLISHED = "never published"
 #: the lake could not be read (logged at ERROR, which its alarm watches); the warehouse's verdict
 #: stands.
 LAKE_FAILED = "failed"
+#: how far the lake's capture point is behind the warehouse's, in seconds of capture time:
+#: ``LakeLagAlarm`` fires when it exceeds two publish intervals and 30 minutes.
+LAKE_LAG_METRIC = "LakeLagSeconds"
 #: how a lake audit that failed is logged.
 LAKE_NOT_COMPARED = "lake audit failed; the lake not compared (the warehouse's verdict stands)"
 
@@ -632,14 +635,14 @@ def audit_lake(state: LakeState, warehouse_key: str | None,
     if state.target is None:
         return LakeAudit(state.status)
     point, target = state.point, state.target
+    lag = lag_seconds(warehouse_key, point.manifest_key)
     try:
         tables = {name: audit_table(name, source_conn, target, point, read_point, store)
                   for name in audit_sql.SEGMENTED}
     except Exception:
         observability.service_logger().exception(LAKE_NOT_COMPARED)
-        return LakeAudit(LAKE_FAILED, point.manifest_key)
-    return LakeAudit(LAKE_COMPARED, point.manifest_key, tables,
-                     lag_seconds(warehouse_key, point.manifest_key))
+        return LakeAudit(LAKE_FAILED, point.manifest_key, lag_seconds=lag)
+    return LakeAudit(LAKE_COMPARED, point.manifest_key, tables, lag)
 
 
 # --------------------------------------------------------------------------- the whole audit
@@ -674,12 +677,17 @@ class AuditReport:
 
         The lake's mismatches count in the run's ``AuditMismatches`` (the one alarm);
         per table they are in the report and the log line, not in metrics of their own.
+        The lake's lag (:data:`LAKE_LAG_METRIC`, alarmed) is published whenever the lake's
+        capture point was read, so a lake that stops advancing shows even when nothing in
+        it differs from the source.
         """
         for name, table in self.tables.items():
             yield stage.Metric("AuditMismatches", table.mismatches, table=name)
         yield stage.Metric("AuditMismatches", self.mismatches)
         yield stage.Metric("AuditInFlight", self.in_flight)
         yield stage.Metric("AuditRunDuration", self.seconds, MetricUnit.Seconds)
+        if self.lake.lag_seconds is not None:
+            yield stage.Metric(LAKE_LAG_METRIC, self.lake.lag_seconds, MetricUnit.Seconds)
 
     def response(self) -> dict[str, Any]:
         """The handler's response: the summary."""

@@ -3,9 +3,10 @@
 The lake is compared with the source the way the warehouse is
 (:func:`totes.audit.audit_table`): the same hashed key-range segments, the same
 in-flight rules, the same alarm. Only the rows come from elsewhere: each compared
-lake table (a dimension, or a fact's ``*_current`` table) is scanned once with
-pyiceberg through the Glue catalog the publish writes (:func:`totes.lake.glue_catalog`),
-and every row is rendered here to the canonical text the databases render in SQL
+lake table (a dimension, or a fact's ``*_current`` table) is scanned once, its data
+files planned by pyiceberg through the Glue catalog the publish writes
+(:func:`totes.lake.glue_catalog`) and read batch by batch, and every row is rendered
+here to the canonical text the databases render in SQL
 (:mod:`totes.audit_sql`: ``quote_nullable`` of each value's text, joined by commas)
 and hashed as they hash it. Only keys and 64-bit hashes are kept, never values.
 
@@ -20,7 +21,7 @@ schedule is never a mismatch.
 """
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Sequence, cast
 
 from totes import audit_sql, lake, supersede
 from totes.audit import CapturePoint, LakeSettings, ObjectStore, Segments, lake_table_name
@@ -30,6 +31,7 @@ from totes.warehouse_schema import CURRENT_VIEWS, TABLES
 if TYPE_CHECKING:  # pyiceberg: only the functions that read or write the lake carry it
     import numpy as np
     import numpy.typing as npt
+    import pyarrow as pa
     from pyiceberg.table import Table as IcebergTable
 
     #: keys or row hashes, one int64 each.
@@ -205,6 +207,42 @@ def hashed_batches(batches: Iterable[Any], name: str) -> tuple["Int64s", "Int64s
     return np.concatenate(keys), np.concatenate(hashes)
 
 
+class LakeReadError(RuntimeError):
+    """A lake data file the audit cannot read as publish writes them (Parquet, no delete files).
+
+    Publish rewrites a data file to delete rows (copy on write); a delete file or
+    another format means another writer changed the table. The lake audit fails,
+    logged at ERROR (alarmed), and the warehouse's verdict stands.
+    """
+
+
+def lake_batches(table: "IcebergTable", columns: Sequence[str]) -> Iterator["pa.RecordBatch"]:
+    """Every live row of ``table``'s ``columns``, at most :data:`CHUNK_ROWS` rows a batch.
+
+    pyiceberg's own batch reader decodes each data file whole, every file of the
+    scan at once in its thread pool, so the table's compared columns were all in
+    memory together. Here the files the scan plans are read one after another, each
+    batch by batch (pyarrow's ``ParquetFile.iter_batches``: one row group's
+    compressed columns and one decoded batch at a time), so memory is bounded by a
+    batch, whatever the table's size. The file is opened through the table's own
+    file IO (the lake's :class:`totes.lake_io.CreateOnceFileIO`, spooled to disk
+    past a few MB).
+    """
+    import pyarrow.parquet as pq
+    from pyiceberg.manifest import FileFormat
+
+    for task in table.scan(selected_fields=tuple(columns)).plan_files():
+        if task.delete_files or task.file.file_format != FileFormat.PARQUET:
+            raise LakeReadError(
+                f"{task.file.file_path}: a {task.file.file_format} data file with "
+                f"{len(task.delete_files)} delete file(s); publish writes only Parquet data "
+                "files without delete files, so another writer changed this table")
+        with table.io.new_input(task.file.file_path).open() as stream:
+            # A seekable file object (pyiceberg's InputStream protocol), as pyarrow reads one.
+            parquet = pq.ParquetFile(cast(IO[bytes], stream))
+            yield from parquet.iter_batches(batch_size=CHUNK_ROWS, columns=list(columns))
+
+
 class LakeTables:
     """The lake's tables as the audit's :class:`totes.audit.Target`, at the snapshots opened."""
 
@@ -213,11 +251,13 @@ class LakeTables:
         self.tables = tables
 
     def side(self, name: str, skip: list[int]) -> Segments:
-        """Scan the lake table of ``name`` once (the compared columns only) and hash its rows."""
+        """Scan the lake table of ``name`` once (the compared columns only) and hash its rows.
+
+        Batch by batch (:func:`lake_batches`): only the keys and row hashes are kept.
+        """
         table = self.tables[lake_table_name(name)]
-        fields = tuple(dict.fromkeys([key_column(name), *compared_columns(name)]))
-        keys, hashes = hashed_batches(
-            table.scan(selected_fields=fields).to_arrow_batch_reader(), name)
+        columns = list(dict.fromkeys([key_column(name), *compared_columns(name)]))
+        keys, hashes = hashed_batches(lake_batches(table, columns), name)
         return HashedRows(keys, hashes, skip, len(keys))
 
 

@@ -73,6 +73,9 @@ class Captured:
     #: why tables were read again by snapshot (a restored source; in log-based capture a lost
     #: slot or a drifted publication), None for an ordinary run.
     resync: str | None = None
+    #: how long the transaction holding the snapshot's floor has held it (snapshot capture;
+    #: :func:`totes.extract.floor_age_seconds`), None where unknown or not measured.
+    floor_age_seconds: float | None = None
 
     def manifest(self, request: CaptureRequest) -> IngestManifest:
         """Return the manifest that commits this capture (written last, by the run)."""

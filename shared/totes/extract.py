@@ -291,6 +291,35 @@ def prepared_transactions(conn: pg8000.native.Connection,
             for gid, xid, prepared, owner, database, age in rows]
 
 
+def floor_age_seconds(conn: pg8000.native.Connection, snapshot: Snapshot) -> float | None:
+    """How long the transaction holding ``snapshot``'s floor (its ``xmin``) has held it, in seconds.
+
+    The next run reads again everything written since the floor, so an old floor is
+    a transaction left open: this makes its age alarmable in time, which the floor's
+    distance in xids (it grows with the write rate) is not. The holder is the
+    transaction whose xid is ``xmin`` (one still running may also have ``xmin = xmax``);
+    its start is a prepared transaction's ``prepared`` (``pg_prepared_xacts``, readable
+    by any login) or a session's ``xact_start`` (``pg_stat_activity``, which shows
+    another role's only to ``pg_read_all_stats``). 0 when nothing holds the floor any
+    more (no such transaction runs); None when one still runs and the login may not see
+    when it began. Read in the run's transaction: ``now()`` is the snapshot's instant.
+    """
+    [[age, running]] = conn.run(
+        "SELECT (SELECT extract(epoch FROM now() - min(began))::float8 FROM ("
+        "SELECT prepared AS began FROM pg_catalog.pg_prepared_xacts "
+        "WHERE transaction::text::bigint = :xid32 "
+        "UNION ALL SELECT xact_start FROM pg_catalog.pg_stat_activity "
+        "WHERE backend_xid::text::bigint = :xid32) AS holder), "
+        "CASE WHEN CAST(:xid AS bigint) < CAST(:xmax AS bigint) THEN pg_catalog.pg_xact_status("
+        "CAST(CAST(:xid AS bigint) AS text)::xid8) = 'in progress' "
+        "ELSE EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity "
+        "WHERE backend_xid::text::bigint = :xid32) END",
+        xid=snapshot.xmin, xmax=snapshot.xmax, xid32=snapshot.xmin % XID_MODULUS)
+    if age is not None:
+        return max(0.0, float(age))
+    return None if running else 0.0
+
+
 def source_columns(conn: pg8000.native.Connection) -> list[FoundColumn]:
     """Return the catalog's description of every column of the allow-listed tables.
 

@@ -28,7 +28,7 @@ from typing import Any, Iterator, TypedDict
 from aws_lambda_powertools.metrics import MetricUnit
 
 from totes import keys, observability, storage
-from totes.capture_mode import CaptureMode, CaptureRequest, IngestSettings
+from totes.capture_mode import CaptureMode, CaptureRequest, Captured, IngestSettings
 from totes.errors import TransientError
 from totes.extract import SourceLockTimeoutError
 from totes.logical_capture import LogicalCapture
@@ -44,6 +44,8 @@ DELETED_METRIC = "RowsDeleted"
 SLOT_LAG_METRIC = "ReplicationSlotLagBytes"
 RESYNC_METRIC = "SourceResyncs"
 FLOOR_AGE_METRIC = "SnapshotFloorAge"
+#: how long the transaction holding the floor has held it (alarmed: SnapshotFloorAlarm).
+FLOOR_SECONDS_METRIC = "SnapshotFloorAgeSeconds"
 #: the capture modes ``CAPTURE_MODE`` names.
 MODES: dict[str, CaptureMode] = {"snapshot": SnapshotCapture(), "logical": LogicalCapture()}
 #: per bucket, the manifest this process committed last (its key and content, as a read of
@@ -102,6 +104,9 @@ class IngestReport:
     #: xids from the snapshot's ``xmin`` (the next run's floor) to its ``xmax``: how far back
     #: the oldest open (or prepared) transaction holds capture.
     floor_age_xids: int | None = None
+    #: seconds the transaction holding that floor has held it (snapshot capture), None where
+    #: the login may not see when it began.
+    floor_age_seconds: float | None = None
 
     def metrics(self) -> Iterator[Metric]:
         """Rows, future stamps and deletes per table; the run's totals, backlog, time, lag."""
@@ -119,6 +124,8 @@ class IngestReport:
         yield Metric(RESYNC_METRIC, 0 if self.resync is None else 1)
         if self.floor_age_xids is not None:
             yield Metric(FLOOR_AGE_METRIC, self.floor_age_xids)
+        if self.floor_age_seconds is not None:
+            yield Metric(FLOOR_SECONDS_METRIC, self.floor_age_seconds, MetricUnit.Seconds)
         if self.slot_lag_bytes is not None:
             yield Metric(SLOT_LAG_METRIC, self.slot_lag_bytes, MetricUnit.Bytes)
 
@@ -248,8 +255,8 @@ def _remember(bucket: str, key: str, manifest: IngestManifest) -> None:
 
 
 def _capture(settings: IngestSettings, run: keys.RunId,
-             db_timeout: float) -> tuple[CaptureRequest, IngestManifest]:
-    """Capture the changes since the newest manifest; return the manifest that commits them."""
+             db_timeout: float) -> tuple[CaptureRequest, Captured, IngestManifest]:
+    """Capture the changes since the newest manifest; return them and the manifest to commit."""
     previous_key, previous = _newest_manifest(settings.bucket)
     logger.info("ingest run started", extra={
         "run_id": str(run), "previous_manifest": previous_key,
@@ -260,13 +267,14 @@ def _capture(settings: IngestSettings, run: keys.RunId,
         "capture_mode": settings.capture_mode,
     })
     request = CaptureRequest(settings, run, previous, previous_key, db_timeout)
-    manifest = MODES[settings.capture_mode].capture(request).manifest(request)
+    captured = MODES[settings.capture_mode].capture(request)
+    manifest = captured.manifest(request)
     _check_still_newest(settings.bucket, previous_key)
-    return request, manifest
+    return request, captured, manifest
 
 
 def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
-            manifest: IngestManifest, started: float) -> IngestReport:
+            captured: Captured, manifest: IngestManifest, started: float) -> IngestReport:
     """Log a committed run and return its report (published by the handler)."""
     entries = manifest.tables
     swept = tuple(table for table, entry in entries.items()
@@ -277,7 +285,8 @@ def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
         stamped_in_future={table: entry.stamped_in_future for table, entry in entries.items()},
         deleted={table: entries[table].deleted_rows for table in swept}, swept=swept,
         resync=manifest.resync, floor_age_xids=(
-            None if manifest.snapshot is None else manifest.snapshot.xmax - manifest.snapshot.xmin))
+            None if manifest.snapshot is None else manifest.snapshot.xmax - manifest.snapshot.xmin),
+        floor_age_seconds=captured.floor_age_seconds)
     if manifest.logical is not None and manifest.logical.backfilled:
         # Deletions from the log, and from a re-sync's or a TRUNCATE's sweep.
         result = replace(result, deleted={table: entry.deleted_rows
@@ -293,6 +302,7 @@ def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
                     "stamped_in_future": sum(result.stamped_in_future.values()),
                     "deleted": sum(result.deleted.values()), "swept": list(swept),
                     "snapshot_floor_age_xids": result.floor_age_xids,
+                    "snapshot_floor_age_seconds": result.floor_age_seconds,
                     "duration_ms": result.duration_ms,
                 })
     if not result.complete:
@@ -329,7 +339,7 @@ def run_ingest(settings: IngestSettings | None = None,
     progress = Progress.EXTRACTING
     try:
         settings = settings or IngestSettings.from_environment()
-        request, manifest = _capture(settings, run, deadline.remaining())
+        request, captured, manifest = _capture(settings, run, deadline.remaining())
         progress = Progress.COMMITTING
         _claim_succession(settings.bucket, manifest_key, manifest)
         storage.put_new_json(settings.bucket, manifest_key, manifest.to_json())
@@ -337,7 +347,7 @@ def run_ingest(settings: IngestSettings | None = None,
         _remember(settings.bucket, manifest_key, manifest)
         lag = MODES[settings.capture_mode].release(
             replace(request, db_timeout=deadline.remaining()), manifest)
-        return replace(_report(settings, run, manifest_key, manifest, started),
+        return replace(_report(settings, run, manifest_key, captured, manifest, started),
                        slot_lag_bytes=lag)
     except Exception as error:
         logger.exception(_failure_message(error, progress),

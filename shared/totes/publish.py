@@ -280,6 +280,20 @@ def _record(settings: PublishSettings, key: str, processed_key: str,
         "published_at": timestamps.now_text(), "skipped_by": skipped_by})
 
 
+def release_arrow_memory() -> None:
+    """Give back to the system what Arrow's allocator freed, once a manifest's work is done.
+
+    A manifest is worked on whole, table by table, and pyarrow's allocator (mimalloc or
+    jemalloc) keeps the memory freed after it for reuse: measured on the ×40 backfill, a
+    process still held about 1 GB after its first manifest, and the next manifest's work
+    stacked on it. Released, each manifest starts from what is really in use, in this
+    invocation and in the next one of a warm container.
+    """
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
 def pending_manifests(settings: PublishSettings, markers: Markers) -> Iterator[str]:
     """Yield the ingest keys to publish, oldest first: after the newest publish record in force."""
     after = markers.newest_processed(settings.lake_bucket)
@@ -337,6 +351,8 @@ def _publish_pending(lake_tables: Lake, settings: PublishSettings, markers: Mark
             if isinstance(error, PipelineError):
                 raise
             raise PublishError(f"manifest {key}: publishing failed: {error}", key) from error
+        finally:
+            release_arrow_memory()
         report.last_published_manifest = key
         if skip is not None:
             report.manifests_skipped.append(key)

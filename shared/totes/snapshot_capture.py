@@ -225,6 +225,7 @@ def read_source(request: CaptureRequest, previous: IngestManifest | None) -> Cap
             with extract.snapshot(conn, locked=SOURCE_TABLES) as read_point:
                 check_contract(extract.source_columns(conn))
                 _report_prepared(conn, read_point, request.run)
+                floor_age = extract.floor_age_seconds(conn, read_point.snapshot)
                 resync = _resync_reason(request, read_point)
                 if resync is not None and previous is not None:
                     previous = previous.with_tables({table: replace(entry, cursor=TableCursor())
@@ -236,7 +237,7 @@ def read_source(request: CaptureRequest, previous: IngestManifest | None) -> Cap
                 entries = sweep.sweep_tables(conn, request, read_point, entries, due)
             return Captured(read_point, entries,
                             complete=not any(entry.truncated for entry in entries.values()),
-                            resync=resync)
+                            resync=resync, floor_age_seconds=floor_age)
         finally:
             reader.close()
 

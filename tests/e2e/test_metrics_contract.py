@@ -34,10 +34,13 @@ def watched_metrics() -> set[tuple[str, frozenset]]:
                         for resource in resources.values()
                         if resource["Type"] == "AWS::Logs::MetricFilter"
                         for transformation in resource["Properties"]["MetricTransformations"]}
+    alarmed = [props for props in (r["Properties"] for r in resources.values()
+                                   if r["Type"] == "AWS::CloudWatch::Alarm")]
+    # An alarm on one metric names it; a metric-math alarm names each metric it reads.
+    alarmed += [query["MetricStat"]["Metric"] for props in alarmed
+                for query in props.get("Metrics", ()) if "MetricStat" in query]
     watched = {(props["MetricName"], frozenset(d["Name"] for d in props.get("Dimensions", ())))
-               for props in (r["Properties"] for r in resources.values()
-                             if r["Type"] == "AWS::CloudWatch::Alarm")
-               if props.get("Namespace") == {"Fn::Sub": STACK_NAMESPACE}}
+               for props in alarmed if props.get("Namespace") == {"Fn::Sub": STACK_NAMESPACE}}
     watched |= {(name, frozenset(dimensions.split(",")))
                 for dimensions, name in SEARCH.findall(text)}
     for name, pairs in METRIC_ROW.findall(text):
@@ -65,6 +68,7 @@ def test_template_watches_only_metrics_the_handlers_emit(e2e, capsys):
     # An object off the layout where the stages list manifests, so StrayObjects is seen.
     storage.put_new_json(e2e.env["INGEST_BUCKET"], "_manifests/notes.json", {"note": "mine"})
     e2e.pipeline.cycle()
+    e2e.pipeline.publish()  # a lake with a capture point, so the audit measures its lag
     e2e.pipeline.audit()
     # An input error (a malformed manifest), so the metric only failures emit is seen too.
     bad = keys.manifest_key(keys.new_run_id())
@@ -79,5 +83,5 @@ def test_template_watches_only_metrics_the_handlers_emit(e2e, capsys):
     watched = {metric for metric in watched_metrics() if metric[0] not in LOGICAL_ONLY}
     assert {"FreshnessSeconds", "RowsLoaded", "IngestRuns", "RowsIngested",
             "IngestRowsStampedInFuture", "InputErrors", "AuditMismatches",
-            "AuditInFlight"} <= {name for name, _ in watched}
+            "AuditInFlight", "LakeLagSeconds"} <= {name for name, _ in watched}
     assert watched <= emitted_metrics(capsys.readouterr().out)

@@ -7,6 +7,7 @@ equal the source afterwards, and the audit is clean.
 import json
 import subprocess  # nosec B404: cp -a and rm -rf of a stopped test cluster's data directory
 import tempfile
+import time
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -369,6 +370,7 @@ def test_an_orphaned_prepared_transaction_is_named_and_its_floor_age_measured(
         orphan.run("PREPARE TRANSACTION 'totes-orphan-1'")
     finally:
         orphan.close()
+    prepared = time.monotonic()
     conn = made.connect()
     try:
         business(conn, seed=5, steps=2)
@@ -383,16 +385,22 @@ def test_an_orphaned_prepared_transaction_is_named_and_its_floor_age_measured(
     finally:
         conn.close()
     e2e.pipeline.cycle()
+    elapsed = time.monotonic() - prepared
 
     warnings = [line for line in captured_logs() if line["level"] == "WARNING"
                 and "prepared transaction" in line["message"]]
     assert len(warnings) == 2 and all(line["gid"] == "totes-orphan-1" for line in warnings)
-    ages = emitted(capsys.readouterr().out, "SnapshotFloorAge")
+    out = capsys.readouterr().out
+    ages = emitted(out, "SnapshotFloorAge")
     assert len(ages) == 2 and ages[1] > ages[0] > 0
+    # In seconds: since it was prepared (no session shows it), growing with the clock.
+    held = emitted(out, "SnapshotFloorAgeSeconds")
+    assert len(held) == 2 and 0 < held[0] < held[1] <= elapsed + 1
     conn = made.connect()
     try:
         conn.run("COMMIT PREPARED 'totes-orphan-1'")
     finally:
         conn.close()
     e2e.pipeline.cycle()
+    assert emitted(capsys.readouterr().out, "SnapshotFloorAgeSeconds") == [0]
     assert_audit_clean(e2e)

@@ -157,3 +157,28 @@ def test_an_unreadable_manifest_stops_the_run_naming_it_with_what_was_done_publi
         publish.run_publish(settings(aws), Deadline.unbounded())
     assert storage.read_json(aws["LAKE_BUCKET"], FIRST)["ingest_manifest"] == FIRST
     assert next(storage.list_keys(aws["LAKE_BUCKET"], SECOND), None) is None
+
+
+def resident_mb() -> float:
+    """This process's resident memory now (``VmRSS``), in MB."""
+    with open("/proc/self/status") as status:
+        (line,) = [line for line in status if line.startswith("VmRSS:")]
+    return int(line.split()[1]) / 1024
+
+
+def test_arrows_freed_memory_is_given_back_after_each_manifest(aws, monkeypatch):
+    import numpy as np
+
+    chunks = [pa.array(np.arange(i, i + 5_000_000)) for i in range(10)]  # 400 MB in Arrow's pool
+    held = resident_mb()
+    del chunks
+    publish.release_arrow_memory()
+    assert held - resident_mb() > 300  # without the release, the pool keeps it resident
+
+    released = []
+    monkeypatch.setattr(publish, "release_arrow_memory", lambda: released.append(1))
+    empty_manifest(FIRST)
+    empty_manifest(SECOND)
+    supersede.write_skip(aws["PROCESSED_BUCKET"], "load", FIRST, "broken", "tester")
+    publish.run_publish(settings(aws), Deadline.unbounded())
+    assert len(released) == 2  # after each manifest, published or skipped

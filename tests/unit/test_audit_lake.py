@@ -4,6 +4,7 @@ from decimal import Decimal
 
 import pyarrow as pa
 import pytest
+from aws_lambda_powertools.metrics import MetricUnit
 
 from totes import audit, audit_lake, audit_sql
 from totes.warehouse_schema import CURRENT_VIEWS, TABLES
@@ -111,6 +112,18 @@ def test_the_lags_sign_says_which_capture_point_is_older():
     assert audit.lag_seconds(newer, older) == 3900.0
     assert audit.lag_seconds(older, newer) == -3900.0
     assert audit.lag_seconds(None, older) is None
+
+
+def test_the_lakes_lag_is_a_metric_whenever_its_capture_point_was_read():
+    lagging = audit.LakeAudit(audit.LAKE_COMPARED, "_manifests/x.json", lag_seconds=3900.0)
+    failed = audit.LakeAudit(audit.LAKE_FAILED, "_manifests/x.json", lag_seconds=120.0)
+    for lake, value in ((lagging, 3900.0), (failed, 120.0)):
+        report = audit.AuditReport("now", None, {}, lake=lake)
+        (lag,) = [metric for metric in report.metrics() if metric.name == "LakeLagSeconds"]
+        assert lag.value == value and lag.unit == MetricUnit.Seconds and lag.table is None
+    for status in (audit.LAKE_NOT_CONFIGURED, audit.LAKE_NEVER_PUBLISHED):
+        report = audit.AuditReport("now", None, {}, lake=audit.LakeAudit(status))
+        assert "LakeLagSeconds" not in {metric.name for metric in report.metrics()}
 
 
 def test_the_lake_is_configured_by_its_database(monkeypatch):

@@ -30,13 +30,22 @@ def test_functions_emit_into_a_namespace_named_after_their_stack():
     assert for_stack(emitted, "totes-dev") != for_stack(emitted, "totes-pipeline")
 
 
+def watched_namespaces(alarm: dict) -> list:
+    """The namespaces an alarm reads: its metric's, or each metric a metric-math alarm reads."""
+    if "Metrics" in alarm:
+        return [query["MetricStat"]["Metric"]["Namespace"] for query in alarm["Metrics"]
+                if "MetricStat" in query]
+    return [alarm["Namespace"]]
+
+
 def test_every_custom_metric_alarm_watches_its_own_stacks_namespace():
-    custom = {name: alarm for name, alarm in alarms().items()
-              if not (isinstance(alarm["Namespace"], str)
-                      and alarm["Namespace"].startswith("AWS/"))}
-    assert len(custom) >= 5  # freshness, ingest not running, three error-log alarms
-    for name, alarm in custom.items():
-        assert alarm["Namespace"] == STACK_NAMESPACE, name
+    custom = {(name, index): namespace for name, alarm in alarms().items()
+              for index, namespace in enumerate(watched_namespaces(alarm))
+              if not (isinstance(namespace, str) and namespace.startswith("AWS/"))}
+    assert len(custom) >= 6  # freshness, ingest not running, three error-log alarms, lake lag
+    assert ("LakeLagAlarm", 0) in custom
+    for name, namespace in custom.items():
+        assert namespace == STACK_NAMESPACE, name
 
 
 def test_error_log_metric_filters_publish_into_the_stacks_namespace():
