@@ -192,7 +192,7 @@ def source_identity(conn: pg8000.native.Connection) -> SourceIdentity:
 
 
 def lock_tables(conn: pg8000.native.Connection, tables: Iterable[str], *,
-                wait_ms: int = LOCK_TIMEOUT_MS) -> None:
+                wait_ms: int | None = None) -> None:
     """Take ``ACCESS SHARE`` locks on ``tables`` until the transaction ends, as pg_dump does.
 
     Must run before the transaction's snapshot is taken (``LOCK`` and ``SET`` take
@@ -200,12 +200,13 @@ def lock_tables(conn: pg8000.native.Connection, tables: Iterable[str], *,
     random()``, ``TRUNCATE``) is not MVCC-safe: committed after the snapshot, it
     would show the run that table empty and its key sweep every row deleted. With
     the locks held, such a statement waits for the run instead; one already holding
-    its lock makes the run wait at most ``wait_ms`` (:data:`LOCK_TIMEOUT_MS`), then give
+    its lock makes the run wait at most ``wait_ms`` (by default :data:`LOCK_TIMEOUT_MS`), then give
     up as a :class:`SourceLockTimeoutError` (nothing read, the next run retries).
     """
     names = [_quoted_table(table) for table in tables]
     if not names:
         return
+    wait_ms = LOCK_TIMEOUT_MS if wait_ms is None else wait_ms
     # An int from the code; SET takes no bind parameters.
     conn.run(f"SET LOCAL lock_timeout = {int(wait_ms)}")
     try:

@@ -147,10 +147,24 @@ class Cluster:
         """Start the server on the data directory again."""
         self.postgres = stack.start_postgres(self.data_dir)
 
-    def copy_to(self, target: Path) -> None:
-        """Copy the stopped cluster's files, owners and modes kept (a cold backup)."""
-        subprocess.run(["cp", "-a", f"{self.data_dir}/.", str(target)],  # nosec B603 B607
+    def cold_backup(self) -> Path:
+        """Stop the server, copy its files (owners and modes kept), start it again."""
+        backup = self.data_dir.parent / "backup"
+        backup.mkdir()
+        self.stop()
+        subprocess.run(["cp", "-a", f"{self.data_dir}/.", str(backup)],  # nosec B603 B607
                        check=True)
+        self.start()
+        return backup
+
+    def restore(self, backup: Path) -> None:
+        """Stop the server, replace its files with ``backup``'s, start it on them."""
+        self.stop()
+        subprocess.run(["rm", "-rf", str(self.data_dir)], check=True)  # nosec B603 B607
+        self.data_dir.mkdir()
+        subprocess.run(["cp", "-a", f"{backup}/.", str(self.data_dir)],  # nosec B603 B607
+                       check=True)
+        self.start()
 
     def connect(self) -> Any:
         """Open a connection to its totesys."""
@@ -204,11 +218,7 @@ def test_a_source_restored_from_a_backup_resyncs_by_itself(
     made, e2e = cluster
     monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
     e2e.pipeline.cycle()
-    backup = made.data_dir.parent / "backup"
-    backup.mkdir()
-    made.stop()
-    made.copy_to(backup)
-    made.start()
+    backup = made.cold_backup()
     conn = made.connect()
     try:
         business(conn, seed=5, steps=8)        # lost by the restore
@@ -218,11 +228,7 @@ def test_a_source_restored_from_a_backup_resyncs_by_itself(
     finally:
         conn.close()
     e2e.pipeline.cycle()
-    made.stop()
-    subprocess.run(["rm", "-rf", str(made.data_dir)], check=True)  # nosec B603 B607
-    made.data_dir.mkdir()
-    subprocess.run(["cp", "-a", f"{backup}/.", str(made.data_dir)], check=True)  # nosec
-    made.start()
+    made.restore(backup)
     conn = made.connect()
     try:
         business(conn, seed=9, steps=2)        # written after the restore, with reused xids
@@ -250,22 +256,14 @@ def test_a_restore_whose_counter_overtook_the_last_run_before_the_next_still_res
     made, e2e = cluster
     monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
     e2e.pipeline.cycle()
-    backup = made.data_dir.parent / "backup"
-    backup.mkdir()
-    made.stop()
-    made.copy_to(backup)
-    made.start()
+    backup = made.cold_backup()
     conn = made.connect()
     try:
         business(conn, seed=5, steps=2)        # lost by the restore
     finally:
         conn.close()
     e2e.pipeline.cycle()
-    made.stop()
-    subprocess.run(["rm", "-rf", str(made.data_dir)], check=True)  # nosec B603 B607
-    made.data_dir.mkdir()
-    subprocess.run(["cp", "-a", f"{backup}/.", str(made.data_dir)], check=True)  # nosec
-    made.start()
+    made.restore(backup)
     conn = made.connect()
     try:
         business(conn, seed=9, steps=2)        # xids the run before the restore counts as read
@@ -325,22 +323,14 @@ def test_a_restore_under_log_based_capture_whose_wal_passed_the_slot_position_re
     monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
     e2e.pipeline.cycle()                       # the backfill, then the slot from here on
     e2e.pipeline.cycle()
-    backup = made.data_dir.parent / "backup"
-    backup.mkdir()
-    made.stop()
-    made.copy_to(backup)                       # the slot too, at the last run's position
-    made.start()
+    backup = made.cold_backup()      # the slot too, at the last run's position
     conn = made.connect()
     try:
         business(conn, seed=5, steps=6)        # lost by the restore
     finally:
         conn.close()
     e2e.pipeline.cycle()                       # the slot moves past the backup's WAL
-    made.stop()
-    subprocess.run(["rm", "-rf", str(made.data_dir)], check=True)  # nosec B603 B607
-    made.data_dir.mkdir()
-    subprocess.run(["cp", "-a", f"{backup}/.", str(made.data_dir)], check=True)  # nosec
-    made.start()
+    made.restore(backup)
     conn = made.connect()
     try:
         business(conn, seed=9, steps=1)        # WAL the last run's position counts as read

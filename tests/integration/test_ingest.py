@@ -220,43 +220,29 @@ def test_a_warm_run_starts_from_the_manifest_it_committed_unless_another_run_com
     assert latest_manifest(aws["INGEST_BUCKET"])["previous_manifest"] == second.manifest_key
 
 
-def test_a_failed_background_write_of_captured_keys_fails_the_run_before_its_manifest(
-        source_db, aws, monkeypatch):
+@pytest.mark.parametrize("written", [
+    pytest.param(lambda key: key.endswith("-captured.keys.gz"), id="captured-keys-list"),
+    pytest.param(lambda key: key.startswith("sales_order/"), id="data-object"),
+])
+def test_a_failed_background_write_fails_the_run_before_its_manifest(
+        source_db, aws, monkeypatch, written):
     first = committed_then_one_more_order(source_db)
     put = storage.put_new_object
 
-    def key_list_write_fails(bucket, key, body, content_type):
-        if key.endswith("-captured.keys.gz"):
+    def write_fails(bucket, key, body, content_type):
+        if written(key):
             raise ClientError({"Error": {"Code": "SlowDown", "Message": "S3 is slow"}},
                               "PutObject")
         put(bucket, key, body, content_type)
 
     with monkeypatch.context() as patch, pytest.raises(ClientError, match="S3 is slow"):
-        patch.setattr(storage, "put_new_object", key_list_write_fails)
+        patch.setattr(storage, "put_new_object", write_fails)
         ingest.run_ingest()
     assert storage.latest_manifest_key(aws["INGEST_BUCKET"]) == first.manifest_key
     second = ingest.run_ingest()
     assert second.rows["sales_order"] == 1
     listed = latest_manifest(aws["INGEST_BUCKET"])["tables"]["sales_order"]["captured_keys"]
     assert listed in all_keys(aws["INGEST_BUCKET"])
-
-
-def test_a_data_object_written_in_the_background_that_fails_fails_the_run_before_its_manifest(
-        source_db, aws, monkeypatch):
-    first = committed_then_one_more_order(source_db)
-    put = storage.put_new_object
-
-    def sales_order_write_fails(bucket, key, body, content_type):
-        if key.startswith("sales_order/"):
-            raise ClientError({"Error": {"Code": "SlowDown", "Message": "S3 is slow"}},
-                              "PutObject")
-        put(bucket, key, body, content_type)
-
-    with monkeypatch.context() as patch, pytest.raises(ClientError, match="S3 is slow"):
-        patch.setattr(storage, "put_new_object", sales_order_write_fails)
-        ingest.run_ingest()
-    assert storage.latest_manifest_key(aws["INGEST_BUCKET"]) == first.manifest_key
-    assert ingest.run_ingest().rows["sales_order"] == 1
 
 
 def test_a_run_overtaken_by_another_commit_aborts_and_the_next_run_continues(
