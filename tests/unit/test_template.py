@@ -334,6 +334,13 @@ def test_dashboard_shows_rows_per_table_for_every_stage_and_freshness():
     assert '"FreshnessSeconds"' in text
 
 
+def test_dashboard_charts_the_lake_lag_and_the_snapshot_floor_its_alarms_watch():
+    body, _ = dashboard()
+    charted = {line[1] for widget in body["widgets"] if widget["type"] == "metric"
+               for line in widget["properties"]["metrics"] if isinstance(line[0], str)}
+    assert {"LakeLagSeconds", "SnapshotFloorAgeSeconds"} <= charted
+
+
 def test_dashboard_alarm_widget_lists_every_alarm():
     body, names = dashboard()
     (widget,) = [widget for widget in body["widgets"] if widget["type"] == "alarm"]
