@@ -664,7 +664,8 @@ def test_an_alarm_fires_when_ingest_stops_running_even_if_nothing_fails():
 
 
 def test_the_audit_alarms_on_any_mismatch_it_publishes():
-    (alarm,) = alarms_on(STACK_NAMESPACE, "AuditMismatches")
+    alarm = alarms()["AuditMismatchAlarm"]
+    assert alarm in alarms_on(STACK_NAMESPACE, "AuditMismatches")
     assert alarm["Dimensions"] == [{"Name": "service", "Value": observability.DEFAULT_SERVICE}]
     assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
     # The last audit's verdict stands until the next one, however rarely the audit runs.
@@ -712,6 +713,23 @@ def test_the_lake_lag_alarm_fires_past_two_publish_intervals_and_30_minutes(sche
     # The last audit's measurement stands until the next one, however rarely the audit runs.
     assert alarm["TreatMissingData"] == "ignore"
     assert '"Lake lag"' in alarm["AlarmDescription"]
+
+
+def test_an_audit_that_stops_running_alarms_within_a_day_whatever_its_schedule():
+    alarm = alarms()["AuditNotRunningAlarm"]
+    # The run's AuditMismatches (no table dimension) is published by every completed audit.
+    assert alarm in alarms_on(STACK_NAMESPACE, "AuditMismatches")
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": observability.DEFAULT_SERVICE}]
+    assert alarm["Statistic"] == "SampleCount" and alarm["TreatMissingData"] == "breaching"
+    assert alarm["Threshold"] == 1 and alarm["ComparisonOperator"] == "LessThanThreshold"
+    window = alarm["Period"] * alarm["DatapointsToAlarm"]
+    assert alarm["DatapointsToAlarm"] == alarm["EvaluationPeriods"]
+    # Longer than the longest schedule the parameter admits, so a slow audit never alarms,
+    # and within what CloudWatch evaluates for periods of an hour or more (seven days).
+    pattern = re.compile(PARAMETERS["AuditSchedule"]["AllowedPattern"])
+    assert pattern.fullmatch("rate(24 hours)") and not pattern.fullmatch("rate(25 hours)")
+    assert 24 * 3600 < window <= 7 * 86400 and alarm["Period"] >= 3600
+    assert '"Audit not running"' in alarm["AlarmDescription"]
 
 
 def test_the_audit_runs_on_its_own_schedule_hourly_by_default():
