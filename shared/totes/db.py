@@ -18,6 +18,7 @@ name the secret id and the missing keys, never values.
 import os
 import re
 import ssl
+import time
 from contextlib import contextmanager, suppress
 from functools import lru_cache
 from pathlib import Path
@@ -45,13 +46,17 @@ _QUOTED = re.compile(r'"((?:[^"]|"")*)"')
 #: new one is opened instead: a connection the network silently dropped while the container
 #: was frozen must not hold the invocation until its deadline.
 LIVENESS_TIMEOUT_SECONDS = 5.0
+#: the longest a kept connection is lent again after it was opened (seconds): then it is closed
+#: and a new one opened, so a host name moved to another server (a cut-over to a restored or
+#: migrated database, the old one left running) is followed within this time, not never.
+KEPT_MAX_AGE_SECONDS = 900.0
 #: distinct statement texts whose parse pg8000 keeps (the pipeline's are a fixed set of
 #: templates over allow-listed names, values always bound, so a few hundred at most).
 PARSED_STATEMENTS = 512
 #: per secret and database, the connection a warm container kept from its last invocation
 #: (idle, outside any transaction: :func:`kept_connection`) and the login, server and
 #: database it reaches.
-_KEPT: dict[tuple[str, str], tuple[tuple[Any, ...], pg8000.native.Connection]] = {}
+_KEPT: dict[tuple[str, str], tuple[tuple[Any, ...], pg8000.native.Connection, float]] = {}
 
 
 if not hasattr(pg8000.native.to_statement, "cache_info"):
@@ -221,8 +226,7 @@ def _alive(conn: pg8000.native.Connection, timeout: float | None) -> bool:
         conn._usock.settimeout(LIVENESS_TIMEOUT_SECONDS)
         conn.run("SELECT 1")
         conn._usock.settimeout(timeout)
-    except (pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError, OSError,
-            AttributeError):
+    except Exception:  # whatever went wrong, a new connection is the answer, never a leak
         return False
     idle: bool = conn._transaction_status == b"I"  # ReadyForQuery's status: no transaction
     return idle
@@ -240,7 +244,8 @@ def kept_connection(secret_id: str, *, timeout: float | None,
     (the server restarted, a failover, an idle timeout) is closed and replaced. After
     a block that raised, the connection is closed, never kept: it may be broken or
     mid-transaction. When the secret (or the environment) now names another login,
-    server or database, the kept connection is closed and a new one opened.
+    server or database, or the connection is older than :data:`KEPT_MAX_AGE_SECONDS`
+    (its host name may now lead elsewhere), it is closed and a new one opened.
     """
     secret = with_connection_fields(fetch_secret(secret_id), database, secret_id)
     kwargs = connection_kwargs(secret, timeout=timeout)
@@ -248,18 +253,20 @@ def kept_connection(secret_id: str, *, timeout: float | None,
     kept = _KEPT.pop((secret_id, database.prefix), None)
     conn = None
     if kept is not None:
-        if kept[0] == target and _alive(kept[1], timeout):
-            conn = kept[1]
+        kept_target, kept_conn, opened = kept
+        if (kept_target == target and time.monotonic() - opened < KEPT_MAX_AGE_SECONDS
+                and _alive(kept_conn, timeout)):
+            conn = kept_conn
         else:
-            close_quietly(kept[1])
+            close_quietly(kept_conn)
     if conn is None:
-        conn = connect(secret_id, timeout=timeout, database=database)
+        conn, opened = connect(secret_id, timeout=timeout, database=database), time.monotonic()
     try:
         yield conn
     except BaseException:
         close_quietly(conn)
         raise
-    _KEPT[(secret_id, database.prefix)] = (target, conn)
+    _KEPT[(secret_id, database.prefix)] = (target, conn, opened)
 
 
 def forget_kept_connections() -> None:

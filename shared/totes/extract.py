@@ -42,7 +42,7 @@ import pg8000.native
 from totes.capture import (XID_MODULUS, FIRST_NORMAL_XID, Snapshot, SourceIdentity, TableCursor,
                            xmin_window)
 from totes import observability
-from totes.db import close_quietly, quote_ident
+from totes.db import DatabaseUnavailableError, close_quietly, quote_ident
 from totes.errors import TransientError
 from totes.source import SOURCE_COLUMNS, SOURCE_TABLES, VERSION_COLUMN, FoundColumn, primary_key
 
@@ -449,7 +449,8 @@ class SecondReader:
     safe here: the first connection's locks predate it, so no rewrite can have
     committed since). Only a lock request queued behind the first connection's locks
     (a rewrite waiting for this run) can refuse them, and then this run reads with one
-    connection, as it would have.
+    connection, as it would have; so it does when the second connection cannot be
+    opened (the login's or the server's connection limit reached, say).
     Each statement either connection runs goes through a two-thread pool, so the two
     render at once; a failure on either is raised to the run, before its manifest.
     """
@@ -474,7 +475,12 @@ class SecondReader:
 
     def _open(self) -> pg8000.native.Connection | None:
         [[exported]] = self.first.run("SELECT pg_export_snapshot()")
-        conn = self._connect()
+        try:
+            conn = self._connect()
+        except DatabaseUnavailableError as error:
+            logger.warning("a second connection could not be opened (%s); reading with one "
+                           "connection", error)
+            return None
         try:
             join_snapshot(conn, str(exported))
             lock_tables(conn, self._tables, wait_ms=1)

@@ -396,9 +396,12 @@ def resume(conn: pg8000.native.Connection, position: LogicalPosition,
     brings the slot back with the rest, and once the restored server's WAL has
     passed the position, advancing the slot would skip every change written since
     the restore; a crash that lost the slot's last advance looks the same, and
-    costs one needless re-read. A slot ahead of the position (another consumer
-    read it with ``get``, or it was advanced by hand) is refused: something else
-    uses it, and a person must decide.
+    costs one needless re-read. So does a slot ahead of the position on a server
+    that restarted: a run that re-synced for that restart made the slot again, then
+    failed before its manifest, and the next run must not be refused for it. On a
+    server that did not restart, a slot ahead of the position (another consumer read
+    it with ``get``, or it was advanced by hand) is refused: something else uses it,
+    and a person must decide.
     """
     check_position(conn, position, manifest_key)
     state = slot_state(conn, position.slot)
@@ -410,10 +413,12 @@ def resume(conn: pg8000.native.Connection, position: LogicalPosition,
         reason = f"the replication slot was invalidated: {state.invalidated}"
     elif remade:
         reason = "the publication was dropped and made again since the last run"
-    elif server_restarted and state.confirmed < pgoutput.parse_lsn(position.lsn):
+    elif server_restarted and state.confirmed != pgoutput.parse_lsn(position.lsn):
         reason = ("the source's server restarted since the last run and the replication slot "
-                  f"is behind that run's position ({pgoutput.lsn_text(state.confirmed)}): a "
-                  "restore from a backup cannot be told from a crash that lost its last advance")
+                  f"is not at that run's position ({pgoutput.lsn_text(state.confirmed)}): a "
+                  "restore from a backup cannot be told from a crash that lost its last "
+                  "advance, nor from a re-sync that made the slot again and failed before "
+                  "its manifest")
     if reason is not None or state is None:  # (a missing slot always has its reason)
         if state is not None:
             drop_slot(conn, position.slot)

@@ -108,6 +108,39 @@ def test_a_kept_connection_dropped_between_invocations_is_replaced(aws, postgres
         assert second is not first and _backend(second) != pid
 
 
+def test_a_kept_connection_older_than_its_maximum_age_is_replaced(
+        aws, postgres, database, monkeypatch):
+    name = database("aged")
+    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(name)}, buckets=())
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as first:
+        pid = _backend(first)
+    opened = time.monotonic()
+    # As a warm container an hour later: the host name may now lead to another server.
+    monkeypatch.setattr(db.time, "monotonic", lambda: opened + db.KEPT_MAX_AGE_SECONDS + 1)
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as second:
+        assert second is not first and _backend(second) != pid
+
+
+def test_a_kept_connection_whose_liveness_check_breaks_unexpectedly_is_replaced(
+        aws, postgres, database, monkeypatch):
+    name = database("broken")
+    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(name)}, buckets=())
+    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                            database=config.TOTESYS) as first:
+        pid = _backend(first)
+
+    def breaks(*args, **kwargs):
+        raise ValueError("a reply pg8000 did not expect")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(first, "run", breaks)
+        with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
+                                database=config.TOTESYS) as second:
+            assert second is not first and _backend(second) != pid
+
+
 def test_a_connection_whose_invocation_failed_is_closed_not_kept(aws, postgres, database):
     name = database("failed")
     stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(name)}, buckets=())

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import pg8000.native
 import pytest
 
-from totes import extract
+from totes import db, extract
 from totes.capture import TableCursor
 from totes.source import SOURCE_TABLES
 
@@ -82,6 +82,21 @@ def test_a_second_connection_that_cannot_lock_at_once_leaves_the_reading_to_the_
         rewrite.close()
     assert paired == alone and reader.second_chunks == 0 and reader._opened
     assert any("reading with one connection" in record["message"] for record in captured_logs())
+
+
+def test_a_second_connection_that_cannot_be_opened_leaves_the_reading_to_the_first(
+        totesys, captured_logs):
+    def refused():
+        raise db.DatabaseUnavailableError("too many connections for role")
+
+    conn = totesys.connect()
+    try:
+        alone, _ = read_chunks(conn, totesys.connect, "payment", 10_000, second=False)
+        paired, reader = read_chunks(conn, refused, "payment", 10_000, second=True)
+    finally:
+        conn.close()
+    assert paired == alone and reader.second_chunks == 0 and reader._opened
+    assert any("could not be opened" in record["message"] for record in captured_logs())
 
 
 def test_a_failure_on_the_second_connection_fails_the_read(totesys):

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from aws_lambda_powertools.utilities import parameters
 
-from totes import errors, ingest, keys, logical, storage
+from totes import errors, ingest, keys, logical, logical_capture, storage
 from totes.manifest import LogicalPosition
 from totes.source import SOURCE_TABLES
 from totes_local import stack
@@ -241,6 +241,23 @@ def test_a_dropped_slot_is_made_again_and_every_table_re_synced(source, aws, cap
     sales_order(source, 2, T0)
     follow = ingest.run_ingest()
     assert follow.rows["sales_order"] == 1 and follow.resync is None
+
+
+def test_a_slot_ahead_of_the_last_run_on_a_restarted_server_re_syncs_instead_of_refusing(
+        source, aws, monkeypatch, caplog):  # noqa: F811
+    started(source)
+    sales_order(source, 2, T0)
+    # As a run that re-synced for a restart left it: the slot made again past the committed
+    # position, then the run failed before its manifest.
+    source.run("SELECT pg_replication_slot_advance(:slot, pg_current_wal_lsn())",
+               slot=source.slot)
+    monkeypatch.setattr(logical_capture, "server_restarted", lambda before, now: True)
+
+    result = ingest.run_ingest()
+
+    assert result.resync is not None and result.complete
+    assert "is not at that run's position" in caplog.text
+    assert 2 in [row["sales_order_id"] for row in history(aws["INGEST_BUCKET"], "sales_order")]
 
 
 def test_a_slot_invalidated_by_max_slot_wal_keep_size_is_made_again(source, aws):  # noqa: F811
