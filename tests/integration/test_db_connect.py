@@ -70,6 +70,11 @@ def test_a_master_secret_without_where_fails_naming_both_places(aws, postgres):
     assert f'put "host" in secret {aws["WAREHOUSE_SECRET_ID"]}' in str(caught.value)
 
 
+def kept(aws):
+    """What a warm invocation of ingest asks for: the source's kept connection."""
+    return db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30, database=config.TOTESYS)
+
+
 def _backend(connection):
     return connection.run("SELECT pg_backend_pid()")[0][0]
 
@@ -78,66 +83,57 @@ def test_a_warm_invocation_reuses_the_kept_connection_with_no_transaction_carrie
         aws, postgres, database):
     name = database("kept")
     stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(name)}, buckets=())
-    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
-                            database=config.TOTESYS) as first:
+    with kept(aws) as first:
         pid = _backend(first)
-    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
-                            database=config.TOTESYS) as second:
+    with kept(aws) as second:
         assert second is first and _backend(second) == pid
         second.run("START TRANSACTION")  # left open: the connection is not kept
-    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
-                            database=config.TOTESYS) as third:
+    with kept(aws) as third:
         assert _backend(third) != pid
         assert third.run("SELECT pg_current_xact_id_if_assigned() IS NULL, "
                          "current_setting('transaction_isolation')") == [[True, "read committed"]]
 
 
-def test_a_kept_connection_dropped_between_invocations_is_replaced(aws, postgres, database):
-    name = database("dropped")
+@pytest.fixture
+def warm(aws, postgres, database):
+    """A container after one invocation: its kept connection, that backend's pid, the database."""
+    name = database("warm")
     stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(name)}, buckets=())
-    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
-                            database=config.TOTESYS) as first:
+    with kept(aws) as first:
         pid = _backend(first)
+    return first, pid, name
+
+
+def test_a_kept_connection_dropped_between_invocations_is_replaced(aws, postgres, warm):
+    first, pid, name = warm
     admin = postgres.connect(name)
     try:
         admin.run("SELECT pg_terminate_backend(:pid)", pid=pid)  # a restart, a failover
     finally:
         admin.close()
-    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
-                            database=config.TOTESYS) as second:
+    with kept(aws) as second:
         assert second is not first and _backend(second) != pid
 
 
-def test_a_kept_connection_older_than_its_maximum_age_is_replaced(
-        aws, postgres, database, monkeypatch):
-    name = database("aged")
-    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(name)}, buckets=())
-    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
-                            database=config.TOTESYS) as first:
-        pid = _backend(first)
+def test_a_kept_connection_older_than_its_maximum_age_is_replaced(aws, warm, monkeypatch):
+    first, pid, _ = warm
     opened = time.monotonic()
     # As a warm container an hour later: the host name may now lead to another server.
     monkeypatch.setattr(db.time, "monotonic", lambda: opened + db.KEPT_MAX_AGE_SECONDS + 1)
-    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
-                            database=config.TOTESYS) as second:
+    with kept(aws) as second:
         assert second is not first and _backend(second) != pid
 
 
 def test_a_kept_connection_whose_liveness_check_breaks_unexpectedly_is_replaced(
-        aws, postgres, database, monkeypatch):
-    name = database("broken")
-    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(name)}, buckets=())
-    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
-                            database=config.TOTESYS) as first:
-        pid = _backend(first)
+        aws, warm, monkeypatch):
+    first, pid, _ = warm
 
     def breaks(*args, **kwargs):
         raise ValueError("a reply pg8000 did not expect")
 
     with monkeypatch.context() as patch:
         patch.setattr(first, "run", breaks)
-        with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
-                                database=config.TOTESYS) as second:
+        with kept(aws) as second:
             assert second is not first and _backend(second) != pid
 
 
@@ -145,25 +141,21 @@ def test_a_connection_whose_invocation_failed_is_closed_not_kept(aws, postgres, 
     name = database("failed")
     stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(name)}, buckets=())
     with pytest.raises(RuntimeError, match="handler failed"):
-        with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
-                                database=config.TOTESYS) as first:
+        with kept(aws) as first:
             pid = _backend(first)
             raise RuntimeError("handler failed")
-    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
-                            database=config.TOTESYS) as second:
+    with kept(aws) as second:
         assert _backend(second) != pid
 
 
 def test_a_secret_pointed_at_another_database_closes_the_kept_connection(aws, postgres, database):
     old, new = database("old"), database("new")
     stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(old)}, buckets=())
-    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
-                            database=config.TOTESYS) as first:
+    with kept(aws) as first:
         pid = _backend(first)
     stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(new)}, buckets=())
     parameters.clear_caches()  # the secret's five-minute cache has run out
-    with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=30,
-                            database=config.TOTESYS) as second:
+    with kept(aws) as second:
         assert second.run("SELECT current_database()") == [[new]]
     admin = postgres.connect(old)
     try:
