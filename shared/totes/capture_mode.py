@@ -138,10 +138,7 @@ class ObjectWriter:
             raise ValueError(f"an object holds at most {self._chunk_rows} lines, not {rows}")
         self.flush()
         key = self._key_for(len(self.files))
-        if self._puts is not None:
-            self._puts.put(self._bucket, key, body, CONTENT_TYPE)
-        else:
-            storage.put_new_object(self._bucket, key, body, CONTENT_TYPE)
+        storage.put_new_object_on(self._puts, self._bucket, key, body, CONTENT_TYPE)
         self.files.append(DataFile(key, rows, len(body)))
 
     def close(self, *, quietly: bool = False) -> None:

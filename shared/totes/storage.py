@@ -116,6 +116,15 @@ class BackgroundPuts:
             raise error
 
 
+def put_new_object_on(puts: BackgroundPuts | None, bucket: str, key: str, body: bytes,
+                      content_type: str) -> None:
+    """Create ``key`` once: now, or, with ``puts``, started there (it exists once that closes)."""
+    if puts is None:
+        put_new_object(bucket, key, body, content_type)
+    else:
+        puts.put(bucket, key, body, content_type)
+
+
 def put_new_json(bucket: str, key: str, document: Any) -> None:
     """Create a JSON object (such as a manifest) once."""
     body = json.dumps(document, indent=1, sort_keys=True).encode()

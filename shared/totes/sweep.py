@@ -238,11 +238,8 @@ def upload_blocks(bucket: str, table: str, run: keys.RunId, lines: list[bytes],
     With ``puts`` the write is only started: the object exists once ``puts`` is closed.
     """
     key = keys.captured_keys_key(table, run)
-    body = gzip.compress(b"".join(lines))
-    if puts is None:
-        storage.put_new_object(bucket, key, body, KEYS_CONTENT_TYPE)
-    else:
-        puts.put(bucket, key, body, KEYS_CONTENT_TYPE)
+    storage.put_new_object_on(puts, bucket, key, gzip.compress(b"".join(lines)),
+                              KEYS_CONTENT_TYPE)
     return key
 
 
