@@ -15,7 +15,7 @@ The settings both modes read, and the writer that packs a table's JSON lines
 into create-once objects, live here because both modes use them.
 """
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Callable, Mapping, Protocol
 
 from totes import config, extract, keys, storage, timestamps
@@ -76,6 +76,9 @@ class Captured:
     #: how long the transaction holding the snapshot's floor has held it (snapshot capture;
     #: :func:`totes.extract.floor_age_seconds`), None where unknown or not measured.
     floor_age_seconds: float | None = None
+    #: since when the snapshot's floor is known to be held (snapshot capture;
+    #: :func:`totes.snapshot_capture.floor_held_since`), carried in the manifest.
+    floor_held_since: datetime | None = None
 
     def manifest(self, request: CaptureRequest) -> IngestManifest:
         """Return the manifest that commits this capture (written last, by the run)."""
@@ -84,7 +87,8 @@ class Captured:
             finished_at=timestamps.now_text(), previous_manifest=request.previous_key,
             tables=dict(self.tables), complete=self.complete, snapshot=self.read_point.snapshot,
             database_time=timestamps.database_text(self.read_point.database_time),
-            logical=self.logical, source=self.read_point.source, resync=self.resync)
+            logical=self.logical, source=self.read_point.source, resync=self.resync,
+            floor_held_since=self.floor_held_since)
 
 
 class CaptureMode(Protocol):

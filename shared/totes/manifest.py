@@ -225,6 +225,10 @@ class IngestManifest:
     source: SourceIdentity | None = None
     #: why this run read every row again and swept every table (None: it did not).
     resync: str | None = None
+    #: snapshot capture: the database time since which the snapshot's floor (its ``xmin``) is
+    #: known to be held, carried forward while every run finds the same transaction holding it
+    #: (:func:`totes.capture.floor_held_since`); None when nothing held it, or not recorded.
+    floor_held_since: datetime | None = None
 
     def table(self, name: str) -> TableEntry:
         """Return the entry of ``name`` (an empty one if the manifest does not list it)."""
@@ -253,6 +257,8 @@ class IngestManifest:
             document["source"] = self.source.to_json()
         if self.resync is not None:
             document["resync"] = self.resync
+        if self.floor_held_since is not None:
+            document["floor_held_since"] = timestamps.database_text(self.floor_held_since)
         return document
 
     @classmethod
@@ -332,6 +338,7 @@ class IngestManifest:
                       for name, fields in document["tables"].items()}
         snapshot, logical = document.get("snapshot"), document.get("logical")
         source, resync = document.get("source"), document.get("resync")
+        held = document.get("floor_held_since")
         return cls(
             run_id=str(document["run_id"]),
             started_at=str(document["started_at"]),
@@ -345,6 +352,7 @@ class IngestManifest:
             logical=None if logical is None else LogicalPosition.from_json(logical),
             source=None if source is None else SourceIdentity.from_json(source),
             resync=None if resync is None else str(resync),
+            floor_held_since=None if held is None else timestamps.parse_database_time(str(held)),
         )
 
 

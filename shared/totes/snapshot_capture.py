@@ -13,6 +13,7 @@ carried in the manifest's table entries.
 """
 import json
 from dataclasses import replace
+from datetime import datetime
 
 import pg8000.native
 
@@ -225,8 +226,11 @@ def read_source(request: CaptureRequest, previous: IngestManifest | None) -> Cap
             with extract.snapshot(conn, locked=SOURCE_TABLES) as read_point:
                 check_contract(extract.source_columns(conn))
                 _report_prepared(conn, read_point, request.run)
-                floor_age = extract.floor_age_seconds(conn, read_point.snapshot)
                 resync = _resync_reason(request, read_point)
+                held_since = None if resync is not None else floor_held_since(request.previous,
+                                                                              read_point)
+                floor_age = _floor_age(extract.floor_age_seconds(conn, read_point.snapshot),
+                                       held_since, read_point)
                 if resync is not None and previous is not None:
                     previous = previous.with_tables({table: replace(entry, cursor=TableCursor())
                                                      for table, entry in previous.tables.items()})
@@ -237,9 +241,50 @@ def read_source(request: CaptureRequest, previous: IngestManifest | None) -> Cap
                 entries = sweep.sweep_tables(conn, request, read_point, entries, due)
             return Captured(read_point, entries,
                             complete=not any(entry.truncated for entry in entries.values()),
-                            resync=resync, floor_age_seconds=floor_age)
+                            resync=resync, floor_age_seconds=floor_age,
+                            floor_held_since=held_since or _held_from_now(read_point))
         finally:
             reader.close()
+
+
+def floor_held_since(previous: IngestManifest | None,
+                     read_point: extract.ReadPoint) -> datetime | None:
+    """Since when the previous manifest proves this snapshot's floor held, or None.
+
+    Needs no privilege: a transaction that holds the floor cannot hide its xid. The
+    previous snapshot's ``xmin``, when below its ``xmax``, was a transaction running
+    then; xids (64-bit) are never reused, so finding the same ``xmin`` now means the
+    same transaction has run throughout, since the previous run's ``database_time``
+    or whatever earlier time that manifest carried (``floor_held_since``). A ``xmin``
+    equal to ``xmax`` named no running transaction, so it proves nothing. The caller
+    leaves out re-syncs: a restored source reuses xids.
+    """
+    earlier = None if previous is None else previous.snapshot
+    if previous is None or earlier is None or previous.database_time is None or not (
+            earlier.xmin == read_point.snapshot.xmin < earlier.xmax):
+        return None
+    return previous.floor_held_since or timestamps.parse_database_time(previous.database_time)
+
+
+def _held_from_now(read_point: extract.ReadPoint) -> datetime | None:
+    """The floor's first sighting: held since this snapshot if a transaction holds it."""
+    snapshot = read_point.snapshot
+    return read_point.database_time if snapshot.xmin < snapshot.xmax else None
+
+
+def _floor_age(visible: float | None, held_since: datetime | None,
+               read_point: extract.ReadPoint) -> float | None:
+    """The floor's age in seconds: the larger of its holder's visible age and the proven one.
+
+    ``visible`` (:func:`totes.extract.floor_age_seconds`) is exact but None when
+    another role's session holds the floor and the login lacks ``pg_read_all_stats``;
+    the age proven by earlier manifests (``held_since``) is a lower bound that needs
+    no grant, so the alarm fires either way. None only when neither is known.
+    """
+    proven = None if held_since is None else max(
+        0.0, (read_point.database_time - held_since).total_seconds())
+    known = [age for age in (visible, proven) if age is not None]
+    return max(known) if known else None
 
 
 def _report_prepared(conn: pg8000.native.Connection, read_point: extract.ReadPoint,

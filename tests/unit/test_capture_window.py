@@ -1,8 +1,14 @@
 """Which rows a run reads: 64-bit snapshots against 32-bit row xids, across wraparound."""
+from dataclasses import replace
+from datetime import datetime
+
 import pytest
 
 from totes.capture import (XID_MODULUS, Snapshot, SnapshotFormatError, SourceIdentity,
                            TableCursor, full_xid, resync_reason, xmin_window)
+from totes.extract import ReadPoint
+from totes.manifest import IngestManifest
+from totes.snapshot_capture import floor_held_since
 
 EPOCH = XID_MODULUS
 
@@ -123,3 +129,32 @@ def test_a_source_with_another_identity_or_an_earlier_xmax_needs_a_resync(
 def test_a_first_run_or_a_manifest_without_identity_never_resyncs_on_identity():
     assert resync_reason(None, None, Snapshot(5, 5), PRIMARY) is None
     assert resync_reason(Snapshot(840, 850), None, Snapshot(900, 905), PRIMARY) is None
+
+
+def _manifest(snapshot: Snapshot, at: str, held_since: datetime | None = None) -> IngestManifest:
+    return IngestManifest(run_id="r", started_at="s", finished_at="f", previous_manifest=None,
+                          tables={}, snapshot=snapshot, database_time=at,
+                          floor_held_since=held_since)
+
+
+def _point(snapshot: Snapshot, at: datetime) -> ReadPoint:
+    return ReadPoint(snapshot, at)
+
+
+def test_a_floor_found_again_is_held_since_the_earliest_manifest_that_saw_it():
+    now = datetime(2026, 12, 6, 9, 0)
+    earlier = _manifest(Snapshot(700, 720, (700,)), "2026-12-06T08:55:00.000")
+    assert floor_held_since(earlier, _point(Snapshot(700, 790, (700,)), now)) == datetime(
+        2026, 12, 6, 8, 55)
+    carried = replace(earlier, floor_held_since=datetime(2026, 12, 6, 7, 0))
+    assert floor_held_since(carried, _point(Snapshot(700, 790, (700,)), now)) == datetime(
+        2026, 12, 6, 7, 0)
+
+
+def test_a_moved_floor_or_one_that_named_no_running_transaction_proves_nothing():
+    now = datetime(2026, 12, 6, 9, 0)
+    assert floor_held_since(None, _point(Snapshot(700, 790, (700,)), now)) is None
+    moved = _manifest(Snapshot(650, 720, (650,)), "2026-12-06T08:55:00.000")
+    assert floor_held_since(moved, _point(Snapshot(700, 790, (700,)), now)) is None
+    idle = _manifest(Snapshot(700, 700), "2026-12-06T08:55:00.000")  # xmin = xmax: no holder
+    assert floor_held_since(idle, _point(Snapshot(700, 790, (700,)), now)) is None

@@ -172,3 +172,16 @@ def test_a_stored_manifest_naming_anything_else_is_refused_naming_it(change, mes
     with pytest.raises(ManifestError, match=message) as caught:
         IngestManifest.read(document, KEY)
     assert KEY in str(caught.value)
+
+
+def test_the_time_the_floor_is_held_since_round_trips_and_older_manifests_read_without_it():
+    manifest = IngestManifest(
+        run_id="20261127T080000000Z-aa", started_at="s", finished_at="f", previous_manifest=None,
+        tables={}, snapshot=Snapshot(740, 745, (740,)), database_time="2026-11-27T08:00:00.001",
+        floor_held_since=datetime(2026, 11, 27, 7, 10, 0, 5000))
+    document = manifest.to_json()
+    assert document["floor_held_since"] == "2026-11-27T07:10:00.005"
+    assert IngestManifest.parse(document) == manifest
+    del document["floor_held_since"]
+    assert IngestManifest.parse(document).floor_held_since is None
+    assert "floor_held_since" not in replace(manifest, floor_held_since=None).to_json()
