@@ -558,7 +558,8 @@ class LakeAudit:
     capture_point: str | None = None
     tables: dict[str, TableAudit] = field(default_factory=dict)
     #: how far the lake's capture point is behind the warehouse's, in seconds of capture time
-    #: (negative when publish is ahead of load): reported, never a mismatch by itself.
+    #: (negative when publish is ahead of load; for a lake never published, from the oldest
+    #: manifest loaded): reported, never a mismatch by itself.
     lag_seconds: float | None = None
 
     @property
@@ -626,14 +627,18 @@ def open_lake(lake: LakeReader | None, store: ObjectStore) -> LakeState:
 
 def audit_lake(state: LakeState, warehouse_key: str | None,
                source_conn: pg8000.native.Connection, read_point: ReadPoint,
-               store: ObjectStore) -> LakeAudit:
+               store: ObjectStore, first_loaded_key: str | None = None) -> LakeAudit:
     """Compare the lake's tables with the source at the lake's capture point (if it is open).
 
     A failure while comparing is logged like one while opening, and reported as
-    ``failed``: the warehouse's tables were compared already.
+    ``failed``: the warehouse's tables were compared already. A lake never
+    published still has a lag, so that ``LakeLagAlarm`` hears of a publish broken
+    or disabled from the first day: it lacks everything the warehouse holds, so it
+    is at least as far behind as the oldest manifest loaded (``first_loaded_key``).
     """
     if state.target is None:
-        return LakeAudit(state.status)
+        return LakeAudit(state.status, lag_seconds=lag_seconds(warehouse_key, first_loaded_key)
+                         if state.status == LAKE_NEVER_PUBLISHED else None)
     point, target = state.point, state.target
     lag = lag_seconds(warehouse_key, point.manifest_key)
     try:
@@ -678,8 +683,9 @@ class AuditReport:
         The lake's mismatches count in the run's ``AuditMismatches`` (the one alarm);
         per table they are in the report and the log line, not in metrics of their own.
         The lake's lag (:data:`LAKE_LAG_METRIC`, alarmed) is published whenever the lake's
-        capture point was read, so a lake that stops advancing shows even when nothing in
-        it differs from the source.
+        capture point was read, or the lake was never published while the warehouse holds
+        manifests, so a lake that stops advancing, or never starts, shows even when nothing
+        in it differs from the source.
         """
         for name, table in self.tables.items():
             yield stage.Metric("AuditMismatches", table.mismatches, table=name)
@@ -734,8 +740,11 @@ def audit_databases(source_conn: pg8000.native.Connection,
                     results[name] = audit_table(name, source_conn,
                                                 WarehouseTarget(warehouse_conn), point,
                                                 read_point, store)
+            first_loaded = (warehouse.first_loaded_key(warehouse_conn)
+                            if lake_state.status == LAKE_NEVER_PUBLISHED
+                            and point.manifest_key is not None else None)
             lake_audit = audit_lake(lake_state, point.manifest_key, source_conn, read_point,
-                                    store)
+                                    store, first_loaded)
     except BaseException:
         with suppress(Exception):  # a broken connection: the error worth raising is the first
             warehouse_conn.run("ROLLBACK")

@@ -406,6 +406,15 @@ def last_loaded_key(conn: pg8000.native.Connection) -> str | None:
     return key
 
 
+def first_loaded_key(conn: pg8000.native.Connection) -> str | None:
+    """Return the oldest manifest key loaded (None before the first load).
+
+    Where a lake that was never published stands: behind everything the warehouse holds.
+    """
+    key: str | None = conn.run('SELECT min("manifest_key") FROM "etl"."loaded_manifest"')[0][0]
+    return key
+
+
 def is_loaded(conn: pg8000.native.Connection, manifest_key: str) -> bool:
     """Tell whether ``manifest_key`` (or a later one, which implies it) is already loaded."""
     rows = conn.run(

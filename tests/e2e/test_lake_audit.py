@@ -60,6 +60,7 @@ def test_a_published_lake_audits_clean_and_unpublished_changes_are_in_flight(e2e
     before = run_audit(e2e)
     assert before.ok and before.lake.status == audit.LAKE_NEVER_PUBLISHED
     assert before.lake.tables == {} and before.lake.capture_point is None
+    assert before.lake.lag_seconds == 0  # the warehouse holds one manifest, the lake none
 
     e2e.pipeline.publish()
     report = run_audit(e2e)
@@ -99,6 +100,18 @@ def test_a_published_lake_audits_clean_and_unpublished_changes_are_in_flight(e2e
     assert report.ok, lake_mismatches(report)
     assert report.lake.capture_point == report.capture_point and report.lake.in_flight == 0
     assert report.lake.lag_seconds == 0
+
+
+def test_a_lake_never_published_reports_its_lag_behind_everything_the_warehouse_holds(e2e):
+    e2e.pipeline.cycle()
+    first = run_audit(e2e).capture_point
+    e2e.pipeline.cycle()
+    report = run_audit(e2e)
+
+    assert report.lake.status == audit.LAKE_NEVER_PUBLISHED and report.capture_point > first
+    assert report.lake.lag_seconds == audit.lag_seconds(report.capture_point, first) > 0
+    [lag] = [metric.value for metric in report.metrics() if metric.name == audit.LAKE_LAG_METRIC]
+    assert lag == report.lake.lag_seconds
 
 
 def test_a_lake_changed_behind_the_pipelines_back_is_a_mismatch_under_the_same_alarm(

@@ -126,6 +126,16 @@ def test_the_lakes_lag_is_a_metric_whenever_its_capture_point_was_read():
         assert "LakeLagSeconds" not in {metric.name for metric in report.metrics()}
 
 
+def test_a_lake_never_published_lags_from_the_oldest_manifest_the_warehouse_loaded():
+    first = "_manifests/2024/11/18/20241118T090000123Z-3f9a1c2e.json"
+    newest = "_manifests/2024/11/18/20241118T100500123Z-aa11bb22.json"
+    never = audit.LakeState(audit.LAKE_NEVER_PUBLISHED)
+    lake = audit.audit_lake(never, newest, None, None, None, first_loaded_key=first)
+    assert lake.status == audit.LAKE_NEVER_PUBLISHED and lake.lag_seconds == 3900.0
+    unconfigured = audit.LakeState(audit.LAKE_NOT_CONFIGURED)
+    assert audit.audit_lake(unconfigured, newest, None, None, None).lag_seconds is None
+
+
 def test_the_lake_is_configured_by_its_database(monkeypatch):
     for name, value in {"INGEST_BUCKET": "i", "TOTESYS_SECRET_ID": "t",
                         "WAREHOUSE_SECRET_ID": "w", "PROCESSED_BUCKET": "p",
