@@ -677,11 +677,23 @@ def test_the_audit_alarms_on_any_mismatch_it_publishes():
 
 
 def resolve(value: Any, parameters: dict[str, str]) -> Any:
-    """A value with its Ref, Fn::Join, Fn::Split and Fn::Sub worked out, as CloudFormation does."""
+    """A value with its Ref, Join, Split, Select, Sub and If (Equals, Not) worked out as CFN does.
+
+    An Fn::If decides its condition from the template's Conditions and ``parameters``.
+    """
     if isinstance(value, dict) and len(value) == 1:
         (function, argument), = value.items()
         if function == "Ref":
             return parameters[argument]
+        if function == "Fn::Select":
+            return resolve(argument[1], parameters)[int(argument[0])]
+        if function == "Fn::Equals":
+            return resolve(argument[0], parameters) == resolve(argument[1], parameters)
+        if function == "Fn::Not":
+            return not resolve(argument[0], parameters)
+        if function == "Fn::If":
+            condition = resolve(TEMPLATE["Conditions"][argument[0]], parameters)
+            return resolve(argument[1] if condition else argument[2], parameters)
         if function == "Fn::Join":
             return argument[0].join(resolve(argument[1], parameters))
         if function == "Fn::Split":
@@ -691,7 +703,7 @@ def resolve(value: Any, parameters: dict[str, str]) -> Any:
             for name, variable in variables.items():
                 text = text.replace("${" + name + "}", resolve(variable, parameters))
             return text
-    assert isinstance(value, str), value
+    assert isinstance(value, (str, int)), value
     return value
 
 
@@ -715,20 +727,28 @@ def test_the_lake_lag_alarm_fires_past_two_publish_intervals_and_30_minutes(sche
     assert '"Lake lag"' in alarm["AlarmDescription"]
 
 
-def test_an_audit_that_stops_running_alarms_within_a_day_whatever_its_schedule():
+@pytest.mark.parametrize("schedule, interval", [
+    ("rate(10 minutes)", 600), ("rate(59 minutes)", 3540), ("rate(1 hour)", 3600),
+    ("rate(60 minutes)", 3600), ("rate(99 minutes)", 5940), ("rate(2 hours)", 7200),
+    ("rate(24 hours)", 86400)])
+def test_an_audit_that_stops_running_alarms_past_its_schedule_and_within_hours_at_hourly(
+        schedule, interval):
     alarm = alarms()["AuditNotRunningAlarm"]
     # The run's AuditMismatches (no table dimension) is published by every completed audit.
     assert alarm in alarms_on(STACK_NAMESPACE, "AuditMismatches")
     assert alarm["Dimensions"] == [{"Name": "service", "Value": observability.DEFAULT_SERVICE}]
     assert alarm["Statistic"] == "SampleCount" and alarm["TreatMissingData"] == "breaching"
     assert alarm["Threshold"] == 1 and alarm["ComparisonOperator"] == "LessThanThreshold"
-    window = alarm["Period"] * alarm["DatapointsToAlarm"]
-    assert alarm["DatapointsToAlarm"] == alarm["EvaluationPeriods"]
-    # Longer than the longest schedule the parameter admits, so a slow audit never alarms,
-    # and within what CloudWatch evaluates for periods of an hour or more (seven days).
     pattern = re.compile(PARAMETERS["AuditSchedule"]["AllowedPattern"])
-    assert pattern.fullmatch("rate(24 hours)") and not pattern.fullmatch("rate(25 hours)")
-    assert 24 * 3600 < window <= 7 * 86400 and alarm["Period"] >= 3600
+    assert pattern.fullmatch(schedule) and not pattern.fullmatch("rate(25 hours)")
+    periods = resolve(alarm["DatapointsToAlarm"], {"AuditSchedule": schedule})
+    assert periods == resolve(alarm["EvaluationPeriods"], {"AuditSchedule": schedule})
+    window = alarm["Period"] * periods
+    # Every hour of the window empty takes a gap between audits longer than the schedule plus
+    # a run at its timeout (600 s), a delivery at its latest (600 s) and the hour being filled,
+    # so a slow audit never alarms; within what CloudWatch evaluates (seven days at 1 h).
+    assert window >= interval + 600 + 600 + 3600 and window <= 7 * 86400
+    assert alarm["Period"] == 3600 and (window <= 4 * 3600) == (interval < 7200)
     assert '"Audit not running"' in alarm["AlarmDescription"]
 
 
