@@ -226,8 +226,9 @@ class IngestManifest:
     #: why this run read every row again and swept every table (None: it did not).
     resync: str | None = None
     #: snapshot capture: the database time since which the snapshot's floor (its ``xmin``) is
-    #: known to be held, carried forward while every run finds the same transaction holding it
-    #: (:func:`totes.capture.floor_held_since`); None when nothing held it, or not recorded.
+    #: known to be held, carried forward while every run finds the same transaction holding
+    #: it (:func:`totes.snapshot_capture.floor_held_since`); None when nothing held it, or not
+    #: recorded.
     floor_held_since: datetime | None = None
 
     def table(self, name: str) -> TableEntry:

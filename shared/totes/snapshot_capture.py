@@ -256,7 +256,7 @@ def floor_held_since(previous: IngestManifest | None,
     then; xids (64-bit) are never reused, so finding the same ``xmin`` now means the
     same transaction has run throughout, since the previous run's ``database_time``
     or whatever earlier time that manifest carried (``floor_held_since``). A ``xmin``
-    equal to ``xmax`` named no running transaction, so it proves nothing. The caller
+    equal to ``xmax`` names no transaction known to run then, so it proves nothing. The caller
     leaves out re-syncs: a restored source reuses xids.
     """
     earlier = None if previous is None else previous.snapshot
