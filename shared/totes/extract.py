@@ -470,10 +470,16 @@ class SecondReader:
         """Return the second connection, opening it the first time; None if it may not read."""
         if not self._opened:
             self._opened = True
-            self._second = self._open()
+            self._second = self.open_another()
         return self._second
 
-    def _open(self) -> pg8000.native.Connection | None:
+    def open_another(self) -> pg8000.native.Connection | None:
+        """Open one more connection reading in the run's snapshot; None if it may not read.
+
+        Opened as the second connection is, and on the caller's thread while the
+        first connection is idle (the export is a statement on it); the caller
+        closes it. The key sweep reads on one beside the reading of the rows.
+        """
         [[exported]] = self.first.run("SELECT pg_export_snapshot()")
         try:
             conn = self._connect()
