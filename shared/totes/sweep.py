@@ -8,7 +8,7 @@ The second part matters: an order created, captured and cancelled between two
 sweeps is in neither sweep, but it is in the warehouse, and its deletion must be.
 
 Keys travel as **blocks**: ascending keys, comma-separated, one block of at most
-:data:`BLOCK_KEYS` per line (the server aggregates them, so COPY hands Python one
+:data:`BLOCK_KEYS` per line (the server aggregates them, so Python handles one
 line per block instead of one per key). Every input is sorted, so the comparison
 is a merge that holds at most one block per input: memory stays flat at any
 table size, and the set work happens in C, block by block. Sweep key lists and
