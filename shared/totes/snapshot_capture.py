@@ -12,8 +12,11 @@ timeout. The position is each table's cursor (:class:`totes.capture.TableCursor`
 carried in the manifest's table entries.
 """
 import json
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
+from typing import Callable, Iterator
 
 import pg8000.native
 
@@ -236,9 +239,9 @@ def read_source(request: CaptureRequest, previous: IngestManifest | None) -> Cap
                                                      for table, entry in previous.tables.items()})
                 due = (list(SOURCE_TABLES) if resync is not None
                        else sweep.due_tables(settings, previous, read_point))
-                entries = _extract_within_budget(reader, settings, previous, read_point,
-                                                 request.run, due)
-                entries = sweep.sweep_tables(conn, request, read_point, entries, due)
+                with _sweep_beside(reader, request, read_point, previous, due) as swept:
+                    entries = swept(_extract_within_budget(reader, settings, previous,
+                                                           read_point, request.run, due))
             return Captured(read_point, entries,
                             complete=not any(entry.truncated for entry in entries.values()),
                             resync=resync, floor_age_seconds=floor_age,
@@ -285,6 +288,50 @@ def _floor_age(visible: float | None, held_since: datetime | None,
         0.0, (read_point.database_time - held_since).total_seconds())
     known = [age for age in (visible, proven) if age is not None]
     return max(known) if known else None
+
+
+@contextmanager
+def _sweep_beside(reader: extract.SecondReader, request: CaptureRequest,
+                  read_point: extract.ReadPoint, previous: IngestManifest | None,
+                  due: list[str]) -> Iterator[Callable[[dict[str, TableEntry]],
+                                                       dict[str, TableEntry]]]:
+    """Sweep the ``due`` tables while the rows are read; yield what adds the sweeps to the entries.
+
+    Listing every key of a table is a statement of its own and most of a sweep's
+    time: run after the reading, on the first connection, it was a serial tail of
+    every run that sweeps (a quarter of a backfill's first run). So it runs on
+    another connection in the same snapshot (:meth:`totes.extract.SecondReader.open_another`),
+    in a thread, from the entries the reading cannot change for a swept table (its
+    previous sweep; no deletions and no captured keys before the sweep, as
+    :func:`extract_table` leaves a table swept in its run); the sweeps join the read
+    entries when the caller hands them over, and a failure of either is raised
+    there, before the manifest. Where that connection cannot be opened the sweep
+    runs after the reading on the first, as it did.
+    """
+    conn = reader.open_another() if due else None
+    if conn is None:
+        yield lambda entries: sweep.sweep_tables(reader.first, request, read_point, entries, due)
+        return
+    unswept = {table: TableEntry(sweep=previous.table(table).sweep if previous else None)
+               for table in due}
+
+    def sweep_and_close() -> dict[str, TableEntry]:
+        try:
+            return sweep.sweep_tables(conn, request, read_point, unswept, due)
+        finally:
+            db.close_quietly(conn)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="totes-sweep") as pool:
+        future = pool.submit(sweep_and_close)
+        yield lambda entries: _with_sweeps(entries, future.result(), due)
+
+
+def _with_sweeps(entries: dict[str, TableEntry], swept: dict[str, TableEntry],
+                 due: list[str]) -> dict[str, TableEntry]:
+    """The read ``entries`` with the deletions and sweep state ``swept`` found for ``due``."""
+    return {**entries, **{table: replace(entries[table], deleted=swept[table].deleted,
+                                         sweep=swept[table].sweep, captured_keys=None)
+                          for table in due}}
 
 
 def _report_prepared(conn: pg8000.native.Connection, read_point: extract.ReadPoint,

@@ -8,7 +8,7 @@ The second part matters: an order created, captured and cancelled between two
 sweeps is in neither sweep, but it is in the warehouse, and its deletion must be.
 
 Keys travel as **blocks**: ascending keys, comma-separated, one block of at most
-:data:`BLOCK_KEYS` per line (the server aggregates them, so COPY hands Python one
+:data:`BLOCK_KEYS` per line (the server aggregates them, so Python handles one
 line per block instead of one per key). Every input is sorted, so the comparison
 is a merge that holds at most one block per input: memory stays flat at any
 table size, and the set work happens in C, block by block. Sweep key lists and
@@ -50,6 +50,11 @@ if TYPE_CHECKING:  # botocore-stubs, a development dependency
 KEYS_CONTENT_TYPE = "application/gzip"
 #: keys per block: about 0.5 MB of text, the unit of memory of a sweep.
 BLOCK_KEYS = 65_536
+
+#: gzip's level for key lists: keys are digits and commas, which the fastest level packs
+#: within about 5 % of the best in a sixth of the time (gzip's default, 9, spent about
+#: 0.7 CPU-seconds on the 1.9 million keys of a backfill's first sweep).
+GZIP_LEVEL = 1
 
 #: the longest line a key list holds: a block of the widest keys (a sign and 19 digits) and commas.
 MAX_LINE_BYTES = BLOCK_KEYS * 21
@@ -159,7 +164,7 @@ class KeySpool:
     def __init__(self) -> None:
         """Open an empty spool."""
         self.file: IO[bytes] = tempfile.TemporaryFile()
-        self._gzip = gzip.GzipFile(fileobj=self.file, mode="wb")
+        self._gzip = gzip.GzipFile(fileobj=self.file, mode="wb", compresslevel=GZIP_LEVEL)
         self.keys = 0
 
     def write(self, line: bytes) -> None:
@@ -238,7 +243,7 @@ def upload_blocks(bucket: str, table: str, run: keys.RunId, lines: list[bytes],
     With ``puts`` the write is only started: the object exists once ``puts`` is closed.
     """
     key = keys.captured_keys_key(table, run)
-    storage.put_new_object_on(puts, bucket, key, gzip.compress(b"".join(lines)),
+    storage.put_new_object_on(puts, bucket, key, gzip.compress(b"".join(lines), GZIP_LEVEL),
                               KEYS_CONTENT_TYPE)
     return key
 

@@ -1,5 +1,6 @@
 """Capture as a hostile source tries it: wrong clocks, long transactions, bulk fixes, deletes."""
 import json
+import threading
 from datetime import datetime, timedelta
 
 import pytest
@@ -218,6 +219,77 @@ def test_a_row_created_captured_and_deleted_between_two_sweeps_is_still_found(
     assert "sales_order" in swept.swept and first.deleted["sales_order"] == 0
     assert swept.deleted["sales_order"] == 1
     assert [row["sales_order_id"] for row in deleted(aws["INGEST_BUCKET"], "sales_order")] == [2]
+
+
+def add_address(conn, address_id):
+    """One more address (nothing references it, so it may be deleted alone)."""
+    from test_ingest import insert
+    insert(conn, "address", address_id=address_id, address_line_1="2 Road", address_line_2=None,
+           district=None, city="York", postal_code="Y1", country="UK", phone="01",
+           created_at=T0, last_updated=T0)
+
+
+def test_the_key_sweep_runs_beside_the_reading_on_its_own_connection_in_the_runs_snapshot(
+        source_db, aws, monkeypatch):
+    from totes import snapshot_capture, sweep
+
+    seed_one_of_each(source_db)
+    for address_id in (2, 3):
+        add_address(source_db, address_id)
+    ingest.run_ingest()
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
+    source_db.run("DELETE FROM address WHERE address_id = 2")
+    readers, listers = set(), set()
+    extract_table, copy_keys = snapshot_capture.extract_table, sweep.extract.copy_keys
+
+    def read(conn, table, *args, **options):
+        readers.add((threading.current_thread().name, conn.run("SELECT pg_backend_pid()")[0][0]))
+        return extract_table(conn, table, *args, **options)
+
+    def listed(conn, table, *args, **options):
+        listers.add((threading.current_thread().name, conn.run("SELECT pg_backend_pid()")[0][0]))
+        if table == "address":  # committed after the run's snapshot, before its sweep lists keys
+            source_db.run("DELETE FROM address WHERE address_id = 3")
+        return copy_keys(conn, table, *args, **options)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(snapshot_capture, "extract_table", read)
+        patch.setattr(sweep.extract, "copy_keys", listed)
+        swept = ingest.run_ingest()
+
+    [(reading_thread, reading_pid)] = readers
+    [(sweeping_thread, sweeping_pid)] = listers
+    assert sweeping_thread.startswith("totes-sweep") and sweeping_thread != reading_thread
+    assert sweeping_pid != reading_pid
+    assert [row["address_id"] for row in deleted(aws["INGEST_BUCKET"], "address")] == [2]
+    assert swept.deleted["address"] == 1 and len(swept.swept) == len(swept.rows)
+    assert ingest.run_ingest().deleted["address"] == 1   # 3, deleted after the snapshot
+
+
+def test_a_sweep_that_cannot_open_its_connection_runs_after_the_reading_on_the_first(
+        source_db, aws, monkeypatch):
+    from totes import extract, sweep
+
+    seed_one_of_each(source_db)
+    add_address(source_db, 2)
+    ingest.run_ingest()
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
+    source_db.run("DELETE FROM address WHERE address_id = 2")
+    listers = set()
+    copy_keys = sweep.extract.copy_keys
+
+    def listed(conn, *args, **options):
+        listers.add(threading.current_thread().name)
+        return copy_keys(conn, *args, **options)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(extract.SecondReader, "open_another", lambda reader: None)
+        patch.setattr(sweep.extract, "copy_keys", listed)
+        swept = ingest.run_ingest()
+
+    assert listers == {threading.current_thread().name}
+    assert swept.deleted["address"] == 1
+    assert [row["address_id"] for row in deleted(aws["INGEST_BUCKET"], "address")] == [2]
 
 
 def test_the_sweep_state_is_an_immutable_gzip_key_list_in_blocks_named_by_the_manifest(

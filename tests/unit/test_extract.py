@@ -89,10 +89,13 @@ def test_timestamps_are_rendered_quoted_with_milliseconds_and_other_columns_as_j
 
 
 def test_the_key_sweep_lists_keys_in_order_as_blocks_joined_by_the_server():
-    assert extract.keys_sql("transaction", 500) == (
-        "COPY (SELECT string_agg(k::text, ',' ORDER BY k) FROM (SELECT \"transaction_id\" AS k, "
-        "(row_number() OVER (ORDER BY \"transaction_id\") - 1) / 500 AS block "
-        "FROM \"transaction\") AS keys GROUP BY block ORDER BY block) TO STDOUT")
+    assert extract.keys_sql("transaction", 500, after=False) == (
+        "SELECT string_agg(k::text, ',' ORDER BY k) FROM (SELECT \"transaction_id\" AS k "
+        "FROM \"transaction\" ORDER BY \"transaction_id\" LIMIT 500) AS block")
+    assert extract.keys_sql("transaction", 500, after=True) == (
+        "SELECT string_agg(k::text, ',' ORDER BY k) FROM (SELECT \"transaction_id\" AS k "
+        "FROM \"transaction\" WHERE \"transaction_id\" > :after ORDER BY \"transaction_id\" "
+        "LIMIT 500) AS block")
 
 
 @pytest.mark.parametrize("table", [
@@ -101,7 +104,7 @@ def test_only_allow_listed_tables_ever_reach_sql(table):
     with pytest.raises((UnknownTableError, KeyError)):
         extract.changes_sql(table, TableCursor())
     with pytest.raises(UnknownTableError):
-        extract.keys_sql(table, 10)
+        extract.keys_sql(table, 10, after=True)
 
 
 def test_new_run_ids_are_unique_and_sort_by_start_time():

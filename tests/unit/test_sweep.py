@@ -98,3 +98,17 @@ def test_a_stored_key_list_is_read_within_its_bounds_or_refused_naming_it():
     with pytest.raises(sweep.KeyListError, match="not comma-separated keys"):
         list(sweep.parse_blocks([b"1,2\n", b"drop table\n"], "s3://b/k"))
     assert sweep.MAX_LINE_BYTES >= len(sweep.render_block([-2**63] * sweep.BLOCK_KEYS))
+
+
+def test_a_spooled_key_list_is_gzip_at_the_fastest_level_and_reads_back_whole():
+    spool = sweep.KeySpool()
+    try:
+        for block in ([1, 2, 3], [5, 8]):
+            spool.write(sweep.render_block(block))
+        spool.finish()
+        spool.file.seek(0)
+        header = spool.file.read(10)
+        assert header[:2] == b"\x1f\x8b" and header[8] == 4   # XFL 4: the fastest level
+        assert list(spool.blocks()) == [[1, 2, 3], [5, 8]] and spool.keys == 5
+    finally:
+        spool.close()
