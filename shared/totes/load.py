@@ -98,6 +98,20 @@ class LoadSettings:
 
 
 @dataclass
+class ListingEnd:
+    """Where a run's listing of the ingest manifests stopped, for freshness without another.
+
+    ``ended`` once :func:`pending_manifests` ran to its own end: through every manifest
+    listed (``oldest_waiting`` None) or to the first one without its processed twin
+    (``oldest_waiting``, which nothing after it overtakes). A run that stopped on its
+    own before (the deadline, a failure) leaves it unended: its freshness is listed anew.
+    """
+
+    ended: bool = False
+    oldest_waiting: str | None = None
+
+
+@dataclass
 class LoadReport:
     """What one load run did: the handler's response and its metrics (``stage.StageReport``)."""
 
@@ -116,6 +130,8 @@ class LoadReport:
     #: deletion versions written, per fact.
     deletions_loaded: Counter[str] = field(default_factory=Counter)
     freshness_seconds: float = 0.0
+    #: where this run's listing of the ingest manifests stopped (its freshness reads it).
+    listing: ListingEnd = field(default_factory=ListingEnd)
     #: False when freshness could not be measured: a missing point, never a made-up one.
     freshness_measured: bool = True
     seconds: float = 0.0
@@ -219,23 +235,35 @@ def record_batches(bucket: str, key: str, table: Table, expected_rows: int,
 
 
 def pending_manifests(processed_bucket: str, ingest_bucket: str, after: str | None,
-                      markers: Markers = Markers()) -> Iterator[str]:
+                      markers: Markers = Markers(),
+                      end: ListingEnd | None = None) -> Iterator[str]:
     """Yield ingest manifest keys to load, oldest first, stopping at the first gap.
 
     Each ingest manifest after ``after`` must have its processed twin (of the
     revision in force, per ``markers``) before it can load, and nothing after it
-    may load before it does.
+    may load before it does. Where the listing stopped is recorded in ``end``.
     """
+    end = ListingEnd() if end is None else end
     processed = markers.processed_after(processed_bucket, after)
     for ingest_key in storage.manifest_keys_after(ingest_bucket, after):
+        end.oldest_waiting = ingest_key
         if next(processed, None) != ingest_key:
+            end.ended = True
             return
         yield ingest_key
+    end.ended, end.oldest_waiting = True, None
 
 
-def freshness_seconds(ingest_bucket: str, loaded_through: str | None, now: datetime) -> float:
-    """Age of the oldest ingest run not yet visible in the warehouse; 0 when none waits."""
-    oldest = next(storage.manifest_keys_after(ingest_bucket, loaded_through), None)
+def freshness_seconds(ingest_bucket: str, loaded_through: str | None, now: datetime,
+                      end: ListingEnd | None = None) -> float:
+    """Age of the oldest ingest run not yet visible in the warehouse; 0 when none waits.
+
+    When the run's own listing ended (``end``), the manifest it left waiting is that
+    run, so the ingest manifests are not listed a second time: one committed since
+    the listing is measured by the next run, as one committed just after it would be.
+    """
+    oldest = (end.oldest_waiting if end is not None and end.ended
+              else next(storage.manifest_keys_after(ingest_bucket, loaded_through), None))
     if oldest is None:
         return 0.0
     manifest = IngestManifest.read(storage.read_json(ingest_bucket, oldest), oldest)
@@ -432,7 +460,7 @@ def _measure_freshness(report: LoadReport, ingest_bucket: str,
     """
     try:
         report.freshness_seconds = freshness_seconds(
-            ingest_bucket, report.last_loaded_manifest, now)
+            ingest_bucket, report.last_loaded_manifest, now, report.listing)
     except Exception as error:
         logger.exception("freshness could not be measured; FreshnessSeconds not published",
                          extra={"last_loaded_manifest": report.last_loaded_manifest})
@@ -444,7 +472,7 @@ def _load_pending(conn: pg8000.native.Connection, settings: LoadSettings, report
                   deadline: Deadline) -> None:
     processed_bucket, markers = settings.processed_bucket, report.markers
     for key in pending_manifests(processed_bucket, settings.ingest_bucket,
-                                 report.last_loaded_manifest, markers):
+                                 report.last_loaded_manifest, markers, report.listing):
         if deadline.remaining() < RESERVE_SECONDS:
             logger.warning("stopping early to finish before the timeout", extra={"next": key})
             return
