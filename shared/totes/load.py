@@ -7,8 +7,6 @@ is waited for, never skipped. Each manifest loads in one transaction with its
 ``etl.loaded_manifest`` row, under an advisory lock, so a crash, a timeout or a
 concurrent run never loads anything twice or half (see ``docs/load.md``).
 """
-import shutil
-import tempfile
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -33,6 +31,9 @@ if TYPE_CHECKING:  # imported where used at run time, from the AWS SDK for panda
 
 #: rows per Arrow batch streamed to COPY: the bound on the load's memory.
 BATCH_ROWS = 65_536
+#: a manifest's Parquet objects downloaded ahead of the COPY that reads them (on disk, in the
+#: order they load): their waits for S3 overlap each other and the warehouse's statements.
+PREFETCH_OBJECTS = 4
 
 #: a manifest is not started with less time left than this (seconds).
 RESERVE_SECONDS = 60.0
@@ -98,6 +99,20 @@ class LoadSettings:
 
 
 @dataclass
+class ListingEnd:
+    """Where a run's listing of the ingest manifests stopped, for freshness without another.
+
+    ``ended`` once :func:`pending_manifests` ran to its own end: through every manifest
+    listed (``oldest_waiting`` None) or to the first one without its processed twin
+    (``oldest_waiting``, which nothing after it overtakes). A run that stopped on its
+    own before (the deadline, a failure) leaves it unended: its freshness is listed anew.
+    """
+
+    ended: bool = False
+    oldest_waiting: str | None = None
+
+
+@dataclass
 class LoadReport:
     """What one load run did: the handler's response and its metrics (``stage.StageReport``)."""
 
@@ -116,6 +131,8 @@ class LoadReport:
     #: deletion versions written, per fact.
     deletions_loaded: Counter[str] = field(default_factory=Counter)
     freshness_seconds: float = 0.0
+    #: where this run's listing of the ingest manifests stopped (its freshness reads it).
+    listing: ListingEnd = field(default_factory=ListingEnd)
     #: False when freshness could not be measured: a missing point, never a made-up one.
     freshness_measured: bool = True
     seconds: float = 0.0
@@ -167,8 +184,8 @@ def _same_type(found: "pa.DataType", expected: "pa.DataType") -> bool:
 
 
 def record_batches(bucket: str, key: str, table: Table, expected_rows: int,
-                   batch_rows: int = BATCH_ROWS,
-                   fill_defaults: bool = False) -> Iterator["pa.RecordBatch"]:
+                   batch_rows: int = BATCH_ROWS, fill_defaults: bool = False,
+                   prefetch: storage.Prefetch | None = None) -> Iterator["pa.RecordBatch"]:
     """Yield the object's rows as record batches with the table's columns in contract order.
 
     The object is spooled to a temporary file (Parquet needs to seek to its footer)
@@ -177,7 +194,8 @@ def record_batches(bucket: str, key: str, table: Table, expected_rows: int,
     before any row is yielded. With ``fill_defaults`` (a ``totes.processed/1``
     manifest's files), a column added to the contract since, with a default (a
     fact's ``is_deleted``), may be absent: it is filled with the default, so old
-    processed data still loads as it was meant.
+    processed data still loads as it was meant. With ``prefetch``, the object is the
+    one it downloaded (or is downloading).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -185,9 +203,12 @@ def record_batches(bucket: str, key: str, table: Table, expected_rows: int,
     expected = arrow_schema(table)
     defaults = {column.name: column.default for column in table.data_columns
                 if fill_defaults and column.default is not None}
-    with tempfile.TemporaryFile() as spool:
+    try:
+        spool = storage.spooled(bucket, key) if prefetch is None else prefetch.open(key)
+    except Exception as error:
+        raise ParquetFileError(f"cannot read Parquet: {error}", key) from error
+    with spool:
         try:
-            shutil.copyfileobj(storage.open_stream(bucket, key), spool, 1 << 20)
             parquet = pq.ParquetFile(spool)
         except Exception as error:
             raise ParquetFileError(f"cannot read Parquet: {error}", key) from error
@@ -219,23 +240,35 @@ def record_batches(bucket: str, key: str, table: Table, expected_rows: int,
 
 
 def pending_manifests(processed_bucket: str, ingest_bucket: str, after: str | None,
-                      markers: Markers = Markers()) -> Iterator[str]:
+                      markers: Markers = Markers(),
+                      end: ListingEnd | None = None) -> Iterator[str]:
     """Yield ingest manifest keys to load, oldest first, stopping at the first gap.
 
     Each ingest manifest after ``after`` must have its processed twin (of the
     revision in force, per ``markers``) before it can load, and nothing after it
-    may load before it does.
+    may load before it does. Where the listing stopped is recorded in ``end``.
     """
+    end = ListingEnd() if end is None else end
     processed = markers.processed_after(processed_bucket, after)
     for ingest_key in storage.manifest_keys_after(ingest_bucket, after):
+        end.oldest_waiting = ingest_key
         if next(processed, None) != ingest_key:
+            end.ended = True
             return
         yield ingest_key
+    end.ended, end.oldest_waiting = True, None
 
 
-def freshness_seconds(ingest_bucket: str, loaded_through: str | None, now: datetime) -> float:
-    """Age of the oldest ingest run not yet visible in the warehouse; 0 when none waits."""
-    oldest = next(storage.manifest_keys_after(ingest_bucket, loaded_through), None)
+def freshness_seconds(ingest_bucket: str, loaded_through: str | None, now: datetime,
+                      end: ListingEnd | None = None) -> float:
+    """Age of the oldest ingest run not yet visible in the warehouse; 0 when none waits.
+
+    When the run's own listing ended (``end``), the manifest it left waiting is that
+    run, so the ingest manifests are not listed a second time: one committed since
+    the listing is measured by the next run, as one committed just after it would be.
+    """
+    oldest = (end.oldest_waiting if end is not None and end.ended
+              else next(storage.manifest_keys_after(ingest_bucket, loaded_through), None))
     if oldest is None:
         return 0.0
     manifest = IngestManifest.read(storage.read_json(ingest_bucket, oldest), oldest)
@@ -244,15 +277,18 @@ def freshness_seconds(ingest_bucket: str, loaded_through: str | None, now: datet
 
 
 def table_batches(bucket: str, output: TableOutput, table: Table, batch_rows: int,
-                  manifest: ProcessedManifest) -> Iterator["pa.RecordBatch"]:
+                  manifest: ProcessedManifest,
+                  prefetch: storage.Prefetch | None = None) -> Iterator["pa.RecordBatch"]:
     """Yield every row a manifest lists for one table (or its deletions), file after file.
 
     Shared by the load and the publish, so both read processed data the same way:
-    checked against the contract and the manifest, old formats filled in.
+    checked against the contract and the manifest, old formats filled in. With
+    ``prefetch``, the files are the ones it downloads ahead.
     """
     old = manifest.format == PROCESSED_FORMAT_V1
     return chain.from_iterable(
-        record_batches(bucket, file.key, table, file.rows, batch_rows, fill_defaults=old)
+        record_batches(bucket, file.key, table, file.rows, batch_rows, fill_defaults=old,
+                       prefetch=prefetch)
         for file in output.files)
 
 
@@ -295,24 +331,28 @@ def load_manifest(conn: pg8000.native.Connection, bucket: str, key: str,
     deletions after every fact version of the manifest, so a row changed and then
     deleted ends deleted. The manifest's capture point is recorded with it. Any
     failure rolls the whole manifest back and is raised as a :class:`LoadError`
-    naming the table.
+    naming the table. Its objects are downloaded a few ahead
+    (:data:`PREFETCH_OBJECTS`), from before the lock is taken.
     """
     result = ManifestLoad()
-    with warehouse.transaction(conn):
+    outputs = [manifest.table(table.name) for table in TABLES.values()]
+    deletions = [manifest.deleted(fact.name) for fact in FACTS]
+    in_order = [file.key for output in (*outputs, *deletions) for file in output.files]
+    with storage.Prefetch(bucket, in_order, PREFETCH_OBJECTS) as prefetch, \
+            warehouse.transaction(conn):
         warehouse.lock(conn)
         if warehouse.is_loaded(conn, key):
             return None
-        for table in TABLES.values():
-            output = manifest.table(table.name)
+        for table, output in zip(TABLES.values(), outputs):
             if output.files:
                 result.add(table.name, _guarded(key, table.name, lambda: warehouse.load_table(
-                    conn, table, table_batches(bucket, output, table, batch_rows, manifest))))
-        for fact in FACTS:
-            output = manifest.deleted(fact.name)
+                    conn, table, table_batches(bucket, output, table, batch_rows, manifest,
+                                               prefetch))))
+        for fact, output in zip(FACTS, deletions):
             if output.files:
                 loaded = _guarded(key, f"deletions of {fact.name}", lambda: (
                     warehouse.load_deletions(conn, fact, table_batches(
-                        bucket, output, DELETIONS[fact.name], batch_rows, manifest))))
+                        bucket, output, DELETIONS[fact.name], batch_rows, manifest, prefetch))))
                 result.add(fact.name, loaded)
                 result.deletions[fact.name] += loaded.rows
         warehouse.record_manifest(conn, key, manifest.run_id, manifest.started(),
@@ -432,7 +472,7 @@ def _measure_freshness(report: LoadReport, ingest_bucket: str,
     """
     try:
         report.freshness_seconds = freshness_seconds(
-            ingest_bucket, report.last_loaded_manifest, now)
+            ingest_bucket, report.last_loaded_manifest, now, report.listing)
     except Exception as error:
         logger.exception("freshness could not be measured; FreshnessSeconds not published",
                          extra={"last_loaded_manifest": report.last_loaded_manifest})
@@ -444,7 +484,7 @@ def _load_pending(conn: pg8000.native.Connection, settings: LoadSettings, report
                   deadline: Deadline) -> None:
     processed_bucket, markers = settings.processed_bucket, report.markers
     for key in pending_manifests(processed_bucket, settings.ingest_bucket,
-                                 report.last_loaded_manifest, markers):
+                                 report.last_loaded_manifest, markers, report.listing):
         if deadline.remaining() < RESERVE_SECONDS:
             logger.warning("stopping early to finish before the timeout", extra={"next": key})
             return

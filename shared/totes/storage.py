@@ -14,10 +14,13 @@ reported once per invocation (:func:`totes.observability.stray_object`) and
 never read, so it can neither stop a stage nor steer it.
 """
 import json
+import shutil
+import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import boto3
 from botocore.exceptions import ClientError
@@ -114,6 +117,75 @@ class BackgroundPuts:
             self._pool = None
         if error is not None and not quietly:
             raise error
+
+
+def spooled(bucket: str, key: str) -> IO[bytes]:
+    """Download an object into a temporary file and return it at its start (the caller closes it).
+
+    For readers that must seek (Parquet reads its footer first): the object is held on
+    disk, not in memory, whatever its size.
+    """
+    spool = tempfile.TemporaryFile()
+    try:
+        shutil.copyfileobj(open_stream(bucket, key), spool, 1 << 20)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
+
+
+class Prefetch:
+    """Objects to be read in a known order, downloaded by worker threads a few ahead of the reader.
+
+    Each download (:func:`spooled`) overlaps the reader's own work and waits (a COPY
+    into PostgreSQL) instead of adding to them; at most ``ahead`` objects are
+    downloaded or held beyond the one being read, on disk. An object asked for out of
+    order is downloaded then and there. :meth:`close` waits for the downloads started
+    and deletes what was not read, so nothing outlives the reader.
+    """
+
+    def __init__(self, bucket: str, keys: Iterable[str], ahead: int) -> None:
+        """Start downloading the first ``ahead`` of ``keys``."""
+        self._bucket = bucket
+        self._waiting = deque(keys)
+        self._ahead = ahead
+        self._started: dict[str, "Future[IO[bytes]]"] = {}
+        self._pool = ThreadPoolExecutor(ahead, thread_name_prefix="totes-get")
+        self._start_more()
+
+    def _start_more(self) -> None:
+        while self._waiting and len(self._started) < self._ahead:
+            key = self._waiting.popleft()
+            if key not in self._started:
+                self._started[key] = self._pool.submit(spooled, self._bucket, key)
+
+    def open(self, key: str) -> IO[bytes]:
+        """The object ``key`` spooled, at its start (the caller closes it); its error if it failed.
+
+        The next downloads start before this waits for this one.
+        """
+        started = self._started.pop(key, None)
+        self._start_more()
+        return spooled(self._bucket, key) if started is None else started.result()
+
+    def close(self) -> None:
+        """Wait for the downloads started, delete the objects not read, and end the threads."""
+        self._waiting.clear()
+        for started in self._started.values():
+            if started.exception() is None:  # waits; a failed object not read concerns no one
+                started.result().close()
+        self._started.clear()
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "Prefetch":
+        """Use as a context manager: :meth:`close` on the way out, whatever happened."""
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        """Close (see :meth:`close`)."""
+        self.close()
 
 
 def put_new_object_on(puts: BackgroundPuts | None, bucket: str, key: str, body: bytes,

@@ -1,5 +1,7 @@
+import io
 import time
 
+import pg8000.native as pg8000_native
 import pytest
 from aws_lambda_powertools.utilities import parameters
 
@@ -168,3 +170,75 @@ def test_a_secret_pointed_at_another_database_closes_the_kept_connection(aws, po
             pytest.fail(f"the session {pid} on the old database is still open")
     finally:
         admin.close()
+
+
+@pytest.fixture
+def connection(aws, postgres, database):
+    """A fresh database reached as the pipeline reaches it: through totes.db.Connection."""
+    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(database("onetrip"))}, buckets=())
+    conn = db.connect(aws["TOTESYS_SECRET_ID"])
+    yield conn
+    conn.close()
+
+
+def _waits(connection, monkeypatch):
+    """Count the waits for the server: pg8000 reads until a ReadyForQuery in each."""
+    waits = []
+    handle = connection.handle_messages
+
+    def counted(context):
+        waits.append(context)
+        return handle(context)
+
+    monkeypatch.setattr(connection, "handle_messages", counted)
+    return waits
+
+
+def test_a_statement_with_values_runs_in_one_round_trip_and_reads_its_rows(
+        connection, monkeypatch):
+    assert isinstance(connection, db.Connection)
+    waits = _waits(connection, monkeypatch)
+    rows = connection.run("SELECT :a::int + 1, :b::text, :c::date IS NULL", a=41, b="é", c=None)
+    assert rows == [[42, "é", True]] and len(waits) == 1
+    connection.run("CREATE TEMPORARY TABLE t (k integer, v text)")
+    connection.run("INSERT INTO t VALUES (:k, :v), (:k + 1, :v)", k=1, v="x")
+    assert connection.row_count == 2 and len(waits) == 3
+
+
+def test_a_statement_that_fails_to_parse_leaves_the_connection_usable(connection):
+    with pytest.raises(pg8000_native.DatabaseError) as caught:
+        connection.run("SELEC :a", a=1)
+    assert caught.value.args[0]["C"] == "42601"  # syntax error, reported once
+    connection.run("START TRANSACTION")
+    with pytest.raises(pg8000_native.DatabaseError, match="division by zero"):
+        connection.run("SELECT 1 / :zero", zero=0)
+    with pytest.raises(pg8000_native.DatabaseError, match="current transaction is aborted"):
+        connection.run("SELECT :a::int", a=1)
+    connection.run("ROLLBACK")
+    assert connection.run("SELECT :a::int", a=7) == [[7]]
+
+
+class _Unrenderable:
+    """A value whose text form cannot be made: pg8000 renders unknown types with str()."""
+
+    def __str__(self):
+        raise ValueError("no text form")
+
+
+def test_a_value_that_cannot_be_rendered_fails_before_anything_is_sent(connection):
+    with pytest.raises(ValueError, match="no text form"):
+        connection.run("SELECT :a", a=_Unrenderable())
+    assert connection.run("SELECT :a::int", a=3) == [[3]]
+
+
+def test_copy_streams_run_in_one_round_trip_each_way(connection, monkeypatch):
+    connection.run("CREATE TEMPORARY TABLE t (k integer, v text)")
+    waits = _waits(connection, monkeypatch)
+    connection.run("COPY t FROM STDIN", stream=io.BytesIO(b"1\ta\n2\tb\n"))
+    assert connection.row_count == 2
+    copied = io.BytesIO()
+    connection.run("COPY (SELECT k, v FROM t ORDER BY k) TO STDOUT", stream=copied)
+    assert copied.getvalue() == b"1\ta\n2\tb\n" and len(waits) == 2
+    with pytest.raises(pg8000_native.DatabaseError, match="invalid input syntax"):
+        connection.run("COPY t FROM STDIN", stream=io.BytesIO(b"not a number\tc\n"))
+    assert connection.run("SELECT count(*) FROM t WHERE k > :k", k=0) == [[2]]

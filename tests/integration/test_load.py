@@ -135,6 +135,24 @@ def test_freshness_is_zero_when_caught_up_and_the_age_of_the_oldest_pending_run(
     assert run(conn, metrics).freshness_seconds == 40 * 60
 
 
+def test_a_run_measures_freshness_from_its_own_listing_of_the_ingest_manifests(
+        conn, metrics, buckets, aws):
+    first_manifest(buckets)
+    waiting = buckets.ingest_run()
+    listed = []
+    client, event = storage.s3_client(), "before-parameter-build.s3.ListObjectsV2"
+    client.meta.events.register(
+        event, lambda params, **_: listed.append((params["Bucket"], params["Prefix"])),
+        unique_id="ingest-listings")
+    try:
+        report = run(conn, metrics)
+    finally:
+        client.meta.events.unregister(event, unique_id="ingest-listings")
+    assert report.listing.ended and report.listing.oldest_waiting == waiting
+    assert report.freshness_seconds == (NOW - (T0 + timedelta(minutes=2))).total_seconds()
+    assert listed.count((aws["INGEST_BUCKET"], "_manifests/")) == 1, listed
+
+
 def test_a_crash_between_dimensions_and_facts_loads_nothing_and_a_rerun_matches_a_clean_load(
         metrics, buckets, postgres, warehouse_db, database, monkeypatch):
     first_manifest(buckets)

@@ -155,6 +155,38 @@ def test_pending_manifests_stop_at_the_first_one_not_transformed(s3):
     assert list(load.pending_manifests(BUCKET, "ingest-unit", keys[1])) == []
 
 
+def test_pending_manifests_record_where_their_listing_stopped(s3):
+    keys = ingest_and_processed(s3, "100000000", "101000000", "102000000", "103000000",
+                                transformed=2)
+    at_gap = load.ListingEnd()
+    assert list(load.pending_manifests(BUCKET, "ingest-unit", None, end=at_gap)) == keys[:2]
+    assert at_gap == load.ListingEnd(ended=True, oldest_waiting=keys[2])
+    through = load.ListingEnd()
+    assert list(load.pending_manifests(BUCKET, "ingest-unit", keys[3], end=through)) == []
+    assert through == load.ListingEnd(ended=True, oldest_waiting=None)
+    cut_short = load.ListingEnd()
+    assert next(load.pending_manifests(BUCKET, "ingest-unit", None, end=cut_short)) == keys[0]
+    assert not cut_short.ended  # a run that stopped before the listing did lists anew
+
+
+def test_freshness_after_an_ended_listing_reads_what_it_left_waiting_without_listing(s3):
+    keys = ingest_and_processed(s3, "100000000", "101000000", transformed=2)
+    now = datetime(2024, 11, 15, 10, 30, tzinfo=timezone.utc)
+    listings = []
+    event = "before-call.s3.ListObjectsV2"
+    s3.meta.events.register(event, lambda **call: listings.append(call), unique_id="count-listings")
+    try:
+        waiting = load.ListingEnd(ended=True, oldest_waiting=keys[1])
+        assert load.freshness_seconds("ingest-unit", keys[0], now, waiting) == 20 * 60
+        caught_up = load.ListingEnd(ended=True)
+        assert load.freshness_seconds("ingest-unit", keys[1], now, caught_up) == 0
+        assert listings == []
+        assert load.freshness_seconds("ingest-unit", keys[0], now, load.ListingEnd()) == 20 * 60
+        assert len(listings) == 1
+    finally:
+        s3.meta.events.unregister(event, unique_id="count-listings")
+
+
 def test_freshness_is_the_age_of_the_oldest_run_not_loaded(s3):
     keys = ingest_and_processed(s3, "100000000", "101000000", transformed=2)
     now = datetime(2024, 11, 15, 10, 30, tzinfo=timezone.utc)

@@ -235,3 +235,54 @@ def test_only_the_storage_module_writes_objects():
                for folder in ("shared", "functions") for path in (ROOT / folder).rglob("*.py")
                if s3_write_calls(path)}
     assert writers == {"shared/totes/storage.py"}
+
+
+def _count_gets(bucket_client, calls):
+    """Record the key of every GetObject the process-wide client sends."""
+    bucket_client.meta.events.register(
+        "before-parameter-build.s3.GetObject",
+        lambda params, **_: calls.append(params["Key"]), unique_id="count-gets")
+
+
+def test_prefetch_downloads_a_bounded_few_ahead_and_hands_each_object_in_order(bucket):
+    keys = [f"t/{n}.parquet" for n in range(5)]
+    for n, key in enumerate(keys):
+        storage.put_new_object(bucket, key, f"body {n}".encode(), "application/octet-stream")
+    client, calls = storage.s3_client(), []
+    _count_gets(client, calls)
+    try:
+        with storage.Prefetch(bucket, keys, ahead=2) as prefetch:
+            first = prefetch.open(keys[0])
+            assert first.read() == b"body 0"
+            first.close()
+            assert len(calls) <= 3  # the one read and at most two ahead, never all five
+            for n, key in enumerate(keys[1:], start=1):
+                with prefetch.open(key) as spool:
+                    assert spool.read() == f"body {n}".encode()
+    finally:
+        client.meta.events.unregister("before-parameter-build.s3.GetObject",
+                                      unique_id="count-gets")
+    assert sorted(calls) == keys  # each downloaded once
+
+
+def test_prefetch_reads_an_object_out_of_order_then_and_there_and_raises_a_read_error_at_open(
+        bucket):
+    storage.put_new_object(bucket, "t/a.parquet", b"a", "application/octet-stream")
+    storage.put_new_object(bucket, "t/c.parquet", b"c", "application/octet-stream")
+    with storage.Prefetch(bucket, ["t/a.parquet", "t/missing.parquet"], ahead=2) as prefetch:
+        with prefetch.open("t/c.parquet") as spool:
+            assert spool.read() == b"c"
+        with pytest.raises(ClientError, match="NoSuchKey"):
+            prefetch.open("t/missing.parquet")
+
+
+def test_prefetch_closed_early_deletes_what_was_not_read_and_ends_its_threads(bucket):
+    keys = [f"t/{n}.parquet" for n in range(3)]
+    for key in keys:
+        storage.put_new_object(bucket, key, b"x", "application/octet-stream")
+    prefetch = storage.Prefetch(bucket, [*keys, "t/missing.parquet"], ahead=4)
+    unread = list(prefetch._started.values())
+    prefetch.close()  # as a failed or already-loaded manifest leaves it: nothing raised
+    assert all(future.done() for future in unread)
+    assert all(future.result().closed for future in unread if future.exception() is None)
+    assert prefetch._pool._shutdown
