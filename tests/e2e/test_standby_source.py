@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import pg8000
 import pytest
 from pgserver import _commands
 from pipeline_kit import PipelineUnderTest
@@ -25,7 +26,7 @@ from test_first_deploy import (INGEST_LOGIN, blank_cluster,  # noqa: F401 (its f
                                sql_block)
 from test_operator_source import DBNAME, Cluster, business, emitted
 
-from totes import extract
+from totes import extract, snapshot_capture
 from totes_local import generator, stack
 from totes_local.runner import LocalPipeline
 
@@ -198,4 +199,56 @@ def test_a_floor_held_on_the_primary_is_measured_from_the_standby_by_the_manifes
     [held] = emitted(out, "SnapshotFloorAgeSeconds")
     assert 0 < held <= elapsed + 1
     assert emitted(capsys.readouterr().out, "SnapshotFloorAgeSeconds") == [0]
+    audit_clean(e2e)
+
+
+def configure(standby: Cluster, **settings: str) -> None:
+    """Set the standby's server settings (``ALTER SYSTEM``) and reload them."""
+    conn = standby.postgres.connect("postgres")
+    try:
+        for name, value in settings.items():
+            conn.run(f"ALTER SYSTEM SET {name} = '{value}'")   # names and values from the test
+        conn.run("SELECT pg_reload_conf()")
+    finally:
+        conn.close()
+
+
+def test_a_run_on_a_standby_outlives_the_primarys_vacuum_only_with_hot_standby_feedback(
+        replica, monkeypatch):
+    primary, standby, e2e = replica
+    # What a busy primary does within max_standby_streaming_delay (30 s by default) of a
+    # long run: here within 100 ms, so a short run meets it.
+    configure(standby, max_standby_streaming_delay="100ms", wal_receiver_status_interval="1s")
+    e2e.pipeline.cycle()
+    extract_table = snapshot_capture.extract_table
+    vacuumed: list[bool] = []
+
+    def vacuum_on_the_primary_first(conn, table, *args, **options):
+        if table == "payment" and not vacuumed:
+            vacuumed.append(True)
+            with primary.session() as writer:
+                writer.run("UPDATE payment SET payment_amount = payment_amount")
+                if feedback:                 # the primary has heard the run's snapshot
+                    deadline = time.monotonic() + 30
+                    while writer.run("SELECT count(backend_xmin) FROM pg_stat_replication") == [
+                            [0]]:
+                        assert time.monotonic() < deadline
+                        time.sleep(0.1)
+                writer.run("VACUUM payment")     # removes the versions the run still sees
+            caught_up(primary, standby)
+            time.sleep(0.5)
+        return extract_table(conn, table, *args, **options)
+
+    feedback = False
+    with monkeypatch.context() as patch:
+        patch.setattr(snapshot_capture, "extract_table", vacuum_on_the_primary_first)
+        with pytest.raises((pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError)):
+            e2e.pipeline.ingest()            # the standby ends the run's connection
+        configure(standby, hot_standby_feedback="on")
+        feedback, vacuumed[:] = True, []
+        e2e.pipeline.cycle()
+    caught_up(primary, standby)
+    e2e.pipeline.cycle()                     # the update made during the run
+
+    assert vacuumed
     audit_clean(e2e)
