@@ -158,8 +158,8 @@ def first_deploy(aws, blank_cluster) -> Iterator[tuple[Administrator, Cluster, P
     """
     root = Path(tempfile.mkdtemp(prefix="totes-first-deploy-"))
     root.chmod(0o755)
-    made = copy_of(blank_cluster, root / "data")
     try:
+        made = copy_of(blank_cluster, root / "data")
         admin = Administrator(made, secrets.token_urlsafe(16))
         admin.run(sql_block("deploy.md", "### The warehouse database and its login"))
         generator.recreate_empty_source(made.postgres, DBNAME)
@@ -179,7 +179,7 @@ def first_deploy(aws, blank_cluster) -> Iterator[tuple[Administrator, Cluster, P
             source=source, warehouse="warehouse", env=aws, postgres=made.postgres,
             pipeline=LocalPipeline(aws["INGEST_BUCKET"]))
     finally:
-        stack.stop_postgres(made.data_dir)   # fast: the handlers' kept connections end too
+        stack.stop_postgres(root / "data")   # fast: the handlers' kept connections end too
         subprocess.run(["rm", "-rf", str(root)], check=False)  # nosec B603 B607
 
 

@@ -11,6 +11,7 @@ transaction open on the primary, which the standby's ``pg_stat_activity`` never 
 """
 import os
 import pwd
+import secrets
 import subprocess  # nosec B404: pg_basebackup, and rm -rf of the test's own clusters
 import tempfile
 import time
@@ -75,13 +76,12 @@ def replica(aws, postgres, database,
     """
     root = Path(tempfile.mkdtemp(prefix="totes-standby-pg-"))
     root.chmod(0o755)
-    primary = copy_of(blank_cluster, root / "primary")
-    standby = None
     try:
+        primary = copy_of(blank_cluster, root / "primary")
         generator.recreate_empty_source(primary.postgres, DBNAME)
         with primary.session() as conn:
             generator.generate(conn, scale=0.02)
-        admin = Administrator(primary, "unused")
+        admin = Administrator(primary, secrets.token_urlsafe(16))
         admin.run(sql_block("deploy.md", "### The totesys login"), DBNAME)
         base_backup(primary, root / "standby")
         standby = Cluster(root / "standby", stack.start_postgres(root / "standby"))
@@ -89,16 +89,16 @@ def replica(aws, postgres, database,
             assert conn.run("SELECT pg_is_in_recovery()") == [[True]]
         warehouse = database("warehouse")
         stack.provision({aws["TOTESYS_SECRET_ID"]: {**standby.postgres.secret(DBNAME),
-                                                    "username": INGEST_LOGIN},
+                                                    "username": INGEST_LOGIN,
+                                                    "password": admin.password},
                          aws["WAREHOUSE_SECRET_ID"]: postgres.secret(warehouse)}, buckets=())
         source = type("Source", (), {"connect": staticmethod(standby.connect)})()
         yield primary, standby, PipelineUnderTest(
             source=source, warehouse=warehouse, env=aws, postgres=postgres,
             pipeline=LocalPipeline(aws["INGEST_BUCKET"]))
     finally:
-        if standby is not None:
-            stack.stop_postgres(standby.data_dir)   # fast: the handlers' kept connections end
-        stack.stop_postgres(primary.data_dir)
+        for data_dir in (root / "standby", root / "primary"):   # fast: kept connections end
+            stack.stop_postgres(data_dir)
         subprocess.run(["rm", "-rf", str(root)], check=False)  # nosec B603 B607
 
 
