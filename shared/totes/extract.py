@@ -43,7 +43,7 @@ from totes.capture import (XID_MODULUS, FIRST_NORMAL_XID, Snapshot, SourceIdenti
                            xmin_window)
 from totes import observability
 from totes.db import DatabaseUnavailableError, close_quietly, quote_ident
-from totes.errors import TransientError
+from totes.errors import InputError, TransientError
 from totes.source import SOURCE_COLUMNS, SOURCE_TABLES, VERSION_COLUMN, FoundColumn, primary_key
 
 #: how each kind of column's value is rendered as JSON text (``{c}`` is the qualified column),
@@ -84,6 +84,16 @@ logger = observability.service_logger()
 
 class SourceLockTimeoutError(TransientError):
     """A table the run reads is held by an exclusive lock (a rewrite, a TRUNCATE): retry later."""
+
+
+#: SQLSTATEs of a ``LOCK`` on a table the login cannot reach: no ``SELECT`` on it
+#: (insufficient_privilege), or not found (undefined_table: no ``USAGE`` on its schema, a
+#: ``search_path`` that misses it, or no such table). A person must act, whatever the retries.
+SOURCE_NOT_READABLE = ("42501", "42P01")
+
+
+class SourceAccessError(InputError):
+    """The login cannot read a source table: a DBA must grant what docs/deploy.md lists."""
 
 
 class LineSink(Protocol):
@@ -201,7 +211,9 @@ def lock_tables(conn: pg8000.native.Connection, tables: Iterable[str], *,
     would show the run that table empty and its key sweep every row deleted. With
     the locks held, such a statement waits for the run instead; one already holding
     its lock makes the run wait at most ``wait_ms`` (by default :data:`LOCK_TIMEOUT_MS`), then give
-    up as a :class:`SourceLockTimeoutError` (nothing read, the next run retries).
+    up as a :class:`SourceLockTimeoutError` (nothing read, the next run retries). A table
+    the login cannot reach (a grant of the docs missing) is a :class:`SourceAccessError`,
+    naming the statements to run: the first thing a new deploy reads, so a person is told.
     """
     names = [_quoted_table(table) for table in tables]
     if not names:
@@ -213,6 +225,11 @@ def lock_tables(conn: pg8000.native.Connection, tables: Iterable[str], *,
         conn.run(f"LOCK TABLE {', '.join(names)} IN ACCESS SHARE MODE")
     except pg8000.native.DatabaseError as error:
         fields = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
+        if fields.get("C") in SOURCE_NOT_READABLE:
+            raise SourceAccessError(
+                f"the login cannot read the source tables ({fields.get('M')}): it needs USAGE "
+                "on their schema, SELECT on the 11 tables and a search_path that reaches them; "
+                "a DBA must run the statements of docs/deploy.md, \"The totesys login\"") from error
         if fields.get("C") != LOCK_NOT_AVAILABLE:
             raise
         raise SourceLockTimeoutError(

@@ -1,0 +1,65 @@
+"""A source login missing a grant of the docs is an input error naming what to run.
+
+A first deploy whose ``totes_ingest`` lacks ``SELECT`` on a table, or ``USAGE`` on the
+schema (PostgreSQL then reports the table as not existing), must say so as an input
+error (a person must act; the ``InputErrors`` alarm), pointing at docs/deploy.md's
+statements, not as an unclassified database error.
+"""
+import uuid
+from typing import Any, Iterator
+
+import pytest
+
+from totes import db, errors, extract
+from totes.source import SOURCE_TABLES
+
+
+@pytest.fixture
+def login(postgres, totesys) -> Iterator[tuple[str, Any]]:
+    """A new login on the source with no grant of its own; its name and an admin connection."""
+    role = f"totes_ingest_{uuid.uuid4().hex[:8]}"
+    admin = totesys.connect()
+    admin.run(f"CREATE ROLE {role} LOGIN")
+    try:
+        yield role, admin
+    finally:
+        admin.run(f"DROP OWNED BY {role}")
+        admin.run(f"DROP ROLE {role}")
+        admin.close()
+
+
+def lock_as(postgres, totesys, role: str) -> None:
+    """Lock the source tables as ``role`` does at the start of a run."""
+    conn = db.connect_with({**postgres.secret(totesys.name), "username": role}, "test")
+    try:
+        conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        extract.lock_tables(conn, SOURCE_TABLES)
+    finally:
+        conn.close()
+
+
+def test_a_login_without_select_on_the_tables_is_an_input_error_naming_the_grants(
+        postgres, totesys, login):
+    role, _ = login
+    with pytest.raises(extract.SourceAccessError, match="permission denied for table") as raised:
+        lock_as(postgres, totesys, role)
+    assert errors.kind_of(raised.value) == errors.INPUT
+    assert "docs/deploy.md, \"The totesys login\"" in str(raised.value)
+
+
+def test_a_login_without_usage_on_the_schema_is_an_input_error_not_a_missing_table(
+        postgres, totesys, login):
+    role, admin = login
+    admin.run("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+    admin.run(f"GRANT SELECT ON {', '.join(SOURCE_TABLES)} TO {role}")
+    with pytest.raises(extract.SourceAccessError, match="does not exist") as raised:
+        lock_as(postgres, totesys, role)
+    assert errors.kind_of(raised.value) == errors.INPUT
+
+
+def test_the_docs_grants_are_enough_to_lock_every_table(postgres, totesys, login):
+    role, admin = login
+    admin.run("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+    admin.run(f"GRANT USAGE ON SCHEMA public TO {role}")
+    admin.run(f"GRANT SELECT ON {', '.join(SOURCE_TABLES)} TO {role}")
+    lock_as(postgres, totesys, role)
