@@ -46,6 +46,8 @@ MIGRATION_LOCK_TIMEOUT_MS = 5000
 
 #: SQLSTATE ``lock_not_available``: a lock wait ended by ``lock_timeout``.
 LOCK_NOT_AVAILABLE = "55P03"
+#: SQLSTATE of a statement the login has no privilege for (insufficient_privilege).
+INSUFFICIENT_PRIVILEGE = "42501"
 
 logger = service_logger()
 
@@ -197,6 +199,35 @@ class SchemaMismatchError(InputError):
             + "; ".join(str(difference) for difference in self.differences))
 
 
+class WarehouseAccessError(InputError):
+    """The login may not create what load needs: a DBA must grant what docs/deploy.md lists."""
+
+
+def _server_fields(error: pg8000.native.DatabaseError) -> dict[str, str]:
+    """The server's error fields (``C``: the SQLSTATE, ``M``: the message), if it sent any."""
+    fields = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
+    return {str(name): str(value) for name, value in fields.items()}
+
+
+@contextmanager
+def _granted(what: str) -> Iterator[None]:
+    """Turn a missing privilege on ``what`` into :class:`WarehouseAccessError`.
+
+    A first deploy whose login lacks a grant would otherwise fail as a driver error
+    read as a bug, on every run; this names the statements that fix it.
+    """
+    try:
+        yield
+    except pg8000.native.DatabaseError as error:
+        fields = _server_fields(error)
+        if fields.get("C") != INSUFFICIENT_PRIVILEGE:
+            raise
+        raise WarehouseAccessError(
+            f"the warehouse login may not {what} ({fields.get('M')}): it needs CONNECT, CREATE and "
+            "TEMPORARY on the database and USAGE, CREATE on schema public; a DBA must run the "
+            "statements of docs/deploy.md, \"The warehouse database and its login\"") from error
+
+
 class MigrationLockTimeoutError(TransientError):
     """A migration statement waited past ``lock_timeout`` for its lock; nothing was applied."""
 
@@ -345,10 +376,10 @@ def check_schema(conn: pg8000.native.Connection) -> None:
 def _run_ddl(conn: pg8000.native.Connection, statement: str, **params: str) -> None:
     """Run one migration statement; a lock not granted within ``lock_timeout`` is transient."""
     try:
-        conn.run(statement, **params)
+        with _granted("create the star schema"):
+            conn.run(statement, **params)
     except pg8000.native.DatabaseError as error:
-        fields = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
-        if fields.get("C") != LOCK_NOT_AVAILABLE:
+        if _server_fields(error).get("C") != LOCK_NOT_AVAILABLE:
             raise
         raise MigrationLockTimeoutError(
             f"schema migration gave up after waiting {MIGRATION_LOCK_TIMEOUT_MS} ms for a lock "
@@ -468,7 +499,8 @@ def create_staging(conn: pg8000.native.Connection, table: Table) -> None:
     definitions = [f"{_q(column.name)} {SQL_TYPES[column.type]}"
                    for column in table.data_columns]
     definitions.append(f"{_q(ORDINAL)} bigserial")
-    conn.run(_sql(_STAGE, stage=_q(staging_name(table)), definitions=", ".join(definitions)))
+    with _granted("create temporary tables"):
+        conn.run(_sql(_STAGE, stage=_q(staging_name(table)), definitions=", ".join(definitions)))
 
 
 def csv_chunks(batches: Iterable["pa.RecordBatch"]) -> Iterator[bytes]:

@@ -1,15 +1,15 @@
 """Every failure the pipeline raises says, by its class, whether a person must act."""
 import pytest
 
-from totes import capture, config, db, errors, ingest, load, manifest, source, star, storage
-from totes import sweep, transform, warehouse
+from totes import capture, config, db, errors, extract, ingest, load, manifest, source, star
+from totes import storage, sweep, transform, warehouse
 
 
 @pytest.mark.parametrize("error_class", [
     config.ConfigurationError, db.SecretFormatError, capture.SnapshotFormatError,
     source.UnknownTableError, source.SourceSchemaError, star.SourceDataError,
     manifest.ManifestError, sweep.SweepOrderError, transform.TransformInputError,
-    warehouse.SchemaMismatchError,
+    warehouse.SchemaMismatchError, warehouse.WarehouseAccessError, extract.SourceAccessError,
 ])
 def test_bad_input_or_configuration_is_an_input_error(error_class):
     assert issubclass(error_class, errors.InputError)
