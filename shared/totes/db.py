@@ -86,10 +86,16 @@ class Connection(pg8000.native.Connection):  # type: ignore[misc]  # pg8000 is u
                         stream: Any = None) -> Any:
         """Parse, describe, bind and execute ``statement`` under one Sync; return its context.
 
-        The values are rendered as text before anything is written, so a value pg8000
-        cannot render fails with the connection as it was.
+        The values are rendered and encoded before anything is written, so a value
+        pg8000 cannot send (no text form, a character the client encoding cannot hold,
+        more values than the protocol counts) fails with the connection as it was:
+        nothing of the statement left buffered to precede the next one.
         """
         params = pg8000.core.make_params(self.py_types, vals)
+        pg8000.core.H_pack(len(params))
+        for value in params:
+            if value is not None:
+                value.encode(self._client_encoding)
         context = pg8000.core.Context(statement, stream=stream)
         self.send_PARSE(pg8000.core.NULL_BYTE, statement, oids)
         self.send_DESCRIBE_STATEMENT(pg8000.core.NULL_BYTE)

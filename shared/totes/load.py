@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, NotRequired, TypedDict
 
 import pg8000.native
 from aws_lambda_powertools.metrics import MetricUnit
+from botocore.exceptions import ClientError
 
 from totes import config, db, errors, stage, storage, supersede, timestamps, warehouse
 from totes.errors import InputError, PipelineError
@@ -205,7 +206,12 @@ def record_batches(bucket: str, key: str, table: Table, expected_rows: int,
                 if fill_defaults and column.default is not None}
     try:
         spool = storage.spooled(bucket, key) if prefetch is None else prefetch.open(key)
-    except Exception as error:
+    except ClientError as error:
+        # A missing (or, to a role that may not list it, denied) object the processed
+        # manifest names is bad input; throttling, a 500 or a dropped connection is
+        # not, and passes as it is: the next run downloads it again.
+        if error.response.get("Error", {}).get("Code") not in storage.UNREADABLE_CODES:
+            raise
         raise ParquetFileError(f"cannot read Parquet: {error}", key) from error
     with spool:
         try:

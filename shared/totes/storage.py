@@ -40,6 +40,15 @@ KeyTest = Callable[[str], bool]
 MAX_JSON_BYTES = 64 << 20
 
 
+#: S3's error codes for an object that is not there.
+MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+#: what S3 answers for a missing object to a caller without s3:ListBucket on its key, as
+#: transform is for extracts and load for processed files (they may list only manifests).
+DENIED_CODES = frozenset({"AccessDenied", "403"})
+#: a named object that cannot be read, whatever the retries: a person must act.
+UNREADABLE_CODES = MISSING_CODES | DENIED_CODES
+
+
 class ObjectAlreadyExistsError(TransientError, FileExistsError):
     """A conditional write found the key taken: the object is never replaced."""
 

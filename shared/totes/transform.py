@@ -43,11 +43,6 @@ from totes.warehouse_schema import DELETIONS, TABLES, Table
 
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 _READ_CHUNK_BYTES = 1 << 20
-#: S3 error codes meaning the object is not there: bad input, unlike any other S3 error.
-_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
-#: what S3 answers for a missing object to a caller without s3:ListBucket on its key, as
-#: transform is for extracts (it may list only the manifests).
-_DENIED_CODES = frozenset({"AccessDenied", "403"})
 
 logger = service_logger()
 
@@ -91,9 +86,9 @@ def _missing_object(bucket: str, key: str, error: ClientError,
     stuck on it until an operator acts), not something a retry heals.
     """
     code = error.response.get("Error", {}).get("Code")
-    if code in _MISSING_CODES:
+    if code in storage.MISSING_CODES:
         return TransformInputError(f"s3://{bucket}/{key} cannot be read: {code}")
-    if named_by_manifest and code in _DENIED_CODES:
+    if named_by_manifest and code in storage.DENIED_CODES:
         return TransformInputError(
             f"s3://{bucket}/{key} cannot be read: {code}, which S3 answers for a missing object "
             "to a role that may not list it: the manifest names a file that is not there (or "

@@ -224,8 +224,10 @@ def _granted(what: str) -> Iterator[None]:
             raise
         raise WarehouseAccessError(
             f"the warehouse login may not {what} ({fields.get('M')}): it needs CONNECT, CREATE and "
-            "TEMPORARY on the database and USAGE, CREATE on schema public; a DBA must run the "
-            "statements of docs/deploy.md, \"The warehouse database and its login\"") from error
+            "TEMPORARY on the database and USAGE, CREATE on schema public (docs/deploy.md, "
+            "\"The warehouse database and its login\"), and must own the tables and views it "
+            "migrates (one another role made: ALTER … OWNER TO the login); a DBA must act"
+        ) from error
 
 
 class MigrationLockTimeoutError(TransientError):

@@ -231,6 +231,17 @@ def test_a_value_that_cannot_be_rendered_fails_before_anything_is_sent(connectio
     assert connection.run("SELECT :a::int", a=3) == [[3]]
 
 
+def test_a_value_that_cannot_be_encoded_leaves_nothing_to_precede_the_next_statement(
+        connection):
+    connection.run("START TRANSACTION")
+    with pytest.raises(pg8000_native.DatabaseError, match="division by zero"):
+        connection.run("SELECT 1 / :zero", zero=0)
+    with pytest.raises(UnicodeEncodeError):  # a lone surrogate: JSON allows it, UTF-8 does not
+        connection.run("SELECT :a::text", a="\udc80")
+    connection.run("ROLLBACK")               # answered at once, not after the socket's timeout
+    assert connection.run("SELECT :a::int", a=4) == [[4]]
+
+
 def test_copy_streams_run_in_one_round_trip_each_way(connection, monkeypatch):
     connection.run("CREATE TEMPORARY TABLE t (k integer, v text)")
     waits = _waits(connection, monkeypatch)

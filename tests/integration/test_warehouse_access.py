@@ -48,7 +48,7 @@ def test_a_login_that_may_not_create_the_schema_is_an_input_error_naming_the_gra
     finally:
         conn.close()
     assert errors.kind_of(raised.value) == errors.INPUT
-    assert "docs/deploy.md, \"The warehouse database and its login\"" in str(raised.value)
+    assert "(docs/deploy.md, \"The warehouse database and its login\")" in str(raised.value)
 
 
 def test_a_login_that_may_not_create_temporary_tables_is_an_input_error(postgres, login):

@@ -3,15 +3,17 @@
 The processed manifest itself is tested with its record (test_processed_manifest.py).
 """
 import io
+from contextlib import ExitStack
 from datetime import date, datetime, time, timezone
 from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from totes import load, storage, timestamps, warehouse
+from totes import errors, load, storage, timestamps, warehouse
 from totes.warehouse_schema import TABLES, Column, Table, arrow_schema
 
 BUCKET = "load-unit"
@@ -132,6 +134,26 @@ def test_unreadable_and_missing_objects_are_refused_naming_them(s3):
         list(load.record_batches(BUCKET, "junk.parquet", CURRENCY, 1))
     with pytest.raises(load.ParquetFileError, match="gone.parquet: cannot read Parquet"):
         list(load.record_batches(BUCKET, "gone.parquet", CURRENCY, 1))
+
+
+@pytest.mark.parametrize("through_prefetch", [False, True])
+def test_a_failed_download_is_not_bad_input_so_no_one_is_told_to_skip(
+        s3, monkeypatch, through_prefetch):
+    key = put_parquet(currencies())
+    throttled = ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce"}},
+                            "GetObject")
+
+    def failing(bucket: str, name: str):
+        raise throttled
+
+    monkeypatch.setattr(storage, "spooled", failing)
+    with ExitStack() as stack:
+        prefetch = (stack.enter_context(storage.Prefetch(BUCKET, [key], ahead=1))
+                    if through_prefetch else None)
+        with pytest.raises(ClientError) as raised:
+            list(load.record_batches(BUCKET, key, CURRENCY, 3, prefetch=prefetch))
+    assert raised.value is throttled
+    assert errors.kind_of(raised.value) != errors.INPUT
 
 
 def ingest_and_processed(s3, *stamps: str, transformed: int) -> list[str]:
