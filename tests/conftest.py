@@ -12,9 +12,25 @@ from typing import Any, Callable
 import pytest
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.utilities import parameters
+import scratch_postgres
 
 from totes import db, observability, storage
 from totes_local import stack
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the modules that hold a ``slow`` test first; otherwise keep the collected order.
+
+    ``make test`` hands whole modules to its workers (pytest-xdist ``--dist loadfile``)
+    in this order (``--no-loadscope-reorder`` in pyproject.toml: xdist's default would
+    start the modules with the most tests first, and so leave a few minutes-long modules
+    of few tests, a demo, a 100k-row transaction, to start last while the other workers
+    sit idle). The collected order already puts the end-to-end modules before the
+    integration ones and the quick unit modules last, where they fill the gaps. The sort
+    is stable: each module's tests keep their order.
+    """
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +58,7 @@ def postgres():
     """
     data_dir = Path(tempfile.mkdtemp(prefix="totes-test-pg-"))
     data_dir.chmod(0o755)
-    server = stack.start_postgres(data_dir)
+    server = scratch_postgres.start(data_dir)
     yield server
     server.server.cleanup()
     shutil.rmtree(data_dir, ignore_errors=True)
