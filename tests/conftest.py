@@ -25,12 +25,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     in this order (``--no-loadscope-reorder`` in pyproject.toml: xdist's default would
     start the modules with the most tests first, and so leave a few minutes-long modules
     of few tests, a demo, a 100k-row transaction, to start last while the other workers
-    sit idle). The collected order already puts the end-to-end modules before the
+    sit idle). The modules that take the ``.aws-sam`` lock (``aws_sam_build``) start
+    first too: together, the quick one does not wait minutes for ``make invoke-all``'s
+    to end. The collected order already puts the end-to-end modules before the
     integration ones and the quick unit modules last, where they fill the gaps. The sort
     is stable: each module's tests keep their order.
     """
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)
+    first = {item.path for item in items
+             if item.get_closest_marker("slow") or "aws_sam_build" in item.fixturenames}
+    items.sort(key=lambda item: item.path not in first)
 
 
 @pytest.fixture(autouse=True)
