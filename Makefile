@@ -34,6 +34,8 @@ typecheck: setup
 # them): most of the suite waits on PostgreSQL, moto, subprocesses and containers, not on the CPU,
 # so 3 workers pay even on 2 cores. --dist loadfile: a test module runs whole in one worker, its
 # tests in order, its module fixtures (a logical-decoding cluster, make invoke-all's run) once.
+# Modules start in collected order (--no-loadscope-reorder, pyproject.toml), the ones holding a
+# slow test first (tests/conftest.py), so no minutes-long module starts last.
 # Modules that must not overlap take a lock (tests/e2e/conftest.py, aws_sam_build); not
 # xdist_group marks, which pytest-xdist 3.8.0 ignores under pytest 9.2. PYTEST_WORKERS=0 runs
 # the tests one at a time in this process.

@@ -12,9 +12,28 @@ from typing import Any, Callable
 import pytest
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.utilities import parameters
+import scratch_postgres
 
 from totes import db, observability, storage
 from totes_local import stack
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the modules that hold a ``slow`` test first; otherwise keep the collected order.
+
+    ``make test`` hands whole modules to its workers (pytest-xdist ``--dist loadfile``)
+    in this order (``--no-loadscope-reorder`` in pyproject.toml: xdist's default would
+    start the modules with the most tests first, and so leave a few minutes-long modules
+    of few tests, a demo, a 100k-row transaction, to start last while the other workers
+    sit idle). The modules that take the ``.aws-sam`` lock (``aws_sam_build``) start
+    first too: together, the quick one does not wait minutes for ``make invoke-all``'s
+    to end. The collected order already puts the end-to-end modules before the
+    integration ones and the quick unit modules last, where they fill the gaps. The sort
+    is stable: each module's tests keep their order.
+    """
+    first = {item.path for item in items
+             if item.get_closest_marker("slow") or "aws_sam_build" in item.fixturenames}
+    items.sort(key=lambda item: item.path not in first)
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +61,7 @@ def postgres():
     """
     data_dir = Path(tempfile.mkdtemp(prefix="totes-test-pg-"))
     data_dir.chmod(0o755)
-    server = stack.start_postgres(data_dir)
+    server = scratch_postgres.start(data_dir)
     yield server
     server.server.cleanup()
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -56,9 +75,8 @@ def moto_endpoint():
     server.stop()
 
 
-@pytest.fixture
-def database(postgres):
-    """Return a factory of fresh, empty databases on the session server."""
+def database_factory(postgres: stack.Postgres) -> Callable[[str], str]:
+    """Return a factory of fresh, empty databases on ``postgres``, named ``<prefix>_<random>``."""
     def make(prefix: str) -> str:
         name = f"{prefix}_{uuid.uuid4().hex[:8]}"
         postgres.recreate_database(name)
@@ -67,17 +85,48 @@ def database(postgres):
 
 
 @pytest.fixture
-def aws(monkeypatch, moto_endpoint):
-    """Point boto3 at the moto server with unique buckets and secret ids for this test.
+def database(postgres):
+    """Return a factory of fresh, empty databases on the session server."""
+    return database_factory(postgres)
+
+
+@pytest.fixture(scope="module")
+def module_database(postgres):
+    """The ``database`` factory, for fixtures a whole module shares."""
+    return database_factory(postgres)
+
+
+def isolated_aws(patch: pytest.MonkeyPatch, moto_endpoint: str) -> dict[str, str]:
+    """Point boto3 at the moto server with unique buckets and secret ids, until ``patch`` undoes it.
 
     Returns the pipeline environment (bucket names and secret ids) as a dict.
     """
     env = stack.isolated_environment(moto_endpoint, uuid.uuid4().hex[:8])
     for name, value in env.items():
-        monkeypatch.setenv(name, value)
+        patch.setenv(name, value)
     stack.provision({}, buckets=(env["INGEST_BUCKET"], env["PROCESSED_BUCKET"], env["LAKE_BUCKET"]),
                     glue_databases=(env["LAKE_DATABASE"],))
     return env
+
+
+@pytest.fixture
+def aws(monkeypatch, moto_endpoint):
+    """Point boto3 at the moto server with unique buckets and secret ids for this test.
+
+    Returns the pipeline environment (bucket names and secret ids) as a dict.
+    """
+    return isolated_aws(monkeypatch, moto_endpoint)
+
+
+@pytest.fixture(scope="module")
+def module_aws(moto_endpoint):
+    """As ``aws``, for the whole module: for fixtures its tests share and only read.
+
+    A test that also asks for ``aws`` points boto3 at its own buckets while it runs;
+    the module's environment is back for the next test.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        yield isolated_aws(patch, moto_endpoint)
 
 
 @pytest.fixture
@@ -125,6 +174,19 @@ class SourceDatabase:
     connect: Callable[[], Any]
 
 
+def generated_source(postgres: stack.Postgres, name: str) -> SourceDatabase:
+    """Generate a small totesys history into the empty database ``name``."""
+    from totes_local import generator
+
+    conn = postgres.connect(name)
+    try:
+        counts = generator.seed_new(conn, scale=0.02)
+    finally:
+        conn.close()
+    return SourceDatabase(name=name, secret=postgres.secret(name), counts=counts,
+                          connect=lambda: postgres.connect(name))
+
+
 @pytest.fixture
 def totesys(postgres, database):
     """A fresh totesys source database with the schema and a small generated history.
@@ -133,13 +195,10 @@ def totesys(postgres, database):
     paid and open. ``connect()`` opens a new pg8000 native connection (close it);
     ``secret`` is the RDS-style secret for Secrets Manager; ``counts`` rows per table.
     """
-    from totes_local import generator
+    return generated_source(postgres, database("totesys"))
 
-    name = database("totesys")
-    conn = postgres.connect(name)
-    try:
-        counts = generator.seed_new(conn, scale=0.02)
-    finally:
-        conn.close()
-    return SourceDatabase(name=name, secret=postgres.secret(name), counts=counts,
-                          connect=lambda: postgres.connect(name))
+
+@pytest.fixture(scope="module")
+def module_totesys(postgres, module_database):
+    """As ``totesys``, for fixtures a whole module shares and only reads."""
+    return generated_source(postgres, module_database("totesys"))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import scratch_postgres
 from totes_local import generator, stack
 
 
@@ -39,7 +40,7 @@ def logical_cluster():
     data_dir.chmod(0o755)
     postgres = None
     try:
-        postgres = stack.start_postgres(data_dir)
+        postgres = scratch_postgres.start(data_dir)
         postgres = stack.with_logical_decoding(postgres)
         yield LogicalCluster(postgres, data_dir)
     finally:

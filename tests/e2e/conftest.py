@@ -1,6 +1,7 @@
 """The whole pipeline on a generated totesys: all three handlers, PostgreSQL, moto server."""
 import fcntl
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 from pipeline_kit import PipelineUnderTest
@@ -9,14 +10,26 @@ from totes_local import stack
 from totes_local.runner import LocalPipeline
 
 
-@pytest.fixture
-def e2e(aws, postgres, database, totesys):
-    """Return a pipeline ready for its first cycle."""
+def pipeline_under_test(aws: dict[str, str], postgres: stack.Postgres,
+                        database: Callable[[str], str], totesys: Any) -> PipelineUnderTest:
+    """Wire ``totesys`` and a new empty warehouse to the handlers, ready for a first cycle."""
     warehouse = database("warehouse")
     stack.provision({aws["TOTESYS_SECRET_ID"]: totesys.secret,
                      aws["WAREHOUSE_SECRET_ID"]: postgres.secret(warehouse)}, buckets=())
     return PipelineUnderTest(source=totesys, warehouse=warehouse, env=aws, postgres=postgres,
                              pipeline=LocalPipeline(aws["INGEST_BUCKET"]))
+
+
+@pytest.fixture
+def e2e(aws, postgres, database, totesys):
+    """Return a pipeline ready for its first cycle."""
+    return pipeline_under_test(aws, postgres, database, totesys)
+
+
+@pytest.fixture(scope="module")
+def module_e2e(module_aws, postgres, module_database, module_totesys):
+    """As ``e2e``, one for the whole module: for runs its tests share and only inspect."""
+    return pipeline_under_test(module_aws, postgres, module_database, module_totesys)
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,20 @@ BUDGET = 300
 MAX_CYCLES = 20
 
 
-@pytest.fixture
-def drained(e2e, monkeypatch):
-    """Cycle the pipeline with a small row budget until ingest reports it caught up."""
-    monkeypatch.setenv("INGEST_MAX_ROWS_PER_RUN", str(BUDGET))
-    e2e.reports = [e2e.pipeline.cycle()]
-    while not e2e.reports[-1].ingest["complete"]:
-        assert len(e2e.reports) < MAX_CYCLES, "the backfill does not drain"
-        e2e.reports.append(e2e.pipeline.cycle())
-    return e2e
+@pytest.fixture(scope="module")
+def drained(module_e2e):
+    """Cycle the pipeline with a small row budget until ingest reports it caught up.
+
+    Once for the module: its tests only inspect the result.
+    """
+    e2e = module_e2e
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INGEST_MAX_ROWS_PER_RUN", str(BUDGET))
+        e2e.reports = [e2e.pipeline.cycle()]
+        while not e2e.reports[-1].ingest["complete"]:
+            assert len(e2e.reports) < MAX_CYCLES, "the backfill does not drain"
+            e2e.reports.append(e2e.pipeline.cycle())
+        yield e2e
 
 
 def test_each_cycle_ingests_at_most_the_budget_and_the_backfill_finishes(drained):

@@ -8,10 +8,22 @@ import pytest
 from test_pipeline import FACT_FROM_SOURCE, warehouse_table
 
 
-@pytest.fixture
-def deleted(e2e, monkeypatch):
+@pytest.fixture(scope="module")
+def e2e(module_e2e):
+    """The module's one pipeline: its tests only inspect what ``deleted`` did to it."""
+    return module_e2e
+
+
+@pytest.fixture(scope="module")
+def deleted(e2e):
     """Cycle, delete a payment and a purchase order (with its transaction) at the source, cycle."""
-    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
+        yield deleted_between_cycles(e2e)
+
+
+def deleted_between_cycles(e2e):
+    """Cycle, delete the rows at the source, cycle; the ids deleted."""
     e2e.pipeline.cycle()
     conn = e2e.source.connect()
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import scratch_postgres
 from pipeline_kit import PipelineUnderTest
 from test_audit import mismatched, run_audit
 from test_hostile_source import current_equals_source, run_on_source
@@ -191,7 +192,7 @@ def cluster(aws, postgres, database) -> Iterator[tuple[Cluster, PipelineUnderTes
     root = Path(tempfile.mkdtemp(prefix="totes-operator-pg-"))
     root.chmod(0o755)
     data_dir = root / "data"
-    made = Cluster(data_dir, stack.start_postgres(data_dir))
+    made = Cluster(data_dir, scratch_postgres.start(data_dir))
     try:
         admin = made.postgres.connect("postgres")
         try:

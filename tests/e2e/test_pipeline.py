@@ -101,13 +101,13 @@ def business_happens(e2e) -> dict:
         conn.close()
 
 
-@pytest.fixture
-def two_cycles(e2e):
-    """Seed, cycle, simulate business, cycle."""
-    e2e.pipeline.cycle()
-    e2e.changes = business_happens(e2e)
-    e2e.pipeline.cycle()
-    return e2e
+@pytest.fixture(scope="module")
+def two_cycles(module_e2e):
+    """Seed, cycle, simulate business, cycle: once, for every test here that only inspects it."""
+    module_e2e.pipeline.cycle()
+    module_e2e.changes = business_happens(module_e2e)
+    module_e2e.pipeline.cycle()
+    return module_e2e
 
 
 @pytest.mark.parametrize("fact", FACT_FROM_SOURCE)
