@@ -27,7 +27,7 @@ from totes.manifest import IngestManifest
 from totes_local import generator, simulator, stack
 from totes_local.runner import LocalPipeline
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 #: the docs' placeholder for the password a user chooses.

@@ -31,7 +31,7 @@ from totes import extract, snapshot_capture
 from totes_local import generator, stack
 from totes_local.runner import LocalPipeline
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 #: lines per chunk: small enough that most tables are read in several chunks, two at a time.
 CHUNK_ROWS = "40"
