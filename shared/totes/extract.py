@@ -43,7 +43,7 @@ from totes.capture import (XID_MODULUS, FIRST_NORMAL_XID, Snapshot, SourceIdenti
                            xmin_window)
 from totes import observability
 from totes.db import DatabaseUnavailableError, close_quietly, quote_ident
-from totes.errors import TransientError
+from totes.errors import SourceDataError, TransientError
 from totes.source import SOURCE_COLUMNS, SOURCE_TABLES, VERSION_COLUMN, FoundColumn, primary_key
 
 #: how each kind of column's value is rendered as JSON text (``{c}`` is the qualified column),
@@ -64,6 +64,19 @@ _RENDER = {
 #: database's clock; other lines end with the object. A suffix, not a prefix: every line's key
 #: then starts at the same offset, and a chunk without such a row needs no byte changed.
 FUTURE_MARK = b"F"
+#: ends the line (instead of any other mark) of a row holding a timestamp the rendering cannot
+#: write exactly: an infinity (``to_char`` gives NULL, so ``null``), a BC year (``to_char``
+#: drops the era: 44 BC would arrive as 44 AD) or a year after 9999. Ingest refuses such a chunk
+#: (:func:`refuse_unfit`): only a comparison per timestamp per row, no rendering, is added.
+UNFIT_MARK = b"X"
+_UNFIT_END = UNFIT_MARK + b"\n"
+#: the timestamps rendered exactly are those from the first instant of year 1 AD up to,
+#: not including, the first of year 10000 (SQL constants of the code).
+_FIRST_STAMP, _END_STAMP = "'0001-01-01'::timestamp", "'10000-01-01'::timestamp"
+#: what a numeric that is not a number (``NaN``, ``Infinity``, ``-Infinity``) renders as:
+#: ``to_json`` quotes it, a finite numeric never is, so its key followed by a quote can only
+#: be such a value (a quote inside a JSON string is escaped).
+_NOT_A_NUMBER = ("'NaN'::numeric", "'Infinity'::numeric", "'-Infinity'::numeric")
 #: a chunk's COPY line: its count, its keys, then its JSON lines, always quoted (they hold
 #: newlines); JSON text never holds the delimiter or the quote, so none is ever doubled.
 _CHUNK_OPTIONS = "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01', FORCE_QUOTE (lines))"
@@ -390,9 +403,68 @@ def row_json(table: str, clock: str = "(now() AT TIME ZONE 'UTC')") -> str:
         value = _RENDER[kinds[name]].format(c=f"t.{quote_ident(name)}")
         parts += [_text_constant(label), f"coalesce({value}, 'null')"]
     version = f"t.{quote_ident(VERSION_COLUMN)}"
-    mark = (f"CASE WHEN {version} > {clock} THEN "
-            f"'{FUTURE_MARK.decode()}' ELSE '' END")
+    stamps = [f"t.{quote_ident(name)}" for name, kind in kinds.items() if kind == "timestamp"]
+    # A row not stamped in the future has a version before year 10000: one comparison fewer.
+    past = " AND ".join([f"{_FIRST_STAMP} <= {version}",
+                         *(_written_exactly(stamp) for stamp in stamps if stamp != version)])
+    every = " AND ".join(_written_exactly(stamp) for stamp in stamps)
+    unfit = UNFIT_MARK.decode()
+    mark = (f"CASE WHEN {version} > {clock} THEN CASE WHEN NOT ({every}) THEN '{unfit}' "
+            f"ELSE '{FUTURE_MARK.decode()}' END WHEN NOT ({past}) THEN '{unfit}' ELSE '' END")
     return " || ".join([*parts, "'}'", f"({mark})"])
+
+
+def _written_exactly(stamp: str) -> str:
+    """The condition that the timestamp ``stamp`` (an SQL expression) is rendered exactly."""
+    return f"{_FIRST_STAMP} <= {stamp} AND {stamp} < {_END_STAMP}"
+
+
+def _unfit_money_labels(table: str) -> list[bytes]:
+    """The bytes that open a money value of ``table`` that is not a number (see _NOT_A_NUMBER)."""
+    return [json.dumps(name).encode() + b':"'
+            for name, kind in SOURCE_COLUMNS[table].items() if kind == "money"]
+
+
+def holds_unfit(table: str, lines: bytes) -> bool:
+    """Whether a chunk's JSON ``lines`` of ``table`` hold a value that would not arrive exactly.
+
+    Two searches in C over bytes already in memory: a line marked :data:`UNFIT_MARK`,
+    or a money value rendered as a quoted string (``NaN``, ``Infinity``).
+    """
+    return _UNFIT_END in lines or any(label in lines for label in _unfit_money_labels(table))
+
+
+def refuse_unfit(conn: pg8000.native.Connection, table: str, keys: Iterable[int]) -> None:
+    """Raise :class:`SourceDataError` naming the first of ``keys`` with a value that cannot travel.
+
+    Read again, on the connection (and so in the snapshot) that rendered the rows, as
+    the server's own text (``infinity``, ``0044-03-15 00:00:00 BC``, ``NaN``), so the
+    message shows the value as it is at the source, not as it would have arrived.
+    Called only when :func:`holds_unfit` found one: nothing of the run is committed.
+    """
+    key = primary_key(table)
+    checks = [(name, f"NOT ({_written_exactly(f't.{quote_ident(name)}')})")
+              for name, kind in SOURCE_COLUMNS[table].items() if kind == "timestamp"]
+    checks += [(name, f"t.{quote_ident(name)} IN ({', '.join(_NOT_A_NUMBER)})")
+               for name, kind in SOURCE_COLUMNS[table].items() if kind == "money"]
+    unfit = " OR ".join(condition for _, condition in checks)
+    texts = ", ".join(f"t.{quote_ident(name)}::text, coalesce({condition}, false)"
+                      for name, condition in checks)
+    # Identifiers are allow-listed and quoted; the keys are bound.
+    rows = conn.run(f"SELECT t.{quote_ident(key)}, {texts} FROM {quote_ident(table)} AS t "  # nosec
+                    f"WHERE t.{quote_ident(key)} = ANY(:keys) AND ({unfit}) "
+                    f"ORDER BY t.{quote_ident(key)} LIMIT 1", keys=[int(k) for k in keys])
+    if not rows:
+        raise SourceDataError(f"{table}: a value that cannot be carried exactly was rendered, "
+                              "but no such row is found again in the same snapshot")
+    [[found, *values]] = rows
+    column, value = next((name, values[2 * number])
+                         for number, (name, _) in enumerate(checks) if values[2 * number + 1])
+    raise SourceDataError(
+        f"{table} {key}={found}: {column} {value!r} cannot be carried exactly (the warehouse "
+        "and the lake take timestamps of years 1 to 9999 AD and money that is a number); "
+        "nothing of this run was committed: correct the row at the source (docs/runbook.md, "
+        "\"A value that cannot be carried\"), the next run reads it again")
 
 
 def changes_sql(table: str, cursor: TableCursor, *, after: bool = False,
@@ -519,7 +591,15 @@ def _read_chunk(conn: pg8000.native.Connection, table: str, cursor: TableCursor,
     reader = _ChunkReader()
     conn.run(changes_sql(table, cursor, after="after" in values, all_keys=all_keys,
                          offset="offset" in values), stream=reader)
+    if holds_unfit(table, reader.chunk.lines):
+        refuse_unfit(conn, table, _line_keys(table, reader.chunk.lines))
     return reader.chunk
+
+
+def _line_keys(table: str, lines: bytes) -> list[int]:
+    """The keys of a chunk's JSON lines, read off each line's start (the key comes first)."""
+    label = len(b"{" + json.dumps(primary_key(table)).encode() + b":")
+    return [int(line[label:line.index(b",", label)]) for line in lines.splitlines()]
 
 
 def copy_changes(conn: pg8000.native.Connection, table: str, cursor: TableCursor,

@@ -18,7 +18,9 @@ def test_a_first_read_copies_a_chunk_of_rows_in_key_order_with_only_the_contract
         "',\"last_updated\":' || coalesce(to_char(t.\"last_updated\", "
         "E'\\\\\"YYYY-MM-DD\"T\"HH24:MI:SS.MS\\\\\"'), 'null') || '}' || "
         "(CASE WHEN t.\"last_updated\" > (SELECT current_setting('totes.clock')::timestamp) "
-        "THEN 'F' ELSE '' END) AS line "
+        "THEN CASE WHEN NOT ('0001-01-01'::timestamp <= t.\"last_updated\" AND "
+        "t.\"last_updated\" < '10000-01-01'::timestamp) THEN 'X' ELSE 'F' END "
+        "WHEN NOT ('0001-01-01'::timestamp <= t.\"last_updated\") THEN 'X' ELSE '' END) AS line "
         "FROM (SELECT t.\"currency_id\", t.\"currency_code\", t.\"last_updated\" "
         "FROM \"currency\" AS t "
         "ORDER BY t.\"currency_id\" LIMIT current_setting('totes.limit')::bigint) AS t) AS chunk) "
@@ -86,6 +88,18 @@ def test_timestamps_are_rendered_quoted_with_milliseconds_and_other_columns_as_j
         assert f"',\"{column}\":' || coalesce({value}, 'null')" in select or (
             f"'{{\"{column}\":' || coalesce({value}, 'null')" in select)
     assert "company_ac_number" not in select
+
+
+@pytest.mark.parametrize("lines, unfit", [
+    (b'{"sales_order_id":1,"unit_price":5.00}\n', False),
+    (b'{"sales_order_id":1,"unit_price":"NaN"}\n', True),
+    (b'{"payment_id":1,"x":1}F\n{"sales_order_id":2,"unit_price":"-Infinity"}\n', True),
+    (b'{"sales_order_id":1,"agreed_payment_date":"\\"unit_price\\":\\"NaN"}\n', False),
+    (b'{"sales_order_id":1,"created_at":null}X\n', True),
+    (b'{"sales_order_id":1,"agreed_payment_date":"X"}F\n', False),
+])
+def test_a_chunk_holding_a_value_that_cannot_arrive_exactly_is_found_by_its_bytes(lines, unfit):
+    assert extract.holds_unfit("sales_order", lines) is unfit
 
 
 def test_the_key_sweep_lists_keys_in_order_as_blocks_joined_by_the_server():
