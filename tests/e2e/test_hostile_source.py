@@ -11,8 +11,10 @@ import pytest
 from lake_kit import assert_lake_equals_warehouse
 from test_audit import mismatched, run_audit
 from test_pipeline import FACT_FROM_SOURCE, warehouse_table
+from test_recovery import supersede
 
 from totes import errors, storage
+from totes.transform import TransformInputError
 
 
 def run_on_source(e2e, *statements):
@@ -130,3 +132,27 @@ def test_a_value_that_cannot_be_carried_stops_ingest_naming_it_until_the_row_is_
     assert current_equals_source(e2e, "fact_sales_order")
     report = run_audit(e2e)
     assert report.ok, mismatched(report)
+
+
+def test_a_text_date_that_is_not_a_date_stops_transform_naming_it_and_the_runbook_recovers(
+        e2e, capsys):
+    e2e.pipeline.cycle()
+    order_id = e2e.source_rows("SELECT min(sales_order_id) FROM sales_order")[0][0]
+    run_on_source(e2e, ("UPDATE sales_order SET agreed_payment_date = '2024-02-30' "
+                        "WHERE sales_order_id = :id", {"id": order_id}))
+    e2e.pipeline.ingest()
+    stuck = storage.latest_manifest_key(e2e.env["INGEST_BUCKET"])
+
+    with pytest.raises(TransformInputError) as refused:
+        e2e.pipeline.deliver_manifest_events()
+
+    assert (f"sales_order sales_order_id={order_id}: agreed_payment_date '2024-02-30' is not a "
+            "valid YYYY-MM-DD date") in str(refused.value)
+    run_on_source(e2e, ("UPDATE sales_order SET agreed_payment_date = '2024-02-29' "
+                        "WHERE sales_order_id = :id", {"id": order_id}))
+    supersede(e2e, "skip", "--stage", "transform", "--manifest", stuck, "--reason", "bad date")
+    e2e.pipeline.cycle()
+    assert current_equals_source(e2e, "fact_sales_order")
+    report = run_audit(e2e)
+    assert report.ok, mismatched(report)
+    capsys.readouterr()
