@@ -40,6 +40,14 @@ class TransientError(PipelineError):
     retryable = True
 
 
+class SourceDataError(InputError, ValueError):
+    """A source value the pipeline cannot carry exactly; the message names table, key and value.
+
+    Raised rather than letting the value arrive changed (an infinite timestamp as
+    ``null``, a BC year as AD, ``NaN`` money): a person corrects the row at the source.
+    """
+
+
 def kind_of(error: BaseException) -> str:
     """Return ``input``, ``transient`` or ``unexpected`` for an error, following its causes.
 

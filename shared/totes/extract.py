@@ -43,7 +43,7 @@ from totes.capture import (XID_MODULUS, FIRST_NORMAL_XID, Snapshot, SourceIdenti
                            xmin_window)
 from totes import observability
 from totes.db import DatabaseUnavailableError, close_quietly, quote_ident
-from totes.errors import InputError, TransientError
+from totes.errors import InputError, SourceDataError, TransientError
 from totes.source import SOURCE_COLUMNS, SOURCE_TABLES, VERSION_COLUMN, FoundColumn, primary_key
 
 #: how each kind of column's value is rendered as JSON text (``{c}`` is the qualified column),
@@ -64,7 +64,16 @@ _RENDER = {
 #: database's clock; other lines end with the object. A suffix, not a prefix: every line's key
 #: then starts at the same offset, and a chunk without such a row needs no byte changed.
 FUTURE_MARK = b"F"
-#: a chunk's COPY line: its count, its keys, then its JSON lines, always quoted (they hold
+#: the timestamps rendered exactly are those from the first instant of year 1 AD up to, not
+#: including, the first of year 10000: ``to_char`` writes nothing for an infinity (it would
+#: arrive as ``null``), drops the era of a BC year (44 BC would arrive as 44 AD) and the
+#: warehouse holds no year after 9999. SQL constants of the code.
+_FIRST_STAMP, _END_STAMP = "'0001-01-01'::timestamp", "'10000-01-01'::timestamp"
+#: money between these is a number: ``NaN`` sorts above ``Infinity``, so both comparisons
+#: leave out the three numerics that are not numbers.
+_NUMBERS_ABOVE, _NUMBERS_BELOW = "'-Infinity'::numeric", "'Infinity'::numeric"
+#: a chunk's COPY line: its count, its keys, the keys of its rows that cannot be carried exactly
+#: (see :func:`row_json`; almost always empty), then its JSON lines, always quoted (they hold
 #: newlines); JSON text never holds the delimiter or the quote, so none is ever doubled.
 _CHUNK_OPTIONS = "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01', FORCE_QUOTE (lines))"
 _DELIMITER, _QUOTE = b"\x02", b"\x01"
@@ -117,6 +126,9 @@ class Chunk:
     keys: bytes
     #: the rows' JSON lines in key order, each ending with a newline.
     lines: bytes
+    #: the keys, comma-separated, of rows holding a value that cannot be carried exactly (they
+    #: have no line): ingest refuses the chunk (:func:`refuse_unfit`).
+    unfit: bytes = b""
 
     @property
     def last_key(self) -> int:
@@ -125,7 +137,7 @@ class Chunk:
 
     @classmethod
     def parse(cls, line: bytes) -> "Chunk":
-        """Read one COPY line of :func:`changes_sql`: count, keys, quoted JSON lines.
+        """Read one COPY line of :func:`changes_sql`: count, keys, unfit keys, quoted JSON lines.
 
         The JSON lines are sliced out once (one copy, in C). JSON text escapes
         every control character, so a quote byte inside them means the line is
@@ -133,15 +145,16 @@ class Chunk:
         """
         first = line.index(_DELIMITER)
         second = line.index(_DELIMITER, first + 1)
-        rows, keys = int(line[:first]), line[first + 1:second]
+        third = line.index(_DELIMITER, second + 1)
+        rows, keys, unfit = int(line[:first]), line[first + 1:second], line[second + 1:third]
         if not rows:
             return cls(0, b"", b"")
-        if line[second + 1:second + 2] != _QUOTE or not line.endswith(_QUOTE + b"\n"):
+        if line[third + 1:third + 2] != _QUOTE or not line.endswith(_QUOTE + b"\n"):
             raise ChunkFormatError("a chunk's JSON lines came unquoted")
-        lines = line[second + 2:-2]
+        lines = line[third + 2:-2]
         if _QUOTE in lines:
             raise ChunkFormatError("a chunk's JSON lines hold a CSV quote byte")
-        return cls(rows, keys, lines)
+        return cls(rows, keys, lines, unfit)
 
 
 class _ChunkReader:
@@ -392,7 +405,10 @@ def row_json(table: str, clock: str = "(now() AT TIME ZONE 'UTC')") -> str:
     Exactly the contract's columns, the primary key first (so a key can be read off
     the start of a line); a trailing :data:`FUTURE_MARK` says ``last_updated`` is
     after the database's clock (stamped in the future): ``clock``, an SQL expression,
-    is this transaction's own unless the caller binds the read point's. The object is assembled by
+    is this transaction's own unless the caller binds the read point's. A row holding
+    a value the line would not carry exactly (a timestamp outside years 1 to 9999 AD,
+    money that is not a number) has no line (NULL): the same ``CASE`` that marks
+    the future finds it with a few comparisons, and renders nothing more. The object is assembled by
     ``||`` from each value's JSON text (:data:`_RENDER`), the same bytes
     ``row_to_json`` writes for these kinds: rendering is most of what the server
     spends on a backfill, and ``||`` costs less than ``concat``, which looks up each
@@ -407,9 +423,56 @@ def row_json(table: str, clock: str = "(now() AT TIME ZONE 'UTC')") -> str:
         value = _RENDER[kinds[name]].format(c=f"t.{quote_ident(name)}")
         parts += [_text_constant(label), f"coalesce({value}, 'null')"]
     version = f"t.{quote_ident(VERSION_COLUMN)}"
-    mark = (f"CASE WHEN {version} > {clock} THEN "
-            f"'{FUTURE_MARK.decode()}' ELSE '' END")
+    unfit = [f"t.{quote_ident(name)} < {_FIRST_STAMP}" if name == VERSION_COLUMN
+             else _stamp_unfit(f"t.{quote_ident(name)}")
+             for name, kind in kinds.items() if kind == "timestamp"]
+    unfit += [_money_unfit(f"t.{quote_ident(name)}") for name, kind in kinds.items()
+              if kind == "money"]
+    # A row not stamped in the future has a version before year 10000: one comparison fewer.
+    future_unfit = " OR ".join([f"{_END_STAMP} <= {version}", *unfit])
+    mark = (f"CASE WHEN {version} > {clock} THEN CASE WHEN {future_unfit} THEN NULL "
+            f"ELSE '{FUTURE_MARK.decode()}' END WHEN {' OR '.join(unfit)} THEN NULL ELSE '' END")
     return " || ".join([*parts, "'}'", f"({mark})"])
+
+
+def _stamp_unfit(stamp: str) -> str:
+    """The condition that the timestamp ``stamp`` (an SQL expression) is not rendered exactly."""
+    return f"{stamp} < {_FIRST_STAMP} OR {_END_STAMP} <= {stamp}"
+
+
+def _money_unfit(money: str) -> str:
+    """The condition that the numeric ``money`` (an SQL expression) is not a number."""
+    return f"{money} <= {_NUMBERS_ABOVE} OR {money} >= {_NUMBERS_BELOW}"
+
+
+def refuse_unfit(conn: pg8000.native.Connection, table: str, keys: Iterable[int]) -> None:
+    """Raise :class:`SourceDataError` naming the first of ``keys`` and its value that cannot travel.
+
+    Read again, on the connection (and so in the snapshot) that rendered the rows, as
+    the server's own text (``infinity``, ``0044-03-15 12:00:00 BC``, ``NaN``), so the
+    message shows the value as it is at the source, not as it would have arrived.
+    Called only for the keys of a chunk's rows :func:`row_json` found unfit: nothing of
+    the run is committed.
+    """
+    key = primary_key(table)
+    kinds = SOURCE_COLUMNS[table]
+    unfit = {"timestamp": _stamp_unfit, "money": _money_unfit}
+    checks = [(name, unfit[kind](f"t.{quote_ident(name)}"))
+              for name, kind in kinds.items() if kind in unfit]
+    texts = ", ".join(f"t.{quote_ident(name)}::text, coalesce({condition}, false)"
+                      for name, condition in checks)
+    # Identifiers are allow-listed and quoted; the keys are bound.
+    [[found, *values]] = conn.run(
+        f"SELECT t.{quote_ident(key)}, {texts} FROM {quote_ident(table)} AS t "  # nosec B608
+        f"WHERE t.{quote_ident(key)} = (SELECT min(k) FROM unnest(CAST(:keys AS bigint[])) AS k)",
+        keys=[int(each) for each in keys])
+    column, value = next((name, values[2 * number])
+                         for number, (name, _) in enumerate(checks) if values[2 * number + 1])
+    raise SourceDataError(
+        f"{table} {key}={found}: {column} {value!r} cannot be carried exactly (the warehouse "
+        "and the lake take timestamps of years 1 to 9999 AD and money that is a number); "
+        "nothing of this run was committed: correct the row at the source (docs/runbook.md, "
+        "\"A value that cannot be carried\"), the next run reads it again")
 
 
 def changes_sql(table: str, cursor: TableCursor, *, after: bool = False,
@@ -420,7 +483,8 @@ def changes_sql(table: str, cursor: TableCursor, *, after: bool = False,
     as ``after`` when ``after`` is set or the cursor resumes; past the first
     ``offset`` of them with ``offset``), joined by the server into one line: their
     count, their keys (all of them with ``all_keys``, else the greatest), their JSON
-    lines in key order (:class:`Chunk`). A run cut by its row budget so stops at an
+    lines in key order, and the keys of rows that have no line because a value of theirs
+    cannot be carried exactly (:class:`Chunk`). A run cut by its row budget so stops at an
     exact key the next run continues after. Which rows are new is decided by the
     writing transaction (see :mod:`totes.capture`), or, once, by ``last_updated`` for
     a table carried over from the watermark format. Rows are rendered above the
@@ -451,9 +515,11 @@ def changes_sql(table: str, cursor: TableCursor, *, after: bool = False,
     rows = (f"SELECT t.{key} AS k, {row_json(table, _CLOCK)} AS line "  # nosec B608: as above
             f"FROM ({chosen}) AS t")
     keys = "string_agg(k::text, ',' ORDER BY k)" if all_keys else "max(k)::text"
+    unfit = "string_agg(k::text, ',' ORDER BY k) FILTER (WHERE line IS NULL)"
     # The query above, wrapped in constant aggregates: still no value in the text.
-    query = (f"SELECT count(*), {keys}, string_agg(line, E'\\n' ORDER BY k) || E'\\n' "  # nosec
-             f"AS lines FROM ({rows}) AS chunk")
+    query = (f"SELECT count(*), {keys}, {unfit}, "  # nosec B608
+             f"coalesce(string_agg(line, E'\\n' ORDER BY k), '') || E'\\n' AS lines "
+             f"FROM ({rows}) AS chunk")
     return f"COPY ({query}) TO STDOUT {_CHUNK_OPTIONS}"
 
 
@@ -536,6 +602,8 @@ def _read_chunk(conn: pg8000.native.Connection, table: str, cursor: TableCursor,
     reader = _ChunkReader()
     conn.run(changes_sql(table, cursor, after="after" in values, all_keys=all_keys,
                          offset="offset" in values), stream=reader)
+    if reader.chunk.unfit:
+        refuse_unfit(conn, table, map(int, reader.chunk.unfit.split(b",")))
     return reader.chunk
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pycountry
 
-from totes.errors import InputError
+from totes.errors import SourceDataError as SourceDataError  # re-exported
 from totes.source import SOURCE_COLUMNS, primary_key
 from totes.warehouse_schema import DELETIONS, TABLES, Table, arrow_schema
 
@@ -37,10 +37,6 @@ _ARROW_TYPES: dict[str, pa.DataType] = {"int": pa.int64(), "text": pa.string(), 
 
 #: one column of values, whatever its Arrow type.
 ArrowArray: TypeAlias = "pa.Array[pa.Scalar[pa.DataType]]"
-
-
-class SourceDataError(InputError, ValueError):
-    """A source value the warehouse cannot hold exactly; the message names table, key and value."""
 
 
 def _typed(array: "ArrowArray | pa.ChunkedArray[Any]", index: pd.Index | None = None) -> pd.Series:

@@ -102,3 +102,53 @@ def test_every_rendered_line_is_row_to_json_with_millisecond_timestamps(totesys)
         assert hostile.endswith("}" + extract.FUTURE_MARK.decode())
     finally:
         conn.close()
+
+
+#: sales orders holding a value the rendering cannot write exactly: timestamps (created_at,
+#: last_updated) outside years 1 to 9999 AD, money that is not a number.
+UNFIT = {
+    90_101: ("infinity", "2024-01-01 00:00:00", "1"),
+    90_102: ("-infinity", "2024-01-01 00:00:00", "1"),
+    90_103: ("0044-03-15 12:00:00 BC", "2024-01-01 00:00:00", "1"),
+    90_104: ("10000-01-01 00:00:00", "2024-01-01 00:00:00", "1"),
+    90_105: ("2024-01-01 00:00:00", "infinity", "1"),
+    90_106: ("2024-01-01 00:00:00", "-infinity", "1"),
+    90_107: ("2024-01-01 00:00:00", "0001-12-31 23:59:59.999 BC", "1"),
+    90_108: ("2024-01-01 00:00:00", "294276-12-31 23:59:59", "1"),
+    90_109: ("infinity", "10000-01-01 00:00:00", "1"),
+    90_110: ("2024-01-01 00:00:00", "2024-01-01 00:00:00", "NaN"),
+    90_111: ("2024-01-01 00:00:00", "2024-01-01 00:00:00", "Infinity"),
+    90_112: ("2024-01-01 00:00:00", "2024-01-01 00:00:00", "-Infinity"),
+    90_113: ("2024-01-01 00:00:00", "9999-12-31 23:59:59", "NaN"),
+}
+#: and the first and last it can: rendered as any other row (the last as stamped in the future).
+FIT = {
+    90_121: ("0001-01-01 00:00:00", "0001-01-01 00:00:00", "-99999999.99"),
+    90_122: ("9999-12-31 23:59:59.999", "2024-01-01 00:00:00", "1E+30"),
+    90_123: ("2024-01-01 00:00:00", "9999-12-31 23:59:59.999", "-1E-30"),
+}
+
+
+def test_a_row_with_a_value_the_rendering_cannot_write_exactly_has_no_line(totesys):
+    conn = totesys.connect()
+    try:
+        conn.run("ALTER TABLE sales_order ALTER created_at TYPE timestamp, "
+                 "ALTER last_updated TYPE timestamp, ALTER unit_price TYPE numeric")
+        for number, (created, updated, price) in {**UNFIT, **FIT}.items():
+            conn.run("INSERT INTO sales_order (sales_order_id, created_at, last_updated, "
+                     "design_id, staff_id, counterparty_id, units_sold, unit_price, currency_id, "
+                     "agreed_delivery_date, agreed_payment_date, agreed_delivery_location_id) "
+                     "VALUES (:number, CAST(:created AS text)::timestamp, "
+                     "CAST(:updated AS text)::timestamp, 1, 1, 1, 1, CAST(:price AS numeric), "
+                     "1, '', '', 1)", number=number, created=created, updated=updated,
+                     price=price)
+        key = quote_ident(primary_key("sales_order"))
+        lines = dict(conn.run(f"SELECT t.{key}, {extract.row_json('sales_order')} "  # nosec
+                              f"FROM sales_order AS t WHERE t.{key} > 90000"))
+        reference = {int(line.split(",")[0].split(":")[1]): line
+                     for line in reference_lines(conn, "sales_order")}
+        assert {number for number, line in lines.items() if line is None} == set(UNFIT)
+        assert all(lines[number] == reference[number] for number in FIT)
+        assert lines[90_123].endswith("}" + extract.FUTURE_MARK.decode())
+    finally:
+        conn.close()

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from botocore.exceptions import ClientError
 
-from totes import ingest, jsonl, keys, snapshot_capture, storage
+from totes import errors, ingest, jsonl, keys, snapshot_capture, storage
 from totes.capture import Snapshot
 from totes.source import SOURCE_COLUMNS, SOURCE_TABLES
 from totes_local import stack
@@ -544,3 +544,55 @@ def test_a_forged_successor_claim_never_makes_ingest_write_what_it_names(
         ingest.run_ingest()
     assert forged_key not in all_keys(bucket)
     assert storage.latest_manifest_key(bucket) == first.manifest_key
+
+
+@pytest.mark.parametrize("column, stored, widen", [
+    ("created_at", "infinity", False),
+    ("last_updated", "-infinity", False),
+    ("created_at", "0044-03-15 12:00:00 BC", False),
+    ("last_updated", "10000-01-01 00:00:00", False),
+    ("unit_price", "NaN", False),
+    ("unit_price", "-Infinity", True),
+])
+def test_a_value_that_cannot_arrive_exactly_fails_the_run_naming_it_before_the_manifest(
+        source_db, aws, column, stored, widen):
+    seed_one_of_each(source_db)
+    first = ingest.run_ingest()
+    if widen:  # numeric(10,2) holds no infinity; the contract takes any numeric
+        source_db.run("ALTER TABLE sales_order ALTER unit_price TYPE numeric")
+    sales_order(source_db, 2, T0 + timedelta(minutes=5))
+    source_db.run(f'UPDATE sales_order SET "{column}" = CAST(:stored AS text)::'  # nosec B608
+                  f'{"numeric" if column == "unit_price" else "timestamp"} '
+                  "WHERE sales_order_id = 2", stored=stored)
+
+    with pytest.raises(errors.SourceDataError) as refused:
+        ingest.run_ingest()
+
+    assert f"sales_order sales_order_id=2: {column} {stored!r} cannot be carried exactly" in str(
+        refused.value)
+    assert errors.kind_of(refused.value) == errors.INPUT
+    assert storage.latest_manifest_key(aws["INGEST_BUCKET"]) == first.manifest_key
+    source_db.run(f'UPDATE sales_order SET "{column}" = :fixed '  # nosec B608
+                  "WHERE sales_order_id = 2",
+                  fixed=Decimal("5.00") if column == "unit_price" else T0)
+    ingest.run_ingest()
+    rows = table_rows(aws["INGEST_BUCKET"], latest_manifest(aws["INGEST_BUCKET"]), "sales_order")
+    [fixed] = [row for row in rows if row["sales_order_id"] == 2]
+    assert fixed[column] == (Decimal("5.00") if column == "unit_price"
+                             else "2024-11-15T14:00:00.120")
+
+
+@pytest.mark.parametrize("stamp, arrives", [
+    ("0001-01-01 00:00:00", "0001-01-01T00:00:00.000"),
+    ("9999-12-31 23:59:59.999", "9999-12-31T23:59:59.999"),
+])
+def test_the_first_and_last_timestamps_the_rendering_writes_exactly_arrive(
+        source_db, aws, stamp, arrives):
+    seed_one_of_each(source_db)
+    source_db.run("UPDATE sales_order SET created_at = CAST(:stamp AS text)::timestamp",
+                  stamp=stamp)
+
+    ingest.run_ingest()
+
+    [row] = table_rows(aws["INGEST_BUCKET"], latest_manifest(aws["INGEST_BUCKET"]), "sales_order")
+    assert row["created_at"] == arrives

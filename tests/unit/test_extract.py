@@ -11,14 +11,18 @@ from totes.source import SOURCE_COLUMNS, UnknownTableError
 def test_a_first_read_copies_a_chunk_of_rows_in_key_order_with_only_the_contract_columns():
     sql = extract.changes_sql("currency", TableCursor())
     assert sql == (
-        "COPY (SELECT count(*), max(k)::text, string_agg(line, E'\\n' ORDER BY k) || E'\\n' "
+        "COPY (SELECT count(*), max(k)::text, "
+        "string_agg(k::text, ',' ORDER BY k) FILTER (WHERE line IS NULL), "
+        "coalesce(string_agg(line, E'\\n' ORDER BY k), '') || E'\\n' "
         "AS lines FROM (SELECT t.\"currency_id\" AS k, "
         "'{\"currency_id\":' || coalesce(t.\"currency_id\"::text, 'null') || "
         "',\"currency_code\":' || coalesce(to_json(t.\"currency_code\")::text, 'null') || "
         "',\"last_updated\":' || coalesce(to_char(t.\"last_updated\", "
         "E'\\\\\"YYYY-MM-DD\"T\"HH24:MI:SS.MS\\\\\"'), 'null') || '}' || "
         "(CASE WHEN t.\"last_updated\" > (SELECT current_setting('totes.clock')::timestamp) "
-        "THEN 'F' ELSE '' END) AS line "
+        "THEN CASE WHEN '10000-01-01'::timestamp <= t.\"last_updated\" OR "
+        "t.\"last_updated\" < '0001-01-01'::timestamp THEN NULL ELSE 'F' END "
+        "WHEN t.\"last_updated\" < '0001-01-01'::timestamp THEN NULL ELSE '' END) AS line "
         "FROM (SELECT t.\"currency_id\", t.\"currency_code\", t.\"last_updated\" "
         "FROM \"currency\" AS t "
         "ORDER BY t.\"currency_id\" LIMIT current_setting('totes.limit')::bigint) AS t) AS chunk) "
@@ -39,16 +43,17 @@ def test_a_chunk_after_the_first_continues_above_the_last_key_and_may_carry_ever
             in sql)
 
 
-def test_a_chunk_line_is_read_as_count_keys_and_the_json_lines_unquoted():
+def test_a_chunk_line_is_read_as_count_keys_unfit_keys_and_the_json_lines_unquoted():
     lines = b'{"staff_id":1,"a":"x"}\n{"staff_id":2,"a":"y"}F\n'
-    chunk = extract.Chunk.parse(b"2\x021,2\x02\x01" + lines + b"\x01\n")
+    chunk = extract.Chunk.parse(b"2\x021,2\x02\x02\x01" + lines + b"\x01\n")
     assert (chunk.rows, chunk.keys, chunk.lines, chunk.last_key) == (2, b"1,2", lines, 2)
-    assert extract.Chunk.parse(b"0\x02\x02\n") == extract.Chunk(0, b"", b"")
+    assert extract.Chunk.parse(b"0\x02\x02\x02\n") == extract.Chunk(0, b"", b"")
+    assert extract.Chunk.parse(b"3\x025\x021,5\x02\x01" + lines + b"\x01\n").unfit == b"1,5"
 
 
 @pytest.mark.parametrize("line", [
-    b"1\x021\x02{}\n\n",  # unquoted
-    b"1\x021\x02\x01{\"a\":\x01\x01}\n\x01\n",  # a doubled quote inside: not JSON text
+    b"1\x021\x02\x02{}\n\n",  # unquoted
+    b"1\x021\x02\x02\x01{\"a\":\x01\x01}\n\x01\n",  # a doubled quote inside: not JSON text
 ])
 def test_a_chunk_line_not_in_the_asked_shape_is_refused(line):
     with pytest.raises(extract.ChunkFormatError):
@@ -86,6 +91,16 @@ def test_timestamps_are_rendered_quoted_with_milliseconds_and_other_columns_as_j
         assert f"',\"{column}\":' || coalesce({value}, 'null')" in select or (
             f"'{{\"{column}\":' || coalesce({value}, 'null')" in select)
     assert "company_ac_number" not in select
+
+
+def test_a_rows_money_that_is_not_a_number_or_a_timestamp_outside_years_1_to_9999_has_no_line():
+    line = extract.row_json("payment")
+    for column in ("created_at", "last_updated"):
+        assert f"t.\"{column}\" < '0001-01-01'::timestamp" in line
+    assert "'10000-01-01'::timestamp <= t.\"created_at\"" in line
+    assert ("t.\"payment_amount\" <= '-Infinity'::numeric OR "
+            "t.\"payment_amount\" >= 'Infinity'::numeric") in line
+    assert line.count("THEN NULL") == 2
 
 
 def test_the_key_sweep_lists_keys_in_order_as_blocks_joined_by_the_server():
