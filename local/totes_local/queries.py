@@ -32,6 +32,8 @@ from typing import Any, Callable, Iterable, Mapping
 import pandas as pd
 import pg8000.native
 
+from totes.db import server_fields
+
 QUERY_DIR = Path(__file__).resolve().parents[2] / "sql" / "queries"
 #: the file in QUERY_DIR that writes the page's filter once, and the line that includes it.
 FILTER_PRELUDE = "filter.psql"
@@ -350,7 +352,7 @@ def run_query(connection: pg8000.native.Connection, query: Query,
     try:
         rows = connection.run(query.sql, **bound)
     except pg8000.native.DatabaseError as error:
-        details = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
+        details = server_fields(error)
         return Result(query.name, error=details.get("M", str(error)), error_code=details.get("C"))
     columns = connection.columns or []
     names = [column["name"] for column in columns]

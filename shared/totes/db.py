@@ -339,6 +339,18 @@ def connect_with(secret: Mapping[str, Any], source: str, *,
         ) from None
 
 
+def server_fields(error: BaseException) -> dict[str, str]:
+    """The fields of the server's error report (``C``: the SQLSTATE, ``M``: the message).
+
+    pg8000 puts them in a dict as the error's first argument, and nothing when the
+    error came from the client (a broken socket); every caller that tells one SQLSTATE
+    from another reads them here, so an error without a report reads as empty, never
+    as a crash inside an ``except``.
+    """
+    fields = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
+    return {str(name): str(value) for name, value in fields.items()}
+
+
 def drop_row_values(error: BaseException | None) -> None:
     """Strip the row values a server error (and every error it was raised from) may quote.
 

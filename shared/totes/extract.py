@@ -42,7 +42,7 @@ import pg8000.native
 from totes.capture import (XID_MODULUS, FIRST_NORMAL_XID, Snapshot, SourceIdentity, TableCursor,
                            xmin_window)
 from totes import observability
-from totes.db import DatabaseUnavailableError, close_quietly, quote_ident
+from totes.db import DatabaseUnavailableError, close_quietly, quote_ident, server_fields
 from totes.errors import InputError, SourceDataError, TransientError
 from totes.source import SOURCE_COLUMNS, SOURCE_TABLES, VERSION_COLUMN, FoundColumn, primary_key
 
@@ -237,7 +237,7 @@ def lock_tables(conn: pg8000.native.Connection, tables: Iterable[str], *,
     try:
         conn.run(f"LOCK TABLE {', '.join(names)} IN ACCESS SHARE MODE")
     except pg8000.native.DatabaseError as error:
-        fields = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
+        fields = server_fields(error)
         if fields.get("C") in SOURCE_NOT_READABLE:
             raise SourceAccessError(
                 f"the login cannot read the source tables ({fields.get('M')}): it needs USAGE "

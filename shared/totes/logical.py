@@ -33,7 +33,7 @@ from typing import Any, Callable
 import pg8000.native
 
 from totes import extract, keys, observability, pgoutput, sweep
-from totes.db import close_quietly, quote_ident
+from totes.db import close_quietly, quote_ident, server_fields
 from totes.errors import InputError, TransientError
 from totes.manifest import DataFile, LogicalPosition
 from totes.source import SOURCE_COLUMNS, SOURCE_TABLES, VERSION_COLUMN
@@ -74,8 +74,9 @@ _UNAVAILABLE = {"42704": "does not exist", "55000": "cannot be used",
 
 
 def _sqlstate(error: pg8000.native.DatabaseError) -> tuple[str, str]:
-    fields = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
-    return str(fields.get("C", "")), str(fields.get("M", error))
+    """The SQLSTATE and message of ``error`` (the error's text when the server sent none)."""
+    fields = server_fields(error)
+    return fields.get("C", ""), fields.get("M", str(error))
 
 
 def _slot_call(conn: pg8000.native.Connection, which: str, sql: str, **params: Any) -> Any:

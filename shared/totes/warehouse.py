@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 import pg8000.native
 
 from totes import timestamps
-from totes.db import quote_ident
+from totes.db import quote_ident, server_fields
 from totes.errors import InputError, TransientError
 from totes.observability import service_logger
 from totes.warehouse_schema import (CATALOG_TYPES, CURRENT_VIEWS, DELETIONS, FACTS, SQL_TYPES,
@@ -203,12 +203,6 @@ class WarehouseAccessError(InputError):
     """The login may not create what load needs: a DBA must grant what docs/deploy.md lists."""
 
 
-def _server_fields(error: pg8000.native.DatabaseError) -> dict[str, str]:
-    """The server's error fields (``C``: the SQLSTATE, ``M``: the message), if it sent any."""
-    fields = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
-    return {str(name): str(value) for name, value in fields.items()}
-
-
 @contextmanager
 def _granted(what: str) -> Iterator[None]:
     """Turn a missing privilege on ``what`` into :class:`WarehouseAccessError`.
@@ -219,7 +213,7 @@ def _granted(what: str) -> Iterator[None]:
     try:
         yield
     except pg8000.native.DatabaseError as error:
-        fields = _server_fields(error)
+        fields = server_fields(error)
         if fields.get("C") != INSUFFICIENT_PRIVILEGE:
             raise
         raise WarehouseAccessError(
@@ -381,7 +375,7 @@ def _run_ddl(conn: pg8000.native.Connection, statement: str, **params: str) -> N
         with _granted("create the star schema"):
             conn.run(statement, **params)
     except pg8000.native.DatabaseError as error:
-        if _server_fields(error).get("C") != LOCK_NOT_AVAILABLE:
+        if server_fields(error).get("C") != LOCK_NOT_AVAILABLE:
             raise
         raise MigrationLockTimeoutError(
             f"schema migration gave up after waiting {MIGRATION_LOCK_TIMEOUT_MS} ms for a lock "

@@ -194,3 +194,11 @@ def test_a_statement_text_is_parsed_for_its_placeholders_once_per_process():
     assert again is first and first[0] == "SELECT $1, $2"
     assert (after.misses - before.misses, after.hits - before.hits) == (1, 1)
     assert first[1]({"second": 2, "first_value_unique_to_this_test": 1}) == (1, 2)
+
+
+def test_server_fields_reads_the_report_and_an_error_without_one_reads_as_empty():
+    reported = pg8000.native.DatabaseError({"C": "42501", "M": "permission denied", "S": "ERROR"})
+    assert db.server_fields(reported)["C"] == "42501"
+    assert db.server_fields(reported)["M"] == "permission denied"
+    assert db.server_fields(pg8000.native.DatabaseError("network error")) == {}
+    assert db.server_fields(pg8000.native.DatabaseError()) == {}
