@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import boto3
 import pg8000.core
 import pg8000.native
 from aws_lambda_powertools.utilities import parameters
@@ -111,16 +112,83 @@ class SecretFormatError(InputError, ValueError):
     """The secret is not the JSON object the contract describes."""
 
 
+class SecretUnavailableError(InputError, LookupError):
+    """Secrets Manager will not give the function its secret: missing, deleted or refused."""
+
+
 class DatabaseUnavailableError(TransientError, ConnectionError):
     """The database could not be reached or refused the credentials."""
 
 
-def fetch_secret(secret_id: str) -> Mapping[str, Any]:
-    """Read and parse a database secret, cached for five minutes across warm invocations."""
+#: Secrets Manager's answers that no retry changes, each with what it means for a deployed
+#: stack and what to do. A stack deployed before its secrets exist, with an ARN copied
+#: without its suffix, or left naming a secret deleted and created again (a new suffix)
+#: meets the first on its first run; a secret under the account's own KMS key the last.
+_SECRET_REFUSALS = {
+    "ResourceNotFoundException": (
+        "no such secret in this account and region, or it has no value yet",
+        "create it (docs/deploy.md, \"1. Store the database credentials\"), or deploy with "
+        "the full ARN Secrets Manager printed for it, its six-character suffix included, as "
+        "{parameter}"),
+    "InvalidRequestException": (
+        "it is scheduled for deletion",
+        "restore it (aws secretsmanager restore-secret), or deploy another secret's full "
+        "ARN as {parameter}"),
+    "AccessDeniedException": (
+        "the function's role may not read it",
+        "deploy with the secret's full ARN as {parameter}: the role may read that ARN only"),
+    "DecryptionFailure": (
+        "its KMS key refused the function's role",
+        "give the role kms:Decrypt on the secret's own key (docs/deploy.md, \"1. Store the "
+        "database credentials\")"),
+}
+
+
+def _arn_region(secret_id: str) -> str | None:
+    """The region a secret's ARN names, None for a secret named without its ARN."""
+    parts = secret_id.split(":")
+    return parts[3] if len(parts) >= 7 and parts[0] == "arn" else None
+
+
+def _refusal(error: BaseException, secret_id: str,
+             database: config.Database | None) -> SecretUnavailableError | None:
+    """The :class:`SecretUnavailableError` for a refusal no retry changes, else None."""
+    # Powertools raises its GetParameterError inside its handler of boto3's error, unchained.
+    response = getattr(error.__cause__ or error.__context__, "response", None)
+    said = response.get("Error", {}) if isinstance(response, Mapping) else {}
+    code = said.get("Code")
+    if code not in _SECRET_REFUSALS:
+        return None
+    meaning, action = _SECRET_REFUSALS[code]
+    named, running = _arn_region(secret_id), boto3.session.Session().region_name
+    if code == "ResourceNotFoundException" and named and running and named != running:
+        meaning = (f"the ARN is in {named}, the function in {running}: a function reads "
+                   "secrets of its own region only")
+        action = ("create the secret in the stack's region and deploy with its full ARN as "
+                  "{parameter}")
+    where = (f"template parameter {database.secret_parameter}, variable "
+             f"{database.secret_variable}" if database else "the secret's id")
+    return SecretUnavailableError(
+        f"cannot read secret {secret_id}: {meaning} ({code}: {said.get('Message', '')}); "
+        f"{action.format(parameter=where)}")
+
+
+def fetch_secret(secret_id: str, database: config.Database | None = None) -> Mapping[str, Any]:
+    """Read and parse a database secret, cached for five minutes across warm invocations.
+
+    A secret Secrets Manager will not give (missing, being deleted, refused by the
+    role or its key) fails as an input error that says what to do, naming ``database``'s
+    template parameter when the caller says which database it is.
+    """
     try:
         secret = parameters.get_secret(secret_id, transform="json", max_age=300)
     except parameters.exceptions.TransformParameterError:
         raise SecretFormatError(f"secret {secret_id} is not valid JSON") from None
+    except parameters.exceptions.GetParameterError as error:
+        refusal = _refusal(error, secret_id, database)
+        if refusal is None:
+            raise
+        raise refusal from error
     if not isinstance(secret, Mapping):
         raise SecretFormatError(f"secret {secret_id} must be a JSON object")
     return secret
@@ -249,7 +317,7 @@ def connect(secret_id: str, *, timeout: float | None = CONNECT_TIMEOUT_SECONDS,
     ``timeout`` bounds every wait on the server, statements included (see
     :func:`connection_kwargs`).
     """
-    secret: Mapping[str, Any] = fetch_secret(secret_id)
+    secret: Mapping[str, Any] = fetch_secret(secret_id, database)
     if database is not None:
         secret = with_connection_fields(secret, database, secret_id)
     return connect_with(secret, f"secret {secret_id}", timeout=timeout)
@@ -287,7 +355,7 @@ def kept_connection(secret_id: str, *, timeout: float | None,
     server or database, or the connection is older than :data:`KEPT_MAX_AGE_SECONDS`
     (its host name may now lead elsewhere), it is closed and a new one opened.
     """
-    secret = with_connection_fields(fetch_secret(secret_id), database, secret_id)
+    secret = with_connection_fields(fetch_secret(secret_id, database), database, secret_id)
     kwargs = connection_kwargs(secret, timeout=timeout)
     target = tuple(kwargs.get(name) for name in ("user", "database", "host", "port", "unix_sock"))
     kept = _KEPT.pop((secret_id, database.prefix), None)

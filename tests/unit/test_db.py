@@ -7,7 +7,7 @@ import pg8000.native
 import pytest
 from moto import mock_aws
 
-from totes import config, db
+from totes import config, db, errors
 
 SECRET = {"host": "db.example.com", "port": 5433, "username": "etl", "password": "s3cr3t!",
           "dbname": "totesys", "engine": "postgres"}
@@ -103,6 +103,49 @@ def test_malformed_secret_is_a_clear_error(monkeypatch, value, message):
     boto3.client("secretsmanager").create_secret(Name="bad", SecretString=value)
     with pytest.raises(db.SecretFormatError, match=message):
         db.fetch_secret("bad")
+
+
+MISSING_ARN = "arn:aws:secretsmanager:eu-west-2:123456789012:secret:totes/totesys-AbC123"
+
+
+@mock_aws
+def test_a_secret_that_does_not_exist_says_to_create_it_or_deploy_its_full_arn(monkeypatch):
+    # A stack deployed before its secrets, or still naming one deleted and created again.
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    with pytest.raises(db.SecretUnavailableError) as raised:
+        db.fetch_secret(MISSING_ARN, config.TOTESYS)
+    message = str(raised.value)
+    assert MISSING_ARN in message and "ResourceNotFoundException" in message
+    assert "create it" in message and "TotesysSecretArn" in message
+    assert errors.kind_of(raised.value) == errors.INPUT
+
+
+@mock_aws
+def test_a_secret_without_a_value_yet_is_named_like_a_missing_one(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    arn = boto3.client("secretsmanager").create_secret(Name="totes/warehouse-empty")["ARN"]
+    with pytest.raises(db.SecretUnavailableError, match="WarehouseSecretArn"):
+        db.connect(arn, database=config.WAREHOUSE)
+
+
+@mock_aws
+def test_a_secret_in_another_region_names_both_regions(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    arn = boto3.client("secretsmanager", region_name="eu-west-2").create_secret(
+        Name="totes/elsewhere", SecretString=json.dumps(SECRET))["ARN"]
+    with pytest.raises(db.SecretUnavailableError,
+                       match="the ARN is in eu-west-2, the function in us-east-1"):
+        db.fetch_secret(arn, config.TOTESYS)
+
+
+@mock_aws
+def test_a_secret_scheduled_for_deletion_says_to_restore_it(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    client = boto3.client("secretsmanager")
+    arn = client.create_secret(Name="totes/deleted", SecretString=json.dumps(SECRET))["ARN"]
+    client.delete_secret(SecretId=arn, RecoveryWindowInDays=7)
+    with pytest.raises(db.SecretUnavailableError, match="restore-secret"):
+        db.fetch_secret(arn, config.WAREHOUSE)
 
 
 def test_a_caller_can_give_statements_longer_than_the_connect_timeout():
