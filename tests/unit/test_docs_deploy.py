@@ -212,3 +212,15 @@ def test_the_first_run_section_names_every_functions_log_group():
     groups = {body["Properties"]["LogGroupName"]["Fn::Sub"].rsplit("/", 1)[1]
               for body in RESOURCES.values() if body["Type"] == "AWS::Logs::LogGroup"}
     assert named == groups
+
+
+@pytest.mark.parametrize("title", ["3. Alerts", "4. The dashboard and the first run"])
+def test_the_first_hour_commands_take_the_stack_name_the_user_chose(title):
+    # The trial values name the stack totes-trial: a command copied as written must find it.
+    default = tomllib.loads(SAMCONFIG)["user"]["global"]["parameters"]["stack_name"]
+    blocks = re.findall(r"^```bash\n(.*?)^```", section(title), re.MULTILINE | re.DOTALL)
+    assert blocks, title
+    for block in blocks:
+        commands = [line.split("#")[0] for line in block.splitlines()
+                    if not line.startswith("STACK=")]
+        assert not [line for line in commands if default in line], (title, block)
