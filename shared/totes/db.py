@@ -144,6 +144,12 @@ _SECRET_REFUSALS = {
 }
 
 
+#: what a malformed secret's error says the secret must be instead.
+_WHAT_TO_STORE = ('store {"username": ..., "password": ...} with "host", "port" and "dbname" '
+                  "unless the template's parameters give them (docs/deploy.md, \"1. Store the "
+                  'database credentials\")')
+
+
 def _arn_region(secret_id: str) -> str | None:
     """The region a secret's ARN names, None for a secret named without its ARN."""
     parts = secret_id.split(":")
@@ -183,14 +189,14 @@ def fetch_secret(secret_id: str, database: config.Database | None = None) -> Map
     try:
         secret = parameters.get_secret(secret_id, transform="json", max_age=300)
     except parameters.exceptions.TransformParameterError:
-        raise SecretFormatError(f"secret {secret_id} is not valid JSON") from None
+        raise SecretFormatError(f"secret {secret_id} is not valid JSON; {_WHAT_TO_STORE}") from None
     except parameters.exceptions.GetParameterError as error:
         refusal = _refusal(error, secret_id, database)
         if refusal is None:
             raise
         raise refusal from error
     if not isinstance(secret, Mapping):
-        raise SecretFormatError(f"secret {secret_id} must be a JSON object")
+        raise SecretFormatError(f"secret {secret_id} must be a JSON object; {_WHAT_TO_STORE}")
     return secret
 
 

@@ -101,8 +101,9 @@ def test_secret_is_read_from_secrets_manager(monkeypatch):
 def test_malformed_secret_is_a_clear_error(monkeypatch, value, message):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
     boto3.client("secretsmanager").create_secret(Name="bad", SecretString=value)
-    with pytest.raises(db.SecretFormatError, match=message):
+    with pytest.raises(db.SecretFormatError, match=message) as raised:
         db.fetch_secret("bad")
+    assert '{"username": ..., "password": ...}' in str(raised.value)  # what to store instead
 
 
 MISSING_ARN = "arn:aws:secretsmanager:eu-west-2:123456789012:secret:totes/totesys-AbC123"
