@@ -120,6 +120,15 @@ class DatabaseUnavailableError(TransientError, ConnectionError):
     """The database could not be reached or refused the credentials."""
 
 
+class ServerNotTrustedError(InputError, DatabaseUnavailableError):
+    """TLS refused the server (its certificate, or no TLS at all): the next run would too.
+
+    A person acts: ship the CA bundle, use the certificate's host name, or turn TLS on;
+    the password was never sent. Still a :class:`DatabaseUnavailableError` to callers
+    that open a connection and go on without it.
+    """
+
+
 #: Secrets Manager's answers that no retry changes, each with what it means for a deployed
 #: stack and what to do. A stack deployed before its secrets exist, with an ARN copied
 #: without its suffix, or left naming a secret deleted and created again (a new suffix)
@@ -246,21 +255,28 @@ def _trust_source(secret: Mapping[str, Any]) -> str:
         return f"sslrootcert {secret['sslrootcert']}"
     if LAYER_CA_BUNDLE.is_file():
         return f"system trust store and {LAYER_CA_BUNDLE.name}"
-    return "system trust store (no CA bundle in the layer: make ca-bundle)"
+    return ("system trust store (no CA bundle in the layer: build with make deploy-build, "
+            "then deploy)")
 
 
-def _tls_reason(error: BaseException, secret: Mapping[str, Any]) -> str | None:
-    """A one-line reason for a TLS failure, or None when ``error`` is not about TLS."""
+def _tls_reason(error: BaseException,
+                secret: Mapping[str, Any]) -> tuple[str, type[DatabaseUnavailableError]] | None:
+    """A one-line reason for a TLS failure and the error to raise, or None when not about TLS.
+
+    A certificate rejected or a server without TLS fails every run alike
+    (:class:`ServerNotTrustedError`); a handshake cut short may not.
+    """
     if isinstance(error, ssl.SSLCertVerificationError):
         return (f"server certificate rejected ({error.verify_message}; "
                 f"sslmode {sslmode(secret)}, trusting {_trust_source(secret)}); "
-                "the password was not sent")
+                "the password was not sent"), ServerNotTrustedError
     if isinstance(error, ssl.SSLError):
-        return f"TLS handshake failed ({error.reason or error}); the password was not sent"
+        return (f"TLS handshake failed ({error.reason or error}); the password was not sent",
+                DatabaseUnavailableError)
     if (isinstance(error, pg8000.exceptions.InterfaceError)
             and error.args == ("Server refuses SSL",)):
         return (f"the server does not accept TLS (sslmode {sslmode(secret)}); "
-                "the password was not sent")
+                "the password was not sent"), ServerNotTrustedError
     return None
 
 
@@ -402,12 +418,11 @@ def connect_with(secret: Mapping[str, Any], source: str, *,
         return Connection(**kwargs)
     except (pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError, OSError,
             UnicodeError) as error:
-        reason = _tls_reason(error, secret)
-        if reason is None:
-            reason = error.args[0] if error.args else type(error).__name__
+        reason, refusal = _tls_reason(error, secret) or (
+            error.args[0] if error.args else type(error).__name__, DatabaseUnavailableError)
         if isinstance(reason, dict):
             reason = reason.get("M", "refused")
-        raise DatabaseUnavailableError(
+        raise refusal(
             f"cannot connect to database {kwargs['database']} at {where} "
             f"({source}): {reason}"
         ) from None
