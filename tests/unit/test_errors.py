@@ -6,7 +6,8 @@ from totes import storage, sweep, transform, warehouse
 
 
 @pytest.mark.parametrize("error_class", [
-    config.ConfigurationError, db.SecretFormatError, capture.SnapshotFormatError,
+    config.ConfigurationError, db.SecretFormatError, db.SecretUnavailableError,
+    db.ServerNotTrustedError, capture.SnapshotFormatError,
     source.UnknownTableError, source.SourceSchemaError, star.SourceDataError,
     manifest.ManifestError, sweep.SweepOrderError, transform.TransformInputError,
     warehouse.SchemaMismatchError, warehouse.WarehouseAccessError, extract.SourceAccessError,
