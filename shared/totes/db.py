@@ -25,9 +25,12 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import boto3
+import botocore.config
+import botocore.exceptions
 import pg8000.core
 import pg8000.native
 from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS
 
 from totes import config
 from totes.errors import InputError, TransientError
@@ -116,6 +119,10 @@ class SecretUnavailableError(InputError, LookupError):
     """Secrets Manager will not give the function its secret: missing, deleted or refused."""
 
 
+class SecretsManagerUnreachableError(TransientError, ConnectionError):
+    """Secrets Manager did not answer: a network blip, or (in a VPC) no route to it at all."""
+
+
 class DatabaseUnavailableError(TransientError, ConnectionError):
     """The database could not be reached or refused the credentials."""
 
@@ -159,6 +166,42 @@ _WHAT_TO_STORE = ('store {"username": ..., "password": ...} with "host", "port" 
                   'database credentials\")')
 
 
+#: how long one call to Secrets Manager may wait to connect, and then for its answer (seconds),
+#: and how many attempts it makes. botocore's own (60 s each, five attempts) outlast the
+#: functions' timeouts: in a VPC without a route to Secrets Manager (no interface endpoint, no
+#: NAT), a run would end "Task timed out" and say nothing else.
+SECRETS_CONNECT_TIMEOUT_SECONDS = 5.0
+SECRETS_READ_TIMEOUT_SECONDS = 10.0
+SECRETS_ATTEMPTS = 3
+
+
+def _secrets_provider() -> None:
+    """Make Powertools read secrets through a client with the bounded waits above.
+
+    Its own default provider is made on first use with botocore's defaults; this one
+    takes its place in the same registry, so ``parameters.clear_caches`` still clears it.
+    """
+    if "secrets" not in DEFAULT_PROVIDERS:
+        DEFAULT_PROVIDERS["secrets"] = parameters.SecretsProvider(
+            boto_config=botocore.config.Config(
+                connect_timeout=SECRETS_CONNECT_TIMEOUT_SECONDS,
+                read_timeout=SECRETS_READ_TIMEOUT_SECONDS,
+                retries={"mode": "standard", "max_attempts": SECRETS_ATTEMPTS}))
+
+
+def _unreachable(error: BaseException, secret_id: str) -> SecretsManagerUnreachableError | None:
+    """The error for a Secrets Manager that did not answer, saying where to look; else None."""
+    cause = error.__cause__ or error.__context__
+    if not isinstance(cause, (botocore.exceptions.ConnectionError,
+                              botocore.exceptions.ReadTimeoutError)):
+        return None
+    return SecretsManagerUnreachableError(
+        f"cannot read secret {secret_id}: Secrets Manager did not answer ({cause}; "
+        f"{SECRETS_ATTEMPTS} attempts). In VPC mode (template parameter SubnetIds) the subnets "
+        "need an interface endpoint for Secrets Manager with private DNS, or a NAT gateway "
+        "(docs/deploy.md, \"Running inside a VPC\")")
+
+
 def _arn_region(secret_id: str) -> str | None:
     """The region a secret's ARN names, None for a secret named without its ARN."""
     parts = secret_id.split(":")
@@ -193,14 +236,17 @@ def fetch_secret(secret_id: str, database: config.Database | None = None) -> Map
 
     A secret Secrets Manager will not give (missing, being deleted, refused by the
     role or its key) fails as an input error that says what to do, naming ``database``'s
-    template parameter when the caller says which database it is.
+    template parameter when the caller says which database it is; a Secrets Manager
+    that does not answer fails within seconds (:data:`SECRETS_CONNECT_TIMEOUT_SECONDS`),
+    naming the route a VPC needs.
     """
+    _secrets_provider()
     try:
         secret = parameters.get_secret(secret_id, transform="json", max_age=300)
     except parameters.exceptions.TransformParameterError:
         raise SecretFormatError(f"secret {secret_id} is not valid JSON; {_WHAT_TO_STORE}") from None
     except parameters.exceptions.GetParameterError as error:
-        refusal = _refusal(error, secret_id, database)
+        refusal = _refusal(error, secret_id, database) or _unreachable(error, secret_id)
         if refusal is None:
             raise
         raise refusal from error

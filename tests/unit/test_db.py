@@ -1,5 +1,7 @@
 import json
+import socket
 import ssl
+import time
 from pathlib import Path
 
 import boto3
@@ -147,6 +149,42 @@ def test_a_secret_scheduled_for_deletion_says_to_restore_it(monkeypatch):
     client.delete_secret(SecretId=arn, RecoveryWindowInDays=7)
     with pytest.raises(db.SecretUnavailableError, match="restore-secret"):
         db.fetch_secret(arn, config.WAREHOUSE)
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A loopback URL whose listen queue is full: no connection to it is ever accepted.
+
+    What a function in a VPC without a route to Secrets Manager meets: its connection
+    attempts go unanswered until they time out.
+    """
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    filler = socket.create_connection(server.getsockname())
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        filler.close()
+        server.close()
+
+
+def test_a_secrets_manager_that_never_answers_fails_in_seconds_naming_vpc_mode(
+        monkeypatch, silent_endpoint):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", silent_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setattr(db, "SECRETS_CONNECT_TIMEOUT_SECONDS", 0.5)
+    started = time.monotonic()
+    with pytest.raises(db.SecretsManagerUnreachableError) as raised:
+        db.fetch_secret(MISSING_ARN, config.TOTESYS)
+    # botocore's defaults would wait 60 s five times: past every function's timeout.
+    assert time.monotonic() - started < 10
+    message = str(raised.value)
+    assert MISSING_ARN in message and "did not answer" in message
+    assert "SubnetIds" in message and "interface endpoint" in message
+    assert errors.kind_of(raised.value) == errors.TRANSIENT
 
 
 def test_a_caller_can_give_statements_longer_than_the_connect_timeout():

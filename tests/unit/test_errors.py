@@ -18,7 +18,8 @@ def test_bad_input_or_configuration_is_an_input_error(error_class):
 
 
 @pytest.mark.parametrize("error_class", [
-    db.DatabaseUnavailableError, ingest.ConcurrentRunError, storage.ObjectAlreadyExistsError,
+    db.DatabaseUnavailableError, db.SecretsManagerUnreachableError,
+    ingest.ConcurrentRunError, storage.ObjectAlreadyExistsError,
     warehouse.MigrationLockTimeoutError,
 ])
 def test_a_world_not_ready_is_transient(error_class):
