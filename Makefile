@@ -15,7 +15,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements-dev.txt shared/requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
-	@echo "installing dependencies into $(VENV) (one time, about a minute)"
+	@echo "installing dependencies into $(VENV) (one time, a few minutes)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet pip==25.3 setuptools==84.2.1
 	$(BIN)/pip install --quiet -r requirements-dev.txt

@@ -87,6 +87,11 @@ class Database:
         """The variable naming the database's Secrets Manager secret."""
         return f"{self.prefix}_SECRET_ID"
 
+    @property
+    def secret_parameter(self) -> str:
+        """The template parameter behind :attr:`secret_variable`: the secret's full ARN."""
+        return f"{self.title}SecretArn"
+
     def variable(self, field: str) -> str:
         """The variable that may give the secret's connection ``field`` (host, port, dbname)."""
         return f"{self.prefix}_{CONNECTION_FIELDS[field][0]}"

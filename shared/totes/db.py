@@ -24,9 +24,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import boto3
+import botocore.config
+import botocore.exceptions
 import pg8000.core
 import pg8000.native
 from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS
 
 from totes import config
 from totes.errors import InputError, TransientError
@@ -111,18 +115,143 @@ class SecretFormatError(InputError, ValueError):
     """The secret is not the JSON object the contract describes."""
 
 
+class SecretUnavailableError(InputError, LookupError):
+    """Secrets Manager will not give the function its secret: missing, deleted or refused."""
+
+
+class SecretsManagerUnreachableError(TransientError, ConnectionError):
+    """Secrets Manager did not answer: a network blip, or (in a VPC) no route to it at all."""
+
+
 class DatabaseUnavailableError(TransientError, ConnectionError):
     """The database could not be reached or refused the credentials."""
 
 
-def fetch_secret(secret_id: str) -> Mapping[str, Any]:
-    """Read and parse a database secret, cached for five minutes across warm invocations."""
+class ServerNotTrustedError(InputError, DatabaseUnavailableError):
+    """TLS refused the server (its certificate, or no TLS at all): the next run would too.
+
+    A person acts: ship the CA bundle, use the certificate's host name, or turn TLS on;
+    the password was never sent. Still a :class:`DatabaseUnavailableError` to callers
+    that open a connection and go on without it.
+    """
+
+
+#: Secrets Manager's answers that no retry changes, each with what it means for a deployed
+#: stack and what to do. A stack deployed before its secrets exist, with an ARN copied
+#: without its suffix, or left naming a secret deleted and created again (a new suffix)
+#: meets the first on its first run; a secret under the account's own KMS key the last.
+_SECRET_REFUSALS = {
+    "ResourceNotFoundException": (
+        "no such secret in this account and region, or it has no value yet",
+        "create it (docs/deploy.md, \"1. Store the database credentials\"), or deploy with "
+        "the full ARN Secrets Manager printed for it, its six-character suffix included, as "
+        "{parameter}"),
+    "InvalidRequestException": (
+        "it is scheduled for deletion",
+        "restore it (aws secretsmanager restore-secret), or deploy another secret's full "
+        "ARN as {parameter}"),
+    "AccessDeniedException": (
+        "the function's role may not read it",
+        "deploy with the secret's full ARN as {parameter}: the role may read that ARN only"),
+    "DecryptionFailure": (
+        "its KMS key refused the function's role",
+        "give the role kms:Decrypt on the secret's own key (docs/deploy.md, \"1. Store the "
+        "database credentials\")"),
+}
+
+
+#: what a malformed secret's error says the secret must be instead.
+_WHAT_TO_STORE = ('store {"username": ..., "password": ...} with "host", "port" and "dbname" '
+                  "unless the template's parameters give them (docs/deploy.md, \"1. Store the "
+                  'database credentials\")')
+
+
+#: how long one call to Secrets Manager may wait to connect, and then for its answer (seconds),
+#: and how many attempts it makes. botocore's own (60 s each, five attempts) outlast the
+#: functions' timeouts: in a VPC without a route to Secrets Manager (no interface endpoint, no
+#: NAT), a run would end "Task timed out" and say nothing else.
+SECRETS_CONNECT_TIMEOUT_SECONDS = 5.0
+SECRETS_READ_TIMEOUT_SECONDS = 10.0
+SECRETS_ATTEMPTS = 3
+
+
+def _secrets_provider() -> None:
+    """Make Powertools read secrets through a client with the bounded waits above.
+
+    Its own default provider is made on first use with botocore's defaults; this one
+    takes its place in the same registry, so ``parameters.clear_caches`` still clears it.
+    """
+    if "secrets" not in DEFAULT_PROVIDERS:
+        DEFAULT_PROVIDERS["secrets"] = parameters.SecretsProvider(
+            boto_config=botocore.config.Config(
+                connect_timeout=SECRETS_CONNECT_TIMEOUT_SECONDS,
+                read_timeout=SECRETS_READ_TIMEOUT_SECONDS,
+                retries={"mode": "standard", "max_attempts": SECRETS_ATTEMPTS}))
+
+
+def _unreachable(error: BaseException, secret_id: str) -> SecretsManagerUnreachableError | None:
+    """The error for a Secrets Manager that did not answer, saying where to look; else None."""
+    cause = error.__cause__ or error.__context__
+    if not isinstance(cause, (botocore.exceptions.ConnectionError,
+                              botocore.exceptions.ReadTimeoutError)):
+        return None
+    return SecretsManagerUnreachableError(
+        f"cannot read secret {secret_id}: Secrets Manager did not answer ({cause}; "
+        f"{SECRETS_ATTEMPTS} attempts). In VPC mode (template parameter SubnetIds) the subnets "
+        "need an interface endpoint for Secrets Manager with private DNS, or a NAT gateway "
+        "(docs/deploy.md, \"Running inside a VPC\")")
+
+
+def _arn_region(secret_id: str) -> str | None:
+    """The region a secret's ARN names, None for a secret named without its ARN."""
+    parts = secret_id.split(":")
+    return parts[3] if len(parts) >= 7 and parts[0] == "arn" else None
+
+
+def _refusal(error: BaseException, secret_id: str,
+             database: config.Database | None) -> SecretUnavailableError | None:
+    """The :class:`SecretUnavailableError` for a refusal no retry changes, else None."""
+    # Powertools raises its GetParameterError inside its handler of boto3's error, unchained.
+    response = getattr(error.__cause__ or error.__context__, "response", None)
+    said = response.get("Error", {}) if isinstance(response, Mapping) else {}
+    code = said.get("Code")
+    if code not in _SECRET_REFUSALS:
+        return None
+    meaning, action = _SECRET_REFUSALS[code]
+    named, running = _arn_region(secret_id), boto3.session.Session().region_name
+    if code == "ResourceNotFoundException" and named and running and named != running:
+        meaning = (f"the ARN is in {named}, the function in {running}: a function reads "
+                   "secrets of its own region only")
+        action = ("create the secret in the stack's region and deploy with its full ARN as "
+                  "{parameter}")
+    where = (f"template parameter {database.secret_parameter}, variable "
+             f"{database.secret_variable}" if database else "the secret's id")
+    return SecretUnavailableError(
+        f"cannot read secret {secret_id}: {meaning} ({code}: {said.get('Message', '')}); "
+        f"{action.format(parameter=where)}")
+
+
+def fetch_secret(secret_id: str, database: config.Database | None = None) -> Mapping[str, Any]:
+    """Read and parse a database secret, cached for five minutes across warm invocations.
+
+    A secret Secrets Manager will not give (missing, being deleted, refused by the
+    role or its key) fails as an input error that says what to do, naming ``database``'s
+    template parameter when the caller says which database it is; a Secrets Manager
+    that does not answer fails within seconds (:data:`SECRETS_CONNECT_TIMEOUT_SECONDS`),
+    naming the route a VPC needs.
+    """
+    _secrets_provider()
     try:
         secret = parameters.get_secret(secret_id, transform="json", max_age=300)
     except parameters.exceptions.TransformParameterError:
-        raise SecretFormatError(f"secret {secret_id} is not valid JSON") from None
+        raise SecretFormatError(f"secret {secret_id} is not valid JSON; {_WHAT_TO_STORE}") from None
+    except parameters.exceptions.GetParameterError as error:
+        refusal = _refusal(error, secret_id, database) or _unreachable(error, secret_id)
+        if refusal is None:
+            raise
+        raise refusal from error
     if not isinstance(secret, Mapping):
-        raise SecretFormatError(f"secret {secret_id} must be a JSON object")
+        raise SecretFormatError(f"secret {secret_id} must be a JSON object; {_WHAT_TO_STORE}")
     return secret
 
 
@@ -172,21 +301,28 @@ def _trust_source(secret: Mapping[str, Any]) -> str:
         return f"sslrootcert {secret['sslrootcert']}"
     if LAYER_CA_BUNDLE.is_file():
         return f"system trust store and {LAYER_CA_BUNDLE.name}"
-    return "system trust store (no CA bundle in the layer: make ca-bundle)"
+    return ("system trust store (no CA bundle in the layer: build with make deploy-build, "
+            "then deploy)")
 
 
-def _tls_reason(error: BaseException, secret: Mapping[str, Any]) -> str | None:
-    """A one-line reason for a TLS failure, or None when ``error`` is not about TLS."""
+def _tls_reason(error: BaseException,
+                secret: Mapping[str, Any]) -> tuple[str, type[DatabaseUnavailableError]] | None:
+    """A one-line reason for a TLS failure and the error to raise, or None when not about TLS.
+
+    A certificate rejected or a server without TLS fails every run alike
+    (:class:`ServerNotTrustedError`); a handshake cut short may not.
+    """
     if isinstance(error, ssl.SSLCertVerificationError):
         return (f"server certificate rejected ({error.verify_message}; "
                 f"sslmode {sslmode(secret)}, trusting {_trust_source(secret)}); "
-                "the password was not sent")
+                "the password was not sent"), ServerNotTrustedError
     if isinstance(error, ssl.SSLError):
-        return f"TLS handshake failed ({error.reason or error}); the password was not sent"
+        return (f"TLS handshake failed ({error.reason or error}); the password was not sent",
+                DatabaseUnavailableError)
     if (isinstance(error, pg8000.exceptions.InterfaceError)
             and error.args == ("Server refuses SSL",)):
         return (f"the server does not accept TLS (sslmode {sslmode(secret)}); "
-                "the password was not sent")
+                "the password was not sent"), ServerNotTrustedError
     return None
 
 
@@ -249,7 +385,7 @@ def connect(secret_id: str, *, timeout: float | None = CONNECT_TIMEOUT_SECONDS,
     ``timeout`` bounds every wait on the server, statements included (see
     :func:`connection_kwargs`).
     """
-    secret: Mapping[str, Any] = fetch_secret(secret_id)
+    secret: Mapping[str, Any] = fetch_secret(secret_id, database)
     if database is not None:
         secret = with_connection_fields(secret, database, secret_id)
     return connect_with(secret, f"secret {secret_id}", timeout=timeout)
@@ -287,7 +423,7 @@ def kept_connection(secret_id: str, *, timeout: float | None,
     server or database, or the connection is older than :data:`KEPT_MAX_AGE_SECONDS`
     (its host name may now lead elsewhere), it is closed and a new one opened.
     """
-    secret = with_connection_fields(fetch_secret(secret_id), database, secret_id)
+    secret = with_connection_fields(fetch_secret(secret_id, database), database, secret_id)
     kwargs = connection_kwargs(secret, timeout=timeout)
     target = tuple(kwargs.get(name) for name in ("user", "database", "host", "port", "unix_sock"))
     kept = _KEPT.pop((secret_id, database.prefix), None)
@@ -328,12 +464,11 @@ def connect_with(secret: Mapping[str, Any], source: str, *,
         return Connection(**kwargs)
     except (pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError, OSError,
             UnicodeError) as error:
-        reason = _tls_reason(error, secret)
-        if reason is None:
-            reason = error.args[0] if error.args else type(error).__name__
+        reason, refusal = _tls_reason(error, secret) or (
+            error.args[0] if error.args else type(error).__name__, DatabaseUnavailableError)
         if isinstance(reason, dict):
             reason = reason.get("M", "refused")
-        raise DatabaseUnavailableError(
+        raise refusal(
             f"cannot connect to database {kwargs['database']} at {where} "
             f"({source}): {reason}"
         ) from None

@@ -7,6 +7,7 @@ test`` runs ``sam build`` before the tests.
 """
 import json
 import os
+import re
 import subprocess  # nosec B404
 import sys
 import sysconfig
@@ -183,6 +184,15 @@ def test_each_function_fits_lambdas_size_limit_beside_the_pandas_layer(built):
         total = layer + _size(built / function) + pandas.unzipped_bytes
         print(f"{function} with its layers: {total / 1e6:.1f} MB unzipped "
               f"(limit {pandas_layer.LAMBDA_UNZIPPED_LIMIT_BYTES / 1e6:.1f} MB)")
+
+
+def test_deploy_md_quotes_the_built_lake_functions_folder_size(built):
+    # docs/deploy.md, "What Lambda runs": the table a user reads for Lambda's 250 MB limit.
+    quoted = re.search(r"^\| function folder .* ([\d.]+) MB for publish and the audit \|$",
+                       (ROOT / "docs" / "deploy.md").read_text(), re.MULTILINE)
+    assert quoted, "deploy.md should say how large publish's and the audit's folders are"
+    for function in ("PublishFunction", "AuditFunction"):
+        assert abs(float(quoted[1]) - _size(built / function) / 1e6) < 1, function
 
 
 @pytest.mark.parametrize("function", ["PublishFunction", "AuditFunction"])

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from totes import db
+from totes import db, errors
 
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 PASSWORD = "tls-test-password-7f3c"  # nosec B105 - a marker to look for on the wire
@@ -256,9 +256,12 @@ def test_without_a_bundle_verify_full_uses_the_system_store_which_lacks_the_test
     monkeypatch.setattr(db, "LAYER_CA_BUNDLE", tmp_path / "absent.pem")
     server, port = relay()
     with pytest.raises(db.DatabaseUnavailableError,
-                       match="certificate rejected .*system trust store .*make ca-bundle"):
+                       match="certificate rejected .*system trust store .*make deploy-build, "
+                             "then deploy") as caught:
         db.connect_with(tcp_secret(postgres, port), "test")
     assert server.finish().received == b""
+    # A build without the bundle fails every run the same way: a person must act.
+    assert errors.kind_of(caught.value) == errors.INPUT
 
 
 @pytest.mark.parametrize("certificate, host, mismatch", [
@@ -275,6 +278,7 @@ def test_a_wrong_host_name_fails_before_the_password_is_sent(postgres, relay, pk
     assert f"certificate rejected ({mismatch}" in message
     assert "the password was not sent" in message and PASSWORD not in message
     assert server.finish().ssl_requests == 1 and server.received == b""
+    assert errors.kind_of(caught.value) == errors.INPUT
 
 
 def test_verify_ca_accepts_the_right_ca_under_another_host_name(postgres, relay, pki):
@@ -300,9 +304,11 @@ def test_an_untrusted_certificate_fails_clearly_before_the_password_is_sent(post
 def test_require_refuses_a_server_without_tls_instead_of_sending_the_password(postgres, relay):
     server, port = relay(certificate=None)
     with pytest.raises(db.DatabaseUnavailableError,
-                       match="does not accept TLS \\(sslmode require\\); the password was not"):
+                       match="does not accept TLS \\(sslmode require\\); the password was not"
+                       ) as caught:
         db.connect_with(tcp_secret(postgres, port, sslmode="require"), "test")
     assert server.finish().ssl_requests == 1 and server.received == b""
+    assert errors.kind_of(caught.value) == errors.INPUT
 
 
 def test_require_encrypts_without_checking_the_certificate(postgres, relay, pki):

@@ -1,5 +1,7 @@
 import json
+import socket
 import ssl
+import time
 from pathlib import Path
 
 import boto3
@@ -7,7 +9,7 @@ import pg8000.native
 import pytest
 from moto import mock_aws
 
-from totes import config, db
+from totes import config, db, errors
 
 SECRET = {"host": "db.example.com", "port": 5433, "username": "etl", "password": "s3cr3t!",
           "dbname": "totesys", "engine": "postgres"}
@@ -101,8 +103,88 @@ def test_secret_is_read_from_secrets_manager(monkeypatch):
 def test_malformed_secret_is_a_clear_error(monkeypatch, value, message):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
     boto3.client("secretsmanager").create_secret(Name="bad", SecretString=value)
-    with pytest.raises(db.SecretFormatError, match=message):
+    with pytest.raises(db.SecretFormatError, match=message) as raised:
         db.fetch_secret("bad")
+    assert '{"username": ..., "password": ...}' in str(raised.value)  # what to store instead
+
+
+MISSING_ARN = "arn:aws:secretsmanager:eu-west-2:123456789012:secret:totes/totesys-AbC123"
+
+
+@mock_aws
+def test_a_secret_that_does_not_exist_says_to_create_it_or_deploy_its_full_arn(monkeypatch):
+    # A stack deployed before its secrets, or still naming one deleted and created again.
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    with pytest.raises(db.SecretUnavailableError) as raised:
+        db.fetch_secret(MISSING_ARN, config.TOTESYS)
+    message = str(raised.value)
+    assert MISSING_ARN in message and "ResourceNotFoundException" in message
+    assert "create it" in message and "TotesysSecretArn" in message
+    assert errors.kind_of(raised.value) == errors.INPUT
+
+
+@mock_aws
+def test_a_secret_without_a_value_yet_is_named_like_a_missing_one(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    arn = boto3.client("secretsmanager").create_secret(Name="totes/warehouse-empty")["ARN"]
+    with pytest.raises(db.SecretUnavailableError, match="WarehouseSecretArn"):
+        db.connect(arn, database=config.WAREHOUSE)
+
+
+@mock_aws
+def test_a_secret_in_another_region_names_both_regions(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    arn = boto3.client("secretsmanager", region_name="eu-west-2").create_secret(
+        Name="totes/elsewhere", SecretString=json.dumps(SECRET))["ARN"]
+    with pytest.raises(db.SecretUnavailableError,
+                       match="the ARN is in eu-west-2, the function in us-east-1"):
+        db.fetch_secret(arn, config.TOTESYS)
+
+
+@mock_aws
+def test_a_secret_scheduled_for_deletion_says_to_restore_it(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    client = boto3.client("secretsmanager")
+    arn = client.create_secret(Name="totes/deleted", SecretString=json.dumps(SECRET))["ARN"]
+    client.delete_secret(SecretId=arn, RecoveryWindowInDays=7)
+    with pytest.raises(db.SecretUnavailableError, match="restore-secret"):
+        db.fetch_secret(arn, config.WAREHOUSE)
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A loopback URL whose listen queue is full: no connection to it is ever accepted.
+
+    What a function in a VPC without a route to Secrets Manager meets: its connection
+    attempts go unanswered until they time out.
+    """
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    filler = socket.create_connection(server.getsockname())
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        filler.close()
+        server.close()
+
+
+def test_a_secrets_manager_that_never_answers_fails_in_seconds_naming_vpc_mode(
+        monkeypatch, silent_endpoint):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", silent_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setattr(db, "SECRETS_CONNECT_TIMEOUT_SECONDS", 0.5)
+    started = time.monotonic()
+    with pytest.raises(db.SecretsManagerUnreachableError) as raised:
+        db.fetch_secret(MISSING_ARN, config.TOTESYS)
+    # botocore's defaults would wait 60 s five times: past every function's timeout.
+    assert time.monotonic() - started < 10
+    message = str(raised.value)
+    assert MISSING_ARN in message and "did not answer" in message
+    assert "SubnetIds" in message and "interface endpoint" in message
+    assert errors.kind_of(raised.value) == errors.TRANSIENT
 
 
 def test_a_caller_can_give_statements_longer_than_the_connect_timeout():

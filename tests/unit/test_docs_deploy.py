@@ -184,3 +184,43 @@ def test_the_lambda_cost_table_uses_the_templates_memory_and_schedules():
         total += expected
     assert rows["total"][1] == f"{sum(runs.values()):,}"
     assert rows["total"][4] == f"{round(total):,}"
+
+
+def scheduled_runs() -> dict[str, int]:
+    """How many times a month (30 days) each scheduled function runs at the default schedules."""
+    return {function: MINUTES_A_MONTH // schedule_minutes(f"{function.title()}Schedule")
+            for function in FUNCTIONS if f"{function.title()}Schedule" in PARAMETERS}
+
+
+def test_the_sizing_section_counts_every_scheduled_invocation():
+    sizing = " ".join(section("Sizing").split())
+    quoted = re.search(r"makes ([\d,]+) scheduled invocations a month \(in 30 days: ([^)]*)\)",
+                       sizing)
+    assert quoted, "the sizing section should say how many scheduled invocations a month"
+    runs = scheduled_runs()
+    listed = {name: int(number.replace(",", ""))
+              for number, name in re.findall(r"(\d[\d,]*) (\w+)", quoted[2])}
+    assert listed == runs
+    assert int(quoted[1].replace(",", "")) == sum(runs.values())
+
+
+def test_the_first_run_section_names_every_functions_log_group():
+    first_run = " ".join(section("4. The dashboard and the first run").split())
+    quoted = re.search(r"The log groups are (.*?)\.(?: |$)", first_run)
+    assert quoted, "the first-run section should name the functions' log groups"
+    named = set(re.findall(r"`(?:/aws/lambda/<stack name>|…)/(\w+)`", quoted[1]))
+    groups = {body["Properties"]["LogGroupName"]["Fn::Sub"].rsplit("/", 1)[1]
+              for body in RESOURCES.values() if body["Type"] == "AWS::Logs::LogGroup"}
+    assert named == groups
+
+
+@pytest.mark.parametrize("title", ["3. Alerts", "4. The dashboard and the first run"])
+def test_the_first_hour_commands_take_the_stack_name_the_user_chose(title):
+    # The trial values name the stack totes-trial: a command copied as written must find it.
+    default = tomllib.loads(SAMCONFIG)["user"]["global"]["parameters"]["stack_name"]
+    blocks = re.findall(r"^```bash\n(.*?)^```", section(title), re.MULTILINE | re.DOTALL)
+    assert blocks, title
+    for block in blocks:
+        commands = [line.split("#")[0] for line in block.splitlines()
+                    if not line.startswith("STACK=")]
+        assert not [line for line in commands if default in line], (title, block)

@@ -6,7 +6,8 @@ from totes import storage, sweep, transform, warehouse
 
 
 @pytest.mark.parametrize("error_class", [
-    config.ConfigurationError, db.SecretFormatError, capture.SnapshotFormatError,
+    config.ConfigurationError, db.SecretFormatError, db.SecretUnavailableError,
+    db.ServerNotTrustedError, capture.SnapshotFormatError,
     source.UnknownTableError, source.SourceSchemaError, star.SourceDataError,
     manifest.ManifestError, sweep.SweepOrderError, transform.TransformInputError,
     warehouse.SchemaMismatchError, warehouse.WarehouseAccessError, extract.SourceAccessError,
@@ -17,7 +18,8 @@ def test_bad_input_or_configuration_is_an_input_error(error_class):
 
 
 @pytest.mark.parametrize("error_class", [
-    db.DatabaseUnavailableError, ingest.ConcurrentRunError, storage.ObjectAlreadyExistsError,
+    db.DatabaseUnavailableError, db.SecretsManagerUnreachableError,
+    ingest.ConcurrentRunError, storage.ObjectAlreadyExistsError,
     warehouse.MigrationLockTimeoutError,
 ])
 def test_a_world_not_ready_is_transient(error_class):
