@@ -100,10 +100,11 @@ def synthesise_batch(ingest_bucket: str, processed_bucket: str, rows: int,
             pq.write_table(synthetic_table(name, first, min(file_rows, count - first + 1)),
                            buffer)
             key = f"{name}/{run.date_path}/{run}-00000000-{len(listed[name]['files']):05d}.parquet"
-            storage.put_new_object(processed_bucket, key, buffer.getvalue(),
-                                   "application/vnd.apache.parquet")
+            sha256 = storage.put_new_object_on(None, processed_bucket, key, buffer.getvalue(),
+                                               "application/vnd.apache.parquet")
             part = min(file_rows, count - first + 1)
-            listed[name]["files"].append({"key": key, "rows": part, "bytes": buffer.tell()})
+            listed[name]["files"].append({"key": key, "rows": part, "bytes": buffer.tell(),
+                                          "sha256": sha256})
             listed[name]["rows"] += part
     manifest_key = keys.manifest_key(run)
     started = STARTED_AT.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -85,7 +85,10 @@ def _chunks(table: str, orders: int, chunk_rows: int) -> Iterator[list[list[Any]
 
 
 def synthesise_batch(bucket: str, orders: int, chunk_rows: int) -> tuple[str, int]:
-    """Write one ingest run with ``orders`` sales orders, transactions and payments."""
+    """Write one ingest run with ``orders`` sales orders, transactions and payments.
+
+    Each file's SHA-256 is listed as ingest lists it, so the transform checks what it reads.
+    """
     from totes import keys, storage
     from totes_local import ingest_lines
 
@@ -99,8 +102,9 @@ def synthesise_batch(bucket: str, orders: int, chunk_rows: int) -> tuple[str, in
                                           "recent_versions": []})
         body = ingest_lines.encode_rows(_COLUMNS[table], rows)
         key = keys.data_key(table, run, len(entry["files"]), "jsonl")
-        storage.put_new_object(bucket, key, body, "application/x-ndjson")
-        entry["files"].append({"key": key, "rows": len(rows), "bytes": len(body)})
+        sha256 = storage.put_new_object_on(None, bucket, key, body, "application/x-ndjson")
+        entry["files"].append({"key": key, "rows": len(rows), "bytes": len(body),
+                               "sha256": sha256})
         entry["rows"] += len(rows)
         total += len(rows)
 

@@ -142,8 +142,8 @@ class ObjectWriter:
             raise ValueError(f"an object holds at most {self._chunk_rows} lines, not {rows}")
         self.flush()
         key = self._key_for(len(self.files))
-        storage.put_new_object_on(self._puts, self._bucket, key, body, CONTENT_TYPE)
-        self.files.append(DataFile(key, rows, len(body)))
+        sha256 = storage.put_new_object_on(self._puts, self._bucket, key, body, CONTENT_TYPE)
+        self.files.append(DataFile(key, rows, len(body), sha256))
 
     def close(self, *, quietly: bool = False) -> None:
         """Wait for the last write and end the writing thread.

@@ -57,6 +57,20 @@ def lake_database() -> str:
     return require_env("LAKE_DATABASE")
 
 
+def expected_bucket_owner() -> str | None:
+    """The account that must own every bucket (``EXPECTED_BUCKET_OWNER``), None when unset.
+
+    Unset in the deployed functions, which take their own account from the invocation
+    (:func:`totes.storage.expected_owner`); set by tests and local runs whose buckets
+    belong to another (moto's) account. Twelve digits, as AWS account ids are.
+    """
+    owner = os.environ.get("EXPECTED_BUCKET_OWNER", "").strip()
+    if owner and not re.fullmatch(r"[0-9]{12}", owner):
+        raise ConfigurationError(f"EXPECTED_BUCKET_OWNER must be a 12-digit account id, "
+                                 f"got {owner!r}")
+    return owner or None
+
+
 def lake_configured() -> bool:
     """Whether a lake is deployed beside the warehouse (``LAKE_DATABASE`` set): the audit's test."""
     return bool(os.environ.get("LAKE_DATABASE", "").strip())

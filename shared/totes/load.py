@@ -186,7 +186,8 @@ def _same_type(found: "pa.DataType", expected: "pa.DataType") -> bool:
 
 def record_batches(bucket: str, key: str, table: Table, expected_rows: int,
                    batch_rows: int = BATCH_ROWS, fill_defaults: bool = False,
-                   prefetch: storage.Prefetch | None = None) -> Iterator["pa.RecordBatch"]:
+                   prefetch: storage.Prefetch | None = None,
+                   sha256: str | None = None) -> Iterator["pa.RecordBatch"]:
     """Yield the object's rows as record batches with the table's columns in contract order.
 
     The object is spooled to a temporary file (Parquet needs to seek to its footer)
@@ -196,7 +197,9 @@ def record_batches(bucket: str, key: str, table: Table, expected_rows: int,
     manifest's files), a column added to the contract since, with a default (a
     fact's ``is_deleted``), may be absent: it is filled with the default, so old
     processed data still loads as it was meant. With ``prefetch``, the object is the
-    one it downloaded (or is downloading).
+    one it downloaded (or is downloading). With ``sha256`` (the manifest's record), an
+    object that is not the one listed is refused before any row is yielded
+    (:class:`totes.storage.ObjectChangedError`; a prefetch checks against its own record).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -205,7 +208,7 @@ def record_batches(bucket: str, key: str, table: Table, expected_rows: int,
     defaults = {column.name: column.default for column in table.data_columns
                 if fill_defaults and column.default is not None}
     try:
-        spool = storage.spooled(bucket, key) if prefetch is None else prefetch.open(key)
+        spool = storage.spooled(bucket, key, sha256) if prefetch is None else prefetch.open(key)
     except ClientError as error:
         # A missing (or, to a role that may not list it, denied) object the processed
         # manifest names is bad input; throttling, a 500 or a dropped connection is
@@ -294,7 +297,7 @@ def table_batches(bucket: str, output: TableOutput, table: Table, batch_rows: in
     old = manifest.format == PROCESSED_FORMAT_V1
     return chain.from_iterable(
         record_batches(bucket, file.key, table, file.rows, batch_rows, fill_defaults=old,
-                       prefetch=prefetch)
+                       prefetch=prefetch, sha256=file.sha256)
         for file in output.files)
 
 
@@ -343,8 +346,9 @@ def load_manifest(conn: pg8000.native.Connection, bucket: str, key: str,
     result = ManifestLoad()
     outputs = [manifest.table(table.name) for table in TABLES.values()]
     deletions = [manifest.deleted(fact.name) for fact in FACTS]
-    in_order = [file.key for output in (*outputs, *deletions) for file in output.files]
-    with storage.Prefetch(bucket, in_order, PREFETCH_OBJECTS) as prefetch, \
+    in_order = [file for output in (*outputs, *deletions) for file in output.files]
+    with storage.Prefetch(bucket, [file.key for file in in_order], PREFETCH_OBJECTS,
+                          {file.key: file.sha256 for file in in_order}) as prefetch, \
             warehouse.transaction(conn):
         warehouse.lock(conn)
         if warehouse.is_loaded(conn, key):

@@ -8,6 +8,7 @@ version still in a bucket (``totes.ingest/1`` manifests, written before capture
 by transaction visibility, are continued from and transformed as they are).
 See docs/architecture.md for examples of each.
 """
+import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Mapping
@@ -24,26 +25,43 @@ INGEST_FORMAT_V1 = "totes.ingest/1"
 INGEST_FORMAT = "totes.ingest/2"
 
 
+#: a SHA-256 in base64, as S3 and :func:`totes.storage.checksum` write it.
+_SHA256 = re.compile(r"[A-Za-z0-9+/]{43}=")
+
+
 class ManifestError(InputError, ValueError):
     """A manifest is not one of the formats this code reads: bad input, a person must act."""
 
 
 @dataclass(frozen=True)
 class DataFile:
-    """One data object a manifest lists: its key, rows and bytes (checked by readers)."""
+    """One data object a manifest lists: its key, rows, bytes and SHA-256 (checked by readers).
+
+    ``sha256`` is the checksum the object was created with (base64, as S3 gives it:
+    :func:`totes.storage.checksum`); readers refuse an object whose bytes do not have
+    it. None for objects listed before it was recorded, which are read unchecked.
+    """
 
     key: str
     rows: int
     bytes: int
+    sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """Return the manifest's description of the file."""
-        return {"key": self.key, "rows": self.rows, "bytes": self.bytes}
+        """Return the manifest's description of the file (``sha256`` only when known)."""
+        entry: dict[str, Any] = {"key": self.key, "rows": self.rows, "bytes": self.bytes}
+        if self.sha256 is not None:
+            entry["sha256"] = self.sha256
+        return entry
 
     @classmethod
     def from_json(cls, fields: Mapping[str, Any]) -> "DataFile":
-        """Read a file entry; ``bytes`` is optional (older manifests may lack it)."""
-        return cls(str(fields["key"]), int(fields["rows"]), int(fields.get("bytes", 0)))
+        """Read a file entry; ``bytes`` and ``sha256`` are optional (older manifests lack them)."""
+        sha256 = fields.get("sha256")
+        if sha256 is not None and not _SHA256.fullmatch(str(sha256)):
+            raise ValueError(f"sha256 of {fields['key']!r} is not a base64 SHA-256: {sha256!r}")
+        return cls(str(fields["key"]), int(fields["rows"]), int(fields.get("bytes", 0)),
+                   None if sha256 is None else str(sha256))
 
 
 def _files(entries: Any) -> tuple[DataFile, ...]:

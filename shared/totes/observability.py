@@ -26,6 +26,8 @@ DEFAULT_SERVICE = "totes"
 DEFAULT_NAMESPACE = "TotesPipeline"
 #: the stray objects seen in this invocation, (bucket, key): each is logged once.
 _strays: set[tuple[str, str]] = set()
+#: the account of the function being invoked (from its ARN), None outside an invocation.
+_account: list[str | None] = [None]
 
 R = TypeVar("R")
 #: a Lambda handler: the event (decoded JSON) and the invocation's context, to its response.
@@ -75,12 +77,28 @@ def forget_strays() -> None:
     _strays.clear()
 
 
+def invocation_account() -> str | None:
+    """The AWS account the invoked function runs in, from its context's ARN (no call made).
+
+    None outside :func:`instrument`'s handlers (local tools) or when the context has
+    no ARN. :func:`totes.storage.expected_owner` requires every bucket to belong to it.
+    """
+    return _account[0]
+
+
+def _remember_account(context: LambdaContext) -> None:
+    """Keep the account of ``arn:aws:lambda:<region>:<account>:function:<name>``."""
+    parts = str(getattr(context, "invoked_function_arn", "") or "").split(":")
+    _account[0] = parts[4] if len(parts) > 4 and parts[4].isdigit() else None
+
+
 def instrument(stage: str, logger: Logger,
                metrics: Metrics) -> Callable[[Handler[R]], Handler[R]]:
     """Wrap a Lambda handler the same way in every function.
 
     Each invocation starts from a clean log state carrying the Lambda context and
-    its ``stage``, and flushes its metrics when it returns or raises, with the number
+    its ``stage`` (and the function's account, :func:`invocation_account`), and flushes its
+    metrics when it returns or raises, with the number
     of stray objects it passed over (``StrayObjects``) when there were any. The stage is
     set per invocation, not per logger: every Powertools logger of a service shares
     one formatter, so a key fixed at import time would be the first function's
@@ -92,12 +110,14 @@ def instrument(stage: str, logger: Logger,
         def with_stage(event: dict[str, Any], context: LambdaContext) -> R:
             logger.append_keys(stage=stage)
             forget_strays()
+            _remember_account(context)
             try:
                 return handler(event, context)
             except Exception as error:
                 _report_failure(logger, metrics, error)
                 raise
             finally:
+                _account[0] = None
                 if stray_objects():
                     metrics.add_metric(name="StrayObjects", unit=MetricUnit.Count,
                                        value=stray_objects())

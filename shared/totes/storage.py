@@ -7,12 +7,25 @@ which Object Lock's default retention (on both buckets unless turned off) requir
 Clients are created plainly so the standard ``AWS_ENDPOINT_URL`` points them at a
 local moto server.
 
+Every request names the account that must own its bucket (``ExpectedBucketOwner``,
+added by the client itself, so no call can forget it): the account the function runs
+in, from the invocation's context (:func:`expected_owner`). A bucket name that
+resolves to another account's bucket (a typo, a sniped name) is then refused by S3
+before it receives a byte of ours or feeds us one of its own.
+
+A manifest records the SHA-256 of each object it lists (:func:`checksum`, the same
+value S3 verified when the object was created). Readers given it hash the bytes as
+they stream and refuse an object that is not that one (:class:`ObjectChangedError`),
+whatever replaced it since: a later version, a restore, another writer.
+
 A listing that looks for objects of one layout (manifests) takes an ``accept``
 test from :mod:`totes.keys` and keeps only the keys that pass it: anything else
 under the prefix (a note an operator uploaded, a forged key) is a *stray*,
 reported once per invocation (:func:`totes.observability.stray_object`) and
 never read, so it can neither stop a stage nor steer it.
 """
+import base64
+import hashlib
 import json
 import shutil
 import tempfile
@@ -20,17 +33,19 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, cast
 
 import boto3
 from botocore.exceptions import ClientError
+from botocore.response import StreamingBody
 
+from totes import config
 from totes.errors import InputError, TransientError
 from totes.keys import MANIFEST_PREFIX, is_manifest_key
-from totes.observability import stray_object
+from totes.observability import invocation_account, stray_object
 
 if TYPE_CHECKING:  # boto3-stubs, a development dependency: the Lambda runtime has no stubs
-    from botocore.response import StreamingBody
+    from botocore.model import OperationModel
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import ListObjectsV2RequestPaginateTypeDef
 
@@ -57,21 +72,86 @@ class ObjectTooLargeError(InputError, ValueError):
     """An object read whole is larger than any the pipeline writes: a person must look at it."""
 
 
+class ObjectChangedError(InputError):
+    """An object's bytes are not those its manifest recorded: a person must find out why.
+
+    The message names the bucket, the key, the SHA-256 expected and the one found.
+    """
+
+    def __init__(self, bucket: str, key: str, expected: str, found: str):
+        """Say which object differs from its manifest's record, and how."""
+        super().__init__(
+            f"s3://{bucket}/{key} is not the object its manifest lists: SHA-256 expected "
+            f"{expected}, found {found} (a later version replaced it?); nothing was committed "
+            "from it (docs/runbook.md, \"An object is not the one its manifest lists\")")
+        self.bucket, self.key, self.expected, self.found = bucket, key, expected, found
+
+
+def expected_owner() -> str | None:
+    """The account every bucket the functions use must belong to (None: not checked).
+
+    ``EXPECTED_BUCKET_OWNER`` when set (tests, local runs); otherwise the account
+    of the function's own ARN in the invocation's context, read without a call.
+    Outside an invocation with neither (local tools), no owner is asked for.
+    """
+    return config.expected_bucket_owner() or invocation_account()
+
+
+def _ask_owner(params: dict[str, Any], model: "OperationModel", context: dict[str, Any],
+               **_: Any) -> None:
+    """Add ``ExpectedBucketOwner`` to every request whose operation takes it.
+
+    The owner asked for is kept in the request's context for :func:`_explain_denial`.
+    """
+    owner, shape = expected_owner(), model.input_shape
+    if owner and shape is not None and "ExpectedBucketOwner" in shape.members:
+        params.setdefault("ExpectedBucketOwner", owner)
+        context["totes_expected_owner"] = params["ExpectedBucketOwner"]
+
+
+def _explain_denial(parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    """Say, in a 403's message, that it is also S3's answer for a bucket of another account."""
+    error = parsed.get("Error", {})
+    owner = context.get("totes_expected_owner")
+    if owner and error.get("Code") in DENIED_CODES:
+        error["Message"] = (
+            f"{error.get('Message') or 'Access Denied'}: the request required the bucket to be "
+            f"owned by account {owner} (ExpectedBucketOwner), and S3 answers 403 as well when "
+            "it is owned by another account: check which account owns the bucket name before "
+            "the role's permissions (docs/runbook.md, \"A bucket of another account\")")
+
+
 @lru_cache(maxsize=1)
 def s3_client() -> "S3Client":
-    """Return the process-wide S3 client (created once per Lambda container)."""
-    return boto3.client("s3")
+    """Return the process-wide S3 client (created once per Lambda container).
+
+    Its own event hooks ask every request for the bucket owner (:func:`expected_owner`)
+    and explain a denial, so no caller can leave the check out.
+    """
+    client = boto3.client("s3")
+    client.meta.events.register("before-parameter-build.s3", _ask_owner)
+    client.meta.events.register("after-call.s3", _explain_denial)
+    return client
 
 
-def put_new_object(bucket: str, key: str, body: bytes | IO[bytes], content_type: str) -> None:
+def checksum(body: bytes) -> str:
+    """The SHA-256 of ``body`` as S3 writes it (base64): sent with a put, kept in manifests."""
+    return base64.b64encode(hashlib.sha256(body).digest()).decode()
+
+
+def put_new_object(bucket: str, key: str, body: bytes | IO[bytes], content_type: str,
+                   sha256: str | None = None) -> None:
     """Create ``key`` with ``body``; raise ObjectAlreadyExistsError if it already exists.
 
     ``body`` may be a seekable file, so a large object is streamed, never held whole.
+    ``sha256`` (:func:`checksum` of ``body``) is sent for S3 to verify; without it the
+    SDK computes it.
     """
+    given: dict[str, Any] = {} if sha256 is None else {"ChecksumSHA256": sha256}
     try:
         s3_client().put_object(
             Bucket=bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*",
-            ChecksumAlgorithm="SHA256",
+            ChecksumAlgorithm="SHA256", **given,
         )
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") in (
@@ -97,16 +177,20 @@ class BackgroundPuts:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: "deque[Future[None]]" = deque()
 
-    def put(self, bucket: str, key: str, body: bytes, content_type: str) -> None:
+    def put(self, bucket: str, key: str, body: bytes, content_type: str) -> str:
         """Start writing ``body`` to ``key`` once fewer than ``in_flight`` writes are pending.
 
-        An earlier write's error is raised here when waiting for it frees the place.
+        Return its SHA-256 (:func:`checksum`, for the manifest). An earlier write's
+        error is raised here when waiting for it frees the place.
         """
+        sha256 = checksum(body)
         while len(self._pending) >= self._in_flight:
             self._pending.popleft().result()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._in_flight, thread_name_prefix="totes-put")
-        self._pending.append(self._pool.submit(put_new_object, bucket, key, body, content_type))
+        self._pending.append(self._pool.submit(put_new_object, bucket, key, body, content_type,
+                                               sha256))
+        return sha256
 
     def close(self, *, quietly: bool = False) -> None:
         """Wait for every write started and end the threads; raise the first write's error.
@@ -128,15 +212,16 @@ class BackgroundPuts:
             raise error
 
 
-def spooled(bucket: str, key: str) -> IO[bytes]:
+def spooled(bucket: str, key: str, sha256: str | None = None) -> IO[bytes]:
     """Download an object into a temporary file and return it at its start (the caller closes it).
 
     For readers that must seek (Parquet reads its footer first): the object is held on
-    disk, not in memory, whatever its size.
+    disk, not in memory, whatever its size. With ``sha256``, the bytes are checked
+    against it on the way (:func:`open_stream`).
     """
     spool = tempfile.TemporaryFile()
     try:
-        shutil.copyfileobj(open_stream(bucket, key), spool, 1 << 20)
+        shutil.copyfileobj(open_stream(bucket, key, sha256), spool, 1 << 20)
         spool.seek(0)
     except BaseException:
         spool.close()
@@ -154,9 +239,14 @@ class Prefetch:
     and deletes what was not read, so nothing outlives the reader.
     """
 
-    def __init__(self, bucket: str, keys: Iterable[str], ahead: int) -> None:
-        """Start downloading the first ``ahead`` of ``keys``."""
+    def __init__(self, bucket: str, keys: Iterable[str], ahead: int,
+                 sha256: Mapping[str, str | None] | None = None) -> None:
+        """Start downloading the first ``ahead`` of ``keys``.
+
+        A key ``sha256`` gives a SHA-256 for is checked against it (:func:`spooled`).
+        """
         self._bucket = bucket
+        self._sha256 = dict(sha256 or {})
         self._waiting = deque(keys)
         self._ahead = ahead
         self._started: dict[str, "Future[IO[bytes]]"] = {}
@@ -167,7 +257,8 @@ class Prefetch:
         while self._waiting and len(self._started) < self._ahead:
             key = self._waiting.popleft()
             if key not in self._started:
-                self._started[key] = self._pool.submit(spooled, self._bucket, key)
+                self._started[key] = self._pool.submit(spooled, self._bucket, key,
+                                                       self._sha256.get(key))
 
     def open(self, key: str) -> IO[bytes]:
         """The object ``key`` spooled, at its start (the caller closes it); its error if it failed.
@@ -176,7 +267,9 @@ class Prefetch:
         """
         started = self._started.pop(key, None)
         self._start_more()
-        return spooled(self._bucket, key) if started is None else started.result()
+        if started is None:
+            return spooled(self._bucket, key, self._sha256.get(key))
+        return started.result()
 
     def close(self) -> None:
         """Wait for the downloads started, delete the objects not read, and end the threads."""
@@ -198,12 +291,16 @@ class Prefetch:
 
 
 def put_new_object_on(puts: BackgroundPuts | None, bucket: str, key: str, body: bytes,
-                      content_type: str) -> None:
-    """Create ``key`` once: now, or, with ``puts``, started there (it exists once that closes)."""
-    if puts is None:
-        put_new_object(bucket, key, body, content_type)
-    else:
-        puts.put(bucket, key, body, content_type)
+                      content_type: str) -> str:
+    """Create ``key`` once: now, or, with ``puts``, started there (it exists once that closes).
+
+    Return its SHA-256 (:func:`checksum`), for the manifest that lists it.
+    """
+    if puts is not None:
+        return puts.put(bucket, key, body, content_type)
+    sha256 = checksum(body)
+    put_new_object(bucket, key, body, content_type, sha256)
+    return sha256
 
 
 def put_new_json(bucket: str, key: str, document: Any) -> None:
@@ -212,9 +309,12 @@ def put_new_json(bucket: str, key: str, document: Any) -> None:
     put_new_object(bucket, key, body, "application/json")
 
 
-def read_bytes(bucket: str, key: str) -> bytes:
-    """Return an object's whole body (for objects bounded in size by design)."""
-    body: bytes = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+def read_bytes(bucket: str, key: str, sha256: str | None = None) -> bytes:
+    """Return an object's whole body (for objects bounded in size by design).
+
+    With ``sha256``, refuse a body that does not have it (:class:`ObjectChangedError`).
+    """
+    body: bytes = open_stream(bucket, key, sha256).read()
     return body
 
 
@@ -231,9 +331,40 @@ def read_json(bucket: str, key: str) -> Any:
     return json.loads(body)
 
 
-def open_stream(bucket: str, key: str) -> "StreamingBody":
-    """Return a streaming body to read a large object without holding it in memory."""
-    return s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+class _Checked:
+    """A body hashed as it is read; its end raises :class:`ObjectChangedError` on a mismatch."""
+
+    def __init__(self, body: StreamingBody, bucket: str, key: str, sha256: str) -> None:
+        self._body, self._bucket, self._key, self._sha256 = body, bucket, key, sha256
+        self._hash = hashlib.sha256()
+
+    def read(self, amt: int | None = None) -> bytes:
+        """Read (and hash) up to ``amt`` bytes; at the end, compare the whole object's hash."""
+        data: bytes = self._body.read(amt)
+        self._hash.update(data)
+        if amt is None or not data:
+            found = base64.b64encode(self._hash.digest()).decode()
+            if found != self._sha256:
+                raise ObjectChangedError(self._bucket, self._key, self._sha256, found)
+        return data
+
+    def close(self) -> None:
+        """Close the body underneath."""
+        self._body.close()
+
+
+def open_stream(bucket: str, key: str, sha256: str | None = None) -> StreamingBody:
+    """Return a streaming body to read a large object without holding it in memory.
+
+    With ``sha256`` (the manifest's record of the object), the bytes are hashed as
+    they stream and reading to the end raises :class:`ObjectChangedError` if the
+    object is not that one: a reader consumes every byte before it commits.
+    """
+    response = s3_client().get_object(Bucket=bucket, Key=key)
+    if sha256 is None:
+        return response["Body"]
+    checked = cast(IO[bytes], _Checked(response["Body"], bucket, key, sha256))  # read, close
+    return StreamingBody(checked, response["ContentLength"])
 
 
 def list_keys(bucket: str, prefix: str, start_after: str | None = None,

@@ -207,8 +207,8 @@ class _TransformAttempt:
             return
         key = keys.attempt_data_key(folder, self.run_id, self.attempt_id, len(listed), extension)
         body = parquet_bytes(star.to_arrow(table, frame))
-        self.puts.put(self.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
-        listed.append(DataFile(key, len(frame), len(body)))
+        sha256 = self.puts.put(self.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
+        listed.append(DataFile(key, len(frame), len(body), sha256))
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -242,11 +242,15 @@ def _reference_state(bucket: str, key: str, table: str) -> pd.DataFrame:
     return _frame(known[2])
 
 
-def _decode(bucket: str, key: str) -> list[dict[str, Any]]:
-    """Read one JSON Lines object whole; bad input raises :class:`TransformInputError`."""
+def _decode(bucket: str, key: str, sha256: str | None = None) -> list[dict[str, Any]]:
+    """Read one JSON Lines object whole; bad input raises :class:`TransformInputError`.
+
+    With ``sha256`` (the manifest's record), an object that is not the one listed is
+    refused at its end (:class:`totes.storage.ObjectChangedError`), before any commit.
+    """
     rows: list[dict[str, Any]] = []
     try:
-        lines = storage.open_stream(bucket, key).iter_lines(chunk_size=_READ_CHUNK_BYTES)
+        lines = storage.open_stream(bucket, key, sha256).iter_lines(chunk_size=_READ_CHUNK_BYTES)
         for row in jsonl.decode_lines(lines):
             if not isinstance(row, dict):
                 raise ValueError(f"line {len(rows) + 1} is not a JSON object")
@@ -254,6 +258,8 @@ def _decode(bucket: str, key: str) -> list[dict[str, Any]]:
         return rows
     except ClientError as error:
         raise _missing_object(bucket, key, error, named_by_manifest=True) from None
+    except storage.ObjectChangedError as error:
+        raise TransformInputError(str(error)) from error
     except ValueError as error:
         raise TransformInputError(
             f"s3://{bucket}/{key} is not valid JSON Lines after {len(rows)} row(s): {error}"
@@ -281,7 +287,7 @@ def _checked_files(attempt: _TransformAttempt,
                    files: Iterable[DataFile]) -> Iterator[tuple[list[dict[str, Any]], str]]:
     """Yield each file's decoded rows and key, its row count checked against the manifest's."""
     for entry in files:
-        rows = _decode(attempt.ingest_bucket, entry.key)
+        rows = _decode(attempt.ingest_bucket, entry.key, entry.sha256)
         if len(rows) != entry.rows:
             raise TransformInputError(
                 f"s3://{attempt.ingest_bucket}/{entry.key} holds {len(rows)} row(s), "

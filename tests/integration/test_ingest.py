@@ -110,6 +110,19 @@ def test_first_run_ingests_all_eleven_tables_and_nothing_else(source_db, aws):
     assert "company_ac_number" not in payment and "counterparty_ac_number" not in payment
 
 
+def test_the_manifest_records_the_sha256_s3_stored_for_each_object(source_db, aws):
+    # What transform checks each object it reads against (docs/architecture.md).
+    seed_one_of_each(source_db)
+    ingest.run_ingest()
+    manifest = latest_manifest(aws["INGEST_BUCKET"])
+    listed = [entry for table in manifest["tables"].values() for entry in table["files"]]
+    assert len(listed) == len(SOURCE_TABLES)
+    for entry in listed:
+        stored = storage.s3_client().head_object(
+            Bucket=aws["INGEST_BUCKET"], Key=entry["key"], ChecksumMode="ENABLED")
+        assert entry["sha256"] == stored["ChecksumSHA256"], entry["key"]
+
+
 def test_run_without_source_changes_writes_no_data_but_records_the_run(
         source_db, aws, captured_logs):
     seed_one_of_each(source_db)
@@ -229,11 +242,11 @@ def test_a_failed_background_write_fails_the_run_before_its_manifest(
     first = committed_then_one_more_order(source_db)
     put = storage.put_new_object
 
-    def write_fails(bucket, key, body, content_type):
+    def write_fails(bucket, key, body, content_type, sha256=None):
         if written(key):
             raise ClientError({"Error": {"Code": "SlowDown", "Message": "S3 is slow"}},
                               "PutObject")
-        put(bucket, key, body, content_type)
+        put(bucket, key, body, content_type, sha256)
 
     with monkeypatch.context() as patch, pytest.raises(ClientError, match="S3 is slow"):
         patch.setattr(storage, "put_new_object", write_fails)

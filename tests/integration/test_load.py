@@ -1,5 +1,6 @@
 """The load run against real PostgreSQL and moto S3: order, exactly-once, failures, freshness."""
 import json
+import re
 import threading
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -11,7 +12,7 @@ from botocore.exceptions import ClientError
 from loadkit import (DAY, T0, Buckets, dimensions, gone, parquet_bytes, payment, purchase, sale,
                      snapshot)
 
-from totes import db, load, stage, storage, warehouse
+from totes import db, errors, keys, load, stage, storage, warehouse
 from totes.observability import metrics_for
 from totes_local import stack
 from totes_local.runner import LambdaContext, load_handler, scheduled_event
@@ -238,6 +239,44 @@ def test_a_missing_object_is_an_error_naming_it(conn, metrics, buckets, aws):
     with pytest.raises(load.LoadError, match=missing):
         run(conn, metrics)
     assert count(conn, "dim_currency") == 0
+
+
+def test_a_processed_object_replaced_by_a_later_version_is_refused_until_it_is_removed(
+        conn, metrics, buckets, aws):
+    # Valid Parquet of the contract with the listed row count, only not the object the
+    # transform wrote: every other check passes it, the manifest's SHA-256 does not.
+    bucket = aws["PROCESSED_BUCKET"]
+    s3 = boto3.client("s3")
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    key = buckets.publish({"fact_payment": [payment(1)], **dimensions()})
+    listed = storage.read_json(bucket, key)["tables"]["fact_payment"]["files"][0]
+    later = s3.put_object(Bucket=bucket, Key=listed["key"], Body=parquet_bytes(
+        "fact_payment", [payment(1, payment_amount=Decimal("9999.00"))]))
+    with pytest.raises(load.LoadError, match=re.escape(
+            f"s3://{bucket}/{listed['key']} is not the object its manifest lists: SHA-256 "
+            f"expected {listed['sha256']}, found ")) as refused:
+        run(conn, metrics)
+    assert errors.kind_of(refused.value) == errors.INPUT
+    assert count(conn, "dim_currency") == 0 and count(conn, "fact_payment") == 0
+    # The runbook's repair: remove the later version, so the original is the current one.
+    s3.delete_object(Bucket=bucket, Key=listed["key"], VersionId=later["VersionId"])
+    assert run(conn, metrics).manifests_loaded == [key]
+    assert conn.run("SELECT payment_amount FROM fact_payment") == [[Decimal("26.80")]]
+
+
+def test_a_processed_1_manifest_listing_no_checksums_still_loads(conn, metrics, buckets, aws):
+    key = buckets.ingest_run()
+    body = parquet_bytes("dim_currency", dimensions()["dim_currency"])
+    data = keys.attempt_data_key("dim_currency", keys.parse_manifest_key(key), "0a1b2c3d", 0,
+                                 "parquet")
+    storage.put_new_object(aws["PROCESSED_BUCKET"], data, body, "application/octet-stream")
+    storage.put_new_json(aws["PROCESSED_BUCKET"], key, {
+        "format": "totes.processed/1", "run_id": str(keys.parse_manifest_key(key)),
+        "ingest_manifest": key, "ingest_started_at": None, "transformed_at": "",
+        "tables": {"dim_currency": {"rows": 1, "files": [
+            {"key": data, "rows": 1, "bytes": len(body)}]}}, "reference": {}})
+    assert run(conn, metrics).manifests_loaded == [key]
+    assert count(conn, "dim_currency") == 1
 
 
 def test_two_racing_loads_load_each_manifest_once(postgres, warehouse_db, metrics, buckets):

@@ -1,10 +1,13 @@
 """The publish stage's edges against moto's Glue and S3: skips, conflicts, expiry, rewinds."""
+import re
 from datetime import datetime, timedelta, timezone
 
+import boto3
 import pyarrow as pa
 import pytest
+from loadkit import Buckets, dimensions, parquet_bytes
 
-from totes import keys, lake, lake_io, publish, storage, supersede
+from totes import errors, keys, lake, lake_io, publish, storage, supersede
 from totes.config import ConfigurationError
 from totes.lake_schema import LAKE_TABLES
 from totes.manifest import ManifestError, ProcessedManifest
@@ -68,6 +71,24 @@ def test_a_load_skip_is_a_publish_skip_and_a_quiet_manifest_commits_nothing(aws)
                             aws["LAKE_DATABASE"]).tables.values())
     again = publish.run_publish(settings(aws), Deadline.unbounded())
     assert again.manifests_published == [] and again.last_published_manifest == SECOND
+
+
+def test_a_processed_object_replaced_by_a_later_version_is_refused_before_any_commit(aws):
+    key = Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"]).publish(
+        {"dim_currency": dimensions()["dim_currency"]})
+    listed = storage.read_json(aws["PROCESSED_BUCKET"], key)["tables"]["dim_currency"]["files"][0]
+    boto3.client("s3").put_object(  # valid rows of the contract, not the ones transform wrote
+        Bucket=aws["PROCESSED_BUCKET"], Key=listed["key"], Body=parquet_bytes("dim_currency", [
+            {"currency_id": 1, "currency_code": "XXX", "currency_name": "Forged"}]))
+    with pytest.raises(storage.ObjectChangedError, match=re.escape(
+            f"{listed['key']} is not the object its manifest lists: SHA-256 expected "
+            f"{listed['sha256']}")) as refused:
+        publish.run_publish(settings(aws), Deadline.unbounded())
+    assert errors.kind_of(refused.value) == errors.INPUT
+    assert all(table.current_snapshot() is None for table in
+               publish.Lake(lake.glue_catalog(aws["LAKE_BUCKET"]),
+                            aws["LAKE_DATABASE"]).tables.values())
+    assert not list(storage.list_keys(aws["LAKE_BUCKET"], keys.MANIFEST_PREFIX))
 
 
 def test_a_run_out_of_time_starts_nothing(aws):

@@ -143,7 +143,7 @@ def test_a_failed_download_is_not_bad_input_so_no_one_is_told_to_skip(
     throttled = ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce"}},
                             "GetObject")
 
-    def failing(bucket: str, name: str):
+    def failing(bucket: str, name: str, sha256: str | None = None):
         raise throttled
 
     monkeypatch.setattr(storage, "spooled", failing)

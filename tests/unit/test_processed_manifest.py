@@ -148,3 +148,24 @@ def test_a_manifest_naming_its_own_runs_objects_reads_at_its_key_in_any_revision
 def test_a_manifest_naming_anything_outside_its_run_and_tables_is_refused(key, changes, message):
     with pytest.raises(ManifestError, match=message):
         ProcessedManifest.read(stored(**changes).to_json(), key)
+
+
+SHA256 = "n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg="  # the SHA-256 of b"test"
+
+
+def test_a_file_s_sha256_round_trips_and_files_listed_before_it_was_recorded_read_without():
+    recorded = DataFile("p.parquet", 3, 30, SHA256)
+    assert recorded.to_json() == {"key": "p.parquet", "rows": 3, "bytes": 30, "sha256": SHA256}
+    assert DataFile.from_json(recorded.to_json()) == recorded
+    older = DataFile.from_json({"key": "p.parquet", "rows": 3, "bytes": 30})
+    assert older.sha256 is None and "sha256" not in older.to_json()
+    manifest = replace(version_2(), tables={"fact_payment": TableOutput((recorded,))})
+    assert ProcessedManifest.parse(manifest.to_json()).table("fact_payment").files == (recorded,)
+
+
+@pytest.mark.parametrize("sha256", ["", "abc", 42, SHA256.rstrip("=") + "!"])
+def test_a_file_whose_sha256_is_not_one_is_refused(sha256):
+    document = version_1()
+    document["tables"]["dim_currency"]["files"][0]["sha256"] = sha256
+    with pytest.raises(ManifestError, match="sha256 of 'a.parquet' is not a base64 SHA-256"):
+        ProcessedManifest.parse(document)

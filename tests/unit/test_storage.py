@@ -6,15 +6,19 @@ through :func:`storage.put_new_object`, so these tests pin what it sends.
 """
 import ast
 import io
+import re
 from pathlib import Path
 
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from totes import observability, storage
+from totes import errors, observability, storage
+from totes.config import ConfigurationError
+from totes_local.runner import LambdaContext
 
 BUCKET = "storage-test"
 LOCKED_BUCKET = "storage-test-locked"
@@ -286,3 +290,150 @@ def test_prefetch_closed_early_deletes_what_was_not_read_and_ends_its_threads(bu
     assert all(future.done() for future in unread)
     assert all(future.result().closed for future in unread if future.exception() is None)
     assert prefetch._pool._shutdown
+
+
+# --- what a manifest recorded: the object read must be the one written -------------------------
+
+@pytest.fixture
+def versioned_bucket(bucket):
+    """The test bucket versioned, as the deployed ones are: a put to a key adds a version."""
+    storage.s3_client().put_bucket_versioning(
+        Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    return bucket
+
+
+def _replace(bucket: str, key: str, body: bytes) -> None:
+    """Put a later version of ``key`` as a person with the break-glass role could (no condition)."""
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def test_a_put_returns_the_sha256_it_sent_and_s3_stored(bucket, sent_put_headers):
+    body = b'{"payment_id": 1}\n'
+    puts = storage.BackgroundPuts(1)
+    listed = puts.put(bucket, "a.jsonl", body, "application/x-ndjson")
+    puts.close()
+    direct = storage.put_new_object_on(None, bucket, "b.jsonl", body, "application/x-ndjson")
+    assert listed == direct == storage.checksum(body)
+    assert [headers["x-amz-checksum-sha256"] for headers in sent_put_headers] == [listed] * 2
+    stored = storage.s3_client().head_object(Bucket=bucket, Key="a.jsonl", ChecksumMode="ENABLED")
+    assert stored["ChecksumSHA256"] == listed
+
+
+def test_every_reader_given_the_recorded_sha256_refuses_a_later_version_of_the_key(
+        versioned_bucket):
+    original = b'{"payment_id": 1, "amount": 10.00}\n'
+    sha256 = storage.put_new_object_on(None, versioned_bucket, "p.jsonl", original, "text/plain")
+    assert storage.read_bytes(versioned_bucket, "p.jsonl", sha256) == original
+    _replace(versioned_bucket, "p.jsonl", b'{"payment_id": 1, "amount": 99.00}\n')
+    found = storage.checksum(b'{"payment_id": 1, "amount": 99.00}\n')
+    expected = (rf"s3://{versioned_bucket}/p.jsonl is not the object its manifest lists: "
+                rf"SHA-256 expected {re.escape(sha256)}, found {re.escape(found)}")
+    with pytest.raises(storage.ObjectChangedError, match=expected) as refused:
+        storage.read_bytes(versioned_bucket, "p.jsonl", sha256)
+    assert errors.kind_of(refused.value) == errors.INPUT
+    with pytest.raises(storage.ObjectChangedError, match=expected):
+        list(storage.open_stream(versioned_bucket, "p.jsonl", sha256).iter_lines())
+    with pytest.raises(storage.ObjectChangedError, match=expected):
+        storage.spooled(versioned_bucket, "p.jsonl", sha256)
+    with storage.Prefetch(versioned_bucket, ["p.jsonl"], 1, {"p.jsonl": sha256}) as prefetch:
+        with pytest.raises(storage.ObjectChangedError, match=expected):
+            prefetch.open("p.jsonl")
+    # Without a record (an object listed before manifests kept one) the object is read as it is.
+    assert storage.read_bytes(versioned_bucket, "p.jsonl").endswith(b"99.00}\n")
+
+
+def test_a_verified_stream_checks_only_at_its_end_and_streams_in_chunks(bucket):
+    body = b"".join(b'{"n": %d}\n' % n for n in range(20_000))
+    sha256 = storage.put_new_object_on(None, bucket, "big.jsonl", body, "text/plain")
+    stream = storage.open_stream(bucket, "big.jsonl", sha256)
+    assert stream.read(10) == body[:10]  # no check, and no error, before the end
+    assert b"".join(stream.iter_chunks(4096)) == body[10:]
+
+
+# --- whose bucket: every request names the account that must own it ----------------------------
+
+ACCOUNT = "111122223333"
+
+
+@pytest.fixture
+def sent_owners():
+    """Every request the storage client builds: (operation, x-amz-expected-bucket-owner)."""
+    seen: list[tuple[str, str | None]] = []
+
+    def record(request, operation_name, **_):
+        seen.append((operation_name, request.headers.get("x-amz-expected-bucket-owner")))
+
+    events = storage.s3_client().meta.events
+    events.register("request-created.s3", record, unique_id="sent-owners")
+    try:
+        yield seen
+    finally:
+        events.unregister("request-created.s3", unique_id="sent-owners")
+
+
+def test_every_request_names_the_account_that_must_own_the_bucket(
+        bucket, sent_owners, monkeypatch):
+    monkeypatch.setenv("EXPECTED_BUCKET_OWNER", ACCOUNT)
+    sha256 = storage.put_new_object_on(None, bucket, "o/a.jsonl", b"{}\n", "text/plain")
+    storage.read_bytes(bucket, "o/a.jsonl", sha256)
+    storage.put_new_json(bucket, "o/m.json", {})
+    storage.read_json(bucket, "o/m.json")
+    assert list(storage.list_keys(bucket, "o/")) == ["o/a.jsonl", "o/m.json"]
+    assert storage.newest_key(bucket, "o/") == "o/m.json"
+    operations = {operation for operation, _ in sent_owners}
+    assert operations == {"PutObject", "GetObject", "ListObjectsV2"}
+    assert all(owner == ACCOUNT for _, owner in sent_owners), sent_owners
+
+
+def test_a_function_expects_its_own_account_taken_from_its_arn_without_a_call(
+        bucket, sent_owners):
+    seen = []
+
+    @observability.instrument("load", observability.service_logger(),
+                              observability.metrics_for())
+    def handler(event, context):
+        seen.append(storage.expected_owner())
+        return list(storage.list_keys(bucket, ""))
+
+    context = LambdaContext("totes-load")
+    context.invoked_function_arn = f"arn:aws:lambda:eu-west-2:{ACCOUNT}:function:totes-load"
+    assert handler({}, context) == []
+    assert seen == [ACCOUNT]
+    assert sent_owners == [("ListObjectsV2", ACCOUNT)]  # and no STS call: S3's only
+    assert storage.expected_owner() is None  # outside an invocation, nothing is assumed
+
+
+def test_a_bucket_owned_by_another_account_fails_saying_so(bucket, monkeypatch):
+    # S3 answers a request whose ExpectedBucketOwner is not the bucket's owner with 403
+    # AccessDenied (moto does not check the owner): that answer, as S3 sends it.
+    monkeypatch.setenv("EXPECTED_BUCKET_OWNER", ACCOUNT)
+
+    def as_s3_answers_for_another_accounts_bucket(request, **_):
+        body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
+                b"<Message>Access Denied</Message></Error>")
+        return AWSResponse(request.url, 403, {}, _RawBody(body))
+
+    events = storage.s3_client().meta.events
+    events.register_first("before-send.s3", as_s3_answers_for_another_accounts_bucket,
+                          unique_id="foreign-bucket")
+    try:
+        with pytest.raises(ClientError, match=rf"Access Denied: the request required the "
+                                              rf"bucket to be owned by account {ACCOUNT}.*"
+                                              "owned by another account") as denied:
+            storage.put_new_object(bucket, "k.jsonl", b"{}\n", "text/plain")
+        assert denied.value.response["Error"]["Code"] == "AccessDenied"  # classified as before
+    finally:
+        events.unregister("before-send.s3", unique_id="foreign-bucket")
+
+
+class _RawBody(io.BytesIO):
+    """An HTTP body as botocore streams one (``stream``) for a stubbed answer."""
+
+    def stream(self, **_):
+        yield self.getvalue()
+
+
+def test_the_expected_owner_must_look_like_an_account(monkeypatch):
+    monkeypatch.setenv("EXPECTED_BUCKET_OWNER", "my-account")
+    with pytest.raises(ConfigurationError, match="EXPECTED_BUCKET_OWNER must be a 12-digit"):
+        storage.expected_owner()

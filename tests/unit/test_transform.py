@@ -1,6 +1,7 @@
 import importlib.util
 import io
 import json
+import re
 from datetime import date, time, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -94,8 +95,9 @@ def deletion_rows(document, fact):
 
 
 def _put_jsonl(key, body):
-    storage.put_new_object(INGEST, key, body, "application/x-ndjson")
-    return DataFile(key, body.count(b"\n"), len(body))
+    """Write one ingest object as ingest does, its SHA-256 recorded for the manifest."""
+    sha256 = storage.put_new_object_on(None, INGEST, key, body, "application/x-ndjson")
+    return DataFile(key, body.count(b"\n"), len(body), sha256)
 
 
 def write_run_v2(tables, deleted=None, stamp=STAMPS[0], snapshot="1000:1004:1001",
@@ -176,7 +178,8 @@ def test_processed_manifest_follows_the_documented_format():
     for output in document["tables"].values():
         assert output["rows"] == sum(entry["rows"] for entry in output["files"])
         for entry in output["files"]:
-            assert entry["bytes"] == len(storage.read_bytes(PROCESSED, entry["key"]))
+            body = storage.read_bytes(PROCESSED, entry["key"])
+            assert entry["bytes"] == len(body) and entry["sha256"] == storage.checksum(body)
 
 
 def test_empty_run_commits_a_manifest_with_no_files():
@@ -437,6 +440,31 @@ def test_unreadable_manifest_is_rejected(body, caplog):
     _assert_rejected(key, key, caplog)
 
 
+def test_an_ingest_file_replaced_by_a_later_version_is_refused_until_the_original_is_back(
+        caplog):
+    # A later version of a listed key that passes every other check (valid lines, the
+    # row count, the contract) but is not the object ingest wrote: a changed amount.
+    storage.s3_client().put_bucket_versioning(
+        Bucket=INGEST, VersioningConfiguration={"Status": "Enabled"})
+    key = write_run_v2(full_batch())
+    listed = storage.read_json(INGEST, key)["tables"]["payment"]["files"][0]
+    good = storage.read_bytes(INGEST, listed["key"])
+    changed = good.replace(b"\"payment_amount\":268.00", b"\"payment_amount\":2680.00")
+    assert changed != good and changed.count(b"\n") == good.count(b"\n")
+    overwrite(INGEST, listed["key"], changed)
+    _assert_rejected(key, re.escape(
+        f"s3://{INGEST}/{listed['key']} is not the object its manifest lists: SHA-256 expected "
+        f"{listed['sha256']}, found {storage.checksum(changed)}"), caplog)
+    overwrite(INGEST, listed["key"], good)  # the runbook: the original version restored
+    assert handle(key)["transformed"] == [key]
+
+
+def test_an_ingest_1_manifest_without_checksums_still_transforms():
+    key = write_run(INGEST, full_batch())
+    assert "sha256" not in storage.read_json(INGEST, key)["tables"]["payment"]["files"][0]
+    assert handle(key)["transformed"] == [key]
+
+
 def test_manifest_listing_a_missing_file_is_rejected_until_the_file_exists(caplog):
     key = write_run(INGEST, full_batch())
     data = _data_key(key, "design")
@@ -458,9 +486,9 @@ def test_a_listed_file_denied_as_s3_denies_a_missing_key_without_listbucket_is_i
     boto3.client("s3").delete_object(Bucket=INGEST, Key=data)
     open_stream = storage.open_stream
 
-    def as_s3_answers_without_listbucket(bucket, object_key):
+    def as_s3_answers_without_listbucket(bucket, object_key, sha256=None):
         try:
-            return open_stream(bucket, object_key)
+            return open_stream(bucket, object_key, sha256)
         except ClientError as error:
             if error.response["Error"]["Code"] == "NoSuchKey":
                 raise s3_error("AccessDenied") from None
@@ -507,10 +535,10 @@ def test_an_unreadable_ingest_file_is_an_infrastructure_error_not_bad_input(
     data = _data_key(key, "payment")
     open_stream = storage.open_stream
 
-    def refused(bucket, object_key):
+    def refused(bucket, object_key, sha256=None):
         if object_key == data:
             raise s3_error(code)
-        return open_stream(bucket, object_key)
+        return open_stream(bucket, object_key, sha256)
 
     monkeypatch.setattr(storage, "open_stream", refused)
     with pytest.raises(ClientError, match=code):
@@ -542,7 +570,7 @@ def test_an_unreadable_ingest_manifest_is_an_infrastructure_error_not_bad_input(
 def test_a_failed_parquet_write_is_logged_with_the_manifest(monkeypatch, caplog):
     key = write_run(INGEST, full_batch())
 
-    def put_fails(*args):
+    def put_fails(*args, **kwargs):
         raise ClientError({"Error": {"Code": "InternalError", "Message": "S3 is down"}},
                           "PutObject")
 
