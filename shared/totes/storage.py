@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, cast
 
 import boto3
+import botocore.config
 from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 
@@ -121,14 +122,23 @@ def _explain_denial(parsed: dict[str, Any], context: dict[str, Any], **_: Any) -
             "the role's permissions (docs/runbook.md, \"A bucket of another account\")")
 
 
+#: seconds an S3 connection may take to open. botocore's default (60 s, tried up to five
+#: times) outlasts ingest's and transform's timeouts: in a VPC without a route to S3 (no gateway
+#: endpoint, no NAT), a run would end "Task timed out" and say nothing else. Reads keep
+#: botocore's read timeout, which a large object's transfer must not be cut short by.
+S3_CONNECT_TIMEOUT_SECONDS = 5.0
+
+
 @lru_cache(maxsize=1)
 def s3_client() -> "S3Client":
     """Return the process-wide S3 client (created once per Lambda container).
 
     Its own event hooks ask every request for the bucket owner (:func:`expected_owner`)
-    and explain a denial, so no caller can leave the check out.
+    and explain a denial, so no caller can leave the check out; an S3 that cannot be
+    reached fails in seconds (:data:`S3_CONNECT_TIMEOUT_SECONDS`), naming its endpoint.
     """
-    client = boto3.client("s3")
+    client = boto3.client(
+        "s3", config=botocore.config.Config(connect_timeout=S3_CONNECT_TIMEOUT_SECONDS))
     client.meta.events.register("before-parameter-build.s3", _ask_owner)
     client.meta.events.register("after-call.s3", _explain_denial)
     return client

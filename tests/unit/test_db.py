@@ -1,5 +1,4 @@
 import json
-import socket
 import ssl
 import time
 from pathlib import Path
@@ -149,24 +148,6 @@ def test_a_secret_scheduled_for_deletion_says_to_restore_it(monkeypatch):
     client.delete_secret(SecretId=arn, RecoveryWindowInDays=7)
     with pytest.raises(db.SecretUnavailableError, match="restore-secret"):
         db.fetch_secret(arn, config.WAREHOUSE)
-
-
-@pytest.fixture
-def silent_endpoint():
-    """A loopback URL whose listen queue is full: no connection to it is ever accepted.
-
-    What a function in a VPC without a route to Secrets Manager meets: its connection
-    attempts go unanswered until they time out.
-    """
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)
-    filler = socket.create_connection(server.getsockname())
-    try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        filler.close()
-        server.close()
 
 
 def test_a_secrets_manager_that_never_answers_fails_in_seconds_naming_vpc_mode(

@@ -7,13 +7,14 @@ through :func:`storage.put_new_object`, so these tests pin what it sends.
 import ast
 import io
 import re
+import time
 from pathlib import Path
 
 import boto3
 import pytest
 from botocore.config import Config
 from botocore.awsrequest import AWSResponse
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ConnectTimeoutError
 from moto import mock_aws
 
 from totes import errors, observability, storage
@@ -437,3 +438,23 @@ def test_the_expected_owner_must_look_like_an_account(monkeypatch):
     monkeypatch.setenv("EXPECTED_BUCKET_OWNER", "my-account")
     with pytest.raises(ConfigurationError, match="EXPECTED_BUCKET_OWNER must be a 12-digit"):
         storage.expected_owner()
+
+
+def test_an_s3_that_never_answers_fails_in_seconds_naming_its_endpoint(
+        monkeypatch, silent_endpoint):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", silent_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    monkeypatch.setattr(storage, "S3_CONNECT_TIMEOUT_SECONDS", 0.5)
+    storage.s3_client.cache_clear()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ConnectTimeoutError) as raised:
+            storage.read_bytes(BUCKET, "some/key.json")
+    finally:
+        storage.s3_client.cache_clear()
+    # botocore's default would wait 60 s per attempt: past ingest's and transform's timeouts.
+    assert time.monotonic() - started < 15
+    assert silent_endpoint in str(raised.value)
