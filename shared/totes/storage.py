@@ -122,11 +122,12 @@ def _explain_denial(parsed: dict[str, Any], context: dict[str, Any], **_: Any) -
             "the role's permissions (docs/runbook.md, \"A bucket of another account\")")
 
 
-#: seconds an S3 connection may take to open. botocore's default (60 s, tried up to five
-#: times) outlasts ingest's and transform's timeouts: in a VPC without a route to S3 (no gateway
-#: endpoint, no NAT), a run would end "Task timed out" and say nothing else. Reads keep
-#: botocore's read timeout, which a large object's transfer must not be cut short by.
-S3_CONNECT_TIMEOUT_SECONDS = 5.0
+#: seconds an S3 connection may take to open, and (urllib3 applies it there too) a request's
+#: body may stall while being sent. botocore's default (60 s, tried up to five times)
+#: outlasts ingest's 180 s timeout: in a VPC without a route to S3 (no gateway endpoint, no
+#: NAT), a run would end "Task timed out" and say nothing else. 15 s still lets a congested
+#: upload pause, and a stalled one is retried; a response keeps botocore's read timeout.
+S3_CONNECT_TIMEOUT_SECONDS = 15.0
 
 
 @lru_cache(maxsize=1)

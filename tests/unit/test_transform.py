@@ -459,6 +459,21 @@ def test_an_ingest_file_replaced_by_a_later_version_is_refused_until_the_origina
     assert handle(key)["transformed"] == [key]
 
 
+def test_a_replaced_ingest_file_whose_early_line_is_bad_json_is_refused_as_replaced():
+    # The bad line comes megabytes before the end: the object is still read to its end, so
+    # the operator is told to restore the original version, not to fix or skip bad JSON.
+    storage.s3_client().put_bucket_versioning(
+        Bucket=INGEST, VersioningConfiguration={"Status": "Enabled"})
+    good = b"".join(b'{"a": %d}\n' % n for n in range(400_000))
+    storage.put_new_object(INGEST, "t/x.jsonl", good, "application/x-ndjson",
+                           sha256=storage.checksum(good))
+    overwrite(INGEST, "t/x.jsonl", b'{"a": 1}\n{not json\n' + good[20:])
+    with pytest.raises(transform.TransformInputError, match="is not the object its manifest"):
+        transform._decode(INGEST, "t/x.jsonl", storage.checksum(good))
+    overwrite(INGEST, "t/x.jsonl", good)
+    assert len(transform._decode(INGEST, "t/x.jsonl", storage.checksum(good))) == 400_000
+
+
 def test_an_ingest_1_manifest_without_checksums_still_transforms():
     key = write_run(INGEST, full_batch())
     assert "sha256" not in storage.read_json(INGEST, key)["tables"]["payment"]["files"][0]
