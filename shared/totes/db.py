@@ -82,6 +82,23 @@ class Connection(pg8000.native.Connection):  # type: ignore[misc]  # pg8000 is u
     streams, errors) is pg8000's own.
     """
 
+    def handle_messages(self, context: Any) -> None:
+        """Read the server's replies to one request, keeping its reason when it ends the session.
+
+        A server that ends a session (an administrator, a shutdown, a standby's recovery
+        conflict, ``idle_in_transaction_session_timeout``) sends its error report, then
+        closes the socket; pg8000 records the report, reads on for the end of the reply,
+        and raises a bare ``network error`` at the close, dropping the report. Here the
+        report is raised instead, from that error, so its SQLSTATE and message reach
+        :func:`interruption` and the logs.
+        """
+        try:
+            super().handle_messages(context)
+        except pg8000.native.InterfaceError as lost:
+            if context.error is None:
+                raise
+            raise context.error from lost
+
     def execute_unnamed(self, statement: str, vals: Any = (), oids: Any = (),
                         stream: Any = None) -> Any:
         """Parse, describe, bind and execute ``statement`` under one Sync; return its context.
@@ -105,6 +122,15 @@ class Connection(pg8000.native.Connection):  # type: ignore[misc]  # pg8000 is u
         pg8000.core._flush(self._sock)
         self.handle_messages(context)
         return context
+
+
+class SessionInterruptedError(TransientError):
+    """The server ended a statement or the session for a reason outside the request: retry later.
+
+    A standby's recovery conflict, a statement cancelled or timed out, a session ended by
+    an administrator, a shutdown or a failover, a connection lost. The message carries
+    the server's SQLSTATE and reason when it sent one (:func:`interruption`).
+    """
 
 
 class SecretFormatError(InputError, ValueError):
@@ -349,6 +375,52 @@ def server_fields(error: BaseException) -> dict[str, str]:
     """
     fields = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
     return {str(name): str(value) for name, value in fields.items()}
+
+
+#: SQLSTATEs by which a server ends a statement or a session whatever the statement was:
+#: retrying later is the answer. Class 08 (connection exceptions) is matched by its prefix.
+INTERRUPTIONS = {
+    "40001": "a standby's recovery conflict (or a serialization failure)",
+    "40P01": "a deadlock",
+    "57014": "a statement cancelled (statement_timeout, pg_cancel_backend)",
+    "57P01": "the session ended by an administrator, a shutdown or a failover",
+    "57P02": "the server's crash shutdown",
+    "57P03": "the server not accepting connections yet",
+    "57P05": "idle_session_timeout",
+    "25P03": "idle_in_transaction_session_timeout",
+}
+_CONNECTION_EXCEPTION_CLASS = "08"
+#: pg8000's message for a socket that failed or closed (its only marker: no class of its own).
+_NETWORK_ERROR = ("network error",)
+
+
+def interruption(error: BaseException, database: str) -> SessionInterruptedError | None:
+    """The transient error ``error`` is when the server ended its statement or session, else None.
+
+    ``database`` names the database in the message. Such a failure says nothing about
+    the request: the same run succeeds once the server is back, the standby has replayed,
+    or the administrator is done, so it must not read as a bug. A socket timeout is the
+    caller's own deadline, not an interruption: it stays as it is. The message keeps the
+    server's SQLSTATE and reason (and, for a recovery conflict, its detail: which kind).
+    """
+    if not isinstance(error, (pg8000.native.DatabaseError, pg8000.native.InterfaceError)):
+        return None
+    fields = server_fields(error)
+    code = fields.get("C", "")
+    if code in INTERRUPTIONS or code.startswith(_CONNECTION_EXCEPTION_CLASS):
+        cause = INTERRUPTIONS.get(code, "a connection failure")
+        detail = f" ({fields['D']})" if code == "40001" and fields.get("D") else ""
+        return SessionInterruptedError(
+            f"the {database} server ended the run's statement or session: {cause}; "
+            f"SQLSTATE {code}: {fields.get('M', '')}{detail}. Nothing was committed; the next "
+            "run retries (docs/runbook.md, \"Transient errors\")")
+    if (isinstance(error, pg8000.native.InterfaceError) and error.args == _NETWORK_ERROR
+            and not isinstance(error.__cause__, TimeoutError)):
+        return SessionInterruptedError(
+            f"the connection to the {database} server was lost with no reason from the server "
+            "(a failover, a restart, a network break). Nothing was committed; the next run "
+            "retries (docs/runbook.md, \"Transient errors\")")
+    return None
 
 
 def drop_row_values(error: BaseException | None) -> None:
