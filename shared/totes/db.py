@@ -38,6 +38,10 @@ DEFAULT_SSLMODE = "verify-full"
 # shipped in the shared layer: /opt/python/totes/rds-ca-bundle.pem inside Lambda.
 LAYER_CA_BUNDLE = Path(__file__).with_name("rds-ca-bundle.pem")
 CONNECT_TIMEOUT_SECONDS = 15
+#: the encoding every connection talks in, whatever the role's, the database's or the server's
+#: default: ingest's COPY hands the server's bytes on as JSON Lines, and load's COPY sends
+#: Arrow's CSV, both UTF-8 that no one decodes on the way.
+CLIENT_ENCODING = "UTF8"
 #: fields of a server error that name things (severity, SQLSTATE, message, schema, table,
 #: column, data type, constraint); the rest (detail "Failing row contains (...)", the COPY
 #: line in "where", hints, the internal query) may quote row values and are dropped.
@@ -236,6 +240,10 @@ def connection_kwargs(secret: Mapping[str, Any], *,
         "database": secret["dbname"],
         "timeout": timeout,
         "application_name": "totes-pipeline",
+        # Sent at startup, so it outranks a client_encoding an operator set for the role or
+        # the database (ALTER ROLE/DATABASE ... SET): COPY's bytes are written and read as
+        # UTF-8 unseen by pg8000, so in any other encoding they would arrive changed.
+        "startup_params": {"client_encoding": CLIENT_ENCODING},
     }
     host = str(secret["host"])
     if host.startswith("/"):

@@ -5,16 +5,20 @@ Each case goes from the source through all three handlers to the warehouse's
 values say; extreme values either arrive exactly (warehouse, lake and audit
 agree) or stop ingest naming them, never arrive changed.
 """
+import uuid
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
+from conftest import pipeline_under_test
 from lake_kit import assert_lake_equals_warehouse
 from test_audit import mismatched, run_audit
-from test_pipeline import FACT_FROM_SOURCE, warehouse_table
+from test_pipeline import DIMENSION_FROM_SOURCE, FACT_FROM_SOURCE, warehouse_table
 from test_recovery import supersede
 
 from totes import errors, storage
 from totes.transform import TransformInputError
+from totes_local import generator
 
 
 def run_on_source(e2e, *statements):
@@ -156,3 +160,75 @@ def test_a_text_date_that_is_not_a_date_stops_transform_naming_it_and_the_runboo
     report = run_audit(e2e)
     assert report.ok, mismatched(report)
     capsys.readouterr()
+
+
+#: city names whose bytes differ between UTF-8 and LATIN1 ('Ã©' is the UTF-8 of 'é' read as
+#: LATIN1: sent in one and read in the other, each turns into the other, silently).
+CITIES = ("Café", "CafÃ©")
+
+
+def set_cities(e2e, cities):
+    """Give the first addresses these city names at the source; return the rows that changed."""
+    for address_id, city in enumerate(cities, start=1):
+        run_on_source(e2e, ("UPDATE address SET city = :city, last_updated = last_updated "
+                            "+ interval '1 minute' WHERE address_id = :id",
+                            {"city": city, "id": address_id}))
+
+
+def locations_equal_source(e2e):
+    """dim_location, row for row, against the source's addresses."""
+    return warehouse_table(e2e, "dim_location") == e2e.source_rows(
+        DIMENSION_FROM_SOURCE["dim_location"])
+
+
+def test_a_client_encoding_an_operator_set_on_either_database_changes_no_character(e2e):
+    admin = e2e.postgres.connect("postgres")
+    try:   # as ALTER ROLE ... SET client_encoding would, for every session of the login
+        for name in (e2e.source.name, e2e.warehouse):
+            admin.run(f'ALTER DATABASE "{name}" SET client_encoding = \'LATIN1\'')
+    finally:
+        admin.close()
+    e2e.pipeline.cycle()
+    set_cities(e2e, (*CITIES, "Łódź"))   # Ł: no LATIN1 byte at all
+
+    e2e.pipeline.cycle()
+
+    assert e2e.warehouse_rows("SELECT city FROM dim_location WHERE location_id <= 3 "
+                              "ORDER BY location_id") == [[city] for city in (*CITIES, "Łódź")]
+    assert locations_equal_source(e2e)
+    report = run_audit(e2e)
+    assert report.ok, mismatched(report)
+
+
+@pytest.fixture
+def win1252_totesys(postgres):
+    """A generated totesys in a database whose encoding is WIN1252 (a legacy Windows server's)."""
+    name = f"totesys_win1252_{uuid.uuid4().hex[:8]}"
+    admin = postgres.connect("postgres")
+    try:
+        admin.run(f"CREATE DATABASE {name} ENCODING 'WIN1252' LC_COLLATE 'C' LC_CTYPE 'C' "
+                  "TEMPLATE template0")
+    finally:
+        admin.close()
+    conn = postgres.connect(name)
+    try:
+        generator.seed_new(conn, scale=0.02)
+    finally:
+        conn.close()
+    return SimpleNamespace(name=name, secret=postgres.secret(name),
+                           connect=lambda: postgres.connect(name))
+
+
+def test_a_win1252_source_database_arrives_as_the_same_characters(
+        aws, postgres, database, win1252_totesys):
+    e2e = pipeline_under_test(aws, postgres, database, win1252_totesys)
+    e2e.pipeline.cycle()
+    set_cities(e2e, CITIES)
+
+    e2e.pipeline.cycle()
+
+    assert e2e.warehouse_rows("SELECT city FROM dim_location WHERE location_id <= 2 "
+                              "ORDER BY location_id") == [[city] for city in CITIES]
+    assert locations_equal_source(e2e)
+    report = run_audit(e2e)
+    assert report.ok, mismatched(report)

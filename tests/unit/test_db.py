@@ -247,3 +247,8 @@ def _timed_out():
 ], ids=["constraint", "missing-table", "closed-by-us", "own-deadline", "not-a-driver-error"])
 def test_errors_about_the_request_or_the_callers_deadline_are_not_interruptions(error):
     assert db.interruption(error, "totesys") is None
+
+
+def test_every_connection_asks_for_utf8_at_startup_over_any_role_or_database_setting():
+    # A startup parameter outranks ALTER ROLE/DATABASE ... SET client_encoding.
+    assert db.connection_kwargs(SECRET)["startup_params"] == {"client_encoding": "UTF8"}
