@@ -82,6 +82,8 @@ _SETTING_PREFIX = "totes."
 LOCK_TIMEOUT_MS = 10_000
 #: SQLSTATE of a lock not granted within ``lock_timeout``.
 LOCK_NOT_AVAILABLE = "55P03"
+#: SQLSTATE of a text whose bytes the client encoding cannot hold (character_not_in_repertoire).
+INVALID_BYTE_SEQUENCE = "22021"
 #: the database's clock at the read point, as the chunk queries read it (bound once per
 #: statement by an InitPlan): the one instant every connection of a run marks future rows by.
 _CLOCK = f"(SELECT current_setting('{_SETTING_PREFIX}clock')::timestamp)"
@@ -473,6 +475,18 @@ def refuse_unfit(conn: pg8000.native.Connection, table: str, keys: Iterable[int]
         "and the lake take timestamps of years 1 to 9999 AD and money that is a number); "
         "nothing of this run was committed: correct the row at the source (docs/runbook.md, "
         "\"A value that cannot be carried\"), the next run reads it again")
+
+
+def bytes_not_utf8(error: BaseException) -> str | None:
+    """The server's words when it could not send a text as UTF-8, else None.
+
+    Every connection asks for UTF-8 (:data:`totes.db.CLIENT_ENCODING`), and the server
+    converts from its database's encoding, checking the result. Only a ``SQL_ASCII``
+    database, which stores whatever bytes a client sent, can hold a text that is no
+    UTF-8 at all (a LATIN1 ``é``): the read fails (SQLSTATE 22021) rather than send it.
+    """
+    fields = server_fields(error)
+    return fields.get("M", "") if fields.get("C") == INVALID_BYTE_SEQUENCE else None
 
 
 def changes_sql(table: str, cursor: TableCursor, *, after: bool = False,

@@ -23,6 +23,7 @@ import pg8000.native
 from totes import config, db, extract, keys, observability, storage, sweep, timestamps
 from totes.capture import Snapshot, TableCursor, resync_reason
 from totes.capture_mode import CaptureRequest, Captured, IngestSettings, ObjectWriter
+from totes.errors import SourceDataError
 from totes.manifest import IngestManifest, TableEntry
 from totes.source import SOURCE_TABLES, check_contract
 
@@ -153,9 +154,16 @@ def extract_table(conn: pg8000.native.Connection, table: str, previous: TableEnt
                                           settings.chunk_rows, all_keys=keep_keys,
                                           reader=reader):
             sink.take(chunk)
-    except BaseException:
+    except BaseException as error:
         writer.close(quietly=True)
-        raise
+        reason = extract.bytes_not_utf8(error)
+        if reason is None:
+            raise
+        raise SourceDataError(
+            f"{table}: a text value is not UTF-8 ({reason}): the source database's encoding is "
+            "SQL_ASCII, which keeps whatever bytes a client wrote; nothing of this run was "
+            "committed: rewrite the value in UTF-8 at the source (docs/runbook.md, \"A value "
+            "that cannot be carried\"), the next run reads it again") from error
     writer.close()  # every object the entry lists exists once this returns
     last_key = sink.last_key
     cursor = previous.cursor.after_pass(read_point.snapshot,

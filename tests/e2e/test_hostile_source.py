@@ -5,13 +5,13 @@ Each case goes from the source through all three handlers to the warehouse's
 values say; extreme values either arrive exactly (warehouse, lake and audit
 agree) or stop ingest naming them, never arrive changed.
 """
-import uuid
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
 from conftest import pipeline_under_test
 from lake_kit import assert_lake_equals_warehouse
+from pipeline_kit import encoded_database
 from test_audit import mismatched, run_audit
 from test_pipeline import DIMENSION_FROM_SOURCE, FACT_FROM_SOURCE, warehouse_table
 from test_recovery import supersede
@@ -201,15 +201,9 @@ def test_a_client_encoding_an_operator_set_on_either_database_changes_no_charact
 
 
 @pytest.fixture
-def win1252_totesys(postgres):
-    """A generated totesys in a database whose encoding is WIN1252 (a legacy Windows server's)."""
-    name = f"totesys_win1252_{uuid.uuid4().hex[:8]}"
-    admin = postgres.connect("postgres")
-    try:
-        admin.run(f"CREATE DATABASE {name} ENCODING 'WIN1252' LC_COLLATE 'C' LC_CTYPE 'C' "
-                  "TEMPLATE template0")
-    finally:
-        admin.close()
+def encoded_totesys(request, postgres):
+    """A generated totesys in a database whose encoding the test is parametrized with."""
+    name = encoded_database(postgres, request.param)
     conn = postgres.connect(name)
     try:
         generator.seed_new(conn, scale=0.02)
@@ -219,9 +213,10 @@ def win1252_totesys(postgres):
                            connect=lambda: postgres.connect(name))
 
 
+@pytest.mark.parametrize("encoded_totesys", ["WIN1252"], indirect=True)
 def test_a_win1252_source_database_arrives_as_the_same_characters(
-        aws, postgres, database, win1252_totesys):
-    e2e = pipeline_under_test(aws, postgres, database, win1252_totesys)
+        aws, postgres, database, encoded_totesys):
+    e2e = pipeline_under_test(aws, postgres, database, encoded_totesys)
     e2e.pipeline.cycle()
     set_cities(e2e, CITIES)
 
@@ -232,3 +227,25 @@ def test_a_win1252_source_database_arrives_as_the_same_characters(
     assert locations_equal_source(e2e)
     report = run_audit(e2e)
     assert report.ok, mismatched(report)
+
+
+@pytest.mark.parametrize("encoded_totesys", ["SQL_ASCII"], indirect=True)
+def test_a_sql_ascii_text_that_is_not_utf8_stops_ingest_naming_its_table_until_rewritten(
+        aws, postgres, database, encoded_totesys):
+    e2e = pipeline_under_test(aws, postgres, database, encoded_totesys)
+    e2e.pipeline.cycle()
+    committed = storage.latest_manifest_key(e2e.env["INGEST_BUCKET"])
+    set_cities(e2e, ["Café"])   # UTF-8 bytes: SQL_ASCII keeps them, and they travel
+    run_on_source(e2e, ("UPDATE address SET city = convert_from(:latin1, 'SQL_ASCII') "
+                        "WHERE address_id = 2", {"latin1": "Café".encode("latin-1")}))
+
+    with pytest.raises(errors.SourceDataError, match="^address: a text value is not UTF-8 "
+                                                     r"\(invalid byte sequence"):
+        e2e.pipeline.ingest()
+
+    assert storage.latest_manifest_key(e2e.env["INGEST_BUCKET"]) == committed
+    set_cities(e2e, ["Café", "Café"])   # rewritten in UTF-8
+    e2e.pipeline.cycle()
+    assert e2e.warehouse_rows("SELECT city FROM dim_location WHERE location_id <= 2 "
+                              "ORDER BY location_id") == [["Café"], ["Café"]]
+    assert locations_equal_source(e2e)
