@@ -103,6 +103,32 @@ class Connection(pg8000.native.Connection):  # type: ignore[misc]  # pg8000 is u
                 raise
             raise context.error from lost
 
+    def _flush_or_last_words(self, context: Any) -> None:
+        """Send what is buffered; if the server has closed, raise the report it left first.
+
+        A session ended while idle (between two statements: a recovery conflict while
+        the run writes to S3) is closed before the next request goes out, so writing
+        that request fails (a broken pipe), and the server's report waits unread in the
+        socket. Reading it cannot block: the peer has closed. Without a report, the
+        write's own error stands.
+        """
+        try:
+            pg8000.core._flush(self._sock)
+        except pg8000.native.InterfaceError as lost:
+            if not isinstance(lost.__cause__, (BrokenPipeError, ConnectionResetError)):
+                raise
+            with suppress(pg8000.native.InterfaceError):
+                self.handle_messages(context)   # raises the report, if one was left
+            raise
+
+    def execute_simple(self, statement: str) -> Any:
+        """Run a statement without values (simple query), keeping a closed server's report."""
+        context = pg8000.core.Context(statement)
+        self.send_QUERY(statement)
+        self._flush_or_last_words(context)
+        self.handle_messages(context)
+        return context
+
     def execute_unnamed(self, statement: str, vals: Any = (), oids: Any = (),
                         stream: Any = None) -> Any:
         """Parse, describe, bind and execute ``statement`` under one Sync; return its context.
@@ -123,7 +149,7 @@ class Connection(pg8000.native.Connection):  # type: ignore[misc]  # pg8000 is u
         self.send_BIND(pg8000.core.NULL_BYTE, params)
         self.send_EXECUTE()
         pg8000.core._write(self._sock, pg8000.core.SYNC_MSG)
-        pg8000.core._flush(self._sock)
+        self._flush_or_last_words(context)
         self.handle_messages(context)
         return context
 

@@ -149,6 +149,28 @@ def test_a_session_the_server_ends_mid_run_fails_as_transient_naming_why_then_ca
     assert_audit_clean(e2e)
 
 
+def test_a_session_the_server_ends_between_two_statements_still_names_why(e2e, monkeypatch):
+    e2e.pipeline.cycle()
+    run_on_source(e2e, ("UPDATE payment SET paid = NOT paid WHERE payment_id = 1", {}))
+    extract_table = snapshot_capture.extract_table
+
+    def ended_while_idle(conn, table, *args, **options):
+        if table == "payment":   # the run's transaction is idle: its session ends meanwhile
+            [[pid]] = conn.run("SELECT pg_backend_pid()")
+            e2e.source_rows("SELECT pg_terminate_backend(:pid)", pid=pid)
+            time.sleep(0.2)
+        return extract_table(conn, table, *args, **options)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(snapshot_capture, "extract_table", ended_while_idle)
+        with pytest.raises(db.SessionInterruptedError, match="SQLSTATE 57P01: terminating "
+                                                             "connection due to administrator"):
+            e2e.pipeline.ingest()   # its next request cannot be sent: the report is read instead
+
+    e2e.pipeline.cycle()
+    assert current_equals_source(e2e, "fact_payment")
+
+
 def test_a_statement_timeout_a_dba_set_on_the_source_fails_runs_as_transient_committing_nothing(
         e2e, captured_logs):
     admin = e2e.postgres.connect("postgres")
