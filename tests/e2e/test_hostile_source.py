@@ -249,3 +249,36 @@ def test_a_sql_ascii_text_that_is_not_utf8_stops_ingest_naming_its_table_until_r
     assert e2e.warehouse_rows("SELECT city FROM dim_location WHERE location_id <= 2 "
                               "ORDER BY location_id") == [["Café"], ["Café"]]
     assert locations_equal_source(e2e)
+
+
+def payment_versions(e2e, payment_id):
+    """(payment amount, is_deleted) of every version of a payment, in load order."""
+    return [tuple(row) for row in e2e.warehouse_rows(
+        'SELECT "payment_amount", "is_deleted" FROM "fact_payment" WHERE "payment_id" = :p '
+        'ORDER BY "payment_record_id"', p=payment_id)]
+
+
+def test_a_primary_key_changed_then_reused_leaves_no_phantom_and_keeps_each_history(
+        e2e, monkeypatch):
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
+    e2e.pipeline.cycle()
+    [[payment_id, amount]] = e2e.source_rows(
+        "SELECT payment_id, payment_amount FROM payment ORDER BY 1 LIMIT 1")
+    run_on_source(e2e, ("UPDATE payment SET payment_id = 900000 WHERE payment_id = :p",
+                        {"p": payment_id}))   # key 5 becomes 500: no stamp bumped
+
+    e2e.pipeline.cycle()
+
+    assert current_equals_source(e2e, "fact_payment")   # no phantom of the old key
+    assert payment_versions(e2e, payment_id) == [(amount, False), (amount, True)]
+    assert payment_versions(e2e, 900000) == [(amount, False)]
+    run_on_source(e2e, ("UPDATE payment SET payment_id = :p, payment_amount = payment_amount + 1, "
+                        "last_updated = last_updated + interval '1 day' WHERE payment_id = 900000",
+                        {"p": payment_id}))   # and back: the old key is used again
+
+    e2e.pipeline.cycle()
+
+    assert current_equals_source(e2e, "fact_payment")
+    assert payment_versions(e2e, payment_id) == [(amount, False), (amount, True),
+                                                 (amount + 1, False)]
+    assert payment_versions(e2e, 900000) == [(amount, False), (amount, True)]
