@@ -360,15 +360,17 @@ def source_columns(conn: pg8000.native.Connection) -> list[FoundColumn]:
     so it needs no privilege beyond the login's own.
     """
     rows = conn.run(
-        "SELECT c.relname, a.attname, t.typname, t.typtype = 'e' "
+        "SELECT c.relname, a.attname, t.typname, t.typtype = 'e', "
+        "a.xmin::text::bigint || ARRAY(SELECT e.xmin::text::bigint FROM pg_catalog.pg_enum e "
+        "WHERE e.enumtypid = a.atttypid) "
         "FROM pg_catalog.pg_attribute a "
         "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
         "JOIN pg_catalog.pg_type t ON t.oid = a.atttypid "
         "WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(:tables) "
         "AND a.attnum > 0 AND NOT a.attisdropped",
         tables=list(SOURCE_TABLES))
-    return [FoundColumn(table, column, type_name, bool(is_enum))
-            for table, column, type_name, is_enum in rows]
+    return [FoundColumn(table, column, type_name, bool(is_enum), tuple(written_by))
+            for table, column, type_name, is_enum, written_by in rows]
 
 
 def bind_settings(conn: pg8000.native.Connection, **values: Any) -> None:

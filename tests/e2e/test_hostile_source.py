@@ -282,3 +282,26 @@ def test_a_primary_key_changed_then_reused_leaves_no_phantom_and_keeps_each_hist
     assert payment_versions(e2e, payment_id) == [(amount, False), (amount, True),
                                                  (amount + 1, False)]
     assert payment_versions(e2e, 900000) == [(amount, False), (amount, True)]
+
+
+@pytest.mark.parametrize("statements, dimension", [
+    (['ALTER TYPE "TransactionType" RENAME VALUE \'SALE\' TO \'SALES\''], "dim_transaction"),
+    (["ALTER TABLE address DROP COLUMN city",
+      "ALTER TABLE address ADD COLUMN city text NOT NULL DEFAULT 'Leeds'"], "dim_location"),
+], ids=["enum-label-renamed", "column-dropped-and-added-again"])
+def test_ddl_that_changes_every_row_without_writing_one_reads_the_table_again(
+        e2e, captured_logs, statements, dimension):
+    e2e.pipeline.cycle()
+    run_on_source(e2e, *((statement, {}) for statement in statements))   # no row is written
+
+    second = e2e.pipeline.cycle()
+
+    [table] = {"dim_transaction": ["transaction"], "dim_location": ["address"]}[dimension]
+    assert second.ingest["rows"][table] == e2e.source_rows(f'SELECT count(*) FROM "{table}"')[0][0]
+    [warning] = [line for line in captured_logs()
+                 if line["message"].startswith("source tables redefined since the previous run")]
+    assert warning["tables"] == [table]
+    assert warehouse_table(e2e, dimension) == e2e.source_rows(DIMENSION_FROM_SOURCE[dimension])
+    report = run_audit(e2e)
+    assert report.ok, mismatched(report)
+    assert e2e.pipeline.cycle().ingest["total_rows"] == 0   # once: the next run reads nothing
