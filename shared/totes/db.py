@@ -42,6 +42,10 @@ DEFAULT_SSLMODE = "verify-full"
 # shipped in the shared layer: /opt/python/totes/rds-ca-bundle.pem inside Lambda.
 LAYER_CA_BUNDLE = Path(__file__).with_name("rds-ca-bundle.pem")
 CONNECT_TIMEOUT_SECONDS = 15
+#: the encoding every connection talks in, whatever the role's, the database's or the server's
+#: default: ingest's COPY hands the server's bytes on as JSON Lines, and load's COPY sends
+#: Arrow's CSV, both UTF-8 that no one decodes on the way.
+CLIENT_ENCODING = "UTF8"
 #: fields of a server error that name things (severity, SQLSTATE, message, schema, table,
 #: column, data type, constraint); the rest (detail "Failing row contains (...)", the COPY
 #: line in "where", hints, the internal query) may quote row values and are dropped.
@@ -86,6 +90,49 @@ class Connection(pg8000.native.Connection):  # type: ignore[misc]  # pg8000 is u
     streams, errors) is pg8000's own.
     """
 
+    def handle_messages(self, context: Any) -> None:
+        """Read the server's replies to one request, keeping its reason when it ends the session.
+
+        A server that ends a session (an administrator, a shutdown, a standby's recovery
+        conflict, ``idle_in_transaction_session_timeout``) sends its error report, then
+        closes the socket; pg8000 records the report, reads on for the end of the reply,
+        and raises a bare ``network error`` at the close, dropping the report. Here the
+        report is raised instead, from that error, so its SQLSTATE and message reach
+        :func:`interruption` and the logs.
+        """
+        try:
+            super().handle_messages(context)
+        except pg8000.native.InterfaceError as lost:
+            if context.error is None:
+                raise
+            raise context.error from lost
+
+    def _flush_or_last_words(self, context: Any) -> None:
+        """Send what is buffered; if the server has closed, raise the report it left first.
+
+        A session ended while idle (between two statements: a recovery conflict while
+        the run writes to S3) is closed before the next request goes out, so writing
+        that request fails (a broken pipe), and the server's report waits unread in the
+        socket. Reading it cannot block: the peer has closed. Without a report, the
+        write's own error stands.
+        """
+        try:
+            pg8000.core._flush(self._sock)
+        except pg8000.native.InterfaceError as lost:
+            if not isinstance(lost.__cause__, (BrokenPipeError, ConnectionResetError)):
+                raise
+            with suppress(pg8000.native.InterfaceError):
+                self.handle_messages(context)   # raises the report, if one was left
+            raise
+
+    def execute_simple(self, statement: str) -> Any:
+        """Run a statement without values (simple query), keeping a closed server's report."""
+        context = pg8000.core.Context(statement)
+        self.send_QUERY(statement)
+        self._flush_or_last_words(context)
+        self.handle_messages(context)
+        return context
+
     def execute_unnamed(self, statement: str, vals: Any = (), oids: Any = (),
                         stream: Any = None) -> Any:
         """Parse, describe, bind and execute ``statement`` under one Sync; return its context.
@@ -106,9 +153,18 @@ class Connection(pg8000.native.Connection):  # type: ignore[misc]  # pg8000 is u
         self.send_BIND(pg8000.core.NULL_BYTE, params)
         self.send_EXECUTE()
         pg8000.core._write(self._sock, pg8000.core.SYNC_MSG)
-        pg8000.core._flush(self._sock)
+        self._flush_or_last_words(context)
         self.handle_messages(context)
         return context
+
+
+class SessionInterruptedError(TransientError):
+    """The server ended a statement or the session for a reason outside the request: retry later.
+
+    A standby's recovery conflict, a statement cancelled or timed out, a session ended by
+    an administrator, a shutdown or a failover, a connection lost. The message carries
+    the server's SQLSTATE and reason when it sent one (:func:`interruption`).
+    """
 
 
 class SecretFormatError(InputError, ValueError):
@@ -346,6 +402,10 @@ def connection_kwargs(secret: Mapping[str, Any], *,
         "database": secret["dbname"],
         "timeout": timeout,
         "application_name": "totes-pipeline",
+        # Sent at startup, so it outranks a client_encoding an operator set for the role or
+        # the database (ALTER ROLE/DATABASE ... SET): COPY's bytes are written and read as
+        # UTF-8 unseen by pg8000, so in any other encoding they would arrive changed.
+        "startup_params": {"client_encoding": CLIENT_ENCODING},
     }
     host = str(secret["host"])
     if host.startswith("/"):
@@ -484,6 +544,52 @@ def server_fields(error: BaseException) -> dict[str, str]:
     """
     fields = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
     return {str(name): str(value) for name, value in fields.items()}
+
+
+#: SQLSTATEs by which a server ends a statement or a session whatever the statement was:
+#: retrying later is the answer. Class 08 (connection exceptions) is matched by its prefix.
+INTERRUPTIONS = {
+    "40001": "a standby's recovery conflict (or a serialization failure)",
+    "40P01": "a deadlock",
+    "57014": "a statement cancelled (statement_timeout, pg_cancel_backend)",
+    "57P01": "the session ended by an administrator, a shutdown or a failover",
+    "57P02": "the server's crash shutdown",
+    "57P03": "the server not accepting connections yet",
+    "57P05": "idle_session_timeout",
+    "25P03": "idle_in_transaction_session_timeout",
+}
+_CONNECTION_EXCEPTION_CLASS = "08"
+#: pg8000's message for a socket that failed or closed (its only marker: no class of its own).
+_NETWORK_ERROR = ("network error",)
+
+
+def interruption(error: BaseException, database: str) -> SessionInterruptedError | None:
+    """The transient error ``error`` is when the server ended its statement or session, else None.
+
+    ``database`` names the database in the message. Such a failure says nothing about
+    the request: the same run succeeds once the server is back, the standby has replayed,
+    or the administrator is done, so it must not read as a bug. A socket timeout is the
+    caller's own deadline, not an interruption: it stays as it is. The message keeps the
+    server's SQLSTATE and reason (and, for a recovery conflict, its detail: which kind).
+    """
+    if not isinstance(error, (pg8000.native.DatabaseError, pg8000.native.InterfaceError)):
+        return None
+    fields = server_fields(error)
+    code = fields.get("C", "")
+    if code in INTERRUPTIONS or code.startswith(_CONNECTION_EXCEPTION_CLASS):
+        cause = INTERRUPTIONS.get(code, "a connection failure")
+        detail = f" ({fields['D']})" if code == "40001" and fields.get("D") else ""
+        return SessionInterruptedError(
+            f"the {database} server ended the run's statement or session: {cause}; "
+            f"SQLSTATE {code}: {fields.get('M', '')}{detail}. Nothing was committed; the next "
+            "run retries (docs/runbook.md, \"Transient errors\")")
+    if (isinstance(error, pg8000.native.InterfaceError) and error.args == _NETWORK_ERROR
+            and not isinstance(error.__cause__, TimeoutError)):
+        return SessionInterruptedError(
+            f"the connection to the {database} server was lost with no reason from the server "
+            "(a failover, a restart, a network break). Nothing was committed; the next run "
+            "retries (docs/runbook.md, \"Transient errors\")")
+    return None
 
 
 def drop_row_values(error: BaseException | None) -> None:

@@ -82,6 +82,8 @@ _SETTING_PREFIX = "totes."
 LOCK_TIMEOUT_MS = 10_000
 #: SQLSTATE of a lock not granted within ``lock_timeout``.
 LOCK_NOT_AVAILABLE = "55P03"
+#: SQLSTATE of a text whose bytes the client encoding cannot hold (character_not_in_repertoire).
+INVALID_BYTE_SEQUENCE = "22021"
 #: the database's clock at the read point, as the chunk queries read it (bound once per
 #: statement by an InitPlan): the one instant every connection of a run marks future rows by.
 _CLOCK = f"(SELECT current_setting('{_SETTING_PREFIX}clock')::timestamp)"
@@ -358,15 +360,17 @@ def source_columns(conn: pg8000.native.Connection) -> list[FoundColumn]:
     so it needs no privilege beyond the login's own.
     """
     rows = conn.run(
-        "SELECT c.relname, a.attname, t.typname, t.typtype = 'e' "
+        "SELECT c.relname, a.attname, t.typname, t.typtype = 'e', "
+        "a.xmin::text::bigint || ARRAY(SELECT e.xmin::text::bigint FROM pg_catalog.pg_enum e "
+        "WHERE e.enumtypid = a.atttypid) "
         "FROM pg_catalog.pg_attribute a "
         "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
         "JOIN pg_catalog.pg_type t ON t.oid = a.atttypid "
         "WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(:tables) "
         "AND a.attnum > 0 AND NOT a.attisdropped",
         tables=list(SOURCE_TABLES))
-    return [FoundColumn(table, column, type_name, bool(is_enum))
-            for table, column, type_name, is_enum in rows]
+    return [FoundColumn(table, column, type_name, bool(is_enum), tuple(written_by))
+            for table, column, type_name, is_enum, written_by in rows]
 
 
 def bind_settings(conn: pg8000.native.Connection, **values: Any) -> None:
@@ -473,6 +477,18 @@ def refuse_unfit(conn: pg8000.native.Connection, table: str, keys: Iterable[int]
         "and the lake take timestamps of years 1 to 9999 AD and money that is a number); "
         "nothing of this run was committed: correct the row at the source (docs/runbook.md, "
         "\"A value that cannot be carried\"), the next run reads it again")
+
+
+def bytes_not_utf8(error: BaseException) -> str | None:
+    """The server's words when it could not send a text as UTF-8, else None.
+
+    Every connection asks for UTF-8 (:data:`totes.db.CLIENT_ENCODING`), and the server
+    converts from its database's encoding, checking the result. Only a ``SQL_ASCII``
+    database, which stores whatever bytes a client sent, can hold a text that is no
+    UTF-8 at all (a LATIN1 ``é``): the read fails (SQLSTATE 22021) rather than send it.
+    """
+    fields = server_fields(error)
+    return fields.get("M", "") if fields.get("C") == INVALID_BYTE_SEQUENCE else None
 
 
 def changes_sql(table: str, cursor: TableCursor, *, after: bool = False,

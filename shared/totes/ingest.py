@@ -27,7 +27,7 @@ from typing import Any, Iterator, TypedDict
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from totes import keys, observability, storage
+from totes import db, keys, observability, storage
 from totes.capture_mode import CaptureMode, CaptureRequest, Captured, IngestSettings
 from totes.errors import TransientError
 from totes.extract import SourceLockTimeoutError
@@ -267,7 +267,13 @@ def _capture(settings: IngestSettings, run: keys.RunId,
         "capture_mode": settings.capture_mode,
     })
     request = CaptureRequest(settings, run, previous, previous_key, db_timeout)
-    captured = MODES[settings.capture_mode].capture(request)
+    try:
+        captured = MODES[settings.capture_mode].capture(request)
+    except Exception as error:  # the driver's errors: a server that ended the read is transient
+        interrupted = db.interruption(error, "totesys")
+        if interrupted is None:
+            raise
+        raise interrupted from error
     manifest = captured.manifest(request)
     _check_still_newest(settings.bucket, previous_key)
     return request, captured, manifest
@@ -312,7 +318,7 @@ def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
 
 def _failure_message(error: Exception, progress: Progress) -> str:
     """Say what a failure left behind, from how far the run got and the error's class."""
-    if isinstance(error, (ConcurrentRunError, SourceLockTimeoutError)):
+    if isinstance(error, (ConcurrentRunError, SourceLockTimeoutError, db.SessionInterruptedError)):
         return f"ingest run failed: {error}"
     if progress is Progress.COMMITTING and isinstance(error, storage.ObjectAlreadyExistsError):
         return Progress.COMMITTED_BY_RETRY.value

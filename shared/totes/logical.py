@@ -731,7 +731,17 @@ def read_changes(conn: pg8000.native.Connection, position: LogicalPosition, budg
     extract.bind_settings(conn, **values)
     writer = ChangeWriter(_Writers(writer_for, chunk_rows), position, budget, upto,
                           schema=str(schema), lookup=lookup)
-    _slot_call(conn, position.slot, CHANGES_SQL, stream=writer)
+    try:
+        _slot_call(conn, position.slot, CHANGES_SQL, stream=writer)
+    except pg8000.native.DatabaseError as error:
+        reason = extract.bytes_not_utf8(error)
+        if reason is None:
+            raise
+        raise pgoutput.DecodeError(
+            f"a change in slot {position.slot} holds a text value that is not UTF-8 ({reason}; "
+            f"{server_fields(error).get('W', '')}): the source database's encoding is "
+            "SQL_ASCII, which keeps whatever bytes a client wrote; the change stays in the "
+            "slot (docs/runbook.md, \"Input errors\", DecodeError)") from error
     writer.finish(pgoutput.parse_lsn(read_to))
     return writer
 

@@ -21,10 +21,11 @@ from typing import Callable, Iterator
 import pg8000.native
 
 from totes import config, db, extract, keys, observability, storage, sweep, timestamps
-from totes.capture import Snapshot, TableCursor, resync_reason
+from totes.capture import FIRST_NORMAL_XID, Snapshot, TableCursor, full_xid, resync_reason
 from totes.capture_mode import CaptureRequest, Captured, IngestSettings, ObjectWriter
+from totes.errors import SourceDataError
 from totes.manifest import IngestManifest, TableEntry
-from totes.source import SOURCE_TABLES, check_contract
+from totes.source import SOURCE_TABLES, FoundColumn, check_contract, redefined_tables
 
 logger = observability.service_logger()
 
@@ -153,9 +154,16 @@ def extract_table(conn: pg8000.native.Connection, table: str, previous: TableEnt
                                           settings.chunk_rows, all_keys=keep_keys,
                                           reader=reader):
             sink.take(chunk)
-    except BaseException:
+    except BaseException as error:
         writer.close(quietly=True)
-        raise
+        reason = extract.bytes_not_utf8(error)
+        if reason is None:
+            raise
+        raise SourceDataError(
+            f"{table}: a text value is not UTF-8 ({reason}): the source database's encoding is "
+            "SQL_ASCII, which keeps whatever bytes a client wrote; nothing of this run was "
+            "committed: rewrite the value in UTF-8 at the source (docs/runbook.md, \"A value "
+            "that cannot be carried\"), the next run reads it again") from error
     writer.close()  # every object the entry lists exists once this returns
     last_key = sink.last_key
     cursor = previous.cursor.after_pass(read_point.snapshot,
@@ -227,7 +235,8 @@ def read_source(request: CaptureRequest, previous: IngestManifest | None) -> Cap
         reader = extract.SecondReader(conn, connect, SOURCE_TABLES)
         try:
             with extract.snapshot(conn, locked=SOURCE_TABLES) as read_point:
-                check_contract(extract.source_columns(conn))
+                found = extract.source_columns(conn)
+                check_contract(found)
                 _report_prepared(conn, read_point, request.run)
                 resync = _resync_reason(request, read_point)
                 held_since = None if resync is not None else floor_held_since(request.previous,
@@ -237,6 +246,8 @@ def read_source(request: CaptureRequest, previous: IngestManifest | None) -> Cap
                 if resync is not None and previous is not None:
                     previous = previous.with_tables({table: replace(entry, cursor=TableCursor())
                                                      for table, entry in previous.tables.items()})
+                elif previous is not None:
+                    previous = _reread_redefined(found, request, read_point, previous)
                 due = (list(SOURCE_TABLES) if resync is not None
                        else sweep.due_tables(settings, previous, read_point))
                 with _sweep_beside(reader, request, read_point, previous, due) as swept:
@@ -248,6 +259,41 @@ def read_source(request: CaptureRequest, previous: IngestManifest | None) -> Cap
                             floor_held_since=held_since or _held_from_now(read_point))
         finally:
             reader.close()
+
+
+def _reread_redefined(found: list[FoundColumn], request: CaptureRequest,
+                      read_point: extract.ReadPoint, previous: IngestManifest) -> IngestManifest:
+    """``previous`` with every table redefined since the last run set to be read in full.
+
+    A column dropped and added again, or an enum label renamed, changes what every
+    row of the table reads while no row is written: capture by row visibility would
+    never read those rows again, and the warehouse would keep the old values. Such
+    DDL writes the column's catalog rows, so a table whose used columns' catalog rows
+    were written by a transaction the last run's snapshot did not see is read again
+    from its first row (within the row budget), with a WARNING naming it. Other DDL
+    on a used column (``SET STATISTICS``, a default) reads it again too: only
+    identical versions, which the load leaves alone.
+    """
+    last = request.previous.snapshot if request.previous is not None else None
+    if last is None:
+        return previous
+
+    def written_since(xid32: int) -> bool:
+        if xid32 < FIRST_NORMAL_XID:
+            return False
+        xid = full_xid(xid32, read_point.snapshot)
+        return not (xid < last.xmin or (xid < last.xmax and xid not in last.xip))
+
+    redefined = redefined_tables(found, written_since)
+    if not redefined:
+        return previous
+    logger.warning("source tables redefined since the previous run (a column dropped and "
+                   "added again, an enum label renamed, other DDL): reading every row of them "
+                   "again", extra={"run_id": str(request.run), "tables": redefined,
+                                   "previous_snapshot": str(last)})
+    return previous.with_tables({table: replace(entry, cursor=TableCursor())
+                                 if table in redefined else entry
+                                 for table, entry in previous.tables.items()})
 
 
 def floor_held_since(previous: IngestManifest | None,

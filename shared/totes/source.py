@@ -10,7 +10,7 @@ the tables that reference them. ``_prisma_migrations`` is deliberately absent.
 """
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
+from typing import Callable, Mapping
 
 from totes.errors import InputError
 
@@ -115,6 +115,10 @@ class FoundColumn:
     column: str
     type_name: str
     is_enum: bool = False
+    #: the 32-bit xids that wrote the column's catalog rows: its ``pg_attribute`` row and, for
+    #: an enum, its labels' ``pg_enum`` rows. DDL that changes what every row reads without
+    #: writing a row (a column dropped and added again, an enum label renamed) writes these.
+    written_by: tuple[int, ...] = ()
 
     @property
     def kind_type(self) -> str:
@@ -130,6 +134,20 @@ def primary_key(table: str) -> str:
         raise UnknownTableError(
             f"table {table!r} is not a totesys table the pipeline reads"
         ) from None
+
+
+def redefined_tables(found: list[FoundColumn], written_since: Callable[[int], bool]) -> list[str]:
+    """The tables, in allow-list order, of which a used column's catalog rows were written since.
+
+    ``written_since(xid32)`` says whether a transaction is newer than the previous
+    run's snapshot. Such a table may read differently in rows no transaction wrote
+    since (a column dropped and added again reads NULL, a renamed enum label its new
+    name), which no capture by row visibility sees: it must be read in full again.
+    """
+    used = {(table, column) for table, columns in SOURCE_COLUMNS.items() for column in columns}
+    changed = {column.table for column in found if (column.table, column.column) in used
+               and any(written_since(xid) for xid in column.written_by)}
+    return [table for table in SOURCE_TABLES if table in changed]
 
 
 def contract_problems(found: list[FoundColumn]) -> list[str]:

@@ -1,4 +1,5 @@
 """The pipeline under test, as the end-to-end tests drive and inspect it."""
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,3 +32,20 @@ class PipelineUnderTest:
             return conn.run(sql, **params)
         finally:
             conn.close()
+
+
+def encoded_database(postgres: stack.Postgres, encoding: str) -> str:
+    """Create an empty database in ``encoding`` (a legacy server's: WIN1252, SQL_ASCII); its name.
+
+    ``encoding`` is one of the tests' constants, checked against the server's list.
+    """
+    name = f"totesys_{encoding.lower()}_{uuid.uuid4().hex[:8]}"
+    admin = postgres.connect("postgres")
+    try:
+        [[known]] = admin.run("SELECT pg_char_to_encoding(:e) >= 0", e=encoding)
+        assert known, encoding
+        admin.run(f"CREATE DATABASE {name} ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' "
+                  "TEMPLATE template0")
+    finally:
+        admin.close()
+    return name

@@ -6,15 +6,19 @@ values say; extreme values either arrive exactly (warehouse, lake and audit
 agree) or stop ingest naming them, never arrive changed.
 """
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
+from conftest import pipeline_under_test
 from lake_kit import assert_lake_equals_warehouse
+from pipeline_kit import encoded_database
 from test_audit import mismatched, run_audit
-from test_pipeline import FACT_FROM_SOURCE, warehouse_table
+from test_pipeline import DIMENSION_FROM_SOURCE, FACT_FROM_SOURCE, warehouse_table
 from test_recovery import supersede
 
 from totes import errors, storage
 from totes.transform import TransformInputError
+from totes_local import generator
 
 
 def run_on_source(e2e, *statements):
@@ -156,3 +160,148 @@ def test_a_text_date_that_is_not_a_date_stops_transform_naming_it_and_the_runboo
     report = run_audit(e2e)
     assert report.ok, mismatched(report)
     capsys.readouterr()
+
+
+#: city names whose bytes differ between UTF-8 and LATIN1 ('Ã©' is the UTF-8 of 'é' read as
+#: LATIN1: sent in one and read in the other, each turns into the other, silently).
+CITIES = ("Café", "CafÃ©")
+
+
+def set_cities(e2e, cities):
+    """Give the first addresses these city names at the source; return the rows that changed."""
+    for address_id, city in enumerate(cities, start=1):
+        run_on_source(e2e, ("UPDATE address SET city = :city, last_updated = last_updated "
+                            "+ interval '1 minute' WHERE address_id = :id",
+                            {"city": city, "id": address_id}))
+
+
+def locations_equal_source(e2e):
+    """dim_location, row for row, against the source's addresses."""
+    return warehouse_table(e2e, "dim_location") == e2e.source_rows(
+        DIMENSION_FROM_SOURCE["dim_location"])
+
+
+def test_a_client_encoding_an_operator_set_on_either_database_changes_no_character(e2e):
+    admin = e2e.postgres.connect("postgres")
+    try:   # as ALTER ROLE ... SET client_encoding would, for every session of the login
+        for name in (e2e.source.name, e2e.warehouse):
+            admin.run(f'ALTER DATABASE "{name}" SET client_encoding = \'LATIN1\'')
+    finally:
+        admin.close()
+    e2e.pipeline.cycle()
+    set_cities(e2e, (*CITIES, "Łódź"))   # Ł: no LATIN1 byte at all
+
+    e2e.pipeline.cycle()
+
+    assert e2e.warehouse_rows("SELECT city FROM dim_location WHERE location_id <= 3 "
+                              "ORDER BY location_id") == [[city] for city in (*CITIES, "Łódź")]
+    assert locations_equal_source(e2e)
+    report = run_audit(e2e)
+    assert report.ok, mismatched(report)
+
+
+@pytest.fixture
+def encoded_totesys(request, postgres):
+    """A generated totesys in a database whose encoding the test is parametrized with."""
+    name = encoded_database(postgres, request.param)
+    conn = postgres.connect(name)
+    try:
+        generator.seed_new(conn, scale=0.02)
+    finally:
+        conn.close()
+    return SimpleNamespace(name=name, secret=postgres.secret(name),
+                           connect=lambda: postgres.connect(name))
+
+
+@pytest.mark.parametrize("encoded_totesys", ["WIN1252"], indirect=True)
+def test_a_win1252_source_database_arrives_as_the_same_characters(
+        aws, postgres, database, encoded_totesys):
+    e2e = pipeline_under_test(aws, postgres, database, encoded_totesys)
+    e2e.pipeline.cycle()
+    set_cities(e2e, CITIES)
+
+    e2e.pipeline.cycle()
+
+    assert e2e.warehouse_rows("SELECT city FROM dim_location WHERE location_id <= 2 "
+                              "ORDER BY location_id") == [[city] for city in CITIES]
+    assert locations_equal_source(e2e)
+    report = run_audit(e2e)
+    assert report.ok, mismatched(report)
+
+
+@pytest.mark.parametrize("encoded_totesys", ["SQL_ASCII"], indirect=True)
+def test_a_sql_ascii_text_that_is_not_utf8_stops_ingest_naming_its_table_until_rewritten(
+        aws, postgres, database, encoded_totesys):
+    e2e = pipeline_under_test(aws, postgres, database, encoded_totesys)
+    e2e.pipeline.cycle()
+    committed = storage.latest_manifest_key(e2e.env["INGEST_BUCKET"])
+    set_cities(e2e, ["Café"])   # UTF-8 bytes: SQL_ASCII keeps them, and they travel
+    run_on_source(e2e, ("UPDATE address SET city = convert_from(:latin1, 'SQL_ASCII') "
+                        "WHERE address_id = 2", {"latin1": "Café".encode("latin-1")}))
+
+    with pytest.raises(errors.SourceDataError, match="^address: a text value is not UTF-8 "
+                                                     r"\(invalid byte sequence"):
+        e2e.pipeline.ingest()
+
+    assert storage.latest_manifest_key(e2e.env["INGEST_BUCKET"]) == committed
+    set_cities(e2e, ["Café", "Café"])   # rewritten in UTF-8
+    e2e.pipeline.cycle()
+    assert e2e.warehouse_rows("SELECT city FROM dim_location WHERE location_id <= 2 "
+                              "ORDER BY location_id") == [["Café"], ["Café"]]
+    assert locations_equal_source(e2e)
+
+
+def payment_versions(e2e, payment_id):
+    """(payment amount, is_deleted) of every version of a payment, in load order."""
+    return [tuple(row) for row in e2e.warehouse_rows(
+        'SELECT "payment_amount", "is_deleted" FROM "fact_payment" WHERE "payment_id" = :p '
+        'ORDER BY "payment_record_id"', p=payment_id)]
+
+
+def test_a_primary_key_changed_then_reused_leaves_no_phantom_and_keeps_each_history(
+        e2e, monkeypatch):
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
+    e2e.pipeline.cycle()
+    [[payment_id, amount]] = e2e.source_rows(
+        "SELECT payment_id, payment_amount FROM payment ORDER BY 1 LIMIT 1")
+    run_on_source(e2e, ("UPDATE payment SET payment_id = 900000 WHERE payment_id = :p",
+                        {"p": payment_id}))   # key 5 becomes 500: no stamp bumped
+
+    e2e.pipeline.cycle()
+
+    assert current_equals_source(e2e, "fact_payment")   # no phantom of the old key
+    assert payment_versions(e2e, payment_id) == [(amount, False), (amount, True)]
+    assert payment_versions(e2e, 900000) == [(amount, False)]
+    run_on_source(e2e, ("UPDATE payment SET payment_id = :p, payment_amount = payment_amount + 1, "
+                        "last_updated = last_updated + interval '1 day' WHERE payment_id = 900000",
+                        {"p": payment_id}))   # and back: the old key is used again
+
+    e2e.pipeline.cycle()
+
+    assert current_equals_source(e2e, "fact_payment")
+    assert payment_versions(e2e, payment_id) == [(amount, False), (amount, True),
+                                                 (amount + 1, False)]
+    assert payment_versions(e2e, 900000) == [(amount, False), (amount, True)]
+
+
+@pytest.mark.parametrize("statements, dimension", [
+    (['ALTER TYPE "TransactionType" RENAME VALUE \'SALE\' TO \'SALES\''], "dim_transaction"),
+    (["ALTER TABLE address DROP COLUMN city",
+      "ALTER TABLE address ADD COLUMN city text NOT NULL DEFAULT 'Leeds'"], "dim_location"),
+], ids=["enum-label-renamed", "column-dropped-and-added-again"])
+def test_ddl_that_changes_every_row_without_writing_one_reads_the_table_again(
+        e2e, captured_logs, statements, dimension):
+    e2e.pipeline.cycle()
+    run_on_source(e2e, *((statement, {}) for statement in statements))   # no row is written
+
+    second = e2e.pipeline.cycle()
+
+    [table] = {"dim_transaction": ["transaction"], "dim_location": ["address"]}[dimension]
+    assert second.ingest["rows"][table] == e2e.source_rows(f'SELECT count(*) FROM "{table}"')[0][0]
+    [warning] = [line for line in captured_logs()
+                 if line["message"].startswith("source tables redefined since the previous run")]
+    assert warning["tables"] == [table]
+    assert warehouse_table(e2e, dimension) == e2e.source_rows(DIMENSION_FROM_SOURCE[dimension])
+    report = run_audit(e2e)
+    assert report.ok, mismatched(report)
+    assert e2e.pipeline.cycle().ingest["total_rows"] == 0   # once: the next run reads nothing

@@ -11,9 +11,9 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from pipeline_kit import PipelineUnderTest
+from pipeline_kit import PipelineUnderTest, encoded_database
 
-from totes import audit
+from totes import audit, pgoutput, storage
 from totes_local import generator, stack
 from totes_local.runner import LocalPipeline
 
@@ -33,7 +33,25 @@ class LogicalPipeline(PipelineUnderTest):
 @pytest.fixture
 def e2e(logical_cluster, aws, postgres, database, monkeypatch):  # noqa: F811
     """A pipeline in logical mode, ready for its first cycle (a snapshot backfill)."""
-    name = logical_cluster.fresh_source()
+    yield from logical_pipeline(logical_cluster, aws, postgres, database, monkeypatch,
+                                logical_cluster.fresh_source())
+
+
+@pytest.fixture
+def encoded_e2e(request, logical_cluster, aws, postgres, database, monkeypatch):  # noqa: F811
+    """As ``e2e``, on a source database in the encoding the test is parametrized with."""
+    name = encoded_database(logical_cluster.postgres, request.param)
+    conn = logical_cluster.postgres.connect(name)
+    try:
+        generator.create_schema(conn)
+    finally:
+        conn.close()
+    yield from logical_pipeline(logical_cluster, aws, postgres, database, monkeypatch, name)
+
+
+def logical_pipeline(logical_cluster, aws, postgres, database, monkeypatch,  # noqa: F811
+                     name: str):
+    """Generate a source in the empty totesys ``name``, wire it in logical mode; drop the slot."""
     slot = f"totes_{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("CAPTURE_MODE", "logical")
     monkeypatch.setenv("REPLICATION_SLOT", slot)
@@ -85,6 +103,37 @@ def test_an_order_amended_three_times_between_cycles_has_four_versions_in_order(
     assert [time for _, time, _ in versions] == sorted(time for _, time, _ in versions)
     for fact, (_, sql) in FACT_FROM_SOURCE.items():
         assert warehouse_table(e2e, f"{fact}_current") == e2e.source_rows(sql), fact
+
+
+@pytest.mark.parametrize("encoded_e2e", ["WIN1252"], indirect=True)
+def test_a_win1252_source_s_characters_arrive_from_the_slot_unchanged(encoded_e2e):
+    e2e = encoded_e2e
+    e2e.pipeline.cycle()
+    cities = ("Café", "CafÃ©")   # the second is the first's UTF-8 read as WIN1252
+    for address_id, city in enumerate(cities, start=1):
+        e2e.source_rows("UPDATE address SET city = :c, last_updated = last_updated + "
+                        "interval '1 minute' WHERE address_id = :a", c=city, a=address_id)
+
+    e2e.pipeline.cycle()
+
+    assert e2e.warehouse_rows('SELECT "city" FROM "dim_location" WHERE "location_id" <= 2 '
+                              'ORDER BY "location_id"') == [[city] for city in cities]
+    assert warehouse_table(e2e, "dim_location") == e2e.source_rows(
+        DIMENSION_FROM_SOURCE["dim_location"])
+
+
+@pytest.mark.parametrize("encoded_e2e", ["SQL_ASCII"], indirect=True)
+def test_a_sql_ascii_text_that_is_not_utf8_stops_the_slot_read_as_an_input_error(encoded_e2e):
+    e2e = encoded_e2e
+    e2e.pipeline.cycle()
+    committed = storage.latest_manifest_key(e2e.env["INGEST_BUCKET"])
+    e2e.source_rows("UPDATE address SET city = convert_from('\\x4361669f'::bytea, 'SQL_ASCII') "
+                    "WHERE address_id = 1")   # b"Caf\x9f": no UTF-8
+
+    with pytest.raises(pgoutput.DecodeError, match="holds a text value that is not UTF-8"):
+        e2e.pipeline.ingest()
+
+    assert storage.latest_manifest_key(e2e.env["INGEST_BUCKET"]) == committed
 
 
 def test_deletes_arrive_from_the_log_as_deletion_versions_without_a_sweep(e2e, monkeypatch):

@@ -21,7 +21,7 @@ from test_audit import mismatched, run_audit
 from test_hostile_source import current_equals_source, run_on_source
 from test_pipeline import FACT_FROM_SOURCE
 
-from totes import extract, snapshot_capture
+from totes import db, extract, snapshot_capture, storage
 from totes_local import generator, simulator, stack
 from totes_local.runner import LocalPipeline
 
@@ -106,6 +106,87 @@ def test_a_run_that_finds_a_table_locked_by_a_rewrite_fails_as_transient_then_ca
     assert "the next run retries" in failure["message"]
     [kind] = [line for line in captured_logs() if line["message"].startswith("invocation failed")]
     assert kind["error_kind"] == "transient"
+    assert_audit_clean(e2e)
+
+
+def test_a_session_the_server_ends_mid_run_fails_as_transient_naming_why_then_catches_up(
+        e2e, captured_logs):
+    e2e.pipeline.cycle()
+    holder, admin = e2e.source.connect(), e2e.source.connect()
+    outcome: dict[str, BaseException] = {}
+
+    def ingest() -> None:
+        try:
+            e2e.pipeline.ingest()
+        except BaseException as error:  # noqa: B036 - handed to the test thread
+            outcome["error"] = error
+
+    try:
+        holder.run("START TRANSACTION")
+        holder.run("LOCK TABLE payment IN ACCESS EXCLUSIVE MODE")   # the run waits here
+        run = threading.Thread(target=ingest)
+        run.start()
+        waiting: list[list[Any]] = []
+        for _ in range(200):
+            waiting = admin.run("SELECT pid FROM pg_stat_activity WHERE wait_event_type = "
+                                "'Lock' AND application_name = 'totes-pipeline'")
+            if waiting:
+                break
+            time.sleep(0.05)
+        admin.run("SELECT pg_terminate_backend(:pid)", pid=waiting[0][0])
+        run.join(30)
+        holder.run("ROLLBACK")
+    finally:
+        holder.close()
+        admin.close()
+
+    assert isinstance(outcome["error"], db.SessionInterruptedError)
+    assert "SQLSTATE 57P01: terminating connection due to administrator command" in str(
+        outcome["error"])
+    [kind] = [line for line in captured_logs() if line["message"].startswith("invocation failed")]
+    assert kind["error_kind"] == "transient"
+    e2e.pipeline.cycle()
+    assert_audit_clean(e2e)
+
+
+def test_a_session_the_server_ends_between_two_statements_still_names_why(e2e, monkeypatch):
+    e2e.pipeline.cycle()
+    run_on_source(e2e, ("UPDATE payment SET paid = NOT paid WHERE payment_id = 1", {}))
+    extract_table = snapshot_capture.extract_table
+
+    def ended_while_idle(conn, table, *args, **options):
+        if table == "payment":   # the run's transaction is idle: its session ends meanwhile
+            [[pid]] = conn.run("SELECT pg_backend_pid()")
+            e2e.source_rows("SELECT pg_terminate_backend(:pid)", pid=pid)
+            time.sleep(0.2)
+        return extract_table(conn, table, *args, **options)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(snapshot_capture, "extract_table", ended_while_idle)
+        with pytest.raises(db.SessionInterruptedError, match="SQLSTATE 57P01: terminating "
+                                                             "connection due to administrator"):
+            e2e.pipeline.ingest()   # its next request cannot be sent: the report is read instead
+
+    e2e.pipeline.cycle()
+    assert current_equals_source(e2e, "fact_payment")
+
+
+def test_a_statement_timeout_a_dba_set_on_the_source_fails_runs_as_transient_committing_nothing(
+        e2e, captured_logs):
+    admin = e2e.postgres.connect("postgres")
+    try:   # as ALTER ROLE ... SET would, for the sessions opened after it
+        admin.run(f'ALTER DATABASE "{e2e.source.name}" SET statement_timeout = 1')
+        with pytest.raises(db.SessionInterruptedError, match="SQLSTATE 57014: canceling "
+                                                             "statement due to statement timeout"):
+            e2e.pipeline.ingest()   # a first run: every statement reads every row
+        assert storage.latest_manifest_key(e2e.env["INGEST_BUCKET"]) is None
+    finally:
+        admin.run(f'ALTER DATABASE "{e2e.source.name}" RESET statement_timeout')
+        admin.close()
+
+    [kind] = [line for line in captured_logs() if line["message"].startswith("invocation failed")]
+    assert kind["error_kind"] == "transient"
+    e2e.pipeline.cycle()
     assert_audit_clean(e2e)
 
 

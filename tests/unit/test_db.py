@@ -265,3 +265,53 @@ def test_server_fields_reads_the_report_and_an_error_without_one_reads_as_empty(
     assert db.server_fields(reported)["M"] == "permission denied"
     assert db.server_fields(pg8000.native.DatabaseError("network error")) == {}
     assert db.server_fields(pg8000.native.DatabaseError()) == {}
+
+
+def _server_error(**fields):
+    return pg8000.native.DatabaseError({"S": "ERROR", **fields})
+
+
+@pytest.mark.parametrize("error, said", [
+    (_server_error(C="40001", M="canceling statement due to conflict with recovery",
+                   D="User query might have needed to see row versions that must be removed."),
+     "recovery conflict (or a serialization failure); SQLSTATE 40001: canceling statement due "
+     "to conflict with recovery (User query might have needed to see row versions"),
+    (_server_error(C="57P01", M="terminating connection due to administrator command"),
+     "SQLSTATE 57P01: terminating connection due to administrator command"),
+    (_server_error(C="57014", M="canceling statement due to statement timeout"),
+     "statement_timeout"),
+    (_server_error(C="25P03", M="terminating connection due to idle-in-transaction timeout"),
+     "idle_in_transaction_session_timeout"),
+    (_server_error(C="08006", M="connection failure"), "a connection failure; SQLSTATE 08006"),
+    (pg8000.native.InterfaceError("network error"), "lost with no reason from the server"),
+], ids=["recovery-conflict", "terminated", "statement-timeout", "idle-timeout", "class-08",
+        "socket-closed"])
+def test_a_server_that_ended_the_statement_or_session_is_a_transient_error_saying_why(
+        error, said):
+    interrupted = db.interruption(error, "totesys")
+    assert isinstance(interrupted, db.SessionInterruptedError)
+    assert errors.kind_of(interrupted) == errors.TRANSIENT
+    assert said in str(interrupted) and "the next run retries" in str(interrupted)
+
+
+def _timed_out():
+    try:
+        raise pg8000.native.InterfaceError("network error") from TimeoutError("timed out")
+    except pg8000.native.InterfaceError as error:
+        return error
+
+
+@pytest.mark.parametrize("error", [
+    _server_error(C="23505", M="duplicate key value violates unique constraint"),
+    _server_error(C="42P01", M='relation "payment" does not exist'),
+    pg8000.native.InterfaceError("connection is closed"),
+    _timed_out(),
+    KeyError("bug"),
+], ids=["constraint", "missing-table", "closed-by-us", "own-deadline", "not-a-driver-error"])
+def test_errors_about_the_request_or_the_callers_deadline_are_not_interruptions(error):
+    assert db.interruption(error, "totesys") is None
+
+
+def test_every_connection_asks_for_utf8_at_startup_over_any_role_or_database_setting():
+    # A startup parameter outranks ALTER ROLE/DATABASE ... SET client_encoding.
+    assert db.connection_kwargs(SECRET)["startup_params"] == {"client_encoding": "UTF8"}

@@ -2,7 +2,7 @@
 import pytest
 
 from totes.source import (SOURCE_COLUMNS, FoundColumn, SourceSchemaError, check_contract,
-                          contract_problems)
+                          contract_problems, redefined_tables)
 
 TYPES = {"int": "int4", "text": "text", "timestamp": "timestamp", "money": "numeric",
          "date": "text", "bool": "bool"}
@@ -36,3 +36,15 @@ def test_a_used_column_that_changed_type_or_disappeared_is_named():
         "sales_order.unit_price is float8, expected numeric", "payment.paid is missing"]
     with pytest.raises(SourceSchemaError, match="sales_order.unit_price is float8.*Nothing was"):
         check_contract(found)
+
+
+def test_a_table_is_redefined_when_a_used_column_s_catalog_rows_were_written_since():
+    found = [FoundColumn("payment", "paid", "bool", written_by=(500,)),
+             FoundColumn("payment", "ref", "uuid", written_by=(900,)),      # not a used column
+             FoundColumn("transaction", "transaction_type", "TransactionType", is_enum=True,
+                         written_by=(400, 401, 950)),                       # a label renamed
+             FoundColumn("address", "city", "text", written_by=(100,))]
+
+    assert redefined_tables(found, lambda xid: xid >= 900) == ["transaction"]
+    assert redefined_tables(found, lambda xid: xid >= 500) == ["transaction", "payment"]
+    assert redefined_tables(found, lambda xid: False) == []
