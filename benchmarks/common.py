@@ -13,6 +13,7 @@ import resource
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -98,6 +99,44 @@ def moto_server() -> Iterator[str]:
         server.stop()
 
 
+def _serve_moto(conn: Connection) -> None:
+    """In a spawned process: start a moto server, send its endpoint, serve until told to stop."""
+    from totes_local import stack
+
+    server, endpoint = stack.start_moto()
+    try:
+        conn.send(endpoint)
+        conn.recv()
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def moto_process() -> Iterator[tuple[str, int]]:
+    """Start a moto server in a process of its own, point boto3 at it; yield endpoint and pid.
+
+    S3's emulation then spends its CPU outside this process, so what a benchmark
+    measures here is the handlers' own (boto3's client side included) and the
+    server's can be read apart from the pid. The process is stopped on the way out.
+    """
+    from totes_local import stack
+
+    ours, theirs = get_context("spawn").Pipe()
+    process = get_context("spawn").Process(target=_serve_moto, args=(theirs,), daemon=True)
+    process.start()
+    try:
+        if not ours.poll(60):
+            raise RuntimeError(f"the moto process did not start (exit code {process.exitcode})")
+        endpoint = ours.recv()
+        os.environ.update(stack.aws_environment(endpoint))
+        yield endpoint, int(process.pid or 0)
+    finally:
+        ours.send("stop")
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+
+
 @contextlib.contextmanager
 def local_stack(data_dir: Path, *, logical: bool = False) -> Iterator[tuple[Any, str]]:
     """Start the embedded PostgreSQL and a moto server; yield the server and moto's endpoint.
@@ -106,13 +145,22 @@ def local_stack(data_dir: Path, *, logical: bool = False) -> Iterator[tuple[Any,
     ``--reuse``); moto stops (:func:`moto_server`). With ``logical`` the server is
     switched to ``wal_level = logical`` first.
     """
+    with postgres_server(data_dir, logical=logical) as postgres, moto_server() as endpoint:
+        yield postgres, endpoint
+
+
+@contextlib.contextmanager
+def postgres_server(data_dir: Path, *, logical: bool = False) -> Iterator[Any]:
+    """Start (or reuse) the embedded PostgreSQL on ``data_dir``; yield it, left running after.
+
+    With ``logical`` the server is switched to ``wal_level = logical`` first.
+    """
     from totes_local import stack
 
     postgres = stack.start_postgres(data_dir)
     if logical:
         postgres = stack.with_logical_decoding(postgres)
-    with moto_server() as endpoint:
-        yield postgres, endpoint
+    yield postgres
 
 
 def bench_environment(endpoint: str, name: str, **settings: str) -> tuple[dict[str, str], str]:

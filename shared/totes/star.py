@@ -39,10 +39,6 @@ _ARROW_TYPES: dict[str, pa.DataType] = {"int": pa.int64(), "text": pa.string(), 
 ArrowArray: TypeAlias = "pa.Array[pa.Scalar[pa.DataType]]"
 
 
-def _typed(array: "ArrowArray | pa.ChunkedArray[Any]", index: pd.Index | None = None) -> pd.Series:
-    return pd.Series(pd.arrays.ArrowExtensionArray(array), index=index, copy=False)
-
-
 def _arrow(series: pd.Series) -> ArrowArray:
     array: ArrowArray = pa.array(series, from_pandas=True)
     return array
@@ -68,34 +64,61 @@ def _parse_money(table: str, column: str, values: list[object], keys: Sequence[A
     return pa.array(values, pa.decimal128(10, 2))
 
 
+def _parsed_stamps(kind: str, columns: Mapping[str, list[object]]
+                   ) -> dict[str, tuple[pd.Series, int | None]]:
+    """Parse every ``kind`` (date or timestamp) column of a batch at once; raise nothing.
+
+    Returns per column its parsed values (NaT where missing or bad) and the position of
+    its first bad value, if any: the caller raises in column order. One parse for all
+    columns of a kind, since on the one-row frames of a small run the parse's fixed
+    cost, not the rows, is what is paid. A present value that is not text (or, for a
+    date, not ``YYYY-MM-DD``) becomes "", which the parse turns into NaT.
+    """
+    values = [value for column in columns.values() for value in column]
+    present = pd.Series(values, dtype=object).notna().to_numpy()
+    if kind == "date":
+        text = [value if not given or (isinstance(value, str)
+                                       and _TEXT_DATE.fullmatch(value) is not None) else ""
+                for value, given in zip(values, present)]
+        parsed = pd.to_datetime(pd.Series(text, dtype=object), format="%Y-%m-%d",
+                                errors="coerce")
+    else:
+        text = [value if not given or isinstance(value, str) else ""
+                for value, given in zip(values, present)]
+        parsed = pd.to_datetime(pd.Series(text, dtype=object), format=_TIMESTAMP_FORMAT,
+                                errors="coerce")
+    bad = present & parsed.isna().to_numpy()
+    result: dict[str, tuple[pd.Series, int | None]] = {}
+    start = 0
+    for column, column_values in columns.items():
+        end = start + len(column_values)
+        positions = bad[start:end].nonzero()[0]
+        result[column] = (parsed.iloc[start:end],
+                          int(positions[0]) if len(positions) else None)
+        start = end
+    return result
+
+
+def _stamp_array(table: str, column: str, kind: str, values: list[object],
+                 keys: Sequence[Any], parsed: tuple[pd.Series, int | None]) -> ArrowArray:
+    """One column of :func:`_parsed_stamps` as Arrow, or the error naming its first bad value."""
+    stamps, bad = parsed
+    if bad is not None:
+        expected = "YYYY-MM-DD" if kind == "date" else "YYYY-MM-DDTHH:MM:SS.mmm"
+        raise _offender(table, keys, bad, column, values[bad], f"is not a valid {expected} {kind}")
+    return _arrow(stamps).cast(pa.date32() if kind == "date" else pa.timestamp("ms"))
+
+
 def _parse_stamps(table: str, column: str, values: list[object], keys: Sequence[Any],
                   kind: str) -> ArrowArray:
-    text = pd.Series(values, dtype=object)
-    present = text.notna()
-    if kind == "date":
-        well_formed = text[present].map(lambda value: isinstance(value, str)
-                                        and _TEXT_DATE.fullmatch(value) is not None)
-        text = text.where(~present | well_formed.reindex(text.index, fill_value=True), "")
-        parsed = pd.to_datetime(text, format="%Y-%m-%d", errors="coerce")
-        target: pa.DataType = pa.date32()
-    else:
-        text = text.where(~present | text.map(lambda value: isinstance(value, str)), "")
-        parsed = pd.to_datetime(text, format=_TIMESTAMP_FORMAT, errors="coerce")
-        target = pa.timestamp("ms")
-    bad = (present & parsed.isna()).to_numpy().nonzero()[0]
-    if len(bad):
-        expected = "YYYY-MM-DD" if kind == "date" else "YYYY-MM-DDTHH:MM:SS.mmm"
-        raise _offender(table, keys, bad[0], column, values[bad[0]],
-                        f"is not a valid {expected} {kind}")
-    return _arrow(parsed).cast(target)
+    parsed = _parsed_stamps(kind, {column: values})[column]
+    return _stamp_array(table, column, kind, values, keys, parsed)
 
 
 def _parse_column(table: str, column: str, kind: str, values: list[object],
                   keys: Sequence[Any]) -> ArrowArray:
     if kind == "money":
         return _parse_money(table, column, values, keys)
-    if kind in ("date", "timestamp"):
-        return _parse_stamps(table, column, values, keys, kind)
     python_type = _PLAIN_TYPES[kind]
     for position, value in enumerate(values):
         if value is not None and type(value) is not python_type:
@@ -108,7 +131,8 @@ def source_frame(table: str, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
     Every value is checked here, once, so the builders below can trust their input:
     a missing column, a timestamp or TEXT date that is not strictly ISO, or money
-    that does not fit ``numeric(10,2)`` raises :class:`SourceDataError`.
+    that does not fit ``numeric(10,2)`` raises :class:`SourceDataError` (naming the
+    first bad value in column order).
     """
     columns = SOURCE_COLUMNS[table]
     for position, row in enumerate(rows):
@@ -118,7 +142,14 @@ def source_frame(table: str, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                 f"{table} row {position + 1} lacks column(s) {', '.join(missing)}"
             )
     keys = [row[primary_key(table)] for row in rows]
-    arrays = [_parse_column(table, column, kind, [row[column] for row in rows], keys)
+    values = {column: [row[column] for row in rows] for column in columns}
+    parsed: dict[str, tuple[pd.Series, int | None]] = {}
+    for stamp_kind in ("date", "timestamp"):
+        of_kind = {column: values[column] for column, kind in columns.items() if kind == stamp_kind}
+        if of_kind:
+            parsed.update(_parsed_stamps(stamp_kind, of_kind))
+    arrays = [_stamp_array(table, column, kind, values[column], keys, parsed[column])
+              if column in parsed else _parse_column(table, column, kind, values[column], keys)
               for column, kind in columns.items()]
     return pa.table(arrays, names=list(columns)).to_pandas(types_mapper=pd.ArrowDtype)
 
@@ -152,12 +183,18 @@ def conform(table_name: str | Table, columns: "Mapping[str, pd.Series | ArrowArr
     Casts are safe: an integer that overflows ``int32`` or a decimal that loses
     digits fails rather than being silently changed.
     """
-    data = {}
-    for field in arrow_schema(_contract(table_name)):
+    schema = arrow_schema(_contract(table_name))
+    arrays = []
+    for field in schema:
         values = columns[field.name]
         array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else _arrow(values)
-        data[field.name] = _typed(array.cast(field.type), index)
-    return pd.DataFrame(data, index=index)
+        arrays.append(array.cast(field.type))
+    # One conversion of the whole table: a Series per column and a frame built from them cost
+    # about twice as much on the few-row frames of a small run, for the same columns.
+    frame = pa.Table.from_arrays(arrays, names=schema.names).to_pandas(types_mapper=pd.ArrowDtype)
+    if index is not None:
+        frame.index = index
+    return frame
 
 
 def to_arrow(table_name: str | Table, frame: pd.DataFrame) -> pa.Table:
@@ -168,13 +205,15 @@ def to_arrow(table_name: str | Table, frame: pd.DataFrame) -> pa.Table:
     """
     contract = _contract(table_name)
     schema = arrow_schema(contract)
-    for field in schema:
-        nulls = int(frame[field.name].isna().sum())
-        if nulls and not field.nullable:
-            raise SourceDataError(
-                f"{contract.name}.{field.name} would hold {nulls} null(s) but is NOT NULL")
-    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-    return table.replace_schema_metadata(None)
+    # Converted as nullable first, then each column's null count (which Arrow keeps, so
+    # no pass over the frame per column) is checked against the contract's.
+    nullable = pa.schema([field.with_nullable(True) for field in schema])
+    columns = pa.Table.from_pandas(frame, schema=nullable, preserve_index=False).columns
+    for field, column in zip(schema, columns):
+        if column.null_count and not field.nullable:
+            raise SourceDataError(f"{contract.name}.{field.name} would hold "
+                                  f"{column.null_count} null(s) but is NOT NULL")
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _split_stamp(stamps: ArrowArray, prefix: str) -> dict[str, ArrowArray]:

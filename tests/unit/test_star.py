@@ -68,6 +68,34 @@ def test_timestamp_not_in_iso_with_milliseconds_is_rejected(value):
         frame("currency", row("currency", currency_id=2, last_updated=value))
 
 
+def test_dates_and_timestamps_parsed_together_still_name_the_first_bad_value_in_column_order():
+    # created_at (a timestamp) comes before design_id and the two dates: each column's error
+    # names its own row and value, and the first bad column wins whatever its kind.
+    good = row("sales_order", sales_order_id=1)
+    late_date = row("sales_order", sales_order_id=2, agreed_payment_date="2024-02-30")
+    with pytest.raises(star.SourceDataError,
+                       match="sales_order_id=2: agreed_payment_date '2024-02-30'"):
+        frame("sales_order", good, late_date)
+    both = row("sales_order", sales_order_id=3, created_at="yesterday", design_id="x",
+               agreed_delivery_date="never")
+    with pytest.raises(star.SourceDataError, match="sales_order_id=3: created_at 'yesterday'"):
+        frame("sales_order", good, both)
+    int_first = row("sales_order", sales_order_id=4, design_id="x", agreed_delivery_date="never")
+    with pytest.raises(star.SourceDataError, match="sales_order_id=4: design_id 'x'"):
+        frame("sales_order", good, int_first)
+
+
+def test_each_stamp_column_keeps_its_own_values_when_parsed_together():
+    orders = frame("sales_order", row("sales_order", sales_order_id=1,
+                                      agreed_delivery_date="2024-03-01",
+                                      agreed_payment_date="2024-04-02"),
+                   row("sales_order", sales_order_id=2, agreed_delivery_date="2025-05-03",
+                       agreed_payment_date=None))
+    assert orders["agreed_delivery_date"].tolist() == [date(2024, 3, 1), date(2025, 5, 3)]
+    assert orders["agreed_payment_date"].isna().tolist() == [False, True]
+    assert orders["agreed_payment_date"].iloc[0] == date(2024, 4, 2)
+
+
 def test_missing_column_is_named():
     rows = decoded("staff", [row("staff")])
     del rows[0]["email_address"]
