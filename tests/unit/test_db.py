@@ -161,7 +161,7 @@ def test_a_secrets_manager_that_never_answers_fails_in_seconds_naming_vpc_mode(
     with pytest.raises(db.SecretsManagerUnreachableError) as raised:
         db.fetch_secret(MISSING_ARN, config.TOTESYS)
     # botocore's defaults would wait 60 s five times: past every function's timeout.
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 30  # one default attempt alone is 60 s
     message = str(raised.value)
     assert MISSING_ARN in message and "did not answer" in message
     assert "SubnetIds" in message and "interface endpoint" in message

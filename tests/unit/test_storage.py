@@ -456,5 +456,5 @@ def test_an_s3_that_never_answers_fails_in_seconds_naming_its_endpoint(
     finally:
         storage.s3_client.cache_clear()
     # botocore's default would wait 60 s per attempt: past ingest's and transform's timeouts.
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 30  # one default attempt alone is 60 s
     assert silent_endpoint in str(raised.value)
