@@ -144,9 +144,20 @@ def s3_client() -> "S3Client":
     return client
 
 
-def checksum(body: bytes) -> str:
-    """The SHA-256 of ``body`` as S3 writes it (base64): sent with a put, kept in manifests."""
-    return base64.b64encode(hashlib.sha256(body).digest()).decode()
+def checksum(body: bytes | IO[bytes]) -> str:
+    """The SHA-256 of ``body`` as S3 writes it (base64): sent with a put, kept in manifests.
+
+    ``body`` may be a seekable file (a spooled key list): it is hashed whole, a chunk
+    at a time, and left at its start for the put that sends it.
+    """
+    if isinstance(body, bytes):
+        return base64.b64encode(hashlib.sha256(body).digest()).decode()
+    digest = hashlib.sha256()
+    body.seek(0)
+    for chunk in iter(lambda: body.read(1 << 20), b""):
+        digest.update(chunk)
+    body.seek(0)
+    return base64.b64encode(digest.digest()).decode()
 
 
 def put_new_object(bucket: str, key: str, body: bytes | IO[bytes], content_type: str,
