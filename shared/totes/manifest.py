@@ -69,6 +69,12 @@ def _sha256(fields: Mapping[str, Any], name: str, of: Any) -> str | None:
     return None if sha256 is None else str(sha256)
 
 
+def _reference_sha256(hashes: Mapping[str, Any]) -> dict[str, str]:
+    """A processed manifest's ``reference_sha256`` (empty before it was recorded), checked."""
+    return {str(table): str(_sha256(hashes, table, f"the reference snapshot of {table}"))
+            for table in hashes if hashes[table] is not None}
+
+
 def _files(entries: Any) -> tuple[DataFile, ...]:
     return tuple(DataFile.from_json(entry) for entry in entries or ())
 
@@ -477,9 +483,11 @@ class ProcessedManifest:
 
     Its key is the ingest manifest's key, under the prefix of the revision in force
     for it (:mod:`totes.supersede`). ``reference`` points at the reference
-    snapshots the next transform continues from (None for a table never seen).
-    ``skipped_by`` names the operator's skip marker when the ingest run was passed
-    over on purpose (no tables then).
+    snapshots the next transform continues from (None for a table never seen);
+    ``reference_sha256`` their SHA-256s (:func:`totes.storage.checksum`), which the
+    next transform checks them against: a table missing there (a manifest written
+    before it was recorded) is read unchecked. ``skipped_by`` names the operator's
+    skip marker when the ingest run was passed over on purpose (no tables then).
     """
 
     run_id: str
@@ -488,6 +496,7 @@ class ProcessedManifest:
     transformed_at: str
     tables: Mapping[str, TableOutput]
     reference: Mapping[str, str | None] = field(default_factory=dict)
+    reference_sha256: Mapping[str, str] = field(default_factory=dict)
     #: fact table -> its deletion records (empty in ``totes.processed/1``).
     deletions: Mapping[str, TableOutput] = field(default_factory=dict)
     capture: CapturePoint = field(default_factory=CapturePoint)
@@ -564,6 +573,8 @@ class ProcessedManifest:
             "deletions": {name: output.to_json() for name, output in self.deletions.items()},
             "reference": dict(self.reference),
         }
+        if self.reference_sha256:
+            document["reference_sha256"] = dict(self.reference_sha256)
         if self.skipped_by is not None:
             document["skipped_by"] = self.skipped_by
         return document
@@ -598,6 +609,7 @@ class ProcessedManifest:
                 transformed_at=str(document.get("transformed_at") or ""),
                 tables={name: TableOutput.from_json(fields) for name, fields in tables.items()},
                 reference=dict(document.get("reference") or {}),
+                reference_sha256=_reference_sha256(document.get("reference_sha256") or {}),
                 deletions={name: TableOutput.from_json(fields)
                            for name, fields in deletions.items()},
                 capture=CapturePoint.from_json(document.get("capture")),

@@ -459,6 +459,36 @@ def test_an_ingest_file_replaced_by_a_later_version_is_refused_until_the_origina
     assert handle(key)["transformed"] == [key]
 
 
+def test_a_replaced_reference_snapshot_is_refused_not_carried_into_the_dimensions(monkeypatch):
+    import pyarrow as pa
+
+    storage.s3_client().put_bucket_versioning(
+        Bucket=PROCESSED, VersioningConfiguration={"Status": "Enabled"})
+    first = write_run_v2(full_batch(), stamp=STAMPS[0])
+    assert handle(first)["transformed"] == [first]
+    pointer = manifest(first)["reference"]["counterparty"]
+    good = storage.read_bytes(PROCESSED, pointer)
+    assert manifest(first)["reference_sha256"]["counterparty"] == storage.checksum(good)
+    state = pq.read_table(io.BytesIO(good))
+    name = state.schema.get_field_index("counterparty_legal_name")
+    forged = io.BytesIO()
+    pq.write_table(state.set_column(name, state.schema.field(name), pa.array(
+        ["Forged Ltd"], state.schema.field(name).type)), forged)
+    overwrite(PROCESSED, pointer, forged.getvalue())  # a later version of the snapshot
+    monkeypatch.setattr(transform, "_REFERENCE_STATES", {})  # a cold container
+    monkeypatch.setattr(transform, "_COMMITTED", {})
+    moved = row("address", city="Leeds", last_updated=T0 + timedelta(minutes=3))
+    second = write_run_v2({"address": [moved]}, stamp=STAMPS[1])
+    with pytest.raises(storage.ObjectChangedError, match=re.escape(
+            f"s3://{PROCESSED}/{pointer} is not the object its manifest lists")):
+        handle(second)
+    assert not exists(PROCESSED, second)
+    overwrite(PROCESSED, pointer, good)  # the runbook: the original version restored
+    assert handle(second)["transformed"] == [second]
+    assert rows_of(manifest(second), "dim_counterparty")[0]["counterparty_legal_name"] == (
+        "Fahey and Sons")
+
+
 def test_an_ingest_1_manifest_without_checksums_still_transforms():
     key = write_run(INGEST, full_batch())
     assert "sha256" not in storage.read_json(INGEST, key)["tables"]["payment"]["files"][0]
