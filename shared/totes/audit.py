@@ -68,8 +68,12 @@ class ObjectStore(Protocol):
     def read_json(self, key: str) -> Any:
         """Return the parsed content of the JSON object at ``key``."""
 
-    def lines(self, key: str) -> Iterator[bytes]:
-        """Yield the non-empty lines of a gzip object (a key list), streamed and bounded."""
+    def lines(self, key: str, sha256: str | None = None) -> Iterator[bytes]:
+        """Yield the non-empty lines of a gzip object (a key list), streamed and bounded.
+
+        With ``sha256`` (the manifest's record), another version of the object is
+        refused (:class:`totes.storage.ObjectChangedError`) once read to its end.
+        """
 
 
 class BucketStore:
@@ -83,9 +87,9 @@ class BucketStore:
         """Return a JSON object's parsed content."""
         return storage.read_json(self.bucket, key)
 
-    def lines(self, key: str) -> Iterator[bytes]:
-        """Stream a gzip object's lines, never holding it whole."""
-        return sweep.key_lines(storage.open_stream(self.bucket, key),
+    def lines(self, key: str, sha256: str | None = None) -> Iterator[bytes]:
+        """Stream a gzip object's lines, never holding it whole; checked with ``sha256``."""
+        return sweep.key_lines(storage.open_stream(self.bucket, key, sha256),
                                f"s3://{self.bucket}/{key}")
 
 
@@ -100,8 +104,8 @@ class DirectoryStore:
         """Return a JSON object's parsed content."""
         return json.loads((self.root / key).read_bytes())
 
-    def lines(self, key: str) -> Iterator[bytes]:
-        """Stream a gzip file's lines."""
+    def lines(self, key: str, sha256: str | None = None) -> Iterator[bytes]:
+        """Stream a gzip file's lines; ``sha256`` is not checked (the operator's own copy)."""
         with (self.root / key).open("rb") as raw:
             yield from sweep.key_lines(raw, str(self.root / key))
 
@@ -212,8 +216,8 @@ def _runs_after_sweep(store: ObjectStore, point: CapturePoint,
         manifest = IngestManifest.read(store.read_json(key), key)
 
 
-def _stored_keys(store: ObjectStore, key: str) -> Iterator[int]:
-    for block in sweep.parse_blocks(store.lines(key), key):
+def _stored_keys(store: ObjectStore, key: str, sha256: str | None = None) -> Iterator[int]:
+    for block in sweep.parse_blocks(store.lines(key, sha256), key):
         yield from block
 
 
@@ -230,10 +234,12 @@ def deleted_in_flight(store: ObjectStore, point: CapturePoint, table: str,
     state = point.manifest.table(table).sweep if point.manifest is not None else None
     if not remaining or state is None:
         return set()
-    lists = [state.key, *(manifest.table(table).captured_keys
-                          for manifest in _runs_after_sweep(store, point, state.run_id))]
-    return {key for listed in lists if listed
-            for key in _stored_keys(store, listed) if key in remaining}
+    runs = _runs_after_sweep(store, point, state.run_id)
+    entries = [manifest.table(table) for manifest in runs]
+    lists = [(state.key, state.sha256),
+             *((entry.captured_keys, entry.captured_keys_sha256) for entry in entries)]
+    return {key for listed, sha256 in lists if listed
+            for key in _stored_keys(store, listed, sha256) if key in remaining}
 
 
 # --------------------------------------------------------------------------- comparison

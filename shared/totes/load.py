@@ -9,11 +9,11 @@ concurrent run never loads anything twice or half (see ``docs/load.md``).
 """
 import time
 from collections import Counter
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import chain
-from typing import TYPE_CHECKING, Callable, Iterator, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, NotRequired, TypedDict
 
 import pg8000.native
 from aws_lambda_powertools.metrics import MetricUnit
@@ -207,15 +207,8 @@ def record_batches(bucket: str, key: str, table: Table, expected_rows: int,
     expected = arrow_schema(table)
     defaults = {column.name: column.default for column in table.data_columns
                 if fill_defaults and column.default is not None}
-    try:
+    with _unreadable_is_input(key):
         spool = storage.spooled(bucket, key, sha256) if prefetch is None else prefetch.open(key)
-    except ClientError as error:
-        # A missing (or, to a role that may not list it, denied) object the processed
-        # manifest names is bad input; throttling, a 500 or a dropped connection is
-        # not, and passes as it is: the next run downloads it again.
-        if error.response.get("Error", {}).get("Code") not in storage.UNREADABLE_CODES:
-            raise
-        raise ParquetFileError(f"cannot read Parquet: {error}", key) from error
     with spool:
         try:
             parquet = pq.ParquetFile(spool)
@@ -246,6 +239,33 @@ def record_batches(bucket: str, key: str, table: Table, expected_rows: int,
                 yield batch.select(expected.names)
         except Exception as error:
             raise ParquetFileError(f"cannot decode Parquet: {error}", key) from error
+
+
+@contextmanager
+def _unreadable_is_input(key: str) -> Iterator[None]:
+    """Raise a missing or denied listed object as :class:`ParquetFileError`, bad input.
+
+    A missing (or, to a role that may not list it, denied) object the processed
+    manifest names is bad input; throttling, a 500 or a dropped connection is not,
+    and passes as it is: the next run downloads it again.
+    """
+    try:
+        yield
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") not in storage.UNREADABLE_CODES:
+            raise
+        raise ParquetFileError(f"cannot read Parquet: {error}", key) from error
+
+
+def fetch_all(prefetch: storage.Prefetch, keys: Iterable[str]) -> None:
+    """Download and check every one of ``keys`` (in order) before the caller commits anything.
+
+    Each is held on disk by ``prefetch`` (:meth:`totes.storage.Prefetch.hold`) for
+    :func:`record_batches`; an unreadable one is bad input as it reports them.
+    """
+    for key in keys:
+        with _unreadable_is_input(key):
+            prefetch.hold(key)
 
 
 def pending_manifests(processed_bucket: str, ingest_bucket: str, after: str | None,

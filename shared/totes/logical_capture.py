@@ -138,14 +138,14 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
         for table in SOURCE_TABLES:
             captured = (sweep.upload_blocks(settings.bucket, table, run,
                                             logical.key_blocks(changes.keys[table]))
-                        if table in changes.keys else None)
+                        if table in changes.keys else (None, None))
             before = resynced.get(table, replace(previous.table(table), files=(), deleted=(),
                                                  truncated=False, stamped_in_future=0))
             entries[table] = replace(
                 before, files=before.files + changes.writers.files(table, False),
                 deleted=before.deleted + changes.writers.files(table, True),
                 stamped_in_future=before.stamped_in_future + changes.future.get(table, 0),
-                captured_keys=captured)
+                captured_keys=captured[0], captured_keys_sha256=captured[1])
         if changes.truncated_tables:
             # The log carries no keys for a TRUNCATE: a key sweep after the read, in a
             # snapshot that sees it, turns the table's vanished rows into deletions.

@@ -57,11 +57,22 @@ class DataFile:
     @classmethod
     def from_json(cls, fields: Mapping[str, Any]) -> "DataFile":
         """Read a file entry; ``bytes`` and ``sha256`` are optional (older manifests lack them)."""
-        sha256 = fields.get("sha256")
-        if sha256 is not None and not _SHA256.fullmatch(str(sha256)):
-            raise ValueError(f"sha256 of {fields['key']!r} is not a base64 SHA-256: {sha256!r}")
         return cls(str(fields["key"]), int(fields["rows"]), int(fields.get("bytes", 0)),
-                   None if sha256 is None else str(sha256))
+                   _sha256(fields, "sha256", fields["key"]))
+
+
+def _sha256(fields: Mapping[str, Any], name: str, of: Any) -> str | None:
+    """The optional SHA-256 field ``name`` of the object ``of`` (None in older manifests)."""
+    sha256 = fields.get(name)
+    if sha256 is not None and not _SHA256.fullmatch(str(sha256)):
+        raise ValueError(f"sha256 of {of!r} is not a base64 SHA-256: {sha256!r}")
+    return None if sha256 is None else str(sha256)
+
+
+def _reference_sha256(hashes: Mapping[str, Any]) -> dict[str, str]:
+    """A processed manifest's ``reference_sha256`` (empty before it was recorded), checked."""
+    return {str(table): str(_sha256(hashes, table, f"the reference snapshot of {table}"))
+            for table in hashes if hashes[table] is not None}
 
 
 def _files(entries: Any) -> tuple[DataFile, ...]:
@@ -74,24 +85,32 @@ class SweepState:
 
     ``key`` is the object holding those keys (ascending blocks, gzip) in the
     ingestion bucket; ``swept_at`` the database's clock at that snapshot, which
-    is also the time a deletion it found is stamped with.
+    is also the time a deletion it found is stamped with. ``sha256`` is the key
+    list's checksum (:func:`totes.storage.checksum`): the next sweep and the audit
+    refuse another version, which would hide a source delete for ever. None in
+    manifests written before it was recorded (read unchecked).
     """
 
     key: str
     keys: int
     run_id: str
     swept_at: datetime
+    sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """Return the manifest fields of the sweep."""
-        return {"key": self.key, "keys": self.keys, "run_id": self.run_id,
-                "swept_at": timestamps.database_text(self.swept_at)}
+        """Return the manifest fields of the sweep (``sha256`` only when known)."""
+        fields: dict[str, Any] = {"key": self.key, "keys": self.keys, "run_id": self.run_id,
+                                  "swept_at": timestamps.database_text(self.swept_at)}
+        if self.sha256 is not None:
+            fields["sha256"] = self.sha256
+        return fields
 
     @classmethod
     def from_json(cls, fields: Mapping[str, Any]) -> "SweepState":
         """Rebuild the sweep from its manifest fields."""
         return cls(str(fields["key"]), int(fields["keys"]), str(fields["run_id"]),
-                   timestamps.parse_database_time(fields["swept_at"]))
+                   timestamps.parse_database_time(fields["swept_at"]),
+                   _sha256(fields, "sha256", fields["key"]))
 
 
 @dataclass(frozen=True)
@@ -111,6 +130,9 @@ class TableEntry:
     #: the object listing the keys this run captured, for the next sweep (None: no rows,
     #: or the table was swept in this run).
     captured_keys: str | None = None
+    #: the SHA-256 of ``captured_keys`` (checked by the sweep and the audit that read it);
+    #: None in manifests written before it was recorded, and without ``captured_keys``.
+    captured_keys_sha256: str | None = None
 
     @property
     def rows(self) -> int:
@@ -137,6 +159,9 @@ class TableEntry:
             "cursor": self.cursor.to_json(),
             "sweep": None if self.sweep is None else self.sweep.to_json(),
             "captured_keys": self.captured_keys,
+            **({"captured_keys_sha256": self.captured_keys_sha256}
+               if self.captured_keys is not None and self.captured_keys_sha256 is not None
+               else {}),
         }
 
     @classmethod
@@ -151,6 +176,8 @@ class TableEntry:
             deleted=_files(fields.get("deleted_files")),
             sweep=None if sweep is None else SweepState.from_json(sweep),
             captured_keys=fields.get("captured_keys"),
+            captured_keys_sha256=(None if fields.get("captured_keys") is None else _sha256(
+                fields, "captured_keys_sha256", fields["captured_keys"])),
         )
 
     @classmethod
@@ -456,9 +483,11 @@ class ProcessedManifest:
 
     Its key is the ingest manifest's key, under the prefix of the revision in force
     for it (:mod:`totes.supersede`). ``reference`` points at the reference
-    snapshots the next transform continues from (None for a table never seen).
-    ``skipped_by`` names the operator's skip marker when the ingest run was passed
-    over on purpose (no tables then).
+    snapshots the next transform continues from (None for a table never seen);
+    ``reference_sha256`` their SHA-256s (:func:`totes.storage.checksum`), which the
+    next transform checks them against: a table missing there (a manifest written
+    before it was recorded) is read unchecked. ``skipped_by`` names the operator's
+    skip marker when the ingest run was passed over on purpose (no tables then).
     """
 
     run_id: str
@@ -467,6 +496,7 @@ class ProcessedManifest:
     transformed_at: str
     tables: Mapping[str, TableOutput]
     reference: Mapping[str, str | None] = field(default_factory=dict)
+    reference_sha256: Mapping[str, str] = field(default_factory=dict)
     #: fact table -> its deletion records (empty in ``totes.processed/1``).
     deletions: Mapping[str, TableOutput] = field(default_factory=dict)
     capture: CapturePoint = field(default_factory=CapturePoint)
@@ -543,6 +573,8 @@ class ProcessedManifest:
             "deletions": {name: output.to_json() for name, output in self.deletions.items()},
             "reference": dict(self.reference),
         }
+        if self.reference_sha256:
+            document["reference_sha256"] = dict(self.reference_sha256)
         if self.skipped_by is not None:
             document["skipped_by"] = self.skipped_by
         return document
@@ -577,6 +609,7 @@ class ProcessedManifest:
                 transformed_at=str(document.get("transformed_at") or ""),
                 tables={name: TableOutput.from_json(fields) for name, fields in tables.items()},
                 reference=dict(document.get("reference") or {}),
+                reference_sha256=_reference_sha256(document.get("reference_sha256") or {}),
                 deletions={name: TableOutput.from_json(fields)
                            for name, fields in deletions.items()},
                 capture=CapturePoint.from_json(document.get("capture")),

@@ -26,7 +26,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from totes import config, errors, lake, stage, storage, supersede, timestamps
 from totes.errors import PipelineError, TransientError
 from totes.lake_schema import LAKE_TABLES
-from totes.load import BATCH_ROWS, table_batches
+from totes.load import BATCH_ROWS, PREFETCH_OBJECTS, fetch_all, table_batches
 from totes.manifest import ProcessedManifest
 from totes.observability import service_logger
 from totes.stage import Deadline, Metric
@@ -184,13 +184,13 @@ class Lake:
 
 
 def _rows(bucket: str, manifest: ProcessedManifest, table: Table, batch_rows: int,
-          deletions: bool = False) -> "pa.Table":
+          prefetch: storage.Prefetch, deletions: bool = False) -> "pa.Table":
     """Every row a manifest lists for ``table`` (its deletion records with ``deletions``)."""
     import pyarrow as pa
 
     contract = DELETIONS[table.name] if deletions else table
     output = manifest.deleted(table.name) if deletions else manifest.table(table.name)
-    batches = list(table_batches(bucket, output, contract, batch_rows, manifest))
+    batches = list(table_batches(bucket, output, contract, batch_rows, manifest, prefetch))
     return pa.Table.from_batches(batches, schema=arrow_schema(contract))
 
 
@@ -201,7 +201,26 @@ def publish_manifest(lake_tables: Lake, settings: PublishSettings, key: str, pro
     A table whose current snapshot already names ``key`` (or a later manifest) is
     past it: its share was committed by a run that stopped before the manifest's
     publish record.
+
+    Every object the manifest lists is downloaded, and checked against its SHA-256,
+    before the first commit (:func:`totes.load.fetch_all`, held on disk): a
+    replaced object of a later table is refused with nothing of the manifest in the
+    lake, not after the tables before it were committed.
     """
+    files = [file for table in (*DIMENSIONS, *FACTS)
+             for output in (manifest.table(table.name), manifest.deleted(table.name))
+             for file in output.files]
+    keys = [file.key for file in files]
+    with storage.Prefetch(settings.processed_bucket, keys, PREFETCH_OBJECTS,
+                          {file.key: file.sha256 for file in files}) as prefetch:
+        fetch_all(prefetch, keys)
+        _publish_tables(lake_tables, settings, key, processed_key, manifest, report, prefetch)
+
+
+def _publish_tables(lake_tables: Lake, settings: PublishSettings, key: str, processed_key: str,
+                    manifest: ProcessedManifest, report: PublishReport,
+                    prefetch: storage.Prefetch) -> None:
+    """Commit each table the manifest changes, dimensions first, from what ``prefetch`` holds."""
     bucket, batch_rows = settings.processed_bucket, settings.batch_rows
 
     def pending(name: str) -> bool:
@@ -212,7 +231,7 @@ def publish_manifest(lake_tables: Lake, settings: PublishSettings, key: str, pro
         if manifest.table(table.name).files and pending(table.name):
             spec = LAKE_TABLES[table.name]
             change = lake.dimension_change(lake_tables.tables[table.name], spec,
-                                           _rows(bucket, manifest, table, batch_rows))
+                                           _rows(bucket, manifest, table, batch_rows, prefetch))
             _count(report, table.name, change,
                    lake_tables.commit(table.name, change, key, processed_key))
     for fact in FACTS:
@@ -222,11 +241,11 @@ def publish_manifest(lake_tables: Lake, settings: PublishSettings, key: str, pro
         if not (pending(fact.name) or pending(current_name)):
             continue
         history = lake_tables.tables[fact.name]
-        rows = _rows(bucket, manifest, fact, batch_rows)
+        rows = _rows(bucket, manifest, fact, batch_rows, prefetch)
         _infer_members(lake_tables, fact, rows, key, processed_key, report)
         facts = lake.fact_change(
             history, lake_tables.tables[current_name], LAKE_TABLES[fact.name], key, rows,
-            _rows(bucket, manifest, fact, batch_rows, deletions=True),
+            _rows(bucket, manifest, fact, batch_rows, prefetch, deletions=True),
             _next_record_id(history))
         history_pending = pending(fact.name)
         # The current state first: after a crash between the two, the history (untouched)

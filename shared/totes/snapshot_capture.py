@@ -169,10 +169,10 @@ def extract_table(conn: pg8000.native.Connection, table: str, previous: TableEnt
     cursor = previous.cursor.after_pass(read_point.snapshot,
                                         cut_at=last_key if sink.overflow else None)
     captured = (sweep.upload_blocks(settings.bucket, table, run, sink.key_lines, key_puts)
-                if keep_keys and sink.rows else None)
+                if keep_keys and sink.rows else (None, None))
     entry = TableEntry(files=tuple(writer.files), cursor=cursor, truncated=sink.overflow,
                        stamped_in_future=sink.future, sweep=previous.sweep,
-                       captured_keys=captured)
+                       captured_keys=captured[0], captured_keys_sha256=captured[1])
     logger.info("table extracted", extra={
         "run_id": str(run), "table": table, "rows": entry.rows, "bytes": entry.bytes,
         "files": len(entry.files), "truncated": entry.truncated, "read": _cursor_text(

@@ -145,9 +145,20 @@ def s3_client() -> "S3Client":
     return client
 
 
-def checksum(body: bytes) -> str:
-    """The SHA-256 of ``body`` as S3 writes it (base64): sent with a put, kept in manifests."""
-    return base64.b64encode(hashlib.sha256(body).digest()).decode()
+def checksum(body: bytes | IO[bytes]) -> str:
+    """The SHA-256 of ``body`` as S3 writes it (base64): sent with a put, kept in manifests.
+
+    ``body`` may be a seekable file (a spooled key list): it is hashed whole, a chunk
+    at a time, and left at its start for the put that sends it.
+    """
+    if isinstance(body, bytes):
+        return base64.b64encode(hashlib.sha256(body).digest()).decode()
+    digest = hashlib.sha256()
+    body.seek(0)
+    for chunk in iter(lambda: body.read(1 << 20), b""):
+        digest.update(chunk)
+    body.seek(0)
+    return base64.b64encode(digest.digest()).decode()
 
 
 def put_new_object(bucket: str, key: str, body: bytes | IO[bytes], content_type: str,
@@ -261,13 +272,14 @@ class Prefetch:
         self._waiting = deque(keys)
         self._ahead = ahead
         self._started: dict[str, "Future[IO[bytes]]"] = {}
+        self._held: dict[str, IO[bytes]] = {}  # downloaded by :meth:`hold`, not yet read
         self._pool = ThreadPoolExecutor(ahead, thread_name_prefix="totes-get")
         self._start_more()
 
     def _start_more(self) -> None:
         while self._waiting and len(self._started) < self._ahead:
             key = self._waiting.popleft()
-            if key not in self._started:
+            if key not in self._started and key not in self._held:
                 self._started[key] = self._pool.submit(spooled, self._bucket, key,
                                                        self._sha256.get(key))
 
@@ -276,15 +288,34 @@ class Prefetch:
 
         The next downloads start before this waits for this one.
         """
+        held = self._held.pop(key, None)
+        if held is not None:
+            return held
         started = self._started.pop(key, None)
         self._start_more()
         if started is None:
             return spooled(self._bucket, key, self._sha256.get(key))
         return started.result()
 
+    def hold(self, key: str) -> None:
+        """Download ``key`` now (or wait for its download) and keep it on disk until opened.
+
+        For a reader that commits in several steps (the publish, one Iceberg commit per
+        table): holding every object, in order, before the first commit checks each
+        against its SHA-256 first, so a replaced one is refused
+        (:class:`ObjectChangedError`) with nothing committed, not after the tables read
+        before it. The downloads still run ``ahead`` at once; memory stays bounded, the
+        objects wait on disk.
+        """
+        if key not in self._held:
+            self._held[key] = self.open(key)
+
     def close(self) -> None:
         """Wait for the downloads started, delete the objects not read, and end the threads."""
         self._waiting.clear()
+        for held in self._held.values():
+            held.close()
+        self._held.clear()
         for started in self._started.values():
             if started.exception() is None:  # waits; a failed object not read concerns no one
                 started.result().close()

@@ -304,11 +304,12 @@ def write_skip(bucket: str, stage: str, manifest: str, reason: str, created_by: 
     return skip
 
 
-def skipped_manifest(ingest_bucket: str, skip: Skip,
-                     reference: Mapping[str, str | None]) -> ProcessedManifest:
+def skipped_manifest(ingest_bucket: str, skip: Skip, reference: Mapping[str, str | None],
+                     reference_sha256: Mapping[str, str] | None = None) -> ProcessedManifest:
     """The processed manifest that stands for a run an operator skipped: no tables.
 
-    Transform commits it, carrying ``reference`` on; load records it in place of
+    Transform commits it, carrying ``reference`` (and their SHA-256s, which the next
+    transform checks the snapshots against) on; load records it in place of
     a processed manifest it could not read. The capture point is the ingest
     run's, so the audit compares against the source as of that run and reports
     what the skip lost. The ingest manifest itself may be what cannot be read:
@@ -334,6 +335,7 @@ def skipped_manifest(ingest_bucket: str, skip: Skip,
         transformed_at=timestamps.now_text(),
         tables={},
         reference=dict(reference),
+        reference_sha256=dict(reference_sha256 or {}),
         capture=capture,
         skipped_by=skip.key,
     )

@@ -222,30 +222,41 @@ def parse_blocks(lines: Iterable[bytes], name: str) -> Iterator[Block]:
             raise KeyListError(f"{name}: a line that is not comma-separated keys") from None
 
 
-def stored_blocks(bucket: str, key: str | None) -> Iterator[Block]:
-    """Stream the key blocks of a stored key list (none when there is no object)."""
+def stored_blocks(bucket: str, key: str | None, sha256: str | None = None) -> Iterator[Block]:
+    """Stream the key blocks of a stored key list (none when there is no object).
+
+    With ``sha256`` (the manifest's record), another version of the list is refused
+    (:class:`totes.storage.ObjectChangedError`) once read to its end, before the
+    sweep's deletions are written: a replaced list would hide a delete for ever.
+    """
     if key is None:
         return iter(())
     name = f"s3://{bucket}/{key}"
-    return parse_blocks(key_lines(storage.open_stream(bucket, key), name), name)
+    return parse_blocks(key_lines(storage.open_stream(bucket, key, sha256), name), name)
 
 
-def upload(bucket: str, key: str, spool: KeySpool) -> None:
-    """Write the spooled key list once under ``key`` (never replaced)."""
-    spool.file.seek(0)
-    storage.put_new_object(bucket, key, spool.file, KEYS_CONTENT_TYPE)
+def upload(bucket: str, key: str, spool: KeySpool) -> str:
+    """Write the spooled key list once under ``key`` (never replaced); return its SHA-256.
+
+    The spool is hashed first and the hash sent with it (S3 refuses other bytes),
+    for the manifest, so the next sweep reads this list and no other.
+    """
+    sha256 = storage.checksum(spool.file)
+    storage.put_new_object(bucket, key, spool.file, KEYS_CONTENT_TYPE, sha256)
+    return sha256
 
 
 def upload_blocks(bucket: str, table: str, run: keys.RunId, lines: list[bytes],
-                  puts: storage.BackgroundPuts | None = None) -> str:
-    """Write one run's captured keys of ``table`` (block lines, in order) once; return its key.
+                  puts: storage.BackgroundPuts | None = None) -> tuple[str, str]:
+    """Write one run's captured keys of ``table`` (block lines, in order) once.
 
-    With ``puts`` the write is only started: the object exists once ``puts`` is closed.
+    Return its key and SHA-256, for the manifest (the next sweep checks it). With
+    ``puts`` the write is only started: the object exists once ``puts`` is closed.
     """
     key = keys.captured_keys_key(table, run)
-    storage.put_new_object_on(puts, bucket, key, gzip.compress(b"".join(lines), GZIP_LEVEL),
-                              KEYS_CONTENT_TYPE)
-    return key
+    sha256 = storage.put_new_object_on(
+        puts, bucket, key, gzip.compress(b"".join(lines), GZIP_LEVEL), KEYS_CONTENT_TYPE)
+    return key, sha256
 
 
 def deletion_line(key_column: str, key: int, deleted_at: datetime) -> bytes:
@@ -283,14 +294,14 @@ def sweep_tables(conn: pg8000.native.Connection, request: CaptureRequest,
                  due: list[str]) -> dict[str, TableEntry]:
     """Sweep every table in ``due``; return the entries with their deletions and sweeps."""
     settings = request.settings
-    captured: dict[str, list[str]] = {table: [] for table in due}
+    captured: dict[str, list[tuple[str, str | None]]] = {table: [] for table in due}
     sweeps = {table: entries[table].sweep for table in due}
     for manifest in _runs_since(settings.bucket, [state for state in sweeps.values() if state],
                                 request.previous_key):
         for table, state in sweeps.items():
-            listed = manifest.table(table).captured_keys
-            if state is not None and manifest.run_id > state.run_id and listed:
-                captured[table].append(listed)
+            entry = manifest.table(table)
+            if state is not None and manifest.run_id > state.run_id and entry.captured_keys:
+                captured[table].append((entry.captured_keys, entry.captured_keys_sha256))
     swept = dict(entries)
     for table in due:
         swept[table] = _sweep_table(conn, settings, read_point, request.run, table,
@@ -300,7 +311,7 @@ def sweep_tables(conn: pg8000.native.Connection, request: CaptureRequest,
 
 def _sweep_table(conn: pg8000.native.Connection, settings: IngestSettings,
                  read_point: extract.ReadPoint, run: keys.RunId, table: str,
-                 entry: TableEntry, captured: list[str]) -> TableEntry:
+                 entry: TableEntry, captured: list[tuple[str, str | None]]) -> TableEntry:
     key_column = SOURCE_TABLES[table]
     spool = KeySpool()
     try:
@@ -310,15 +321,18 @@ def _sweep_table(conn: pg8000.native.Connection, settings: IngestSettings,
         writer = ObjectWriter(settings.bucket, settings.chunk_rows,
                               lambda part: keys.deletions_key(table, run,
                                                               part + len(entry.deleted)))
-        own = [entry.captured_keys] if entry.captured_keys else []
-        known = [stored_blocks(settings.bucket, entry.sweep.key if entry.sweep else None),
-                 *(stored_blocks(settings.bucket, key) for key in [*captured, *own])]
+        own = [(entry.captured_keys, entry.captured_keys_sha256)] if entry.captured_keys else []
+        known = [stored_blocks(settings.bucket, *((entry.sweep.key, entry.sweep.sha256)
+                                                  if entry.sweep else (None, None))),
+                 *(stored_blocks(settings.bucket, key, sha256)
+                   for key, sha256 in [*captured, *own])]
         for key in vanished(known, spool.blocks()):
             writer.add(deletion_line(key_column, key, read_point.database_time))
         writer.flush()
-        state = SweepState(key=keys.sweep_key(table, run), keys=spool.keys, run_id=str(run),
-                           swept_at=read_point.database_time)
-        upload(settings.bucket, state.key, spool)
+        sweep_key = keys.sweep_key(table, run)
+        state = SweepState(key=sweep_key, keys=spool.keys, run_id=str(run),
+                           swept_at=read_point.database_time,
+                           sha256=upload(settings.bucket, sweep_key, spool))
     finally:
         spool.close()
     result = replace(entry, deleted=entry.deleted + tuple(writer.files), sweep=state,

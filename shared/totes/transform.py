@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import pandas as pd
 import pyarrow as pa
@@ -53,17 +53,19 @@ WRITES_IN_FLIGHT = 4
 #: the largest manifest of the invocation took.
 RESERVE_SECONDS = 30.0
 #: per reference table, the snapshot this container wrote or read last: (bucket, key, its
-#: Arrow table as a read of the object returns it). Objects are created once and never
-#: replaced, so a key names the same content for ever; the next manifest's transform
-#: starts from exactly that snapshot, which a warm container then need not fetch again.
-_REFERENCE_STATES: dict[str, tuple[str, str, pa.Table]] = {}
+#: SHA-256, its Arrow table as a read of the object returns it). Objects are created once
+#: and never replaced, so a key and its hash name the same content for ever; the next
+#: manifest's transform starts from exactly that snapshot, which a warm container then
+#: need not fetch again. A pointer with another hash is read (and refused) from S3.
+_REFERENCE_STATES: dict[str, tuple[str, str, str | None, pa.Table]] = {}
 
 #: per processed bucket, the processed manifest this container committed (or found committed)
-#: last: its ingest manifest key, its own key and its reference pointers. The next invocation
+#: last: its ingest manifest key, its own key, its reference pointers and their SHA-256s.
+#: The next invocation
 #: starts from it once one listing proves it is still the newest
 #: (:meth:`totes.supersede.Markers.is_newest_processed`), instead of descending the folders
 #: and reading the manifest back.
-_COMMITTED: dict[str, tuple[str, str, dict[str, str | None]]] = {}
+_COMMITTED: dict[str, tuple[str, str, dict[str, str | None], dict[str, str]]] = {}
 
 #: how a transform failure is logged (with the manifest it stopped at).
 NOTHING_COMMITTED = "transform failed; nothing committed for this manifest"
@@ -233,13 +235,18 @@ def read_parquet(bucket: str, key: str) -> pd.DataFrame:
     return _frame(_parquet_table(storage.read_bytes(bucket, key)))
 
 
-def _reference_state(bucket: str, key: str, table: str) -> pd.DataFrame:
-    """Read a reference snapshot as :func:`read_parquet` does, from memory when it is the last."""
+def _reference_state(bucket: str, key: str, sha256: str | None, table: str) -> pd.DataFrame:
+    """Read a reference snapshot as :func:`read_parquet` does, from memory when it is the last.
+
+    With ``sha256`` (the previous processed manifest's record), another version of
+    the snapshot is refused (:class:`totes.storage.ObjectChangedError`), nothing
+    committed: every later manifest would start from the replaced state.
+    """
     known = _REFERENCE_STATES.get(table)
-    if known is None or known[:2] != (bucket, key):
-        known = _REFERENCE_STATES[table] = (bucket, key,
-                                            _parquet_table(storage.read_bytes(bucket, key)))
-    return _frame(known[2])
+    if known is None or known[:3] != (bucket, key, sha256):
+        known = _REFERENCE_STATES[table] = (
+            bucket, key, sha256, _parquet_table(storage.read_bytes(bucket, key, sha256)))
+    return _frame(known[3])
 
 
 def _decode(bucket: str, key: str, sha256: str | None = None) -> list[dict[str, Any]]:
@@ -317,20 +324,22 @@ def _read_whole(attempt: _TransformAttempt, table: str) -> pd.DataFrame:
     return star.latest_versions(pd.concat(frames, ignore_index=True), table)
 
 
-def _reference_dimensions(attempt: _TransformAttempt,
-                          pointers: dict[str, str | None]) -> dict[str, str | None]:
+def _reference_dimensions(attempt: _TransformAttempt, pointers: dict[str, str | None],
+                          hashes: Mapping[str, str]
+                          ) -> tuple[dict[str, str | None], dict[str, str]]:
     """Merge the batch into the reference state, write the propagated dimensions and new state.
 
-    A manifest with no file of any reference table changes nothing here (no member
+    Return the new pointers and their SHA-256s (``hashes`` are the old ones'). A
+    manifest with no file of any reference table changes nothing here (no member
     changes, none waits for a parent it brings), so the state is not even read.
     """
     if not any(attempt.files(table) for table in reference.REFERENCE_TABLES):
-        return dict(pointers)
+        return dict(pointers), dict(hashes)
     state, changed = {}, {}
     for table in reference.REFERENCE_TABLES:
         batch = _read_whole(attempt, table)
         pointer = pointers.get(table)
-        previous = (_reference_state(attempt.processed_bucket, pointer, table)
+        previous = (_reference_state(attempt.processed_bucket, pointer, hashes.get(table), table)
                     if pointer else star.empty_source_frame(table))
         state[table] = reference.merge_latest(previous, batch, table)
         changed[table] = reference.changed_ids(batch, table)
@@ -340,15 +349,16 @@ def _reference_dimensions(attempt: _TransformAttempt,
     for table_name, ids in propagation.deferred.items():
         logger.warning("rows deferred until their parent arrives",
                        extra={"table": table_name, "ids": ids, "manifest": attempt.key})
-    new_pointers = dict(pointers)
+    new_pointers, new_hashes = dict(pointers), dict(hashes)
     for table in reference.REFERENCE_TABLES:
         if changed[table]:
             key = keys.reference_key(table, attempt.run_id, attempt.attempt_id)
             body = parquet_bytes(pa.Table.from_pandas(state[table], preserve_index=False))
-            attempt.puts.put(attempt.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
-            new_pointers[table] = key
-            _REFERENCE_STATES[table] = (attempt.processed_bucket, key, _parquet_table(body))
-    return new_pointers
+            sha256 = attempt.puts.put(attempt.processed_bucket, key, body, PARQUET_CONTENT_TYPE)
+            new_pointers[table], new_hashes[table] = key, sha256
+            _REFERENCE_STATES[table] = (attempt.processed_bucket, key, sha256,
+                                        _parquet_table(body))
+    return new_pointers, new_hashes
 
 
 def _plain_dimensions(attempt: _TransformAttempt) -> None:
@@ -415,10 +425,12 @@ def _read_ingest_manifest(bucket: str, key: str) -> IngestManifest:
 def transform_manifest(settings: TransformSettings, ingest_key: str,
                        pointers: dict[str, str | None],
                        report: TransformReport | None = None,
-                       markers: Markers = Markers()) -> ProcessedManifest:
+                       markers: Markers = Markers(),
+                       reference_sha256: Mapping[str, str] | None = None) -> ProcessedManifest:
     """Transform one ingest manifest and commit its processed manifest; return that manifest.
 
-    ``pointers`` are the reference snapshots of the previous processed manifest.
+    ``pointers`` are the reference snapshots of the previous processed manifest,
+    ``reference_sha256`` their SHA-256s as it records them (each snapshot is checked).
     The processed manifest goes where ``markers`` say the revision in force puts
     it; an operator's skip makes it an empty one. If another invocation committed
     this manifest first, its manifest is returned and this attempt's objects stay
@@ -429,10 +441,12 @@ def transform_manifest(settings: TransformSettings, ingest_key: str,
     if run_id is None:  # the callers pass manifest keys only
         raise ValueError(f"{ingest_key} is not an ingest manifest key")
     skip = markers.skip("transform", ingest_key)
+    hashes = dict(reference_sha256 or {})
     processed, rows_in = (
         (supersede.skipped_manifest(settings.ingest_bucket, skip, {
-            table: pointers.get(table) for table in reference.REFERENCE_TABLES}), Counter[str]())
-        if skip is not None else _transformed(settings, ingest_key, run_id, pointers))
+            table: pointers.get(table) for table in reference.REFERENCE_TABLES}, hashes),
+         Counter[str]())
+        if skip is not None else _transformed(settings, ingest_key, run_id, pointers, hashes))
     target = markers.processed_key(ingest_key)
     try:
         storage.put_new_json(settings.processed_bucket, target, processed.to_json())
@@ -456,7 +470,8 @@ def transform_manifest(settings: TransformSettings, ingest_key: str,
 
 
 def _transformed(settings: TransformSettings, ingest_key: str, run_id: keys.RunId,
-                 pointers: dict[str, str | None]) -> tuple[ProcessedManifest, Counter[str]]:
+                 pointers: dict[str, str | None],
+                 hashes: Mapping[str, str]) -> tuple[ProcessedManifest, Counter[str]]:
     """Read the ingest run and write its Parquet objects; return its manifest and rows read."""
     ingest = _read_ingest_manifest(settings.ingest_bucket, ingest_key)
     attempt = _TransformAttempt(key=ingest_key, run_id=run_id, manifest=ingest,
@@ -468,7 +483,7 @@ def _transformed(settings: TransformSettings, ingest_key: str, run_id: keys.RunI
         raise TransformInputError(f"s3://{attempt.ingest_bucket}/{ingest_key}: database_time "
                                   f"{ingest.database_time!r} is not a time: {error}") from None
     try:
-        new_pointers = _reference_dimensions(attempt, pointers)
+        new_pointers, new_hashes = _reference_dimensions(attempt, pointers, hashes)
         _plain_dimensions(attempt)
         _facts(attempt)
         attempt.puts.close()  # every object the processed manifest lists exists
@@ -484,6 +499,8 @@ def _transformed(settings: TransformSettings, ingest_key: str, run_id: keys.RunI
         transformed_at=timestamps.now_text(),
         tables={name: TableOutput(tuple(files)) for name, files in attempt.outputs.items()},
         reference={table: new_pointers.get(table) for table in reference.REFERENCE_TABLES},
+        reference_sha256={table: new_hashes[table] for table in reference.REFERENCE_TABLES
+                          if new_pointers.get(table) and table in new_hashes},
         deletions={name: TableOutput(tuple(files)) for name, files in attempt.deletions.items()},
         capture=capture,
     ), attempt.rows_in
@@ -514,19 +531,23 @@ def _read_processed(settings: TransformSettings, key: str) -> ProcessedManifest:
     return ProcessedManifest.read(storage.read_json(settings.processed_bucket, key), key)
 
 
-def _newest_processed(settings: TransformSettings,
-                      markers: Markers) -> tuple[str | None, dict[str, str | None]]:
-    """The newest transformed ingest manifest and its reference pointers (None and none before).
+def _newest_processed(settings: TransformSettings, markers: Markers
+                      ) -> tuple[str | None, dict[str, str | None], dict[str, str]]:
+    """The newest transformed ingest manifest, its reference pointers and their SHA-256s.
+
+    None and none before any.
 
     A warm container that committed the newest itself knows both, once one listing
     proves no other invocation committed since; otherwise they are looked up and read.
     """
     known = _COMMITTED.get(settings.processed_bucket)
     if known is not None and markers.is_newest_processed(settings.processed_bucket, *known[:2]):
-        return known[0], dict(known[2])
+        return known[0], dict(known[2]), dict(known[3])
     latest = markers.newest_processed(settings.processed_bucket)
-    return latest, (dict(_read_processed(settings, markers.processed_key(latest)).reference)
-                    if latest else dict.fromkeys(reference.REFERENCE_TABLES))
+    if latest is None:
+        return None, dict.fromkeys(reference.REFERENCE_TABLES), {}
+    newest = _read_processed(settings, markers.processed_key(latest))
+    return latest, dict(newest.reference), dict(newest.reference_sha256)
 
 
 def transform_through(settings: TransformSettings, ingest_key: str, report: TransformReport,
@@ -544,7 +565,7 @@ def transform_through(settings: TransformSettings, ingest_key: str, report: Tran
     current = ingest_key
     try:
         markers = supersede.read_markers(settings.processed_bucket)
-        latest, pointers = _newest_processed(settings, markers)
+        latest, pointers, hashes = _newest_processed(settings, markers)
         if latest is not None and latest >= ingest_key:
             logger.info("already transformed", extra={"manifest": ingest_key, "latest": latest})
             return []
@@ -556,9 +577,10 @@ def transform_through(settings: TransformSettings, ingest_key: str, report: Tran
                 report.stopped_early = True
                 return done
             current = key
-            pointers = dict(transform_manifest(settings, key, pointers, report, markers).reference)
+            processed = transform_manifest(settings, key, pointers, report, markers, hashes)
+            pointers, hashes = dict(processed.reference), dict(processed.reference_sha256)
             _COMMITTED[settings.processed_bucket] = (key, markers.processed_key(key),
-                                                     dict(pointers))
+                                                     dict(pointers), dict(hashes))
             done.append(key)
             current = ingest_key  # a failure to list the next one leaves the event's undone
         return done

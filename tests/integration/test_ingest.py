@@ -541,6 +541,52 @@ def test_a_gzip_bomb_as_a_key_sweep_is_refused_after_a_bounded_read(source_db, a
     assert bomb in str(caught.value)
 
 
+def test_a_replaced_key_sweep_is_refused_not_read_as_no_deletions(source_db, aws, monkeypatch):
+    import gzip
+
+    import boto3
+
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
+    seed_one_of_each(source_db)
+    for order_id in range(2, 6):
+        sales_order(source_db, order_id, T0)
+    ingest.run_ingest()
+    bucket = aws["INGEST_BUCKET"]
+    swept = latest_manifest(bucket)["tables"]["sales_order"]["sweep"]
+    assert swept["sha256"] == storage.checksum(storage.read_bytes(bucket, swept["key"]))
+    boto3.client("s3").put_object(  # a later version without order 5: its delete would be lost
+        Bucket=bucket, Key=swept["key"], Body=gzip.compress(b"1,2,3,4\n"))
+    source_db.run("DELETE FROM sales_order WHERE sales_order_id = 5")
+    before = storage.latest_manifest_key(bucket)
+    with pytest.raises(storage.ObjectChangedError, match=re.escape(
+            f"{swept['key']} is not the object its manifest lists")) as refused:
+        ingest.run_ingest()
+    assert errors.kind_of(refused.value) == errors.INPUT
+    assert storage.latest_manifest_key(bucket) == before
+
+
+def test_a_replaced_captured_key_list_is_refused_by_the_next_sweep(source_db, aws, monkeypatch):
+    import gzip
+
+    import boto3
+
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "60")
+    seed_one_of_each(source_db)
+    ingest.run_ingest()  # the first sweep
+    sales_order(source_db, 7, T0 + timedelta(minutes=5))
+    ingest.run_ingest()  # no sweep due: the keys it captured are kept for the next one
+    bucket = aws["INGEST_BUCKET"]
+    entry = latest_manifest(bucket)["tables"]["sales_order"]
+    assert entry["captured_keys_sha256"] == storage.checksum(
+        storage.read_bytes(bucket, entry["captured_keys"]))
+    boto3.client("s3").put_object(  # a later version without order 7: its delete would be lost
+        Bucket=bucket, Key=entry["captured_keys"], Body=gzip.compress(b"1\n"))
+    source_db.run("DELETE FROM sales_order WHERE sales_order_id = 7")
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
+    with pytest.raises(storage.ObjectChangedError, match=re.escape(entry["captured_keys"])):
+        ingest.run_ingest()
+
+
 @pytest.mark.parametrize("forged_key", [
     "sales_order/2024/11/15/20241115T140000000Z-aa-00000.jsonl", "_supersede/skips/x.json"])
 def test_a_forged_successor_claim_never_makes_ingest_write_what_it_names(

@@ -91,6 +91,22 @@ def test_a_processed_object_replaced_by_a_later_version_is_refused_before_any_co
     assert not list(storage.list_keys(aws["LAKE_BUCKET"], keys.MANIFEST_PREFIX))
 
 
+def test_a_later_tables_replaced_object_is_refused_before_an_earlier_table_is_committed(aws):
+    every = dimensions()
+    key = Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"]).publish(
+        {"dim_currency": every["dim_currency"], "dim_design": every["dim_design"]})
+    listed = storage.read_json(aws["PROCESSED_BUCKET"], key)["tables"]["dim_design"]["files"][0]
+    boto3.client("s3").put_object(  # dim_currency is committed before dim_design is read
+        Bucket=aws["PROCESSED_BUCKET"], Key=listed["key"], Body=parquet_bytes("dim_design", [
+            {"design_id": 1, "design_name": "Forged", "file_location": "/x", "file_name": "x"}]))
+    with pytest.raises(storage.ObjectChangedError, match=re.escape(listed["key"])):
+        publish.run_publish(settings(aws), Deadline.unbounded())
+    assert all(table.current_snapshot() is None for table in
+               publish.Lake(lake.glue_catalog(aws["LAKE_BUCKET"]),
+                            aws["LAKE_DATABASE"]).tables.values())
+    assert not list(storage.list_keys(aws["LAKE_BUCKET"], keys.MANIFEST_PREFIX))
+
+
 def test_a_run_out_of_time_starts_nothing(aws):
     empty_manifest(FIRST)
     report = publish.run_publish(settings(aws), Deadline(lambda: 1.0))

@@ -228,3 +228,21 @@ def test_a_gzip_bomb_of_one_endless_line_is_refused_after_a_bounded_read(tmp_pat
     finally:
         tracemalloc.stop()
     assert len(bomb) < 1 << 20 and peak < 16 << 20
+
+
+def test_a_key_list_replaced_in_the_bucket_is_refused_by_the_audit(monkeypatch):
+    import boto3
+    from ingest_fixtures import moto_buckets
+
+    from totes import storage
+
+    key = "_sweeps/payment/k.keys.gz"
+    with moto_buckets(monkeypatch, "ingest-audit", "processed-audit"):
+        sha256 = storage.put_new_object_on(None, "ingest-audit", key, gzip.compress(b"1,2,3\n"),
+                                           "application/gzip")
+        boto3.client("s3").put_object(  # a later version without key 3: its delete hidden
+            Bucket="ingest-audit", Key=key, Body=gzip.compress(b"1,2\n"))
+        store = audit.BucketStore("ingest-audit")
+        assert list(audit._stored_keys(store, key)) == [1, 2]  # no hash recorded: unchecked
+        with pytest.raises(storage.ObjectChangedError, match=f"{key} is not the object"):
+            list(audit._stored_keys(store, key, sha256))

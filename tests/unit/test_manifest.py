@@ -43,6 +43,26 @@ def test_a_manifest_round_trips_through_its_document():
     assert IngestManifest.parse(document) == manifest
 
 
+def test_key_lists_keep_their_sha256_and_an_older_entry_without_it_still_reads():
+    from totes.storage import checksum
+
+    sha256 = checksum(b"1,2,3\n")
+    entry = TableEntry(sweep=SweepState("_sweeps/payment/k.keys.gz", 3, "20261127T080000000Z-aa",
+                                        datetime(2026, 11, 27, 8), sha256),
+                       captured_keys="_sweeps/payment/c-captured.keys.gz",
+                       captured_keys_sha256=sha256)
+    document = entry.to_json()
+    assert document["sweep"]["sha256"] == document["captured_keys_sha256"] == sha256
+    assert TableEntry.from_json(document) == entry
+    older = {**document, "sweep": {name: value for name, value in document["sweep"].items()
+                                   if name != "sha256"}}
+    del older["captured_keys_sha256"]
+    assert TableEntry.from_json(older) == replace(
+        entry, sweep=replace(entry.sweep, sha256=None), captured_keys_sha256=None)
+    with pytest.raises(ValueError, match="not a base64 SHA-256"):
+        SweepState.from_json({**document["sweep"], "sha256": "forged"})
+
+
 def test_a_log_based_position_round_trips_and_is_absent_from_snapshot_manifests():
     position = LogicalPosition("totes_ingest", "totes_pub", "16/B374D848",
                                partial_commit_lsn="16/B3800000", partial_changes=30000,

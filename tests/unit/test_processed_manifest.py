@@ -53,6 +53,17 @@ def test_a_current_manifest_round_trips_through_its_json():
     assert manifest.deleted("fact_payment").rows == 1 and manifest.table("fact_payment").rows == 3
 
 
+def test_reference_snapshots_keep_their_sha256_and_a_malformed_one_is_refused():
+    sha256 = "n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg="
+    manifest = replace(version_2(), reference_sha256={"address": sha256})
+    document = manifest.to_json()
+    assert document["reference_sha256"] == {"address": sha256}
+    assert ProcessedManifest.parse(document) == manifest
+    assert "reference_sha256" not in version_2().to_json()  # none recorded: read unchecked
+    with pytest.raises(ManifestError, match="not a base64 SHA-256"):
+        ProcessedManifest.parse({**document, "reference_sha256": {"address": "forged"}})
+
+
 def test_a_version_1_manifest_reads_with_no_deletions_and_no_capture_point():
     manifest = ProcessedManifest.parse(version_1())
     assert manifest.format == "totes.processed/1"

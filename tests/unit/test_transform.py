@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import quote_plus
 
 import boto3
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from ingest_fixtures import T0, encoded, full_batch, moto_buckets, row, write_run
@@ -472,6 +473,34 @@ def test_a_replaced_ingest_file_whose_early_line_is_bad_json_is_refused_as_repla
         transform._decode(INGEST, "t/x.jsonl", storage.checksum(good))
     overwrite(INGEST, "t/x.jsonl", good)
     assert len(transform._decode(INGEST, "t/x.jsonl", storage.checksum(good))) == 400_000
+
+
+def test_a_replaced_reference_snapshot_is_refused_not_carried_into_the_dimensions(monkeypatch):
+    storage.s3_client().put_bucket_versioning(
+        Bucket=PROCESSED, VersioningConfiguration={"Status": "Enabled"})
+    first = write_run_v2(full_batch(), stamp=STAMPS[0])
+    assert handle(first)["transformed"] == [first]
+    pointer = manifest(first)["reference"]["counterparty"]
+    good = storage.read_bytes(PROCESSED, pointer)
+    assert manifest(first)["reference_sha256"]["counterparty"] == storage.checksum(good)
+    state = pq.read_table(io.BytesIO(good))
+    name = state.schema.get_field_index("counterparty_legal_name")
+    forged = io.BytesIO()
+    pq.write_table(state.set_column(name, state.schema.field(name), pa.array(
+        ["Forged Ltd"], state.schema.field(name).type)), forged)
+    overwrite(PROCESSED, pointer, forged.getvalue())  # a later version of the snapshot
+    monkeypatch.setattr(transform, "_REFERENCE_STATES", {})  # a cold container
+    monkeypatch.setattr(transform, "_COMMITTED", {})
+    moved = row("address", city="Leeds", last_updated=T0 + timedelta(minutes=3))
+    second = write_run_v2({"address": [moved]}, stamp=STAMPS[1])
+    with pytest.raises(storage.ObjectChangedError, match=re.escape(
+            f"s3://{PROCESSED}/{pointer} is not the object its manifest lists")):
+        handle(second)
+    assert not exists(PROCESSED, second)
+    overwrite(PROCESSED, pointer, good)  # the runbook: the original version restored
+    assert handle(second)["transformed"] == [second]
+    assert rows_of(manifest(second), "dim_counterparty")[0]["counterparty_legal_name"] == (
+        "Fahey and Sons")
 
 
 def test_an_ingest_1_manifest_without_checksums_still_transforms():

@@ -57,6 +57,7 @@ def test_a_skip_marker_releases_the_stuck_manifest_and_the_rest_follows(caplog):
     skipped = storage.read_json(PROCESSED, second)
     assert skipped["skipped_by"] == skip.key and skipped["tables"] == {}
     assert skipped["reference"] == storage.read_json(PROCESSED, first)["reference"]
+    assert skipped["reference_sha256"] == storage.read_json(PROCESSED, first)["reference_sha256"]
     assert storage.read_json(PROCESSED, third)["tables"]["dim_location"]["rows"] == 1
     assert any(r.getMessage().startswith("manifest skipped by an operator") and
                r.marker == skip.key for r in caplog.records)
