@@ -57,7 +57,8 @@ def test_a_user_killed_without_its_exit_hook_no_longer_keeps_the_server_running(
 
 
 @pytest.mark.slow
-def test_logical_demo_restarts_a_server_another_process_is_using(demo_dir):
+def test_logical_demo_restarts_a_server_another_process_is_using_and_keeps_every_version(
+        demo_dir):
     holder = hold(demo_dir / "pg")
     try:
         done = totes("demo", "--dir", str(demo_dir), "--scale", "0.02", "--steps", "1",
@@ -67,6 +68,13 @@ def test_logical_demo_restarts_a_server_another_process_is_using(demo_dir):
     finally:
         holder.kill()
         holder.wait()
+    # Log-based capture keeps both amendments of the order, and its cancellation.
+    history = done.stdout.split("history of amended sales order")[1].split(
+        "history of cancelled")[0]
+    versions = [line for line in history.splitlines()[2:] if line.strip()]
+    assert len(versions) == 3
+    cancelled = done.stdout.split("history of cancelled sales order")[1].split("files written")[0]
+    assert cancelled.strip().splitlines()[-1].endswith("(deleted)")
 
 
 def test_stop_stops_every_server_of_the_clone_and_says_so(demo_dir):
