@@ -27,9 +27,9 @@ def hold(data_dir: Path) -> subprocess.Popen:
 
 
 @pytest.fixture
-def demo_dir():
+def demo_dir(blank_cluster):
     """A demo folder with a warehouse database and its server stopped, as after ``make demo``."""
-    yield from stopped_demo()
+    yield from stopped_demo(blank_cluster)
 
 
 def test_sql_prompt_runs_psql_and_stops_the_server_when_psql_ends(demo_dir):
