@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import scratch_postgres
 from cli_process import TOTES, free_ports, stopped_demo, totes
 
 from totes_local import stack
@@ -77,12 +78,13 @@ def test_logical_demo_restarts_a_server_another_process_is_using_and_keeps_every
     assert cancelled.strip().splitlines()[-1].endswith("(deleted)")
 
 
-def test_stop_stops_every_server_of_the_clone_and_says_so(demo_dir):
+def test_stop_stops_every_server_of_the_clone_and_says_so(demo_dir, blank_cluster):
     clone = demo_dir / "clone"
     folders = [clone / ".demo" / "pg", clone / ".invoke" / "pg"]
     holders = []
     for folder in folders:
-        folder.mkdir(parents=True)
+        folder.parent.mkdir(parents=True)
+        scratch_postgres.copy(blank_cluster, folder)    # a server's files, made in a second
         holders.append(hold(folder))
     try:
         done = totes("stop", "--root", str(clone))
