@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+import scratch_postgres
 from totes_local import stack
 
 TOTES = str(Path(sys.executable).with_name("totes"))
@@ -32,9 +33,11 @@ def free_ports(count: int) -> list[int]:
             probe.close()
 
 
-def stopped_demo(databases: tuple[str, ...] = ("warehouse",),
+def stopped_demo(blank: Path, databases: tuple[str, ...] = ("warehouse",),
                  fill: Callable[[stack.Postgres], object] | None = None) -> Iterator[Path]:
     """A demo folder whose server holds ``databases`` and is stopped; removed afterwards.
+
+    Its server is a copy of the ``blank`` cluster's files (the ``blank_cluster`` fixture).
 
     ``fill``, when given, is called with the server once the databases exist.
 
@@ -43,6 +46,7 @@ def stopped_demo(databases: tuple[str, ...] = ("warehouse",),
     """
     path = Path(tempfile.mkdtemp(prefix="totes-cli-test-"))
     path.chmod(0o755)
+    scratch_postgres.copy(blank, path / "pg")
     postgres = stack.start_postgres(path / "pg")
     for name in databases:
         postgres.recreate_database(name)

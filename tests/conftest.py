@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     ``make test`` hands whole modules to its workers (pytest-xdist ``--dist loadfile``)
     in this order (``--no-loadscope-reorder`` in pyproject.toml: xdist's default would
     start the modules with the most tests first, and so leave a few minutes-long modules
-    of few tests, a demo, a 100k-row transaction, to start last while the other workers
+    of few tests, a demo, two pipelines racing each other, to start last while the other workers
     sit idle). The modules that take the ``.aws-sam`` lock (``aws_sam_build``) start
     first too: together, the quick one does not wait minutes for ``make invoke-all``'s
     to end. The collected order already puts the end-to-end modules before the

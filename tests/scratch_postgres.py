@@ -7,6 +7,7 @@ waiting on the disk, which on a busy 2-core machine is most of a clean stop (sec
 for a server holding a few hundred test databases). Commits stay synchronous: what
 a test's commit returned for is in the WAL the server replays after a crash.
 """
+import subprocess  # nosec B404: cp -a of a stopped test cluster's files
 from pathlib import Path
 
 from totes_local import stack
@@ -26,3 +27,18 @@ def start(data_dir: Path) -> stack.Postgres:
     finally:
         conn.close()
     return postgres
+
+
+def blank(data_dir: Path) -> None:
+    """Make a new cluster's files in ``data_dir`` (fsync off) and stop it: a template to copy.
+
+    A new cluster (initdb) takes seconds on a busy 2-core machine; a copy of its
+    stopped files (:func:`copy`) starts in about one.
+    """
+    start(data_dir)
+    stack.stop_postgres(data_dir)
+
+
+def copy(template: Path, data_dir: Path) -> None:
+    """Copy a stopped cluster's files to ``data_dir`` (not yet there), owners and modes kept."""
+    subprocess.run(["cp", "-a", str(template), str(data_dir)], check=True)  # nosec B603 B607

@@ -1,9 +1,12 @@
 """The whole pipeline on a generated totesys: all three handlers, PostgreSQL, moto server."""
 import fcntl
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
+import scratch_postgres
 from pipeline_kit import PipelineUnderTest
 
 from totes_local import stack
@@ -30,6 +33,23 @@ def e2e(aws, postgres, database, totesys):
 def module_e2e(module_aws, postgres, module_database, module_totesys):
     """As ``e2e``, one for the whole module: for runs its tests share and only inspect."""
     return pipeline_under_test(module_aws, postgres, module_database, module_totesys)
+
+
+@pytest.fixture(scope="session")
+def blank_cluster() -> Iterator[Path]:
+    """A new cluster's files, stopped, made once per worker: each test starts a copy of its own.
+
+    It never syncs to disk (``fsync = off``; every copy is deleted after its test), so
+    its checkpoints (a stop's, a base backup's) cost no flush, and nothing a privilege
+    depends on changes.
+    """
+    root = Path(tempfile.mkdtemp(prefix="totes-blank-pg-"))
+    root.chmod(0o755)
+    try:
+        scratch_postgres.blank(root / "data")
+        yield root / "data"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,9 @@ def one_line(text: str) -> str:
 
 
 @pytest.fixture
-def empty_demo():
+def empty_demo(blank_cluster):
     """A demo folder whose server exists (stopped) but holds no demo database yet."""
-    yield from stopped_demo(databases=())
+    yield from stopped_demo(blank_cluster, databases=())
 
 
 def test_misspelt_capture_mode_is_refused_before_anything_starts(tmp_path):

@@ -79,9 +79,10 @@ def test_browser_draws_every_chart_of_the_page(served, tmp_path):
 
 
 @pytest.fixture
-def stopped_demo_warehouse():
+def stopped_demo_warehouse(blank_cluster):
     """A demo folder as ``make demo`` leaves it: a warehouse of known content, server stopped."""
-    yield from stopped_demo(fill=lambda postgres: build_warehouse(postgres, "warehouse"))
+    yield from stopped_demo(blank_cluster,
+                            fill=lambda postgres: build_warehouse(postgres, "warehouse"))
 
 
 def test_first_load_starts_the_stopped_demo_server_and_ctrl_c_stops_it(

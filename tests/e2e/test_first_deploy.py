@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import pytest
 from pipeline_kit import PipelineUnderTest
-from test_operator_source import DBNAME, Cluster, emitted
+from test_operator_source import DBNAME, Cluster, copy_of, emitted
 
 from totes import storage
 from totes.manifest import IngestManifest
@@ -98,34 +98,6 @@ class Administrator:
                 conn.run(statement.replace(PASSWORD_PLACEHOLDER, f"'{self.password}'"))
         finally:
             conn.close()
-
-
-@pytest.fixture(scope="module")
-def blank_cluster() -> Iterator[Path]:
-    """A new cluster's files, stopped, made once per module: each test starts a copy of its own.
-
-    It never syncs to disk (``fsync = off``; every copy is deleted after its test), so
-    its checkpoints (a stop's, a base backup's) cost no flush, and nothing a privilege
-    depends on changes.
-    """
-    root = Path(tempfile.mkdtemp(prefix="totes-blank-pg-"))
-    root.chmod(0o755)
-    try:
-        conn = stack.start_postgres(root / "data").connect("postgres")
-        try:
-            conn.run("ALTER SYSTEM SET fsync = off")
-        finally:
-            conn.close()
-        stack.stop_postgres(root / "data")
-        yield root / "data"
-    finally:
-        subprocess.run(["rm", "-rf", str(root)], check=False)  # nosec B603 B607
-
-
-def copy_of(blank: Path, data_dir: Path) -> Cluster:
-    """Start a copy of the ``blank`` cluster's files (owners and modes kept) in ``data_dir``."""
-    subprocess.run(["cp", "-a", str(blank), str(data_dir)], check=True)  # nosec B603 B607
-    return Cluster(data_dir, stack.start_postgres(data_dir))
 
 
 def harden(made: Cluster) -> None:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import scratch_postgres
 from cli_process import TOTES, free_ports, stopped_demo, totes
 
 from totes_local import stack
@@ -27,9 +28,9 @@ def hold(data_dir: Path) -> subprocess.Popen:
 
 
 @pytest.fixture
-def demo_dir():
+def demo_dir(blank_cluster):
     """A demo folder with a warehouse database and its server stopped, as after ``make demo``."""
-    yield from stopped_demo()
+    yield from stopped_demo(blank_cluster)
 
 
 def test_sql_prompt_runs_psql_and_stops_the_server_when_psql_ends(demo_dir):
@@ -57,7 +58,8 @@ def test_a_user_killed_without_its_exit_hook_no_longer_keeps_the_server_running(
 
 
 @pytest.mark.slow
-def test_logical_demo_restarts_a_server_another_process_is_using(demo_dir):
+def test_logical_demo_restarts_a_server_another_process_is_using_and_keeps_every_version(
+        demo_dir):
     holder = hold(demo_dir / "pg")
     try:
         done = totes("demo", "--dir", str(demo_dir), "--scale", "0.02", "--steps", "1",
@@ -67,14 +69,22 @@ def test_logical_demo_restarts_a_server_another_process_is_using(demo_dir):
     finally:
         holder.kill()
         holder.wait()
+    # Log-based capture keeps both amendments of the order, and its cancellation.
+    history = done.stdout.split("history of amended sales order")[1].split(
+        "history of cancelled")[0]
+    versions = [line for line in history.splitlines()[2:] if line.strip()]
+    assert len(versions) == 3
+    cancelled = done.stdout.split("history of cancelled sales order")[1].split("files written")[0]
+    assert cancelled.strip().splitlines()[-1].endswith("(deleted)")
 
 
-def test_stop_stops_every_server_of_the_clone_and_says_so(demo_dir):
+def test_stop_stops_every_server_of_the_clone_and_says_so(demo_dir, blank_cluster):
     clone = demo_dir / "clone"
     folders = [clone / ".demo" / "pg", clone / ".invoke" / "pg"]
     holders = []
     for folder in folders:
-        folder.mkdir(parents=True)
+        folder.parent.mkdir(parents=True)
+        scratch_postgres.copy(blank_cluster, folder)    # a server's files, made in a second
         holders.append(hold(folder))
     try:
         done = totes("stop", "--root", str(clone))

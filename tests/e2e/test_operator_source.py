@@ -263,31 +263,50 @@ class Cluster:
             conn.close()
 
 
-@pytest.fixture
-def cluster(aws, postgres, database) -> Iterator[tuple[Cluster, PipelineUnderTest]]:
-    """A throw-away cluster's generated totesys as the source; the warehouse on the session server.
+def copy_of(blank: Path, data_dir: Path) -> Cluster:
+    """Start a copy of the ``blank`` cluster's files (owners and modes kept) in ``data_dir``."""
+    scratch_postgres.copy(blank, data_dir)
+    return Cluster(data_dir, stack.start_postgres(data_dir))
 
-    Prepared transactions are enabled (they are off by default). Stopped and deleted
-    at the end, whatever happened.
+
+@pytest.fixture(scope="module")
+def totesys_files(blank_cluster) -> Iterator[Path]:
+    """A stopped cluster's files holding a generated totesys, prepared transactions enabled.
+
+    Made once per module (a new cluster takes seconds to make on a busy machine, the
+    generation more): each test starts a copy of its own, which it may stop, back up,
+    restore or promote. Prepared transactions are off by default.
     """
-    root = Path(tempfile.mkdtemp(prefix="totes-operator-pg-"))
+    root = Path(tempfile.mkdtemp(prefix="totes-operator-template-"))
     root.chmod(0o755)
-    data_dir = root / "data"
-    made = Cluster(data_dir, scratch_postgres.start(data_dir))
     try:
+        made = copy_of(blank_cluster, root / "data")
         admin = made.postgres.connect("postgres")
         try:
             admin.run("ALTER SYSTEM SET max_prepared_transactions = 4")
         finally:
             admin.close()
-        made.stop()
-        made.start()
         generator.recreate_empty_source(made.postgres, DBNAME)
-        conn = made.connect()
-        try:
+        with made.session() as conn:
             generator.generate(conn, scale=0.02)
-        finally:
-            conn.close()
+        stack.stop_postgres(root / "data")
+        yield root / "data"
+    finally:
+        stack.stop_postgres(root / "data")
+        subprocess.run(["rm", "-rf", str(root)], check=False)  # nosec B603 B607
+
+
+@pytest.fixture
+def cluster(aws, postgres, database,
+            totesys_files) -> Iterator[tuple[Cluster, PipelineUnderTest]]:
+    """A copy of the module's generated totesys as the source; the warehouse on the session server.
+
+    Stopped and deleted at the end, whatever happened.
+    """
+    root = Path(tempfile.mkdtemp(prefix="totes-operator-pg-"))
+    root.chmod(0o755)
+    try:
+        made = copy_of(totesys_files, root / "data")
         warehouse = database("warehouse")
         stack.provision({aws["TOTESYS_SECRET_ID"]: made.postgres.secret(DBNAME),
                          aws["WAREHOUSE_SECRET_ID"]: postgres.secret(warehouse)}, buckets=())
@@ -296,7 +315,7 @@ def cluster(aws, postgres, database) -> Iterator[tuple[Cluster, PipelineUnderTes
                                       postgres=postgres,
                                       pipeline=LocalPipeline(aws["INGEST_BUCKET"]))
     finally:
-        made.postgres.server.cleanup()
+        stack.stop_postgres(root / "data")
         subprocess.run(["rm", "-rf", str(root)], check=False)  # nosec B603 B607
 
 

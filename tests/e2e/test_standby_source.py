@@ -21,10 +21,9 @@ from typing import Iterator
 import pytest
 from pgserver import _commands
 from pipeline_kit import PipelineUnderTest
-from test_first_deploy import (INGEST_LOGIN, blank_cluster,  # noqa: F401 (its fixture)
-                               copy_of, Administrator, assert_clean, latest_source_identity,
+from test_first_deploy import (INGEST_LOGIN, Administrator, assert_clean, latest_source_identity,
                                sql_block)
-from test_operator_source import DBNAME, Cluster, business, emitted
+from test_operator_source import DBNAME, Cluster, business, copy_of, emitted
 
 from totes import db, extract, snapshot_capture
 from totes_local import generator, stack
@@ -68,7 +67,7 @@ def caught_up(primary: Cluster, standby: Cluster) -> None:
 
 @pytest.fixture
 def replica(aws, postgres, database,
-            blank_cluster) -> Iterator[tuple[Cluster, Cluster, PipelineUnderTest]]:  # noqa: F811
+            blank_cluster) -> Iterator[tuple[Cluster, Cluster, PipelineUnderTest]]:
     """A primary with a generated totesys, its hot standby as the source; the warehouse apart.
 
     Both clusters are stopped and deleted at the end, whatever happened.

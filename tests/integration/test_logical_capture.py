@@ -231,11 +231,10 @@ def test_a_crash_anywhere_ends_identical_to_a_clean_run(source, aws, monkeypatch
     assert slot_confirmed(source) == manifests(bucket)[-1]["logical"]["lsn"]
 
 
-@pytest.mark.slow
-def test_a_100k_row_transaction_drains_over_runs_within_the_budget_in_bounded_memory(
+def test_a_large_transaction_drains_over_runs_within_the_budget_in_bounded_memory(
         source, aws, monkeypatch):
-    monkeypatch.setenv("INGEST_MAX_ROWS_PER_RUN", "30000")
-    monkeypatch.setenv("CHUNK_ROWS", "10000")
+    monkeypatch.setenv("INGEST_MAX_ROWS_PER_RUN", "3000")
+    monkeypatch.setenv("CHUNK_ROWS", "1000")
     seed_one_of_each(source)
     ingest.run_ingest()
     source.run("START TRANSACTION")
@@ -243,7 +242,7 @@ def test_a_100k_row_transaction_drains_over_runs_within_the_budget_in_bounded_me
         "INSERT INTO sales_order (sales_order_id, created_at, last_updated, design_id, "
         "staff_id, counterparty_id, units_sold, unit_price, currency_id, agreed_delivery_date, "
         "agreed_payment_date, agreed_delivery_location_id) SELECT n, :at, :at, 1, 1, 1, n, "
-        "n / 100.0, 1, '2024-11-20', '2024-11-21', 1 FROM generate_series(2, 100001) AS n",
+        "n / 100.0, 1, '2024-11-20', '2024-11-21', 1 FROM generate_series(2, 10001) AS n",
         at=T0)
     sales_order(source, 200_000, T0)      # a later change in the same transaction
     source.run("COMMIT")
@@ -257,14 +256,16 @@ def test_a_100k_row_transaction_drains_over_runs_within_the_budget_in_bounded_me
         tracemalloc.stop()
         assert len(runs) < 10
 
-    assert [run.total_rows for run in runs] == [30000, 30000, 30000, 10002]
+    assert [run.total_rows for run in runs] == [3000, 3000, 3000, 1002]
     bucket = aws["INGEST_BUCKET"]
     ids = [row["sales_order_id"] for row in history(bucket, "sales_order")]
-    assert ids == [1, *range(2, 100002), 200_000, 300_000]
+    assert ids == [1, *range(2, 10002), 200_000, 300_000]
     positions = [IngestManifest.parse(document).logical for document in manifests(bucket)[1:]]
-    assert [p.partial_changes for p in positions] == [30000, 60000, 90000, 0]
+    assert [p.partial_changes for p in positions] == [3000, 6000, 9000, 0]
     assert len({p.partial_commit_lsn for p in positions[:3]}) == 1
-    assert max(peaks) < 40 * 2**20, peaks
+    # A run peaks near 12 MB whether the transaction holds 10,000 or 20,000 rows; its
+    # 10,000 rows decoded at once take over 25 MB (peaks at scale: benchmarks/bench_logical.py).
+    assert max(peaks) < 20 * 2**20, peaks
     assert ingest.run_ingest().total_rows == 0
 
 
