@@ -152,10 +152,7 @@ def test_a_secret_scheduled_for_deletion_says_to_restore_it(monkeypatch):
 
 def test_a_secrets_manager_that_never_answers_fails_in_seconds_naming_vpc_mode(
         monkeypatch, silent_endpoint):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
     monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", silent_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setattr(db, "SECRETS_CONNECT_TIMEOUT_SECONDS", 0.5)
     started = time.monotonic()
     with pytest.raises(db.SecretsManagerUnreachableError) as raised:
