@@ -418,7 +418,7 @@ def test_handler_raises_the_load_error_even_when_the_connection_is_already_broke
     stack.provision({aws["WAREHOUSE_SECRET_ID"]: postgres.secret(warehouse_db)}, buckets=())
 
     def load_fails_with_the_backend_gone(conn, *args, **kwargs):
-        with pytest.raises(pg8000.native.InterfaceError):
+        with pytest.raises(pg8000.native.DatabaseError, match="57P01"):  # the server's report
             conn.run("SELECT pg_terminate_backend(pg_backend_pid())")
         raise load.LoadError("the load's own error", "a manifest")
 
