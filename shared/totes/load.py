@@ -367,8 +367,7 @@ def load_manifest(conn: pg8000.native.Connection, bucket: str, key: str,
     outputs = [manifest.table(table.name) for table in TABLES.values()]
     deletions = [manifest.deleted(fact.name) for fact in FACTS]
     in_order = [file for output in (*outputs, *deletions) for file in output.files]
-    with storage.Prefetch(bucket, [file.key for file in in_order], PREFETCH_OBJECTS,
-                          {file.key: file.sha256 for file in in_order}) as prefetch, \
+    with storage.Prefetch.of_files(bucket, in_order, PREFETCH_OBJECTS) as prefetch, \
             warehouse.transaction(conn):
         warehouse.lock(conn)
         if warehouse.is_loaded(conn, key):

@@ -210,10 +210,8 @@ def publish_manifest(lake_tables: Lake, settings: PublishSettings, key: str, pro
     files = [file for table in (*DIMENSIONS, *FACTS)
              for output in (manifest.table(table.name), manifest.deleted(table.name))
              for file in output.files]
-    keys = [file.key for file in files]
-    with storage.Prefetch(settings.processed_bucket, keys, PREFETCH_OBJECTS,
-                          {file.key: file.sha256 for file in files}) as prefetch:
-        fetch_all(prefetch, keys)
+    with storage.Prefetch.of_files(settings.processed_bucket, files, PREFETCH_OBJECTS) as prefetch:
+        fetch_all(prefetch, [file.key for file in files])
         _publish_tables(lake_tables, settings, key, processed_key, manifest, report, prefetch)
 
 

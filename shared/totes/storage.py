@@ -33,7 +33,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, cast
+from typing import (IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence,
+                    cast)
 
 import boto3
 import botocore.config
@@ -49,6 +50,8 @@ if TYPE_CHECKING:  # boto3-stubs, a development dependency: the Lambda runtime h
     from botocore.model import OperationModel
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import ListObjectsV2RequestPaginateTypeDef
+
+    from totes.manifest import DataFile
 
 #: tells a key of the layout a listing looks for from a stray object.
 KeyTest = Callable[[str], bool]
@@ -275,6 +278,15 @@ class Prefetch:
         self._held: dict[str, IO[bytes]] = {}  # downloaded by :meth:`hold`, not yet read
         self._pool = ThreadPoolExecutor(ahead, thread_name_prefix="totes-get")
         self._start_more()
+
+    @classmethod
+    def of_files(cls, bucket: str, files: "Sequence[DataFile]", ahead: int) -> "Prefetch":
+        """Read the objects a manifest lists, in its order, each checked against its SHA-256.
+
+        Load and publish both read a manifest's files so; one constructor keeps them alike.
+        """
+        return cls(bucket, [file.key for file in files], ahead,
+                   {file.key: file.sha256 for file in files})
 
     def _start_more(self) -> None:
         while self._waiting and len(self._started) < self._ahead:
