@@ -3,10 +3,11 @@
 No engine runs here (no Iceberg runtime is reachable offline), so each property
 those engines document is checked on the files themselves, with pyarrow and
 pyiceberg, after one publish of every table: Parquet only, Iceberg v2, Glue's
-``table_type``/``metadata_location``, lower-case names, Iceberg field ids in every
-data file, only types Athena and Spark read (no nanosecond or unsigned integers, no
-Arrow dictionaries, decimals as the schema says), and one data file per table per
-commit (the small-files guidance: a commit never splits its rows into several).
+``table_type``/``metadata_location``, lower-case names, Glue columns in Athena's
+types, Iceberg field ids in every data file, only types Athena and Spark read (no
+nanosecond or unsigned integers, no Arrow dictionaries, decimals as the schema
+says), and one data file per table per commit (the small-files guidance: a commit
+never splits its rows into several).
 """
 import io
 from datetime import date, datetime, timezone
@@ -73,6 +74,18 @@ def assert_names_lower_case(name: str, table, found: dict) -> None:
     assert [column["Name"] for column in found["StorageDescriptor"]["Columns"]] == columns, name
 
 
+#: Athena's DDL names of the types the lake's columns have (its data types page).
+ATHENA_TYPES = {"int", "bigint", "string", "date", "decimal(10,2)", "boolean"}
+
+
+def assert_glue_columns_in_athena_types(name: str, table, found: dict) -> None:
+    """Glue lists each column with a type Athena names, and the column's Iceberg field id."""
+    ids = {field.name: field.field_id for field in table.schema().fields}
+    for column in found["StorageDescriptor"]["Columns"]:
+        assert column["Type"] in ATHENA_TYPES, (name, column)
+        assert int(column["Parameters"]["iceberg.field.id"]) == ids[column["Name"]], name
+
+
 def assert_field_ids_in_every_data_file(name: str, table) -> None:
     """Spark's and Trino's Iceberg readers match Parquet columns by field id, not by name."""
     expected = {field.name: field.field_id for field in table.schema().fields}
@@ -115,6 +128,7 @@ def test_every_lake_table_and_data_file_is_as_athena_spark_and_trino_require(aws
         assert_iceberg_v2_writing_parquet(name, table)
         assert_glue_marks_it_iceberg_at_its_metadata_file(name, table, found)
         assert_names_lower_case(name, table, found)
+        assert_glue_columns_in_athena_types(name, table, found)
         assert_field_ids_in_every_data_file(name, table)
         assert_types_readers_read(name, table)
         assert_one_data_file_per_commit(name, table)
