@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 RESERVE_SECONDS = 60.0
 
 #: bytes of the temporary folder kept free beyond a manifest's objects: pyiceberg's own files
-#: (each data file written, each one read, spooled to disk past 8 MB) need room beside them.
+#: (each data file written, each one read, spooled to disk past 8 MB) need room beside them;
+#: seven times the largest lake data file the ×40 backfill wrote (17.4 MB, docs/lake.md).
 SPOOL_RESERVE_BYTES = 128 << 20
 
 #: what a publish record says it is.
