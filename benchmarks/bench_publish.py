@@ -10,8 +10,10 @@ publish handler runs in a freshly spawned interpreter (a cold Lambda, so the pea
 RSS is publish's own, imports included) with the timeout template.yaml gives it,
 invocation after invocation as its schedule would, until one publishes nothing.
 Reported: each manifest's seconds, each invocation's, the peak RSS against the
-function's ``MemorySize``, and the snapshots and commits (metadata files) each
-lake table gained.
+function's ``MemorySize``, the peak bytes held in the temporary folder (Lambda's
+``/tmp``: every object of a manifest is held there before its first commit)
+against the function's ``EphemeralStorage``, and the snapshots and commits
+(metadata files) each lake table gained.
 
     .venv/bin/python -m benchmarks.bench_publish --scale 40 --reuse
 """
@@ -24,8 +26,8 @@ import time
 from typing import Any
 
 from benchmarks.bench_ingest import generate_source
-from benchmarks.common import (MB, bench_environment, current_rss, local_stack, options, parse,
-                               peak_rss, run_in_fresh_process)
+from benchmarks.common import (MB, TempSpace, bench_environment, current_rss, local_stack,
+                               options, parse, peak_rss, run_in_fresh_process)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -33,12 +35,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parse(options("bench_publish", __doc__, scale=40.0, ingest=True), argv)
 
 
-def publish_limits() -> tuple[int, int]:
-    """The publish function's memory (MB) and timeout (s), as template.yaml deploys them."""
+def publish_limits() -> tuple[int, int, int]:
+    """The publish function's memory (MB), timeout (s) and /tmp (MB), as template.yaml says."""
     from totes_local import cfn
 
     properties = cfn.load()["Resources"]["PublishFunction"]["Properties"]
-    return int(properties["MemorySize"]), int(properties["Timeout"])
+    tmp = int(properties.get("EphemeralStorage", {}).get("Size", 512))
+    return int(properties["MemorySize"]), int(properties["Timeout"]), tmp
 
 
 def backfill(postgres: Any, endpoint: str,
@@ -79,11 +82,15 @@ def _publish_child(env: dict[str, str], memory_mb: int, timeout: int) -> dict[st
 
     Runs in a fresh process (a cold Lambda, then a warm one: the same process), so the
     peak RSS is publish's own. Each manifest's time is taken around
-    :func:`totes.publish.publish_manifest`, the one call a manifest's work is in.
+    :func:`totes.publish.publish_manifest`, the one call a manifest's work is in, and
+    so is its peak of the temporary folder (:class:`benchmarks.common.TempSpace`, in
+    a folder of the child's own, so no other process's files count).
     """
     import logging
+    import tempfile
 
     os.environ.update(env)
+    tempfile.tempdir = tempfile.mkdtemp(prefix="bench-publish-tmp-")
     from totes import lake, publish
     from totes.lake_schema import LAKE_TABLES
     from totes_local.runner import LambdaContext, load_handler, scheduled_event
@@ -96,24 +103,34 @@ def _publish_child(env: dict[str, str], memory_mb: int, timeout: int) -> dict[st
     manifest_rss: list[float] = []
     manifest_start_rss: list[float] = []
     manifest_rows: list[int] = []
+    manifest_bytes: list[int] = []
+    manifest_largest: list[int] = []
+    manifest_tmp: list[float] = []
+    space = TempSpace()
     publish_manifest = publish.publish_manifest
     signature = inspect.signature(publish_manifest)
 
     def timed(*args: Any, **kwargs: Any) -> Any:
         manifest = signature.bind(*args, **kwargs).arguments["manifest"]
         manifest_rows.append(sum(table.rows for table in manifest.tables.values()))
+        sizes = [file.bytes for outputs in (manifest.tables, manifest.deletions)
+                 for output in outputs.values() for file in output.files]
+        manifest_bytes.append(sum(sizes))
+        manifest_largest.append(max(sizes, default=0))
         manifest_start_rss.append(current_rss() / MB)
+        space.peak = space.held()
         started = time.perf_counter()
         try:
             return publish_manifest(*args, **kwargs)
         finally:
+            manifest_tmp.append(space.peak / MB)
             manifest_seconds.append(time.perf_counter() - started)
             manifest_peaks.append(peak_rss() / MB)
             manifest_rss.append(current_rss() / MB)
 
     publish.publish_manifest = timed  # type: ignore[assignment]
     runs = []
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # EMF lines
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), space:  # EMF lines
         while True:
             started = time.perf_counter()
             response = handler(scheduled_event("publish"), LambdaContext(
@@ -124,17 +141,23 @@ def _publish_child(env: dict[str, str], memory_mb: int, timeout: int) -> dict[st
                          "rows": sum(response["rows_appended"].values())})
             if not response["manifests_published"]:
                 break
+    os.rmdir(tempfile.tempdir)  # every spool was deleted with its file
     catalog = lake.glue_catalog(env["LAKE_BUCKET"])
     tables = {}
     for name in LAKE_TABLES:
         table = catalog.load_table((env["LAKE_DATABASE"], name))
         # Every commit writes a metadata file and logs the one before it (the table's
         # creation wrote the first): the commits are the log's length, up to its cap of 100.
+        sizes = [task.file.file_size_in_bytes for task in table.scan().plan_files()]
         tables[name] = {"snapshots": len(table.snapshots()),
-                        "commits": len(table.metadata.metadata_log)}
+                        "commits": len(table.metadata.metadata_log), "data_files": sizes}
     return {"runs": runs, "manifest_seconds": manifest_seconds, "manifest_peaks": manifest_peaks,
             "manifest_rss": manifest_rss, "manifest_start_rss": manifest_start_rss,
-            "manifest_rows": manifest_rows, "tables": tables, "baseline_mb": baseline / MB,
+            "manifest_rows": manifest_rows, "manifest_mb": [size / MB for size in manifest_bytes],
+            "manifest_largest_mb": [size / MB for size in manifest_largest],
+            "manifest_tmp_mb": manifest_tmp,
+            "tmp_peak_mb": max([space.peak / MB, *manifest_tmp]),
+            "tables": tables, "baseline_mb": baseline / MB,
             "peak_mb": peak_rss() / MB, "final_rss_mb": current_rss() / MB}
 
 
@@ -147,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from totes import publish
 
-    memory_mb, timeout = publish_limits()
+    memory_mb, timeout, tmp_mb = publish_limits()
     with local_stack(args.data_dir) as (postgres, endpoint):
         started = time.perf_counter()
         env, source_rows, manifests = backfill(postgres, endpoint, args)
@@ -167,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
               in zip(result["manifest_rows"], result["manifest_seconds"],
                      result["manifest_start_rss"], result["manifest_peaks"],
                      result["manifest_rss"])))
+    print("per manifest (processed objects' bytes, the largest one's, peak /tmp held): "
+          + ", ".join(f"{size:.1f} MB listed, largest {largest:.1f} MB, {tmp:.1f} MB held"
+                      for size, largest, tmp in zip(result["manifest_mb"],
+                                                    result["manifest_largest_mb"],
+                                                    result["manifest_tmp_mb"])))
+    print(f"peak /tmp {result['tmp_peak_mb']:.1f} MB of the function's {tmp_mb} MB")
     print(f"RSS after the last invocation: {result['final_rss_mb']:.0f} MB")
     snapshots = sum(table["snapshots"] for table in result["tables"].values())
     commits = sum(table["commits"] for table in result["tables"].values())
@@ -174,12 +203,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"lake: {snapshots} snapshots in {commits} commits over {len(result['tables'])} "
           f"tables (most: {widest[0]}, {widest[1]['snapshots']} snapshots in "
           f"{widest[1]['commits']} commits)")
+    sizes = sorted(size for table in result["tables"].values() for size in table["data_files"])
+    largest = max(result["tables"].items(), key=lambda item: sum(item[1]["data_files"]))
+    print(f"data files in force: {len(sizes)}, {sum(sizes) / MB:.1f} MB, median "
+          f"{sizes[len(sizes) // 2] / MB if sizes else 0:.2f} MB, largest "
+          f"{sizes[-1] / MB if sizes else 0:.1f} MB ({largest[0]}: "
+          f"{len(largest[1]['data_files'])} files, {sum(largest[1]['data_files']) / MB:.1f} MB)")
     longest = max(result["manifest_seconds"], default=0.0)
     budget = timeout - publish.RESERVE_SECONDS
     print(f"peak RSS {result['peak_mb']:.0f} MB (handler imported {result['baseline_mb']:.0f} "
           f"MB) of the function's {memory_mb} MB; longest manifest {longest:.1f} s of the "
           f"{budget:.0f} s a run may start one in ({timeout} s timeout)")
-    fits = result["peak_mb"] < memory_mb and longest < budget
+    fits = (result["peak_mb"] < memory_mb and longest < budget
+            and result["tmp_peak_mb"] < tmp_mb)
     return 0 if fits and published == len(manifests) else 1
 
 

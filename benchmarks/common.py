@@ -202,6 +202,64 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+class TempSpace:
+    """The most bytes this process held in its temporary folder (Lambda's ``/tmp``) at once.
+
+    A thread samples, every ``interval`` seconds, the size of every file the process
+    has open in :func:`tempfile.gettempdir` (``tempfile.TemporaryFile`` unlinks its
+    file at once, so the folder's listing would not show it; ``/proc/self/fd`` does)
+    plus the files named in that folder. Lambda's ``/tmp`` is 512 MB unless the
+    function sets ``EphemeralStorage``: this is the number to hold against it. Use as a
+    context manager; :attr:`peak` is in bytes.
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        """Sample every ``interval`` seconds once entered."""
+        import tempfile
+        import threading
+
+        self.folder = os.path.realpath(tempfile.gettempdir())
+        self.peak = 0
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
+
+    def held(self) -> int:
+        """Bytes in the temporary folder now: files open by this process, and files named."""
+        seen: set[int] = set()
+        total = 0
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if target.startswith(self.folder + "/"):
+                    status = os.fstat(int(fd))
+                    if status.st_ino not in seen:
+                        seen.add(status.st_ino)
+                        total += status.st_size
+        for entry in os.scandir(self.folder):
+            with contextlib.suppress(OSError):
+                status = entry.stat(follow_symlinks=False)
+                if entry.is_file(follow_symlinks=False) and status.st_ino not in seen:
+                    seen.add(status.st_ino)
+                    total += status.st_size
+        return total
+
+    def _sample_until_stopped(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak = max(self.peak, self.held())
+
+    def __enter__(self) -> "TempSpace":
+        """Start sampling."""
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Stop sampling (one last sample taken)."""
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.held())
+
+
 def current_rss() -> int:
     """Return this process's resident memory now, in bytes: a measurement's baseline."""
     import psutil

@@ -87,9 +87,11 @@ def glue_catalog(lake_bucket: str) -> "GlueCatalog":
 
 #: every lake table's Iceberg properties. No commit retries: a change is computed from the
 #: state it read, so a commit that lost a race must fail (the next run computes it again),
-#: not be replayed onto another writer's state.
-TABLE_PROPERTIES = {"format-version": "2", "write.parquet.compression-codec": "zstd",
-                    "commit.retry.num-retries": "0"}
+#: not be replayed onto another writer's state. Parquet is named, not left to the spec's
+#: default: it is the one data format every reader takes (Athena engine 2 reads no other),
+#: and what Athena's own writes (``OPTIMIZE``, ``INSERT``) then write too.
+TABLE_PROPERTIES = {"format-version": "2", "write.format.default": "parquet",
+                    "write.parquet.compression-codec": "zstd", "commit.retry.num-retries": "0"}
 
 
 def open_table(catalog: "GlueCatalog", database: str, table: LakeTable) -> "IcebergTable":

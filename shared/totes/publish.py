@@ -15,6 +15,8 @@ manifest is done. The newest record in force is where the next run starts; a
 table whose current snapshot already names a manifest is past it, so a run that
 crashed half way through a manifest completes it without adding anything twice.
 """
+import shutil
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Iterator, NotRequired, TypedDict
 from aws_lambda_powertools.metrics import MetricUnit
 
 from totes import config, errors, lake, stage, storage, supersede, timestamps
-from totes.errors import PipelineError, TransientError
+from totes.errors import InputError, PipelineError, TransientError
 from totes.lake_schema import LAKE_TABLES
 from totes.load import BATCH_ROWS, PREFETCH_OBJECTS, fetch_all, table_batches
 from totes.manifest import ProcessedManifest
@@ -41,6 +43,11 @@ if TYPE_CHECKING:
 #: a manifest is not started with less time left than this (seconds).
 RESERVE_SECONDS = 60.0
 
+#: bytes of the temporary folder kept free beyond a manifest's objects: pyiceberg's own files
+#: (each data file written, each one read, spooled to disk past 8 MB) need room beside them;
+#: seven times the largest lake data file the ×40 backfill wrote (17.4 MB, docs/lake.md).
+SPOOL_RESERVE_BYTES = 128 << 20
+
 #: what a publish record says it is.
 RECORD_FORMAT = "totes.published/1"
 
@@ -54,6 +61,14 @@ class PublishError(PipelineError):
         """Keep the manifest key for logs and callers."""
         super().__init__(message)
         self.manifest_key = manifest_key
+
+
+class PublishSpaceError(InputError):
+    """A manifest's objects would not fit the temporary folder: raise ``EphemeralStorage``.
+
+    Refused before the first download, so nothing of the manifest is in the lake; every
+    run refuses it the same way until the function has more ``/tmp``.
+    """
 
 
 class PublishConflictError(TransientError):
@@ -205,14 +220,38 @@ def publish_manifest(lake_tables: Lake, settings: PublishSettings, key: str, pro
     Every object the manifest lists is downloaded, and checked against its SHA-256,
     before the first commit (:func:`totes.load.fetch_all`, held on disk): a
     replaced object of a later table is refused with nothing of the manifest in the
-    lake, not after the tables before it were committed.
+    lake, not after the tables before it were committed. So the temporary folder
+    must hold them all: a manifest that would not fit is refused before the first
+    download (:func:`check_temporary_space`).
     """
     files = [file for table in (*DIMENSIONS, *FACTS)
              for output in (manifest.table(table.name), manifest.deleted(table.name))
              for file in output.files]
+    check_temporary_space(key, sum(file.bytes for file in files))
     with storage.Prefetch.of_files(settings.processed_bucket, files, PREFETCH_OBJECTS) as prefetch:
         fetch_all(prefetch, [file.key for file in files])
         _publish_tables(lake_tables, settings, key, processed_key, manifest, report, prefetch)
+
+
+def free_temporary_bytes() -> int:
+    """Bytes free in the temporary folder the downloads are held in (Lambda's ``/tmp``)."""
+    return shutil.disk_usage(tempfile.gettempdir()).free
+
+
+def check_temporary_space(key: str, listed_bytes: int) -> None:
+    """Refuse a manifest whose objects, and pyiceberg's spools beside them, would not fit.
+
+    Without it, a manifest too large for the function's ``EphemeralStorage`` fails
+    part way through its downloads with the operating system's "No space left on
+    device", every run, with no word of what to change.
+    """
+    needed, free = listed_bytes + SPOOL_RESERVE_BYTES, free_temporary_bytes()
+    if needed > free:
+        raise PublishSpaceError(
+            f"manifest {key}: its objects ({listed_bytes:,} bytes) and "
+            f"{SPOOL_RESERVE_BYTES:,} bytes for the lake's own files need {needed:,} bytes "
+            f"of {tempfile.gettempdir()}, which has {free:,} free: raise PublishFunction's "
+            "EphemeralStorage in template.yaml (docs/lake.md, \"Within Lambda's limits\")")
 
 
 def _publish_tables(lake_tables: Lake, settings: PublishSettings, key: str, processed_key: str,

@@ -107,6 +107,26 @@ def test_a_later_tables_replaced_object_is_refused_before_an_earlier_table_is_co
     assert not list(storage.list_keys(aws["LAKE_BUCKET"], keys.MANIFEST_PREFIX))
 
 
+def test_a_manifest_whose_objects_would_not_fit_the_temporary_folder_is_refused_whole(
+        aws, monkeypatch):
+    every = dimensions()
+    key = Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"]).publish(
+        {"dim_currency": every["dim_currency"], "dim_design": every["dim_design"]})
+    listed = sum(file["bytes"] for table in storage.read_json(
+        aws["PROCESSED_BUCKET"], key)["tables"].values() for file in table["files"])
+    room = listed + publish.SPOOL_RESERVE_BYTES
+    monkeypatch.setattr(publish, "free_temporary_bytes", lambda: room - 1)
+    with pytest.raises(publish.PublishSpaceError, match=re.escape(
+            f"({listed:,} bytes)")) as refused:
+        publish.run_publish(settings(aws), Deadline.unbounded())
+    assert errors.kind_of(refused.value) == errors.INPUT
+    assert "EphemeralStorage" in str(refused.value)
+    assert not list(storage.list_keys(aws["LAKE_BUCKET"], keys.MANIFEST_PREFIX))
+
+    monkeypatch.setattr(publish, "free_temporary_bytes", lambda: room)
+    assert publish.run_publish(settings(aws), Deadline.unbounded()).manifests_published == [key]
+
+
 def test_a_run_out_of_time_starts_nothing(aws):
     empty_manifest(FIRST)
     report = publish.run_publish(settings(aws), Deadline(lambda: 1.0))
