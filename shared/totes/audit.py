@@ -105,9 +105,12 @@ class DirectoryStore:
         return json.loads((self.root / key).read_bytes())
 
     def lines(self, key: str, sha256: str | None = None) -> Iterator[bytes]:
-        """Stream a gzip file's lines; ``sha256`` is not checked (the operator's own copy)."""
-        with (self.root / key).open("rb") as raw:
+        """Stream a gzip file's lines, checked with ``sha256`` as the bucket's objects are."""
+        raw = storage.checked_file(self.root, key, sha256)
+        try:
             yield from sweep.key_lines(raw, str(self.root / key))
+        finally:
+            raw.close()
 
 
 # --------------------------------------------------------------------------- capture point
