@@ -830,20 +830,24 @@ def run_audit(settings: AuditSettings, deadline: stage.Deadline) -> AuditReport:
 
     Every database wait is bounded by the invocation's remaining time (a segment
     query scans a whole table). A failure is logged once and raised: an audit
-    that could not compare must never read as clean.
+    that could not compare must never read as clean; one because a server ended
+    the session is transient (:func:`totes.db.interruptions_are_transient`).
     """
     source = target = None
     try:
-        timeout = deadline.remaining()
-        source = db.connect(settings.totesys_secret_id, timeout=timeout, database=config.TOTESYS)
-        target = db.connect(settings.warehouse_secret_id, timeout=timeout,
-                            database=config.WAREHOUSE)
-        lake = None
-        if settings.lake is not None:
-            from totes import audit_lake  # pyiceberg: imported only where a lake is audited
+        with db.interruptions_are_transient("source or warehouse"):
+            timeout = deadline.remaining()
+            source = db.connect(settings.totesys_secret_id, timeout=timeout,
+                                database=config.TOTESYS)
+            target = db.connect(settings.warehouse_secret_id, timeout=timeout,
+                                database=config.WAREHOUSE)
+            lake = None
+            if settings.lake is not None:
+                from totes import audit_lake  # pyiceberg: imported only where a lake is audited
 
-            lake = audit_lake.IcebergLake(settings.lake)
-        report = audit_databases(source, target, BucketStore(settings.ingest_bucket), lake=lake)
+                lake = audit_lake.IcebergLake(settings.lake)
+            report = audit_databases(source, target, BucketStore(settings.ingest_bucket),
+                                     lake=lake)
     except Exception:
         observability.service_logger().exception(NOTHING_COMPARED)
         raise

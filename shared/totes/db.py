@@ -610,6 +610,29 @@ def interruption(error: BaseException, database: str) -> SessionInterruptedError
     return None
 
 
+@contextmanager
+def interruptions_are_transient(database: str) -> Iterator[None]:
+    """Raise an error the server's ending the session caused as :class:`SessionInterruptedError`.
+
+    Wraps a stage's database work at its edge (ingest's capture, the load, the
+    audit), so a server that terminated the session, conflicted with recovery or
+    timed the statement out reads as transient, not as a bug that pages. The
+    driver's error is looked for along the chain of causes (the load wraps it in
+    an error naming the manifest); it stays the new error's cause. ``database``
+    names the server in the message (:func:`interruption`).
+    """
+    try:
+        yield
+    except Exception as error:
+        seen: BaseException | None = error
+        while seen is not None:
+            interrupted = interruption(seen, database)
+            if interrupted is not None:
+                raise interrupted from error
+            seen = seen.__cause__
+        raise
+
+
 def drop_row_values(error: BaseException | None) -> None:
     """Strip the row values a server error (and every error it was raised from) may quote.
 
