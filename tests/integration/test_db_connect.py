@@ -266,7 +266,7 @@ def test_a_connection_whose_socket_timed_out_fails_as_a_timeout_and_is_never_use
             conn.run("SELECT 1")   # Python refuses the socket: "cannot read from timed out object"
         assert "cannot be used again" in str(again.value.__cause__)
         assert isinstance(again.value.__cause__, TimeoutError)
-        assert db.interruption(timed_out.value, "totesys") is None   # a timeout, not an interruption
+        assert db.interruption(timed_out.value, "totesys") is None   # a timeout: no interruption
         assert db.interruption(again.value, "totesys") is None
     finally:
         db.close_quietly(conn)
