@@ -105,9 +105,12 @@ class DirectoryStore:
         return json.loads((self.root / key).read_bytes())
 
     def lines(self, key: str, sha256: str | None = None) -> Iterator[bytes]:
-        """Stream a gzip file's lines; ``sha256`` is not checked (the operator's own copy)."""
-        with (self.root / key).open("rb") as raw:
+        """Stream a gzip file's lines, checked with ``sha256`` as the bucket's objects are."""
+        raw = storage.checked_file(self.root, key, sha256)
+        try:
             yield from sweep.key_lines(raw, str(self.root / key))
+        finally:
+            raw.close()
 
 
 # --------------------------------------------------------------------------- capture point
@@ -827,20 +830,24 @@ def run_audit(settings: AuditSettings, deadline: stage.Deadline) -> AuditReport:
 
     Every database wait is bounded by the invocation's remaining time (a segment
     query scans a whole table). A failure is logged once and raised: an audit
-    that could not compare must never read as clean.
+    that could not compare must never read as clean; one because a server ended
+    the session is transient (:func:`totes.db.interruptions_are_transient`).
     """
     source = target = None
     try:
-        timeout = deadline.remaining()
-        source = db.connect(settings.totesys_secret_id, timeout=timeout, database=config.TOTESYS)
-        target = db.connect(settings.warehouse_secret_id, timeout=timeout,
-                            database=config.WAREHOUSE)
-        lake = None
-        if settings.lake is not None:
-            from totes import audit_lake  # pyiceberg: imported only where a lake is audited
+        with db.interruptions_are_transient("source or warehouse"):
+            timeout = deadline.remaining()
+            source = db.connect(settings.totesys_secret_id, timeout=timeout,
+                                database=config.TOTESYS)
+            target = db.connect(settings.warehouse_secret_id, timeout=timeout,
+                                database=config.WAREHOUSE)
+            lake = None
+            if settings.lake is not None:
+                from totes import audit_lake  # pyiceberg: imported only where a lake is audited
 
-            lake = audit_lake.IcebergLake(settings.lake)
-        report = audit_databases(source, target, BucketStore(settings.ingest_bucket), lake=lake)
+                lake = audit_lake.IcebergLake(settings.lake)
+            report = audit_databases(source, target, BucketStore(settings.ingest_bucket),
+                                     lake=lake)
     except Exception:
         observability.service_logger().exception(NOTHING_COMPARED)
         raise

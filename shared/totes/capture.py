@@ -67,6 +67,14 @@ class Snapshot:
         """Render as PostgreSQL does, so the manifest holds the server's own notation."""
         return f"{self.xmin}:{self.xmax}:{','.join(str(xid) for xid in self.xip)}"
 
+    def sees(self, xid: int) -> bool:
+        """Tell whether transaction ``xid`` (64-bit) had committed or aborted before this snapshot.
+
+        Exact for a top-level transaction (``xip`` lists those); a subtransaction's
+        own xid is judged by its parent's, which is what the log names.
+        """
+        return xid < self.xmin or (xid < self.xmax and xid not in self.xip)
+
 
 @dataclass(frozen=True)
 class XminWindow:
@@ -182,6 +190,16 @@ def server_restarted(before: SourceIdentity | None, source: SourceIdentity) -> b
 def full_xid(xid32: int, current: Snapshot) -> int:
     """Return the 64-bit xid of a visible row's 32-bit ``xmin`` (for logs and tests)."""
     return current.xmax - (current.xmax % XID_MODULUS - xid32) % XID_MODULUS
+
+
+def nearest_xid(xid32: int, current: Snapshot) -> int:
+    """Return the 64-bit xid of ``xid32`` within 2^31 of ``current``'s ``xmax``, either side.
+
+    For a transaction that may have begun after ``current`` was taken (one the log
+    decodes), where :func:`full_xid` would read it as 2^32 xids old.
+    """
+    ahead = (xid32 - current.xmax) % XID_MODULUS
+    return current.xmax + (ahead - XID_MODULUS if ahead >= XID_MODULUS // 2 else ahead)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,9 @@ class Connection(pg8000.native.Connection):  # type: ignore[misc]  # pg8000 is u
     streams, errors) is pg8000's own.
     """
 
+    #: whether a read on this connection's socket has timed out (see :meth:`handle_messages`).
+    timed_out = False
+
     def handle_messages(self, context: Any) -> None:
         """Read the server's replies to one request, keeping its reason when it ends the session.
 
@@ -99,13 +102,28 @@ class Connection(pg8000.native.Connection):  # type: ignore[misc]  # pg8000 is u
         and raises a bare ``network error`` at the close, dropping the report. Here the
         report is raised instead, from that error, so its SQLSTATE and message reach
         :func:`interruption` and the logs.
+
+        pg8000 wraps a failed socket read in its ``network error`` except the first read
+        of a message, whose ``OSError`` (a socket timeout, a reset) escaped bare; it is
+        wrapped here too, from the ``OSError``. A socket that timed out mid-reply is out
+        of step with the server, and Python refuses every later read of it with a bare
+        ``OSError("cannot read from timed out object")``: such a connection is marked
+        and every later request on it fails at once, from a ``TimeoutError`` that says
+        so, as the timeout it is (never an interruption); the caller closes it.
         """
+        if self.timed_out:
+            raise pg8000.native.InterfaceError("network error") from TimeoutError(
+                "this connection's socket timed out earlier, mid-reply: it cannot be used again")
         try:
             super().handle_messages(context)
         except pg8000.native.InterfaceError as lost:
+            self.timed_out = isinstance(lost.__cause__, TimeoutError)
             if context.error is None:
                 raise
             raise context.error from lost
+        except OSError as error:
+            self.timed_out = isinstance(error, TimeoutError)
+            raise pg8000.native.InterfaceError("network error") from error
 
     def _flush_or_last_words(self, context: Any) -> None:
         """Send what is buffered; if the server has closed, raise the report it left first.
@@ -590,6 +608,29 @@ def interruption(error: BaseException, database: str) -> SessionInterruptedError
             "(a failover, a restart, a network break). Nothing was committed; the next run "
             "retries (docs/runbook.md, \"Transient errors\")")
     return None
+
+
+@contextmanager
+def interruptions_are_transient(database: str) -> Iterator[None]:
+    """Raise an error the server's ending the session caused as :class:`SessionInterruptedError`.
+
+    Wraps a stage's database work at its edge (ingest's capture, the load, the
+    audit), so a server that terminated the session, conflicted with recovery or
+    timed the statement out reads as transient, not as a bug that pages. The
+    driver's error is looked for along the chain of causes (the load wraps it in
+    an error naming the manifest); it stays the new error's cause. ``database``
+    names the server in the message (:func:`interruption`).
+    """
+    try:
+        yield
+    except Exception as error:
+        seen: BaseException | None = error
+        while seen is not None:
+            interrupted = interruption(seen, database)
+            if interrupted is not None:
+                raise interrupted from error
+            seen = seen.__cause__
+        raise
 
 
 def drop_row_values(error: BaseException | None) -> None:

@@ -267,13 +267,8 @@ def _capture(settings: IngestSettings, run: keys.RunId,
         "capture_mode": settings.capture_mode,
     })
     request = CaptureRequest(settings, run, previous, previous_key, db_timeout)
-    try:
+    with db.interruptions_are_transient("totesys"):
         captured = MODES[settings.capture_mode].capture(request)
-    except Exception as error:  # the driver's errors: a server that ended the read is transient
-        interrupted = db.interruption(error, "totesys")
-        if interrupted is None:
-            raise
-        raise interrupted from error
     manifest = captured.manifest(request)
     _check_still_newest(settings.bucket, previous_key)
     return request, captured, manifest

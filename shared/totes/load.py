@@ -426,7 +426,9 @@ def run_load(settings: LoadSettings, deadline: Deadline, *,
     """Connect to the warehouse with its secret and run :func:`load_into`.
 
     A warm container reuses the connection of its last invocation when it still
-    answers (:func:`totes.db.kept_connection`); after a failure it is closed. A
+    answers (:func:`totes.db.kept_connection`); after a failure it is closed, and a
+    failure because the server ended the session is transient
+    (:func:`totes.db.interruptions_are_transient`). A
     statement may legitimately run for minutes (a bulk COPY), so no database wait
     outlives the invocation: the connection's timeout is the deadline's remaining time.
     """
@@ -438,7 +440,8 @@ def run_load(settings: LoadSettings, deadline: Deadline, *,
             # Configuration, secret or network: load_into logs every failure after this point.
             logger.exception("load failed connecting to the warehouse; nothing loaded")
             raise
-        return load_into(conn, settings, deadline, now=now)
+        with db.interruptions_are_transient("warehouse"):
+            return load_into(conn, settings, deadline, now=now)
 
 
 def load_into(conn: pg8000.native.Connection, settings: LoadSettings, deadline: Deadline, *,

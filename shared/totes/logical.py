@@ -511,6 +511,9 @@ class _Writers:
 
 #: looks up the current values of ``columns`` of one row (table, key), None when it is gone.
 Lookup = Callable[[str, int, tuple[str, ...]], "dict[str, str | None] | None"]
+#: tells whether the change of one row (table, key) by a transaction (32-bit xid) is already
+#: in what the run re-read by snapshot, so the slot must not write it again after that.
+Superseded = Callable[[str, int, int], bool]
 #: a text value shorter than this many characters is never stored out of line by TOAST in
 #: the 11 tables (a row of at most 14 columns each under 128 bytes stays under the 2 kB
 #: TOAST threshold; a character is at most 4 bytes), so it is never sent as "unchanged".
@@ -537,6 +540,10 @@ class ChangeWriter:
     :data:`RECENT_CHARS`), else from the row as the run's snapshot holds it
     (``lookup``). A row the snapshot no longer holds was deleted later in the log:
     that one version is left out with a WARNING, its deletion follows.
+
+    A change ``superseded`` says the run's re-read by snapshot already holds is
+    counted (the budget and the position move past it) but not written
+    (``skipped``): its version may be older than the row re-read.
     """
 
     writers: _Writers
@@ -545,7 +552,9 @@ class ChangeWriter:
     upto: int
     schema: str = "public"
     lookup: Lookup | None = None
+    superseded: Superseded | None = None
     changes: int = 0
+    skipped: int = 0
     overflow: bool = False
     decoded: int = 0
     transactions: int = 0
@@ -614,14 +623,16 @@ class ChangeWriter:
                 raise pgoutput.DecodeError(f"a change to relation {message.relation} arrived "
                                            "before its Relation message")
             return
-        at = self._begin.commit_time
+        at, xid = self._begin.commit_time, self._begin.xid
         if isinstance(message, pgoutput.Delete):
-            self._delete(shape, shape.key(message.old), at)
+            self._delete(shape, shape.key(message.old), at, xid)
             return
         key = shape.key(message.new)
         if isinstance(message, pgoutput.Update) and message.old is not None \
                 and shape.key(message.old) != key:
-            self._delete(shape, shape.key(message.old), at)
+            self._delete(shape, shape.key(message.old), at, xid)
+        if self._is_superseded(shape.table, key, xid):
+            return
         fallback = message.old if getattr(message, "old_kind", None) == "O" else None
         values = self._fill_unchanged(shape, key, message.new, fallback)
         if values is None:
@@ -684,7 +695,16 @@ class ChangeWriter:
         self._recent[(shape.table, key)] = long
         self._recent_chars += sum(len(value) for value in long.values())
 
-    def _delete(self, shape: pgoutput.RowShape, key: int, at: datetime) -> None:
+    def _is_superseded(self, table: str, key: int, xid: int) -> bool:
+        """Tell (and count) whether transaction ``xid``'s change of ``key`` was re-read already."""
+        if self.superseded is None or not self.superseded(table, key, xid):
+            return False
+        self.skipped += 1
+        return True
+
+    def _delete(self, shape: pgoutput.RowShape, key: int, at: datetime, xid: int) -> None:
+        if self._is_superseded(shape.table, key, xid):
+            return
         self.writers.add(shape.table, True, sweep.deletion_line(SOURCE_TABLES[shape.table],
                                                                 key, at))
         self.deleted[shape.table] = self.deleted.get(shape.table, 0) + 1
@@ -716,12 +736,14 @@ class ChangeWriter:
 
 def read_changes(conn: pg8000.native.Connection, position: LogicalPosition, budget: int,
                  writer_for: Callable[[str, bool], Any], chunk_rows: int,
-                 lookup: Lookup | None = None) -> ChangeWriter:
+                 lookup: Lookup | None = None,
+                 superseded: Superseded | None = None) -> ChangeWriter:
     """Stream at most ``budget`` changes after ``position`` into new objects.
 
     Must run inside a transaction (the settings are transaction-local), after
     :func:`resume`. ``writer_for(table, deletion)`` makes the object writer of a
-    table's versions or deletions; ``lookup`` reads a row in the run's snapshot.
+    table's versions or deletions; ``lookup`` reads a row in the run's snapshot;
+    ``superseded`` names the changes the run's re-read already holds.
     """
     [[schema, read_to]] = conn.run("SELECT current_schema(), pg_current_wal_flush_lsn()::text")
     upto = MESSAGES_PER_CHANGE * (position.partial_changes + budget + 1)
@@ -730,7 +752,7 @@ def read_changes(conn: pg8000.native.Connection, position: LogicalPosition, budg
               "upto_lsn": read_to}
     extract.bind_settings(conn, **values)
     writer = ChangeWriter(_Writers(writer_for, chunk_rows), position, budget, upto,
-                          schema=str(schema), lookup=lookup)
+                          schema=str(schema), lookup=lookup, superseded=superseded)
     try:
         _slot_call(conn, position.slot, CHANGES_SQL, stream=writer)
     except pg8000.native.DatabaseError as error:

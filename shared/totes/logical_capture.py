@@ -7,16 +7,18 @@ snapshot-capture backfill (:func:`totes.snapshot_capture.read_source`); from the
 on it reads the slot, within the row budget. The slot is advanced only in
 :meth:`LogicalCapture.release`, once the manifest recording the position exists.
 """
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
+from typing import Iterator
 
 import pg8000.native
 
-from totes import config, db, extract, logical, observability, pgoutput, sweep
-from totes.capture import TableCursor, server_restarted
+from totes import config, db, extract, keys, logical, observability, pgoutput, sweep
+from totes.capture import Snapshot, TableCursor, nearest_xid, server_restarted
 from totes.capture_mode import CaptureRequest, Captured, IngestSettings, ObjectWriter
 from totes.manifest import IngestManifest, LogicalPosition, TableEntry
-from totes.snapshot_capture import extract_table, read_source
+from totes.snapshot_capture import extract_table, read_source, redefined_since, warn_redefined
 from totes.source import SOURCE_TABLES, check_contract
 
 logger = observability.service_logger()
@@ -57,20 +59,17 @@ def _logical_start(settings: IngestSettings, previous: IngestManifest | None,
 
 
 def _resync_tables(conn: pg8000.native.Connection, request: CaptureRequest,
-                   previous: IngestManifest, read_point: extract.ReadPoint, tables: list[str],
-                   restart: set[str]) -> tuple[dict[str, TableEntry], list[str], int]:
-    """Re-read ``tables`` by snapshot within the row budget; sweep those whose pass ended.
+                   previous: IngestManifest, read_point: extract.ReadPoint,
+                   passes: dict[str, TableEntry]) -> tuple[dict[str, TableEntry], list[str], int]:
+    """Re-read the tables of ``passes`` by snapshot within the row budget; sweep the finished.
 
-    Tables in ``restart`` start their pass again from the first key; the others go
-    on from where the previous run's budget cut them. Return their entries, the
+    Each table's entry in ``passes`` carries the cursor its pass goes on from (a
+    reset one to start it again from the first key). Return their entries, the
     tables still to re-read, and the budget left for the slot.
     """
     budget = request.settings.max_rows_per_run
     entries: dict[str, TableEntry] = {}
-    for table in tables:
-        before = previous.table(table)
-        if table in restart:
-            before = replace(before, cursor=TableCursor())
+    for table, before in passes.items():
         if budget <= 0:
             entries[table] = replace(before, files=(), truncated=True, stamped_in_future=0,
                                      deleted=(), captured_keys=None)
@@ -78,9 +77,55 @@ def _resync_tables(conn: pg8000.native.Connection, request: CaptureRequest,
         entries[table] = extract_table(conn, table, before, read_point, request.run,
                                        request.settings, budget, keep_keys=False)
         budget = 0 if entries[table].truncated else budget - entries[table].rows
-    done = [table for table in tables if not entries[table].truncated]
+    done = [table for table in passes if not entries[table].truncated]
     entries = sweep.sweep_tables(conn, request, read_point, entries, done)
-    return entries, [table for table in tables if entries[table].truncated], max(budget, 0)
+    return entries, [table for table in passes if entries[table].truncated], max(budget, 0)
+
+
+def _superseded_by(passes: dict[str, TableEntry], current: Snapshot) -> logical.Superseded:
+    """The slot's changes that the re-read passes of ``passes`` already hold.
+
+    The re-read's versions are written before the slot's, and a later line of a key
+    wins in the load: a change the slot decodes from before the re-read's snapshot
+    (an update decoded with an enum label renamed since, or just an older value)
+    would overwrite the newer row. So a change is left out when a snapshot that
+    read its key saw its transaction: keys above the pass's resume key are read in
+    this run's snapshot, keys at or below it by earlier runs of the pass, each in a
+    snapshot that sees at least what the pass's first (``resume_since``) saw.
+    """
+    def superseded(table: str, key: int, xid32: int) -> bool:
+        entry = passes.get(table)
+        if entry is None or entry.cursor.since is not None \
+                or entry.cursor.since_last_updated is not None:
+            return False
+        cursor = entry.cursor
+        reader = (current if cursor.resume_after is None or key > cursor.resume_after
+                  else cursor.resume_since)
+        return reader is not None and reader.sees(nearest_xid(xid32, current))
+    return superseded
+
+
+@contextmanager
+def _slot_snapshot(conn: pg8000.native.Connection, locked: list[str],
+                   previous: IngestManifest, run: keys.RunId
+                   ) -> Iterator[tuple[extract.ReadPoint, list[str]]]:
+    """Hold the run's snapshot with ``locked`` locked; yield it and the tables redefined since.
+
+    A table redefined since the previous run's snapshot (:func:`redefined_since`:
+    DDL that changes every row while the slot carries no row) must be re-read,
+    and so locked before the snapshot as every re-read table is: when one is not
+    yet, the snapshot is given up and taken again with it locked.
+    """
+    while True:
+        with extract.snapshot(conn, locked) as read_point:
+            found = extract.source_columns(conn)
+            check_contract(found)
+            redefined = redefined_since(found, previous.snapshot, read_point)
+            if set(redefined) <= set(locked):
+                warn_redefined(redefined, previous.snapshot, run)
+                yield read_point, redefined
+                return
+        locked = [table for table in SOURCE_TABLES if table in locked or table in redefined]
 
 
 def _read_slot(request: CaptureRequest, previous: IngestManifest, position: LogicalPosition
@@ -112,7 +157,6 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
                                         restarted)
         restart = set(publication.resync) | set(lost.tables if lost else ())
         reason = lost.reason if lost else ("the publication had drifted" if restart else None)
-        resync = [table for table in SOURCE_TABLES if table in restart or table in position.resync]
         if reason is not None:
             logger.warning("source re-sync: %s; re-reading %s by snapshot, with a key sweep",
                            reason, ", ".join(sorted(restart)), extra={
@@ -120,11 +164,17 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
                                "tables": sorted(restart)})
         # Tables re-read or swept are locked first, as snapshot capture does: a rewrite
         # committed mid-run would otherwise show them empty.
-        with extract.snapshot(conn, resync) as read_point:
-            check_contract(extract.source_columns(conn))
+        with _slot_snapshot(conn, [table for table in SOURCE_TABLES if table in restart
+                                   or table in position.resync], previous, run
+                            ) as (read_point, redefined):
+            restart |= set(redefined)
+            passes = {table: replace(previous.table(table), cursor=TableCursor())
+                      if table in restart else previous.table(table)
+                      for table in SOURCE_TABLES if table in restart or table in position.resync}
+            resync = list(passes)
             conn.run("SET LOCAL datestyle = 'ISO, YMD'")  # the text pgoutput renders values in
             resynced, pending, budget = _resync_tables(conn, request, previous, read_point,
-                                                       resync, restart)
+                                                       passes)
             for table, entry in resynced.items():
                 offsets[(table, False)], offsets[(table, True)] = (len(entry.files),
                                                                    len(entry.deleted))
@@ -132,7 +182,8 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
             lookup = logical.SnapshotLookup(lambda: db.connect(
                 settings.secret_id, timeout=db_timeout, database=config.TOTESYS), snapshot_id)
             changes = logical.read_changes(conn, position, budget, writer_for,
-                                           settings.chunk_rows, lookup)
+                                           settings.chunk_rows, lookup,
+                                           _superseded_by(passes, read_point.snapshot))
         changes.position = replace(changes.position, resync=tuple(pending))
         entries = {}
         for table in SOURCE_TABLES:
@@ -164,7 +215,8 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
         "skipped_in_transaction": position.partial_changes, "to": changes.position.lsn,
         "stopped_inside": changes.position.partial_commit_lsn, "changes": changes.changes,
         "transactions": changes.transactions, "rows": changes.rows, "deleted": changes.deleted,
-        "complete": changes.complete, "resync": resync, "resync_pending": pending,
+        "complete": changes.complete, "superseded": changes.skipped, "resync": resync,
+        "resync_pending": pending,
         "truncated_tables": changes.truncated_tables, "toast_filled": changes.toast_filled})
     return read_point, entries, changes, reason
 

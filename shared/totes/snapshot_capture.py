@@ -261,36 +261,45 @@ def read_source(request: CaptureRequest, previous: IngestManifest | None) -> Cap
             reader.close()
 
 
-def _reread_redefined(found: list[FoundColumn], request: CaptureRequest,
-                      read_point: extract.ReadPoint, previous: IngestManifest) -> IngestManifest:
-    """``previous`` with every table redefined since the last run set to be read in full.
+def redefined_since(found: list[FoundColumn], last: Snapshot | None,
+                    read_point: extract.ReadPoint) -> list[str]:
+    """The tables redefined since the snapshot ``last`` (none without one).
 
     A column dropped and added again, or an enum label renamed, changes what every
-    row of the table reads while no row is written: capture by row visibility would
-    never read those rows again, and the warehouse would keep the old values. Such
-    DDL writes the column's catalog rows, so a table whose used columns' catalog rows
-    were written by a transaction the last run's snapshot did not see is read again
-    from its first row (within the row budget), with a WARNING naming it. Other DDL
-    on a used column (``SET STATISTICS``, a default) reads it again too: only
-    identical versions, which the load leaves alone.
+    row of the table reads while no row is written: capture by row visibility (or
+    by the log) would never read those rows again, and the warehouse would keep
+    the old values. Such DDL writes the column's catalog rows (``found``, read in
+    ``read_point``'s snapshot), so a table whose used columns' catalog rows were
+    written by a transaction ``last`` did not see must be read again from its
+    first row. Other DDL on a used column (``SET STATISTICS``, a default) counts
+    too: only identical versions follow, which the load leaves alone.
+    """
+    if last is None:
+        return []
+    return redefined_tables(found, lambda xid32: xid32 >= FIRST_NORMAL_XID and not last.sees(
+        full_xid(xid32, read_point.snapshot)))
+
+
+def warn_redefined(tables: list[str], last: Snapshot | None, run: keys.RunId) -> None:
+    """Name the tables :func:`redefined_since` found, if any, in the WARNING the runbook quotes."""
+    if tables:
+        logger.warning("source tables redefined since the previous run (a column dropped and "
+                       "added again, an enum label renamed, other DDL): reading every row of "
+                       "them again", extra={"run_id": str(run), "tables": tables,
+                                            "previous_snapshot": str(last)})
+
+
+def _reread_redefined(found: list[FoundColumn], request: CaptureRequest,
+                      read_point: extract.ReadPoint, previous: IngestManifest) -> IngestManifest:
+    """``previous`` with every table redefined since the last run (:func:`redefined_since`) reset.
+
+    Each is read again from its first row, within the row budget.
     """
     last = request.previous.snapshot if request.previous is not None else None
-    if last is None:
-        return previous
-
-    def written_since(xid32: int) -> bool:
-        if xid32 < FIRST_NORMAL_XID:
-            return False
-        xid = full_xid(xid32, read_point.snapshot)
-        return not (xid < last.xmin or (xid < last.xmax and xid not in last.xip))
-
-    redefined = redefined_tables(found, written_since)
+    redefined = redefined_since(found, last, read_point)
+    warn_redefined(redefined, last, request.run)
     if not redefined:
         return previous
-    logger.warning("source tables redefined since the previous run (a column dropped and "
-                   "added again, an enum label renamed, other DDL): reading every row of them "
-                   "again", extra={"run_id": str(request.run), "tables": redefined,
-                                   "previous_snapshot": str(last)})
     return previous.with_tables({table: replace(entry, cursor=TableCursor())
                                  if table in redefined else entry
                                  for table, entry in previous.tables.items()})

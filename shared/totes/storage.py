@@ -32,6 +32,7 @@ import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
+from pathlib import Path
 from types import TracebackType
 from typing import (IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence,
                     cast)
@@ -82,10 +83,15 @@ class ObjectChangedError(InputError):
     The message names the bucket, the key, the SHA-256 expected and the one found.
     """
 
-    def __init__(self, bucket: str, key: str, expected: str, found: str):
-        """Say which object differs from its manifest's record, and how."""
+    def __init__(self, bucket: str, key: str, expected: str, found: str, *,
+                 where: str | None = None):
+        """Say which object differs from its manifest's record, and how.
+
+        ``where`` names it when it is not in S3 (a file of a local copy of a bucket).
+        """
+        where = where or f"s3://{bucket}/{key}"
         super().__init__(
-            f"s3://{bucket}/{key} is not the object its manifest lists: SHA-256 expected "
+            f"{where} is not the object its manifest lists: SHA-256 expected "
             f"{expected}, found {found} (a later version replaced it?); nothing was committed "
             "from it (docs/runbook.md, \"An object is not the one its manifest lists\")")
         self.bucket, self.key, self.expected, self.found = bucket, key, expected, found
@@ -388,23 +394,40 @@ def read_json(bucket: str, key: str) -> Any:
 class _Checked:
     """A body hashed as it is read; its end raises :class:`ObjectChangedError` on a mismatch."""
 
-    def __init__(self, body: StreamingBody, bucket: str, key: str, sha256: str) -> None:
+    def __init__(self, body: IO[bytes] | StreamingBody, bucket: str, key: str, sha256: str,
+                 where: str | None = None) -> None:
         self._body, self._bucket, self._key, self._sha256 = body, bucket, key, sha256
+        self._where = where
         self._hash = hashlib.sha256()
 
     def read(self, amt: int | None = None) -> bytes:
         """Read (and hash) up to ``amt`` bytes; at the end, compare the whole object's hash."""
-        data: bytes = self._body.read(amt)
+        data: bytes = self._body.read() if amt is None else self._body.read(amt)
         self._hash.update(data)
         if amt is None or not data:
             found = base64.b64encode(self._hash.digest()).decode()
             if found != self._sha256:
-                raise ObjectChangedError(self._bucket, self._key, self._sha256, found)
+                raise ObjectChangedError(self._bucket, self._key, self._sha256, found,
+                                         where=self._where)
         return data
 
     def close(self) -> None:
         """Close the body underneath."""
         self._body.close()
+
+
+def checked_file(root: Path, key: str, sha256: str | None = None) -> IO[bytes]:
+    """Open the file of object ``key`` in ``root``, a local copy of a bucket, as S3 reads are.
+
+    With ``sha256`` (the manifest's record), reading to the end raises
+    :class:`ObjectChangedError` naming the file if it is not that object, exactly
+    as :func:`open_stream` does for the bucket.
+    """
+    path = root / key
+    raw = path.open("rb")
+    if sha256 is None:
+        return raw
+    return cast(IO[bytes], _Checked(raw, str(root), key, sha256, where=str(path)))
 
 
 def open_stream(bucket: str, key: str, sha256: str | None = None) -> StreamingBody:

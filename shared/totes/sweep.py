@@ -10,8 +10,10 @@ sweeps is in neither sweep, but it is in the warehouse, and its deletion must be
 Keys travel as **blocks**: ascending keys, comma-separated, one block of at most
 :data:`BLOCK_KEYS` per line (the server aggregates them, so Python handles one
 line per block instead of one per key). Every input is sorted, so the comparison
-is a merge that holds at most one block per input: memory stays flat at any
-table size, and the set work happens in C, block by block. Sweep key lists and
+is a merge that holds at most one block per input, and the set work happens in
+C, block by block. Only the keys found deleted are held (8 bytes each) until
+every stored list has been read to its end and accepted: a sweep refused there
+(a replaced list) writes no deletion file. Sweep key lists and
 each run's captured keys are written, gzip, to the ingestion bucket under fresh
 keys like every other object, and the manifest points at them.
 
@@ -29,6 +31,7 @@ one instant.
 import gzip
 import tempfile
 import zlib
+from array import array
 from bisect import bisect_right
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -317,16 +320,19 @@ def _sweep_table(conn: pg8000.native.Connection, settings: IngestSettings,
     try:
         extract.copy_keys(conn, table, BLOCK_KEYS, spool)
         spool.finish()
-        # Deletions this run already wrote (from the slot) keep their part numbers.
-        writer = ObjectWriter(settings.bucket, settings.chunk_rows,
-                              lambda part: keys.deletions_key(table, run,
-                                                              part + len(entry.deleted)))
         own = [(entry.captured_keys, entry.captured_keys_sha256)] if entry.captured_keys else []
         known = [stored_blocks(settings.bucket, *((entry.sweep.key, entry.sweep.sha256)
                                                   if entry.sweep else (None, None))),
                  *(stored_blocks(settings.bucket, key, sha256)
                    for key, sha256 in [*captured, *own])]
-        for key in vanished(known, spool.blocks()):
+        # Written only once every key list was read to its end and accepted (a replaced one
+        # is refused there): a refused sweep leaves no deletion file behind. 8 bytes a key.
+        gone = array("q", vanished(known, spool.blocks()))
+        # Deletions this run already wrote (from the slot) keep their part numbers.
+        writer = ObjectWriter(settings.bucket, settings.chunk_rows,
+                              lambda part: keys.deletions_key(table, run,
+                                                              part + len(entry.deleted)))
+        for key in gone:
             writer.add(deletion_line(key_column, key, read_point.database_time))
         writer.flush()
         sweep_key = keys.sweep_key(table, run)

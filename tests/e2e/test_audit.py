@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 
-from totes import audit
+from totes import audit, db
 from totes_local import simulator
 
 pytestmark = pytest.mark.e2e
@@ -250,3 +250,20 @@ def test_the_handler_says_a_misconfigured_audit_needs_a_person(e2e, captured_log
         e2e.pipeline.audit()
     (line,) = [line for line in captured_logs() if line["message"].startswith("invocation failed")]
     assert line["error_kind"] == "input" and line["stage"] == "audit"
+
+
+def test_a_session_the_server_ends_mid_audit_fails_the_invocation_as_transient(
+        e2e, captured_logs, monkeypatch):
+    e2e.pipeline.cycle()
+    audit_table = audit.audit_table
+
+    def terminated(name, source_conn, *args, **options):   # an administrator, a failover
+        [[pid]] = source_conn.run("SELECT pg_backend_pid()")
+        e2e.source_rows("SELECT pg_terminate_backend(:pid)", pid=pid)
+        return audit_table(name, source_conn, *args, **options)
+
+    monkeypatch.setattr(audit, "audit_table", terminated)
+    with pytest.raises(db.SessionInterruptedError, match="SQLSTATE 57P01"):
+        e2e.pipeline.audit()
+    (line,) = [line for line in captured_logs() if line["message"].startswith("invocation failed")]
+    assert line["error_kind"] == "transient" and line["stage"] == "audit"

@@ -272,6 +272,17 @@ def test_what_operators_do_to_the_source_ends_in_a_clean_audit_after_each(e2e):
             "WHERE database = current_database()",
             f"UPDATE sales_order SET units_sold = 1234, last_updated = last_updated + "
             f"interval '2 minutes' WHERE sales_order_id = {order_id}"],
+        # DDL that changes every row without writing one; the update before it is decoded
+        # with the old definition
+        "enum label renamed": [
+            "UPDATE transaction SET last_updated = last_updated + interval '3 minutes' "
+            "WHERE transaction_type = 'SALE'",
+            "ALTER TYPE \"TransactionType\" RENAME VALUE 'SALE' TO 'SALES'"],
+        "column dropped and added again": [
+            f"UPDATE address SET last_updated = last_updated + interval '3 minutes' "
+            f"WHERE address_id = {address_id}",
+            "ALTER TABLE address DROP COLUMN city",
+            "ALTER TABLE address ADD COLUMN city text NOT NULL DEFAULT 'Leeds'"],
     }
     for step, statements in steps.items():
         for statement in statements:

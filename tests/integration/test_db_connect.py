@@ -253,3 +253,31 @@ def test_copy_streams_run_in_one_round_trip_each_way(connection, monkeypatch):
     with pytest.raises(pg8000_native.DatabaseError, match="invalid input syntax"):
         connection.run("COPY t FROM STDIN", stream=io.BytesIO(b"not a number\tc\n"))
     assert connection.run("SELECT count(*) FROM t WHERE k > :k", k=0) == [[2]]
+
+
+def test_a_connection_whose_socket_timed_out_fails_as_a_timeout_and_is_never_used_again(
+        postgres, database):
+    conn = db.connect_with(postgres.secret(database("slow")), "test", timeout=0.5)
+    try:
+        with pytest.raises(pg8000_native.InterfaceError) as timed_out:
+            conn.run("SELECT pg_sleep(3)")   # no byte of the reply within the socket's timeout
+        assert isinstance(timed_out.value.__cause__, TimeoutError)   # not a bare TimeoutError
+        with pytest.raises(pg8000_native.InterfaceError) as again:
+            conn.run("SELECT 1")   # Python refuses the socket: "cannot read from timed out object"
+        assert "cannot be used again" in str(again.value.__cause__)
+        assert isinstance(again.value.__cause__, TimeoutError)
+        assert db.interruption(timed_out.value, "totesys") is None   # a timeout: no interruption
+        assert db.interruption(again.value, "totesys") is None
+    finally:
+        db.close_quietly(conn)
+
+
+def test_a_kept_connection_whose_socket_timed_out_is_not_lent_again(aws, warm):
+    first, pid, _ = warm
+    with pytest.raises(pg8000_native.InterfaceError):
+        with db.kept_connection(aws["TOTESYS_SECRET_ID"], timeout=0.5,
+                                database=config.TOTESYS) as conn:
+            assert conn is first
+            conn.run("SELECT pg_sleep(3)")
+    with kept(aws) as second:
+        assert second is not first and _backend(second) != pid

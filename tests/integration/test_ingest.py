@@ -565,6 +565,27 @@ def test_a_replaced_key_sweep_is_refused_not_read_as_no_deletions(source_db, aws
     assert storage.latest_manifest_key(bucket) == before
 
 
+def test_a_refused_sweep_leaves_no_deletion_file_in_the_bucket(source_db, aws, monkeypatch):
+    import gzip
+
+    import boto3
+
+    monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "0")
+    monkeypatch.setenv("CHUNK_ROWS", "1000")   # deletions fill objects before the list's end
+    seed_one_of_each(source_db)
+    ingest.run_ingest()   # the first sweep
+    bucket = aws["INGEST_BUCKET"]
+    swept = latest_manifest(bucket)["tables"]["sales_order"]["sweep"]
+    ghosts = b"".join(b"%d\n" % key for key in range(900_000, 903_000))   # 21 kB of keys
+    boto3.client("s3").put_object(   # a later version naming keys the source never had
+        Bucket=bucket, Key=swept["key"], Body=gzip.compress(b"1\n" + ghosts))
+
+    with pytest.raises(storage.ObjectChangedError, match=re.escape(swept["key"])):
+        ingest.run_ingest()
+
+    assert [key for key in storage.list_keys(bucket, "sales_order/") if "-deleted-" in key] == []
+
+
 def test_a_replaced_captured_key_list_is_refused_by_the_next_sweep(source_db, aws, monkeypatch):
     import gzip
 

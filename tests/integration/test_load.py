@@ -427,6 +427,36 @@ def test_handler_raises_the_load_error_even_when_the_connection_is_already_broke
         load_handler("load")(scheduled_event("load"), LambdaContext(function_name="totes-load"))
 
 
+def test_a_session_the_warehouse_ends_mid_load_fails_the_invocation_as_transient(
+        aws, postgres, warehouse_db, buckets, monkeypatch, captured_logs):
+    stack.provision({aws["WAREHOUSE_SECRET_ID"]: postgres.secret(warehouse_db)}, buckets=())
+    manifest = first_manifest(buckets)
+    admin, real_infer = postgres.connect(warehouse_db), warehouse.add_inferred_members
+
+    def terminated(connection, fact):   # an administrator, a failover, a recovery conflict
+        admin.run("SELECT pg_terminate_backend(:pid)",
+                  pid=connection.run("SELECT pg_backend_pid()")[0][0])
+        return real_infer(connection, fact)
+
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(warehouse, "add_inferred_members", terminated)
+            # The server's report (57P01) when it is still readable, else a reset socket.
+            with pytest.raises(db.SessionInterruptedError, match="the warehouse server ended "
+                               "the run's statement or session.*SQLSTATE 57P01|the connection "
+                               "to the warehouse server was lost") as caught:
+                load_handler("load")(scheduled_event("load"),
+                                     LambdaContext(function_name="totes-load"))
+        assert isinstance(caught.value.__cause__, load.LoadError)
+        assert caught.value.__cause__.manifest_key == manifest   # still named in the chain
+        [kind] = [line for line in captured_logs()
+                  if line["message"].startswith("invocation failed")]
+        assert kind["error_kind"] == "transient"
+        assert admin.run('SELECT count(*) FROM "etl"."loaded_manifest"') == [[0]]
+    finally:
+        admin.close()
+
+
 @pytest.mark.parametrize("secret, cause", [
     ('{"host": "db", "password": ', "is not valid JSON"),
     ('{"host": "db"}', 'no username for the warehouse database: put "username" in secret'),

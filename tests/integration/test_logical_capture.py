@@ -327,3 +327,30 @@ def test_a_version_stamped_after_its_commit_is_counted_as_stamped_in_the_future(
 
     assert result.rows["sales_order"] == 2
     assert {table: n for table, n in result.stamped_in_future.items() if n} == {"sales_order": 1}
+
+
+@pytest.mark.parametrize("statements, table, column, now", [
+    (['ALTER TYPE "TransactionType" RENAME VALUE \'SALE\' TO \'SALES\''],
+     "transaction", "transaction_type", "SALES"),
+    (["ALTER TABLE address DROP COLUMN city",
+      "ALTER TABLE address ADD COLUMN city text NOT NULL DEFAULT 'Leeds'"],
+     "address", "city", "Leeds"),
+], ids=["enum-label-renamed", "column-dropped-and-added-again"])
+def test_ddl_that_changes_every_row_without_writing_one_is_read_again_and_no_older_change_follows(
+        source, aws, captured_logs, statements, table, column, now):
+    seed_one_of_each(source)
+    ingest.run_ingest()
+    source.run(f'UPDATE "{table}" SET last_updated = :at',   # decoded with the old definition
+               at=T0 + timedelta(minutes=1))
+    for statement in statements:
+        source.run(statement)                                # no row is written
+
+    redefined = ingest.run_ingest()
+
+    bucket = aws["INGEST_BUCKET"]
+    assert [row[column] for row in lines(bucket, manifests(bucket)[-1], table)] == [now]
+    assert redefined.rows[table] == 1   # the re-read row; the slot's older update is not after it
+    [warning] = [line for line in captured_logs()
+                 if line["message"].startswith("source tables redefined since the previous run")]
+    assert warning["tables"] == [table]
+    assert ingest.run_ingest().total_rows == 0   # once: the next run reads nothing

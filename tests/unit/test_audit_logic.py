@@ -246,3 +246,19 @@ def test_a_key_list_replaced_in_the_bucket_is_refused_by_the_audit(monkeypatch):
         assert list(audit._stored_keys(store, key)) == [1, 2]  # no hash recorded: unchecked
         with pytest.raises(storage.ObjectChangedError, match=f"{key} is not the object"):
             list(audit._stored_keys(store, key, sha256))
+
+
+def test_a_key_list_replaced_in_a_local_copy_is_refused_by_the_audit_as_in_the_bucket(tmp_path):
+    from totes import storage
+
+    key = "_sweeps/payment/k.keys.gz"
+    (tmp_path / "_sweeps" / "payment").mkdir(parents=True)
+    recorded = storage.checksum(gzip.compress(b"1,2,3\n", mtime=0))
+    (tmp_path / key).write_bytes(gzip.compress(b"1,2\n", mtime=0))   # its delete hidden
+    store = audit.DirectoryStore(tmp_path)
+    assert list(audit._stored_keys(store, key)) == [1, 2]   # no hash recorded: unchecked
+    with pytest.raises(storage.ObjectChangedError,
+                       match=f"^{tmp_path / key} is not the object its manifest lists"):
+        list(audit._stored_keys(store, key, recorded))
+    (tmp_path / key).write_bytes(gzip.compress(b"1,2,3\n", mtime=0))   # the one recorded
+    assert list(audit._stored_keys(store, key, recorded)) == [1, 2, 3]

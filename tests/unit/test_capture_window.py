@@ -5,7 +5,8 @@ from datetime import datetime
 import pytest
 
 from totes.capture import (XID_MODULUS, Snapshot, SnapshotFormatError, SourceIdentity,
-                           TableCursor, full_xid, resync_reason, xmin_window)
+                           TableCursor, full_xid, nearest_xid, resync_reason,
+                           xmin_window)
 from totes.extract import ReadPoint
 from totes.manifest import IngestManifest
 from totes.snapshot_capture import floor_held_since
@@ -77,6 +78,20 @@ def test_full_xid_rebuilds_the_epoch_of_a_visible_row():
     current = Snapshot(3 * EPOCH + 10, 3 * EPOCH + 10)
     assert full_xid(5, current) == 3 * EPOCH + 5
     assert full_xid(EPOCH - 1, current) == 3 * EPOCH - 1
+
+
+def test_nearest_xid_places_a_transaction_begun_after_the_snapshot_ahead_of_it():
+    current = Snapshot(3 * EPOCH + 10, 3 * EPOCH + 10)
+    assert nearest_xid(12, current) == 3 * EPOCH + 12
+    assert nearest_xid(5, current) == 3 * EPOCH + 5
+    assert nearest_xid(EPOCH - 1, current) == 3 * EPOCH - 1
+    assert full_xid(12, current) == 2 * EPOCH + 12   # full_xid reads it as 2^32 xids old
+
+
+def test_a_snapshot_sees_exactly_the_transactions_ended_before_it():
+    snapshot = Snapshot(100, 110, (103,))
+    assert [xid for xid in range(98, 113) if snapshot.sees(xid)] == [
+        98, 99, 100, 101, 102, 104, 105, 106, 107, 108, 109]
 
 
 def test_a_complete_pass_moves_the_floor_to_the_snapshot_read():
