@@ -202,6 +202,15 @@ class LoginRefusedError(InputError, DatabaseUnavailableError):
     """
 
 
+class UnsupportedServerError(InputError, DatabaseUnavailableError):
+    """The server runs a PostgreSQL older than the pipeline reads and writes: upgrade it."""
+
+
+#: the oldest PostgreSQL major version either database may run: snapshot capture reads
+#: ``pg_current_snapshot()`` and ``xid8`` (13), the warehouse check ``attgenerated`` (12).
+MINIMUM_SERVER_MAJOR = 13
+
+
 #: SQLSTATEs of a server refusing the login itself, each with what to correct.
 _LOGIN_REFUSALS = {
     "28P01": 'correct "password" in the secret, or set the role\'s password to it '
@@ -630,12 +639,14 @@ def connect_with(secret: Mapping[str, Any], source: str, *,
     """Open a connection from an RDS-shaped mapping; ``source`` names it in errors.
 
     Shared by :func:`connect` and local tools that take credentials another way
-    (a DSN on the command line), so every caller gets the same one-line errors.
+    (a DSN on the command line), so every caller gets the same one-line errors. A
+    server older than :data:`MINIMUM_SERVER_MAJOR` is refused here, from the version
+    it announced at startup (no query), before any statement fails on a missing function.
     """
     kwargs = connection_kwargs(secret, timeout=timeout)
     where = kwargs.get("unix_sock") or f"{kwargs['host']}:{kwargs['port']}"
     try:
-        return Connection(**kwargs)
+        conn = Connection(**kwargs)
     except (pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError, OSError,
             UnicodeError) as error:
         reason, refusal = _tls_reason(error, secret) or _login_refusal(error) or (
@@ -646,6 +657,16 @@ def connect_with(secret: Mapping[str, Any], source: str, *,
             f"cannot connect to database {kwargs['database']} at {where} "
             f"({source}): {reason}"
         ) from None
+    version = str(conn.parameter_statuses.get("server_version", ""))
+    major = re.match(r"[0-9]+", version)
+    if major and int(major[0]) < MINIMUM_SERVER_MAJOR:
+        close_quietly(conn)
+        raise UnsupportedServerError(
+            f"cannot use database {kwargs['database']} at {where} ({source}): the server runs "
+            f"PostgreSQL {version}, and the pipeline needs {MINIMUM_SERVER_MAJOR} or later: "
+            "upgrade it (on RDS: modify the DB instance's engine version; docs/deploy.md, "
+            "\"Preparing the databases\")")
+    return conn
 
 
 def server_fields(error: BaseException) -> dict[str, str]:

@@ -1,5 +1,6 @@
 import io
 import json
+import re
 import time
 
 import boto3
@@ -289,3 +290,19 @@ def test_copy_streams_run_in_one_round_trip_each_way(connection, monkeypatch):
     with pytest.raises(pg8000_native.DatabaseError, match="invalid input syntax"):
         connection.run("COPY t FROM STDIN", stream=io.BytesIO(b"not a number\tc\n"))
     assert connection.run("SELECT count(*) FROM t WHERE k > :k", k=0) == [[2]]
+
+
+def test_a_server_older_than_the_minimum_is_refused_naming_its_version_and_the_fix(
+        aws, postgres, database, monkeypatch):
+    name = database("dbversion")
+    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(name)}, buckets=())
+    connection = db.connect(aws["TOTESYS_SECRET_ID"], database=config.TOTESYS)
+    [[version]] = connection.run("SHOW server_version")
+    connection.close()
+    # As if the minimum were above this server's major version: what a PostgreSQL 12 meets.
+    monkeypatch.setattr(db, "MINIMUM_SERVER_MAJOR", int(version.split(".")[0]) + 1)
+    with pytest.raises(db.UnsupportedServerError,
+                       match=rf"the server runs PostgreSQL {re.escape(version)}, and the pipeline "
+                             r"needs \d+ or later: upgrade it") as caught:
+        db.connect(aws["TOTESYS_SECRET_ID"], database=config.TOTESYS)
+    assert errors.kind_of(caught.value) == errors.INPUT
