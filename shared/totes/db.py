@@ -445,6 +445,21 @@ def _port(value: Any) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and 1 <= int(text) <= 65535 else None
 
 
+def _text(secret: Mapping[str, Any], field: str) -> str:
+    """The secret's ``field`` as text: a JSON integer (``"password": 12345678``) as its digits.
+
+    Anything else that is not a string (a fraction, a list, true) has no one text form
+    and is refused, naming the field and never the value.
+    """
+    value = secret.get(field)
+    if value is None or isinstance(value, str):
+        return value or ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise SecretFormatError(f'the database secret\'s "{field}" is a JSON {type(value).__name__}, '
+                            f'not a string: store it in quotes ("{field}": "...")')
+
+
 def where_problems(secret: Mapping[str, Any]) -> dict[str, str]:
     """What is wrong with the secret's ``host`` and ``port``, by field, never quoting a value.
 
@@ -501,8 +516,8 @@ def connection_kwargs(secret: Mapping[str, Any], *,
                                           for field, problem in problems.items()))
     port = _port(secret.get("port")) or DEFAULT_PORT
     kwargs: dict[str, Any] = {
-        "user": secret["username"],
-        "password": secret.get("password") or None,
+        "user": _text(secret, "username"),
+        "password": _text(secret, "password") or None,
         "database": secret["dbname"],
         "timeout": timeout,
         "application_name": "totes-pipeline",

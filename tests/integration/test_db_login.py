@@ -64,3 +64,20 @@ def test_a_wrong_password_is_an_input_error_saying_to_correct_it_never_showing_i
         db.connect(aws["TOTESYS_SECRET_ID"], database=config.TOTESYS)
     assert errors.kind_of(caught.value) == errors.INPUT
     assert "wrong-unique-4" not in str(caught.value)
+
+
+def test_a_password_of_digits_stored_as_a_json_number_logs_in(aws, scram_server):
+    digits = 80417365
+    admin = scram_server.connect("postgres")
+    try:
+        admin.run(f"CREATE ROLE digits_login LOGIN PASSWORD '{digits}'")
+    finally:
+        admin.close()
+    stack.provision({aws["TOTESYS_SECRET_ID"]: {**scram_server.secret("postgres"),
+                                                "username": "digits_login",
+                                                "password": digits}}, buckets=())
+    connection = db.connect(aws["TOTESYS_SECRET_ID"], database=config.TOTESYS)
+    try:
+        assert connection.run("SELECT current_user") == [["digits_login"]]
+    finally:
+        connection.close()

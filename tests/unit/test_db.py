@@ -380,3 +380,16 @@ def test_a_field_stored_under_another_name_says_which_key_to_rename(
         db.with_connection_fields(secret, config.TOTESYS, "ts-secret")
     with pytest.raises(db.SecretFormatError, match=f'lacks {field} \\(the secret has "{stored}"'):
         db.connection_kwargs(secret)
+
+
+def test_a_password_or_username_stored_as_a_json_integer_is_sent_as_its_digits():
+    kwargs = db.connection_kwargs({**SECRET, "username": 1001, "password": 12345678})
+    assert (kwargs["user"], kwargs["password"]) == ("1001", "12345678")
+
+
+@pytest.mark.parametrize("value", [1234.5, ["pw"], True])
+def test_a_password_that_is_no_json_string_or_integer_is_refused_naming_the_field(value):
+    with pytest.raises(db.SecretFormatError, match='"password" is a JSON .*, not a string') \
+            as caught:
+        db.connection_kwargs({**SECRET, "password": value})
+    assert "1234.5" not in str(caught.value)
