@@ -211,6 +211,13 @@ class UnsupportedServerError(InputError, DatabaseUnavailableError):
 MINIMUM_SERVER_MAJOR = 13
 
 
+#: what a connection that no server answered adds: from Lambda, the usual first-deploy cause.
+_NO_ANSWER = ("no answer within {seconds} s: a database reachable only inside its VPC needs the "
+              "functions in that VPC (template parameters SubnetIds and SecurityGroupIds), and "
+              "its security group must let them in on its port (docs/deploy.md, \"Running inside "
+              "a VPC\")")
+
+
 #: SQLSTATEs of a server refusing the login itself, each with what to correct.
 _LOGIN_REFUSALS = {
     "28P01": 'correct "password" in the secret, or set the role\'s password to it '
@@ -668,6 +675,8 @@ def connect_with(secret: Mapping[str, Any], source: str, *,
             error.args[0] if error.args else type(error).__name__, DatabaseUnavailableError)
         if isinstance(reason, dict):
             reason = reason.get("M", "refused")
+        if isinstance(error.__cause__ or error.__context__, TimeoutError):
+            reason = f"{reason}; {_NO_ANSWER.format(seconds=timeout)}"
         raise refusal(
             f"cannot connect to database {kwargs['database']} at {where} "
             f"({source}): {reason}"

@@ -393,3 +393,15 @@ def test_a_password_that_is_no_json_string_or_integer_is_refused_naming_the_fiel
             as caught:
         db.connection_kwargs({**SECRET, "password": value})
     assert "1234.5" not in str(caught.value)
+
+
+def test_a_database_that_never_answers_says_what_a_vpc_needs(silent_endpoint):
+    host, port = silent_endpoint.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with pytest.raises(db.DatabaseUnavailableError,
+                       match=r"no answer within 1 s: .*SubnetIds and SecurityGroupIds") as caught:
+        db.connect_with({**SECRET, "host": host, "port": port, "sslmode": "disable"}, "test",
+                        timeout=1)
+    assert time.monotonic() - started < 10
+    assert errors.kind_of(caught.value) == errors.TRANSIENT
+    assert "s3cr3t!" not in str(caught.value)
