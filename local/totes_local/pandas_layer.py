@@ -45,6 +45,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from totes import observability
+
 #: the packages the managed layer provides to our functions, and that requirements-dev.txt pins.
 PACKAGES = ("pandas", "numpy", "pyarrow")
 #: Lambda's limit on a function's unzipped code and layers together (262,144,000 bytes).
@@ -73,7 +75,7 @@ class Release:
 #: the release the stack runs (sources: module docstring).
 RELEASE = Release(
     awswrangler="3.16.0",
-    versions={"pandas": "3.0.2", "numpy": "2.2.6", "pyarrow": "20.0.0"},
+    versions=observability.TESTED_VERSIONS,
     # 167 MB measured for 3.16.0's Python 3.13 build (aws/aws-sdk-pandas#3331); the
     # Python 3.11 zip is 3.3 MB larger than the 3.13 one, so 180 MB is allowed.
     unzipped_bytes=180_000_000,

@@ -210,6 +210,44 @@ class ServerNotTrustedError(InputError, DatabaseUnavailableError):
     """
 
 
+class LoginRefusedError(InputError, DatabaseUnavailableError):
+    """The server refused the login itself: a wrong password, no such role or database.
+
+    Every run fails alike until a person corrects the secret (or the server). Raised
+    only after the secret was read anew (:func:`connect`), so a password rotated since
+    the function cached it is not taken for a wrong one. Still a
+    :class:`DatabaseUnavailableError` to callers that go on without a connection.
+    """
+
+
+class UnsupportedServerError(InputError, DatabaseUnavailableError):
+    """The server runs a PostgreSQL older than the pipeline reads and writes: upgrade it."""
+
+
+#: the oldest PostgreSQL major version either database may run: snapshot capture reads
+#: ``pg_current_snapshot()`` and ``xid8`` (13), the warehouse check ``attgenerated`` (12).
+MINIMUM_SERVER_MAJOR = 13
+
+
+#: what a connection that no server answered adds: from Lambda, the usual first-deploy cause.
+_NO_ANSWER = ("no answer within {seconds} s: a database reachable only inside its VPC needs the "
+              "functions in that VPC (template parameters SubnetIds and SecurityGroupIds), and "
+              "its security group must let them in on its port (docs/deploy.md, \"Running inside "
+              "a VPC\")")
+
+
+#: SQLSTATEs of a server refusing the login itself, each with what to correct.
+_LOGIN_REFUSALS = {
+    "28P01": 'correct "password" in the secret, or set the role\'s password to it '
+             "(ALTER ROLE ... PASSWORD)",
+    "28000": 'correct "username" in the secret, or let that role in: CREATE ROLE ... LOGIN '
+             "PASSWORD ..., ALTER ROLE ... LOGIN, or a pg_hba.conf rule for it (a rule "
+             'requiring TLS needs an sslmode other than "disable")',
+    "3D000": 'correct "dbname" (in the secret, or the TotesysDatabase/WarehouseDatabase '
+             "parameter that gives it), or CREATE DATABASE on that server",
+}
+
+
 #: Secrets Manager's answers that no retry changes, each with what it means for a deployed
 #: stack and what to do. A stack deployed before its secrets exist, with an ARN copied
 #: without its suffix, or left naming a secret deleted and created again (a new suffix)
@@ -305,8 +343,12 @@ def _refusal(error: BaseException, secret_id: str,
         f"{action.format(parameter=where)}")
 
 
-def fetch_secret(secret_id: str, database: config.Database | None = None) -> Mapping[str, Any]:
+def fetch_secret(secret_id: str, database: config.Database | None = None, *,
+                 renew: bool = False) -> Mapping[str, Any]:
     """Read and parse a database secret, cached for five minutes across warm invocations.
+
+    ``renew`` reads it from Secrets Manager even when cached (a login refused may mean
+    the secret was rotated since).
 
     A secret Secrets Manager will not give (missing, being deleted, refused by the
     role or its key) fails as an input error that says what to do, naming ``database``'s
@@ -316,7 +358,8 @@ def fetch_secret(secret_id: str, database: config.Database | None = None) -> Map
     """
     _secrets_provider()
     try:
-        secret = parameters.get_secret(secret_id, transform="json", max_age=300)
+        secret = parameters.get_secret(secret_id, transform="json", max_age=300,
+                                       force_fetch=renew)
     except parameters.exceptions.TransformParameterError:
         raise SecretFormatError(f"secret {secret_id} is not valid JSON; {_WHAT_TO_STORE}") from None
     except parameters.exceptions.GetParameterError as error:
@@ -400,6 +443,87 @@ def _tls_reason(error: BaseException,
     return None
 
 
+#: the port a secret or the environment may leave out, as in libpq.
+DEFAULT_PORT = 5432
+#: keys (lower-cased) under which people store a required field by another name: libpq's,
+#: JDBC's and ORMs' habits. A missing field's error names the one found, to be renamed.
+_OTHER_NAMES = {"host": ("hostname", "host_name", "endpoint", "address", "server"),
+                "username": ("user", "user_name", "login", "role"),
+                "dbname": ("database", "db", "db_name", "database_name")}
+#: what a host that is not a bare host name must become.
+_BARE_HOST = ('store the host name alone (an RDS endpoint such as '
+              'mydb.abc123xyz.eu-west-2.rds.amazonaws.com), the port in "port" and the '
+              'database name in "dbname"')
+
+
+def _misnamed(secret: Mapping[str, Any], field: str) -> str:
+    """Say which key of ``secret`` holds the missing ``field`` under another name, if one does."""
+    others = sorted(str(key) for key in secret if str(key) != field and (
+        str(key).lower() == field or str(key).lower() in _OTHER_NAMES.get(field, ())))
+    return f' (the secret has "{others[0]}": the key must be "{field}")' if others else ""
+
+
+def _port(value: Any) -> int | None:
+    """The port ``value`` gives (a number, or its digits as text), None when absent or not one."""
+    text = str(value).strip() if isinstance(value, (int, str)) and not isinstance(
+        value, bool) else ""
+    return int(text) if text.isascii() and text.isdigit() and 1 <= int(text) <= 65535 else None
+
+
+def _text(secret: Mapping[str, Any], field: str) -> str:
+    """The secret's ``field`` as text: a JSON integer (``"password": 12345678``) as its digits.
+
+    Anything else that is not a string (a fraction, a list, true) has no one text form
+    and is refused, naming the field and never the value.
+    """
+    value = secret.get(field)
+    if value is None or isinstance(value, str):
+        return value or ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise SecretFormatError(f'the database secret\'s "{field}" is a JSON {type(value).__name__}, '
+                            f'not a string: store it in quotes ("{field}": "...")')
+
+
+def where_problems(secret: Mapping[str, Any]) -> dict[str, str]:
+    """What is wrong with the secret's ``host`` and ``port``, by field, never quoting a value.
+
+    A host pasted as a URL or a libpq/JDBC connection string (``postgres://etl:pw@host/db``)
+    would reach DNS, fail as if the server were down on every run, and be logged with
+    the password in it; a port out of range would fail inside the socket as a bug. Both
+    are caught here, naming the field. White space around a host is dropped, not refused.
+    """
+    problems: dict[str, str] = {}
+    host = str(secret.get("host") or "").strip()
+    if not host.startswith("/"):
+        if any(mark in host for mark in ("://", "@", "/", "?", "=")):
+            problems["host"] = f"is a URL or a connection string, not a host name: {_BARE_HOST}"
+        elif any(character.isspace() for character in host):
+            problems["host"] = f"contains white space: {_BARE_HOST}"
+        elif host.count(":") == 1 and host.rpartition(":")[2].isdigit():
+            problems["host"] = f"ends in a port (:{host.rpartition(':')[2]}): {_BARE_HOST}"
+    if secret.get("port") not in (None, "") and _port(secret["port"]) is None:
+        problems["port"] = ("is not a port number from 1 to 65535: store it as 5432 or \"5432\", "
+                            "or leave it out for 5432")
+    return problems
+
+
+def _login_refusal(error: BaseException) -> tuple[str, type[LoginRefusedError]] | None:
+    """The reason and error for a server that refused the login itself, None for anything else.
+
+    The server sends its report and closes; pg8000 then says goodbye on the closed socket,
+    and that write's ``network error`` may replace the report, which it keeps as context.
+    """
+    seen: BaseException | None = error
+    while seen is not None and not server_fields(seen):
+        seen = seen.__context__ if seen.__context__ is not error else None
+    fields = server_fields(seen) if seen is not None else {}
+    fix = _LOGIN_REFUSALS.get(fields.get("C", ""))
+    if fix is None:
+        return None
+    return f"{fields.get('M', 'refused')} (SQLSTATE {fields['C']}): {fix}", LoginRefusedError
+
+
 def connection_kwargs(secret: Mapping[str, Any], *,
                       timeout: float | None = CONNECT_TIMEOUT_SECONDS) -> dict[str, Any]:
     """Translate a secret into pg8000 arguments, following libpq's host and sslmode rules.
@@ -409,14 +533,16 @@ def connection_kwargs(secret: Mapping[str, Any], *,
     """
     missing = [key for key in REQUIRED_KEYS if not secret.get(key)]
     if missing:
-        raise SecretFormatError(f"database secret lacks {', '.join(missing)}")
-    try:
-        port = int(secret.get("port") or 5432)
-    except (TypeError, ValueError):
-        raise SecretFormatError("database secret has a port that is not a number") from None
+        raise SecretFormatError("database secret lacks " + ", ".join(
+            key + _misnamed(secret, key) for key in missing))
+    problems = where_problems(secret)
+    if problems:
+        raise SecretFormatError("; ".join(f'the database secret\'s "{field}" {problem}'
+                                          for field, problem in problems.items()))
+    port = _port(secret.get("port")) or DEFAULT_PORT
     kwargs: dict[str, Any] = {
-        "user": secret["username"],
-        "password": secret.get("password") or None,
+        "user": _text(secret, "username"),
+        "password": _text(secret, "password") or None,
         "database": secret["dbname"],
         "timeout": timeout,
         "application_name": "totes-pipeline",
@@ -425,7 +551,7 @@ def connection_kwargs(secret: Mapping[str, Any], *,
         # UTF-8 unseen by pg8000, so in any other encoding they would arrive changed.
         "startup_params": {"client_encoding": CLIENT_ENCODING},
     }
-    host = str(secret["host"])
+    host = str(secret["host"]).strip()
     if host.startswith("/"):
         kwargs["unix_sock"] = os.path.join(host, f".s.PGSQL.{port}")
         kwargs["ssl_context"] = False
@@ -440,7 +566,8 @@ def with_connection_fields(secret: Mapping[str, Any], database: config.Database,
 
     Fails naming every field that neither gives, and both places it may come from.
     """
-    merged = {**secret, **config.connection_fields(database)}
+    given = config.connection_fields(database)
+    merged = {**secret, **given}
     problems = []
     for field in REQUIRED_KEYS:
         if not merged.get(field):
@@ -448,7 +575,12 @@ def with_connection_fields(secret: Mapping[str, Any], database: config.Database,
             if field in config.CONNECTION_FIELDS:
                 where += (f" or set {database.variable(field)} "
                           f"(template parameter {database.parameter(field)})")
-            problems.append(f"no {field} for the {database.title.lower()} database: {where}")
+            problems.append(f"no {field} for the {database.title.lower()} database: {where}"
+                            f"{_misnamed(secret, field)}")
+    for field, problem in where_problems(merged).items():
+        place = (f"{database.variable(field)} (template parameter {database.parameter(field)})"
+                 if field in given else f'"{field}" in secret {secret_id}')
+        problems.append(f"the {database.title.lower()} database's {field} from {place} {problem}")
     if problems:
         raise SecretFormatError("; ".join(problems))
     return merged
@@ -463,7 +595,20 @@ def connect(secret_id: str, *, timeout: float | None = CONNECT_TIMEOUT_SECONDS,
     ``timeout`` bounds every wait on the server, statements included (see
     :func:`connection_kwargs`).
     """
-    secret: Mapping[str, Any] = fetch_secret(secret_id, database)
+    cached = fetch_secret(secret_id, database)
+    try:
+        return _connect_through(cached, secret_id, database, timeout)
+    except LoginRefusedError:
+        # The secret may have been rotated since this container cached it: read it anew, once.
+        renewed = fetch_secret(secret_id, database, renew=True)
+        if renewed == cached:
+            raise
+    return _connect_through(renewed, secret_id, database, timeout)
+
+
+def _connect_through(secret: Mapping[str, Any], secret_id: str, database: config.Database | None,
+                     timeout: float | None) -> pg8000.native.Connection:
+    """Connect with ``secret`` read from ``secret_id``, the environment's fields over its own."""
     if database is not None:
         secret = with_connection_fields(secret, database, secret_id)
     return connect_with(secret, f"secret {secret_id}", timeout=timeout)
@@ -534,22 +679,36 @@ def connect_with(secret: Mapping[str, Any], source: str, *,
     """Open a connection from an RDS-shaped mapping; ``source`` names it in errors.
 
     Shared by :func:`connect` and local tools that take credentials another way
-    (a DSN on the command line), so every caller gets the same one-line errors.
+    (a DSN on the command line), so every caller gets the same one-line errors. A
+    server older than :data:`MINIMUM_SERVER_MAJOR` is refused here, from the version
+    it announced at startup (no query), before any statement fails on a missing function.
     """
     kwargs = connection_kwargs(secret, timeout=timeout)
     where = kwargs.get("unix_sock") or f"{kwargs['host']}:{kwargs['port']}"
     try:
-        return Connection(**kwargs)
+        conn = Connection(**kwargs)
     except (pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError, OSError,
             UnicodeError) as error:
-        reason, refusal = _tls_reason(error, secret) or (
+        reason, refusal = _tls_reason(error, secret) or _login_refusal(error) or (
             error.args[0] if error.args else type(error).__name__, DatabaseUnavailableError)
         if isinstance(reason, dict):
             reason = reason.get("M", "refused")
+        if isinstance(error.__cause__ or error.__context__, TimeoutError):
+            reason = f"{reason}; {_NO_ANSWER.format(seconds=timeout)}"
         raise refusal(
             f"cannot connect to database {kwargs['database']} at {where} "
             f"({source}): {reason}"
         ) from None
+    version = str(conn.parameter_statuses.get("server_version", ""))
+    major = re.match(r"[0-9]+", version)
+    if major and int(major[0]) < MINIMUM_SERVER_MAJOR:
+        close_quietly(conn)
+        raise UnsupportedServerError(
+            f"cannot use database {kwargs['database']} at {where} ({source}): the server runs "
+            f"PostgreSQL {version}, and the pipeline needs {MINIMUM_SERVER_MAJOR} or later: "
+            "upgrade it (on RDS: modify the DB instance's engine version; docs/deploy.md, "
+            "\"Preparing the databases\")")
+    return conn
 
 
 def server_fields(error: BaseException) -> dict[str, str]:

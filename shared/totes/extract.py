@@ -241,10 +241,12 @@ def lock_tables(conn: pg8000.native.Connection, tables: Iterable[str], *,
     except pg8000.native.DatabaseError as error:
         fields = server_fields(error)
         if fields.get("C") in SOURCE_NOT_READABLE:
+            conn.run("ROLLBACK")  # failed already, nothing read: the catalog is asked why
             raise SourceAccessError(
                 f"the login cannot read the source tables ({fields.get('M')}): it needs USAGE "
                 "on their schema, SELECT on the 11 tables and a search_path that reaches them; "
-                "a DBA must run the statements of docs/deploy.md, \"The totesys login\"") from error
+                f"{access_fixes(conn, tables)}; a DBA must run the statements of "
+                "docs/deploy.md, \"The totesys login\"") from error
         if fields.get("C") != LOCK_NOT_AVAILABLE:
             raise
         raise SourceLockTimeoutError(
@@ -252,6 +254,59 @@ def lock_tables(conn: pg8000.native.Connection, tables: Iterable[str], *,
             "tables: another session holds an exclusive lock on one of them (a table rewrite, "
             "TRUNCATE or other DDL; see pg_locks); nothing was read or committed, the next run "
             "retries") from error
+
+
+#: for each source table: whether the login's search_path reaches it, whether it may SELECT it,
+#: the schemas holding a table of that name and whether the login may use each; and the login
+#: and its search_path. The catalog is readable by every login, whatever it may not use.
+_ACCESS = (
+    "SELECT t.name, to_regclass(quote_ident(t.name)) IS NOT NULL, "
+    "COALESCE(has_table_privilege(to_regclass(quote_ident(t.name)), 'SELECT'), false), "
+    "ARRAY(SELECT n.nspname::text FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace "
+    "AS n ON n.oid = c.relnamespace WHERE c.relname = t.name AND c.relkind IN ('r', 'p') "
+    "ORDER BY n.nspname), "
+    "ARRAY(SELECT has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_class AS c "
+    "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.relname = t.name "
+    "AND c.relkind IN ('r', 'p') ORDER BY n.nspname), "
+    "current_user::text, current_setting('search_path') "
+    "FROM unnest(CAST(:names AS text[])) WITH ORDINALITY AS t(name, i) ORDER BY t.i")
+
+
+def access_fixes(conn: pg8000.native.Connection, tables: Iterable[str]) -> str:
+    """Say why the login cannot read the source tables, and the statements that fix it.
+
+    Run outside any transaction, after the ``LOCK`` that failed. A table the search_path
+    misses is named with the schema it is in, one in a schema the login may not use with
+    the ``GRANT USAGE``, one it may not select with the ``GRANT SELECT``, and one in no
+    schema at all as missing: perhaps the secret names another database.
+    """
+    fixes: list[str] = []
+    unselectable: list[str] = []
+    unusable: dict[str, list[str]] = {}   # schema the login may not use -> its tables
+    off_path: dict[str, list[str]] = {}   # schema outside the search_path -> its tables
+    login = path = ""
+    for name, visible, selectable, schemas, usable, login, path in conn.run(
+            _ACCESS, names=list(tables)):
+        on_path = {part.strip().strip('"').replace("$user", login) for part in path.split(",")}
+        if visible and not selectable:
+            unselectable.append(quote_ident(name))
+        elif not visible and not schemas:
+            fixes.append(f"no table {name} in any schema of this database: is the secret's "
+                         "dbname the totesys database?")
+        for schema, may_use in zip([] if visible else schemas, usable):
+            if not may_use:
+                unusable.setdefault(schema, []).append(name)
+            if schema not in on_path:
+                off_path.setdefault(schema, []).append(name)
+    role = quote_ident(login)
+    if unselectable:
+        fixes.append(f"GRANT SELECT ON {', '.join(unselectable)} TO {role}")
+    fixes += [f"GRANT USAGE ON SCHEMA {quote_ident(schema)} TO {role} (for {', '.join(names)})"
+              for schema, names in unusable.items()]
+    fixes += [f"ALTER ROLE {role} SET search_path = {quote_ident(schema)} ({', '.join(names)} "
+              f"in schema {schema}, outside the login's search_path {path})"
+              for schema, names in off_path.items()]
+    return "; ".join(fixes) or "the catalog shows no missing grant"
 
 
 def _quoted_table(table: str) -> str:

@@ -14,6 +14,7 @@ the pipeline ever reading one.
 """
 import functools
 import os
+import sys
 from typing import Any, Callable, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics, single_metric
@@ -28,6 +29,13 @@ DEFAULT_NAMESPACE = "TotesPipeline"
 _strays: set[tuple[str, str]] = set()
 #: the account of the function being invoked (from its ARN), None outside an invocation.
 _account: list[str | None] = [None]
+
+#: the versions of the packages the AWS SDK for pandas layer gives transform, load, the audit
+#: and publish, as the project pins and tests them (``requirements-dev.txt``); the layer's
+#: release is :data:`totes_local.pandas_layer.RELEASE`, which takes its versions from here.
+TESTED_VERSIONS = {"pandas": "3.0.2", "numpy": "2.2.6", "pyarrow": "20.0.0"}
+#: the packages of :data:`TESTED_VERSIONS` this process has compared already (each once).
+_compared: set[str] = set()
 
 R = TypeVar("R")
 #: a Lambda handler: the event (decoded JSON) and the invocation's context, to its response.
@@ -86,6 +94,30 @@ def invocation_account() -> str | None:
     return _account[0]
 
 
+def warn_of_untested_versions(logger: Logger) -> None:
+    """Log one WARNING if a package the pandas layer gave differs from the version tested.
+
+    A stack deployed with ``PandasLayerArn`` naming another release of the AWS SDK for
+    pandas layer runs pandas, numpy or pyarrow the tests never ran: a failure or a
+    changed value may follow, and this line says why. Only packages already imported
+    are compared (nothing is imported for it), each once per process; the functions
+    import some lazily, so each invocation's end compares what it newly imported.
+    """
+    loaded = {name: getattr(sys.modules[name], "__version__", "unknown")
+              for name in TESTED_VERSIONS.keys() - _compared if name in sys.modules}
+    _compared.update(loaded)
+    differ = {name: version for name, version in loaded.items()
+              if version != TESTED_VERSIONS[name]}
+    if differ:
+        logger.warning(
+            "the pandas layer's packages are not the versions this release was tested with: "
+            + ", ".join(f"{name} {version} (tested {TESTED_VERSIONS[name]})"
+                        for name, version in sorted(differ.items()))
+            + "; deploy with template parameter PandasLayerArn empty for the tested layer "
+            "(docs/deploy.md, \"The pandas layer version\")",
+            extra={"untested_versions": differ})
+
+
 def _remember_account(context: LambdaContext) -> None:
     """Keep the account of ``arn:aws:lambda:<region>:<account>:function:<name>``."""
     parts = str(getattr(context, "invoked_function_arn", "") or "").split(":")
@@ -118,6 +150,7 @@ def instrument(stage: str, logger: Logger,
                 raise
             finally:
                 _account[0] = None
+                warn_of_untested_versions(logger)
                 if stray_objects():
                     metrics.add_metric(name="StrayObjects", unit=MetricUnit.Count,
                                        value=stray_objects())

@@ -1,11 +1,14 @@
 import io
+import json
+import re
 import time
 
+import boto3
 import pg8000.native as pg8000_native
 import pytest
 from aws_lambda_powertools.utilities import parameters
 
-from totes import config, db
+from totes import config, db, errors
 from totes_local import stack
 
 
@@ -29,12 +32,46 @@ def test_unreachable_database_is_a_clear_error_without_the_password(aws, tmp_pat
     assert "hunter2-unique" not in str(caught.value)
 
 
-def test_unknown_role_is_reported_as_unavailable(aws, postgres, database):
+def test_an_unknown_role_is_an_input_error_saying_to_correct_the_username(
+        aws, postgres, database):
     name = database("dbauth")
-    secret = {**postgres.secret(name), "username": "nobody_here", "password": "nope"}
+    secret = {**postgres.secret(name), "username": "nobody_here", "password": "nope-unique-3"}
     stack.provision({aws["TOTESYS_SECRET_ID"]: secret}, buckets=())
-    with pytest.raises(db.DatabaseUnavailableError, match="cannot connect"):
+    with pytest.raises(db.LoginRefusedError, match=r'role "nobody_here" does not exist '
+                                                   r'\(SQLSTATE 28000\): correct "username"') \
+            as caught:
         db.connect(aws["TOTESYS_SECRET_ID"])
+    assert errors.kind_of(caught.value) == errors.INPUT
+    assert isinstance(caught.value, db.DatabaseUnavailableError)  # callers that go on still do
+    assert "nope-unique-3" not in str(caught.value)
+
+
+def test_a_database_that_does_not_exist_is_an_input_error_saying_to_correct_dbname(
+        aws, postgres, monkeypatch):
+    stack.provision({aws["WAREHOUSE_SECRET_ID"]: postgres.secret("postgres")}, buckets=())
+    monkeypatch.setenv("WAREHOUSE_DBNAME", "warehouse_not_created")
+    with pytest.raises(db.LoginRefusedError, match=r'(?s)"warehouse_not_created" does not exist '
+                                                   r'\(SQLSTATE 3D000\): correct "dbname"') \
+            as caught:
+        db.connect(aws["WAREHOUSE_SECRET_ID"], database=config.WAREHOUSE)
+    assert errors.kind_of(caught.value) == errors.INPUT
+
+
+def test_a_login_refused_with_the_cached_secret_is_tried_once_with_the_secret_read_anew(
+        aws, postgres, database):
+    # The secret was corrected (or rotated) after this container cached it: the next run must
+    # connect, not fail as an input error for five more minutes.
+    name = database("dbrotated")
+    right = postgres.secret(name)
+    stack.provision({aws["TOTESYS_SECRET_ID"]: {**right, "username": "old_login"}}, buckets=())
+    db.fetch_secret(aws["TOTESYS_SECRET_ID"])   # cached, as a warm container holds it
+    boto3.client("secretsmanager").put_secret_value(SecretId=aws["TOTESYS_SECRET_ID"],
+                                                    SecretString=json.dumps(right))
+    connection = db.connect(aws["TOTESYS_SECRET_ID"], database=config.TOTESYS)
+    try:
+        assert connection.run("SELECT current_database()") == [[name]]
+    finally:
+        connection.close()
 
 
 def test_a_host_name_that_cannot_exist_is_a_clear_error(aws):
@@ -281,3 +318,19 @@ def test_a_kept_connection_whose_socket_timed_out_is_not_lent_again(aws, warm):
             conn.run("SELECT pg_sleep(3)")
     with kept(aws) as second:
         assert second is not first and _backend(second) != pid
+
+
+def test_a_server_older_than_the_minimum_is_refused_naming_its_version_and_the_fix(
+        aws, postgres, database, monkeypatch):
+    name = database("dbversion")
+    stack.provision({aws["TOTESYS_SECRET_ID"]: postgres.secret(name)}, buckets=())
+    connection = db.connect(aws["TOTESYS_SECRET_ID"], database=config.TOTESYS)
+    [[version]] = connection.run("SHOW server_version")
+    connection.close()
+    # As if the minimum were above this server's major version: what a PostgreSQL 12 meets.
+    monkeypatch.setattr(db, "MINIMUM_SERVER_MAJOR", int(version.split(".")[0]) + 1)
+    with pytest.raises(db.UnsupportedServerError,
+                       match=rf"the server runs PostgreSQL {re.escape(version)}, and the pipeline "
+                             r"needs \d+ or later: upgrade it") as caught:
+        db.connect(aws["TOTESYS_SECRET_ID"], database=config.TOTESYS)
+    assert errors.kind_of(caught.value) == errors.INPUT

@@ -45,6 +45,8 @@ def test_a_login_without_select_on_the_tables_is_an_input_error_naming_the_grant
         lock_as(postgres, totesys, role)
     assert errors.kind_of(raised.value) == errors.INPUT
     assert "docs/deploy.md, \"The totesys login\"" in str(raised.value)
+    quoted = ", ".join(map(db.quote_ident, SOURCE_TABLES))
+    assert f"GRANT SELECT ON {quoted} TO {db.quote_ident(role)}" in str(raised.value)
 
 
 def test_a_login_without_usage_on_the_schema_is_an_input_error_not_a_missing_table(
@@ -55,6 +57,35 @@ def test_a_login_without_usage_on_the_schema_is_an_input_error_not_a_missing_tab
     with pytest.raises(extract.SourceAccessError, match="does not exist") as raised:
         lock_as(postgres, totesys, role)
     assert errors.kind_of(raised.value) == errors.INPUT
+    assert (f'GRANT USAGE ON SCHEMA "public" TO {db.quote_ident(role)} '
+            f"(for {', '.join(SOURCE_TABLES)})") in str(raised.value)
+    assert "ALTER ROLE" not in str(raised.value)   # public is on the search_path
+
+
+def test_a_table_in_a_schema_off_the_search_path_names_the_schema_and_the_alter_role(
+        postgres, totesys, login):
+    role, admin = login
+    admin.run("CREATE SCHEMA sales")
+    admin.run("ALTER TABLE staff SET SCHEMA sales")
+    admin.run(f"GRANT USAGE ON SCHEMA public, sales TO {role}")
+    admin.run(f"GRANT SELECT ON ALL TABLES IN SCHEMA public, sales TO {role}")
+    with pytest.raises(extract.SourceAccessError, match='relation "staff" does not exist') \
+            as raised:
+        lock_as(postgres, totesys, role)
+    fixes = str(raised.value).split("reaches them; ")[1].split("; a DBA")[0]
+    assert fixes == (f'ALTER ROLE {db.quote_ident(role)} SET search_path = "sales" (staff in '
+                     'schema sales, outside the login\'s search_path "$user", public)')
+
+
+def test_a_table_in_no_schema_at_all_asks_whether_the_secret_names_the_totesys_database(
+        postgres, totesys, login):
+    role, admin = login
+    admin.run("ALTER TABLE staff RENAME TO staff_renamed")
+    admin.run(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    with pytest.raises(extract.SourceAccessError,
+                       match="no table staff in any schema of this database: is the secret's "
+                             "dbname the totesys database"):
+        lock_as(postgres, totesys, role)
 
 
 def test_the_docs_grants_are_enough_to_lock_every_table(postgres, totesys, login):

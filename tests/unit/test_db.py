@@ -312,3 +312,96 @@ def test_errors_about_the_request_or_the_callers_deadline_are_not_interruptions(
 def test_every_connection_asks_for_utf8_at_startup_over_any_role_or_database_setting():
     # A startup parameter outranks ALTER ROLE/DATABASE ... SET client_encoding.
     assert db.connection_kwargs(SECRET)["startup_params"] == {"client_encoding": "UTF8"}
+
+
+@pytest.mark.parametrize("host", [
+    "postgresql://etl:pw-unique-7@db.example.com:5432/totesys",   # a URL, password and all
+    "jdbc:postgresql://db.example.com/totesys",
+    "host=db.example.com password=pw-unique-7",                    # a libpq keyword string
+    "etl@db.example.com",
+])
+def test_a_host_pasted_as_a_url_is_refused_naming_the_field_never_its_text(host):
+    with pytest.raises(db.SecretFormatError, match='"host" is a URL or a connection string') \
+            as caught:
+        db.connection_kwargs({**SECRET, "host": host})
+    assert "pw-unique-7" not in str(caught.value) and "db.example.com" not in str(caught.value)
+
+
+def test_a_host_with_a_port_says_to_move_the_port_to_its_own_field():
+    with pytest.raises(db.SecretFormatError, match=r'"host" ends in a port \(:5432\).*"port"'):
+        db.connection_kwargs({**SECRET, "host": "db.example.com:5432"})
+
+
+def test_white_space_around_a_host_is_dropped_and_inside_it_refused():
+    assert db.connection_kwargs({**SECRET, "host": " db.example.com\n"})["host"] == "db.example.com"
+    with pytest.raises(db.SecretFormatError, match='"host" contains white space'):
+        db.connection_kwargs({**SECRET, "host": "db.example .com"})
+
+
+def test_an_ipv6_address_is_a_host_not_a_host_with_a_port():
+    assert db.connection_kwargs({**SECRET, "host": "fd00::5432"})["host"] == "fd00::5432"
+
+
+@pytest.mark.parametrize("port, expected", [("5432", 5432), (" 6543 ", 6543), (6543, 6543),
+                                            (65535, 65535)])
+def test_a_port_stored_as_text_or_number_works(port, expected):
+    assert db.connection_kwargs({**SECRET, "port": port})["port"] == expected
+
+
+@pytest.mark.parametrize("port", [0, 65536, "99999", -1, True, 5432.5, "5432.0", "５４３２"])
+def test_a_port_out_of_range_is_refused_naming_the_field(port):
+    with pytest.raises(db.SecretFormatError, match='"port" is not a port number from 1 to 65535'):
+        db.connection_kwargs({**SECRET, "port": port})
+
+
+def test_a_port_variable_out_of_range_is_refused_naming_the_variable_and_parameter(
+        monkeypatch, no_connection_fields):
+    monkeypatch.setenv("TOTESYS_PORT", "65536")
+    with pytest.raises(db.SecretFormatError, match=r"totesys database's port from TOTESYS_PORT "
+                                                   r"\(template parameter TotesysPort\) is not"):
+        db.with_connection_fields(SECRET, config.TOTESYS, "ts-secret")
+
+
+def test_a_url_in_the_secrets_host_is_named_in_the_secret(no_connection_fields):
+    with pytest.raises(db.SecretFormatError, match='host from "host" in secret ts-secret is a URL'):
+        db.with_connection_fields({**SECRET, "host": "postgres://db.example.com/totesys"},
+                                  config.TOTESYS, "ts-secret")
+
+
+@pytest.mark.parametrize("stored, field", [("database", "dbname"), ("user", "username"),
+                                           ("Host", "host"), ("endpoint", "host")])
+def test_a_field_stored_under_another_name_says_which_key_to_rename(
+        no_connection_fields, stored, field):
+    secret = {**SECRET, stored: SECRET.get(field, "x")}
+    del secret[field]
+    with pytest.raises(db.SecretFormatError,
+                       match=f'no {field} .* \\(the secret has "{stored}": the key must be '
+                             f'"{field}"\\)'):
+        db.with_connection_fields(secret, config.TOTESYS, "ts-secret")
+    with pytest.raises(db.SecretFormatError, match=f'lacks {field} \\(the secret has "{stored}"'):
+        db.connection_kwargs(secret)
+
+
+def test_a_password_or_username_stored_as_a_json_integer_is_sent_as_its_digits():
+    kwargs = db.connection_kwargs({**SECRET, "username": 1001, "password": 12345678})
+    assert (kwargs["user"], kwargs["password"]) == ("1001", "12345678")
+
+
+@pytest.mark.parametrize("value", [1234.5, ["pw"], True])
+def test_a_password_that_is_no_json_string_or_integer_is_refused_naming_the_field(value):
+    with pytest.raises(db.SecretFormatError, match='"password" is a JSON .*, not a string') \
+            as caught:
+        db.connection_kwargs({**SECRET, "password": value})
+    assert "1234.5" not in str(caught.value)
+
+
+def test_a_database_that_never_answers_says_what_a_vpc_needs(silent_endpoint):
+    host, port = silent_endpoint.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with pytest.raises(db.DatabaseUnavailableError,
+                       match=r"no answer within 1 s: .*SubnetIds and SecurityGroupIds") as caught:
+        db.connect_with({**SECRET, "host": host, "port": port, "sslmode": "disable"}, "test",
+                        timeout=1)
+    assert time.monotonic() - started < 10
+    assert errors.kind_of(caught.value) == errors.TRANSIENT
+    assert "s3cr3t!" not in str(caught.value)

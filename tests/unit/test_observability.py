@@ -1,4 +1,5 @@
 import json
+import sys
 
 import pytest
 from aws_lambda_powertools.metrics import MetricUnit
@@ -79,3 +80,44 @@ def test_a_transient_failure_says_the_next_run_retries_and_is_not_counted(capsys
     [line] = [line for line in captured_logs() if line["message"].startswith("invocation failed")]
     assert line["error_kind"] == "transient" and "the next run retries" in line["message"]
     assert "InputErrors" not in capsys.readouterr().out
+
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """As a new Lambda container: no package of the pandas layer compared yet."""
+    monkeypatch.setattr(observability, "_compared", set())
+
+
+def untested_version_lines(captured_logs):
+    return [line for line in captured_logs() if "not the versions" in line["message"]]
+
+
+def test_a_pandas_layer_of_another_release_is_warned_of_once_naming_both_versions(
+        monkeypatch, fresh_process, captured_logs):
+    import pyarrow
+    monkeypatch.setattr(pyarrow, "__version__", "22.0.0")
+    handler = handler_for("load")
+    handler({}, LambdaContext("totes-load"))
+    handler({}, LambdaContext("totes-load"))
+    [line] = untested_version_lines(captured_logs)
+    assert line["level"] == "WARNING"
+    assert "pyarrow 22.0.0 (tested 20.0.0)" in line["message"]
+    assert "PandasLayerArn" in line["message"]
+    assert line["untested_versions"] == {"pyarrow": "22.0.0"}
+
+
+def test_the_pinned_versions_are_the_tested_ones_and_warn_of_nothing(
+        fresh_process, captured_logs):
+    import numpy
+    import pandas
+    import pyarrow
+    handler_for("transform")({}, LambdaContext("totes-transform"))
+    assert untested_version_lines(captured_logs) == []
+    assert {"pandas": pandas.__version__, "numpy": numpy.__version__,
+            "pyarrow": pyarrow.__version__} == observability.TESTED_VERSIONS
+
+
+def test_a_package_not_imported_is_neither_imported_nor_compared(monkeypatch, fresh_process):
+    monkeypatch.delitem(sys.modules, "numpy", raising=False)
+    observability.warn_of_untested_versions(observability.service_logger())
+    assert "numpy" not in sys.modules and "numpy" not in observability._compared

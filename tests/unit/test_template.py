@@ -804,3 +804,36 @@ def test_the_dashboard_charts_audit_mismatches_per_table_and_rows_in_flight():
     text = json.dumps(body)
     assert 'MetricName=\\\"AuditMismatches\\\"' in text
     assert '"AuditInFlight"' in text
+
+
+@pytest.mark.parametrize("name", ["TotesysPort", "WarehousePort"])
+def test_a_port_parameter_takes_only_empty_or_1_to_65535(name):
+    pattern = re.compile(PARAMETERS[name]["AllowedPattern"])
+    accepted = {text for text in ["", *map(str, range(0, 100_000)), "05432", "-1", "5432 ", "x"]
+                if pattern.fullmatch(text)}
+    assert accepted == {"", *map(str, range(1, 65_536))}
+
+
+HOSTS_ACCEPTED = ("", "totesys.abc123xyz.eu-west-2.rds.amazonaws.com", "localhost", "10.0.3.17",
+                  "fd00:ec2::254", "::1", "db-1")
+HOSTS_REFUSED = ("postgres://etl:pw@db.example.com:5432/totesys", "db.example.com:5432",
+                 "etl@db.example.com", " db.example.com", "db.example.com ", "db example.com",
+                 "db.example.com/totesys", "-db", "db.")
+
+
+@pytest.mark.parametrize("name", ["TotesysHost", "WarehouseHost"])
+def test_a_host_parameter_takes_a_bare_host_name_or_address_not_a_url(name):
+    pattern = re.compile(PARAMETERS[name]["AllowedPattern"])
+    assert [host for host in HOSTS_ACCEPTED if not pattern.fullmatch(host)] == []
+    assert [host for host in HOSTS_REFUSED if pattern.fullmatch(host)] == []
+
+
+@pytest.mark.parametrize("name", ["TotesysDatabase", "WarehouseDatabase"])
+def test_a_database_parameter_refuses_white_space_around_the_name(name):
+    pattern = re.compile(PARAMETERS[name]["AllowedPattern"])
+    assert all(pattern.fullmatch(value) for value in ("", "totesys", "x", "my db"))
+    assert not any(pattern.fullmatch(value) for value in (" totesys", "totesys\n", " "))
+
+
+def test_object_lock_retention_is_bounded_by_s3s_hundred_years():
+    assert PARAMETERS["ObjectLockRetentionDays"]["MaxValue"] == 36_500

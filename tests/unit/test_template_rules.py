@@ -39,3 +39,25 @@ def test_no_region_is_refused_for_want_of_a_pandas_layer():
     # The layer is AWS's published one for whatever region the stack is in (test_pandas_layer.py).
     assert failures(region="ap-southeast-2") == []
     assert failures(region="xx-east-9") == []
+
+
+ONE_SECRET = SECRETS["TotesysSecretArn"]
+
+
+def test_one_secret_for_both_databases_without_parameters_to_tell_them_apart_is_refused():
+    (problem,) = failures(WarehouseSecretArn=ONE_SECRET)
+    assert problem.startswith("TotesysSecretArn and WarehouseSecretArn are the same secret")
+    assert "set WarehouseDatabase" in problem
+    (problem,) = failures(WarehouseSecretArn=ONE_SECRET, TotesysDatabase="totesys",
+                          WarehouseDatabase="totesys")
+    assert "star schema inside totesys" in problem
+
+
+@pytest.mark.parametrize("where", [
+    {"TotesysDatabase": "totesys", "WarehouseDatabase": "warehouse"},
+    {"WarehouseDatabase": "warehouse"},
+    {"WarehouseHost": "warehouse.abc123xyz.eu-west-2.rds.amazonaws.com"},
+    {"WarehousePort": "5433"},
+])
+def test_one_master_secret_for_both_passes_when_the_parameters_tell_them_apart(where):
+    assert failures(WarehouseSecretArn=ONE_SECRET, **where) == []
