@@ -189,6 +189,34 @@ class KeySpool:
         self.file.close()
 
 
+def held_on_disk(keys: Iterable[int], block: int = BLOCK_KEYS) -> Iterator[int]:
+    """Take every one of ``keys`` first, then yield them back, holding them on disk, not in memory.
+
+    A sweep writes its deletion files only once every key list it compares with was read
+    to its end and accepted, so what it found is held until then; a table emptied
+    between two sweeps (a TRUNCATE, a mass delete) finds every key gone, and in memory
+    that would be 8 bytes a key, millions of them. On disk (8 bytes a key, in
+    ``block``-key writes) memory stays one block.
+    """
+    spool = tempfile.TemporaryFile()
+    pending = array("q")
+    for key in keys:
+        pending.append(key)
+        if len(pending) >= block:
+            pending.tofile(spool)
+            pending = array("q")
+    pending.tofile(spool)
+    return _read_back(spool, block)
+
+
+def _read_back(spool: IO[bytes], block: int) -> Iterator[int]:
+    """Yield the keys :func:`held_on_disk` wrote, in order, and delete the file at the end."""
+    with spool:
+        spool.seek(0)
+        while chunk := spool.read(block * 8):
+            yield from array("q", chunk)
+
+
 def key_lines(raw: "IO[bytes] | StreamingBody", name: str, *, max_line: int = MAX_LINE_BYTES,
               max_total: int = MAX_LIST_BYTES) -> Iterator[bytes]:
     """Yield the non-empty lines of the gzip key list ``name`` read from ``raw``, within bounds.
@@ -326,8 +354,8 @@ def _sweep_table(conn: pg8000.native.Connection, settings: IngestSettings,
                  *(stored_blocks(settings.bucket, key, sha256)
                    for key, sha256 in [*captured, *own])]
         # Written only once every key list was read to its end and accepted (a replaced one
-        # is refused there): a refused sweep leaves no deletion file behind. 8 bytes a key.
-        gone = array("q", vanished(known, spool.blocks()))
+        # is refused there): a refused sweep leaves no deletion file behind.
+        gone = held_on_disk(vanished(known, spool.blocks()))
         # Deletions this run already wrote (from the slot) keep their part numbers.
         writer = ObjectWriter(settings.bucket, settings.chunk_rows,
                               lambda part: keys.deletions_key(table, run,

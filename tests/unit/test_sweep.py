@@ -112,3 +112,16 @@ def test_a_spooled_key_list_is_gzip_at_the_fastest_level_and_reads_back_whole():
         assert list(spool.blocks()) == [[1, 2, 3], [5, 8]] and spool.keys == 5
     finally:
         spool.close()
+
+
+def test_keys_held_for_the_deletion_files_wait_on_disk_in_order_not_in_memory():
+    import tracemalloc
+    tracemalloc.start()
+    held = sweep.held_on_disk(range(0, 1_000_000, 2))
+    taken = tracemalloc.get_traced_memory()[1]
+    assert next(held) == 0 and sum(1 for _ in held) == 499_999
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert taken < 2_000_000 and peak < 2_000_000   # the 500,000 keys in memory: 4 MB or more
+    assert list(sweep.held_on_disk(iter([5, 7, 11]), block=2)) == [5, 7, 11]
+    assert list(sweep.held_on_disk(iter([]))) == []
