@@ -105,11 +105,12 @@ class Connection(pg8000.native.Connection):  # type: ignore[misc]  # pg8000 is u
 
         pg8000 wraps a failed socket read in its ``network error`` except the first read
         of a message, whose ``OSError`` (a socket timeout, a reset) escaped bare; it is
-        wrapped here too, from the ``OSError``. A socket that timed out mid-reply is out
-        of step with the server, and Python refuses every later read of it with a bare
-        ``OSError("cannot read from timed out object")``: such a connection is marked
-        and every later request on it fails at once, from a ``TimeoutError`` that says
-        so, as the timeout it is (never an interruption); the caller closes it.
+        wrapped here too, from the ``OSError`` (only a socket's: an ``OSError`` of the
+        request's own COPY stream, a full disk, stays as it is). A socket that timed out
+        mid-reply is out of step with the server, and Python refuses every later read of
+        it with a bare ``OSError("cannot read from timed out object")``: such a connection
+        is marked and every later request on it fails at once, from a ``TimeoutError``
+        that says so, as the timeout it is (never an interruption); the caller closes it.
         """
         if self.timed_out:
             raise pg8000.native.InterfaceError("network error") from TimeoutError(
@@ -122,6 +123,8 @@ class Connection(pg8000.native.Connection):  # type: ignore[misc]  # pg8000 is u
                 raise
             raise context.error from lost
         except OSError as error:
+            if not _raised_by_socket(error):
+                raise   # the COPY stream's own (a full /tmp, a file limit): not the network
             self.timed_out = isinstance(error, TimeoutError)
             raise pg8000.native.InterfaceError("network error") from error
 
@@ -174,6 +177,23 @@ class Connection(pg8000.native.Connection):  # type: ignore[misc]  # pg8000 is u
         self._flush_or_last_words(context)
         self.handle_messages(context)
         return context
+
+
+def _raised_by_socket(error: OSError) -> bool:
+    """Tell whether ``error`` came from reading the server's socket, not from a COPY stream.
+
+    pg8000 reads the socket and calls the request's stream (a spool file, an S3 body)
+    from the same loop; only the first is the network. The innermost Python frame of
+    a socket read is the socket (or ssl) module's.
+    """
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and Path(frame.tb_frame.f_code.co_filename).name in _SOCKET_MODULES
+
+
+#: the modules whose code reads a connection's socket (plain and TLS).
+_SOCKET_MODULES = frozenset({"socket.py", "ssl.py"})
 
 
 class SessionInterruptedError(TransientError):

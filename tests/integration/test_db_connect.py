@@ -1,3 +1,4 @@
+import errno
 import io
 import json
 import re
@@ -290,6 +291,26 @@ def test_copy_streams_run_in_one_round_trip_each_way(connection, monkeypatch):
     with pytest.raises(pg8000_native.DatabaseError, match="invalid input syntax"):
         connection.run("COPY t FROM STDIN", stream=io.BytesIO(b"not a number\tc\n"))
     assert connection.run("SELECT count(*) FROM t WHERE k > :k", k=0) == [[2]]
+
+
+class _FullDisk:
+    """A COPY sink whose file system is full: the request's own fault, not the network's."""
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_under_a_copy_stays_its_own_error_not_a_lost_connection(postgres, database):
+    conn = db.connect_with(postgres.secret(database("sink")), "test", timeout=10)
+    try:
+        with pytest.raises(OSError) as raised:
+            with db.interruptions_are_transient("totesys"):
+                conn.run("COPY (SELECT generate_series(1, 10)) TO STDOUT", stream=_FullDisk())
+        assert raised.value.errno == errno.ENOSPC
+        assert errors.kind_of(raised.value) != errors.TRANSIENT
+        assert not conn.timed_out
+    finally:
+        db.close_quietly(conn)
 
 
 def test_a_connection_whose_socket_timed_out_fails_as_a_timeout_and_is_never_used_again(
