@@ -8,9 +8,12 @@ import ast
 import io
 import re
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import boto3
+import botocore
+import botocore.utils
 import pytest
 from botocore.config import Config
 from botocore.awsrequest import AWSResponse
@@ -455,3 +458,54 @@ def test_an_s3_that_never_answers_fails_in_seconds_naming_its_endpoint(
     # botocore's default would wait 60 s per attempt: past ingest's and transform's timeouts.
     assert time.monotonic() - started < 30  # one default attempt alone is 60 s
     assert silent_endpoint in str(raised.value)
+
+
+@pytest.fixture
+def sent_user_agents():
+    """The User-Agent header of every request the storage client sends, in order."""
+    seen: list[str] = []
+
+    def record(request, **_):
+        agent = request.headers["User-Agent"]
+        seen.append(agent.decode() if isinstance(agent, bytes) else agent)
+
+    events = storage.s3_client().meta.events
+    events.register("before-send.s3", record, unique_id="sent-user-agents")
+    try:
+        yield seen
+    finally:
+        events.unregister("before-send.s3", unique_id="sent-user-agents")
+
+
+def test_every_request_carries_one_user_agent_naming_the_sdk_built_once(
+        bucket, sent_user_agents):
+    # botocore would assemble it twice per request, with the features each one used.
+    sha256 = storage.put_new_object_on(None, bucket, "u/a.jsonl", b"{}\n", "text/plain")
+    storage.read_bytes(bucket, "u/a.jsonl", sha256)
+    assert list(storage.list_keys(bucket, "u/")) == ["u/a.jsonl"]
+    assert len(sent_user_agents) == 3
+    assert len(set(sent_user_agents)) == 1, sent_user_agents
+    agent = sent_user_agents[0]
+    assert agent.startswith(f"Boto3/{boto3.__version__} Python/"), agent
+    assert f"Botocore/{botocore.__version__}" in agent, agent
+
+
+@pytest.mark.parametrize("text", [
+    "2026-12-07T03:32:04.000Z",  # a listing's LastModified
+    "2026-12-07T03:32:04+01:00",
+    "Mon, 07 Dec 2026 03:32:04 GMT",  # a header's Last-Modified
+    "1765078324",  # an epoch
+    "2026-12-07T03:32:04",  # no zone: botocore's own parser decides
+])
+def test_response_timestamps_parse_to_what_botocore_would_return(text):
+    parsed, expected = storage._timestamp(text), botocore.utils.parse_timestamp(text)
+    assert parsed == expected
+    assert parsed.utcoffset() == expected.utcoffset()
+
+
+def test_a_listed_and_a_read_object_report_the_same_aware_modification_time(bucket):
+    storage.put_new_object(bucket, "t/a.jsonl", b"{}\n", "text/plain")
+    listed = storage.s3_client().list_objects_v2(Bucket=bucket, Prefix="t/")["Contents"][0]
+    read = storage.s3_client().get_object(Bucket=bucket, Key="t/a.jsonl")
+    assert listed["LastModified"].utcoffset() == timedelta(0)
+    assert listed["LastModified"].replace(microsecond=0) == read["LastModified"]
