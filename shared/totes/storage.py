@@ -32,18 +32,13 @@ import shutil
 import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import suppress
-from datetime import datetime
-from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from types import TracebackType
 from typing import (IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence,
                     cast)
 
-import boto3.session
+import boto3
 import botocore.config
-import botocore.session
-import botocore.utils
 from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 
@@ -139,22 +134,6 @@ def _explain_denial(parsed: dict[str, Any], context: dict[str, Any], **_: Any) -
 S3_CONNECT_TIMEOUT_SECONDS = 15.0
 
 
-def _timestamp(value: str) -> datetime:
-    """Parse a timestamp of an S3 response as botocore does, without its general parser.
-
-    S3 writes ISO 8601 in listings and RFC 1123 in headers; botocore parses both with
-    dateutil's guessing parser, about half a millisecond each (a warm cycle parses a
-    dozen). Anything else (no zone, an epoch) goes to botocore's own parser, so every
-    value parses to what botocore would return.
-    """
-    for parse in (datetime.fromisoformat, parsedate_to_datetime):
-        with suppress(TypeError, ValueError):
-            if (parsed := parse(value)).tzinfo is not None:
-                return parsed
-    default: datetime = botocore.utils.parse_timestamp(value)
-    return default
-
-
 @lru_cache(maxsize=1)
 def s3_client() -> "S3Client":
     """Return the process-wide S3 client (created once per Lambda container).
@@ -163,19 +142,14 @@ def s3_client() -> "S3Client":
     and explain a denial, so no caller can leave the check out; an S3 that cannot be
     reached fails in seconds (:data:`S3_CONNECT_TIMEOUT_SECONDS`), naming its endpoint.
 
-    Its session is its own, for two per-request costs of the SDK's client side: the
-    User-Agent header is the session's, built here once (the SDK otherwise assembles
-    and sanitises it twice for every request, about a millisecond on a busy machine),
-    and the timestamps of its responses are parsed by :func:`_timestamp`.
+    Its User-Agent header is built here once (``Boto3/``, ``Python/``, the platform; the
+    SDK adds ``Botocore/``): otherwise the SDK assembles and sanitises it from some thirty
+    components twice for every request, about a millisecond on a busy machine.
     """
-    session = botocore.session.get_session()
-    boto_session = boto3.session.Session(botocore_session=session)
-    session.get_component("response_parser_factory").set_parser_defaults(
-        timestamp_parser=_timestamp)
-    client = boto_session.client("s3", config=botocore.config.Config(
+    client = boto3.client("s3", config=botocore.config.Config(
         connect_timeout=S3_CONNECT_TIMEOUT_SECONDS,
-        user_agent=f"{session.user_agent_name}/{session.user_agent_version} "
-                   f"Python/{platform.python_version()} {platform.system()}/{platform.release()}"))
+        user_agent=f"Boto3/{boto3.__version__} Python/{platform.python_version()} "
+                   f"{platform.system()}/{platform.release()}"))
     client.meta.events.register("before-parameter-build.s3", _ask_owner)
     client.meta.events.register("after-call.s3", _explain_denial)
     return client

@@ -8,12 +8,10 @@ import ast
 import io
 import re
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import boto3
 import botocore
-import botocore.utils
 import pytest
 from botocore.config import Config
 from botocore.awsrequest import AWSResponse
@@ -488,24 +486,3 @@ def test_every_request_carries_one_user_agent_naming_the_sdk_built_once(
     agent = sent_user_agents[0]
     assert agent.startswith(f"Boto3/{boto3.__version__} Python/"), agent
     assert f"Botocore/{botocore.__version__}" in agent, agent
-
-
-@pytest.mark.parametrize("text", [
-    "2026-12-07T03:32:04.000Z",  # a listing's LastModified
-    "2026-12-07T03:32:04+01:00",
-    "Mon, 07 Dec 2026 03:32:04 GMT",  # a header's Last-Modified
-    "1765078324",  # an epoch
-    "2026-12-07T03:32:04",  # no zone: botocore's own parser decides
-])
-def test_response_timestamps_parse_to_what_botocore_would_return(text):
-    parsed, expected = storage._timestamp(text), botocore.utils.parse_timestamp(text)
-    assert parsed == expected
-    assert parsed.utcoffset() == expected.utcoffset()
-
-
-def test_a_listed_and_a_read_object_report_the_same_aware_modification_time(bucket):
-    storage.put_new_object(bucket, "t/a.jsonl", b"{}\n", "text/plain")
-    listed = storage.s3_client().list_objects_v2(Bucket=bucket, Prefix="t/")["Contents"][0]
-    read = storage.s3_client().get_object(Bucket=bucket, Key="t/a.jsonl")
-    assert listed["LastModified"].utcoffset() == timedelta(0)
-    assert listed["LastModified"].replace(microsecond=0) == read["LastModified"]
