@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import boto3
+import botocore
 import pytest
 from botocore.config import Config
 from botocore.awsrequest import AWSResponse
@@ -455,3 +456,33 @@ def test_an_s3_that_never_answers_fails_in_seconds_naming_its_endpoint(
     # botocore's default would wait 60 s per attempt: past ingest's and transform's timeouts.
     assert time.monotonic() - started < 30  # one default attempt alone is 60 s
     assert silent_endpoint in str(raised.value)
+
+
+@pytest.fixture
+def sent_user_agents():
+    """The User-Agent header of every request the storage client sends, in order."""
+    seen: list[str] = []
+
+    def record(request, **_):
+        agent = request.headers["User-Agent"]
+        seen.append(agent.decode() if isinstance(agent, bytes) else agent)
+
+    events = storage.s3_client().meta.events
+    events.register("before-send.s3", record, unique_id="sent-user-agents")
+    try:
+        yield seen
+    finally:
+        events.unregister("before-send.s3", unique_id="sent-user-agents")
+
+
+def test_every_request_carries_one_user_agent_naming_the_sdk_built_once(
+        bucket, sent_user_agents):
+    # botocore would assemble it twice per request, with the features each one used.
+    sha256 = storage.put_new_object_on(None, bucket, "u/a.jsonl", b"{}\n", "text/plain")
+    storage.read_bytes(bucket, "u/a.jsonl", sha256)
+    assert list(storage.list_keys(bucket, "u/")) == ["u/a.jsonl"]
+    assert len(sent_user_agents) == 3
+    assert len(set(sent_user_agents)) == 1, sent_user_agents
+    agent = sent_user_agents[0]
+    assert agent.startswith(f"Boto3/{boto3.__version__} Python/"), agent
+    assert f"Botocore/{botocore.__version__}" in agent, agent
