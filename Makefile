@@ -57,7 +57,15 @@ validate: setup
 build: setup
 	$(BIN)/sam build --cached
 
-test: lint typecheck validate scan build coverage
+# The checks before the tests do not depend on each other: they run at once (about 2 minutes of
+# CPU, and sam build waits on downloads), each target's output printed whole when it ends; any
+# failure fails `make test` before the tests start. The tests come after build: the
+# built-artifacts tests read its .aws-sam/build.
+CHECKS := lint typecheck validate scan build
+
+test: setup
+	$(MAKE) --no-print-directory --jobs=$(words $(CHECKS)) --output-sync=target $(CHECKS)
+	$(MAKE) --no-print-directory coverage
 
 # Security scan of the CloudFormation that SAM deploys (template.yaml translated, so SAM's
 # generated resources are scanned too). Any finding fails; each suppression is a
