@@ -10,7 +10,7 @@ on it reads the slot, within the row budget. The slot is advanced only in
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import pg8000.native
 
@@ -82,21 +82,31 @@ def _resync_tables(conn: pg8000.native.Connection, request: CaptureRequest,
     return entries, [table for table in passes if entries[table].truncated], max(budget, 0)
 
 
-def _superseded_by(passes: dict[str, TableEntry], current: Snapshot) -> logical.Superseded:
-    """The slot's changes that the re-read passes of ``passes`` already hold.
+def _superseded_by(passes: dict[str, TableEntry], tables: Mapping[str, TableEntry],
+                   current: Snapshot) -> logical.Superseded:
+    """The slot's changes that a snapshot read of their table already holds.
 
-    The re-read's versions are written before the slot's, and a later line of a key
-    wins in the load: a change the slot decodes from before the re-read's snapshot
-    (an update decoded with an enum label renamed since, or just an older value)
-    would overwrite the newer row. So a change is left out when a snapshot that
-    read its key saw its transaction: keys above the pass's resume key are read in
-    this run's snapshot, keys at or below it by earlier runs of the pass, each in a
-    snapshot that sees at least what the pass's first (``resume_since``) saw.
+    The snapshot's versions are written before the slot's, and a later line of a key
+    wins in the load: a change the slot decodes from before that snapshot (an update
+    decoded with an enum label renamed since, or just an older value) would overwrite
+    the newer row. So a change is left out when a snapshot that read its key saw its
+    transaction. For the tables re-read in this run (``passes``): keys above the
+    pass's resume key are read in this run's snapshot, keys at or below it by earlier
+    runs of the pass, each in a snapshot that sees at least what the pass's first
+    (``resume_since``) saw. For the others (``tables``, the previous manifest's): the
+    snapshot their last whole pass began in (``cursor.since``), a re-read the slot may
+    not have caught up with yet (the row budget is shared), or the backfill, whose
+    snapshot sees no change the slot holds but those committed between the slot's
+    start and it. Their deletions are always written: a key sweep, not that pass,
+    recorded the ones it saw, and a deletion written twice changes nothing.
     """
-    def superseded(table: str, key: int, xid32: int) -> bool:
+    def superseded(table: str, key: int, xid32: int, deletion: bool) -> bool:
         entry = passes.get(table)
-        if entry is None or entry.cursor.since is not None \
-                or entry.cursor.since_last_updated is not None:
+        if entry is None:
+            cursor = tables[table].cursor if table in tables else TableCursor()
+            return (not deletion and cursor.resume_after is None and cursor.since is not None
+                    and cursor.since.sees(nearest_xid(xid32, current)))
+        if entry.cursor.since is not None or entry.cursor.since_last_updated is not None:
             return False
         cursor = entry.cursor
         reader = (current if cursor.resume_after is None or key > cursor.resume_after
@@ -186,7 +196,8 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
                 settings.secret_id, timeout=db_timeout, database=config.TOTESYS), snapshot_id)
             changes = logical.read_changes(conn, position, budget, writer_for,
                                            settings.chunk_rows, lookup,
-                                           _superseded_by(passes, read_point.snapshot))
+                                           _superseded_by(passes, previous.tables,
+                                                          read_point.snapshot))
         changes.position = replace(changes.position, resync=tuple(pending))
         entries = {}
         for table in SOURCE_TABLES:
