@@ -79,6 +79,9 @@ class Captured:
     #: since when the snapshot's floor is known to be held (snapshot capture;
     #: :func:`totes.snapshot_capture.floor_held_since`), carried in the manifest.
     floor_held_since: datetime | None = None
+    #: each table's fingerprint of its used columns' catalog rows in this run's snapshot
+    #: (:func:`totes.source.definitions`), carried in the manifest for the next run.
+    definitions: Mapping[str, str] | None = None
 
     def manifest(self, request: CaptureRequest) -> IngestManifest:
         """Return the manifest that commits this capture (written last, by the run)."""
@@ -88,7 +91,7 @@ class Captured:
             tables=dict(self.tables), complete=self.complete, snapshot=self.read_point.snapshot,
             database_time=timestamps.database_text(self.read_point.database_time),
             logical=self.logical, source=self.read_point.source, resync=self.resync,
-            floor_held_since=self.floor_held_since)
+            floor_held_since=self.floor_held_since, definitions=self.definitions)
 
 
 class CaptureMode(Protocol):

@@ -511,9 +511,9 @@ class _Writers:
 
 #: looks up the current values of ``columns`` of one row (table, key), None when it is gone.
 Lookup = Callable[[str, int, tuple[str, ...]], "dict[str, str | None] | None"]
-#: tells whether the change of one row (table, key) by a transaction (32-bit xid) is already
-#: in what the run re-read by snapshot, so the slot must not write it again after that.
-Superseded = Callable[[str, int, int], bool]
+#: tells whether the change of one row (table, key) by a transaction (32-bit xid), a deletion
+#: or not, is already in what a snapshot read, so the slot must not write it again after that.
+Superseded = Callable[[str, int, int, bool], bool]
 #: a text value shorter than this many characters is never stored out of line by TOAST in
 #: the 11 tables (a row of at most 14 columns each under 128 bytes stays under the 2 kB
 #: TOAST threshold; a character is at most 4 bytes), so it is never sent as "unchanged".
@@ -631,7 +631,7 @@ class ChangeWriter:
         if isinstance(message, pgoutput.Update) and message.old is not None \
                 and shape.key(message.old) != key:
             self._delete(shape, shape.key(message.old), at, xid)
-        if self._is_superseded(shape.table, key, xid):
+        if self._is_superseded(shape.table, key, xid, deletion=False):
             return
         fallback = message.old if getattr(message, "old_kind", None) == "O" else None
         values = self._fill_unchanged(shape, key, message.new, fallback)
@@ -695,15 +695,15 @@ class ChangeWriter:
         self._recent[(shape.table, key)] = long
         self._recent_chars += sum(len(value) for value in long.values())
 
-    def _is_superseded(self, table: str, key: int, xid: int) -> bool:
-        """Tell (and count) whether transaction ``xid``'s change of ``key`` was re-read already."""
-        if self.superseded is None or not self.superseded(table, key, xid):
+    def _is_superseded(self, table: str, key: int, xid: int, *, deletion: bool) -> bool:
+        """Tell (and count) whether transaction ``xid``'s change of ``key`` was read already."""
+        if self.superseded is None or not self.superseded(table, key, xid, deletion):
             return False
         self.skipped += 1
         return True
 
     def _delete(self, shape: pgoutput.RowShape, key: int, at: datetime, xid: int) -> None:
-        if self._is_superseded(shape.table, key, xid):
+        if self._is_superseded(shape.table, key, xid, deletion=True):
             return
         self.writers.add(shape.table, True, sweep.deletion_line(SOURCE_TABLES[shape.table],
                                                                 key, at))

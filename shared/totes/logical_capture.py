@@ -10,7 +10,7 @@ on it reads the slot, within the row budget. The slot is advanced only in
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import pg8000.native
 
@@ -19,7 +19,7 @@ from totes.capture import Snapshot, TableCursor, nearest_xid, server_restarted
 from totes.capture_mode import CaptureRequest, Captured, IngestSettings, ObjectWriter
 from totes.manifest import IngestManifest, LogicalPosition, TableEntry
 from totes.snapshot_capture import extract_table, read_source, redefined_since, warn_redefined
-from totes.source import SOURCE_TABLES, check_contract
+from totes.source import SOURCE_TABLES, check_contract, definitions
 
 logger = observability.service_logger()
 
@@ -82,21 +82,31 @@ def _resync_tables(conn: pg8000.native.Connection, request: CaptureRequest,
     return entries, [table for table in passes if entries[table].truncated], max(budget, 0)
 
 
-def _superseded_by(passes: dict[str, TableEntry], current: Snapshot) -> logical.Superseded:
-    """The slot's changes that the re-read passes of ``passes`` already hold.
+def _superseded_by(passes: dict[str, TableEntry], tables: Mapping[str, TableEntry],
+                   current: Snapshot) -> logical.Superseded:
+    """The slot's changes that a snapshot read of their table already holds.
 
-    The re-read's versions are written before the slot's, and a later line of a key
-    wins in the load: a change the slot decodes from before the re-read's snapshot
-    (an update decoded with an enum label renamed since, or just an older value)
-    would overwrite the newer row. So a change is left out when a snapshot that
-    read its key saw its transaction: keys above the pass's resume key are read in
-    this run's snapshot, keys at or below it by earlier runs of the pass, each in a
-    snapshot that sees at least what the pass's first (``resume_since``) saw.
+    The snapshot's versions are written before the slot's, and a later line of a key
+    wins in the load: a change the slot decodes from before that snapshot (an update
+    decoded with an enum label renamed since, or just an older value) would overwrite
+    the newer row. So a change is left out when a snapshot that read its key saw its
+    transaction. For the tables re-read in this run (``passes``): keys above the
+    pass's resume key are read in this run's snapshot, keys at or below it by earlier
+    runs of the pass, each in a snapshot that sees at least what the pass's first
+    (``resume_since``) saw. For the others (``tables``, the previous manifest's): the
+    snapshot their last whole pass began in (``cursor.since``), a re-read the slot may
+    not have caught up with yet (the row budget is shared), or the backfill, whose
+    snapshot sees no change the slot holds but those committed between the slot's
+    start and it. Their deletions are always written: a key sweep, not that pass,
+    recorded the ones it saw, and a deletion written twice changes nothing.
     """
-    def superseded(table: str, key: int, xid32: int) -> bool:
+    def superseded(table: str, key: int, xid32: int, deletion: bool) -> bool:
         entry = passes.get(table)
-        if entry is None or entry.cursor.since is not None \
-                or entry.cursor.since_last_updated is not None:
+        if entry is None:
+            cursor = tables[table].cursor if table in tables else TableCursor()
+            return (not deletion and cursor.resume_after is None and cursor.since is not None
+                    and cursor.since.sees(nearest_xid(xid32, current)))
+        if entry.cursor.since is not None or entry.cursor.since_last_updated is not None:
             return False
         cursor = entry.cursor
         reader = (current if cursor.resume_after is None or key > cursor.resume_after
@@ -108,36 +118,39 @@ def _superseded_by(passes: dict[str, TableEntry], current: Snapshot) -> logical.
 @contextmanager
 def _slot_snapshot(conn: pg8000.native.Connection, locked: list[str],
                    previous: IngestManifest, run: keys.RunId
-                   ) -> Iterator[tuple[extract.ReadPoint, list[str]]]:
-    """Hold the run's snapshot with ``locked`` locked; yield it and the tables redefined since.
+                   ) -> Iterator[tuple[extract.ReadPoint, list[str], dict[str, str]]]:
+    """Hold the run's snapshot with ``locked`` locked; yield it and what DDL changed since.
 
-    A table redefined since the previous run's snapshot (:func:`redefined_since`:
-    DDL that changes every row while the slot carries no row) must be re-read,
-    and so locked before the snapshot as every re-read table is: when one is not
-    yet, the snapshot is given up and taken again with it locked.
+    That is the tables redefined since the previous run (:func:`redefined_since`)
+    and every table's definition in this snapshot (:func:`totes.source.definitions`),
+    for the manifest. A table redefined (DDL that changes every row while the slot
+    carries no row) must be re-read, and so locked before the snapshot as every
+    re-read table is: when one is not yet, the snapshot is given up and taken again
+    with it locked.
     """
     while True:
         with extract.snapshot(conn, locked) as read_point:
             found = extract.source_columns(conn)
             check_contract(found)
-            redefined = redefined_since(found, previous.snapshot, read_point)
+            redefined = redefined_since(found, previous, read_point)
             if set(redefined) <= set(locked):
-                warn_redefined(redefined, previous.snapshot, run)
-                yield read_point, redefined
+                warn_redefined(redefined, previous, run)
+                yield read_point, redefined, definitions(found)
                 return
         locked = [table for table in SOURCE_TABLES if table in locked or table in redefined]
 
 
 def _read_slot(request: CaptureRequest, previous: IngestManifest, position: LogicalPosition
                ) -> tuple[extract.ReadPoint, dict[str, TableEntry], logical.ChangeWriter,
-                          str | None]:
+                          str | None, dict[str, str]]:
     """Write the slot's changes after ``position``, within the row budget, as this run's files.
 
     Before reading, the publication is checked (and repaired) and the slot brought
     to the position (made again when lost). Tables whose changes the log could not
     give are re-read by snapshot first, in the same snapshot, so the slot's versions
     of them come after. A TRUNCATE decoded is carried by a key sweep of its tables
-    after the read. Returns, last, why a re-sync began in this run (None if none).
+    after the read. Returns, last, why a re-sync began in this run (None if none) and the
+    tables' definitions in the run's snapshot.
     """
     settings, run, db_timeout = request.settings, request.run, request.db_timeout
     offsets: dict[tuple[str, bool], int] = {}
@@ -166,7 +179,7 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
         # committed mid-run would otherwise show them empty.
         with _slot_snapshot(conn, [table for table in SOURCE_TABLES if table in restart
                                    or table in position.resync], previous, run
-                            ) as (read_point, redefined):
+                            ) as (read_point, redefined, found_definitions):
             restart |= set(redefined)
             passes = {table: replace(previous.table(table), cursor=TableCursor())
                       if table in restart else previous.table(table)
@@ -183,7 +196,8 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
                 settings.secret_id, timeout=db_timeout, database=config.TOTESYS), snapshot_id)
             changes = logical.read_changes(conn, position, budget, writer_for,
                                            settings.chunk_rows, lookup,
-                                           _superseded_by(passes, read_point.snapshot))
+                                           _superseded_by(passes, previous.tables,
+                                                          read_point.snapshot))
         changes.position = replace(changes.position, resync=tuple(pending))
         entries = {}
         for table in SOURCE_TABLES:
@@ -218,7 +232,7 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
         "complete": changes.complete, "superseded": changes.skipped, "resync": resync,
         "resync_pending": pending,
         "truncated_tables": changes.truncated_tables, "toast_filled": changes.toast_filled})
-    return read_point, entries, changes, reason
+    return read_point, entries, changes, reason, found_definitions
 
 
 def release_slot(settings: IngestSettings, position: LogicalPosition,
@@ -267,9 +281,10 @@ class LogicalCapture:
             captured = read_source(request, previous)
             return replace(captured, logical=replace(position, backfilled=captured.complete),
                            resync=reason or captured.resync)
-        read_point, entries, changes, reason = _read_slot(request, previous, position)
+        read_point, entries, changes, reason, found = _read_slot(request, previous, position)
         complete = changes.complete and not changes.position.resync
-        return Captured(read_point, entries, complete, changes.position, resync=reason)
+        return Captured(read_point, entries, complete, changes.position, resync=reason,
+                        definitions=found)
 
     def release(self, request: CaptureRequest, manifest: IngestManifest) -> int | None:
         """Advance the slot to the committed manifest's position; return the WAL it holds."""

@@ -17,7 +17,7 @@ from totes import keys, timestamps
 from totes.capture import Snapshot, SnapshotFormatError, SourceIdentity, TableCursor
 from totes.errors import InputError
 from totes.pgoutput import parse_lsn
-from totes.source import SOURCE_TABLES
+from totes.source import DEFINITION_DIGITS, SOURCE_TABLES
 
 #: ingest manifests written before capture by snapshot (a ``last_updated`` watermark).
 INGEST_FORMAT_V1 = "totes.ingest/1"
@@ -275,6 +275,10 @@ class IngestManifest:
     #: it (:func:`totes.snapshot_capture.floor_held_since`); None when nothing held it, or not
     #: recorded.
     floor_held_since: datetime | None = None
+    #: table -> the fingerprint of its used columns' catalog rows as the run's snapshot read
+    #: them (:func:`totes.source.definitions`), which the next run compares to find tables
+    #: redefined since; None in manifests written before it was recorded.
+    definitions: Mapping[str, str] | None = None
 
     def table(self, name: str) -> TableEntry:
         """Return the entry of ``name`` (an empty one if the manifest does not list it)."""
@@ -286,7 +290,7 @@ class IngestManifest:
 
     def to_json(self) -> dict[str, Any]:
         """Render the manifest (always in the current format; ``logical`` only when set)."""
-        document = {
+        document: dict[str, Any] = {
             "format": INGEST_FORMAT,
             "run_id": self.run_id,
             "started_at": self.started_at,
@@ -305,6 +309,8 @@ class IngestManifest:
             document["resync"] = self.resync
         if self.floor_held_since is not None:
             document["floor_held_since"] = timestamps.database_text(self.floor_held_since)
+        if self.definitions is not None:
+            document["definitions"] = dict(self.definitions)
         return document
 
     @classmethod
@@ -384,7 +390,7 @@ class IngestManifest:
                       for name, fields in document["tables"].items()}
         snapshot, logical = document.get("snapshot"), document.get("logical")
         source, resync = document.get("source"), document.get("resync")
-        held = document.get("floor_held_since")
+        held, definitions = document.get("floor_held_since"), document.get("definitions")
         return cls(
             run_id=str(document["run_id"]),
             started_at=str(document["started_at"]),
@@ -399,7 +405,23 @@ class IngestManifest:
             source=None if source is None else SourceIdentity.from_json(source),
             resync=None if resync is None else str(resync),
             floor_held_since=None if held is None else timestamps.parse_database_time(str(held)),
+            definitions=None if definitions is None else _definitions(definitions),
         )
+
+
+def _definitions(fingerprints: Any) -> dict[str, str]:
+    """An ingest manifest's ``definitions``, checked: our tables, each a fingerprint in hex."""
+    if not isinstance(fingerprints, Mapping):
+        raise ValueError(f"definitions must be an object, not {fingerprints!r}")
+    unknown = [table for table in fingerprints if table not in SOURCE_TABLES]
+    if unknown:
+        raise ValueError(f"definitions name tables outside the contract: {unknown[:3]}")
+    checked = {str(table): str(fingerprint) for table, fingerprint in fingerprints.items()}
+    malformed = [table for table, fingerprint in checked.items()
+                 if not re.fullmatch(f"[0-9a-f]{{{DEFINITION_DIGITS}}}", fingerprint)]
+    if malformed:
+        raise ValueError(f"definitions of {malformed[:3]} are not fingerprints")
+    return checked
 
 
 # --- processed manifests: the transform's commit point, the load's input -------------------

@@ -25,7 +25,7 @@ from totes.capture import FIRST_NORMAL_XID, Snapshot, TableCursor, full_xid, res
 from totes.capture_mode import CaptureRequest, Captured, IngestSettings, ObjectWriter
 from totes.errors import SourceDataError
 from totes.manifest import IngestManifest, TableEntry
-from totes.source import SOURCE_TABLES, FoundColumn, check_contract, redefined_tables
+from totes.source import SOURCE_TABLES, FoundColumn, check_contract, definitions, redefined_tables
 
 logger = observability.service_logger()
 
@@ -256,37 +256,44 @@ def read_source(request: CaptureRequest, previous: IngestManifest | None) -> Cap
             return Captured(read_point, entries,
                             complete=not any(entry.truncated for entry in entries.values()),
                             resync=resync, floor_age_seconds=floor_age,
-                            floor_held_since=held_since or _held_from_now(read_point))
+                            floor_held_since=held_since or _held_from_now(read_point),
+                            definitions=definitions(found))
         finally:
             reader.close()
 
 
-def redefined_since(found: list[FoundColumn], last: Snapshot | None,
+def redefined_since(found: list[FoundColumn], last: IngestManifest | None,
                     read_point: extract.ReadPoint) -> list[str]:
-    """The tables redefined since the snapshot ``last`` (none without one).
+    """The tables redefined since the manifest ``last`` (none without one).
 
     A column dropped and added again, or an enum label renamed, changes what every
     row of the table reads while no row is written: capture by row visibility (or
     by the log) would never read those rows again, and the warehouse would keep
     the old values. Such DDL writes the column's catalog rows (``found``, read in
-    ``read_point``'s snapshot), so a table whose used columns' catalog rows were
-    written by a transaction ``last`` did not see must be read again from its
-    first row. Other DDL on a used column (``SET STATISTICS``, a default) counts
-    too: only identical versions follow, which the load leaves alone.
+    ``read_point``'s snapshot), so a table whose used columns' catalog rows differ
+    from those ``last`` recorded (its ``definitions``) must be read again from its
+    first row. A manifest written before they were recorded is judged by the rows'
+    writers' xids against its snapshot instead (inexact for DDL in a savepoint of a
+    transaction open at that snapshot, or read on a hot standby). Other DDL on a
+    used column (``SET STATISTICS``, a default) counts too: only identical versions
+    follow, which the load leaves alone.
     """
     if last is None:
         return []
-    return redefined_tables(found, lambda xid32: xid32 >= FIRST_NORMAL_XID and not last.sees(
-        full_xid(xid32, read_point.snapshot)))
+    snapshot = last.snapshot
+    return redefined_tables(found, last.definitions or {}, lambda xid32: (
+        snapshot is not None and xid32 >= FIRST_NORMAL_XID
+        and not snapshot.sees(full_xid(xid32, read_point.snapshot))))
 
 
-def warn_redefined(tables: list[str], last: Snapshot | None, run: keys.RunId) -> None:
+def warn_redefined(tables: list[str], last: IngestManifest | None, run: keys.RunId) -> None:
     """Name the tables :func:`redefined_since` found, if any, in the WARNING the runbook quotes."""
     if tables:
         logger.warning("source tables redefined since the previous run (a column dropped and "
                        "added again, an enum label renamed, other DDL): reading every row of "
                        "them again", extra={"run_id": str(run), "tables": tables,
-                                            "previous_snapshot": str(last)})
+                                            "previous_snapshot": str(
+                                                None if last is None else last.snapshot)})
 
 
 def _reread_redefined(found: list[FoundColumn], request: CaptureRequest,
@@ -295,9 +302,8 @@ def _reread_redefined(found: list[FoundColumn], request: CaptureRequest,
 
     Each is read again from its first row, within the row budget.
     """
-    last = request.previous.snapshot if request.previous is not None else None
-    redefined = redefined_since(found, last, read_point)
-    warn_redefined(redefined, last, request.run)
+    redefined = redefined_since(found, request.previous, read_point)
+    warn_redefined(redefined, request.previous, request.run)
     if not redefined:
         return previous
     return previous.with_tables({table: replace(entry, cursor=TableCursor())

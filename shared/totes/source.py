@@ -8,6 +8,8 @@ database), checks their types before it reads, and the transform parses them
 with the same kinds. Tables are ordered so that referenced tables come before
 the tables that reference them. ``_prisma_migrations`` is deliberately absent.
 """
+import hashlib
+import json
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Callable, Mapping
@@ -136,17 +138,49 @@ def primary_key(table: str) -> str:
         ) from None
 
 
-def redefined_tables(found: list[FoundColumn], written_since: Callable[[int], bool]) -> list[str]:
-    """The tables, in allow-list order, of which a used column's catalog rows were written since.
+#: hex digits of a table's definition fingerprint (:func:`definitions`): 64 bits of SHA-256.
+DEFINITION_DIGITS = 16
 
+
+def _used_columns(found: list[FoundColumn]) -> list[FoundColumn]:
+    """The found columns the contract reads (others, added upstream, change nothing)."""
+    used = {(table, column) for table, columns in SOURCE_COLUMNS.items() for column in columns}
+    return [column for column in found if (column.table, column.column) in used]
+
+
+def definitions(found: list[FoundColumn]) -> dict[str, str]:
+    """Each table's fingerprint of its used columns' catalog rows, as ``found`` read them.
+
+    DDL that changes what every row reads without writing one (a column dropped and
+    added again, an enum label renamed) writes those catalog rows, so it changes the
+    fingerprint; a run compares it with the previous manifest's, which was read in
+    that run's snapshot. Exact where judging the writers' xids against the previous
+    snapshot is not: a subtransaction's xid, or any xid on a hot standby, is in no
+    ``pg_current_snapshot()`` in-progress list.
+    """
+    written: dict[str, list[tuple[str, list[int]]]] = {table: [] for table in SOURCE_TABLES}
+    for column in _used_columns(found):
+        written[column.table].append((column.column, sorted(column.written_by)))
+    return {table: hashlib.sha256(json.dumps(sorted(columns)).encode()).hexdigest()[
+        :DEFINITION_DIGITS] for table, columns in written.items()}
+
+
+def redefined_tables(found: list[FoundColumn], before: Mapping[str, str],
+                     written_since: Callable[[int], bool]) -> list[str]:
+    """The tables, in allow-list order, whose used columns' catalog rows changed since.
+
+    ``before`` holds the previous run's fingerprints (:func:`definitions`): a table
+    listed there is redefined when its fingerprint differs. A table it lacks (a
+    manifest written before they were recorded) falls back to the writers' xids:
     ``written_since(xid32)`` says whether a transaction is newer than the previous
     run's snapshot. Such a table may read differently in rows no transaction wrote
     since (a column dropped and added again reads NULL, a renamed enum label its new
     name), which no capture by row visibility sees: it must be read in full again.
     """
-    used = {(table, column) for table, columns in SOURCE_COLUMNS.items() for column in columns}
-    changed = {column.table for column in found if (column.table, column.column) in used
-               and any(written_since(xid) for xid in column.written_by)}
+    now = definitions(found)
+    changed = {table for table in before if before[table] != now.get(table)}
+    changed |= {column.table for column in _used_columns(found) if column.table not in before
+                and any(written_since(xid) for xid in column.written_by)}
     return [table for table in SOURCE_TABLES if table in changed]
 
 

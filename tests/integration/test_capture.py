@@ -356,3 +356,36 @@ def test_the_recorded_snapshot_is_the_one_the_run_read_in(source_db, aws):
     current = int(source_db.run("SELECT pg_current_xact_id()::text")[0][0])
     assert xmax <= current
     assert json.dumps(manifest).count(manifest["snapshot"]) >= 11
+
+
+@pytest.mark.parametrize("savepoint", [False, True], ids=["top-level", "in-a-savepoint"])
+def test_an_enum_label_renamed_by_a_transaction_open_at_the_previous_run_is_read_again_once(
+        source_db, aws, postgres, captured_logs, savepoint):
+    seed_one_of_each(source_db)
+    ingest.run_ingest()
+    ddl = postgres.connect(source_db.run("SELECT current_database()")[0][0])
+    try:
+        ddl.run("START TRANSACTION")
+        ddl.run("SELECT txid_current()")   # the top-level xid, in every snapshot's xip list
+        if savepoint:                      # the label's pg_enum row: a subtransaction's xid,
+            ddl.run("SAVEPOINT rename")    # which no snapshot's xip list names
+        ddl.run('ALTER TYPE "TransactionType" RENAME VALUE \'SALE\' TO \'SALES\'')
+        if savepoint:
+            ddl.run("RELEASE SAVEPOINT rename")
+        sales_order(source_db, 2, T0)      # a later xid completes: the snapshot's xmax passes
+        while_open = ingest.run_ingest()
+        ddl.run("COMMIT")
+    finally:
+        ddl.close()
+
+    renamed = ingest.run_ingest()
+
+    bucket = aws["INGEST_BUCKET"]
+    assert while_open.rows["transaction"] == 0
+    assert renamed.rows["transaction"] == 1
+    assert [row["transaction_type"] for row in table_rows(
+        bucket, latest_manifest(bucket), "transaction")] == ["SALES"]
+    [warning] = [line for line in captured_logs()
+                 if line["message"].startswith("source tables redefined since the previous run")]
+    assert warning["tables"] == ["transaction"]
+    assert ingest.run_ingest().total_rows == 0   # once: the next run reads nothing

@@ -354,3 +354,54 @@ def test_ddl_that_changes_every_row_without_writing_one_is_read_again_and_no_old
                  if line["message"].startswith("source tables redefined since the previous run")]
     assert warning["tables"] == [table]
     assert ingest.run_ingest().total_rows == 0   # once: the next run reads nothing
+
+
+def test_an_enum_label_renamed_in_a_savepoint_of_a_transaction_open_at_the_previous_slot_read(
+        source, aws, logical_cluster, captured_logs):  # noqa: F811
+    seed_one_of_each(source)
+    ingest.run_ingest()                                    # the backfill
+    ddl = logical_cluster.postgres.connect(source.run("SELECT current_database()")[0][0])
+    try:
+        ddl.run("START TRANSACTION")
+        ddl.run("SELECT txid_current()")                   # the top-level xid
+        ddl.run("SAVEPOINT rename")                        # the pg_enum row's xid: in no xip list
+        ddl.run('ALTER TYPE "TransactionType" RENAME VALUE \'SALE\' TO \'SALES\'')
+        ddl.run("RELEASE SAVEPOINT rename")
+        source.run("UPDATE sales_order SET last_updated = :at", at=T0 + timedelta(minutes=5))
+        ingest.run_ingest()                                # its snapshot taken while it is open
+        ddl.run("COMMIT")
+    finally:
+        ddl.close()
+
+    renamed = ingest.run_ingest()
+
+    bucket = aws["INGEST_BUCKET"]
+    assert renamed.rows["transaction"] == 1
+    assert [row["transaction_type"] for row in history(bucket, "transaction")][-1] == "SALES"
+    [warning] = [line for line in captured_logs()
+                 if line["message"].startswith("source tables redefined since the previous run")]
+    assert warning["tables"] == ["transaction"]
+    assert ingest.run_ingest().total_rows == 0
+
+
+def test_a_slot_lagging_behind_a_finished_re_read_writes_no_older_version_after_it(
+        source, aws, monkeypatch):
+    seed_one_of_each(source)
+    ingest.run_ingest()                                    # the backfill
+    for minute in range(6):                                # a backlog in the log
+        source.run("UPDATE sales_order SET last_updated = :at",
+                   at=T0 + timedelta(minutes=minute + 1))
+    source.run('UPDATE "transaction" SET last_updated = :at', at=T0 + timedelta(minutes=30))
+    source.run('ALTER TYPE "TransactionType" RENAME VALUE \'SALE\' TO \'SALES\'')
+    monkeypatch.setenv("INGEST_MAX_ROWS_PER_RUN", "4")     # the re-read ends before the slot
+    runs = [ingest.run_ingest()]                           # reaches the update of transaction
+    while not runs[-1].complete:
+        runs.append(ingest.run_ingest())
+        assert len(runs) < 10
+
+    bucket = aws["INGEST_BUCKET"]
+    assert len(runs) > 1
+    # The backfill's version, then the re-read's (which holds the update): the update the
+    # slot decodes later, with the old label, is not written after it.
+    assert [row["transaction_type"] for row in history(bucket, "transaction")] == [
+        "SALE", "SALES"]

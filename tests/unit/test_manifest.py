@@ -205,3 +205,30 @@ def test_the_time_the_floor_is_held_since_round_trips_and_older_manifests_read_w
     del document["floor_held_since"]
     assert IngestManifest.parse(document).floor_held_since is None
     assert "floor_held_since" not in replace(manifest, floor_held_since=None).to_json()
+
+
+def test_table_definitions_round_trip_and_older_manifests_read_without_them():
+    manifest = IngestManifest(
+        run_id="20261127T080000000Z-aa", started_at="s", finished_at="f", previous_manifest=None,
+        tables={}, snapshot=Snapshot(740, 745), database_time="2026-11-27T08:00:00.001",
+        definitions={"address": "0123456789abcdef", "payment": "fedcba9876543210"})
+    document = manifest.to_json()
+    assert document["definitions"] == {"address": "0123456789abcdef",
+                                       "payment": "fedcba9876543210"}
+    assert IngestManifest.parse(document) == manifest
+    del document["definitions"]
+    assert IngestManifest.parse(document).definitions is None
+    assert "definitions" not in replace(manifest, definitions=None).to_json()
+
+
+@pytest.mark.parametrize("definitions, message", [
+    ({"pg_authid": "0123456789abcdef"}, "outside the contract"),
+    ({"address": "0123456789ABCDEF"}, "not fingerprints"),
+    ({"address": None}, "not fingerprints"),
+    (["address"], "must be an object"),
+])
+def test_table_definitions_that_are_not_fingerprints_of_our_tables_are_refused(
+        definitions, message):
+    document = {**V1, "format": INGEST_FORMAT, "tables": {}, "definitions": definitions}
+    with pytest.raises(ManifestError, match=message):
+        IngestManifest.parse(document)
