@@ -280,13 +280,14 @@ def access_fixes(conn: pg8000.native.Connection, tables: Iterable[str]) -> str:
     the ``GRANT USAGE``, one it may not select with the ``GRANT SELECT``, and one in no
     schema at all as missing: perhaps the secret names another database.
     """
+    wanted = list(tables)
     fixes: list[str] = []
     unselectable: list[str] = []
     unusable: dict[str, list[str]] = {}   # schema the login may not use -> its tables
     off_path: dict[str, list[str]] = {}   # schema outside the search_path -> its tables
     login = path = ""
     for name, visible, selectable, schemas, usable, login, path in conn.run(
-            _ACCESS, names=list(tables)):
+            _ACCESS, names=wanted):
         on_path = {part.strip().strip('"').replace("$user", login) for part in path.split(",")}
         if visible and not selectable:
             unselectable.append(quote_ident(name))
@@ -303,9 +304,18 @@ def access_fixes(conn: pg8000.native.Connection, tables: Iterable[str]) -> str:
         fixes.append(f"GRANT SELECT ON {', '.join(unselectable)} TO {role}")
     fixes += [f"GRANT USAGE ON SCHEMA {quote_ident(schema)} TO {role} (for {', '.join(names)})"
               for schema, names in unusable.items()]
-    fixes += [f"ALTER ROLE {role} SET search_path = {quote_ident(schema)} ({', '.join(names)} "
-              f"in schema {schema}, outside the login's search_path {path})"
-              for schema, names in off_path.items()]
+    if len(off_path) == 1 and sum(map(len, off_path.values())) == len(wanted):
+        [schema] = off_path
+        fixes.append(f"ALTER ROLE {role} SET search_path = {quote_ident(schema)} (the tables are "
+                     f"in schema {schema}, outside the login's search_path {path})")
+    elif off_path:
+        # The tables are read from one schema, the first of the search_path (the catalog
+        # check's current_schema()): a path reaching several would still not do.
+        fixes.append("the 11 tables must be in one schema, the first of the login's search_path "
+                     f"({path}): " + "; ".join(f"{', '.join(names)} in schema {schema}"
+                                               for schema, names in off_path.items())
+                     + ": move them into one schema (ALTER TABLE ... SET SCHEMA) and set the "
+                     f"login's search_path to it (ALTER ROLE {role} SET search_path = ...)")
     return "; ".join(fixes) or "the catalog shows no missing grant"
 
 

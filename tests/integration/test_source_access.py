@@ -62,7 +62,22 @@ def test_a_login_without_usage_on_the_schema_is_an_input_error_not_a_missing_tab
     assert "ALTER ROLE" not in str(raised.value)   # public is on the search_path
 
 
-def test_a_table_in_a_schema_off_the_search_path_names_the_schema_and_the_alter_role(
+def test_tables_in_a_schema_off_the_search_path_name_the_schema_and_the_alter_role(
+        postgres, totesys, login):
+    role, admin = login
+    admin.run("CREATE SCHEMA sales")
+    for table in SOURCE_TABLES:
+        admin.run(f"ALTER TABLE {table} SET SCHEMA sales")
+    admin.run(f"GRANT USAGE ON SCHEMA sales TO {role}")
+    admin.run(f"GRANT SELECT ON ALL TABLES IN SCHEMA sales TO {role}")
+    with pytest.raises(extract.SourceAccessError, match="does not exist") as raised:
+        lock_as(postgres, totesys, role)
+    fixes = str(raised.value).split("reaches them; ")[1].split("; a DBA")[0]
+    assert fixes == (f'ALTER ROLE {db.quote_ident(role)} SET search_path = "sales" (the tables '
+                     'are in schema sales, outside the login\'s search_path "$user", public)')
+
+
+def test_tables_split_over_schemas_are_told_to_move_into_one_not_a_path_that_hides_the_rest(
         postgres, totesys, login):
     role, admin = login
     admin.run("CREATE SCHEMA sales")
@@ -73,8 +88,9 @@ def test_a_table_in_a_schema_off_the_search_path_names_the_schema_and_the_alter_
             as raised:
         lock_as(postgres, totesys, role)
     fixes = str(raised.value).split("reaches them; ")[1].split("; a DBA")[0]
-    assert fixes == (f'ALTER ROLE {db.quote_ident(role)} SET search_path = "sales" (staff in '
-                     'schema sales, outside the login\'s search_path "$user", public)')
+    assert fixes.startswith('the 11 tables must be in one schema, the first of the login\'s '
+                            'search_path ("$user", public): staff in schema sales: move them')
+    assert "SET search_path = \"sales\"" not in fixes   # it would hide the other ten
 
 
 def test_a_table_in_no_schema_at_all_asks_whether_the_secret_names_the_totesys_database(
