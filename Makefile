@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export SAM_CLI_TELEMETRY := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# uv reads neither pip.conf nor PIP_* settings: a mirror is UV_INDEX_URL (README, "Setup"); its
+# downloads wait as long as pip's would here.
+export UV_HTTP_TIMEOUT ?= 180
 CODE := shared functions local tests benchmarks
 
 .PHONY: setup lint typecheck unit integration e2e coverage test validate build demo stop bench dashboard audit-deps clean \
@@ -19,11 +22,15 @@ setup: $(VENV)/.installed
 UV_PIN := uv==0.13.9
 UV_INSTALL := $(BIN)/uv pip install --quiet
 
-$(VENV)/.installed: requirements-dev.txt shared/requirements.txt pyproject.toml
+# uv is a target of its own, so a virtualenv made before uv was used (by pip alone) gets it
+# too, not only a new one.
+$(BIN)/uv:
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
 	@echo "installing dependencies into $(VENV) (one time, a few minutes)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet pip==25.3 setuptools==84.2.1 $(UV_PIN)
+
+$(VENV)/.installed: requirements-dev.txt shared/requirements.txt pyproject.toml | $(BIN)/uv
 	$(UV_INSTALL) --python $(BIN)/python -r requirements-dev.txt
 	$(UV_INSTALL) --python $(BIN)/python --no-deps --no-build-isolation -e .
 	touch $@
@@ -72,7 +79,7 @@ test: setup
 # Metadata.checkov.skip entry on its resource in template.yaml, with the reason beside it.
 SCAN_VENV := .venv-scan
 
-$(SCAN_VENV)/.installed: requirements-scan.txt $(VENV)/.installed
+$(SCAN_VENV)/.installed: requirements-scan.txt $(VENV)/.installed | $(BIN)/uv
 	test -x $(SCAN_VENV)/bin/python || $(PYTHON) -m venv --without-pip $(SCAN_VENV)
 	$(UV_INSTALL) --python $(SCAN_VENV)/bin/python -r requirements-scan.txt
 	touch $@
@@ -145,7 +152,7 @@ dashboard: setup
 
 # dlt and its dependencies (requirements-bench.txt) are for the benchmarks only: installed on
 # top of requirements-dev.txt, whose pins they keep, never into the Lambda layer.
-$(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt requirements-dev.txt
+$(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt requirements-dev.txt | $(BIN)/uv
 	$(UV_INSTALL) --python $(BIN)/python -c requirements-dev.txt -r requirements-bench.txt
 	touch $@
 
