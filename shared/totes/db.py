@@ -15,6 +15,7 @@ otherwise against the system trust store plus the RDS bundle ``make ca-bundle``
 ships in the layer (:data:`LAYER_CA_BUNDLE`). Credentials are never logged: errors
 name the secret id and the missing keys, never values.
 """
+import json
 import os
 import re
 import ssl
@@ -32,8 +33,10 @@ import pg8000.native
 from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS
 
-from totes import config
+from totes import config, observability
 from totes.errors import InputError, TransientError
+
+logger = observability.service_logger()
 
 REQUIRED_KEYS = ("host", "username", "dbname")
 SSL_MODES = ("disable", "require", "verify-ca", "verify-full")
@@ -618,12 +621,39 @@ def connect(secret_id: str, *, timeout: float | None = CONNECT_TIMEOUT_SECONDS,
     cached = fetch_secret(secret_id, database)
     try:
         return _connect_through(cached, secret_id, database, timeout)
-    except LoginRefusedError:
+    except LoginRefusedError as refused:
         # The secret may have been rotated since this container cached it: read it anew, once.
         renewed = fetch_secret(secret_id, database, renew=True)
-        if renewed == cached:
+        if renewed != cached:
+            return _connect_through(renewed, secret_id, database, timeout)
+        pending = _pending_secret(secret_id)
+        if pending is None or pending == cached:
             raise
-    return _connect_through(renewed, secret_id, database, timeout)
+        try:
+            connection = _connect_through(pending, secret_id, database, timeout)
+        except LoginRefusedError:
+            raise refused from None
+    logger.info("connected with the secret's AWSPENDING version: a rotation is between "
+                "setting the new password and making it current", extra={"secret": secret_id})
+    return connection
+
+
+def _pending_secret(secret_id: str) -> Mapping[str, Any] | None:
+    """The secret's ``AWSPENDING`` version, if a rotation has one; None otherwise, or unreadable.
+
+    A single-user rotation sets the database's password to the pending version, then,
+    moments later, makes that version current: a run between the two is refused with
+    the current one. Not cached (a rotation is rare and brief) and never an error of
+    its own: without it the refusal stands.
+    """
+    client = DEFAULT_PROVIDERS["secrets"].client
+    try:
+        pending = json.loads(client.get_secret_value(SecretId=secret_id,
+                                                     VersionStage="AWSPENDING")["SecretString"])
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, KeyError,
+            ValueError):
+        return None
+    return pending if isinstance(pending, Mapping) else None
 
 
 def _connect_through(secret: Mapping[str, Any], secret_id: str, database: config.Database | None,

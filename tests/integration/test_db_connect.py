@@ -75,6 +75,37 @@ def test_a_login_refused_with_the_cached_secret_is_tried_once_with_the_secret_re
         connection.close()
 
 
+def test_a_login_refused_mid_rotation_connects_with_the_pending_version_not_paging(
+        aws, postgres, database):
+    # A single-user rotation has set the database to the AWSPENDING version and not yet made it
+    # current: the current version is refused, the pending one is the login that works now.
+    name = database("dbpending")
+    right = postgres.secret(name)
+    stack.provision({aws["TOTESYS_SECRET_ID"]: {**right, "username": "before_rotation"}},
+                    buckets=())
+    boto3.client("secretsmanager").put_secret_value(
+        SecretId=aws["TOTESYS_SECRET_ID"], SecretString=json.dumps(right),
+        VersionStages=["AWSPENDING"])
+    connection = db.connect(aws["TOTESYS_SECRET_ID"], database=config.TOTESYS)
+    try:
+        assert connection.run("SELECT current_database()") == [[name]]
+    finally:
+        connection.close()
+
+
+def test_a_pending_version_that_is_refused_too_leaves_the_current_versions_refusal(
+        aws, postgres, database):
+    # A rotation that failed leaves its AWSPENDING version behind: a wrong secret still says so.
+    right = postgres.secret(database("dbstale"))
+    stack.provision({aws["TOTESYS_SECRET_ID"]: {**right, "username": "wrong_login"}},
+                    buckets=())
+    boto3.client("secretsmanager").put_secret_value(
+        SecretId=aws["TOTESYS_SECRET_ID"], VersionStages=["AWSPENDING"],
+        SecretString=json.dumps({**right, "username": "stale_pending"}))
+    with pytest.raises(db.LoginRefusedError, match='role "wrong_login" does not exist'):
+        db.connect(aws["TOTESYS_SECRET_ID"], database=config.TOTESYS)
+
+
 def test_a_host_name_that_cannot_exist_is_a_clear_error(aws):
     secret = {"host": "a" * 70 + ".invalid", "username": "etl", "password": "pw-unique-9",
               "dbname": "totesys"}
