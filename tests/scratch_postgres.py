@@ -7,8 +7,12 @@ waiting on the disk, which on a busy 2-core machine is most of a clean stop (sec
 for a server holding a few hundred test databases). Commits stay synchronous: what
 a test's commit returned for is in the WAL the server replays after a crash.
 """
+import shutil
 import subprocess  # nosec B404: cp -a of a stopped test cluster's files
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from totes_local import stack
 
@@ -42,3 +46,21 @@ def blank(data_dir: Path) -> None:
 def copy(template: Path, data_dir: Path) -> None:
     """Copy a stopped cluster's files to ``data_dir`` (not yet there), owners and modes kept."""
     subprocess.run(["cp", "-a", str(template), str(data_dir)], check=True)  # nosec B603 B607
+
+
+@contextmanager
+def own_cluster(prefix: str) -> Iterator[tuple[stack.Postgres, Path]]:
+    """A server of a module's own (settings unlike the session's): stopped and deleted after.
+
+    Outside pytest's temporary folders, which pytest prunes while other runs may use them.
+    """
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    data_dir.chmod(0o755)
+    postgres = None
+    try:
+        postgres = start(data_dir)
+        yield postgres, data_dir
+    finally:
+        if postgres is not None:
+            postgres.server.cleanup()
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -3,9 +3,6 @@
 A password is sent as stored, whatever it holds; a password the server refuses is an
 input error saying which field to correct, never echoing the password.
 """
-import shutil
-import tempfile
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -21,16 +18,8 @@ PASSWORD = "p@ss:w/rd%25 'q\"uo;te ü✓"
 @pytest.fixture(scope="module")
 def scram_server():
     """A server of its own asking every connection for the superuser's password."""
-    data_dir = Path(tempfile.mkdtemp(prefix="totes-scram-pg-"))
-    data_dir.chmod(0o755)
-    postgres = None
-    try:
-        postgres = scratch_postgres.start(data_dir)
+    with scratch_postgres.own_cluster("totes-scram-pg-") as (postgres, _):
         yield local_stack.require_password(postgres, PASSWORD)
-    finally:
-        if postgres is not None:
-            postgres.server.cleanup()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_a_password_with_url_quote_and_non_ascii_characters_connects_through_the_secret(
