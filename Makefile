@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export SAM_CLI_TELEMETRY := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-# uv reads neither pip.conf nor PIP_* settings: a mirror is UV_INDEX_URL (README, "Setup"); its
+# uv reads neither pip.conf nor PIP_* settings: a mirror is UV_INDEX_URL (README); its
 # downloads wait as long as pip's would here.
 export UV_HTTP_TIMEOUT ?= 180
 CODE := shared functions local tests benchmarks
