@@ -263,7 +263,9 @@ def test_a_session_the_server_ends_mid_audit_fails_the_invocation_as_transient(
         return audit_table(name, source_conn, *args, **options)
 
     monkeypatch.setattr(audit, "audit_table", terminated)
-    with pytest.raises(db.SessionInterruptedError, match="SQLSTATE 57P01"):
+    # The server sends its report (57P01) and closes; a reset may reach the client first.
+    with pytest.raises(db.SessionInterruptedError,
+                       match="SQLSTATE 57P01|lost with no reason from the server"):
         e2e.pipeline.audit()
     (line,) = [line for line in captured_logs() if line["message"].startswith("invocation failed")]
     assert line["error_kind"] == "transient" and line["stage"] == "audit"
