@@ -458,6 +458,18 @@ def _setting(name: str, sql_type: str) -> str:
     return f"current_setting('{_SETTING_PREFIX}{name}')::{sql_type}"
 
 
+def _setting_once(name: str, sql_type: str) -> str:
+    """A bound setting as a scalar subquery: an InitPlan, read once per statement, not per row.
+
+    ``current_setting`` is only stable, so written bare in a filter it is looked up
+    and cast again for every row scanned: the xid window's two settings took about
+    half of an idle table scan (docs/ingest.md, "The warm one-order cycle"). Only for
+    values no plan depends on: the planner estimates a bare setting's value (a key
+    bound, a limit), never an InitPlan's.
+    """
+    return f"(SELECT {_setting(name, sql_type)})"
+
+
 def _text_constant(text: str) -> str:
     """Return ``text`` as an SQL string constant (for text built from allow-listed names)."""
     return "'" + text.replace("'", "''") + "'"
@@ -580,8 +592,8 @@ def changes_sql(table: str, cursor: TableCursor, *, after: bool = False,
     if cursor.since is not None:
         xmin = "t.xmin::text::bigint"
         conditions += [f"{xmin} >= {FIRST_NORMAL_XID}",
-                       f"({_setting('xmax32', 'bigint')} - {xmin} + {XID_MODULUS}) "
-                       f"% {XID_MODULUS} <= {_setting('width', 'bigint')}"]
+                       f"({_setting_once('xmax32', 'bigint')} - {xmin} + {XID_MODULUS}) "
+                       f"% {XID_MODULUS} <= {_setting_once('width', 'bigint')}"]
     elif cursor.since_last_updated is not None:
         conditions.append(f"t.{quote_ident(VERSION_COLUMN)} >= "
                           f"{_setting('since_last_updated', 'timestamp')}")
