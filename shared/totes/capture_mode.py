@@ -113,15 +113,19 @@ class ObjectWriter:
     (the wait for the server and the wait for S3 overlap); one write at most is in
     flight, so the memory is two objects' worth. :meth:`close` waits for it: the
     objects listed in :attr:`files` exist only once it has returned without error.
+    With ``puts`` the objects are written there instead, and exist once the
+    caller, who owns it, has closed it (several tables' writers may share one, so a
+    table's last write overlaps the reading of the next table).
     """
 
     def __init__(self, bucket: str, chunk_rows: int, key_for: Callable[[int], str], *,
-                 background: bool = False) -> None:
+                 background: bool = False, puts: storage.BackgroundPuts | None = None) -> None:
         """Prepare to write objects named ``key_for(part)``, numbered from part 0."""
         self._bucket, self._chunk_rows, self._key_for = bucket, chunk_rows, key_for
         self._lines: list[bytes] = []
         self.files: list[DataFile] = []
-        self._puts = storage.BackgroundPuts(1) if background else None
+        self._own_puts = storage.BackgroundPuts(1) if background and puts is None else None
+        self._puts = puts or self._own_puts
 
     def add(self, line: bytes) -> None:
         """Take one line; write an object when ``chunk_rows`` lines are waiting."""
@@ -149,10 +153,10 @@ class ObjectWriter:
         self.files.append(DataFile(key, rows, len(body), sha256))
 
     def close(self, *, quietly: bool = False) -> None:
-        """Wait for the last write and end the writing thread.
+        """Wait for the last write and end the writing thread (not those of a shared ``puts``).
 
         The write's error is re-raised unless ``quietly`` (the caller is failing
         already, and its own error is the one to report).
         """
-        if self._puts is not None:
-            self._puts.close(quietly=quietly)
+        if self._own_puts is not None:
+            self._own_puts.close(quietly=quietly)

@@ -136,18 +136,23 @@ def extract_table(conn: pg8000.native.Connection, table: str, previous: TableEnt
                   read_point: extract.ReadPoint, run: keys.RunId, settings: IngestSettings,
                   budget: int, *, keep_keys: bool,
                   reader: extract.SecondReader | None = None,
-                  key_puts: storage.BackgroundPuts | None = None) -> TableEntry:
+                  key_puts: storage.BackgroundPuts | None = None,
+                  data_puts: storage.BackgroundPuts | None = None) -> TableEntry:
     """Write up to ``budget`` of ``table``'s unseen rows; return its entry for the manifest.
 
     With ``keep_keys`` the keys written are stored for the next key sweep (a table
     swept in this same run needs none: its sweep lists them already); by ``key_puts``
     when given, in the background, while the next table is read (the caller closes it
-    before the manifest names the list). With a ``reader`` (of ``conn``), a table of
-    more than one chunk is read on two connections in the same snapshot
-    (:func:`totes.extract.copy_changes`).
+    before the manifest names the list). The data objects are written in the
+    background too, by ``data_puts`` when given (closed by the caller before the
+    manifest names them: the table's last write then overlaps the next table's
+    reading), else by the table's own writer, waited for before this returns. With
+    a ``reader`` (of ``conn``), a table of more than one chunk is read on two
+    connections in the same snapshot (:func:`totes.extract.copy_changes`).
     """
     writer = ObjectWriter(settings.bucket, settings.chunk_rows,
-                          lambda part: keys.data_key(table, run, part, "jsonl"), background=True)
+                          lambda part: keys.data_key(table, run, part, "jsonl"), background=True,
+                          puts=data_puts)
     sink = ChangeSink(writer, budget, SOURCE_TABLES[table], keep_keys=keep_keys)
     try:
         for chunk in extract.copy_changes(conn, table, previous.cursor, read_point, budget + 1,
@@ -164,7 +169,7 @@ def extract_table(conn: pg8000.native.Connection, table: str, previous: TableEnt
             "SQL_ASCII, which keeps whatever bytes a client wrote; nothing of this run was "
             "committed: rewrite the value in UTF-8 at the source (docs/runbook.md, \"A value "
             "that cannot be carried\"), the next run reads it again") from error
-    writer.close()  # every object the entry lists exists once this returns
+    writer.close()  # every object the entry lists exists once this returns, or data_puts closes
     last_key = sink.last_key
     cursor = previous.cursor.after_pass(read_point.snapshot,
                                         cut_at=last_key if sink.overflow else None)
@@ -192,12 +197,15 @@ def _extract_within_budget(reader: extract.SecondReader, settings: IngestSetting
                            run: keys.RunId, due: list[str]) -> dict[str, TableEntry]:
     """Extract every table in dependency order until the run's row budget is spent.
 
-    Each table's captured-keys list is written in the background while the next
-    table is read; all of them exist once this returns.
+    Each table's captured-keys list, and its last data object, are written in the
+    background while the next table is read (one data object in flight at most, as
+    within a table, so the memory held is the same); all of them exist once this
+    returns.
     """
     budget = settings.max_rows_per_run
     entries: dict[str, TableEntry] = {}
     key_puts = storage.BackgroundPuts(KEY_LISTS_IN_FLIGHT)
+    data_puts = storage.BackgroundPuts(1)
     try:
         for table in SOURCE_TABLES:
             before = previous.table(table) if previous else TableEntry()
@@ -207,12 +215,15 @@ def _extract_within_budget(reader: extract.SecondReader, settings: IngestSetting
                 continue
             entries[table] = extract_table(reader.first, table, before, read_point, run,
                                            settings, budget, keep_keys=table not in due,
-                                           reader=reader, key_puts=key_puts)
+                                           reader=reader, key_puts=key_puts,
+                                           data_puts=data_puts)
             budget -= entries[table].rows
             if entries[table].truncated:
                 budget = 0
+        data_puts.close()
         key_puts.close()
     finally:
+        data_puts.close(quietly=True)
         key_puts.close(quietly=True)
     return entries
 

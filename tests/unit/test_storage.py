@@ -7,6 +7,7 @@ through :func:`storage.put_new_object`, so these tests pin what it sends.
 import ast
 import io
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -126,6 +127,31 @@ def test_a_failed_background_put_is_raised_at_close_after_every_other_write_ende
     assert [storage.read_bytes(bucket, f"t/{part}.parquet") for part in range(4)] == [
         b"new", b"taken", b"new", b"new"]
     puts.close()  # nothing left: closing again is quiet
+
+
+def test_writers_sharing_background_puts_leave_the_last_wait_to_its_owner(bucket, monkeypatch):
+    from totes.capture_mode import ObjectWriter
+
+    released = threading.Event()
+    put = storage.put_new_object
+
+    def held(*args):
+        released.wait(5)
+        put(*args)
+
+    monkeypatch.setattr(storage, "put_new_object", held)
+    puts = storage.BackgroundPuts(1)
+    first = ObjectWriter(bucket, 10, lambda part: f"a/{part}.jsonl", puts=puts)
+    first.write_chunk(b"{}\n", 1)
+    first.close()  # the next table is read while this write is in flight
+    assert list(storage.list_keys(bucket, "a/")) == []
+    released.set()
+    second = ObjectWriter(bucket, 10, lambda part: f"b/{part}.jsonl", puts=puts)
+    second.write_chunk(b"{}\n", 1)
+    second.close()
+    puts.close()  # the owner's close: every object of both writers exists once it returns
+    assert [key for prefix in ("a/", "b/") for key in storage.list_keys(bucket, prefix)] == [
+        "a/0.jsonl", "b/0.jsonl"]
 
 
 def test_a_json_object_beyond_the_bound_is_refused_after_a_bounded_read(bucket, monkeypatch):
