@@ -389,3 +389,26 @@ def test_an_enum_label_renamed_by_a_transaction_open_at_the_previous_run_is_read
                  if line["message"].startswith("source tables redefined since the previous run")]
     assert warning["tables"] == ["transaction"]
     assert ingest.run_ingest().total_rows == 0   # once: the next run reads nothing
+
+
+def test_the_xid_window_is_read_once_per_chunk_not_for_every_row_scanned(totesys):
+    from totes import extract
+    from totes.capture import Snapshot, TableCursor, xmin_window
+
+    conn = totesys.connect()
+    try:
+        conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        [[text]] = conn.run("SELECT pg_current_snapshot()::text")
+        snapshot = Snapshot.parse(text)
+        window = xmin_window(snapshot, snapshot)
+        extract.bind_settings(conn, clock="2026-01-01 00:00:00", xmax32=window.xmax32,
+                              width=window.width, limit=10)
+        copy = extract.changes_sql("sales_order", TableCursor(since=snapshot))
+        query = copy[len("COPY ("):copy.rindex(") TO STDOUT")]
+        plan = [line.strip() for [line] in conn.run("EXPLAIN " + query)]
+        assert conn.run(query)[0][0] == 0  # nothing committed since the snapshot it reads
+    finally:
+        conn.close()
+    [window_filter] = [line for line in plan if line.startswith("Filter:") and "xmin" in line]
+    assert "current_setting" not in window_filter  # both settings are InitPlans' parameters
+    assert sum(line.startswith("InitPlan") for line in plan) >= 2
