@@ -84,9 +84,6 @@ LOCK_TIMEOUT_MS = 10_000
 LOCK_NOT_AVAILABLE = "55P03"
 #: SQLSTATE of a text whose bytes the client encoding cannot hold (character_not_in_repertoire).
 INVALID_BYTE_SEQUENCE = "22021"
-#: the database's clock at the read point, as the chunk queries read it (bound once per
-#: statement by an InitPlan): the one instant every connection of a run marks future rows by.
-_CLOCK = f"(SELECT current_setting('{_SETTING_PREFIX}clock')::timestamp)"
 #: how ``pg_export_snapshot()`` names a snapshot.
 SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+-[0-9]+")
 
@@ -605,7 +602,10 @@ def changes_sql(table: str, cursor: TableCursor, *, after: bool = False,
     # Identifiers are allow-listed and quoted; values are bound through set_config.
     chosen = (f"SELECT {columns} FROM {quote_ident(table)} AS t{where} "  # nosec B608
               f"ORDER BY t.{key}{skip} LIMIT {_setting('limit', 'bigint')}")
-    rows = (f"SELECT t.{key} AS k, {row_json(table, _CLOCK)} AS line "  # nosec B608: as above
+    # The database's clock at the read point: the one instant every connection of a run marks
+    # future rows by.
+    clock = _setting_once("clock", "timestamp")
+    rows = (f"SELECT t.{key} AS k, {row_json(table, clock)} AS line "  # nosec B608: as above
             f"FROM ({chosen}) AS t")
     keys = "string_agg(k::text, ',' ORDER BY k)" if all_keys else "max(k)::text"
     unfit = "string_agg(k::text, ',' ORDER BY k) FILTER (WHERE line IS NULL)"
