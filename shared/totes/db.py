@@ -35,7 +35,7 @@ from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS
 
 from totes import config, observability
-from totes.errors import InputError, TransientError
+from totes.errors import InputError, PipelineError, TransientError
 
 logger = observability.service_logger()
 
@@ -651,7 +651,11 @@ def connect(secret_id: str, *, timeout: float | None = CONNECT_TIMEOUT_SECONDS,
         return _connect_through(cached, secret_id, database, timeout)
     except LoginRefusedError as refused:
         # The secret may have been rotated since this container cached it: read it anew, once.
-        renewed = fetch_secret(secret_id, database, renew=True)
+        try:
+            renewed = fetch_secret(secret_id, database, renew=True)
+        except PipelineError as unread:   # the refusal is what happened; the re-read only checks
+            raise LoginRefusedError(f"{refused} (whether the secret was rotated since could not "
+                                    f"be checked: reading it again failed: {unread})") from unread
         if renewed != cached:
             return _connect_through(renewed, secret_id, database, timeout)
         pending = _pending_secret(secret_id)
@@ -661,6 +665,9 @@ def connect(secret_id: str, *, timeout: float | None = CONNECT_TIMEOUT_SECONDS,
             connection = _connect_through(pending, secret_id, database, timeout)
         except LoginRefusedError:
             raise refused from None
+        except PipelineError as unusable:  # a malformed or unreachable pending version
+            raise LoginRefusedError(f"{refused} (the secret's AWSPENDING version could not be "
+                                    f"tried: {unusable})") from unusable
     logger.info("connected with the secret's AWSPENDING version: a rotation is between "
                 "setting the new password and making it current", extra={"secret": secret_id})
     return connection
