@@ -407,7 +407,8 @@ def put_new_json(bucket: str, key: str, document: Any) -> None:
     if isinstance(document, Mapping):
         if SEAL_FIELD in document:
             raise ValueError(f"{key}: a document to be sealed has a {SEAL_FIELD!r} field already")
-        document = {**document, SEAL_FIELD: _seal(document)}
+        plain = json.loads(json.dumps(document))  # sealed as a reader parses it: text keys, lists
+        document = {**plain, SEAL_FIELD: _seal(plain)}
     body = json.dumps(document, indent=1, sort_keys=True).encode()
     put_new_object(bucket, key, body, "application/json")
 

@@ -156,6 +156,11 @@ def test_a_json_document_is_written_with_a_seal_over_its_fields_and_read_without
         storage.put_new_json(bucket, "n.json", {**MANIFEST, "sha256": "x"})
 
 
+def test_a_document_is_sealed_as_a_reader_parses_it_whatever_its_keys_and_sequences(bucket):
+    storage.put_new_json(bucket, "n.json", {10: ("a", 1.5), 9: None, "x": [True]})
+    assert storage.read_json(bucket, "n.json") == {"10": ["a", 1.5], "9": None, "x": [True]}
+
+
 def test_a_document_written_before_seals_is_read_as_it_stands(bucket):
     boto3.client("s3").put_object(Bucket=bucket, Key="old.json", Body=json.dumps(MANIFEST))
     assert storage.read_json(bucket, "old.json") == MANIFEST
