@@ -29,7 +29,6 @@ are compared the same way in the same source snapshot, judged at the lake's own
 capture point (the newest manifest a publish completed); their mismatches count
 in the same alarmed metric.
 """
-import json
 from contextlib import suppress
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timezone
@@ -101,8 +100,9 @@ class DirectoryStore:
         self.root = Path(root)
 
     def read_json(self, key: str) -> Any:
-        """Return a JSON object's parsed content."""
-        return json.loads((self.root / key).read_bytes())
+        """Return a JSON object's parsed content, checked as the bucket's are (its seal)."""
+        path = self.root / key
+        return storage.parse_json(path.read_bytes(), str(path))
 
     def lines(self, key: str, sha256: str | None = None) -> Iterator[bytes]:
         """Stream a gzip file's lines, checked with ``sha256`` as the bucket's objects are."""

@@ -18,6 +18,7 @@ name the secret id and the missing keys, never values.
 import json
 import os
 import re
+import socket
 import ssl
 import time
 from contextlib import contextmanager, suppress
@@ -34,7 +35,7 @@ from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS
 
 from totes import config, observability
-from totes.errors import InputError, TransientError
+from totes.errors import InputError, PipelineError, TransientError
 
 logger = observability.service_logger()
 
@@ -403,6 +404,26 @@ def sslmode(secret: Mapping[str, Any]) -> str:
     return mode
 
 
+class _ServerNameContext(ssl.SSLContext):
+    """A verifying client context that checks a fully qualified host name without its final dot.
+
+    ``db.example.internal.`` (absolute, as DNS writes it, and as a host may be given so no
+    search domain is tried) and ``db.example.internal`` are one name, and a certificate
+    names the second; Python compares the text as given, so ``verify-full`` would refuse
+    the server. The connection itself still resolves the name as given.
+    """
+
+    def wrap_socket(self, sock: socket.socket, server_side: bool = False,
+                    do_handshake_on_connect: bool = True, suppress_ragged_eofs: bool = True,
+                    server_hostname: str | bytes | None = None,
+                    session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+        """Wrap ``sock`` as SSLContext does, for ``server_hostname`` without a final dot."""
+        if isinstance(server_hostname, str) and server_hostname.endswith("."):
+            server_hostname = server_hostname[:-1]
+        return super().wrap_socket(sock, server_side, do_handshake_on_connect,
+                                   suppress_ragged_eofs, server_hostname, session)
+
+
 def _ssl_context(secret: Mapping[str, Any]) -> ssl.SSLContext | bool:
     """The pg8000 ``ssl_context`` for the secret's ``sslmode``.
 
@@ -420,11 +441,12 @@ def _ssl_context(secret: Mapping[str, Any]) -> ssl.SSLContext | bool:
         context.verify_mode = ssl.CERT_NONE
         return context
     rootcert = secret.get("sslrootcert")
+    context = _ServerNameContext(ssl.PROTOCOL_TLS_CLIENT)  # as create_default_context's
     try:
         if rootcert:
-            context = ssl.create_default_context(cafile=str(rootcert))
+            context.load_verify_locations(cafile=str(rootcert))
         else:
-            context = ssl.create_default_context()
+            context.load_default_certs()
             if LAYER_CA_BUNDLE.is_file():
                 context.load_verify_locations(cafile=str(LAYER_CA_BUNDLE))
     except (OSError, ssl.SSLError) as error:
@@ -487,7 +509,13 @@ def _misnamed(secret: Mapping[str, Any], field: str) -> str:
 
 
 def _port(value: Any) -> int | None:
-    """The port ``value`` gives (a number, or its digits as text), None when absent or not one."""
+    """The port ``value`` gives (a number, or its digits as text), None when absent or not one.
+
+    A JSON number without a fraction is a port whichever way it is written: some tools
+    write ``5432.0``. Text is digits only, as libpq reads a port (``"5432.0"`` is not one).
+    """
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     text = str(value).strip() if isinstance(value, (int, str)) and not isinstance(
         value, bool) else ""
     return int(text) if text.isascii() and text.isdigit() and 1 <= int(text) <= 65535 else None
@@ -623,7 +651,11 @@ def connect(secret_id: str, *, timeout: float | None = CONNECT_TIMEOUT_SECONDS,
         return _connect_through(cached, secret_id, database, timeout)
     except LoginRefusedError as refused:
         # The secret may have been rotated since this container cached it: read it anew, once.
-        renewed = fetch_secret(secret_id, database, renew=True)
+        try:
+            renewed = fetch_secret(secret_id, database, renew=True)
+        except PipelineError as unread:   # the refusal is what happened; the re-read only checks
+            raise LoginRefusedError(f"{refused} (whether the secret was rotated since could not "
+                                    f"be checked: reading it again failed: {unread})") from unread
         if renewed != cached:
             return _connect_through(renewed, secret_id, database, timeout)
         pending = _pending_secret(secret_id)
@@ -633,6 +665,9 @@ def connect(secret_id: str, *, timeout: float | None = CONNECT_TIMEOUT_SECONDS,
             connection = _connect_through(pending, secret_id, database, timeout)
         except LoginRefusedError:
             raise refused from None
+        except PipelineError as unusable:  # a malformed or unreachable pending version
+            raise LoginRefusedError(f"{refused} (the secret's AWSPENDING version could not be "
+                                    f"tried: {unusable})") from unusable
     logger.info("connected with the secret's AWSPENDING version: a rotation is between "
                 "setting the new password and making it current", extra={"secret": secret_id})
     return connection

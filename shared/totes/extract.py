@@ -238,11 +238,10 @@ def lock_tables(conn: pg8000.native.Connection, tables: Iterable[str], *,
     except pg8000.native.DatabaseError as error:
         fields = server_fields(error)
         if fields.get("C") in SOURCE_NOT_READABLE:
-            conn.run("ROLLBACK")  # failed already, nothing read: the catalog is asked why
             raise SourceAccessError(
                 f"the login cannot read the source tables ({fields.get('M')}): it needs USAGE "
                 "on their schema, SELECT on the 11 tables and a search_path that reaches them; "
-                f"{access_fixes(conn, tables)}; a DBA must run the statements of "
+                f"{_access_hint(conn, tables)}; a DBA must run the statements of "
                 "docs/deploy.md, \"The totesys login\"") from error
         if fields.get("C") != LOCK_NOT_AVAILABLE:
             raise
@@ -267,6 +266,22 @@ _ACCESS = (
     "AND c.relkind IN ('r', 'p') ORDER BY n.nspname), "
     "current_user::text, current_setting('search_path') "
     "FROM unnest(CAST(:names AS text[])) WITH ORDINALITY AS t(name, i) ORDER BY t.i")
+
+
+def _access_hint(conn: pg8000.native.Connection, tables: Iterable[str]) -> str:
+    """:func:`access_fixes` after the failed ``LOCK``'s rollback, or why it could not be had.
+
+    The refusal is the error a person must see; the catalog's hint only adds to it. A
+    catalog a DBA hardened (``REVOKE SELECT ON pg_catalog.pg_namespace FROM PUBLIC``), or
+    a session lost meanwhile, leaves the refusal as it is, saying the hint failed and why.
+    """
+    try:
+        conn.run("ROLLBACK")  # failed already, nothing read: the catalog is asked why
+        return access_fixes(conn, tables)
+    except (pg8000.native.DatabaseError, pg8000.native.InterfaceError, OSError) as error:
+        reason = server_fields(error).get("M") or error
+        return (f"the catalog could not be asked which grant is missing ({type(error).__name__}: "
+                f"{reason})")
 
 
 def access_fixes(conn: pg8000.native.Connection, tables: Iterable[str]) -> str:

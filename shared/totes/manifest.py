@@ -11,7 +11,7 @@ See docs/architecture.md for examples of each.
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from totes import keys, timestamps
 from totes.capture import Snapshot, SnapshotFormatError, SourceIdentity, TableCursor
@@ -24,6 +24,8 @@ INGEST_FORMAT_V1 = "totes.ingest/1"
 #: ingest manifests with a snapshot cursor, deletes and stamps in the future.
 INGEST_FORMAT = "totes.ingest/2"
 
+
+_Parsed = TypeVar("_Parsed")
 
 #: a SHA-256 in base64, as S3 and :func:`totes.storage.checksum` write it.
 _SHA256 = re.compile(r"[A-Za-z0-9+/]{43}=")
@@ -73,6 +75,14 @@ def _reference_sha256(hashes: Mapping[str, Any]) -> dict[str, str]:
     """A processed manifest's ``reference_sha256`` (empty before it was recorded), checked."""
     return {str(table): str(_sha256(hashes, table, f"the reference snapshot of {table}"))
             for table in hashes if hashes[table] is not None}
+
+
+def _named(parse: Callable[[Any], _Parsed], document: Any, key: str) -> _Parsed:
+    """``parse(document)``, its :class:`ManifestError` naming ``key``, the object it came from."""
+    try:
+        return parse(document)
+    except ManifestError as error:
+        raise ManifestError(f"{key}: {error}") from None
 
 
 def _files(entries: Any) -> tuple[DataFile, ...]:
@@ -336,9 +346,10 @@ class IngestManifest:
         """Read the ingest manifest stored at ``key``: :meth:`parse`, then its references.
 
         What every reader of a bucket calls: a manifest found at ``key`` is only
-        trusted as far as :meth:`check_references` allows.
+        trusted as far as :meth:`check_references` allows. A malformed one's error
+        names ``key``.
         """
-        manifest = cls.parse(document)
+        manifest = _named(cls.parse, document, key)
         manifest.check_references(key)
         return manifest
 
@@ -545,9 +556,9 @@ class ProcessedManifest:
 
         What every reader of the processed bucket calls (load, publish, transform
         continuing from its last manifest): a manifest is only followed as far as
-        :meth:`check_references` allows.
+        :meth:`check_references` allows. A malformed one's error names ``key``.
         """
-        manifest = cls.parse(document)
+        manifest = _named(cls.parse, document, key)
         manifest.check_references(key)
         return manifest
 

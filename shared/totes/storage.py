@@ -18,6 +18,15 @@ value S3 verified when the object was created). Readers given it hash the bytes 
 they stream and refuse an object that is not that one (:class:`ObjectChangedError`),
 whatever replaced it since: a later version, a restore, another writer.
 
+The JSON objects the stages hand to each other (manifests, claims, operators' markers)
+are read whole and trusted as they stand, so they are checked twice on the way in
+(:func:`read_json`): S3's own checksum of the object, asked for with every read
+(``ChecksumMode``), must match the body received; and the document's own seal, a
+SHA-256 over its canonical JSON that :func:`put_new_json` writes into it (``sha256``),
+must match its fields. So a manifest edited, truncated or replaced in the bucket is
+an input error naming the key and what is wrong, never read as it stands. A document
+without a seal (written before it was recorded) is read as it always was.
+
 A listing that looks for objects of one layout (manifests) takes an ``accept``
 test from :mod:`totes.keys` and keeps only the keys that pass it: anything else
 under the prefix (a note an operator uploaded, a forged key) is a *stray*,
@@ -40,7 +49,7 @@ from typing import (IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mappin
 
 import boto3
 import botocore.config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, FlexibleChecksumError
 from botocore.response import StreamingBody
 
 from totes import config
@@ -72,6 +81,19 @@ UNREADABLE_CODES = MISSING_CODES | DENIED_CODES
 
 class ObjectAlreadyExistsError(TransientError, FileExistsError):
     """A conditional write found the key taken: the object is never replaced."""
+
+
+#: the field of a JSON object :func:`put_new_json` writes that holds the object's own seal.
+SEAL_FIELD = "sha256"
+
+
+class DamagedObjectError(InputError, ValueError):
+    """A JSON object is not one the pipeline wrote whole: a person must find out why.
+
+    Not JSON (truncated, another tool's), a body S3's checksum does not match, or
+    fields that do not match the seal the pipeline wrote into it. The message names
+    the object and what is wrong; nothing is read from it.
+    """
 
 
 class ObjectTooLargeError(InputError, ValueError):
@@ -370,10 +392,51 @@ def put_new_object_on(puts: BackgroundPuts | None, bucket: str, key: str, body: 
     return sha256
 
 
+def _seal(document: Mapping[str, Any]) -> str:
+    """The SHA-256 (base64) of ``document``'s canonical JSON: sorted keys, no white space."""
+    return checksum(json.dumps(document, sort_keys=True, separators=(",", ":"),
+                               ensure_ascii=False).encode())
+
+
 def put_new_json(bucket: str, key: str, document: Any) -> None:
-    """Create a JSON object (such as a manifest) once."""
+    """Create a JSON object (such as a manifest) once; an object is sealed (:func:`read_json`).
+
+    The seal, :data:`SEAL_FIELD`, is the SHA-256 of the document's other fields in
+    canonical form, so a reader finds any field edited, added or taken away since.
+    """
+    if isinstance(document, Mapping):
+        if SEAL_FIELD in document:
+            raise ValueError(f"{key}: a document to be sealed has a {SEAL_FIELD!r} field already")
+        plain = json.loads(json.dumps(document))  # sealed as a reader parses it: text keys, lists
+        document = {**plain, SEAL_FIELD: _seal(plain)}
     body = json.dumps(document, indent=1, sort_keys=True).encode()
     put_new_object(bucket, key, body, "application/json")
+
+
+def parse_json(body: bytes, where: str) -> Any:
+    """Parse a JSON object's ``body`` read from ``where`` and check its seal, if it has one.
+
+    Return the document without its seal. A body that is not JSON, or whose fields
+    do not match its seal, is a :class:`DamagedObjectError` naming ``where``: a
+    document written before seals were recorded (none) is returned as it stands.
+    """
+    try:
+        document = json.loads(body)
+    except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8
+        raise DamagedObjectError(
+            f"{where} is not JSON ({error}): truncated, or not written by the pipeline; "
+            "nothing was read from it (docs/runbook.md, \"A manifest or marker is "
+            "damaged\")") from None
+    if not isinstance(document, dict) or SEAL_FIELD not in document:
+        return document
+    recorded = document.pop(SEAL_FIELD)
+    found = _seal(document)
+    if recorded != found:
+        raise DamagedObjectError(
+            f"{where} is not the document the pipeline wrote: its fields have SHA-256 {found}, "
+            f"its seal ({SEAL_FIELD}) says {recorded!r}: edited or replaced since; nothing was "
+            "read from it (docs/runbook.md, \"A manifest or marker is damaged\")")
+    return document
 
 
 def read_bytes(bucket: str, key: str, sha256: str | None = None) -> bytes:
@@ -386,16 +449,28 @@ def read_bytes(bucket: str, key: str, sha256: str | None = None) -> bytes:
 
 
 def read_json(bucket: str, key: str) -> Any:
-    """Return a JSON object's parsed content, refusing one beyond :data:`MAX_JSON_BYTES`.
+    """Return a JSON object's parsed content, checked, refusing one beyond :data:`MAX_JSON_BYTES`.
 
     At most one byte more than the bound is read, so an object planted to exhaust
-    the function's memory costs a bounded read and an input error naming it.
+    the function's memory costs a bounded read and an input error naming it. The
+    body must match the checksum S3 recorded for the object (asked for with the
+    read; objects written before checksums were sent have none) and the document
+    its seal (:func:`parse_json`): otherwise a :class:`DamagedObjectError`.
     """
-    body: bytes = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read(MAX_JSON_BYTES + 1)
+    where = f"s3://{bucket}/{key}"
+    stream = s3_client().get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")["Body"]
+    body: bytes = stream.read(MAX_JSON_BYTES + 1)
     if len(body) > MAX_JSON_BYTES:
-        raise ObjectTooLargeError(f"s3://{bucket}/{key} is larger than {MAX_JSON_BYTES:,} bytes, "
+        raise ObjectTooLargeError(f"{where} is larger than {MAX_JSON_BYTES:,} bytes, "
                                   "beyond any JSON object the pipeline writes; not read")
-    return json.loads(body)
+    try:
+        stream.read()  # the end: where the SDK compares the body with S3's checksum of it
+    except FlexibleChecksumError as error:
+        raise DamagedObjectError(
+            f"{where}: the body read is not the one S3 recorded a checksum for ({error}); "
+            "nothing was read from it (docs/runbook.md, \"A manifest or marker is "
+            "damaged\")") from None
+    return parse_json(body, where)
 
 
 class _Checked:

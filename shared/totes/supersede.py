@@ -258,8 +258,8 @@ def read_markers(bucket: str) -> Markers:
     for key in storage.list_keys(bucket, MARKER_PREFIX):
         try:
             document = storage.read_json(bucket, key)
-        except ValueError as error:
-            raise MarkerError(f"{key}: not JSON: {error}") from None
+        except ValueError as error:  # a DamagedObjectError, or too large: each names the object
+            raise MarkerError(str(error)) from None
         marker = parse_marker(key, document)
         if isinstance(marker, Revision):
             revisions.append(marker)

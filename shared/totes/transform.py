@@ -414,8 +414,8 @@ def _read_ingest_manifest(bucket: str, key: str) -> IngestManifest:
         document = storage.read_json(bucket, key)
     except ClientError as error:
         raise _missing_object(bucket, key, error) from None
-    except ValueError as error:
-        raise TransformInputError(f"s3://{bucket}/{key} is not valid JSON: {error}") from None
+    except ValueError as error:  # a DamagedObjectError, or too large: each names the object
+        raise TransformInputError(str(error)) from None
     try:
         return IngestManifest.read(document, key)
     except ManifestError as error:

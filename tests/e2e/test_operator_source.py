@@ -157,8 +157,11 @@ def test_a_session_the_server_ends_between_two_statements_still_names_why(e2e, m
     def ended_while_idle(conn, table, *args, **options):
         if table == "payment":   # the run's transaction is idle: its session ends meanwhile
             [[pid]] = conn.run("SELECT pg_backend_pid()")
-            e2e.source_rows("SELECT pg_terminate_backend(:pid)", pid=pid)
-            time.sleep(0.2)
+            # Returns once the backend has exited, its report sent: no sleep to outlast it
+            # (a busy machine may not end it in a fixed time, and the run's next statement
+            # would then race the server's report, as the audit's sibling test does).
+            assert e2e.source_rows("SELECT pg_terminate_backend(:pid, 30000)", pid=pid) == [
+                [True]]
         return extract_table(conn, table, *args, **options)
 
     with monkeypatch.context() as patch:

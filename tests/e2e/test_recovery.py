@@ -4,10 +4,13 @@ A manifest no transform accepts is released by a person's skip marker, and the r
 held come back by touching them at the source; a transform bug is undone by a new
 revision and the warehouse statements the operator command prints. The audit judges.
 """
+import json
+
 import boto3
 import pytest
 
 from totes import storage
+from totes.errors import INPUT, kind_of
 from totes.transform import TransformInputError
 from totes_local import cli
 from totes_local.runner import s3_object_created_event
@@ -51,6 +54,33 @@ def test_a_skipped_manifest_loses_its_rows_until_they_are_touched_at_the_source(
     touch_orders(e2e, "last_updated = last_updated", ids)  # a new transaction writes them
     e2e.pipeline.cycle()
     assert e2e.pipeline.audit()["ok"]
+    capsys.readouterr()
+
+
+def test_a_manifest_edited_in_the_bucket_after_ingest_stops_transform_and_load_with_nothing_loaded(
+        e2e, capsys):
+    e2e.pipeline.cycle()
+    before = e2e.warehouse_rows("SELECT count(*), sum(units_sold) FROM fact_sales_order")
+    touch_orders(e2e, "units_sold = units_sold + 1, last_updated = now()", [1, 2, 3])
+    e2e.pipeline.ingest()
+    edited = storage.latest_manifest_key(e2e.env["INGEST_BUCKET"])
+    s3 = boto3.client("s3")
+    body = s3.get_object(Bucket=e2e.env["INGEST_BUCKET"], Key=edited)["Body"].read()
+    # By hand, as a person or another tool might: one table's files dropped, the rest as written.
+    document = json.loads(body)
+    document["tables"]["sales_order"].update(rows=0, files=[])
+    s3.put_object(Bucket=e2e.env["INGEST_BUCKET"], Key=edited,  # a test's privilege
+                  Body=json.dumps(document, indent=1, sort_keys=True).encode())
+
+    with pytest.raises(TransformInputError, match=f"{edited} is not the document the pipeline "
+                                                  "wrote") as caught:
+        e2e.pipeline.deliver_manifest_events()
+    assert kind_of(caught.value) == INPUT
+    # The load has nothing to load; its freshness, read from that manifest, fails the same way.
+    with pytest.raises(storage.DamagedObjectError, match=edited):
+        e2e.pipeline.load()
+    assert e2e.warehouse_rows(
+        "SELECT count(*), sum(units_sold) FROM fact_sales_order") == before
     capsys.readouterr()
 
 

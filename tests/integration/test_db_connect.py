@@ -106,6 +106,40 @@ def test_a_pending_version_that_is_refused_too_leaves_the_current_versions_refus
         db.connect(aws["TOTESYS_SECRET_ID"], database=config.TOTESYS)
 
 
+def test_a_refusal_whose_secret_cannot_be_read_again_stays_the_refusal_saying_so(
+        aws, postgres, database):
+    # Meanwhile someone stored a value that is not JSON: the refusal is still what happened.
+    right = postgres.secret(database("dbunread"))
+    stack.provision({aws["TOTESYS_SECRET_ID"]: {**right, "username": "wrong_login"}},
+                    buckets=())
+    db.fetch_secret(aws["TOTESYS_SECRET_ID"], config.TOTESYS)   # cached, as a warm container
+    boto3.client("secretsmanager").put_secret_value(SecretId=aws["TOTESYS_SECRET_ID"],
+                                                    SecretString="host=db user=etl")
+    with pytest.raises(db.LoginRefusedError, match=r'(?s)role "wrong_login" does not exist .*'
+                                                   r"\(whether the secret was rotated since could "
+                                                   r"not be checked: reading it again failed: "
+                                                   r"secret .* is not valid JSON") as caught:
+        db.connect(aws["TOTESYS_SECRET_ID"], database=config.TOTESYS)
+    assert errors.kind_of(caught.value) == errors.INPUT
+    assert isinstance(caught.value.__cause__, db.SecretFormatError)
+
+
+def test_a_refusal_whose_pending_version_cannot_be_tried_stays_the_refusal_saying_so(
+        aws, postgres, database):
+    right = postgres.secret(database("dbbadpending"))
+    stack.provision({aws["TOTESYS_SECRET_ID"]: {**right, "username": "wrong_login"}},
+                    buckets=())
+    boto3.client("secretsmanager").put_secret_value(
+        SecretId=aws["TOTESYS_SECRET_ID"], VersionStages=["AWSPENDING"],
+        SecretString=json.dumps({**right, "host": "postgres://db.example.com/totesys"}))
+    with pytest.raises(db.LoginRefusedError, match=r'(?s)role "wrong_login" does not exist .*'
+                                                   r"\(the secret's AWSPENDING version could not "
+                                                   r'be tried: .*from "host" in secret .* is a '
+                                                   r"URL") as caught:
+        db.connect(aws["TOTESYS_SECRET_ID"], database=config.TOTESYS)
+    assert errors.kind_of(caught.value) == errors.INPUT
+
+
 def test_a_host_name_that_cannot_exist_is_a_clear_error(aws):
     secret = {"host": "a" * 70 + ".invalid", "username": "etl", "password": "pw-unique-9",
               "dbname": "totesys"}

@@ -281,6 +281,32 @@ def test_a_wrong_host_name_fails_before_the_password_is_sent(postgres, relay, pk
     assert errors.kind_of(caught.value) == errors.INPUT
 
 
+@pytest.mark.parametrize("host, certified", [
+    ("db.private.internal.", "db.private.internal"),   # fully qualified: its final dot
+    ("my_db.private.internal", "my_db.private.internal"),   # private DNS's underscore
+])
+def test_verify_full_connects_to_a_host_named_as_private_dns_names_it(
+        postgres, relay, pki, tmp_path, monkeypatch, host, certified):
+    authority = Authority.create("private CA")
+    (tmp_path / "ca.pem").write_bytes(authority.pem())
+    server = Relay(str(Path(postgres.socket_dir) / f".s.PGSQL.{postgres.port}"),
+                   authority.issue(tmp_path, certified))
+    port = server.start()
+    resolve = socket.getaddrinfo   # the private zone: the name leads to this machine
+
+    def private_dns(name, *args, **kwargs):
+        return resolve("127.0.0.1" if name == host else name, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", private_dns)
+    connection = db.connect_with(
+        tcp_secret(postgres, port, host=host, sslrootcert=str(tmp_path / "ca.pem")), "test")
+    try:
+        assert connection.run("SELECT 1") == [[1]]
+    finally:
+        connection.close()
+    assert PASSWORD.encode() in server.finish().received
+
+
 def test_verify_ca_accepts_the_right_ca_under_another_host_name(postgres, relay, pki):
     server, port = relay()
     secret = tcp_secret(postgres, port, host="127.0.0.1", sslrootcert=pki["ca"],

@@ -347,7 +347,7 @@ def test_handler_fails_clearly_when_the_warehouse_is_down(aws, tmp_path):
 def test_an_unreadable_processed_manifest_stops_the_load_naming_it(conn, metrics, buckets):
     key = buckets.ingest_run()
     storage.put_new_json(buckets.processed, key, {"format": "totes.processed/0"})
-    with pytest.raises(load.LoadError, match=f"manifest {key} cannot be read: not a totes"):
+    with pytest.raises(load.LoadError, match=f"manifest {key} cannot be read: {key}: not a totes"):
         run(conn, metrics)
     assert conn.run('SELECT count(*) FROM "etl"."loaded_manifest"') == [[0]]
 

@@ -49,6 +49,22 @@ def test_a_login_without_select_on_the_tables_is_an_input_error_naming_the_grant
     assert f"GRANT SELECT ON {quoted} TO {db.quote_ident(role)}" in str(raised.value)
 
 
+def test_a_catalog_the_login_may_not_read_leaves_the_refusal_saying_the_hint_failed(
+        postgres, totesys, login):
+    role, admin = login
+    admin.run("REVOKE SELECT ON pg_catalog.pg_namespace FROM PUBLIC")   # a hardened catalog
+    try:
+        with pytest.raises(extract.SourceAccessError, match="permission denied for table "
+                                                            "address") as raised:
+            lock_as(postgres, totesys, role)
+    finally:
+        admin.run("GRANT SELECT ON pg_catalog.pg_namespace TO PUBLIC")
+    assert errors.kind_of(raised.value) == errors.INPUT
+    assert ("the catalog could not be asked which grant is missing (DatabaseError: permission "
+            "denied for table pg_namespace)") in str(raised.value)
+    assert "docs/deploy.md, \"The totesys login\"" in str(raised.value)
+
+
 def test_a_login_without_usage_on_the_schema_is_an_input_error_not_a_missing_table(
         postgres, totesys, login):
     role, admin = login

@@ -5,7 +5,7 @@ from datetime import date, datetime
 
 import pytest
 
-from totes import audit, audit_sql
+from totes import audit, audit_sql, storage
 from totes.capture import Snapshot, TableCursor
 from totes.manifest import IngestManifest
 from totes.warehouse_schema import TABLES, Column
@@ -110,6 +110,20 @@ def test_the_local_copy_of_the_bucket_reads_json_and_gzip_lines(tmp_path):
     store = audit.DirectoryStore(tmp_path)
     assert [int(line) for line in store.lines("_sweeps/k.keys.gz")] == [1, 2, 3]
     assert store.read_json("m.json") == {"a": 1}
+
+
+def test_the_local_copy_of_the_bucket_checks_a_document_s_seal(tmp_path):
+    sealed = {"a": 1, storage.SEAL_FIELD: storage.checksum(b'{"a":1}')}
+    (tmp_path / "m.json").write_text(json.dumps(sealed))
+    (tmp_path / "edited.json").write_text(json.dumps({**sealed, "a": 2}))
+    (tmp_path / "cut.json").write_text(json.dumps(sealed)[:9])
+    store = audit.DirectoryStore(tmp_path)
+    assert store.read_json("m.json") == {"a": 1}
+    with pytest.raises(storage.DamagedObjectError, match=f"{tmp_path / 'edited.json'} is not "
+                                                         "the document the pipeline wrote"):
+        store.read_json("edited.json")
+    with pytest.raises(storage.DamagedObjectError, match=f"{tmp_path / 'cut.json'} is not JSON"):
+        store.read_json("cut.json")
 
 
 def manifest(run: str, previous: str | None) -> dict:

@@ -343,12 +343,25 @@ def test_an_ipv6_address_is_a_host_not_a_host_with_a_port():
 
 
 @pytest.mark.parametrize("port, expected", [("5432", 5432), (" 6543 ", 6543), (6543, 6543),
-                                            (65535, 65535)])
+                                            (65535, 65535), (5432.0, 5432)])
 def test_a_port_stored_as_text_or_number_works(port, expected):
     assert db.connection_kwargs({**SECRET, "port": port})["port"] == expected
 
 
-@pytest.mark.parametrize("port", [0, 65536, "99999", -1, True, 5432.5, "5432.0", "５４３２"])
+def test_a_port_a_tool_wrote_as_a_whole_json_float_is_that_port():
+    secret = json.loads('{"host": "db.example.com", "port": 5432.0, "username": "u", '
+                        '"dbname": "d"}')
+    assert db.connection_kwargs(secret)["port"] == 5432
+    assert isinstance(db.connection_kwargs(secret)["port"], int)
+
+
+@pytest.mark.parametrize("host", ["db.example.internal.", "my_db.internal", "_pg.db.internal"])
+def test_a_host_as_private_dns_names_it_is_kept_as_given(host):
+    assert db.connection_kwargs({**SECRET, "host": host})["host"] == host
+
+
+@pytest.mark.parametrize("port", [0, 65536, "99999", -1, True, 5432.5, "5432.0", "５４３２",
+                                  65536.0, 0.0, float("nan"), float("inf")])
 def test_a_port_out_of_range_is_refused_naming_the_field(port):
     with pytest.raises(db.SecretFormatError, match='"port" is not a port number from 1 to 65535'):
         db.connection_kwargs({**SECRET, "port": port})

@@ -232,3 +232,16 @@ def test_table_definitions_that_are_not_fingerprints_of_our_tables_are_refused(
     document = {**V1, "format": INGEST_FORMAT, "tables": {}, "definitions": definitions}
     with pytest.raises(ManifestError, match=message):
         IngestManifest.parse(document)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda document: document.pop("run_id"), "malformed totes.ingest/2 manifest: KeyError"),
+    (lambda document: document.update(format="other/1"), "format 'other/1' is not one"),
+    (lambda document: document["tables"]["payment"].update(rows="x", files="x"), "malformed"),
+])
+def test_a_stored_manifest_that_does_not_parse_is_refused_naming_its_key(damage, message):
+    document = stored()
+    damage(document)
+    with pytest.raises(ManifestError, match=message) as caught:
+        IngestManifest.read(document, KEY)
+    assert str(caught.value).startswith(f"{KEY}: ")

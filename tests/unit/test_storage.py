@@ -6,6 +6,7 @@ through :func:`storage.put_new_object`, so these tests pin what it sends.
 """
 import ast
 import io
+import json
 import re
 import threading
 import time
@@ -157,13 +158,77 @@ def test_writers_sharing_background_puts_leave_the_last_wait_to_its_owner(bucket
 def test_a_json_object_beyond_the_bound_is_refused_after_a_bounded_read(bucket, monkeypatch):
     from totes.errors import INPUT, kind_of
 
-    monkeypatch.setattr(storage, "MAX_JSON_BYTES", 64)
+    monkeypatch.setattr(storage, "MAX_JSON_BYTES", 128)  # a sealed {"a": 1} is 70 bytes
     storage.put_new_json(bucket, "small.json", {"a": 1})
     storage.put_new_object(bucket, "big.json", b"[" + b"0," * 1000 + b"0]", "application/json")
     assert storage.read_json(bucket, "small.json") == {"a": 1}
-    with pytest.raises(storage.ObjectTooLargeError, match="big.json is larger than 64") as caught:
+    with pytest.raises(storage.ObjectTooLargeError, match="big.json is larger than 128") as caught:
         storage.read_json(bucket, "big.json")
     assert kind_of(caught.value) == INPUT
+
+
+MANIFEST = {"format": "totes.ingest/2", "run_id": "20240102T080000000Z-bbbbbbbb",
+            "tables": {"sales_order": {"rows": 2, "files": [{"key": "a.jsonl", "rows": 2}]}}}
+
+
+def test_a_json_document_is_written_with_a_seal_over_its_fields_and_read_without_it(bucket):
+    storage.put_new_json(bucket, "m.json", MANIFEST)
+    raw = json.loads(storage.read_bytes(bucket, "m.json"))
+    assert raw.pop(storage.SEAL_FIELD) == storage.checksum(
+        json.dumps(MANIFEST, sort_keys=True, separators=(",", ":")).encode())
+    assert raw == MANIFEST
+    assert storage.read_json(bucket, "m.json") == MANIFEST
+    with pytest.raises(ValueError, match="has a 'sha256' field already"):
+        storage.put_new_json(bucket, "n.json", {**MANIFEST, "sha256": "x"})
+
+
+def test_a_document_is_sealed_as_a_reader_parses_it_whatever_its_keys_and_sequences(bucket):
+    storage.put_new_json(bucket, "n.json", {10: ("a", 1.5), 9: None, "x": [True]})
+    assert storage.read_json(bucket, "n.json") == {"10": ["a", 1.5], "9": None, "x": [True]}
+
+
+def test_a_document_written_before_seals_is_read_as_it_stands(bucket):
+    boto3.client("s3").put_object(Bucket=bucket, Key="old.json", Body=json.dumps(MANIFEST))
+    assert storage.read_json(bucket, "old.json") == MANIFEST
+
+
+@pytest.mark.parametrize("damage, body, message", [
+    ("truncated", lambda sealed: sealed[:len(sealed) // 2], r"is not JSON \(Unterminated"),
+    ("not UTF-8", lambda sealed: b"\xff" + sealed, r"is not JSON \("),
+    ("a field edited", lambda sealed: sealed.replace(b'"rows": 2', b'"rows": 3', 1),
+     "is not the document the pipeline wrote: its fields have SHA-256"),
+    ("a field added", lambda sealed: sealed.replace(b'{', b'{"complete": false, ', 1),
+     "is not the document the pipeline wrote"),
+    ("a field taken away", lambda sealed: re.sub(rb'"run_id": "[^"]*",', b"", sealed),
+     "is not the document the pipeline wrote"),
+    ("the seal replaced", lambda sealed: re.sub(rb'"sha256": "[^"]*"', b'"sha256": "forged"',
+                                                sealed),
+     "its seal \\(sha256\\) says 'forged'"),
+])
+def test_a_json_document_damaged_in_the_bucket_is_an_input_error_naming_it(
+        bucket, damage, body, message):
+    from totes.errors import INPUT, kind_of
+
+    storage.put_new_json(bucket, "m.json", MANIFEST)
+    damaged = body(storage.read_bytes(bucket, "m.json"))
+    boto3.client("s3").put_object(Bucket=bucket, Key="m.json", Body=damaged)  # a test's privilege
+    with pytest.raises(storage.DamagedObjectError, match=message) as caught:
+        storage.read_json(bucket, "m.json")
+    assert "s3://storage-test/m.json" in str(caught.value), damage
+    assert kind_of(caught.value) == INPUT
+
+
+def test_a_json_object_whose_body_s3_checksum_does_not_match_is_refused(bucket):
+    from moto.s3.models import s3_backends
+
+    storage.put_new_json(bucket, "m.json", MANIFEST)
+    stored = s3_backends["123456789012"]["global"].buckets[bucket].keys["m.json"]
+    body = stored.value
+    stored.value = body.replace(b'"rows": 2', b'"rows": 3', 1)  # same length, checksum kept
+    with pytest.raises(storage.DamagedObjectError,
+                       match=r"s3://storage-test/m.json: the body read is not the one S3 "
+                             r"recorded a checksum for \(Expected checksum"):
+        storage.read_json(bucket, "m.json")
 
 
 def test_stray_objects_under_the_manifest_prefix_are_reported_once_and_never_taken(

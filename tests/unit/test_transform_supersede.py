@@ -67,7 +67,7 @@ def test_a_skip_releases_even_an_ingest_manifest_that_cannot_be_read():
     first = write_run(INGEST, full_batch(), stamp=STAMPS[0])
     broken = "_manifests/2024/11/15/20241115T142509001Z-0badf00d.json"
     storage.put_new_object(INGEST, broken, b"{not json", "application/json")
-    with pytest.raises(transform.TransformInputError, match="not valid JSON"):
+    with pytest.raises(transform.TransformInputError, match=f"s3://{INGEST}/{broken} is not JSON"):
         run(broken)
     supersede.write_skip(PROCESSED, "transform", broken, "truncated upload", "arn:me")
     assert run(broken).skipped == [broken]
