@@ -553,6 +553,9 @@ def where_problems(secret: Mapping[str, Any]) -> dict[str, str]:
             problems["host"] = f"contains white space: {_BARE_HOST}"
         elif host.count(":") == 1 and host.rpartition(":")[2].isdigit():
             problems["host"] = f"ends in a port (:{host.rpartition(':')[2]}): {_BARE_HOST}"
+        elif host.endswith(".") and host[:-1].rpartition(".")[2].isdigit():
+            problems["host"] = ("is an IP address with a final dot, which no resolver accepts "
+                                f"(a final dot is for names): {_BARE_HOST}")
     if secret.get("port") not in (None, "") and _port(secret["port"]) is None:
         problems["port"] = ("is not a port number from 1 to 65535: store it as 5432 or \"5432\", "
                             "or leave it out for 5432")

@@ -395,7 +395,7 @@ def put_new_object_on(puts: BackgroundPuts | None, bucket: str, key: str, body: 
 def _seal(document: Mapping[str, Any]) -> str:
     """The SHA-256 (base64) of ``document``'s canonical JSON: sorted keys, no white space."""
     return checksum(json.dumps(document, sort_keys=True, separators=(",", ":"),
-                               ensure_ascii=False).encode())
+                               ensure_ascii=True).encode())
 
 
 def put_new_json(bucket: str, key: str, document: Any) -> None:

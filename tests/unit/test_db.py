@@ -381,6 +381,12 @@ def test_a_url_in_the_secrets_host_is_named_in_the_secret(no_connection_fields):
                                   config.TOTESYS, "ts-secret")
 
 
+@pytest.mark.parametrize("host", ["10.0.1.5.", "127.0.0.1."])
+def test_an_ip_address_with_a_final_dot_is_refused_naming_the_field(host, no_connection_fields):
+    with pytest.raises(db.SecretFormatError, match="is an IP address with a final dot"):
+        db.with_connection_fields({**SECRET, "host": host}, config.TOTESYS, "ts-secret")
+
+
 @pytest.mark.parametrize("stored, field", [("database", "dbname"), ("user", "username"),
                                            ("Host", "host"), ("endpoint", "host")])
 def test_a_field_stored_under_another_name_says_which_key_to_rename(

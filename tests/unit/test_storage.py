@@ -187,6 +187,12 @@ def test_a_document_is_sealed_as_a_reader_parses_it_whatever_its_keys_and_sequen
     assert storage.read_json(bucket, "n.json") == {"10": ["a", 1.5], "9": None, "x": [True]}
 
 
+def test_a_document_with_text_no_utf_8_can_hold_is_sealed_and_read_back(bucket):
+    reason = b"caf\xe9 bug".decode("utf-8", "surrogateescape")  # as sys.argv decodes Latin-1
+    storage.put_new_json(bucket, "r.json", {"reason": reason, "by": "Zoë 🚀"})
+    assert storage.read_json(bucket, "r.json") == {"reason": reason, "by": "Zoë 🚀"}
+
+
 def test_a_document_written_before_seals_is_read_as_it_stands(bucket):
     boto3.client("s3").put_object(Bucket=bucket, Key="old.json", Body=json.dumps(MANIFEST))
     assert storage.read_json(bucket, "old.json") == MANIFEST

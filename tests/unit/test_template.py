@@ -814,14 +814,15 @@ def test_a_port_parameter_takes_only_empty_or_1_to_65535(name):
     assert accepted == {"", *map(str, range(1, 65_536))}
 
 
-# A fully qualified name's final dot and private DNS's underscores are what resolvers accept.
+# A fully qualified name's final dot and private DNS's underscores are what resolvers accept;
+# an IPv4 address with a final dot is not one (getaddrinfo refuses it: it would fail every run).
 HOSTS_ACCEPTED = ("", "totesys.abc123xyz.eu-west-2.rds.amazonaws.com", "localhost", "10.0.3.17",
                   "fd00:ec2::254", "::1", "db-1", "db.example.internal.", "my_db.internal",
-                  "_pg.db.internal", "db.")
+                  "_pg.db.internal", "db.", "db-1.internal.")
 HOSTS_REFUSED = ("postgres://etl:pw@db.example.com:5432/totesys", "db.example.com:5432",
                  "etl@db.example.com", " db.example.com", "db.example.com ", "db example.com",
                  "db.example.com/totesys", "-db", ".", "db..", "db.example.com.:5432",
-                 "db.internal.\n")
+                 "db.internal.\n", "10.0.1.5.", "127.0.0.1.", "-db.")
 
 
 @pytest.mark.parametrize("name", ["TotesysHost", "WarehouseHost"])
