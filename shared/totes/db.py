@@ -35,7 +35,7 @@ from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS
 
 from totes import config, observability
-from totes.errors import InputError, PipelineError, TransientError
+from totes.errors import InputError, TransientError
 
 logger = observability.service_logger()
 
@@ -553,7 +553,7 @@ def where_problems(secret: Mapping[str, Any]) -> dict[str, str]:
             problems["host"] = f"contains white space: {_BARE_HOST}"
         elif host.count(":") == 1 and host.rpartition(":")[2].isdigit():
             problems["host"] = f"ends in a port (:{host.rpartition(':')[2]}): {_BARE_HOST}"
-        elif host.endswith(".") and host[:-1].rpartition(".")[2].isdigit():
+        elif host.endswith(".") and (":" in host or host[:-1].rpartition(".")[2].isdigit()):
             problems["host"] = ("is an IP address with a final dot, which no resolver accepts "
                                 f"(a final dot is for names): {_BARE_HOST}")
     if secret.get("port") not in (None, "") and _port(secret["port"]) is None:
@@ -656,7 +656,7 @@ def connect(secret_id: str, *, timeout: float | None = CONNECT_TIMEOUT_SECONDS,
         # The secret may have been rotated since this container cached it: read it anew, once.
         try:
             renewed = fetch_secret(secret_id, database, renew=True)
-        except PipelineError as unread:   # the refusal is what happened; the re-read only checks
+        except InputError as unread:  # the refusal is what happened (a transient error is retried)
             raise LoginRefusedError(f"{refused} (whether the secret was rotated since could not "
                                     f"be checked: reading it again failed: {unread})") from unread
         if renewed != cached:
@@ -668,7 +668,7 @@ def connect(secret_id: str, *, timeout: float | None = CONNECT_TIMEOUT_SECONDS,
             connection = _connect_through(pending, secret_id, database, timeout)
         except LoginRefusedError:
             raise refused from None
-        except PipelineError as unusable:  # a malformed or unreachable pending version
+        except InputError as unusable:  # a malformed pending version (an unreachable one: retried)
             raise LoginRefusedError(f"{refused} (the secret's AWSPENDING version could not be "
                                     f"tried: {unusable})") from unusable
     logger.info("connected with the secret's AWSPENDING version: a rotation is between "

@@ -381,7 +381,7 @@ def test_a_url_in_the_secrets_host_is_named_in_the_secret(no_connection_fields):
                                   config.TOTESYS, "ts-secret")
 
 
-@pytest.mark.parametrize("host", ["10.0.1.5.", "127.0.0.1."])
+@pytest.mark.parametrize("host", ["10.0.1.5.", "127.0.0.1.", "::1.", "fd00:ec2::23."])
 def test_an_ip_address_with_a_final_dot_is_refused_naming_the_field(host, no_connection_fields):
     with pytest.raises(db.SecretFormatError, match="is an IP address with a final dot"):
         db.with_connection_fields({**SECRET, "host": host}, config.TOTESYS, "ts-secret")
@@ -424,3 +424,37 @@ def test_a_database_that_never_answers_says_what_a_vpc_needs(silent_endpoint):
     assert time.monotonic() - started < 10
     assert errors.kind_of(caught.value) == errors.TRANSIENT
     assert "s3cr3t!" not in str(caught.value)
+
+
+def _refused(*_args: object) -> None:
+    raise db.LoginRefusedError('password authentication failed for user "etl" (SQLSTATE 28P01)')
+
+
+def test_a_refused_login_whose_secret_cannot_be_read_again_for_now_is_retried_not_paged(
+        monkeypatch):
+    def fetch(secret_id, database=None, *, renew=False):
+        if renew:  # the re-read after the refusal: Secrets Manager did not answer this time
+            raise db.SecretsManagerUnreachableError("Secrets Manager did not answer")
+        return {**SECRET, "password": "stale"}
+
+    monkeypatch.setattr(db, "fetch_secret", fetch)
+    monkeypatch.setattr(db, "_connect_through", _refused)
+    with pytest.raises(db.SecretsManagerUnreachableError) as caught:
+        db.connect("s")
+    assert errors.kind_of(caught.value) == errors.TRANSIENT
+
+
+def test_a_pending_version_that_times_out_once_is_retried_not_paged(monkeypatch):
+    cached, pending = {**SECRET, "password": "stale"}, {**SECRET, "password": "new"}
+    monkeypatch.setattr(db, "fetch_secret", lambda *_args, **_options: cached)
+    monkeypatch.setattr(db, "_pending_secret", lambda _secret_id: pending)
+
+    def connect_through(chosen, *_args):
+        if chosen is pending:  # the right password, but this connect timed out
+            raise db.DatabaseUnavailableError("timed out connecting to db.example.com:5432")
+        _refused()
+
+    monkeypatch.setattr(db, "_connect_through", connect_through)
+    with pytest.raises(db.DatabaseUnavailableError) as caught:
+        db.connect("s")
+    assert errors.kind_of(caught.value) == errors.TRANSIENT
