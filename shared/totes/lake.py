@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import boto3
 
-from totes.lake_schema import (MANIFEST_KEY, LakeTable, arrow_schema, iceberg_schema, time_text,
-                               to_lake)
+from totes.lake_schema import (MANIFEST_KEY, LakeTable, arrow_schema, iceberg_schema, iceberg_type,
+                               time_text, to_lake)
 from totes.errors import InputError
 from totes.supersede import Markers
 
@@ -105,7 +105,7 @@ def open_table(catalog: "GlueCatalog", database: str, table: LakeTable) -> "Iceb
     from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
 
     try:
-        return catalog.load_table((database, table.name))
+        return with_new_columns(catalog.load_table((database, table.name)), table)
     except NoSuchTableError:
         pass
     try:
@@ -113,6 +113,24 @@ def open_table(catalog: "GlueCatalog", database: str, table: LakeTable) -> "Iceb
             (database, table.name), schema=iceberg_schema(table), properties=TABLE_PROPERTIES)
     except TableAlreadyExistsError:
         return catalog.load_table((database, table.name))
+
+
+def with_new_columns(found: "IcebergTable", table: LakeTable) -> "IcebergTable":
+    """Add to ``found`` the contract's columns it lacks (a release added them), in one commit.
+
+    Without them every later append would be refused as not matching the table's
+    schema. Each is added optional, whatever the contract says: the data files already
+    written have no value for it, so every engine reads it as NULL in their rows
+    (Iceberg refuses a required column that existing files lack). Columns the table has
+    are never changed or dropped, so a table stays readable by each snapshot's schema.
+    """
+    have = set(found.schema().column_names)
+    missing = [column for column in table.columns if column.name not in have]
+    if missing:
+        with found.update_schema() as update:
+            for column in missing:
+                update.add_column(column.name, iceberg_type(column))
+    return found
 
 
 def summary_value(snapshot: "Snapshot | None", name: str) -> str | None:
