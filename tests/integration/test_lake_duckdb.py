@@ -9,8 +9,9 @@ Athena, Spark and Trino take, from Glue's ``metadata_location`` to S3, with noth
 of pyiceberg between. The rows must equal the warehouse's, the same manifests
 loaded by the load: values and types (dates, ``decimal(10,2)``, the times as the
 lake's ``HH:MM:SS.fff`` text, NULLs), after publishes that replace dimension
-members, append fact versions, correct one, record deletions, and add a column to a
-table that already holds data files without it.
+members, append fact versions, correct one, record deletions, add a column to a
+table that already holds data files without it, and after an operator's revision
+(the lake's tables put back in an overwrite, the manifest's new output on top).
 """
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
@@ -22,9 +23,10 @@ import pytest
 from loadkit import DAY, Buckets, dimensions, gone, payment, purchase, sale
 
 from tests.e2e.lake_kit import compared, warehouse_view
-from totes import lake, load, publish, stage
+from totes import lake, load, publish, stage, supersede
 from totes.lake_schema import LAKE_TABLES, LakeTable, iceberg_schema
 from totes.stage import Deadline
+from totes_local import supersede_cli
 
 pytestmark = pytest.mark.integration
 
@@ -141,6 +143,13 @@ def publish_and_load(aws, conn) -> None:
     assert publish.run_publish(settings, Deadline.unbounded()).manifests_published
 
 
+def table_files(aws) -> int:
+    """How many data files the table that gained :data:`ADDED` reads, checking it has it."""
+    table = lake.glue_catalog(aws["LAKE_BUCKET"]).load_table((aws["LAKE_DATABASE"], ADDED[0]))
+    assert ADDED[1] in table.schema().column_names
+    return len(list(table.scan().plan_files()))
+
+
 def without_added_column(monkeypatch) -> None:
     """The contract as a release before :data:`ADDED` had it: the lake's table lacks the column."""
     columns = LakeTable.columns
@@ -152,17 +161,21 @@ def without_added_column(monkeypatch) -> None:
     monkeypatch.setattr(LakeTable, "columns", property(older))
 
 
-def test_duckdb_reads_every_lake_table_as_the_warehouse_holds_it_through_changes_and_a_new_column(
+def test_duckdb_reads_every_lake_table_as_the_warehouse_holds_it_through_changes_and_a_revision(
         aws, warehouse_conn, duckdb_s3, monkeypatch):
     buckets = Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"])
-    detected = datetime(2024, 11, 15, 15, 0, tzinfo=timezone.utc)
+    # each run starts just after the versions it captures, as ingest's do (a revision's reload
+    # removes the warehouse's versions stamped from its manifest's start on: supersede_cli)
+    runs = [datetime(2024, 11, 15, hour, minute, tzinfo=timezone.utc)
+            for hour, minute in ((10, 5), (11, 35), (12, 5))]
     days = dates(DAY, date(2024, 11, 18), date(2024, 11, 20))
     with monkeypatch.context() as older:
         without_added_column(older)
         buckets.publish({**dimensions(), "dim_location": locations(None), "dim_date": days,
                          "fact_sales_order": [sale(1), sale(2, unit_price=Decimal("0.05"))],
                          "fact_purchase_orders": [purchase(1)],
-                         "fact_payment": [payment(1), payment(2, paid=True)]})
+                         "fact_payment": [payment(1), payment(2, paid=True)]},
+                        started_at=runs[0])
         publish_and_load(aws, warehouse_conn)
         assert_duckdb_reads_the_warehouse(duckdb_s3, aws, warehouse_conn)
 
@@ -170,22 +183,31 @@ def test_duckdb_reads_every_lake_table_as_the_warehouse_holds_it_through_changes
         later = time(11, 30, 0, 5000)
         buckets.publish(
             {**dimensions(first_name="Grace"),
-             "fact_sales_order": [sale(1, updated=later, units_sold=99, created=time(0, 0)),
+             "fact_sales_order": [sale(1, updated=later, units_sold=99, created_time=time(0, 0)),
                                   sale(3, updated=later, agreed_delivery_date=DAY)],
              "fact_purchase_orders": [purchase(1, item_quantity=4)]},
-            deletions={"fact_payment": [gone("fact_payment", 2, detected)]})
+            deletions={"fact_payment": [gone("fact_payment", 2, runs[1] - timedelta(minutes=1))]},
+            started_at=runs[1])
         publish_and_load(aws, warehouse_conn)
         assert_duckdb_reads_the_warehouse(duckdb_s3, aws, warehouse_conn)
 
     # the contract gains the column: location 1 stays in a data file written without it
-    buckets.publish({"dim_location": locations("Unit 4")[1:],
-                     "fact_sales_order": [sale(2, updated=time(12, 0), units_sold=1)]},
-                    deletions={"fact_sales_order": [gone("fact_sales_order", 3,
-                                                         detected + timedelta(hours=1))]})
+    deleted = {"fact_sales_order": [gone("fact_sales_order", 3, runs[2] - timedelta(minutes=1))]}
+    third = buckets.publish({"dim_location": locations("Unit 4")[1:],
+                             "fact_sales_order": [sale(2, updated=time(12, 0), units_sold=1)]},
+                            deletions=deleted, started_at=runs[2])
     publish_and_load(aws, warehouse_conn)
     assert_duckdb_reads_the_warehouse(duckdb_s3, aws, warehouse_conn)
-    table = lake.glue_catalog(aws["LAKE_BUCKET"]).load_table((aws["LAKE_DATABASE"], ADDED[0]))
-    assert ADDED[1] in table.schema().column_names
-    assert len(list(table.scan().plan_files())) == 2, "location 1's file predates the column"
+    added_in = table_files(aws)
+
+    # an operator's revision from that manifest: each side put back, then its new output on top
+    supersede.declare_revision(aws["PROCESSED_BUCKET"], third, "units bug", "arn:ops")
+    buckets.transform(third, {"dim_location": locations("Unit 5")[1:],
+                              "fact_sales_order": [sale(2, updated=time(12, 0), units_sold=2)]},
+                      deletions=deleted, revision=1)
+    warehouse_conn.run(" ".join(supersede_cli.reload_sql(third)))
+    publish_and_load(aws, warehouse_conn)
+    assert_duckdb_reads_the_warehouse(duckdb_s3, aws, warehouse_conn)
+    assert table_files(aws) == added_in
     glue = boto3.client("glue").get_table(DatabaseName=aws["LAKE_DATABASE"], Name=ADDED[0])
     assert ADDED[1] in [column["Name"] for column in glue["Table"]["StorageDescriptor"]["Columns"]]
