@@ -123,14 +123,27 @@ def with_new_columns(found: "IcebergTable", table: LakeTable) -> "IcebergTable":
     written have no value for it, so every engine reads it as NULL in their rows
     (Iceberg refuses a required column that existing files lack). Columns the table has
     are never changed or dropped, so a table stays readable by each snapshot's schema.
+    A writer that committed since ``found`` was read (another publish adding the same
+    columns) makes the change be computed again from the table as it is now, once:
+    adding what is missing is the same change from any state, never a replayed one.
     """
+    from pyiceberg.exceptions import CommitFailedException
+
+    try:
+        _add_missing_columns(found, table)
+    except CommitFailedException:
+        found.refresh()
+        _add_missing_columns(found, table)
+    return found
+
+
+def _add_missing_columns(found: "IcebergTable", table: LakeTable) -> None:
     have = set(found.schema().column_names)
     missing = [column for column in table.columns if column.name not in have]
     if missing:
         with found.update_schema() as update:
             for column in missing:
                 update.add_column(column.name, iceberg_type(column))
-    return found
 
 
 def summary_value(snapshot: "Snapshot | None", name: str) -> str | None:

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 from loadkit import Buckets, dimensions, parquet_bytes
 
-from totes import errors, keys, lake, lake_io, publish, storage, supersede
+from totes import errors, keys, lake, lake_io, lake_schema, publish, storage, supersede
 from totes.config import ConfigurationError
 from totes.lake_schema import LAKE_TABLES
 from totes.manifest import ManifestError, ProcessedManifest
@@ -146,6 +146,27 @@ def test_a_writer_that_committed_first_makes_the_next_commit_a_transient_conflic
     change = lake.dimension_change(stale, LAKE_TABLES["dim_currency"], currencies("Euro"))
     with pytest.raises(publish.PublishConflictError):
         lake_tables.commit("dim_currency", change, SECOND, SECOND)
+
+
+def test_two_publishes_adding_the_same_new_column_add_it_once_and_neither_fails(aws):
+    from pyiceberg.schema import Schema
+
+    catalog, spec = lake.glue_catalog(aws["LAKE_BUCKET"]), LAKE_TABLES["dim_location"]
+    current = lake_schema.iceberg_schema(spec)
+    older = Schema(*[field for field in current.fields if field.name != "address_line_2"],
+                   identifier_field_ids=current.identifier_field_ids)
+    catalog.create_table((aws["LAKE_DATABASE"], spec.name), schema=older,
+                         properties=lake.TABLE_PROPERTIES)
+    stale = catalog.load_table((aws["LAKE_DATABASE"], spec.name))
+
+    first = lake.open_table(catalog, aws["LAKE_DATABASE"], spec)
+    second = lake.with_new_columns(stale, spec)  # read before the first one's commit
+
+    assert first.schema().column_names[-1] == second.schema().column_names[-1] == "address_line_2"
+    found = catalog.load_table((aws["LAKE_DATABASE"], spec.name))
+    assert found.schema().column_names.count("address_line_2") == 1
+    assert not found.schema().find_field("address_line_2").required
+    assert len(found.schemas()) == 2
 
 
 def test_expiry_forgets_old_snapshots_but_never_the_current_one_or_a_file(aws):
