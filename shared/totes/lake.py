@@ -14,7 +14,9 @@ The rules are the load's, so the lake equals the warehouse:
 * a fact history gains every version not already there (same business id and
   ``last_updated``), in capture order with new record ids; a version already there
   with other values is corrected (the old row deleted, the new one appended with a
-  new record id, so it ranks latest); then each deletion record adds one deletion
+  new record id, so it ranks latest), and so is one with the same values that is not
+  its id's latest version (a deletion or a lost version came after it: the row is
+  back as it was); then each deletion record adds one deletion
   version, a copy of the id's latest version stamped with the detection time,
   unless that version records a deletion already;
 * ``fact_*_current`` holds the latest version of each business id the manifest
@@ -427,7 +429,11 @@ def fact_change(history: "IcebergTable", current: "IcebergTable", spec: LakeTabl
     ids = set(incoming[business_id].to_pylist()) | set(deleted[business_id].to_pylist())
     existing = _scan(history, spec, business_id, ids)
     matched = _match(incoming, existing, unique, compared, record_id)
-    kept = matched.filter(pc.invert(matched["_same"]))
+    latest = existing.group_by(business_id).aggregate([(record_id, "max")])[f"{record_id}_max"]
+    is_latest: Any = pc.is_in(matched[f"_old_{record_id}"], value_set=latest.combine_chunks())
+    still_latest: Any = pc.fill_null(is_latest, False)
+    unchanged: Any = pc.and_(matched["_same"], still_latest)
+    kept = matched.filter(pc.invert(unchanged))
     corrected = kept.filter(kept["_found"])[f"_old_{record_id}"].to_pylist()
     kept = _renumber(conform(spec, kept), record_id, next_record_id)
     next_record_id += kept.num_rows

@@ -10,7 +10,8 @@ of pyiceberg between. The rows must equal the warehouse's, the same manifests
 loaded by the load: values and types (dates, ``decimal(10,2)``, the times as the
 lake's ``HH:MM:SS.fff`` text, NULLs), after publishes that replace dimension
 members, append fact versions, correct one, record deletions, add a column to a
-table that already holds data files without it, and after an operator's revision
+table that already holds data files without it, bring a deleted row back as it was
+(its old version ranks latest again, as the warehouse ranks it), and after an operator's revision
 (the lake's tables put back in an overwrite, the manifest's new output on top).
 """
 from datetime import date, datetime, time, timedelta, timezone
@@ -193,9 +194,11 @@ def test_duckdb_reads_every_lake_table_as_the_warehouse_holds_it_through_changes
 
     # the contract gains the column: location 1 stays in a data file written without it
     deleted = {"fact_sales_order": [gone("fact_sales_order", 3, runs[2] - timedelta(minutes=1))]}
+    # and payment 2, deleted, is back as it was (its first version again: it ranks latest)
+    back = {"fact_payment": [payment(2, paid=True)]}
     third = buckets.publish({"dim_location": locations("Unit 4")[1:],
-                             "fact_sales_order": [sale(2, updated=time(12, 0), units_sold=1)]},
-                            deletions=deleted, started_at=runs[2])
+                             "fact_sales_order": [sale(2, updated=time(12, 0), units_sold=1)],
+                             **back}, deletions=deleted, started_at=runs[2])
     publish_and_load(aws, warehouse_conn)
     assert_duckdb_reads_the_warehouse(duckdb_s3, aws, warehouse_conn)
     added_in = table_files(aws)
@@ -203,8 +206,8 @@ def test_duckdb_reads_every_lake_table_as_the_warehouse_holds_it_through_changes
     # an operator's revision from that manifest: each side put back, then its new output on top
     supersede.declare_revision(aws["PROCESSED_BUCKET"], third, "units bug", "arn:ops")
     buckets.transform(third, {"dim_location": locations("Unit 5")[1:],
-                              "fact_sales_order": [sale(2, updated=time(12, 0), units_sold=2)]},
-                      deletions=deleted, revision=1)
+                              "fact_sales_order": [sale(2, updated=time(12, 0), units_sold=2)],
+                              **back}, deletions=deleted, revision=1)
     warehouse_conn.run(" ".join(supersede_cli.reload_sql(third)))
     publish_and_load(aws, warehouse_conn)
     assert_duckdb_reads_the_warehouse(duckdb_s3, aws, warehouse_conn)
