@@ -47,11 +47,7 @@ def compared(name: str) -> tuple[list[str], str]:
 
 
 def warehouse_view(e2e, name: str) -> list[tuple]:
-    """A lake table's rows as the warehouse has them, in the order the lake's are compared in.
-
-    Dimensions by key, current facts by business id, histories in record id (capture)
-    order; neither the record ids (each side numbers its own) nor the manifest compared.
-    """
+    """A lake table's rows as the warehouse has them: :func:`compared`'s columns, in its order."""
     columns, order = compared(name)
     quoted = ", ".join(f'"{column}"' for column in columns)
     rows = e2e.warehouse_rows(f'SELECT {quoted} FROM "{name}" ORDER BY "{order}"')
