@@ -123,7 +123,9 @@ def with_new_columns(found: "IcebergTable", table: LakeTable) -> "IcebergTable":
     Without them every later append would be refused as not matching the table's
     schema. Each is added optional, whatever the contract says: the data files already
     written have no value for it, so every engine reads it as NULL in their rows
-    (Iceberg refuses a required column that existing files lack). Columns the table has
+    (Iceberg refuses a required column that existing files lack, and v2 has no default
+    for it); the publish reads a NOT NULL column's default there (:func:`_scan`), and
+    refuses, as the warehouse's migration does, one without a default. Columns the table has
     are never changed or dropped, so a table stays readable by each snapshot's schema.
     A writer that committed since ``found`` was read (another publish adding the same
     columns) makes the change be computed again from the table as it is now, once:
@@ -139,9 +141,19 @@ def with_new_columns(found: "IcebergTable", table: LakeTable) -> "IcebergTable":
     return found
 
 
+class ColumnError(InputError):
+    """A column the contract gained that the lake, like the warehouse, cannot add."""
+
+
 def _add_missing_columns(found: "IcebergTable", table: LakeTable) -> None:
     have = set(found.schema().column_names)
     missing = [column for column in table.columns if column.name not in have]
+    refused = [column.name for column in missing if not column.nullable and column.default is None]
+    if refused:
+        raise ColumnError(
+            f"{table.name}: {', '.join(refused)} NOT NULL without a default cannot be added to a "
+            "table that has rows (the warehouse's migration refuses it too): give the contract "
+            "column a default or make it nullable")
     if missing:
         with found.update_schema() as update:
             for column in missing:
@@ -294,7 +306,25 @@ def _scan(table: "IcebergTable", spec: LakeTable, column: str, values: Iterable[
     if table.current_snapshot() is None or not wanted:
         return schema.empty_table()
     rows = table.scan(row_filter=one_of(column, wanted), selected_fields=tuple(names)).to_arrow()
-    return rows.select(names).cast(schema)
+    return _with_defaults(spec, rows.select(names)).cast(schema)
+
+
+def _with_defaults(spec: LakeTable, rows: "pa.Table") -> "pa.Table":
+    """``rows`` with each NOT NULL column's ``default`` where they read NULL.
+
+    Such a column was added after data files were written without it (Iceberg v2 has
+    no default for them: they read NULL); the warehouse's migration gave its older
+    rows the default, so the lake's rules see what the load sees.
+    """
+    import pyarrow.compute as pc
+
+    for column in spec.columns:
+        if column.default is not None and not column.nullable and column.name in rows.column_names:
+            index = rows.schema.get_field_index(column.name)
+            values: Any = rows[column.name]
+            filled: Any = pc.fill_null(values, column.default)
+            rows = rows.set_column(index, rows.schema.field(index), filled)
+    return rows
 
 
 def one_of(column: str, values: Iterable[object]) -> "BooleanExpression":
