@@ -125,8 +125,10 @@ def with_new_columns(found: "IcebergTable", table: LakeTable) -> "IcebergTable":
     written have no value for it, so every engine reads it as NULL in their rows
     (Iceberg refuses a required column that existing files lack, and v2 has no default
     for it); the publish reads a NOT NULL column's default there (:func:`_scan`), and
-    refuses, as the warehouse's migration does, one without a default. Columns the table has
-    are never changed or dropped, so a table stays readable by each snapshot's schema.
+    refuses, as the warehouse's migration does, one without a default. A required column
+    the contract no longer has is made optional in the same change (the rows appended
+    from then on lack it); none is dropped, so a table stays readable by each snapshot's
+    schema.
     A writer that committed since ``found`` was read (another publish adding the same
     columns) makes the change be computed again from the table as it is now, once:
     adding what is missing is the same change from any state, never a replayed one.
@@ -146,18 +148,22 @@ class ColumnError(InputError):
 
 
 def _add_missing_columns(found: "IcebergTable", table: LakeTable) -> None:
-    have = set(found.schema().column_names)
-    missing = [column for column in table.columns if column.name not in have]
+    schema = found.schema()
+    missing = [column for column in table.columns if column.name not in schema.column_names]
     refused = [column.name for column in missing if not column.nullable and column.default is None]
     if refused:
         raise ColumnError(
             f"{table.name}: {', '.join(refused)} NOT NULL without a default cannot be added to a "
             "table that has rows (the warehouse's migration refuses it too): give the contract "
             "column a default or make it nullable")
-    if missing:
+    dropped = [field.name for field in schema.fields
+               if field.required and field.name not in table.column_names]
+    if missing or dropped:
         with found.update_schema() as update:
             for column in missing:
                 update.add_column(column.name, iceberg_type(column))
+            for name in dropped:
+                update.make_column_optional(name)
 
 
 def summary_value(snapshot: "Snapshot | None", name: str) -> str | None:

@@ -175,6 +175,25 @@ def test_two_publishes_adding_the_same_new_column_add_it_once_and_neither_fails(
     assert len(found.schemas()) == 2
 
 
+def test_a_column_the_contract_no_longer_has_is_made_optional_and_publishing_goes_on(
+        aws, monkeypatch):
+    table = currency_table(aws)
+    commit(table, currencies("Pound Sterling", "Euro"), FIRST)
+    columns = lake_schema.LakeTable.columns
+    monkeypatch.setattr(lake_schema.LakeTable, "columns", property(
+        lambda self: tuple(column for column in columns.fget(self)  # type: ignore[attr-defined]
+                           if (self.name, column.name) != ("dim_currency", "currency_name"))))
+
+    table = currency_table(aws)
+    assert not table.schema().find_field("currency_name").required
+    commit(table, currencies("Pound Sterling", "Euro", "Dollar").drop_columns(["currency_name"]),
+           SECOND)
+    assert sorted(table.scan().to_arrow().to_pylist(), key=lambda row: row["currency_id"]) == [
+        {"currency_id": 1, "currency_code": "POU", "currency_name": "Pound Sterling"},
+        {"currency_id": 2, "currency_code": "EUR", "currency_name": "Euro"},
+        {"currency_id": 3, "currency_code": "DOL", "currency_name": None}]
+
+
 def payments(*versions: dict) -> pa.Table:
     """Payment versions in the contract's Arrow types, as a manifest's rows reach publish."""
     return arrow_table("fact_payment", list(versions))
