@@ -120,18 +120,19 @@ def open_table(catalog: "GlueCatalog", database: str, table: LakeTable) -> "Iceb
 def with_new_columns(found: "IcebergTable", table: LakeTable) -> "IcebergTable":
     """Add to ``found`` the contract's columns it lacks (a release added them), in one commit.
 
-    Without them every later append would be refused as not matching the table's
-    schema. Each is added optional, whatever the contract says: the data files already
-    written have no value for it, so every engine reads it as NULL in their rows
-    (Iceberg refuses a required column that existing files lack, and v2 has no default
-    for it); the publish reads a NOT NULL column's default there (:func:`_scan`), and
-    refuses, as the warehouse's migration does, one without a default. A required column
-    the contract no longer has is made optional in the same change (the rows appended
-    from then on lack it); none is dropped, so a table stays readable by each snapshot's
-    schema.
-    A writer that committed since ``found`` was read (another publish adding the same
-    columns) makes the change be computed again from the table as it is now, once:
-    adding what is missing is the same change from any state, never a replayed one.
+    Without them every later append would be refused as not matching the table's schema.
+    Each is added optional, whatever the contract says: the data files already written
+    have no value for it, so every engine reads it as NULL in their rows (Iceberg
+    refuses a required column that existing files lack, and v2 has no default for it).
+    Each takes its place in the contract's order, as in a table created fresh (only its
+    field id, the next free one, differs). The publish reads a NOT NULL column's default
+    there (:func:`_scan`), and refuses, as the warehouse's migration does, one without a
+    default. A required column the contract no longer has is made optional in the same
+    change (the rows appended from then on lack it); none is dropped, so a table stays
+    readable by each snapshot's schema. A writer that committed since ``found`` was read
+    (another publish adding the same columns) makes the change be computed again from
+    the table as it is now, once: adding what is missing is the same change from any
+    state, never a replayed one.
     """
     from pyiceberg.exceptions import CommitFailedException
 
@@ -162,6 +163,11 @@ def _add_missing_columns(found: "IcebergTable", table: LakeTable) -> None:
         with found.update_schema() as update:
             for column in missing:
                 update.add_column(column.name, iceberg_type(column))
+                place = table.columns.index(column)
+                if place == 0:
+                    update.move_first(column.name)
+                else:  # its place in a fresh table: after the column before it in the contract
+                    update.move_after(column.name, table.columns[place - 1].name)
             for name in dropped:
                 update.make_column_optional(name)
 

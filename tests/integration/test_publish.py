@@ -168,7 +168,7 @@ def test_two_publishes_adding_the_same_new_column_add_it_once_and_neither_fails(
     first = lake.open_table(catalog, aws["LAKE_DATABASE"], spec)
     second = lake.with_new_columns(stale, spec)  # read before the first one's commit
 
-    assert first.schema().column_names[-1] == second.schema().column_names[-1] == "address_line_2"
+    assert first.schema().column_names == second.schema().column_names == list(spec.column_names)
     found = catalog.load_table((aws["LAKE_DATABASE"], spec.name))
     assert found.schema().column_names.count("address_line_2") == 1
     assert not found.schema().find_field("address_line_2").required
@@ -192,6 +192,18 @@ def test_a_column_the_contract_no_longer_has_is_made_optional_and_publishing_goe
         {"currency_id": 1, "currency_code": "POU", "currency_name": "Pound Sterling"},
         {"currency_id": 2, "currency_code": "EUR", "currency_name": "Euro"},
         {"currency_id": 3, "currency_code": "DOL", "currency_name": None}]
+
+
+@pytest.mark.parametrize("name, column", [("fact_payment", "is_deleted"),
+                                          ("dim_location", "address_line_2")])
+def test_a_column_added_takes_its_contract_place_as_in_a_fresh_table(aws, name, column):
+    spec = LAKE_TABLES[name]
+    created_without(aws, spec, column)
+    table = lake.open_table(lake.glue_catalog(aws["LAKE_BUCKET"]), aws["LAKE_DATABASE"], spec)
+    assert tuple(table.schema().column_names) == spec.column_names
+    glue = boto3.client("glue").get_table(DatabaseName=aws["LAKE_DATABASE"], Name=spec.name)
+    assert tuple(found["Name"] for found in glue["Table"]["StorageDescriptor"]["Columns"]) == (
+        spec.column_names)
 
 
 def payments(*versions: dict) -> pa.Table:
