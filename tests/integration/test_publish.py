@@ -244,6 +244,30 @@ def test_versions_written_before_a_defaulted_column_existed_read_its_default_whe
         {"payment_id": 1, "is_deleted": False}]
 
 
+def test_a_column_change_that_loses_the_race_twice_is_a_transient_conflict(aws, monkeypatch):
+    from pyiceberg.table import Table
+    from pyiceberg.types import StringType
+
+    spec = LAKE_TABLES["dim_location"]
+    created_without(aws, spec, "address_line_2")
+    catalog = lake.glue_catalog(aws["LAKE_BUCKET"])
+    update_schema = Table.update_schema
+    races = []
+
+    def another_writer_first(self, *args, **kwargs):
+        """Another writer changes the schema between this read of the table and its change."""
+        other = catalog.load_table((aws["LAKE_DATABASE"], spec.name))
+        with update_schema(other) as update:
+            update.add_column(f"other_{len(races)}", StringType())
+        races.append(1)
+        return update_schema(self, *args, **kwargs)
+
+    monkeypatch.setattr(Table, "update_schema", another_writer_first)
+    with pytest.raises(publish.PublishConflictError, match="dim_location"):
+        publish.Lake(catalog, aws["LAKE_DATABASE"])
+    assert len(races) == 2
+
+
 def test_a_new_not_null_column_without_a_default_is_refused_as_the_warehouse_refuses_it(aws):
     catalog, spec = lake.glue_catalog(aws["LAKE_BUCKET"]), LAKE_TABLES["dim_currency"]
     created_without(aws, spec, "currency_name")
