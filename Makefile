@@ -17,7 +17,7 @@ CODE := shared functions local tests benchmarks
 setup: $(VENV)/.installed
 
 # The pinned packages install with uv (itself pinned, installed by pip into the venv): the same
-# exact pins, the same 157 packages as pip installs, downloaded in parallel; on this busy 2-core
+# exact pins, the same packages as pip installs, downloaded in parallel; on this busy 2-core
 # machine pip took 1 min 57 s of CPU to uv's 19 s, and 3 to 6 times as long (README).
 UV_PIN := uv==0.13.9
 UV_INSTALL := $(BIN)/uv pip install --quiet

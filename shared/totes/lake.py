@@ -14,7 +14,9 @@ The rules are the load's, so the lake equals the warehouse:
 * a fact history gains every version not already there (same business id and
   ``last_updated``), in capture order with new record ids; a version already there
   with other values is corrected (the old row deleted, the new one appended with a
-  new record id, so it ranks latest); then each deletion record adds one deletion
+  new record id, so it ranks latest), and so is one with the same values that is not
+  its id's latest version (a deletion or a lost version came after it: the row is
+  back as it was); then each deletion record adds one deletion
   version, a copy of the id's latest version stamped with the detection time,
   unless that version records a deletion already;
 * ``fact_*_current`` holds the latest version of each business id the manifest
@@ -31,8 +33,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import boto3
 
-from totes.lake_schema import (MANIFEST_KEY, LakeTable, arrow_schema, iceberg_schema, time_text,
-                               to_lake)
+from totes.lake_schema import (MANIFEST_KEY, LakeTable, arrow_schema, iceberg_schema, iceberg_type,
+                               time_text, to_lake)
 from totes.errors import InputError
 from totes.supersede import Markers
 
@@ -105,7 +107,7 @@ def open_table(catalog: "GlueCatalog", database: str, table: LakeTable) -> "Iceb
     from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
 
     try:
-        return catalog.load_table((database, table.name))
+        return with_new_columns(catalog.load_table((database, table.name)), table)
     except NoSuchTableError:
         pass
     try:
@@ -113,6 +115,61 @@ def open_table(catalog: "GlueCatalog", database: str, table: LakeTable) -> "Iceb
             (database, table.name), schema=iceberg_schema(table), properties=TABLE_PROPERTIES)
     except TableAlreadyExistsError:
         return catalog.load_table((database, table.name))
+
+
+def with_new_columns(found: "IcebergTable", table: LakeTable) -> "IcebergTable":
+    """Add to ``found`` the contract's columns it lacks (a release added them), in one commit.
+
+    Without them every later append would be refused as not matching the table's schema.
+    Each is added optional, whatever the contract says: the data files already written
+    have no value for it, so every engine reads it as NULL in their rows (Iceberg
+    refuses a required column that existing files lack, and v2 has no default for it).
+    Each takes its place in the contract's order, as in a table created fresh (only its
+    field id, the next free one, differs). The publish reads a NOT NULL column's default
+    there (:func:`_scan`), and refuses, as the warehouse's migration does, one without a
+    default. A required column the contract no longer has is made optional in the same
+    change (the rows appended from then on lack it); none is dropped, so a table stays
+    readable by each snapshot's schema. A writer that committed since ``found`` was read
+    (another publish adding the same columns) makes the change be computed again from
+    the table as it is now, once: adding what is missing is the same change from any
+    state, never a replayed one.
+    """
+    from pyiceberg.exceptions import CommitFailedException
+
+    try:
+        _add_missing_columns(found, table)
+    except CommitFailedException:
+        found.refresh()
+        _add_missing_columns(found, table)
+    return found
+
+
+class ColumnError(InputError):
+    """A column the contract gained that the lake, like the warehouse, cannot add."""
+
+
+def _add_missing_columns(found: "IcebergTable", table: LakeTable) -> None:
+    schema = found.schema()
+    missing = [column for column in table.columns if column.name not in schema.column_names]
+    refused = [column.name for column in missing if not column.nullable and column.default is None]
+    if refused:
+        raise ColumnError(
+            f"{table.name}: {', '.join(refused)} NOT NULL without a default cannot be added to a "
+            "table that has rows (the warehouse's migration refuses it too): give the contract "
+            "column a default or make it nullable")
+    dropped = [field.name for field in schema.fields
+               if field.required and field.name not in table.column_names]
+    if missing or dropped:
+        with found.update_schema() as update:
+            for column in missing:
+                update.add_column(column.name, iceberg_type(column))
+                place = table.columns.index(column)
+                if place == 0:
+                    update.move_first(column.name)
+                else:  # its place in a fresh table: after the column before it in the contract
+                    update.move_after(column.name, table.columns[place - 1].name)
+            for name in dropped:
+                update.make_column_optional(name)
 
 
 def summary_value(snapshot: "Snapshot | None", name: str) -> str | None:
@@ -261,7 +318,25 @@ def _scan(table: "IcebergTable", spec: LakeTable, column: str, values: Iterable[
     if table.current_snapshot() is None or not wanted:
         return schema.empty_table()
     rows = table.scan(row_filter=one_of(column, wanted), selected_fields=tuple(names)).to_arrow()
-    return rows.select(names).cast(schema)
+    return _with_defaults(spec, rows.select(names)).cast(schema)
+
+
+def _with_defaults(spec: LakeTable, rows: "pa.Table") -> "pa.Table":
+    """``rows`` with each NOT NULL column's ``default`` where they read NULL.
+
+    Such a column was added after data files were written without it (Iceberg v2 has
+    no default for them: they read NULL); the warehouse's migration gave its older
+    rows the default, so the lake's rules see what the load sees.
+    """
+    import pyarrow.compute as pc
+
+    for column in spec.columns:
+        if column.default is not None and not column.nullable and column.name in rows.column_names:
+            index = rows.schema.get_field_index(column.name)
+            values: Any = rows[column.name]
+            filled: Any = pc.fill_null(values, column.default)
+            rows = rows.set_column(index, rows.schema.field(index), filled)
+    return rows
 
 
 def one_of(column: str, values: Iterable[object]) -> "BooleanExpression":
@@ -396,7 +471,11 @@ def fact_change(history: "IcebergTable", current: "IcebergTable", spec: LakeTabl
     ids = set(incoming[business_id].to_pylist()) | set(deleted[business_id].to_pylist())
     existing = _scan(history, spec, business_id, ids)
     matched = _match(incoming, existing, unique, compared, record_id)
-    kept = matched.filter(pc.invert(matched["_same"]))
+    latest = existing.group_by(business_id).aggregate([(record_id, "max")])[f"{record_id}_max"]
+    is_latest: Any = pc.is_in(matched[f"_old_{record_id}"], value_set=latest.combine_chunks())
+    still_latest: Any = pc.fill_null(is_latest, False)
+    unchanged: Any = pc.and_(matched["_same"], still_latest)
+    kept = matched.filter(pc.invert(unchanged))
     corrected = kept.filter(kept["_found"])[f"_old_{record_id}"].to_pylist()
     kept = _renumber(conform(spec, kept), record_id, next_record_id)
     next_record_id += kept.num_rows

@@ -168,9 +168,21 @@ class Lake:
     """The lake's tables, opened (created when missing) once per run."""
 
     def __init__(self, catalog: "GlueCatalog", database: str):
-        """Open every lake table of ``database``."""
-        self.tables: dict[str, IcebergTable] = {
-            name: lake.open_table(catalog, database, spec) for name, spec in LAKE_TABLES.items()}
+        """Open every lake table of ``database``.
+
+        A column change that lost the race to another writer again after computing it
+        afresh (:func:`totes.lake.with_new_columns`) is a conflict like a manifest's.
+        """
+        from pyiceberg.exceptions import CommitFailedException
+
+        self.tables: dict[str, IcebergTable] = {}
+        for name, spec in LAKE_TABLES.items():
+            try:
+                self.tables[name] = lake.open_table(catalog, database, spec)
+            except CommitFailedException as error:
+                raise PublishConflictError(
+                    f"{name}: another writer committed first, twice, while the contract's "
+                    f"columns were added ({error}); the next run adds them") from error
 
     def expire(self, older_than: datetime) -> int:
         """Expire every table's snapshots older than ``older_than``; how many in all."""

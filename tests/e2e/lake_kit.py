@@ -34,16 +34,21 @@ def _value(value: Any) -> Any:
     return value
 
 
-def warehouse_view(e2e, name: str) -> list[tuple]:
-    """A lake table's rows as the warehouse has them, in the order the lake's are compared in.
+def compared(name: str) -> tuple[list[str], str]:
+    """A lake table's columns compared with the warehouse's, and the column rows sort by.
 
-    Dimensions by key, current facts by business id, histories in record id (capture)
-    order; neither the record ids (each side numbers its own) nor the manifest compared.
+    Dimensions by key, current facts by business id, histories by record id (capture
+    order); neither the record ids (each side numbers its own) nor the manifest compared.
     """
     spec = LAKE_TABLES[name]
     columns = [column for column in spec.source.column_names
                if column != spec.source.primary_key or spec.kind == "dimension"]
-    order = spec.source.primary_key if spec.kind == "history" else spec.key
+    return columns, spec.source.primary_key if spec.kind == "history" else spec.key
+
+
+def warehouse_view(e2e, name: str) -> list[tuple]:
+    """A lake table's rows as the warehouse has them: :func:`compared`'s columns, in its order."""
+    columns, order = compared(name)
     quoted = ", ".join(f'"{column}"' for column in columns)
     rows = e2e.warehouse_rows(f'SELECT {quoted} FROM "{name}" ORDER BY "{order}"')
     return [tuple(_value(value) for value in row) for row in rows]
@@ -51,10 +56,7 @@ def warehouse_view(e2e, name: str) -> list[tuple]:
 
 def lake_view(env: dict, name: str) -> list[tuple]:
     """The same for the lake's table (see :func:`warehouse_view`)."""
-    spec = LAKE_TABLES[name]
-    columns = [column for column in spec.source.column_names
-               if column != spec.source.primary_key or spec.kind == "dimension"]
-    order = spec.source.primary_key if spec.kind == "history" else spec.key
+    columns, order = compared(name)
     rows = sorted(lake_rows(env, name), key=lambda row: row[order])
     return [tuple(row[column] for column in columns) for row in rows]
 

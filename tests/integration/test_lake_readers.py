@@ -1,6 +1,7 @@
 """What Athena, Spark and Trino require of the lake's tables and files, on what publish wrote.
 
-No engine runs here (no Iceberg runtime is reachable offline), so each property
+None of those engines runs here (no runtime is reachable offline; DuckDB's own
+Iceberg reader does, in test_lake_duckdb.py), so each property
 those engines document is checked on the files themselves, with pyarrow and
 pyiceberg, after one publish of every table: Parquet only, Iceberg v2, Glue's
 ``table_type``/``metadata_location``, lower-case names, Glue columns in Athena's

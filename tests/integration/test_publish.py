@@ -1,18 +1,19 @@
 """The publish stage's edges against moto's Glue and S3: skips, conflicts, expiry, rewinds."""
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 
 import boto3
 import pyarrow as pa
 import pytest
-from loadkit import Buckets, dimensions, parquet_bytes
+from loadkit import Buckets, arrow_table, dimensions, gone, parquet_bytes, payment
 
-from totes import errors, keys, lake, lake_io, publish, storage, supersede
+from totes import errors, keys, lake, lake_io, lake_schema, publish, storage, supersede
 from totes.config import ConfigurationError
 from totes.lake_schema import LAKE_TABLES
 from totes.manifest import ManifestError, ProcessedManifest
 from totes.stage import Deadline
 from totes.supersede import Markers, Revision
+from totes.warehouse_schema import DELETIONS, arrow_schema
 
 FIRST = "_manifests/2024/11/15/20241115T142009123Z-3f9a1c2e.json"
 SECOND = "_manifests/2024/11/15/20241115T143009123Z-4f9a1c2e.json"
@@ -146,6 +147,133 @@ def test_a_writer_that_committed_first_makes_the_next_commit_a_transient_conflic
     change = lake.dimension_change(stale, LAKE_TABLES["dim_currency"], currencies("Euro"))
     with pytest.raises(publish.PublishConflictError):
         lake_tables.commit("dim_currency", change, SECOND, SECOND)
+
+
+def created_without(aws, spec: lake_schema.LakeTable, column: str):
+    """``spec``'s lake table as a release before the contract had ``column`` created it."""
+    from pyiceberg.schema import Schema
+
+    catalog = lake.glue_catalog(aws["LAKE_BUCKET"])
+    current = lake_schema.iceberg_schema(spec)
+    older = Schema(*[field for field in current.fields if field.name != column],
+                   identifier_field_ids=current.identifier_field_ids)
+    return catalog.create_table((aws["LAKE_DATABASE"], spec.name), schema=older,
+                                properties=lake.TABLE_PROPERTIES)
+
+
+def test_two_publishes_adding_the_same_new_column_add_it_once_and_neither_fails(aws):
+    catalog, spec = lake.glue_catalog(aws["LAKE_BUCKET"]), LAKE_TABLES["dim_location"]
+    stale = created_without(aws, spec, "address_line_2")
+
+    first = lake.open_table(catalog, aws["LAKE_DATABASE"], spec)
+    second = lake.with_new_columns(stale, spec)  # read before the first one's commit
+
+    assert first.schema().column_names == second.schema().column_names == list(spec.column_names)
+    found = catalog.load_table((aws["LAKE_DATABASE"], spec.name))
+    assert found.schema().column_names.count("address_line_2") == 1
+    assert not found.schema().find_field("address_line_2").required
+    assert len(found.schemas()) == 2
+
+
+def test_a_column_the_contract_no_longer_has_is_made_optional_and_publishing_goes_on(
+        aws, monkeypatch):
+    table = currency_table(aws)
+    commit(table, currencies("Pound Sterling", "Euro"), FIRST)
+    columns = lake_schema.LakeTable.columns
+    monkeypatch.setattr(lake_schema.LakeTable, "columns", property(
+        lambda self: tuple(column for column in columns.fget(self)  # type: ignore[attr-defined]
+                           if (self.name, column.name) != ("dim_currency", "currency_name"))))
+
+    table = currency_table(aws)
+    assert not table.schema().find_field("currency_name").required
+    commit(table, currencies("Pound Sterling", "Euro", "Dollar").drop_columns(["currency_name"]),
+           SECOND)
+    assert sorted(table.scan().to_arrow().to_pylist(), key=lambda row: row["currency_id"]) == [
+        {"currency_id": 1, "currency_code": "POU", "currency_name": "Pound Sterling"},
+        {"currency_id": 2, "currency_code": "EUR", "currency_name": "Euro"},
+        {"currency_id": 3, "currency_code": "DOL", "currency_name": None}]
+
+
+@pytest.mark.parametrize("name, column", [("fact_payment", "is_deleted"),
+                                          ("dim_location", "address_line_2")])
+def test_a_column_added_takes_its_contract_place_as_in_a_fresh_table(aws, name, column):
+    spec = LAKE_TABLES[name]
+    created_without(aws, spec, column)
+    table = lake.open_table(lake.glue_catalog(aws["LAKE_BUCKET"]), aws["LAKE_DATABASE"], spec)
+    assert tuple(table.schema().column_names) == spec.column_names
+    glue = boto3.client("glue").get_table(DatabaseName=aws["LAKE_DATABASE"], Name=spec.name)
+    assert tuple(found["Name"] for found in glue["Table"]["StorageDescriptor"]["Columns"]) == (
+        spec.column_names)
+
+
+def payments(*versions: dict) -> pa.Table:
+    """Payment versions in the contract's Arrow types, as a manifest's rows reach publish."""
+    return arrow_table("fact_payment", list(versions))
+
+
+def test_versions_written_before_a_defaulted_column_existed_read_its_default_when_changed(aws):
+    spec, current_spec = LAKE_TABLES["fact_payment"], LAKE_TABLES["fact_payment_current"]
+    tables = [created_without(aws, table, "is_deleted") for table in (spec, current_spec)]
+    older = lake_schema.to_lake(spec, payments(payment(1), payment(2))
+                                .append_column("payment_record_id", pa.array([1, 2], pa.int64()))
+                                .append_column("manifest_key", pa.array([FIRST] * 2)))
+    for table in tables:
+        with table.transaction() as transaction:
+            transaction.append(older.drop_columns(["is_deleted"]),
+                               snapshot_properties={lake.MANIFEST_PROPERTY: FIRST,
+                                                    lake.PROCESSED_PROPERTY: FIRST})
+    catalog = lake.glue_catalog(aws["LAKE_BUCKET"])
+    history, current = (lake.open_table(catalog, aws["LAKE_DATABASE"], table)
+                        for table in (spec, current_spec))  # the release adds is_deleted
+
+    # payment 1 gains a version, payment 2 is deleted: both read rows without is_deleted
+    deleted = pa.Table.from_pylist(
+        [gone("fact_payment", 2, datetime(2024, 11, 15, 14, 29, tzinfo=timezone.utc))],
+        schema=arrow_schema(DELETIONS["fact_payment"]))
+    change = lake.fact_change(history, current, spec, SECOND,
+                              payments(payment(1, updated=time(11, 0), paid=True)), deleted, 3)
+
+    assert change.deletions == 1 and change.corrected == 0
+    appended = change.history.appended
+    assert appended is not None
+    assert appended.select(["payment_id", "paid", "is_deleted"]).to_pylist() == [
+        {"payment_id": 1, "paid": True, "is_deleted": False},
+        {"payment_id": 2, "paid": False, "is_deleted": True}]
+    assert change.current.appended is not None
+    assert change.current.appended.select(["payment_id", "is_deleted"]).to_pylist() == [
+        {"payment_id": 1, "is_deleted": False}]
+
+
+def test_a_column_change_that_loses_the_race_twice_is_a_transient_conflict(aws, monkeypatch):
+    from pyiceberg.table import Table
+    from pyiceberg.types import StringType
+
+    spec = LAKE_TABLES["dim_location"]
+    created_without(aws, spec, "address_line_2")
+    catalog = lake.glue_catalog(aws["LAKE_BUCKET"])
+    update_schema = Table.update_schema
+    races = []
+
+    def another_writer_first(self, *args, **kwargs):
+        """Another writer changes the schema between this read of the table and its change."""
+        other = catalog.load_table((aws["LAKE_DATABASE"], spec.name))
+        with update_schema(other) as update:
+            update.add_column(f"other_{len(races)}", StringType())
+        races.append(1)
+        return update_schema(self, *args, **kwargs)
+
+    monkeypatch.setattr(Table, "update_schema", another_writer_first)
+    with pytest.raises(publish.PublishConflictError, match="dim_location"):
+        publish.Lake(catalog, aws["LAKE_DATABASE"])
+    assert len(races) == 2
+
+
+def test_a_new_not_null_column_without_a_default_is_refused_as_the_warehouse_refuses_it(aws):
+    catalog, spec = lake.glue_catalog(aws["LAKE_BUCKET"]), LAKE_TABLES["dim_currency"]
+    created_without(aws, spec, "currency_name")
+    with pytest.raises(lake.ColumnError, match="currency_name NOT NULL without a default"):
+        lake.open_table(catalog, aws["LAKE_DATABASE"], spec)
+    assert isinstance(lake.ColumnError(""), errors.InputError)
 
 
 def test_expiry_forgets_old_snapshots_but_never_the_current_one_or_a_file(aws):
