@@ -822,7 +822,8 @@ HOSTS_ACCEPTED = ("", "totesys.abc123xyz.eu-west-2.rds.amazonaws.com", "localhos
 HOSTS_REFUSED = ("postgres://etl:pw@db.example.com:5432/totesys", "db.example.com:5432",
                  "etl@db.example.com", " db.example.com", "db.example.com ", "db example.com",
                  "db.example.com/totesys", "-db", ".", "db..", "db.example.com.:5432",
-                 "db.internal.\n", "10.0.1.5.", "127.0.0.1.", "-db.", "::1.", "fd00:ec2::23.", "dead:5432")
+                 "db.internal.\n", "10.0.1.5.", "127.0.0.1.", "-db.", "::1.", "fd00:ec2::23.",
+                 "dead:5432")
 
 
 @pytest.mark.parametrize("name", ["TotesysHost", "WarehouseHost"])
