@@ -2,7 +2,6 @@
 import io
 import json
 import logging
-import subprocess
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -64,19 +63,7 @@ def postgres():
     server = scratch_postgres.start(data_dir)
     yield server
     server.server.cleanup()
-    delete_in_background(data_dir)
-
-
-def delete_in_background(folder: Path) -> None:
-    """Delete ``folder`` in a detached ``rm -rf`` and return at once, not waiting for it.
-
-    After a worker's few hundred test databases the session server's files are gigabytes
-    in tens of thousands of files: deleting them was each worker's last teardown, one to
-    three minutes on the busy 2-core machine (150 databases: 1.7 GB, 48,000 files, 39 s),
-    which the last worker to finish added to the whole run. Nothing reads the folder again.
-    """
-    subprocess.run(["sh", "-c", 'rm -rf -- "$1" >/dev/null 2>&1 &', "sh", str(folder)],
-                   check=True)
+    scratch_postgres.delete_in_background(data_dir)
 
 
 @pytest.fixture(scope="session")
