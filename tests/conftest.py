@@ -1,4 +1,5 @@
 """Fixtures shared by every test layer: a real PostgreSQL, a moto server, a clean environment."""
+import functools
 import io
 import json
 import logging
@@ -8,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import botocore.loaders
+import botocore.session
 import pytest
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.utilities import parameters
@@ -33,6 +36,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     first = {item.path for item in items
              if item.get_closest_marker("slow") or "aws_sam_build" in item.fixturenames}
     items.sort(key=lambda item: item.path not in first)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def parsed_sdk_models_once():
+    """One botocore loader for every SDK session of a worker: each model file parsed once.
+
+    moto's ``mock_aws`` drops boto3's default session when it starts, and some tests drop
+    it to give each invocation its own credentials, as Lambda containers have: each new
+    session read and parsed the S3 model and its endpoint rules again, one to three seconds
+    on the busy 2-core machine, in some 180 tests. The loader keeps what it parsed; the
+    sessions only read it, as the clients of one session always share it.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(botocore.session, "create_loader",
+                      functools.cache(botocore.loaders.create_loader))
+        yield
 
 
 @pytest.fixture(autouse=True)
