@@ -1,14 +1,16 @@
 """Fixtures shared by every test layer: a real PostgreSQL, a moto server, a clean environment."""
+import functools
 import io
 import json
 import logging
-import subprocess
 import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import botocore.loaders
+import botocore.session
 import pytest
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.utilities import parameters
@@ -34,6 +36,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     first = {item.path for item in items
              if item.get_closest_marker("slow") or "aws_sam_build" in item.fixturenames}
     items.sort(key=lambda item: item.path not in first)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def parsed_sdk_models_once():
+    """One botocore loader for every SDK session of a worker: each model file parsed once.
+
+    moto's ``mock_aws`` drops boto3's default session when it starts, and some tests drop
+    it to give each invocation its own credentials, as Lambda containers have: each new
+    session read and parsed the S3 model and its endpoint rules again, one to three seconds
+    on the busy 2-core machine, in some 180 tests. The loader keeps what it parsed; the
+    sessions only read it, as the clients of one session always share it.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(botocore.session, "create_loader",
+                      functools.cache(botocore.loaders.create_loader))
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -64,19 +82,7 @@ def postgres():
     server = scratch_postgres.start(data_dir)
     yield server
     server.server.cleanup()
-    delete_in_background(data_dir)
-
-
-def delete_in_background(folder: Path) -> None:
-    """Delete ``folder`` in a detached ``rm -rf`` and return at once, not waiting for it.
-
-    After a worker's few hundred test databases the session server's files are gigabytes
-    in tens of thousands of files: deleting them was each worker's last teardown, one to
-    three minutes on the busy 2-core machine (150 databases: 1.7 GB, 48,000 files, 39 s),
-    which the last worker to finish added to the whole run. Nothing reads the folder again.
-    """
-    subprocess.run(["sh", "-c", 'rm -rf -- "$1" >/dev/null 2>&1 &', "sh", str(folder)],
-                   check=True)
+    scratch_postgres.delete_in_background(data_dir)
 
 
 @pytest.fixture(scope="session")
@@ -186,10 +192,19 @@ class SourceDatabase:
     connect: Callable[[], Any]
 
 
-def generated_source(postgres: stack.Postgres, name: str) -> SourceDatabase:
-    """Generate a small totesys history into the empty database ``name``."""
+@pytest.fixture(scope="session")
+def generated_template(postgres: stack.Postgres) -> SourceDatabase:
+    """The small generated totesys, made once per worker: every test's source is a copy of it.
+
+    The history is deterministic (a fixed seed and end), so a copy is the database a new
+    generation would make; ``CREATE DATABASE ... TEMPLATE`` takes about a tenth of a second
+    where generating took one to two on the busy 2-core machine, for each of some ninety
+    tests. Nothing connects to it after it is made (a template must have no sessions).
+    """
     from totes_local import generator
 
+    name = f"totesys_template_{uuid.uuid4().hex[:8]}"
+    postgres.recreate_database(name)
     conn = postgres.connect(name)
     try:
         counts = generator.seed_new(conn, scale=0.02)
@@ -199,18 +214,32 @@ def generated_source(postgres: stack.Postgres, name: str) -> SourceDatabase:
                           connect=lambda: postgres.connect(name))
 
 
+def generated_source(postgres: stack.Postgres, template: SourceDatabase) -> SourceDatabase:
+    """A new database holding a copy of ``template``'s generated totesys history."""
+    name = f"totesys_{uuid.uuid4().hex[:8]}"
+    admin = postgres.connect("postgres")
+    try:
+        admin.run(f"CREATE DATABASE {db.quote_ident(name)} "
+                  f"TEMPLATE {db.quote_ident(template.name)}")
+    finally:
+        admin.close()
+    return SourceDatabase(name=name, secret=postgres.secret(name), counts=dict(template.counts),
+                          connect=lambda: postgres.connect(name))
+
+
 @pytest.fixture
-def totesys(postgres, database):
+def totesys(postgres, generated_template):
     """A fresh totesys source database with the schema and a small generated history.
 
-    Scale 0.02 (about 700 rows, under a second): every table populated, payments both
-    paid and open. ``connect()`` opens a new pg8000 native connection (close it);
-    ``secret`` is the RDS-style secret for Secrets Manager; ``counts`` rows per table.
+    Scale 0.02 (about 700 rows): every table populated, payments both paid and open,
+    copied from the worker's ``generated_template``. ``connect()`` opens a new pg8000
+    native connection (close it); ``secret`` is the RDS-style secret for Secrets Manager;
+    ``counts`` rows per table.
     """
-    return generated_source(postgres, database("totesys"))
+    return generated_source(postgres, generated_template)
 
 
 @pytest.fixture(scope="module")
-def module_totesys(postgres, module_database):
+def module_totesys(postgres, generated_template):
     """As ``totesys``, for fixtures a whole module shares and only reads."""
-    return generated_source(postgres, module_database("totesys"))
+    return generated_source(postgres, generated_template)

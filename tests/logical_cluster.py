@@ -7,8 +7,6 @@ the system user pgserver runs it as (when started as root), and started again
 (:func:`totes_local.stack.with_logical_decoding`).
 Import :func:`logical_cluster` into a test module to use it there (module scope).
 """
-import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,14 +34,5 @@ class LogicalCluster:
 @pytest.fixture(scope="module")
 def logical_cluster():
     """The module's wal_level=logical cluster; stopped and deleted at the end, whatever happened."""
-    data_dir = Path(tempfile.mkdtemp(prefix="totes-logical-pg-"))
-    data_dir.chmod(0o755)
-    postgres = None
-    try:
-        postgres = scratch_postgres.start(data_dir)
-        postgres = stack.with_logical_decoding(postgres)
-        yield LogicalCluster(postgres, data_dir)
-    finally:
-        if postgres is not None:
-            postgres.server.cleanup()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    with scratch_postgres.own_cluster("totes-logical-pg-") as (postgres, data_dir):
+        yield LogicalCluster(stack.with_logical_decoding(postgres), data_dir)

@@ -455,19 +455,40 @@ ACCOUNT = "111122223333"
 
 
 @pytest.fixture
-def sent_owners():
-    """Every request the storage client builds: (operation, x-amz-expected-bucket-owner)."""
-    seen: list[tuple[str, str | None]] = []
+def sent_header():
+    """Record one header of every request the storage client makes, at one of its events.
 
-    def record(request, operation_name, **_):
-        seen.append((operation_name, request.headers.get("x-amz-expected-bucket-owner")))
-
+    ``sent_header(event, header)`` returns the list it fills, in order, with (operation,
+    the header's text or None): at ``request-created.s3`` a request as the client built
+    it, at ``before-send.s3`` as it goes out, after botocore's last changes.
+    """
     events = storage.s3_client().meta.events
-    events.register("request-created.s3", record, unique_id="sent-owners")
+    registered: list[tuple[str, str]] = []
+
+    def record_at(event: str, header: str) -> list[tuple[str, str | None]]:
+        seen: list[tuple[str, str | None]] = []
+
+        def record(request, event_name, **_):
+            value = request.headers.get(header)
+            seen.append((event_name.rsplit(".", 1)[-1],
+                         value.decode() if isinstance(value, bytes) else value))
+
+        unique_id = f"sent-{header}"
+        events.register(event, record, unique_id=unique_id)
+        registered.append((event, unique_id))
+        return seen
+
     try:
-        yield seen
+        yield record_at
     finally:
-        events.unregister("request-created.s3", unique_id="sent-owners")
+        for event, unique_id in registered:
+            events.unregister(event, unique_id=unique_id)
+
+
+@pytest.fixture
+def sent_owners(sent_header):
+    """Every request the storage client builds: (operation, x-amz-expected-bucket-owner)."""
+    return sent_header("request-created.s3", "x-amz-expected-bucket-owner")
 
 
 def test_every_request_names_the_account_that_must_own_the_bucket(
@@ -555,29 +576,13 @@ def test_an_s3_that_never_answers_fails_in_seconds_naming_its_endpoint(
     assert silent_endpoint in str(raised.value)
 
 
-@pytest.fixture
-def sent_user_agents():
-    """The User-Agent header of every request the storage client sends, in order."""
-    seen: list[str] = []
-
-    def record(request, **_):
-        agent = request.headers["User-Agent"]
-        seen.append(agent.decode() if isinstance(agent, bytes) else agent)
-
-    events = storage.s3_client().meta.events
-    events.register("before-send.s3", record, unique_id="sent-user-agents")
-    try:
-        yield seen
-    finally:
-        events.unregister("before-send.s3", unique_id="sent-user-agents")
-
-
-def test_every_request_carries_one_user_agent_naming_the_sdk_built_once(
-        bucket, sent_user_agents):
+def test_every_request_carries_one_user_agent_naming_the_sdk_built_once(bucket, sent_header):
+    sent = sent_header("before-send.s3", "User-Agent")
     # botocore would assemble it twice per request, with the features each one used.
     sha256 = storage.put_new_object_on(None, bucket, "u/a.jsonl", b"{}\n", "text/plain")
     storage.read_bytes(bucket, "u/a.jsonl", sha256)
     assert list(storage.list_keys(bucket, "u/")) == ["u/a.jsonl"]
+    sent_user_agents = [agent for _, agent in sent]
     assert len(sent_user_agents) == 3
     assert len(set(sent_user_agents)) == 1, sent_user_agents
     agent = sent_user_agents[0]
