@@ -66,7 +66,7 @@ def served(postgres, database):
 
 
 def test_browser_draws_every_chart_of_the_page(served, tmp_path):
-    shot = screenshot.capture(served, tmp_path / "dashboard.png", charts=CHARTS)
+    shot = screenshot.capture(served, tmp_path / "dashboard.png", charts=CHARTS, timeout=180)
     image = Image.open(shot).convert("RGB")
     width, height = image.size
     assert width == screenshot.WIDTH and height > 3000, "the whole page, not one screen"
@@ -102,7 +102,7 @@ def test_first_load_starts_the_stopped_demo_server_and_ctrl_c_stops_it(
         wait_for_health(url, server)
         assert not stack.is_running(data_dir)
         # The very first load, its queries in parallel, draws every chart: no error instead.
-        screenshot.capture(url, tmp_path / "first.png", charts=CHARTS)
+        screenshot.capture(url, tmp_path / "first.png", charts=CHARTS, timeout=180)
         assert stack.is_running(data_dir)
         os.killpg(server.pid, signal.SIGINT)
         server.wait(timeout=60)
