@@ -286,9 +286,12 @@ def _publish_tables(lake_tables: Lake, settings: PublishSettings, key: str, proc
     for fact in FACTS:
         if not (manifest.table(fact.name).files or manifest.deleted(fact.name).files):
             continue
-        current_name = f"{fact.name}_current"
-        if not (pending(fact.name) or pending(current_name)):
+        # The current state is committed before the history, so a history past the manifest
+        # means the current state holds it or had nothing to commit; worked out again from
+        # that history, the manifest's versions would rank against its own deletions.
+        if not pending(fact.name):
             continue
+        current_name = f"{fact.name}_current"
         history = lake_tables.tables[fact.name]
         rows = _rows(bucket, manifest, fact, batch_rows, prefetch)
         _infer_members(lake_tables, fact, rows, key, processed_key, report)
@@ -296,15 +299,15 @@ def _publish_tables(lake_tables: Lake, settings: PublishSettings, key: str, proc
             history, lake_tables.tables[current_name], LAKE_TABLES[fact.name], key, rows,
             _rows(bucket, manifest, fact, batch_rows, prefetch, deletions=True),
             _next_record_id(history))
-        history_pending = pending(fact.name)
         # The current state first: after a crash between the two, the history (untouched)
         # still gives the same change for the table not yet committed.
-        for name, change in ((current_name, facts.current), (fact.name, facts.history)):
-            if pending(name):
-                _count(report, name, change, lake_tables.commit(name, change, key, processed_key))
-        if history_pending:
-            report.versions_corrected[fact.name] += facts.corrected
-            report.deletions_published[fact.name] += facts.deletions
+        if pending(current_name):
+            _count(report, current_name, facts.current,
+                   lake_tables.commit(current_name, facts.current, key, processed_key))
+        _count(report, fact.name, facts.history,
+               lake_tables.commit(fact.name, facts.history, key, processed_key))
+        report.versions_corrected[fact.name] += facts.corrected
+        report.deletions_published[fact.name] += facts.deletions
 
 
 def _infer_members(lake_tables: Lake, fact: Table, rows: "pa.Table", key: str,

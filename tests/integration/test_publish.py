@@ -244,6 +244,33 @@ def test_versions_written_before_a_defaulted_column_existed_read_its_default_whe
         {"payment_id": 1, "is_deleted": False}]
 
 
+def test_a_rerun_after_the_history_commit_keeps_a_version_deleted_in_the_same_manifest_out(
+        aws, monkeypatch):
+    run = datetime(2024, 11, 15, 10, 5, tzinfo=timezone.utc)
+    # payment 1 is seen and then found deleted in one manifest: its current state is empty,
+    # so fact_payment_current gets no commit and its last manifest stays older than this one
+    Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"]).publish(
+        {**dimensions(), "fact_payment": [payment(1)]},
+        deletions={"fact_payment": [gone("fact_payment", 1, run - timedelta(minutes=1))]},
+        started_at=run)
+    record = publish._record
+
+    def crash_before_the_first_record(*args, **kwargs):
+        monkeypatch.setattr(publish, "_record", record)
+        raise publish.PublishConflictError("crashed after the history commit")
+
+    monkeypatch.setattr(publish, "_record", crash_before_the_first_record)
+    with pytest.raises(publish.PublishConflictError):
+        publish.run_publish(settings(aws), Deadline.unbounded())
+    publish.run_publish(settings(aws), Deadline.unbounded())
+
+    tables = publish.Lake(lake.glue_catalog(aws["LAKE_BUCKET"]), aws["LAKE_DATABASE"]).tables
+    history = tables["fact_payment"].scan().to_arrow().sort_by("payment_record_id")
+    assert history.select(["payment_id", "is_deleted"]).to_pylist() == [
+        {"payment_id": 1, "is_deleted": False}, {"payment_id": 1, "is_deleted": True}]
+    assert tables["fact_payment_current"].scan().to_arrow().num_rows == 0
+
+
 def test_a_column_change_that_loses_the_race_twice_is_a_transient_conflict(aws, monkeypatch):
     from pyiceberg.table import Table
     from pyiceberg.types import StringType
