@@ -25,6 +25,7 @@ from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Sequence, cast
 
 from totes import audit_sql, lake, supersede
 from totes.audit import CapturePoint, LakeSettings, ObjectStore, Segments, lake_table_name
+from totes.lake_schema import LAKE_TABLES, LakeTable, arrow_schema
 from totes.manifest import IngestManifest
 from totes.warehouse_schema import CURRENT_VIEWS, TABLES
 
@@ -216,8 +217,13 @@ class LakeReadError(RuntimeError):
     """
 
 
-def lake_batches(table: "IcebergTable", columns: Sequence[str]) -> Iterator["pa.RecordBatch"]:
+def lake_batches(table: "IcebergTable", spec: LakeTable,
+                 columns: Sequence[str]) -> Iterator["pa.RecordBatch"]:
     """Every live row of ``table``'s ``columns``, at most :data:`CHUNK_ROWS` rows a batch.
+
+    ``table`` is the lake table of ``spec``. A column a data file lacks (written
+    before the column was added) reads NULL, or a NOT NULL column's default
+    (:func:`totes.lake.with_defaults`), as the warehouse's migration gave older rows.
 
     pyiceberg's own batch reader decodes each data file whole, every file of the
     scan at once in its thread pool, so the table's compared columns were all in
@@ -231,6 +237,7 @@ def lake_batches(table: "IcebergTable", columns: Sequence[str]) -> Iterator["pa.
     import pyarrow.parquet as pq
     from pyiceberg.manifest import FileFormat
 
+    fields = [arrow_schema(spec).field(name) for name in columns]
     for task in table.scan(selected_fields=tuple(columns)).plan_files():
         if task.delete_files or task.file.file_format != FileFormat.PARQUET:
             raise LakeReadError(
@@ -240,7 +247,19 @@ def lake_batches(table: "IcebergTable", columns: Sequence[str]) -> Iterator["pa.
         with table.io.new_input(task.file.file_path).open() as stream:
             # A seekable file object (pyiceberg's InputStream protocol), as pyarrow reads one.
             parquet = pq.ParquetFile(cast(IO[bytes], stream))
-            yield from parquet.iter_batches(batch_size=CHUNK_ROWS, columns=list(columns))
+            for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=list(columns)):
+                yield lake.with_defaults(spec, _with_fields(batch, fields))
+
+
+def _with_fields(batch: "pa.RecordBatch", fields: Sequence["pa.Field[Any]"]) -> "pa.RecordBatch":
+    """``batch`` as ``fields``, in their order: a column the batch lacks reads NULL."""
+    import pyarrow as pa
+
+    present = set(batch.schema.names)
+    return pa.RecordBatch.from_arrays(
+        [batch.column(field.name) if field.name in present
+         else pa.nulls(batch.num_rows, field.type) for field in fields],
+        names=[field.name for field in fields])
 
 
 class LakeTables:
@@ -255,9 +274,10 @@ class LakeTables:
 
         Batch by batch (:func:`lake_batches`): only the keys and row hashes are kept.
         """
-        table = self.tables[lake_table_name(name)]
+        lake_name = lake_table_name(name)
         columns = list(dict.fromkeys([key_column(name), *compared_columns(name)]))
-        keys, hashes = hashed_batches(lake_batches(table, columns), name)
+        keys, hashes = hashed_batches(
+            lake_batches(self.tables[lake_name], LAKE_TABLES[lake_name], columns), name)
         return HashedRows(keys, hashes, skip, len(keys))
 
 

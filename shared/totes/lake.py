@@ -29,7 +29,7 @@ revision's manifests are published on top.
 """
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, TypeVar
 
 import boto3
 
@@ -45,6 +45,9 @@ if TYPE_CHECKING:  # the publish function's own dependencies (pyarrow from the p
     from pyiceberg.table import Table as IcebergTable
     from pyiceberg.table import Transaction
     from pyiceberg.table.snapshots import Snapshot
+
+#: rows :func:`with_defaults` fills: a whole table, or one record batch of a data file.
+Rows = TypeVar("Rows", "pa.Table", "pa.RecordBatch")
 
 #: the FileIO every lake table is read and written with: create-once, conditional writes.
 FILE_IO = "totes.lake_io.CreateOnceFileIO"
@@ -318,15 +321,15 @@ def _scan(table: "IcebergTable", spec: LakeTable, column: str, values: Iterable[
     if table.current_snapshot() is None or not wanted:
         return schema.empty_table()
     rows = table.scan(row_filter=one_of(column, wanted), selected_fields=tuple(names)).to_arrow()
-    return _with_defaults(spec, rows.select(names)).cast(schema)
+    return with_defaults(spec, rows.select(names)).cast(schema)
 
 
-def _with_defaults(spec: LakeTable, rows: "pa.Table") -> "pa.Table":
-    """``rows`` with each NOT NULL column's ``default`` where they read NULL.
+def with_defaults(spec: LakeTable, rows: Rows) -> Rows:
+    """``rows`` (a table or a record batch) with each NOT NULL column's ``default`` where NULL.
 
     Such a column was added after data files were written without it (Iceberg v2 has
     no default for them: they read NULL); the warehouse's migration gave its older
-    rows the default, so the lake's rules see what the load sees.
+    rows the default, so the lake's rules (and the lake audit) see what the load sees.
     """
     import pyarrow.compute as pc
 

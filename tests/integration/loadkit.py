@@ -194,3 +194,17 @@ def snapshot(conn) -> dict[str, list[tuple]]:
     names = [*TABLES, "fact_sales_order_current", "fact_purchase_orders_current",
              "fact_payment_current"]
     return {name: table_rows(conn, name) for name in names}
+
+
+def created_without(aws: dict[str, str], spec, column: str):
+    """``spec``'s lake table as a release before the contract had ``column`` created it."""
+    from pyiceberg.schema import Schema
+
+    from totes import lake, lake_schema
+
+    catalog = lake.glue_catalog(aws["LAKE_BUCKET"])
+    current = lake_schema.iceberg_schema(spec)
+    older = Schema(*[field for field in current.fields if field.name != column],
+                   identifier_field_ids=current.identifier_field_ids)
+    return catalog.create_table((aws["LAKE_DATABASE"], spec.name), schema=older,
+                                properties=lake.TABLE_PROPERTIES)

@@ -9,7 +9,9 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pytest
 
-from totes import audit_lake, lake
+from loadkit import arrow_table, created_without, payment
+
+from totes import audit_lake, lake, lake_schema
 from totes.lake_schema import LAKE_TABLES
 
 pytestmark = pytest.mark.integration
@@ -35,7 +37,7 @@ def test_a_table_of_several_files_is_read_in_bounded_batches_as_pyiceberg_reads_
     columns = list(dict.fromkeys([audit_lake.key_column("dim_currency"),
                                   *audit_lake.compared_columns("dim_currency")]))
 
-    batches = list(audit_lake.lake_batches(table, columns))
+    batches = list(audit_lake.lake_batches(table, LAKE_TABLES["dim_currency"], columns))
 
     assert len(list(table.scan().plan_files())) == 3
     assert max(batch.num_rows for batch in batches) <= 7
@@ -50,10 +52,63 @@ def test_a_table_of_several_files_is_read_in_bounded_batches_as_pyiceberg_reads_
     assert 10 not in side.keys(5, 60, limit=100)
 
 
+def columns_of(name: str) -> list[str]:
+    """The columns the lake audit reads for warehouse table ``name``, key first."""
+    return list(dict.fromkeys([audit_lake.key_column(name), *audit_lake.compared_columns(name)]))
+
+
+def reopened(aws, spec: lake_schema.LakeTable):
+    """``spec``'s lake table opened by this release, which adds the contract's new columns."""
+    return lake.open_table(lake.glue_catalog(aws["LAKE_BUCKET"]), aws["LAKE_DATABASE"], spec)
+
+
+LEEDS = {"location_id": 1, "address_line_1": "1 Canal Street", "district": "", "city": "Leeds",
+         "postal_code": "LS1 4AP", "country": "United Kingdom", "phone": "0113 496 0000"}
+
+
+def test_a_file_written_before_a_column_was_added_reads_it_null_as_pyiceberg_does(aws):
+    spec = LAKE_TABLES["dim_location"]
+    older = created_without(aws, spec, "address_line_2")
+    older.append(pa.Table.from_pylist([LEEDS], schema=older.schema().as_arrow()))
+    table = reopened(aws, spec)
+    newer = {**LEEDS, "location_id": 2, "address_line_2": "Floor 2"}
+    table.append(pa.Table.from_pylist([newer], schema=table.schema().as_arrow()))
+    table.refresh()
+    columns = columns_of("dim_location")
+
+    batches = list(audit_lake.lake_batches(table, spec, columns))
+
+    read = pa.Table.from_batches(batches).sort_by("location_id")
+    assert read["address_line_2"].to_pylist() == [None, "Floor 2"]
+    keys, hashes = audit_lake.hashed_batches(batches, "dim_location")
+    expected = table.scan(selected_fields=tuple(columns)).to_arrow()
+    their_keys, their_hashes = audit_lake.hashed_batches(expected.to_batches(), "dim_location")
+    assert sorted(zip(keys.tolist(), hashes.tolist())) == sorted(
+        zip(their_keys.tolist(), their_hashes.tolist()))
+    side = audit_lake.LakeTables({"dim_location": table}).side("dim_location", skip=[])
+    assert side.rows_fetched == 2
+
+
+def test_a_not_null_column_added_with_a_default_reads_its_default_in_older_files(aws):
+    spec = LAKE_TABLES["fact_payment_current"]
+    older = created_without(aws, spec, "is_deleted")
+    rows = lake_schema.to_lake(spec, arrow_table("fact_payment", [payment(1)])
+                               .append_column("payment_record_id", pa.array([1], pa.int64()))
+                               .append_column("manifest_key", pa.array(["a manifest"])))
+    older.append(rows.drop_columns(["is_deleted"]))
+    table = reopened(aws, spec)
+
+    batches = list(audit_lake.lake_batches(table, spec, columns_of("fact_payment")))
+
+    assert pa.Table.from_batches(batches)["is_deleted"].to_pylist() == [False]
+    side = audit_lake.LakeTables({"fact_payment_current": table}).side("fact_payment", skip=[])
+    assert side.rows_fetched == 1
+
+
 def test_a_data_file_with_delete_files_is_refused_not_misread():
     task = SimpleNamespace(delete_files={"a positional delete file"},
                            file=SimpleNamespace(file_path="s3://lake/x.parquet",
                                                 file_format="PARQUET"))
     table = SimpleNamespace(scan=lambda **_: SimpleNamespace(plan_files=lambda: [task]))
     with pytest.raises(audit_lake.LakeReadError, match="another writer"):
-        list(audit_lake.lake_batches(table, ["currency_id"]))
+        list(audit_lake.lake_batches(table, LAKE_TABLES["dim_currency"], ["currency_id"]))

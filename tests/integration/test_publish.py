@@ -5,7 +5,8 @@ from datetime import datetime, time, timedelta, timezone
 import boto3
 import pyarrow as pa
 import pytest
-from loadkit import Buckets, arrow_table, dimensions, gone, parquet_bytes, payment
+from loadkit import (Buckets, arrow_table, created_without, dimensions, gone, parquet_bytes,
+                     payment)
 
 from totes import errors, keys, lake, lake_io, lake_schema, publish, storage, supersede
 from totes.config import ConfigurationError
@@ -147,18 +148,6 @@ def test_a_writer_that_committed_first_makes_the_next_commit_a_transient_conflic
     change = lake.dimension_change(stale, LAKE_TABLES["dim_currency"], currencies("Euro"))
     with pytest.raises(publish.PublishConflictError):
         lake_tables.commit("dim_currency", change, SECOND, SECOND)
-
-
-def created_without(aws, spec: lake_schema.LakeTable, column: str):
-    """``spec``'s lake table as a release before the contract had ``column`` created it."""
-    from pyiceberg.schema import Schema
-
-    catalog = lake.glue_catalog(aws["LAKE_BUCKET"])
-    current = lake_schema.iceberg_schema(spec)
-    older = Schema(*[field for field in current.fields if field.name != column],
-                   identifier_field_ids=current.identifier_field_ids)
-    return catalog.create_table((aws["LAKE_DATABASE"], spec.name), schema=older,
-                                properties=lake.TABLE_PROPERTIES)
 
 
 def test_two_publishes_adding_the_same_new_column_add_it_once_and_neither_fails(aws):
