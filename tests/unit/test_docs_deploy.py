@@ -6,12 +6,14 @@ comments list every parameter with its default. A parameter added to the templat
 added or removed, a memory size or a schedule changed without the docs fails here. The prompts
 come from SAM's own guided-deploy code, run with its questions answered by their defaults.
 """
+import json
 import re
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from totes import config, db
 from totes_local import cfn
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,3 +226,43 @@ def test_the_first_hour_commands_take_the_stack_name_the_user_chose(title):
         commands = [line.split("#")[0] for line in block.splitlines()
                     if not line.startswith("STACK=")]
         assert not [line for line in commands if default in line], (title, block)
+
+
+def bash_blocks(text: str) -> list[str]:
+    """The ```bash code blocks of ``text``, in order."""
+    return re.findall(r"^```bash\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+
+
+def test_every_command_using_the_venv_comes_after_the_make_setup_that_creates_it():
+    # A new user types the blocks in the order written, on a fresh clone: no .venv/ yet.
+    blocks = bash_blocks(GUIDE)
+    first_setup = next(i for i, block in enumerate(blocks) if "make setup" in block)
+    first_venv = next(i for i, block in enumerate(blocks) if ".venv/" in block)
+    assert first_setup <= first_venv, blocks[first_venv]
+
+
+def documented_secret_files() -> dict[str, dict[str, object]]:
+    """The secret files the credentials step writes, by name, as JSON."""
+    commands = "".join(bash_blocks(section("1. Store the database credentials")))
+    written = re.findall(r"^cat > (\S+\.json) <<'EOF'\n(.*?)^EOF$", commands,
+                         re.MULTILINE | re.DOTALL)
+    uploaded = re.findall(r"--secret-string file://(\S+\.json)", commands)
+    assert uploaded and sorted(name for name, _ in written) == sorted(uploaded), commands
+    return {name: json.loads(body) for name, body in written}
+
+
+@pytest.mark.parametrize("database, file, login", [
+    (config.TOTESYS, "totesys-secret.json", "The totesys login"),
+    (config.WAREHOUSE, "warehouse-secret.json", "The warehouse database and its login")])
+def test_the_secret_the_guide_writes_passes_the_functions_check_for_the_login_it_creates(
+        monkeypatch, database, file, login):
+    for field in config.CONNECTION_FIELDS:  # nothing from the template's parameters
+        monkeypatch.delenv(database.variable(field), raising=False)
+    secret = documented_secret_files()[file]
+    arn = ("arn:aws:secretsmanager:eu-west-2:123456789012:secret:totes/"
+           f"{database.prefix.lower()}-AbC123")
+    kwargs = db.connection_kwargs(db.with_connection_fields(secret, database, arn))
+    sql = section(login, level=3)
+    assert re.search(rf"^CREATE ROLE {kwargs['user']} LOGIN", sql, re.MULTILINE), kwargs["user"]
+    assert re.search(rf"\b(DATABASE|database) {kwargs['database']}\b", sql), kwargs["database"]
+    assert kwargs["ssl_context"].check_hostname  # verify-full: the default a deployment keeps
