@@ -266,3 +266,14 @@ def test_the_secret_the_guide_writes_passes_the_functions_check_for_the_login_it
     assert re.search(rf"^CREATE ROLE {kwargs['user']} LOGIN", sql, re.MULTILINE), kwargs["user"]
     assert re.search(rf"\b(DATABASE|database) {kwargs['database']}\b", sql), kwargs["database"]
     assert kwargs["ssl_context"].check_hostname  # verify-full: the default a deployment keeps
+
+
+def test_a_failed_first_deploy_says_what_the_rollback_keeps_and_how_to_deploy_again():
+    # A first deployment that fails rolls back, but what the template retains stays (empty)
+    # and the stack stays in ROLLBACK_COMPLETE, which no `sam deploy` can update.
+    failed = section("If the first deployment fails", level=3)
+    kept = {name for name, body in RESOURCES.items() if body.get("DeletionPolicy") == "Retain"}
+    named = set(re.findall(r"`(\w+)`", failed))
+    assert kept and kept <= named, kept - named
+    assert "ROLLBACK_COMPLETE" in failed and "sam delete" in failed
+    assert "DELETE_SKIPPED" in "".join(bash_blocks(failed))
