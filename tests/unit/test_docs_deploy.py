@@ -277,3 +277,17 @@ def test_a_failed_first_deploy_says_what_the_rollback_keeps_and_how_to_deploy_ag
     assert kept and kept <= named, kept - named
     assert "ROLLBACK_COMPLETE" in failed and "sam delete" in failed
     assert "DELETE_SKIPPED" in "".join(bash_blocks(failed))
+
+
+def test_the_prerequisites_name_the_python_and_sam_cli_the_project_pins_and_lambda_runs():
+    # What a new user installs by hand (Python) and what the prompt table was read from (SAM).
+    pins = dict(re.findall(r"^([\w-]+)==(\S+)$", (ROOT / "requirements-dev.txt").read_text(),
+                           re.MULTILINE))
+    guided = " ".join(section("The guided deploy, prompt by prompt", level=3).split())
+    assert re.search(rf"SAM CLI {re.escape(pins['aws-sam-cli'])}, the version `make setup`",
+                     guided)
+    runtime = TEMPLATE["Globals"]["Function"]["Runtime"]  # python3.11
+    python = runtime.removeprefix("python")
+    assert f"Python {python}" in section("Prerequisites")
+    assert f'requires-python = ">={python},' in (ROOT / "pyproject.toml").read_text()
+    assert f"PYTHON ?= python{python}" in (ROOT / "Makefile").read_text()
