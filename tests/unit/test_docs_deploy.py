@@ -291,3 +291,39 @@ def test_the_prerequisites_name_the_python_and_sam_cli_the_project_pins_and_lamb
     assert f"Python {python}" in section("Prerequisites")
     assert f'requires-python = ">={python},' in (ROOT / "pyproject.toml").read_text()
     assert f"PYTHON ?= python{python}" in (ROOT / "Makefile").read_text()
+
+
+def accepted(name: str, value: str) -> bool:
+    """Whether CloudFormation takes ``value`` for the template parameter ``name``."""
+    parameter = PARAMETERS[name]
+    if "AllowedPattern" in parameter and not re.fullmatch(parameter["AllowedPattern"], value):
+        return False
+    if "AllowedValues" in parameter and value not in map(str, parameter["AllowedValues"]):
+        return False
+    if parameter["Type"] == "Number":
+        number = float(value)
+        return (parameter.get("MinValue", number) <= number <= parameter.get("MaxValue", number))
+    return True
+
+
+def test_every_default_the_guided_deploy_offers_is_one_the_template_accepts():
+    refused = [name for name, parameter in PARAMETERS.items()
+               if "Default" in parameter and parameter["Type"] != "CommaDelimitedList"
+               and not accepted(name, str(parameter["Default"]))]
+    assert not refused
+
+
+def test_every_answer_the_prompt_table_spells_out_is_one_the_template_accepts():
+    answers = []
+    for row in documented_prompts():
+        prompt = row[1].strip("`")
+        for cell in row[3:5]:
+            value = re.fullmatch(r"`([^`]*)`", cell)
+            if value is None:
+                continue
+            if prompt == "Stack Name":  # CloudFormation's own rule for stack names
+                assert re.fullmatch(r"[a-zA-Z][-a-zA-Z0-9]{0,127}", value[1]), cell
+            elif prompt.startswith("Parameter "):
+                answers.append((prompt, value[1]))
+                assert accepted(prompt.removeprefix("Parameter "), value[1]), (prompt, cell)
+    assert answers  # the table's trial answers (7 days of logs, Object Lock off) were found
