@@ -327,3 +327,13 @@ def test_every_answer_the_prompt_table_spells_out_is_one_the_template_accepts():
                 answers.append((prompt, value[1]))
                 assert accepted(prompt.removeprefix("Parameter "), value[1]), (prompt, cell)
     assert answers  # the table's trial answers (7 days of logs, Object Lock off) were found
+
+
+def test_every_stack_output_the_docs_read_is_one_the_template_has():
+    # The first hour's commands read names from the stack's outputs; a renamed output would
+    # make them print nothing and pass an empty name on.
+    docs = "\n".join(path.read_text() for path in [ROOT / "README.md",
+                                                   *sorted((ROOT / "docs").glob("*.md"))])
+    read = set(re.findall(r"OutputKey=='(\w+)'|\bout (\w+)\)|\boutputs? `(\w+)`", docs))
+    named = {name for group in read for name in group if name}
+    assert len(named) > 10 and named <= set(TEMPLATE["Outputs"]), named - set(TEMPLATE["Outputs"])
