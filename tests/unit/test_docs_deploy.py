@@ -337,3 +337,30 @@ def test_every_stack_output_the_docs_read_is_one_the_template_has():
     read = set(re.findall(r"OutputKey=='(\w+)'|\bout (\w+)\)|\boutputs? `(\w+)`", docs))
     named = {name for group in read for name in group if name}
     assert len(named) > 10 and named <= set(TEMPLATE["Outputs"]), named - set(TEMPLATE["Outputs"])
+
+
+def headings(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of a markdown file (repeats numbered -1, -2...)."""
+    found: set[str] = set()
+    seen: dict[str, int] = {}
+    in_code = False
+    for line in path.read_text().splitlines():
+        in_code ^= line.startswith("```")
+        heading = None if in_code else re.match(r"^#{1,6} (.*)$", line)
+        if heading:
+            anchor = re.sub(r"[^\w\- ]", "", heading[1].strip().lower()).replace(" ", "-")
+            found.add(f"{anchor}-{seen[anchor]}" if anchor in seen else anchor)
+            seen[anchor] = seen.get(anchor, 0) + 1
+    return found
+
+
+def test_every_link_to_a_section_lands_on_a_heading():
+    # A new user follows the guide's links (Before you deploy, If the first deployment fails...).
+    broken, followed = [], 0
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", page.read_text()):
+            linked = (page.parent / target) if target else page
+            followed += 1
+            if not linked.is_file() or anchor not in headings(linked):
+                broken.append((page.name, target, anchor))
+    assert followed > 100 and not broken
