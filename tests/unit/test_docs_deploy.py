@@ -6,6 +6,7 @@ comments list every parameter with its default. A parameter added to the templat
 added or removed, a memory size or a schedule changed without the docs fails here. The prompts
 come from SAM's own guided-deploy code, run with its questions answered by their defaults.
 """
+import functools
 import json
 import re
 import tomllib
@@ -339,7 +340,8 @@ def test_every_stack_output_the_docs_read_is_one_the_template_has():
     assert len(named) > 10 and named <= set(TEMPLATE["Outputs"]), named - set(TEMPLATE["Outputs"])
 
 
-def headings(path: Path) -> set[str]:
+@functools.cache
+def headings(path: Path) -> frozenset[str]:
     """The anchors GitHub gives the headings of a markdown file (repeats numbered -1, -2...)."""
     found: set[str] = set()
     seen: dict[str, int] = {}
@@ -351,7 +353,7 @@ def headings(path: Path) -> set[str]:
             anchor = re.sub(r"[^\w\- ]", "", heading[1].strip().lower()).replace(" ", "-")
             found.add(f"{anchor}-{seen[anchor]}" if anchor in seen else anchor)
             seen[anchor] = seen.get(anchor, 0) + 1
-    return found
+    return frozenset(found)
 
 
 def test_every_link_to_a_section_lands_on_a_heading():
@@ -359,7 +361,7 @@ def test_every_link_to_a_section_lands_on_a_heading():
     broken, followed = [], 0
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", page.read_text()):
-            linked = (page.parent / target) if target else page
+            linked = (page.parent / target).resolve() if target else page.resolve()
             followed += 1
             if not linked.is_file() or anchor not in headings(linked):
                 broken.append((page.name, target, anchor))
