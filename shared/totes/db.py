@@ -716,10 +716,11 @@ def _pending_secret(secret_id: str) -> Mapping[str, Any] | None:
 
     A single-user rotation sets the database's password to the pending version, then,
     moments later, makes that version current: a run between the two is refused with
-    the current one. Not cached (a rotation is rare and brief) and never an error of
-    its own: without it the refusal stands. A Secrets Manager that throttles, fails or
-    does not answer is transient, as for the current version: whether a rotation is under
-    way is not known, and the next run asks again.
+    the current one. Not cached (a rotation is rare and brief). None when there is no
+    such version, or it is refused or not a JSON object: the refusal then stands. A
+    Secrets Manager that throttles, fails or does not answer raises the transient error
+    the current version's read would: whether a rotation is under way is not known yet,
+    and the next run asks again.
     """
     client = DEFAULT_PROVIDERS["secrets"].client
     try:
