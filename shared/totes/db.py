@@ -221,6 +221,10 @@ class SecretsManagerUnreachableError(TransientError, ConnectionError):
     """Secrets Manager did not answer: a network blip, or (in a VPC) no route to it at all."""
 
 
+class SecretsManagerBusyError(TransientError):
+    """Secrets Manager answered, but throttled the call or failed itself: the next run retries."""
+
+
 class DatabaseUnavailableError(TransientError, ConnectionError):
     """The database could not be reached or refused the credentials."""
 
@@ -325,11 +329,39 @@ def _secrets_provider() -> None:
                 retries={"mode": "standard", "max_attempts": SECRETS_ATTEMPTS}))
 
 
-def _unreachable(error: BaseException, secret_id: str) -> SecretsManagerUnreachableError | None:
-    """The error for a Secrets Manager that did not answer, saying where to look; else None."""
-    cause = error.__cause__ or error.__context__
+#: Secrets Manager's answers that say "not now" rather than "no": throttling (the account's
+#: rate, shared with every other caller) and its own transient failures, as botocore's
+#: standard retry mode counts them; any 5xx status is one too. They are what is left
+#: after :data:`SECRETS_ATTEMPTS` attempts.
+_SECRET_NOT_NOW = frozenset({
+    "ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded",
+    "LimitExceededException", "RequestTimeout", "RequestTimeoutException",
+    "InternalServiceError", "ServiceUnavailable"})
+
+
+def _busy(cause: BaseException | None, secret_id: str) -> SecretsManagerBusyError | None:
+    """The error for a Secrets Manager that throttled or failed the call (``cause``); else None."""
+    response = getattr(cause, "response", None)
+    if not isinstance(response, Mapping):
+        return None
+    said = response.get("Error", {})
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    if said.get("Code") not in _SECRET_NOT_NOW and not 500 <= status <= 599:
+        return None
+    return SecretsManagerBusyError(
+        f"cannot read secret {secret_id} for now: Secrets Manager answered "
+        f"{said.get('Code')} ({said.get('Message', '')}; {SECRETS_ATTEMPTS} attempts); "
+        "the next run retries. Throttling that repeats means other callers in the account "
+        "and region use up Secrets Manager's request rate")
+
+
+def _unreachable(cause: BaseException | None,
+                 secret_id: str) -> SecretsManagerUnreachableError | None:
+    """The error for a Secrets Manager that did not answer (``cause``), saying where to look."""
+    # A connection refused, reset or closed before an answer, or an answer that never came
+    # (ReadTimeoutError is an HTTPClientError): what botocore's retries count as transient.
     if not isinstance(cause, (botocore.exceptions.ConnectionError,
-                              botocore.exceptions.ReadTimeoutError)):
+                              botocore.exceptions.HTTPClientError)):
         return None
     return SecretsManagerUnreachableError(
         f"cannot read secret {secret_id}: Secrets Manager did not answer ({cause}; "
@@ -378,7 +410,8 @@ def fetch_secret(secret_id: str, database: config.Database | None = None, *,
     role or its key) fails as an input error that says what to do, naming ``database``'s
     template parameter when the caller says which database it is; a Secrets Manager
     that does not answer fails within seconds (:data:`SECRETS_CONNECT_TIMEOUT_SECONDS`),
-    naming the route a VPC needs.
+    naming the route a VPC needs; one that throttles or fails the call is transient too
+    (:class:`SecretsManagerBusyError`): the next run retries.
     """
     _secrets_provider()
     try:
@@ -387,10 +420,12 @@ def fetch_secret(secret_id: str, database: config.Database | None = None, *,
     except parameters.exceptions.TransformParameterError:
         raise SecretFormatError(f"secret {secret_id} is not valid JSON; {_WHAT_TO_STORE}") from None
     except parameters.exceptions.GetParameterError as error:
-        refusal = _refusal(error, secret_id, database) or _unreachable(error, secret_id)
-        if refusal is None:
+        cause = error.__cause__ or error.__context__  # boto3's error (see _refusal)
+        classified = (_refusal(error, secret_id, database) or _busy(cause, secret_id)
+                      or _unreachable(cause, secret_id))
+        if classified is None:
             raise
-        raise refusal from error
+        raise classified from error
     if not isinstance(secret, Mapping):
         raise SecretFormatError(f"secret {secret_id} must be a JSON object; {_WHAT_TO_STORE}")
     return secret
@@ -681,15 +716,22 @@ def _pending_secret(secret_id: str) -> Mapping[str, Any] | None:
 
     A single-user rotation sets the database's password to the pending version, then,
     moments later, makes that version current: a run between the two is refused with
-    the current one. Not cached (a rotation is rare and brief) and never an error of
-    its own: without it the refusal stands.
+    the current one. Not cached (a rotation is rare and brief). None when there is no
+    such version, or it is refused or not a JSON object: the refusal then stands. A
+    Secrets Manager that throttles, fails or does not answer raises the transient error
+    the current version's read would: whether a rotation is under way is not known yet,
+    and the next run asks again.
     """
     client = DEFAULT_PROVIDERS["secrets"].client
     try:
         pending = json.loads(client.get_secret_value(SecretId=secret_id,
                                                      VersionStage="AWSPENDING")["SecretString"])
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, KeyError,
-            ValueError):
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        not_now = _busy(error, secret_id) or _unreachable(error, secret_id)
+        if not_now is None:
+            return None
+        raise not_now from error
+    except (KeyError, ValueError):
         return None
     return pending if isinstance(pending, Mapping) else None
 

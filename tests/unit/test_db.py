@@ -4,8 +4,11 @@ import time
 from pathlib import Path
 
 import boto3
+import botocore.exceptions
 import pg8000.native
 import pytest
+from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS
 from moto import mock_aws
 
 from totes import config, db, errors
@@ -163,6 +166,107 @@ def test_a_secrets_manager_that_never_answers_fails_in_seconds_naming_vpc_mode(
     assert MISSING_ARN in message and "did not answer" in message
     assert "SubnetIds" in message and "interface endpoint" in message
     assert errors.kind_of(raised.value) == errors.TRANSIENT
+
+
+def _secrets_manager_answers(error: Exception, stage: str | None = None) -> list[str]:
+    """Make GetSecretValue of the functions' Secrets Manager client raise ``error``.
+
+    Every call, or only those for the version ``stage``. moto cannot throttle or fail a
+    call, so a botocore hook raises what the SDK would after its retries; returns the
+    list the hook records each refused call's secret id in.
+    """
+    refused: list[str] = []
+
+    def answer(params, **_kwargs):
+        if stage is None or params.get("VersionStage") == stage:
+            refused.append(params["SecretId"])
+            raise error
+
+    db._secrets_provider()
+    DEFAULT_PROVIDERS["secrets"].client.meta.events.register(
+        "before-parameter-build.secrets-manager.GetSecretValue", answer)
+    return refused
+
+
+def _client_error(code: str, status: int) -> botocore.exceptions.ClientError:
+    """The error botocore raises for a Secrets Manager answer of ``status`` saying ``code``."""
+    return botocore.exceptions.ClientError(
+        {"Error": {"Code": code, "Message": f"{code} said"},
+         "ResponseMetadata": {"HTTPStatusCode": status}}, "GetSecretValue")
+
+
+@mock_aws
+@pytest.mark.parametrize("code, status", [("ThrottlingException", 400),
+                                          ("InternalServiceError", 500),
+                                          ("ServiceUnavailable", 503)])
+def test_a_throttled_or_failing_secrets_manager_is_transient_naming_the_secret(
+        monkeypatch, code, status):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    _secrets_manager_answers(_client_error(code, status))
+    with pytest.raises(db.SecretsManagerBusyError) as raised:
+        db.fetch_secret(MISSING_ARN, config.TOTESYS)
+    message = str(raised.value)
+    assert MISSING_ARN in message and code in message and "the next run" in message
+    assert errors.kind_of(raised.value) == errors.TRANSIENT
+
+
+@mock_aws
+def test_a_connection_closed_before_secrets_manager_answered_is_transient(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    _secrets_manager_answers(botocore.exceptions.ConnectionClosedError(
+        endpoint_url="https://secretsmanager.eu-west-2.amazonaws.com"))
+    with pytest.raises(db.SecretsManagerUnreachableError) as raised:
+        db.fetch_secret(MISSING_ARN, config.TOTESYS)
+    assert errors.kind_of(raised.value) == errors.TRANSIENT
+
+
+@mock_aws
+def test_an_error_secrets_manager_never_meant_as_a_refusal_or_a_retry_stays_unexpected(
+        monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    _secrets_manager_answers(_client_error("SomethingNewException", 400))
+    with pytest.raises(parameters.exceptions.GetParameterError) as raised:
+        db.fetch_secret(MISSING_ARN, config.TOTESYS)
+    assert errors.kind_of(raised.value) == errors.UNEXPECTED
+
+
+@mock_aws
+def test_a_refused_login_whose_secret_read_again_is_throttled_is_retried_not_unexpected(
+        monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    arn = boto3.client("secretsmanager").create_secret(
+        Name="totes/throttled", SecretString=json.dumps(SECRET))["ARN"]
+    db.fetch_secret(arn, config.TOTESYS)  # cached, as a warm container holds it
+    refused = _secrets_manager_answers(_client_error("ThrottlingException", 400))
+    monkeypatch.setattr(db, "_connect_through", _refused)
+    with pytest.raises(db.SecretsManagerBusyError) as raised:
+        db.connect(arn, database=config.TOTESYS)
+    assert refused == [arn]  # the re-read after the refusal was the throttled call
+    assert errors.kind_of(raised.value) == errors.TRANSIENT
+
+
+@mock_aws
+def test_a_refused_login_whose_pending_version_is_throttled_is_retried_not_paged(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    arn = boto3.client("secretsmanager").create_secret(
+        Name="totes/rotating", SecretString=json.dumps(SECRET))["ARN"]
+    refused = _secrets_manager_answers(_client_error("ThrottlingException", 400), "AWSPENDING")
+    monkeypatch.setattr(db, "_connect_through", _refused)
+    with pytest.raises(db.SecretsManagerBusyError) as raised:
+        db.connect(arn, database=config.TOTESYS)
+    assert refused == [arn]  # the current version was read twice; the pending one throttled
+    assert errors.kind_of(raised.value) == errors.TRANSIENT
+
+
+@mock_aws
+def test_a_refused_login_without_a_pending_version_stays_the_refusal(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    arn = boto3.client("secretsmanager").create_secret(
+        Name="totes/refused", SecretString=json.dumps(SECRET))["ARN"]
+    monkeypatch.setattr(db, "_connect_through", _refused)
+    with pytest.raises(db.LoginRefusedError) as raised:
+        db.connect(arn, database=config.TOTESYS)
+    assert errors.kind_of(raised.value) == errors.INPUT
 
 
 def test_a_caller_can_give_statements_longer_than_the_connect_timeout():

@@ -6,12 +6,15 @@ comments list every parameter with its default. A parameter added to the templat
 added or removed, a memory size or a schedule changed without the docs fails here. The prompts
 come from SAM's own guided-deploy code, run with its questions answered by their defaults.
 """
+import functools
+import json
 import re
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from totes import config, db
 from totes_local import cfn
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,3 +227,142 @@ def test_the_first_hour_commands_take_the_stack_name_the_user_chose(title):
         commands = [line.split("#")[0] for line in block.splitlines()
                     if not line.startswith("STACK=")]
         assert not [line for line in commands if default in line], (title, block)
+
+
+def bash_blocks(text: str) -> list[str]:
+    """The ```bash code blocks of ``text``, in order."""
+    return re.findall(r"^```bash\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+
+
+def test_every_command_using_the_venv_comes_after_the_make_setup_that_creates_it():
+    # A new user types the blocks in the order written, on a fresh clone: no .venv/ yet.
+    blocks = bash_blocks(GUIDE)
+    first_setup = next(i for i, block in enumerate(blocks) if "make setup" in block)
+    first_venv = next(i for i, block in enumerate(blocks) if ".venv/" in block)
+    assert first_setup <= first_venv, blocks[first_venv]
+
+
+def documented_secret_files() -> dict[str, dict[str, object]]:
+    """The secret files the credentials step writes, by name, as JSON."""
+    commands = "".join(bash_blocks(section("1. Store the database credentials")))
+    written = re.findall(r"^cat > (\S+\.json) <<'EOF'\n(.*?)^EOF$", commands,
+                         re.MULTILINE | re.DOTALL)
+    uploaded = re.findall(r"--secret-string file://(\S+\.json)", commands)
+    assert uploaded and sorted(name for name, _ in written) == sorted(uploaded), commands
+    return {name: json.loads(body) for name, body in written}
+
+
+@pytest.mark.parametrize("database, file, login", [
+    (config.TOTESYS, "totesys-secret.json", "The totesys login"),
+    (config.WAREHOUSE, "warehouse-secret.json", "The warehouse database and its login")])
+def test_the_secret_the_guide_writes_passes_the_functions_check_for_the_login_it_creates(
+        monkeypatch, database, file, login):
+    for field in config.CONNECTION_FIELDS:  # nothing from the template's parameters
+        monkeypatch.delenv(database.variable(field), raising=False)
+    secret = documented_secret_files()[file]
+    arn = ("arn:aws:secretsmanager:eu-west-2:123456789012:secret:totes/"
+           f"{database.prefix.lower()}-AbC123")
+    kwargs = db.connection_kwargs(db.with_connection_fields(secret, database, arn))
+    sql = section(login, level=3)
+    assert re.search(rf"^CREATE ROLE {kwargs['user']} LOGIN", sql, re.MULTILINE), kwargs["user"]
+    assert re.search(rf"\b(DATABASE|database) {kwargs['database']}\b", sql), kwargs["database"]
+    assert kwargs["ssl_context"].check_hostname  # verify-full: the default a deployment keeps
+
+
+def test_a_failed_first_deploy_says_what_the_rollback_keeps_and_how_to_deploy_again():
+    # A first deployment that fails rolls back, but what the template retains stays (empty)
+    # and the stack stays in ROLLBACK_COMPLETE, which no `sam deploy` can update.
+    failed = section("If the first deployment fails", level=3)
+    kept = {name for name, body in RESOURCES.items() if body.get("DeletionPolicy") == "Retain"}
+    named = set(re.findall(r"`(\w+)`", failed))
+    assert kept and kept <= named, kept - named
+    assert "ROLLBACK_COMPLETE" in failed and "sam delete" in failed
+    assert "DELETE_SKIPPED" in "".join(bash_blocks(failed))
+
+
+def test_the_prerequisites_name_the_python_and_sam_cli_the_project_pins_and_lambda_runs():
+    # What a new user installs by hand (Python) and what the prompt table was read from (SAM).
+    pins = dict(re.findall(r"^([\w-]+)==(\S+)$", (ROOT / "requirements-dev.txt").read_text(),
+                           re.MULTILINE))
+    guided = " ".join(section("The guided deploy, prompt by prompt", level=3).split())
+    assert re.search(rf"SAM CLI {re.escape(pins['aws-sam-cli'])}, the version `make setup`",
+                     guided)
+    runtime = TEMPLATE["Globals"]["Function"]["Runtime"]  # python3.11
+    python = runtime.removeprefix("python")
+    assert f"Python {python}" in section("Prerequisites")
+    assert f'requires-python = ">={python},' in (ROOT / "pyproject.toml").read_text()
+    assert f"PYTHON ?= python{python}" in (ROOT / "Makefile").read_text()
+
+
+def accepted(name: str, value: str) -> bool:
+    """Whether CloudFormation takes ``value`` for the template parameter ``name``."""
+    parameter = PARAMETERS[name]
+    if "AllowedPattern" in parameter and not re.fullmatch(parameter["AllowedPattern"], value):
+        return False
+    if "AllowedValues" in parameter and value not in map(str, parameter["AllowedValues"]):
+        return False
+    if parameter["Type"] == "Number":
+        number = float(value)
+        return (parameter.get("MinValue", number) <= number <= parameter.get("MaxValue", number))
+    return True
+
+
+def test_every_default_the_guided_deploy_offers_is_one_the_template_accepts():
+    refused = [name for name, parameter in PARAMETERS.items()
+               if "Default" in parameter and parameter["Type"] != "CommaDelimitedList"
+               and not accepted(name, str(parameter["Default"]))]
+    assert not refused
+
+
+def test_every_answer_the_prompt_table_spells_out_is_one_the_template_accepts():
+    answers = []
+    for row in documented_prompts():
+        prompt = row[1].strip("`")
+        for cell in row[3:5]:
+            value = re.fullmatch(r"`([^`]*)`", cell)
+            if value is None:
+                continue
+            if prompt == "Stack Name":  # CloudFormation's own rule for stack names
+                assert re.fullmatch(r"[a-zA-Z][-a-zA-Z0-9]{0,127}", value[1]), cell
+            elif prompt.startswith("Parameter "):
+                answers.append((prompt, value[1]))
+                assert accepted(prompt.removeprefix("Parameter "), value[1]), (prompt, cell)
+    assert answers  # the table's trial answers (7 days of logs, Object Lock off) were found
+
+
+def test_every_stack_output_the_docs_read_is_one_the_template_has():
+    # The first hour's commands read names from the stack's outputs; a renamed output would
+    # make them print nothing and pass an empty name on.
+    docs = "\n".join(path.read_text() for path in [ROOT / "README.md",
+                                                   *sorted((ROOT / "docs").glob("*.md"))])
+    read = set(re.findall(r"OutputKey=='(\w+)'|\bout (\w+)\)|\boutputs? `(\w+)`", docs))
+    named = {name for group in read for name in group if name}
+    assert len(named) > 10 and named <= set(TEMPLATE["Outputs"]), named - set(TEMPLATE["Outputs"])
+
+
+@functools.cache
+def headings(path: Path) -> frozenset[str]:
+    """The anchors GitHub gives the headings of a markdown file (repeats numbered -1, -2...)."""
+    found: set[str] = set()
+    seen: dict[str, int] = {}
+    in_code = False
+    for line in path.read_text().splitlines():
+        in_code ^= line.startswith("```")
+        heading = None if in_code else re.match(r"^#{1,6} (.*)$", line)
+        if heading:
+            anchor = re.sub(r"[^\w\- ]", "", heading[1].strip().lower()).replace(" ", "-")
+            found.add(f"{anchor}-{seen[anchor]}" if anchor in seen else anchor)
+            seen[anchor] = seen.get(anchor, 0) + 1
+    return frozenset(found)
+
+
+def test_every_link_to_a_section_lands_on_a_heading():
+    # A new user follows the guide's links (Before you deploy, If the first deployment fails...).
+    broken, followed = [], 0
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", page.read_text()):
+            linked = (page.parent / target).resolve() if target else page.resolve()
+            followed += 1
+            if not linked.is_file() or anchor not in headings(linked):
+                broken.append((page.name, target, anchor))
+    assert followed > 100 and not broken

@@ -18,7 +18,7 @@ def test_bad_input_or_configuration_is_an_input_error(error_class):
 
 
 @pytest.mark.parametrize("error_class", [
-    db.DatabaseUnavailableError, db.SecretsManagerUnreachableError,
+    db.DatabaseUnavailableError, db.SecretsManagerUnreachableError, db.SecretsManagerBusyError,
     ingest.ConcurrentRunError, storage.ObjectAlreadyExistsError,
     warehouse.MigrationLockTimeoutError,
 ])

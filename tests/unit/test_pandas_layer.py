@@ -78,3 +78,36 @@ def test_the_deployment_guide_names_the_release_and_its_published_parameter():
     for package, version in release.versions.items():
         assert f"{package} {version}" in guide
     assert pandas_layer.PARAMETER.format(release=release.awswrangler, region="REGION") in guide
+
+
+def test_a_region_without_the_published_layer_is_told_how_to_publish_the_same_release():
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    other = guide.split("## Other regions\n", 1)[1].split("\n## ", 1)[0]
+    release = pandas_layer.RELEASE.awswrangler
+    assert f"awswrangler-layer-{release}-py3.11.zip" in other  # the x86_64 Python 3.11 asset
+    assert "publish-layer-version" in other and "PandasLayerArn" in other
+
+
+def test_the_shared_layer_shadows_nothing_pandas_numpy_and_pyarrow_need_at_another_version():
+    # The shared layer comes last, so a package it ships replaces the pandas layer's copy for
+    # every import: none may be pandas, numpy or pyarrow themselves, and every requirement
+    # of theirs that the shared layer answers (python-dateutil, six...) must accept its pin.
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    shared = {name.lower().replace("_", "-"): version for name, version in pandas_layer.pins(
+        (ROOT / "shared" / "requirements.txt").read_text()).items()}
+    assert not {package.lower() for package in pandas_layer.PACKAGES} & set(shared)
+    lambda_python = {"sys_platform": "linux", "platform_system": "Linux",
+                     "python_version": "3.11", "extra": ""}
+    refused = []
+    for package in pandas_layer.PACKAGES:
+        for text in requires(package) or []:
+            needed = Requirement(text)
+            if needed.marker and not needed.marker.evaluate(lambda_python):
+                continue
+            pinned = shared.get(needed.name.lower().replace("_", "-"))
+            if pinned is not None and not needed.specifier.contains(pinned, prereleases=True):
+                refused.append((package, str(needed), pinned))
+    assert not refused

@@ -221,6 +221,8 @@ def test_duration_alarm_fires_at_80_percent_of_the_timeout(function):
 def test_every_alarm_has_a_description_and_notifies_the_topic_on_alarm_and_recovery():
     for name, alarm in alarms().items():
         assert len(alarm.get("AlarmDescription", "")) > 80, name
+        # PutMetricAlarm refuses a longer one, and only when the stack creates the alarm.
+        assert len(alarm["AlarmDescription"]) <= 1024, name
         assert "docs/runbook.md" in alarm["AlarmDescription"], name
         assert alarm["AlarmActions"] == [{"Ref": "AlertTopic"}], name
         assert alarm["OKActions"] == [{"Ref": "AlertTopic"}], name
