@@ -15,8 +15,9 @@ import pytest
 
 from test_template import TRANSLATED
 
-#: the longest stack name CloudFormation accepts ([a-zA-Z][-a-zA-Z0-9]*, 128 characters).
-LONGEST_STACK = "T" + "otes-Pipeline-" * 9 + "x"
+#: the longest stack name the template takes: CloudFormation accepts 128 characters
+#: ([a-zA-Z][-a-zA-Z0-9]*), the Athena workgroup's 128 take ``-lake`` after it (deploy.md).
+LONGEST_STACK = "T" + "otes-Pipeline-" * 8 + "x" * 10
 #: a region name as long as any (ap-southeast-5, eusc-de-east-1: 14 characters).
 LONGEST_REGION = "ap-southeast-5"
 STACK_ID = "arn:aws:cloudformation:{region}:123456789012:stack/{stack}/{uuid}"
@@ -89,9 +90,9 @@ def test_the_names_are_found_for_every_kind_the_template_names():
     assert kinds == set(LIMITS)
 
 
-@pytest.mark.parametrize("stack", ["a", "totes-pipeline", "Totes-Trial", LONGEST_STACK])
+@pytest.mark.parametrize("stack", ["a", "primary", "totes-pipeline", "Totes-Trial", LONGEST_STACK])
 def test_every_name_the_template_chooses_fits_aws_limits_for_any_stack_name(stack):
-    assert len(LONGEST_STACK) == 128 and re.fullmatch(r"[a-zA-Z][-a-zA-Z0-9]*", LONGEST_STACK)
+    assert len(LONGEST_STACK) == 123 and re.fullmatch(r"[a-zA-Z][-a-zA-Z0-9]*", LONGEST_STACK)
     too_long = []
     for name, kind, chosen in chosen_names(stack, LONGEST_REGION):
         _, most, allowed = LIMITS[kind]
@@ -114,3 +115,15 @@ def test_two_stacks_in_one_account_and_region_choose_no_name_alike():
     second = {chosen for _, _, chosen in chosen_names(
         "totes-trial", uuid="9f8e7d6c-5b4a-11f0-9c8d-0e1f2a3b4c5d")}
     assert not first & second
+
+
+def test_a_stack_one_character_longer_than_the_docs_allow_overruns_the_workgroup():
+    # The limit deploy.md states is the real one: a 124-character stack name breaks the workgroup.
+    names = {kind: chosen for _, kind, chosen in chosen_names(LONGEST_STACK + "y", LONGEST_REGION)}
+    assert len(names["AWS::Athena::WorkGroup"]) == 129
+
+
+def test_no_stack_name_chooses_a_workgroup_athena_has_already():
+    # Every account has Athena's own "primary" workgroup; CloudFormation accepts it as a stack name.
+    assert {chosen for _, kind, chosen in chosen_names("primary")
+            if kind == "AWS::Athena::WorkGroup"} == {"primary-lake"}
