@@ -312,7 +312,7 @@ def check_not_rolled_back(name: str, parameters: dict[str, str]) -> None:
             f"{name}: Glue's metadata_location {parameters['metadata_location']} is not newer than "
             f"its previous_metadata_location {parameters['previous_metadata_location']}: the "
             "table was pointed back at an older state by hand; point it at the newest metadata "
-            "file again (docs/runbook.md, \"Audit mismatches\")")
+            "file again (docs/runbook.md, \"Audit errors\")")
 
 
 @dataclass(frozen=True)
