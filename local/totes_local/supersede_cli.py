@@ -15,12 +15,15 @@ Markers are written with the caller's own AWS credentials (the functions' roles
 cannot), and each records who wrote it, from STS.
 """
 import argparse
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
+from typing import Iterator
 
 import boto3
 
 from totes import keys, storage, supersede, timestamps, warehouse
-from totes.warehouse_schema import ETL_SCHEMA, FACTS, quote_ident
+from totes.load import BATCH_ROWS, table_batches
+from totes.manifest import ProcessedManifest
+from totes.warehouse_schema import DELETIONS, ETL_SCHEMA, FACTS, quote_ident
 from totes_local import dsn
 
 #: reloading starts this much before the manifest's start: the clocks of the database and of
@@ -58,19 +61,63 @@ def caller() -> str:
     return arn
 
 
-def reload_sql(start: str) -> list[str]:
-    """The warehouse statements that make the load take everything from ``start`` on again.
+def _stamps_in_force(bucket: str, markers: supersede.Markers,
+                     run: keys.RunId) -> Iterator[datetime]:
+    """The earliest ``last_updated`` of each fact output from ``run`` on, as ``markers`` say.
 
-    Fact versions stamped from the manifest's start (less the clock margin) and
-    the bookkeeping of the manifests from then are removed in one transaction;
-    dimensions are upserted again in order, so they need nothing.
+    Fact versions and deletion records of every processed manifest in force from
+    ``run`` on, read and checked as the load reads them; none for a table without rows.
+    """
+    import pyarrow.compute as pc
+
+    before = f"{keys.MANIFEST_PREFIX}{run.date_path}/{run.stamp}"  # sorts just before the run
+    for key in markers.processed_after(bucket, before):
+        processed_key = markers.processed_key(key)
+        manifest = ProcessedManifest.read(storage.read_json(bucket, processed_key), processed_key)
+        for fact in FACTS:
+            for output, contract in ((manifest.table(fact.name), fact),
+                                     (manifest.deleted(fact.name), DELETIONS[fact.name])):
+                for batch in table_batches(bucket, output, contract, BATCH_ROWS, manifest):
+                    if batch.num_rows == 0:
+                        continue
+                    day = pc.min(batch["last_updated_date"])
+                    at = pc.min(pc.filter(batch["last_updated_time"],
+                                          pc.equal(batch["last_updated_date"], day)))
+                    yield datetime.combine(day.as_py(), at.as_py(), timezone.utc)
+
+
+def earliest_superseded_stamp(bucket: str, start: str) -> datetime | None:
+    """The earliest ``last_updated`` the warehouse may hold from the output a revision supersedes.
+
+    Read before the revision is declared: the output in force from ``start`` on is
+    what the load took. A transform bug can stamp versions before their manifest's
+    start (a clock or time-zone bug; ingest's overlap re-reads the minutes before
+    it): the warehouse keeps such a version, or the correction or new rank it gave
+    an older one, unless the reload reaches back to its stamp. The lake needs none
+    of this: it puts each table back to its snapshot before ``start``.
     """
     run = keys.parse_manifest_key(start)
     if run is None:
         raise supersede.MarkerError(f"{start!r} is not an ingest manifest key")
-    since = run.started_at - CLOCK_MARGIN
-    # Text for a person to paste, so its values are literals: both are rendered from the
-    # parsed stamp (digits, '-', ':', 'T', '.', '/'), the table names from the contract.
+    return min(_stamps_in_force(bucket, supersede.read_markers(bucket), run), default=None)
+
+
+def reload_sql(start: str, earliest: datetime | None = None) -> list[str]:
+    """The warehouse statements that make the load take everything from ``start`` on again.
+
+    Fact versions stamped from the manifest's start, or from ``earliest`` when that
+    is before it (:func:`earliest_superseded_stamp`), less the clock margin, and the
+    bookkeeping of the manifests from then are removed in one transaction; the load
+    then reloads every manifest from then on, each from the revision in force, so
+    every version stamped after it comes back exactly once and nothing of the
+    superseded output stays. Dimensions are upserted again in order, so they need nothing.
+    """
+    run = keys.parse_manifest_key(start)
+    if run is None:
+        raise supersede.MarkerError(f"{start!r} is not an ingest manifest key")
+    since = min(run.started_at, earliest or run.started_at) - CLOCK_MARGIN
+    # Text for a person to paste, so its values are literals: both are rendered from a
+    # datetime (digits, '-', ':', 'T', '.', '/'), the table names from the contract.
     moment = timestamps.database_text(since.replace(tzinfo=None))
     since_run = keys.RunId(keys.stamp(since), "")  # manifest keys sort by their run's stamp
     bound = f"{keys.MANIFEST_PREFIX}{since_run.date_path}/{since_run.stamp}"
@@ -125,12 +172,19 @@ def run(args: argparse.Namespace) -> int:
                  f"{skip.revision}); that run's data is not carried: run the audit afterwards "
                  "to see what is missing (docs/runbook.md, \"A stuck manifest\")."]
     else:
+        earliest = earliest_superseded_stamp(args.processed_bucket, args.start)
         revision = supersede.declare_revision(args.processed_bucket, args.start, args.reason,
                                               caller())
         lines = [f"wrote s3://{args.processed_bucket}/{revision.key}",
                  f"transform writes revision {revision.number} from {revision.from_manifest} on "
                  "at its next event. Load refuses to run until the warehouse forgets what it "
                  "loaded from then on. Run this in the warehouse (docs/runbook.md, "
-                 "\"Transform again from a manifest\"):", "", *reload_sql(revision.from_manifest)]
+                 "\"Transform again from a manifest\"):"]
+        run_start = keys.parse_manifest_key(revision.from_manifest)
+        if earliest is not None and run_start is not None and earliest < run_start.started_at:
+            lines.append("The output it supersedes has versions stamped from "
+                         f"{earliest:%Y-%m-%d %H:%M:%S}, before that manifest started: the "
+                         "reload starts there.")
+        lines += ["", *reload_sql(revision.from_manifest, earliest)]
     print("\n".join(lines))
     return 0

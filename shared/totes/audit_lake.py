@@ -20,6 +20,7 @@ warehouse's capture point is judged by: the lake lagging the warehouse by its ow
 schedule is never a mismatch.
 """
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Sequence, cast
 
@@ -281,6 +282,39 @@ class LakeTables:
         return HashedRows(keys, hashes, skip, len(keys))
 
 
+class LakeRolledBackError(RuntimeError):
+    """Glue names an older metadata file than the table's last commit: the table went back.
+
+    Every commit (pyiceberg's, Athena's, Spark's) numbers its metadata file one past
+    the one it replaced and records that one in Glue as ``previous_metadata_location``.
+    A ``metadata_location`` not numbered past it was set by hand (or by a restore):
+    every reader then sees the table as it was, and the next publish would build on
+    that state (record ids given twice, versions gone from the history, which the audit
+    does not compare). The lake audit fails, logged at ERROR (alarmed).
+    """
+
+
+#: a metadata file's number in its name (``00012-<uuid>.metadata.json``), as every writer names it.
+_METADATA_NUMBER = re.compile(r"/(\d+)-[^/]*\.metadata\.json")
+
+
+def check_not_rolled_back(name: str, parameters: dict[str, str]) -> None:
+    """Refuse a table whose Glue entry names a metadata file not newer than the previous one.
+
+    ``parameters`` are the Glue table's, from one ``GetTable``: both locations are
+    read together, so a commit in between cannot make them disagree. A location
+    named otherwise (another writer's convention) is not judged.
+    """
+    current = _METADATA_NUMBER.search(parameters.get("metadata_location", ""))
+    previous = _METADATA_NUMBER.search(parameters.get("previous_metadata_location", ""))
+    if current and previous and int(current[1]) <= int(previous[1]):
+        raise LakeRolledBackError(
+            f"{name}: Glue's metadata_location {parameters['metadata_location']} is not newer than "
+            f"its previous_metadata_location {parameters['previous_metadata_location']}: the "
+            "table was pointed back at an older state by hand; point it at the newest metadata "
+            "file again (docs/runbook.md, \"Audit errors\")")
+
+
 @dataclass(frozen=True)
 class IcebergLake:
     """The deployed lake, read with pyiceberg through the publish's Glue catalog; never written."""
@@ -299,7 +333,11 @@ class IcebergLake:
             return CapturePoint(None, None), None
         point = CapturePoint(key, IngestManifest.read(store.read_json(key), key))
         catalog = lake.glue_catalog(self.settings.lake_bucket)
-        return point, LakeTables({
+        tables = LakeTables({
             lake_table_name(name): catalog.load_table(
                 (self.settings.lake_database, lake_table_name(name)))
             for name in audit_sql.SEGMENTED})
+        for name in LAKE_TABLES:  # the histories too: not compared, but built on by publish
+            found = catalog.glue.get_table(DatabaseName=self.settings.lake_database, Name=name)
+            check_not_rolled_back(name, found["Table"].get("Parameters", {}))
+        return point, tables

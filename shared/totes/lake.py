@@ -236,7 +236,9 @@ def rewind(table: "IcebergTable", markers: Markers) -> bool:
     while kept is not None and not _in_force(kept, markers):
         parent = kept.parent_snapshot_id
         kept = None if parent is None else table.snapshot_by_id(parent)
-        if kept is None and EXPIRED_PROPERTY in table.properties:
+        # A parent named but gone was expired by another engine (Athena's VACUUM keeps the
+        # link); one unlinked by the publish's own expiry is known by the table property.
+        if kept is None and (parent is not None or EXPIRED_PROPERTY in table.properties):
             raise RewindError(
                 f"{table.name()}: the state before the revision is older than the snapshots "
                 "kept (LAKE_SNAPSHOT_RETENTION_DAYS); rebuild the lake (docs/lake.md)")
@@ -251,12 +253,9 @@ def rewind(table: "IcebergTable", markers: Markers) -> bool:
     next_id = summary_value(current, NEXT_RECORD_ID_PROPERTY)
     if next_id is not None:  # record ids are never given twice, even after a rewind
         properties[NEXT_RECORD_ID_PROPERTY] = next_id
+    rows = None if kept is None else table.scan(snapshot_id=kept.snapshot_id).to_arrow()
     with table.transaction() as transaction:
-        if kept is None:
-            transaction.delete(AlwaysTrue(), snapshot_properties=properties)
-        else:
-            rows = table.scan(snapshot_id=kept.snapshot_id).to_arrow()
-            transaction.overwrite(rows, snapshot_properties=properties)
+        replace_rows(transaction, AlwaysTrue(), rows, properties)
     return True
 
 
@@ -276,11 +275,59 @@ class TableChange:
                                                or self.appended.num_rows == 0)
 
     def commit(self, transaction: "Transaction") -> None:
-        """Stage the change's delete and append in ``transaction``, each snapshot labelled."""
+        """Stage the change in ``transaction`` as one snapshot, labelled with its properties."""
         if self.remove_filter is not None:
-            transaction.delete(self.remove_filter, snapshot_properties=self.properties)
-        if self.appended is not None and self.appended.num_rows:
+            replace_rows(transaction, self.remove_filter, self.appended, self.properties)
+        elif self.appended is not None and self.appended.num_rows:
             transaction.append(self.appended, snapshot_properties=self.properties)
+
+
+def replace_rows(transaction: "Transaction", remove_filter: "BooleanExpression",
+                 appended: "pa.Table | None", properties: dict[str, str]) -> None:
+    """Remove the rows ``remove_filter`` matches and add ``appended``, in one overwrite snapshot.
+
+    pyiceberg's own ``delete`` and ``append`` make two or three snapshots of one
+    transaction (a delete, an overwrite rewriting the files it cuts rows from, an
+    append), and it logs each in the table's snapshot log. The transaction makes them
+    visible together, but time travel by timestamp (Athena's, Spark's and Trino's
+    ``FOR TIMESTAMP AS OF``) reads that log: a moment between them showed the table
+    without the changed rows, or empty during a rewind. So the files the filter
+    touches are rewritten without its rows (copy-on-write, as pyiceberg does: no
+    delete files) and dropped, and the new rows added, by one snapshot producer.
+    """
+    import itertools
+
+    import pyarrow as pa
+    from pyiceberg.expressions import AlwaysTrue
+    from pyiceberg.expressions.visitors import bind
+    from pyiceberg.io.pyarrow import (ArrowScan, _check_pyarrow_schema_compatible,
+                                      _dataframe_to_data_files,
+                                      _expression_to_complementary_pyarrow)
+
+    metadata = transaction.table_metadata
+    schema, io = metadata.schema(), transaction._table.io
+    keep = _expression_to_complementary_pyarrow(bind(schema, remove_filter, True), schema)
+    added = [] if appended is None or appended.num_rows == 0 else [appended]
+    for rows in added:
+        _check_pyarrow_schema_compatible(schema, provided_schema=rows.schema,
+                                         format_version=metadata.format_version)
+    kept_parts: list[pa.Table] = []
+    counter = itertools.count(0)  # one file name sequence for the snapshot's files
+    with transaction.update_snapshot(snapshot_properties=properties).overwrite() as snapshot:
+        for task in transaction._scan(row_filter=remove_filter).plan_files():
+            rows = ArrowScan(table_metadata=metadata, io=io, projected_schema=schema,
+                             row_filter=AlwaysTrue()).to_table(tasks=[task])
+            kept = rows.filter(keep)
+            if kept.num_rows == rows.num_rows:
+                continue
+            snapshot.delete_data_file(task.file)
+            if kept.num_rows:
+                kept_parts.append(kept)
+        for rows in [*kept_parts, *added]:
+            for data_file in _dataframe_to_data_files(
+                    table_metadata=metadata, df=rows, io=io, write_uuid=snapshot.commit_uuid,
+                    counter=counter):
+                snapshot.append_data_file(data_file)
 
 
 def conform(spec: LakeTable, rows: "pa.Table") -> "pa.Table":

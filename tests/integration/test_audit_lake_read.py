@@ -112,3 +112,17 @@ def test_a_data_file_with_delete_files_is_refused_not_misread():
     table = SimpleNamespace(scan=lambda **_: SimpleNamespace(plan_files=lambda: [task]))
     with pytest.raises(audit_lake.LakeReadError, match="another writer"):
         list(audit_lake.lake_batches(table, LAKE_TABLES["dim_currency"], ["currency_id"]))
+
+
+def test_a_data_file_deleted_from_the_lake_bucket_fails_the_read_not_a_table_read_short(aws):
+    import boto3
+    from botocore.exceptions import ClientError
+
+    table = lake.open_table(lake.glue_catalog(aws["LAKE_BUCKET"]), aws["LAKE_DATABASE"],
+                            LAKE_TABLES["dim_currency"])
+    table.append(currencies(1, 3, table.schema().as_arrow()))
+    (task,) = table.scan().plan_files()
+    bucket, _, key = task.file.file_path.removeprefix("s3://").partition("/")
+    boto3.client("s3").delete_object(Bucket=bucket, Key=key)  # a delete marker, as S3 keeps it
+    with pytest.raises(ClientError, match="NoSuchKey"):  # the lake audit fails, logged at ERROR
+        list(audit_lake.lake_batches(table, LAKE_TABLES["dim_currency"], ["currency_id"]))

@@ -214,3 +214,48 @@ def test_duckdb_reads_every_lake_table_as_the_warehouse_holds_it_through_changes
     assert table_files(aws) == added_in
     glue = boto3.client("glue").get_table(DatabaseName=aws["LAKE_DATABASE"], Name=ADDED[0])
     assert ADDED[1] in [column["Name"] for column in glue["Table"]["StorageDescriptor"]["Columns"]]
+
+
+def retransform_as_printed(capsys, aws, conn, start: str) -> str:
+    """Declare a revision from ``start`` with ``totes supersede``, run what it prints, return it."""
+    from totes_local import cli
+
+    capsys.readouterr()
+    assert cli.main(["supersede", "retransform", "--from", start, "--reason", "clock bug",
+                     "--processed-bucket", aws["PROCESSED_BUCKET"]]) == 0
+    printed = capsys.readouterr().out
+    conn.run(printed[printed.index("BEGIN;"):])
+    return printed
+
+
+def test_a_revision_leaves_no_version_of_the_superseded_output_stamped_before_its_manifest(
+        aws, warehouse_conn, duckdb_s3, capsys):
+    # A transform bug stamped versions an hour early: the manifest's re-read of order 1 (its
+    # capture overlaps the run before) and its new order 2 both land before the manifest's
+    # start. Fixed, its output no longer holds those versions; both sides must forget them.
+    buckets = Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"])
+    first_run, bad_run = (datetime(2024, 11, 15, 10, 5, tzinfo=timezone.utc),
+                          datetime(2024, 11, 15, 10, 35, tzinfo=timezone.utc))
+    buckets.publish({**dimensions(), "dim_date": dates(DAY, date(2024, 11, 18),
+                                                       date(2024, 11, 20)),
+                     "fact_sales_order": [sale(1, updated=time(10, 0))],
+                     "fact_purchase_orders": [purchase(1)],
+                     "fact_payment": [payment(1, updated=time(10, 0))]}, started_at=first_run)
+    publish_and_load(aws, warehouse_conn)
+    bad = buckets.publish({"fact_sales_order": [sale(1, updated=time(9, 0)),
+                                                sale(2, updated=time(9, 30), units_sold=3)]},
+                          started_at=bad_run)
+    publish_and_load(aws, warehouse_conn)
+    assert_duckdb_reads_the_warehouse(duckdb_s3, aws, warehouse_conn)
+
+    printed = retransform_as_printed(capsys, aws, warehouse_conn, bad)
+    assert "versions stamped from 2024-11-15 09:00:00, before that manifest started" in printed
+    assert "'2024-11-15T08:55:00.000';" in printed  # the earliest stamp, less the 5 minutes
+    buckets.transform(bad, {"fact_sales_order": [sale(1, updated=time(10, 0)),
+                                                 sale(2, updated=time(10, 30), units_sold=3)]},
+                      revision=1)
+    publish_and_load(aws, warehouse_conn)
+    assert_duckdb_reads_the_warehouse(duckdb_s3, aws, warehouse_conn)
+    assert warehouse_conn.run(
+        'SELECT "sales_order_id", "last_updated_time" FROM "fact_sales_order" '
+        'ORDER BY "sales_record_id"') == [[1, time(10, 0)], [2, time(10, 30)]]

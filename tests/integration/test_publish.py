@@ -383,3 +383,14 @@ def test_arrows_freed_memory_is_given_back_after_each_manifest(aws, monkeypatch)
     supersede.write_skip(aws["PROCESSED_BUCKET"], "load", FIRST, "broken", "tester")
     publish.run_publish(settings(aws), Deadline.unbounded())
     assert len(released) == 2  # after each manifest, published or skipped
+
+
+def test_a_revision_past_snapshots_another_engine_expired_is_refused_not_an_emptied_table(aws):
+    table = currency_table(aws)
+    commit(table, currencies("Pound Sterling"), FIRST)
+    commit(table, currencies("Pound Sterling", "Euro"), SECOND)
+    # as Athena's VACUUM (Iceberg's own expiry) leaves a table: the first snapshot gone, the
+    # second still naming it as its parent, and no expiry of the publish's recorded
+    table.metadata = table.metadata.model_copy(update={"snapshots": table.snapshots()[1:]})
+    with pytest.raises(lake.RewindError, match="rebuild the lake"):
+        lake.rewind(table, Markers(revisions=(revision(SECOND),)))
