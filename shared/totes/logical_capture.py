@@ -230,6 +230,8 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
         "stopped_inside": changes.position.partial_commit_lsn, "changes": changes.changes,
         "transactions": changes.transactions, "rows": changes.rows, "deleted": changes.deleted,
         "complete": changes.complete, "superseded": changes.skipped, "resync": resync,
+        "deletions_replaced": changes.replaced,
+        "stopped_before_reused_key": None if changes.reused is None else list(changes.reused),
         "resync_pending": pending,
         "truncated_tables": changes.truncated_tables, "toast_filled": changes.toast_filled})
     return read_point, entries, changes, reason, found_definitions
