@@ -405,3 +405,29 @@ def test_a_slot_lagging_behind_a_finished_re_read_writes_no_older_version_after_
     # slot decodes later, with the old label, is not written after it.
     assert [row["transaction_type"] for row in history(bucket, "transaction")] == [
         "SALE", "SALES"]
+
+
+@pytest.mark.parametrize("held, runs, deleted", [
+    (logical.PENDING_DELETIONS, [True], []), (2, [False, True], [2, 3, 4])],
+                         ids=["deletions-held-to-commit", "more-deletions-than-held"])
+def test_a_transaction_deleting_and_inserting_the_same_keys_never_ends_them_deleted(
+        source, aws, monkeypatch, held, runs, deleted):
+    seed_one_of_each(source)
+    for order_id in (2, 3, 4):
+        sales_order(source, order_id, T0)
+    ingest.run_ingest()
+    monkeypatch.setattr(logical, "PENDING_DELETIONS", held)
+    source.run("START TRANSACTION")   # a "replace": every order deleted, then inserted again
+    source.run("DELETE FROM sales_order WHERE sales_order_id > 1")
+    for order_id in (2, 3, 4):
+        sales_order(source, order_id, T0 + timedelta(minutes=1))
+    source.run("COMMIT")
+
+    # Deletions past what a transaction holds are written; the read then stops before
+    # their keys are written again, so the next run's versions load after them.
+    assert [ingest.run_ingest().complete for _ in runs] == runs
+    bucket = aws["INGEST_BUCKET"]
+    deletions = history(bucket, "sales_order", "deleted_files")
+    assert sorted(row["sales_order_id"] for row in deletions) == deleted
+    [*_, last] = manifests(bucket)
+    assert sorted(row["sales_order_id"] for row in lines(bucket, last, "sales_order")) == [2, 3, 4]
