@@ -431,3 +431,29 @@ def test_a_transaction_deleting_and_inserting_the_same_keys_never_ends_them_dele
     assert sorted(row["sales_order_id"] for row in deletions) == deleted
     [*_, last] = manifests(bucket)
     assert sorted(row["sales_order_id"] for row in lines(bucket, last, "sales_order")) == [2, 3, 4]
+
+
+def test_a_replica_identity_without_the_key_has_its_deletions_found_by_a_sweep(
+        source, aws, captured_logs):
+    seed_one_of_each(source)
+    for order_id in (2, 3):
+        sales_order(source, order_id, T0 + timedelta(minutes=order_id))
+    ingest.run_ingest()
+    # A DBA's replica identity: a unique index without the primary key, so the log's
+    # deletes and key changes carry no sales_order_id.
+    source.run("CREATE UNIQUE INDEX sales_order_created ON sales_order (created_at)")
+    source.run("ALTER TABLE sales_order REPLICA IDENTITY USING INDEX sales_order_created")
+    source.run("DELETE FROM sales_order WHERE sales_order_id = 2")
+    source.run("UPDATE sales_order SET sales_order_id = 30, created_at = created_at + "
+               "interval '1 second' WHERE sales_order_id = 3")
+
+    run = ingest.run_ingest()
+
+    bucket = aws["INGEST_BUCKET"]
+    [*_, last] = manifests(bucket)
+    assert run.complete
+    deletions = lines(bucket, last, "sales_order", "deleted_files")
+    assert sorted(row["sales_order_id"] for row in deletions) == [2, 3]
+    assert [row["sales_order_id"] for row in lines(bucket, last, "sales_order")] == [30]
+    [warning] = [line for line in captured_logs() if "replica identity" in line["message"]]
+    assert "REPLICA IDENTITY DEFAULT" in warning["message"]
