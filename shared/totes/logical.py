@@ -402,13 +402,26 @@ def resume(conn: pg8000.native.Connection, position: LogicalPosition,
     failed before its manifest, and the next run must not be refused for it. On a
     server that did not restart, a slot ahead of the position (another consumer read
     it with ``get``, or it was advanced by hand) is refused: something else uses it,
-    and a person must decide.
+    and a person must decide. A position beyond the server's WAL is refused too
+    (:func:`check_position`), except on a server that restarted: a restore, or a
+    failover to a server that had not caught up, whose WAL has not yet reached the
+    position; the slot is made again and every table re-synced then as well.
     """
-    check_position(conn, position, manifest_key)
+    try:
+        check_position(conn, position, manifest_key)
+        behind = False
+    except ManifestPositionError:
+        if not server_restarted:
+            raise
+        behind = True
     state = slot_state(conn, position.slot)
     remade = publication.created or position.publication_oid not in (None, publication.oid)
     reason = None
-    if state is None:
+    if behind:
+        reason = ("the source's server restarted since the last run and its WAL is behind that "
+                  f"run's position {position.lsn}: a restore from a backup, or a failover to a "
+                  "server that had not caught up")
+    elif state is None:
         reason = "the replication slot is missing (dropped, or not on this server after a failover)"
     elif state.invalidated is not None:
         reason = f"the replication slot was invalidated: {state.invalidated}"
