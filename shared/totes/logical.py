@@ -434,6 +434,7 @@ def resume(conn: pg8000.native.Connection, position: LogicalPosition,
                   "advance, nor from a re-sync that made the slot again and failed before "
                   "its manifest")
     if reason is not None or state is None:  # (a missing slot always has its reason)
+        check_wal_level(conn)  # lowered since: the slot could not be made, nor read
         if state is not None:
             drop_slot(conn, position.slot)
         lsn = create_slot(conn, position.slot)

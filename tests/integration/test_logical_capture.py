@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 
 from totes import ingest, jsonl, logical, logical_capture, storage
-from totes.manifest import IngestManifest
+from totes.manifest import IngestManifest, LogicalPosition
 from totes_local import stack
 
 from logical_cluster import logical_cluster  # noqa: F401  (the module's fixture)
@@ -274,6 +274,15 @@ def test_a_source_without_logical_wal_is_refused_naming_the_setting(source_db, a
     with pytest.raises(logical.LogicalSetupError, match="wal_level.*rds.logical_replication"):
         ingest.run_ingest()
     assert manifests(aws["INGEST_BUCKET"]) == []
+
+
+def test_a_slot_to_make_again_on_a_source_whose_wal_level_was_lowered_names_the_setting(
+        source_db):
+    # wal_level lowered after a restart (the server only starts once the slot is dropped):
+    # the slot is missing, and making it again cannot work until the setting is back.
+    position = LogicalPosition("totes_gone", "totes_ingest", "0/0", backfilled=True)
+    with pytest.raises(logical.LogicalSetupError, match="wal_level is replica, not logical"):
+        logical.resume(source_db, position, logical.PublicationState(oid=1))
 
 
 def test_a_login_without_the_privileges_gets_the_sql_to_run(source, aws, logical_cluster):  # noqa: F811,E501
