@@ -152,7 +152,8 @@ def _log_backlog(run: keys.RunId, settings: IngestSettings,
                  entries: dict[str, TableEntry], position: LogicalPosition | None) -> None:
     waiting = [table for table, entry in entries.items() if entry.truncated]
     if not waiting and position is not None:
-        logger.info("row budget reached; the next run continues in slot %s after %s",
+        logger.info("slot read stopped early (the row budget, or a key written again after "
+                    "its deletion); the next run continues in slot %s after %s",
                     position.slot, position.lsn, extra={
                         "run_id": str(run), "max_rows_per_run": settings.max_rows_per_run,
                         "partial_commit_lsn": position.partial_commit_lsn,

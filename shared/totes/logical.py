@@ -402,13 +402,26 @@ def resume(conn: pg8000.native.Connection, position: LogicalPosition,
     failed before its manifest, and the next run must not be refused for it. On a
     server that did not restart, a slot ahead of the position (another consumer read
     it with ``get``, or it was advanced by hand) is refused: something else uses it,
-    and a person must decide.
+    and a person must decide. A position beyond the server's WAL is refused too
+    (:func:`check_position`), except on a server that restarted: a restore, or a
+    failover to a server that had not caught up, whose WAL has not yet reached the
+    position; the slot is made again and every table re-synced then as well.
     """
-    check_position(conn, position, manifest_key)
+    try:
+        check_position(conn, position, manifest_key)
+        behind = False
+    except ManifestPositionError:
+        if not server_restarted:
+            raise
+        behind = True
     state = slot_state(conn, position.slot)
     remade = publication.created or position.publication_oid not in (None, publication.oid)
     reason = None
-    if state is None:
+    if behind:
+        reason = ("the source's server restarted since the last run and its WAL is behind that "
+                  f"run's position {position.lsn}: a restore from a backup, or a failover to a "
+                  "server that had not caught up")
+    elif state is None:
         reason = "the replication slot is missing (dropped, or not on this server after a failover)"
     elif state.invalidated is not None:
         reason = f"the replication slot was invalidated: {state.invalidated}"
@@ -421,6 +434,7 @@ def resume(conn: pg8000.native.Connection, position: LogicalPosition,
                   "advance, nor from a re-sync that made the slot again and failed before "
                   "its manifest")
     if reason is not None or state is None:  # (a missing slot always has its reason)
+        check_wal_level(conn)  # lowered since: the slot could not be made, nor read
         if state is not None:
             drop_slot(conn, position.slot)
         lsn = create_slot(conn, position.slot)
@@ -520,6 +534,9 @@ Superseded = Callable[[str, int, int, bool], bool]
 TOASTABLE_CHARS = 32
 #: characters of recent long values kept per read to fill in unchanged TOASTed values.
 RECENT_CHARS = 8 * 2**20
+#: deletions of one transaction held until its commit, so that the same transaction
+#: inserting the key again replaces its deletion; past this many they are written.
+PENDING_DELETIONS = 65_536
 
 
 @dataclass
@@ -544,6 +561,14 @@ class ChangeWriter:
     A change ``superseded`` says the run's re-read by snapshot already holds is
     counted (the budget and the position move past it) but not written
     (``skipped``): its version may be older than the row re-read.
+
+    A key deleted and written again in one read would end deleted: the load
+    applies a manifest's deletions after all its versions. So a transaction's
+    deletions wait for its commit, and a key it writes again meanwhile drops its
+    deletion (``replaced``): no committed state lacked the row. A key whose
+    deletion is already written (an earlier transaction's) stops the read just
+    before the change that writes it again (``reused``, as the budget would), so
+    the next run's manifest carries the new version after this one's deletion.
     """
 
     writers: _Writers
@@ -559,6 +584,9 @@ class ChangeWriter:
     decoded: int = 0
     transactions: int = 0
     truncated_tables: list[str] = field(default_factory=list)
+    #: tables whose deletes or key changes arrived without their old key (a replica
+    #: identity without the primary key): swept after the read, as for a TRUNCATE.
+    unkeyed_tables: list[str] = field(default_factory=list)
     future: dict[str, int] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     deleted: dict[str, int] = field(default_factory=dict)
@@ -569,18 +597,29 @@ class ChangeWriter:
     _shapes: dict[int, pgoutput.RowShape | None] = field(default_factory=dict)
     _recent: dict[tuple[str, int], dict[int, str]] = field(default_factory=dict)
     _recent_chars: int = 0
+    #: deletions of the current transaction dropped because it wrote the key again.
+    replaced: int = 0
+    #: (table, key) written again after this read's deletion of it: the read stopped there.
+    reused: tuple[str, int] | None = None
     _begin: pgoutput.Begin | None = None
     _in_transaction: int = 0
     _first: bool = True
+    #: table -> keys whose deletion this read wrote.
+    _deleted_keys: dict[str, set[int]] = field(default_factory=dict)
+    #: (table, key) -> deletion line of the current transaction, not yet written.
+    _pending: dict[tuple[str, int], bytes] = field(default_factory=dict)
 
     def write(self, line: bytes) -> None:
         """Take one ``<total> <hex>`` line from COPY."""
         total, _, data = line.rstrip(b"\n").partition(b" ")
         self.decoded = int(total)
+        if self.reused is not None:
+            return
         message = pgoutput.decode(bytes.fromhex(data.decode("ascii")))
         if isinstance(message, pgoutput.Begin):
             self._start(message)
         elif isinstance(message, pgoutput.Commit):
+            self._write_pending()
             self.position = replace(self.position, lsn=pgoutput.lsn_text(message.end_lsn),
                                     partial_commit_lsn=None, partial_changes=0)
             self._begin, self._in_transaction = None, 0
@@ -610,6 +649,9 @@ class ChangeWriter:
             return
         if self._begin is None:
             raise pgoutput.DecodeError("a change arrived outside a transaction")
+        if self._writes_deleted_key(message):
+            self.overflow = True
+            return
         self.changes += 1
         self._in_transaction += 1
         if isinstance(message, pgoutput.Truncate):
@@ -625,12 +667,15 @@ class ChangeWriter:
             return
         at, xid = self._begin.commit_time, self._begin.xid
         if isinstance(message, pgoutput.Delete):
-            self._delete(shape, shape.key(message.old), at, xid)
+            if (old := self._old_key(shape, message.old)) is not None:
+                self._delete(shape, old, at, xid)
             return
         key = shape.key(message.new)
         if isinstance(message, pgoutput.Update) and message.old is not None \
-                and shape.key(message.old) != key:
-            self._delete(shape, shape.key(message.old), at, xid)
+                and (old := self._old_key(shape, message.old)) not in (None, key):
+            self._delete(shape, old, at, xid)
+        if self._pending.pop((shape.table, key), None) is not None:
+            self.replaced += 1
         if self._is_superseded(shape.table, key, xid, deletion=False):
             return
         fallback = message.old if getattr(message, "old_kind", None) == "O" else None
@@ -695,6 +740,40 @@ class ChangeWriter:
         self._recent[(shape.table, key)] = long
         self._recent_chars += sum(len(value) for value in long.values())
 
+    def _old_key(self, shape: pgoutput.RowShape, old: tuple[pgoutput.Value, ...]) -> int | None:
+        """Return the key in a change's old row, or None when the log left it out.
+
+        Under ``REPLICA IDENTITY USING INDEX`` on an index without the primary key
+        the old row carries only that index's columns: the table is then swept
+        after the read (``unkeyed_tables``), which finds the keys that vanished.
+        """
+        if old[shape.positions[SOURCE_TABLES[shape.table]]] is not None:
+            return shape.key(old)
+        if shape.table not in self.unkeyed_tables:
+            self.unkeyed_tables.append(shape.table)
+            logger.warning(
+                "%s's deletes and key changes arrive without its primary key (its replica "
+                "identity is an index without %s): its keys are swept after the read, so its "
+                "deletions carry the sweep's time. Set it back: ALTER TABLE \"%s\" REPLICA "
+                "IDENTITY DEFAULT", shape.table, SOURCE_TABLES[shape.table], shape.table,
+                extra={"table": shape.table})
+        return None
+
+    def _writes_deleted_key(self, message: Any) -> bool:
+        """Tell (and note) whether a change writes a key whose deletion this read wrote."""
+        if not self._deleted_keys or not isinstance(message, (pgoutput.Insert, pgoutput.Update)):
+            return False
+        shape = self._shapes.get(message.relation)
+        if shape is None or (key := shape.key(message.new)) not in self._deleted_keys.get(
+                shape.table, ()):
+            return False
+        self.reused = (shape.table, key)
+        logger.info("%s %s written again after its deletion in this read: the read stops "
+                    "before it, so the deletion is loaded first and the next run carries "
+                    "the new version", shape.table, key,
+                    extra={"table": shape.table, "key": key})
+        return True
+
     def _is_superseded(self, table: str, key: int, xid: int, *, deletion: bool) -> bool:
         """Tell (and count) whether transaction ``xid``'s change of ``key`` was read already."""
         if self.superseded is None or not self.superseded(table, key, xid, deletion):
@@ -705,10 +784,19 @@ class ChangeWriter:
     def _delete(self, shape: pgoutput.RowShape, key: int, at: datetime, xid: int) -> None:
         if self._is_superseded(shape.table, key, xid, deletion=True):
             return
-        self.writers.add(shape.table, True, sweep.deletion_line(SOURCE_TABLES[shape.table],
-                                                                key, at))
-        self.deleted[shape.table] = self.deleted.get(shape.table, 0) + 1
+        self._pending[(shape.table, key)] = sweep.deletion_line(SOURCE_TABLES[shape.table],
+                                                                key, at)
         self._recent.pop((shape.table, key), None)
+        if len(self._pending) >= PENDING_DELETIONS:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        """Write the deletions held for the current transaction (see the class)."""
+        for (table, key), line in self._pending.items():
+            self.writers.add(table, True, line)
+            self.deleted[table] = self.deleted.get(table, 0) + 1
+            self._deleted_keys.setdefault(table, set()).add(key)
+        self._pending.clear()
 
     def finish(self, read_to: int | None = None) -> LogicalPosition:
         """Flush every object; return the position reached (inside a cut transaction, if any).
@@ -718,6 +806,7 @@ class ChangeWriter:
         them touched our tables, so the slot releases the WAL the rest of the
         cluster wrote meanwhile.
         """
+        self._write_pending()
         self.writers.flush()
         if self._begin is not None and self._in_transaction:
             self.position = replace(

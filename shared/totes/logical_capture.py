@@ -211,15 +211,18 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
                 deleted=before.deleted + changes.writers.files(table, True),
                 stamped_in_future=before.stamped_in_future + changes.future.get(table, 0),
                 captured_keys=captured[0], captured_keys_sha256=captured[1])
+        # The log carries no keys for a TRUNCATE (nor for a delete under a replica identity
+        # without the key): a key sweep after the read, in a snapshot that sees it, turns
+        # the table's vanished rows into deletions.
         if changes.truncated_tables:
-            # The log carries no keys for a TRUNCATE: a key sweep after the read, in a
-            # snapshot that sees it, turns the table's vanished rows into deletions.
             logger.warning("TRUNCATE of %s decoded: sweeping their keys to record the "
                            "deletions", ", ".join(changes.truncated_tables),
                            extra={"run_id": str(run), "tables": changes.truncated_tables})
-            with extract.snapshot(conn, changes.truncated_tables) as after:
-                entries = sweep.sweep_tables(conn, request, after, entries,
-                                             changes.truncated_tables)
+        swept = [table for table in SOURCE_TABLES
+                 if table in changes.truncated_tables or table in changes.unkeyed_tables]
+        if swept:
+            with extract.snapshot(conn, swept) as after:
+                entries = sweep.sweep_tables(conn, request, after, entries, swept)
     finally:
         if lookup is not None:
             lookup.close()
@@ -230,8 +233,11 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
         "stopped_inside": changes.position.partial_commit_lsn, "changes": changes.changes,
         "transactions": changes.transactions, "rows": changes.rows, "deleted": changes.deleted,
         "complete": changes.complete, "superseded": changes.skipped, "resync": resync,
+        "deletions_replaced": changes.replaced,
+        "stopped_before_reused_key": None if changes.reused is None else list(changes.reused),
         "resync_pending": pending,
-        "truncated_tables": changes.truncated_tables, "toast_filled": changes.toast_filled})
+        "truncated_tables": changes.truncated_tables, "unkeyed_tables": changes.unkeyed_tables,
+        "toast_filled": changes.toast_filled})
     return read_point, entries, changes, reason, found_definitions
 
 

@@ -117,15 +117,20 @@ _FACT_UPSERT = (
 #: deletion versions: for each staged id (the first record of it), a copy of its latest
 #: version (highest record id) with ``is_deleted`` and the detection time as last updated;
 #: an id with no version, or whose latest version already records a deletion, is skipped.
+#: A version already stamped with that time (a row written and deleted within one
+#: millisecond, both stamped by log-based capture) becomes the deletion in place, with a
+#: fresh record id, as a same-stamp version is corrected; a deletion there already stays.
 _DELETE = (
-    "INSERT INTO {table} ({columns}) "
+    "INSERT INTO {table} AS t ({columns}) "
     "SELECT {kept}, d.\"last_updated_date\", d.\"last_updated_time\", true "
     "FROM (SELECT DISTINCT ON ({business_id}) {business_id}, \"last_updated_date\", "
     "\"last_updated_time\", {ordinal} FROM {stage} ORDER BY {business_id}, {ordinal}) AS d "
     "JOIN LATERAL (SELECT * FROM {table} AS f WHERE f.{business_id} = d.{business_id} "
     "ORDER BY f.{record_id} DESC LIMIT 1) AS latest ON true "
     "WHERE NOT latest.\"is_deleted\" ORDER BY d.{ordinal} "
-    "ON CONFLICT ({unique_key}) DO NOTHING"
+    "ON CONFLICT ({unique_key}) DO UPDATE SET {assignments}, \"is_deleted\" = true, "
+    "{record_id} = nextval(pg_get_serial_sequence(:fact, :record_id)) "
+    "WHERE NOT t.\"is_deleted\""
 )
 
 
@@ -651,7 +656,8 @@ def add_deletion_versions(conn: pg8000.native.Connection, fact: Table) -> int:
     The staging table is the fact's deletion table (see ``warehouse_schema.DELETIONS``).
     Each deleted id gets one more version: its latest version's values, ``is_deleted``
     true, and the detection time as ``last_updated``. Ids never loaded, or already
-    deleted (a re-delivered deletion), get nothing.
+    deleted (a re-delivered deletion), get nothing. A version already stamped with the
+    detection time becomes the deletion in place (see ``_DELETE``).
     """
     stamped = {CURRENT_VIEWS[fact.name], "last_updated_date", "last_updated_time", "is_deleted"}
     kept = [column for column in fact.data_columns if column.name not in stamped]
@@ -664,7 +670,8 @@ def add_deletion_versions(conn: pg8000.native.Connection, fact: Table) -> int:
         business_id=business_id, stage=_q(staging_name(DELETIONS[fact.name])),
         ordinal=_q(ORDINAL), record_id=_q(fact.primary_key),
         unique_key=", ".join(_q(name) for name in fact.unique_key),
-    ))
+        assignments=", ".join(f"{_q(c.name)} = EXCLUDED.{_q(c.name)}" for c in kept),
+    ), fact=_q(fact.name), record_id=fact.primary_key)
     written: int = conn.row_count
     return written
 

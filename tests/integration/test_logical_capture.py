@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 
 from totes import ingest, jsonl, logical, logical_capture, storage
-from totes.manifest import IngestManifest
+from totes.manifest import IngestManifest, LogicalPosition
 from totes_local import stack
 
 from logical_cluster import logical_cluster  # noqa: F401  (the module's fixture)
@@ -276,6 +276,15 @@ def test_a_source_without_logical_wal_is_refused_naming_the_setting(source_db, a
     assert manifests(aws["INGEST_BUCKET"]) == []
 
 
+def test_a_slot_to_make_again_on_a_source_whose_wal_level_was_lowered_names_the_setting(
+        source_db):
+    # wal_level lowered after a restart (the server only starts once the slot is dropped):
+    # the slot is missing, and making it again cannot work until the setting is back.
+    position = LogicalPosition("totes_gone", "totes_ingest", "0/0", backfilled=True)
+    with pytest.raises(logical.LogicalSetupError, match="wal_level is replica, not logical"):
+        logical.resume(source_db, position, logical.PublicationState(oid=1))
+
+
 def test_a_login_without_the_privileges_gets_the_sql_to_run(source, aws, logical_cluster):  # noqa: F811,E501
     role = f"reader_{uuid.uuid4().hex[:6]}"
     name = source.run("SELECT current_database()")[0][0]
@@ -405,3 +414,55 @@ def test_a_slot_lagging_behind_a_finished_re_read_writes_no_older_version_after_
     # slot decodes later, with the old label, is not written after it.
     assert [row["transaction_type"] for row in history(bucket, "transaction")] == [
         "SALE", "SALES"]
+
+
+@pytest.mark.parametrize("held, runs, deleted", [
+    (logical.PENDING_DELETIONS, [True], []), (2, [False, True], [2, 3, 4])],
+                         ids=["deletions-held-to-commit", "more-deletions-than-held"])
+def test_a_transaction_deleting_and_inserting_the_same_keys_never_ends_them_deleted(
+        source, aws, monkeypatch, held, runs, deleted):
+    seed_one_of_each(source)
+    for order_id in (2, 3, 4):
+        sales_order(source, order_id, T0)
+    ingest.run_ingest()
+    monkeypatch.setattr(logical, "PENDING_DELETIONS", held)
+    source.run("START TRANSACTION")   # a "replace": every order deleted, then inserted again
+    source.run("DELETE FROM sales_order WHERE sales_order_id > 1")
+    for order_id in (2, 3, 4):
+        sales_order(source, order_id, T0 + timedelta(minutes=1))
+    source.run("COMMIT")
+
+    # Deletions past what a transaction holds are written; the read then stops before
+    # their keys are written again, so the next run's versions load after them.
+    assert [ingest.run_ingest().complete for _ in runs] == runs
+    bucket = aws["INGEST_BUCKET"]
+    deletions = history(bucket, "sales_order", "deleted_files")
+    assert sorted(row["sales_order_id"] for row in deletions) == deleted
+    [*_, last] = manifests(bucket)
+    assert sorted(row["sales_order_id"] for row in lines(bucket, last, "sales_order")) == [2, 3, 4]
+
+
+def test_a_replica_identity_without_the_key_has_its_deletions_found_by_a_sweep(
+        source, aws, captured_logs):
+    seed_one_of_each(source)
+    for order_id in (2, 3):
+        sales_order(source, order_id, T0 + timedelta(minutes=order_id))
+    ingest.run_ingest()
+    # A DBA's replica identity: a unique index without the primary key, so the log's
+    # deletes and key changes carry no sales_order_id.
+    source.run("CREATE UNIQUE INDEX sales_order_created ON sales_order (created_at)")
+    source.run("ALTER TABLE sales_order REPLICA IDENTITY USING INDEX sales_order_created")
+    source.run("DELETE FROM sales_order WHERE sales_order_id = 2")
+    source.run("UPDATE sales_order SET sales_order_id = 30, created_at = created_at + "
+               "interval '1 second' WHERE sales_order_id = 3")
+
+    run = ingest.run_ingest()
+
+    bucket = aws["INGEST_BUCKET"]
+    [*_, last] = manifests(bucket)
+    assert run.complete
+    deletions = lines(bucket, last, "sales_order", "deleted_files")
+    assert sorted(row["sales_order_id"] for row in deletions) == [2, 3]
+    assert [row["sales_order_id"] for row in lines(bucket, last, "sales_order")] == [30]
+    [warning] = [line for line in captured_logs() if "replica identity" in line["message"]]
+    assert "REPLICA IDENTITY DEFAULT" in warning["message"]

@@ -354,3 +354,25 @@ def test_a_slot_lost_during_the_initial_backfill_starts_it_again(source, aws, mo
     source.run("DELETE FROM purchase_order")
     follow = ingest.run_ingest()
     assert follow.rows["sales_order"] == 1 and follow.deleted["purchase_order"] == 1
+
+
+def test_a_position_beyond_the_wal_of_a_restarted_server_re_syncs_instead_of_refusing(
+        source, aws, monkeypatch, caplog):  # noqa: F811
+    started(source)
+    bucket = aws["INGEST_BUCKET"]
+    # As after a restore from a backup, before the restored server's WAL has reached the
+    # last run's position: the newest manifest is this pipeline's, the server went back.
+    last, run = manifests(bucket)[-1], keys.new_run_id()
+    last.update(run_id=str(run), previous_manifest=storage.latest_manifest_key(bucket))
+    for entry in last["tables"].values():
+        entry.update(rows=0, files=[], deleted_rows=0, deleted_files=[], captured_keys=None)
+    last["logical"]["lsn"] = "FFFF/0"
+    storage.put_new_json(bucket, keys.manifest_key(run), last)
+    monkeypatch.setattr(logical_capture, "server_restarted", lambda before, now: True)
+    sales_order(source, 2, T0)
+
+    result = ingest.run_ingest()
+
+    assert result.resync is not None and result.complete
+    assert "WAL is behind that run's position" in caplog.text
+    assert 2 in [row["sales_order_id"] for row in history(bucket, "sales_order")]

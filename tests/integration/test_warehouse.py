@@ -310,6 +310,21 @@ def test_an_id_recreated_after_its_deletion_is_current_again(conn):
     assert conn.run('SELECT "payment_id", "paid" FROM "fact_payment_current"') == [[7, True]]
 
 
+def test_a_deletion_stamped_as_its_latest_version_still_takes_the_id_out_of_the_view(conn):
+    # Log-based capture stamps a deletion with its commit time: a row inserted (or updated)
+    # and deleted within the same millisecond has its deletion at its own last_updated.
+    load(conn, {**dimensions(), "fact_payment": [payment(7), payment(8)]})
+    deleted = delete(conn, "fact_payment", [
+        gone("payment_id", 7, day=date(2024, 11, 15), at=time(10, 0, 0, 123000))])
+    assert deleted.rows == 1
+    assert [row[1:] for row in payments(conn)] == [[8, False, "10:00:00.123", False],
+                                                   [7, False, "10:00:00.123", True]]
+    assert conn.run('SELECT "payment_id" FROM "fact_payment_current"') == [[8]]
+    again = delete(conn, "fact_payment", [   # delivered again: nothing changes
+        gone("payment_id", 7, day=date(2024, 11, 15), at=time(10, 0, 0, 123000))])
+    assert again.rows == 0
+
+
 #: the ``*_current`` view of the previous contract: newest ``last_updated`` per business id.
 PREVIOUS_VIEW = (
     'CREATE VIEW "{fact}_current" AS SELECT DISTINCT ON ("{business_id}") {columns} '
