@@ -620,8 +620,11 @@ def changes_sql(table: str, cursor: TableCursor, *, after: bool = False,
     # The database's clock at the read point: the one instant every connection of a run marks
     # future rows by.
     clock = _setting_once("clock", "timestamp")
+    # OFFSET 0 keeps the planner from inlining ``line`` into each aggregate that names it (the
+    # lines' and the unfit keys' FILTER), which rendered every row twice; the ORDER BY, which
+    # the index scan below already satisfies, passes its order up to the aggregates.
     rows = (f"SELECT t.{key} AS k, {row_json(table, clock)} AS line "  # nosec B608: as above
-            f"FROM ({chosen}) AS t")
+            f"FROM ({chosen}) AS t ORDER BY t.{key} OFFSET 0")
     keys = "string_agg(k::text, ',' ORDER BY k)" if all_keys else "max(k)::text"
     unfit = "string_agg(k::text, ',' ORDER BY k) FILTER (WHERE line IS NULL)"
     # The query above, wrapped in constant aggregates: still no value in the text.

@@ -412,3 +412,29 @@ def test_the_xid_window_is_read_once_per_chunk_not_for_every_row_scanned(totesys
     [window_filter] = [line for line in plan if line.startswith("Filter:") and "xmin" in line]
     assert "current_setting" not in window_filter  # both settings are InitPlans' parameters
     assert sum(line.startswith("InitPlan") for line in plan) >= 2
+
+
+def test_a_chunk_renders_each_row_once_below_its_aggregates_in_key_order_without_a_sort(totesys):
+    from totes import extract
+    from totes.capture import TableCursor
+
+    conn = totesys.connect()
+    try:
+        conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        extract.bind_settings(conn, clock="2026-01-01 00:00:00", limit=10)
+        copy = extract.changes_sql("sales_order", TableCursor(), all_keys=True)
+        query = copy[len("COPY ("):copy.rindex(") TO STDOUT")]
+        [[[plan]]] = conn.run("EXPLAIN (VERBOSE, FORMAT JSON) " + query)
+        [[rows, keys, unfit, lines]] = conn.run(query)
+    finally:
+        conn.close()
+    assert (rows, keys, unfit) == (10, ",".join(map(str, range(1, 11))), None)
+    assert lines.count('{"sales_order_id":') == 10
+    # Inlined into the aggregates, the line was rendered once for the lines' aggregate and
+    # again for the unfit keys' FILTER: twice per row. Rendered by the node below them, once.
+    aggregate = plan["Plan"]
+    [below] = [node for node in aggregate["Plans"] if node["Parent Relationship"] == "Outer"]
+    assert aggregate["Node Type"] == "Aggregate"
+    assert below["Node Type"] == "Subquery Scan"
+    assert any('{"sales_order_id":' in output for output in below["Output"])
+    assert "Sort" not in json.dumps(plan)  # the index scan's order carries up to the aggregates

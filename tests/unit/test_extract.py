@@ -25,14 +25,16 @@ def test_a_first_read_copies_a_chunk_of_rows_in_key_order_with_only_the_contract
         "WHEN t.\"last_updated\" < '0001-01-01'::timestamp THEN NULL ELSE '' END) AS line "
         "FROM (SELECT t.\"currency_id\", t.\"currency_code\", t.\"last_updated\" "
         "FROM \"currency\" AS t "
-        "ORDER BY t.\"currency_id\" LIMIT current_setting('totes.limit')::bigint) AS t) AS chunk) "
+        "ORDER BY t.\"currency_id\" LIMIT current_setting('totes.limit')::bigint) AS t "
+        "ORDER BY t.\"currency_id\" OFFSET 0) AS chunk) "
         "TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01', FORCE_QUOTE (lines))")
 
 
 def test_a_second_connections_chunk_skips_the_first_chunks_rows_before_rendering_any():
     sql = extract.changes_sql("staff", TableCursor(), after=True, offset=True)
     assert ("ORDER BY t.\"staff_id\" OFFSET current_setting('totes.offset')::bigint "
-            "LIMIT current_setting('totes.limit')::bigint) AS t) AS chunk" in sql)
+            "LIMIT current_setting('totes.limit')::bigint) AS t "
+            "ORDER BY t.\"staff_id\" OFFSET 0) AS chunk" in sql)
     assert "offset" not in extract.changes_sql("staff", TableCursor(), after=True)
 
 
