@@ -749,9 +749,9 @@ class ChangeWriter:
         """Note a table whose update or delete may have changed or removed an unseen key.
 
         Under a replica identity without the primary key (``USING INDEX`` on an index
-        without it) a delete's old row lacks the key and a key change
-        sends none (none at all when the identity's columns are unchanged): the table is
-        swept after the read (``unkeyed_tables``), which finds the keys that vanished.
+        without it) a delete's old row lacks the key and a key change sends none (no old
+        row at all when the identity's columns are unchanged): the table is swept after
+        the read (``unkeyed_tables``), which finds the keys that vanished.
         """
         if table in self.unkeyed_tables:
             return
