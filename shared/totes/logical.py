@@ -584,8 +584,9 @@ class ChangeWriter:
     decoded: int = 0
     transactions: int = 0
     truncated_tables: list[str] = field(default_factory=list)
-    #: tables whose deletes or key changes arrived without their old key (a replica
-    #: identity without the primary key): swept after the read, as for a TRUNCATE.
+    #: tables with an update or delete under a replica identity without the primary key,
+    #: whose deletes and key changes the log cannot tell: swept after the read, as for a
+    #: TRUNCATE.
     unkeyed_tables: list[str] = field(default_factory=list)
     future: dict[str, int] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
@@ -667,13 +668,17 @@ class ChangeWriter:
             return
         at, xid = self._begin.commit_time, self._begin.xid
         if isinstance(message, pgoutput.Delete):
-            if (old := self._old_key(shape, message.old)) is not None:
-                self._delete(shape, old, at, xid)
+            if shape.identity_has_key:
+                self._delete(shape, shape.key(message.old), at, xid)
+            else:
+                self._unkeyed(shape.table)
             return
         key = shape.key(message.new)
-        if isinstance(message, pgoutput.Update) and message.old is not None \
-                and (old := self._old_key(shape, message.old)) not in (None, key):
-            self._delete(shape, old, at, xid)
+        if isinstance(message, pgoutput.Update):
+            if not shape.identity_has_key:
+                self._unkeyed(shape.table)
+            elif message.old is not None and (old := shape.key(message.old)) != key:
+                self._delete(shape, old, at, xid)
         if self._pending.pop((shape.table, key), None) is not None:
             self.replaced += 1
         if self._is_superseded(shape.table, key, xid, deletion=False):
@@ -740,24 +745,23 @@ class ChangeWriter:
         self._recent[(shape.table, key)] = long
         self._recent_chars += sum(len(value) for value in long.values())
 
-    def _old_key(self, shape: pgoutput.RowShape, old: tuple[pgoutput.Value, ...]) -> int | None:
-        """Return the key in a change's old row, or None when the log left it out.
+    def _unkeyed(self, table: str) -> None:
+        """Note a table whose update or delete may have changed or removed an unseen key.
 
-        Under ``REPLICA IDENTITY USING INDEX`` on an index without the primary key
-        the old row carries only that index's columns: the table is then swept
-        after the read (``unkeyed_tables``), which finds the keys that vanished.
+        Under a replica identity without the primary key (``USING INDEX`` on an index
+        without it) a delete's old row lacks the key and a key change sends none (no old
+        row at all when the identity's columns are unchanged): the table is swept after
+        the read (``unkeyed_tables``), which finds the keys that vanished.
         """
-        if old[shape.positions[SOURCE_TABLES[shape.table]]] is not None:
-            return shape.key(old)
-        if shape.table not in self.unkeyed_tables:
-            self.unkeyed_tables.append(shape.table)
-            logger.warning(
-                "%s's deletes and key changes arrive without its primary key (its replica "
-                "identity is an index without %s): its keys are swept after the read, so its "
-                "deletions carry the sweep's time. Set it back: ALTER TABLE \"%s\" REPLICA "
-                "IDENTITY DEFAULT", shape.table, SOURCE_TABLES[shape.table], shape.table,
-                extra={"table": shape.table})
-        return None
+        if table in self.unkeyed_tables:
+            return
+        self.unkeyed_tables.append(table)
+        logger.warning(
+            "%s's replica identity lacks its primary key %s, so the log cannot tell its "
+            "deletes and key changes: after a read with an update or delete of it, its keys "
+            "are swept, and its deletions carry the sweep's time. Set it back: ALTER TABLE "
+            "\"%s\" REPLICA IDENTITY DEFAULT", table, SOURCE_TABLES[table], table,
+            extra={"table": table})
 
     def _writes_deleted_key(self, message: Any) -> bool:
         """Tell (and note) whether a change writes a key whose deletion this read wrote."""

@@ -211,9 +211,9 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
                 deleted=before.deleted + changes.writers.files(table, True),
                 stamped_in_future=before.stamped_in_future + changes.future.get(table, 0),
                 captured_keys=captured[0], captured_keys_sha256=captured[1])
-        # The log carries no keys for a TRUNCATE (nor for a delete under a replica identity
-        # without the key): a key sweep after the read, in a snapshot that sees it, turns
-        # the table's vanished rows into deletions.
+        # The log carries no keys for a TRUNCATE (nor for the deletes and key changes of a
+        # table whose replica identity lacks the key): a key sweep after the read, in a
+        # snapshot that sees it, turns the table's vanished rows into deletions.
         if changes.truncated_tables:
             logger.warning("TRUNCATE of %s decoded: sweeping their keys to record the "
                            "deletions", ", ".join(changes.truncated_tables),

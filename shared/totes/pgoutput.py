@@ -327,6 +327,9 @@ class RowShape:
 
     table: str
     positions: Mapping[str, int]
+    #: whether the table's replica identity holds its primary key (DEFAULT, FULL, or an
+    #: index with the key): only then do its deletes and key changes carry the old key.
+    identity_has_key: bool = True
     #: per output column, key first: name, its JSON key text, kind and tuple position.
     _plan: tuple[tuple[str, str, str, int], ...] = field(init=False, repr=False, compare=False)
 
@@ -340,13 +343,19 @@ class RowShape:
 
     @classmethod
     def of(cls, relation: Relation) -> "RowShape":
-        """Map the contract's columns of ``relation``'s table, refusing one that is missing."""
+        """Map the contract's columns of ``relation``'s table, refusing one that is missing.
+
+        Whether the replica identity holds the key comes from the columns' flags (FULL
+        flags every column), not from the old rows that arrive: an update that leaves the
+        identity's columns alone sends none, even when it changed the key.
+        """
         at = {column.name: index for index, column in enumerate(relation.columns)}
         missing = [name for name in SOURCE_COLUMNS[relation.name] if name not in at]
         if missing:
             raise DecodeError(f"{relation.name} as the slot describes it lacks the column(s) "
                               f"{', '.join(missing)} the pipeline reads")
-        return cls(relation.name, {name: at[name] for name in SOURCE_COLUMNS[relation.name]})
+        return cls(relation.name, {name: at[name] for name in SOURCE_COLUMNS[relation.name]},
+                   relation.columns[at[primary_key(relation.name)]].is_key)
 
     def key(self, values: tuple[Value, ...]) -> int:
         """The primary key in a tuple (a full row, or a replica-identity key tuple)."""

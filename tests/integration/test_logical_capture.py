@@ -466,3 +466,49 @@ def test_a_replica_identity_without_the_key_has_its_deletions_found_by_a_sweep(
     assert [row["sales_order_id"] for row in lines(bucket, last, "sales_order")] == [30]
     [warning] = [line for line in captured_logs() if "replica identity" in line["message"]]
     assert "REPLICA IDENTITY DEFAULT" in warning["message"]
+
+
+def test_a_key_changed_under_a_replica_identity_without_it_is_found_deleted_though_no_old_row_came(
+        source, aws, captured_logs):
+    seed_one_of_each(source)
+    for order_id in (2, 3):
+        sales_order(source, order_id, T0 + timedelta(minutes=order_id))
+    ingest.run_ingest()
+    source.run("CREATE UNIQUE INDEX sales_order_created ON sales_order (created_at)")
+    source.run("ALTER TABLE sales_order REPLICA IDENTITY USING INDEX sales_order_created")
+    # The identity's column (created_at) is unchanged: pgoutput sends no old row at all.
+    source.run("UPDATE sales_order SET sales_order_id = 30 WHERE sales_order_id = 3")
+
+    run = ingest.run_ingest()
+
+    bucket = aws["INGEST_BUCKET"]
+    [*_, last] = manifests(bucket)
+    assert run.complete
+    assert [row["sales_order_id"] for row in lines(bucket, last, "sales_order",
+                                                   "deleted_files")] == [3]
+    assert [row["sales_order_id"] for row in lines(bucket, last, "sales_order")] == [30]
+    [warning] = [line for line in captured_logs() if "replica identity" in line["message"]]
+    assert "REPLICA IDENTITY DEFAULT" in warning["message"]
+
+
+def test_a_replica_identity_index_with_the_key_keeps_commit_time_deletions_and_no_sweep(
+        source, aws, captured_logs):
+    seed_one_of_each(source)
+    for order_id in (2, 3):
+        sales_order(source, order_id, T0 + timedelta(minutes=order_id))
+    ingest.run_ingest()
+    source.run("CREATE UNIQUE INDEX sales_order_created ON sales_order "
+               "(created_at, sales_order_id)")
+    source.run("ALTER TABLE sales_order REPLICA IDENTITY USING INDEX sales_order_created")
+    source.run("UPDATE sales_order SET created_at = created_at + interval '1 second' "
+               "WHERE sales_order_id = 2")
+    source.run("UPDATE sales_order SET sales_order_id = 30 WHERE sales_order_id = 3")
+
+    run = ingest.run_ingest()
+
+    bucket = aws["INGEST_BUCKET"]
+    [*_, last] = manifests(bucket)
+    assert [row["sales_order_id"] for row in lines(bucket, last, "sales_order",
+                                                   "deleted_files")] == [3]
+    assert list(run.swept) == []
+    assert not [line for line in captured_logs() if "replica identity" in line["message"]]

@@ -12,12 +12,16 @@ from totes import logical, pgoutput
 from totes.source import SOURCE_COLUMNS
 
 
-def relation(oid=7, name="currency", columns=("currency_id", "currency_code", "last_updated")):
-    """A Relation message for ``name`` with text columns (type oids do not matter here)."""
-    body = oid.to_bytes(4, "big") + b"public\x00" + name.encode() + b"\x00d"
+def relation(oid=7, name="currency", columns=("currency_id", "currency_code", "last_updated"),
+             identity=b"d", keys=(0,)):
+    """A Relation message for ``name`` with text columns (type oids do not matter here).
+
+    ``keys`` are the positions of the replica identity's columns (flag 1).
+    """
+    body = oid.to_bytes(4, "big") + b"public\x00" + name.encode() + b"\x00" + identity
     body += len(columns).to_bytes(2, "big")
     for index, column in enumerate(columns):
-        body += bytes([index == 0]) + column.encode() + b"\x00" + (25).to_bytes(4, "big")
+        body += bytes([index in keys]) + column.encode() + b"\x00" + (25).to_bytes(4, "big")
         body += (-1).to_bytes(4, "big", signed=True)
     return b"R" + body
 
@@ -99,6 +103,19 @@ def test_a_key_that_is_not_an_integer_is_refused_without_its_value():
 def test_a_relation_lacking_a_contract_column_is_refused():
     with pytest.raises(pgoutput.DecodeError, match="currency .* lacks the column.*currency_code"):
         pgoutput.RowShape.of(pgoutput.decode(relation(columns=("currency_id", "last_updated"))))
+
+
+@pytest.mark.parametrize("identity, keys, has_key", [
+    (b"d", (0,), True),          # DEFAULT: the primary key
+    (b"f", (0, 1, 2), True),     # FULL: every column
+    (b"i", (0, 1), True),        # USING INDEX on an index with the key
+    (b"i", (1,), False),         # USING INDEX on an index without it
+    (b"n", (), False),           # NOTHING
+])
+def test_a_relation_tells_whether_its_replica_identity_carries_the_primary_key(
+        identity, keys, has_key):
+    shape = pgoutput.RowShape.of(pgoutput.decode(relation(identity=identity, keys=keys)))
+    assert shape.identity_has_key is has_key
 
 
 @pytest.mark.parametrize("text", ["0/0", "16/B374D848", "FFFFFFFF/FFFFFFFF"])
