@@ -416,11 +416,11 @@ def test_a_slot_lagging_behind_a_finished_re_read_writes_no_older_version_after_
         "SALE", "SALES"]
 
 
-@pytest.mark.parametrize("held, runs, deleted", [
-    (logical.PENDING_DELETIONS, [True], []), (2, [False, True], [2, 3, 4])],
+@pytest.mark.parametrize("held, passes, deleted", [
+    (logical.PENDING_DELETIONS, 1, []), (2, 2, [2, 3, 4])],
                          ids=["deletions-held-to-commit", "more-deletions-than-held"])
 def test_a_transaction_deleting_and_inserting_the_same_keys_never_ends_them_deleted(
-        source, aws, monkeypatch, held, runs, deleted):
+        source, aws, monkeypatch, held, passes, deleted):
     seed_one_of_each(source)
     for order_id in (2, 3, 4):
         sales_order(source, order_id, T0)
@@ -433,13 +433,40 @@ def test_a_transaction_deleting_and_inserting_the_same_keys_never_ends_them_dele
     source.run("COMMIT")
 
     # Deletions past what a transaction holds are written; the read then stops before
-    # their keys are written again, so the next run's versions load after them.
-    assert [ingest.run_ingest().complete for _ in runs] == runs
+    # their keys are written again, so a further run's versions load after them.
+    run = ingest.run_ingest()
+    assert (run.complete, run.passes) == (True, passes)
     bucket = aws["INGEST_BUCKET"]
     deletions = history(bucket, "sales_order", "deleted_files")
     assert sorted(row["sales_order_id"] for row in deletions) == deleted
     [*_, last] = manifests(bucket)
     assert sorted(row["sales_order_id"] for row in lines(bucket, last, "sales_order")) == [2, 3, 4]
+
+
+def test_rows_saved_by_delete_then_insert_are_all_captured_in_one_invocation(source, aws):
+    seed_one_of_each(source)
+    for order_id in range(2, 8):
+        sales_order(source, order_id, T0)
+    ingest.run_ingest()
+    bucket = aws["INGEST_BUCKET"]
+    before = len(manifests(bucket))
+    for order_id in range(2, 8):   # an application "saving" rows by DELETE + INSERT, autocommit
+        source.run("DELETE FROM sales_order WHERE sales_order_id = :o", o=order_id)
+        sales_order(source, order_id, T0 + timedelta(minutes=order_id))
+
+    run = ingest.run_ingest()
+
+    # One run per reused key, all committed by this one invocation, each key's deletion
+    # in a manifest before the one carrying its new version.
+    assert run.complete
+    assert (run.passes, run.rows["sales_order"], run.deleted["sales_order"]) == (7, 6, 6)
+    runs = manifests(bucket)[before:]
+    assert [sorted(row["sales_order_id"] for row in lines(bucket, manifest, "sales_order",
+                                                          "deleted_files"))
+            for manifest in runs] == [[2], [3], [4], [5], [6], [7], []]
+    assert [sorted(row["sales_order_id"] for row in lines(bucket, manifest, "sales_order"))
+            for manifest in runs] == [[], [2], [3], [4], [5], [6], [7]]
+    assert [manifest["complete"] for manifest in runs] == [False] * 6 + [True]
 
 
 def test_a_replica_identity_without_the_key_has_its_deletions_found_by_a_sweep(
