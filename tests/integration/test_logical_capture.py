@@ -7,11 +7,13 @@ the SQL a DBA must run.
 """
 import tracemalloc
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
-from totes import ingest, jsonl, logical, logical_capture, storage
+from totes import ingest, jsonl, logical, logical_capture, stage, storage
+from totes.capture_mode import IngestSettings
 from totes.manifest import IngestManifest, LogicalPosition
 from totes_local import stack
 
@@ -467,6 +469,34 @@ def test_rows_saved_by_delete_then_insert_are_all_captured_in_one_invocation(sou
     assert [sorted(row["sales_order_id"] for row in lines(bucket, manifest, "sales_order"))
             for manifest in runs] == [[], [2], [3], [4], [5], [6], [7]]
     assert [manifest["complete"] for manifest in runs] == [False] * 6 + [True]
+
+
+def half_spent_after_first_look() -> stage.Deadline:
+    """An invocation with 180 s at its start and 80 s (less than half) at every later look."""
+    looks = iter([180.0])
+    return stage.Deadline(lambda: next(looks, 80.0))
+
+
+@pytest.mark.parametrize("budget, deadline, passes", [
+    (None, half_spent_after_first_look, 1), (3, stage.Deadline.unbounded, 2)],
+                         ids=["past-half-the-time", "row-budget-spent"])
+def test_further_runs_for_reused_keys_stop_within_the_invocation_s_time_and_row_budget(
+        source, aws, budget, deadline, passes):
+    seed_one_of_each(source)
+    for order_id in (2, 3, 4):
+        sales_order(source, order_id, T0)
+    ingest.run_ingest()
+    for order_id in (2, 3, 4):
+        source.run("DELETE FROM sales_order WHERE sales_order_id = :o", o=order_id)
+        sales_order(source, order_id, T0 + timedelta(minutes=order_id))
+    settings = IngestSettings.from_environment()
+    if budget is not None:
+        settings = replace(settings, max_rows_per_run=budget)
+
+    run = ingest.run_ingest(settings, deadline())
+
+    assert (run.complete, run.passes) == (False, passes)
+    assert ingest.run_ingest().complete   # the next scheduled run goes on from there
 
 
 def test_a_replica_identity_without_the_key_has_its_deletions_found_by_a_sweep(
