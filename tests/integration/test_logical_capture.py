@@ -499,6 +499,38 @@ def test_further_runs_for_reused_keys_stop_within_the_invocation_s_time_and_row_
     assert ingest.run_ingest().complete   # the next scheduled run goes on from there
 
 
+def test_a_crash_in_a_further_run_for_a_reused_key_leaves_the_earlier_runs_committed(
+        source, aws, monkeypatch):
+    seed_one_of_each(source)
+    for order_id in (2, 3, 4):
+        sales_order(source, order_id, T0)
+    ingest.run_ingest()
+    bucket = aws["INGEST_BUCKET"]
+    before = len(manifests(bucket))
+    for order_id in (2, 3, 4):
+        source.run("DELETE FROM sales_order WHERE sales_order_id = :o", o=order_id)
+        sales_order(source, order_id, T0 + timedelta(minutes=order_id))
+    release, calls = logical_capture.release_slot, []
+
+    def crash_on_the_second(*args, **kwargs):   # after the second run's manifest
+        calls.append(1)
+        if len(calls) == 2:
+            raise ConnectionResetError("crash before the second run's slot advance")
+        return release(*args, **kwargs)
+    monkeypatch.setattr(logical_capture, "release_slot", crash_on_the_second)
+
+    with pytest.raises(ConnectionResetError):
+        ingest.run_ingest()
+    assert len(manifests(bucket)) == before + 2
+    assert ingest.run_ingest().complete   # the next run goes on from the second manifest
+
+    runs = manifests(bucket)[before:]
+    assert [[row["sales_order_id"] for row in lines(bucket, manifest, "sales_order", kind)]
+            for kind in ("deleted_files", "files") for manifest in runs] == [
+        [2], [3], [4], [], [], [2], [3], [4]]
+    assert slot_confirmed(source) == runs[-1]["logical"]["lsn"]
+
+
 def test_a_replica_identity_without_the_key_has_its_deletions_found_by_a_sweep(
         source, aws, captured_logs):
     seed_one_of_each(source)
