@@ -82,6 +82,9 @@ class Captured:
     #: each table's fingerprint of its used columns' catalog rows in this run's snapshot
     #: (:func:`totes.source.definitions`), carried in the manifest for the next run.
     definitions: Mapping[str, str] | None = None
+    #: the slot read stopped only before a key written again after its deletion
+    #: (log-based capture): the invocation may go on at once with a further run.
+    stopped_before_reused_key: bool = False
 
     def manifest(self, request: CaptureRequest) -> IngestManifest:
         """Return the manifest that commits this capture (written last, by the run)."""

@@ -107,6 +107,27 @@ class IngestReport:
     #: seconds the transaction holding that floor has held it (snapshot capture), None where
     #: the login may not see when it began.
     floor_age_seconds: float | None = None
+    #: runs committed in this invocation: more than one when a slot read stopped before a
+    #: key written again after its deletion and the invocation went on (:func:`run_ingest`).
+    passes: int = 1
+    #: the (last) run's slot read stopped only before such a key, with nothing else waiting.
+    stopped_before_reused_key: bool = False
+
+    def then(self, later: "IngestReport") -> "IngestReport":
+        """Fold a further run of the same invocation in: its identity and state, both's rows.
+
+        The response and the metrics stay one per invocation: rows, deletions and
+        future stamps add up, ``IngestRuns`` counts the runs committed.
+        """
+        def add(first: dict[str, int], second: dict[str, int]) -> dict[str, int]:
+            return {table: first.get(table, 0) + second.get(table, 0)
+                    for table in {**first, **second}}
+        return replace(later, rows=add(self.rows, later.rows),
+                       duration_ms=round(self.duration_ms + later.duration_ms, 1),
+                       stamped_in_future=add(self.stamped_in_future, later.stamped_in_future),
+                       deleted=add(self.deleted, later.deleted),
+                       swept=self.swept + tuple(t for t in later.swept if t not in self.swept),
+                       resync=later.resync or self.resync, passes=self.passes + later.passes)
 
     def metrics(self) -> Iterator[Metric]:
         """Rows, future stamps and deletes per table; the run's totals, backlog, time, lag."""
@@ -115,7 +136,7 @@ class IngestReport:
             yield Metric(FUTURE_METRIC, self.stamped_in_future.get(table, 0), table=table)
         for table, deleted in self.deleted.items():
             yield Metric(DELETED_METRIC, deleted, table=table)
-        yield Metric("IngestRuns", 1)
+        yield Metric("IngestRuns", self.passes)
         yield Metric("IngestRowsTotal", self.total_rows)
         yield Metric("IngestRunDuration", self.duration_ms, MetricUnit.Milliseconds)
         yield Metric("IngestBacklog", 0 if self.complete else 1)
@@ -288,7 +309,8 @@ def _report(settings: IngestSettings, run: keys.RunId, manifest_key: str,
         deleted={table: entries[table].deleted_rows for table in swept}, swept=swept,
         resync=manifest.resync, floor_age_xids=(
             None if manifest.snapshot is None else manifest.snapshot.xmax - manifest.snapshot.xmin),
-        floor_age_seconds=captured.floor_age_seconds)
+        floor_age_seconds=captured.floor_age_seconds,
+        stopped_before_reused_key=captured.stopped_before_reused_key)
     if manifest.logical is not None and manifest.logical.backfilled:
         # Deletions from the log, and from a re-sync's or a TRUNCATE's sweep.
         result = replace(result, deleted={table: entry.deleted_rows
@@ -330,11 +352,36 @@ def run_ingest(settings: IngestSettings | None = None,
     bounds every database wait, statements included: a backfill's first COPY sorts
     every row it returns, and no wait may outlive the invocation.
 
+    A slot read that stopped only before a key written again after its deletion
+    (:class:`totes.logical.ChangeWriter`) is followed at once by a further run, the
+    next in the manifest chain, while the invocation's row budget has rows left and
+    more than half of the time it began with remains: else each such key would cost
+    a scheduled run, and an application that saves rows by delete and insert would
+    hold capture behind without end. Each run commits on its own, so a crash between
+    two is a crash between two runs.
+
     The handler passes the settings it read; local tools and tests may leave them to
     be read from the environment here. Any failure (configuration, secret, database,
     S3, a changed source column, a concurrent run) is logged once with its cause and
     with what it left committed, and re-raised, so Lambda's Errors metric sees it.
     """
+    began = deadline.remaining()
+    settings, report = _run_once(settings, deadline)
+    while report.stopped_before_reused_key and deadline.remaining() > began / 2:
+        left = settings.max_rows_per_run - report.total_rows - sum(report.deleted.values())
+        if left <= 0:
+            break
+        logger.info("slot read stopped before a key written again after its deletion: "
+                    "a further run continues at once", extra={
+                        "run_id": report.run_id, "runs_so_far": report.passes,
+                        "rows_left": left, "seconds_left": round(deadline.remaining(), 1)})
+        report = report.then(_run_once(replace(settings, max_rows_per_run=left), deadline)[1])
+    return report
+
+
+def _run_once(settings: IngestSettings | None,
+              deadline: Deadline) -> tuple[IngestSettings, IngestReport]:
+    """Capture and commit one run (one manifest): :func:`run_ingest`'s step."""
     started = time.perf_counter()
     run = keys.new_run_id()
     manifest_key = keys.manifest_key(run)
@@ -349,8 +396,8 @@ def run_ingest(settings: IngestSettings | None = None,
         _remember(settings.bucket, manifest_key, manifest)
         lag = MODES[settings.capture_mode].release(
             replace(request, db_timeout=deadline.remaining()), manifest)
-        return replace(_report(settings, run, manifest_key, captured, manifest, started),
-                       slot_lag_bytes=lag)
+        return settings, replace(_report(settings, run, manifest_key, captured, manifest,
+                                         started), slot_lag_bytes=lag)
     except Exception as error:
         logger.exception(_failure_message(error, progress),
                          extra={"run_id": str(run), "manifest_key": manifest_key})

@@ -290,7 +290,8 @@ class LogicalCapture:
         read_point, entries, changes, reason, found = _read_slot(request, previous, position)
         complete = changes.complete and not changes.position.resync
         return Captured(read_point, entries, complete, changes.position, resync=reason,
-                        definitions=found)
+                        definitions=found, stopped_before_reused_key=(
+                            changes.reused is not None and not changes.position.resync))
 
     def release(self, request: CaptureRequest, manifest: IngestManifest) -> int | None:
         """Advance the slot to the committed manifest's position; return the WAL it holds."""

@@ -7,11 +7,13 @@ the SQL a DBA must run.
 """
 import tracemalloc
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
-from totes import ingest, jsonl, logical, logical_capture, storage
+from totes import ingest, jsonl, logical, logical_capture, stage, storage
+from totes.capture_mode import IngestSettings
 from totes.manifest import IngestManifest, LogicalPosition
 from totes_local import stack
 
@@ -416,11 +418,11 @@ def test_a_slot_lagging_behind_a_finished_re_read_writes_no_older_version_after_
         "SALE", "SALES"]
 
 
-@pytest.mark.parametrize("held, runs, deleted", [
-    (logical.PENDING_DELETIONS, [True], []), (2, [False, True], [2, 3, 4])],
+@pytest.mark.parametrize("held, passes, deleted", [
+    (logical.PENDING_DELETIONS, 1, []), (2, 2, [2, 3, 4])],
                          ids=["deletions-held-to-commit", "more-deletions-than-held"])
 def test_a_transaction_deleting_and_inserting_the_same_keys_never_ends_them_deleted(
-        source, aws, monkeypatch, held, runs, deleted):
+        source, aws, monkeypatch, held, passes, deleted):
     seed_one_of_each(source)
     for order_id in (2, 3, 4):
         sales_order(source, order_id, T0)
@@ -433,13 +435,100 @@ def test_a_transaction_deleting_and_inserting_the_same_keys_never_ends_them_dele
     source.run("COMMIT")
 
     # Deletions past what a transaction holds are written; the read then stops before
-    # their keys are written again, so the next run's versions load after them.
-    assert [ingest.run_ingest().complete for _ in runs] == runs
+    # their keys are written again, so a further run's versions load after them.
+    run = ingest.run_ingest()
+    assert (run.complete, run.passes) == (True, passes)
     bucket = aws["INGEST_BUCKET"]
     deletions = history(bucket, "sales_order", "deleted_files")
     assert sorted(row["sales_order_id"] for row in deletions) == deleted
     [*_, last] = manifests(bucket)
     assert sorted(row["sales_order_id"] for row in lines(bucket, last, "sales_order")) == [2, 3, 4]
+
+
+def test_rows_saved_by_delete_then_insert_are_all_captured_in_one_invocation(source, aws):
+    seed_one_of_each(source)
+    for order_id in range(2, 8):
+        sales_order(source, order_id, T0)
+    ingest.run_ingest()
+    bucket = aws["INGEST_BUCKET"]
+    before = len(manifests(bucket))
+    for order_id in range(2, 8):   # an application "saving" rows by DELETE + INSERT, autocommit
+        source.run("DELETE FROM sales_order WHERE sales_order_id = :o", o=order_id)
+        sales_order(source, order_id, T0 + timedelta(minutes=order_id))
+
+    run = ingest.run_ingest()
+
+    # One run per reused key, all committed by this one invocation, each key's deletion
+    # in a manifest before the one carrying its new version.
+    assert run.complete
+    assert (run.passes, run.rows["sales_order"], run.deleted["sales_order"]) == (7, 6, 6)
+    runs = manifests(bucket)[before:]
+    assert [sorted(row["sales_order_id"] for row in lines(bucket, manifest, "sales_order",
+                                                          "deleted_files"))
+            for manifest in runs] == [[2], [3], [4], [5], [6], [7], []]
+    assert [sorted(row["sales_order_id"] for row in lines(bucket, manifest, "sales_order"))
+            for manifest in runs] == [[], [2], [3], [4], [5], [6], [7]]
+    assert [manifest["complete"] for manifest in runs] == [False] * 6 + [True]
+
+
+def half_spent_after_first_look() -> stage.Deadline:
+    """An invocation with 180 s at its start and 80 s (less than half) at every later look."""
+    looks = iter([180.0])
+    return stage.Deadline(lambda: next(looks, 80.0))
+
+
+@pytest.mark.parametrize("budget, deadline, passes", [
+    (None, half_spent_after_first_look, 1), (3, stage.Deadline.unbounded, 2)],
+                         ids=["past-half-the-time", "row-budget-spent"])
+def test_further_runs_for_reused_keys_stop_within_the_invocation_s_time_and_row_budget(
+        source, aws, budget, deadline, passes):
+    seed_one_of_each(source)
+    for order_id in (2, 3, 4):
+        sales_order(source, order_id, T0)
+    ingest.run_ingest()
+    for order_id in (2, 3, 4):
+        source.run("DELETE FROM sales_order WHERE sales_order_id = :o", o=order_id)
+        sales_order(source, order_id, T0 + timedelta(minutes=order_id))
+    settings = IngestSettings.from_environment()
+    if budget is not None:
+        settings = replace(settings, max_rows_per_run=budget)
+
+    run = ingest.run_ingest(settings, deadline())
+
+    assert (run.complete, run.passes) == (False, passes)
+    assert ingest.run_ingest().complete   # the next scheduled run goes on from there
+
+
+def test_a_crash_in_a_further_run_for_a_reused_key_leaves_the_earlier_runs_committed(
+        source, aws, monkeypatch):
+    seed_one_of_each(source)
+    for order_id in (2, 3, 4):
+        sales_order(source, order_id, T0)
+    ingest.run_ingest()
+    bucket = aws["INGEST_BUCKET"]
+    before = len(manifests(bucket))
+    for order_id in (2, 3, 4):
+        source.run("DELETE FROM sales_order WHERE sales_order_id = :o", o=order_id)
+        sales_order(source, order_id, T0 + timedelta(minutes=order_id))
+    release, calls = logical_capture.release_slot, []
+
+    def crash_on_the_second(*args, **kwargs):   # after the second run's manifest
+        calls.append(1)
+        if len(calls) == 2:
+            raise ConnectionResetError("crash before the second run's slot advance")
+        return release(*args, **kwargs)
+    monkeypatch.setattr(logical_capture, "release_slot", crash_on_the_second)
+
+    with pytest.raises(ConnectionResetError):
+        ingest.run_ingest()
+    assert len(manifests(bucket)) == before + 2
+    assert ingest.run_ingest().complete   # the next run goes on from the second manifest
+
+    runs = manifests(bucket)[before:]
+    assert [[row["sales_order_id"] for row in lines(bucket, manifest, "sales_order", kind)]
+            for kind in ("deleted_files", "files") for manifest in runs] == [
+        [2], [3], [4], [], [], [2], [3], [4]]
+    assert slot_confirmed(source) == runs[-1]["logical"]["lsn"]
 
 
 def test_a_replica_identity_without_the_key_has_its_deletions_found_by_a_sweep(
