@@ -5,13 +5,14 @@ with the demo's copy of the ingestion bucket (``.demo/s3``) as the record of wha
 was captured; ``--dsn-source``/``--dsn-warehouse`` point it at any two servers and
 ``--ingest-bucket`` at a real bucket (through the usual AWS environment). The
 exit status is 0 when the audit is clean and 1 when it found mismatches, so a
-script can act on it.
+script can act on it. :mod:`totes.audit` (and pandas with it, seconds to import) is
+imported when an audit runs: the ``totes`` command imports this module, and its
+other subcommands start without it.
 """
 import argparse
 from pathlib import Path
 from typing import Any, Mapping
 
-from totes import audit
 from totes_local import dsn, stack
 
 DEFAULT_DIR = Path(".demo")
@@ -57,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def summary_line(report: Mapping[str, Any]) -> str:
     """One line: do the warehouse (and the lake) match the source? (``report`` as returned)."""
+    from totes import audit
+
     tables = report["tables"]
     lake = report.get("lake") or {"status": audit.LAKE_NOT_CONFIGURED, "tables": {}}
     if report["ok"]:
@@ -92,6 +95,8 @@ def _connect(url: str | None, postgres: stack.Postgres | None, dbname: str) -> A
 
 def run(args: argparse.Namespace) -> int:
     """Audit and print (the ``totes audit`` command); exit 1 on mismatches."""
+    from totes import audit
+
     if args.ingest_bucket:
         store: audit.ObjectStore = audit.BucketStore(args.ingest_bucket)
     else:

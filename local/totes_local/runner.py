@@ -88,9 +88,12 @@ def _invoke_in_own_process(function: str, event: dict[str, Any], environment: Ma
                            functions_root: Path, start: Any, outcomes: Any, index: int) -> None:
     """One Lambda container: its own process and environment, started with the others at once.
 
-    The handler is imported before the barrier, as a warm container has it, so the
-    invocations themselves (not their imports) overlap.
+    The environment is exactly ``environment`` (the caller's, with the invocation's
+    settings over it), whatever the process it was forked from had. The handler is
+    imported before the barrier, as a warm container has it, so the invocations
+    themselves (not their imports) overlap.
     """
+    os.environ.clear()
     os.environ.update(environment)
     handler = load_handler(function, functions_root)
     start.wait(timeout=300)
@@ -102,6 +105,14 @@ def _invoke_in_own_process(function: str, event: dict[str, Any], environment: Ma
     outcomes.put((index, outcome))
 
 
+#: the libraries the handlers import that take seconds to import (pandas and boto3 two to five
+#: on a busy 2-core machine), none of which reads a setting of the pipeline's when imported
+#: (pyiceberg does, its catalog's environment: not here): the processes of
+#: :func:`invoke_concurrently` fork from a server that imported them once.
+PRELOADED = ("boto3", "botocore.client", "numpy", "pandas", "pg8000.native", "pyarrow",
+             "pyarrow.compute", "pyarrow.parquet")
+
+
 def invoke_concurrently(invocations: list[tuple[str, dict[str, Any]]],
                         environment: Mapping[str, str],
                         functions_root: Path = REPO_ROOT / "functions",
@@ -109,15 +120,20 @@ def invoke_concurrently(invocations: list[tuple[str, dict[str, Any]]],
     """Invoke several handlers at the same moment, each in a process of its own.
 
     Lambda runs concurrent invocations in separate containers, sharing nothing but
-    AWS and the databases: so do these (fresh ``spawn`` processes, released together
-    by a barrier once each has imported its handler). Returns the outcomes in the
-    order of ``invocations``.
+    AWS and the databases: so do these, released together by a barrier once each has
+    imported its handler, each with this process's environment and ``environment``
+    over it. They fork from a ``forkserver`` process that has imported only
+    :data:`PRELOADED` (no client, connection or setting of the pipeline's): a fresh
+    ``spawn`` process imported them again for each invocation, half the CPU of
+    tests/e2e/test_concurrency.py's twenty. Returns the outcomes in the order of
+    ``invocations``.
     """
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(PRELOADED))
     start = context.Barrier(len(invocations))
     outcomes = context.Queue()
     processes = [context.Process(target=_invoke_in_own_process, args=(
-        function, event, dict(environment), functions_root, start, outcomes, index))
+        function, event, {**os.environ, **environment}, functions_root, start, outcomes, index))
         for index, (function, event) in enumerate(invocations)]
     for process in processes:
         process.start()

@@ -51,16 +51,21 @@ class RecordingEnviron(dict):
         return super().__contains__(name)
 
 
-def resolved_environment(template: Path, env_file: Path, function: str) -> dict[str, str]:
-    """The environment ``sam local invoke`` would start ``function``'s container with."""
+def resolved_environments(template: Path, env_file: Path,
+                          functions: list[str]) -> dict[str, dict[str, str]]:
+    """The environment ``sam local invoke`` would start each of ``functions``' containers with.
+
+    One ``InvokeContext`` for them all: entering it parses the template, a second or two
+    of CPU each time.
+    """
     with mock.patch.object(InvokeContext, "_get_container_manager"), \
             mock.patch.object(InvokeContext, "lambda_runtime", new_callable=mock.PropertyMock), \
             InvokeContext(template_file=str(template), env_vars_file=str(env_file),
                           aws_region=stack.REGION) as context:
         runner = context.local_lambda_runner
-        resolved: dict[str, str] = runner._make_env_vars(
+        return {function: runner._make_env_vars(
             runner.provider.get(sam_local.FUNCTIONS[function])).resolve()
-        return resolved
+            for function in functions}
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +77,35 @@ def invoke_files(tmp_path_factory):
     return sam_local.write_files(template, root / "out", sam_local.local_values())
 
 
-@pytest.fixture
-def host_credentials(monkeypatch):
+def with_host_credentials(patch: pytest.MonkeyPatch) -> None:
     """The developer's own AWS credentials in the shell, which must not reach the container."""
     for name in list(os.environ):
         if name.startswith(("AWS_", "POWERTOOLS_")) or name in sam_local.local_values():
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAREALHOSTKEY")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "real-host-secret")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "real-host-token")
+            patch.delenv(name)
+    patch.setenv("AWS_ACCESS_KEY_ID", "AKIAREALHOSTKEY")
+    patch.setenv("AWS_SECRET_ACCESS_KEY", "real-host-secret")
+    patch.setenv("AWS_SESSION_TOKEN", "real-host-token")
+
+
+@pytest.fixture
+def host_credentials(monkeypatch):
+    """The developer's own AWS credentials in the shell while the test runs."""
+    with_host_credentials(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def environments(invoke_files):
+    """What SAM gives each function (with the developer's credentials in the shell)."""
+    template, env_file = invoke_files
+    with pytest.MonkeyPatch.context() as patch:
+        with_host_credentials(patch)
+        return resolved_environments(template, env_file, sorted(sam_local.FUNCTIONS))
+
+
+@pytest.fixture(scope="module")
+def deployed_template():
+    """template.yaml as ``make invoke`` reads it, parsed once for the tests that only read it."""
+    return sam_local._load_template(REPO / "template.yaml")
 
 
 #: where each database is: read when connecting, and empty unless the template's parameters say
@@ -108,13 +133,11 @@ def read_settings(environment: dict[str, str], settings) -> set[str]:
 
 @pytest.mark.parametrize("function", sorted(sam_local.FUNCTIONS))
 def test_sam_gives_each_function_every_variable_it_reads_pointing_at_the_local_stack(
-        function, invoke_files, host_credentials):
-    template, env_file = invoke_files
-    environment = resolved_environment(template, env_file, function)
+        function, environments, deployed_template):
+    environment = environments[function]
 
     read = read_settings(environment, SETTINGS[function])
-    declared = set(sam_local.declared_variables(
-        sam_local._load_template(REPO / "template.yaml"), sam_local.FUNCTIONS[function]))
+    declared = set(sam_local.declared_variables(deployed_template, sam_local.FUNCTIONS[function]))
     unset = {name for name in read if not environment.get(name)} - CONNECTION_VARIABLES
     # What the function reads and SAM leaves unset is exactly what the deployed template leaves
     # to the code's defaults (CHUNK_ROWS, ...): locally as deployed. The connection variables
@@ -148,7 +171,7 @@ def test_without_the_overlay_sam_drops_the_endpoint(invoke_files, host_credentia
     _, env_file = invoke_files
     template = tmp_path / "template.yaml"
     shutil.copy(REPO / "template.yaml", template)
-    environment = resolved_environment(template, env_file, "ingest")
+    environment = resolved_environments(template, env_file, ["ingest"])["ingest"]
     assert "AWS_ENDPOINT_URL" not in environment
     assert environment["AWS_ACCESS_KEY_ID"] == "AKIAREALHOSTKEY"
 

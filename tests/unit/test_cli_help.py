@@ -1,6 +1,8 @@
 """What ``--help`` tells a newcomer: plain text, true sizes, every default."""
 import argparse
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -36,3 +38,14 @@ def test_every_option_with_a_default_says_it(command):
 def test_demo_and_seed_give_the_generators_size(capsys):
     size = generator.size_text(1)
     assert size in help_of(capsys, "demo") and size in help_of(capsys, "seed")
+
+
+def test_the_command_starts_without_importing_pandas():
+    # pandas takes seconds to import on a busy 2-core machine; only `totes audit` (and the demo,
+    # which audits) needs it, through totes.audit: every other command, `totes stop` or
+    # `totes sql` as much as --help, starts without paying for it.
+    probe = ("import sys; from totes_local import cli; "
+             "print(sorted({'pandas', 'totes.audit'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, timeout=120)
+    assert done.stdout.split() == ["[]"]
