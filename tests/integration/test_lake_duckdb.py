@@ -180,14 +180,22 @@ def test_duckdb_reads_every_lake_table_as_the_warehouse_holds_it_through_changes
         publish_and_load(aws, warehouse_conn)
         assert_duckdb_reads_the_warehouse(duckdb_s3, aws, warehouse_conn)
 
-        # a member renamed, an order amended and one new, a version changed in place, a deletion
+        # a member renamed, an order amended and one new, a version changed in place, a deletion;
+        # and deletions stamped as the id's own latest version (a row written and deleted within
+        # one millisecond, as log-based capture stamps them): payment 1's from the first run,
+        # payment 3's in this one
         later = time(11, 30, 0, 5000)
+        own = [datetime.combine(DAY, stamp, timezone.utc)
+               for stamp in (payment(1)["last_updated_time"], later)]
         buckets.publish(
             {**dimensions(first_name="Grace"),
              "fact_sales_order": [sale(1, updated=later, units_sold=99, created_time=time(0, 0)),
                                   sale(3, updated=later, agreed_delivery_date=DAY)],
-             "fact_purchase_orders": [purchase(1, item_quantity=4)]},
-            deletions={"fact_payment": [gone("fact_payment", 2, runs[1] - timedelta(minutes=1))]},
+             "fact_purchase_orders": [purchase(1, item_quantity=4)],
+             "fact_payment": [payment(3, updated=later)]},
+            deletions={"fact_payment": [
+                gone("fact_payment", 2, runs[1] - timedelta(minutes=1)),
+                gone("fact_payment", 1, own[0]), gone("fact_payment", 3, own[1])]},
             started_at=runs[1])
         publish_and_load(aws, warehouse_conn)
         assert_duckdb_reads_the_warehouse(duckdb_s3, aws, warehouse_conn)
