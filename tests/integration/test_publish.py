@@ -298,6 +298,28 @@ def test_a_deletion_stamped_as_its_latest_version_becomes_that_version_as_the_lo
     assert lake_state() == (history, current)
 
 
+def test_a_deletion_already_at_the_stamp_stays_when_that_deletion_arrives_again_later(aws):
+    # payment 7 written and deleted in one millisecond, then written again: its deletion
+    # delivered once more (stamped as the first version) must leave the new version current,
+    # as the load's "a deletion there already stays" does
+    buckets = Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"])
+    deletion = {"fact_payment": [gone("fact_payment", 7, datetime(
+        2024, 11, 15, 10, 0, 0, 123000, tzinfo=timezone.utc))]}
+    buckets.publish({**dimensions(), "fact_payment": [payment(7)]}, deletions=deletion)
+    buckets.publish({"fact_payment": [payment(7, updated=time(11, 0), paid=True)]})
+    buckets.publish({}, deletions=deletion)
+    report = publish.run_publish(settings(aws), Deadline.unbounded())
+
+    assert len(report.manifests_published) == 3 and report.deletions_published["fact_payment"] == 1
+    tables = publish.Lake(lake.glue_catalog(aws["LAKE_BUCKET"]), aws["LAKE_DATABASE"]).tables
+    history = tables["fact_payment"].scan().to_arrow().sort_by("payment_record_id")
+    assert history.select(["last_updated_time", "paid", "is_deleted"]).to_pylist() == [
+        {"last_updated_time": "10:00:00.123", "paid": False, "is_deleted": True},
+        {"last_updated_time": "11:00:00.000", "paid": True, "is_deleted": False}]
+    current = tables["fact_payment_current"].scan().to_arrow()
+    assert current.select(["payment_id", "paid"]).to_pylist() == [{"payment_id": 7, "paid": True}]
+
+
 def test_a_column_change_that_loses_the_race_twice_is_a_transient_conflict(aws, monkeypatch):
     from pyiceberg.table import Table
     from pyiceberg.types import StringType
