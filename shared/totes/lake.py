@@ -18,7 +18,8 @@ The rules are the load's, so the lake equals the warehouse:
   its id's latest version (a deletion or a lost version came after it: the row is
   back as it was); then each deletion record adds one deletion
   version, a copy of the id's latest version stamped with the detection time,
-  unless that version records a deletion already;
+  unless that version records a deletion already (a version already at that stamp
+  becomes the deletion, with a new record id, unless it is a deletion itself);
 * ``fact_*_current`` holds the latest version of each business id the manifest
   touched, unless it is a deletion.
 
@@ -533,15 +534,20 @@ def fact_change(history: "IcebergTable", current: "IcebergTable", spec: LakeTabl
     remaining = existing.filter(pc.invert(pc.is_in(existing[record_id],
                                                    value_set=pa.array(corrected, pa.int64()))))
     pool = pa.concat_tables([conform(spec, remaining), kept])
-    removals = _deletion_versions(spec, pool, deleted, manifest_key)
+    removals, replaced = _deletion_versions(spec, pool, deleted, manifest_key)
     removals = _renumber(removals, record_id, next_record_id)
     next_record_id += removals.num_rows
+    # A version the deletion took the place of goes: appended now, or already in the history.
+    taken = pa.array(replaced, pa.int64())
+    kept = kept.filter(pc.invert(pc.is_in(kept[record_id], value_set=taken)))
+    earlier = set(remaining[record_id].to_pylist())
+    removed = [*corrected, *(version for version in replaced if version in earlier)]
     appended = pa.concat_tables([kept, removals])
 
     properties = {NEXT_RECORD_ID_PROPERTY: str(next_record_id)}
     history_change = TableChange(
-        removed=len(corrected), appended=appended, properties=properties,
-        remove_filter=one_of(record_id, corrected) if corrected else None)
+        removed=len(removed), appended=appended, properties=properties,
+        remove_filter=one_of(record_id, removed) if removed else None)
     current_change = _current_change(current, spec, pa.concat_tables([pool, removals]), appended)
     return FactChange(history_change, current_change,
                       corrected=len(corrected), deletions=removals.num_rows)
@@ -566,11 +572,15 @@ def _renumber(rows: "pa.Table", record_id: str, start: int) -> "pa.Table":
 
 
 def _deletion_versions(spec: LakeTable, pool: "pa.Table", deleted: "pa.Table",
-                       manifest_key: str) -> "pa.Table":
+                       manifest_key: str) -> tuple["pa.Table", list[int]]:
     """One deletion version per deleted id whose latest version in ``pool`` is not one already.
 
     A copy of the latest version, stamped with the first detection time of the
-    manifest, ``is_deleted`` true; none when that stamp is a version already there.
+    manifest, ``is_deleted`` true. When a version already has that stamp (a row
+    written and deleted within one millisecond: log-based capture stamps a deletion
+    with its commit time), the deletion takes its place, as the load makes it the
+    deletion in place (:func:`totes.warehouse.add_deletion_versions`); a deletion
+    there already stays. Returns the deletion versions and the record ids they replace.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -579,7 +589,7 @@ def _deletion_versions(spec: LakeTable, pool: "pa.Table", deleted: "pa.Table",
     stamps = ["last_updated_date", "last_updated_time"]
     empty = pool.schema.empty_table()
     if deleted.num_rows == 0 or pool.num_rows == 0:
-        return empty
+        return empty, []
     first = last_per_key(_with_ordinal(_lake_stamps(deleted)), [business_id], first=True)
     candidates = pool.filter(pc.is_in(pool[business_id], value_set=first[business_id]))
     newest = candidates.group_by([business_id], use_threads=False).aggregate([(record_id, "max")])
@@ -587,19 +597,22 @@ def _deletion_versions(spec: LakeTable, pool: "pa.Table", deleted: "pa.Table",
                                         value_set=newest[f"{record_id}_max"]))
     latest = latest.filter(pc.invert(latest["is_deleted"]))
     if latest.num_rows == 0:
-        return empty
+        return empty, []
     joined = latest.drop_columns(stamps).join(first, keys=[business_id],
                                               use_threads=False).sort_by(ORDINAL)
-    taken = pool.select([business_id, *stamps]).append_column(
-        "_taken", pa.array([True] * pool.num_rows, pa.bool_()))
+    taken = pool.select([business_id, *stamps, record_id, "is_deleted"]).rename_columns(
+        [business_id, *stamps, "_taken_id", "_taken_deleted"])
     checked = joined.join(taken, keys=[business_id, *stamps], join_type="left outer",
                           use_threads=False).sort_by(ORDINAL)
-    fresh = checked.filter(pc.is_null(checked["_taken"]))
+    taken_deleted: Any = checked["_taken_deleted"]
+    fresh = checked.filter(pc.invert(pc.fill_null(taken_deleted, False)))
+    taken_ids: Any = pc.drop_null(fresh["_taken_id"])
+    replaced: list[int] = taken_ids.to_pylist()
     fresh = fresh.set_column(fresh.schema.get_field_index("is_deleted"), "is_deleted",
                              pa.array([True] * fresh.num_rows, pa.bool_()))
     fresh = fresh.set_column(fresh.schema.get_field_index(MANIFEST_KEY.name), MANIFEST_KEY.name,
                              pa.array([manifest_key] * fresh.num_rows, pa.string()))
-    return conform(spec, fresh)
+    return conform(spec, fresh), replaced
 
 
 def _lake_stamps(deleted: "pa.Table") -> "pa.Table":

@@ -9,8 +9,10 @@ Athena, Spark and Trino take, from Glue's ``metadata_location`` to S3, with noth
 of pyiceberg between. The rows must equal the warehouse's, the same manifests
 loaded by the load: values and types (dates, ``decimal(10,2)``, the times as the
 lake's ``HH:MM:SS.fff`` text, NULLs), after publishes that replace dimension
-members, append fact versions, correct one, record deletions, add a column to a
-table that already holds data files without it, bring a deleted row back as it was
+members, append fact versions, correct one, record deletions (two stamped as their
+id's own latest version, which the audit's lake side then hashes as its warehouse
+side does), add a column to a table that already holds data files without it,
+bring a deleted row back as it was
 (its old version ranks latest again, as the warehouse ranks it), and after an operator's revision
 (the lake's tables put back in an overwrite, the manifest's new output on top).
 """
@@ -24,7 +26,7 @@ import pytest
 from loadkit import DAY, Buckets, dimensions, gone, payment, purchase, sale
 
 from tests.e2e.lake_kit import compared, warehouse_view
-from totes import lake, load, publish, stage, supersede
+from totes import audit, audit_lake, audit_sql, lake, load, publish, stage, supersede
 from totes.lake_schema import LAKE_TABLES, LakeTable, iceberg_schema
 from totes.stage import Deadline
 from totes_local import supersede_cli
@@ -134,6 +136,22 @@ def assert_duckdb_reads_the_warehouse(engine, aws, conn) -> None:
         assert typed(found) == typed(wanted), name
 
 
+def assert_the_audit_hashes_the_lake_as_the_warehouse(aws, conn) -> None:
+    """Each compared table's keys and row hashes are the same on the audit's two targets."""
+    catalog = lake.glue_catalog(aws["LAKE_BUCKET"])
+    names = {name: audit.lake_table_name(name) for name in audit_sql.SEGMENTED}
+    lake_target = audit_lake.LakeTables({
+        lake_name: catalog.load_table((aws["LAKE_DATABASE"], lake_name))
+        for lake_name in names.values()})
+    warehouse_target = audit.WarehouseTarget(conn)
+    for name in names:
+        lake_side, warehouse_side = lake_target.side(name, []), warehouse_target.side(name, [])
+        low, high = warehouse_side.bounds()
+        assert lake_side.bounds() == (low, high), name
+        if low is not None and high is not None:
+            assert lake_side.hashes(low, high) == warehouse_side.hashes(low, high), name
+
+
 def publish_and_load(aws, conn) -> None:
     """Load every pending manifest into the warehouse and publish it to the lake."""
     report = load.load_into(conn, load.LoadSettings.from_environment(), stage.Deadline(
@@ -180,14 +198,22 @@ def test_duckdb_reads_every_lake_table_as_the_warehouse_holds_it_through_changes
         publish_and_load(aws, warehouse_conn)
         assert_duckdb_reads_the_warehouse(duckdb_s3, aws, warehouse_conn)
 
-        # a member renamed, an order amended and one new, a version changed in place, a deletion
+        # a member renamed, an order amended and one new, a version changed in place, a deletion;
+        # and deletions stamped as the id's own latest version (a row written and deleted within
+        # one millisecond, as log-based capture stamps them): payment 1's from the first run,
+        # payment 3's in this one
         later = time(11, 30, 0, 5000)
+        own = [datetime.combine(DAY, stamp, timezone.utc)
+               for stamp in (payment(1)["last_updated_time"], later)]
         buckets.publish(
             {**dimensions(first_name="Grace"),
              "fact_sales_order": [sale(1, updated=later, units_sold=99, created_time=time(0, 0)),
                                   sale(3, updated=later, agreed_delivery_date=DAY)],
-             "fact_purchase_orders": [purchase(1, item_quantity=4)]},
-            deletions={"fact_payment": [gone("fact_payment", 2, runs[1] - timedelta(minutes=1))]},
+             "fact_purchase_orders": [purchase(1, item_quantity=4)],
+             "fact_payment": [payment(3, updated=later)]},
+            deletions={"fact_payment": [
+                gone("fact_payment", 2, runs[1] - timedelta(minutes=1)),
+                gone("fact_payment", 1, own[0]), gone("fact_payment", 3, own[1])]},
             started_at=runs[1])
         publish_and_load(aws, warehouse_conn)
         assert_duckdb_reads_the_warehouse(duckdb_s3, aws, warehouse_conn)
@@ -201,6 +227,8 @@ def test_duckdb_reads_every_lake_table_as_the_warehouse_holds_it_through_changes
                              **back}, deletions=deleted, started_at=runs[2])
     publish_and_load(aws, warehouse_conn)
     assert_duckdb_reads_the_warehouse(duckdb_s3, aws, warehouse_conn)
+    # the lake audit sees payments 1 and 3 (deleted as stamped) as the warehouse audit does
+    assert_the_audit_hashes_the_lake_as_the_warehouse(aws, warehouse_conn)
     added_in = table_files(aws)
 
     # an operator's revision from that manifest: each side put back, then its new output on top

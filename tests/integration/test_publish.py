@@ -260,6 +260,66 @@ def test_a_rerun_after_the_history_commit_keeps_a_version_deleted_in_the_same_ma
     assert tables["fact_payment_current"].scan().to_arrow().num_rows == 0
 
 
+@pytest.mark.parametrize("across", [False, True], ids=["one manifest", "two manifests"])
+def test_a_deletion_stamped_as_its_latest_version_becomes_that_version_as_the_load_does(
+        aws, across):
+    # Log-based capture stamps a deletion with its commit time: payment 7 written and deleted
+    # within one millisecond has its deletion at its own last_updated (DAY 10:00:00.123).
+    buckets = Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"])
+    stamped = datetime(2024, 11, 15, 10, 0, 0, 123000, tzinfo=timezone.utc)
+    deletion = {"fact_payment": [gone("fact_payment", 7, stamped)]}
+    versions = {**dimensions(), "fact_payment": [payment(7), payment(8)]}
+    if across:
+        buckets.publish(versions)
+        buckets.publish({}, deletions=deletion)
+    else:
+        buckets.publish(versions, deletions=deletion)
+    report = publish.run_publish(settings(aws), Deadline.unbounded())
+    assert sum(report.deletions_published.values()) == 1
+
+    def lake_state():
+        tables = publish.Lake(lake.glue_catalog(aws["LAKE_BUCKET"]), aws["LAKE_DATABASE"]).tables
+        history = tables["fact_payment"].scan().to_arrow().sort_by("payment_record_id")
+        current = tables["fact_payment_current"].scan().to_arrow()
+        return (history.select(["payment_record_id", "payment_id", "last_updated_time",
+                                "is_deleted"]).to_pylist(),
+                current["payment_id"].to_pylist())
+
+    history, current = lake_state()
+    # the version at that stamp became the deletion, ranking latest (as in the warehouse)
+    assert [row["payment_id"] for row in history] == [8, 7]
+    assert history[1]["is_deleted"] and history[1]["last_updated_time"] == "10:00:00.123"
+    assert not history[0]["is_deleted"]
+    assert current == [8]
+
+    buckets.publish({}, deletions=deletion)   # delivered again: nothing changes
+    again = publish.run_publish(settings(aws), Deadline.unbounded())
+    assert again.manifests_published and sum(again.deletions_published.values()) == 0
+    assert lake_state() == (history, current)
+
+
+def test_a_deletion_already_at_the_stamp_stays_when_that_deletion_arrives_again_later(aws):
+    # payment 7 written and deleted in one millisecond, then written again: its deletion
+    # delivered once more (stamped as the first version) must leave the new version current,
+    # as the load's "a deletion there already stays" does
+    buckets = Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"])
+    deletion = {"fact_payment": [gone("fact_payment", 7, datetime(
+        2024, 11, 15, 10, 0, 0, 123000, tzinfo=timezone.utc))]}
+    buckets.publish({**dimensions(), "fact_payment": [payment(7)]}, deletions=deletion)
+    buckets.publish({"fact_payment": [payment(7, updated=time(11, 0), paid=True)]})
+    buckets.publish({}, deletions=deletion)
+    report = publish.run_publish(settings(aws), Deadline.unbounded())
+
+    assert len(report.manifests_published) == 3 and report.deletions_published["fact_payment"] == 1
+    tables = publish.Lake(lake.glue_catalog(aws["LAKE_BUCKET"]), aws["LAKE_DATABASE"]).tables
+    history = tables["fact_payment"].scan().to_arrow().sort_by("payment_record_id")
+    assert history.select(["last_updated_time", "paid", "is_deleted"]).to_pylist() == [
+        {"last_updated_time": "10:00:00.123", "paid": False, "is_deleted": True},
+        {"last_updated_time": "11:00:00.000", "paid": True, "is_deleted": False}]
+    current = tables["fact_payment_current"].scan().to_arrow()
+    assert current.select(["payment_id", "paid"]).to_pylist() == [{"payment_id": 7, "paid": True}]
+
+
 def test_a_column_change_that_loses_the_race_twice_is_a_transient_conflict(aws, monkeypatch):
     from pyiceberg.table import Table
     from pyiceberg.types import StringType
