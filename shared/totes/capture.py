@@ -25,8 +25,8 @@ never skipped. The special xids 1 and 2 (bootstrap, frozen) are always old.
 Everything here is pure: no I/O.
 """
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Mapping
+from datetime import datetime, timedelta
+from typing import Any, Callable, Mapping
 
 from totes import timestamps
 from totes.errors import InputError
@@ -35,6 +35,11 @@ from totes.errors import InputError
 XID_MODULUS = 1 << 32
 #: the lowest normal xid: 0 is invalid, 1 bootstrap, 2 frozen.
 FIRST_NORMAL_XID = 3
+#: how much later than S3's stamp of the last manifest the server must have started for log-based
+#: capture to believe it restarted since (:func:`started_after_written`): S3 stamps whole seconds,
+#: so the manifest may have been written up to one second after its stamp, and one more second
+#: allows for the skew between S3's clock and the database's.
+RESTART_MARGIN = timedelta(seconds=2)
 
 
 class SnapshotFormatError(InputError, ValueError):
@@ -185,6 +190,30 @@ def server_restarted(before: SourceIdentity | None, source: SourceIdentity) -> b
     """
     return (before is not None and None not in (before.started, source.started)
             and before.started != source.started)
+
+
+def started_after_written(before: SourceIdentity | None, source: SourceIdentity,
+                          written: Callable[[], datetime]) -> bool:
+    """Say whether the server started after the manifest recording ``before`` was written.
+
+    Log-based capture lets a restart turn two refusals (a position beyond the WAL,
+    a slot ahead of it) into a re-sync, so it must not take the manifest's word
+    for it: a forged or stray manifest records whatever ``started`` it likes. The
+    evidence is ``written()``, when S3 stored the manifest (set by S3, not by its
+    writer; asked only when the recorded start differs, after a restart), against
+    the server's own start: a restore or a failover starts the server after the
+    last manifest was written, a forged or stray manifest is written after the
+    server started. Within :data:`RESTART_MARGIN` the server is taken not to have
+    restarted, erring towards the refusals: a person looks. A manifest from
+    another cluster (a restore keeps the system identifier) is never one a
+    restart explains.
+    """
+    if before is None or not server_restarted(before, source) or source.started is None:
+        return False
+    if None not in (before.system_identifier, source.system_identifier) and (
+            before.system_identifier != source.system_identifier):
+        return False
+    return timestamps.parse_instant(source.started) > written() + RESTART_MARGIN
 
 
 def full_xid(xid32: int, current: Snapshot) -> int:

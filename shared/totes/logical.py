@@ -393,7 +393,8 @@ def resume(conn: pg8000.native.Connection, position: LogicalPosition,
     fail with 42704) cannot give the changes after the position: it is made
     again, and the returned :class:`Resync` says every table must be re-read by
     snapshot, as on the first day. So is a slot behind the position on a server
-    that started since the position was committed (``server_restarted``): a restore from a backup
+    that started since the position was committed (``server_restarted``, on evidence the
+    manifest cannot forge: :func:`totes.capture.started_after_written`): a restore from a backup
     brings the slot back with the rest, and once the restored server's WAL has
     passed the position, advancing the slot would skip every change written since
     the restore; a crash that lost the slot's last advance looks the same, and

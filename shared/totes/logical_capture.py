@@ -14,8 +14,8 @@ from typing import Iterator, Mapping
 
 import pg8000.native
 
-from totes import config, db, extract, keys, logical, observability, pgoutput, sweep
-from totes.capture import Snapshot, TableCursor, nearest_xid, server_restarted
+from totes import config, db, extract, keys, logical, observability, pgoutput, storage, sweep
+from totes.capture import Snapshot, TableCursor, nearest_xid, started_after_written
 from totes.capture_mode import CaptureRequest, Captured, IngestSettings, ObjectWriter
 from totes.manifest import IngestManifest, LogicalPosition, TableEntry
 from totes.snapshot_capture import extract_table, read_source, redefined_since, warn_redefined
@@ -165,7 +165,10 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
     lookup = None
     try:
         publication = logical.check_publication(conn, position.publication)
-        restarted = server_restarted(previous.source, extract.source_identity(conn))
+        previous_key = request.previous_key
+        restarted = previous_key is not None and started_after_written(
+            previous.source, extract.source_identity(conn),
+            lambda: storage.last_modified(settings.bucket, previous_key))
         position, lost = logical.resume(conn, position, publication, request.previous_key,
                                         restarted)
         restart = set(publication.resync) | set(lost.tables if lost else ())

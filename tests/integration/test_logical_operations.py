@@ -6,11 +6,13 @@ position is beyond the server's WAL: each ends in the right rows and deletions,
 or a named error, never silent loss or a wedge.
 """
 import uuid
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from aws_lambda_powertools.utilities import parameters
 
-from totes import errors, ingest, keys, logical, logical_capture, storage
+from totes import errors, extract, ingest, keys, logical, storage, timestamps
 from totes.manifest import LogicalPosition
 from totes.source import SOURCE_TABLES
 from totes_local import stack
@@ -27,6 +29,17 @@ def started(source):  # noqa: F811
     seed_one_of_each(source)
     ingest.run_ingest()
     ingest.run_ingest()
+
+
+def restarted_since_the_last_manifest(monkeypatch):
+    """Make the server say it started a minute from now: after every manifest, as a restore does.
+
+    S3 stamps the manifests; the test cannot move that clock back, so it moves the start on.
+    """
+    identity = extract.source_identity
+    start = timestamps.instant_text(datetime.now(timezone.utc) + timedelta(minutes=1))
+    monkeypatch.setattr(extract, "source_identity",
+                        lambda conn: replace(identity(conn), started=start))
 
 
 def keys_deleted(bucket, table):
@@ -251,7 +264,7 @@ def test_a_slot_ahead_of_the_last_run_on_a_restarted_server_re_syncs_instead_of_
     # position, then the run failed before its manifest.
     source.run("SELECT pg_replication_slot_advance(:slot, pg_current_wal_lsn())",
                slot=source.slot)
-    monkeypatch.setattr(logical_capture, "server_restarted", lambda before, now: True)
+    restarted_since_the_last_manifest(monkeypatch)
 
     result = ingest.run_ingest()
 
@@ -309,7 +322,10 @@ def test_a_slot_or_publication_missing_when_read_is_a_named_transient_error(sour
 
 # --- 21.2: a manifest's position beyond the server's WAL ---------------------------------------
 
-def test_a_manifest_position_beyond_the_servers_wal_is_refused_naming_it(source, aws):  # noqa: F811,E501
+@pytest.mark.parametrize("server_start", [None, "2020-01-01T00:00:00.000000Z"],
+                         ids=["this server's start", "another server start"])
+def test_a_manifest_position_beyond_the_servers_wal_is_refused_naming_it(
+        source, aws, server_start):  # noqa: F811
     started(source)
     bucket = aws["INGEST_BUCKET"]
     # Forged well: its own run, after the newest manifest, naming no files; only the LSN lies.
@@ -318,6 +334,9 @@ def test_a_manifest_position_beyond_the_servers_wal_is_refused_naming_it(source,
     for entry in forged["tables"].values():
         entry.update(rows=0, files=[], deleted_rows=0, deleted_files=[], captured_keys=None)
     forged["logical"]["lsn"] = "FFFF/0"
+    # A stray manifest from another server, or a forger, records another server start: the
+    # server did not start after the manifest was written, so no restore explains it.
+    forged["source"]["started"] = server_start or forged["source"]["started"]
     forged_key = keys.manifest_key(run)
     storage.put_new_json(bucket, forged_key, forged)
     before = slot_confirmed(source)
@@ -368,7 +387,7 @@ def test_a_position_beyond_the_wal_of_a_restarted_server_re_syncs_instead_of_ref
         entry.update(rows=0, files=[], deleted_rows=0, deleted_files=[], captured_keys=None)
     last["logical"]["lsn"] = "FFFF/0"
     storage.put_new_json(bucket, keys.manifest_key(run), last)
-    monkeypatch.setattr(logical_capture, "server_restarted", lambda before, now: True)
+    restarted_since_the_last_manifest(monkeypatch)
     sales_order(source, 2, T0)
 
     result = ingest.run_ingest()
