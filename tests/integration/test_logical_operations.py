@@ -273,6 +273,32 @@ def test_a_slot_ahead_of_the_last_run_on_a_restarted_server_re_syncs_instead_of_
     assert 2 in [row["sales_order_id"] for row in history(aws["INGEST_BUCKET"], "sales_order")]
 
 
+@pytest.mark.parametrize("server_start", [None, "2020-01-01T00:00:00.000000Z"],
+                         ids=["this server's start", "another server start"])
+def test_a_slot_ahead_of_the_last_run_on_a_server_that_did_not_restart_is_refused(
+        source, aws, server_start):  # noqa: F811
+    started(source)
+    bucket = aws["INGEST_BUCKET"]
+    sales_order(source, 2, T0)
+    # Another consumer read the slot past the last run's position.
+    source.run("SELECT pg_replication_slot_advance(:slot, pg_current_wal_lsn())",
+               slot=source.slot)
+    ahead = slot_confirmed(source)
+    # The newest manifest, written after the server started, may record another start (a
+    # forger's, or another server's): only a start after S3 stored it tells of a restart.
+    last, run = manifests(bucket)[-1], keys.new_run_id()
+    last.update(run_id=str(run), previous_manifest=storage.latest_manifest_key(bucket))
+    for entry in last["tables"].values():
+        entry.update(rows=0, files=[], deleted_rows=0, deleted_files=[], captured_keys=None)
+    last["source"]["started"] = server_start or last["source"]["started"]
+    storage.put_new_json(bucket, keys.manifest_key(run), last)
+
+    with pytest.raises(logical.SlotPositionError, match="something else consumed it"):
+        ingest.run_ingest()
+
+    assert slot_confirmed(source) == ahead
+
+
 def test_a_slot_invalidated_by_max_slot_wal_keep_size_is_made_again(source, aws):  # noqa: F811
     started(source)
     source.run("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
