@@ -165,10 +165,9 @@ def resync_reason(previous: Snapshot | None, previous_source: SourceIdentity | N
     if previous is None:
         return None
     before = previous_source or SourceIdentity()
-    if None not in (before.system_identifier, source.system_identifier) and (
-            before.system_identifier != source.system_identifier):
-        return (f"the source is another cluster (system identifier {source.system_identifier}, "
-                f"was {before.system_identifier})")
+    another = other_cluster(before, source)
+    if another is not None:
+        return another
     if None not in (before.timeline, source.timeline) and before.timeline != source.timeline:
         return (f"the source's timeline changed from {before.timeline} to {source.timeline} "
                 "(a failover, promotion or point-in-time recovery)")
@@ -179,6 +178,19 @@ def resync_reason(previous: Snapshot | None, previous_source: SourceIdentity | N
         return (f"the source's server restarted (at {source.started}, was running since "
                 f"{before.started}): a restore from a backup cannot be told from a restart")
     return None
+
+
+def other_cluster(before: SourceIdentity | None, source: SourceIdentity) -> str | None:
+    """Say why ``source`` is not the cluster ``before`` was read from, or None (or unknown).
+
+    Only the system identifier tells: replicas and restored backups keep it, so a
+    run's cursors and positions mean nothing on a cluster with another one.
+    """
+    if before is None or None in (before.system_identifier, source.system_identifier) or (
+            before.system_identifier == source.system_identifier):
+        return None
+    return (f"the source is another cluster (system identifier {source.system_identifier}, "
+            f"was {before.system_identifier})")
 
 
 def server_restarted(before: SourceIdentity | None, source: SourceIdentity) -> bool:
@@ -208,10 +220,8 @@ def started_after_written(before: SourceIdentity | None, source: SourceIdentity,
     another cluster (a restore keeps the system identifier) is never one a
     restart explains.
     """
-    if before is None or not server_restarted(before, source) or source.started is None:
-        return False
-    if None not in (before.system_identifier, source.system_identifier) and (
-            before.system_identifier != source.system_identifier):
+    if (before is None or not server_restarted(before, source) or source.started is None
+            or other_cluster(before, source) is not None):
         return False
     return timestamps.parse_instant(source.started) > written() + RESTART_MARGIN
 

@@ -374,6 +374,29 @@ def test_a_manifest_position_beyond_the_servers_wal_is_refused_naming_it(
     assert slot_confirmed(source) == before
 
 
+def test_a_manifest_from_another_cluster_within_the_wal_re_syncs_instead_of_skipping_changes(
+        source, aws, caplog):  # noqa: F811
+    started(source)
+    bucket = aws["INGEST_BUCKET"]
+    sales_order(source, 2, T0)
+    # A stray manifest (or a secret pointed at another cluster): its position lies within this
+    # server's WAL, past the slot; advancing the slot to it would skip sales order 2.
+    [[wal]] = source.run("SELECT pg_current_wal_lsn()::text")
+    stray, run = manifests(bucket)[-1], keys.new_run_id()
+    stray.update(run_id=str(run), previous_manifest=storage.latest_manifest_key(bucket))
+    for entry in stray["tables"].values():
+        entry.update(rows=0, files=[], deleted_rows=0, deleted_files=[], captured_keys=None)
+    stray["logical"]["lsn"] = wal
+    stray["source"]["system_identifier"] = "7000000000000000001"
+    storage.put_new_json(bucket, keys.manifest_key(run), stray)
+
+    result = ingest.run_ingest()
+
+    assert result.resync is not None and result.complete
+    assert "the source is another cluster" in caplog.text
+    assert 2 in [row["sales_order_id"] for row in history(bucket, "sales_order")]
+
+
 def test_a_slot_lost_during_the_initial_backfill_starts_it_again(source, aws, monkeypatch):  # noqa: F811,E501
     monkeypatch.setenv("INGEST_MAX_ROWS_PER_RUN", "6")
     monkeypatch.setenv("INGEST_DELETE_SWEEP_MINUTES", "100000")   # only a forced sweep runs
