@@ -35,10 +35,10 @@ from totes.errors import InputError
 XID_MODULUS = 1 << 32
 #: the lowest normal xid: 0 is invalid, 1 bootstrap, 2 frozen.
 FIRST_NORMAL_XID = 3
-#: how much later than S3's stamp of the last manifest the server must have started for log-based
-#: capture to believe it restarted since (:func:`started_after_written`): S3 stamps whole seconds,
-#: so the manifest may have been written up to one second after its stamp, and one more second
-#: allows for the skew between S3's clock and the database's.
+#: how much earlier than S3's stamp of the last manifest the server may seem to have started and
+#: still be believed to have restarted since (:func:`restarted_since_written`): the skew allowed
+#: between S3's clock and the database's. It errs towards believing a restart, which costs a
+#: re-sync: a restore taken for none could have its slot advanced past changes.
 RESTART_MARGIN = timedelta(seconds=2)
 
 
@@ -204,26 +204,35 @@ def server_restarted(before: SourceIdentity | None, source: SourceIdentity) -> b
             and before.started != source.started)
 
 
-def started_after_written(before: SourceIdentity | None, source: SourceIdentity,
-                          written: Callable[[], datetime]) -> bool:
-    """Say whether the server started after the manifest recording ``before`` was written.
+def restarted_since_written(before: SourceIdentity | None, source: SourceIdentity,
+                            written: Callable[[], datetime]) -> bool:
+    """Say whether the server started, or was promoted, after the manifest recording ``before``.
 
     Log-based capture lets a restart turn two refusals (a position beyond the WAL,
     a slot ahead of it) into a re-sync, so it must not take the manifest's word
     for it: a forged or stray manifest records whatever ``started`` it likes. The
     evidence is ``written()``, when S3 stored the manifest (set by S3, not by its
     writer; asked only when the recorded start differs, after a restart), against
-    the server's own start: a restore or a failover starts the server after the
-    last manifest was written, a forged or stray manifest is written after the
-    server started. Within :data:`RESTART_MARGIN` the server is taken not to have
-    restarted, erring towards the refusals: a person looks. A manifest from
-    another cluster (a restore keeps the system identifier) is never one a
-    restart explains.
+    the server's own start: a restore starts the server after the last manifest
+    was written, a forged or stray manifest is written after the server started.
+    A start up to :data:`RESTART_MARGIN` before S3's stamp still counts (and S3
+    stamps whole seconds, truncated): erring towards a restart, so only a manifest
+    written within about three seconds of the server's start could pass for one,
+    and never a restore for none. A standby promoted without a
+    restart shows no new start, only a later timeline than the manifest's (a
+    forger would have to write an earlier one, on a cluster promoted before):
+    taken for a restart too, as advancing a slot synced to it could skip changes.
+    A manifest from another cluster (a restore or a promotion keeps the system
+    identifier) is never one a restart explains.
     """
-    if (before is None or not server_restarted(before, source) or source.started is None
-            or other_cluster(before, source) is not None):
+    if before is None or other_cluster(before, source) is not None:
         return False
-    return timestamps.parse_instant(source.started) > written() + RESTART_MARGIN
+    was, now = before.timeline, source.timeline
+    if was is not None and now is not None and now > was:
+        return True
+    if not server_restarted(before, source) or source.started is None:
+        return False
+    return timestamps.parse_instant(source.started) > written() - RESTART_MARGIN
 
 
 def full_xid(xid32: int, current: Snapshot) -> int:

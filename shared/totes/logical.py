@@ -395,7 +395,7 @@ def resume(conn: pg8000.native.Connection, position: LogicalPosition,
     again, and the returned :class:`Resync` says every table must be re-read by
     snapshot, as on the first day. So is a slot behind the position on a server
     that started since the position was committed (``server_restarted``, on evidence the
-    manifest cannot forge: :func:`totes.capture.started_after_written`): a restore from a backup
+    manifest cannot forge: :func:`totes.capture.restarted_since_written`): a restore from a backup
     brings the slot back with the rest, and once the restored server's WAL has
     passed the position, advancing the slot would skip every change written since
     the restore; a crash that lost the slot's last advance looks the same, and

@@ -16,7 +16,7 @@ import pg8000.native
 
 from totes import config, db, extract, keys, logical, observability, pgoutput, storage, sweep
 from totes.capture import (Snapshot, TableCursor, nearest_xid, other_cluster,
-                           started_after_written)
+                           restarted_since_written)
 from totes.capture_mode import CaptureRequest, Captured, IngestSettings, ObjectWriter
 from totes.manifest import IngestManifest, LogicalPosition, TableEntry
 from totes.snapshot_capture import extract_table, read_source, redefined_since, warn_redefined
@@ -167,7 +167,7 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
     try:
         publication = logical.check_publication(conn, position.publication)
         previous_key, source = request.previous_key, extract.source_identity(conn)
-        restarted = previous_key is not None and started_after_written(
+        restarted = previous_key is not None and restarted_since_written(
             previous.source, source, lambda: storage.last_modified(settings.bucket, previous_key))
         position, lost = logical.resume(conn, position, publication, request.previous_key,
                                         restarted, other_cluster(previous.source, source))

@@ -5,6 +5,7 @@ lost (dropped, invalidated), an unchanged TOASTed value, a manifest whose
 position is beyond the server's WAL: each ends in the right rows and deletions,
 or a named error, never silent loss or a wedge.
 """
+import time
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -13,6 +14,7 @@ import pytest
 from aws_lambda_powertools.utilities import parameters
 
 from totes import errors, extract, ingest, keys, logical, storage, timestamps
+from totes.capture import RESTART_MARGIN
 from totes.manifest import LogicalPosition
 from totes.source import SOURCE_TABLES
 from totes_local import stack
@@ -40,6 +42,15 @@ def restarted_since_the_last_manifest(monkeypatch):
     start = timestamps.instant_text(datetime.now(timezone.utc) + timedelta(minutes=1))
     monkeypatch.setattr(extract, "source_identity",
                         lambda conn: replace(identity(conn), started=start))
+
+
+def up_past_the_restart_margin(source):  # noqa: F811
+    """Wait until the server has run past the restart margin: a manifest written now follows it.
+
+    (S3 stamps whole seconds, and a start up to the margin before the stamp counts as a restart.)
+    """
+    [[up]] = source.run("SELECT extract(epoch FROM now() - pg_postmaster_start_time())::float8")
+    time.sleep(max(0.0, RESTART_MARGIN.total_seconds() + 2 - up))
 
 
 def keys_deleted(bucket, table):
@@ -291,6 +302,7 @@ def test_a_slot_ahead_of_the_last_run_on_a_server_that_did_not_restart_is_refuse
     for entry in last["tables"].values():
         entry.update(rows=0, files=[], deleted_rows=0, deleted_files=[], captured_keys=None)
     last["source"]["started"] = server_start or last["source"]["started"]
+    up_past_the_restart_margin(source)
     storage.put_new_json(bucket, keys.manifest_key(run), last)
 
     with pytest.raises(logical.SlotPositionError, match="something else consumed it"):
@@ -363,6 +375,7 @@ def test_a_manifest_position_beyond_the_servers_wal_is_refused_naming_it(
     # A stray manifest from another server, or a forger, records another server start: the
     # server did not start after the manifest was written, so no restore explains it.
     forged["source"]["started"] = server_start or forged["source"]["started"]
+    up_past_the_restart_margin(source)
     forged_key = keys.manifest_key(run)
     storage.put_new_json(bucket, forged_key, forged)
     before = slot_confirmed(source)
