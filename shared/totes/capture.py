@@ -25,8 +25,8 @@ never skipped. The special xids 1 and 2 (bootstrap, frozen) are always old.
 Everything here is pure: no I/O.
 """
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Mapping
+from datetime import datetime, timedelta
+from typing import Any, Callable, Mapping
 
 from totes import timestamps
 from totes.errors import InputError
@@ -35,6 +35,11 @@ from totes.errors import InputError
 XID_MODULUS = 1 << 32
 #: the lowest normal xid: 0 is invalid, 1 bootstrap, 2 frozen.
 FIRST_NORMAL_XID = 3
+#: how much earlier than S3's stamp of the last manifest the server may seem to have started and
+#: still be believed to have restarted since (:func:`restarted_since_written`): the skew allowed
+#: between S3's clock and the database's. It errs towards believing a restart, which costs a
+#: re-sync: a restore taken for none could have its slot advanced past changes.
+RESTART_MARGIN = timedelta(seconds=2)
 
 
 class SnapshotFormatError(InputError, ValueError):
@@ -160,10 +165,9 @@ def resync_reason(previous: Snapshot | None, previous_source: SourceIdentity | N
     if previous is None:
         return None
     before = previous_source or SourceIdentity()
-    if None not in (before.system_identifier, source.system_identifier) and (
-            before.system_identifier != source.system_identifier):
-        return (f"the source is another cluster (system identifier {source.system_identifier}, "
-                f"was {before.system_identifier})")
+    another = other_cluster(before, source)
+    if another is not None:
+        return another
     if None not in (before.timeline, source.timeline) and before.timeline != source.timeline:
         return (f"the source's timeline changed from {before.timeline} to {source.timeline} "
                 "(a failover, promotion or point-in-time recovery)")
@@ -176,6 +180,19 @@ def resync_reason(previous: Snapshot | None, previous_source: SourceIdentity | N
     return None
 
 
+def other_cluster(before: SourceIdentity | None, source: SourceIdentity) -> str | None:
+    """Say why ``source`` is not the cluster ``before`` was read from, or None (or unknown).
+
+    Only the system identifier tells: replicas and restored backups keep it, so a
+    run's cursors and positions mean nothing on a cluster with another one.
+    """
+    if before is None or None in (before.system_identifier, source.system_identifier) or (
+            before.system_identifier == source.system_identifier):
+        return None
+    return (f"the source is another cluster (system identifier {source.system_identifier}, "
+            f"was {before.system_identifier})")
+
+
 def server_restarted(before: SourceIdentity | None, source: SourceIdentity) -> bool:
     """Say whether the server started since ``before`` was read (False when either is unknown).
 
@@ -185,6 +202,37 @@ def server_restarted(before: SourceIdentity | None, source: SourceIdentity) -> b
     """
     return (before is not None and None not in (before.started, source.started)
             and before.started != source.started)
+
+
+def restarted_since_written(before: SourceIdentity | None, source: SourceIdentity,
+                            written: Callable[[], datetime]) -> bool:
+    """Say whether the server started, or was promoted, after the manifest recording ``before``.
+
+    Log-based capture lets a restart turn two refusals (a position beyond the WAL,
+    a slot ahead of it) into a re-sync, so it must not take the manifest's word
+    for it: a forged or stray manifest records whatever ``started`` it likes. The
+    evidence is ``written()``, when S3 stored the manifest (set by S3, not by its
+    writer; asked only when the recorded start differs, after a restart), against
+    the server's own start: a restore starts the server after the last manifest
+    was written, a forged or stray manifest is written after the server started.
+    A start up to :data:`RESTART_MARGIN` before S3's stamp still counts (and S3
+    stamps whole seconds, truncated): erring towards a restart, so only a manifest
+    written within about three seconds of the server's start could pass for one,
+    and never a restore for none. A standby promoted without a
+    restart shows no new start, only a later timeline than the manifest's (a
+    forger would have to write an earlier one, on a cluster promoted before):
+    taken for a restart too, as advancing a slot synced to it could skip changes.
+    A manifest from another cluster (a restore or a promotion keeps the system
+    identifier) is never one a restart explains.
+    """
+    if before is None or other_cluster(before, source) is not None:
+        return False
+    was, now = before.timeline, source.timeline
+    if was is not None and now is not None and now > was:
+        return True
+    if not server_restarted(before, source) or source.started is None:
+        return False
+    return timestamps.parse_instant(source.started) > written() - RESTART_MARGIN
 
 
 def full_xid(xid32: int, current: Snapshot) -> int:

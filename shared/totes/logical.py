@@ -382,7 +382,8 @@ def check_position(conn: pg8000.native.Connection, position: LogicalPosition,
 
 def resume(conn: pg8000.native.Connection, position: LogicalPosition,
            publication: PublicationState, manifest_key: str | None = None,
-           server_restarted: bool = False) -> tuple[LogicalPosition, Resync | None]:
+           server_restarted: bool = False, other_cluster: str | None = None
+           ) -> tuple[LogicalPosition, Resync | None]:
     """Bring the slot to ``position`` (a committed manifest's) before reading from it.
 
     A run that failed after committing its manifest but before advancing the slot
@@ -393,7 +394,8 @@ def resume(conn: pg8000.native.Connection, position: LogicalPosition,
     fail with 42704) cannot give the changes after the position: it is made
     again, and the returned :class:`Resync` says every table must be re-read by
     snapshot, as on the first day. So is a slot behind the position on a server
-    that started since the position was committed (``server_restarted``): a restore from a backup
+    that started since the position was committed (``server_restarted``, on evidence the
+    manifest cannot forge: :func:`totes.capture.restarted_since_written`): a restore from a backup
     brings the slot back with the rest, and once the restored server's WAL has
     passed the position, advancing the slot would skip every change written since
     the restore; a crash that lost the slot's last advance looks the same, and
@@ -405,7 +407,11 @@ def resume(conn: pg8000.native.Connection, position: LogicalPosition,
     and a person must decide. A position beyond the server's WAL is refused too
     (:func:`check_position`), except on a server that restarted: a restore, or a
     failover to a server that had not caught up, whose WAL has not yet reached the
-    position; the slot is made again and every table re-synced then as well.
+    position; the slot is made again and every table re-synced then as well. So is
+    any slot when the position was recorded on another cluster (``other_cluster``,
+    the reason: :func:`totes.capture.other_cluster`): a position within this
+    server's WAL says nothing of what was read here, and advancing to it would
+    skip changes; one beyond the WAL is refused all the same.
     """
     try:
         check_position(conn, position, manifest_key)
@@ -421,6 +427,8 @@ def resume(conn: pg8000.native.Connection, position: LogicalPosition,
         reason = ("the source's server restarted since the last run and its WAL is behind that "
                   f"run's position {position.lsn}: a restore from a backup, or a failover to a "
                   "server that had not caught up")
+    elif other_cluster is not None:
+        reason = f"{other_cluster}: the last run's position is not this server's"
     elif state is None:
         reason = "the replication slot is missing (dropped, or not on this server after a failover)"
     elif state.invalidated is not None:

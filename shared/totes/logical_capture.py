@@ -14,8 +14,9 @@ from typing import Iterator, Mapping
 
 import pg8000.native
 
-from totes import config, db, extract, keys, logical, observability, pgoutput, sweep
-from totes.capture import Snapshot, TableCursor, nearest_xid, server_restarted
+from totes import config, db, extract, keys, logical, observability, pgoutput, storage, sweep
+from totes.capture import (Snapshot, TableCursor, nearest_xid, other_cluster,
+                           restarted_since_written)
 from totes.capture_mode import CaptureRequest, Captured, IngestSettings, ObjectWriter
 from totes.manifest import IngestManifest, LogicalPosition, TableEntry
 from totes.snapshot_capture import extract_table, read_source, redefined_since, warn_redefined
@@ -165,9 +166,11 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
     lookup = None
     try:
         publication = logical.check_publication(conn, position.publication)
-        restarted = server_restarted(previous.source, extract.source_identity(conn))
+        previous_key, source = request.previous_key, extract.source_identity(conn)
+        restarted = previous_key is not None and restarted_since_written(
+            previous.source, source, lambda: storage.last_modified(settings.bucket, previous_key))
         position, lost = logical.resume(conn, position, publication, request.previous_key,
-                                        restarted)
+                                        restarted, other_cluster(previous.source, source))
         restart = set(publication.resync) | set(lost.tables if lost else ())
         reason = lost.reason if lost else ("the publication had drifted" if restart else None)
         if reason is not None:

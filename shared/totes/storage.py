@@ -41,6 +41,7 @@ import shutil
 import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
@@ -446,6 +447,16 @@ def read_bytes(bucket: str, key: str, sha256: str | None = None) -> bytes:
     """
     body: bytes = open_stream(bucket, key, sha256).read()
     return body
+
+
+def last_modified(bucket: str, key: str) -> datetime:
+    """Return when S3 stored an object: its ``LastModified``, on S3's clock, in whole seconds.
+
+    S3 sets it, not the object's writer: when an object was written, in a form its
+    body cannot forge.
+    """
+    moment: datetime = s3_client().head_object(Bucket=bucket, Key=key)["LastModified"]
+    return moment
 
 
 def read_json(bucket: str, key: str) -> Any:

@@ -5,12 +5,16 @@ lost (dropped, invalidated), an unchanged TOASTed value, a manifest whose
 position is beyond the server's WAL: each ends in the right rows and deletions,
 or a named error, never silent loss or a wedge.
 """
+import time
 import uuid
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from aws_lambda_powertools.utilities import parameters
 
-from totes import errors, ingest, keys, logical, logical_capture, storage
+from totes import errors, extract, ingest, keys, logical, storage, timestamps
+from totes.capture import RESTART_MARGIN
 from totes.manifest import LogicalPosition
 from totes.source import SOURCE_TABLES
 from totes_local import stack
@@ -27,6 +31,26 @@ def started(source):  # noqa: F811
     seed_one_of_each(source)
     ingest.run_ingest()
     ingest.run_ingest()
+
+
+def restarted_since_the_last_manifest(monkeypatch):
+    """Make the server say it started a minute from now: after every manifest, as a restore does.
+
+    S3 stamps the manifests; the test cannot move that clock back, so it moves the start on.
+    """
+    identity = extract.source_identity
+    start = timestamps.instant_text(datetime.now(timezone.utc) + timedelta(minutes=1))
+    monkeypatch.setattr(extract, "source_identity",
+                        lambda conn: replace(identity(conn), started=start))
+
+
+def up_past_the_restart_margin(source):  # noqa: F811
+    """Wait until the server has run past the restart margin: a manifest written now follows it.
+
+    (S3 stamps whole seconds, and a start up to the margin before the stamp counts as a restart.)
+    """
+    [[up]] = source.run("SELECT extract(epoch FROM now() - pg_postmaster_start_time())::float8")
+    time.sleep(max(0.0, RESTART_MARGIN.total_seconds() + 2 - up))
 
 
 def keys_deleted(bucket, table):
@@ -251,13 +275,40 @@ def test_a_slot_ahead_of_the_last_run_on_a_restarted_server_re_syncs_instead_of_
     # position, then the run failed before its manifest.
     source.run("SELECT pg_replication_slot_advance(:slot, pg_current_wal_lsn())",
                slot=source.slot)
-    monkeypatch.setattr(logical_capture, "server_restarted", lambda before, now: True)
+    restarted_since_the_last_manifest(monkeypatch)
 
     result = ingest.run_ingest()
 
     assert result.resync is not None and result.complete
     assert "is not at that run's position" in caplog.text
     assert 2 in [row["sales_order_id"] for row in history(aws["INGEST_BUCKET"], "sales_order")]
+
+
+@pytest.mark.parametrize("server_start", [None, "2020-01-01T00:00:00.000000Z"],
+                         ids=["this server's start", "another server start"])
+def test_a_slot_ahead_of_the_last_run_on_a_server_that_did_not_restart_is_refused(
+        source, aws, server_start):  # noqa: F811
+    started(source)
+    bucket = aws["INGEST_BUCKET"]
+    sales_order(source, 2, T0)
+    # Another consumer read the slot past the last run's position.
+    source.run("SELECT pg_replication_slot_advance(:slot, pg_current_wal_lsn())",
+               slot=source.slot)
+    ahead = slot_confirmed(source)
+    # The newest manifest, written after the server started, may record another start (a
+    # forger's, or another server's): only a start after S3 stored it tells of a restart.
+    last, run = manifests(bucket)[-1], keys.new_run_id()
+    last.update(run_id=str(run), previous_manifest=storage.latest_manifest_key(bucket))
+    for entry in last["tables"].values():
+        entry.update(rows=0, files=[], deleted_rows=0, deleted_files=[], captured_keys=None)
+    last["source"]["started"] = server_start or last["source"]["started"]
+    up_past_the_restart_margin(source)
+    storage.put_new_json(bucket, keys.manifest_key(run), last)
+
+    with pytest.raises(logical.SlotPositionError, match="something else consumed it"):
+        ingest.run_ingest()
+
+    assert slot_confirmed(source) == ahead
 
 
 def test_a_slot_invalidated_by_max_slot_wal_keep_size_is_made_again(source, aws):  # noqa: F811
@@ -309,7 +360,10 @@ def test_a_slot_or_publication_missing_when_read_is_a_named_transient_error(sour
 
 # --- 21.2: a manifest's position beyond the server's WAL ---------------------------------------
 
-def test_a_manifest_position_beyond_the_servers_wal_is_refused_naming_it(source, aws):  # noqa: F811,E501
+@pytest.mark.parametrize("server_start", [None, "2020-01-01T00:00:00.000000Z"],
+                         ids=["this server's start", "another server start"])
+def test_a_manifest_position_beyond_the_servers_wal_is_refused_naming_it(
+        source, aws, server_start):  # noqa: F811
     started(source)
     bucket = aws["INGEST_BUCKET"]
     # Forged well: its own run, after the newest manifest, naming no files; only the LSN lies.
@@ -318,6 +372,10 @@ def test_a_manifest_position_beyond_the_servers_wal_is_refused_naming_it(source,
     for entry in forged["tables"].values():
         entry.update(rows=0, files=[], deleted_rows=0, deleted_files=[], captured_keys=None)
     forged["logical"]["lsn"] = "FFFF/0"
+    # A stray manifest from another server, or a forger, records another server start: the
+    # server did not start after the manifest was written, so no restore explains it.
+    forged["source"]["started"] = server_start or forged["source"]["started"]
+    up_past_the_restart_margin(source)
     forged_key = keys.manifest_key(run)
     storage.put_new_json(bucket, forged_key, forged)
     before = slot_confirmed(source)
@@ -327,6 +385,29 @@ def test_a_manifest_position_beyond_the_servers_wal_is_refused_naming_it(source,
 
     assert errors.kind_of(raised.value) == errors.INPUT
     assert slot_confirmed(source) == before
+
+
+def test_a_manifest_from_another_cluster_within_the_wal_re_syncs_instead_of_skipping_changes(
+        source, aws, caplog):  # noqa: F811
+    started(source)
+    bucket = aws["INGEST_BUCKET"]
+    sales_order(source, 2, T0)
+    # A stray manifest (or a secret pointed at another cluster): its position lies within this
+    # server's WAL, past the slot; advancing the slot to it would skip sales order 2.
+    [[wal]] = source.run("SELECT pg_current_wal_lsn()::text")
+    stray, run = manifests(bucket)[-1], keys.new_run_id()
+    stray.update(run_id=str(run), previous_manifest=storage.latest_manifest_key(bucket))
+    for entry in stray["tables"].values():
+        entry.update(rows=0, files=[], deleted_rows=0, deleted_files=[], captured_keys=None)
+    stray["logical"]["lsn"] = wal
+    stray["source"]["system_identifier"] = "7000000000000000001"
+    storage.put_new_json(bucket, keys.manifest_key(run), stray)
+
+    result = ingest.run_ingest()
+
+    assert result.resync is not None and result.complete
+    assert "the source is another cluster" in caplog.text
+    assert 2 in [row["sales_order_id"] for row in history(bucket, "sales_order")]
 
 
 def test_a_slot_lost_during_the_initial_backfill_starts_it_again(source, aws, monkeypatch):  # noqa: F811,E501
@@ -368,7 +449,7 @@ def test_a_position_beyond_the_wal_of_a_restarted_server_re_syncs_instead_of_ref
         entry.update(rows=0, files=[], deleted_rows=0, deleted_files=[], captured_keys=None)
     last["logical"]["lsn"] = "FFFF/0"
     storage.put_new_json(bucket, keys.manifest_key(run), last)
-    monkeypatch.setattr(logical_capture, "server_restarted", lambda before, now: True)
+    restarted_since_the_last_manifest(monkeypatch)
     sales_order(source, 2, T0)
 
     result = ingest.run_ingest()

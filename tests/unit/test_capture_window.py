@@ -1,12 +1,12 @@
 """Which rows a run reads: 64-bit snapshots against 32-bit row xids, across wraparound."""
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from totes.capture import (XID_MODULUS, Snapshot, SnapshotFormatError, SourceIdentity,
                            TableCursor, full_xid, nearest_xid, resync_reason,
-                           xmin_window)
+                           restarted_since_written, xmin_window)
 from totes.extract import ReadPoint
 from totes.manifest import IngestManifest
 from totes.snapshot_capture import floor_held_since
@@ -144,6 +144,42 @@ def test_a_source_with_another_identity_or_an_earlier_xmax_needs_a_resync(
 def test_a_first_run_or_a_manifest_without_identity_never_resyncs_on_identity():
     assert resync_reason(None, None, Snapshot(5, 5), PRIMARY) is None
     assert resync_reason(Snapshot(840, 850), None, Snapshot(900, 905), PRIMARY) is None
+
+
+RESTARTED = "2026-11-27T09:00:00.000001Z"
+AT_RESTART = datetime(2026, 11, 27, 9, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("recorded, source, written, expected", [
+    # A restore starts the server after the last manifest was written.
+    (PRIMARY, replace(PRIMARY, started=RESTARTED), AT_RESTART - timedelta(minutes=5), True),
+    # A forged or stray manifest recording another start, written after the server started.
+    (PRIMARY, replace(PRIMARY, started=RESTARTED), AT_RESTART + timedelta(minutes=5), False),
+    # Within the margin (the clocks' skew), a restart is believed: a restore is never missed.
+    (PRIMARY, replace(PRIMARY, started=RESTARTED), AT_RESTART + timedelta(seconds=1), True),
+    (PRIMARY, replace(PRIMARY, started=RESTARTED), AT_RESTART + timedelta(seconds=3), False),
+    # A manifest from another cluster: no restore of this one explains it.
+    (replace(PRIMARY, system_identifier="7000000000000000001"),
+     replace(PRIMARY, started=RESTARTED), AT_RESTART - timedelta(minutes=5), False),
+    (PRIMARY, PRIMARY, AT_RESTART - timedelta(days=5), False),   # the same start: no restart
+    # A standby promoted without a restart: its start is older, its timeline later.
+    (PRIMARY, SourceIdentity("7441281470123456789", 2, "2026-11-01T00:00:00.000000Z"),
+     AT_RESTART, True),
+    (replace(PRIMARY, timeline=2), replace(PRIMARY, started=RESTARTED),
+     AT_RESTART + timedelta(minutes=5), False),   # an earlier timeline is no promotion
+    (PRIMARY, replace(PRIMARY, started=None), AT_RESTART - timedelta(days=5), False),
+    (None, replace(PRIMARY, started=RESTARTED), AT_RESTART - timedelta(days=5), False),
+])
+def test_a_restart_is_believed_only_on_a_start_after_s3_stored_the_manifest_or_a_later_timeline(
+        recorded, source, written, expected):
+    assert restarted_since_written(recorded, source, lambda: written) is expected
+
+
+def test_s3_is_not_asked_when_the_manifest_records_the_servers_own_start():
+    def unasked():
+        raise AssertionError("S3 asked on a run with no restart recorded")
+
+    assert restarted_since_written(PRIMARY, PRIMARY, unasked) is False
 
 
 def _manifest(snapshot: Snapshot, at: str, held_since: datetime | None = None) -> IngestManifest:
