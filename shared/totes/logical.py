@@ -382,8 +382,8 @@ def check_position(conn: pg8000.native.Connection, position: LogicalPosition,
 
 def resume(conn: pg8000.native.Connection, position: LogicalPosition,
            publication: PublicationState, manifest_key: str | None = None,
-           server_restarted: bool = False, other_cluster: str | None = None
-           ) -> tuple[LogicalPosition, Resync | None]:
+           server_restarted: bool = False, other_cluster: str | None = None,
+           start_changed: bool = False) -> tuple[LogicalPosition, Resync | None]:
     """Bring the slot to ``position`` (a committed manifest's) before reading from it.
 
     A run that failed after committing its manifest but before advancing the slot
@@ -411,7 +411,13 @@ def resume(conn: pg8000.native.Connection, position: LogicalPosition,
     any slot when the position was recorded on another cluster (``other_cluster``,
     the reason: :func:`totes.capture.other_cluster`): a position within this
     server's WAL says nothing of what was read here, and advancing to it would
-    skip changes; one beyond the WAL is refused all the same.
+    skip changes; one beyond the WAL is refused all the same. A slot behind the
+    position when the server's start differs from the one the manifest recorded
+    (``start_changed``), but no restart since the manifest can be shown, is
+    re-synced too, never advanced: a restored server started before the last
+    manifest was written (a new instance brought up while the old one still served
+    the pipeline) cannot prove it, and advancing its slot would skip its own
+    changes; a forged or stray manifest costs no more than a re-read here.
     """
     try:
         check_position(conn, position, manifest_key)
@@ -441,6 +447,11 @@ def resume(conn: pg8000.native.Connection, position: LogicalPosition,
                   "restore from a backup cannot be told from a crash that lost its last "
                   "advance, nor from a re-sync that made the slot again and failed before "
                   "its manifest")
+    elif start_changed and state.confirmed < pgoutput.parse_lsn(position.lsn):
+        reason = ("the source's server is not the one the last run read (another start time) "
+                  "and the replication slot is behind that run's position "
+                  f"({pgoutput.lsn_text(state.confirmed)}): a server restored or promoted "
+                  "while the last run read another; advancing the slot could skip its changes")
     if reason is not None or state is None:  # (a missing slot always has its reason)
         check_wal_level(conn)  # lowered since: the slot could not be made, nor read
         if state is not None:

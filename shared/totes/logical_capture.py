@@ -16,7 +16,7 @@ import pg8000.native
 
 from totes import config, db, extract, keys, logical, observability, pgoutput, storage, sweep
 from totes.capture import (Snapshot, TableCursor, nearest_xid, other_cluster,
-                           restarted_since_written)
+                           restarted_since_written, server_restarted)
 from totes.capture_mode import CaptureRequest, Captured, IngestSettings, ObjectWriter
 from totes.manifest import IngestManifest, LogicalPosition, TableEntry
 from totes.snapshot_capture import extract_table, read_source, redefined_since, warn_redefined
@@ -170,7 +170,8 @@ def _read_slot(request: CaptureRequest, previous: IngestManifest, position: Logi
         restarted = previous_key is not None and restarted_since_written(
             previous.source, source, lambda: storage.last_modified(settings.bucket, previous_key))
         position, lost = logical.resume(conn, position, publication, request.previous_key,
-                                        restarted, other_cluster(previous.source, source))
+                                        restarted, other_cluster(previous.source, source),
+                                        server_restarted(previous.source, source))
         restart = set(publication.resync) | set(lost.tables if lost else ())
         reason = lost.reason if lost else ("the publication had drifted" if restart else None)
         if reason is not None:

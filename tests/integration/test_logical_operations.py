@@ -457,3 +457,29 @@ def test_a_position_beyond_the_wal_of_a_restarted_server_re_syncs_instead_of_ref
     assert result.resync is not None and result.complete
     assert "WAL is behind that run's position" in caplog.text
     assert 2 in [row["sales_order_id"] for row in history(bucket, "sales_order")]
+
+
+def test_a_restored_server_started_before_the_last_manifest_re_syncs_rather_than_skip_its_changes(
+        source, aws):  # noqa: F811
+    # A restore to a new instance (same cluster, same timeline) comes up while the old server
+    # still serves the pipeline; the endpoint is switched after the last manifest was written.
+    # The restored server cannot prove a restart since that manifest (it started before it),
+    # but its start differs from the one recorded, and its slot is behind: advancing the slot
+    # would skip the changes it took (sales order 2), so every table is re-read instead.
+    started(source)
+    bucket = aws["INGEST_BUCKET"]
+    sales_order(source, 2, T0)
+    [[wal]] = source.run("SELECT pg_current_wal_lsn()::text")
+    last, run = manifests(bucket)[-1], keys.new_run_id()
+    last.update(run_id=str(run), previous_manifest=storage.latest_manifest_key(bucket))
+    for entry in last["tables"].values():
+        entry.update(rows=0, files=[], deleted_rows=0, deleted_files=[], captured_keys=None)
+    last["logical"]["lsn"] = wal
+    last["source"]["started"] = "2020-01-01T00:00:00.000000Z"  # the old server's start
+    up_past_the_restart_margin(source)
+    storage.put_new_json(bucket, keys.manifest_key(run), last)
+
+    result = ingest.run_ingest()
+
+    assert result.resync is not None and "another start time" in result.resync
+    assert 2 in [row["sales_order_id"] for row in history(bucket, "sales_order")]
