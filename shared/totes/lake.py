@@ -294,12 +294,17 @@ def replace_rows(transaction: "Transaction", remove_filter: "BooleanExpression",
     without the changed rows, or empty during a rewind. So the files the filter
     touches are rewritten without its rows (copy-on-write, as pyiceberg does: no
     delete files) and dropped, and the new rows added, by one snapshot producer.
+
+    Each touched file's replacement is written as soon as the file is read, so memory
+    holds one file's rows at a time, however many files the filter touches (a
+    ``*_current`` table's or a dimension's changed keys are spread over all its files).
+    A file whose statistics show every row matches (all of them, for a rewind's
+    ``AlwaysTrue``) is dropped from the metadata without being read.
     """
     import itertools
 
-    import pyarrow as pa
     from pyiceberg.expressions import AlwaysTrue
-    from pyiceberg.expressions.visitors import bind
+    from pyiceberg.expressions.visitors import _StrictMetricsEvaluator, bind
     from pyiceberg.io.pyarrow import (ArrowScan, _check_pyarrow_schema_compatible,
                                       _dataframe_to_data_files,
                                       _expression_to_complementary_pyarrow)
@@ -307,14 +312,24 @@ def replace_rows(transaction: "Transaction", remove_filter: "BooleanExpression",
     metadata = transaction.table_metadata
     schema, io = metadata.schema(), transaction._table.io
     keep = _expression_to_complementary_pyarrow(bind(schema, remove_filter, True), schema)
+    all_removed = _StrictMetricsEvaluator(schema, remove_filter).eval
     added = [] if appended is None or appended.num_rows == 0 else [appended]
     for rows in added:
         _check_pyarrow_schema_compatible(schema, provided_schema=rows.schema,
                                          format_version=metadata.format_version)
-    kept_parts: list[pa.Table] = []
     counter = itertools.count(0)  # one file name sequence for the snapshot's files
     with transaction.update_snapshot(snapshot_properties=properties).overwrite() as snapshot:
+
+        def write(rows: "pa.Table") -> None:
+            for data_file in _dataframe_to_data_files(
+                    table_metadata=metadata, df=rows, io=io, write_uuid=snapshot.commit_uuid,
+                    counter=counter):
+                snapshot.append_data_file(data_file)
+
         for task in transaction._scan(row_filter=remove_filter).plan_files():
+            if all_removed(task.file):
+                snapshot.delete_data_file(task.file)
+                continue
             rows = ArrowScan(table_metadata=metadata, io=io, projected_schema=schema,
                              row_filter=AlwaysTrue()).to_table(tasks=[task])
             kept = rows.filter(keep)
@@ -322,12 +337,9 @@ def replace_rows(transaction: "Transaction", remove_filter: "BooleanExpression",
                 continue
             snapshot.delete_data_file(task.file)
             if kept.num_rows:
-                kept_parts.append(kept)
-        for rows in [*kept_parts, *added]:
-            for data_file in _dataframe_to_data_files(
-                    table_metadata=metadata, df=rows, io=io, write_uuid=snapshot.commit_uuid,
-                    counter=counter):
-                snapshot.append_data_file(data_file)
+                write(kept)
+        for rows in added:
+            write(rows)
 
 
 def conform(spec: LakeTable, rows: "pa.Table") -> "pa.Table":
