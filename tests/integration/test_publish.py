@@ -394,3 +394,27 @@ def test_a_revision_past_snapshots_another_engine_expired_is_refused_not_an_empt
     table.metadata = table.metadata.model_copy(update={"snapshots": table.snapshots()[1:]})
     with pytest.raises(lake.RewindError, match="rebuild the lake"):
         lake.rewind(table, Markers(revisions=(revision(SECOND),)))
+
+
+def point_glue_at(aws, name: str, location: str) -> None:
+    """Point a lake table's Glue entry at ``location`` by hand (the console's edit)."""
+    glue = boto3.client("glue")
+    found = glue.get_table(DatabaseName=aws["LAKE_DATABASE"], Name=name)["Table"]
+    table_input = {key: found[key] for key in ("Name", "TableType", "StorageDescriptor")}
+    table_input["Parameters"] = found["Parameters"] | {"metadata_location": location}
+    glue.update_table(DatabaseName=aws["LAKE_DATABASE"], TableInput=table_input)
+
+
+def test_a_table_behind_its_publish_record_is_refused_but_not_one_compacted_or_ahead_of_it(aws):
+    table = currency_table(aws)
+    commit(table, currencies("Pound Sterling"), FIRST)
+    empty_manifest(FIRST)
+    assert publish.run_publish(settings(aws), Deadline.unbounded()).manifests_published
+    table.overwrite(table.scan().to_arrow())  # another engine's compaction names no manifest
+    assert not publish.run_publish(settings(aws), Deadline.unbounded()).manifests_published
+    commit(table, currencies("Pound Sterling", "Euro"), SECOND)  # a run that stopped here
+    assert not publish.run_publish(settings(aws), Deadline.unbounded()).manifests_published
+
+    point_glue_at(aws, "dim_currency", table.metadata.metadata_log[0].metadata_file)
+    with pytest.raises(publish.LakeBehindError, match=f"dim_currency: .* says it holds {FIRST}"):
+        publish.run_publish(settings(aws), Deadline.unbounded())
