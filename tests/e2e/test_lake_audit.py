@@ -240,6 +240,7 @@ def test_a_history_table_pointed_back_fails_the_lake_audit_and_publish_refuses_t
     e2e.pipeline.cycle()
     with pytest.raises(publish.LakeBehindError, match="fact_sales_order"):
         e2e.pipeline.publish()
+    assert e2e.pipeline.audit()["lake"]["status"] == "failed"  # the evidence kept
     point_glue_at(e2e, "fact_sales_order", newest.metadata_location)  # the runbook's repair
     assert e2e.pipeline.publish()["manifests_published"] == 1
     assert len(lake_table(e2e, "fact_sales_order").metadata.snapshots) == snapshots + 1
