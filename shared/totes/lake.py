@@ -183,9 +183,26 @@ def summary_value(snapshot: "Snapshot | None", name: str) -> str | None:
     return None if value is None else str(value)
 
 
+def published_snapshot(table: "IcebergTable") -> "Snapshot | None":
+    """The newest snapshot of ``table`` that publish wrote: one naming a manifest, or a rewind.
+
+    Another engine's commit (Athena's ``OPTIMIZE``, which docs/lake.md suggests monthly)
+    carries none of publish's properties, so the snapshots before it are read, as far as
+    they are kept: after it, the next record id and the manifest held are still known.
+    """
+    snapshot = table.current_snapshot()
+    while snapshot is not None:
+        if summary_value(snapshot, MANIFEST_PROPERTY) or summary_value(snapshot,
+                                                                       REWOUND_BY_PROPERTY):
+            return snapshot
+        parent = snapshot.parent_snapshot_id
+        snapshot = None if parent is None else table.snapshot_by_id(parent)
+    return None
+
+
 def last_manifest(table: "IcebergTable") -> str | None:
-    """The newest ingest manifest the table holds rows of, from its current snapshot."""
-    return summary_value(table.current_snapshot(), MANIFEST_PROPERTY)
+    """The newest ingest manifest the table holds rows of (none after a rewind emptied it)."""
+    return summary_value(published_snapshot(table), MANIFEST_PROPERTY)
 
 
 def _in_force(snapshot: "Snapshot", markers: Markers) -> bool:

@@ -201,7 +201,7 @@ class Lake:
 
     def manifests(self) -> dict[str, str]:
         """The newest ingest manifest each table holds rows of (tables holding none left out)."""
-        held = {name: _held_manifest(table) for name, table in self.tables.items()}
+        held = {name: lake.last_manifest(table) for name, table in self.tables.items()}
         return {name: manifest for name, manifest in held.items() if manifest is not None}
 
     def check_not_behind(self, lake_bucket: str, markers: Markers) -> None:
@@ -251,23 +251,6 @@ class Lake:
                 f"{name}: another writer committed first ({error}); the next run "
                 "publishes from there") from error
         return 0 if change.appended is None else change.appended.num_rows
-
-
-def _held_manifest(table: "IcebergTable") -> str | None:
-    """The newest ingest manifest ``table`` holds rows of: its newest snapshot naming one.
-
-    Another engine's commit (Athena's ``OPTIMIZE``, which docs/lake.md suggests monthly)
-    names none, so the snapshots before it are read, as far as they are kept; a rewind's
-    snapshot names the manifest it went back to (none when it emptied the table).
-    """
-    snapshot = table.current_snapshot()
-    while snapshot is not None:
-        manifest = lake.summary_value(snapshot, lake.MANIFEST_PROPERTY)
-        if manifest is not None or lake.summary_value(snapshot, lake.REWOUND_BY_PROPERTY):
-            return manifest
-        parent = snapshot.parent_snapshot_id
-        snapshot = None if parent is None else table.snapshot_by_id(parent)
-    return None
 
 
 def _rows(bucket: str, manifest: ProcessedManifest, table: Table, batch_rows: int,
@@ -393,7 +376,7 @@ def _infer_members(lake_tables: Lake, fact: Table, rows: "pa.Table", key: str,
 
 
 def _next_record_id(history: "IcebergTable") -> int:
-    value = lake.summary_value(history.current_snapshot(), lake.NEXT_RECORD_ID_PROPERTY)
+    value = lake.summary_value(lake.published_snapshot(history), lake.NEXT_RECORD_ID_PROPERTY)
     return 1 if value is None else int(value)
 
 

@@ -418,3 +418,18 @@ def test_a_table_behind_its_publish_record_is_refused_but_not_one_compacted_or_a
     point_glue_at(aws, "dim_currency", table.metadata.metadata_log[0].metadata_file)
     with pytest.raises(publish.LakeBehindError, match=f"dim_currency: .* says it holds {FIRST}"):
         publish.run_publish(settings(aws), Deadline.unbounded())
+
+
+def test_record_ids_stay_unique_after_another_engine_compacts_the_history(aws):
+    run = datetime(2024, 11, 15, 10, 5, tzinfo=timezone.utc)
+    buckets = Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"])
+    buckets.publish({**dimensions(), "fact_payment": [payment(1)]}, started_at=run)
+    publish.run_publish(settings(aws), Deadline.unbounded())
+    history = publish.Lake(lake.glue_catalog(aws["LAKE_BUCKET"]),
+                           aws["LAKE_DATABASE"]).tables["fact_payment"]
+    history.overwrite(history.scan().to_arrow())  # Athena's OPTIMIZE: a snapshot naming nothing
+    buckets.publish({"fact_payment": [payment(2)]}, started_at=run + timedelta(minutes=5))
+    publish.run_publish(settings(aws), Deadline.unbounded())
+
+    ids = history.refresh().scan().to_arrow()["payment_record_id"].to_pylist()
+    assert sorted(ids) == [1, 2]
