@@ -183,14 +183,16 @@ def summary_value(snapshot: "Snapshot | None", name: str) -> str | None:
     return None if value is None else str(value)
 
 
-def published_snapshot(table: "IcebergTable") -> "Snapshot | None":
-    """The newest snapshot of ``table`` that publish wrote: one naming a manifest, or a rewind.
+def published_snapshot(table: "IcebergTable",
+                       start: "Snapshot | None" = None) -> "Snapshot | None":
+    """The newest snapshot publish wrote (one naming a manifest, or a rewind) from ``start`` back.
 
-    Another engine's commit (Athena's ``OPTIMIZE``, which docs/lake.md suggests monthly)
-    carries none of publish's properties, so the snapshots before it are read, as far as
-    they are kept: after it, the next record id and the manifest held are still known.
+    ``start`` is the current snapshot unless given. Another engine's commit (Athena's
+    ``OPTIMIZE``, which docs/lake.md suggests monthly) carries none of publish's
+    properties, so the snapshots before it are read, as far as they are kept: after it,
+    the next record id, the manifest held and whether it is in force are still known.
     """
-    snapshot = table.current_snapshot()
+    snapshot = table.current_snapshot() if start is None else start
     while snapshot is not None:
         if summary_value(snapshot, MANIFEST_PROPERTY) or summary_value(snapshot,
                                                                        REWOUND_BY_PROPERTY):
@@ -205,9 +207,10 @@ def last_manifest(table: "IcebergTable") -> str | None:
     return summary_value(published_snapshot(table), MANIFEST_PROPERTY)
 
 
-def _in_force(snapshot: "Snapshot", markers: Markers) -> bool:
-    manifest = summary_value(snapshot, MANIFEST_PROPERTY)
-    processed = summary_value(snapshot, PROCESSED_PROPERTY)
+def _in_force(table: "IcebergTable", snapshot: "Snapshot", markers: Markers) -> bool:
+    published = published_snapshot(table, snapshot)
+    manifest = summary_value(published, MANIFEST_PROPERTY)
+    processed = summary_value(published, PROCESSED_PROPERTY)
     return manifest is None or markers.processed_key(manifest) == processed
 
 
@@ -247,10 +250,10 @@ def rewind(table: "IcebergTable", markers: Markers) -> bool:
     from pyiceberg.expressions import AlwaysTrue
 
     current = table.current_snapshot()
-    if current is None or _in_force(current, markers):
+    if current is None or _in_force(table, current, markers):
         return False
     kept: Snapshot | None = current
-    while kept is not None and not _in_force(kept, markers):
+    while kept is not None and not _in_force(table, kept, markers):
         parent = kept.parent_snapshot_id
         kept = None if parent is None else table.snapshot_by_id(parent)
         # A parent named but gone was expired by another engine (Athena's VACUUM keeps the
@@ -259,15 +262,15 @@ def rewind(table: "IcebergTable", markers: Markers) -> bool:
             raise RewindError(
                 f"{table.name()}: the state before the revision is older than the snapshots "
                 "kept (LAKE_SNAPSHOT_RETENTION_DAYS); rebuild the lake (docs/lake.md)")
-    manifest = summary_value(current, MANIFEST_PROPERTY) or ""
+    manifest = last_manifest(table) or ""
     revision = next(r for r in markers.revisions
                     if r.number == markers.revision_for(manifest))
     properties = {REWOUND_BY_PROPERTY: revision.key}
     for name in (MANIFEST_PROPERTY, PROCESSED_PROPERTY):
-        value = summary_value(kept, name)
+        value = None if kept is None else summary_value(published_snapshot(table, kept), name)
         if value is not None:
             properties[name] = value
-    next_id = summary_value(current, NEXT_RECORD_ID_PROPERTY)
+    next_id = summary_value(published_snapshot(table), NEXT_RECORD_ID_PROPERTY)
     if next_id is not None:  # record ids are never given twice, even after a rewind
         properties[NEXT_RECORD_ID_PROPERTY] = next_id
     rows = None if kept is None else table.scan(snapshot_id=kept.snapshot_id).to_arrow()

@@ -328,6 +328,18 @@ def test_a_revision_from_the_first_manifest_empties_a_table_in_a_new_snapshot(aw
     assert len(table.snapshots()) == 2  # the old state is still there to travel back to
 
 
+def test_a_revision_rewinds_a_table_another_engine_compacted_since(aws):
+    table = currency_table(aws)
+    commit(table, currencies("Pound Sterling"), FIRST)
+    commit(table, currencies("Pound Sterling", "Euro"), SECOND)
+    table.overwrite(table.scan().to_arrow())  # Athena's OPTIMIZE: a snapshot naming nothing
+    table.refresh()
+    assert lake.rewind(table, Markers(revisions=(revision(SECOND),)))
+    table.refresh()
+    assert table.scan().to_arrow()["currency_name"].to_pylist() == ["Pound Sterling"]
+    assert table.current_snapshot().summary[lake.MANIFEST_PROPERTY] == FIRST
+
+
 def test_the_lake_writes_each_object_once_and_never_deletes(aws):
     io = lake_io.CreateOnceFileIO(lake.io_properties())
     location = f"s3://{aws['LAKE_BUCKET']}/db/t/metadata/one.json"
