@@ -217,16 +217,20 @@ class Lake:
             return
         record_key = markers.processed_key(newest)
         recorded: dict[str, str] = storage.read_json(lake_bucket, record_key).get("tables", {})
-        held = self.manifests()
         for name, manifest in sorted(recorded.items()):
             table = self.tables.get(name)
+            if table is None:
+                continue
+            held = lake.last_manifest(table)
+            if held is None or held < manifest:  # a run at once may have committed since
+                held = lake.last_manifest(table.refresh())
             # A snapshot naming no manifest, on history another engine expired, cannot be
             # judged; a table with no snapshot at all holds nothing.
-            if table is None or (name not in held and table.current_snapshot() is not None):
+            if held is None and table.current_snapshot() is not None:
                 continue
-            if held.get(name, "") < manifest:
+            if (held or "") < manifest:
                 raise LakeBehindError(
-                    f"{name}: the lake table holds manifest {held.get(name)}, but the newest "
+                    f"{name}: the lake table holds manifest {held}, but the newest "
                     f"publish record ({record_key}) says it holds {manifest}: its Glue entry "
                     "was pointed back at an older metadata file; point it at the newest one "
                     "again before publishing (docs/runbook.md, \"Publish errors\")")

@@ -445,3 +445,13 @@ def test_record_ids_stay_unique_after_another_engine_compacts_the_history(aws):
 
     ids = history.refresh().scan().to_arrow()["payment_record_id"].to_pylist()
     assert sorted(ids) == [1, 2]
+
+
+def test_a_publish_run_at_once_is_not_taken_for_a_table_pointed_back(aws):
+    commit(currency_table(aws), currencies("Pound Sterling"), FIRST)
+    stale = publish.Lake(lake.glue_catalog(aws["LAKE_BUCKET"]), aws["LAKE_DATABASE"])
+    # the other run commits a manifest and writes its record after this one opened the tables
+    commit(currency_table(aws), currencies("Pound Sterling", "Euro"), SECOND)
+    empty_manifest(SECOND)
+    assert publish.run_publish(settings(aws), Deadline.unbounded()).manifests_published
+    stale.check_not_behind(aws["LAKE_BUCKET"], supersede.read_markers(aws["PROCESSED_BUCKET"]))
