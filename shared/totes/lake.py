@@ -184,14 +184,34 @@ def summary_value(snapshot: "Snapshot | None", name: str) -> str | None:
     return None if value is None else str(value)
 
 
+def published_snapshot(table: "IcebergTable",
+                       start: "Snapshot | None" = None) -> "Snapshot | None":
+    """The newest snapshot publish wrote (one naming a manifest, or a rewind) from ``start`` back.
+
+    ``start`` is the current snapshot unless given. Another engine's commit (Athena's
+    ``OPTIMIZE``, which docs/lake.md suggests monthly) carries none of publish's
+    properties, so the snapshots before it are read, as far as they are kept: after it,
+    the next record id, the manifest held and whether it is in force are still known.
+    """
+    snapshot = table.current_snapshot() if start is None else start
+    while snapshot is not None:
+        if summary_value(snapshot, MANIFEST_PROPERTY) or summary_value(snapshot,
+                                                                       REWOUND_BY_PROPERTY):
+            return snapshot
+        parent = snapshot.parent_snapshot_id
+        snapshot = None if parent is None else table.snapshot_by_id(parent)
+    return None
+
+
 def last_manifest(table: "IcebergTable") -> str | None:
-    """The newest ingest manifest the table holds rows of, from its current snapshot."""
-    return summary_value(table.current_snapshot(), MANIFEST_PROPERTY)
+    """The newest ingest manifest the table holds rows of (none after a rewind emptied it)."""
+    return summary_value(published_snapshot(table), MANIFEST_PROPERTY)
 
 
-def _in_force(snapshot: "Snapshot", markers: Markers) -> bool:
-    manifest = summary_value(snapshot, MANIFEST_PROPERTY)
-    processed = summary_value(snapshot, PROCESSED_PROPERTY)
+def _in_force(table: "IcebergTable", snapshot: "Snapshot", markers: Markers) -> bool:
+    published = published_snapshot(table, snapshot)
+    manifest = summary_value(published, MANIFEST_PROPERTY)
+    processed = summary_value(published, PROCESSED_PROPERTY)
     return manifest is None or markers.processed_key(manifest) == processed
 
 
@@ -231,10 +251,10 @@ def rewind(table: "IcebergTable", markers: Markers) -> bool:
     from pyiceberg.expressions import AlwaysTrue
 
     current = table.current_snapshot()
-    if current is None or _in_force(current, markers):
+    if current is None or _in_force(table, current, markers):
         return False
     kept: Snapshot | None = current
-    while kept is not None and not _in_force(kept, markers):
+    while kept is not None and not _in_force(table, kept, markers):
         parent = kept.parent_snapshot_id
         kept = None if parent is None else table.snapshot_by_id(parent)
         # A parent named but gone was expired by another engine (Athena's VACUUM keeps the
@@ -243,15 +263,15 @@ def rewind(table: "IcebergTable", markers: Markers) -> bool:
             raise RewindError(
                 f"{table.name()}: the state before the revision is older than the snapshots "
                 "kept (LAKE_SNAPSHOT_RETENTION_DAYS); rebuild the lake (docs/lake.md)")
-    manifest = summary_value(current, MANIFEST_PROPERTY) or ""
+    manifest = last_manifest(table) or ""
     revision = next(r for r in markers.revisions
                     if r.number == markers.revision_for(manifest))
     properties = {REWOUND_BY_PROPERTY: revision.key}
     for name in (MANIFEST_PROPERTY, PROCESSED_PROPERTY):
-        value = summary_value(kept, name)
+        value = None if kept is None else summary_value(published_snapshot(table, kept), name)
         if value is not None:
             properties[name] = value
-    next_id = summary_value(current, NEXT_RECORD_ID_PROPERTY)
+    next_id = summary_value(published_snapshot(table), NEXT_RECORD_ID_PROPERTY)
     if next_id is not None:  # record ids are never given twice, even after a rewind
         properties[NEXT_RECORD_ID_PROPERTY] = next_id
     rows = None if kept is None else table.scan(snapshot_id=kept.snapshot_id).to_arrow()
@@ -295,12 +315,17 @@ def replace_rows(transaction: "Transaction", remove_filter: "BooleanExpression",
     without the changed rows, or empty during a rewind. So the files the filter
     touches are rewritten without its rows (copy-on-write, as pyiceberg does: no
     delete files) and dropped, and the new rows added, by one snapshot producer.
+
+    Each touched file's replacement is written as soon as the file is read, so memory
+    holds one file's rows at a time, however many files the filter touches (a
+    ``*_current`` table's or a dimension's changed keys are spread over all its files).
+    A file whose statistics show every row matches (all of them, for a rewind's
+    ``AlwaysTrue``) is dropped from the metadata without being read.
     """
     import itertools
 
-    import pyarrow as pa
     from pyiceberg.expressions import AlwaysTrue
-    from pyiceberg.expressions.visitors import bind
+    from pyiceberg.expressions.visitors import _StrictMetricsEvaluator, bind
     from pyiceberg.io.pyarrow import (ArrowScan, _check_pyarrow_schema_compatible,
                                       _dataframe_to_data_files,
                                       _expression_to_complementary_pyarrow)
@@ -308,14 +333,24 @@ def replace_rows(transaction: "Transaction", remove_filter: "BooleanExpression",
     metadata = transaction.table_metadata
     schema, io = metadata.schema(), transaction._table.io
     keep = _expression_to_complementary_pyarrow(bind(schema, remove_filter, True), schema)
+    all_removed = _StrictMetricsEvaluator(schema, remove_filter).eval
     added = [] if appended is None or appended.num_rows == 0 else [appended]
     for rows in added:
         _check_pyarrow_schema_compatible(schema, provided_schema=rows.schema,
                                          format_version=metadata.format_version)
-    kept_parts: list[pa.Table] = []
     counter = itertools.count(0)  # one file name sequence for the snapshot's files
     with transaction.update_snapshot(snapshot_properties=properties).overwrite() as snapshot:
+
+        def write(rows: "pa.Table") -> None:
+            for data_file in _dataframe_to_data_files(
+                    table_metadata=metadata, df=rows, io=io, write_uuid=snapshot.commit_uuid,
+                    counter=counter):
+                snapshot.append_data_file(data_file)
+
         for task in transaction._scan(row_filter=remove_filter).plan_files():
+            if all_removed(task.file):
+                snapshot.delete_data_file(task.file)
+                continue
             rows = ArrowScan(table_metadata=metadata, io=io, projected_schema=schema,
                              row_filter=AlwaysTrue()).to_table(tasks=[task])
             kept = rows.filter(keep)
@@ -323,12 +358,9 @@ def replace_rows(transaction: "Transaction", remove_filter: "BooleanExpression",
                 continue
             snapshot.delete_data_file(task.file)
             if kept.num_rows:
-                kept_parts.append(kept)
-        for rows in [*kept_parts, *added]:
-            for data_file in _dataframe_to_data_files(
-                    table_metadata=metadata, df=rows, io=io, write_uuid=snapshot.commit_uuid,
-                    counter=counter):
-                snapshot.append_data_file(data_file)
+                write(kept)
+        for rows in added:
+            write(rows)
 
 
 def conform(spec: LakeTable, rows: "pa.Table") -> "pa.Table":

@@ -71,6 +71,17 @@ class PublishSpaceError(InputError):
     """
 
 
+class LakeBehindError(InputError):
+    """A lake table holds an older manifest than the newest publish record says it holds.
+
+    Every commit numbers its metadata file one past the one it replaced, so after its
+    Glue entry is pointed back at an older metadata file the table is self-consistent
+    and the next commit hides the evidence (the audit's rollback check compares Glue's
+    two locations only). The publish records are the evidence that stays: building on
+    the older state would give record ids twice and drop versions from the history.
+    """
+
+
 class PublishConflictError(TransientError):
     """Another writer committed to a lake table first: the next run publishes from there."""
 
@@ -187,6 +198,42 @@ class Lake:
     def expire(self, older_than: datetime) -> int:
         """Expire every table's snapshots older than ``older_than``; how many in all."""
         return sum(lake.expire_snapshots(table, older_than) for table in self.tables.values())
+
+    def manifests(self) -> dict[str, str]:
+        """The newest ingest manifest each table holds rows of (tables holding none left out)."""
+        held = {name: lake.last_manifest(table) for name, table in self.tables.items()}
+        return {name: manifest for name, manifest in held.items() if manifest is not None}
+
+    def check_not_behind(self, lake_bucket: str, markers: Markers) -> None:
+        """Refuse a table holding an older manifest than the newest publish record in force says.
+
+        A table past the record (a run that crashed before writing it), one the record
+        does not name (newly added), a first publish and records written before they named
+        their tables are not judged; after a revision's rewind, the record in force is the
+        one before the revision, and the rewound tables hold what they held then.
+        """
+        newest = markers.newest_processed(lake_bucket)
+        if newest is None:
+            return
+        record_key = markers.processed_key(newest)
+        recorded: dict[str, str] = storage.read_json(lake_bucket, record_key).get("tables", {})
+        for name, manifest in sorted(recorded.items()):
+            table = self.tables.get(name)
+            if table is None:
+                continue
+            held = lake.last_manifest(table)
+            if held is None or held < manifest:  # a run at once may have committed since
+                held = lake.last_manifest(table.refresh())
+            # A snapshot naming no manifest, on history another engine expired, cannot be
+            # judged; a table with no snapshot at all holds nothing.
+            if held is None and table.current_snapshot() is not None:
+                continue
+            if (held or "") < manifest:
+                raise LakeBehindError(
+                    f"{name}: the lake table holds manifest {held}, but the newest "
+                    f"publish record ({record_key}) says it holds {manifest}: its Glue entry "
+                    "was pointed back at an older metadata file; point it at the newest one "
+                    "again before publishing (docs/runbook.md, \"Publish errors\")")
 
     def rewind(self, markers: Markers) -> list[str]:
         """Put back every table a revision superseded; return their names."""
@@ -333,7 +380,7 @@ def _infer_members(lake_tables: Lake, fact: Table, rows: "pa.Table", key: str,
 
 
 def _next_record_id(history: "IcebergTable") -> int:
-    value = lake.summary_value(history.current_snapshot(), lake.NEXT_RECORD_ID_PROPERTY)
+    value = lake.summary_value(lake.published_snapshot(history), lake.NEXT_RECORD_ID_PROPERTY)
     return 1 if value is None else int(value)
 
 
@@ -344,11 +391,15 @@ def _count(report: PublishReport, name: str, change: lake.TableChange, appended:
 
 
 def _record(settings: PublishSettings, key: str, processed_key: str,
-            skipped_by: str | None) -> None:
-    """Write the manifest's publish record: the manifest is in every lake table it changes."""
+            skipped_by: str | None, tables: dict[str, str]) -> None:
+    """Write the manifest's publish record: the manifest is in every lake table it changes.
+
+    ``tables`` is the newest manifest each table then holds, which the next run checks
+    the tables against (:meth:`Lake.check_not_behind`).
+    """
     storage.put_new_json(settings.lake_bucket, processed_key, {
         "format": RECORD_FORMAT, "ingest_manifest": key, "processed_manifest": processed_key,
-        "published_at": timestamps.now_text(), "skipped_by": skipped_by})
+        "published_at": timestamps.now_text(), "skipped_by": skipped_by, "tables": tables})
 
 
 def release_arrow_memory() -> None:
@@ -386,6 +437,7 @@ def run_publish(settings: PublishSettings, deadline: Deadline,
         report = PublishReport(last_published_manifest=markers.newest_processed(
             settings.lake_bucket))
         report.tables_rewound = lake_tables.rewind(markers)
+        lake_tables.check_not_behind(settings.lake_bucket, markers)
     except Exception:
         logger.exception("publish failed preparing the lake; nothing published")
         raise
@@ -413,7 +465,8 @@ def _publish_pending(lake_tables: Lake, settings: PublishSettings, markers: Mark
                 manifest = ProcessedManifest.read(
                     storage.read_json(settings.processed_bucket, processed_key), processed_key)
                 publish_manifest(lake_tables, settings, key, processed_key, manifest, report)
-            _record(settings, key, processed_key, None if skip is None else skip.key)
+            _record(settings, key, processed_key, None if skip is None else skip.key,
+                    lake_tables.manifests())
         except Exception as error:
             logger.exception("publish failed", extra={
                 "manifest": key, "processed_manifest": processed_key,

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from pyiceberg.expressions import EqualTo
 
-from totes import audit, audit_lake, lake
+from totes import audit, audit_lake, lake, publish
 from totes_local import simulator
 
 pytestmark = pytest.mark.e2e
@@ -195,19 +195,37 @@ def point_glue_back(e2e, name: str) -> str:
     return older
 
 
-def test_a_history_table_pointed_back_at_an_older_metadata_file_fails_the_lake_audit_loudly(
-        e2e, captured_logs):
-    e2e.pipeline.cycle()
-    e2e.pipeline.publish()
+def amend_first_order(e2e, minutes: int) -> None:
+    """Change the first sales order, ``minutes`` after the source's latest change."""
     source = e2e.source.connect()
     try:
         first_order = source.run("SELECT min(sales_order_id) FROM sales_order")[0][0]
         simulator.amend_sales_order(source, first_order,
-                                    simulator.latest_change(source) + timedelta(minutes=1))
+                                    simulator.latest_change(source) + timedelta(minutes=minutes))
     finally:
         source.close()
+
+
+def point_glue_at(e2e, name: str, location: str) -> None:
+    """Point a lake table's Glue entry at ``location`` (the runbook's repair: the newest file)."""
+    import boto3
+
+    glue = boto3.client("glue")
+    found = glue.get_table(DatabaseName=e2e.env["LAKE_DATABASE"], Name=name)["Table"]
+    table_input = {key: found[key] for key in ("Name", "TableType", "StorageDescriptor")}
+    table_input["Parameters"] = found["Parameters"] | {"metadata_location": location}
+    glue.update_table(DatabaseName=e2e.env["LAKE_DATABASE"], TableInput=table_input)
+
+
+def test_a_history_table_pointed_back_fails_the_lake_audit_and_publish_refuses_to_build_on_it(
+        e2e, captured_logs):
+    e2e.pipeline.cycle()
+    e2e.pipeline.publish()
+    amend_first_order(e2e, 1)
     e2e.pipeline.cycle()
     assert e2e.pipeline.publish()["manifests_published"] == 1
+    newest = lake_table(e2e, "fact_sales_order")
+    snapshots = len(newest.metadata.snapshots)
     older = point_glue_back(e2e, "fact_sales_order")  # not compared: only this check sees it
 
     summary = e2e.pipeline.audit()
@@ -215,3 +233,15 @@ def test_a_history_table_pointed_back_at_an_older_metadata_file_fails_the_lake_a
     (error,) = [line for line in captured_logs() if line["level"] == "ERROR"]
     assert error["message"] == audit.LAKE_NOT_COMPARED
     assert "LakeRolledBackError" in str(error) and older in str(error)
+
+    # A publish on top would number its metadata file past the older one and hide the
+    # rollback from that check, with the newest version gone from the history.
+    amend_first_order(e2e, 2)
+    e2e.pipeline.cycle()
+    with pytest.raises(publish.LakeBehindError, match="fact_sales_order"):
+        e2e.pipeline.publish()
+    assert e2e.pipeline.audit()["lake"]["status"] == "failed"  # the evidence kept
+    point_glue_at(e2e, "fact_sales_order", newest.metadata_location)  # the runbook's repair
+    assert e2e.pipeline.publish()["manifests_published"] == 1
+    assert len(lake_table(e2e, "fact_sales_order").metadata.snapshots) == snapshots + 1
+    assert e2e.pipeline.audit()["lake"]["status"] != "failed"

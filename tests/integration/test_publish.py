@@ -388,6 +388,18 @@ def test_a_revision_from_the_first_manifest_empties_a_table_in_a_new_snapshot(aw
     assert len(table.snapshots()) == 2  # the old state is still there to travel back to
 
 
+def test_a_revision_rewinds_a_table_another_engine_compacted_since(aws):
+    table = currency_table(aws)
+    commit(table, currencies("Pound Sterling"), FIRST)
+    commit(table, currencies("Pound Sterling", "Euro"), SECOND)
+    table.overwrite(table.scan().to_arrow())  # Athena's OPTIMIZE: a snapshot naming nothing
+    table.refresh()
+    assert lake.rewind(table, Markers(revisions=(revision(SECOND),)))
+    table.refresh()
+    assert table.scan().to_arrow()["currency_name"].to_pylist() == ["Pound Sterling"]
+    assert table.current_snapshot().summary[lake.MANIFEST_PROPERTY] == FIRST
+
+
 def test_the_lake_writes_each_object_once_and_never_deletes(aws):
     io = lake_io.CreateOnceFileIO(lake.io_properties())
     location = f"s3://{aws['LAKE_BUCKET']}/db/t/metadata/one.json"
@@ -454,3 +466,52 @@ def test_a_revision_past_snapshots_another_engine_expired_is_refused_not_an_empt
     table.metadata = table.metadata.model_copy(update={"snapshots": table.snapshots()[1:]})
     with pytest.raises(lake.RewindError, match="rebuild the lake"):
         lake.rewind(table, Markers(revisions=(revision(SECOND),)))
+
+
+def point_glue_at(aws, name: str, location: str) -> None:
+    """Point a lake table's Glue entry at ``location`` by hand (the console's edit)."""
+    glue = boto3.client("glue")
+    found = glue.get_table(DatabaseName=aws["LAKE_DATABASE"], Name=name)["Table"]
+    table_input = {key: found[key] for key in ("Name", "TableType", "StorageDescriptor")}
+    table_input["Parameters"] = found["Parameters"] | {"metadata_location": location}
+    glue.update_table(DatabaseName=aws["LAKE_DATABASE"], TableInput=table_input)
+
+
+def test_a_table_behind_its_publish_record_is_refused_but_not_one_compacted_or_ahead_of_it(aws):
+    table = currency_table(aws)
+    commit(table, currencies("Pound Sterling"), FIRST)
+    empty_manifest(FIRST)
+    assert publish.run_publish(settings(aws), Deadline.unbounded()).manifests_published
+    table.overwrite(table.scan().to_arrow())  # another engine's compaction names no manifest
+    assert not publish.run_publish(settings(aws), Deadline.unbounded()).manifests_published
+    commit(table, currencies("Pound Sterling", "Euro"), SECOND)  # a run that stopped here
+    assert not publish.run_publish(settings(aws), Deadline.unbounded()).manifests_published
+
+    point_glue_at(aws, "dim_currency", table.metadata.metadata_log[0].metadata_file)
+    with pytest.raises(publish.LakeBehindError, match=f"dim_currency: .* says it holds {FIRST}"):
+        publish.run_publish(settings(aws), Deadline.unbounded())
+
+
+def test_record_ids_stay_unique_after_another_engine_compacts_the_history(aws):
+    run = datetime(2024, 11, 15, 10, 5, tzinfo=timezone.utc)
+    buckets = Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"])
+    buckets.publish({**dimensions(), "fact_payment": [payment(1)]}, started_at=run)
+    publish.run_publish(settings(aws), Deadline.unbounded())
+    history = publish.Lake(lake.glue_catalog(aws["LAKE_BUCKET"]),
+                           aws["LAKE_DATABASE"]).tables["fact_payment"]
+    history.overwrite(history.scan().to_arrow())  # Athena's OPTIMIZE: a snapshot naming nothing
+    buckets.publish({"fact_payment": [payment(2)]}, started_at=run + timedelta(minutes=5))
+    publish.run_publish(settings(aws), Deadline.unbounded())
+
+    ids = history.refresh().scan().to_arrow()["payment_record_id"].to_pylist()
+    assert sorted(ids) == [1, 2]
+
+
+def test_a_publish_run_at_once_is_not_taken_for_a_table_pointed_back(aws):
+    commit(currency_table(aws), currencies("Pound Sterling"), FIRST)
+    stale = publish.Lake(lake.glue_catalog(aws["LAKE_BUCKET"]), aws["LAKE_DATABASE"])
+    # the other run commits a manifest and writes its record after this one opened the tables
+    commit(currency_table(aws), currencies("Pound Sterling", "Euro"), SECOND)
+    empty_manifest(SECOND)
+    assert publish.run_publish(settings(aws), Deadline.unbounded()).manifests_published
+    stale.check_not_behind(aws["LAKE_BUCKET"], supersede.read_markers(aws["PROCESSED_BUCKET"]))
