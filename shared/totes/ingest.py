@@ -27,7 +27,7 @@ from typing import Any, Iterator, TypedDict
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from totes import db, keys, observability, storage
+from totes import db, keys, observability, stage, storage
 from totes.capture_mode import CaptureMode, CaptureRequest, Captured, IngestSettings
 from totes.errors import TransientError
 from totes.extract import SourceLockTimeoutError
@@ -358,7 +358,8 @@ def run_ingest(settings: IngestSettings | None = None,
     more than half of the time it began with remains: else each such key would cost
     a scheduled run, and an application that saves rows by delete and insert would
     hold capture behind without end. Each run commits on its own, so a crash between
-    two is a crash between two runs.
+    two is a crash between two runs, and a further run that fails publishes the
+    metrics of those before it first.
 
     The handler passes the settings it read; local tools and tests may leave them to
     be read from the environment here. Any failure (configuration, secret, database,
@@ -375,7 +376,14 @@ def run_ingest(settings: IngestSettings | None = None,
                     "a further run continues at once", extra={
                         "run_id": report.run_id, "runs_so_far": report.passes,
                         "rows_left": left, "seconds_left": round(deadline.remaining(), 1)})
-        report = report.then(_run_once(replace(settings, max_rows_per_run=left), deadline)[1])
+        try:
+            further = _run_once(replace(settings, max_rows_per_run=left), deadline)[1]
+        except Exception:
+            # The runs before it are committed: their metrics (rows stamped in the future
+            # are alarmed) are published now, as no later run counts them again.
+            stage.publish(report)
+            raise
+        report = report.then(further)
     return report
 
 

@@ -15,6 +15,7 @@ import pytest
 from totes import ingest, jsonl, logical, logical_capture, stage, storage
 from totes.capture_mode import IngestSettings
 from totes.manifest import IngestManifest, LogicalPosition
+from totes.observability import metrics_for
 from totes_local import stack
 
 from logical_cluster import logical_cluster  # noqa: F401  (the module's fixture)
@@ -519,9 +520,14 @@ def test_a_crash_in_a_further_run_for_a_reused_key_leaves_the_earlier_runs_commi
         return release(*args, **kwargs)
     monkeypatch.setattr(logical_capture, "release_slot", crash_on_the_second)
 
+    run_metrics = metrics_for()
+    run_metrics.clear_metrics()
     with pytest.raises(ConnectionResetError):
         ingest.run_ingest()
     assert len(manifests(bucket)) == before + 2
+    # The first further run's metrics were published though the invocation failed after it.
+    assert run_metrics.metric_set["IngestRuns"]["Value"] == [1.0]
+    run_metrics.clear_metrics()
     assert ingest.run_ingest().complete   # the next run goes on from the second manifest
 
     runs = manifests(bucket)[before:]
