@@ -102,3 +102,37 @@ def test_a_skip_at_one_revision_gives_the_manifest_another_chance_in_the_next():
     with pytest.raises(transform.TransformInputError, match="payment_date 'tomorrow'"):
         run(third)
     assert json.loads(storage.read_bytes(PROCESSED, second))["skipped_by"]
+
+
+def chained_with_a_gap():
+    """Three runs each naming the one before it, the middle manifest gone from the bucket."""
+    first = write_run(INGEST, full_batch(), stamp=STAMPS[0])
+    second = write_run(INGEST, {"address": [row("address", city="York")]}, stamp=STAMPS[1],
+                       previous=first)
+    third = write_run(INGEST, {"address": [row("address", city="Leeds")]}, stamp=STAMPS[2],
+                      previous=second)
+    storage.s3_client().delete_object(Bucket=INGEST, Key=second)
+    return first, second, third
+
+
+def test_a_broken_chain_is_stuck_and_the_release_it_logs_names_the_missing_manifest(caplog):
+    first, second, third = chained_with_a_gap()
+    report = transform.TransformReport()
+    with pytest.raises(transform.BrokenChainError, match=f"{third}: its previous manifest "
+                                                         f"{second} is not in the bucket"):
+        transform.transform_through(SETTINGS, third, report)
+    assert report.transformed == [first] and report.stuck == third
+    rejected = next(r for r in caplog.records if r.getMessage().startswith("ingest input"))
+    assert rejected.release == supersede.release_command("transform", second, PROCESSED)
+
+
+def test_a_skip_of_a_manifest_gone_for_good_lets_the_chain_pass_over_it():
+    first, second, third = chained_with_a_gap()
+    with pytest.raises(transform.BrokenChainError):
+        run(third)
+    supersede.write_skip(PROCESSED, "transform", second, "deleted, no version left", "arn:me")
+    assert run(third).response() == {"transformed": [third], "ignored": []}
+    # Nothing stands for the missing run in the processed bucket: the load's walk of the
+    # ingest manifests does not meet it either.
+    assert not list(storage.list_keys(PROCESSED, second))
+    assert storage.read_json(PROCESSED, third)["tables"]["dim_location"]["rows"] == 1
