@@ -21,7 +21,7 @@ import io
 import secrets
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -491,6 +491,7 @@ def transform_manifest(settings: TransformSettings, ingest_key: str,
         if skip is not None else _transformed(settings, ingest_key, run_id, pointers, hashes,
                                               markers, follows))
     target = markers.processed_key(ingest_key)
+    processed = replace(processed, revision=markers.revision_for(ingest_key))
     try:
         storage.put_new_json(settings.processed_bucket, target, processed.to_json())
     except storage.ObjectAlreadyExistsError:

@@ -4,7 +4,8 @@ import json
 import pytest
 from ingest_fixtures import full_batch, moto_buckets, row, write_run
 
-from totes import stage, storage, supersede, transform
+from totes import load, stage, storage, supersede, transform
+from totes.manifest import ManifestError
 
 INGEST, PROCESSED = "ingest-test", "processed-test"
 SETTINGS = transform.TransformSettings(ingest_bucket=INGEST, processed_bucket=PROCESSED)
@@ -136,3 +137,24 @@ def test_a_skip_of_a_manifest_gone_for_good_lets_the_chain_pass_over_it():
     # ingest manifests does not meet it either.
     assert not list(storage.list_keys(PROCESSED, second))
     assert storage.read_json(PROCESSED, third)["tables"]["dim_location"]["rows"] == 1
+
+
+def test_a_manifest_of_another_revision_copied_over_a_revisions_key_is_refused_by_readers():
+    first, second, third = (write_run(INGEST, full_batch(), stamp=stamp) for stamp in STAMPS)
+    run(third)
+    supersede.declare_revision(PROCESSED, second, "fixed bug 31", "arn:me")
+    run(third)
+    redone = f"_revisions/0001/{third}"
+    assert storage.read_json(PROCESSED, redone)["revision"] == 1
+    assert storage.read_json(PROCESSED, third)["revision"] == 0
+    # Revision 0's manifest put back over revision 1's key (a restore, a sync of the
+    # prefixes, a hand copy): sealed, and naming only this run's files, but the bug's output.
+    old = storage.read_bytes(PROCESSED, third)
+    storage.s3_client().put_object(Bucket=PROCESSED, Key=redone, Body=old)  # break-glass
+    refused = f"{redone}: written for revision 0, but its key is revision 1's"
+    with pytest.raises(load.LoadError, match=refused):
+        load._read_manifest(PROCESSED, redone)
+    fourth = write_run(INGEST, {}, stamp="20241115T143510000Z")
+    transform._COMMITTED.clear()  # a cold container: it reads the newest processed manifest
+    with pytest.raises(ManifestError, match=refused):
+        run(fourth)  # it would have continued from revision 0's reference snapshots
