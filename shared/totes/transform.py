@@ -439,7 +439,7 @@ def _read_ingest_manifest(bucket: str, key: str) -> IngestManifest:
         raise TransformInputError(f"s3://{bucket}/{key}: {error}") from None
 
 
-def check_follows(ingest_key: str, manifest: IngestManifest, previous: str | None,
+def check_follows(bucket: str, ingest_key: str, manifest: IngestManifest, previous: str | None,
                   markers: Markers = Markers()) -> None:
     """Refuse ``manifest`` at ``ingest_key`` unless it follows ``previous``, the one before it.
 
@@ -447,10 +447,21 @@ def check_follows(ingest_key: str, manifest: IngestManifest, previous: str | Non
     key listed just before ``ingest_key``. A manifest naming no predecessor is taken as it
     stands (the first ingest run's, or one written by hand before the chain was checked).
     A predecessor an operator skipped for transform (``totes supersede skip``: it is gone
-    for good) is passed over. Otherwise a :class:`BrokenChainError`.
+    for good) is passed over. So is one before ``previous`` that ``bucket`` still holds:
+    the ingestion bucket lost manifests transform had already taken (a restore to an
+    earlier point), and ingest captured again from there: rows read twice, which the
+    load takes as it takes any re-read, nothing lost (a warning says so). Otherwise a
+    :class:`BrokenChainError`.
     """
     named = manifest.previous_manifest
     if named is None or named == previous or markers.skip("transform", named) is not None:
+        return
+    if previous is not None and named < previous and next(
+            storage.list_keys(bucket, named, accept=keys.is_manifest_key), None) == named:
+        logger.warning("ingest captured again from an earlier manifest: the ingestion bucket "
+                       "no longer holds manifests transformed after it; their rows are read "
+                       "again", extra={"manifest": ingest_key, "previous_manifest": named,
+                                       "transformed_last": previous})
         return
     where = (f"the manifest transformed last is {previous}" if previous is not None
              else "no manifest was transformed before it")
@@ -522,7 +533,7 @@ def _transformed(settings: TransformSettings, ingest_key: str, run_id: keys.RunI
     """
     ingest = _read_ingest_manifest(settings.ingest_bucket, ingest_key)
     if follows is not None:
-        check_follows(ingest_key, ingest, follows[0], markers)
+        check_follows(settings.ingest_bucket, ingest_key, ingest, follows[0], markers)
     attempt = _TransformAttempt(key=ingest_key, run_id=run_id, manifest=ingest,
                                 ingest_bucket=settings.ingest_bucket,
                                 processed_bucket=settings.processed_bucket)

@@ -158,3 +158,15 @@ def test_a_manifest_of_another_revision_copied_over_a_revisions_key_is_refused_b
     transform._COMMITTED.clear()  # a cold container: it reads the newest processed manifest
     with pytest.raises(ManifestError, match=refused):
         run(fourth)  # it would have continued from revision 0's reference snapshots
+
+
+def test_ingest_capturing_again_after_a_restore_lost_transformed_manifests_is_not_a_broken_chain(
+        caplog):
+    first = write_run(INGEST, full_batch(), stamp=STAMPS[0])
+    second = write_run(INGEST, {}, stamp=STAMPS[1], previous=first)
+    run(second)
+    storage.s3_client().delete_object(Bucket=INGEST, Key=second)  # a restore to before it
+    third = write_run(INGEST, {"address": [row("address", city="Leeds")]}, stamp=STAMPS[2],
+                      previous=first)
+    assert run(third).transformed == [third]
+    assert any(r.getMessage().startswith("ingest captured again") for r in caplog.records)
