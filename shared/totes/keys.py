@@ -29,8 +29,8 @@ _DATA_KEY = re.compile(
     rf"(?P<table>[a-z_]+)/{_RUN}(?P<deleted>-deleted)?-\d{{5}}\.jsonl", re.ASCII)
 _SWEEP_KEY = re.compile(
     rf"_sweeps/(?P<table>[a-z_]+)/{_RUN}(?P<captured>-captured)?\.keys\.gz", re.ASCII)
-_PROCESSED_MANIFEST_KEY = re.compile(rf"(?:_revisions/\d{{4,}}/)?_manifests/{_RUN}\.json",
-                                     re.ASCII)
+_PROCESSED_MANIFEST_KEY = re.compile(
+    rf"(?:_revisions/(?P<revision>\d{{4,}})/)?_manifests/{_RUN}\.json", re.ASCII)
 _PROCESSED_KEY = re.compile(
     rf"(?P<table>[a-z_]+)/{_RUN}-[0-9a-f]+-\d{{5}}(?P<deleted>\.deleted)?\.parquet", re.ASCII)
 _REFERENCE_KEY = re.compile(rf"_reference/(?P<table>[a-z_]+)/{_RUN}-[0-9a-f]+\.parquet", re.ASCII)
@@ -155,6 +155,14 @@ def parse_data_key(key: str, *, deleted: bool = False) -> tuple[str, RunId] | No
 def parse_processed_manifest_key(key: str) -> RunId | None:
     """Return the run a processed manifest key names (any revision's), or None for another key."""
     return _run_of(_PROCESSED_MANIFEST_KEY.fullmatch(key))
+
+
+def processed_manifest_revision(key: str) -> int | None:
+    """Return the revision whose prefix a processed manifest key is under (0: none), else None."""
+    match = _PROCESSED_MANIFEST_KEY.fullmatch(key)
+    if match is None:
+        return None
+    return int(match["revision"] or 0)
 
 
 def parse_processed_key(key: str, *, deleted: bool = False) -> tuple[str, RunId] | None:

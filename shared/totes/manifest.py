@@ -521,6 +521,9 @@ class ProcessedManifest:
     next transform checks them against: a table missing there (a manifest written
     before it was recorded) is read unchecked. ``skipped_by`` names the operator's
     skip marker when the ingest run was passed over on purpose (no tables then).
+    ``revision`` is the revision it was written for: a manifest of another revision
+    copied or restored over its key (sealed, and naming only this run's files) is
+    refused by every reader (:meth:`check_references`).
     """
 
     run_id: str
@@ -535,6 +538,9 @@ class ProcessedManifest:
     capture: CapturePoint = field(default_factory=CapturePoint)
     skipped_by: str | None = None
     format: str = PROCESSED_FORMAT
+    #: the revision it was written for (:mod:`totes.supersede`), which its key must be
+    #: under; None in manifests written before it was recorded (not checked).
+    revision: int | None = None
 
     def table(self, name: str) -> TableOutput:
         """The objects of warehouse table ``name`` (none if the manifest does not list it)."""
@@ -576,6 +582,13 @@ class ProcessedManifest:
         run = keys.parse_processed_manifest_key(key)
         if run is None or str(run) != self.run_id:
             raise ManifestError(f"{key}: run_id {self.run_id!r} is not the run its key names")
+        revision = keys.processed_manifest_revision(key)
+        if self.revision is not None and self.revision != revision:
+            raise ManifestError(
+                f"{key}: written for revision {self.revision}, but its key is revision "
+                f"{revision}'s: copied or restored over it from another revision, its files "
+                "are not the ones this revision's transform wrote (docs/runbook.md, \"A "
+                "manifest or marker is damaged\")")
         if self.ingest_manifest and keys.parse_manifest_key(self.ingest_manifest) != run:
             raise ManifestError(f"{key}: ingest_manifest {self.ingest_manifest!r} is not the "
                                 "ingest manifest of this run")
@@ -594,7 +607,7 @@ class ProcessedManifest:
                                     f"not one of {table} written by this run or an earlier one")
 
     def to_json(self) -> dict[str, Any]:
-        """Render the manifest (always in the current format; ``skipped_by`` only when set)."""
+        """Render the manifest (in the current format; ``skipped_by``, ``revision`` when set)."""
         document: dict[str, Any] = {
             "format": PROCESSED_FORMAT,
             "run_id": self.run_id,
@@ -610,6 +623,8 @@ class ProcessedManifest:
             document["reference_sha256"] = dict(self.reference_sha256)
         if self.skipped_by is not None:
             document["skipped_by"] = self.skipped_by
+        if self.revision is not None:
+            document["revision"] = self.revision
         return document
 
     @classmethod
@@ -649,12 +664,22 @@ class ProcessedManifest:
                 skipped_by=None if document.get("skipped_by") is None
                 else _text(document["skipped_by"], "skipped_by"),
                 format=kind,
+                revision=_revision(document.get("revision")),
             )
             manifest.started()
             return manifest
         except (KeyError, TypeError, ValueError, AttributeError, SnapshotFormatError) as error:
             raise ManifestError(
                 f"malformed {kind} manifest: {type(error).__name__}: {error}") from None
+
+
+def _revision(value: Any) -> int | None:
+    """A processed manifest's ``revision`` (None before it was recorded), checked."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"revision must be a whole number from 0, not {value!r}")
+    return value
 
 
 def _text(value: Any, name: str) -> str:

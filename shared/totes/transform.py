@@ -21,7 +21,7 @@ import io
 import secrets
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -73,6 +73,23 @@ NOTHING_COMMITTED = "transform failed; nothing committed for this manifest"
 
 class TransformInputError(InputError, ValueError):
     """An ingest object cannot be transformed; the message names its key and the reason."""
+
+
+class BrokenChainError(TransformInputError):
+    """An ingest manifest does not follow the one before it in the bucket: a person must act.
+
+    Ingest writes every manifest after the newest one, naming it (``previous_manifest``),
+    so each manifest follows the one listed before it. One that does not shows a manifest
+    gone from the chain (deleted, not restored, not yet replicated) or one that is not this
+    pipeline's (copied from another stack's bucket): transforming on would lose the missing
+    run's rows, or load another's, without a word. The message names both keys;
+    ``missing`` is the predecessor the manifest names, which the bucket does not hold there.
+    """
+
+    def __init__(self, message: str, missing: str):
+        """Keep the predecessor named, for the command that releases the stage."""
+        super().__init__(message)
+        self.missing = missing
 
 
 def _missing_object(bucket: str, key: str, error: ClientError,
@@ -422,17 +439,53 @@ def _read_ingest_manifest(bucket: str, key: str) -> IngestManifest:
         raise TransformInputError(f"s3://{bucket}/{key}: {error}") from None
 
 
+def check_follows(bucket: str, ingest_key: str, manifest: IngestManifest, previous: str | None,
+                  markers: Markers = Markers()) -> None:
+    """Refuse ``manifest`` at ``ingest_key`` unless it follows ``previous``, the one before it.
+
+    ``previous`` is the ingest manifest transformed last (None before the first): the
+    key listed just before ``ingest_key``. A manifest naming no predecessor is taken as it
+    stands (the first ingest run's, or one written by hand before the chain was checked).
+    A predecessor an operator skipped for transform (``totes supersede skip``: it is gone
+    for good) is passed over. So is one before ``previous`` that ``bucket`` still holds:
+    the ingestion bucket lost manifests transform had already taken (a restore to an
+    earlier point), and ingest captured again from there: rows read twice, which the
+    load takes as it takes any re-read, nothing lost (a warning says so). Otherwise a
+    :class:`BrokenChainError`.
+    """
+    named = manifest.previous_manifest
+    if named is None or named == previous or markers.skip("transform", named) is not None:
+        return
+    if previous is not None and named < previous and next(
+            storage.list_keys(bucket, named, accept=keys.is_manifest_key), None) == named:
+        logger.warning("ingest captured again from an earlier manifest: the ingestion bucket "
+                       "no longer holds manifests transformed after it; their rows are read "
+                       "again", extra={"manifest": ingest_key, "previous_manifest": named,
+                                       "transformed_last": previous})
+        return
+    where = (f"the manifest transformed last is {previous}" if previous is not None
+             else "no manifest was transformed before it")
+    raise BrokenChainError(
+        f"{ingest_key}: its previous manifest {named} is not in the bucket where it should be "
+        f"({where}): a manifest deleted or not restored, or one copied from another "
+        "pipeline's bucket; nothing was committed (docs/runbook.md, \"An ingest manifest is "
+        "missing from the chain\")", named)
+
+
 def transform_manifest(settings: TransformSettings, ingest_key: str,
                        pointers: dict[str, str | None],
                        report: TransformReport | None = None,
                        markers: Markers = Markers(),
-                       reference_sha256: Mapping[str, str] | None = None) -> ProcessedManifest:
+                       reference_sha256: Mapping[str, str] | None = None, *,
+                       follows: tuple[str | None] | None = None) -> ProcessedManifest:
     """Transform one ingest manifest and commit its processed manifest; return that manifest.
 
     ``pointers`` are the reference snapshots of the previous processed manifest,
     ``reference_sha256`` their SHA-256s as it records them (each snapshot is checked).
     The processed manifest goes where ``markers`` say the revision in force puts
-    it; an operator's skip makes it an empty one. If another invocation committed
+    it; an operator's skip makes it an empty one. ``follows`` holds the manifest transformed
+    last (None before the first), which the ingest manifest must follow
+    (:func:`check_follows`); without it the chain is not checked. If another invocation committed
     this manifest first, its manifest is returned and this attempt's objects stay
     unlisted orphans; otherwise the manifest is counted in ``report``.
     """
@@ -446,8 +499,10 @@ def transform_manifest(settings: TransformSettings, ingest_key: str,
         (supersede.skipped_manifest(settings.ingest_bucket, skip, {
             table: pointers.get(table) for table in reference.REFERENCE_TABLES}, hashes),
          Counter[str]())
-        if skip is not None else _transformed(settings, ingest_key, run_id, pointers, hashes))
+        if skip is not None else _transformed(settings, ingest_key, run_id, pointers, hashes,
+                                              markers, follows))
     target = markers.processed_key(ingest_key)
+    processed = replace(processed, revision=markers.revision_for(ingest_key))
     try:
         storage.put_new_json(settings.processed_bucket, target, processed.to_json())
     except storage.ObjectAlreadyExistsError:
@@ -470,10 +525,15 @@ def transform_manifest(settings: TransformSettings, ingest_key: str,
 
 
 def _transformed(settings: TransformSettings, ingest_key: str, run_id: keys.RunId,
-                 pointers: dict[str, str | None],
-                 hashes: Mapping[str, str]) -> tuple[ProcessedManifest, Counter[str]]:
-    """Read the ingest run and write its Parquet objects; return its manifest and rows read."""
+                 pointers: dict[str, str | None], hashes: Mapping[str, str], markers: Markers,
+                 follows: tuple[str | None] | None) -> tuple[ProcessedManifest, Counter[str]]:
+    """Read the ingest run and write its Parquet objects; return its manifest and rows read.
+
+    With ``follows``, the run must follow the manifest it holds (:func:`check_follows`).
+    """
     ingest = _read_ingest_manifest(settings.ingest_bucket, ingest_key)
+    if follows is not None:
+        check_follows(settings.ingest_bucket, ingest_key, ingest, follows[0], markers)
     attempt = _TransformAttempt(key=ingest_key, run_id=run_id, manifest=ingest,
                                 ingest_bucket=settings.ingest_bucket,
                                 processed_bucket=settings.processed_bucket)
@@ -569,6 +629,7 @@ def transform_through(settings: TransformSettings, ingest_key: str, report: Tran
         if latest is not None and latest >= ingest_key:
             logger.info("already transformed", extra={"manifest": ingest_key, "latest": latest})
             return []
+        previous = latest
         for key in _pending(settings.ingest_bucket, latest, ingest_key):
             if not time_for_another(deadline, report):
                 logger.warning("stopping before the timeout; the next event continues", extra={
@@ -577,7 +638,9 @@ def transform_through(settings: TransformSettings, ingest_key: str, report: Tran
                 report.stopped_early = True
                 return done
             current = key
-            processed = transform_manifest(settings, key, pointers, report, markers, hashes)
+            processed = transform_manifest(settings, key, pointers, report, markers, hashes,
+                                           follows=(previous,))
+            previous = key
             pointers, hashes = dict(processed.reference), dict(processed.reference_sha256)
             _COMMITTED[settings.processed_bucket] = (key, markers.processed_key(key),
                                                      dict(pointers), dict(hashes))
@@ -586,9 +649,12 @@ def transform_through(settings: TransformSettings, ingest_key: str, report: Tran
         return done
     except TransformInputError as error:
         report.stuck = current
+        # A broken chain is released (once the runbook's checks are done) by skipping the
+        # manifest that is missing, never the one that names it.
+        release = error.missing if isinstance(error, BrokenChainError) else current
         logger.exception("ingest input rejected; nothing committed for this manifest", extra={
             "manifest": current, "error": str(error),
-            "release": supersede.release_command("transform", current, settings.processed_bucket)})
+            "release": supersede.release_command("transform", release, settings.processed_bucket)})
         raise
     except Exception:
         logger.exception(NOTHING_COMMITTED, extra={"manifest": current, "transformed": done})

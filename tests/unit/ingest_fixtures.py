@@ -87,8 +87,11 @@ def decoded(table: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
 
 def write_run(bucket: str, tables: Mapping[str, Sequence[Mapping[str, Any]]],
               stamp: str = "20241115T142009123Z", suffix: str = "3f9a1c2e",
-              chunk_rows: int = 50_000) -> str:
-    """Write one ingest run (data files in chunks, then the manifest) and return its key."""
+              chunk_rows: int = 50_000, previous: str | None = None) -> str:
+    """Write one ingest run (data files in chunks, then the manifest) and return its key.
+
+    ``previous`` is the manifest it names as its predecessor, as ingest writes it.
+    """
     run = keys.RunId(stamp, suffix)
     manifest_tables = {}
     for table in _DEFAULTS:
@@ -105,7 +108,7 @@ def write_run(bucket: str, tables: Mapping[str, Sequence[Mapping[str, Any]]],
     started = run.started_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     manifest = {
         "format": "totes.ingest/1", "run_id": str(run), "started_at": started,
-        "finished_at": started, "previous_manifest": None, "overlap_minutes": 15,
+        "finished_at": started, "previous_manifest": previous, "overlap_minutes": 15,
         "tables": manifest_tables,
     }
     key = keys.manifest_key(run)

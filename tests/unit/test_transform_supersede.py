@@ -4,7 +4,8 @@ import json
 import pytest
 from ingest_fixtures import full_batch, moto_buckets, row, write_run
 
-from totes import stage, storage, supersede, transform
+from totes import load, stage, storage, supersede, transform
+from totes.manifest import ManifestError
 
 INGEST, PROCESSED = "ingest-test", "processed-test"
 SETTINGS = transform.TransformSettings(ingest_bucket=INGEST, processed_bucket=PROCESSED)
@@ -102,3 +103,70 @@ def test_a_skip_at_one_revision_gives_the_manifest_another_chance_in_the_next():
     with pytest.raises(transform.TransformInputError, match="payment_date 'tomorrow'"):
         run(third)
     assert json.loads(storage.read_bytes(PROCESSED, second))["skipped_by"]
+
+
+def chained_with_a_gap():
+    """Three runs each naming the one before it, the middle manifest gone from the bucket."""
+    first = write_run(INGEST, full_batch(), stamp=STAMPS[0])
+    second = write_run(INGEST, {"address": [row("address", city="York")]}, stamp=STAMPS[1],
+                       previous=first)
+    third = write_run(INGEST, {"address": [row("address", city="Leeds")]}, stamp=STAMPS[2],
+                      previous=second)
+    storage.s3_client().delete_object(Bucket=INGEST, Key=second)
+    return first, second, third
+
+
+def test_a_broken_chain_is_stuck_and_the_release_it_logs_names_the_missing_manifest(caplog):
+    first, second, third = chained_with_a_gap()
+    report = transform.TransformReport()
+    with pytest.raises(transform.BrokenChainError, match=f"{third}: its previous manifest "
+                                                         f"{second} is not in the bucket"):
+        transform.transform_through(SETTINGS, third, report)
+    assert report.transformed == [first] and report.stuck == third
+    rejected = next(r for r in caplog.records if r.getMessage().startswith("ingest input"))
+    assert rejected.release == supersede.release_command("transform", second, PROCESSED)
+
+
+def test_a_skip_of_a_manifest_gone_for_good_lets_the_chain_pass_over_it():
+    first, second, third = chained_with_a_gap()
+    with pytest.raises(transform.BrokenChainError):
+        run(third)
+    supersede.write_skip(PROCESSED, "transform", second, "deleted, no version left", "arn:me")
+    assert run(third).response() == {"transformed": [third], "ignored": []}
+    # Nothing stands for the missing run in the processed bucket: the load's walk of the
+    # ingest manifests does not meet it either.
+    assert not list(storage.list_keys(PROCESSED, second))
+    assert storage.read_json(PROCESSED, third)["tables"]["dim_location"]["rows"] == 1
+
+
+def test_a_manifest_of_another_revision_copied_over_a_revisions_key_is_refused_by_readers():
+    first, second, third = (write_run(INGEST, full_batch(), stamp=stamp) for stamp in STAMPS)
+    run(third)
+    supersede.declare_revision(PROCESSED, second, "fixed bug 31", "arn:me")
+    run(third)
+    redone = f"_revisions/0001/{third}"
+    assert storage.read_json(PROCESSED, redone)["revision"] == 1
+    assert storage.read_json(PROCESSED, third)["revision"] == 0
+    # Revision 0's manifest put back over revision 1's key (a restore, a sync of the
+    # prefixes, a hand copy): sealed, and naming only this run's files, but the bug's output.
+    old = storage.read_bytes(PROCESSED, third)
+    storage.s3_client().put_object(Bucket=PROCESSED, Key=redone, Body=old)  # break-glass
+    refused = f"{redone}: written for revision 0, but its key is revision 1's"
+    with pytest.raises(load.LoadError, match=refused):
+        load._read_manifest(PROCESSED, redone)
+    fourth = write_run(INGEST, {}, stamp="20241115T143510000Z")
+    transform._COMMITTED.clear()  # a cold container: it reads the newest processed manifest
+    with pytest.raises(ManifestError, match=refused):
+        run(fourth)  # it would have continued from revision 0's reference snapshots
+
+
+def test_ingest_capturing_again_after_a_restore_lost_transformed_manifests_is_not_a_broken_chain(
+        caplog):
+    first = write_run(INGEST, full_batch(), stamp=STAMPS[0])
+    second = write_run(INGEST, {}, stamp=STAMPS[1], previous=first)
+    run(second)
+    storage.s3_client().delete_object(Bucket=INGEST, Key=second)  # a restore to before it
+    third = write_run(INGEST, {"address": [row("address", city="Leeds")]}, stamp=STAMPS[2],
+                      previous=first)
+    assert run(third).transformed == [third]
+    assert any(r.getMessage().startswith("ingest captured again") for r in caplog.records)
