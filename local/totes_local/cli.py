@@ -44,7 +44,7 @@ EXPECTED_ERRORS = (CommandError, audit_cli.AuditSetupError, demo.DemoNotFoundErr
                    dsn.DsnError,
                    db.DatabaseUnavailableError, db.SecretFormatError, generator.GeneratorError,
                    simulator.SimulationError, supersede.MarkerError, config.ConfigurationError,
-                   lake_cli.LakeNotFoundError,
+                   lake_cli.LakeNotFoundError, lake_cli.LakeQueryError,
                    storage.ObjectAlreadyExistsError,
                    pg8000.exceptions.DatabaseError, pg8000.exceptions.InterfaceError)
 #: What AWS says when the caller's buckets, region or network are wrong (credentials apart).
