@@ -275,14 +275,17 @@ def run_stop(args: argparse.Namespace) -> int:
     killed process left behind, or a background local stack no longer wanted.
     """
     root = args.root.resolve()
+    stopped = False
     for folder in stack.local_servers(root):
         for process in stack.local_stack_processes(folder):
             process.terminate()  # it stops moto and its server on SIGTERM
             _wait_until_ended(process, LOCAL_STACK_STOP_SECONDS)  # else its server is stopped below
             print(f"stopped totes local-stack (pid {process.pid})")
+            stopped = True
         if stack.stop_postgres(folder):
             print(f"stopped the embedded PostgreSQL in {folder.relative_to(root)}")
-    if not stack.local_servers(root):
+            stopped = True
+    if not stopped and not stack.local_servers(root):
         print(f"no local server running in {root}")
     return 0
 

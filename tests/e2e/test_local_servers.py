@@ -92,6 +92,7 @@ def test_stop_stops_every_server_of_the_clone_and_says_so(demo_dir, blank_cluste
         assert not any(map(stack.is_running, folders))
         assert "stopped the embedded PostgreSQL in .demo/pg" in done.stdout
         assert "stopped the embedded PostgreSQL in .invoke/pg" in done.stdout
+        assert "no local server running" not in done.stdout    # it stopped two
         assert totes("stop", "--root", str(clone)).stdout.startswith("no local server running")
     finally:
         for holder in holders:
@@ -113,6 +114,7 @@ def test_stop_ends_a_background_local_stack(demo_dir):
         done = totes("stop", "--root", str(clone))
         assert done.returncode == 0, done.stderr
         assert f"stopped totes local-stack (pid {server.pid})" in done.stdout
+        assert "no local server running" not in done.stdout    # not after "stopped ..."
         assert server.wait(timeout=120) == 0
         assert not stack.is_running(clone / ".invoke" / "pg")
     finally:
