@@ -96,8 +96,13 @@ CA_BUNDLE_URL ?= https://truststore.pki.rds.amazonaws.com/global/global-bundle.p
 CA_BUNDLE := shared/totes/rds-ca-bundle.pem
 
 ca-bundle: setup
-	curl --fail --silent --show-error --location --proto '=https' --tlsv1.2 \
-		--output $(CA_BUNDLE).part "$(CA_BUNDLE_URL)"
+	@echo "fetching the CA bundle into $(CA_BUNDLE): $(CA_BUNDLE_URL)"
+	@curl --fail --silent --show-error --location --proto '=https' --tlsv1.2 \
+		--output $(CA_BUNDLE).part "$(CA_BUNDLE_URL)" || { status=$$?; rm -f $(CA_BUNDLE).part; \
+		echo "make ca-bundle: could not download $(CA_BUNDLE_URL) (curl's reason above): \
+make deploy-build needs it; set CA_BUNDLE_URL to a copy this machine can reach (https), or \
+build without it with make build (an RDS database then fails verify-full: docs/deploy.md)"; \
+		exit $$status; }
 	$(BIN)/python -c 'import ssl, sys; \
 		n = ssl.create_default_context(cafile=sys.argv[1]).cert_store_stats()["x509_ca"]; \
 		assert n, "no CA certificate in " + sys.argv[1]; print(n, "CA certificates")' $(CA_BUNDLE).part

@@ -44,7 +44,7 @@ EXPECTED_ERRORS = (CommandError, audit_cli.AuditSetupError, demo.DemoNotFoundErr
                    dsn.DsnError,
                    db.DatabaseUnavailableError, db.SecretFormatError, generator.GeneratorError,
                    simulator.SimulationError, supersede.MarkerError, config.ConfigurationError,
-                   lake_cli.LakeNotFoundError,
+                   lake_cli.LakeNotFoundError, lake_cli.LakeQueryError,
                    storage.ObjectAlreadyExistsError,
                    pg8000.exceptions.DatabaseError, pg8000.exceptions.InterfaceError)
 #: What AWS says when the caller's buckets, region or network are wrong (credentials apart).
@@ -275,14 +275,17 @@ def run_stop(args: argparse.Namespace) -> int:
     killed process left behind, or a background local stack no longer wanted.
     """
     root = args.root.resolve()
+    stopped = False
     for folder in stack.local_servers(root):
         for process in stack.local_stack_processes(folder):
             process.terminate()  # it stops moto and its server on SIGTERM
             _wait_until_ended(process, LOCAL_STACK_STOP_SECONDS)  # else its server is stopped below
             print(f"stopped totes local-stack (pid {process.pid})")
+            stopped = True
         if stack.stop_postgres(folder):
             print(f"stopped the embedded PostgreSQL in {folder.relative_to(root)}")
-    if not stack.local_servers(root):
+            stopped = True
+    if not stopped and not stack.local_servers(root):
         print(f"no local server running in {root}")
     return 0
 

@@ -23,6 +23,10 @@ class LakeNotFoundError(FileNotFoundError):
     """The demo has not left a lake to query: the message says what to run."""
 
 
+class LakeQueryError(Exception):
+    """``-c``'s statement failed in DuckDB: reported as one line, like every ``totes`` error."""
+
+
 def snapshot_lake(bucket: str, database: str, target: Path) -> dict[str, int]:
     """Read every lake table through pyiceberg into ``target/<table>.parquet``; rows per table."""
     import pyarrow.parquet as pq
@@ -53,7 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``totes lake``."""
     parser.add_argument("--dir", type=Path, default=Path(".demo"),
                         help="the demo's directory (default .demo)")
-    parser.add_argument("-c", "--command", help="run one SQL statement, print it, and exit")
+    # dest "sql", not "command": ``totes`` keeps the subcommand's name in ``args.command``,
+    # which its error lines start with ("totes lake: error: ...").
+    parser.add_argument("-c", "--command", dest="sql", metavar="SQL",
+                        help="run one SQL statement, print it, and exit")
 
 
 def _show(connection: Any, sql: str, out: TextIO) -> None:
@@ -68,8 +75,11 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | Non
 
     stdin, out = stdin or sys.stdin, out or sys.stdout
     connection = connect(args.dir / LAKE_FOLDER)
-    if args.command:
-        _show(connection, args.command, out)
+    if args.sql:
+        try:
+            _show(connection, args.sql, out)
+        except duckdb.Error as error:
+            raise LakeQueryError(str(error)) from error
         return 0
     print(f"DuckDB on the demo's lake ({', '.join(LAKE_TABLES)}); end statements with ;",
           file=out)

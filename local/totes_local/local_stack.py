@@ -4,13 +4,14 @@
 container itself. This command serves what the function needs on fixed TCP
 ports of the host, for as long as it runs (Ctrl-C stops it):
 
-* moto (S3 and Secrets Manager) on :data:`MOTO_PORT`;
+* moto (S3, Secrets Manager and Glue, the lake's catalog) on :data:`MOTO_PORT`;
 * the embedded PostgreSQL on :data:`POSTGRES_PORT`. pgserver always starts the
   server with ``-h ""`` (no TCP, Unix socket only) and the command line wins over
   ``listen_addresses`` in any configuration file, so a small relay here accepts
   TCP connections and forwards each one, byte for byte, to the server's socket;
-* the buckets, and secrets whose ``host`` is :data:`CONTAINER_HOST` (the name
-  under which a container reaches its host), with ``"sslmode": "disable"``:
+* the three buckets and the lake's Glue database, and secrets whose ``host`` is
+  :data:`CONTAINER_HOST` (the name under which a container reaches its host), with
+  ``"sslmode": "disable"``:
   neither moto nor this PostgreSQL has TLS. Acceptable only here, on the
   developer's machine; every deployed secret keeps the ``verify-full`` default;
 * totesys, seeded, and an empty warehouse, both recreated on every start.
@@ -321,14 +322,15 @@ def run(args: argparse.Namespace) -> int:
                postgres_port=args.postgres_port, container_host=args.container_host,
                scale=args.scale) as served:
         port = served.postgres_address[1]
-        print(f"moto (S3, Secrets Manager): {served.moto_endpoint} (listening on "
+        print(f"moto (S3, Secrets Manager, Glue): {served.moto_endpoint} (listening on "
               f"{', '.join(binds)})\n"
               f"PostgreSQL (totesys seeded, warehouse empty): port {port} on the same "
               f"addresses, relayed to the "
               f"embedded server in {args.data_dir}\n"
               f"PostgreSQL user postgres, password {served.password} (shown once: made for "
               "this start, kept only in the secrets below)\n"
-              f"buckets {stack.INGEST_BUCKET}, {stack.PROCESSED_BUCKET}; secrets "
+              f"buckets {stack.INGEST_BUCKET}, {stack.PROCESSED_BUCKET}, {stack.LAKE_BUCKET}; "
+              f"Glue database {stack.LAKE_DATABASE}; secrets "
               + json.dumps(sorted(served.secrets)) + f" (host {args.container_host})\n"
               f"{READY} in {time.perf_counter() - started:.1f} s; Ctrl-C stops it", flush=True)
         while not stopped.wait(1):

@@ -92,6 +92,7 @@ def test_stop_stops_every_server_of_the_clone_and_says_so(demo_dir, blank_cluste
         assert not any(map(stack.is_running, folders))
         assert "stopped the embedded PostgreSQL in .demo/pg" in done.stdout
         assert "stopped the embedded PostgreSQL in .invoke/pg" in done.stdout
+        assert "no local server running" not in done.stdout    # it stopped two
         assert totes("stop", "--root", str(clone)).stdout.startswith("no local server running")
     finally:
         for holder in holders:
@@ -108,11 +109,19 @@ def test_stop_ends_a_background_local_stack(demo_dir):
          str(postgres_port), "--scale", "0.01"], cwd=clone, stdout=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300  # the local stack starts in 20-160 s on a busy machine
-        while "local stack ready" not in server.stdout.readline():
+        lines = [""]
+        while "local stack ready" not in lines[-1]:
+            lines.append(server.stdout.readline())
             assert time.monotonic() < deadline and server.poll() is None
+        started = "".join(lines)
+        # It names everything it serves: publish's lake bucket and Glue database too.
+        assert "moto (S3, Secrets Manager, Glue)" in started
+        assert f"buckets {stack.INGEST_BUCKET}, {stack.PROCESSED_BUCKET}, {stack.LAKE_BUCKET}; " \
+            f"Glue database {stack.LAKE_DATABASE}; " in started
         done = totes("stop", "--root", str(clone))
         assert done.returncode == 0, done.stderr
         assert f"stopped totes local-stack (pid {server.pid})" in done.stdout
+        assert "no local server running" not in done.stdout    # not after "stopped ..."
         assert server.wait(timeout=120) == 0
         assert not stack.is_running(clone / ".invoke" / "pg")
     finally:
