@@ -537,16 +537,22 @@ def test_a_crash_in_a_further_run_for_a_reused_key_leaves_the_earlier_runs_commi
     assert slot_confirmed(source) == runs[-1]["logical"]["lsn"]
 
 
-def test_a_replica_identity_without_the_key_has_its_deletions_found_by_a_sweep(
-        source, aws, captured_logs):
+def orders_2_and_3_captured_then_identity(source, columns):
+    """Capture orders 2 and 3, then make a unique index on ``columns`` the replica identity."""
     seed_one_of_each(source)
     for order_id in (2, 3):
         sales_order(source, order_id, T0 + timedelta(minutes=order_id))
     ingest.run_ingest()
+    # Identifiers are the test's own literals.
+    source.run(f"CREATE UNIQUE INDEX sales_order_created ON sales_order ({columns})")
+    source.run("ALTER TABLE sales_order REPLICA IDENTITY USING INDEX sales_order_created")
+
+
+def test_a_replica_identity_without_the_key_has_its_deletions_found_by_a_sweep(
+        source, aws, captured_logs):
     # A DBA's replica identity: a unique index without the primary key, so the log's
     # deletes and key changes carry no sales_order_id.
-    source.run("CREATE UNIQUE INDEX sales_order_created ON sales_order (created_at)")
-    source.run("ALTER TABLE sales_order REPLICA IDENTITY USING INDEX sales_order_created")
+    orders_2_and_3_captured_then_identity(source, "created_at")
     source.run("DELETE FROM sales_order WHERE sales_order_id = 2")
     source.run("UPDATE sales_order SET sales_order_id = 30, created_at = created_at + "
                "interval '1 second' WHERE sales_order_id = 3")
@@ -565,12 +571,7 @@ def test_a_replica_identity_without_the_key_has_its_deletions_found_by_a_sweep(
 
 def test_a_key_changed_under_a_replica_identity_without_it_is_found_deleted_though_no_old_row_came(
         source, aws, captured_logs):
-    seed_one_of_each(source)
-    for order_id in (2, 3):
-        sales_order(source, order_id, T0 + timedelta(minutes=order_id))
-    ingest.run_ingest()
-    source.run("CREATE UNIQUE INDEX sales_order_created ON sales_order (created_at)")
-    source.run("ALTER TABLE sales_order REPLICA IDENTITY USING INDEX sales_order_created")
+    orders_2_and_3_captured_then_identity(source, "created_at")
     # The identity's column (created_at) is unchanged: pgoutput sends no old row at all.
     source.run("UPDATE sales_order SET sales_order_id = 30 WHERE sales_order_id = 3")
 
@@ -588,13 +589,7 @@ def test_a_key_changed_under_a_replica_identity_without_it_is_found_deleted_thou
 
 def test_a_replica_identity_index_with_the_key_keeps_commit_time_deletions_and_no_sweep(
         source, aws, captured_logs):
-    seed_one_of_each(source)
-    for order_id in (2, 3):
-        sales_order(source, order_id, T0 + timedelta(minutes=order_id))
-    ingest.run_ingest()
-    source.run("CREATE UNIQUE INDEX sales_order_created ON sales_order "
-               "(created_at, sales_order_id)")
-    source.run("ALTER TABLE sales_order REPLICA IDENTITY USING INDEX sales_order_created")
+    orders_2_and_3_captured_then_identity(source, "created_at, sales_order_id")
     source.run("UPDATE sales_order SET created_at = created_at + interval '1 second' "
                "WHERE sales_order_id = 2")
     source.run("UPDATE sales_order SET sales_order_id = 30 WHERE sales_order_id = 3")
