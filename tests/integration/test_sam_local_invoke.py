@@ -194,8 +194,23 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@pytest.fixture
+def server_dir():
+    """A folder for a stack's embedded server, outside pytest's temporary folders; removed after.
+
+    pytest makes its folders' parent 0700 again whenever another worker asks for one, so
+    the server's own system user (tests run as root) could lose its way to the data
+    directory while it starts: "could not open pg_hba.conf: Permission denied".
+    """
+    root = Path(tempfile.mkdtemp(prefix="totes-test-stack-"))
+    root.chmod(0o755)
+    yield root / "pg"
+    stack.stop_postgres(root / "pg")
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def test_local_stack_serves_moto_and_postgres_on_tcp_on_each_address_until_interrupted(
-        tmp_path):
+        tmp_path, server_dir):
     moto_port, postgres_port = _free_port(), _free_port()
     log = tmp_path / "stack.log"
     # Two addresses, as make invoke gives it loopback and the Docker bridge's (both loopback
@@ -204,7 +219,7 @@ def test_local_stack_serves_moto_and_postgres_on_tcp_on_each_address_until_inter
         sam_local.stack_command(["127.0.0.1", "127.0.0.2"],
                                 sam_local.Ports(moto_port, postgres_port),
                                 ["--container-host", "127.0.0.1",
-                                 "--data-dir", str(tmp_path / "pg"), "--scale", "0.01"]),
+                                 "--data-dir", str(server_dir), "--scale", "0.01"]),
         log, timeout=90)
     try:
         manager = boto3.client("secretsmanager", endpoint_url=f"http://127.0.0.1:{moto_port}",
@@ -227,7 +242,7 @@ def test_local_stack_serves_moto_and_postgres_on_tcp_on_each_address_until_inter
         for wrong in ("postgres", password[:-1]):
             with pytest.raises(db.DatabaseUnavailableError):
                 db.connect_with({**secrets[stack.TOTESYS_SECRET], "password": wrong}, "guess")
-        assert (tmp_path / "pg").stat().st_mode & 0o077 == 0  # its socket: the owner's alone
+        assert server_dir.stat().st_mode & 0o077 == 0  # its socket: the owner's alone
         conn = db.connect_with(secrets[stack.WAREHOUSE_SECRET], "local stack")
         conn.close()
         for address in ("127.0.0.1", "127.0.0.2"):
@@ -260,7 +275,8 @@ def test_local_stack_refuses_to_listen_on_all_interfaces(tmp_path):
     assert not (tmp_path / "pg").exists()
 
 
-def test_local_stack_with_docker_bridge_also_listens_where_containers_reach_the_host(tmp_path):
+def test_local_stack_with_docker_bridge_also_listens_where_containers_reach_the_host(
+        tmp_path, server_dir):
     bridge = local_stack.bridge_address()
     if bridge is None:
         pytest.skip("no Docker bridge on this machine (no dockerd running)")
@@ -268,7 +284,7 @@ def test_local_stack_with_docker_bridge_also_listens_where_containers_reach_the_
     log = tmp_path / "stack.log"
     process = sam_local.start_stack(
         sam_local.stack_command([], sam_local.Ports(moto_port, postgres_port),
-                                ["--docker-bridge", "--data-dir", str(tmp_path / "pg"),
+                                ["--docker-bridge", "--data-dir", str(server_dir),
                                  "--scale", "0.01"]),
         log, timeout=90)
     try:
@@ -285,11 +301,8 @@ def test_local_stack_with_docker_bridge_also_listens_where_containers_reach_the_
         assert process.wait(timeout=30) == 0, log.read_text()
 
 
-def test_each_start_of_the_local_stack_makes_a_new_password_and_keeps_no_copy():
-    # Outside pytest's folders, which the server's own system user may not traverse.
-    root = Path(tempfile.mkdtemp(prefix="totes-test-stack-"))
-    root.chmod(0o755)
-    data_dir = root / "pg"
+def test_each_start_of_the_local_stack_makes_a_new_password_and_keeps_no_copy(server_dir):
+    data_dir = server_dir
     passwords = []
     for _ in range(2):  # the second start finds the first one's data directory
         with local_stack.serve(data_dir, moto_port=_free_port(), postgres_port=_free_port(),
@@ -303,4 +316,3 @@ def test_each_start_of_the_local_stack_makes_a_new_password_and_keeps_no_copy():
     stored = b"".join(path.read_bytes() for path in data_dir.rglob("*") if path.is_file()
                       and path.stat().st_size < 1 << 20 and "pg_wal" not in path.parts)
     assert passwords[1].encode() not in stored
-    shutil.rmtree(root, ignore_errors=True)
