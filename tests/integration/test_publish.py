@@ -25,11 +25,12 @@ def settings(aws) -> publish.PublishSettings:
                                    aws["LAKE_DATABASE"])
 
 
-def empty_manifest(key: str) -> None:
-    """A processed manifest of a run that changed nothing."""
+def empty_manifest(key: str, follows: str | None = None) -> None:
+    """A processed manifest of a run that changed nothing (transformed after ``follows``)."""
     run = str(keys.parse_manifest_key(key))
     document = ProcessedManifest(run_id=run, ingest_manifest=key, ingest_started_at=None,
-                                 transformed_at="2024-11-15T14:20:09.123Z", tables={})
+                                 transformed_at="2024-11-15T14:20:09.123Z", tables={},
+                                 follows=follows)
     storage.put_new_json(settings_bucket(), key, document.to_json())
 
 
@@ -515,3 +516,25 @@ def test_a_publish_run_at_once_is_not_taken_for_a_table_pointed_back(aws):
     empty_manifest(SECOND)
     assert publish.run_publish(settings(aws), Deadline.unbounded()).manifests_published
     stale.check_not_behind(aws["LAKE_BUCKET"], supersede.read_markers(aws["PROCESSED_BUCKET"]))
+
+
+def test_a_manifest_not_following_the_one_published_last_is_refused_with_nothing_published(aws):
+    empty_manifest(FIRST)
+    assert publish.run_publish(settings(aws), Deadline.unbounded()).manifests_published == [FIRST]
+    # another stack's run, whole and sealed, copied in: it follows a run of its own bucket
+    foreign = "_manifests/2024/11/15/20241115T142509123Z-0badf00d.json"
+    empty_manifest(SECOND, follows=foreign)
+    with pytest.raises(publish.ProcessedGapError, match=re.escape(
+            f"{SECOND}: it follows {foreign}, but the last manifest published is {FIRST}")) as e:
+        publish.run_publish(settings(aws), Deadline.unbounded())
+    assert errors.kind_of(e.value) == errors.INPUT
+    assert next(storage.list_keys(aws["LAKE_BUCKET"], SECOND), None) is None
+
+
+def test_the_first_manifest_missing_before_the_first_publish_is_refused(aws):
+    empty_manifest(SECOND, follows=FIRST)  # FIRST's processed manifest is not there
+    with pytest.raises(publish.ProcessedGapError, match="no manifest was published before it"):
+        publish.run_publish(settings(aws), Deadline.unbounded())
+    empty_manifest(FIRST)  # restored: both are published, in order
+    assert publish.run_publish(settings(aws), Deadline.unbounded()).manifests_published == [
+        FIRST, SECOND]
