@@ -538,3 +538,28 @@ def test_the_first_manifest_missing_before_the_first_publish_is_refused(aws):
     empty_manifest(FIRST)  # restored: both are published, in order
     assert publish.run_publish(settings(aws), Deadline.unbounded()).manifests_published == [
         FIRST, SECOND]
+
+
+def test_a_history_pointed_at_its_current_tables_metadata_is_refused_not_built_on(aws):
+    run = datetime(2024, 11, 15, 10, 5, tzinfo=timezone.utc)
+    buckets = Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"])
+    buckets.publish({**dimensions(), "fact_payment": [payment(1)]}, started_at=run)
+    buckets.publish({"fact_payment": [payment(1, time(11, 0), paid=True)]},
+                    started_at=run + timedelta(minutes=5))
+    publish.run_publish(settings(aws), Deadline.unbounded())
+    catalog = lake.glue_catalog(aws["LAKE_BUCKET"])
+    current = catalog.load_table((aws["LAKE_DATABASE"], "fact_payment_current"))
+    # the same columns, the same number of commits: a slip of the console's copy and paste
+    point_glue_at(aws, "fact_payment", current.metadata_location)
+    buckets.publish({"fact_payment": [payment(2)]}, started_at=run + timedelta(minutes=10))
+
+    with pytest.raises(lake.ForeignMetadataError, match=re.escape(
+            f"fact_payment: Glue names {current.metadata_location}")) as refused:
+        publish.run_publish(settings(aws), Deadline.unbounded())
+    assert errors.kind_of(refused.value) == errors.INPUT
+    assert catalog.load_table((aws["LAKE_DATABASE"], "fact_payment")).metadata_location == \
+        current.metadata_location  # nothing committed on top
+    with pytest.raises(lake.ForeignMetadataError, match="fact_payment_current"):
+        lake.check_own_metadata(catalog.load_table((aws["LAKE_DATABASE"], "fact_payment")),
+                                "fact_payment")
+
