@@ -563,3 +563,20 @@ def test_a_history_pointed_at_its_current_tables_metadata_is_refused_not_built_o
         lake.check_own_metadata(catalog.load_table((aws["LAKE_DATABASE"], "fact_payment")),
                                 "fact_payment")
 
+
+def test_the_newest_publish_record_gone_publishes_its_manifest_again_adding_nothing(aws):
+    run = datetime(2024, 11, 15, 10, 5, tzinfo=timezone.utc)
+    buckets = Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"])
+    buckets.publish({**dimensions(), "fact_payment": [payment(1)]}, started_at=run)
+    key = buckets.publish({"fact_payment": [payment(1, time(11, 0), paid=True), payment(2)]},
+                          started_at=run + timedelta(minutes=5))
+    publish.run_publish(settings(aws), Deadline.unbounded())
+    lake_tables = publish.Lake(lake.glue_catalog(aws["LAKE_BUCKET"]), aws["LAKE_DATABASE"])
+    before = {name: table.metadata_location for name, table in lake_tables.tables.items()}
+    boto3.client("s3").delete_object(Bucket=aws["LAKE_BUCKET"], Key=key)  # the break-glass role
+
+    again = publish.run_publish(settings(aws), Deadline.unbounded())
+    assert again.manifests_published == [key] and sum(again.rows_appended.values()) == 0
+    lake_tables = publish.Lake(lake.glue_catalog(aws["LAKE_BUCKET"]), aws["LAKE_DATABASE"])
+    assert {name: table.metadata_location for name, table in lake_tables.tables.items()} == before
+    assert storage.read_json(aws["LAKE_BUCKET"], key)["ingest_manifest"] == key
