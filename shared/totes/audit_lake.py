@@ -333,11 +333,12 @@ class IcebergLake:
             return CapturePoint(None, None), None
         point = CapturePoint(key, IngestManifest.read(store.read_json(key), key))
         catalog = lake.glue_catalog(self.settings.lake_bucket)
-        tables = LakeTables({
-            lake_table_name(name): catalog.load_table(
-                (self.settings.lake_database, lake_table_name(name)))
-            for name in audit_sql.SEGMENTED})
-        for name in LAKE_TABLES:  # the histories too: not compared, but built on by publish
+        # Every table, the histories too: not compared, but built on by publish. Each must
+        # be its own (Glue not pointed at another table's metadata) and not rolled back.
+        loaded = {name: lake.check_own_metadata(
+            catalog.load_table((self.settings.lake_database, name)), name) for name in LAKE_TABLES}
+        for name in LAKE_TABLES:
             found = catalog.glue.get_table(DatabaseName=self.settings.lake_database, Name=name)
             check_not_rolled_back(name, found["Table"].get("Parameters", {}))
-        return point, tables
+        return point, LakeTables({lake_table_name(name): loaded[lake_table_name(name)]
+                                  for name in audit_sql.SEGMENTED})

@@ -107,18 +107,51 @@ def open_table(catalog: "GlueCatalog", database: str, table: LakeTable) -> "Iceb
     file before Glue refuses the name, which would leave one stray file per table per run.
     Two first runs at once may both find it missing: the one Glue refuses opens the
     other's (its own metadata file stays, unreferenced, the only cost of the race).
+    Glue's entry must name the table's own metadata (:func:`check_own_metadata`), checked
+    before anything is committed to it.
     """
     from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
 
     try:
-        return with_new_columns(catalog.load_table((database, table.name)), table)
+        found = check_own_metadata(catalog.load_table((database, table.name)), table.name)
+        return with_new_columns(found, table)
     except NoSuchTableError:
         pass
     try:
         return catalog.create_table(
             (database, table.name), schema=iceberg_schema(table), properties=TABLE_PROPERTIES)
     except TableAlreadyExistsError:
-        return catalog.load_table((database, table.name))
+        return check_own_metadata(catalog.load_table((database, table.name)), table.name)
+
+
+class ForeignMetadataError(InputError):
+    """A lake table's Glue entry names the metadata file of another table: a person must act.
+
+    Every writer (pyiceberg, Athena, Spark) keeps a table's metadata beside it, and the
+    metadata records the table's own location, which ends with its name. A Glue entry
+    pointed by hand (or by a restore of the catalog) at another table's metadata file,
+    ``fact_payment`` at ``fact_payment_current``'s say (the same columns, as many
+    commits), passes the audit's rollback check and every schema check, and the next
+    publish would build the history on the current state: every earlier version gone,
+    record ids given from 1 again, with the lake audit (current state only) clean.
+    """
+
+
+def check_own_metadata(table: "IcebergTable", name: str) -> "IcebergTable":
+    """Return ``table``, the lake table Glue calls ``name``, if its metadata is its own.
+
+    Its location (recorded in the metadata file itself) must end with ``/<name>``;
+    otherwise :class:`ForeignMetadataError`.
+    """
+    location = table.location().rstrip("/")
+    if location.rsplit("/", 1)[-1] != name:
+        raise ForeignMetadataError(
+            f"{name}: Glue names {table.metadata_location}, the metadata of the table at "
+            f"{location}, not of {name}: its Glue entry was pointed at another table's "
+            f"metadata file; point metadata_location back at the newest "
+            f"NNNNN-….metadata.json under {name}'s own metadata/ folder before publishing "
+            "(docs/runbook.md, \"Publish errors\")")
+    return table
 
 
 def with_new_columns(found: "IcebergTable", table: LakeTable) -> "IcebergTable":

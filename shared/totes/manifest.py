@@ -523,7 +523,10 @@ class ProcessedManifest:
     skip marker when the ingest run was passed over on purpose (no tables then).
     ``revision`` is the revision it was written for: a manifest of another revision
     copied or restored over its key (sealed, and naming only this run's files) is
-    refused by every reader (:meth:`check_references`).
+    refused by every reader (:meth:`check_references`). ``follows`` is the ingest
+    manifest whose processed manifest (in force) transform had committed last when it
+    wrote this one, so a reader that takes them in order (publish) can tell one gone
+    from between them, or one not this pipeline's (:class:`totes.publish.ProcessedGapError`).
     """
 
     run_id: str
@@ -541,6 +544,9 @@ class ProcessedManifest:
     #: the revision it was written for (:mod:`totes.supersede`), which its key must be
     #: under; None in manifests written before it was recorded (not checked).
     revision: int | None = None
+    #: the ingest manifest transformed just before it (None for the first one, and in
+    #: manifests written before it was recorded: not checked).
+    follows: str | None = None
 
     def table(self, name: str) -> TableOutput:
         """The objects of warehouse table ``name`` (none if the manifest does not list it)."""
@@ -589,6 +595,10 @@ class ProcessedManifest:
                 f"{revision}'s: copied or restored over it from another revision, its files "
                 "are not the ones this revision's transform wrote (docs/runbook.md, \"A "
                 "manifest or marker is damaged\")")
+        if self.follows is not None and not (keys.is_manifest_key(self.follows)
+                                             and self.follows < keys.manifest_key(run)):
+            raise ManifestError(f"{key}: follows {self.follows!r}, which is not an ingest "
+                                "manifest key of an earlier run")
         if self.ingest_manifest and keys.parse_manifest_key(self.ingest_manifest) != run:
             raise ManifestError(f"{key}: ingest_manifest {self.ingest_manifest!r} is not the "
                                 "ingest manifest of this run")
@@ -625,6 +635,8 @@ class ProcessedManifest:
             document["skipped_by"] = self.skipped_by
         if self.revision is not None:
             document["revision"] = self.revision
+        if self.follows is not None:
+            document["follows"] = self.follows
         return document
 
     @classmethod
@@ -665,6 +677,8 @@ class ProcessedManifest:
                 else _text(document["skipped_by"], "skipped_by"),
                 format=kind,
                 revision=_revision(document.get("revision")),
+                follows=None if document.get("follows") is None
+                else _text(document["follows"], "follows"),
             )
             manifest.started()
             return manifest

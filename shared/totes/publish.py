@@ -82,6 +82,18 @@ class LakeBehindError(InputError):
     """
 
 
+class ProcessedGapError(InputError):
+    """A processed manifest does not follow the manifest published last: one between is missing.
+
+    Publish walks the processed manifests alone (load walks the ingest manifests and
+    waits at a gap), so without this check a processed manifest deleted, not restored or
+    not yet replicated was passed over, and never published once it was back: its fact
+    versions lost from the lake's history, with the lake audit (which compares current
+    state only) clean. A processed manifest copied in from another stack's bucket (whole,
+    sealed, its files beside it) follows a run of that stack, and is refused the same way.
+    """
+
+
 class PublishConflictError(TransientError):
     """Another writer committed to a lake table first: the next run publishes from there."""
 
@@ -416,6 +428,27 @@ def release_arrow_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
+def check_follows(processed_key: str, manifest: ProcessedManifest,
+                  published: str | None) -> None:
+    """Refuse a manifest that transform did not write right after ``published``, the last one.
+
+    ``manifest.follows`` is the ingest manifest transform had committed just before it
+    (under the revision then in force: after a revision, the one before its start, which
+    is where the rewound lake's newest record in force is too). A manifest without it
+    (written before it was recorded, or the first) is not judged.
+    """
+    if manifest.follows is None or manifest.follows == published:
+        return
+    last = ("no manifest was published before it" if published is None
+            else f"the last manifest published is {published}")
+    raise ProcessedGapError(
+        f"{processed_key}: it follows {manifest.follows}, but {last}: the processed "
+        f"manifest of {manifest.follows} is not in the processed bucket where it should be "
+        "(deleted, not restored or not yet replicated), or "
+        f"{processed_key} was copied in from another pipeline's bucket; nothing of it was "
+        "published (docs/runbook.md, \"A processed manifest is missing\")")
+
+
 def pending_manifests(settings: PublishSettings, markers: Markers) -> Iterator[str]:
     """Yield the ingest keys to publish, oldest first: after the newest publish record in force."""
     after = markers.newest_processed(settings.lake_bucket)
@@ -464,6 +497,7 @@ def _publish_pending(lake_tables: Lake, settings: PublishSettings, markers: Mark
             if skip is None:
                 manifest = ProcessedManifest.read(
                     storage.read_json(settings.processed_bucket, processed_key), processed_key)
+                check_follows(processed_key, manifest, report.last_published_manifest)
                 publish_manifest(lake_tables, settings, key, processed_key, manifest, report)
             _record(settings, key, processed_key, None if skip is None else skip.key,
                     lake_tables.manifests())

@@ -502,7 +502,10 @@ def transform_manifest(settings: TransformSettings, ingest_key: str,
         if skip is not None else _transformed(settings, ingest_key, run_id, pointers, hashes,
                                               markers, follows))
     target = markers.processed_key(ingest_key)
-    processed = replace(processed, revision=markers.revision_for(ingest_key))
+    # What it follows is recorded only where it was checked (``follows``): publish, which
+    # walks the processed manifests alone, refuses one that does not follow the one before.
+    processed = replace(processed, revision=markers.revision_for(ingest_key),
+                        follows=None if follows is None else follows[0])
     try:
         storage.put_new_json(settings.processed_bucket, target, processed.to_json())
     except storage.ObjectAlreadyExistsError:

@@ -245,3 +245,20 @@ def test_a_history_table_pointed_back_fails_the_lake_audit_and_publish_refuses_t
     assert e2e.pipeline.publish()["manifests_published"] == 1
     assert len(lake_table(e2e, "fact_sales_order").metadata.snapshots) == snapshots + 1
     assert e2e.pipeline.audit()["lake"]["status"] != "failed"
+
+
+def test_a_history_pointed_at_another_tables_metadata_fails_the_lake_audit(e2e, captured_logs):
+    e2e.pipeline.cycle()
+    e2e.pipeline.publish()
+    amend_first_order(e2e, 1)
+    e2e.pipeline.cycle()
+    e2e.pipeline.publish()
+    current = lake_table(e2e, "fact_sales_order_current").metadata_location
+    # the same columns and as many commits: the rollback check cannot tell
+    point_glue_at(e2e, "fact_sales_order", current)
+
+    summary = e2e.pipeline.audit()
+    assert summary["lake"]["status"] == "failed"
+    (error,) = [line for line in captured_logs() if line["level"] == "ERROR"]
+    assert error["message"] == audit.LAKE_NOT_COMPARED
+    assert "ForeignMetadataError" in str(error) and current in str(error)

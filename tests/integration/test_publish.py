@@ -25,11 +25,12 @@ def settings(aws) -> publish.PublishSettings:
                                    aws["LAKE_DATABASE"])
 
 
-def empty_manifest(key: str) -> None:
-    """A processed manifest of a run that changed nothing."""
+def empty_manifest(key: str, follows: str | None = None) -> None:
+    """A processed manifest of a run that changed nothing (transformed after ``follows``)."""
     run = str(keys.parse_manifest_key(key))
     document = ProcessedManifest(run_id=run, ingest_manifest=key, ingest_started_at=None,
-                                 transformed_at="2024-11-15T14:20:09.123Z", tables={})
+                                 transformed_at="2024-11-15T14:20:09.123Z", tables={},
+                                 follows=follows)
     storage.put_new_json(settings_bucket(), key, document.to_json())
 
 
@@ -515,3 +516,67 @@ def test_a_publish_run_at_once_is_not_taken_for_a_table_pointed_back(aws):
     empty_manifest(SECOND)
     assert publish.run_publish(settings(aws), Deadline.unbounded()).manifests_published
     stale.check_not_behind(aws["LAKE_BUCKET"], supersede.read_markers(aws["PROCESSED_BUCKET"]))
+
+
+def test_a_manifest_not_following_the_one_published_last_is_refused_with_nothing_published(aws):
+    empty_manifest(FIRST)
+    assert publish.run_publish(settings(aws), Deadline.unbounded()).manifests_published == [FIRST]
+    # another stack's run, whole and sealed, copied in: it follows a run of its own bucket
+    foreign = "_manifests/2024/11/15/20241115T142509123Z-0badf00d.json"
+    empty_manifest(SECOND, follows=foreign)
+    with pytest.raises(publish.ProcessedGapError, match=re.escape(
+            f"{SECOND}: it follows {foreign}, but the last manifest published is {FIRST}")) as e:
+        publish.run_publish(settings(aws), Deadline.unbounded())
+    assert errors.kind_of(e.value) == errors.INPUT
+    assert next(storage.list_keys(aws["LAKE_BUCKET"], SECOND), None) is None
+
+
+def test_the_first_manifest_missing_before_the_first_publish_is_refused(aws):
+    empty_manifest(SECOND, follows=FIRST)  # FIRST's processed manifest is not there
+    with pytest.raises(publish.ProcessedGapError, match="no manifest was published before it"):
+        publish.run_publish(settings(aws), Deadline.unbounded())
+    empty_manifest(FIRST)  # restored: both are published, in order
+    assert publish.run_publish(settings(aws), Deadline.unbounded()).manifests_published == [
+        FIRST, SECOND]
+
+
+def test_a_history_pointed_at_its_current_tables_metadata_is_refused_not_built_on(aws):
+    run = datetime(2024, 11, 15, 10, 5, tzinfo=timezone.utc)
+    buckets = Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"])
+    buckets.publish({**dimensions(), "fact_payment": [payment(1)]}, started_at=run)
+    buckets.publish({"fact_payment": [payment(1, time(11, 0), paid=True)]},
+                    started_at=run + timedelta(minutes=5))
+    publish.run_publish(settings(aws), Deadline.unbounded())
+    catalog = lake.glue_catalog(aws["LAKE_BUCKET"])
+    current = catalog.load_table((aws["LAKE_DATABASE"], "fact_payment_current"))
+    # the same columns, the same number of commits: a slip of the console's copy and paste
+    point_glue_at(aws, "fact_payment", current.metadata_location)
+    buckets.publish({"fact_payment": [payment(2)]}, started_at=run + timedelta(minutes=10))
+
+    with pytest.raises(lake.ForeignMetadataError, match=re.escape(
+            f"fact_payment: Glue names {current.metadata_location}")) as refused:
+        publish.run_publish(settings(aws), Deadline.unbounded())
+    assert errors.kind_of(refused.value) == errors.INPUT
+    assert catalog.load_table((aws["LAKE_DATABASE"], "fact_payment")).metadata_location == \
+        current.metadata_location  # nothing committed on top
+    with pytest.raises(lake.ForeignMetadataError, match="fact_payment_current"):
+        lake.check_own_metadata(catalog.load_table((aws["LAKE_DATABASE"], "fact_payment")),
+                                "fact_payment")
+
+
+def test_the_newest_publish_record_gone_publishes_its_manifest_again_adding_nothing(aws):
+    run = datetime(2024, 11, 15, 10, 5, tzinfo=timezone.utc)
+    buckets = Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"])
+    buckets.publish({**dimensions(), "fact_payment": [payment(1)]}, started_at=run)
+    key = buckets.publish({"fact_payment": [payment(1, time(11, 0), paid=True), payment(2)]},
+                          started_at=run + timedelta(minutes=5))
+    publish.run_publish(settings(aws), Deadline.unbounded())
+    lake_tables = publish.Lake(lake.glue_catalog(aws["LAKE_BUCKET"]), aws["LAKE_DATABASE"])
+    before = {name: table.metadata_location for name, table in lake_tables.tables.items()}
+    boto3.client("s3").delete_object(Bucket=aws["LAKE_BUCKET"], Key=key)  # the break-glass role
+
+    again = publish.run_publish(settings(aws), Deadline.unbounded())
+    assert again.manifests_published == [key] and sum(again.rows_appended.values()) == 0
+    lake_tables = publish.Lake(lake.glue_catalog(aws["LAKE_BUCKET"]), aws["LAKE_DATABASE"])
+    assert {name: table.metadata_location for name, table in lake_tables.tables.items()} == before
+    assert storage.read_json(aws["LAKE_BUCKET"], key)["ingest_manifest"] == key

@@ -132,6 +132,15 @@ def test_a_manifest_naming_its_own_runs_objects_reads_at_its_key_in_any_revision
     assert ProcessedManifest.read(manifest.to_json(), key) == manifest
 
 
+def test_the_manifest_it_follows_round_trips_and_a_manifest_without_one_reads_as_before():
+    earlier = "_manifests/2024/11/15/20241115T141009123Z-0a1b2c3d.json"
+    manifest = stored(follows=earlier)
+    assert manifest.to_json()["follows"] == earlier
+    assert ProcessedManifest.read(manifest.to_json(), KEY) == manifest
+    assert "follows" not in stored().to_json()
+    assert ProcessedManifest.read(stored().to_json(), KEY).follows is None
+
+
 @pytest.mark.parametrize("key, changes, message", [
     ("_manifests/2024/11/15/20241115T142009123Z-00000000.json", {}, "is not the run its key"),
     ("_revisions/x/" + KEY, {}, "is not the run its key"),
@@ -155,6 +164,10 @@ def test_a_manifest_naming_its_own_runs_objects_reads_at_its_key_in_any_revision
                          "20241116T000000000Z-1a2b3c4d-5e6f7a8b.parquet"}},
      "by this run or an earlier one"),
     (KEY, {"reference": {"address": OBJECT}}, "reference snapshot of address"),
+    (KEY, {"follows": KEY}, "follows .* not an ingest manifest key of an earlier run"),
+    (KEY, {"follows": "_manifests/2024/11/16/20241116T000000000Z-1a2b3c4d.json"},
+     "not an ingest manifest key of an earlier run"),
+    (KEY, {"follows": OBJECT}, "not an ingest manifest key of an earlier run"),
 ])
 def test_a_manifest_naming_anything_outside_its_run_and_tables_is_refused(key, changes, message):
     with pytest.raises(ManifestError, match=message):
