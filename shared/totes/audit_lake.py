@@ -21,10 +21,14 @@ schedule is never a mismatch.
 """
 import hashlib
 import re
+import time
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Sequence, cast
+from datetime import datetime, timezone
+from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, cast
+from urllib.parse import urlparse
 
-from totes import audit_sql, lake, supersede
+from totes import audit_sql, lake, observability, storage, supersede
+from totes.errors import InputError
 from totes.audit import CapturePoint, LakeSettings, ObjectStore, Segments, lake_table_name
 from totes.lake_schema import LAKE_TABLES, LakeTable, arrow_schema
 from totes.manifest import IngestManifest
@@ -34,6 +38,7 @@ if TYPE_CHECKING:  # pyiceberg: only the functions that read or write the lake c
     import numpy as np
     import numpy.typing as npt
     import pyarrow as pa
+    from mypy_boto3_s3 import S3Client
     from pyiceberg.table import Table as IcebergTable
 
     #: keys or row hashes, one int64 each.
@@ -315,6 +320,182 @@ def check_not_rolled_back(name: str, parameters: dict[str, str]) -> None:
             "file again (docs/runbook.md, \"Audit errors\")")
 
 
+# --------------------------------------------------------------------------- the data files
+
+class LakeFileError(InputError, RuntimeError):
+    """A data file a lake table's current snapshot lists is gone from the lake bucket, or changed.
+
+    Publish writes every data file once (``If-None-Match``, one ``PutObject``) and the
+    bucket refuses deletes but by the break-glass role, so a file missing, of another
+    size than its manifest records, or rewritten after the commit that added it was
+    deleted or replaced by hand. In a fact history nothing else would see it: the
+    audit compares only the current tables, and publish reads a history's file only
+    when it next rewrites it (then fails on it). The lake audit fails, logged at ERROR
+    (``AuditErrorLogsAlarm``); the bucket is versioned, so the file's previous version
+    is still there to restore (docs/runbook.md, "Audit errors").
+    """
+
+
+#: how much later than the commit that added it a data file's ``LastModified`` may read before
+#: it counts as rewritten: the slack for S3's clock against the writer's (a file is written
+#: before its commit is stamped, and S3 lists ``LastModified`` rounded down to the second).
+CLOCK_SLACK_MS = 5 * 60 * 1000
+#: objects a ``ListObjectsV2`` page holds (S3's most).
+LIST_PAGE_SIZE = 1000
+#: findings named in a :class:`LakeFileError`'s message (all are counted).
+FINDINGS_NAMED = 20
+
+
+@dataclass(frozen=True)
+class RecordedFile:
+    """What a table's manifest records of one of its live files."""
+
+    size: int
+    #: when the snapshot that added the file was committed (ms), if that snapshot is kept.
+    committed_ms: int | None
+
+
+@dataclass
+class FileCheck:
+    """What the data-file check read and found, all tables: the log line's counts."""
+
+    tables: int = 0
+    #: live files the current snapshots list (data and delete files alike).
+    files: int = 0
+    #: objects listed under the tables' data prefixes (orphans and older snapshots' files too).
+    objects_listed: int = 0
+    #: ``ListObjectsV2`` pages, one request each (1,000 objects a page).
+    list_requests: int = 0
+    #: manifest files read (``GetObject`` each; the manifest lists are read besides).
+    manifests_read: int = 0
+    seconds: float = 0.0
+
+
+def _bucket_key(location: str) -> tuple[str, str]:
+    parsed = urlparse(location)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def recorded_files(table: "IcebergTable", check: FileCheck) -> dict[str, RecordedFile]:
+    """Location -> size and commit time of every live file ``table``'s current snapshot lists.
+
+    Metadata only: the snapshot's manifest list and its manifests, one manifest in
+    memory at a time; the data files are not opened.
+    """
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return {}
+    recorded: dict[str, RecordedFile] = {}
+    for manifest in snapshot.manifests(table.io):
+        check.manifests_read += 1
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+            added = (None if entry.snapshot_id is None
+                     else table.metadata.snapshot_by_id(entry.snapshot_id))
+            recorded[entry.data_file.file_path] = RecordedFile(
+                entry.data_file.file_size_in_bytes,
+                None if added is None else added.timestamp_ms)
+    return recorded
+
+
+def _listed_ms(modified: Any) -> int:
+    """A listing's ``LastModified`` (a datetime from boto3) in ms since the epoch."""
+    return int(cast(datetime, modified).timestamp() * 1000)
+
+
+def compare_listing(name: str, recorded: Mapping[str, RecordedFile],
+                    pages: Iterable[Sequence[Mapping[str, Any]]]) -> list[str]:
+    """What differs between the files ``recorded`` (by key) and a listing of their prefix.
+
+    ``pages`` are ``ListObjectsV2`` pages' ``Contents`` (key, size, ETag, LastModified),
+    compared one page at a time: only ``recorded`` is held, never the listing. A
+    listed object no file names is no finding (a failed commit's orphan, or a file of
+    an older snapshot kept for time travel). A recorded file is wrong when it is
+    missing, of another size, listed with a multipart upload's ETag (publish writes
+    each file with one ``PutObject``), or modified more than :data:`CLOCK_SLACK_MS`
+    after the commit that added it (a file is written before its commit). Iceberg
+    records no checksum of a file, so a replacement of the same size written no later
+    than that is not seen without reading it.
+    """
+    left = dict(recorded)
+    findings = []
+    for page in pages:
+        for listed in page:
+            key = listed["Key"]
+            file = left.pop(key, None)
+            if file is None:
+                continue
+            where = f"{name}: s3 key {key}"
+            if listed["Size"] != file.size:
+                findings.append(f"{where}: {listed['Size']} bytes in the bucket, "
+                                f"{file.size} in its manifest")
+            elif "-" in listed.get("ETag", ""):
+                findings.append(f"{where}: ETag {listed['ETag']} is a multipart upload's; "
+                                "publish writes each data file with one PutObject")
+            elif (file.committed_ms is not None
+                  and _listed_ms(listed["LastModified"]) > file.committed_ms + CLOCK_SLACK_MS):
+                committed = datetime.fromtimestamp(file.committed_ms / 1000, timezone.utc)
+                findings.append(f"{where}: modified {listed['LastModified']:%Y-%m-%dT%H:%M:%SZ}, "
+                                f"after the commit that added it ({committed:%Y-%m-%dT%H:%M:%SZ}): "
+                                "replaced")
+    findings += [f"{name}: s3 key {key}: missing from the bucket ({file.size} bytes in its "
+                 "manifest)" for key, file in left.items()]
+    return findings
+
+
+def _listing(s3: "S3Client", bucket: str, prefix: str,
+             check: FileCheck) -> Iterator[Sequence[Mapping[str, Any]]]:
+    """Every page of a ``ListObjectsV2`` of ``prefix``, counted in ``check``."""
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": LIST_PAGE_SIZE})
+    for page in pages:
+        contents = page.get("Contents", [])
+        check.list_requests += 1
+        check.objects_listed += len(contents)
+        yield cast(Sequence[Mapping[str, Any]], contents)
+
+
+def check_data_files(tables: Mapping[str, "IcebergTable"],
+                     s3: "S3Client | None" = None) -> FileCheck:
+    """Check every file each table's current snapshot lists against one listing of its data prefix.
+
+    Per table: its manifests (metadata only, :func:`recorded_files`), then its data
+    prefix listed once (``ListObjectsV2``, paginated: one request per 1,000 objects,
+    whatever the table holds), compared page by page (:func:`compare_listing`). Never
+    a request per file, and no data file is read. Memory: one table's recorded files
+    at a time, a key and two integers each (about 250 bytes), so some 25 MB for
+    100,000 files; the listing is held a page at a time. A file outside the table's
+    data prefix (publish writes none there) is a finding too. Every finding of every
+    table is gathered, then raised as one :class:`LakeFileError`.
+    """
+    s3 = storage.s3_client() if s3 is None else s3
+    check = FileCheck()
+    started = time.monotonic()
+    findings: list[str] = []
+    for name, table in tables.items():
+        check.tables += 1
+        data_path = table.location_provider().data_path.rstrip("/") + "/"
+        bucket, prefix = _bucket_key(data_path)
+        recorded: dict[str, RecordedFile] = {}
+        for location, file in recorded_files(table, check).items():
+            file_bucket, key = _bucket_key(location)
+            if file_bucket == bucket and key.startswith(prefix):
+                recorded[key] = file
+            else:
+                findings.append(f"{name}: {location}: not under the table's data prefix "
+                                f"{data_path}, where publish writes every data file")
+        check.files += len(recorded)
+        findings += compare_listing(name, recorded, _listing(s3, bucket, prefix, check))
+    check.seconds = time.monotonic() - started
+    if findings:
+        named = f" (the first {FINDINGS_NAMED})" if len(findings) > FINDINGS_NAMED else ""
+        raise LakeFileError(
+            f"{len(findings)} data file(s) that lake tables' current snapshots list are not in "
+            f"the lake bucket as their manifests record them{named}"
+            f": {'; '.join(findings[:FINDINGS_NAMED])}; restore each object's previous version "
+            "from the bucket's versioning (docs/runbook.md, \"Audit errors\")")
+    return check
+
+
 @dataclass(frozen=True)
 class IcebergLake:
     """The deployed lake, read with pyiceberg through the publish's Glue catalog; never written."""
@@ -340,5 +521,11 @@ class IcebergLake:
         for name in LAKE_TABLES:
             found = catalog.glue.get_table(DatabaseName=self.settings.lake_database, Name=name)
             check_not_rolled_back(name, found["Table"].get("Parameters", {}))
+        # Every file each current snapshot lists, the histories' too: present, as recorded.
+        check = check_data_files(loaded)
+        observability.service_logger().info(
+            f"lake data files as recorded: {check.files} file(s) of {check.tables} tables, "
+            f"{check.objects_listed} object(s) listed in {check.list_requests} request(s), "
+            f"{check.manifests_read} manifest(s) read, {check.seconds:.2f} s")
         return point, LakeTables({lake_table_name(name): loaded[lake_table_name(name)]
                                   for name in audit_sql.SEGMENTED})
