@@ -379,16 +379,22 @@ def _bucket_key(location: str) -> tuple[str, str]:
 def recorded_files(table: "IcebergTable", check: FileCheck) -> dict[str, RecordedFile]:
     """Location -> size and commit time of every live file ``table``'s current snapshot lists.
 
-    Metadata only: the snapshot's manifest list and its manifests, one manifest in
-    memory at a time; the data files are not opened.
+    Metadata only: the snapshot's manifest list and its manifests (one ``GetObject``
+    each, read in pyiceberg's thread pool as its scans read them: publish appends a
+    manifest per commit and never merges them); the data files are not opened.
     """
+    from pyiceberg.utils.concurrent import ExecutorFactory
+
     snapshot = table.current_snapshot()
     if snapshot is None:
         return {}
     recorded: dict[str, RecordedFile] = {}
-    for manifest in snapshot.manifests(table.io):
-        check.manifests_read += 1
-        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+    manifests = snapshot.manifests(table.io)
+    check.manifests_read += len(manifests)
+    for entries in ExecutorFactory.get_or_create().map(
+            lambda manifest: manifest.fetch_manifest_entry(table.io, discard_deleted=True),
+            manifests):
+        for entry in entries:
             added = (None if entry.snapshot_id is None
                      else table.metadata.snapshot_by_id(entry.snapshot_id))
             recorded[entry.data_file.file_path] = RecordedFile(
