@@ -299,13 +299,20 @@ def test_a_history_data_file_deleted_fails_the_lake_audit_naming_it(e2e, capture
     e2e.pipeline.cycle()
     e2e.pipeline.publish()
     bucket, key, size = history_file(e2e)
-    boto3.client("s3").delete_object(Bucket=bucket, Key=key)  # a delete marker: versioned
+    s3 = boto3.client("s3")
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    s3.delete_object(Bucket=bucket, Key=key)  # a delete marker, as the deployed bucket keeps
 
     summary = e2e.pipeline.audit()
     assert summary["lake"]["status"] == "failed"
     (error,) = lake_file_errors(captured_logs)
     assert audit.LAKE_NOT_COMPARED in error and "LakeFileError" in error
     assert f"fact_sales_order: s3 key {key}: missing from the bucket ({size} bytes" in error
+
+    # The runbook's repair: delete the marker by its version id, the original is current again.
+    (marker,) = s3.list_object_versions(Bucket=bucket, Prefix=key)["DeleteMarkers"]
+    s3.delete_object(Bucket=bucket, Key=key, VersionId=marker["VersionId"])
+    assert e2e.pipeline.audit()["lake"]["status"] == "compared"
 
 
 def test_a_history_data_file_replaced_by_other_rows_fails_the_lake_audit(e2e, captured_logs):
@@ -320,7 +327,9 @@ def test_a_history_data_file_replaced_by_other_rows_fails_the_lake_audit(e2e, ca
     other = io.BytesIO()  # a valid Parquet file of the history's columns, one row of it only
     pq.write_table(lake_table(e2e, "fact_sales_order").scan(limit=1).to_arrow(), other)
     assert other.tell() != size
-    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=other.getvalue())
+    s3 = boto3.client("s3")
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    replacing = s3.put_object(Bucket=bucket, Key=key, Body=other.getvalue())["VersionId"]
 
     summary = e2e.pipeline.audit()
     assert summary["lake"]["status"] == "failed"
@@ -328,3 +337,7 @@ def test_a_history_data_file_replaced_by_other_rows_fails_the_lake_audit(e2e, ca
     assert "LakeFileError" in error
     assert (f"fact_sales_order: s3 key {key}: {other.tell()} bytes in the bucket, {size} in its "
             "manifest") in error
+
+    # The runbook's repair: delete the replacing version, the original is current again.
+    s3.delete_object(Bucket=bucket, Key=key, VersionId=replacing)
+    assert e2e.pipeline.audit()["lake"]["status"] == "compared"
