@@ -23,7 +23,6 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, cast
 from urllib.parse import urlparse
 
@@ -325,34 +324,20 @@ def check_not_rolled_back(name: str, parameters: dict[str, str]) -> None:
 class LakeFileError(InputError, RuntimeError):
     """A data file a lake table's current snapshot lists is gone from the lake bucket, or changed.
 
-    Publish writes every data file once (``If-None-Match``, one ``PutObject``) and the
-    bucket refuses deletes but by the break-glass role, so a file missing, of another
-    size than its manifest records, or rewritten after the commit that added it was
-    deleted or replaced by hand. In a fact history nothing else would see it: the
-    audit compares only the current tables, and publish reads a history's file only
-    when it next rewrites it (then fails on it). The lake audit fails, logged at ERROR
-    (``AuditErrorLogsAlarm``); the bucket is versioned, so the file's previous version
-    is still there to restore (docs/runbook.md, "Audit errors").
+    Publish writes every data file once (``If-None-Match``) and the bucket refuses
+    deletes but by the break-glass role, so a file missing, or of another size than
+    its manifest records, was deleted or replaced by hand. In a fact history nothing
+    else would see it: the audit compares only the current tables, and publish reads
+    a history's file only when it next rewrites it (then fails on it). The lake audit
+    fails, logged at ERROR (``AuditErrorLogsAlarm``); the bucket is versioned, so the
+    file's previous version is still there to restore (docs/runbook.md, "Audit errors").
     """
 
 
-#: how much later than the commit that added it a data file's ``LastModified`` may read before
-#: it counts as rewritten: the slack for S3's clock against the writer's (a file is written
-#: before its commit is stamped, and S3 lists ``LastModified`` rounded down to the second).
-CLOCK_SLACK_MS = 5 * 60 * 1000
 #: objects a ``ListObjectsV2`` page holds (S3's most).
 LIST_PAGE_SIZE = 1000
 #: findings named in a :class:`LakeFileError`'s message (all are counted).
 FINDINGS_NAMED = 20
-
-
-@dataclass(frozen=True)
-class RecordedFile:
-    """What a table's manifest records of one of its live files."""
-
-    size: int
-    #: when the snapshot that added the file was committed (ms), if that snapshot is kept.
-    committed_ms: int | None
 
 
 @dataclass
@@ -376,8 +361,8 @@ def _bucket_key(location: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def recorded_files(table: "IcebergTable", check: FileCheck) -> dict[str, RecordedFile]:
-    """Location -> size and commit time of every live file ``table``'s current snapshot lists.
+def recorded_files(table: "IcebergTable", check: FileCheck) -> dict[str, int]:
+    """Location -> size of every live file ``table``'s current snapshot lists.
 
     Metadata only: the snapshot's manifest list and its manifests (one ``GetObject``
     each, read in pyiceberg's thread pool as its scans read them: publish appends a
@@ -388,63 +373,41 @@ def recorded_files(table: "IcebergTable", check: FileCheck) -> dict[str, Recorde
     snapshot = table.current_snapshot()
     if snapshot is None:
         return {}
-    recorded: dict[str, RecordedFile] = {}
+    recorded: dict[str, int] = {}
     manifests = snapshot.manifests(table.io)
     check.manifests_read += len(manifests)
     for entries in ExecutorFactory.get_or_create().map(
             lambda manifest: manifest.fetch_manifest_entry(table.io, discard_deleted=True),
             manifests):
         for entry in entries:
-            added = (None if entry.snapshot_id is None
-                     else table.metadata.snapshot_by_id(entry.snapshot_id))
-            recorded[entry.data_file.file_path] = RecordedFile(
-                entry.data_file.file_size_in_bytes,
-                None if added is None else added.timestamp_ms)
+            recorded[entry.data_file.file_path] = entry.data_file.file_size_in_bytes
     return recorded
 
 
-def _listed_ms(modified: Any) -> int:
-    """A listing's ``LastModified`` (a datetime from boto3) in ms since the epoch."""
-    return int(cast(datetime, modified).timestamp() * 1000)
-
-
-def compare_listing(name: str, recorded: Mapping[str, RecordedFile],
+def compare_listing(name: str, recorded: Mapping[str, int],
                     pages: Iterable[Sequence[Mapping[str, Any]]]) -> list[str]:
-    """What differs between the files ``recorded`` (by key) and a listing of their prefix.
+    """What differs between the files ``recorded`` (key -> size) and a listing of their prefix.
 
-    ``pages`` are ``ListObjectsV2`` pages' ``Contents`` (key, size, ETag, LastModified),
-    compared one page at a time: only ``recorded`` is held, never the listing. A
-    listed object no file names is no finding (a failed commit's orphan, or a file of
-    an older snapshot kept for time travel). A recorded file is wrong when it is
-    missing, of another size, listed with a multipart upload's ETag (publish writes
-    each file with one ``PutObject``), or modified more than :data:`CLOCK_SLACK_MS`
-    after the commit that added it (a file is written before its commit). Iceberg
-    records no checksum of a file, so a replacement of the same size written no later
-    than that is not seen without reading it.
+    ``pages`` are ``ListObjectsV2`` pages' ``Contents`` (key and size), compared one
+    page at a time: only ``recorded`` is held, never the listing. A listed object no
+    file names is no finding (a failed commit's orphan, or a file of an older snapshot
+    kept for time travel). A recorded file is wrong when it is missing or of another
+    size. Iceberg records no checksum of a file, so a replacement of the same size is
+    not seen without reading it. How or when a file was stored is not judged: another
+    engine's compaction (Athena's ``OPTIMIZE``) uploads its files in parts, and a
+    restored or copied bucket stores every file anew, both legitimately.
     """
     left = dict(recorded)
     findings = []
     for page in pages:
         for listed in page:
             key = listed["Key"]
-            file = left.pop(key, None)
-            if file is None:
-                continue
-            where = f"{name}: s3 key {key}"
-            if listed["Size"] != file.size:
-                findings.append(f"{where}: {listed['Size']} bytes in the bucket, "
-                                f"{file.size} in its manifest")
-            elif "-" in listed.get("ETag", ""):
-                findings.append(f"{where}: ETag {listed['ETag']} is a multipart upload's; "
-                                "publish writes each data file with one PutObject")
-            elif (file.committed_ms is not None
-                  and _listed_ms(listed["LastModified"]) > file.committed_ms + CLOCK_SLACK_MS):
-                committed = datetime.fromtimestamp(file.committed_ms / 1000, timezone.utc)
-                findings.append(f"{where}: modified {listed['LastModified']:%Y-%m-%dT%H:%M:%SZ}, "
-                                f"after the commit that added it ({committed:%Y-%m-%dT%H:%M:%SZ}): "
-                                "replaced")
-    findings += [f"{name}: s3 key {key}: missing from the bucket ({file.size} bytes in its "
-                 "manifest)" for key, file in left.items()]
+            size = left.pop(key, None)
+            if size is not None and listed["Size"] != size:
+                findings.append(f"{name}: s3 key {key}: {listed['Size']} bytes in the bucket, "
+                                f"{size} in its manifest")
+    findings += [f"{name}: s3 key {key}: missing from the bucket ({size} bytes in its "
+                 "manifest)" for key, size in left.items()]
     return findings
 
 
@@ -468,7 +431,7 @@ def check_data_files(tables: Mapping[str, "IcebergTable"],
     prefix listed once (``ListObjectsV2``, paginated: one request per 1,000 objects,
     whatever the table holds), compared page by page (:func:`compare_listing`). Never
     a request per file, and no data file is read. Memory: one table's recorded files
-    at a time, a key and two integers each (about 250 bytes), so some 25 MB for
+    at a time, a key and an integer each (about 200 bytes), so some 20 MB for
     100,000 files; the listing is held a page at a time. A file outside the table's
     data prefix (publish writes none there) is a finding too. Every finding of every
     table is gathered, then raised as one :class:`LakeFileError`.
@@ -481,11 +444,11 @@ def check_data_files(tables: Mapping[str, "IcebergTable"],
         check.tables += 1
         data_path = table.location_provider().data_path.rstrip("/") + "/"
         bucket, prefix = _bucket_key(data_path)
-        recorded: dict[str, RecordedFile] = {}
-        for location, file in recorded_files(table, check).items():
+        recorded: dict[str, int] = {}
+        for location, size in recorded_files(table, check).items():
             file_bucket, key = _bucket_key(location)
             if file_bucket == bucket and key.startswith(prefix):
-                recorded[key] = file
+                recorded[key] = size
             else:
                 findings.append(f"{name}: {location}: not under the table's data prefix "
                                 f"{data_path}, where publish writes every data file")
