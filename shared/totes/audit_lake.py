@@ -21,10 +21,13 @@ schedule is never a mismatch.
 """
 import hashlib
 import re
+import time
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Sequence, cast
+from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, cast
+from urllib.parse import urlparse
 
-from totes import audit_sql, lake, supersede
+from totes import audit_sql, lake, observability, storage, supersede
+from totes.errors import InputError
 from totes.audit import CapturePoint, LakeSettings, ObjectStore, Segments, lake_table_name
 from totes.lake_schema import LAKE_TABLES, LakeTable, arrow_schema
 from totes.manifest import IngestManifest
@@ -34,6 +37,7 @@ if TYPE_CHECKING:  # pyiceberg: only the functions that read or write the lake c
     import numpy as np
     import numpy.typing as npt
     import pyarrow as pa
+    from mypy_boto3_s3 import S3Client
     from pyiceberg.table import Table as IcebergTable
 
     #: keys or row hashes, one int64 each.
@@ -315,6 +319,152 @@ def check_not_rolled_back(name: str, parameters: dict[str, str]) -> None:
             "file again (docs/runbook.md, \"Audit errors\")")
 
 
+# --------------------------------------------------------------------------- the data files
+
+class LakeFileError(InputError, RuntimeError):
+    """A data file a lake table's current snapshot lists is gone from the lake bucket, or changed.
+
+    Publish writes every data file once (``If-None-Match``) and the bucket refuses
+    deletes but by the break-glass role, so a file missing, or of another size than
+    its manifest records, was deleted or replaced by hand. In a fact history nothing
+    else would see it: the audit compares only the current tables, and publish reads
+    a history's file only when it next rewrites it (then fails on it). The lake audit
+    fails, logged at ERROR (``AuditErrorLogsAlarm``); the bucket is versioned, so the
+    file's previous version is still there to restore (docs/runbook.md, "Audit errors").
+    """
+
+
+#: objects a ``ListObjectsV2`` page holds (S3's most).
+LIST_PAGE_SIZE = 1000
+#: findings named in a :class:`LakeFileError`'s message (all are counted).
+FINDINGS_NAMED = 20
+
+
+@dataclass
+class FileCheck:
+    """What the data-file check read and found, all tables: the log line's counts."""
+
+    tables: int = 0
+    #: live files the current snapshots list (data and delete files alike).
+    files: int = 0
+    #: objects listed under the tables' data prefixes (orphans and older snapshots' files too).
+    objects_listed: int = 0
+    #: ``ListObjectsV2`` pages, one request each (1,000 objects a page).
+    list_requests: int = 0
+    #: manifest files read (``GetObject`` each; the manifest lists are read besides).
+    manifests_read: int = 0
+    seconds: float = 0.0
+
+
+def _bucket_key(location: str) -> tuple[str, str]:
+    parsed = urlparse(location)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def recorded_files(table: "IcebergTable", check: FileCheck) -> dict[str, int]:
+    """Location -> size of every live file ``table``'s current snapshot lists.
+
+    Metadata only: the snapshot's manifest list and its manifests (one ``GetObject``
+    each, read in pyiceberg's thread pool as its scans read them: publish appends a
+    manifest per commit and never merges them); the data files are not opened.
+    """
+    from pyiceberg.utils.concurrent import ExecutorFactory
+
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return {}
+    recorded: dict[str, int] = {}
+    manifests = snapshot.manifests(table.io)
+    check.manifests_read += len(manifests)
+    for entries in ExecutorFactory.get_or_create().map(
+            lambda manifest: manifest.fetch_manifest_entry(table.io, discard_deleted=True),
+            manifests):
+        for entry in entries:
+            recorded[entry.data_file.file_path] = entry.data_file.file_size_in_bytes
+    return recorded
+
+
+def compare_listing(name: str, recorded: Mapping[str, int],
+                    pages: Iterable[Sequence[Mapping[str, Any]]]) -> list[str]:
+    """What differs between the files ``recorded`` (key -> size) and a listing of their prefix.
+
+    ``pages`` are ``ListObjectsV2`` pages' ``Contents`` (key and size), compared one
+    page at a time: only ``recorded`` is held, never the listing. A listed object no
+    file names is no finding (a failed commit's orphan, or a file of an older snapshot
+    kept for time travel). A recorded file is wrong when it is missing or of another
+    size. Iceberg records no checksum of a file, so a replacement of the same size is
+    not seen without reading it. How or when a file was stored is not judged: another
+    engine's compaction (Athena's ``OPTIMIZE``) uploads its files in parts, and a
+    restored or copied bucket stores every file anew, both legitimately.
+    """
+    left = dict(recorded)
+    findings = []
+    for page in pages:
+        for listed in page:
+            key = listed["Key"]
+            size = left.pop(key, None)
+            if size is not None and listed["Size"] != size:
+                findings.append(f"{name}: s3 key {key}: {listed['Size']} bytes in the bucket, "
+                                f"{size} in its manifest")
+    findings += [f"{name}: s3 key {key}: missing from the bucket ({size} bytes in its "
+                 "manifest)" for key, size in left.items()]
+    return findings
+
+
+def _listing(s3: "S3Client", bucket: str, prefix: str,
+             check: FileCheck) -> Iterator[Sequence[Mapping[str, Any]]]:
+    """Every page of a ``ListObjectsV2`` of ``prefix``, counted in ``check``."""
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": LIST_PAGE_SIZE})
+    for page in pages:
+        contents = page.get("Contents", [])
+        check.list_requests += 1
+        check.objects_listed += len(contents)
+        yield cast(Sequence[Mapping[str, Any]], contents)
+
+
+def check_data_files(tables: Mapping[str, "IcebergTable"],
+                     s3: "S3Client | None" = None) -> FileCheck:
+    """Check every file each table's current snapshot lists against one listing of its data prefix.
+
+    Per table: its manifests (metadata only, :func:`recorded_files`), then its data
+    prefix listed once (``ListObjectsV2``, paginated: one request per 1,000 objects,
+    whatever the table holds), compared page by page (:func:`compare_listing`). Never
+    a request per file, and no data file is read. Memory: one table's recorded files
+    at a time, a key and an integer each (about 200 bytes), so some 20 MB for
+    100,000 files; the listing is held a page at a time. A file outside the table's
+    data prefix (publish writes none there) is a finding too. Every finding of every
+    table is gathered, then raised as one :class:`LakeFileError`.
+    """
+    s3 = storage.s3_client() if s3 is None else s3
+    check = FileCheck()
+    started = time.monotonic()
+    findings: list[str] = []
+    for name, table in tables.items():
+        check.tables += 1
+        data_path = table.location_provider().data_path.rstrip("/") + "/"
+        bucket, prefix = _bucket_key(data_path)
+        recorded: dict[str, int] = {}
+        for location, size in recorded_files(table, check).items():
+            file_bucket, key = _bucket_key(location)
+            if file_bucket == bucket and key.startswith(prefix):
+                recorded[key] = size
+            else:
+                findings.append(f"{name}: {location}: not under the table's data prefix "
+                                f"{data_path}, where publish writes every data file")
+        check.files += len(recorded)
+        findings += compare_listing(name, recorded, _listing(s3, bucket, prefix, check))
+    check.seconds = time.monotonic() - started
+    if findings:
+        named = f" (the first {FINDINGS_NAMED})" if len(findings) > FINDINGS_NAMED else ""
+        raise LakeFileError(
+            f"{len(findings)} data file(s) that lake tables' current snapshots list are not in "
+            f"the lake bucket as their manifests record them{named}"
+            f": {'; '.join(findings[:FINDINGS_NAMED])}; restore each object's previous version "
+            "from the bucket's versioning (docs/runbook.md, \"Audit errors\")")
+    return check
+
+
 @dataclass(frozen=True)
 class IcebergLake:
     """The deployed lake, read with pyiceberg through the publish's Glue catalog; never written."""
@@ -340,5 +490,11 @@ class IcebergLake:
         for name in LAKE_TABLES:
             found = catalog.glue.get_table(DatabaseName=self.settings.lake_database, Name=name)
             check_not_rolled_back(name, found["Table"].get("Parameters", {}))
+        # Every file each current snapshot lists, the histories' too: present, as recorded.
+        check = check_data_files(loaded)
+        observability.service_logger().info(
+            f"lake data files as recorded: {check.files} file(s) of {check.tables} tables, "
+            f"{check.objects_listed} object(s) listed in {check.list_requests} request(s), "
+            f"{check.manifests_read} manifest(s) read, {check.seconds:.2f} s")
         return point, LakeTables({lake_table_name(name): loaded[lake_table_name(name)]
                                   for name in audit_sql.SEGMENTED})

@@ -262,3 +262,82 @@ def test_a_history_pointed_at_another_tables_metadata_fails_the_lake_audit(e2e, 
     (error,) = [line for line in captured_logs() if line["level"] == "ERROR"]
     assert error["message"] == audit.LAKE_NOT_COMPARED
     assert "ForeignMetadataError" in str(error) and current in str(error)
+
+
+def history_file(e2e, name: str = "fact_sales_order") -> tuple[str, str, int]:
+    """Bucket, key and recorded size of the first data file a lake table's snapshot lists."""
+    (first, *_) = lake_table(e2e, name).scan().plan_files()
+    bucket, _, key = first.file.file_path.removeprefix("s3://").partition("/")
+    return bucket, key, first.file.file_size_in_bytes
+
+
+def lake_file_errors(captured_logs) -> list[str]:
+    """The ERROR lines logged, as text."""
+    return [str(line) for line in captured_logs() if line["level"] == "ERROR"]
+
+
+def test_a_clean_lake_checks_every_tables_files_and_an_orphan_is_no_finding(e2e, captured_logs):
+    import boto3
+
+    e2e.pipeline.cycle()
+    e2e.pipeline.publish()
+    bucket, key, _ = history_file(e2e)
+    # a failed commit's orphan beside the history's files: listed, listed by no snapshot
+    boto3.client("s3").put_object(Bucket=bucket, Key=key.rsplit("/", 1)[0] + "/orphan.parquet",
+                                  Body=b"PAR1 not committed")
+    summary = e2e.pipeline.audit()
+    assert summary["ok"] and summary["lake"]["status"] == "compared"
+    assert lake_file_errors(captured_logs) == []
+    (checked,) = [line["message"] for line in captured_logs()
+                  if line["message"].startswith("lake data files as recorded")]
+    assert f"of {len(audit_lake.LAKE_TABLES)} tables" in checked and "orphan" not in checked
+
+
+def test_a_history_data_file_deleted_fails_the_lake_audit_naming_it(e2e, captured_logs):
+    import boto3
+
+    e2e.pipeline.cycle()
+    e2e.pipeline.publish()
+    bucket, key, size = history_file(e2e)
+    s3 = boto3.client("s3")
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    s3.delete_object(Bucket=bucket, Key=key)  # a delete marker, as the deployed bucket keeps
+
+    summary = e2e.pipeline.audit()
+    assert summary["lake"]["status"] == "failed"
+    (error,) = lake_file_errors(captured_logs)
+    assert audit.LAKE_NOT_COMPARED in error and "LakeFileError" in error
+    assert f"fact_sales_order: s3 key {key}: missing from the bucket ({size} bytes" in error
+
+    # The runbook's repair: delete the marker by its version id, the original is current again.
+    (marker,) = s3.list_object_versions(Bucket=bucket, Prefix=key)["DeleteMarkers"]
+    s3.delete_object(Bucket=bucket, Key=key, VersionId=marker["VersionId"])
+    assert e2e.pipeline.audit()["lake"]["status"] == "compared"
+
+
+def test_a_history_data_file_replaced_by_other_rows_fails_the_lake_audit(e2e, captured_logs):
+    import io
+
+    import boto3
+    import pyarrow.parquet as pq
+
+    e2e.pipeline.cycle()
+    e2e.pipeline.publish()
+    bucket, key, size = history_file(e2e)
+    other = io.BytesIO()  # a valid Parquet file of the history's columns, one row of it only
+    pq.write_table(lake_table(e2e, "fact_sales_order").scan(limit=1).to_arrow(), other)
+    assert other.tell() != size
+    s3 = boto3.client("s3")
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    replacing = s3.put_object(Bucket=bucket, Key=key, Body=other.getvalue())["VersionId"]
+
+    summary = e2e.pipeline.audit()
+    assert summary["lake"]["status"] == "failed"
+    (error,) = lake_file_errors(captured_logs)
+    assert "LakeFileError" in error
+    assert (f"fact_sales_order: s3 key {key}: {other.tell()} bytes in the bucket, {size} in its "
+            "manifest") in error
+
+    # The runbook's repair: delete the replacing version, the original is current again.
+    s3.delete_object(Bucket=bucket, Key=key, VersionId=replacing)
+    assert e2e.pipeline.audit()["lake"]["status"] == "compared"

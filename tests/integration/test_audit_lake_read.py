@@ -126,3 +126,28 @@ def test_a_data_file_deleted_from_the_lake_bucket_fails_the_read_not_a_table_rea
     boto3.client("s3").delete_object(Bucket=bucket, Key=key)  # a delete marker, as S3 keeps it
     with pytest.raises(ClientError, match="NoSuchKey"):  # the lake audit fails, logged at ERROR
         list(audit_lake.lake_batches(table, LAKE_TABLES["dim_currency"], ["currency_id"]))
+
+
+def test_the_files_check_lists_the_data_prefix_page_by_page_and_ignores_older_snapshots(
+        aws, monkeypatch):
+    import boto3
+
+    table = lake.open_table(lake.glue_catalog(aws["LAKE_BUCKET"]), aws["LAKE_DATABASE"],
+                            LAKE_TABLES["dim_currency"])
+    schema = table.schema().as_arrow()
+    for first in (1, 4, 7):
+        table.append(currencies(first, 3, schema))
+    table.overwrite(currencies(1, 2, schema))  # the three files of older snapshots only now
+    monkeypatch.setattr(audit_lake, "LIST_PAGE_SIZE", 1)
+    check = audit_lake.check_data_files({"dim_currency": table})
+    assert (check.tables, check.files, check.objects_listed) == (1, 1, 4)
+    assert check.list_requests == 4  # a page an object: paginated, never a request per file
+
+    (task,) = table.scan().plan_files()
+    bucket, _, key = task.file.file_path.removeprefix("s3://").partition("/")
+    body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body + b"\0")
+    with pytest.raises(audit_lake.LakeFileError, match=(
+            f"dim_currency: s3 key {key}: {len(body) + 1} bytes in the bucket, {len(body)} in "
+            "its manifest")):
+        audit_lake.check_data_files({"dim_currency": table})

@@ -1,5 +1,5 @@
 """The lake audit's pure parts: canonical text, hashed rows answering as a database side would."""
-from datetime import date
+from datetime import date, datetime, timezone
 from decimal import Decimal
 
 import pyarrow as pa
@@ -190,3 +190,35 @@ def test_a_lake_that_cannot_be_opened_is_failed_not_raised():
     assert state.status == audit.LAKE_FAILED and state.target is None
     assert audit.audit_lake(state, None, None, None, None).status == audit.LAKE_FAILED
     assert audit.open_lake(None, store=None).status == audit.LAKE_NOT_CONFIGURED
+
+
+def listed(key, size, etag='"0123456789abcdef0123456789abcdef"'):
+    """A ``ListObjectsV2`` entry."""
+    return {"Key": key, "Size": size, "ETag": etag,
+            "LastModified": datetime(2026, 11, 27, 9, 0, tzinfo=timezone.utc)}
+
+
+def test_files_as_recorded_and_orphans_beside_them_are_no_finding():
+    files = {"t/data/a.parquet": 10, "t/data/b.parquet": 20}
+    pages = [[listed("t/data/a.parquet", 10), listed("t/data/orphan.parquet", 5)],
+             [listed("t/data/b.parquet", 20)]]
+    assert audit_lake.compare_listing("fact_payment", files, pages) == []
+
+
+def test_a_file_stored_anew_with_its_size_is_no_finding():
+    # Athena's OPTIMIZE uploads its files in parts; a restored or copied bucket stores every
+    # file again, later than its commit: neither is a replacement.
+    files = {"t/data/compacted.parquet": 10, "t/data/restored.parquet": 10}
+    pages = [[listed("t/data/compacted.parquet", 10, etag='"0123456789abcdef-2"'),
+              {**listed("t/data/restored.parquet", 10),
+               "LastModified": datetime(2027, 1, 1, tzinfo=timezone.utc)}]]
+    assert audit_lake.compare_listing("fact_payment", files, pages) == []
+
+
+def test_a_file_missing_or_resized_is_a_finding_naming_it():
+    files = {f"t/data/{name}.parquet": 10 for name in ("gone", "resized")}
+    pages = [[listed("t/data/resized.parquet", 11)]]
+    assert audit_lake.compare_listing("fact_payment", files, pages) == [
+        "fact_payment: s3 key t/data/resized.parquet: 11 bytes in the bucket, 10 in its manifest",
+        "fact_payment: s3 key t/data/gone.parquet: missing from the bucket (10 bytes in its "
+        "manifest)"]

@@ -774,12 +774,14 @@ def test_the_audit_reads_both_secrets_the_capture_points_and_the_lake_and_writes
                        for prefix in ("_manifests", "_sweeps")),
                      {"Fn::Sub": "${ProcessedBucket.Arn}/_supersede/*"},
                      {"Fn::Sub": "${LakeBucket.Arn}/*"}]
-    listings = {statement["Resource"]["Fn::GetAtt"][0]: statement["Condition"]
+    listings = [(statement["Resource"]["Fn::GetAtt"][0], statement["Condition"])
                 for statement in role_statements("AuditRole")
-                if "s3:ListBucket" in as_list(statement["Action"])}
-    assert listings == {
-        "ProcessedBucket": {"StringLike": {"s3:prefix": "_supersede/*"}},
-        "LakeBucket": {"StringLike": {"s3:prefix": ["_manifests/*", "_revisions/*"]}}}
+                if "s3:ListBucket" in as_list(statement["Action"])]
+    assert listings == [
+        ("ProcessedBucket", {"StringLike": {"s3:prefix": "_supersede/*"}}),
+        ("LakeBucket", {"StringLike": {"s3:prefix": ["_manifests/*", "_revisions/*"]}}),
+        # each lake table's data files (table locations: <database>.db/<table>, Glue's)
+        ("LakeBucket", {"StringLike": {"s3:prefix": {"Fn::Sub": "${LakeDatabase}.db/*/data/*"}}})]
     actions = {action for statement in role_statements("AuditRole")
                for action in as_list(statement["Action"]) if not action.startswith("ec2:")}
     assert actions == {"logs:CreateLogStream", "logs:PutLogEvents",

@@ -287,7 +287,7 @@ def matching(statements_: list[dict[str, Any]], action: str, arn: str,
             return True
         patterns = as_list(condition.get("StringLike", {}).get("s3:prefix", []))
         if len(condition) == 1 and prefix is not None and any(
-                fnmatchcase(prefix, pattern) for pattern in patterns):
+                fnmatchcase(prefix, concrete(pattern)) for pattern in patterns):
             return True
     return False
 
@@ -456,5 +456,8 @@ def test_the_audit_reads_the_lake_and_lists_only_its_publish_records():
         assert not may("AuditRole", "s3:PutObject", f"{lake}/{key}"), key
     for prefix in ("_manifests/", "_revisions/0001/_manifests/"):
         assert may("AuditRole", "s3:ListBucket", lake, prefix), prefix
-    for prefix in ("dim_staff/", ""):
+    # each table's data files, listed to check those its snapshot lists (not its metadata)
+    assert may("AuditRole", "s3:ListBucket", lake, "${LakeDatabase}.db/fact_payment/data/")
+    for prefix in ("dim_staff/", "", "${LakeDatabase}.db/", "${LakeDatabase}.db/dim_staff/",
+                   "${LakeDatabase}.db/dim_staff/metadata/"):
         assert not may("AuditRole", "s3:ListBucket", lake, prefix), prefix
