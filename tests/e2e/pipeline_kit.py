@@ -25,6 +25,11 @@ class PipelineUnderTest:
         finally:
             conn.close()
 
+    def change_sales_order(self, order_id: int, units: int) -> None:
+        """Give a sales order another version at the source: new ``units_sold``, stamped now."""
+        self.source_rows("UPDATE sales_order SET units_sold = :u, last_updated = now() "
+                         "WHERE sales_order_id = :o", u=units, o=order_id)
+
     def warehouse_rows(self, sql: str, **params: Any) -> list[list[Any]]:
         """Run a query on the warehouse."""
         conn = self.postgres.connect(self.warehouse)

@@ -17,16 +17,6 @@ from totes_local.runner import s3_object_created_event
 pytestmark = pytest.mark.e2e
 
 
-def change_order(e2e, units: int) -> None:
-    """Give sales order 1 another version at the source."""
-    conn = e2e.source.connect()
-    try:
-        conn.run("UPDATE sales_order SET units_sold = :u, last_updated = now() "
-                 "WHERE sales_order_id = 1", u=units)
-    finally:
-        conn.close()
-
-
 def versions_of_order_1(e2e) -> list[int]:
     """``units_sold`` of every version of sales order 1 the warehouse holds, oldest first."""
     return [row[0] for row in e2e.warehouse_rows(
@@ -38,9 +28,9 @@ def test_an_ingest_manifest_gone_from_the_middle_of_the_chain_stops_transform_wi
         e2e, capsys):
     e2e.pipeline.cycle()
     before = versions_of_order_1(e2e)
-    change_order(e2e, 70001)
+    e2e.change_sales_order(1, 70001)
     middle = e2e.pipeline.ingest()["manifest_key"]
-    change_order(e2e, 70002)
+    e2e.change_sales_order(1, 70002)
     last = e2e.pipeline.ingest()["manifest_key"]
     bucket = e2e.env["INGEST_BUCKET"]
     s3 = boto3.client("s3")

@@ -13,16 +13,6 @@ from totes import errors, lake, publish, storage
 pytestmark = pytest.mark.e2e
 
 
-def change_order(e2e, units: int) -> None:
-    """Give sales order 1 another version at the source."""
-    conn = e2e.source.connect()
-    try:
-        conn.run("UPDATE sales_order SET units_sold = :u, last_updated = now() "
-                 "WHERE sales_order_id = 1", u=units)
-    finally:
-        conn.close()
-
-
 def lake_versions_of_order_1(e2e) -> list[int]:
     """``units_sold`` of every version of sales order 1 the lake's history holds, in order."""
     table = lake.glue_catalog(e2e.env["LAKE_BUCKET"]).load_table(
@@ -35,9 +25,9 @@ def lake_versions_of_order_1(e2e) -> list[int]:
 def test_a_processed_manifest_gone_from_the_middle_stops_publish_with_nothing_lost(e2e, capsys):
     e2e.pipeline.cycle()
     assert e2e.pipeline.publish()["manifests_published"] == 1
-    change_order(e2e, 70001)
+    e2e.change_sales_order(1, 70001)
     middle = e2e.pipeline.ingest()["manifest_key"]
-    change_order(e2e, 70002)
+    e2e.change_sales_order(1, 70002)
     last = e2e.pipeline.ingest()["manifest_key"]
     e2e.pipeline.deliver_manifest_events()
     bucket = e2e.env["PROCESSED_BUCKET"]
