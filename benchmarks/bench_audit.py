@@ -46,7 +46,8 @@ def build_warehouse(postgres: Any, endpoint: str,
         stack.provision({env["TOTESYS_SECRET_ID"]: postgres.secret(source),
                          env["WAREHOUSE_SECRET_ID"]: postgres.secret(warehouse)},
                         buckets=(env["INGEST_BUCKET"], env["PROCESSED_BUCKET"],
-                                 env["LAKE_BUCKET"]), glue_databases=(env["LAKE_DATABASE"],))
+                                 env["LAKE_BUCKET"]),
+                        glue_databases={env["LAKE_DATABASE"]: env["LAKE_BUCKET"]})
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
             pipeline = LocalPipeline(env["INGEST_BUCKET"])
             pipeline.cycle()

@@ -61,7 +61,7 @@ def backfill(postgres: Any, endpoint: str,
         stack.provision({env["TOTESYS_SECRET_ID"]: postgres.secret(name)},
                         buckets=(env["INGEST_BUCKET"], env["PROCESSED_BUCKET"],
                                  env["LAKE_BUCKET"]),
-                        glue_databases=(env["LAKE_DATABASE"],))
+                        glue_databases={env["LAKE_DATABASE"]: env["LAKE_BUCKET"]})
         pipeline = LocalPipeline(env["INGEST_BUCKET"])
         logging.disable(logging.WARNING)
         try:

@@ -123,7 +123,7 @@ def isolated_aws(patch: pytest.MonkeyPatch, moto_endpoint: str) -> dict[str, str
     for name, value in env.items():
         patch.setenv(name, value)
     stack.provision({}, buckets=(env["INGEST_BUCKET"], env["PROCESSED_BUCKET"], env["LAKE_BUCKET"]),
-                    glue_databases=(env["LAKE_DATABASE"],))
+                    glue_databases={env["LAKE_DATABASE"]: env["LAKE_BUCKET"]})
     return env
 
 

@@ -292,11 +292,14 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
 
 def provision(secrets: Mapping[str, Mapping[str, Any]],
               buckets: tuple[str, ...] = (INGEST_BUCKET, PROCESSED_BUCKET, LAKE_BUCKET),
-              glue_databases: tuple[str, ...] = (LAKE_DATABASE,)) -> None:
+              glue_databases: Mapping[str, str] | None = None) -> None:
     """Create the buckets, Glue databases and secrets the template would.
 
     In whatever AWS the environment points at. Idempotent, so a second demo run
-    against the same moto server is harmless.
+    against the same moto server is harmless. ``glue_databases`` maps each lake
+    database to its bucket (by default the local lake's), whose root is the database's
+    location as the template sets it: tables then live at ``<bucket>/<table>``, the
+    layout the deployed lake has (not ``<database>.db/<table>``).
     """
     s3 = boto3.client("s3")
     for bucket in buckets:
@@ -306,9 +309,9 @@ def provision(secrets: Mapping[str, Mapping[str, Any]],
         except s3.exceptions.BucketAlreadyOwnedByYou:
             pass
     glue = boto3.client("glue")
-    for name in glue_databases:
+    for name, bucket in (glue_databases or {LAKE_DATABASE: LAKE_BUCKET}).items():
         try:
-            glue.create_database(DatabaseInput={"Name": name})
+            glue.create_database(DatabaseInput={"Name": name, "LocationUri": f"s3://{bucket}/"})
         except glue.exceptions.AlreadyExistsException:
             pass
     manager = boto3.client("secretsmanager")

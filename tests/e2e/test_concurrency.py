@@ -58,7 +58,7 @@ class Twin:
                              self.env["WAREHOUSE_SECRET_ID"]: postgres.secret(self.warehouse)},
                             buckets=(self.env["INGEST_BUCKET"], self.env["PROCESSED_BUCKET"],
                                      self.env["LAKE_BUCKET"]),
-                            glue_databases=(self.env["LAKE_DATABASE"],))
+                            glue_databases={self.env["LAKE_DATABASE"]: self.env["LAKE_BUCKET"]})
 
     def change_the_source(self):
         """The same business activity and one cancelled order, whichever twin it is."""

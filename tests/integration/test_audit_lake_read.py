@@ -151,3 +151,18 @@ def test_the_files_check_lists_the_data_prefix_page_by_page_and_ignores_older_sn
             f"dim_currency: s3 key {key}: {len(body) + 1} bytes in the bucket, {len(body)} in "
             "its manifest")):
         audit_lake.check_data_files({"dim_currency": table})
+
+
+def test_the_local_lake_has_the_deployed_layout_the_audit_role_may_list(aws):
+    """Tables at ``<bucket>/<table>``, as the template's database location puts them."""
+    from pathlib import Path
+
+    from cfnlint.decode import cfn_yaml
+
+    template = cfn_yaml.load(str(Path(__file__).resolve().parents[2] / "template.yaml"))
+    database = template["Resources"]["LakeDatabase"]["Properties"]["DatabaseInput"]
+    assert database["LocationUri"] == {"Fn::Sub": "s3://${LakeBucket}/"}
+    table = lake.open_table(lake.glue_catalog(aws["LAKE_BUCKET"]), aws["LAKE_DATABASE"],
+                            LAKE_TABLES["dim_currency"])
+    assert table.location() == f"s3://{aws['LAKE_BUCKET']}/dim_currency"
+    assert table.location_provider().data_path == f"s3://{aws['LAKE_BUCKET']}/dim_currency/data"

@@ -780,8 +780,8 @@ def test_the_audit_reads_both_secrets_the_capture_points_and_the_lake_and_writes
     assert listings == [
         ("ProcessedBucket", {"StringLike": {"s3:prefix": "_supersede/*"}}),
         ("LakeBucket", {"StringLike": {"s3:prefix": ["_manifests/*", "_revisions/*"]}}),
-        # each lake table's data files (table locations: <database>.db/<table>, Glue's)
-        ("LakeBucket", {"StringLike": {"s3:prefix": {"Fn::Sub": "${LakeDatabase}.db/*/data/*"}}})]
+        # each lake table's data files (tables at <bucket>/<table>: the database's LocationUri)
+        ("LakeBucket", {"StringLike": {"s3:prefix": "*/data/*"}})]
     actions = {action for statement in role_statements("AuditRole")
                for action in as_list(statement["Action"]) if not action.startswith("ec2:")}
     assert actions == {"logs:CreateLogStream", "logs:PutLogEvents",

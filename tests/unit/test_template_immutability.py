@@ -457,7 +457,7 @@ def test_the_audit_reads_the_lake_and_lists_only_its_publish_records():
     for prefix in ("_manifests/", "_revisions/0001/_manifests/"):
         assert may("AuditRole", "s3:ListBucket", lake, prefix), prefix
     # each table's data files, listed to check those its snapshot lists (not its metadata)
-    assert may("AuditRole", "s3:ListBucket", lake, "${LakeDatabase}.db/fact_payment/data/")
-    for prefix in ("dim_staff/", "", "${LakeDatabase}.db/", "${LakeDatabase}.db/dim_staff/",
-                   "${LakeDatabase}.db/dim_staff/metadata/"):
+    # (the deployed layout, <bucket>/<table>: LakeDatabase's LocationUri is the bucket's root)
+    assert may("AuditRole", "s3:ListBucket", lake, "fact_payment/data/")
+    for prefix in ("dim_staff/", "", "dim_staff/metadata/", "_supersede/"):
         assert not may("AuditRole", "s3:ListBucket", lake, prefix), prefix
