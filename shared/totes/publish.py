@@ -434,13 +434,20 @@ def check_follows(processed_key: str, manifest: ProcessedManifest,
 
     ``manifest.follows`` is the ingest manifest transform had committed just before it
     (under the revision then in force: after a revision, the one before its start, which
-    is where the rewound lake's newest record in force is too). A manifest without it
-    (written before it was recorded, or the first) is not judged.
+    is where the rewound lake's newest record in force is too). A manifest written before
+    it was recorded (no ``revision`` either) is not judged; one that records none while
+    something was published is refused too: the first run of another pipeline's chain.
     """
-    if manifest.follows is None or manifest.follows == published:
+    if manifest.follows == published or (manifest.follows is None and (
+            manifest.revision is None or published is None)):
         return
     last = ("no manifest was published before it" if published is None
             else f"the last manifest published is {published}")
+    if manifest.follows is None:
+        raise ProcessedGapError(
+            f"{processed_key}: it follows no manifest (a chain's first), but {last}: it was "
+            "copied in from another pipeline's bucket; nothing of it was published "
+            "(docs/runbook.md, \"A processed manifest is missing\")")
     raise ProcessedGapError(
         f"{processed_key}: it follows {manifest.follows}, but {last}: the processed "
         f"manifest of {manifest.follows} is not in the processed bucket where it should be "

@@ -187,6 +187,13 @@ class Markers:
         """The skip of ``ingest_key`` by ``stage`` at the revision in force, if there is one."""
         return self.skips.get((stage, self.revision_for(ingest_key), ingest_key))
 
+    def skipped_at_any_revision(self, stage: str, ingest_key: str) -> bool:
+        """Whether ``stage`` was told to skip ``ingest_key`` at any revision, in force or not.
+
+        For a manifest that is gone: a revision declared after its skip cannot bring it back.
+        """
+        return any((skipper, key) == (stage, ingest_key) for skipper, _, key in self.skips)
+
     def newest_revision(self) -> int:
         """The highest revision declared (0 when none)."""
         return max((r.number for r in self.revisions), default=0)

@@ -83,10 +83,12 @@ class BrokenChainError(TransformInputError):
     gone from the chain (deleted, not restored, not yet replicated) or one that is not this
     pipeline's (copied from another stack's bucket): transforming on would lose the missing
     run's rows, or load another's, without a word. The message names both keys;
-    ``missing`` is the predecessor the manifest names, which the bucket does not hold there.
+    ``missing`` is the predecessor the manifest names, which the bucket does not hold there
+    (None when it does, but another pipeline's manifest stands in the processed bucket:
+    no skip releases that).
     """
 
-    def __init__(self, message: str, missing: str):
+    def __init__(self, message: str, missing: str | None):
         """Keep the predecessor named, for the command that releases the stage."""
         super().__init__(message)
         self.missing = missing
@@ -439,25 +441,37 @@ def _read_ingest_manifest(bucket: str, key: str) -> IngestManifest:
         raise TransformInputError(f"s3://{bucket}/{key}: {error}") from None
 
 
-def check_follows(bucket: str, ingest_key: str, manifest: IngestManifest, previous: str | None,
-                  markers: Markers = Markers()) -> None:
+def check_follows(settings: TransformSettings, ingest_key: str, manifest: IngestManifest,
+                  previous: str | None, markers: Markers = Markers()) -> None:
     """Refuse ``manifest`` at ``ingest_key`` unless it follows ``previous``, the one before it.
 
     ``previous`` is the ingest manifest transformed last (None before the first): the
     key listed just before ``ingest_key``. A manifest naming no predecessor is taken as it
     stands (the first ingest run's, or one written by hand before the chain was checked).
     A predecessor an operator skipped for transform (``totes supersede skip``: it is gone
-    for good) is passed over. So is one before ``previous`` that ``bucket`` still holds:
-    the ingestion bucket lost manifests transform had already taken (a restore to an
-    earlier point), and ingest captured again from there: rows read twice, which the
-    load takes as it takes any re-read, nothing lost (a warning says so). Otherwise a
-    :class:`BrokenChainError`.
+    for good), at any revision, is passed over, with a warning: manifests lost before it
+    too cannot be seen. So is one before ``previous`` that the ingestion bucket still
+    holds and that was transformed: the bucket lost manifests transform had already taken
+    (a restore to an earlier point), and ingest captured again from there (a warning says
+    so). One never transformed means ``previous`` is not this chain's (a processed
+    manifest copied in from another pipeline). Otherwise a :class:`BrokenChainError`.
     """
     named = manifest.previous_manifest
-    if named is None or named == previous or markers.skip("transform", named) is not None:
+    if named is None or named == previous:
         return
-    if previous is not None and named < previous and next(
-            storage.list_keys(bucket, named, accept=keys.is_manifest_key), None) == named:
+    if markers.skipped_at_any_revision("transform", named):
+        logger.warning("passing over a manifest an operator skipped for transform: any other "
+                       "manifest lost before it cannot be seen from here (docs/runbook.md, "
+                       "\"An ingest manifest is missing from the chain\")", extra={
+                           "manifest": ingest_key, "skipped": named, "transformed_last": previous})
+        return
+    if previous is not None and named < previous and _listed(settings.ingest_bucket, named):
+        if not _listed(settings.processed_bucket, markers.processed_key(named)):
+            raise BrokenChainError(
+                f"{ingest_key}: its previous manifest {named} was never transformed, but "
+                f"{previous}, later, was: the processed bucket holds a manifest that is not "
+                "this chain's (copied from another pipeline's bucket?); nothing was committed "
+                "(docs/runbook.md, \"An ingest manifest is missing from the chain\")", None)
         logger.warning("ingest captured again from an earlier manifest: the ingestion bucket "
                        "no longer holds manifests transformed after it; their rows are read "
                        "again", extra={"manifest": ingest_key, "previous_manifest": named,
@@ -470,6 +484,11 @@ def check_follows(bucket: str, ingest_key: str, manifest: IngestManifest, previo
         f"({where}): a manifest deleted or not restored, or one copied from another "
         "pipeline's bucket; nothing was committed (docs/runbook.md, \"An ingest manifest is "
         "missing from the chain\")", named)
+
+
+def _listed(bucket: str, key: str) -> bool:
+    """Whether ``bucket`` holds ``key`` (one listing of it as a prefix: no GET, no HEAD)."""
+    return next(storage.list_keys(bucket, key), None) == key
 
 
 def transform_manifest(settings: TransformSettings, ingest_key: str,
@@ -536,7 +555,7 @@ def _transformed(settings: TransformSettings, ingest_key: str, run_id: keys.RunI
     """
     ingest = _read_ingest_manifest(settings.ingest_bucket, ingest_key)
     if follows is not None:
-        check_follows(settings.ingest_bucket, ingest_key, ingest, follows[0], markers)
+        check_follows(settings, ingest_key, ingest, follows[0], markers)
     attempt = _TransformAttempt(key=ingest_key, run_id=run_id, manifest=ingest,
                                 ingest_bucket=settings.ingest_bucket,
                                 processed_bucket=settings.processed_bucket)
@@ -654,10 +673,11 @@ def transform_through(settings: TransformSettings, ingest_key: str, report: Tran
         report.stuck = current
         # A broken chain is released (once the runbook's checks are done) by skipping the
         # manifest that is missing, never the one that names it.
-        release = error.missing if isinstance(error, BrokenChainError) else current
+        release = current if not isinstance(error, BrokenChainError) else error.missing
         logger.exception("ingest input rejected; nothing committed for this manifest", extra={
             "manifest": current, "error": str(error),
-            "release": supersede.release_command("transform", release, settings.processed_bucket)})
+            "release": "none: see the runbook" if release is None else
+            supersede.release_command("transform", release, settings.processed_bucket)})
         raise
     except Exception:
         logger.exception(NOTHING_COMMITTED, extra={"manifest": current, "transformed": done})

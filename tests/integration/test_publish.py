@@ -25,12 +25,15 @@ def settings(aws) -> publish.PublishSettings:
                                    aws["LAKE_DATABASE"])
 
 
-def empty_manifest(key: str, follows: str | None = None) -> None:
-    """A processed manifest of a run that changed nothing (transformed after ``follows``)."""
+def empty_manifest(key: str, follows: str | None = None, revision: int | None = None) -> None:
+    """A processed manifest of a run that changed nothing (transformed after ``follows``).
+
+    ``revision`` None: as written before the revision and what it follows were recorded.
+    """
     run = str(keys.parse_manifest_key(key))
     document = ProcessedManifest(run_id=run, ingest_manifest=key, ingest_started_at=None,
                                  transformed_at="2024-11-15T14:20:09.123Z", tables={},
-                                 follows=follows)
+                                 follows=follows, revision=revision)
     storage.put_new_json(settings_bucket(), key, document.to_json())
 
 
@@ -529,6 +532,16 @@ def test_a_manifest_not_following_the_one_published_last_is_refused_with_nothing
         publish.run_publish(settings(aws), Deadline.unbounded())
     assert errors.kind_of(e.value) == errors.INPUT
     assert next(storage.list_keys(aws["LAKE_BUCKET"], SECOND), None) is None
+
+
+def test_another_pipelines_first_manifest_after_something_was_published_is_refused(aws):
+    empty_manifest(FIRST, revision=0)  # this chain's first: it follows nothing
+    assert publish.run_publish(settings(aws), Deadline.unbounded()).manifests_published == [FIRST]
+    empty_manifest(SECOND, revision=0)  # another stack's first run, copied in
+    with pytest.raises(publish.ProcessedGapError, match=re.escape(
+            f"{SECOND}: it follows no manifest (a chain's first), but the last manifest "
+            f"published is {FIRST}")):
+        publish.run_publish(settings(aws), Deadline.unbounded())
 
 
 def test_the_first_manifest_missing_before_the_first_publish_is_refused(aws):

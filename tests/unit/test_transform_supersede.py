@@ -170,3 +170,32 @@ def test_ingest_capturing_again_after_a_restore_lost_transformed_manifests_is_no
                       previous=first)
     assert run(third).transformed == [third]
     assert any(r.getMessage().startswith("ingest captured again") for r in caplog.records)
+
+
+def test_a_skip_of_a_missing_manifest_still_releases_it_after_a_later_revision(caplog):
+    first, second, third = chained_with_a_gap()
+    supersede.write_skip(PROCESSED, "transform", second, "deleted, no version left", "arn:me")
+    assert run(third).transformed == [first, third]
+    # A transform bug fixed later: transform again from the first run, across the gap.
+    supersede.declare_revision(PROCESSED, first, "fixed bug 32", "arn:me")
+    assert run(third).transformed == [first, third]
+    assert any(r.getMessage().startswith("passing over a manifest an operator skipped")
+               for r in caplog.records)
+
+
+def test_a_processed_manifest_of_another_pipeline_ahead_of_the_chain_is_a_broken_chain(caplog):
+    first = write_run(INGEST, full_batch(), stamp=STAMPS[0])
+    run(first)
+    # Another stack's processed manifest of a later run, copied in with its key (made here
+    # by transforming a run that then leaves the ingestion bucket).
+    planted = write_run(INGEST, {}, stamp=STAMPS[2])
+    run(planted)
+    storage.s3_client().delete_object(Bucket=INGEST, Key=planted)
+    second = write_run(INGEST, {}, stamp=STAMPS[1], previous=first)
+    third = write_run(INGEST, {"address": [row("address", city="Leeds")]},
+                      stamp="20241115T143510000Z", previous=second)
+    report = transform.TransformReport()
+    with pytest.raises(transform.BrokenChainError, match=f"{second} was never transformed"):
+        transform.transform_through(SETTINGS, third, report)
+    rejected = next(r for r in caplog.records if r.getMessage().startswith("ingest input"))
+    assert rejected.release == "none: see the runbook"  # no skip releases another's manifest
