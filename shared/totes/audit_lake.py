@@ -471,22 +471,33 @@ class IcebergLake:
 
     settings: LakeSettings
 
-    def published(self) -> str | None:
-        """The newest ingest manifest a publish completed, in force (None before the first)."""
+    def published(self) -> tuple[str, dict[str, str]] | None:
+        """The newest ingest manifest a publish completed, in force, and its tables' uuids.
+
+        None before the first publish; the uuids are those its record names (none in
+        records written before they were kept).
+        """
         markers = supersede.read_markers(self.settings.processed_bucket)
-        return markers.newest_processed(self.settings.lake_bucket)
+        key = markers.newest_processed(self.settings.lake_bucket)
+        if key is None:
+            return None
+        record = storage.read_json(self.settings.lake_bucket, markers.processed_key(key))
+        return key, dict(record.get("table_uuids", {}))
 
     def open(self, store: ObjectStore) -> tuple[CapturePoint, LakeTables | None]:
         """The lake's capture point, then its tables (loaded after it: at least as new)."""
-        key = self.published()
-        if key is None:
+        published = self.published()
+        if published is None:
             return CapturePoint(None, None), None
+        key, uuids = published
         point = CapturePoint(key, IngestManifest.read(store.read_json(key), key))
         catalog = lake.glue_catalog(self.settings.lake_bucket)
         # Every table, the histories too: not compared, but built on by publish. Each must
-        # be its own (Glue not pointed at another table's metadata) and not rolled back.
+        # be its own (Glue not pointed at another table's metadata, nor at another stack's
+        # table of the same name) and not rolled back.
         loaded = {name: lake.check_own_metadata(
-            catalog.load_table((self.settings.lake_database, name)), name) for name in LAKE_TABLES}
+            catalog.load_table((self.settings.lake_database, name)), name, uuids.get(name))
+            for name in LAKE_TABLES}
         for name in LAKE_TABLES:
             found = catalog.glue.get_table(DatabaseName=self.settings.lake_database, Name=name)
             check_not_rolled_back(name, found["Table"].get("Parameters", {}))

@@ -28,6 +28,7 @@ holding what a revision superseded is put back, in a new snapshot, to the state 
 its newest snapshot still in force (nothing is physically deleted), and the
 revision's manifests are published on top.
 """
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterable, TypeVar
@@ -100,20 +101,22 @@ TABLE_PROPERTIES = {"format-version": "2", "write.format.default": "parquet",
                     "write.parquet.compression-codec": "zstd", "commit.retry.num-retries": "0"}
 
 
-def open_table(catalog: "GlueCatalog", database: str, table: LakeTable) -> "IcebergTable":
+def open_table(catalog: "GlueCatalog", database: str, table: LakeTable,
+               uuid: str | None = None) -> "IcebergTable":
     """Return the lake table, creating it (Iceberg v2, the contract's schema) if it is missing.
 
     Looked up first: pyiceberg's ``create_table_if_not_exists`` writes a new metadata
     file before Glue refuses the name, which would leave one stray file per table per run.
     Two first runs at once may both find it missing: the one Glue refuses opens the
     other's (its own metadata file stays, unreferenced, the only cost of the race).
-    Glue's entry must name the table's own metadata (:func:`check_own_metadata`), checked
-    before anything is committed to it.
+    Glue's entry must name the table's own metadata (:func:`check_own_metadata`; the
+    table ``uuid`` when the newest publish record names one), checked before anything
+    is committed to it.
     """
     from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
 
     try:
-        found = check_own_metadata(catalog.load_table((database, table.name)), table.name)
+        found = check_own_metadata(catalog.load_table((database, table.name)), table.name, uuid)
         return with_new_columns(found, table)
     except NoSuchTableError:
         pass
@@ -121,7 +124,7 @@ def open_table(catalog: "GlueCatalog", database: str, table: LakeTable) -> "Iceb
         return catalog.create_table(
             (database, table.name), schema=iceberg_schema(table), properties=TABLE_PROPERTIES)
     except TableAlreadyExistsError:
-        return check_own_metadata(catalog.load_table((database, table.name)), table.name)
+        return check_own_metadata(catalog.load_table((database, table.name)), table.name, uuid)
 
 
 class ForeignMetadataError(InputError):
@@ -137,14 +140,27 @@ class ForeignMetadataError(InputError):
     """
 
 
-def check_own_metadata(table: "IcebergTable", name: str) -> "IcebergTable":
+def check_own_metadata(table: "IcebergTable", name: str,
+                       recorded_uuid: str | None = None) -> "IcebergTable":
     """Return ``table``, the lake table Glue calls ``name``, if its metadata is its own.
 
-    Its location (recorded in the metadata file itself) must end with ``/<name>``;
-    otherwise :class:`ForeignMetadataError`.
+    Its location (recorded in the metadata file itself) must end with ``/<name>``, or
+    ``/<name>-<32 hex digits>`` (Trino's unique table locations), and its Iceberg table
+    uuid must be ``recorded_uuid``, the one the newest publish record names (when it
+    names one): another stack's or another database's table of the same name has the
+    same location's end, not the same uuid. Otherwise :class:`ForeignMetadataError`.
     """
     location = table.location().rstrip("/")
-    if location.rsplit("/", 1)[-1] != name:
+    found_uuid = str(table.metadata.table_uuid)
+    if recorded_uuid is not None and found_uuid != recorded_uuid:
+        raise ForeignMetadataError(
+            f"{name}: Glue names {table.metadata_location}, the metadata of table "
+            f"{found_uuid} at {location}, but the newest publish record names table "
+            f"{recorded_uuid}: its Glue entry was pointed at another table's metadata (another "
+            "stack's or database's, a catalog restored from elsewhere), or the table was made "
+            "again; point metadata_location back at the newest metadata file of the table the "
+            "record names before publishing (docs/runbook.md, \"Publish errors\")")
+    if not re.fullmatch(rf"{re.escape(name)}(-[0-9a-f]{{32}})?", location.rsplit("/", 1)[-1]):
         raise ForeignMetadataError(
             f"{name}: Glue names {table.metadata_location}, the metadata of the table at "
             f"{location}, not of {name}: its Glue entry was pointed at another table's "

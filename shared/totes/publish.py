@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Iterator, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Iterator, Mapping, NotRequired, TypedDict
 
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -190,10 +190,14 @@ class PublishReport:
 class Lake:
     """The lake's tables, opened (created when missing) once per run."""
 
-    def __init__(self, catalog: "GlueCatalog", database: str):
+    def __init__(self, catalog: "GlueCatalog", database: str,
+                 uuids: Mapping[str, str] | None = None):
         """Open every lake table of ``database``.
 
-        A column change that lost the race to another writer again after computing it
+        Each must be the table ``uuids`` names (the newest publish record's, when it
+        names them), checked before anything is committed to it: not another stack's or
+        database's table of the same name (:func:`totes.lake.check_own_metadata`). A
+        column change that lost the race to another writer again after computing it
         afresh (:func:`totes.lake.with_new_columns`) is a conflict like a manifest's.
         """
         from pyiceberg.exceptions import CommitFailedException
@@ -201,7 +205,8 @@ class Lake:
         self.tables: dict[str, IcebergTable] = {}
         for name, spec in LAKE_TABLES.items():
             try:
-                self.tables[name] = lake.open_table(catalog, database, spec)
+                self.tables[name] = lake.open_table(catalog, database, spec,
+                                                    (uuids or {}).get(name))
             except CommitFailedException as error:
                 raise PublishConflictError(
                     f"{name}: another writer committed first, twice, while the contract's "
@@ -210,6 +215,10 @@ class Lake:
     def expire(self, older_than: datetime) -> int:
         """Expire every table's snapshots older than ``older_than``; how many in all."""
         return sum(lake.expire_snapshots(table, older_than) for table in self.tables.values())
+
+    def uuids(self) -> dict[str, str]:
+        """Each table's Iceberg table uuid, which the publish record keeps."""
+        return {name: str(table.metadata.table_uuid) for name, table in self.tables.items()}
 
     def manifests(self) -> dict[str, str]:
         """The newest ingest manifest each table holds rows of (tables holding none left out)."""
@@ -403,15 +412,16 @@ def _count(report: PublishReport, name: str, change: lake.TableChange, appended:
 
 
 def _record(settings: PublishSettings, key: str, processed_key: str,
-            skipped_by: str | None, tables: dict[str, str]) -> None:
+            skipped_by: str | None, lake_tables: Lake) -> None:
     """Write the manifest's publish record: the manifest is in every lake table it changes.
 
-    ``tables`` is the newest manifest each table then holds, which the next run checks
-    the tables against (:meth:`Lake.check_not_behind`).
+    It names the newest manifest each table then holds, and each table's uuid, which
+    the next run and the audit check the tables against (:meth:`Lake.check_not_behind`).
     """
     storage.put_new_json(settings.lake_bucket, processed_key, {
         "format": RECORD_FORMAT, "ingest_manifest": key, "processed_manifest": processed_key,
-        "published_at": timestamps.now_text(), "skipped_by": skipped_by, "tables": tables})
+        "published_at": timestamps.now_text(), "skipped_by": skipped_by,
+        "tables": lake_tables.manifests(), "table_uuids": lake_tables.uuids()})
 
 
 def release_arrow_memory() -> None:
@@ -472,10 +482,12 @@ def run_publish(settings: PublishSettings, deadline: Deadline,
     started = time.monotonic()
     try:
         markers = supersede.read_markers(settings.processed_bucket)
+        newest = markers.newest_processed(settings.lake_bucket)
+        uuids = None if newest is None else storage.read_json(
+            settings.lake_bucket, markers.processed_key(newest)).get("table_uuids")
         lake_tables = Lake(catalog or lake.glue_catalog(settings.lake_bucket),
-                           settings.lake_database)
-        report = PublishReport(last_published_manifest=markers.newest_processed(
-            settings.lake_bucket))
+                           settings.lake_database, uuids)
+        report = PublishReport(last_published_manifest=newest)
         report.tables_rewound = lake_tables.rewind(markers)
         lake_tables.check_not_behind(settings.lake_bucket, markers)
     except Exception:
@@ -507,7 +519,7 @@ def _publish_pending(lake_tables: Lake, settings: PublishSettings, markers: Mark
                 check_follows(processed_key, manifest, report.last_published_manifest)
                 publish_manifest(lake_tables, settings, key, processed_key, manifest, report)
             _record(settings, key, processed_key, None if skip is None else skip.key,
-                    lake_tables.manifests())
+                    lake_tables)
         except Exception as error:
             logger.exception("publish failed", extra={
                 "manifest": key, "processed_manifest": processed_key,

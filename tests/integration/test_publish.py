@@ -1,6 +1,7 @@
 """The publish stage's edges against moto's Glue and S3: skips, conflicts, expiry, rewinds."""
 import re
 from datetime import datetime, time, timedelta, timezone
+from types import SimpleNamespace
 
 import boto3
 import pyarrow as pa
@@ -15,6 +16,7 @@ from totes.manifest import ManifestError, ProcessedManifest
 from totes.stage import Deadline
 from totes.supersede import Markers, Revision
 from totes.warehouse_schema import DELETIONS, arrow_schema
+from totes_local import stack
 
 FIRST = "_manifests/2024/11/15/20241115T142009123Z-3f9a1c2e.json"
 SECOND = "_manifests/2024/11/15/20241115T143009123Z-4f9a1c2e.json"
@@ -575,6 +577,41 @@ def test_a_history_pointed_at_its_current_tables_metadata_is_refused_not_built_o
     with pytest.raises(lake.ForeignMetadataError, match="fact_payment_current"):
         lake.check_own_metadata(catalog.load_table((aws["LAKE_DATABASE"], "fact_payment")),
                                 "fact_payment")
+
+
+def test_a_table_pointed_at_another_stacks_table_of_the_same_name_is_refused(aws):
+    run = datetime(2024, 11, 15, 10, 5, tzinfo=timezone.utc)
+    buckets = Buckets(aws["INGEST_BUCKET"], aws["PROCESSED_BUCKET"])
+    buckets.publish({**dimensions(), "fact_payment": [payment(1)]}, started_at=run)
+    publish.run_publish(settings(aws), Deadline.unbounded())
+    # Another stack's lake in the same account: its fact_payment, later stamped, at
+    # <its bucket>/fact_payment (the location's end alone cannot tell it).
+    other_bucket, other_database = f"{aws['LAKE_BUCKET']}-other", f"{aws['LAKE_DATABASE']}_other"
+    stack.provision({}, buckets=(other_bucket,), glue_databases={other_database: other_bucket})
+    theirs = lake.open_table(lake.glue_catalog(other_bucket), other_database,
+                             LAKE_TABLES["fact_payment"])
+    later = "_manifests/2024/11/16/20241116T090000000Z-0badf00d.json"
+    theirs.append(pa.Table.from_pylist([], theirs.schema().as_arrow()), snapshot_properties={
+        lake.MANIFEST_PROPERTY: later, lake.PROCESSED_PROPERTY: later})
+    assert theirs.location().endswith("/fact_payment")
+    assert lake.last_manifest(theirs) == later  # ahead of ours: not "behind" the record
+    point_glue_at(aws, "fact_payment", theirs.metadata_location)  # a catalog restored wrongly
+    buckets.publish({"fact_payment": [payment(2)]}, started_at=run + timedelta(minutes=10))
+
+    with pytest.raises(lake.ForeignMetadataError, match=re.escape(
+            f"fact_payment: Glue names {theirs.metadata_location}, the metadata of table "
+            f"{theirs.metadata.table_uuid}")) as refused:
+        publish.run_publish(settings(aws), Deadline.unbounded())
+    assert errors.kind_of(refused.value) == errors.INPUT
+
+
+def test_a_table_at_trinos_unique_location_is_its_own():
+    unique = "s3://lake/fact_payment-0123456789abcdef0123456789abcdef"
+    table = SimpleNamespace(location=lambda: unique, metadata=SimpleNamespace(table_uuid="u"),
+                            metadata_location="m")
+    assert lake.check_own_metadata(table, "fact_payment", "u") is table
+    with pytest.raises(lake.ForeignMetadataError):
+        lake.check_own_metadata(table, "fact_payment", "another uuid")
 
 
 def test_the_newest_publish_record_gone_publishes_its_manifest_again_adding_nothing(aws):
