@@ -478,10 +478,10 @@ class IcebergLake:
         records written before they were kept).
         """
         markers = supersede.read_markers(self.settings.processed_bucket)
-        key = markers.newest_processed(self.settings.lake_bucket)
-        if key is None:
+        newest = lake.newest_record(self.settings.lake_bucket, markers)
+        if newest is None:
             return None
-        record = storage.read_json(self.settings.lake_bucket, markers.processed_key(key))
+        key, record = newest
         return key, dict(record.get("table_uuids", {}))
 
     def open(self, store: ObjectStore) -> tuple[CapturePoint, LakeTables | None]:

@@ -37,6 +37,7 @@ import boto3
 
 from totes.lake_schema import (MANIFEST_KEY, LakeTable, arrow_schema, iceberg_schema, iceberg_type,
                                time_text, to_lake)
+from totes import storage
 from totes.errors import InputError
 from totes.supersede import Markers
 
@@ -231,6 +232,19 @@ def summary_value(snapshot: "Snapshot | None", name: str) -> str | None:
         return None
     value = snapshot.summary[name]
     return None if value is None else str(value)
+
+
+def newest_record(lake_bucket: str, markers: Markers) -> tuple[str, dict[str, Any]] | None:
+    """The newest publish record in force: its ingest manifest's key and the record itself.
+
+    None before the first publish. The record names the newest manifest each table
+    held (``tables``) and each table's uuid (``table_uuids``), which publish and the
+    lake audit check the tables against; records written before they were kept lack them.
+    """
+    newest = markers.newest_processed(lake_bucket)
+    if newest is None:
+        return None
+    return newest, storage.read_json(lake_bucket, markers.processed_key(newest))
 
 
 def published_snapshot(table: "IcebergTable",

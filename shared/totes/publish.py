@@ -225,19 +225,16 @@ class Lake:
         held = {name: lake.last_manifest(table) for name, table in self.tables.items()}
         return {name: manifest for name, manifest in held.items() if manifest is not None}
 
-    def check_not_behind(self, lake_bucket: str, markers: Markers) -> None:
+    def check_not_behind(self, record_key: str, recorded: Mapping[str, str]) -> None:
         """Refuse a table holding an older manifest than the newest publish record in force says.
 
-        A table past the record (a run that crashed before writing it), one the record
-        does not name (newly added), a first publish and records written before they named
-        their tables are not judged; after a revision's rewind, the record in force is the
-        one before the revision, and the rewound tables hold what they held then.
+        ``recorded`` is that record's ``tables`` (the record at ``record_key``, read by
+        :func:`totes.lake.newest_record`). A table past the record (a run that crashed
+        before writing it), one the record does not name (newly added), a first publish
+        and records written before they named their tables are not judged; after a
+        revision's rewind, the record in force is the one before the revision, and the
+        rewound tables hold what they held then.
         """
-        newest = markers.newest_processed(lake_bucket)
-        if newest is None:
-            return
-        record_key = markers.processed_key(newest)
-        recorded: dict[str, str] = storage.read_json(lake_bucket, record_key).get("tables", {})
         for name, manifest in sorted(recorded.items()):
             table = self.tables.get(name)
             if table is None:
@@ -482,14 +479,13 @@ def run_publish(settings: PublishSettings, deadline: Deadline,
     started = time.monotonic()
     try:
         markers = supersede.read_markers(settings.processed_bucket)
-        newest = markers.newest_processed(settings.lake_bucket)
-        uuids = None if newest is None else storage.read_json(
-            settings.lake_bucket, markers.processed_key(newest)).get("table_uuids")
+        newest, record = lake.newest_record(settings.lake_bucket, markers) or (None, {})
         lake_tables = Lake(catalog or lake.glue_catalog(settings.lake_bucket),
-                           settings.lake_database, uuids)
+                           settings.lake_database, record.get("table_uuids"))
         report = PublishReport(last_published_manifest=newest)
         report.tables_rewound = lake_tables.rewind(markers)
-        lake_tables.check_not_behind(settings.lake_bucket, markers)
+        if newest is not None:
+            lake_tables.check_not_behind(markers.processed_key(newest), record.get("tables", {}))
     except Exception:
         logger.exception("publish failed preparing the lake; nothing published")
         raise
