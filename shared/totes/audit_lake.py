@@ -24,7 +24,6 @@ import re
 import time
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, cast
-from urllib.parse import urlparse
 
 from totes import audit_sql, lake, observability, storage, supersede
 from totes.errors import InputError
@@ -356,11 +355,6 @@ class FileCheck:
     seconds: float = 0.0
 
 
-def _bucket_key(location: str) -> tuple[str, str]:
-    parsed = urlparse(location)
-    return parsed.netloc, parsed.path.lstrip("/")
-
-
 def recorded_files(table: "IcebergTable", check: FileCheck) -> dict[str, int]:
     """Location -> size of every live file ``table``'s current snapshot lists.
 
@@ -443,10 +437,10 @@ def check_data_files(tables: Mapping[str, "IcebergTable"],
     for name, table in tables.items():
         check.tables += 1
         data_path = table.location_provider().data_path.rstrip("/") + "/"
-        bucket, prefix = _bucket_key(data_path)
+        bucket, prefix = storage.bucket_and_key(data_path)
         recorded: dict[str, int] = {}
         for location, size in recorded_files(table, check).items():
-            file_bucket, key = _bucket_key(location)
+            file_bucket, key = storage.bucket_and_key(location)
             if file_bucket == bucket and key.startswith(prefix):
                 recorded[key] = size
             else:

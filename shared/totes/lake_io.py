@@ -19,7 +19,6 @@ Selected by the catalog's ``py-io-impl`` property (:func:`totes.lake.glue_catalo
 """
 import tempfile
 from typing import IO, Any, Callable, cast
-from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError
 from pyiceberg.io import FileIO, InputFile, InputStream, OutputFile
@@ -32,13 +31,6 @@ SPOOL_BYTES = 8 << 20
 READ_CHUNK_BYTES = 1 << 20
 #: S3's answers to a HEAD of a key that does not exist.
 NOT_FOUND = ("404", "NoSuchKey", "NotFound")
-
-
-def _bucket_key(location: str) -> tuple[str, str]:
-    parsed = urlparse(location)
-    if parsed.scheme not in ("s3", "s3a", "s3n"):
-        raise ValueError(f"{location}: the lake writes to S3 only")
-    return parsed.netloc, parsed.path.lstrip("/")
 
 
 class _CreateOnceStream:
@@ -71,7 +63,7 @@ class _CreateOnceStream:
         if self.closed:
             return
         self.closed = True
-        bucket, key = _bucket_key(self.location)
+        bucket, key = storage.bucket_and_key(self.location)
         try:
             size = self._spool.tell()
             self._spool.seek(0)
@@ -98,7 +90,7 @@ class SpooledInputFile(InputFile):
 
     def __len__(self) -> int:
         """The object's size (a ``HeadObject``)."""
-        bucket, key = _bucket_key(self.location)
+        bucket, key = storage.bucket_and_key(self.location)
         size: int = storage.s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"]
         return size
 
@@ -114,7 +106,7 @@ class SpooledInputFile(InputFile):
 
     def open(self, seekable: bool = True) -> InputStream:
         """The whole object, spooled (memory, then a temporary file), positioned at its start."""
-        bucket, key = _bucket_key(self.location)
+        bucket, key = storage.bucket_and_key(self.location)
         spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
         body = storage.open_stream(bucket, key)
         try:

@@ -47,6 +47,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import (IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence,
                     cast)
+from urllib.parse import urlparse
 
 import boto3
 import botocore.config
@@ -119,6 +120,14 @@ class ObjectChangedError(InputError):
             f"{expected}, found {found} (a later version replaced it?); nothing was committed "
             "from it (docs/runbook.md, \"An object is not the one its manifest lists\")")
         self.bucket, self.key, self.expected, self.found = bucket, key, expected, found
+
+
+def bucket_and_key(location: str) -> tuple[str, str]:
+    """Split an ``s3://bucket/key`` location (Iceberg's, also ``s3a``/``s3n``) into its parts."""
+    parsed = urlparse(location)
+    if parsed.scheme not in ("s3", "s3a", "s3n"):
+        raise ValueError(f"{location}: the lake writes to S3 only")
+    return parsed.netloc, parsed.path.lstrip("/")
 
 
 def expected_owner() -> str | None:

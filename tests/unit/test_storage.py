@@ -588,3 +588,11 @@ def test_every_request_carries_one_user_agent_naming_the_sdk_built_once(bucket, 
     agent = sent_user_agents[0]
     assert agent.startswith(f"Boto3/{boto3.__version__} Python/"), agent
     assert f"Botocore/{botocore.__version__}" in agent, agent
+
+
+def test_an_s3_location_splits_into_bucket_and_key_and_any_other_is_refused():
+    assert storage.bucket_and_key("s3://lake/fact_payment/data/x.parquet") == (
+        "lake", "fact_payment/data/x.parquet")
+    assert storage.bucket_and_key("s3a://lake/k") == ("lake", "k")
+    with pytest.raises(ValueError, match="the lake writes to S3 only"):
+        storage.bucket_and_key("file:///tmp/lake/k")
